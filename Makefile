@@ -1,0 +1,31 @@
+# Two commands a newcomer needs: `make run` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.reml-installed
+CONSTRAINTS := constraints.txt
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+PYTEST_ARGS ?=
+
+.PHONY: install run test clean
+
+install: $(STAMP)
+
+# The stamp makes a second `make install` a no-op until pyproject.toml, the pins or the
+# learn2learn recipe change. torch/torchvision come first: pip takes them from this machine's disk.
+$(STAMP): pyproject.toml $(CONSTRAINTS) tools/install_learn2learn.sh
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -c $(CONSTRAINTS) pip setuptools wheel
+	$(PIP) install -c $(CONSTRAINTS) torch torchvision
+	tools/install_learn2learn.sh $(BIN)/python $(CONSTRAINTS)
+	$(PIP) install -c $(CONSTRAINTS) --no-build-isolation -e '.[dev,learn2learn]'
+	@touch $(STAMP)
+
+run: install
+	$(BIN)/reml-run --plugin sine
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The console scripts: ``reml-run``, ``reml-bench`` and ``reml-plugins``."""

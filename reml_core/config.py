@@ -1,0 +1,364 @@
+"""Experiment configuration: pydantic models, config files, flags and presets, resolved into one object.
+
+Layers, later ones winning: each model's defaults < the preset (``smoke``/``default``/``full``)
+of the task plugin and of each component < the ``--config`` file < flags. Every section is
+validated by the model that owns it (the core's for ``env``/``train``/``eval``, the plugin's for
+``task``/``encoder``/``pool``/``reward``/``policy``/``baselines.NAME``), and every problem is
+reported as one ``path.to.field: message`` line.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from reml_core.errors import ConfigError, UnknownComponentError
+from reml_core.registry import PluginRegistry
+from reml_core.specs import KIND_LABELS, ComponentSpec, Preset, TaskSamplerSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _distinct_sorted(values: list[int]) -> list[int]:
+    if len(set(values)) != len(values):
+        raise ValueError("values must be distinct")
+    return sorted(values)
+
+
+class EnvConfig(StrictModel):
+    """The composition MDP: network depth, inner training, and the K-shot fine-tuning it can measure."""
+
+    depth: int = Field(5, ge=2, description="layers per network: input + (depth - 2) hidden + output")
+    inner_steps: int = Field(30, ge=0, description="Adam steps on the task's training data at the end of an episode")
+    inner_lr: float = Field(0.005, gt=0, description="Adam learning rate of the inner training")
+    inner_batch: int = Field(100, gt=0, description="minibatch size of the inner training")
+    shots: list[int] = Field([5, 10], min_length=1, description="K values an episode draws from for its support set")
+    finetune_steps: int = Field(10, ge=0, description="SGD steps on the K support points for the 'finetuned' loss")
+    finetune_lr: float = Field(0.01, gt=0, description="SGD learning rate for the 'finetuned' loss")
+    max_invalid_actions: int = Field(10, ge=0, description="invalid actions after which an episode is truncated")
+
+    @field_validator("shots")
+    @classmethod
+    def _shots_positive(cls, value: list[int]) -> list[int]:
+        if any(k <= 0 for k in value):
+            raise ValueError("every K must be positive")
+        return _distinct_sorted(value)
+
+
+class TrainConfig(StrictModel):
+    """Meta-training budget and bookkeeping."""
+
+    env_steps: int = Field(100_000, gt=0, description="policy (environment) steps of meta-training")
+    checkpoint_every: int = Field(10_000, gt=0, description="env steps between checkpoints")
+    validation_tasks: int = Field(50, ge=0, description="held-out validation tasks scored at each checkpoint (0: off)")
+    calibration_episodes: int = Field(200, gt=0, description="random episodes of the reward calibration pass")
+    progress: bool = Field(True, description="show progress bars")
+    threads: int = Field(1, gt=0, description="torch intra-op threads (tiny networks run fastest on one)")
+
+
+class EvalConfig(StrictModel):
+    """The few-shot protocol of Finn et al. (2017) on held-out tasks."""
+
+    test_tasks: int = Field(600, gt=0, description="held-out meta-test tasks")
+    shots: list[int] = Field([5, 10], min_length=1, description="K support points per task")
+    steps: list[int] = Field([0, 1, 10], min_length=1, description="SGD fine-tuning steps reported")
+    sgd_lr: float = Field(0.01, gt=0, description="plain SGD learning rate of the fine-tuning")
+    curve_steps: int = Field(100, ge=0, description="Adam steps of the convergence curve (0: no curve)")
+    curve_lr: float = Field(0.005, gt=0, description="Adam learning rate of the convergence curve")
+    curve_tasks: int = Field(100, gt=0, description="test tasks averaged in the convergence curve")
+
+    @field_validator("shots", "steps")
+    @classmethod
+    def _non_negative(cls, value: list[int], info: Any) -> list[int]:
+        if any(v < (1 if info.field_name == "shots" else 0) for v in value):
+            raise ValueError("every K must be positive" if info.field_name == "shots" else "steps must be >= 0")
+        return _distinct_sorted(value)
+
+
+class ExperimentConfig(StrictModel):
+    """The core's own part of an experiment config."""
+
+    plugin: str
+    preset: Preset = "default"
+    seed: int = Field(0, ge=0, lt=2**32)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+class _RawConfig(StrictModel):
+    """The shape of a user's config before component sections are resolved."""
+
+    plugin: str | None = None
+    preset: Preset = "default"
+    seed: Any = 0
+    env: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    eval: dict[str, Any] = Field(default_factory=dict)
+    task: dict[str, Any] = Field(default_factory=dict)
+    encoder: dict[str, Any] = Field(default_factory=dict)
+    pool: dict[str, Any] = Field(default_factory=dict)
+    reward: dict[str, Any] = Field(default_factory=dict)
+    policy: dict[str, Any] = Field(default_factory=dict)
+    baselines: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("encoder", "pool", "reward", "policy", mode="before")
+    @classmethod
+    def _name_shorthand(cls, value: Any) -> Any:
+        """``policy = "ppo-lstm"`` is short for ``[policy] name = "ppo-lstm"``."""
+        return {"name": value} if isinstance(value, str) else value
+
+
+#: Config sections that choose a component by ``name``, and the kind of component each holds.
+COMPONENT_SECTIONS: dict[str, str] = {
+    "encoder": "state_encoder",
+    "pool": "layer_pool",
+    "reward": "reward",
+    "policy": "policy",
+}
+
+
+@dataclass(frozen=True)
+class Selected:
+    """A chosen component: its record and its validated config."""
+
+    name: str
+    spec: ComponentSpec
+    config: BaseModel
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.config.model_dump(mode="json")}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A fully resolved experiment: the core's config and every chosen component's config."""
+
+    core: ExperimentConfig
+    task: Selected
+    encoder: Selected
+    pool: Selected
+    reward: Selected
+    policy: Selected
+    baselines: dict[str, Selected] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.core.seed
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data; feeding it back to :func:`resolve_config` gives the same run."""
+        data = self.core.model_dump(mode="json")
+        data["task"] = self.task.config.model_dump(mode="json")
+        for section in COMPONENT_SECTIONS:
+            data[section] = getattr(self, section).to_dict()
+        data["baselines"] = {name: chosen.config.model_dump(mode="json") for name, chosen in self.baselines.items()}
+        return data
+
+
+# -- reading files and flags -------------------------------------------------------------------
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML or YAML config file into a dict; every failure is a one-line ConfigError."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError([f"--config: {path}: unsupported file type {suffix or '(none)'!r}; use .toml, .yaml or .yml"])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"--config: file not found: {path}"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"--config: {path} is a directory, not a config file"]) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError([f"--config: cannot read {path}: {error}"]) from None
+    return parse_config_text(text, "toml" if suffix == ".toml" else "yaml", source=str(path))
+
+
+def parse_config_text(text: str, fmt: str, source: str = "<config>") -> dict[str, Any]:
+    """Parse config text (``toml`` or ``yaml``) into a mapping, or raise a one-line ConfigError."""
+    try:
+        if fmt == "toml":
+            data: Any = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except Exception as error:  # every parser failure (incl. recursion on absurd nesting) is the user's input
+        detail = " ".join(str(error).split())
+        raise ConfigError([f"--config: {source}: invalid {fmt.upper()}: {detail}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"--config: {source}: the top level must be a table of settings, not a {type(data).__name__}"])
+    return data
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``; nested mappings merge, anything else is replaced."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_assignment(text: str) -> dict[str, Any]:
+    """``a.b.c=VALUE`` (VALUE read as a YAML scalar or list) as a nested dict, for ``--set``."""
+    key, sep, raw = text.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(part.strip() for part in path):
+        raise ConfigError([f"--set: expected KEY.PATH=VALUE, got {text!r}"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {}
+    cursor = nested
+    for part in path[:-1]:
+        cursor = cursor.setdefault(part.strip(), {})
+    cursor[path[-1].strip()] = value
+    return nested
+
+
+# -- resolution --------------------------------------------------------------------------------
+
+
+def _format_errors(error: ValidationError, prefix: Sequence[str | int] = ()) -> list[str]:
+    lines = []
+    for item in error.errors(include_url=False):
+        location = ".".join(str(part) for part in (*prefix, *item["loc"])) or "config"
+        message = item["msg"]
+        if item["type"] not in ("missing", "extra_forbidden") and not isinstance(item.get("input"), (dict, list)):
+            message += f" (got {_short(item.get('input'))})"
+        lines.append(f"{location}: {message}")
+    return lines
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _validate(model: type[BaseModel], data: Any, prefix: Sequence[str], problems: list[str]) -> BaseModel | None:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        problems.extend(_format_errors(error, prefix))
+        return None
+    except (TypeError, ValueError, RecursionError) as error:  # a plugin validator that raised oddly
+        problems.append(f"{'.'.join(prefix) or 'config'}: {error}")
+        return None
+
+
+def _section_name(section: dict[str, Any], where: str, problems: list[str]) -> str | None:
+    name = section.pop("name", None)
+    if name is not None and not isinstance(name, str):
+        problems.append(f"{where}.name: Input should be a valid string (got {_short(name)})")
+        return None
+    return name
+
+
+def _lookup(registry: PluginRegistry, kind: str, name: str, where: str, problems: list[str]) -> ComponentSpec | None:
+    try:
+        return registry.get(kind, name).spec
+    except UnknownComponentError as error:
+        problems.append(f"{where}: {error}")
+        return None
+
+
+def resolve_config(
+    registry: PluginRegistry,
+    user: Mapping[str, Any],
+    *,
+    baselines: Iterable[str] = (),
+) -> RunConfig:
+    """Validate a user's config (file and flags already merged) into a :class:`RunConfig`.
+
+    ``baselines`` names baseline components the command needs besides those the config mentions.
+    """
+    problems: list[str] = []
+    raw_model = _validate(_RawConfig, dict(user), (), problems)
+    if raw_model is None:
+        raise ConfigError(problems)
+    raw: _RawConfig = raw_model  # type: ignore[assignment]
+
+    if raw.plugin is None:
+        available = ", ".join(registry.names("task_sampler")) or "none installed"
+        raise ConfigError([f"plugin: no task plugin given; use --plugin NAME (available: {available})"])
+    try:
+        task_spec = registry.get("task_sampler", raw.plugin).spec
+    except UnknownComponentError as error:
+        raise ConfigError([f"plugin: {error}"]) from None
+    assert isinstance(task_spec, TaskSamplerSpec)
+    preset = raw.preset
+
+    core_data = deep_merge(
+        task_spec.experiment_presets.get(preset, {}),
+        {"env": raw.env, "train": raw.train, "eval": raw.eval},
+    )
+    core_data.update(plugin=raw.plugin, preset=preset, seed=raw.seed)
+    core = _validate(ExperimentConfig, core_data, (), problems)
+
+    task_config = _validate(task_spec.config_model, deep_merge(task_spec.presets.get(preset, {}), raw.task), ("task",), problems)
+    chosen: dict[str, Selected | None] = {}
+    for section, kind in COMPONENT_SECTIONS.items():
+        options = dict(getattr(raw, section))
+        name = _section_name(options, section, problems) or getattr(task_spec.recommended, section)
+        spec = _lookup(registry, kind, name, f"{section}.name", problems)
+        chosen[section] = None
+        if spec is not None:
+            config = _validate(spec.config_model, deep_merge(spec.presets.get(preset, {}), options), (section,), problems)
+            if config is not None:
+                chosen[section] = Selected(name, spec, config)
+
+    selected_baselines: dict[str, Selected] = {}
+    for name in dict.fromkeys([*baselines, *raw.baselines]):
+        spec = _lookup(registry, "baseline", name, f"baselines.{name}", problems)
+        if spec is None:
+            continue
+        options = raw.baselines.get(name, {})
+        config = _validate(spec.config_model, deep_merge(spec.presets.get(preset, {}), options), ("baselines", name), problems)
+        if config is not None:
+            selected_baselines[name] = Selected(name, spec, config)
+
+    if problems:
+        raise ConfigError(problems)
+    assert core is not None and task_config is not None
+    return RunConfig(
+        core=core,  # type: ignore[arg-type]
+        task=Selected(raw.plugin, task_spec, task_config),
+        baselines=selected_baselines,
+        **chosen,  # type: ignore[arg-type]
+    )
+
+
+def load_resolved(path: Path, registry: PluginRegistry) -> RunConfig:
+    """Re-resolve a run's ``config.json`` (for ``--resume`` and ``--from``)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: not found; is this a REML run directory?"]) from None
+    except (OSError, ValueError) as error:
+        raise ConfigError([f"{path}: unreadable run config: {error}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: a run config must be a JSON object"])
+    return resolve_config(registry, data)

@@ -1,0 +1,189 @@
+"""What the core expects of each kind of component. Plugins implement these protocols.
+
+The core never imports a plugin: it builds components through the factories in the records
+plugins register, and talks to them only through the methods below.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Role(str, enum.Enum):
+    """Where a pool layer can go in a composed network."""
+
+    INPUT = "input"
+    HIDDEN = "hidden"
+    OUTPUT = "output"
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """One task of a family: its data splits and its (privileged) descriptor.
+
+    ``x_support``/``y_support`` hold ``max_shots`` points; the K-shot support set is their first K,
+    so the 5-shot set is contained in the 10-shot set and every method sees the same points.
+    The query set is separate from both the support set and the inner-training data.
+    """
+
+    task_id: str
+    split: str
+    descriptor: tuple[float, ...]
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_support: torch.Tensor
+    y_support: torch.Tensor
+    x_query: torch.Tensor
+    y_query: torch.Tensor
+
+    def support(self, shots: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``shots`` support points."""
+        if not 1 <= shots <= len(self.x_support):
+            raise ValueError(f"{shots}-shot support requested but task {self.task_id} holds {len(self.x_support)} support points")
+        return self.x_support[:shots], self.y_support[:shots]
+
+
+@runtime_checkable
+class TaskSampler(Protocol):
+    """A task family with a seeded training stream and fixed held-out sets.
+
+    The three splits are drawn from independent random streams, so held-out tasks never come out
+    of the training stream. ``validation_tasks`` and ``test_tasks`` depend only on the sampler's
+    config (not on the run seed): every run and every method is measured on the same tasks.
+    """
+
+    descriptor_names: tuple[str, ...]
+    descriptor_low: tuple[float, ...]
+    descriptor_high: tuple[float, ...]
+    input_size: int
+    output_size: int
+    max_shots: int
+    train_points: int
+
+    def train_stream(self, seed: int) -> Iterator[Task]: ...
+
+    def validation_tasks(self, count: int) -> list[Task]: ...
+
+    def test_tasks(self, count: int) -> list[Task]: ...
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class StateEncoder(Protocol):
+    """The task part of the observation, of a fixed, declared size."""
+
+    observation_size: int
+    privileged: bool  # True when it sees more than the K support points (e.g. amplitude and phase)
+
+    def encode(self, task: Task, shots: int) -> np.ndarray: ...
+
+
+@runtime_checkable
+class LayerPool(Protocol):
+    """A global pool of layers shared across tasks, each with a role.
+
+    Nothing here is specific to dense layers: a pool builds a network from a sequence of its
+    indices (in network order: input, hidden..., output), can build the same architecture freshly
+    initialised, and copies a trained network's layers back into the slots they came from.
+    """
+
+    size: int
+    roles: Sequence[Role]
+
+    def build(self, indices: Sequence[int]) -> nn.Module: ...
+
+    def fresh_network(self, depth: int, generator: torch.Generator) -> nn.Module: ...
+
+    def write_back(self, indices: Sequence[int], network: nn.Module) -> None: ...
+
+    def snapshot(self, indices: Sequence[int]) -> Any: ...
+
+    def restore(self, snapshot: Any) -> None: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None: ...
+
+    def diagnostics(self, probe: torch.Tensor) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class RewardFunction(Protocol):
+    """Maps the losses of a finished network to a reward; penalises invalid actions.
+
+    ``required_losses`` names the losses the environment must measure, among
+    ``composed`` (right after composition), ``trained`` (after the inner Adam training) and
+    ``finetuned`` (after the evaluation protocol's K-shot SGD fine-tuning).
+    """
+
+    required_losses: frozenset[str]
+    invalid_action_penalty: float
+    worst_reward: float
+    needs_calibration: bool
+
+    def __call__(self, losses: Mapping[str, float], task: Task) -> float: ...
+
+    def calibrate(self, samples: Sequence[tuple[Task, Mapping[str, float]]]) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class PolicyBackend(Protocol):
+    """An RL learner acting on a ``CompositionEnv``."""
+
+    recurrent: bool
+
+    def learn(self, total_timesteps: int, callback: Any = None, progress_bar: bool = False) -> None: ...
+
+    def act(
+        self, observation: np.ndarray, state: Any, episode_start: bool, action_mask: np.ndarray | None
+    ) -> tuple[int, Any]: ...
+
+    def save(self, path: Path) -> None: ...
+
+    def load(self, path: Path) -> None: ...
+
+    @property
+    def num_timesteps(self) -> int: ...
+
+
+@runtime_checkable
+class Baseline(Protocol):
+    """A method REML is compared with: meta-train once, then hand out a starting network per task."""
+
+    def meta_train(self, tasks: Iterator[Task], progress: bool = True) -> dict[str, float]: ...
+
+    def network_for(self, task: Task, shots: int) -> nn.Module: ...
+
+    def save(self, directory: Path) -> None: ...
+
+    def load(self, directory: Path) -> None: ...
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a factory may need besides its own config. Fields not yet built are None.
+
+    Task samplers get only ``seed``; encoders, pools and rewards also ``task_sampler``;
+    baselines also ``pool`` (for a same-architecture scratch network); policies also ``env``
+    and ``log_dir``.
+    """
+
+    seed: int
+    preset: str = "default"
+    task_sampler: TaskSampler | None = None
+    pool: LayerPool | None = None
+    env: Any = None
+    log_dir: Path | None = None

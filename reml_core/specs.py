@@ -1,0 +1,139 @@
+"""The typed records plugins return from their hooks: one per component they provide.
+
+Every record carries a name (unique within its kind), a factory, the pydantic model that
+validates the component's config section, and a one-line description. Records are checked
+when they are created, so a malformed one fails inside the plugin that made it and the
+registry can report that plugin by name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel
+
+Kind = Literal["task_sampler", "state_encoder", "layer_pool", "reward", "policy", "baseline"]
+KINDS: tuple[Kind, ...] = ("task_sampler", "state_encoder", "layer_pool", "reward", "policy", "baseline")
+KIND_LABELS: dict[str, str] = {
+    "task_sampler": "task plugin",
+    "state_encoder": "state encoder",
+    "layer_pool": "layer pool",
+    "reward": "reward function",
+    "policy": "policy backend",
+    "baseline": "baseline",
+}
+
+Preset = Literal["smoke", "default", "full"]
+PRESETS: tuple[Preset, ...] = ("smoke", "default", "full")
+
+_NAME = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComponentSpec:
+    """What every record has in common.
+
+    ``factory(config, context)`` builds the component from its validated config (an instance of
+    ``config_model``) and a :class:`reml_core.interfaces.BuildContext`. ``presets`` maps a preset
+    name (``smoke``, ``default``, ``full``) to overrides of this component's own config section.
+    """
+
+    kind: ClassVar[Kind]
+
+    name: str
+    factory: Callable[..., Any]
+    config_model: type[BaseModel]
+    description: str
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ValueError(
+                f"{type(self).__name__}: name {self.name!r} must be lowercase letters, digits, '-' or '_'"
+            )
+        if not callable(self.factory):
+            raise TypeError(f"{type(self).__name__} {self.name!r}: factory is not callable")
+        if not (isinstance(self.config_model, type) and issubclass(self.config_model, BaseModel)):
+            raise TypeError(f"{type(self).__name__} {self.name!r}: config_model must be a pydantic model class")
+        if not isinstance(self.description, str) or not self.description.strip() or "\n" in self.description:
+            raise ValueError(f"{type(self).__name__} {self.name!r}: description must be one non-empty line")
+        unknown = set(self.presets) - set(PRESETS)
+        if unknown:
+            raise ValueError(f"{type(self).__name__} {self.name!r}: unknown presets {sorted(unknown)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recommendation:
+    """The components a task plugin suggests; each can be overridden by flag or config file."""
+
+    encoder: str
+    pool: str
+    reward: str
+    policy: str
+    baselines: tuple[str, ...] = ("scratch",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSamplerSpec(ComponentSpec):
+    """A task family. Factory returns a :class:`reml_core.interfaces.TaskSampler`.
+
+    ``recommended`` names the components ``reml-run --plugin NAME`` uses unless told otherwise;
+    ``experiment_presets`` maps a preset to overrides of the experiment's own sections
+    (``env``, ``train``, ``eval``): the budgets that make ``smoke`` quick and ``full`` thorough.
+    """
+
+    kind: ClassVar[Kind] = "task_sampler"
+    recommended: Recommendation
+    experiment_presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.recommended, Recommendation):
+            raise TypeError(f"TaskSamplerSpec {self.name!r}: recommended must be a Recommendation")
+        unknown = set(self.experiment_presets) - set(PRESETS)
+        if unknown:
+            raise ValueError(f"TaskSamplerSpec {self.name!r}: unknown experiment presets {sorted(unknown)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateEncoderSpec(ComponentSpec):
+    """Turns a task into the task part of the observation. Factory returns a ``StateEncoder``."""
+
+    kind: ClassVar[Kind] = "state_encoder"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerPoolSpec(ComponentSpec):
+    """A kind of global layer pool (dense, conv, ...). Factory returns a ``LayerPool``."""
+
+    kind: ClassVar[Kind] = "layer_pool"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewardSpec(ComponentSpec):
+    """Maps the losses of a composed network to a reward. Factory returns a ``RewardFunction``."""
+
+    kind: ClassVar[Kind] = "reward"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicySpec(ComponentSpec):
+    """An RL algorithm and policy network. Factory returns a ``PolicyBackend``."""
+
+    kind: ClassVar[Kind] = "policy"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaselineSpec(ComponentSpec):
+    """A method REML is compared with (MAML, scratch). Factory returns a ``Baseline``."""
+
+    kind: ClassVar[Kind] = "baseline"
+
+
+SPEC_TYPES: dict[str, type[ComponentSpec]] = {
+    spec.kind: spec
+    for spec in (TaskSamplerSpec, StateEncoderSpec, LayerPoolSpec, RewardSpec, PolicySpec, BaselineSpec)
+}

@@ -1,0 +1,86 @@
+"""The console scripts as a user meets them: exit codes, one-line errors, help text, JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reml_core.cli import bench, plugins, run
+
+BIN = Path(sys.executable).parent
+
+
+def _script(tool: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_unknown_task_plugin_is_one_line_and_exit_2():
+    result = _script("reml-run", "--plugin", "nosuch")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "'nosuch'" in lines[0] and "available:" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_reml_plugins_json_has_all_six_kinds():
+    result = _script("reml-plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    listing = json.loads(result.stdout)
+    assert sorted(listing) == sorted(["task_sampler", "state_encoder", "layer_pool", "reward", "policy", "baseline"])
+    for items in listing.values():
+        for item in items:
+            assert set(item) == {"name", "plugin", "description"}
+
+
+@pytest.mark.parametrize(
+    ("module", "flags"),
+    [
+        (run, ["--plugin", "--policy", "--encoder", "--pool", "--reward", "--preset", "--config", "--seed", "--set", "--out", "--force", "--resume"]),
+        (bench, ["--plugin", "--methods", "--policy", "--encoder", "--shots", "--steps", "--test-tasks", "--preset", "--seeds", "--from", "--out", "--config", "--seed", "--set", "--force"]),
+    ],
+)
+def test_help_documents_every_option(module, flags, capsys):
+    with pytest.raises(SystemExit) as exited:
+        module.main(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    for flag in flags:
+        assert flag in text, f"{flag} missing from --help"
+    parser = module.build_parser()
+    documented = {option for action in parser._actions for option in action.option_strings if action.help}
+    assert documented >= set(flags)
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["--seed", "-3"], "argument --seed: must be >= 0, got -3"),
+        (["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_flags_are_one_line_and_exit_2(argv, complaint, capsys):
+    with pytest.raises(SystemExit) as exited:
+        run.main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and complaint in err[0]
+
+
+def test_bench_list_flags_are_checked(capsys):
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["--shots", "5,ten"])
+    assert exited.value.code == 2
+    assert "expected comma-separated integers, got '5,ten'" in capsys.readouterr().err
+
+
+def test_plugins_text_listing(capsys):
+    assert plugins.main([]) == 0
+    out = capsys.readouterr().out
+    for heading in ("task plugins", "state encoders", "layer pools", "reward functions", "policy backends", "baselines"):
+        assert heading in out

@@ -1,0 +1,56 @@
+"""A plugin shipped as its own distribution is found through the entry point, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).parent / "external_plugin"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory) -> Path:
+    """The example plugin pip-installed into a temporary folder (not into the venv)."""
+    build = tmp_path_factory.mktemp("external-src")
+    shutil.copytree(SOURCE, build / "src")
+    target = tmp_path_factory.mktemp("external-site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+         "--no-build-isolation", "--target", str(target), str(build / "src")],
+        check=True, capture_output=True, text=True,
+    )
+    return target
+
+
+def _run(tool: str, *args: str, site: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {key: value for key, value in os.environ.items() if key != "REML_DISABLE_PLUGINS"}
+    environ.update(PYTHONPATH=str(site), **env)
+    return subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, env=environ, timeout=120)
+
+
+def test_reml_plugins_lists_the_external_plugins_components(plugin_site):
+    result = _run("reml-plugins", "--json", site=plugin_site)
+    assert result.returncode == 0, result.stderr
+    listing = json.loads(result.stdout)
+    assert set(listing) == {"task_sampler", "state_encoder", "layer_pool", "reward", "policy", "baseline"}
+    line = [item for item in listing["task_sampler"] if item["name"] == "line"]
+    assert line == [{"name": "line", "plugin": "reml-example-plugin",
+                     "description": "Straight lines y = a*x + b with a, b uniform in [-1, 1] (example third-party plugin)."}]
+    assert any(item["name"] == "support-moments" for item in listing["state_encoder"])
+    # Its broken sibling is reported by name and takes nothing else down.
+    assert "plugin 'example-broken' (reml-example-plugin) failed to import" in result.stderr
+    assert "needs a package that is not installed" in result.stderr
+
+
+def test_disabled_external_plugins_are_not_loaded(plugin_site):
+    result = _run("reml-plugins", "--json", site=plugin_site, REML_DISABLE_PLUGINS="example,example-broken")
+    assert result.returncode == 0
+    assert result.stderr == ""
+    assert all(item["name"] != "line" for item in json.loads(result.stdout)["task_sampler"])
