@@ -73,7 +73,6 @@ class Recommendation:
     pool: str
     reward: str
     policy: str
-    baselines: tuple[str, ...] = ("scratch",)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,3 +27,28 @@ def toy_registry() -> PluginRegistry:
 def installed_registry() -> PluginRegistry:
     """The registry the command-line tools see: every plugin installed through entry points."""
     return PluginRegistry.discover(disabled=())
+
+
+@pytest.fixture
+def sine_registry() -> PluginRegistry:
+    """The installed plugins plus the toy plugin (whose policy lets engine tests resolve a config)."""
+    from helpers import toy_plugin
+
+    registry = PluginRegistry.discover(disabled=())
+    registry.register(toy_plugin, name="toy", distribution="toy-dist")
+    return registry
+
+
+@pytest.fixture
+def make_components(sine_registry):
+    """Build a sine experiment's components: ``make_components(seed=1, env={"depth": 4})``."""
+    from reml_core.config import resolve_config
+    from reml_core.experiment import build_components
+
+    def make(**user):
+        user.setdefault("plugin", "sine")
+        user.setdefault("policy", "toy-policy")
+        user.setdefault("preset", "smoke")
+        return build_components(resolve_config(sine_registry, user))
+
+    return make

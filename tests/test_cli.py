@@ -84,3 +84,17 @@ def test_plugins_text_listing(capsys):
     out = capsys.readouterr().out
     for heading in ("task plugins", "state encoders", "layer pools", "reward functions", "policy backends", "baselines"):
         assert heading in out
+
+
+def test_builtin_components_are_listed_as_provided_by_reml():
+    listing = json.loads(_script("reml-plugins", "--json").stdout)
+    names = {kind: {item["name"]: item["plugin"] for item in items} for kind, items in listing.items()}
+    expected = {
+        "task_sampler": ["sine"],
+        "state_encoder": ["oracle", "support-set"],
+        "layer_pool": ["dense"],
+        "reward": ["neg-mse", "neg-mse-minmax"],
+    }
+    for kind, wanted in expected.items():
+        for name in wanted:
+            assert names[kind].get(name) == "reml", f"{kind} {name!r} missing"

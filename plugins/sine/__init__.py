@@ -1,0 +1,52 @@
+"""The ``sine`` task plugin: Finn et al.'s sinusoid regression and its state encoders."""
+
+from __future__ import annotations
+
+from reml_core import hookimpl
+from reml_core.specs import Recommendation, StateEncoderSpec, TaskSamplerSpec
+from reml_plugins.sine.encoders import OracleConfig, SupportSetConfig, build_oracle, build_support_set
+from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
+
+# Budgets per preset for the experiment's own sections; the components carry their own presets.
+EXPERIMENT_PRESETS = {
+    "smoke": {
+        "train": {"env_steps": 2_000, "checkpoint_every": 1_000, "validation_tasks": 10, "calibration_episodes": 20},
+        "eval": {"test_tasks": 50, "curve_steps": 100, "curve_tasks": 20},
+    },
+    "default": {
+        "train": {"env_steps": 100_000, "checkpoint_every": 10_000, "validation_tasks": 100, "calibration_episodes": 200},
+        "eval": {"test_tasks": 600, "curve_steps": 100, "curve_tasks": 100},
+    },
+    "full": {
+        "train": {"env_steps": 1_000_000, "checkpoint_every": 50_000, "validation_tasks": 200, "calibration_episodes": 500},
+        "eval": {"test_tasks": 600, "curve_steps": 100, "curve_tasks": 600},
+    },
+}
+
+
+@hookimpl
+def reml_task_samplers():
+    yield TaskSamplerSpec(
+        name="sine",
+        factory=lambda config, context: SineTaskSampler(config),
+        config_model=SineConfig,
+        description="Sinusoid regression y = A sin(x + phase), A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5] (Finn et al. 2017).",
+        recommended=Recommendation(encoder="oracle", pool="dense", reward="neg-mse", policy="ppo-mlp"),
+        experiment_presets=EXPERIMENT_PRESETS,
+    )
+
+
+@hookimpl
+def reml_state_encoders():
+    yield StateEncoderSpec(
+        name="oracle",
+        factory=build_oracle,
+        config_model=OracleConfig,
+        description="The task's true descriptor (sine: amplitude and phase), as in the thesis; privileged information.",
+    )
+    yield StateEncoderSpec(
+        name="support-set",
+        factory=build_support_set,
+        config_model=SupportSetConfig,
+        description="Only the K support points, sorted, scaled and padded with a mask; no privileged information.",
+    )

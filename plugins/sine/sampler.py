@@ -1,0 +1,93 @@
+"""Finn et al.'s sinusoid regression family: y = A sin(x + phase)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from reml_core.interfaces import Task
+
+# Independent random streams per split: held-out tasks never come out of the training stream.
+_SPLIT_KEYS = {"train": 0, "validation": 1, "test": 2}
+
+
+class SineConfig(BaseModel):
+    """The sinusoid family. Defaults are Finn et al.'s (2017) and the thesis'."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    amplitude_low: float = Field(0.1, gt=0)
+    amplitude_high: float = Field(5.0, gt=0)
+    phase_low: float = 0.0
+    phase_high: float = math.pi
+    x_low: float = -5.0
+    x_high: float = 5.0
+    train_points: int = Field(100, gt=0, description="points of a task's inner-training data (thesis: 100)")
+    support_points: int = Field(10, gt=0, description="support points per task; the K-shot set is their first K")
+    query_points: int = Field(100, gt=0, description="query points measuring the error")
+    query_grid: bool = Field(True, description="query points on a uniform grid over [x_low, x_high] (else uniform draws)")
+    test_seed: int = Field(2017, ge=0, description="seed of the held-out validation and test sets (independent of the run seed)")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SineConfig:
+        for low, high in (("amplitude_low", "amplitude_high"), ("phase_low", "phase_high"), ("x_low", "x_high")):
+            if getattr(self, low) >= getattr(self, high):
+                raise ValueError(f"{low} must be below {high}")
+        return self
+
+
+class SineTaskSampler:
+    """Seeded sinusoid tasks: a training stream and fixed validation and test sets."""
+
+    descriptor_names = ("amplitude", "phase")
+    input_size = 1
+    output_size = 1
+
+    def __init__(self, config: SineConfig) -> None:
+        self.config = config
+        self.descriptor_low = (config.amplitude_low, config.phase_low)
+        self.descriptor_high = (config.amplitude_high, config.phase_high)
+        self.max_shots = config.support_points
+        self.train_points = config.train_points
+        self._query_grid = torch.linspace(config.x_low, config.x_high, config.query_points).unsqueeze(1)
+
+    def _generator(self, entropy: int, split: str) -> np.random.Generator:
+        return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy, spawn_key=(_SPLIT_KEYS[split],))))
+
+    def _task(self, rng: np.random.Generator, task_id: str, split: str) -> Task:
+        c = self.config
+        amplitude = float(rng.uniform(c.amplitude_low, c.amplitude_high))
+        phase = float(rng.uniform(c.phase_low, c.phase_high))
+        n_random = c.train_points + c.support_points + (0 if c.query_grid else c.query_points)
+        x = torch.from_numpy(rng.uniform(c.x_low, c.x_high, size=(n_random, 1)).astype(np.float32))
+        x_train, x_support = x[: c.train_points], x[c.train_points : c.train_points + c.support_points]
+        x_query = self._query_grid if c.query_grid else x[c.train_points + c.support_points :]
+
+        def f(inputs: torch.Tensor) -> torch.Tensor:
+            return amplitude * torch.sin(inputs + phase)
+
+        return Task(task_id, split, (amplitude, phase), x_train, f(x_train), x_support, f(x_support), x_query, f(x_query))
+
+    def train_stream(self, seed: int) -> Iterator[Task]:
+        rng = self._generator(seed, "train")
+        index = 0
+        while True:
+            yield self._task(rng, f"train-s{seed}-{index}", "train")
+            index += 1
+
+    def _held_out(self, split: str, count: int) -> list[Task]:
+        rng = self._generator(self.config.test_seed, split)
+        return [self._task(rng, f"{split}-{index}", split) for index in range(count)]
+
+    def validation_tasks(self, count: int) -> list[Task]:
+        return self._held_out("validation", count)
+
+    def test_tasks(self, count: int) -> list[Task]:
+        return self._held_out("test", count)
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.mean((prediction - target) ** 2)

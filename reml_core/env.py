@@ -1,0 +1,250 @@
+"""The composition MDP: each action picks a pool layer for the next slot of a network.
+
+Slots are filled in the thesis' order: the input layer, then the output layer, then the hidden
+layers from the input side (``input, output, hidden_1, ..., hidden_{depth-2}``); the network
+itself runs input -> hidden_1 -> ... -> output. The thesis' environment starts from a network
+holding an input and an output layer, and choosing those two first keeps that: from the second
+step on the network is complete, so the loss and prediction-scale features of the observation
+are real for every hidden-layer choice, and the policy sees what each layer it adds does.
+
+An episode ends when the network reaches ``depth`` layers. In ``train`` mode the network is then
+trained with Adam on the task's training data and its trained layers are written back into the
+pool; the reward comes from the reward function. ``calibrate`` mode does the same without the
+write-back; ``evaluate`` mode only composes (evaluation never changes the pool it evaluates).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from reml_core.config import EnvConfig
+from reml_core.inner_loop import evaluate_loss, finetune_sgd, train_adam
+from reml_core.interfaces import LayerPool, RewardFunction, Role, StateEncoder, Task, TaskSampler
+
+Mode = Literal["train", "calibrate", "evaluate"]
+OBSERVATION_BOUND = 10.0
+
+
+def slot_roles(depth: int) -> list[Role]:
+    """The role of each slot, in the order slots are filled."""
+    return [Role.INPUT, Role.OUTPUT, *([Role.HIDDEN] * (depth - 2))]
+
+
+def network_order(chosen: list[int]) -> list[int]:
+    """Pool indices in the order the network runs them, from indices in slot (fill) order."""
+    if len(chosen) < 2:
+        return list(chosen)
+    return [chosen[0], *chosen[2:], chosen[1]]
+
+
+def check_pool_fits(pool: LayerPool, depth: int) -> str | None:
+    """Why a pool cannot fill a ``depth``-layer network with distinct layers, or None if it can."""
+    needed = {Role.INPUT: 1, Role.OUTPUT: 1, Role.HIDDEN: depth - 2}
+    for role, count in needed.items():
+        available = sum(1 for r in pool.roles if r == role)
+        if available < count:
+            return f"a depth-{depth} network needs {count} distinct {role.value} layer(s) but the pool has {available}"
+    return None
+
+
+class CompositionEnv(gym.Env[np.ndarray, np.int64]):
+    """Compose a network for a task out of a global layer pool; see the module docstring.
+
+    Observation (float32, clipped to +-10): the state encoder's task features; the chosen pool
+    indices in slot order, as (index + 1) / pool size, 0 for an empty slot; a pool-membership
+    vector (1 for each chosen layer); log(1 + loss) of the current network on the K support
+    points; log(1 + std of its predictions there); 1 if the network is complete (input and
+    output chosen); K / max K; a one-hot of the slot being filled.
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(
+        self,
+        task_sampler: TaskSampler,
+        encoder: StateEncoder,
+        pool: LayerPool,
+        reward: RewardFunction,
+        config: EnvConfig,
+        *,
+        seed: int = 0,
+        mode: Mode = "train",
+        render_mode: str | None = None,
+    ) -> None:
+        problem = check_pool_fits(pool, config.depth)
+        if problem:
+            raise ValueError(problem)
+        too_many = [k for k in config.shots if k > task_sampler.max_shots]
+        if too_many:
+            raise ValueError(f"K = {too_many[0]} exceeds the {task_sampler.max_shots} support points a task holds")
+        self.task_sampler = task_sampler
+        self.encoder = encoder
+        self.pool = pool
+        self.reward_function = reward
+        self.config = config
+        self.mode = mode
+        self.render_mode = render_mode
+        self.depth = config.depth
+        self.slot_roles = slot_roles(config.depth)
+        self._roles = np.array([role.value for role in pool.roles])
+        self.action_space = spaces.Discrete(pool.size)
+        size = encoder.observation_size + self.depth + pool.size + 4 + self.depth
+        self.observation_space = spaces.Box(-OBSERVATION_BOUND, OBSERVATION_BOUND, shape=(size,), dtype=np.float32)
+        self._seed = seed
+        self._tasks = task_sampler.train_stream(seed)
+        self.episodes = 0
+        self.task: Task | None = None
+        self.shots = config.shots[-1]
+        self._chosen: list[int] = []
+        self._invalid = 0
+        self._task_features = np.zeros(encoder.observation_size, dtype=np.float32)
+        self._network_features = (0.0, 0.0)
+        self._current_loss: float | None = None
+
+    # -- gymnasium API -----------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode on the next training task, or on ``options["task"]`` with ``options["shots"]``.
+
+        A ``seed`` restarts the training task stream from that seed.
+        """
+        super().reset(seed=seed)
+        if seed is not None:
+            self._seed = seed
+            self._tasks = self.task_sampler.train_stream(seed)
+            self.episodes = 0
+        options = options or {}
+        episode_rng = np.random.default_rng([self._seed, self.episodes])
+        self.task = options["task"] if "task" in options else next(self._tasks)
+        self.shots = int(options["shots"]) if "shots" in options else int(episode_rng.choice(self.config.shots))
+        if not 1 <= self.shots <= self.task_sampler.max_shots:
+            raise ValueError(f"K = {self.shots} is outside 1..{self.task_sampler.max_shots}")
+        self._minibatch_seed = int(episode_rng.integers(2**62))
+        self.episodes += 1
+        self._chosen = []
+        self._invalid = 0
+        self._task_features = np.asarray(self.encoder.encode(self.task, self.shots), dtype=np.float32)
+        self._network_features = (0.0, 0.0)
+        self._current_loss: float | None = None
+        return self._observation(), self._info(valid=True)
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        assert self.task is not None, "call reset() before step()"
+        action = int(action)
+        if not self.is_valid(action):
+            self._invalid += 1
+            truncated = self._invalid > self.config.max_invalid_actions
+            return self._observation(), float(self.reward_function.invalid_action_penalty), False, truncated, self._info(valid=False)
+        self._chosen.append(action)
+        if len(self._chosen) < self.depth:
+            if len(self._chosen) >= 2:
+                self._network_features = self._measure_current()
+            return self._observation(), 0.0, False, False, self._info(valid=True)
+        reward, details = self._finish()
+        info = self._info(valid=True)
+        info.update(details)
+        return self._observation(), reward, True, False, info
+
+    def action_masks(self) -> np.ndarray:
+        """True for each pool index that fits the slot being filled (for maskable policies)."""
+        mask = np.zeros(self.pool.size, dtype=bool)
+        if len(self._chosen) >= self.depth:
+            return mask
+        mask[self._roles == self.slot_roles[len(self._chosen)].value] = True
+        mask[self._chosen] = False
+        return mask
+
+    def is_valid(self, action: int) -> bool:
+        if not 0 <= action < self.pool.size or len(self._chosen) >= self.depth:
+            return False
+        return self.pool.roles[action] == self.slot_roles[len(self._chosen)] and action not in self._chosen
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        slots = ", ".join(f"{role.value}={index}" for role, index in zip(self.slot_roles, self._chosen))
+        return f"task {self.task.task_id if self.task else '-'} K={self.shots}: [{slots}]"
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @property
+    def chosen(self) -> list[int]:
+        """Pool indices chosen so far, in network order."""
+        return network_order(self._chosen)
+
+    def _measure_current(self) -> tuple[float, float]:
+        """Features of the network so far, on the K support points (all a few-shot method may see)."""
+        assert self.task is not None
+        x, y = self.task.support(self.shots)
+        network = self.pool.build(self.chosen)
+        with torch.no_grad():
+            prediction = network(x)
+            loss = float(self.task_sampler.loss(prediction, y))
+            scale = float(prediction.std(unbiased=False)) if prediction.numel() > 1 else float(prediction.abs().mean())
+        self._current_loss = loss
+        return (_log_feature(loss), _log_feature(scale))
+
+    def _finish(self) -> tuple[float, dict[str, Any]]:
+        """End of an episode: measure the losses the reward needs; train and write back in train mode."""
+        assert self.task is not None
+        if self.mode == "evaluate":
+            return 0.0, {"losses": {}, "numerical_fault": False}
+        task, indices, loss_fn = self.task, self.chosen, self.task_sampler.loss
+        network = self.pool.build(indices)
+        required = self.reward_function.required_losses
+        losses: dict[str, float] = {}
+        if "composed" in required:
+            losses["composed"] = evaluate_loss(network, task.x_query, task.y_query, loss_fn)
+        if "finetuned" in required:
+            tuned = self.pool.build(indices)
+            x_support, y_support = task.support(self.shots)
+            ok = finetune_sgd(tuned, x_support, y_support, loss_fn, steps=self.config.finetune_steps, lr=self.config.finetune_lr)
+            losses["finetuned"] = evaluate_loss(tuned, task.x_query, task.y_query, loss_fn) if ok else math.nan
+        generator = torch.Generator().manual_seed(self._minibatch_seed)
+        trained_ok = train_adam(
+            network, task.x_train, task.y_train, loss_fn,
+            steps=self.config.inner_steps, lr=self.config.inner_lr, batch_size=self.config.inner_batch, generator=generator,
+        )
+        losses["trained"] = evaluate_loss(network, task.x_query, task.y_query, loss_fn) if trained_ok else math.nan
+        fault = not all(math.isfinite(value) for value in losses.values())
+        if self.mode == "train" and not fault:
+            # The network trained on copies: until this line the pool is untouched, so a
+            # numerical fault leaves every chosen layer exactly as it was before the episode.
+            self.pool.write_back(indices, network)
+        reward = self.reward_function.worst_reward if fault else float(self.reward_function(losses, task))
+        return reward, {"losses": losses, "numerical_fault": fault}
+
+    def _observation(self) -> np.ndarray:
+        chosen = np.zeros(self.depth, dtype=np.float32)
+        chosen[: len(self._chosen)] = (np.asarray(self._chosen, dtype=np.float32) + 1.0) / self.pool.size
+        membership = np.zeros(self.pool.size, dtype=np.float32)
+        membership[self._chosen] = 1.0
+        slot = np.zeros(self.depth, dtype=np.float32)
+        if len(self._chosen) < self.depth:
+            slot[len(self._chosen)] = 1.0
+        network = np.array(
+            [*self._network_features, float(len(self._chosen) >= 2), self.shots / self.task_sampler.max_shots],
+            dtype=np.float32,
+        )
+        observation = np.concatenate([self._task_features, chosen, membership, network, slot])
+        return np.clip(np.nan_to_num(observation, nan=OBSERVATION_BOUND), -OBSERVATION_BOUND, OBSERVATION_BOUND)
+
+    def _info(self, *, valid: bool) -> dict[str, Any]:
+        return {
+            "valid": valid,
+            "indices": self.chosen,
+            "loss": self._current_loss,
+            "task_id": self.task.task_id if self.task else None,
+            "shots": self.shots,
+        }
+
+
+def _log_feature(value: float) -> float:
+    return math.log1p(value) if math.isfinite(value) and value >= 0 else OBSERVATION_BOUND
+
