@@ -53,6 +53,9 @@ class EnvConfig(StrictModel):
     finetune_steps: int = Field(10, ge=0, description="SGD steps on the K support points for the 'finetuned' loss")
     finetune_lr: float = Field(0.01, gt=0, description="SGD learning rate for the 'finetuned' loss")
     max_invalid_actions: int = Field(10, ge=0, description="invalid actions after which an episode is truncated")
+    write_back_rate: float = Field(
+        1.0, gt=0, le=1, description="pool += rate * (trained - pool): 1 replaces the layers (thesis), below 1 is a Reptile step"
+    )
 
     @field_validator("shots")
     @classmethod

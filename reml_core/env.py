@@ -75,6 +75,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         *,
         seed: int = 0,
         mode: Mode = "train",
+        first_episode: int = 0,
         render_mode: str | None = None,
     ) -> None:
         problem = check_pool_fits(pool, config.depth)
@@ -96,9 +97,8 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self.action_space = spaces.Discrete(pool.size)
         size = encoder.observation_size + self.depth + pool.size + 4 + self.depth
         self.observation_space = spaces.Box(-OBSERVATION_BOUND, OBSERVATION_BOUND, shape=(size,), dtype=np.float32)
-        self._seed = seed
-        self._tasks = task_sampler.train_stream(seed)
-        self.episodes = 0
+        self._first_episode = first_episode
+        self._restart_stream(seed)
         self.task: Task | None = None
         self.shots = config.shots[-1]
         self._chosen: list[int] = []
@@ -112,13 +112,13 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """Start an episode on the next training task, or on ``options["task"]`` with ``options["shots"]``.
 
-        A ``seed`` restarts the training task stream from that seed.
+        A ``seed`` restarts the training task stream from that seed. Everything random in an
+        episode (its K, its minibatches) derives from (seed, episode number), so a resumed run
+        continues the stream exactly where the checkpoint left it.
         """
         super().reset(seed=seed)
         if seed is not None:
-            self._seed = seed
-            self._tasks = self.task_sampler.train_stream(seed)
-            self.episodes = 0
+            self._restart_stream(seed)
         options = options or {}
         episode_rng = np.random.default_rng([self._seed, self.episodes])
         self.task = options["task"] if "task" in options else next(self._tasks)
@@ -150,6 +150,14 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         info = self._info(valid=True)
         info.update(details)
         return self._observation(), reward, True, False, info
+
+    def _restart_stream(self, seed: int) -> None:
+        """Training tasks from ``seed``'s stream, starting at ``first_episode`` (past tasks a resumed run saw)."""
+        self._seed = seed
+        self._tasks = self.task_sampler.train_stream(seed)
+        for _ in range(self._first_episode):
+            next(self._tasks)
+        self.episodes = self._first_episode
 
     def action_masks(self) -> np.ndarray:
         """True for each pool index that fits the slot being filled (for maskable policies)."""
@@ -216,7 +224,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         if self.mode == "train" and not fault:
             # The network trained on copies: until this line the pool is untouched, so a
             # numerical fault leaves every chosen layer exactly as it was before the episode.
-            self.pool.write_back(indices, network)
+            self.pool.write_back(indices, network, rate=self.config.write_back_rate)
         reward = self.reward_function.worst_reward if fault else float(self.reward_function(losses, task))
         return reward, {"losses": losses, "numerical_fault": fault}
 

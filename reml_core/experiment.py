@@ -21,16 +21,16 @@ class Components:
     pool: LayerPool
     reward: RewardFunction
 
-    def make_env(self, *, mode: Mode = "train", seed: int | None = None) -> CompositionEnv:
+    def make_env(self, *, mode: Mode = "train", seed: int | None = None, first_episode: int = 0) -> CompositionEnv:
         return CompositionEnv(
             self.task_sampler, self.encoder, self.pool, self.reward, self.config.core.env,
-            seed=self.config.seed if seed is None else seed, mode=mode,
+            seed=self.config.seed if seed is None else seed, mode=mode, first_episode=first_episode,
         )
 
 
 def build_components(config: RunConfig) -> Components:
     """Call each plugin's factory with its config; report cross-component problems as config errors."""
-    context = BuildContext(seed=config.seed, preset=config.core.preset)
+    context = BuildContext(seed=config.seed, preset=config.core.preset, depth=config.core.env.depth)
     sampler = config.task.spec.factory(config.task.config, context)
     context = replace(context, task_sampler=sampler)
     encoder = config.encoder.spec.factory(config.encoder.config, context)

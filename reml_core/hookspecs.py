@@ -242,17 +242,23 @@ def reml_policies() -> Iterable[PolicySpec]:
                 self.env, self.rng, self.num_timesteps = context.env, np.random.default_rng(context.seed), 0
 
             def learn(self, total_timesteps, callback=None, progress_bar=False):
-                self.num_timesteps += total_timesteps
+                for _ in range(total_timesteps):
+                    self.num_timesteps += 1
+                    if callback is not None and not callback(self.num_timesteps):
+                        break
+
+            def record(self, metrics, step):
+                pass
 
             def act(self, observation, state, episode_start, action_mask):
                 valid = np.flatnonzero(action_mask) if action_mask is not None else np.arange(self.env.action_space.n)
                 return int(self.rng.choice(valid)), state
 
-            def save(self, path):
-                path.write_text("random policy")
+            def save(self, directory):
+                (directory / "random-policy.txt").write_text(str(self.num_timesteps))
 
-            def load(self, path):
-                pass
+            def load(self, directory, *, trust_pickle=False):
+                self.num_timesteps = int((directory / "random-policy.txt").read_text())
 
 
         @hookimpl

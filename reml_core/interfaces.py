@@ -7,7 +7,7 @@ plugins register, and talks to them only through the methods below.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -93,7 +93,7 @@ class LayerPool(Protocol):
 
     Nothing here is specific to dense layers: a pool builds a network from a sequence of its
     indices (in network order: input, hidden..., output), can build the same architecture freshly
-    initialised, and copies a trained network's layers back into the slots they came from.
+    initialised, and writes a trained network's layers back into the slots they came from.
     """
 
     size: int
@@ -103,7 +103,8 @@ class LayerPool(Protocol):
 
     def fresh_network(self, depth: int, generator: torch.Generator) -> nn.Module: ...
 
-    def write_back(self, indices: Sequence[int], network: nn.Module) -> None: ...
+    def write_back(self, indices: Sequence[int], network: nn.Module, rate: float = 1.0) -> None:
+        """pool += rate * (network's layers - pool) for the layers ``indices`` names (rate 1: replace)."""
 
     def state_dict(self) -> dict[str, torch.Tensor]: ...
 
@@ -141,15 +142,20 @@ class PolicyBackend(Protocol):
 
     recurrent: bool
 
-    def learn(self, total_timesteps: int, callback: Any = None, progress_bar: bool = False) -> None: ...
+    def learn(self, total_timesteps: int, callback: Callable[[int], bool] | None = None, progress_bar: bool = False) -> None:
+        """Train for ``total_timesteps`` more steps; ``callback(num_timesteps)`` after each step, False stops."""
+
+    def record(self, metrics: Mapping[str, float], step: int) -> None:
+        """Write metrics to the backend's training log (CSV/TensorBoard)."""
 
     def act(
         self, observation: np.ndarray, state: Any, episode_start: bool, action_mask: np.ndarray | None
     ) -> tuple[int, Any]: ...
 
-    def save(self, path: Path) -> None: ...
+    def save(self, directory: Path) -> None: ...
 
-    def load(self, path: Path) -> None: ...
+    def load(self, directory: Path, *, trust_pickle: bool = False) -> None:
+        """Restore what ``save`` wrote; never unpickle unless ``trust_pickle``."""
 
     @property
     def num_timesteps(self) -> int: ...
@@ -174,11 +180,12 @@ class BuildContext:
 
     Task samplers get only ``seed``; encoders, pools and rewards also ``task_sampler``;
     baselines also ``pool`` (for a same-architecture scratch network); policies also ``env``
-    and ``log_dir``.
+    and ``log_dir``. ``depth`` is the number of layers of the networks REML composes.
     """
 
     seed: int
     preset: str = "default"
+    depth: int = 5
     task_sampler: TaskSampler | None = None
     pool: LayerPool | None = None
     env: Any = None

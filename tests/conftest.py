@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from reml_core.registry import PluginRegistry
+
+# Networks here are tiny: one thread is fastest, and keeps tests steady on a busy 2-core machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -54,3 +54,20 @@ def test_disabled_external_plugins_are_not_loaded(plugin_site):
     assert result.returncode == 0
     assert result.stderr == ""
     assert all(item["name"] != "line" for item in json.loads(result.stdout)["task_sampler"])
+
+
+def test_the_external_task_family_is_a_valid_plugin_choice(plugin_site):
+    result = _run("reml-run", "--plugin", "line", "--set", "task.support_points=0", site=plugin_site,
+                  REML_DISABLE_PLUGINS="example-broken")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "task.support_points: Input should be greater than 0 (got 0)"
+
+
+def test_the_external_task_family_runs_end_to_end(plugin_site, tmp_path):
+    # Its own task sampler and encoder, REML's built-in pool, reward and policy: a full smoke run.
+    result = _run("reml-run", "--plugin", "line", "--preset", "smoke", "--out", str(tmp_path / "run"),
+                  "--set", "train.progress=false", site=plugin_site, REML_DISABLE_PLUGINS="example-broken")
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (results["plugin"], results["encoder"], results["encoder_privileged"]) == ("line", "support-moments", False)
+    assert results["methods"]["reml"]["10"]["10"]["mse_mean"] is not None

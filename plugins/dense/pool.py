@@ -173,14 +173,18 @@ class DenseLayerPool:
         return ComposedNetwork(weights, biases, self.config.activation)
 
     @torch.no_grad()
-    def write_back(self, indices: Sequence[int], network: nn.Module) -> None:
-        """Copy a (trained) network's layers into the pool slots they were built from."""
+    def write_back(self, indices: Sequence[int], network: nn.Module, rate: float = 1.0) -> None:
+        """Move the pool layers the network was built from towards its (trained) layers.
+
+        ``rate`` 1 replaces them (the thesis); below 1 it is a Reptile-style step
+        ``pool += rate * (trained - pool)``.
+        """
         if not isinstance(network, ComposedNetwork) or len(network.weights) != len(indices):
             raise TypeError("write_back needs the ComposedNetwork that build() returned for these indices")
         for slot, index in enumerate(indices):
             role, local = self.locate(index)
-            self.weights[role][local].copy_(network.weights[slot])
-            self.biases[role][local].copy_(network.biases[slot])
+            self.weights[role][local].lerp_(network.weights[slot], rate)
+            self.biases[role][local].lerp_(network.biases[slot], rate)
 
     # -- persistence -------------------------------------------------------------------------
 

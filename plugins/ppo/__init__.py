@@ -1,0 +1,47 @@
+"""The ``ppo`` plugin: PPO with an MLP, RecurrentPPO with an LSTM, and MaskablePPO."""
+
+from __future__ import annotations
+
+from reml_core import hookimpl
+from reml_core.interfaces import BuildContext
+from reml_core.specs import PolicySpec
+from reml_plugins.ppo.config import PPOConfig, RecurrentPPOConfig
+
+
+def build(name: str):
+    """A factory for one backend; stable-baselines3 is imported only when a policy is built."""
+
+    def factory(config: PPOConfig, context: BuildContext):
+        from reml_plugins.ppo.backends import SB3PolicyBackend
+
+        return SB3PolicyBackend(name, config, context)
+
+    return factory
+
+
+SMOKE = {"n_steps": 256, "batch_size": 64, "n_epochs": 4}
+
+
+@hookimpl
+def reml_policies():
+    yield PolicySpec(
+        name="ppo-mlp",
+        factory=build("ppo-mlp"),
+        config_model=PPOConfig,
+        description="PPO with an MLP policy (stable-baselines3); invalid actions are penalised.",
+        presets={"smoke": SMOKE},
+    )
+    yield PolicySpec(
+        name="ppo-lstm",
+        factory=build("ppo-lstm"),
+        config_model=RecurrentPPOConfig,
+        description="RecurrentPPO with an LSTM policy (sb3-contrib): the order of chosen layers is a sequence.",
+        presets={"smoke": SMOKE},
+    )
+    yield PolicySpec(
+        name="ppo-mlp-masked",
+        factory=build("ppo-mlp-masked"),
+        config_model=PPOConfig,
+        description="MaskablePPO with an MLP policy (sb3-contrib): only layers that fit the slot are ever chosen.",
+        presets={"smoke": SMOKE},
+    )

@@ -1,0 +1,185 @@
+"""PPO policy backends on stable-baselines3 and sb3-contrib.
+
+Evaluation rollouts are deterministic and masked: the policy's most probable action *among the
+layers that fit the slot*. (An unmasked argmax that picks an invalid layer would repeat forever,
+since an invalid action changes nothing.) How often the unmasked argmax would have been invalid
+is counted, so a policy that never learned the slot rules cannot hide behind the mask.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reml_core.compat import import_gym_quietly
+from reml_core.errors import CheckpointError
+from reml_core.interfaces import BuildContext
+from reml_plugins.ppo.config import PPOConfig, RecurrentPPOConfig
+
+import_gym_quietly()
+
+from sb3_contrib import MaskablePPO, RecurrentPPO  # noqa: E402
+from stable_baselines3 import PPO  # noqa: E402
+from stable_baselines3.common.base_class import BaseAlgorithm  # noqa: E402
+from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
+from stable_baselines3.common.logger import configure  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+
+class _StepCallback(BaseCallback):
+    """Adapts REML's plain ``callback(num_timesteps) -> bool`` to stable-baselines3's callback class."""
+
+    def __init__(self, callback: Callable[[int], bool]) -> None:
+        super().__init__()
+        self._callback = callback
+
+    def _on_step(self) -> bool:
+        return bool(self._callback(self.num_timesteps))
+
+
+ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], str]] = {
+    "ppo-mlp": (PPO, "MlpPolicy"),
+    "ppo-lstm": (RecurrentPPO, "MlpLstmPolicy"),
+    "ppo-mlp-masked": (MaskablePPO, "MlpPolicy"),
+}
+
+
+class SB3PolicyBackend:
+    """A stable-baselines3 algorithm acting on a ``CompositionEnv``; see ``PolicyBackend``."""
+
+    def __init__(self, name: str, config: PPOConfig, context: BuildContext) -> None:
+        if context.env is None:
+            raise ValueError("a policy backend needs the environment in its BuildContext")
+        self.name = name
+        self.algorithm, policy = ALGORITHMS[name]
+        self.recurrent = self.algorithm is RecurrentPPO
+        self.masked = self.algorithm is MaskablePPO
+        self.env = context.env
+        self.log_dir = context.log_dir
+        activation = torch.nn.Tanh if config.activation == "tanh" else torch.nn.ReLU
+        policy_kwargs: dict[str, Any] = {"net_arch": list(config.net_arch), "activation_fn": activation}
+        if isinstance(config, RecurrentPPOConfig):
+            policy_kwargs.update(
+                lstm_hidden_size=config.lstm_hidden_size,
+                n_lstm_layers=config.n_lstm_layers,
+                enable_critic_lstm=config.enable_critic_lstm,
+            )
+        self.model: BaseAlgorithm = self.algorithm(
+            policy,
+            self.env,
+            learning_rate=config.learning_rate,
+            n_steps=config.n_steps,
+            batch_size=config.batch_size,
+            n_epochs=config.n_epochs,
+            clip_range=config.clip_range,
+            gamma=config.gamma,
+            gae_lambda=config.gae_lambda,
+            ent_coef=config.ent_coef,
+            vf_coef=config.vf_coef,
+            max_grad_norm=config.max_grad_norm,
+            policy_kwargs=policy_kwargs,
+            seed=context.seed,
+            device="cpu",
+            verbose=0,
+        )
+        self._configure_logger()
+        self.invalid_argmax = 0
+        self.decisions = 0
+
+    def _configure_logger(self) -> None:
+        if self.log_dir is not None:
+            self.model.set_logger(configure(str(self.log_dir), ["csv", "tensorboard"]))
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.model.num_timesteps)
+
+    def learn(self, total_timesteps: int, callback: Callable[[int], bool] | None = None, progress_bar: bool = False) -> None:
+        """Train for ``total_timesteps`` more env steps (continuing the step count on resume)."""
+        wrapped = _StepCallback(callback) if callback is not None else None
+        self.model.learn(total_timesteps, callback=wrapped, progress_bar=progress_bar, reset_num_timesteps=False)
+
+    def record(self, metrics: Mapping[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            self.model.logger.record(key, value)
+        self.model.logger.dump(step)
+
+    @torch.no_grad()
+    def act(self, observation: np.ndarray, state: Any, episode_start: bool, action_mask: np.ndarray | None) -> tuple[int, Any]:
+        """The most probable action (among the valid ones when a mask is given); threads LSTM state."""
+        policy = self.model.policy
+        policy.set_training_mode(False)
+        obs = torch.as_tensor(observation, dtype=torch.float32).reshape(1, -1)
+        if self.recurrent:
+            if state is None:
+                state = self._initial_lstm_state()
+            starts = torch.tensor([float(episode_start)])
+            distribution, state = policy.get_distribution(obs, state, starts)
+        else:
+            distribution = policy.get_distribution(obs)
+        probabilities = distribution.distribution.probs[0].numpy().copy()
+        self.decisions += 1
+        preferred = int(np.argmax(probabilities))
+        if action_mask is not None:
+            if not action_mask[preferred]:
+                self.invalid_argmax += 1
+            probabilities[~action_mask] = -1.0
+        return int(np.argmax(probabilities)), state
+
+    def _initial_lstm_state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero (hidden, cell) state of the actor's LSTM, for one environment."""
+        layers, _, hidden = self.model.policy.lstm_hidden_state_shape
+        return torch.zeros(layers, 1, hidden), torch.zeros(layers, 1, hidden)
+
+    def save(self, directory: Path) -> None:
+        """Write the policy: ``policy.zip`` (stable-baselines3's own format, for SB3 tools) and the
+        weights, optimizer state and step count as safetensors / tensors-only files REML loads back."""
+        self.model.save(directory / "policy.zip")
+        weights = {key: value.detach().contiguous().clone() for key, value in self.model.policy.state_dict().items()}
+        save_file(weights, str(directory / "policy.safetensors"))
+        torch.save(self.model.policy.optimizer.state_dict(), directory / "policy_optimizer.pt")
+        progress = {"num_timesteps": int(self.model.num_timesteps), "n_updates": int(getattr(self.model, "_n_updates", 0))}
+        (directory / "policy_progress.json").write_text(json.dumps(progress))
+
+    def load(self, directory: Path, *, trust_pickle: bool = False) -> None:
+        """Restore a saved policy without unpickling anything, from the files ``save`` wrote.
+
+        A directory holding only a stable-baselines3 ``policy.zip`` is refused unless
+        ``trust_pickle``: SB3's loader unpickles parts of the zip, which can run code.
+        """
+        weights_file = directory / "policy.safetensors"
+        if weights_file.exists():
+            self._load_weights(directory)
+            return
+        archive = directory / "policy.zip"
+        if not archive.exists():
+            raise CheckpointError(f"{directory}: no saved policy (policy.safetensors or policy.zip)")
+        if not trust_pickle:
+            raise CheckpointError(
+                f"{archive} is a stable-baselines3 zip, whose loader can run code it carries; "
+                "pass --trust-checkpoint only if you trust where it came from"
+            )
+        try:
+            self.model = self.algorithm.load(archive, env=self.env, device="cpu")
+        except Exception as error:  # a truncated or foreign zip
+            raise CheckpointError(f"cannot load policy {archive}: {type(error).__name__}: {error}") from None
+        self._configure_logger()
+
+    def _load_weights(self, directory: Path) -> None:
+        try:
+            weights = load_file(str(directory / "policy.safetensors"))
+            optimizer_state = torch.load(directory / "policy_optimizer.pt", weights_only=True)
+            progress = json.loads((directory / "policy_progress.json").read_text())
+            self.model.policy.load_state_dict(weights)
+            self.model.policy.optimizer.load_state_dict(optimizer_state)
+            self.model.num_timesteps = int(progress["num_timesteps"])
+            self.model._n_updates = int(progress["n_updates"])
+        except Exception as error:
+            raise CheckpointError(
+                f"cannot restore the policy from {directory}: {type(error).__name__}: {' '.join(str(error).split())[:300]}"
+            ) from None

@@ -1,0 +1,35 @@
+"""Hyperparameters of the PPO backends (stable-baselines3 names), kept apart from the backends
+so that discovering plugins does not import stable-baselines3."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PPOConfig(BaseModel):
+    """PPO hyperparameters (stable-baselines3 names). Defaults suit 5-step composition episodes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(3e-4, gt=0)
+    n_steps: int = Field(1024, gt=1, description="env steps per rollout")
+    batch_size: int = Field(128, gt=1)
+    n_epochs: int = Field(10, gt=0)
+    clip_range: float = Field(0.2, gt=0)
+    gamma: float = Field(0.99, gt=0, le=1)
+    gae_lambda: float = Field(0.95, gt=0, le=1)
+    ent_coef: float = Field(0.01, ge=0)
+    vf_coef: float = Field(0.5, ge=0)
+    max_grad_norm: float = Field(0.5, gt=0)
+    net_arch: list[int] = Field([64, 64], description="hidden layer sizes of the policy and value networks")
+    activation: Literal["tanh", "relu"] = "tanh"
+
+
+class RecurrentPPOConfig(PPOConfig):
+    """RecurrentPPO adds an LSTM in front of the policy and value heads."""
+
+    lstm_hidden_size: int = Field(64, gt=0)
+    n_lstm_layers: int = Field(1, gt=0)
+    enable_critic_lstm: bool = True

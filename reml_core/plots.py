@@ -1,0 +1,64 @@
+"""The two figures of a run: few-shot error against fine-tuning steps, and the convergence curve."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from reml_core.results import METHOD_LABELS  # noqa: E402
+from reml_core.storage import atomic_write_with  # noqa: E402
+
+
+def plot_few_shot(methods: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]], path: Path, title: str) -> None:
+    """Query MSE against SGD steps, one panel per K, one line per method, 95% CI error bars."""
+    shots = sorted({int(k) for table in methods.values() for k in table})
+    figure, axes = plt.subplots(1, len(shots), figsize=(5 * len(shots), 4), squeeze=False)
+    for axis, k in zip(axes[0], shots):
+        for name, table in methods.items():
+            row = table.get(str(k), {})
+            steps = sorted(int(s) for s in row)
+            means = [row[str(s)]["mse_mean"] for s in steps]
+            errors = [row[str(s)]["mse_ci95"] or 0.0 for s in steps]
+            points = [(i, m, e) for i, (m, e) in enumerate(zip(means, errors)) if m is not None]
+            if points:
+                xs, ys, es = zip(*points)
+                axis.errorbar(xs, ys, yerr=es, marker="o", capsize=4, label=METHOD_LABELS.get(name, name))
+            axis.set_xticks(range(len(steps)), [str(s) for s in steps])
+        axis.set_title(f"K = {k}")
+        axis.set_xlabel("SGD steps on the K support points")
+        axis.set_ylabel("query MSE")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def plot_convergence(curves: Mapping[str, Sequence[float | None]], path: Path, title: str) -> None:
+    """Mean query MSE after each Adam step on the task's training data, per method."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, curve in curves.items():
+        points = [(i, v) for i, v in enumerate(curve) if v is not None]
+        if points:
+            xs, ys = zip(*points)
+            axis.plot(xs, ys, label=METHOD_LABELS.get(name, name))
+    axis.set_yscale("log")
+    axis.set_xlabel("Adam steps on the task's training data")
+    axis.set_ylabel("query MSE (mean over test tasks)")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend()
+    axis.set_title(title)
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def _save(figure: Any, path: Path) -> None:
+    atomic_write_with(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
+    plt.close(figure)

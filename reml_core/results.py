@@ -1,0 +1,139 @@
+"""``results.json`` (schema ``reml.results/1``, see docs/results.md) and the Markdown report made from it."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import platform
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from reml_core.evaluation import Cell, FewShotTable
+
+SCHEMA = "reml.results/1"
+METHOD_LABELS = {"reml": "REML", "maml": "MAML", "scratch": "scratch"}
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: a non-finite number is written as null (and reported as "NaN")."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None, recursively (JSON has no NaN)."""
+    if isinstance(value, float):
+        return finite_or_none(value)
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    return value
+
+
+def cell_to_json(cell: Cell) -> dict[str, Any]:
+    return {
+        "mse_mean": finite_or_none(cell.mse_mean),
+        "mse_ci95": finite_or_none(cell.mse_ci95),
+        "nan_tasks": cell.nan_tasks,
+    }
+
+
+def table_to_json(table: FewShotTable) -> dict[str, dict[str, dict[str, Any]]]:
+    return {str(k): {str(s): cell_to_json(cell) for s, cell in row.items()} for k, row in table.items()}
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of every package that shapes the numbers."""
+    found = {"python": platform.python_version()}
+    for package in ("reml", "torch", "numpy", "gymnasium", "stable-baselines3", "sb3-contrib", "learn2learn", "pydantic", "pluggy"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def build_results(
+    *,
+    config: Mapping[str, Any],
+    encoder_privileged: bool,
+    test_tasks: int,
+    methods: Mapping[str, FewShotTable],
+    curves: Mapping[str, Sequence[float]],
+    timing_s: Mapping[str, float],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble a ``reml.results/1`` document."""
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        "plugin": config["plugin"],
+        "policy": config["policy"]["name"],
+        "encoder": config["encoder"]["name"],
+        "encoder_privileged": encoder_privileged,
+        "seed": config["seed"],
+        "test_tasks": test_tasks,
+        "methods": {name: table_to_json(table) for name, table in methods.items()},
+        "curves": {name: [finite_or_none(v) for v in curve] for name, curve in curves.items()},
+        "timing_s": {name: round(seconds, 3) for name, seconds in timing_s.items()},
+        "versions": versions(),
+        "config": dict(config),
+    }
+    results.update(jsonable(dict(extra or {})))
+    return results
+
+
+# -- Markdown ----------------------------------------------------------------------------------
+
+
+def _format_cell(cell: Mapping[str, Any], best: bool) -> str:
+    mean, ci = cell.get("mse_mean"), cell.get("mse_ci95")
+    if mean is None:
+        text = f"NaN ({cell.get('nan_tasks', '?')} tasks diverged)"
+    else:
+        text = f"{mean:.3f} ± {ci:.3f}" if ci is not None else f"{mean:.3f}"
+        if cell.get("seed_spread") is not None:
+            text += f" (seeds ±{cell['seed_spread']:.3f})"
+    return f"**{text}**" if best else text
+
+
+def few_shot_tables(methods: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]]) -> str:
+    """One Markdown table per K: rows are methods, columns are SGD steps, the best mean in each column bold."""
+    shots = sorted({int(k) for table in methods.values() for k in table})
+    lines: list[str] = []
+    for k in shots:
+        steps = sorted({int(s) for table in methods.values() for s in table.get(str(k), {})})
+        lines += [f"**K = {k}** (query MSE, mean ± 95% CI over test tasks)", ""]
+        lines.append("| method | " + " | ".join(f"{s} step{'s' if s != 1 else ''}" for s in steps) + " |")
+        lines.append("|---|" + "---:|" * len(steps))
+        best = {}
+        for s in steps:
+            means = [t[str(k)][str(s)]["mse_mean"] for t in methods.values() if t.get(str(k), {}).get(str(s), {}).get("mse_mean") is not None]
+            best[s] = min(means) if means else None
+        for name, table in methods.items():
+            row = table.get(str(k), {})
+            cells = []
+            for s in steps:
+                cell = row.get(str(s))
+                cells.append(_format_cell(cell, cell is not None and cell["mse_mean"] is not None and cell["mse_mean"] == best[s]) if cell else "-")
+            lines.append(f"| {METHOD_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def curve_table(curves: Mapping[str, Sequence[float | None]], points: Sequence[int] = (0, 1, 5, 10, 30, 100)) -> str:
+    if not curves or not any(curves.values()):
+        return "(no convergence curve)\n"
+    length = max(len(c) for c in curves.values())
+    points = [p for p in points if p < length]
+    lines = ["| method | " + " | ".join(f"{p} steps" for p in points) + " |", "|---|" + "---:|" * len(points)]
+    for name, curve in curves.items():
+        cells = [("NaN" if curve[p] is None else f"{curve[p]:.3f}") if p < len(curve) else "-" for p in points]
+        lines.append(f"| {METHOD_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def encoder_note(results: Mapping[str, Any]) -> str:
+    if results.get("encoder_privileged"):
+        return (f"State encoder: `{results['encoder']}`, which hands the policy privileged task information "
+                "(for sine: the true amplitude and phase). MAML and scratch never see it.")
+    return f"State encoder: `{results['encoder']}`, which sees only the K support points (no privileged information)."

@@ -1,0 +1,247 @@
+"""Meta-training: reward calibration, the policy's learning loop, checkpoints and validation.
+
+At every checkpoint the current pool and policy are scored on held-out *validation* tasks (never
+the test tasks) with the evaluation protocol, and the pool's health is logged (dead units,
+weight norms, fine-tuning gain). The checkpoint that scores best is kept as ``best``, and the
+final evaluation uses it: training longer can only add candidates, never make the result worse.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from reml_core.config import RunConfig
+from reml_core.errors import CheckpointError
+from reml_core.evaluation import FewShotEvaluator
+from reml_core.experiment import Components
+from reml_core.interfaces import PolicyBackend
+from reml_core.methods import ReMLMethod
+from reml_core.storage import discard_partial_writes, latest_checkpoint, new_checkpoint, prune_checkpoints, verify_checkpoint
+
+CALIBRATION_STREAM_OFFSET = 1_000_003  # calibration tasks: the training distribution, another stream
+
+
+def log(message: str) -> None:
+    print(f"[reml {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint needs besides the policy, pool and reward to continue a run."""
+
+    timesteps: int = 0
+    episodes: int = 0
+    resumes: int = 0
+    calibrated: bool = False
+    best: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: {"calibration": 0.0, "training": 0.0, "validation": 0.0})
+
+
+class StopRequested(Exception):
+    """Ctrl-C arrived; the run was checkpointed."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__(str(checkpoint))
+        self.checkpoint = checkpoint
+
+
+class MetaTrainer:
+    """Trains one run's policy and pool, checkpointing into ``out/checkpoints``."""
+
+    def __init__(self, config: RunConfig, components: Components, out: Path, *, state: TrainerState | None = None) -> None:
+        self.config = config
+        self.components = components
+        self.out = out
+        self.checkpoints = out / "checkpoints"
+        self.state = state or TrainerState()
+        train = config.core.train
+        self.env = components.make_env(mode="train", first_episode=self.state.episodes)
+        self.eval_env = components.make_env(mode="evaluate")
+        context = replace(components.context, env=self.env, log_dir=out / "logs")
+        self.policy: PolicyBackend = config.policy.spec.factory(config.policy.config, context)
+        self.validation_tasks = components.task_sampler.validation_tasks(train.validation_tasks) if train.validation_tasks else []
+        probe_source = self.validation_tasks[0] if self.validation_tasks else components.task_sampler.test_tasks(1)[0]
+        self.probe = probe_source.x_query
+        self._stop = False
+
+    # -- calibration -------------------------------------------------------------------------
+
+    def calibrate(self) -> None:
+        """Score random compositions on training-distribution tasks to calibrate the reward (no write-back)."""
+        reward = self.components.reward
+        if not reward.needs_calibration or self.state.calibrated:
+            return
+        episodes = self.config.core.train.calibration_episodes
+        log(f"calibrating the reward on {episodes} random compositions")
+        start = time.perf_counter()
+        env = self.components.make_env(mode="calibrate", seed=self.config.seed + CALIBRATION_STREAM_OFFSET)
+        rng = np.random.default_rng(self.config.seed + CALIBRATION_STREAM_OFFSET)
+        samples = []
+        for _ in range(episodes):
+            env.reset()
+            terminated, info = False, {}
+            while not terminated:
+                _, _, terminated, _, info = env.step(int(rng.choice(np.flatnonzero(env.action_masks()))))
+            samples.append((env.task, info["losses"]))
+        reward.calibrate(samples)
+        self.state.calibrated = True
+        self.state.seconds["calibration"] += time.perf_counter() - start
+
+    # -- training ----------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """Learn until ``train.env_steps``; checkpoint every ``train.checkpoint_every`` steps.
+
+        Ctrl-C stops at the next environment step, writes a checkpoint and raises StopRequested.
+        """
+        total = self.config.core.train.env_steps
+        remaining = total - self.policy.num_timesteps
+        if remaining > 0:
+            log(f"meta-training {self.config.policy.name} for {remaining} env steps "
+                f"(encoder {self.config.encoder.name}, reward {self.config.reward.name})")
+            previous = signal.signal(signal.SIGINT, self._request_stop)
+            start = time.perf_counter()
+            try:
+                self.policy.learn(remaining, callback=self.on_step, progress_bar=self.config.core.train.progress)
+            finally:
+                signal.signal(signal.SIGINT, previous)
+                self.state.seconds["training"] += time.perf_counter() - start
+            if self._stop:
+                raise StopRequested(self.checkpoint(validate=False))
+        if not self.state.history or self.state.history[-1]["timesteps"] != self.policy.num_timesteps:
+            self.checkpoint()
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        if self._stop:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._stop = True
+        log("interrupt received: checkpointing at the next step (Ctrl-C again to abort without it)")
+
+    def on_step(self, timesteps: int) -> bool:
+        """Called by the policy backend after every env step; False stops training."""
+        if self._stop:
+            return False
+        every = self.config.core.train.checkpoint_every
+        if timesteps // every > self.state.timesteps // every and timesteps < self.config.core.train.env_steps:
+            self.checkpoint()
+        return True
+
+    # -- validation and checkpoints ----------------------------------------------------------
+
+    def validate(self) -> dict[str, float]:
+        """The protocol on the validation tasks, plus the pool's health."""
+        record: dict[str, float] = {}
+        start = time.perf_counter()
+        if self.validation_tasks:
+            evaluation = self.config.core.eval
+            longest = max(evaluation.steps)
+            evaluator = FewShotEvaluator(
+                self.validation_tasks, self.components.task_sampler.loss,
+                shots=evaluation.shots, steps=sorted({0, longest}), lr=evaluation.sgd_lr,
+            )
+            table = evaluator.few_shot(ReMLMethod(self.policy, self.eval_env).network_for)
+            scores = []
+            for shots, row in table.items():
+                record[f"validation/mse_k{shots}_step0"] = row[0].mse_mean
+                record[f"validation/mse_k{shots}_step{longest}"] = row[longest].mse_mean
+                scores.append(row[longest].mse_mean)
+            record["validation/finetune_gain"] = float(np.mean([row[0].mse_mean - row[longest].mse_mean for row in table.values()]))
+            record["validation/score"] = float(np.mean(scores))
+        for key, value in self.components.pool.diagnostics(self.probe).items():
+            record[f"pool/{key}"] = value
+        self.state.seconds["validation"] += time.perf_counter() - start
+        return record
+
+    def checkpoint(self, *, validate: bool = True) -> Path:
+        """Save everything needed to resume; keep it as ``best`` if it scores best on validation."""
+        self.state.timesteps = self.policy.num_timesteps
+        self.state.episodes = self.env.episodes
+        name = f"step-{self.state.timesteps:09d}"
+        if validate:
+            record = self.validate()
+            record["timesteps"] = self.state.timesteps
+            self.state.history.append(record)
+            self._log_record(record)
+            score = record.get("validation/score", math.nan)
+            best = self.state.best
+            if math.isfinite(score) and (best is None or score < best["score"]):
+                self.state.best = {"name": name, "score": score, "timesteps": self.state.timesteps}
+        path = self._write(name, latest=True)
+        if self.state.best is not None and self.state.best["name"] == name:
+            self._write("best", latest=False)
+        prune_checkpoints(self.checkpoints, keep=set())
+        return path
+
+    def _log_record(self, record: dict[str, float]) -> None:
+        self.policy.record({key: value for key, value in record.items() if key != "timesteps"}, self.state.timesteps)
+        if "validation/score" in record:
+            log(
+                f"step {record['timesteps']}: validation MSE after {max(self.config.core.eval.steps)} steps "
+                f"{record['validation/score']:.3f}, fine-tuning gain {record['validation/finetune_gain']:.3f}; "
+                f"dead units input {record['pool/dead_input_units']:.0%} hidden {record['pool/dead_hidden_units']:.0%}"
+            )
+
+    def _write(self, name: str, *, latest: bool) -> Path:
+        with new_checkpoint(self.checkpoints, name, latest=latest) as staging:
+            self.write_into(staging)
+        return self.checkpoints / name
+
+    def write_into(self, directory: Path) -> None:
+        """The files of a checkpoint: policy, pool, reward calibration, trainer state, config."""
+        self.policy.save(directory)
+        save_file({k: v.contiguous() for k, v in self.components.pool.state_dict().items()}, str(directory / "pool.safetensors"))
+        (directory / "reward.json").write_text(json.dumps(self.components.reward.state_dict()))
+        (directory / "trainer.json").write_text(json.dumps(asdict(self.state), allow_nan=True))
+        (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self, directory: Path, *, trust_pickle: bool = False) -> None:
+        """Restore policy, pool and reward from a checkpoint written by :meth:`checkpoint`."""
+        load_components(self.components, directory)
+        self.policy.load(directory, trust_pickle=trust_pickle)
+
+
+def load_components(components: Components, directory: Path) -> TrainerState:
+    """Restore the pool and reward of a checkpoint (verified against its manifest); return its trainer state."""
+    verify_checkpoint(directory)
+    try:
+        components.pool.load_state_dict(load_file(str(directory / "pool.safetensors")))
+        components.reward.load_state_dict(json.loads((directory / "reward.json").read_text()))
+        data = json.loads((directory / "trainer.json").read_text())
+        return TrainerState(**data)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise CheckpointError(f"cannot restore checkpoint {directory}: {' '.join(str(error).split())[:300]}") from None
+
+
+def resume_state(out: Path) -> tuple[Path, TrainerState] | None:
+    """The latest checkpoint of a run directory and its trainer state, or None before the first one.
+
+    Whatever a killed process left half-written is discarded first; complete files are kept.
+    """
+    for path in discard_partial_writes(out):
+        log(f"discarded {path.name}, left half-written by an interrupted process")
+    latest = latest_checkpoint(out / "checkpoints")
+    if latest is None:
+        return None
+    verify_checkpoint(latest)
+    try:
+        return latest, TrainerState(**json.loads((latest / "trainer.json").read_text()))
+    except (OSError, ValueError, TypeError) as error:
+        raise CheckpointError(f"cannot read {latest / 'trainer.json'}: {error}") from None
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)

@@ -1,0 +1,102 @@
+"""Interrupted runs: SIGKILL at any moment and Ctrl-C lose nothing complete, and --resume finishes them."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from reml_core.storage import latest_checkpoint, verify_checkpoint
+
+BIN = Path(sys.executable).parent
+# A smoke run with frequent checkpoints, long enough to be interrupted while training.
+RUN = ["--plugin", "sine", "--preset", "smoke", "--set", "train.env_steps=3000", "--set", "train.checkpoint_every=250",
+       "--set", "train.progress=false"]
+
+
+def _start(out: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(BIN / "reml-run"), *RUN, "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(out: Path, process: subprocess.Popen[str], minimum_step: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pointer = out / "checkpoints" / "latest"
+        if pointer.exists() and int(pointer.read_text().strip().split("-")[1]) >= minimum_step:
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"run ended early: {process.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared in time")
+
+
+def _resume(out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "reml-run"), "--resume", str(out)], capture_output=True, text=True, timeout=300)
+
+
+def _assert_complete(out: Path, resumes: int) -> None:
+    results = json.loads((out / "results.json").read_text())
+    assert results["training"]["env_steps"] >= 3000
+    assert results["training"]["resumes"] == resumes
+    assert all(math.isfinite(c["mse_mean"]) for t in results["methods"].values() for r in t.values() for c in r.values())
+    steps = [record["timesteps"] for record in results["training"]["history"]]
+    assert steps == sorted(steps) and steps[-1] >= 3000
+
+
+def test_sigkill_at_any_moment_then_resume_finishes_the_run(tmp_path):
+    out = tmp_path / "run"
+    process = _start(out)
+    _wait_for_checkpoint(out, process, 250)
+    cycles = 0
+    for delay in (0.0, 0.37, 0.81, 1.3):  # kill at assorted moments: mid-step, mid-checkpoint, mid-validation
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        cycles += 1
+        latest = latest_checkpoint(out / "checkpoints")
+        assert latest is not None
+        verify_checkpoint(latest)  # the checkpoint `latest` names is always complete
+        before = int(latest.name.split("-")[1])
+        process = subprocess.Popen([str(BIN / "reml-run"), "--resume", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for_checkpoint(out, process, before + 250)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    cycles += 1
+    result = _resume(out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_complete(out, resumes=cycles)
+    assert not list((out / "checkpoints").glob(".*")), "half-written checkpoints were left behind"
+
+
+def test_ctrl_c_checkpoints_exits_130_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    process = _start(out)
+    _wait_for_checkpoint(out, process, 500)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert f"reml-run --resume {out}" in stdout
+    assert "Traceback" not in stderr
+    latest = latest_checkpoint(out / "checkpoints")
+    verify_checkpoint(latest)
+    assert not (out / "results.json").exists()
+    result = _resume(out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from step-" in result.stderr
+    _assert_complete(out, resumes=1)
+
+
+def test_resume_refuses_new_settings(tmp_path):
+    result = subprocess.run([str(BIN / "reml-run"), "--resume", str(tmp_path), "--seed", "3"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"reml-run: error: --resume takes every setting from {tmp_path}/config.json; drop --seed"
+    result = subprocess.run([str(BIN / "reml-run"), "--resume", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "not a REML run directory (no config.json)" in result.stderr
+    assert os.listdir(tmp_path) == []
