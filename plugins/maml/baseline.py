@@ -1,0 +1,134 @@
+"""The MAML baseline: meta-train an initialisation on the task stream, hand out copies of it.
+
+The training loop (task batches, Adam on the meta-gradient, progress, summary) is shared; the
+backend only computes the meta-gradient, so the two backends differ in nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from reml_core.errors import UserError
+from reml_core.inner_loop import LossFn
+from reml_core.interfaces import BuildContext, Task
+from reml_plugins.maml.batches import MetaBatch, draw_batch
+from reml_plugins.maml.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from reml_plugins.maml.config import MAMLConfig
+from reml_plugins.maml.network import Architecture, MetaNetwork
+
+SUMMARY_WINDOW = 100  # meta-iterations averaged for the initial and final meta-loss
+PROGRESS_EVERY = 50  # meta-iterations between progress-bar refreshes
+
+
+class MetaGradientBackend(Protocol):
+    """Computes a meta-batch's meta-loss and leaves its gradient in the network parameters' ``.grad``."""
+
+    name: str
+
+    def meta_gradient(self, batch: MetaBatch) -> torch.Tensor: ...
+
+
+def mean_squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.mean((prediction - target) ** 2)
+
+
+def build_backend(network: MetaNetwork, config: MAMLConfig, loss_fn: LossFn) -> MetaGradientBackend:
+    """The configured backend; learn2learn is imported only when it is the one asked for."""
+    if config.backend == "learn2learn":
+        from reml_plugins.maml.l2l import Learn2LearnMAML
+
+        return Learn2LearnMAML(network, config, loss_fn)
+    from reml_plugins.maml.torch_func import TorchFuncMAML
+
+    return TorchFuncMAML(network, config, loss_fn)
+
+
+class MAMLBaseline:
+    """Model-Agnostic Meta-Learning (Finn et al. 2017); see :class:`reml_core.interfaces.Baseline`."""
+
+    def __init__(self, config: MAMLConfig, context: BuildContext) -> None:
+        sampler = context.task_sampler
+        inputs, outputs = (sampler.input_size, sampler.output_size) if sampler is not None else (1, 1)
+        self.config = config
+        self.seed = context.seed
+        self.loss_fn: LossFn = sampler.loss if sampler is not None else mean_squared_error
+        self.architecture = Architecture((inputs, *config.hidden, outputs), config.activation)
+        self.network = MetaNetwork(self.architecture).initialise(torch.Generator().manual_seed(context.seed))
+        self.backend = build_backend(self.network, config, self.loss_fn)
+        self.optimizer = self._new_optimizer()
+        self.iterations_done = 0
+
+    def _new_optimizer(self) -> torch.optim.Adam:
+        return torch.optim.Adam(self.network.parameters(), lr=self.config.meta_lr, fused=True)
+
+    def meta_train(self, tasks: Iterator[Task], progress: bool = True) -> dict[str, float]:
+        """Run ``config.iterations`` meta-iterations on tasks drawn from ``tasks``; return summary numbers."""
+        config = self.config
+        losses: list[float] = []
+        task_seconds = 0.0
+        bar = tqdm(total=config.iterations, desc=f"maml ({config.backend})", disable=None if progress else True, leave=False)
+        start = time.perf_counter()
+        try:
+            for iteration in range(config.iterations):
+                drawn = time.perf_counter()
+                batch = draw_batch(tasks, config.meta_batch, config.shots)
+                task_seconds += time.perf_counter() - drawn
+                losses.append(self.meta_step(batch))
+                if (iteration + 1) % PROGRESS_EVERY == 0:
+                    bar.update(PROGRESS_EVERY)
+                    bar.set_postfix(meta_loss=f"{sum(losses[-PROGRESS_EVERY:]) / PROGRESS_EVERY:.3f}", refresh=False)
+            bar.update(config.iterations - bar.n)
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - start
+        window = min(SUMMARY_WINDOW, len(losses))
+        return {
+            "iterations": float(len(losses)),
+            "seconds": seconds,
+            "iterations_per_s": len(losses) / seconds,
+            "task_seconds": task_seconds,
+            "initial_meta_loss": sum(losses[:window]) / window,
+            "final_meta_loss": sum(losses[-window:]) / window,
+        }
+
+    def meta_step(self, batch: MetaBatch) -> float:
+        """One meta-iteration on a ready batch: meta-gradient, then Adam. Returns the meta-loss before the step."""
+        loss = self.backend.meta_gradient(batch).item()
+        if not math.isfinite(loss):
+            raise UserError(
+                f"maml: meta-training diverged at iteration {self.iterations_done + 1} (meta-loss {loss}); "
+                "lower baselines.maml.meta_lr or inner_lr"
+            )
+        self.optimizer.step()
+        self.iterations_done += 1
+        return loss
+
+    def network_for(self, task: Task, shots: int) -> nn.Module:
+        """A fresh copy of the meta-learned initialisation (the same for every task and K)."""
+        copy = MetaNetwork(self.architecture)
+        with torch.no_grad():
+            for target, source in zip(copy.parameters(), self.network.parameters()):
+                target.copy_(source)
+        return copy
+
+    def save(self, directory: Path) -> None:
+        parameters = {name: param for name, param in self.network.named_parameters()}
+        config = self.config.model_dump(mode="json")
+        save_checkpoint(Path(directory), Checkpoint(parameters, self.architecture, config, self.iterations_done))
+
+    def load(self, directory: Path) -> None:
+        """Restore a saved initialisation; meta-training after a load starts a fresh Adam state."""
+        checkpoint = load_checkpoint(Path(directory), self.architecture)
+        with torch.no_grad():
+            for name, param in self.network.named_parameters():
+                param.copy_(checkpoint.parameters[name])
+        self.iterations_done = checkpoint.iterations
+        self.optimizer = self._new_optimizer()

@@ -1,0 +1,113 @@
+"""MAML with ``torch.func``: one vmapped, differentiable inner loop for the whole meta-batch.
+
+``vmap`` runs every task of a meta-batch at once; ``grad`` gives each task's inner gradient
+(kept in the graph for second-order MAML, detached for first-order); ``grad_and_value`` of the
+mean outer loss gives the meta-gradient. With ``compile`` the whole transform is handed to
+``torch.compile``: the same computation, with the per-operation overhead traced away.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import warnings
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torch.func import grad, grad_and_value, vmap
+
+from reml_core.inner_loop import LossFn
+from reml_plugins.maml.batches import MetaBatch
+from reml_plugins.maml.config import MAMLConfig
+from reml_plugins.maml.network import MetaNetwork, forward
+
+Params = tuple[torch.Tensor, ...]
+
+
+def _task_loss(
+    params: Params, x_inner: torch.Tensor, y_inner: torch.Tensor, x_outer: torch.Tensor, y_outer: torch.Tensor,
+    *, loss_fn: LossFn, activation: str, inner_lr: float, inner_steps: int, first_order: bool,
+) -> torch.Tensor:
+    """One task's outer loss after ``inner_steps`` SGD steps on its inner points."""
+
+    def inner_loss(p: Params) -> torch.Tensor:
+        return loss_fn(forward(p, x_inner, activation), y_inner)
+
+    adapted = params
+    for _ in range(inner_steps):
+        gradients = grad(inner_loss)(adapted)
+        if first_order:
+            gradients = tuple(g.detach() for g in gradients)
+        adapted = tuple(p - inner_lr * g for p, g in zip(adapted, gradients))
+    return loss_fn(forward(adapted, x_outer, activation), y_outer)
+
+
+def _meta_loss(params: Params, batch: tuple[torch.Tensor, ...], *, task_loss: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """Mean outer loss over the tasks of a meta-batch, all tasks at once."""
+    return vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(params, *batch).mean()
+
+
+def cxx_compiler_available() -> bool:
+    """Whether the C++ compiler torch.compile's CPU backend calls can be found."""
+    default = "clang++" if sys.platform == "darwin" else "g++"
+    return shutil.which(os.environ.get("CXX", default)) is not None
+
+
+class TorchFuncMAML:
+    """Meta-gradients of a :class:`MetaNetwork`'s parameters, computed functionally.
+
+    With ``compile`` but no C++ compiler, or if ``torch.compile`` fails on the first call, it warns
+    once and runs eagerly: the same computation, only slower.
+    """
+
+    name = "torch-func"
+
+    def __init__(self, network: MetaNetwork, config: MAMLConfig, loss_fn: LossFn) -> None:
+        self.params: list[torch.Tensor] = list(network.parameters())
+        task_loss = partial(
+            _task_loss, loss_fn=loss_fn, activation=network.architecture.activation,
+            inner_lr=config.inner_lr, inner_steps=config.inner_steps, first_order=config.first_order,
+        )
+        self._eager = grad_and_value(partial(_meta_loss, task_loss=task_loss))
+        self._gradient = self._eager
+        self.compiled = False
+        if config.compile:
+            if cxx_compiler_available():
+                self._gradient = torch.compile(self._eager, fullgraph=True, dynamic=False)
+                self.compiled = True
+            else:
+                warnings.warn(
+                    "maml: compile=true but no C++ compiler (g++, or $CXX) was found; running torch-func eagerly (slower, same numbers)",
+                    CompileFallbackWarning, stacklevel=2,
+                )
+        self._first_call = self.compiled
+
+    def meta_gradient(self, batch: MetaBatch) -> torch.Tensor:
+        """The meta-loss of ``batch``; its gradient is left in each parameter's ``.grad``."""
+        params = tuple(p.detach() for p in self.params)
+        if self._first_call:
+            gradients, loss = self._compile_once(params, batch.as_tuple())
+        else:
+            gradients, loss = self._gradient(params, batch.as_tuple())
+        for param, gradient in zip(self.params, gradients):
+            param.grad = gradient
+        return loss
+
+    def _compile_once(self, params: Params, batch: tuple[torch.Tensor, ...]) -> tuple[Params, torch.Tensor]:
+        self._first_call = False
+        try:
+            return self._gradient(params, batch)
+        except Exception as error:  # an internal torch.compile failure must not stop the run: eager is the same computation
+            lines = str(error).strip().splitlines()
+            warnings.warn(
+                f"maml: torch.compile failed ({lines[0] if lines else type(error).__name__}); running torch-func eagerly (slower, same numbers)",
+                CompileFallbackWarning, stacklevel=3,
+            )
+            self._gradient, self.compiled = self._eager, False
+            return self._gradient(params, batch)
+
+
+class CompileFallbackWarning(UserWarning):
+    """torch.compile was asked for but could not be used; the backend runs eagerly."""

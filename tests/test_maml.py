@@ -1,0 +1,370 @@
+"""The MAML baseline: backend equality, meta-training, the handed-out networks, config and checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+from safetensors.torch import save as save_tensors
+
+import reml_plugins.maml
+from reml_core.errors import CheckpointError, UserError
+from reml_core.evaluation import FewShotEvaluator
+from reml_core.inner_loop import finetune_sgd
+from reml_core.interfaces import Baseline, BuildContext
+from reml_core.registry import PluginRegistry
+from reml_plugins.maml.baseline import MAMLBaseline
+from reml_plugins.maml.batches import MetaBatch, draw_batch, stack_tasks
+from reml_plugins.maml.checkpoint import METADATA, TENSORS
+from reml_plugins.maml.config import MAMLConfig
+from reml_plugins.maml.torch_func import CompileFallbackWarning
+from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
+
+needs_learn2learn = pytest.mark.skipif(
+    importlib.util.find_spec("learn2learn") is None, reason="learn2learn (optional) is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def sampler() -> SineTaskSampler:
+    return SineTaskSampler(SineConfig())
+
+
+@pytest.fixture(scope="module")
+def batch(sampler) -> MetaBatch:
+    return draw_batch(sampler.train_stream(0), 25, 10)
+
+
+def make(sampler: SineTaskSampler, seed: int = 0, **config) -> MAMLBaseline:
+    return MAMLBaseline(MAMLConfig(**config), BuildContext(seed=seed, task_sampler=sampler))
+
+
+def meta_gradient(baseline: MAMLBaseline, batch: MetaBatch) -> tuple[float, list[torch.Tensor]]:
+    loss = baseline.backend.meta_gradient(batch)
+    return float(loss), [p.grad.clone() for p in baseline.network.parameters()]
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+# -- the two backends compute the same thing -------------------------------------------------
+
+
+@needs_learn2learn
+@pytest.mark.parametrize("first_order", [False, True], ids=["second-order", "first-order"])
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_backends_give_the_same_meta_loss_and_meta_gradient(sampler, batch, first_order, inner_steps):
+    options = {"first_order": first_order, "inner_steps": inner_steps}
+    func = make(sampler, seed=3, backend="torch-func", **options)
+    reference = make(sampler, seed=3, backend="learn2learn", **options)
+    for a, b in zip(func.network.parameters(), reference.network.parameters()):
+        assert torch.equal(a, b)  # same initial parameters
+    func_loss, func_grads = meta_gradient(func, batch)
+    ref_loss, ref_grads = meta_gradient(reference, batch)
+    assert abs(func_loss - ref_loss) <= 1e-4 * abs(ref_loss)
+    names = [name for name, _ in func.network.named_parameters()]
+    for name, a, b in zip(names, func_grads, ref_grads, strict=True):
+        assert relative_error(a, b) <= 1e-4, name
+
+
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_first_order_drops_terms_second_order_keeps(sampler, batch, inner_steps):
+    """Guards the equality test: the two orders differ, so matching learn2learn in each means something."""
+    _, second = meta_gradient(make(sampler, inner_steps=inner_steps), batch)
+    _, first = meta_gradient(make(sampler, inner_steps=inner_steps, first_order=True), batch)
+    assert max(relative_error(a, b) for a, b in zip(first, second)) > 0.05
+
+
+def test_meta_gradient_matches_plain_autograd_on_one_task(sampler, batch):
+    """The vmapped batch equals a hand-rolled second-order MAML step, task by task."""
+    baseline = make(sampler)
+    _, grads = meta_gradient(baseline, batch)
+    network = baseline.network_for(None, 10)
+    params = list(network.parameters())
+    total = [torch.zeros_like(p) for p in params]
+    for x_in, y_in, x_out, y_out in zip(*batch.as_tuple()):
+        inner = torch.autograd.grad(torch.mean((network(x_in) - y_in) ** 2), params, create_graph=True)
+        adapted = [p - 0.01 * g for p, g in zip(params, inner)]
+        h = x_out
+        for i in range(0, len(adapted) - 2, 2):
+            h = torch.relu(torch.nn.functional.linear(h, adapted[i], adapted[i + 1]))
+        outer = torch.mean((torch.nn.functional.linear(h, adapted[-2], adapted[-1]) - y_out) ** 2)
+        for t, g in zip(total, torch.autograd.grad(outer, params)):
+            t += g / batch.tasks
+    for a, b in zip(grads, total):
+        assert relative_error(a, b) <= 1e-4
+
+
+# -- meta-training ----------------------------------------------------------------------------
+
+
+class CountingStream:
+    """A training stream that counts the tasks taken and remembers them."""
+
+    def __init__(self, stream):
+        self.stream, self.taken = stream, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        task = next(self.stream)
+        self.taken.append(task)
+        return task
+
+
+def test_meta_training_lowers_the_meta_loss_and_reports(sampler):
+    baseline = make(sampler, iterations=300)
+    held_out = stack_tasks(sampler.validation_tasks(50), 10)
+    before = float(baseline.backend.meta_gradient(held_out))
+    stream = CountingStream(sampler.train_stream(1))
+    summary = baseline.meta_train(stream, progress=False)
+    after = float(baseline.backend.meta_gradient(held_out))
+    assert len(stream.taken) == 300 * 25 and all(task.split == "train" for task in stream.taken)
+    assert summary["iterations"] == 300 and baseline.iterations_done == 300
+    assert after < 0.7 * before and summary["final_meta_loss"] < 0.8 * summary["initial_meta_loss"]
+    assert summary["seconds"] > summary["task_seconds"] > 0 and summary["iterations_per_s"] > 0
+
+
+def test_meta_training_is_seeded(sampler):
+    runs = []
+    for _ in range(2):
+        baseline = make(sampler, seed=5, iterations=20)
+        runs.append((baseline.meta_train(sampler.train_stream(5), progress=False)["final_meta_loss"], baseline))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1].network.parameters(), runs[1][1].network.parameters()))
+    other = make(sampler, seed=6)
+    assert not torch.equal(next(other.network.parameters()), next(runs[0][1].network.parameters()))
+
+
+def test_inner_and_outer_points_are_different_training_points(sampler):
+    tasks = [next(sampler.train_stream(2)) for _ in range(1)] + [sampler.validation_tasks(1)[0]]
+    batch = stack_tasks(tasks, 10)
+    assert batch.x_inner.shape == batch.x_outer.shape == (2, 10, 1)
+    for i, task in enumerate(tasks):
+        assert torch.equal(batch.x_inner[i], task.x_train[:10]) and torch.equal(batch.y_outer[i], task.y_train[10:20])
+        assert not torch.equal(batch.x_inner[i], batch.x_outer[i])
+    with pytest.raises(UserError, match="K = 60 needs 120 training points per task"):
+        stack_tasks(tasks, 60)
+
+
+def test_divergence_is_reported_not_hidden(sampler):
+    baseline = make(sampler, inner_lr=1e4, meta_lr=10.0, iterations=50)
+    with pytest.raises(UserError, match="meta-training diverged at iteration"):
+        baseline.meta_train(sampler.train_stream(0), progress=False)
+
+
+# -- the networks handed to the evaluator -----------------------------------------------------
+
+
+def test_network_for_hands_out_independent_copies(sampler):
+    baseline = make(sampler, iterations=5)
+    baseline.meta_train(sampler.train_stream(0), progress=False)
+    assert isinstance(baseline, Baseline)
+    task = sampler.test_tasks(1)[0]
+    before = [p.detach().clone() for p in baseline.network.parameters()]
+    first, second = baseline.network_for(task, 10), baseline.network_for(task, 5)
+    x = torch.linspace(-5, 5, 9).unsqueeze(1)
+    assert first(x).shape == (9, 1) and torch.equal(first(x), baseline.network(x)) and torch.equal(first(x), second(x))
+    own = {id(p) for p in baseline.network.parameters()}
+    assert not own & {id(p) for p in first.parameters()}
+    finetune_sgd(first, *task.support(10), sampler.loss, steps=10, lr=0.5)
+    assert not torch.equal(first(x), second(x))
+    assert all(torch.equal(a, b) for a, b in zip(before, baseline.network.parameters()))
+    table = FewShotEvaluator([task], sampler.loss, shots=[10], steps=[0, 1], lr=0.01).few_shot(baseline.network_for)
+    assert table[10][1].mse_mean < table[10][0].mse_mean
+    assert all(torch.equal(a, b) for a, b in zip(before, baseline.network.parameters()))
+
+
+def test_network_follows_the_config_and_task_sizes(sampler):
+    baseline = make(sampler, hidden=[7, 5, 3], activation="tanh")
+    shapes = [tuple(p.shape) for p in baseline.network_for(None, 10).parameters()]
+    assert shapes == [(7, 1), (7,), (5, 7), (5,), (3, 5), (3,), (1, 3), (1,)]
+    batch = draw_batch(sampler.train_stream(0), 3, 5)
+    assert torch.isfinite(baseline.backend.meta_gradient(batch))
+
+
+# -- configuration and registration ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"backend": "jax"},
+        {"inner_lr": 0.0},
+        {"meta_lr": -1e-3},
+        {"inner_steps": 0},
+        {"meta_batch": 0},
+        {"shots": 0},
+        {"iterations": 0},
+        {"hidden": []},
+        {"hidden": [40, 0]},
+        {"activation": "gelu"},
+        {"seed": 1},  # the seed is the run's (BuildContext.seed), not a config value
+        {"inner_lr_typo": 0.1},
+    ],
+)
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValidationError):
+        MAMLConfig(**bad)
+
+
+def test_config_defaults_are_finn_et_al():
+    config = MAMLConfig()
+    assert (config.backend, config.hidden, config.activation, config.inner_lr, config.inner_steps) == ("torch-func", [40, 40], "relu", 0.01, 1)
+    assert (config.first_order, config.meta_lr, config.meta_batch, config.shots) == (False, 0.001, 25, 10)
+
+
+def test_plugin_registers_maml_with_valid_presets(sampler):
+    registry = PluginRegistry()
+    registry.register(reml_plugins.maml, name="maml", distribution="reml")
+    spec = registry.get("baseline", "maml").spec
+    budgets = {preset: spec.config_model(**spec.presets[preset]).iterations for preset in ("smoke", "default", "full")}
+    assert budgets == {"smoke": 300, "default": 10_000, "full": 70_000}
+    baseline = spec.factory(spec.config_model(**spec.presets["smoke"]), BuildContext(seed=0, preset="smoke", task_sampler=sampler))
+    assert isinstance(baseline, Baseline)
+
+
+def test_compile_without_a_compiler_warns_and_runs_eagerly(sampler, batch, monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with pytest.warns(CompileFallbackWarning, match="no C\\+\\+ compiler"):
+        baseline = make(sampler, compile=True)
+    assert not baseline.backend.compiled
+    assert meta_gradient(baseline, batch)[0] == meta_gradient(make(sampler), batch)[0]
+
+
+@pytest.mark.slow
+def test_compiled_meta_gradient_equals_eager(sampler, batch):
+    """torch.compile changes the speed, not the computation (slow on a cold compile cache: ~25 s)."""
+    compiled = make(sampler, compile=True)
+    if not compiled.backend.compiled:
+        pytest.skip("no C++ compiler for torch.compile")
+    loss, grads = meta_gradient(compiled, batch)
+    assert compiled.backend.compiled  # it did not fall back
+    eager_loss, eager_grads = meta_gradient(make(sampler), batch)
+    assert abs(loss - eager_loss) <= 1e-5 * eager_loss
+    assert max(relative_error(a, b) for a, b in zip(grads, eager_grads)) <= 1e-5
+
+
+def test_missing_learn2learn_says_how_to_install(sampler, monkeypatch):
+    monkeypatch.setitem(sys.modules, "learn2learn", None)  # makes `import learn2learn` raise ImportError
+    with pytest.raises(UserError, match="needs the optional package learn2learn"):
+        make(sampler, backend="learn2learn")
+
+
+@needs_learn2learn
+def test_learn2learn_import_is_quiet():
+    code = "from reml_plugins.maml.l2l import import_learn2learn; import_learn2learn()"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Gym has been unmaintained" not in result.stderr, result.stderr
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def trained(sampler) -> MAMLBaseline:
+    baseline = make(sampler, seed=1, iterations=10)
+    baseline.meta_train(sampler.train_stream(1), progress=False)
+    return baseline
+
+
+def test_save_load_round_trip(trained, sampler, tmp_path):
+    trained.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [METADATA, TENSORS]  # no temporary files left
+    metadata = json.loads((tmp_path / METADATA).read_text())
+    assert metadata["architecture"] == {"sizes": [1, 40, 40, 1], "activation": "relu"} and metadata["iterations"] == 10
+    assert metadata["config"]["inner_lr"] == 0.01
+    restored = make(sampler, seed=99)
+    restored.load(tmp_path)
+    assert restored.iterations_done == 10
+    for a, b in zip(trained.network.parameters(), restored.network.parameters()):
+        assert torch.equal(a, b)
+    task = sampler.test_tasks(1)[0]
+    assert torch.equal(trained.network_for(task, 10)(task.x_query), restored.network_for(task, 10)(task.x_query))
+
+
+def _rewrite_tensors(directory: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Replace the tensor file and re-sign it in the JSON: a well-formed but wrong checkpoint."""
+    data = save_tensors(tensors)
+    (directory / TENSORS).write_bytes(data)
+    metadata = json.loads((directory / METADATA).read_text())
+    metadata["sha256"] = hashlib.sha256(data).hexdigest()
+    (directory / METADATA).write_text(json.dumps(metadata))
+
+
+def _truncate(directory: Path) -> None:
+    data = (directory / TENSORS).read_bytes()
+    (directory / TENSORS).write_bytes(data[: len(data) // 2])
+
+
+def _flip_a_byte(directory: Path) -> None:
+    data = bytearray((directory / TENSORS).read_bytes())
+    data[-5] ^= 0x40
+    (directory / TENSORS).write_bytes(bytes(data))
+
+
+def _wrong_shape(directory: Path) -> None:
+    state = dict(MAMLBaseline(MAMLConfig(), BuildContext(seed=0)).network.named_parameters())
+    tensors = {name: t.detach().clone() for name, t in state.items()}
+    tensors["layers.1.weight"] = tensors["layers.1.weight"][:20].contiguous()
+    _rewrite_tensors(directory, tensors)
+
+
+def _not_finite(directory: Path) -> None:
+    state = dict(MAMLBaseline(MAMLConfig(), BuildContext(seed=0)).network.named_parameters())
+    tensors = {name: t.detach().clone() for name, t in state.items()}
+    tensors["layers.2.bias"][0] = float("nan")
+    _rewrite_tensors(directory, tensors)
+
+
+def _missing_json(directory: Path) -> None:
+    (directory / METADATA).unlink()
+
+
+def _garbled_json(directory: Path) -> None:
+    (directory / METADATA).write_text("{not json")
+
+
+def _bad_iterations(directory: Path) -> None:
+    metadata = json.loads((directory / METADATA).read_text())
+    metadata["iterations"] = "many"
+    (directory / METADATA).write_text(json.dumps(metadata))
+
+
+@pytest.mark.parametrize(
+    ("damage", "file", "problem"),
+    [
+        (_truncate, TENSORS, "do not match the SHA-256"),
+        (_flip_a_byte, TENSORS, "do not match the SHA-256"),
+        (_wrong_shape, TENSORS, "tensor layers.1.weight is float32 \\(20, 40\\), expected float32 \\(40, 40\\)"),
+        (_not_finite, TENSORS, "tensor layers.2.bias holds non-finite values"),
+        (_missing_json, METADATA, "missing"),
+        (_garbled_json, METADATA, "not readable JSON"),
+        (_bad_iterations, METADATA, "iterations is missing or not a non-negative integer"),
+    ],
+)
+def test_damaged_checkpoints_are_refused_with_one_line(trained, sampler, tmp_path, damage, file, problem):
+    trained.save(tmp_path)
+    damage(tmp_path)
+    restored = make(sampler, seed=99)
+    before = [p.detach().clone() for p in restored.network.parameters()]
+    with pytest.raises(CheckpointError, match=problem) as caught:
+        restored.load(tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and str(tmp_path / file) in message
+    assert all(torch.equal(a, b) for a, b in zip(before, restored.network.parameters()))
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(trained, sampler, tmp_path):
+    trained.save(tmp_path)
+    with pytest.raises(CheckpointError, match="holds a 1-40-40-1 relu network but this baseline is configured for 1-20-1 relu"):
+        make(sampler, hidden=[20]).load(tmp_path)
