@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,7 +55,9 @@ class EnvConfig(StrictModel):
     finetune_lr: float = Field(0.01, gt=0, description="SGD learning rate for the 'finetuned' loss")
     max_invalid_actions: int = Field(10, ge=0, description="invalid actions after which an episode is truncated")
     write_back_rate: float = Field(
-        1.0, gt=0, le=1, description="pool += rate * (trained - pool): 1 replaces the layers (thesis), below 1 is a Reptile step"
+        0.1, gt=0, le=1,
+        description="pool += rate * (trained - pool); 1 replaces the layers as the thesis did (the pool collapses, "
+        "docs/pool-health.md), below 1 is a Reptile step",
     )
 
     @field_validator("shots")
@@ -245,11 +248,19 @@ def parse_assignment(text: str) -> dict[str, Any]:
 # -- resolution --------------------------------------------------------------------------------
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def _location(parts: Sequence[Any]) -> str:
+    """``env.depth``; a key that is not plain text (spaces, newlines, ...) is quoted so a message stays one line."""
+    return ".".join(str(p) if _PLAIN_KEY.fullmatch(str(p)) else repr(p) for p in parts) or "config"
+
+
 def _format_errors(error: ValidationError, prefix: Sequence[str | int] = ()) -> list[str]:
     lines = []
     for item in error.errors(include_url=False):
-        location = ".".join(str(part) for part in (*prefix, *item["loc"])) or "config"
-        message = item["msg"]
+        location = _location((*prefix, *item["loc"]))
+        message = " ".join(str(item["msg"]).split())
         if item["type"] not in ("missing", "extra_forbidden") and not isinstance(item.get("input"), (dict, list)):
             message += f" (got {_short(item.get('input'))})"
         lines.append(f"{location}: {message}")
@@ -268,7 +279,7 @@ def _validate(model: type[BaseModel], data: Any, prefix: Sequence[str], problems
         problems.extend(_format_errors(error, prefix))
         return None
     except (TypeError, ValueError, RecursionError) as error:  # a plugin validator that raised oddly
-        problems.append(f"{'.'.join(prefix) or 'config'}: {error}")
+        problems.append(f"{_location(prefix)}: {' '.join(str(error).split())}")
         return None
 
 
@@ -284,7 +295,7 @@ def _lookup(registry: PluginRegistry, kind: str, name: str, where: str, problems
     try:
         return registry.get(kind, name).spec
     except UnknownComponentError as error:
-        problems.append(f"{where}: {error}")
+        problems.append(f"{where}: {' '.join(str(error).split())}")
         return None
 
 
@@ -335,7 +346,7 @@ def resolve_config(
 
     selected_baselines: dict[str, Selected] = {}
     for name in dict.fromkeys([*baselines, *raw.baselines]):
-        spec = _lookup(registry, "baseline", name, f"baselines.{name}", problems)
+        spec = _lookup(registry, "baseline", name, _location(("baselines", name)), problems)
         if spec is None:
             continue
         options = raw.baselines.get(name, {})

@@ -21,7 +21,7 @@ def _task(amplitude: float) -> Task:
     return Task("t", "train", (amplitude, 0.0), x, y, x[:10], y[:10], x, y)
 
 
-@pytest.mark.parametrize("reward", [NegMSEReward(NegMSEConfig()), MinMaxReward(MinMaxConfig())], ids=["neg-mse", "neg-mse-minmax"])
+@pytest.mark.parametrize("reward", [NegMSEReward(NegMSEConfig(loss_at="trained")), MinMaxReward(MinMaxConfig(loss_at="trained"))], ids=["neg-mse", "neg-mse-minmax"])
 @pytest.mark.parametrize("amplitude", [0.1, 1.0, 5.0])
 def test_rewards_are_finite_and_monotone_in_the_loss(reward, amplitude):
     task = _task(amplitude)
@@ -34,7 +34,7 @@ def test_rewards_are_finite_and_monotone_in_the_loss(reward, amplitude):
 
 
 def test_minmax_is_finite_before_calibration_and_scales_per_task():
-    reward = MinMaxReward(MinMaxConfig())
+    reward = MinMaxReward(MinMaxConfig(loss_at="trained"))
     small, large = _task(0.1), _task(5.0)
     # The mean predictor's loss is the target variance: it scores -1 on every task, whatever its amplitude.
     for task in (small, large):
@@ -44,7 +44,7 @@ def test_minmax_is_finite_before_calibration_and_scales_per_task():
 
 
 def test_minmax_calibration_maps_quantiles_to_zero_and_minus_one():
-    reward = MinMaxReward(MinMaxConfig(low_quantile=0.0, high_quantile=1.0))
+    reward = MinMaxReward(MinMaxConfig(loss_at="trained", low_quantile=0.0, high_quantile=1.0))
     task = _task(2.0)
     variance = float(task.y_query.var(unbiased=False))
     samples = [(task, {"trained": variance * f}) for f in np.linspace(0.2, 0.8, 7)]
@@ -53,13 +53,13 @@ def test_minmax_calibration_maps_quantiles_to_zero_and_minus_one():
     assert reward.calibrated and reward.low == pytest.approx(0.2, rel=1e-4) and reward.high == pytest.approx(0.8, rel=1e-4)
     assert reward({"trained": variance * 0.2}, task) == pytest.approx(0.0, abs=1e-5)
     assert reward({"trained": variance * 0.8}, task) == pytest.approx(-1.0, rel=1e-4)
-    restored = MinMaxReward(MinMaxConfig())
+    restored = MinMaxReward(MinMaxConfig(loss_at="trained"))
     restored.load_state_dict(reward.state_dict())
     assert restored({"trained": variance * 0.5}, task) == reward({"trained": variance * 0.5}, task)
     with pytest.raises(ValueError, match="invalid reward calibration"):
         restored.load_state_dict({"low": 1.0, "high": 0.5, "calibrated": True})
     with pytest.raises(ValueError, match="at least two finite losses"):
-        MinMaxReward(MinMaxConfig()).calibrate([(task, {"trained": math.nan})])
+        MinMaxReward(MinMaxConfig(loss_at="trained")).calibrate([(task, {"trained": math.nan})])
 
 
 def test_when_the_loss_is_measured():

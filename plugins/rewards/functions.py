@@ -24,7 +24,9 @@ LossMoment = Literal["composed", "trained", "finetuned", "blend"]
 class RewardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    loss_at: LossMoment = Field("trained", description="when the loss is measured")
+    loss_at: LossMoment = Field(
+        "finetuned", description="when the loss is measured; the thesis used 'trained' (docs/pool-health.md)"
+    )
     blend_weight: float = Field(0.5, ge=0, le=1, description="weight of the composed loss when loss_at = blend")
     invalid_action_penalty: float = Field(-1.0, le=0, description="reward of an action that does not fit the slot")
 
