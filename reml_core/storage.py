@@ -84,11 +84,11 @@ def sha256(path: Path) -> str:
 # -- run directories ---------------------------------------------------------------------------
 
 
-def prepare_run_directory(out: Path, *, force: bool, flag: str = "--out") -> Path:
-    """Check ``out`` can take a new run, without writing anything; return it resolved.
+def open_run_directory(out: Path, *, force: bool, flag: str = "--out") -> Path:
+    """Create the directory for a new run (call it after every other check); return it resolved.
 
-    An existing run there is refused unless ``force`` (then it is replaced when the run starts);
-    a non-empty directory that is not a run is always refused, so ``--force`` cannot wipe other files.
+    An existing run there is refused unless ``force`` (then its contents are replaced); a
+    non-empty directory that is not a run is always refused, so ``--force`` cannot wipe other files.
     """
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
@@ -98,27 +98,16 @@ def prepare_run_directory(out: Path, *, force: bool, flag: str = "--out") -> Pat
             raise UserError(f"{flag} {out} already holds files that are not a REML run; choose an empty or new directory")
         if not force:
             raise UserError(f"{flag} {out} already holds a run; continue it with --resume {out}, or pass --force to overwrite it")
-    parent = out if out.exists() else _existing_parent(out)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {out} is not writable (no write permission on {parent})")
-    return out.resolve()
-
-
-def _existing_parent(path: Path) -> Path:
-    for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"cannot create {path}: {parent} is not a directory")
-            return parent
-    return Path("/")
-
-
-def create_run_directory(out: Path, *, force: bool) -> None:
-    """Create (or, with ``force``, empty) the run directory checked by :func:`prepare_run_directory`."""
-    if force and out.is_dir():
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise UserError(f"{flag} {out} is not writable: {error.strerror or error}") from None
+    if force:
         for child in out.iterdir():
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    return out.resolve()
 
 
 # -- checkpoints -------------------------------------------------------------------------------

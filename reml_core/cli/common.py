@@ -59,12 +59,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_experiment_flags(parser: argparse.ArgumentParser) -> None:
+def add_experiment_flags(parser: argparse.ArgumentParser, *, several_encoders: bool = False) -> None:
     """Flags that choose components and budgets; each overrides the same key of ``--config``."""
     group = parser.add_argument_group("experiment")
     group.add_argument("--plugin", metavar="NAME", help="task plugin (task family), e.g. 'sine'; see reml-plugins")
     group.add_argument("--policy", metavar="NAME", help="policy backend (default: the task plugin's choice), e.g. ppo-mlp, ppo-lstm")
-    group.add_argument("--encoder", metavar="NAME", help="state encoder (default: the task plugin's choice), e.g. oracle, support-set")
+    if several_encoders:
+        group.add_argument("--encoder", metavar="A,B", help="REML's state encoder(s), comma-separated: REML is trained once per encoder (default: the task plugin's choice), e.g. oracle,support-set")
+    else:
+        group.add_argument("--encoder", metavar="NAME", help="state encoder (default: the task plugin's choice), e.g. oracle, support-set")
     group.add_argument("--pool", metavar="NAME", help="layer-pool kind (default: the task plugin's choice), e.g. dense")
     group.add_argument("--reward", metavar="NAME", help="reward function (default: the task plugin's choice), e.g. neg-mse")
     group.add_argument("--preset", choices=("smoke", "default", "full"), help="budget preset: smoke (about a minute), default, full (the thesis' scale); default: default")

@@ -18,7 +18,7 @@ from reml_core.config import RunConfig, load_resolved, resolve_config
 from reml_core.errors import UserError
 from reml_core.experiment import build_components
 from reml_core.results import few_shot_tables
-from reml_core.storage import atomic_write_json, create_run_directory, prepare_run_directory
+from reml_core.storage import atomic_write_json, open_run_directory
 from reml_core.training import StopRequested
 
 PROG = "reml-run"
@@ -41,9 +41,10 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def default_out(config: RunConfig) -> Path:
+def default_out(config: RunConfig, kind: str | None = None) -> Path:
+    """A fresh directory under runs/, named after what runs there, never one that exists."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{config.task.name}-{config.policy.name}-{config.encoder.name}-s{config.seed}-{stamp}"
+    base = Path("runs") / f"{config.task.name}-{kind or config.policy.name}-{config.encoder.name}-s{config.seed}-{stamp}"
     candidate, suffix = base, 2
     while candidate.exists():
         candidate, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
@@ -67,8 +68,7 @@ def _body(argv: Sequence[str] | None) -> int:
     else:
         config = resolve_config(registry, user_config(args), baselines=["scratch"])
         build_components(config)  # cross-component checks, before anything is written
-        out = prepare_run_directory(args.out or default_out(config), force=args.force)
-        create_run_directory(out, force=args.force)
+        out = open_run_directory(args.out or default_out(config), force=args.force)
         atomic_write_json(out / "config.json", config.to_dict())
     try:
         results = run_experiment(config, out, resume=args.resume is not None, trust_checkpoint=args.trust_checkpoint, command=command_line())
