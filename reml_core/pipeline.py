@@ -6,12 +6,14 @@ import shlex
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from reml_core.config import RunConfig
+from reml_core.errors import CheckpointError
 from reml_core.evaluation import FewShotEvaluator, FewShotTable, NetworkProvider
 from reml_core.experiment import Components, build_components
 from reml_core.interfaces import Baseline
@@ -56,37 +58,79 @@ def evaluate_methods(
     return tables, curves, seconds
 
 
+@dataclass
+class TrainedReML:
+    """A trained (or loaded) REML: its trainer, with the checkpoint chosen on validation tasks loaded."""
+
+    trainer: MetaTrainer
+    trained_steps: int
+    selected: dict[str, Any]
+
+    def method(self) -> ReMLMethod:
+        return ReMLMethod(self.trainer.policy, self.trainer.eval_env)
+
+    def training_record(self) -> dict[str, Any]:
+        policy = self.trainer.policy
+        return {
+            "env_steps": self.trained_steps,
+            "resumes": self.trainer.state.resumes,
+            "selected_checkpoint": self.selected,
+            "history": self.trainer.state.history,
+            "invalid_argmax_rate": getattr(policy, "invalid_argmax", 0) / max(getattr(policy, "decisions", 0), 1),
+        }
+
+
+def train_reml(config: RunConfig, components: Components, out: Path, *, resume: bool = False, trust_checkpoint: bool = False) -> TrainedReML:
+    """Calibrate, meta-train (or continue) and load the best validation checkpoint; raises StopRequested on Ctrl-C."""
+    trainer = _trainer(config, components, out, resume=resume, trust_checkpoint=trust_checkpoint)
+    trainer.calibrate()
+    trainer.train()
+    with new_checkpoint(out / "checkpoints", "final", latest=False) as staging:
+        trainer.write_into(staging)
+    return _select_best(trainer, out)
+
+
+def load_reml(config: RunConfig, components: Components, out: Path, *, trust_checkpoint: bool = False) -> TrainedReML:
+    """A finished run's REML, from its ``best`` (or ``final``) checkpoint, without training."""
+    found = resume_state(out)
+    if found is None:
+        raise CheckpointError(f"{out} holds no checkpoint to load")
+    latest, state = found
+    trainer = MetaTrainer(config, components, out, state=state)
+    trainer.load(latest, trust_pickle=trust_checkpoint)
+    return _select_best(trainer, out)
+
+
+def _select_best(trainer: MetaTrainer, out: Path) -> TrainedReML:
+    trained_steps = trainer.state.timesteps
+    selected = trainer.state.best or {"name": "final", "timesteps": trained_steps, "score": None}
+    chosen = out / "checkpoints" / ("best" if trainer.state.best is not None else "final")
+    if chosen.is_dir():
+        log(f"using the checkpoint chosen on validation tasks ({selected['name']}, step {selected['timesteps']})")
+        trainer.load(chosen)
+    return TrainedReML(trainer, trained_steps, selected)
+
+
 def run_experiment(config: RunConfig, out: Path, *, resume: bool = False, trust_checkpoint: bool = False, command: str = "") -> dict[str, Any]:
     """Train, select, evaluate and report one run in ``out``; raises StopRequested on Ctrl-C."""
     started = time.perf_counter()
     seed_everything(config.seed, config.core.train.threads)
     components = build_components(config)
-    trainer = _trainer(config, components, out, resume=resume, trust_checkpoint=trust_checkpoint)
-    trainer.calibrate()
-    trainer.train()
+    baselines = build_baselines(components, list(config.baselines))  # before training: fail fast
+    reml = train_reml(config, components, out, resume=resume, trust_checkpoint=trust_checkpoint)
 
-    with new_checkpoint(out / "checkpoints", "final", latest=False) as staging:
-        trainer.write_into(staging)
-    trained_steps = trainer.policy.num_timesteps
-    selected = trainer.state.best or {"name": "final", "timesteps": trained_steps, "score": None}
-    if trainer.state.best is not None:
-        log(f"evaluating the best validation checkpoint ({selected['name']}, step {selected['timesteps']})")
-        trainer.load(out / "checkpoints" / "best")
-
-    baselines = build_baselines(components, list(config.baselines))
     timing: dict[str, float] = {}
     for name, baseline in baselines.items():
         start = time.perf_counter()
         baseline.meta_train(components.task_sampler.train_stream(config.seed), progress=config.core.train.progress)
         timing[f"training_{name}"] = time.perf_counter() - start
-    providers: dict[str, NetworkProvider] = {"reml": ReMLMethod(trainer.policy, trainer.eval_env).network_for}
+    providers: dict[str, NetworkProvider] = {"reml": reml.method().network_for}
     providers.update({name: baseline.network_for for name, baseline in baselines.items()})
     tables, curves, evaluation_seconds = evaluate_methods(config, components, providers)
-    timing.update({f"{key}_reml": value for key, value in trainer.state.seconds.items()})
+    timing.update({f"{key}_reml": value for key, value in reml.trainer.state.seconds.items()})
     timing.update(evaluation_seconds)
     timing["total_this_invocation"] = time.perf_counter() - started
 
-    decisions = max(getattr(trainer.policy, "decisions", 0), 1)
     results = build_results(
         config=config.to_dict(),
         encoder_privileged=bool(components.encoder.privileged),
@@ -94,16 +138,7 @@ def run_experiment(config: RunConfig, out: Path, *, resume: bool = False, trust_
         methods=tables,
         curves=curves,
         timing_s=timing,
-        extra={
-            "command": command,
-            "training": {
-                "env_steps": trained_steps,
-                "resumes": trainer.state.resumes,
-                "selected_checkpoint": selected,
-                "history": trainer.state.history,
-                "invalid_argmax_rate": getattr(trainer.policy, "invalid_argmax", 0) / decisions,
-            },
-        },
+        extra={"command": command, "training": reml.training_record()},
     )
     write_outputs(out, results)
     return results
@@ -181,7 +216,7 @@ def render_run_report(results: Mapping[str, Any]) -> str:
             score = record.get("validation/score")
             gain = record.get("validation/finetune_gain")
             lines.append(
-                f"| {record['timesteps']} | {'-' if score is None else f'{score:.3f}'} | {'-' if gain is None else f'{gain:.3f}'} "
+                f"| {record['timesteps']} | {_number(score)} | {_number(gain)} "
                 f"| {record.get('pool/dead_input_units', 0):.0%} | {record.get('pool/dead_hidden_units', 0):.0%} "
                 f"| {record.get('pool/weight_norm_output', 0):.2f} |"
             )
@@ -191,6 +226,11 @@ def render_run_report(results: Mapping[str, Any]) -> str:
     lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in results["versions"].items()), ""]
     lines += ["The fully resolved configuration is in `config.json`; machine-readable results in `results.json`.", ""]
     return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    """A validation number for the report; NaN (a diverged fine-tuning) is shown, not hidden."""
+    return "NaN" if value is None or value != value else f"{value:.3f}"
 
 
 def command_line() -> str:

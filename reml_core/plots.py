@@ -16,8 +16,12 @@ from reml_core.results import METHOD_LABELS  # noqa: E402
 from reml_core.storage import atomic_write_with  # noqa: E402
 
 
-def plot_few_shot(methods: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]], path: Path, title: str) -> None:
+def plot_few_shot(
+    methods: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]], path: Path, title: str,
+    labels: Mapping[str, str] | None = None,
+) -> None:
     """Query MSE against SGD steps, one panel per K, one line per method, 95% CI error bars."""
+    labels = {**METHOD_LABELS, **(labels or {})}
     shots = sorted({int(k) for table in methods.values() for k in table})
     figure, axes = plt.subplots(1, len(shots), figsize=(5 * len(shots), 4), squeeze=False)
     for axis, k in zip(axes[0], shots):
@@ -29,7 +33,7 @@ def plot_few_shot(methods: Mapping[str, Mapping[str, Mapping[str, Mapping[str, A
             points = [(i, m, e) for i, (m, e) in enumerate(zip(means, errors)) if m is not None]
             if points:
                 xs, ys, es = zip(*points)
-                axis.errorbar(xs, ys, yerr=es, marker="o", capsize=4, label=METHOD_LABELS.get(name, name))
+                axis.errorbar(xs, ys, yerr=es, marker="o", capsize=4, label=labels.get(name, name))
             axis.set_xticks(range(len(steps)), [str(s) for s in steps])
         axis.set_title(f"K = {k}")
         axis.set_xlabel("SGD steps on the K support points")
@@ -41,14 +45,17 @@ def plot_few_shot(methods: Mapping[str, Mapping[str, Mapping[str, Mapping[str, A
     _save(figure, path)
 
 
-def plot_convergence(curves: Mapping[str, Sequence[float | None]], path: Path, title: str) -> None:
+def plot_convergence(
+    curves: Mapping[str, Sequence[float | None]], path: Path, title: str, labels: Mapping[str, str] | None = None
+) -> None:
     """Mean query MSE after each Adam step on the task's training data, per method."""
+    labels = {**METHOD_LABELS, **(labels or {})}
     figure, axis = plt.subplots(figsize=(6, 4))
     for name, curve in curves.items():
         points = [(i, v) for i, v in enumerate(curve) if v is not None]
         if points:
             xs, ys = zip(*points)
-            axis.plot(xs, ys, label=METHOD_LABELS.get(name, name))
+            axis.plot(xs, ys, label=labels.get(name, name))
     axis.set_yscale("log")
     axis.set_xlabel("Adam steps on the task's training data")
     axis.set_ylabel("query MSE (mean over test tasks)")

@@ -1,0 +1,313 @@
+"""``reml-bench``: REML, MAML and scratch trained (or loaded) and evaluated on the same held-out tasks.
+
+Output layout::
+
+    OUT/config.json             the base configuration (first seed, first encoder)
+    OUT/results.json            every method, averaged over seeds (schema reml.results/1)
+    OUT/report.md, few_shot.png, convergence.png
+    OUT/seed-<s>/reml-<encoder>/  a complete reml-run directory (config, checkpoints, logs)
+    OUT/seed-<s>/<baseline>/    the baseline's saved state (e.g. MAML's initialisation)
+    OUT/seed-<s>/results.json   that seed's numbers
+
+``--from DIR`` reads the same layout (or a single reml-run directory) instead of training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reml_core.config import RunConfig, deep_merge, load_resolved, resolve_config
+from reml_core.errors import UserError
+from reml_core.evaluation import FewShotTable, NetworkProvider
+from reml_core.experiment import Components, build_components
+from reml_core.pipeline import TrainedReML, evaluate_methods, load_reml, seed_everything, train_reml
+from reml_core.plots import plot_convergence, plot_few_shot
+from reml_core.registry import PluginRegistry
+from reml_core.results import METHOD_LABELS, build_results, curve_table, few_shot_tables, jsonable, table_to_json
+from reml_core.storage import atomic_write_json, atomic_write_text
+from reml_core.training import log
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What to compare: methods, REML's encoders, seeds; and the validated config of every REML run."""
+
+    methods: list[str]
+    encoders: list[str]
+    seeds: list[int]
+    configs: dict[tuple[int, str], RunConfig]  # (seed, encoder) -> config
+    from_dir: Path | None
+
+    @property
+    def baselines(self) -> list[str]:
+        return [m for m in self.methods if m != "reml"]
+
+    def reml_key(self, encoder: str) -> str:
+        return "reml" if len(self.encoders) == 1 else f"reml:{encoder}"
+
+    def base(self, seed: int) -> RunConfig:
+        return self.configs[(seed, self.encoders[0])]
+
+
+def plan_bench(
+    registry: PluginRegistry, user: Mapping[str, Any], *, methods: Sequence[str], encoders: Sequence[str] | None,
+    seeds: int, from_dir: Path | None,
+) -> BenchPlan:
+    """Validate everything before anything runs: methods, encoders, every seed's config, --from."""
+    available = ["reml", *registry.names("baseline")]
+    unknown = [m for m in methods if m not in available]
+    if unknown:
+        raise UserError(f"--methods: unknown method {unknown[0]!r} (available: {', '.join(available)})")
+    if from_dir is not None and not from_dir.is_dir():
+        raise UserError(f"--from {from_dir}: no such directory")
+    base_seed = int(user.get("seed", 0)) if isinstance(user.get("seed", 0), int) else 0
+    encoder_names = list(encoders) if encoders else [None]
+    configs: dict[tuple[int, str], RunConfig] = {}
+    baselines = [m for m in methods if m != "reml"]
+    for seed in range(base_seed, base_seed + seeds):
+        for encoder in encoder_names:
+            data = deep_merge(user, {"seed": seed, **({"encoder": {"name": encoder}} if encoder else {})})
+            config = resolve_config(registry, data, baselines=baselines)
+            components = build_components(config)  # cross-component checks
+            for name in baselines:  # a baseline that cannot be built (e.g. learn2learn missing) fails now
+                config.baselines[name].spec.factory(config.baselines[name].config, components.context)
+            configs[(seed, config.encoder.name)] = config
+    names = list(dict.fromkeys(encoder for _, encoder in configs))
+    return BenchPlan(list(methods), names, list(range(base_seed, base_seed + seeds)), configs, from_dir)
+
+
+def _reml_source(plan: BenchPlan, seed: int, encoder: str) -> Path | None:
+    """Where --from holds this seed's REML for this encoder, if anywhere."""
+    if plan.from_dir is None:
+        return None
+    nested = plan.from_dir / f"seed-{seed}" / f"reml-{encoder}"
+    if (nested / "config.json").is_file():
+        return nested
+    single = plan.from_dir / "config.json"
+    if single.is_file() and (plan.from_dir / "checkpoints").is_dir():
+        data = json.loads(single.read_text())
+        if data.get("seed") == seed and data.get("encoder", {}).get("name") == encoder:
+            return plan.from_dir
+    return None
+
+
+@dataclass
+class MethodOutcome:
+    provider: NetworkProvider
+    training_seconds: float
+    budget: str
+    source: str
+    training: dict[str, Any] | None = None
+
+
+def _reml(plan: BenchPlan, registry: PluginRegistry, seed: int, encoder: str, out: Path, trust: bool) -> tuple[MethodOutcome, Components]:
+    source = _reml_source(plan, seed, encoder)
+    if source is not None:
+        log(f"loading REML ({encoder} encoder, seed {seed}) from {source}")
+        config = load_resolved(source / "config.json", registry)
+        components = build_components(config)
+        trained: TrainedReML = load_reml(config, components, source, trust_checkpoint=trust)
+        origin = f"loaded from {source}"
+    else:
+        config = plan.configs[(seed, encoder)]
+        components = build_components(config)
+        run_dir = out / f"seed-{seed}" / f"reml-{encoder}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", config.to_dict())
+        trained = train_reml(config, components, run_dir)
+        origin = f"trained in {run_dir.relative_to(out)}"
+    seconds = sum(trained.trainer.state.seconds.values())
+    budget = (f"{trained.trained_steps} env steps of {config.policy.name}, reward {config.reward.name}, "
+              f"pool {config.pool.name} ({components.pool.size} layers), depth {config.core.env.depth}")
+    return MethodOutcome(trained.method().network_for, seconds, budget, origin, trained.training_record()), components
+
+
+def _baseline(plan: BenchPlan, name: str, seed: int, components: Components, out: Path) -> MethodOutcome:
+    config = components.config
+    chosen = config.baselines[name]
+    baseline = chosen.spec.factory(chosen.config, components.context)
+    options = ", ".join(f"{k}={v}" for k, v in chosen.config.model_dump(mode="json").items())
+    source = plan.from_dir / f"seed-{seed}" / name if plan.from_dir is not None else None
+    if source is not None and source.is_dir():
+        log(f"loading {name} (seed {seed}) from {source}")
+        baseline.load(source)
+        meta = json.loads((source / "bench.json").read_text()) if (source / "bench.json").is_file() else {}
+        return MethodOutcome(baseline.network_for, float(meta.get("training_seconds", math.nan)), options, f"loaded from {source}")
+    log(f"meta-training {name} (seed {seed})")
+    start = time.perf_counter()
+    summary = baseline.meta_train(components.task_sampler.train_stream(seed), progress=config.core.train.progress)
+    seconds = time.perf_counter() - start
+    directory = out / f"seed-{seed}" / name
+    directory.mkdir(parents=True, exist_ok=True)
+    baseline.save(directory)
+    atomic_write_json(directory / "bench.json", jsonable({"training_seconds": seconds, "summary": summary, "config": chosen.config.model_dump(mode="json")}))
+    return MethodOutcome(baseline.network_for, seconds, options, f"trained in {directory.relative_to(out)}")
+
+
+def run_bench(plan: BenchPlan, registry: PluginRegistry, out: Path, *, trust_checkpoint: bool = False, command: str = "") -> dict[str, Any]:
+    """Train or load every method for every seed, evaluate all on the same tasks, write the files."""
+    started = time.perf_counter()
+    per_seed: dict[int, dict[str, Any]] = {}
+    outcomes: dict[int, dict[str, MethodOutcome]] = {}
+    for seed in plan.seeds:
+        base = plan.base(seed)
+        seed_everything(seed, base.core.train.threads)
+        methods: dict[str, MethodOutcome] = {}
+        base_components: Components | None = None
+        if "reml" in plan.methods:
+            for encoder in plan.encoders:
+                outcome, components = _reml(plan, registry, seed, encoder, out, trust_checkpoint)
+                methods[plan.reml_key(encoder)] = outcome
+                base_components = base_components or components
+        if base_components is None:
+            base_components = build_components(base)
+        for name in plan.baselines:
+            methods[name] = _baseline(plan, name, seed, base_components, out)
+        tables, curves, seconds = evaluate_methods(base, base_components, {key: m.provider for key, m in methods.items()})
+        per_seed[seed] = {"methods": tables, "curves": curves, "evaluation_s": seconds}
+        outcomes[seed] = methods
+        atomic_write_json(out / f"seed-{seed}" / "results.json", _seed_results(plan, base, tables, curves, methods, seconds, command))
+
+    results = _aggregate(plan, per_seed, outcomes, time.perf_counter() - started, command)
+    atomic_write_json(out / "results.json", results)
+    labels = {key: _label(plan, key) for key in results["methods"]}
+    title = f"{results['plugin']}: " + ", ".join(labels.values())
+    plot_few_shot(results["methods"], out / "few_shot.png", title, labels)
+    plot_convergence(results["curves"], out / "convergence.png", title, labels)
+    atomic_write_text(out / "report.md", render_bench_report(results))
+    return results
+
+
+def _label(plan: BenchPlan, key: str) -> str:
+    if key == "reml" or key.startswith("reml:"):
+        return f"REML ({plan.encoders[0] if key == 'reml' else key.split(':', 1)[1]})"
+    return METHOD_LABELS.get(key, key)
+
+
+def _encoders(plan: BenchPlan) -> dict[str, dict[str, Any]]:
+    info = {}
+    for encoder in plan.encoders:
+        config = plan.configs[(plan.seeds[0], encoder)]
+        privileged = bool(build_components(config).encoder.privileged)
+        info[plan.reml_key(encoder)] = {"name": encoder, "privileged": privileged}
+    return info
+
+
+def _seed_results(plan, base, tables, curves, methods, seconds, command) -> dict[str, Any]:
+    encoders = _encoders(plan) if "reml" in plan.methods else {}
+    return build_results(
+        config=base.to_dict(),
+        encoder_privileged=any(e["privileged"] for e in encoders.values()),
+        test_tasks=base.core.eval.test_tasks,
+        methods=tables,
+        curves=curves,
+        timing_s={**{f"training_{k}": m.training_seconds for k, m in methods.items()}, **seconds},
+        extra={
+            "command": command,
+            "encoders": encoders,
+            "budgets": {k: m.budget for k, m in methods.items()},
+            "sources": {k: m.source for k, m in methods.items()},
+            "training": {k: m.training for k, m in methods.items() if m.training is not None},
+        },
+    )
+
+
+def _aggregate(plan: BenchPlan, per_seed, outcomes, seconds: float, command: str) -> dict[str, Any]:
+    """Mean over seeds of each cell, with the spread between seeds (standard deviation of the seed means)."""
+    base = plan.base(plan.seeds[0])
+    keys = list(per_seed[plan.seeds[0]]["methods"])
+    methods: dict[str, Any] = {}
+    for key in keys:
+        tables: list[FewShotTable] = [per_seed[s]["methods"][key] for s in plan.seeds]
+        merged: dict[str, Any] = {}
+        for shots, row in table_to_json(tables[0]).items():
+            merged[shots] = {}
+            for steps in row:
+                cells = [table_to_json(t)[shots][steps] for t in tables]
+                means = [c["mse_mean"] for c in cells]
+                finite = all(m is not None for m in means)
+                merged[shots][steps] = {
+                    "mse_mean": float(np.mean(means)) if finite else None,
+                    "mse_ci95": float(np.mean([c["mse_ci95"] for c in cells])) if finite else None,
+                    "nan_tasks": int(sum(c["nan_tasks"] for c in cells)),
+                    "seed_spread": float(np.std(means, ddof=1)) if finite and len(means) > 1 else None,
+                }
+        methods[key] = merged
+    curves = {}
+    for key in keys:
+        stacked = [per_seed[s]["curves"][key] for s in plan.seeds if per_seed[s]["curves"].get(key)]
+        curves[key] = [float(v) for v in np.mean(np.asarray(stacked, dtype=np.float64), axis=0)] if stacked else []
+    timing = {}
+    for key in keys:
+        timing[f"training_{key}"] = float(sum(outcomes[s][key].training_seconds for s in plan.seeds))
+        timing[f"evaluation_{key}"] = float(sum(per_seed[s]["evaluation_s"].get(f"evaluation_{key}", 0.0) for s in plan.seeds))
+    timing["total_this_invocation"] = seconds
+    encoders = _encoders(plan) if "reml" in plan.methods else {}
+    first = outcomes[plan.seeds[0]]
+    return build_results(
+        config=base.to_dict(),
+        encoder_privileged=any(e["privileged"] for e in encoders.values()),
+        test_tasks=base.core.eval.test_tasks,
+        methods={},
+        curves={k: v for k, v in curves.items()},
+        timing_s=timing,
+        extra={
+            "methods": jsonable(methods),
+            "encoder": ",".join(plan.encoders),
+            "encoders": encoders,
+            "seeds": {str(s): {"methods": {k: table_to_json(t) for k, t in per_seed[s]["methods"].items()}} for s in plan.seeds},
+            "seed_list": plan.seeds,
+            "budgets": {k: m.budget for k, m in first.items()},
+            "sources": {str(s): {k: m.source for k, m in outcomes[s].items()} for s in plan.seeds},
+            "training": {k: m.training for k, m in first.items() if m.training is not None},
+            "command": command,
+            "preset": base.core.preset,
+        },
+    )
+
+
+def render_bench_report(results: Mapping[str, Any]) -> str:
+    config = results["config"]
+    evaluation = config["eval"]
+    seeds = results.get("seed_list", [results["seed"]])
+    labels = {key: f"REML ({info['name']})" for key, info in results.get("encoders", {}).items()}
+    renamed = {labels.get(key, METHOD_LABELS.get(key, key)): table for key, table in results["methods"].items()}
+    lines = [
+        f"# REML benchmark: {results['plugin']}",
+        "",
+        f"Command: `{results.get('command') or 'reml-bench'}`  ",
+        f"Preset `{results.get('preset', config['preset'])}`; seeds {', '.join(map(str, seeds))}; "
+        f"{results['test_tasks']} held-out test tasks, the same tasks, support points and query points for every method. "
+        f"Every method's starting network is fine-tuned with plain SGD (lr {evaluation['sgd_lr']}) on the K support points "
+        f"and measured on {config['task'].get('query_points', 'the')} query points.",
+        "",
+    ]
+    for key, info in results.get("encoders", {}).items():
+        note = ("sees the true task parameters (privileged information MAML and scratch never get)"
+                if info["privileged"] else "sees only the K support points, as MAML does")
+        lines.append(f"- {labels[key]}: state encoder `{info['name']}`, which {note}.")
+    lines += ["", "## Few-shot regression", ""]
+    if len(seeds) > 1:
+        lines += [f"Cells: mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
+                  "\"seeds ±\" is the standard deviation between the seeds' means.", ""]
+    lines += [few_shot_tables(renamed), "![few-shot](few_shot.png)", ""]
+    curves = {labels.get(k, METHOD_LABELS.get(k, k)): v for k, v in results["curves"].items()}
+    lines += [f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {evaluation['curve_lr']}, on each task's training data)", "",
+              curve_table(curves), "![convergence](convergence.png)", ""]
+    lines += ["## Budgets and training time", "", "| method | budget | training wall time (s, all seeds) | source (first seed) |", "|---|---|---:|---|"]
+    sources = results.get("sources", {}).get(str(seeds[0]), {})
+    for key in results["methods"]:
+        label = labels.get(key, METHOD_LABELS.get(key, key))
+        seconds = results["timing_s"].get(f"training_{key}")
+        lines.append(f"| {label} | {results.get('budgets', {}).get(key, '')} | {'-' if seconds is None else f'{seconds:.1f}'} | {sources.get(key, '')} |")
+    lines += ["", f"Total wall time of this invocation: {results['timing_s']['total_this_invocation']:.0f} s.", ""]
+    lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in results["versions"].items()), ""]
+    return "\n".join(lines)
