@@ -174,6 +174,7 @@ def run_bench(plan: BenchPlan, registry: PluginRegistry, out: Path, *, trust_che
         tables, curves, seconds = evaluate_methods(base, base_components, {key: m.provider for key, m in methods.items()})
         per_seed[seed] = {"methods": tables, "curves": curves, "evaluation_s": seconds}
         outcomes[seed] = methods
+        (out / f"seed-{seed}").mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / f"seed-{seed}" / "results.json", _seed_results(plan, base, tables, curves, methods, seconds, command))
 
     results = _aggregate(plan, per_seed, outcomes, time.perf_counter() - started, command)

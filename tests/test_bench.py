@@ -1,0 +1,76 @@
+"""``reml-bench`` end to end: every method on the same tasks, --from reloads, --seeds reports the spread."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "reml-bench"), *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke_bench(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "smoke"
+    result = _bench("--plugin", "sine", "--preset", "smoke", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_smoke_bench_has_every_method_k_and_step(smoke_bench):
+    results = json.loads((smoke_bench / "results.json").read_text())
+    assert results["schema"] == "reml.results/1"
+    assert set(results["methods"]) == {"reml", "maml", "scratch"}
+    for table in results["methods"].values():
+        assert sorted(table, key=int) == ["5", "10"]
+        for row in table.values():
+            assert sorted(row, key=int) == ["0", "1", "10"]
+            assert all(cell["mse_mean"] is not None and cell["mse_ci95"] > 0 for cell in row.values())
+    assert results["encoders"] == {"reml": {"name": "oracle", "privileged": True}}
+    assert set(results["budgets"]) == {"reml", "maml", "scratch"} and "iterations=300" in results["budgets"]["maml"]
+    for name in ("report.md", "few_shot.png", "convergence.png", "config.json", "seed-0/results.json",
+                 "seed-0/maml/maml.safetensors", "seed-0/reml-oracle/checkpoints/best/manifest.json"):
+        assert (smoke_bench / name).is_file(), name
+
+
+def test_report_marks_the_best_and_states_encoder_and_budgets(smoke_bench):
+    report = (smoke_bench / "report.md").read_text()
+    assert "| REML (oracle) |" in report and "| MAML |" in report and "| scratch |" in report
+    assert "state encoder `oracle`" in report and "privileged" in report
+    assert report.count("**") >= 2 * 2 * 3  # one bold (best) cell per K and step
+    assert "Budgets and training time" in report and "env steps of ppo-mlp" in report
+
+
+def test_from_reloads_trained_methods_and_reproduces_their_numbers(smoke_bench, tmp_path):
+    result = _bench("--plugin", "sine", "--preset", "smoke", "--from", str(smoke_bench), "--out", str(tmp_path / "again"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "meta-training" not in result.stderr  # nothing was trained again
+    first = json.loads((smoke_bench / "results.json").read_text())
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert again["methods"] == first["methods"]
+    assert all(source.startswith("loaded from") or name == "scratch" for name, source in again["sources"]["0"].items())
+
+
+def test_several_seeds_and_encoders_report_the_spread(tmp_path):
+    out = tmp_path / "seeds"
+    result = _bench("--plugin", "sine", "--preset", "smoke", "--methods", "reml,scratch", "--encoder", "oracle,support-set",
+                    "--seeds", "2", "--test-tasks", "10", "--set", "train.env_steps=512", "--set", "eval.curve_steps=5",
+                    "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == {"reml:oracle", "reml:support-set", "scratch"}
+    assert results["encoders"]["reml:support-set"] == {"name": "support-set", "privileged": False}
+    assert set(results["seeds"]) == {"0", "1"}
+    cell = results["methods"]["reml:oracle"]["10"]["10"]
+    per_seed = [results["seeds"][s]["methods"]["reml:oracle"]["10"]["10"]["mse_mean"] for s in ("0", "1")]
+    assert cell["mse_mean"] == pytest.approx(sum(per_seed) / 2)
+    assert cell["seed_spread"] > 0
+    report = (out / "report.md").read_text()
+    assert "REML (support-set)" in report and "seeds ±" in report
