@@ -35,18 +35,7 @@ def _fsync_directory(path: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` in one step: readers see the old file or the new, never half."""
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    atomic_write_with(path, lambda temporary: temporary.write_bytes(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -60,7 +49,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
 def atomic_write_with(path: Path, writer: Callable[[Path], None]) -> None:
     """Let ``writer`` produce a file at a temporary path, then move it atomically onto ``path``."""
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(descriptor)
     try:
         writer(Path(temporary))

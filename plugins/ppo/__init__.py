@@ -22,26 +22,14 @@ def build(name: str):
 SMOKE = {"n_steps": 256, "batch_size": 64, "n_epochs": 4}
 
 
+BACKENDS = (
+    ("ppo-mlp", PPOConfig, "PPO with an MLP policy (stable-baselines3); invalid actions are penalised."),
+    ("ppo-lstm", RecurrentPPOConfig, "RecurrentPPO with an LSTM policy (sb3-contrib): the order of chosen layers is a sequence."),
+    ("ppo-mlp-masked", PPOConfig, "MaskablePPO with an MLP policy (sb3-contrib): only layers that fit the slot are ever chosen."),
+)
+
+
 @hookimpl
 def reml_policies():
-    yield PolicySpec(
-        name="ppo-mlp",
-        factory=build("ppo-mlp"),
-        config_model=PPOConfig,
-        description="PPO with an MLP policy (stable-baselines3); invalid actions are penalised.",
-        presets={"smoke": SMOKE},
-    )
-    yield PolicySpec(
-        name="ppo-lstm",
-        factory=build("ppo-lstm"),
-        config_model=RecurrentPPOConfig,
-        description="RecurrentPPO with an LSTM policy (sb3-contrib): the order of chosen layers is a sequence.",
-        presets={"smoke": SMOKE},
-    )
-    yield PolicySpec(
-        name="ppo-mlp-masked",
-        factory=build("ppo-mlp-masked"),
-        config_model=PPOConfig,
-        description="MaskablePPO with an MLP policy (sb3-contrib): only layers that fit the slot are ever chosen.",
-        presets={"smoke": SMOKE},
-    )
+    for name, config_model, description in BACKENDS:
+        yield PolicySpec(name=name, factory=build(name), config_model=config_model, description=description, presets={"smoke": SMOKE})

@@ -10,6 +10,7 @@ from reml_core.cli.common import (
     ArgumentParser,
     add_experiment_flags,
     discover_plugins,
+    print_summary,
     int_list,
     name_list,
     positive_int,
@@ -17,7 +18,6 @@ from reml_core.cli.common import (
     user_config,
 )
 from reml_core.cli.run import default_out
-from reml_core.results import few_shot_tables
 from reml_core.storage import atomic_write_json, open_run_directory
 from reml_core.training import StopRequested
 
@@ -68,8 +68,7 @@ def _body(argv: Sequence[str] | None) -> int:
     except StopRequested as stop:
         print(f"{PROG}: interrupted; the REML run being trained was checkpointed at {stop.checkpoint}", flush=True)
         return EXIT_INTERRUPTED
-    print(few_shot_tables(results["methods"]))
-    print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}")
+    print_summary(results, out)
     return 0
 
 

@@ -11,13 +11,13 @@ from reml_core.cli.common import (
     ArgumentParser,
     add_experiment_flags,
     discover_plugins,
+    print_summary,
     run_main,
     user_config,
 )
 from reml_core.config import RunConfig, load_resolved, resolve_config
 from reml_core.errors import UserError
 from reml_core.experiment import build_components
-from reml_core.results import few_shot_tables
 from reml_core.storage import atomic_write_json, open_run_directory
 from reml_core.training import StopRequested
 
@@ -75,8 +75,7 @@ def _body(argv: Sequence[str] | None) -> int:
     except StopRequested as stop:
         print(f"{PROG}: interrupted; checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}", flush=True)
         return EXIT_INTERRUPTED
-    print(few_shot_tables(results["methods"]))
-    print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}")
+    print_summary(results, out)
     return 0
 
 
