@@ -116,7 +116,7 @@ def main() -> None:
         agree = agree and ok
         print(f"{label} vs learn2learn: first meta-loss rel. error {loss_error:.1e}, meta-gradient rel. error {grad_error:.1e}, "
               f"largest meta-loss difference over {args.iterations} iterations {drift:.1e}: {'agree' if ok else 'DISAGREE'}")
-    print(f"final meta-loss: " + ", ".join(f"{label} {losses[label][-1]:.5f}" for label in baselines))
+    print("final meta-loss: " + ", ".join(f"{label} {losses[label][-1]:.5f}" for label in baselines))
     print(f"losses agree: {agree}")
     fastest = "torch-func (compiled)" if compiled else "torch-func (eager)"
     print(f"ratio below: {fastest} / learn2learn")

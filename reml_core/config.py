@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from reml_core.errors import ConfigError, UnknownComponentError
 from reml_core.registry import PluginRegistry
-from reml_core.specs import KIND_LABELS, ComponentSpec, Preset, TaskSamplerSpec
+from reml_core.specs import ComponentSpec, Preset, TaskSamplerSpec
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -21,7 +21,7 @@ from reml_core.methods import ReMLMethod
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.results import build_results, curve_table, encoder_note, few_shot_tables
 from reml_core.storage import atomic_write_json, atomic_write_text, new_checkpoint
-from reml_core.training import MetaTrainer, load_components, log, resume_state
+from reml_core.training import MetaTrainer, log, resume_state
 
 
 def seed_everything(seed: int, threads: int) -> None:

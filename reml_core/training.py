@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from safetensors.torch import load_file, save_file
 
 from reml_core.config import RunConfig
@@ -242,6 +241,3 @@ def resume_state(out: Path) -> tuple[Path, TrainerState] | None:
     except (OSError, ValueError, TypeError) as error:
         raise CheckpointError(f"cannot read {latest / 'trainer.json'}: {error}") from None
 
-
-def set_threads(threads: int) -> None:
-    torch.set_num_threads(threads)

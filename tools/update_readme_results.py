@@ -22,7 +22,7 @@ def section(run: Path) -> str:
     labels = {key: f"REML ({info['name']})" for key, info in results.get("encoders", {}).items()}
     tables = few_shot_tables({labels.get(k, METHOD_LABELS.get(k, k)): t for k, t in results["methods"].items()})
     encoders = []
-    for key, info in results.get("encoders", {}).items():
+    for _key, info in results.get("encoders", {}).items():
         kind = "privileged: the true amplitude and phase" if info["privileged"] else "only the K support points, like MAML"
         encoders.append(f"`{info['name']}` ({kind})")
     budgets = "; ".join(f"{labels.get(k, METHOD_LABELS.get(k, k))}: {v}" for k, v in results.get("budgets", {}).items())
