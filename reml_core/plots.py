@@ -39,9 +39,10 @@ def plot_few_shot(
         axis.set_xlabel("SGD steps on the K support points")
         axis.set_ylabel("query MSE")
         axis.grid(alpha=0.3)
-        axis.legend()
+    handles, names = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="lower center", ncol=max(len(names), 1), frameon=False)
     figure.suptitle(title)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
     _save(figure, path)
 
 

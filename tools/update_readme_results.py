@@ -7,10 +7,10 @@ Nothing in the README's results section is typed by hand: this script writes all
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
+from reml_core.plots import plot_few_shot
 from reml_core.results import METHOD_LABELS, few_shot_tables
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,10 @@ def main() -> None:
     before, rest = text.split(START, 1)
     _, after = rest.split(END, 1)
     readme.write_text(before + section(run) + after)
-    shutil.copyfile(run / "few_shot.png", ROOT / "docs" / "images" / "few_shot.png")
+    results = json.loads((run / "results.json").read_text())
+    labels = {key: f"REML ({info['name']})" for key, info in results.get("encoders", {}).items()}
+    plot_few_shot(results["methods"], ROOT / "docs" / "images" / "few_shot.png",
+                  f"{results['plugin']}: query MSE after SGD fine-tuning ({results['test_tasks']} test tasks)", labels)
     print(f"README.md results section and docs/images/few_shot.png updated from {run}")
 
 
