@@ -32,6 +32,6 @@ src="$work/learn2learn-$version"
 rm -rf "$src/.eggs"
 cython=$(dirname "$python")/cython
 for pyx in "$src"/learn2learn/data/*.pyx; do
-    "$cython" -3 --quiet "$pyx"
+    "$cython" -3 "$pyx"
 done
 "${pip[@]}" install --no-deps --no-build-isolation "$src"
