@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -58,6 +58,9 @@ class EnvConfig(StrictModel):
         0.1, gt=0, le=1,
         description="pool += rate * (trained - pool); 1 replaces the layers as the thesis did (the pool collapses, "
         "docs/pool-health.md), below 1 is a Reptile step",
+    )
+    write_back_schedule: Literal["constant", "linear"] = Field(
+        "constant", description="'linear' anneals the write-back rate to 0 over train.env_steps (Reptile's schedule)"
     )
 
     @field_validator("shots")

@@ -98,6 +98,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         size = encoder.observation_size + self.depth + pool.size + 4 + self.depth
         self.observation_space = spaces.Box(-OBSERVATION_BOUND, OBSERVATION_BOUND, shape=(size,), dtype=np.float32)
         self._first_episode = first_episode
+        self.training_progress = 0.0  # fraction of meta-training done; set by the trainer
         self._restart_stream(seed)
         self.task: Task | None = None
         self.shots = config.shots[-1]
@@ -182,6 +183,12 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
     # -- internals ---------------------------------------------------------------------------
 
     @property
+    def write_back_rate(self) -> float:
+        """The configured rate, annealed by ``training_progress`` under the linear schedule."""
+        rate = self.config.write_back_rate
+        return rate * (1.0 - self.training_progress) if self.config.write_back_schedule == "linear" else rate
+
+    @property
     def chosen(self) -> list[int]:
         """Pool indices chosen so far, in network order."""
         return network_order(self._chosen)
@@ -224,7 +231,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         if self.mode == "train" and not fault:
             # The network trained on copies: until this line the pool is untouched, so a
             # numerical fault leaves every chosen layer exactly as it was before the episode.
-            self.pool.write_back(indices, network, rate=self.config.write_back_rate)
+            self.pool.write_back(indices, network, rate=self.write_back_rate)
         reward = self.reward_function.worst_reward if fault else float(self.reward_function(losses, task))
         return reward, {"losses": losses, "numerical_fault": fault}
 

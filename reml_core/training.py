@@ -67,6 +67,7 @@ class MetaTrainer:
         self.state = state or TrainerState()
         train = config.core.train
         self.env = components.make_env(mode="train", first_episode=self.state.episodes)
+        self.env.training_progress = min(self.state.timesteps / train.env_steps, 1.0)
         self.eval_env = components.make_env(mode="evaluate")
         context = replace(components.context, env=self.env, log_dir=out / "logs")
         self.policy: PolicyBackend = config.policy.spec.factory(config.policy.config, context)
@@ -132,6 +133,7 @@ class MetaTrainer:
         """Called by the policy backend after every env step; False stops training."""
         if self._stop:
             return False
+        self.env.training_progress = min(timesteps / self.config.core.train.env_steps, 1.0)
         every = self.config.core.train.checkpoint_every
         if timesteps // every > self.state.timesteps // every and timesteps < self.config.core.train.env_steps:
             self.checkpoint()

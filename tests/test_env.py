@@ -195,3 +195,19 @@ def test_observation_layout_and_features(make_components):
     assert network_features[0] == pytest.approx(math.log1p(info["loss"]), rel=1e-5)
     assert network_features[2] == 1.0
     assert env.observation_space.contains(observation)
+
+
+def test_linear_schedule_anneals_the_write_back_rate(make_components):
+    env = make_components(env={"write_back_rate": 0.2, "write_back_schedule": "linear"}).make_env()
+    assert env.write_back_rate == pytest.approx(0.2)
+    env.training_progress = 0.75
+    assert env.write_back_rate == pytest.approx(0.05)
+    constant = make_components(env={"write_back_rate": 0.2}).make_env()
+    constant.training_progress = 0.75
+    assert constant.write_back_rate == pytest.approx(0.2)
+    # At the end of a linear schedule the pool no longer moves.
+    env.training_progress = 1.0
+    env.reset(seed=0)
+    before = _pool_state(env.pool)
+    _valid_episode(env, np.random.default_rng(0))
+    assert all(torch.equal(before[k], v) for k, v in _pool_state(env.pool).items())
