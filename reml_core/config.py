@@ -60,7 +60,7 @@ class EnvConfig(StrictModel):
         "docs/pool-health.md), below 1 is a Reptile step",
     )
     write_back_schedule: Literal["constant", "linear"] = Field(
-        "constant", description="'linear' anneals the write-back rate to 0 over train.env_steps (Reptile's schedule)"
+        "linear", description="'linear' anneals the write-back rate to 0 over train.env_steps (Reptile's schedule); 'constant' keeps it"
     )
 
     @field_validator("shots")

@@ -202,7 +202,7 @@ def test_linear_schedule_anneals_the_write_back_rate(make_components):
     assert env.write_back_rate == pytest.approx(0.2)
     env.training_progress = 0.75
     assert env.write_back_rate == pytest.approx(0.05)
-    constant = make_components(env={"write_back_rate": 0.2}).make_env()
+    constant = make_components(env={"write_back_rate": 0.2, "write_back_schedule": "constant"}).make_env()
     constant.training_progress = 0.75
     assert constant.write_back_rate == pytest.approx(0.2)
     # At the end of a linear schedule the pool no longer moves.
