@@ -77,6 +77,55 @@ class TaskSampler(Protocol):
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 
 
+@dataclass(frozen=True, eq=False)
+class TaskBatch:
+    """``N`` tasks of one split as stacked tensors: ``x_train`` is ``[N, train_points, input_size]``, etc.
+
+    Row ``i`` of every tensor belongs to task ``task_ids[i]``; ``descriptors`` is ``[N, len(descriptor_names)]``.
+    As in :class:`Task`, a K-shot support set is the first K of ``x_support``/``y_support``.
+    """
+
+    split: str
+    task_ids: tuple[str, ...]
+    descriptors: torch.Tensor
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_support: torch.Tensor
+    y_support: torch.Tensor
+    x_query: torch.Tensor
+    y_query: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.task_ids)
+
+    def task(self, index: int) -> Task:
+        """Task ``index`` of the batch (its tensors are views into the batch's)."""
+        return Task(
+            self.task_ids[index], self.split, tuple(self.descriptors[index].tolist()),
+            self.x_train[index], self.y_train[index], self.x_support[index], self.y_support[index],
+            self.x_query[index], self.y_query[index],
+        )
+
+    def tasks(self) -> list[Task]:
+        return [self.task(i) for i in range(len(self))]
+
+
+@runtime_checkable
+class BatchedTaskSampler(Protocol):
+    """Optional capability of a :class:`TaskSampler`: training tasks drawn ``batch_size`` at a time.
+
+    For consumers that want many tasks at once (a MAML meta-batch, N environments side by side):
+    one vectorised draw per batch instead of one per task. ``train_batches(seed, batch_size)`` is
+    an endless, seeded stream of training batches: the same (seed, batch_size) gives the same
+    batches; its tasks come from the same family and distribution as ``train_stream(seed)`` and,
+    like it, never from the held-out sets, but need not be the same tasks in the same order.
+    The core never assumes a sampler has it: check ``isinstance(sampler, BatchedTaskSampler)``
+    and fall back to ``train_stream``.
+    """
+
+    def train_batches(self, seed: int, batch_size: int) -> Iterator[TaskBatch]: ...
+
+
 @runtime_checkable
 class StateEncoder(Protocol):
     """The task part of the observation, of a fixed, declared size."""

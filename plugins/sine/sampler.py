@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from reml_core.interfaces import Task
+from reml_core.interfaces import Task, TaskBatch
 
 # Independent random streams per split: held-out tasks never come out of the training stream.
-_SPLIT_KEYS = {"train": 0, "validation": 1, "test": 2}
+# "train-batches" is the batched training stream's own (same family, drawn in a vectorised order).
+_SPLIT_KEYS = {"train": 0, "validation": 1, "test": 2, "train-batches": 3}
 
 
 class SineConfig(BaseModel):
@@ -78,6 +79,38 @@ class SineTaskSampler:
         while True:
             yield self._task(rng, f"train-s{seed}-{index}", "train")
             index += 1
+
+    def train_batches(self, seed: int, batch_size: int) -> Iterator[TaskBatch]:
+        """Training tasks ``batch_size`` at a time, each batch from one vectorised draw (:class:`BatchedTaskSampler`).
+
+        The same family as :meth:`train_stream` from an independent stream of the same seed:
+        about 60 us per 25-task batch against about 37 us per task one by one.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        c = self.config
+        rng = self._generator(seed, "train-batches")
+        low = np.array([c.amplitude_low, c.phase_low])
+        high = np.array([c.amplitude_high, c.phase_high])
+        n_random = c.train_points + c.support_points + (0 if c.query_grid else c.query_points)
+        grid = self._query_grid.expand(batch_size, *self._query_grid.shape)
+        first = 0
+        while True:
+            descriptors = torch.from_numpy(rng.uniform(low, high, size=(batch_size, 2)))
+            x = torch.from_numpy(rng.uniform(c.x_low, c.x_high, size=(batch_size, n_random, 1)).astype(np.float32))
+            if c.query_grid:
+                x = torch.cat((x, grid), dim=1)
+            # float32 parameters, as the per-task path's Python floats become in float32 arithmetic
+            amplitude, phase = descriptors.to(torch.float32).unsqueeze(-1).unbind(1)
+            y = amplitude.unsqueeze(-1) * torch.sin(x + phase.unsqueeze(-1))
+            support_end = c.train_points + c.support_points
+            yield TaskBatch(
+                "train", tuple(f"train-s{seed}-b{batch_size}-{first + i}" for i in range(batch_size)), descriptors,
+                x[:, : c.train_points], y[:, : c.train_points],
+                x[:, c.train_points : support_end], y[:, c.train_points : support_end],
+                x[:, support_end:], y[:, support_end:],
+            )
+            first += batch_size
 
     def _held_out(self, split: str, count: int) -> list[Task]:
         rng = self._generator(self.config.test_seed, split)
