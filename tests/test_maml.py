@@ -18,10 +18,10 @@ import reml_plugins.maml
 from reml_core.errors import CheckpointError, UserError
 from reml_core.evaluation import FewShotEvaluator
 from reml_core.inner_loop import finetune_sgd
-from reml_core.interfaces import Baseline, BuildContext
+from reml_core.interfaces import BatchedTaskSampler, Baseline, BuildContext, TaskSampler
 from reml_core.registry import PluginRegistry
 from reml_plugins.maml.baseline import MAMLBaseline
-from reml_plugins.maml.batches import MetaBatch, draw_batch, stack_tasks
+from reml_plugins.maml.batches import MetaBatch, draw_batch, from_task_batch, stack_tasks
 from reml_plugins.maml.checkpoint import METADATA, TENSORS
 from reml_plugins.maml.config import MAMLConfig
 from reml_plugins.maml.torch_func import CompileFallbackWarning
@@ -42,6 +42,33 @@ def batch(sampler) -> MetaBatch:
     return draw_batch(sampler.train_stream(0), 25, 10)
 
 
+@pytest.fixture(scope="module")
+def batches(sampler, batch) -> dict[str, MetaBatch]:
+    """A meta-batch of each origin: 25 tasks drawn one by one, and one batched draw (``train_batches``)."""
+    return {"per-task": batch, "batched": from_task_batch(next(sampler.train_batches(0, 25)), 10)}
+
+
+class OneByOneSampler:
+    """The sine family without the optional ``train_batches``: a sampler as a third party may write it."""
+
+    def __init__(self, sampler: SineTaskSampler) -> None:
+        self._sampler = sampler
+        for name in ("descriptor_names", "descriptor_low", "descriptor_high", "input_size", "output_size", "max_shots", "train_points"):
+            setattr(self, name, getattr(sampler, name))
+
+    def train_stream(self, seed):
+        return self._sampler.train_stream(seed)
+
+    def validation_tasks(self, count):
+        return self._sampler.validation_tasks(count)
+
+    def test_tasks(self, count):
+        return self._sampler.test_tasks(count)
+
+    def loss(self, prediction, target):
+        return self._sampler.loss(prediction, target)
+
+
 def make(sampler: SineTaskSampler, seed: int = 0, **config) -> MAMLBaseline:
     return MAMLBaseline(MAMLConfig(**config), BuildContext(seed=seed, task_sampler=sampler))
 
@@ -59,9 +86,11 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @needs_learn2learn
+@pytest.mark.parametrize("origin", ["per-task", "batched"])
 @pytest.mark.parametrize("first_order", [False, True], ids=["second-order", "first-order"])
 @pytest.mark.parametrize("inner_steps", [1, 2])
-def test_backends_give_the_same_meta_loss_and_meta_gradient(sampler, batch, first_order, inner_steps):
+def test_backends_give_the_same_meta_loss_and_meta_gradient(sampler, batches, origin, first_order, inner_steps):
+    batch = batches[origin]
     options = {"first_order": first_order, "inner_steps": inner_steps}
     func = make(sampler, seed=3, backend="torch-func", **options)
     reference = make(sampler, seed=3, backend="learn2learn", **options)
@@ -121,23 +150,51 @@ class CountingStream:
         return task
 
 
-def test_meta_training_lowers_the_meta_loss_and_reports(sampler):
-    baseline = make(sampler, iterations=300)
+@pytest.mark.parametrize("origin", ["batched", "per-task (no train_batches)", "per-task (task_batches=false)"])
+def test_meta_training_lowers_the_meta_loss_and_reports(sampler, origin):
+    """With a batched sampler MAML draws its meta-batches itself; otherwise it reads the stream it is given."""
+    task_sampler = OneByOneSampler(sampler) if origin == "per-task (no train_batches)" else sampler
+    assert isinstance(task_sampler, TaskSampler) and isinstance(task_sampler, BatchedTaskSampler) == (task_sampler is sampler)
+    baseline = make(task_sampler, seed=1, iterations=300, task_batches=origin != "per-task (task_batches=false)")
     held_out = stack_tasks(sampler.validation_tasks(50), 10)
     before = float(baseline.backend.meta_gradient(held_out))
-    stream = CountingStream(sampler.train_stream(1))
+    stream = CountingStream(task_sampler.train_stream(1))
     summary = baseline.meta_train(stream, progress=False)
     after = float(baseline.backend.meta_gradient(held_out))
-    assert len(stream.taken) == 300 * 25 and all(task.split == "train" for task in stream.taken)
+    if origin == "batched":
+        assert summary["task_batches"] == 1.0 and stream.taken == []  # the stream handed in is not read
+    else:
+        assert summary["task_batches"] == 0.0
+        assert len(stream.taken) == 300 * 25 and all(task.split == "train" for task in stream.taken)
     assert summary["iterations"] == 300 and baseline.iterations_done == 300
     assert after < 0.7 * before and summary["final_meta_loss"] < 0.8 * summary["initial_meta_loss"]
     assert summary["seconds"] > summary["task_seconds"] > 0 and summary["iterations_per_s"] > 0
 
 
-def test_meta_training_is_seeded(sampler):
+def test_batched_meta_batches_are_the_samplers_batches_with_the_run_seed(sampler):
+    baseline = make(sampler, seed=7, meta_batch=5, shots=3)
+    drawn = baseline.meta_batches(iter(()))  # the stream is not read: an empty one does
+    expected = sampler.train_batches(7, 5)
+    for _ in range(3):
+        tasks = next(expected)
+        got, want = next(drawn), stack_tasks(tasks.tasks(), 3)
+        assert all(torch.equal(a, b) and a.is_contiguous() for a, b in zip(got.as_tuple(), want.as_tuple()))
+        assert got.x_inner.shape == (5, 3, 1) and torch.equal(got.x_outer[0], tasks.x_train[0, 3:6])
+    fallback = make(OneByOneSampler(sampler), seed=7, meta_batch=5, shots=3).meta_batches(sampler.train_stream(7))
+    assert torch.equal(next(fallback).x_inner, draw_batch(sampler.train_stream(7), 5, 3).x_inner)
+
+
+def test_batched_path_refuses_too_few_training_points():
+    small = SineTaskSampler(SineConfig(train_points=15))
+    with pytest.raises(UserError, match="K = 10 needs 20 training points per task .* but a task of this sampler has 15"):
+        make(small, iterations=1).meta_train(small.train_stream(0), progress=False)
+
+
+@pytest.mark.parametrize("task_batches", [True, False], ids=["batched", "per-task"])
+def test_meta_training_is_seeded(sampler, task_batches):
     runs = []
     for _ in range(2):
-        baseline = make(sampler, seed=5, iterations=20)
+        baseline = make(sampler, seed=5, iterations=20, task_batches=task_batches)
         runs.append((baseline.meta_train(sampler.train_stream(5), progress=False)["final_meta_loss"], baseline))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1].network.parameters(), runs[1][1].network.parameters()))

@@ -1,11 +1,14 @@
 """The MAML baseline: meta-train an initialisation on the task stream, hand out copies of it.
 
 The training loop (task batches, Adam on the meta-gradient, progress, summary) is shared; the
-backend only computes the meta-gradient, so the two backends differ in nothing else.
+backend only computes the meta-gradient, so the two backends differ in nothing else. When the
+run's task sampler is a :class:`BatchedTaskSampler`, each meta-batch comes from one vectorised
+draw (``train_batches(run seed, meta_batch)``) instead of ``meta_batch`` tasks taken one by one.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterator
@@ -18,8 +21,8 @@ from tqdm.auto import tqdm
 
 from reml_core.errors import UserError
 from reml_core.inner_loop import LossFn
-from reml_core.interfaces import BuildContext, Task
-from reml_plugins.maml.batches import MetaBatch, draw_batch
+from reml_core.interfaces import BatchedTaskSampler, BuildContext, Task, TaskSampler
+from reml_plugins.maml.batches import MetaBatch, check_training_points, draw_batch, from_task_batch
 from reml_plugins.maml.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from reml_plugins.maml.config import MAMLConfig
 from reml_plugins.maml.network import Architecture, MetaNetwork
@@ -59,6 +62,7 @@ class MAMLBaseline:
         inputs, outputs = (sampler.input_size, sampler.output_size) if sampler is not None else (1, 1)
         self.config = config
         self.seed = context.seed
+        self.task_sampler: TaskSampler | None = sampler
         self.loss_fn: LossFn = sampler.loss if sampler is not None else mean_squared_error
         self.architecture = Architecture((inputs, *config.hidden, outputs), config.activation)
         self.network = MetaNetwork(self.architecture).initialise(torch.Generator().manual_seed(context.seed))
@@ -69,17 +73,41 @@ class MAMLBaseline:
     def _new_optimizer(self) -> torch.optim.Adam:
         return torch.optim.Adam(self.network.parameters(), lr=self.config.meta_lr, fused=True)
 
+    def uses_task_batches(self) -> bool:
+        """Whether meta-batches come from the sampler's ``train_batches`` (it has one, and ``task_batches`` is on)."""
+        return self.config.task_batches and isinstance(self.task_sampler, BatchedTaskSampler)
+
+    def meta_batches(self, tasks: Iterator[Task]) -> Iterator[MetaBatch]:
+        """The meta-batches ``meta_train`` trains on, from the sampler's batched stream or else from ``tasks``.
+
+        The batched stream is ``train_batches(seed, meta_batch)`` with the run's seed
+        (``BuildContext.seed``), started afresh, as the core hands ``meta_train`` a fresh
+        ``train_stream(seed)``; ``tasks`` is then not read.
+        """
+        config = self.config
+        if self.uses_task_batches():
+            sampler = self.task_sampler
+            check_training_points(config.shots, sampler.train_points, "a task of this sampler")
+            return (from_task_batch(batch, config.shots) for batch in sampler.train_batches(self.seed, config.meta_batch))
+        return (draw_batch(tasks, config.meta_batch, config.shots) for _ in itertools.repeat(None))
+
     def meta_train(self, tasks: Iterator[Task], progress: bool = True) -> dict[str, float]:
-        """Run ``config.iterations`` meta-iterations on tasks drawn from ``tasks``; return summary numbers."""
+        """Run ``config.iterations`` meta-iterations; return summary numbers.
+
+        Tasks come from ``tasks`` (the run's training stream), unless the task sampler can draw
+        whole batches (see :meth:`meta_batches`): then from its ``train_batches`` with the run's seed.
+        """
         config = self.config
         losses: list[float] = []
         task_seconds = 0.0
+        batched = self.uses_task_batches()
+        batches = self.meta_batches(tasks)
         bar = tqdm(total=config.iterations, desc=f"maml ({config.backend})", disable=None if progress else True, leave=False)
         start = time.perf_counter()
         try:
             for iteration in range(config.iterations):
                 drawn = time.perf_counter()
-                batch = draw_batch(tasks, config.meta_batch, config.shots)
+                batch = next(batches)
                 task_seconds += time.perf_counter() - drawn
                 losses.append(self.meta_step(batch))
                 if (iteration + 1) % PROGRESS_EVERY == 0:
@@ -95,6 +123,7 @@ class MAMLBaseline:
             "seconds": seconds,
             "iterations_per_s": len(losses) / seconds,
             "task_seconds": task_seconds,
+            "task_batches": float(batched),
             "initial_meta_loss": sum(losses[:window]) / window,
             "final_meta_loss": sum(losses[-window:]) / window,
         }

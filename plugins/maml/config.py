@@ -25,6 +25,11 @@ class MAMLConfig(BaseModel):
     meta_batch: int = Field(25, ge=1, description="tasks per meta-iteration")
     shots: int = Field(10, ge=1, description="K: points for the inner step(s), and as many other points for the outer loss")
     iterations: int = Field(10_000, ge=1, description="meta-iterations (Finn et al.: 50 000 to 70 000)")
+    task_batches: bool = Field(
+        True,
+        description="draw each meta-batch in one vectorised call when the task sampler can (BatchedTaskSampler.train_batches "
+        "with the run's seed; the task stream meta_train is handed is then not read); false: take tasks one by one from that stream",
+    )
     compile: bool = Field(
         False,
         description="torch-func only: torch.compile the meta-gradient (same numbers, several times faster after a warm-up; "
