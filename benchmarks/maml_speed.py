@@ -1,12 +1,19 @@
-"""MAML meta-iterations per second: the learn2learn and torch-func backends side by side.
+"""MAML meta-iterations per second: backends and task-drawing paths side by side, before and after.
 
 Standard configuration (Finn et al.): 1-40-40-1 ReLU, 25 tasks per meta-batch, K = 10, one
-second-order inner step, Adam. Every backend starts from the same initial parameters and trains
-on the same pre-drawn meta-batches, in interleaved rounds so that a noisy machine slows them
-alike. A meta-iteration is the meta-gradient plus the Adam step; drawing the tasks from the
-stream is timed separately (it is the same for every backend). Prints iterations/s per backend,
-whether their meta-losses agree, and as its last line ``ratio=<torch-func it/s / learn2learn it/s>``
-(torch-func compiled when a C++ compiler is available and --no-compile is not given).
+second-order inner step, Adam. A meta-iteration is what ``meta_train`` does once: draw a
+meta-batch, compute the meta-gradient, take the Adam step. Each backend runs on both task paths:
+``per-task`` (25 tasks one by one from ``train_stream``, as before) and ``batched`` (one
+``train_batches`` draw, what MAML uses now with the sine sampler); torch-func eager also runs as
+it was before (the outer derivative through ``torch.func.grad_and_value``; now plain autograd,
+the same numbers). Every variant starts from the same initial parameters and variants on the same
+path see the same meta-batches, in interleaved rounds so that a noisy machine slows them alike.
+Prints iterations/s with and without the drawing, the ratios, whether the backends agree (the
+first meta-loss and meta-gradient within 1e-4; the mean meta-loss of the last 100 iterations
+within 1%: trajectories that start equal can part after a few hundred Adam steps, when a
+rounding-level difference puts a ReLU pre-activation on the other side of zero), and
+as its last line ``ratio=<torch-func it/s / learn2learn it/s>``: whole meta-iterations on the
+batched path, torch-func compiled when a C++ compiler is available and --no-compile is not given.
 Usage: python benchmarks/maml_speed.py [--iterations N] [--rounds R] [--threads T] [--no-compile]
 """
 
@@ -15,22 +22,66 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
+from torch.func import grad_and_value
 
 from reml_core.interfaces import BuildContext
 from reml_plugins.maml.baseline import MAMLBaseline
-from reml_plugins.maml.batches import draw_batch
+from reml_plugins.maml.batches import MetaBatch, draw_batch, from_task_batch
 from reml_plugins.maml.config import MAMLConfig
 from reml_plugins.maml.torch_func import cxx_compiler_available
 from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
 
-WARMUP = 10  # untimed meta-iterations per backend (torch.compile compiles here)
+WARMUP = 10  # untimed meta-iterations per variant, on a throwaway copy (torch.compile compiles here)
+REFERENCE = "learn2learn"
+PATHS = ("per-task", "batched")
+
+
+@dataclass
+class Variant:
+    """One backend on one task path, timed."""
+
+    backend: str
+    path: str
+    options: dict
+    before: bool = False  # torch-func eager as it was: the outer derivative through grad_and_value
+    baseline: MAMLBaseline | None = None
+    batches: Iterator[MetaBatch] | None = None
+    draw_s: float = 0.0
+    step_s: float = 0.0
+    warmup_s: float = 0.0
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}{' (before)' if self.before else ''}, {self.path}"
+
+
+def build(variant: Variant, context: BuildContext, seed: int) -> tuple[MAMLBaseline, Iterator[MetaBatch]]:
+    config = MAMLConfig(**variant.options, task_batches=variant.path == "batched")
+    baseline = MAMLBaseline(config, context)
+    if variant.before:
+        baseline.backend._gradient = grad_and_value(baseline.backend.meta_loss)  # the eager path before this change
+    return baseline, baseline.meta_batches(context.task_sampler.train_stream(seed))
+
+
+def run(variant: Variant, count: int) -> None:
+    baseline, batches = variant.baseline, variant.batches
+    for _ in range(count):
+        start = time.perf_counter()
+        batch = next(batches)
+        drawn = time.perf_counter()
+        variant.losses.append(baseline.meta_step(batch))
+        variant.step_s += time.perf_counter() - drawn
+        variant.draw_s += drawn - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=500, help="timed meta-iterations per backend (default 500)")
+    parser.add_argument("--iterations", type=int, default=500, help="timed meta-iterations per variant (default 500)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
@@ -44,83 +95,112 @@ def main() -> None:
     sampler = SineTaskSampler(SineConfig())
     context = BuildContext(seed=args.seed, task_sampler=sampler)
     standard = MAMLConfig()
-    stream = sampler.train_stream(args.seed)
-    started = time.perf_counter()
-    batches = [draw_batch(stream, standard.meta_batch, standard.shots) for _ in range(args.iterations + WARMUP)]
-    draw_ms = (time.perf_counter() - started) / len(batches) * 1e3
-    warmup, batches = batches[:WARMUP], batches[WARMUP:]
-
-    variants = {"learn2learn": {"backend": "learn2learn"}, "torch-func (eager)": {"backend": "torch-func"}}
     compiled = args.compile and cxx_compiler_available()
+    variants = [Variant("learn2learn", path, {"backend": "learn2learn"}) for path in PATHS]
+    variants += [Variant("torch-func eager", "per-task", {"backend": "torch-func"}, before=True)]
+    variants += [Variant("torch-func eager", path, {"backend": "torch-func"}) for path in PATHS]
     if compiled:
-        variants["torch-func (compiled)"] = {"backend": "torch-func", "compile": True}
+        variants += [Variant("torch-func compiled", path, {"backend": "torch-func", "compile": True}) for path in PATHS]
 
     print(f"torch {torch.__version__}, python {platform.python_version()}, {torch.get_num_threads()} thread(s), "
           f"deterministic={torch.are_deterministic_algorithms_enabled()}")
     print(f"network 1-{'-'.join(map(str, standard.hidden))}-1 {standard.activation}, meta-batch {standard.meta_batch} tasks, "
           f"K = {standard.shots}, {standard.inner_steps} inner step(s) (lr {standard.inner_lr}), "
           f"{'first' if standard.first_order else 'second'}-order, Adam lr {standard.meta_lr}; seed {args.seed}")
-    print(f"{args.iterations} timed meta-iterations per backend in {args.rounds} interleaved rounds, after {WARMUP} untimed")
-    print(f"drawing a meta-batch of {standard.meta_batch} tasks from the sine stream: {draw_ms:.2f} ms (not in the timings below)")
+    print(f"{args.iterations} timed meta-iterations per variant in {args.rounds} interleaved rounds, after {WARMUP} untimed; "
+          "a meta-iteration = draw the meta-batch + meta-gradient + Adam step")
+    print("tasks: per-task = 25 tasks one by one from train_stream (before); batched = one train_batches draw (after)")
+    print("torch-func eager (before): outer derivative through torch.func.grad_and_value; now plain autograd (same numbers)")
 
-    baselines, warmup_s = {}, {}
-    for label, options in variants.items():
-        throwaway = MAMLBaseline(MAMLConfig(**options), context)
+    for variant in variants:
+        throwaway, batches = build(variant, context, args.seed)
         start = time.perf_counter()
-        for batch in warmup:
-            throwaway.meta_step(batch)
-        warmup_s[label] = time.perf_counter() - start
-        baselines[label] = MAMLBaseline(MAMLConfig(**options), context)  # same seed: same initial parameters
+        for _ in range(WARMUP):
+            throwaway.meta_step(next(batches))
+        variant.warmup_s = time.perf_counter() - start
+        variant.baseline, variant.batches = build(variant, context, args.seed)  # same seed: same initial parameters
 
-    reference = list(next(iter(baselines.values())).network.parameters())
-    same_init = all(all(torch.equal(a, b) for a, b in zip(reference, b.network.parameters())) for b in list(baselines.values())[1:])
-    first_batch = batches[0]
+    reference_params = list(variants[0].baseline.network.parameters())
+    same_init = all(all(torch.equal(a, b) for a, b in zip(reference_params, v.baseline.network.parameters())) for v in variants)
+    first_batch = {  # what each path's fresh stream yields first
+        "per-task": draw_batch(sampler.train_stream(args.seed), standard.meta_batch, standard.shots),
+        "batched": from_task_batch(next(sampler.train_batches(args.seed, standard.meta_batch)), standard.shots),
+    }
     start_gradients = {}
-    for label, baseline in baselines.items():
-        loss = float(baseline.backend.meta_gradient(first_batch))
-        start_gradients[label] = (loss, [p.grad.clone() for p in baseline.network.parameters()])
+    for variant in variants:  # untimed; also the first (compiling) call of the timed compiled variants
+        loss = float(variant.baseline.backend.meta_gradient(first_batch[variant.path]))
+        start_gradients[variant.label] = (loss, [p.grad.clone() for p in variant.baseline.network.parameters()])
 
-    seconds = {label: 0.0 for label in baselines}
-    losses: dict[str, list[float]] = {label: [] for label in baselines}
-    round_ratios: list[list[float]] = []
-    bounds = [round(i * len(batches) / args.rounds) for i in range(args.rounds + 1)]
+    bounds = [round(i * args.iterations / args.rounds) for i in range(args.rounds + 1)]
+    round_seconds: list[dict[str, float]] = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        this_round = {}
-        for label, baseline in baselines.items():
-            start = time.perf_counter()
-            for batch in batches[lo:hi]:
-                losses[label].append(baseline.meta_step(batch))
-            this_round[label] = time.perf_counter() - start
-            seconds[label] += this_round[label]
-        round_ratios.append([this_round["learn2learn"] / this_round[label] for label in list(baselines)[1:]])
+        before = {v.label: v.draw_s + v.step_s for v in variants}
+        for variant in variants:
+            run(variant, hi - lo)
+        round_seconds.append({v.label: v.draw_s + v.step_s - before[v.label] for v in variants})
 
-    reference_label = "learn2learn"
-    reference_loss, reference_grads = start_gradients[reference_label]
-    its = {label: args.iterations / seconds[label] for label in baselines}
+    by = {(v.backend + (" (before)" if v.before else ""), v.path): v for v in variants}
+    whole = {v.label: args.iterations / (v.draw_s + v.step_s) for v in variants}
+    step_only = {v.label: args.iterations / v.step_s for v in variants}
     print(f"same initial parameters: {same_init}")
     print()
-    print(f"{'backend':24s} {'it/s':>8s} {'x l2l':>7s} {'rounds (x l2l)':>24s} {'with task drawing':>18s} {'warm-up':>9s}")
-    for i, label in enumerate(baselines):
-        spread = "" if i == 0 else " ".join(f"{r[i - 1]:.1f}" for r in round_ratios)
-        end_to_end = 1.0 / (1.0 / its[label] + draw_ms / 1e3)
-        print(f"{label:24s} {its[label]:8.1f} {its[label] / its[reference_label]:7.1f} {spread:>24s} "
-              f"{end_to_end:14.1f} it/s {warmup_s[label]:8.1f}s")
+    print(f"{'backend, tasks':34s} {'it/s':>7s} {'x l2l':>6s} {'rounds (x l2l)':>25s} {'step-only it/s':>15s} {'x l2l':>6s} "
+          f"{'draw ms':>8s} {'warm-up':>8s}")
+    for variant in variants:
+        reference = by[(REFERENCE, variant.path)].label
+        spread = "" if variant.backend == REFERENCE else " ".join(f"{r[reference] / r[variant.label]:.1f}" for r in round_seconds)
+        print(f"{variant.label:34s} {whole[variant.label]:7.1f} {whole[variant.label] / whole[reference]:6.1f} {spread:>25s} "
+              f"{step_only[variant.label]:15.1f} {step_only[variant.label] / step_only[reference]:6.1f} "
+              f"{variant.draw_s / args.iterations * 1e3:8.3f} {variant.warmup_s:7.1f}s")
+    print("(x l2l: against learn2learn on the same task path; step-only: without drawing the meta-batch)")
+
+    print()
+    print("before -> after (whole meta-iterations, it/s):")
+    pairs = [("learn2learn", ("learn2learn", "per-task"), ("learn2learn", "batched")),
+             ("torch-func eager", ("torch-func eager (before)", "per-task"), ("torch-func eager", "batched"))]
+    if compiled:
+        pairs.append(("torch-func compiled", ("torch-func compiled", "per-task"), ("torch-func compiled", "batched")))
+    for name, old, new in pairs:
+        old_its, new_its = whole[by[old].label], whole[by[new].label]
+        old_l2l, new_l2l = whole[by[("learn2learn", "per-task")].label], whole[by[("learn2learn", "batched")].label]
+        print(f"  {name:20s} {old_its:7.1f} -> {new_its:7.1f} ({new_its / old_its:.2f}x); "
+              f"vs learn2learn {old_its / old_l2l:.1f}x -> {new_its / new_l2l:.1f}x")
+    old_eager, new_eager = by[("torch-func eager (before)", "per-task")], by[("torch-func eager", "per-task")]
+    print(f"  torch-func eager meta-step alone (same per-task batches): {step_only[old_eager.label]:.1f} -> "
+          f"{step_only[new_eager.label]:.1f} it/s ({step_only[new_eager.label] / step_only[old_eager.label]:.2f}x), "
+          f"vs learn2learn {step_only[old_eager.label] / step_only[by[('learn2learn', 'per-task')].label]:.1f}x -> "
+          f"{step_only[new_eager.label] / step_only[by[('learn2learn', 'per-task')].label]:.1f}x")
+    draw = {path: sum(v.draw_s for v in variants if v.path == path) / sum(1 for v in variants if v.path == path) for path in PATHS}
+    print(f"  drawing a {standard.meta_batch}-task meta-batch: per-task {draw['per-task'] / args.iterations * 1e3:.3f} ms -> "
+          f"batched {draw['batched'] / args.iterations * 1e3:.3f} ms ({draw['per-task'] / draw['batched']:.1f}x less)")
+
     print()
     agree = same_init
-    for label in list(baselines)[1:]:
-        loss, grads = start_gradients[label]
-        loss_error = abs(loss - reference_loss) / abs(reference_loss)
-        grad_error = max(float((a - b).norm() / b.norm()) for a, b in zip(grads, reference_grads))
-        drift = max(abs(a - b) / abs(b) for a, b in zip(losses[label], losses[reference_label]))
-        ok = loss_error <= 1e-4 and grad_error <= 1e-4 and drift <= 1e-3
+    for variant in variants:
+        if variant.backend == REFERENCE:
+            continue
+        reference = by[(REFERENCE, variant.path)]
+        ref_loss, ref_grads = start_gradients[reference.label]
+        loss, grads = start_gradients[variant.label]
+        loss_error = abs(loss - ref_loss) / abs(ref_loss)
+        grad_error = max(float((a - b).norm() / b.norm()) for a, b in zip(grads, ref_grads))
+        differences = [abs(a - b) / abs(b) for a, b in zip(variant.losses, reference.losses)]
+        parted = next((i for i, d in enumerate(differences) if d > 1e-5), None)
+        window = min(100, args.iterations)
+        last = sum(variant.losses[-window:]) / window
+        reference_last = sum(reference.losses[-window:]) / window
+        last_error = abs(last - reference_last) / reference_last
+        ok = loss_error <= 1e-4 and grad_error <= 1e-4 and last_error <= 1e-2
         agree = agree and ok
-        print(f"{label} vs learn2learn: first meta-loss rel. error {loss_error:.1e}, meta-gradient rel. error {grad_error:.1e}, "
-              f"largest meta-loss difference over {args.iterations} iterations {drift:.1e}: {'agree' if ok else 'DISAGREE'}")
-    print("final meta-loss: " + ", ".join(f"{label} {losses[label][-1]:.5f}" for label in baselines))
+        print(f"{variant.label} vs learn2learn: first meta-loss rel. error {loss_error:.1e}, meta-gradient rel. error "
+              f"{grad_error:.1e}; over {args.iterations} iterations largest meta-loss difference {max(differences):.1e}"
+              f"{'' if parted is None else f' (above 1e-5 from iteration {parted + 1})'}, mean of the last {window} "
+              f"{last_error:.1e}: {'agree' if ok else 'DISAGREE'}")
+    print("final meta-loss: " + ", ".join(f"{v.label} {v.losses[-1]:.5f}" for v in variants))
     print(f"losses agree: {agree}")
-    fastest = "torch-func (compiled)" if compiled else "torch-func (eager)"
-    print(f"ratio below: {fastest} / learn2learn")
-    print(f"ratio={its[fastest] / its[reference_label]:.2f}")
+    fastest = by[("torch-func compiled" if compiled else "torch-func eager", "batched")]
+    print(f"ratio below: {fastest.label} / learn2learn, batched (whole meta-iterations)")
+    print(f"ratio={whole[fastest.label] / whole[by[(REFERENCE, 'batched')].label]:.2f}")
 
 
 if __name__ == "__main__":
