@@ -14,25 +14,25 @@ Output layout::
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from reml_core.config import RunConfig, deep_merge, load_resolved, resolve_config
-from reml_core.errors import UserError
+from reml_core.errors import CheckpointError, UserError
+from reml_core.folders import check_path
 from reml_core.evaluation import FewShotTable, NetworkProvider
 from reml_core.experiment import Components, build_components
 from reml_core.pipeline import TrainedReML, evaluate_methods, load_reml, seed_everything, train_reml
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.registry import PluginRegistry
 from reml_core.results import METHOD_LABELS, build_results, curve_table, few_shot_tables, jsonable, table_to_json
-from reml_core.storage import atomic_write_json, atomic_write_text
+from reml_core.storage import atomic_write_json, atomic_write_text, read_json_file
 from reml_core.training import log
 
 
@@ -45,6 +45,8 @@ class BenchPlan:
     seeds: list[int]
     configs: dict[tuple[int, str], RunConfig]  # (seed, encoder) -> config
     from_dir: Path | None
+    #: Where ``--from`` holds each (seed, method key) it provides, checked while planning.
+    sources: dict[tuple[int, str], Path] = field(default_factory=dict)
 
     @property
     def baselines(self) -> list[str]:
@@ -57,18 +59,33 @@ class BenchPlan:
         return self.configs[(seed, self.encoders[0])]
 
 
+#: More seeds than anyone trains; a larger --seeds is a typo, refused at once.
+MAX_SEEDS = 1000
+SEED_LIMIT = 2**32
+
+
 def plan_bench(
     registry: PluginRegistry, user: Mapping[str, Any], *, methods: Sequence[str], encoders: Sequence[str] | None,
-    seeds: int, from_dir: Path | None,
+    seeds: int, from_dir: Path | None, trust_checkpoint: bool = False,
 ) -> BenchPlan:
-    """Validate everything before anything runs: methods, encoders, every seed's config, --from."""
+    """Validate everything before anything runs: methods, encoders, seeds, every seed's config, --from.
+
+    Everything ``--from`` provides is read and loaded here, so a damaged source is refused before
+    the output folder exists.
+    """
     available = ["reml", *registry.names("baseline")]
     unknown = [m for m in methods if m not in available]
     if unknown:
         raise UserError(f"--methods: unknown method {unknown[0]!r} (available: {', '.join(available)})")
-    if from_dir is not None and not from_dir.is_dir():
-        raise UserError(f"--from {from_dir}: no such directory")
     base_seed = int(user.get("seed", 0)) if isinstance(user.get("seed", 0), int) else 0
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds: {seeds} seeds; the limit is {MAX_SEEDS}")
+    if base_seed + seeds > SEED_LIMIT:
+        raise UserError(f"--seeds: seeds {base_seed}..{base_seed + seeds - 1} go past the largest seed, {SEED_LIMIT - 1}; lower --seed or --seeds")
+    if from_dir is not None:
+        from_dir = check_path(from_dir, "--from")
+        if not from_dir.is_dir():
+            raise UserError(f"--from {from_dir}: no such directory")
     encoder_names = list(encoders) if encoders else [None]
     configs: dict[tuple[int, str], RunConfig] = {}
     baselines = [m for m in methods if m != "reml"]
@@ -81,21 +98,90 @@ def plan_bench(
                 config.baselines[name].spec.factory(config.baselines[name].config, components.context)
             configs[(seed, config.encoder.name)] = config
     names = list(dict.fromkeys(encoder for _, encoder in configs))
-    return BenchPlan(list(methods), names, list(range(base_seed, base_seed + seeds)), configs, from_dir)
+    plan = BenchPlan(list(methods), names, list(range(base_seed, base_seed + seeds)), configs, from_dir)
+    if from_dir is not None:
+        plan.sources.update(_check_sources(plan, registry, trust_checkpoint))
+    return plan
 
 
-def _reml_source(plan: BenchPlan, seed: int, encoder: str) -> Path | None:
-    """Where --from holds this seed's REML for this encoder, if anywhere."""
-    if plan.from_dir is None:
+def _check_sources(plan: BenchPlan, registry: PluginRegistry, trust: bool) -> dict[tuple[int, str], Path]:
+    """Find and load everything ``--from`` holds for this plan; refuse seeds it holds nothing for."""
+    assert plan.from_dir is not None
+    sources: dict[tuple[int, str], Path] = {}
+    for seed in plan.seeds:
+        found_any = False
+        if "reml" in plan.methods:
+            for encoder in plan.encoders:
+                source = _reml_source(plan.from_dir, seed, encoder)
+                if source is None:
+                    raise UserError(
+                        f"--from {plan.from_dir} holds no REML run for seed {seed} with encoder {encoder!r} "
+                        f"(it holds: {_describe_sources(plan.from_dir)}); match --seed/--seeds/--encoder to it, or drop --from to train"
+                    )
+                config = load_resolved(source / "config.json", registry)
+                load_reml(config, build_components(config), source, trust_checkpoint=trust)
+                sources[(seed, plan.reml_key(encoder))] = source
+                found_any = True
+        for name in plan.baselines:
+            directory = plan.from_dir / f"seed-{seed}" / name
+            if not directory.is_dir():
+                continue  # trained, and the report says so
+            if (directory / "bench.json").exists():
+                read_json_file(directory / "bench.json", f"{name}'s training record", error=UserError)
+            config = plan.base(seed)
+            chosen = config.baselines[name]
+            baseline = chosen.spec.factory(chosen.config, build_components(config).context)
+            _load_baseline(baseline, name, directory)
+            sources[(seed, name)] = directory
+            found_any = True
+        if not found_any:
+            raise UserError(
+                f"--from {plan.from_dir} holds nothing for seed {seed} (it holds: {_describe_sources(plan.from_dir)}); "
+                "match --seed/--seeds to it, or drop --from to train"
+            )
+    return sources
+
+
+def _load_baseline(baseline: Any, name: str, directory: Path) -> None:
+    """A saved baseline, loaded; whatever goes wrong is one CheckpointError naming the folder."""
+    try:
+        baseline.load(directory)
+    except UserError:
+        raise
+    except Exception as error:  # a plugin's loader on a damaged file: name it, no traceback
+        raise CheckpointError(f"cannot load {name} from {directory}: {type(error).__name__}: {' '.join(str(error).split())[:200]}") from None
+
+
+def _describe_sources(from_dir: Path) -> str:
+    """What a --from folder holds, for error messages: ``seed 0 (reml-oracle, maml)`` or a single run."""
+    parts = []
+    for seed_dir in sorted(from_dir.glob("seed-*")):
+        if seed_dir.is_dir():
+            held = sorted(child.name for child in seed_dir.iterdir() if child.is_dir())
+            parts.append(f"{seed_dir.name.replace('-', ' ')} ({', '.join(held) or 'nothing'})")
+    single = _single_run(from_dir)
+    if single is not None:
+        parts.append(f"one reml-run run, seed {single[0]}, encoder {single[1]!r}")
+    return "; ".join(parts) or "no REML runs or baselines"
+
+
+def _single_run(directory: Path) -> tuple[Any, Any] | None:
+    """(seed, encoder) of a single reml-run folder, or None if ``directory`` is not one."""
+    if not ((directory / "config.json").is_file() and (directory / "checkpoints").is_dir()):
         return None
-    nested = plan.from_dir / f"seed-{seed}" / f"reml-{encoder}"
+    data = read_json_file(directory / "config.json", "a run's config (a JSON object)", error=UserError)
+    encoder = data.get("encoder")
+    return data.get("seed"), encoder.get("name") if isinstance(encoder, dict) else encoder
+
+
+def _reml_source(from_dir: Path, seed: int, encoder: str) -> Path | None:
+    """Where --from holds this seed's REML for this encoder, if anywhere."""
+    nested = from_dir / f"seed-{seed}" / f"reml-{encoder}"
     if (nested / "config.json").is_file():
         return nested
-    single = plan.from_dir / "config.json"
-    if single.is_file() and (plan.from_dir / "checkpoints").is_dir():
-        data = json.loads(single.read_text())
-        if data.get("seed") == seed and data.get("encoder", {}).get("name") == encoder:
-            return plan.from_dir
+    single = _single_run(from_dir)
+    if single is not None and single == (seed, encoder):
+        return from_dir
     return None
 
 
@@ -109,7 +195,7 @@ class MethodOutcome:
 
 
 def _reml(plan: BenchPlan, registry: PluginRegistry, seed: int, encoder: str, out: Path, trust: bool) -> tuple[MethodOutcome, Components]:
-    source = _reml_source(plan, seed, encoder)
+    source = plan.sources.get((seed, plan.reml_key(encoder)))
     if source is not None:
         log(f"loading REML ({encoder} encoder, seed {seed}) from {source}")
         config = load_resolved(source / "config.json", registry)
@@ -135,13 +221,14 @@ def _baseline(plan: BenchPlan, name: str, seed: int, components: Components, out
     chosen = config.baselines[name]
     baseline = chosen.spec.factory(chosen.config, components.context)
     options = ", ".join(f"{k}={v}" for k, v in chosen.config.model_dump(mode="json").items())
-    source = plan.from_dir / f"seed-{seed}" / name if plan.from_dir is not None else None
-    if source is not None and source.is_dir():
+    source = plan.sources.get((seed, name))
+    if source is not None:
         log(f"loading {name} (seed {seed}) from {source}")
-        baseline.load(source)
-        meta = json.loads((source / "bench.json").read_text()) if (source / "bench.json").is_file() else {}
-        return MethodOutcome(baseline.network_for, float(meta.get("training_seconds", math.nan)), options, f"loaded from {source}")
-    log(f"meta-training {name} (seed {seed})")
+        _load_baseline(baseline, name, source)
+        meta = read_json_file(source / "bench.json", f"{name}'s training record", error=UserError) if (source / "bench.json").is_file() else {}
+        seconds = meta.get("training_seconds")
+        return MethodOutcome(baseline.network_for, float(seconds) if isinstance(seconds, (int, float)) else math.nan, options, f"loaded from {source}")
+    log(f"meta-training {name} (seed {seed})" + (" (not in --from)" if plan.from_dir is not None else ""))
     start = time.perf_counter()
     summary = baseline.meta_train(components.task_sampler.train_stream(seed), progress=config.core.train.progress)
     seconds = time.perf_counter() - start

@@ -10,7 +10,7 @@ reported as one ``path.to.field: message`` line.
 from __future__ import annotations
 
 import copy
-import json
+import math
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from reml_core.errors import ConfigError, UnknownComponentError
+from reml_core.errors import ConfigError, UnknownComponentError, UserError
 from reml_core.registry import PluginRegistry
 from reml_core.specs import ComponentSpec, Preset, TaskSamplerSpec
 
@@ -32,9 +32,19 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 
 class StrictModel(BaseModel):
-    """Base for every config model: unknown keys are errors, values are checked on assignment."""
+    """Base for every config model: unknown keys are errors, numbers are finite, values are checked on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+#: Upper bounds on sizes and counts. Each is far beyond any sensible experiment and far below what
+#: would exhaust memory or run for days, so an absurd value fails at once with the limit named.
+MAX_STEPS = 1_000_000_000
+MAX_TASKS = 100_000
+MAX_ITERATIONS = 1_000_000
+#: A config file larger than this, or with more settings than this, is not a REML config.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_CONFIG_SETTINGS = 10_000
 
 
 def _distinct_sorted(values: list[int]) -> list[int]:
@@ -46,14 +56,14 @@ def _distinct_sorted(values: list[int]) -> list[int]:
 class EnvConfig(StrictModel):
     """The composition MDP: network depth, inner training, and the K-shot fine-tuning it can measure."""
 
-    depth: int = Field(5, ge=2, description="layers per network: input + (depth - 2) hidden + output")
-    inner_steps: int = Field(30, ge=0, description="Adam steps on the task's training data at the end of an episode")
+    depth: int = Field(5, ge=2, le=64, description="layers per network: input + (depth - 2) hidden + output")
+    inner_steps: int = Field(30, ge=0, le=MAX_ITERATIONS, description="Adam steps on the task's training data at the end of an episode")
     inner_lr: float = Field(0.005, gt=0, description="Adam learning rate of the inner training")
-    inner_batch: int = Field(100, gt=0, description="minibatch size of the inner training")
+    inner_batch: int = Field(100, gt=0, le=MAX_ITERATIONS, description="minibatch size of the inner training")
     shots: list[int] = Field([5, 10], min_length=1, description="K values an episode draws from for its support set")
-    finetune_steps: int = Field(10, ge=0, description="SGD steps on the K support points for the 'finetuned' loss")
+    finetune_steps: int = Field(10, ge=0, le=MAX_ITERATIONS, description="SGD steps on the K support points for the 'finetuned' loss")
     finetune_lr: float = Field(0.01, gt=0, description="SGD learning rate for the 'finetuned' loss")
-    max_invalid_actions: int = Field(10, ge=0, description="invalid actions after which an episode is truncated")
+    max_invalid_actions: int = Field(10, ge=0, le=MAX_ITERATIONS, description="invalid actions after which an episode is truncated")
     write_back_rate: float = Field(
         0.1, gt=0, le=1,
         description="pool += rate * (trained - pool); 1 replaces the layers as the thesis did (the pool collapses, "
@@ -74,30 +84,38 @@ class EnvConfig(StrictModel):
 class TrainConfig(StrictModel):
     """Meta-training budget and bookkeeping."""
 
-    env_steps: int = Field(100_000, gt=0, description="policy (environment) steps of meta-training")
-    checkpoint_every: int = Field(10_000, gt=0, description="env steps between checkpoints")
-    validation_tasks: int = Field(50, ge=0, description="held-out validation tasks scored at each checkpoint (0: off)")
-    calibration_episodes: int = Field(200, gt=0, description="random episodes of the reward calibration pass")
+    env_steps: int = Field(100_000, gt=0, le=MAX_STEPS, description="policy (environment) steps of meta-training")
+    checkpoint_every: int = Field(10_000, gt=0, le=MAX_STEPS, description="env steps between checkpoints")
+    validation_tasks: int = Field(50, ge=0, le=MAX_TASKS, description="held-out validation tasks scored at each checkpoint (0: off)")
+    calibration_episodes: int = Field(200, gt=0, le=MAX_ITERATIONS, description="random episodes of the reward calibration pass")
     progress: bool = Field(True, description="show progress bars")
-    threads: int = Field(1, gt=0, description="torch intra-op threads (tiny networks run fastest on one)")
+    threads: int = Field(1, gt=0, le=1024, description="torch intra-op threads (tiny networks run fastest on one)")
+    n_envs: int = Field(
+        16, ge=1, le=256,
+        description="composition episodes run side by side (a vector env; 1: the single env). Networks finishing "
+        "together train as one stacked computation; 16 measured fastest for whole meta-training on 2 CPU cores "
+        "(docs/performance.md). Results depend on (seed, n_envs)",
+    )
 
 
 class EvalConfig(StrictModel):
     """The few-shot protocol of Finn et al. (2017) on held-out tasks."""
 
-    test_tasks: int = Field(600, gt=0, description="held-out meta-test tasks")
+    test_tasks: int = Field(600, gt=0, le=MAX_TASKS, description="held-out meta-test tasks")
     shots: list[int] = Field([5, 10], min_length=1, description="K support points per task")
     steps: list[int] = Field([0, 1, 10], min_length=1, description="SGD fine-tuning steps reported")
     sgd_lr: float = Field(0.01, gt=0, description="plain SGD learning rate of the fine-tuning")
-    curve_steps: int = Field(100, ge=0, description="Adam steps of the convergence curve (0: no curve)")
+    curve_steps: int = Field(100, ge=0, le=MAX_ITERATIONS, description="Adam steps of the convergence curve (0: no curve)")
     curve_lr: float = Field(0.005, gt=0, description="Adam learning rate of the convergence curve")
-    curve_tasks: int = Field(100, gt=0, description="test tasks averaged in the convergence curve")
+    curve_tasks: int = Field(100, gt=0, le=MAX_TASKS, description="test tasks averaged in the convergence curve")
 
     @field_validator("shots", "steps")
     @classmethod
     def _non_negative(cls, value: list[int], info: Any) -> list[int]:
         if any(v < (1 if info.field_name == "shots" else 0) for v in value):
             raise ValueError("every K must be positive" if info.field_name == "shots" else "steps must be >= 0")
+        if info.field_name == "steps" and any(v > MAX_ITERATIONS for v in value):
+            raise ValueError(f"fine-tuning steps must be at most {MAX_ITERATIONS}")
         return _distinct_sorted(value)
 
 
@@ -192,6 +210,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if suffix not in (".toml", ".yaml", ".yml"):
         raise ConfigError([f"--config: {path}: unsupported file type {suffix or '(none)'!r}; use .toml, .yaml or .yml"])
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES and path.is_file():
+            raise ConfigError([f"--config: {path} is {size:,} bytes; a REML config is a few KB (the limit is {MAX_CONFIG_BYTES:,})"])
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"--config: file not found: {path}"]) from None
@@ -275,15 +296,41 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _non_finite(value: Any, path: tuple[Any, ...]) -> list[str]:
+    """Every NaN or infinite number inside a validated section, as a problem line."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{_location(path)}: Input should be a finite number (got {value})"]
+    if isinstance(value, Mapping):
+        return [line for key, item in value.items() for line in _non_finite(item, (*path, key))]
+    if isinstance(value, (list, tuple)):
+        return [line for index, item in enumerate(value) for line in _non_finite(item, (*path, index))]
+    return []
+
+
+def count_settings(value: Any) -> int:
+    """How many keys and list items a parsed config holds (nested), to refuse absurd ones early."""
+    if isinstance(value, Mapping):
+        return len(value) + sum(count_settings(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return len(value) + sum(count_settings(item) for item in value)
+    return 0
+
+
 def _validate(model: type[BaseModel], data: Any, prefix: Sequence[str], problems: list[str]) -> BaseModel | None:
+    """Validate one section; no plugin's model can let a NaN or infinity through (they break JSON and training)."""
     try:
-        return model.model_validate(data)
+        validated = model.model_validate(data)
     except ValidationError as error:
         problems.extend(_format_errors(error, prefix))
         return None
     except (TypeError, ValueError, RecursionError) as error:  # a plugin validator that raised oddly
         problems.append(f"{_location(prefix)}: {' '.join(str(error).split())}")
         return None
+    infinite = _non_finite(validated.model_dump(), tuple(prefix))
+    if infinite:
+        problems.extend(infinite)
+        return None
+    return validated
 
 
 def _section_name(section: dict[str, Any], where: str, problems: list[str]) -> str | None:
@@ -313,6 +360,9 @@ def resolve_config(
     ``baselines`` names baseline components the command needs besides those the config mentions.
     """
     problems: list[str] = []
+    settings = count_settings(user)
+    if settings > MAX_CONFIG_SETTINGS:
+        raise ConfigError([f"config: {settings:,} settings; a REML config has a few dozen (the limit is {MAX_CONFIG_SETTINGS:,})"])
     raw_model = _validate(_RawConfig, dict(user), (), problems)
     if raw_model is None:
         raise ConfigError(problems)
@@ -370,12 +420,7 @@ def resolve_config(
 
 def load_resolved(path: Path, registry: PluginRegistry) -> RunConfig:
     """Re-resolve a run's ``config.json`` (for ``--resume`` and ``--from``)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: not found; is this a REML run directory?"]) from None
-    except (OSError, ValueError) as error:
-        raise ConfigError([f"{path}: unreadable run config: {error}"]) from None
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: a run config must be a JSON object"])
+    from reml_core.storage import read_json_file  # storage imports nothing of the config
+
+    data = read_json_file(Path(path), "a run's config (a JSON object)", error=UserError)
     return resolve_config(registry, data)

@@ -12,16 +12,24 @@ from typing import Any
 
 import torch
 
-from reml_core.config import RunConfig
-from reml_core.errors import CheckpointError
+from reml_core.config import RunConfig, load_resolved
+from reml_core.errors import CheckpointError, UserError
 from reml_core.evaluation import FewShotEvaluator, FewShotTable, NetworkProvider
 from reml_core.experiment import Components, build_components
 from reml_core.interfaces import Baseline
 from reml_core.methods import ReMLMethod
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.results import build_results, curve_table, encoder_note, few_shot_tables
-from reml_core.storage import atomic_write_json, atomic_write_text, new_checkpoint
-from reml_core.training import MetaTrainer, log, resume_state
+from reml_core.storage import atomic_write_json, atomic_write_text, latest_checkpoint, new_checkpoint, verify_checkpoint
+from reml_core.registry import PluginRegistry
+from reml_core.training import MetaTrainer, log, read_trainer_state, resume_state
+
+#: Settings a resumed run may change after its last checkpoint: they affect neither what was
+#: trained nor how checkpoints are scored. ``train.env_steps`` may only grow.
+RESUME_MAY_CHANGE = frozenset({
+    "train.env_steps", "train.progress", "train.threads", "train.checkpoint_every",
+    "eval.test_tasks", "eval.curve_steps", "eval.curve_lr", "eval.curve_tasks",
+})
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -91,12 +99,16 @@ def train_reml(config: RunConfig, components: Components, out: Path, *, resume: 
 
 
 def load_reml(config: RunConfig, components: Components, out: Path, *, trust_checkpoint: bool = False) -> TrainedReML:
-    """A finished run's REML, from its ``best`` (or ``final``) checkpoint, without training."""
-    found = resume_state(out)
-    if found is None:
+    """A finished run's REML, from its ``best`` (or ``final``) checkpoint, without training.
+
+    Reads only: nothing in ``out`` is created, changed or removed.
+    """
+    latest = latest_checkpoint(out / "checkpoints")
+    if latest is None:
         raise CheckpointError(f"{out} holds no checkpoint to load")
-    latest, state = found
-    trainer = MetaTrainer(config, components, out, state=state)
+    verify_checkpoint(latest)
+    state = read_trainer_state(latest / "trainer.json")
+    trainer = MetaTrainer(config, components, out, state=state, read_only=True)
     trainer.load(latest, trust_pickle=trust_checkpoint)
     return _select_best(trainer, out)
 
@@ -156,6 +168,50 @@ def _trainer(config: RunConfig, components: Components, out: Path, *, resume: bo
             return trainer
         log("no checkpoint yet: starting the run from the beginning")
     return MetaTrainer(config, components, out)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resumable(config: RunConfig, out: Path, registry: PluginRegistry) -> None:
+    """Refuse to resume when the folder's config no longer matches what its checkpoint was trained with.
+
+    Seed, plugin, every component and every setting that shaped training must be the same;
+    ``train.env_steps`` may grow but not fall below the steps already trained.
+    """
+    found = resume_state(out)
+    if found is None:
+        return  # nothing trained yet: the run starts from the beginning with this config
+    latest, state = found
+    recorded_config = load_resolved(latest / "config.json", registry)
+    recorded = _flatten(recorded_config.to_dict())
+    current = _flatten(config.to_dict())
+    differing = [
+        key for key in sorted(set(recorded) | set(current))
+        if key not in RESUME_MAY_CHANGE and recorded.get(key, "(absent)") != current.get(key, "(absent)")
+    ]
+    if differing:
+        shown = ", ".join(f"{key} ({recorded.get(key, '(absent)')!r} in the checkpoint, {current.get(key, '(absent)')!r} now)" for key in differing[:5])
+        more = f" and {len(differing) - 5} more" if len(differing) > 5 else ""
+        raise UserError(
+            f"--resume {out}: config.json no longer matches checkpoint {latest.name}: {shown}{more}; "
+            "restore those settings, or start a new run with --out"
+        )
+    budget = config.core.train.env_steps
+    # SB3 trains whole rollouts, so a finished run may have trained a little past its budget:
+    # only a budget lowered below both the recorded one and the steps done goes back on training.
+    if budget < state.timesteps and budget < recorded_config.core.train.env_steps:
+        raise UserError(
+            f"--resume {out}: train.env_steps is {config.core.train.env_steps} but checkpoint {latest.name} has already "
+            f"trained {state.timesteps} env steps; a resumed run can only train longer"
+        )
 
 
 def write_outputs(out: Path, results: dict[str, Any]) -> None:

@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from reml_core.results import METHOD_LABELS
+from reml_core.storage import atomic_write_with
 
-matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
+def _config_dir_writable() -> bool:
+    """Whether matplotlib's usual config/cache folder can be created and written."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    folder = Path(base) / "matplotlib"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        return True
+    except OSError:
+        return False
 
-from reml_core.results import METHOD_LABELS  # noqa: E402
-from reml_core.storage import atomic_write_with  # noqa: E402
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, imported on first use.
+
+    Imported lazily, so a command that fails early never loads it; and pointed at a private
+    folder when HOME is not writable, instead of warning about it on every command.
+    """
+    if "MPLCONFIGDIR" not in os.environ and not _config_dir_writable():
+        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="reml-matplotlib-")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_few_shot(
@@ -23,6 +48,7 @@ def plot_few_shot(
     """Query MSE against SGD steps, one panel per K, one line per method, 95% CI error bars."""
     labels = {**METHOD_LABELS, **(labels or {})}
     shots = sorted({int(k) for table in methods.values() for k in table})
+    plt = _pyplot()
     figure, axes = plt.subplots(1, len(shots), figsize=(5 * len(shots), 4), squeeze=False)
     for axis, k in zip(axes[0], shots):
         for name, table in methods.items():
@@ -51,6 +77,7 @@ def plot_convergence(
 ) -> None:
     """Mean query MSE after each Adam step on the task's training data, per method."""
     labels = {**METHOD_LABELS, **(labels or {})}
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     for name, curve in curves.items():
         points = [(i, v) for i, v in enumerate(curve) if v is not None]
@@ -69,4 +96,4 @@ def plot_convergence(
 
 def _save(figure: Any, path: Path) -> None:
     atomic_write_with(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
-    plt.close(figure)
+    _pyplot().close(figure)

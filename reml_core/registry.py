@@ -46,7 +46,8 @@ class RegisteredComponent:
 
 
 def disabled_plugins(environ: dict[str, str] | None = None) -> frozenset[str]:
-    """Plugin names listed in ``REML_DISABLE_PLUGINS`` (comma-separated)."""
+    """Names listed in ``REML_DISABLE_PLUGINS`` (comma-separated): plugin (entry-point) names, or
+    distribution names, which disable every plugin that distribution installs."""
     value = (environ if environ is not None else os.environ).get(DISABLE_ENV_VAR, "")
     return frozenset(part.strip() for part in value.split(",") if part.strip())
 
@@ -72,10 +73,14 @@ class PluginRegistry:
 
     def load_entry_points(self, group: str = hookspecs.ENTRY_POINT_GROUP) -> None:
         entry_points = sorted(importlib.metadata.entry_points(group=group), key=lambda ep: ep.name)
+        known = {ep.name for ep in entry_points} | {ep.dist.name for ep in entry_points if ep.dist is not None}
+        for name in sorted(self.disabled - known):
+            _warn(f"{DISABLE_ENV_VAR} names {name!r}, which is no installed plugin or distribution "
+                  f"(installed plugins: {', '.join(sorted(ep.name for ep in entry_points)) or 'none'})")
         for entry_point in entry_points:
-            if entry_point.name in self.disabled:
-                continue
             distribution = entry_point.dist.name if entry_point.dist is not None else "unknown"
+            if entry_point.name in self.disabled or distribution in self.disabled:
+                continue
             try:
                 plugin = entry_point.load()
             except Exception as error:  # a broken third-party plugin must not take REML down

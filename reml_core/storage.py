@@ -4,7 +4,10 @@ Single files are written atomically (a temporary file in the same folder, flushe
 then renamed over the target). A checkpoint is a folder written under a temporary name, fsynced
 and renamed into place; ``checkpoints/latest`` (itself written atomically) names the newest.
 Each checkpoint carries a manifest of its files' SHA-256 digests, checked before loading, so a
-truncated or altered checkpoint is an error rather than a silently different model.
+truncated or altered checkpoint is an error rather than a silently different model. Every file
+REML reads back (checkpoints, ``--from`` folders) goes through :func:`read_json_file` /
+:func:`read_text_file`, so a damaged one is one clear error, never a traceback. Files and folders
+are created with the permissions the user's umask allows, as any other program's would be.
 """
 
 from __future__ import annotations
@@ -23,6 +26,61 @@ from reml_core.errors import CheckpointError, UserError
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
+#: Files every REML checkpoint holds besides the policy's own; a manifest that omits one is refused.
+CHECKPOINT_CORE_FILES = frozenset({"pool.safetensors", "reward.json", "trainer.json", "config.json"})
+#: Larger than any file REML writes for reading back (pointers, manifests, configs, trainer state).
+READ_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path, *, directory: bool = False) -> None:
+    """Give a file made by ``tempfile`` (always 0600/0700) the mode an ordinary ``open`` would have."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+# -- reading back what REML wrote -----------------------------------------------------------------
+
+
+def read_text_file(path: Path, what: str, *, error: type[UserError] = CheckpointError, limit: int = READ_LIMIT_BYTES) -> str:
+    """The UTF-8 text of a file REML wrote earlier; any problem is one ``error`` naming ``what`` it should be."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise error(f"{path} is a folder, but should be {what}")
+        size = path.stat().st_size
+        if size > limit:
+            raise error(f"{path} is {size} bytes, far more than {what} holds; it is not a file REML wrote")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path} is missing (expected {what})") from None
+    except OSError as problem:
+        raise error(f"cannot read {path} ({what}): {problem.strerror or problem}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{path} is damaged: {what} must be UTF-8 text") from None
+
+
+def read_json_file(
+    path: Path, what: str, *, expect: type | tuple[type, ...] = dict, error: type[UserError] = CheckpointError
+) -> Any:
+    """Parse a JSON file REML wrote earlier, checking its top-level type; one clear ``error`` otherwise."""
+    text = read_text_file(path, what, error=error)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as problem:
+        raise error(f"{path} is damaged: {what} is not valid JSON ({' '.join(str(problem).split())[:120]})") from None
+    if not isinstance(data, expect):
+        names = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
+        kind = {"dict": "a JSON object", "list": "a JSON list"}.get(names, names)
+        raise error(f"{path} is damaged: {what} should be {kind}, not {type(data).__name__}")
+    return data
 
 
 def _fsync_directory(path: Path) -> None:
@@ -53,6 +111,7 @@ def atomic_write_with(path: Path, writer: Callable[[Path], None]) -> None:
     os.close(descriptor)
     try:
         writer(Path(temporary))
+        follow_umask(Path(temporary))
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -70,35 +129,6 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# -- run directories ---------------------------------------------------------------------------
-
-
-def open_run_directory(out: Path, *, force: bool, flag: str = "--out") -> Path:
-    """Create the directory for a new run (call it after every other check); return it resolved.
-
-    An existing run there is refused unless ``force`` (then its contents are replaced); a
-    non-empty directory that is not a run is always refused, so ``--force`` cannot wipe other files.
-    """
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{flag} {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / "config.json").exists():
-            raise UserError(f"{flag} {out} already holds files that are not a REML run; choose an empty or new directory")
-        if not force:
-            raise UserError(f"{flag} {out} already holds a run; continue it with --resume {out}, or pass --force to overwrite it")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as error:
-        raise UserError(f"{flag} {out} is not writable: {error.strerror or error}") from None
-    if force:
-        for child in out.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    return out.resolve()
-
-
 # -- checkpoints -------------------------------------------------------------------------------
 
 
@@ -111,6 +141,7 @@ def new_checkpoint(checkpoints: Path, name: str, *, latest: bool = True) -> Iter
     checkpoints.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=checkpoints))
     try:
+        follow_umask(staging, directory=True)
         yield staging
         files = sorted(p for p in staging.iterdir() if p.is_file())
         manifest = {"name": name, "files": {p.name: sha256(p) for p in files}}
@@ -132,21 +163,34 @@ def new_checkpoint(checkpoints: Path, name: str, *, latest: bool = True) -> Iter
 
 
 def verify_checkpoint(directory: Path) -> dict[str, Any]:
-    """Check every file of a checkpoint against its manifest; return the manifest."""
+    """Check every file of a checkpoint against its manifest; return the manifest.
+
+    The manifest must list every file the checkpoint folder holds (so nothing unchecked is ever
+    loaded) and at least the files every REML checkpoint has; an empty or partial one is refused.
+    """
+    directory = Path(directory)
     manifest_path = directory / MANIFEST
+    if not (manifest_path.exists() or manifest_path.is_symlink()):
+        raise CheckpointError(f"{directory} is not a complete checkpoint (no {MANIFEST})")
+    manifest = read_json_file(manifest_path, "a checkpoint manifest")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise CheckpointError(f"{manifest_path} is damaged: 'files' should map file names to SHA-256 digests")
+    for name in files:
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise CheckpointError(f"{manifest_path} names a file outside its checkpoint: {name!r}")
+    missing_core = sorted(CHECKPOINT_CORE_FILES - set(files))
+    if missing_core:
+        raise CheckpointError(f"{manifest_path} is incomplete: it does not list {', '.join(missing_core)}")
     try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-        if not isinstance(files, dict):
-            raise TypeError("files is not a mapping")
-    except FileNotFoundError:
-        raise CheckpointError(f"{directory} is not a complete checkpoint (no {MANIFEST})") from None
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{manifest_path} is damaged: {error}") from None
+        present = {p.name for p in directory.iterdir() if p.name != MANIFEST}
+    except OSError as problem:
+        raise CheckpointError(f"cannot read checkpoint {directory}: {problem.strerror or problem}") from None
+    unlisted = sorted(present - set(files))
+    if unlisted:
+        raise CheckpointError(f"checkpoint {directory} holds {unlisted[0]}, which its manifest does not list (altered or mixed checkpoint)")
     for name, digest in files.items():
         path = directory / name
-        if Path(name).name != name:
-            raise CheckpointError(f"{manifest_path} names a file outside its checkpoint: {name!r}")
         if not path.is_file():
             raise CheckpointError(f"checkpoint {directory} is missing {name}")
         if sha256(path) != digest:
@@ -157,11 +201,11 @@ def verify_checkpoint(directory: Path) -> dict[str, Any]:
 def latest_checkpoint(checkpoints: Path) -> Path | None:
     """The checkpoint ``latest`` names, or None if there is none yet."""
     pointer = checkpoints / LATEST
-    if not pointer.exists():
+    if not (pointer.exists() or pointer.is_symlink()):
         return None
-    name = pointer.read_text().strip()
-    if not name or Path(name).name != name or not (checkpoints / name).is_dir():
-        raise CheckpointError(f"{pointer} names no checkpoint ({name!r})")
+    name = read_text_file(pointer, "the name of the newest checkpoint", limit=4096).strip()
+    if not name or Path(name).name != name or name in (".", "..") or not (checkpoints / name).is_dir():
+        raise CheckpointError(f"{pointer} names no checkpoint ({name[:80]!r})")
     return checkpoints / name
 
 

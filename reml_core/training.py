@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 from safetensors.torch import load_file, save_file
 
 from reml_core.config import RunConfig
@@ -26,7 +27,14 @@ from reml_core.evaluation import FewShotEvaluator
 from reml_core.experiment import Components
 from reml_core.interfaces import PolicyBackend
 from reml_core.methods import ReMLMethod
-from reml_core.storage import discard_partial_writes, latest_checkpoint, new_checkpoint, prune_checkpoints, verify_checkpoint
+from reml_core.storage import (
+    discard_partial_writes,
+    latest_checkpoint,
+    new_checkpoint,
+    prune_checkpoints,
+    read_json_file,
+    verify_checkpoint,
+)
 
 CALIBRATION_STREAM_OFFSET = 1_000_003  # calibration tasks: the training distribution, another stream
 
@@ -49,17 +57,25 @@ class TrainerState:
 
 
 class StopRequested(Exception):
-    """Ctrl-C arrived; the run was checkpointed."""
+    """Ctrl-C or SIGTERM arrived during training; the run was checkpointed. ``signum`` says which."""
 
-    def __init__(self, checkpoint: Path) -> None:
+    def __init__(self, checkpoint: Path, signum: int = signal.SIGINT) -> None:
         super().__init__(str(checkpoint))
         self.checkpoint = checkpoint
+        self.signum = signum
+
+
+#: Signals that stop training gracefully: Ctrl-C, and SIGTERM (what a cluster scheduler sends).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class MetaTrainer:
     """Trains one run's policy and pool, checkpointing into ``out/checkpoints``."""
 
-    def __init__(self, config: RunConfig, components: Components, out: Path, *, state: TrainerState | None = None) -> None:
+    def __init__(
+        self, config: RunConfig, components: Components, out: Path, *, state: TrainerState | None = None, read_only: bool = False
+    ) -> None:
+        """``read_only``: only load checkpoints from ``out`` (as ``--from`` does); write no logs there."""
         self.config = config
         self.components = components
         self.out = out
@@ -69,12 +85,13 @@ class MetaTrainer:
         self.env = components.make_env(mode="train", first_episode=self.state.episodes)
         self.env.training_progress = min(self.state.timesteps / train.env_steps, 1.0)
         self.eval_env = components.make_env(mode="evaluate")
-        context = replace(components.context, env=self.env, log_dir=out / "logs")
+        context = replace(components.context, env=self.env, log_dir=None if read_only else out / "logs")
         self.policy: PolicyBackend = config.policy.spec.factory(config.policy.config, context)
         self.validation_tasks = components.task_sampler.validation_tasks(train.validation_tasks) if train.validation_tasks else []
         probe_source = self.validation_tasks[0] if self.validation_tasks else components.task_sampler.test_tasks(1)[0]
         self.probe = probe_source.x_query
         self._stop = False
+        self._stop_signal: int = signal.SIGINT
 
     # -- calibration -------------------------------------------------------------------------
 
@@ -104,30 +121,33 @@ class MetaTrainer:
     def train(self) -> None:
         """Learn until ``train.env_steps``; checkpoint every ``train.checkpoint_every`` steps.
 
-        Ctrl-C stops at the next environment step, writes a checkpoint and raises StopRequested.
+        Ctrl-C or SIGTERM stops at the next environment step, writes a checkpoint and raises StopRequested.
         """
         total = self.config.core.train.env_steps
         remaining = total - self.policy.num_timesteps
         if remaining > 0:
             log(f"meta-training {self.config.policy.name} for {remaining} env steps "
                 f"(encoder {self.config.encoder.name}, reward {self.config.reward.name})")
-            previous = signal.signal(signal.SIGINT, self._request_stop)
+            previous = {signum: signal.signal(signum, self._request_stop) for signum in STOP_SIGNALS}
             start = time.perf_counter()
             try:
                 self.policy.learn(remaining, callback=self.on_step, progress_bar=self.config.core.train.progress)
             finally:
-                signal.signal(signal.SIGINT, previous)
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
                 self.state.seconds["training"] += time.perf_counter() - start
             if self._stop:
-                raise StopRequested(self.checkpoint(validate=False))
+                raise StopRequested(self.checkpoint(validate=False), self._stop_signal)
         if not self.state.history or self.state.history[-1]["timesteps"] != self.policy.num_timesteps:
             self.checkpoint()
 
     def _request_stop(self, signum: int, frame: Any) -> None:
-        if self._stop:  # a second Ctrl-C: stop now
+        if self._stop:  # a second Ctrl-C or SIGTERM: stop now
             raise KeyboardInterrupt
         self._stop = True
-        log("interrupt received: checkpointing at the next step (Ctrl-C again to abort without it)")
+        self._stop_signal = signum
+        name = "interrupt" if signum == signal.SIGINT else "SIGTERM"
+        log(f"{name} received: checkpointing at the next step (Ctrl-C again to abort without it)")
 
     def on_step(self, timesteps: int) -> bool:
         """Called by the policy backend after every env step; False stops training."""
@@ -220,9 +240,8 @@ def load_components(components: Components, directory: Path) -> TrainerState:
     verify_checkpoint(directory)
     try:
         components.pool.load_state_dict(load_file(str(directory / "pool.safetensors")))
-        components.reward.load_state_dict(json.loads((directory / "reward.json").read_text()))
-        data = json.loads((directory / "trainer.json").read_text())
-        return TrainerState(**data)
+        components.reward.load_state_dict(read_json_file(directory / "reward.json", "the reward's calibration"))
+        return read_trainer_state(directory / "trainer.json")
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise CheckpointError(f"cannot restore checkpoint {directory}: {' '.join(str(error).split())[:300]}") from None
 
@@ -238,8 +257,16 @@ def resume_state(out: Path) -> tuple[Path, TrainerState] | None:
     if latest is None:
         return None
     verify_checkpoint(latest)
+    return latest, read_trainer_state(latest / "trainer.json")
+
+
+def read_trainer_state(path: Path) -> TrainerState:
+    """A checkpoint's trainer state, every field checked against its type (a damaged one is a CheckpointError)."""
+    data = read_json_file(path, "the trainer's state")
     try:
-        return latest, TrainerState(**json.loads((latest / "trainer.json").read_text()))
-    except (OSError, ValueError, TypeError) as error:
-        raise CheckpointError(f"cannot read {latest / 'trainer.json'}: {error}") from None
+        return TypeAdapter(TrainerState).validate_python(data, strict=False)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "state"
+        raise CheckpointError(f"{path} is damaged: {where}: {first['msg']}") from None
 

@@ -90,8 +90,11 @@ def test_unwritable_out(target, tmp_path, capsys):
 
 
 def test_out_that_already_holds_a_run_or_other_files(tmp_path, capsys):
+    from reml_core.folders import claim_new_folder, release_all
+
     existing = tmp_path / "previous"
-    existing.mkdir()
+    claim_new_folder(existing, kind="run", force=False)
+    release_all()
     (existing / "config.json").write_text(json.dumps({"plugin": "sine"}))
     (existing / "results.json").write_text("{}")
     for main in (run.main, bench.main):
@@ -100,12 +103,15 @@ def test_out_that_already_holds_a_run_or_other_files(tmp_path, capsys):
         assert code == 2 and err.count("\n") == 0
         assert f"--out {existing} already holds a run; continue it with --resume {existing}, or pass --force" in err
     assert (existing / "results.json").read_text() == "{}"  # nothing of the old run was touched
-    other = tmp_path / "photos"
-    other.mkdir()
-    (other / "cat.jpg").write_text("meow")
-    code = run.main(["--plugin", "sine", "--preset", "smoke", "--out", str(other), "--force"])
-    assert code == 2 and "holds files that are not a REML run" in capsys.readouterr().err
-    assert (other / "cat.jpg").read_text() == "meow"
+    # A config.json alone does not make a folder REML's: --force refuses and deletes nothing.
+    other = tmp_path / "work"
+    (other / "src").mkdir(parents=True)
+    (other / "config.json").write_text("{}")
+    (other / "src" / "a.js").write_text("x")
+    for main in (run.main, bench.main):
+        code = main(["--plugin", "sine", "--preset", "smoke", "--out", str(other), "--force"])
+        assert code == 2 and "holds files that are not a REML run" in capsys.readouterr().err
+    assert (other / "src" / "a.js").read_text() == "x" and (other / "config.json").read_text() == "{}"
 
 
 def test_bench_rejects_unknown_methods_and_bad_lists(tmp_path, capsys):

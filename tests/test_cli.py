@@ -34,7 +34,7 @@ def test_reml_plugins_json_has_all_six_kinds():
     assert sorted(listing) == sorted(["task_sampler", "state_encoder", "layer_pool", "reward", "policy", "baseline"])
     for items in listing.values():
         for item in items:
-            assert set(item) == {"name", "plugin", "description"}
+            assert set(item) == {"name", "plugin", "entry_point", "description"}
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ def test_reml_plugins_lists_the_external_plugins_components(plugin_site):
     listing = json.loads(result.stdout)
     assert set(listing) == {"task_sampler", "state_encoder", "layer_pool", "reward", "policy", "baseline"}
     line = [item for item in listing["task_sampler"] if item["name"] == "line"]
-    assert line == [{"name": "line", "plugin": "reml-example-plugin",
+    assert line == [{"name": "line", "plugin": "reml-example-plugin", "entry_point": "example",
                      "description": "Straight lines y = a*x + b with a, b uniform in [-1, 1] (example third-party plugin)."}]
     assert any(item["name"] == "support-moments" for item in listing["state_encoder"])
     # Its broken sibling is reported by name and takes nothing else down.

@@ -3,9 +3,16 @@ so that discovering plugins does not import stable-baselines3."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+#: Sizes beyond these cannot be what anyone meant, and would exhaust memory before training starts.
+MAX_WIDTH = 4096
+MAX_LAYERS = 16
+MAX_ROLLOUT_STEPS = 65_536
+Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
 
 
 class PPOConfig(BaseModel):
@@ -14,22 +21,22 @@ class PPOConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     learning_rate: float = Field(3e-4, gt=0)
-    n_steps: int = Field(1024, gt=1, description="env steps per rollout")
-    batch_size: int = Field(128, gt=1)
-    n_epochs: int = Field(10, gt=0)
+    n_steps: int = Field(1024, gt=1, le=MAX_ROLLOUT_STEPS, description="env steps per rollout")
+    batch_size: int = Field(128, gt=1, le=MAX_ROLLOUT_STEPS)
+    n_epochs: int = Field(10, gt=0, le=1000)
     clip_range: float = Field(0.2, gt=0)
     gamma: float = Field(0.99, gt=0, le=1)
     gae_lambda: float = Field(0.95, gt=0, le=1)
     ent_coef: float = Field(0.01, ge=0)
     vf_coef: float = Field(0.5, ge=0)
     max_grad_norm: float = Field(0.5, gt=0)
-    net_arch: list[int] = Field([64, 64], description="hidden layer sizes of the policy and value networks")
+    net_arch: list[Width] = Field([64, 64], max_length=MAX_LAYERS, description="hidden layer sizes of the policy and value networks")
     activation: Literal["tanh", "relu"] = "tanh"
 
 
 class RecurrentPPOConfig(PPOConfig):
     """RecurrentPPO adds an LSTM in front of the policy and value heads."""
 
-    lstm_hidden_size: int = Field(64, gt=0)
-    n_lstm_layers: int = Field(1, gt=0)
+    lstm_hidden_size: int = Field(64, gt=0, le=MAX_WIDTH)
+    n_lstm_layers: int = Field(1, gt=0, le=MAX_LAYERS)
     enable_critic_lstm: bool = True

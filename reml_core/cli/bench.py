@@ -6,20 +6,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reml_core.cli.common import (
-    EXIT_INTERRUPTED,
+    EXIT_FOR_SIGNAL,
     ArgumentParser,
     add_experiment_flags,
     discover_plugins,
-    print_summary,
     int_list,
     name_list,
+    path_arg,
     positive_int,
+    print_summary,
     run_main,
+    set_interrupt_hint,
     user_config,
 )
-from reml_core.cli.run import default_out
-from reml_core.storage import atomic_write_json, open_run_directory
-from reml_core.training import StopRequested
+from reml_core.errors import UserError
 
 PROG = "reml-bench"
 
@@ -37,18 +37,26 @@ def build_parser() -> ArgumentParser:
     protocol.add_argument("--test-tasks", type=positive_int, metavar="N", help="held-out test tasks (default: the preset's; 600 in full)")
     protocol.add_argument("--seeds", type=positive_int, default=1, metavar="N", help="train every method with N seeds (seed, seed+1, ...) and report the spread (default 1)")
     output = parser.add_argument_group("output")
-    output.add_argument("--from", dest="from_dir", type=Path, metavar="DIR", help="load trained methods from an earlier reml-run / reml-bench directory instead of training")
-    output.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: runs/<plugin>-bench-<encoder>-s<seed>-<time>)")
+    output.add_argument("--from", dest="from_dir", type=path_arg, metavar="DIR", help="load trained methods from an earlier reml-run / reml-bench directory instead of training")
+    output.add_argument("--out", type=path_arg, metavar="DIR", help="output directory (default: runs/<plugin>-bench-<encoder>-s<seed>-<time>)")
     output.add_argument("--force", action="store_true", help="overwrite results already in --out")
     output.add_argument("--trust-checkpoint", action="store_true", help="allow loading stable-baselines3 policy.zip files from --from (their loader can run code)")
     return parser
 
 
 def _body(argv: Sequence[str] | None) -> int:
+    import sys
+
     from reml_core.bench import plan_bench, run_bench
+    from reml_core.cli.run import default_out
+    from reml_core.folders import check_path, claim_new_folder
     from reml_core.pipeline import command_line
+    from reml_core.storage import atomic_write_json
+    from reml_core.training import StopRequested
 
     args = build_parser().parse_args(argv)
+    if args.out is not None:
+        check_path(args.out, "--out")
     registry = discover_plugins()
     encoders = name_list(args.encoder) if args.encoder else None
     args.encoder = None  # several encoders are planned one by one below
@@ -59,17 +67,30 @@ def _body(argv: Sequence[str] | None) -> int:
         extra["eval"]["steps"] = args.steps
     if args.test_tasks is not None:
         extra["eval"]["test_tasks"] = args.test_tasks
-    plan = plan_bench(registry, user_config(args, extra), methods=args.methods, encoders=encoders, seeds=args.seeds, from_dir=args.from_dir)
+    plan = plan_bench(registry, user_config(args, extra), methods=args.methods, encoders=encoders, seeds=args.seeds,
+                      from_dir=args.from_dir, trust_checkpoint=args.trust_checkpoint)
     base = plan.base(plan.seeds[0])
-    out = open_run_directory(args.out or default_out(base, "bench"), force=args.force)
+    target = args.out or default_out(base, "bench")
+    if plan.from_dir is not None and _inside(Path(target), plan.from_dir):
+        raise UserError(f"--out {target} is --from {plan.from_dir} or inside it; write the benchmark somewhere else")
+    out = claim_new_folder(target, kind="bench", force=args.force, entries=tuple(f"seed-{seed}" for seed in plan.seeds))
     atomic_write_json(out / "config.json", base.to_dict())
+    set_interrupt_hint(f"what finished is in {out}; the REML runs there keep their checkpoints")
     try:
         results = run_bench(plan, registry, out, trust_checkpoint=args.trust_checkpoint, command=command_line())
     except StopRequested as stop:
-        print(f"{PROG}: interrupted; the REML run being trained was checkpointed at {stop.checkpoint}", flush=True)
-        return EXIT_INTERRUPTED
+        set_interrupt_hint(None)
+        print(f"{PROG}: interrupted; the REML run being trained was checkpointed at {stop.checkpoint}", file=sys.stderr, flush=True)
+        return EXIT_FOR_SIGNAL.get(stop.signum, 130)
+    set_interrupt_hint(None)
     print_summary(results, out)
     return 0
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or lies inside it (after resolving links)."""
+    path, folder = path.expanduser().resolve(), folder.expanduser().resolve()
+    return path == folder or folder in path.parents
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,20 +1,47 @@
-"""What the three command-line tools share: one-line errors, plugin warnings, config flags."""
+"""What the three command-line tools share: one-line errors, signals, plugin warnings, config flags.
+
+Only the standard library is imported at module level: the heavy imports (pydantic, torch,
+stable-baselines3) happen inside :func:`run_main`, so an interrupt during start-up ends as cleanly
+as one at any later moment.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from reml_core.config import deep_merge, load_config_file, parse_assignment
 from reml_core.errors import ConfigError, UserError
-from reml_core.registry import PluginRegistry, PluginWarning
+
+if TYPE_CHECKING:
+    from reml_core.registry import PluginRegistry
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_FOR_SIGNAL = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
+#: A config error lists its problems; past this many the rest are counted, not printed.
+MAX_PROBLEMS_SHOWN = 20
+
+
+class Terminated(BaseException):
+    """SIGTERM (what a cluster scheduler sends) arrived outside training; handled like Ctrl-C."""
+
+
+class _Interrupts:
+    """What to tell the user if the command is interrupted now: set once its folder exists."""
+
+    hint: str | None = None
+
+
+def set_interrupt_hint(hint: str | None) -> None:
+    """The line printed (on stderr) when an interrupt ends the command from now on, e.g. how to resume."""
+    _Interrupts.hint = hint
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -33,6 +60,13 @@ def int_list(text: str) -> list[int]:
     if not values:
         raise argparse.ArgumentTypeError("expected at least one integer")
     return values
+
+
+def path_arg(text: str) -> Path:
+    """A path flag; an empty one is refused (``Path("")`` would silently mean the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path; name a directory (use . for the current one)")
+    return Path(text)
 
 
 def name_list(text: str) -> list[str]:
@@ -71,7 +105,7 @@ def add_experiment_flags(parser: argparse.ArgumentParser, *, several_encoders: b
     group.add_argument("--pool", metavar="NAME", help="layer-pool kind (default: the task plugin's choice), e.g. dense")
     group.add_argument("--reward", metavar="NAME", help="reward function (default: the task plugin's choice), e.g. neg-mse")
     group.add_argument("--preset", choices=("smoke", "default", "full"), help="budget preset: smoke (about a minute), default, full (the thesis' scale); default: default")
-    group.add_argument("--config", metavar="FILE", type=Path, help="TOML or YAML config file; flags override it")
+    group.add_argument("--config", metavar="FILE", type=path_arg, help="TOML or YAML config file; flags override it")
     group.add_argument("--seed", type=non_negative_int, metavar="N", help="seed fixing every random number (default 0)")
     group.add_argument(
         "--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
@@ -81,7 +115,10 @@ def add_experiment_flags(parser: argparse.ArgumentParser, *, several_encoders: b
 
 def user_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The config file (if any) with flags on top, as one nested dict."""
-    data: dict[str, Any] = load_config_file(args.config) if args.config is not None else {}
+    from reml_core.config import deep_merge, load_config_file, parse_assignment
+    from reml_core.folders import check_path
+
+    data: dict[str, Any] = load_config_file(check_path(args.config, "--config")) if args.config is not None else {}
     flags: dict[str, Any] = {}
     for key in ("plugin", "preset", "seed"):
         if getattr(args, key) is not None:
@@ -107,10 +144,14 @@ def print_summary(results: dict[str, Any], out: Path) -> None:
 
 
 def discover_plugins() -> PluginRegistry:
+    from reml_core.registry import PluginRegistry
+
     return PluginRegistry.discover()
 
 
 def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    from reml_core.registry import PluginWarning
+
     stream = file or sys.stderr
     if issubclass(category, PluginWarning):
         stream.write(f"reml: warning: {message}\n")
@@ -118,18 +159,66 @@ def _show_warning(message: Any, category: type[Warning], filename: str, lineno: 
         stream.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
-def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
-    """Run a CLI body: a user's mistake is printed without a traceback and exits 2; Ctrl-C exits 130."""
-    warnings.showwarning = _show_warning
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush cannot fail again."""
     try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
+        pass
+
+
+def _interrupted(prog: str, code: int) -> int:
+    what = "interrupted" if code == EXIT_INTERRUPTED else "terminated (SIGTERM)"
+    hint = f"; {_Interrupts.hint}" if _Interrupts.hint else ""
+    print(f"{prog}: {what}{hint}", file=sys.stderr, flush=True)
+    return code
+
+
+def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
+    """Run a CLI body: a user's mistake is one line on stderr and exit 2, never a traceback.
+
+    Ctrl-C exits 130 and SIGTERM 143, each with the hint the body set (how to resume), at any
+    moment: during imports, set-up, training (which checkpoints first), evaluation or writing.
+    Every folder lock the body took is released on the way out.
+    """
+    try:
+        previous_term = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (an embedding program): leave its signals alone
+        previous_term = None
+    _Interrupts.hint = None
+    try:
+        warnings.showwarning = _show_warning
         return body(argv)
     except ConfigError as error:
-        for problem in error.problems:
+        shown = error.problems[:MAX_PROBLEMS_SHOWN]
+        for problem in shown:
             print(problem, file=sys.stderr)
+        if len(error.problems) > len(shown):
+            print(f"... and {len(error.problems) - len(shown):,} more problems", file=sys.stderr)
         return EXIT_USER_ERROR
     except UserError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted(prog, EXIT_INTERRUPTED)
+    except Terminated:
+        return _interrupted(prog, EXIT_TERMINATED)
+    except BrokenPipeError:
+        _silence_stdout()
+        print(f"{prog}: error: output closed before everything was written (broken pipe)", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except MemoryError:
+        print(f"{prog}: error: out of memory; make the pool, networks or budgets smaller", file=sys.stderr)
+        return EXIT_USER_ERROR
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+        _Interrupts.hint = None
+        from reml_core.folders import release_all
+
+        release_all()

@@ -5,21 +5,23 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reml_core.cli.common import (
-    EXIT_INTERRUPTED,
+    EXIT_FOR_SIGNAL,
     ArgumentParser,
     add_experiment_flags,
     discover_plugins,
+    path_arg,
     print_summary,
     run_main,
+    set_interrupt_hint,
     user_config,
 )
-from reml_core.config import RunConfig, load_resolved, resolve_config
 from reml_core.errors import UserError
-from reml_core.experiment import build_components
-from reml_core.storage import atomic_write_json, open_run_directory
-from reml_core.training import StopRequested
+
+if TYPE_CHECKING:
+    from reml_core.config import RunConfig
 
 PROG = "reml-run"
 EXPERIMENT_FLAGS = ("plugin", "policy", "encoder", "pool", "reward", "preset", "config", "seed", "out")
@@ -34,9 +36,9 @@ def build_parser() -> ArgumentParser:
     )
     add_experiment_flags(parser)
     output = parser.add_argument_group("output")
-    output.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<plugin>-<policy>-<encoder>-s<seed>-<time>)")
+    output.add_argument("--out", type=path_arg, metavar="DIR", help="run directory (default: runs/<plugin>-<policy>-<encoder>-s<seed>-<time>)")
     output.add_argument("--force", action="store_true", help="replace the run already in --out")
-    output.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run in DIR from its last checkpoint (its config.json fixes every setting)")
+    output.add_argument("--resume", type=path_arg, metavar="DIR", help="continue the interrupted run in DIR from its last checkpoint (its config.json fixes every setting)")
     output.add_argument("--trust-checkpoint", action="store_true", help="allow loading a stable-baselines3 policy.zip, whose loader can run code it carries; REML's own checkpoints never need this")
     return parser
 
@@ -52,7 +54,14 @@ def default_out(config: RunConfig, kind: str | None = None) -> Path:
 
 
 def _body(argv: Sequence[str] | None) -> int:
-    from reml_core.pipeline import command_line, run_experiment
+    import sys
+
+    from reml_core.config import load_resolved, resolve_config
+    from reml_core.experiment import build_components
+    from reml_core.folders import check_path, claim_new_folder, claim_run_to_resume
+    from reml_core.pipeline import check_resumable, command_line, run_experiment
+    from reml_core.storage import atomic_write_json
+    from reml_core.training import StopRequested
 
     args = build_parser().parse_args(argv)
     registry = discover_plugins()
@@ -60,21 +69,27 @@ def _body(argv: Sequence[str] | None) -> int:
         given = [f"--{name}" for name in EXPERIMENT_FLAGS if getattr(args, name) is not None] + (["--set"] if args.assignments else [])
         if given or args.force:
             raise UserError(f"--resume takes every setting from {args.resume}/config.json; drop {', '.join(given or ['--force'])}")
-        out = args.resume
-        if not (out / "config.json").is_file():
-            raise UserError(f"--resume {out}: not a REML run directory (no config.json)")
+        out = claim_run_to_resume(args.resume)
         config = load_resolved(out / "config.json", registry)
         build_components(config)
+        check_resumable(config, out, registry)
+        out = args.resume
     else:
+        if args.out is not None:
+            check_path(args.out, "--out")
         config = resolve_config(registry, user_config(args), baselines=["scratch"])
         build_components(config)  # cross-component checks, before anything is written
-        out = open_run_directory(args.out or default_out(config), force=args.force)
+        out = claim_new_folder(args.out or default_out(config), kind="run", force=args.force)
+        out = args.out if args.out is not None else out
         atomic_write_json(out / "config.json", config.to_dict())
+    set_interrupt_hint(f"the run can be continued with: reml-run --resume {out}")
     try:
         results = run_experiment(config, out, resume=args.resume is not None, trust_checkpoint=args.trust_checkpoint, command=command_line())
     except StopRequested as stop:
-        print(f"{PROG}: interrupted; checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}", flush=True)
-        return EXIT_INTERRUPTED
+        set_interrupt_hint(None)
+        print(f"{PROG}: interrupted; checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}", file=sys.stderr, flush=True)
+        return EXIT_FOR_SIGNAL.get(stop.signum, 130)
+    set_interrupt_hint(None)
     print_summary(results, out)
     return 0
 
