@@ -62,7 +62,8 @@ def main() -> None:
         summary = baseline.meta_train(sampler.train_stream(args.seed), progress=sys.stderr.isatty())
         print(
             f"meta-trained {summary['iterations']:.0f} iterations in {summary['seconds']:.1f} s "
-            f"({summary['iterations_per_s']:.0f} it/s; drawing tasks {summary['task_seconds']:.1f} s); "
+            f"({summary['iterations_per_s']:.0f} it/s; drawing tasks {summary['task_seconds']:.1f} s, "
+            f"{'batched' if summary['task_batches'] else 'one by one'}); "
             f"meta-loss {summary['initial_meta_loss']:.3f} -> {summary['final_meta_loss']:.3f}"
         )
     if args.save is not None:
