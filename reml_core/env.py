@@ -20,14 +20,14 @@ from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 
 from reml_core.config import EnvConfig
-from reml_core.inner_loop import evaluate_loss, finetune_sgd, train_adam
+from reml_core.batched import EpisodeEnd, EpisodeOutcome, MeasureRequest, end_episodes, measure_networks
 from reml_core.interfaces import LayerPool, RewardFunction, Role, StateEncoder, Task, TaskSampler
 
 Mode = Literal["train", "calibrate", "evaluate"]
+StepKind = Literal["invalid", "partial", "measure", "complete"]
 OBSERVATION_BOUND = 10.0
 
 
@@ -107,6 +107,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self._task_features = np.zeros(encoder.observation_size, dtype=np.float32)
         self._network_features = (0.0, 0.0)
         self._current_loss: float | None = None
+        self._last_valid = True
 
     # -- gymnasium API -----------------------------------------------------------------------
 
@@ -136,18 +137,76 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         return self._observation(), self._info(valid=True)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        kind = self.apply(action)
+        if kind == "measure":
+            self.record_measurement(*measure_networks(self.pool, [self.measurement_request()], self.task_sampler.loss)[0])
+        if kind != "complete":
+            return self.partial_result()
+        if self.mode == "evaluate":
+            return self.conclude(None)
+        (outcome,) = end_episodes(
+            self.pool, [self.episode_end()], loss_fn=self.task_sampler.loss, config=self.config,
+            required=self.reward_function.required_losses, write_back_rate=self.write_back_rate if self.mode == "train" else None,
+        )
+        return self.conclude(outcome)
+
+    # -- a step in parts (the vector env measures and ends many networks together between them) --
+
+    def apply(self, action: Any) -> StepKind:
+        """Apply ``action`` to the network; what the step still needs before its result.
+
+        ``invalid`` and ``partial``: nothing, :meth:`partial_result` is the result. ``measure``:
+        the incomplete network's features (:meth:`measurement_request`, then
+        :meth:`record_measurement`), then :meth:`partial_result`. ``complete``: the episode's end
+        (:meth:`episode_end`, then :meth:`conclude`, which gives the result).
+        """
         assert self.task is not None, "call reset() before step()"
         action = int(action)
         if not self.is_valid(action):
             self._invalid += 1
+            self._last_valid = False
+            return "invalid"
+        self._last_valid = True
+        self._chosen.append(action)
+        if len(self._chosen) >= self.depth:
+            return "complete"
+        return "measure" if len(self._chosen) >= 2 else "partial"
+
+    def measurement_request(self) -> MeasureRequest:
+        """The network so far and the K support points it is measured on (all a few-shot method may see)."""
+        assert self.task is not None
+        x, y = self.task.support(self.shots)
+        return MeasureRequest(tuple(self.chosen), x, y)
+
+    def record_measurement(self, loss: float, scale: float) -> None:
+        """The loss and prediction scale of the network so far, as the observation shows them."""
+        self._current_loss = loss
+        self._network_features = (_log_feature(loss), _log_feature(scale))
+
+    def partial_result(self) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """The result of a step that did not complete the network."""
+        if not self._last_valid:
             truncated = self._invalid > self.config.max_invalid_actions
             return self._observation(), float(self.reward_function.invalid_action_penalty), False, truncated, self._info(valid=False)
-        self._chosen.append(action)
-        if len(self._chosen) < self.depth:
-            if len(self._chosen) >= 2:
-                self._network_features = self._measure_current()
-            return self._observation(), 0.0, False, False, self._info(valid=True)
-        reward, details = self._finish()
+        return self._observation(), 0.0, False, False, self._info(valid=True)
+
+    def episode_end(self) -> EpisodeEnd:
+        """The complete network of this episode, for :func:`reml_core.batched.end_episodes`."""
+        assert self.task is not None and len(self._chosen) == self.depth
+        return EpisodeEnd(self.task, tuple(self.chosen), self.shots, self._minibatch_seed)
+
+    def conclude(self, outcome: EpisodeOutcome | None) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """The last step's result from the episode's outcome (None in evaluate mode: nothing is measured).
+
+        The network trained on copies: a faulted one left every chosen layer of the pool exactly as
+        it was before the episode, and gets the reward function's worst reward.
+        """
+        assert self.task is not None
+        if outcome is None:
+            reward, details = 0.0, {"losses": {}, "numerical_fault": False}
+        else:
+            reward = self.reward_function.worst_reward if outcome.fault else float(self.reward_function(outcome.losses, self.task))
+            details = {"losses": outcome.losses, "numerical_fault": outcome.fault}
         info = self._info(valid=True)
         info.update(details)
         return self._observation(), reward, True, False, info
@@ -192,48 +251,6 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
     def chosen(self) -> list[int]:
         """Pool indices chosen so far, in network order."""
         return network_order(self._chosen)
-
-    def _measure_current(self) -> tuple[float, float]:
-        """Features of the network so far, on the K support points (all a few-shot method may see)."""
-        assert self.task is not None
-        x, y = self.task.support(self.shots)
-        network = self.pool.build(self.chosen)
-        with torch.no_grad():
-            prediction = network(x)
-            loss = float(self.task_sampler.loss(prediction, y))
-            scale = float(prediction.std(unbiased=False)) if prediction.numel() > 1 else float(prediction.abs().mean())
-        self._current_loss = loss
-        return (_log_feature(loss), _log_feature(scale))
-
-    def _finish(self) -> tuple[float, dict[str, Any]]:
-        """End of an episode: measure the losses the reward needs; train and write back in train mode."""
-        assert self.task is not None
-        if self.mode == "evaluate":
-            return 0.0, {"losses": {}, "numerical_fault": False}
-        task, indices, loss_fn = self.task, self.chosen, self.task_sampler.loss
-        network = self.pool.build(indices)
-        required = self.reward_function.required_losses
-        losses: dict[str, float] = {}
-        if "composed" in required:
-            losses["composed"] = evaluate_loss(network, task.x_query, task.y_query, loss_fn)
-        if "finetuned" in required:
-            tuned = self.pool.build(indices)
-            x_support, y_support = task.support(self.shots)
-            ok = finetune_sgd(tuned, x_support, y_support, loss_fn, steps=self.config.finetune_steps, lr=self.config.finetune_lr)
-            losses["finetuned"] = evaluate_loss(tuned, task.x_query, task.y_query, loss_fn) if ok else math.nan
-        generator = torch.Generator().manual_seed(self._minibatch_seed)
-        trained_ok = train_adam(
-            network, task.x_train, task.y_train, loss_fn,
-            steps=self.config.inner_steps, lr=self.config.inner_lr, batch_size=self.config.inner_batch, generator=generator,
-        )
-        losses["trained"] = evaluate_loss(network, task.x_query, task.y_query, loss_fn) if trained_ok else math.nan
-        fault = not all(math.isfinite(value) for value in losses.values())
-        if self.mode == "train" and not fault:
-            # The network trained on copies: until this line the pool is untouched, so a
-            # numerical fault leaves every chosen layer exactly as it was before the episode.
-            self.pool.write_back(indices, network, rate=self.write_back_rate)
-        reward = self.reward_function.worst_reward if fault else float(self.reward_function(losses, task))
-        return reward, {"losses": losses, "numerical_fault": fault}
 
     def _observation(self) -> np.ndarray:
         chosen = np.zeros(self.depth, dtype=np.float32)

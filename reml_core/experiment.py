@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from reml_core.config import RunConfig
 from reml_core.env import CompositionEnv, Mode, check_pool_fits
 from reml_core.errors import ConfigError
 from reml_core.interfaces import BuildContext, LayerPool, RewardFunction, StateEncoder, TaskSampler
+
+if TYPE_CHECKING:
+    from reml_core.vec_env import CompositionVecEnv
 
 
 @dataclass
@@ -26,6 +31,38 @@ class Components:
             self.task_sampler, self.encoder, self.pool, self.reward, self.config.core.env,
             seed=self.config.seed if seed is None else seed, mode=mode, first_episode=first_episode,
         )
+
+    def make_vec_env(
+        self, n_envs: int, *, first_episodes: Sequence[int] | None = None, batched: bool = True
+    ) -> CompositionVecEnv:
+        """``n_envs`` train-mode environments side by side; env i continues its own task stream at ``first_episodes[i]``."""
+        from reml_core.vec_env import CompositionVecEnv, stream_seed  # imports stable-baselines3
+
+        starts = list(first_episodes) if first_episodes is not None else [0] * n_envs
+        if len(starts) != n_envs:
+            raise ValueError(f"{len(starts)} episode counts given for {n_envs} environments")
+        envs = [
+            self.make_env(mode="train", seed=stream_seed(self.config.seed, index), first_episode=start)
+            for index, start in enumerate(starts)
+        ]
+        return CompositionVecEnv(envs, batched=batched)
+
+    def make_train_env(self, first_episodes: int | Sequence[int] = 0) -> CompositionEnv | CompositionVecEnv:
+        """The meta-training environment: one :class:`CompositionEnv` when ``train.n_envs`` is 1 (as before
+        vector envs existed), else a :class:`~reml_core.vec_env.CompositionVecEnv` of ``train.n_envs``.
+
+        ``first_episodes`` is a checkpoint's ``TrainerState.episodes``: one count per env, or a plain
+        int (checkpoints of one env, including those written before vector envs): env 0 continues
+        there and any further env starts its stream from the beginning.
+        """
+        n_envs = self.config.core.train.n_envs
+        counts = [first_episodes] if isinstance(first_episodes, int) else list(first_episodes)
+        if len(counts) > n_envs:
+            raise ValueError(f"the checkpoint holds {len(counts)} environments' positions but train.n_envs is {n_envs}")
+        counts += [0] * (n_envs - len(counts))
+        if n_envs == 1:
+            return self.make_env(mode="train", first_episode=counts[0])
+        return self.make_vec_env(n_envs, first_episodes=counts)
 
 
 def build_components(config: RunConfig) -> Components:

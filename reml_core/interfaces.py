@@ -163,6 +163,44 @@ class LayerPool(Protocol):
 
 
 @runtime_checkable
+class BatchedNetwork(Protocol):
+    """``B`` networks of one architecture whose parameters are stacked along a leading dimension.
+
+    Calling it maps inputs ``[B, n, in]`` to predictions ``[B, n, out]``, network ``b`` on row
+    ``b`` only. ``parameters()`` lists the stacked tensors (each ``[B, ...]``) that training
+    updates in place. It may offer ``value_and_grad(params, x, y, losses_fn)`` returning the
+    ``[B]`` losses and the gradients of their sum (row ``b`` of each gradient is network ``b``'s
+    own); without it the core differentiates the forward pass with autograd.
+    """
+
+    def parameters(self) -> Sequence[torch.Tensor]: ...
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class BatchedLayerPool(Protocol):
+    """Optional capability of a :class:`LayerPool`: build and write back many networks at once.
+
+    The vectorised environment ends the episodes that finish on the same step together: it builds
+    their networks in one call, trains them as one stacked computation and writes them back in one
+    call. ``build_batch(indices)`` takes one index list per network (all the same length) and
+    returns a :class:`BatchedNetwork` whose row ``b`` equals ``build(indices[b])``.
+    ``write_back_batch(indices, network, rate, keep)`` must leave the pool exactly as calling
+    ``write_back(indices[b], network b, rate)`` for each ``b`` with ``keep[b]``, in order ``b = 0,
+    1, ...``, would (order matters when two networks share a layer). The core never assumes a pool
+    has it: check ``isinstance(pool, BatchedLayerPool)``; without it every network takes the
+    per-network path (``build``, train, ``write_back``) with the same results.
+    """
+
+    def build_batch(self, indices: Sequence[Sequence[int]]) -> BatchedNetwork: ...
+
+    def write_back_batch(
+        self, indices: Sequence[Sequence[int]], network: BatchedNetwork, rate: float, keep: Sequence[bool]
+    ) -> None: ...
+
+
+@runtime_checkable
 class RewardFunction(Protocol):
     """Maps the losses of a finished network to a reward; penalises invalid actions.
 

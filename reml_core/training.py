@@ -48,7 +48,7 @@ class TrainerState:
     """What a checkpoint needs besides the policy, pool and reward to continue a run."""
 
     timesteps: int = 0
-    episodes: int = 0
+    episodes: int | list[int] = 0  # episodes started: one count per env of a vector env, a plain int for one env
     resumes: int = 0
     calibrated: bool = False
     best: dict[str, Any] | None = None
@@ -82,7 +82,10 @@ class MetaTrainer:
         self.checkpoints = out / "checkpoints"
         self.state = state or TrainerState()
         train = config.core.train
-        self.env = components.make_env(mode="train", first_episode=self.state.episodes)
+        try:
+            self.env = components.make_train_env(self.state.episodes)
+        except ValueError as error:
+            raise CheckpointError(f"cannot continue this run: {error}") from None
         self.env.training_progress = min(self.state.timesteps / train.env_steps, 1.0)
         self.eval_env = components.make_env(mode="evaluate")
         context = replace(components.context, env=self.env, log_dir=None if read_only else out / "logs")

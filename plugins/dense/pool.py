@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from reml_core.interfaces import BuildContext, Role
@@ -21,20 +21,38 @@ from reml_core.interfaces import BuildContext, Role
 ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh}
 
 
+#: A pool larger than these cannot be what anyone meant: it would exhaust memory before training.
+MAX_LAYERS_PER_ROLE = 1000
+MAX_WIDTH = 4096
+MAX_PARAMETERS = 50_000_000  # 200 MB of float32
+
+
 class DensePoolConfig(BaseModel):
     """Pool size and layer shape. Defaults are the thesis' scale."""
 
     model_config = ConfigDict(extra="forbid")
 
-    input_layers: int = Field(10, gt=0, description="layers that map the task input to H units")
-    hidden_layers: int = Field(30, gt=0, description="layers that map H units to H units")
-    output_layers: int = Field(10, gt=0, description="layers that map H units to the task output")
-    width: int = Field(40, gt=0, description="H, the width of every hidden representation")
+    input_layers: int = Field(10, gt=0, le=MAX_LAYERS_PER_ROLE, description="layers that map the task input to H units")
+    hidden_layers: int = Field(30, gt=0, le=MAX_LAYERS_PER_ROLE, description="layers that map H units to H units")
+    output_layers: int = Field(10, gt=0, le=MAX_LAYERS_PER_ROLE, description="layers that map H units to the task output")
+    width: int = Field(40, gt=0, le=MAX_WIDTH, description="H, the width of every hidden representation")
     activation: Literal["relu", "tanh"] = "relu"
     init: Literal["xavier_uniform", "xavier_normal"] = Field("xavier_uniform", description="weight init (thesis: Xavier)")
     bias_init: Literal["uniform", "zeros"] = Field(
         "uniform", description="uniform(+-1/sqrt(fan_in)) as torch.nn.Linear does, or zeros"
     )
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> DensePoolConfig:
+        """Refuse a pool too large to hold, before a single tensor is allocated (inputs/outputs of size 1 assumed)."""
+        width = self.width
+        parameters = self.input_layers * 2 * width + self.hidden_layers * (width + 1) * width + self.output_layers * (width + 1)
+        if parameters > MAX_PARAMETERS:
+            raise ValueError(
+                f"a pool of {self.input_layers}/{self.hidden_layers}/{self.output_layers} layers of width {width} holds "
+                f"{parameters:,} parameters; the limit is {MAX_PARAMETERS:,} (200 MB)"
+            )
+        return self
 
 
 class ComposedNetwork(nn.Module):
@@ -101,8 +119,101 @@ class ComposedNetwork(nn.Module):
         return loss.detach(), [*grad_w, *grad_b]
 
 
+def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x @ weight^T + bias`` per network (x ``[B, n, in]``, weight ``[B, out, in]``, bias ``[B, out]``).
+
+    A one-feature input (sine's x) is a broadcast multiply-add: a batched matmul with an inner
+    dimension of 1 costs five times more.
+    """
+    if weight.shape[2] == 1:
+        return torch.addcmul(bias.unsqueeze(1), x, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+class BatchedComposedNetwork:
+    """``B`` composed networks of one depth, parameters stacked: ``weights[i]`` is ``[B, out, in]``.
+
+    See :class:`reml_core.interfaces.BatchedNetwork`. Row ``b`` computes exactly what
+    :class:`ComposedNetwork` computes for network ``b``, as batched matrix products, so ``B``
+    networks cost little more than one when each is as small as REML's.
+    """
+
+    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], activation: str) -> None:
+        self.weights = list(weights)
+        self.biases = list(biases)
+        self.activation = activation
+
+    def __len__(self) -> int:
+        return self.weights[0].shape[0]
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The stacked tensors, in :class:`ComposedNetwork`'s order: every weight, then every bias."""
+        return [*self.weights, *self.biases]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        act = ACTIVATIONS[self.activation]
+        last = len(self.weights) - 1
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            x = _affine(x, weight, bias)
+            if i < last:
+                x = act(x)
+        return x
+
+    def network(self, row: int) -> ComposedNetwork:
+        """A copy of network ``row`` as a single :class:`ComposedNetwork`."""
+        return ComposedNetwork([w[row].clone() for w in self.weights], [b[row].clone() for b in self.biases], self.activation)
+
+    def value_and_grad(
+        self,
+        params: Sequence[torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        losses_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The ``[B]`` losses and every parameter's gradient, backpropagation written out as in
+        :meth:`ComposedNetwork.value_and_grad`, with batched matrix products (tests check it
+        against autograd). Autograd only differentiates ``losses_fn`` with respect to the predictions."""
+        depth = len(params) // 2
+        weights, biases = params[:depth], params[depth:]
+        last = depth - 1
+        relu = self.activation == "relu"
+        with torch.no_grad():
+            inputs, outputs = [], []
+            h = x
+            for i, (weight, bias) in enumerate(zip(weights, biases)):
+                inputs.append(h)
+                h = _affine(h, weight, bias)
+                if i < last:
+                    h = h.clamp_min_(0) if relu else h.tanh_()
+                    outputs.append(h)
+        prediction = h.requires_grad_(True)
+        with torch.enable_grad():
+            losses = losses_fn(prediction, y)
+            (delta,) = torch.autograd.grad(losses.sum(), prediction)
+        with torch.no_grad():
+            grad_w: list[torch.Tensor] = [delta] * depth
+            grad_b: list[torch.Tensor] = [delta] * depth
+            for i in range(last, -1, -1):
+                layer_input = inputs[i]
+                if layer_input.shape[2] == 1:  # a one-feature input: an outer product, cheaper without a matmul
+                    grad_w[i] = (delta * layer_input).sum(1).unsqueeze(2)
+                else:
+                    grad_w[i] = torch.bmm(delta.transpose(1, 2), layer_input)
+                grad_b[i] = delta.sum(1)
+                if i > 0:
+                    delta = delta * weights[i] if delta.shape[2] == 1 else torch.bmm(delta, weights[i])
+                    activated = outputs[i - 1]
+                    # ReLU's backward as one kernel (what autograd runs): delta where the unit was active, else 0.
+                    delta = torch.ops.aten.threshold_backward(delta, activated, 0) if relu else delta * (1 - activated * activated)
+        return losses.detach(), [*grad_w, *grad_b]
+
+
 class DenseLayerPool:
-    """Dense layers for regression, each with a role; see :class:`reml_core.interfaces.LayerPool`."""
+    """Dense layers for regression, each with a role; see :class:`reml_core.interfaces.LayerPool`.
+
+    It also has the optional :class:`reml_core.interfaces.BatchedLayerPool` capability
+    (``build_batch``, ``write_back_batch``).
+    """
 
     def __init__(self, config: DensePoolConfig, context: BuildContext) -> None:
         sampler = context.task_sampler
@@ -185,6 +296,70 @@ class DenseLayerPool:
             role, local = self.locate(index)
             self.weights[role][local].lerp_(network.weights[slot], rate)
             self.biases[role][local].lerp_(network.biases[slot], rate)
+
+    # -- many networks at once (the optional BatchedLayerPool capability) -----------------------
+
+    def _slot_rows(self, indices: Sequence[Sequence[int]]) -> list[tuple[Role, torch.Tensor]]:
+        """Per slot: its role (the same in every network, or the networks cannot be stacked) and the local rows."""
+        depths = {len(chosen) for chosen in indices}
+        if len(depths) != 1:
+            raise ValueError(f"networks of one batch must have one depth, got {sorted(depths)}")
+        slots = []
+        for slot in range(depths.pop()):
+            located = [self.locate(chosen[slot]) for chosen in indices]
+            roles = {role for role, _ in located}
+            if len(roles) != 1:
+                raise ValueError(f"slot {slot} holds layers of roles {sorted(r.value for r in roles)}; a batch needs one role per slot")
+            slots.append((roles.pop(), torch.tensor([local for _, local in located])))
+        return slots
+
+    def build_batch(self, indices: Sequence[Sequence[int]]) -> BatchedComposedNetwork:
+        """Networks of copies of the given layers, stacked; row ``b`` equals ``build(indices[b])``."""
+        weights, biases = [], []
+        for role, rows in self._slot_rows(indices):
+            weights.append(self.weights[role].index_select(0, rows))
+            biases.append(self.biases[role].index_select(0, rows))
+        return BatchedComposedNetwork(weights, biases, self.config.activation)
+
+    @torch.no_grad()
+    def write_back_batch(
+        self, indices: Sequence[Sequence[int]], network: BatchedComposedNetwork, rate: float, keep: Sequence[bool]
+    ) -> None:
+        """``write_back(indices[b], network b, rate)`` for every kept ``b``, in order, as a few stacked updates.
+
+        A pool layer that several networks chose moves towards each of them in turn (lerp after
+        lerp, in network order), as sequential write-backs would move it: the updates are grouped
+        into rounds that each touch a layer at most once, the k-th round holding every layer's
+        k-th update.
+        """
+        if len(keep) != len(indices) or len(network) != len(indices):
+            raise ValueError("write_back_batch needs one keep flag and one network row per index list")
+        slots = self._slot_rows(indices)
+        kept = [b for b, flag in enumerate(keep) if flag]
+        if not kept:
+            return
+        for role in self._shapes:
+            role_slots = [slot for slot, (slot_role, _) in enumerate(slots) if slot_role == role]
+            if not role_slots:
+                continue
+            # Updates of this role in sequential order (network, then slot): (local layer, source row).
+            updates = [(int(slots[slot][1][b]), position * len(indices) + b) for b in kept for position, slot in enumerate(role_slots)]
+            source_w = torch.cat([network.weights[slot] for slot in role_slots])
+            source_b = torch.cat([network.biases[slot] for slot in role_slots])
+            rounds: list[list[tuple[int, int]]] = []
+            seen: dict[int, int] = {}
+            for local, row in updates:
+                k = seen.get(local, 0)
+                seen[local] = k + 1
+                if k == len(rounds):
+                    rounds.append([])
+                rounds[k].append((local, row))
+            for updates_in_round in rounds:
+                locals_ = torch.tensor([local for local, _ in updates_in_round])
+                rows = torch.tensor([row for _, row in updates_in_round])
+                weights, biases = self.weights[role], self.biases[role]
+                weights.index_copy_(0, locals_, torch.lerp(weights.index_select(0, locals_), source_w.index_select(0, rows), rate))
+                biases.index_copy_(0, locals_, torch.lerp(biases.index_select(0, locals_), source_b.index_select(0, rows), rate))
 
     # -- persistence -------------------------------------------------------------------------
 

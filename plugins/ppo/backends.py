@@ -9,6 +9,7 @@ is counted, so a policy that never learned the slot rules cannot hide behind the
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,23 @@ ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], str]] = {
 }
 
 
+def rollout_steps_per_env(n_steps: int, n_envs: int) -> int:
+    """SB3's per-env ``n_steps`` for a rollout of about ``n_steps`` env steps over ``n_envs`` envs.
+
+    REML's ``policy.n_steps`` counts the env steps of one rollout over all envs, so PPO updates
+    after as many transitions, with as many minibatches, whatever ``train.n_envs`` is; SB3 counts
+    per env, hence the division (rounded up, so a rollout never shrinks; at least 2 per env).
+    """
+    return max(math.ceil(n_steps / n_envs), 2)
+
+
 class SB3PolicyBackend:
-    """A stable-baselines3 algorithm acting on a ``CompositionEnv``; see ``PolicyBackend``."""
+    """A stable-baselines3 algorithm acting on a ``CompositionEnv`` or a vector env of them; see ``PolicyBackend``.
+
+    With a vector env (``train.n_envs`` > 1) SB3 steps every env at once: one policy forward pass
+    per vector step, one LSTM state per env for RecurrentPPO, one action mask per env for
+    MaskablePPO (through the vector env's ``env_method("action_masks")``).
+    """
 
     def __init__(self, name: str, config: PPOConfig, context: BuildContext) -> None:
         if context.env is None:
@@ -69,11 +85,12 @@ class SB3PolicyBackend:
                 n_lstm_layers=config.n_lstm_layers,
                 enable_critic_lstm=config.enable_critic_lstm,
             )
+        self.n_envs = int(getattr(self.env, "num_envs", 1))
         self.model: BaseAlgorithm = self.algorithm(
             policy,
             self.env,
             learning_rate=config.learning_rate,
-            n_steps=config.n_steps,
+            n_steps=rollout_steps_per_env(config.n_steps, self.n_envs),
             batch_size=config.batch_size,
             n_epochs=config.n_epochs,
             clip_range=config.clip_range,

@@ -21,7 +21,10 @@ class PPOConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     learning_rate: float = Field(3e-4, gt=0)
-    n_steps: int = Field(1024, gt=1, le=MAX_ROLLOUT_STEPS, description="env steps per rollout")
+    n_steps: int = Field(
+        1024, gt=1, le=MAX_ROLLOUT_STEPS,
+        description="env steps per rollout, over all train.n_envs envs (each collects n_steps / n_envs, rounded up)",
+    )
     batch_size: int = Field(128, gt=1, le=MAX_ROLLOUT_STEPS)
     n_epochs: int = Field(10, gt=0, le=1000)
     clip_range: float = Field(0.2, gt=0)

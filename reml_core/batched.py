@@ -1,0 +1,240 @@
+"""The end of composition episodes: measure, train and write back finished networks, one or many at once.
+
+When an episode's network is complete it is fine-tuned on the K support points (if the reward
+needs that loss), trained with Adam on the task's training data and evaluated, and in ``train``
+mode its trained layers are written back into the pool. :func:`end_episodes` does this for the
+networks of every episode that finished on the same environment step:
+
+- all of them are built from the pool as it is at that moment (none sees another's write-back);
+- with a pool that has the :class:`~reml_core.interfaces.BatchedLayerPool` capability, networks
+  of one shape are trained as one stacked computation; otherwise (or for a lone network) one by
+  one with :mod:`reml_core.inner_loop`'s single-network functions; the two give the same losses
+  and pool within 1e-5 (``tests/test_batched_pool.py``);
+- the write-backs happen in the order the episodes are listed (the vector env's env-index order),
+  skipping every network that faulted (a non-finite loss or parameter): only that one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from reml_core.config import EnvConfig
+from reml_core.inner_loop import (
+    LossFn,
+    batched_loss,
+    evaluate_loss,
+    evaluate_loss_batch,
+    finetune_sgd,
+    finetune_sgd_batch,
+    train_adam,
+    train_adam_batch,
+)
+from reml_core.interfaces import BatchedLayerPool, LayerPool, Task
+
+
+@dataclass(frozen=True)
+class EpisodeEnd:
+    """A complete network waiting for the end of its episode: its layers, task, K and minibatch seed."""
+
+    task: Task
+    indices: tuple[int, ...]  # pool indices in network order
+    shots: int
+    minibatch_seed: int
+
+
+@dataclass(frozen=True)
+class EpisodeOutcome:
+    """The losses measured at the end of an episode (NaN where the network faulted) and whether it faulted."""
+
+    losses: dict[str, float]
+    fault: bool
+
+
+@dataclass(frozen=True)
+class MeasureRequest:
+    """An incomplete network (pool indices in network order) and the support points it is measured on."""
+
+    indices: tuple[int, ...]
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+def measure_networks(
+    pool: LayerPool, requests: Sequence[MeasureRequest], loss_fn: LossFn, *, batched: bool = True
+) -> list[tuple[float, float]]:
+    """(loss, prediction scale) of each network on its points; the scale is the predictions' std.
+
+    Networks of one depth and data shape are measured as one stacked forward pass when the pool
+    has the BatchedLayerPool capability; a lone one exactly as a single environment measures it.
+    """
+    results: list[tuple[float, float] | None] = [None] * len(requests)
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, request in enumerate(requests):
+        groups.setdefault((len(request.indices), tuple(request.x.shape), tuple(request.y.shape)), []).append(i)
+    use_batches = batched and isinstance(pool, BatchedLayerPool)
+    with torch.no_grad():
+        for members in groups.values():
+            if len(members) == 1 or not use_batches:
+                for i in members:
+                    request = requests[i]
+                    prediction = pool.build(list(request.indices))(request.x)
+                    loss = float(loss_fn(prediction, request.y))
+                    scale = float(prediction.std(unbiased=False)) if prediction.numel() > 1 else float(prediction.abs().mean())
+                    results[i] = (loss, scale)
+                continue
+            network = pool.build_batch([list(requests[i].indices) for i in members])  # type: ignore[attr-defined]
+            prediction = network(torch.stack([requests[i].x for i in members]))
+            losses = batched_loss(loss_fn)(prediction, torch.stack([requests[i].y for i in members])).tolist()
+            flat = prediction.flatten(1)
+            scales = (flat.std(dim=1, correction=0) if flat.shape[1] > 1 else flat.abs().mean(1)).tolist()
+            for row, i in enumerate(members):
+                results[i] = (losses[row], scales[row])
+    return results  # type: ignore[return-value]
+
+
+def end_episodes(
+    pool: LayerPool,
+    ends: Sequence[EpisodeEnd],
+    *,
+    loss_fn: LossFn,
+    config: EnvConfig,
+    required: frozenset[str],
+    write_back_rate: float | None,
+    batched: bool = True,
+    min_batch: int = 2,
+) -> list[EpisodeOutcome]:
+    """Train and measure every finished network; write back (``write_back_rate`` not None) all but faulted ones, in order.
+
+    ``batched=False`` forces the per-network path (the reference the batched path is tested
+    against). Groups of fewer than ``min_batch`` stackable networks take the per-network path:
+    a lone network gets exactly the numbers a single environment gets, and faster.
+    """
+    if not ends:
+        return []
+    use_batches = batched and isinstance(pool, BatchedLayerPool)
+    groups = _groups(ends) if use_batches else [[i] for i in range(len(ends))]
+    outcomes: list[EpisodeOutcome | None] = [None] * len(ends)
+    trained: list[Any] = [None] * len(ends)  # per end: (network, its row or None, the ends it was trained with)
+    for members in groups:
+        if len(members) < min_batch:
+            for i in members:
+                outcomes[i], network = _one(pool, ends[i], loss_fn, config, required)
+                trained[i] = (network, None, [i])
+        else:
+            results, network = _batch(pool, [ends[i] for i in members], loss_fn, config, required)  # type: ignore[arg-type]
+            for row, i in enumerate(members):
+                outcomes[i] = results[row]
+                trained[i] = (network, row, members)
+    if write_back_rate is not None:
+        _write_back(pool, ends, outcomes, trained, write_back_rate)  # type: ignore[arg-type]
+    return outcomes  # type: ignore[return-value]
+
+
+def _groups(ends: Sequence[EpisodeEnd]) -> list[list[int]]:
+    """Ends whose networks and data stack (same depth, same data shapes), in order of first appearance."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, end in enumerate(ends):
+        task = end.task
+        key = (len(end.indices), tuple(task.x_train.shape), tuple(task.y_train.shape),
+               tuple(task.x_query.shape), tuple(task.y_query.shape))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _one(
+    pool: LayerPool, end: EpisodeEnd, loss_fn: LossFn, config: EnvConfig, required: frozenset[str]
+) -> tuple[EpisodeOutcome, Any]:
+    """One network, exactly as a single environment has always ended its episodes."""
+    task, indices = end.task, list(end.indices)
+    network = pool.build(indices)
+    losses: dict[str, float] = {}
+    if "composed" in required:
+        losses["composed"] = evaluate_loss(network, task.x_query, task.y_query, loss_fn)
+    if "finetuned" in required:
+        tuned = pool.build(indices)
+        x_support, y_support = task.support(end.shots)
+        ok = finetune_sgd(tuned, x_support, y_support, loss_fn, steps=config.finetune_steps, lr=config.finetune_lr)
+        losses["finetuned"] = evaluate_loss(tuned, task.x_query, task.y_query, loss_fn) if ok else math.nan
+    generator = torch.Generator().manual_seed(end.minibatch_seed)
+    trained_ok = train_adam(
+        network, task.x_train, task.y_train, loss_fn,
+        steps=config.inner_steps, lr=config.inner_lr, batch_size=config.inner_batch, generator=generator,
+    )
+    losses["trained"] = evaluate_loss(network, task.x_query, task.y_query, loss_fn) if trained_ok else math.nan
+    return EpisodeOutcome(losses, not all(math.isfinite(value) for value in losses.values())), network
+
+
+def _batch(
+    pool: BatchedLayerPool, ends: Sequence[EpisodeEnd], loss_fn: LossFn, config: EnvConfig, required: frozenset[str]
+) -> tuple[list[EpisodeOutcome], Any]:
+    """Networks of one shape, stacked: the same measurements as :func:`_one` for each row."""
+    losses_fn = batched_loss(loss_fn)
+    indices = [list(end.indices) for end in ends]
+    tasks = [end.task for end in ends]
+    network = pool.build_batch(indices)
+    x_query = torch.stack([task.x_query for task in tasks])
+    y_query = torch.stack([task.y_query for task in tasks])
+    columns: dict[str, torch.Tensor] = {}
+    if "composed" in required:
+        columns["composed"] = evaluate_loss_batch(network, x_query, y_query, losses_fn)
+    if "finetuned" in required:
+        finetuned = torch.empty(len(ends))
+        by_shots: dict[int, list[int]] = {}
+        for row, end in enumerate(ends):
+            by_shots.setdefault(end.shots, []).append(row)
+        for shots, rows in by_shots.items():  # support sets of one K stack; K differs between episodes
+            tuned = pool.build_batch([indices[row] for row in rows])
+            support = [tasks[row].support(shots) for row in rows]
+            x_support = torch.stack([x for x, _ in support])
+            y_support = torch.stack([y for _, y in support])
+            ok = finetune_sgd_batch(tuned, x_support, y_support, losses_fn, steps=config.finetune_steps, lr=config.finetune_lr)
+            values = evaluate_loss_batch(tuned, x_query[rows], y_query[rows], losses_fn)
+            finetuned[rows] = torch.where(ok, values, torch.full_like(values, math.nan))
+        columns["finetuned"] = finetuned
+    generators = [torch.Generator().manual_seed(end.minibatch_seed) for end in ends] if config.inner_batch < tasks[0].x_train.shape[0] else None
+    trained_ok = train_adam_batch(
+        network, torch.stack([task.x_train for task in tasks]), torch.stack([task.y_train for task in tasks]), losses_fn,
+        steps=config.inner_steps, lr=config.inner_lr, batch_size=config.inner_batch, generators=generators,
+    )
+    values = evaluate_loss_batch(network, x_query, y_query, losses_fn)
+    columns["trained"] = torch.where(trained_ok, values, torch.full_like(values, math.nan))
+    table = {name: column.tolist() for name, column in columns.items()}
+    outcomes = []
+    for row in range(len(ends)):
+        losses = {name: float(values[row]) for name, values in table.items()}
+        outcomes.append(EpisodeOutcome(losses, not all(math.isfinite(value) for value in losses.values())))
+    return outcomes, network
+
+
+def _write_back(
+    pool: LayerPool,
+    ends: Sequence[EpisodeEnd],
+    outcomes: Sequence[EpisodeOutcome],
+    trained: Sequence[tuple[Any, int | None, list[int]]],
+    rate: float,
+) -> None:
+    """Write back every network that did not fault, in the order of ``ends``.
+
+    A run of consecutive ends trained in one stacked network is written back with one
+    ``write_back_batch`` (normally the whole batch in one call).
+    """
+    i = 0
+    while i < len(ends):
+        network, row, members = trained[i]
+        if row is None:
+            if not outcomes[i].fault:
+                pool.write_back(list(ends[i].indices), network, rate=rate)
+            i += 1
+            continue
+        j = i
+        while j < len(ends) and trained[j][0] is network:
+            j += 1
+        run = {trained[k][1]: k for k in range(i, j)}
+        keep = [r in run and not outcomes[run[r]].fault for r in range(len(members))]
+        pool.write_back_batch([list(ends[k].indices) for k in members], network, rate, keep)  # type: ignore[attr-defined]
+        i = j

@@ -1,0 +1,224 @@
+"""Batched episode ends: stacked networks give the same losses and the same pool as one network at a time.
+
+The reference is the per-network path: each network built from the pool, fine-tuned, trained and
+evaluated by the single-network functions of ``reml_core.inner_loop`` one after another, then
+written back in order. The batched path stacks the networks (``DenseLayerPool.build_batch``) and
+must agree within 1e-5, including when one network faults.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from reml_core.batched import EpisodeEnd, MeasureRequest, end_episodes, measure_networks
+from reml_core.config import EnvConfig
+from reml_core.env import network_order, slot_roles
+from reml_core.inner_loop import batched_loss, value_and_grad_batch
+from reml_core.interfaces import BatchedLayerPool, BuildContext, LayerPool, Role, Task
+from reml_plugins.dense.pool import DenseLayerPool, DensePoolConfig
+from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
+
+TOLERANCE = 1e-5
+ALL_LOSSES = frozenset({"composed", "finetuned", "trained"})
+
+
+def _mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.mean((prediction - target) ** 2)
+
+
+def _pool(seed: int = 0, **config) -> DenseLayerPool:
+    # A small pool, so that the networks of a batch share layers and the write-back order matters.
+    defaults = {"input_layers": 3, "hidden_layers": 6, "output_layers": 3, "width": 16}
+    sampler = SineTaskSampler(SineConfig())
+    return DenseLayerPool(DensePoolConfig(**{**defaults, **config}), BuildContext(seed=seed, task_sampler=sampler))
+
+
+def _random_ends(pool: LayerPool, count: int, seed: int, depth: int = 5) -> list[EpisodeEnd]:
+    """``count`` valid compositions on consecutive training tasks, with K 5 or 10 and their own minibatch seeds."""
+    rng = np.random.default_rng(seed)
+    tasks = SineTaskSampler(SineConfig()).train_stream(seed)
+    ends = []
+    for _ in range(count):
+        chosen: list[int] = []
+        for role in slot_roles(depth):
+            options = [i for i, r in enumerate(pool.roles) if r == role and i not in chosen]
+            chosen.append(int(rng.choice(options)))
+        ends.append(EpisodeEnd(next(tasks), tuple(network_order(chosen)), int(rng.choice([5, 10])), int(rng.integers(2**62))))
+    return ends
+
+
+def _end(pool, ends, *, batched, config=None, min_batch=2):
+    config = config or EnvConfig()
+    return end_episodes(pool, ends, loss_fn=_mse, config=config, required=ALL_LOSSES, write_back_rate=0.3,
+                        batched=batched, min_batch=min_batch)
+
+
+def _max_pool_difference(a: LayerPool, b: LayerPool) -> float:
+    return max(float((a.state_dict()[key] - value).abs().max()) for key, value in b.state_dict().items())
+
+
+def _assert_same_outcomes(batched, reference):
+    assert len(batched) == len(reference)
+    for ours, theirs in zip(batched, reference):
+        assert ours.fault == theirs.fault
+        assert set(ours.losses) == set(theirs.losses) == ALL_LOSSES
+        for name, value in theirs.losses.items():
+            if math.isnan(value):
+                assert math.isnan(ours.losses[name]), name
+            else:
+                assert abs(ours.losses[name] - value) <= TOLERANCE * max(1.0, abs(value)), (name, ours.losses[name], value)
+
+
+def test_the_dense_pool_declares_the_capability_and_a_plain_pool_does_not():
+    assert isinstance(_pool(), BatchedLayerPool)
+    assert not isinstance(_PlainPool(_pool()), BatchedLayerPool)
+    assert isinstance(_PlainPool(_pool()), LayerPool)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_a_stacked_network_computes_each_row_as_the_single_network_does(activation):
+    pool = _pool(activation=activation)
+    ends = _random_ends(pool, 6, seed=1)
+    indices = [list(end.indices) for end in ends]
+    stacked = pool.build_batch(indices)
+    x = torch.stack([end.task.x_train for end in ends])
+    y = torch.stack([end.task.y_train for end in ends])
+    params = list(stacked.parameters())
+    losses, grads = value_and_grad_batch(stacked, params, x, y, batched_loss(_mse))
+    prediction = stacked(x)
+    for row, chosen in enumerate(indices):
+        single = pool.build(chosen)
+        torch.testing.assert_close(prediction[row], single(x[row]), rtol=1e-5, atol=1e-6)
+        single_params = list(single.parameters())
+        loss, single_grads = single.value_and_grad(single_params, x[row], y[row], _mse)
+        reference = torch.autograd.grad(_mse(single(x[row]), y[row]), single_params)  # autograd as the referee
+        assert losses[row].item() == pytest.approx(loss.item(), rel=1e-5)
+        for ours, hand, auto in zip(grads, single_grads, reference):
+            torch.testing.assert_close(ours[row], hand, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(ours[row], auto, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("count", [1, 3, 16])
+def test_batched_ends_equal_running_the_networks_one_after_another(count):
+    reference_pool, batched_pool = _pool(), _pool()
+    ends = _random_ends(reference_pool, count, seed=count)
+    reference = _end(reference_pool, ends, batched=False)
+    batched = _end(batched_pool, ends, batched=True, min_batch=1)  # min_batch=1: even a lone network is stacked
+    _assert_same_outcomes(batched, reference)
+    assert not any(outcome.fault for outcome in reference)
+    assert _max_pool_difference(batched_pool, reference_pool) <= TOLERANCE
+    assert _max_pool_difference(batched_pool, _pool()) > 1e-3  # and the write-back did move the pool
+
+
+def test_batched_ends_draw_the_same_minibatches():
+    config = EnvConfig(inner_batch=25)  # each step draws 25 of the 100 points with the episode's own generator
+    reference_pool, batched_pool = _pool(), _pool()
+    ends = _random_ends(reference_pool, 5, seed=7)
+    _assert_same_outcomes(_end(batched_pool, ends, batched=True, config=config), _end(reference_pool, ends, batched=False, config=config))
+    assert _max_pool_difference(batched_pool, reference_pool) <= TOLERANCE
+
+
+def test_a_network_that_faults_is_left_out_of_the_write_back_and_only_that_one():
+    reference_pool, batched_pool, others_pool = _pool(), _pool(), _pool()
+    ends = _random_ends(reference_pool, 16, seed=5)
+    poisoned = 6
+    task = ends[poisoned].task
+    nan_targets = task.y_train.clone()
+    nan_targets[3] = math.nan
+    bad_task = Task(task.task_id, task.split, task.descriptor, task.x_train, nan_targets, task.x_support, task.y_support,
+                    task.x_query, task.y_query)
+    ends[poisoned] = EpisodeEnd(bad_task, ends[poisoned].indices, ends[poisoned].shots, ends[poisoned].minibatch_seed)
+
+    reference = _end(reference_pool, ends, batched=False)
+    batched = _end(batched_pool, ends, batched=True)
+    _assert_same_outcomes(batched, reference)
+    assert [outcome.fault for outcome in batched] == [index == poisoned for index in range(16)]
+    assert math.isnan(batched[poisoned].losses["trained"]) and math.isfinite(batched[poisoned].losses["finetuned"])
+    assert all(torch.isfinite(value).all() for value in batched_pool.state_dict().values())
+    assert _max_pool_difference(batched_pool, reference_pool) <= TOLERANCE
+    # The pool is exactly what the 15 healthy networks alone write back: the faulted one changed nothing.
+    _end(others_pool, [end for index, end in enumerate(ends) if index != poisoned], batched=False)
+    assert _max_pool_difference(batched_pool, others_pool) <= TOLERANCE
+
+
+def test_write_back_order_matters_and_is_kept_when_networks_share_a_layer():
+    pool, reversed_pool, reference_pool = _pool(), _pool(), _pool()
+    ends = _random_ends(pool, 8, seed=3)
+    assert len({end.indices[0] for end in ends}) < len(ends)  # three input layers for eight networks: shared
+    indices = [list(end.indices) for end in ends]
+    stacked = pool.build_batch(indices)
+    with torch.no_grad():
+        for parameter in stacked.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    pool.write_back_batch(indices, stacked, 0.5, [True] * len(ends))
+    for row, chosen in enumerate(indices):
+        reference_pool.write_back(chosen, stacked.network(row), rate=0.5)
+    assert _max_pool_difference(pool, reference_pool) == 0.0  # the same lerps in the same order: bit for bit
+    reversed_pool.write_back_batch(indices[::-1], pool_rows_reversed(stacked), 0.5, [True] * len(ends))
+    assert _max_pool_difference(reversed_pool, pool) > 1e-3
+
+
+def pool_rows_reversed(stacked):
+    from reml_plugins.dense.pool import BatchedComposedNetwork
+
+    return BatchedComposedNetwork([w.flip(0) for w in stacked.weights], [b.flip(0) for b in stacked.biases], stacked.activation)
+
+
+def test_batched_measurements_match_single_ones():
+    pool = _pool()
+    ends = _random_ends(pool, 7, seed=2)
+    requests = [MeasureRequest(end.indices[:-2] + end.indices[-1:], *end.task.support(end.shots)) for end in ends]
+    batched = measure_networks(pool, requests, _mse)
+    single = measure_networks(pool, requests, _mse, batched=False)
+    assert len({len(request.x) for request in requests}) == 2  # K 5 and K 10: two stacked groups
+    for (loss, scale), (reference_loss, reference_scale) in zip(batched, single):
+        assert loss == pytest.approx(reference_loss, rel=1e-5) and scale == pytest.approx(reference_scale, rel=1e-5)
+
+
+class _PlainPool:
+    """A third party's pool: only the LayerPool protocol, no batching capability (wraps the dense pool)."""
+
+    def __init__(self, inner: DenseLayerPool) -> None:
+        self._inner = inner
+        self.size, self.roles = inner.size, inner.roles
+        self.built = 0
+
+    def build(self, indices):
+        self.built += 1
+        return self._inner.build(indices)
+
+    def fresh_network(self, depth, generator):
+        return self._inner.fresh_network(depth, generator)
+
+    def write_back(self, indices, network, rate=1.0):
+        self._inner.write_back(indices, network, rate)
+
+    def state_dict(self):
+        return self._inner.state_dict()
+
+    def load_state_dict(self, state):
+        self._inner.load_state_dict(state)
+
+    def diagnostics(self, probe):
+        return self._inner.diagnostics(probe)
+
+
+def test_a_pool_without_the_capability_takes_the_per_network_path_with_the_same_results():
+    plain, batched_pool = _PlainPool(_pool()), _pool()
+    ends = _random_ends(batched_pool, 6, seed=4)
+    _assert_same_outcomes(_end(plain, ends, batched=True), _end(batched_pool, ends, batched=True))
+    assert plain.built == 12  # a network to train and one to fine-tune, per episode
+    assert _max_pool_difference(plain, batched_pool) <= TOLERANCE
+
+
+def test_a_batch_needs_one_role_per_slot():
+    pool = _pool()
+    with pytest.raises(ValueError, match="one role per slot"):
+        pool.build_batch([[0, 3, 4, 10], [3, 0, 4, 10]])
+    with pytest.raises(ValueError, match="one depth"):
+        pool.build_batch([[0, 3, 10], [0, 3, 4, 10]])
+    assert pool.roles[0] == Role.INPUT
