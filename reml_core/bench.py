@@ -32,7 +32,7 @@ from reml_core.pipeline import TrainedReML, evaluate_methods, load_reml, seed_ev
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.registry import PluginRegistry
 from reml_core.results import METHOD_LABELS, build_results, curve_table, few_shot_tables, jsonable, table_to_json
-from reml_core.storage import atomic_write_json, atomic_write_text, read_json_file
+from reml_core.storage import atomic_write_json, atomic_write_text, follow_umask, read_json_file
 from reml_core.training import log
 
 
@@ -235,6 +235,9 @@ def _baseline(plan: BenchPlan, name: str, seed: int, components: Components, out
     directory = out / f"seed-{seed}" / name
     directory.mkdir(parents=True, exist_ok=True)
     baseline.save(directory)
+    for path in directory.iterdir():
+        if path.is_file():
+            follow_umask(path)
     atomic_write_json(directory / "bench.json", jsonable({"training_seconds": seconds, "summary": summary, "config": chosen.config.model_dump(mode="json")}))
     return MethodOutcome(baseline.network_for, seconds, options, f"trained in {directory.relative_to(out)}")
 

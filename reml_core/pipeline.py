@@ -20,7 +20,14 @@ from reml_core.interfaces import Baseline
 from reml_core.methods import ReMLMethod
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.results import build_results, curve_table, encoder_note, few_shot_tables
-from reml_core.storage import atomic_write_json, atomic_write_text, latest_checkpoint, new_checkpoint, verify_checkpoint
+from reml_core.storage import (
+    atomic_write_json,
+    atomic_write_text,
+    latest_checkpoint,
+    new_checkpoint,
+    read_json_file,
+    verify_checkpoint,
+)
 from reml_core.registry import PluginRegistry
 from reml_core.training import MetaTrainer, log, read_trainer_state, resume_state
 
@@ -190,6 +197,7 @@ def check_resumable(config: RunConfig, out: Path, registry: PluginRegistry) -> N
     if found is None:
         return  # nothing trained yet: the run starts from the beginning with this config
     latest, state = found
+    read_json_file(latest / "reward.json", "the reward's calibration")  # every file is readable before anything runs
     recorded_config = load_resolved(latest / "config.json", registry)
     recorded = _flatten(recorded_config.to_dict())
     current = _flatten(config.to_dict())

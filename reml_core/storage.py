@@ -144,6 +144,8 @@ def new_checkpoint(checkpoints: Path, name: str, *, latest: bool = True) -> Iter
         follow_umask(staging, directory=True)
         yield staging
         files = sorted(p for p in staging.iterdir() if p.is_file())
+        for path in files:  # whatever wrote them (safetensors writes 0600), they follow the umask
+            follow_umask(path)
         manifest = {"name": name, "files": {p.name: sha256(p) for p in files}}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         for path in (*files, staging / MANIFEST):

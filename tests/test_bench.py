@@ -74,3 +74,67 @@ def test_several_seeds_and_encoders_report_the_spread(tmp_path):
     assert cell["seed_spread"] > 0
     report = (out / "report.md").read_text()
     assert "REML (support-set)" in report and "seeds ±" in report
+
+
+def _copy_bench(smoke_bench: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "source"
+    shutil.copytree(smoke_bench, target)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("bench-json", "maml's training record is not valid JSON"),
+        ("bench-json-list", "maml's training record should be a JSON object, not list"),
+        ("config-list", "should be a JSON object, not list"),
+        ("config-not-utf8", "must be UTF-8 text"),
+        ("maml-weights", "maml.safetensors: contents do not match"),
+        ("reml-checkpoint", "does not match its manifest"),
+    ],
+)
+def test_from_refuses_damaged_sources_before_writing_anything(smoke_bench, tmp_path, damage, expected):
+    source = _copy_bench(smoke_bench, tmp_path)
+    seed = source / "seed-0"
+    if damage == "bench-json":
+        (seed / "maml" / "bench.json").write_text("{oops")
+    elif damage == "bench-json-list":
+        (seed / "maml" / "bench.json").write_text("[]")
+    elif damage == "config-list":
+        (seed / "reml-oracle" / "config.json").write_text("[1, 2]")
+    elif damage == "config-not-utf8":
+        (seed / "reml-oracle" / "config.json").write_bytes(b'{"seed": "\xff"}')
+    elif damage == "maml-weights":
+        for path in (seed / "maml").iterdir():
+            if path.suffix == ".safetensors":
+                path.write_bytes(path.read_bytes()[:50])
+    else:
+        pool = next((seed / "reml-oracle" / "checkpoints").glob("step-*")) / "pool.safetensors"
+        pool.write_bytes(pool.read_bytes()[:-8] + b"12345678")
+        (seed / "reml-oracle" / "checkpoints" / "latest").write_text(pool.parent.name + "\n")
+    out = tmp_path / "out"
+    result = _bench("--plugin", "sine", "--preset", "smoke", "--from", str(source), "--out", str(out))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and expected in lines[-1], lines[-3:]
+    assert not out.exists(), "a refused --from left the output folder behind"
+
+
+def test_from_refuses_seeds_and_encoders_it_does_not_hold(smoke_bench, tmp_path):
+    out = tmp_path / "out"
+    for extra, expected in ((["--seed", "5"], "holds no REML run for seed 5 with encoder 'oracle' (it holds: seed 0 (maml, reml-oracle, scratch)"),
+                            (["--seeds", "2"], "holds no REML run for seed 1"),
+                            (["--encoder", "support-set"], "with encoder 'support-set'"),
+                            (["--methods", "maml", "--seed", "3"], "holds nothing for seed 3")):
+        result = _bench("--plugin", "sine", "--preset", "smoke", "--from", str(smoke_bench), "--out", str(out), *extra)
+        assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
+        assert "meta-training" not in result.stderr and not out.exists()
+
+
+def test_out_inside_from_is_refused(smoke_bench, tmp_path):
+    source = _copy_bench(smoke_bench, tmp_path)
+    result = _bench("--plugin", "sine", "--preset", "smoke", "--from", str(source), "--out", str(source), "--force")
+    assert result.returncode == 2 and "is --from" in result.stderr
+    assert (source / "results.json").exists()

@@ -99,3 +99,106 @@ def test_a_checkpoint_being_written_is_invisible_until_complete(tmp_path):
     with pytest.raises(CheckpointError, match="no manifest.json"):
         (tmp_path / "bare").mkdir()
         verify_checkpoint(tmp_path / "bare")
+
+
+def _reseal(checkpoint: Path) -> None:
+    """Rewrite a checkpoint's manifest so it matches its (edited) files, as a careless edit would."""
+    from reml_core.storage import sha256
+
+    files = {p.name: sha256(p) for p in sorted(checkpoint.iterdir()) if p.is_file() and p.name != "manifest.json"}
+    (checkpoint / "manifest.json").write_text(json.dumps({"name": checkpoint.name, "files": files}))
+
+
+def _refused(run: Path, expected: str) -> None:
+    from helpers.runs import snapshot
+
+    before = snapshot(run)
+    result = _resume(run)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and len(lines) == 1, result.stderr[-2000:]
+    assert expected in lines[0], lines[0]
+    assert snapshot(run) == before, "a refused --resume changed the folder"
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ({"seed": 7}, "seed (0 in the checkpoint, 7 now)"),
+        ({"plugin": "sine", "policy": {"name": "ppo-mlp-masked"}}, "policy.name ('ppo-mlp' in the checkpoint, 'ppo-mlp-masked' now)"),
+        ({"pool": {"width": 32}}, "pool.width (40 in the checkpoint, 32 now)"),
+        ({"env": {"write_back_rate": 0.5}}, "env.write_back_rate"),
+        ({"eval": {"sgd_lr": 0.1}}, "eval.sgd_lr"),
+        ({"train": {"env_steps": 100}}, "train.env_steps is 100 but checkpoint"),
+    ],
+    ids=["seed", "policy", "pool", "env", "validation-protocol", "budget-below-done"],
+)
+def test_resume_refuses_a_config_that_no_longer_matches_its_checkpoint(finished_run, tmp_path, edit, expected):
+    from reml_core.config import deep_merge
+
+    run = _copy(finished_run, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(deep_merge(config, edit)))
+    _refused(run, expected)
+
+
+def test_resume_accepts_a_longer_budget_and_settings_that_do_not_shape_training(finished_run, tmp_path):
+    from reml_core.config import deep_merge, load_resolved
+    from reml_core.pipeline import check_resumable
+    from reml_core.registry import PluginRegistry
+
+    run = _copy(finished_run, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    changed = deep_merge(config, {"train": {"env_steps": 5000, "progress": True}, "eval": {"test_tasks": 7, "curve_tasks": 3}})
+    (run / "config.json").write_text(json.dumps(changed))
+    registry = PluginRegistry.discover(disabled=())
+    check_resumable(load_resolved(run / "config.json", registry), run, registry)  # no error
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["empty-manifest", "manifest-without-pool", "unlisted-file", "latest-not-utf8", "latest-is-a-folder", "latest-names-nothing",
+     "trainer-types", "trainer-not-an-object", "reward-not-json"],
+)
+def test_damaged_checkpoint_files_are_one_clear_error(finished_run, tmp_path, damage):
+    run = _copy(finished_run, tmp_path)
+    checkpoints = run / "checkpoints"
+    latest = latest_checkpoint(checkpoints)
+    manifest = json.loads((latest / "manifest.json").read_text())
+    if damage == "empty-manifest":
+        (latest / "pool.safetensors").write_bytes(b"swapped")
+        (latest / "manifest.json").write_text(json.dumps({"name": latest.name, "files": {}}))
+        expected = "is incomplete: it does not list"
+    elif damage == "manifest-without-pool":
+        (latest / "pool.safetensors").write_bytes(b"swapped")
+        del manifest["files"]["pool.safetensors"]
+        (latest / "manifest.json").write_text(json.dumps(manifest))
+        expected = "does not list pool.safetensors"
+    elif damage == "unlisted-file":
+        (latest / "extra.safetensors").write_bytes(b"from another run")
+        expected = "holds extra.safetensors, which its manifest does not list"
+    elif damage == "latest-not-utf8":
+        (checkpoints / "latest").write_bytes(b"step-\xff\xfe\n")
+        expected = "must be UTF-8 text"
+    elif damage == "latest-is-a-folder":
+        (checkpoints / "latest").unlink()
+        (checkpoints / "latest").mkdir()
+        expected = "latest is a folder"
+    elif damage == "latest-names-nothing":
+        (checkpoints / "latest").write_text("../../etc\n")
+        expected = "names no checkpoint"
+    elif damage == "trainer-types":
+        state = json.loads((latest / "trainer.json").read_text())
+        state["timesteps"] = "many"
+        (latest / "trainer.json").write_text(json.dumps(state))
+        _reseal(latest)
+        expected = "trainer.json is damaged: timesteps"
+    elif damage == "trainer-not-an-object":
+        (latest / "trainer.json").write_text("[1, 2, 3]")
+        _reseal(latest)
+        expected = "trainer.json is damaged: the trainer's state should be a JSON object, not list"
+    else:
+        (latest / "reward.json").write_text("{truncated")
+        _reseal(latest)
+        expected = "reward.json is damaged"
+    _refused(run, expected)

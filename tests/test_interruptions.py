@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from reml_core.storage import latest_checkpoint, verify_checkpoint
 
 BIN = Path(sys.executable).parent
@@ -81,7 +83,7 @@ def test_ctrl_c_checkpoints_exits_130_and_says_how_to_resume(tmp_path):
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
-    assert f"reml-run --resume {out}" in stdout
+    assert f"reml-run --resume {out}" in stderr and "--resume" not in stdout  # the hint is a message, not output
     assert "Traceback" not in stderr
     latest = latest_checkpoint(out / "checkpoints")
     verify_checkpoint(latest)
@@ -98,5 +100,82 @@ def test_resume_refuses_new_settings(tmp_path):
     assert result.stderr.strip() == f"reml-run: error: --resume takes every setting from {tmp_path}/config.json; drop --seed"
     result = subprocess.run([str(BIN / "reml-run"), "--resume", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2
-    assert "not a REML run directory (no config.json)" in result.stderr
+    assert "not a REML run directory (no .reml.json marker" in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_sigterm_checkpoints_exits_143_and_says_how_to_resume(tmp_path):
+    """What a cluster scheduler sends: handled like Ctrl-C, so a preempted job loses nothing."""
+    out = tmp_path / "run"
+    process = _start(out)
+    _wait_for_checkpoint(out, process, 500)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    assert f"reml-run --resume {out}" in stderr and "Traceback" not in stderr
+    latest = latest_checkpoint(out / "checkpoints")
+    verify_checkpoint(latest)
+    assert int(latest.name.split("-")[1]) >= 500
+    result = _resume(out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_complete(out, resumes=1)
+
+
+def _interrupt_when(process: subprocess.Popen[str], marker: str, signum: int, timeout: float = 120) -> tuple[str, str]:
+    """Send ``signum`` once ``marker`` appears on the process's stderr; return (stdout, all of stderr)."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if marker in line:
+            time.sleep(0.3)  # well inside the phase
+            process.send_signal(signum)
+            break
+    else:
+        process.kill()
+    stdout, rest = process.communicate(timeout=120)
+    return stdout, "".join(seen) + rest
+
+
+@pytest.mark.parametrize(
+    ("phase", "marker", "extra"),
+    [
+        ("calibration", "calibrating the reward", ["--reward", "neg-mse-minmax", "--set", "train.calibration_episodes=20000"]),
+        ("evaluation", "evaluating reml", ["--set", "eval.test_tasks=4000", "--set", "eval.curve_tasks=2"]),
+    ],
+)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_outside_training_leaves_a_resumable_folder_and_the_hint(tmp_path, phase, marker, extra, signum):
+    from helpers.runs import TINY, start
+
+    out = tmp_path / "run"
+    process = start("reml-run", *TINY, *extra, "--out", str(out))
+    _, stderr = _interrupt_when(process, marker, signum)
+    assert process.returncode == (130 if signum == signal.SIGINT else 143), stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].endswith(f"the run can be continued with: reml-run --resume {out}")
+    assert not (out / "results.json").exists()
+    assert not list(out.glob(".*.tmp")) and not list((out / "checkpoints").glob(".*")) if (out / "checkpoints").is_dir() else True
+    # The folder is resumable: --resume accepts it and carries on from where it was.
+    resumed = start("reml-run", "--resume", str(out))
+    _, stderr = _interrupt_when(resumed, marker, signal.SIGINT)
+    assert resumed.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    if phase == "evaluation":
+        assert "resuming from " in stderr
+
+
+@pytest.mark.parametrize("delay", [0.1, 0.4, 0.9])
+def test_ctrl_c_during_start_up_is_no_traceback(tmp_path, delay):
+    from helpers.runs import TINY, start
+
+    out = tmp_path / "run"
+    process = start("reml-run", *TINY, "--out", str(out))
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("reml-run: interrupted")

@@ -123,3 +123,17 @@ def test_unregister_removes_a_plugins_components(toy_registry):
 def test_the_same_plugin_name_twice_is_a_conflict(toy_registry):
     with pytest.raises(PluginConflictError, match="two plugins are named 'toy'"):
         toy_registry.register(_plugin(reml_rewards=lambda: []), name="toy", distribution="elsewhere")
+
+
+def test_disabling_takes_plugin_or_distribution_names_and_warns_about_unknown_ones(recwarn):
+    from reml_core.registry import PluginRegistry, PluginWarning
+
+    by_plugin = PluginRegistry.discover(disabled={"maml"})
+    assert "maml" not in by_plugin.names("baseline") and "scratch" in by_plugin.names("baseline")
+    by_distribution = PluginRegistry.discover(disabled={"reml"})  # what reml-plugins shows as the plugin
+    assert by_distribution.names("task_sampler") == [] and by_distribution.names("baseline") == []
+    assert not [w for w in recwarn if issubclass(w.category, PluginWarning)]
+    PluginRegistry.discover(disabled={"mamll"})
+    messages = [str(w.message) for w in recwarn if issubclass(w.category, PluginWarning)]
+    assert len(messages) == 1 and "REML_DISABLE_PLUGINS names 'mamll', which is no installed plugin" in messages[0]
+    assert "maml" in messages[0]  # the names that would work are listed

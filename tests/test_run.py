@@ -72,3 +72,22 @@ def test_report_states_the_encoder_and_the_tables(smoke_run):
     assert "encoder: `oracle`" in report and "privileged" in report
     assert "**K = 5**" in report and "**K = 10**" in report and "| REML |" in report and "| scratch |" in report
     assert "Wall time" in report
+
+
+def test_output_files_follow_the_umask_and_an_unwritable_home_prints_no_warnings(tmp_path):
+    """Files are created as any program's would be (not 0600), and matplotlib's cache never nags."""
+    import os
+    import stat
+
+    from helpers.runs import TINY, cli
+
+    out = tmp_path / "run"
+    env = {**os.environ, "HOME": "/proc/reml-no-home", "XDG_CONFIG_HOME": "/proc/reml-no-config"}
+    env.pop("MPLCONFIGDIR", None)
+    result = cli("reml-run", *TINY, "--out", str(out), env=env, preexec_fn=lambda: os.umask(0o027))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "matplotlib" not in result.stderr.lower(), result.stderr[-2000:]
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*")}
+    assert modes and all(mode == (0o750 if (out / name).is_dir() else 0o640) for name, mode in modes.items()), modes
+    failed = cli("reml-run", "--plugin", "nosuch", env=env)
+    assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr

@@ -36,5 +36,12 @@ def tiny_run(out: Path, *extra: str) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
-    """Every path under ``folder`` with its bytes (None for folders): to prove nothing changed."""
-    return {str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
+    """Every path under ``folder`` with its bytes (None for folders): to prove nothing changed.
+
+    ``.reml.lock`` only records the PID of the latest process that locked the folder, so its
+    content is left out (its presence is not).
+    """
+    return {
+        str(p.relative_to(folder)): (None if p.is_dir() or p.name == ".reml.lock" else p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+    }

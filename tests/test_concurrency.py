@@ -1,0 +1,90 @@
+"""One writer per run folder: a second reml-run (or reml-bench) on a folder in use is refused at once,
+naming the process that holds it, and changes nothing; the holder carries on undisturbed."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+from helpers.runs import TINY, cli, snapshot, start
+
+LONGER = [*TINY, "--set", "train.env_steps=8000", "--set", "train.checkpoint_every=1000"]
+
+
+def _wait_for(path: Path, process, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not appear in time")
+
+
+def test_a_second_writer_is_refused_and_the_first_finishes_undisturbed(tmp_path):
+    out = tmp_path / "run"
+    holder = start("reml-run", *LONGER, "--out", str(out))
+    try:
+        _wait_for(out / "checkpoints" / "latest", holder)
+        contenders = {
+            "resume": start("reml-run", "--resume", str(out)),
+            "force": start("reml-run", *TINY, "--out", str(out), "--force"),
+            "new run": start("reml-run", *TINY, "--out", str(out)),
+            "bench force": start("reml-bench", "--plugin", "sine", "--preset", "smoke", "--methods", "scratch", "--out", str(out), "--force"),
+        }
+        refusals = {what: (p, *p.communicate(timeout=120)) for what, p in contenders.items()}
+        for what, (process, _, stderr) in refusals.items():
+            lines = stderr.strip().splitlines()
+            assert process.returncode == 2, (what, stderr[-2000:])
+            assert len(lines) == 1 and f"is in use by another REML process (PID {holder.pid})" in lines[0], (what, lines)
+        assert holder.poll() is None, "the running process was disturbed"
+        _, stderr = holder.communicate(timeout=300)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert holder.returncode == 0, stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["training"]["resumes"] == 0 and results["training"]["env_steps"] >= 8000
+    assert all(math.isfinite(c["mse_mean"]) for t in results["methods"].values() for r in t.values() for c in r.values())
+    steps = [record["timesteps"] for record in results["training"]["history"]]
+    assert steps == sorted(set(steps)), "checkpoints of two processes were mixed"
+
+
+def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
+    out = tmp_path / "run"
+    holder = start("reml-run", *LONGER, "--out", str(out))
+    _wait_for(out / "checkpoints" / "latest", holder)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    result = cli("reml-run", "--resume", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["training"]["resumes"] == 1
+
+
+def test_two_runs_started_on_one_new_folder_let_exactly_one_write(tmp_path):
+    out = tmp_path / "run"
+    processes = [start("reml-run", *TINY, "--out", str(out)) for _ in range(2)]
+    outcomes = [(p, *p.communicate(timeout=300)) for p in processes]
+    codes = sorted(p.returncode for p, _, _ in outcomes)
+    assert codes == [0, 2], [stderr[-1500:] for _, _, stderr in outcomes]
+    loser = next(stderr for p, _, stderr in outcomes if p.returncode == 2)
+    assert "is in use by another REML process" in loser or "already holds a run" in loser, loser
+    assert json.loads((out / "results.json").read_text())["training"]["resumes"] == 0
+
+
+def test_a_bench_folder_in_use_is_refused_too(tmp_path):
+    out = tmp_path / "bench"
+    holder = start("reml-bench", *TINY, "--methods", "reml,scratch", "--set", "train.env_steps=3000", "--out", str(out))
+    try:
+        _wait_for(out / "config.json", holder)
+        before = snapshot(out)
+        result = cli("reml-bench", "--plugin", "sine", "--preset", "smoke", "--methods", "scratch", "--out", str(out), "--force")
+        assert result.returncode == 2 and f"PID {holder.pid}" in result.stderr, result.stderr[-2000:]
+        assert set(snapshot(out)) >= set(before)
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        _, stderr = holder.communicate(timeout=120)
+    assert holder.returncode == 143 and "Traceback" not in stderr, stderr[-2000:]
