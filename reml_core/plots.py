@@ -45,21 +45,29 @@ def plot_few_shot(
     methods: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]], path: Path, title: str,
     labels: Mapping[str, str] | None = None,
 ) -> None:
-    """Query MSE against SGD steps, one panel per K, one line per method, 95% CI error bars."""
+    """Query MSE against SGD steps, one panel per K, one line per method, 95% CI error bars.
+
+    Results averaged over several seeds (cells with ``seed_spread``) also get a shaded band of
+    +- the standard deviation between the seeds' means, so both kinds of uncertainty are visible.
+    """
     labels = {**METHOD_LABELS, **(labels or {})}
     shots = sorted({int(k) for table in methods.values() for k in table})
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(shots), figsize=(5 * len(shots), 4), squeeze=False)
+    any_spread = False
     for axis, k in zip(axes[0], shots):
         for name, table in methods.items():
             row = table.get(str(k), {})
             steps = sorted(int(s) for s in row)
-            means = [row[str(s)]["mse_mean"] for s in steps]
-            errors = [row[str(s)]["mse_ci95"] or 0.0 for s in steps]
-            points = [(i, m, e) for i, (m, e) in enumerate(zip(means, errors)) if m is not None]
+            cells = [row[str(s)] for s in steps]
+            points = [(i, c["mse_mean"], c.get("mse_ci95") or 0.0, c.get("seed_spread")) for i, c in enumerate(cells) if c.get("mse_mean") is not None]
             if points:
-                xs, ys, es = zip(*points)
-                axis.errorbar(xs, ys, yerr=es, marker="o", capsize=4, label=labels.get(name, name))
+                xs, ys, es, spreads = zip(*points)
+                line = axis.errorbar(xs, ys, yerr=es, marker="o", capsize=4, label=labels.get(name, name))
+                if all(spread is not None for spread in spreads):
+                    any_spread = True
+                    color = line.lines[0].get_color()
+                    axis.fill_between(xs, [y - d for y, d in zip(ys, spreads)], [y + d for y, d in zip(ys, spreads)], color=color, alpha=0.18, linewidth=0)
             axis.set_xticks(range(len(steps)), [str(s) for s in steps])
         axis.set_title(f"K = {k}")
         axis.set_xlabel("SGD steps on the K support points")
@@ -67,7 +75,8 @@ def plot_few_shot(
         axis.grid(alpha=0.3)
     handles, names = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, names, loc="lower center", ncol=max(len(names), 1), frameon=False)
-    figure.suptitle(title)
+    caption = "bars: 95% CI over test tasks" + ("; bands: ± std between seeds" if any_spread else "")
+    figure.suptitle(f"{title}\n{caption}", fontsize=10)
     figure.tight_layout(rect=(0, 0.08, 1, 1))
     _save(figure, path)
 
