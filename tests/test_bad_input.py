@@ -170,6 +170,9 @@ TOO_LARGE = [
     (["--set", "train.env_steps=1000000000000000"], "train.env_steps: Input should be less than or equal to 1000000000"),
     (["--set", "env.depth=100000"], "env.depth: Input should be less than or equal to 64"),
     (["--policy", "ppo-lstm", "--set", "policy.lstm_hidden_size=1000000"], "policy.lstm_hidden_size: Input should be less than or equal to 4096"),
+    (["--set", "baselines.maml.hidden=[100000]"], "baselines.maml.hidden.0: Input should be less than or equal to 4096"),
+    (["--set", "baselines.maml.meta_batch=1000000000"], "baselines.maml.meta_batch: Input should be less than or equal to 100000"),
+    (["--set", "task.train_points=1000000000"], "task.train_points: Input should be less than or equal to 100000"),
 ]
 
 

@@ -16,6 +16,10 @@ from reml_core.interfaces import Task, TaskBatch
 _SPLIT_KEYS = {"train": 0, "validation": 1, "test": 2, "train-batches": 3}
 
 
+#: Points per task beyond this would not fit in memory for hundreds of tasks; no protocol needs them.
+MAX_POINTS = 100_000
+
+
 class SineConfig(BaseModel):
     """The sinusoid family. Defaults are Finn et al.'s (2017) and the thesis'."""
 
@@ -27,9 +31,9 @@ class SineConfig(BaseModel):
     phase_high: float = math.pi
     x_low: float = -5.0
     x_high: float = 5.0
-    train_points: int = Field(100, gt=0, description="points of a task's inner-training data (thesis: 100)")
-    support_points: int = Field(10, gt=0, description="support points per task; the K-shot set is their first K")
-    query_points: int = Field(100, gt=0, description="query points measuring the error")
+    train_points: int = Field(100, gt=0, le=MAX_POINTS, description="points of a task's inner-training data (thesis: 100)")
+    support_points: int = Field(10, gt=0, le=MAX_POINTS, description="support points per task; the K-shot set is their first K")
+    query_points: int = Field(100, gt=0, le=MAX_POINTS, description="query points measuring the error")
     query_grid: bool = Field(True, description="query points on a uniform grid over [x_low, x_high] (else uniform draws)")
     test_seed: int = Field(2017, ge=0, description="seed of the held-out validation and test sets (independent of the run seed)")
 
