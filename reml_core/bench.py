@@ -27,7 +27,7 @@ from reml_core.config import RunConfig, deep_merge, load_resolved, resolve_confi
 from reml_core.errors import CheckpointError, UserError
 from reml_core.folders import check_path
 from reml_core.evaluation import FewShotTable, NetworkProvider
-from reml_core.experiment import Components, build_components
+from reml_core.experiment import Components, build_components, check_policy_builds
 from reml_core.pipeline import TrainedReML, evaluate_methods, load_reml, seed_everything, train_reml
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.registry import PluginRegistry
@@ -94,6 +94,8 @@ def plan_bench(
             data = deep_merge(user, {"seed": seed, **({"encoder": {"name": encoder}} if encoder else {})})
             config = resolve_config(registry, data, baselines=baselines)
             components = build_components(config)  # cross-component checks
+            if "reml" in methods:
+                check_policy_builds(components)
             for name in baselines:  # a baseline that cannot be built (e.g. learn2learn missing) fails now
                 config.baselines[name].spec.factory(config.baselines[name].config, components.context)
             configs[(seed, config.encoder.name)] = config

@@ -73,7 +73,7 @@ def build_components(config: RunConfig) -> Components:
     encoder = config.encoder.spec.factory(config.encoder.config, context)
     pool = config.pool.spec.factory(config.pool.config, context)
     reward = config.reward.spec.factory(config.reward.config, context)
-    context = replace(context, pool=pool)
+    context = replace(context, pool=pool, encoder=encoder)
 
     problems = []
     for section in ("env", "eval"):
@@ -91,3 +91,17 @@ def build_components(config: RunConfig) -> Components:
     if problems:
         raise ConfigError(problems)
     return Components(config, context, sampler, encoder, pool, reward)
+
+
+def check_policy_builds(components: Components) -> None:
+    """Build the policy once on a throwaway training env, so a policy that cannot be built for these
+    components (e.g. a set network without an encoder that declares a point set) is a config error
+    before anything is written, not a traceback in the middle of a run."""
+    config = components.config
+    env = components.make_train_env()
+    try:
+        config.policy.spec.factory(config.policy.config, replace(components.context, env=env, log_dir=None))
+    except ValueError as error:
+        raise ConfigError([f"policy: {' '.join(str(error).split())}"]) from None
+    finally:
+        env.close()

@@ -128,12 +128,31 @@ class BatchedTaskSampler(Protocol):
 
 @runtime_checkable
 class StateEncoder(Protocol):
-    """The task part of the observation, of a fixed, declared size."""
+    """The task part of the observation, of a fixed, declared size.
+
+    An encoder whose output holds a padded set of points may also declare ``point_set``
+    (a :class:`PointSetLayout`), so that a policy can embed the points permutation-invariantly;
+    without it (or with None) policies see the output as a flat vector.
+    """
 
     observation_size: int
     privileged: bool  # True when it sees more than the K support points (e.g. amplitude and phase)
 
     def encode(self, task: Task, shots: int) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class PointSetLayout:
+    """Where an encoder's output holds a padded set of points, channel-major.
+
+    Channel ``c`` of point ``i`` is at ``offset + c * points + i``; after the ``channels`` blocks
+    comes a mask block (1 for a real point, 0 for padding). The encoder's output is the start of
+    the observation, so ``offset`` counts from there.
+    """
+
+    offset: int
+    points: int
+    channels: int
 
 
 @runtime_checkable
@@ -266,7 +285,7 @@ class BuildContext:
     """What a factory may need besides its own config. Fields not yet built are None.
 
     Task samplers get only ``seed``; encoders, pools and rewards also ``task_sampler``;
-    baselines also ``pool`` (for a same-architecture scratch network); policies also ``env``
+    baselines also ``pool`` (for a same-architecture scratch network) and ``encoder``; policies also ``env``
     and ``log_dir``. ``depth`` is the number of layers of the networks REML composes.
     """
 
@@ -277,3 +296,4 @@ class BuildContext:
     pool: LayerPool | None = None
     env: Any = None
     log_dir: Path | None = None
+    encoder: StateEncoder | None = None

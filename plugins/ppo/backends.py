@@ -21,6 +21,7 @@ from reml_core.compat import import_gym_quietly
 from reml_core.errors import CheckpointError
 from reml_core.interfaces import BuildContext
 from reml_plugins.ppo.config import PPOConfig, RecurrentPPOConfig
+from reml_plugins.ppo.extractors import point_set_kwargs
 
 import_gym_quietly()
 
@@ -85,6 +86,11 @@ class SB3PolicyBackend:
                 n_lstm_layers=config.n_lstm_layers,
                 enable_critic_lstm=config.enable_critic_lstm,
             )
+        if config.features == "point-set":
+            layout = getattr(context.encoder, "point_set", None)
+            if layout is None:
+                raise ValueError("policy.features = 'point-set' needs a state encoder that declares a point set (e.g. support-set)")
+            policy_kwargs.update(point_set_kwargs(layout, config.point_set_hidden, config.point_set_embedding))
         self.n_envs = int(getattr(self.env, "num_envs", 1))
         self.model: BaseAlgorithm = self.algorithm(
             policy,

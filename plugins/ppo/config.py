@@ -35,6 +35,13 @@ class PPOConfig(BaseModel):
     max_grad_norm: float = Field(0.5, gt=0)
     net_arch: list[Width] = Field([64, 64], max_length=MAX_LAYERS, description="hidden layer sizes of the policy and value networks")
     activation: Literal["tanh", "relu"] = "tanh"
+    features: Literal["flat", "point-set"] = Field(
+        "flat",
+        description="'flat': the policy sees the observation as one vector; 'point-set': the support points the state "
+        "encoder declares (e.g. support-set) are embedded by a permutation-invariant set network trained with the policy",
+    )
+    point_set_hidden: int = Field(64, gt=0, le=MAX_WIDTH, description="hidden width of the set network's per-point embedding")
+    point_set_embedding: int = Field(32, gt=0, le=MAX_WIDTH, description="size of each point's embedding (mean and max pooled)")
 
 
 class RecurrentPPOConfig(PPOConfig):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from reml_core.interfaces import BuildContext, Task, TaskSampler
+from reml_core.interfaces import BuildContext, PointSetLayout, Task, TaskSampler
 
 
 class OracleConfig(BaseModel):
@@ -48,6 +48,7 @@ class SupportSetEncoder:
         self.max_shots = sampler.max_shots
         self.config = config
         self.observation_size = 3 * self.max_shots + 3
+        self.point_set = PointSetLayout(offset=0, points=self.max_shots, channels=2)  # x and y, then the mask
 
     def encode(self, task: Task, shots: int) -> np.ndarray:
         x, y = task.support(shots)

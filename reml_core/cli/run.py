@@ -57,7 +57,7 @@ def _body(argv: Sequence[str] | None) -> int:
     import sys
 
     from reml_core.config import load_resolved, resolve_config
-    from reml_core.experiment import build_components
+    from reml_core.experiment import build_components, check_policy_builds
     from reml_core.folders import check_path, claim_new_folder, claim_run_to_resume
     from reml_core.pipeline import check_resumable, command_line, run_experiment
     from reml_core.storage import atomic_write_json
@@ -78,7 +78,7 @@ def _body(argv: Sequence[str] | None) -> int:
         if args.out is not None:
             check_path(args.out, "--out")
         config = resolve_config(registry, user_config(args), baselines=["scratch"])
-        build_components(config)  # cross-component checks, before anything is written
+        check_policy_builds(build_components(config))  # cross-component checks, before anything is written
         out = claim_new_folder(args.out or default_out(config), kind="run", force=args.force)
         out = args.out if args.out is not None else out
         atomic_write_json(out / "config.json", config.to_dict())
