@@ -31,7 +31,7 @@ from reml_core.experiment import Components, build_components, check_policy_buil
 from reml_core.pipeline import TrainedReML, evaluate_methods, load_reml, seed_everything, train_reml
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.registry import PluginRegistry
-from reml_core.results import METHOD_LABELS, build_results, curve_table, few_shot_tables, jsonable, table_to_json
+from reml_core.results import build_results, labelled, method_labels, curve_table, few_shot_tables, jsonable, table_to_json
 from reml_core.storage import atomic_write_json, atomic_write_text, follow_umask, read_json_file
 from reml_core.training import log
 
@@ -271,18 +271,12 @@ def run_bench(plan: BenchPlan, registry: PluginRegistry, out: Path, *, trust_che
 
     results = _aggregate(plan, per_seed, outcomes, time.perf_counter() - started, command)
     atomic_write_json(out / "results.json", results)
-    labels = {key: _label(plan, key) for key in results["methods"]}
+    labels = method_labels(results)
     title = f"{results['plugin']}: " + ", ".join(labels.values())
     plot_few_shot(results["methods"], out / "few_shot.png", title, labels)
     plot_convergence(results["curves"], out / "convergence.png", title, labels)
     atomic_write_text(out / "report.md", render_bench_report(results))
     return results
-
-
-def _label(plan: BenchPlan, key: str) -> str:
-    if key == "reml" or key.startswith("reml:"):
-        return f"REML ({plan.encoders[0] if key == 'reml' else key.split(':', 1)[1]})"
-    return METHOD_LABELS.get(key, key)
 
 
 def _encoders(plan: BenchPlan) -> dict[str, dict[str, Any]]:
@@ -371,8 +365,8 @@ def render_bench_report(results: Mapping[str, Any]) -> str:
     config = results["config"]
     evaluation = config["eval"]
     seeds = results.get("seed_list", [results["seed"]])
-    labels = {key: f"REML ({info['name']})" for key, info in results.get("encoders", {}).items()}
-    renamed = {labels.get(key, METHOD_LABELS.get(key, key)): table for key, table in results["methods"].items()}
+    labels = method_labels(results)
+    renamed = labelled(results, results["methods"])
     lines = [
         f"# REML benchmark: {results['plugin']}",
         "",
@@ -392,13 +386,13 @@ def render_bench_report(results: Mapping[str, Any]) -> str:
         lines += [f"Cells: mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
                   "\"seeds ±\" is the standard deviation between the seeds' means.", ""]
     lines += [few_shot_tables(renamed), "![few-shot](few_shot.png)", ""]
-    curves = {labels.get(k, METHOD_LABELS.get(k, k)): v for k, v in results["curves"].items()}
+    curves = labelled(results, results["curves"])
     lines += [f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {evaluation['curve_lr']}, on each task's training data)", "",
               curve_table(curves), "![convergence](convergence.png)", ""]
     lines += ["## Budgets and training time", "", "| method | budget | training wall time (s, all seeds) | source (first seed) |", "|---|---|---:|---|"]
     sources = results.get("sources", {}).get(str(seeds[0]), {})
     for key in results["methods"]:
-        label = labels.get(key, METHOD_LABELS.get(key, key))
+        label = labels[key]
         seconds = results["timing_s"].get(f"training_{key}")
         lines.append(f"| {label} | {results.get('budgets', {}).get(key, '')} | {'-' if seconds is None else f'{seconds:.1f}'} | {sources.get(key, '')} |")
     lines += ["", f"Total wall time of this invocation: {results['timing_s']['total_this_invocation']:.0f} s.", ""]

@@ -19,7 +19,7 @@ from reml_core.experiment import Components, build_components
 from reml_core.interfaces import Baseline
 from reml_core.methods import ReMLMethod
 from reml_core.plots import plot_convergence, plot_few_shot
-from reml_core.results import build_results, curve_table, encoder_note, few_shot_tables
+from reml_core.results import build_results, curve_table, encoder_note, few_shot_tables, labelled, method_labels
 from reml_core.storage import (
     atomic_write_json,
     atomic_write_text,
@@ -226,8 +226,9 @@ def write_outputs(out: Path, results: dict[str, Any]) -> None:
     """results.json, report.md, few_shot.png and convergence.png, each written atomically."""
     atomic_write_json(out / "results.json", results)
     title = f"{results['plugin']}: {results['policy']}, encoder {results['encoder']}"
-    plot_few_shot(results["methods"], out / "few_shot.png", title)
-    plot_convergence(results["curves"], out / "convergence.png", title)
+    labels = method_labels(results)
+    plot_few_shot(results["methods"], out / "few_shot.png", title, labels)
+    plot_convergence(results["curves"], out / "convergence.png", title, labels)
     atomic_write_text(out / "report.md", render_run_report(results))
 
 
@@ -251,14 +252,14 @@ def render_run_report(results: Mapping[str, Any]) -> str:
         f"a deterministic rollout of the policy over the trained pool (checkpoint "
         f"`{training.get('selected_checkpoint', {}).get('name', '?')}`, chosen on validation tasks).",
         "",
-        few_shot_tables(results["methods"]),
+        few_shot_tables(labelled(results, results["methods"])),
         "![few-shot](few_shot.png)",
         "",
         f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {evaluation['curve_lr']}, on each task's training data)",
         "",
         f"Mean query MSE over {evaluation['curve_tasks']} test tasks after n steps:",
         "",
-        curve_table(results["curves"]),
+        curve_table(labelled(results, results["curves"])),
         "![convergence](convergence.png)",
         "",
         "## Training",

@@ -132,8 +132,26 @@ def curve_table(curves: Mapping[str, Sequence[float | None]], points: Sequence[i
     return "\n".join(lines) + "\n"
 
 
+def reml_label(encoder: str, privileged: bool) -> str:
+    """How tables and plots name REML: with its encoder, and a warning when that encoder is privileged."""
+    return f"REML ({encoder}, privileged)" if privileged else f"REML ({encoder})"
+
+
+def method_labels(results: Mapping[str, Any]) -> dict[str, str]:
+    """Display names of a run's or benchmark's methods; REML's say which encoder, and whether it is privileged."""
+    encoders = results.get("encoders") or {"reml": {"name": results["encoder"], "privileged": bool(results.get("encoder_privileged"))}}
+    labels = {key: reml_label(info["name"], bool(info["privileged"])) for key, info in encoders.items()}
+    return {key: labels.get(key, METHOD_LABELS.get(key, key)) for key in results["methods"]}
+
+
+def labelled(results: Mapping[str, Any], table: Mapping[str, Any]) -> dict[str, Any]:
+    """``table`` (keyed by method) keyed by display name instead."""
+    labels = method_labels(results)
+    return {labels.get(key, METHOD_LABELS.get(key, key)): value for key, value in table.items()}
+
+
 def encoder_note(results: Mapping[str, Any]) -> str:
     if results.get("encoder_privileged"):
         return (f"State encoder: `{results['encoder']}`, which hands the policy privileged task information "
-                "(for sine: the true amplitude and phase). MAML and scratch never see it.")
+                "(the task's true parameters). MAML and scratch never see it: this is not a fair comparison.")
     return f"State encoder: `{results['encoder']}`, which sees only the K support points (no privileged information)."

@@ -33,17 +33,17 @@ def test_smoke_bench_has_every_method_k_and_step(smoke_bench):
         for row in table.values():
             assert sorted(row, key=int) == ["0", "1", "10"]
             assert all(cell["mse_mean"] is not None and cell["mse_ci95"] > 0 for cell in row.values())
-    assert results["encoders"] == {"reml": {"name": "oracle", "privileged": True}}
+    assert results["encoders"] == {"reml": {"name": "support-set", "privileged": False}}  # fair by default
     assert set(results["budgets"]) == {"reml", "maml", "scratch"} and "iterations=300" in results["budgets"]["maml"]
     for name in ("report.md", "few_shot.png", "convergence.png", "config.json", "seed-0/results.json",
-                 "seed-0/maml/maml.safetensors", "seed-0/reml-oracle/checkpoints/best/manifest.json"):
+                 "seed-0/maml/maml.safetensors", "seed-0/reml-support-set/checkpoints/best/manifest.json"):
         assert (smoke_bench / name).is_file(), name
 
 
 def test_report_marks_the_best_and_states_encoder_and_budgets(smoke_bench):
     report = (smoke_bench / "report.md").read_text()
-    assert "| REML (oracle) |" in report and "| MAML |" in report and "| scratch |" in report
-    assert "state encoder `oracle`" in report and "privileged" in report
+    assert "| REML (support-set) |" in report and "| MAML |" in report and "| scratch |" in report
+    assert "state encoder `support-set`, which sees only the K support points" in report and "privileged" not in report
     assert report.count("**") >= 2 * 2 * 3  # one bold (best) cell per K and step
     assert "Budgets and training time" in report and "env steps of ppo-mlp" in report
 
@@ -74,6 +74,7 @@ def test_several_seeds_and_encoders_report_the_spread(tmp_path):
     assert cell["seed_spread"] > 0
     report = (out / "report.md").read_text()
     assert "REML (support-set)" in report and "seeds ±" in report
+    assert "| REML (oracle, privileged) |" in report and "REML (support-set, privileged)" not in report
 
 
 def _copy_bench(smoke_bench: Path, tmp_path: Path) -> Path:
@@ -103,17 +104,17 @@ def test_from_refuses_damaged_sources_before_writing_anything(smoke_bench, tmp_p
     elif damage == "bench-json-list":
         (seed / "maml" / "bench.json").write_text("[]")
     elif damage == "config-list":
-        (seed / "reml-oracle" / "config.json").write_text("[1, 2]")
+        (seed / "reml-support-set" / "config.json").write_text("[1, 2]")
     elif damage == "config-not-utf8":
-        (seed / "reml-oracle" / "config.json").write_bytes(b'{"seed": "\xff"}')
+        (seed / "reml-support-set" / "config.json").write_bytes(b'{"seed": "\xff"}')
     elif damage == "maml-weights":
         for path in (seed / "maml").iterdir():
             if path.suffix == ".safetensors":
                 path.write_bytes(path.read_bytes()[:50])
     else:
-        pool = next((seed / "reml-oracle" / "checkpoints").glob("step-*")) / "pool.safetensors"
+        pool = next((seed / "reml-support-set" / "checkpoints").glob("step-*")) / "pool.safetensors"
         pool.write_bytes(pool.read_bytes()[:-8] + b"12345678")
-        (seed / "reml-oracle" / "checkpoints" / "latest").write_text(pool.parent.name + "\n")
+        (seed / "reml-support-set" / "checkpoints" / "latest").write_text(pool.parent.name + "\n")
     out = tmp_path / "out"
     result = _bench("--plugin", "sine", "--preset", "smoke", "--from", str(source), "--out", str(out))
     lines = result.stderr.strip().splitlines()
@@ -124,9 +125,9 @@ def test_from_refuses_damaged_sources_before_writing_anything(smoke_bench, tmp_p
 
 def test_from_refuses_seeds_and_encoders_it_does_not_hold(smoke_bench, tmp_path):
     out = tmp_path / "out"
-    for extra, expected in ((["--seed", "5"], "holds no REML run for seed 5 with encoder 'oracle' (it holds: seed 0 (maml, reml-oracle, scratch)"),
+    for extra, expected in ((["--seed", "5"], "holds no REML run for seed 5 with encoder 'support-set' (it holds: seed 0 (maml, reml-support-set, scratch)"),
                             (["--seeds", "2"], "holds no REML run for seed 1"),
-                            (["--encoder", "support-set"], "with encoder 'support-set'"),
+                            (["--encoder", "oracle"], "with encoder 'oracle'"),
                             (["--methods", "maml", "--seed", "3"], "holds nothing for seed 3")):
         result = _bench("--plugin", "sine", "--preset", "smoke", "--from", str(smoke_bench), "--out", str(out), *extra)
         assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]

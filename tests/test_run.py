@@ -49,8 +49,8 @@ def test_results_follow_the_documented_schema(smoke_run):
     policy, out, result, _ = smoke_run
     results = json.loads((out / "results.json").read_text())
     assert results["schema"] == SCHEMA
-    assert (results["plugin"], results["policy"], results["encoder"], results["seed"]) == ("sine", policy, "oracle", 0)
-    assert results["encoder_privileged"] is True
+    assert (results["plugin"], results["policy"], results["encoder"], results["seed"]) == ("sine", policy, "support-set", 0)
+    assert results["encoder_privileged"] is False  # fair by default: the policy sees only the K support points
     assert results["test_tasks"] == 50
     assert set(results["methods"]) == {"reml", "scratch"}
     for table in results["methods"].values():
@@ -69,8 +69,9 @@ def test_results_follow_the_documented_schema(smoke_run):
 def test_report_states_the_encoder_and_the_tables(smoke_run):
     _, out, _, _ = smoke_run
     report = (out / "report.md").read_text()
-    assert "encoder: `oracle`" in report and "privileged" in report
-    assert "**K = 5**" in report and "**K = 10**" in report and "| REML |" in report and "| scratch |" in report
+    assert "encoder: `support-set`, which sees only the K support points" in report
+    assert ", privileged)" not in report and "not a fair comparison" not in report
+    assert "**K = 5**" in report and "**K = 10**" in report and "| REML (support-set) |" in report and "| scratch |" in report
     assert "Wall time" in report
 
 
@@ -91,3 +92,15 @@ def test_output_files_follow_the_umask_and_an_unwritable_home_prints_no_warnings
     assert modes and all(mode == (0o750 if (out / name).is_dir() else 0o640) for name, mode in modes.items()), modes
     failed = cli("reml-run", "--plugin", "nosuch", env=env)
     assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+
+
+def test_a_privileged_encoder_is_marked_in_every_table_and_note(tmp_path):
+    from helpers.runs import TINY, cli
+
+    out = tmp_path / "oracle"
+    result = cli("reml-run", *TINY, "--encoder", "oracle", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| REML (oracle, privileged) |" in result.stdout
+    report = (out / "report.md").read_text()
+    assert "| REML (oracle, privileged) |" in report and "not a fair comparison" in report
+    assert json.loads((out / "results.json").read_text())["encoder_privileged"] is True

@@ -137,9 +137,9 @@ def user_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -
 
 def print_summary(results: dict[str, Any], out: Path) -> None:
     """The few-shot tables and where the files are, once a run or benchmark has finished."""
-    from reml_core.results import few_shot_tables
+    from reml_core.results import few_shot_tables, labelled
 
-    print(few_shot_tables(results["methods"]))
+    print(few_shot_tables(labelled(results, results["methods"])))
     print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}")
 
 
