@@ -1,8 +1,11 @@
-"""Environment throughput: random-policy episodes on the thesis-scale sine setup.
+"""Environment throughput: random-policy episodes on the thesis-scale sine setup, one env and N side by side.
 
 Runs a fixed number of environment steps, choosing uniformly among the valid actions (so every
-episode composes and trains a network), and prints steps per second. The last line is
-``env_steps_per_s=<number>``. Usage: python benchmarks/env_throughput.py [--steps N] [--set KEY=VALUE ...]
+episode composes and trains a network), first in the single ``CompositionEnv``, then in the
+vector env of ``--n-envs`` environments whose finished networks train as one stacked computation
+(``--per-network`` also times the vector env without stacking). Prints steps per second for
+each; the last line is ``env_steps_per_s=<batched vector env>``.
+Usage: python benchmarks/env_throughput.py [--steps N] [--n-envs N] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -19,10 +22,54 @@ from reml_core.experiment import build_components
 from reml_core.registry import PluginRegistry
 
 
+def time_single(components, steps: int, warmup: int) -> tuple[float, int]:
+    """Seconds and episodes for ``steps`` steps of one environment."""
+    env = components.make_env()
+    rng = np.random.default_rng(0)
+    env.reset(seed=0)
+
+    def run(count: int) -> int:
+        episodes = 0
+        for _ in range(count):
+            _, _, terminated, truncated, _ = env.step(rng.choice(np.flatnonzero(env.action_masks())))
+            if terminated or truncated:
+                env.reset()
+                episodes += 1
+        return episodes
+
+    run(warmup)
+    start = time.perf_counter()
+    episodes = run(steps)
+    return time.perf_counter() - start, episodes
+
+
+def time_vector(components, n_envs: int, steps: int, warmup: int, *, batched: bool) -> tuple[float, int]:
+    """Seconds and episodes for about ``steps`` steps (whole vector steps) of ``n_envs`` environments."""
+    env = components.make_vec_env(n_envs, batched=batched)
+    rng = np.random.default_rng(0)
+    env.seed(0)
+    env.reset()
+
+    def run(count: int) -> int:
+        episodes = 0
+        for _ in range(max(count // n_envs, 1)):
+            masks = env.env_method("action_masks")
+            _, _, dones, _ = env.step(np.array([rng.choice(np.flatnonzero(mask)) for mask in masks]))
+            episodes += int(dones.sum())
+        return episodes
+
+    run(warmup)
+    start = time.perf_counter()
+    episodes = run(steps)
+    return time.perf_counter() - start, episodes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5000, help="environment steps to time (default 5000)")
+    parser.add_argument("--steps", type=int, default=5000, help="environment steps to time per variant (default 5000)")
     parser.add_argument("--warmup", type=int, default=250, help="untimed steps first (default 250)")
+    parser.add_argument("--n-envs", type=int, default=None, help="environments of the vector env (default: train.n_envs)")
+    parser.add_argument("--per-network", action="store_true", help="also time the vector env ending networks one by one")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set reward.loss_at=finetuned")
     args = parser.parse_args()
@@ -32,32 +79,30 @@ def main() -> None:
     for assignment in args.assignments:
         user = deep_merge(user, parse_assignment(assignment))
     config = resolve_config(PluginRegistry.discover(), user)
-    components = build_components(config)
-    env = components.make_env()
-    rng = np.random.default_rng(0)
-    env.reset(seed=0)
-
-    def run(steps: int) -> int:
-        episodes = 0
-        for _ in range(steps):
-            action = rng.choice(np.flatnonzero(env.action_masks()))
-            _, _, terminated, truncated, _ = env.step(action)
-            if terminated or truncated:
-                env.reset()
-                episodes += 1
-        return episodes
-
-    run(args.warmup)
-    start = time.perf_counter()
-    episodes = run(args.steps)
-    elapsed = time.perf_counter() - start
+    n_envs = args.n_envs or config.core.train.n_envs
     env_config = config.core.env
     print(f"torch {torch.__version__}, python {platform.python_version()}, 1 thread")
-    print(f"pool {config.pool.name} {components.pool.size} layers, depth {env_config.depth}, "
+    print(f"pool {config.pool.name} {build_components(config).pool.size} layers, depth {env_config.depth}, "
           f"inner Adam {env_config.inner_steps} steps, reward {config.reward.name} at {config.reward.config.loss_at}, "
-          f"encoder {config.encoder.name}")
-    print(f"{args.steps} steps, {episodes} episodes in {elapsed:.2f} s: {episodes / elapsed:.1f} episodes/s")
-    print(f"env_steps_per_s={args.steps / elapsed:.1f}")
+          f"encoder {config.encoder.name}; random valid actions")
+
+    variants = [("single env", None, True)]
+    if args.per_network:
+        variants.append((f"vector env, {n_envs} envs, per-network", n_envs, False))
+    variants.append((f"vector env, {n_envs} envs, batched", n_envs, True))
+    rate = 0.0
+    for label, count, batched in variants:
+        components = build_components(config)  # a fresh pool for every variant
+        if count is None:
+            elapsed, episodes = time_single(components, args.steps, args.warmup)
+            steps = args.steps
+        else:
+            elapsed, episodes = time_vector(components, count, args.steps, args.warmup, batched=batched)
+            steps = max(args.steps // count, 1) * count
+        rate = steps / elapsed
+        print(f"{label}: {steps} steps, {episodes} episodes in {elapsed:.2f} s: {rate:.1f} env steps/s, "
+              f"{episodes / elapsed:.1f} episodes/s")
+    print(f"env_steps_per_s={rate:.1f}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ networks of every episode that finished on the same environment step:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,11 @@ from reml_core.inner_loop import (
     train_adam_batch,
 )
 from reml_core.interfaces import BatchedLayerPool, LayerPool, Task
+
+
+# Networks stacked per computation at most: beyond about 32 of the thesis-scale networks (1-40-40-40-40-1,
+# 100 points) their activations outgrow the CPU cache and each costs more (docs/performance.md).
+MAX_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -107,17 +112,19 @@ def end_episodes(
     write_back_rate: float | None,
     batched: bool = True,
     min_batch: int = 2,
+    max_batch: int = MAX_BATCH,
 ) -> list[EpisodeOutcome]:
     """Train and measure every finished network; write back (``write_back_rate`` not None) all but faulted ones, in order.
 
     ``batched=False`` forces the per-network path (the reference the batched path is tested
     against). Groups of fewer than ``min_batch`` stackable networks take the per-network path:
-    a lone network gets exactly the numbers a single environment gets, and faster.
+    a lone network gets exactly the numbers a single environment gets, and faster. Larger groups
+    are stacked ``max_batch`` at a time.
     """
     if not ends:
         return []
     use_batches = batched and isinstance(pool, BatchedLayerPool)
-    groups = _groups(ends) if use_batches else [[i] for i in range(len(ends))]
+    groups = _groups(ends, max_batch) if use_batches else [[i] for i in range(len(ends))]
     outcomes: list[EpisodeOutcome | None] = [None] * len(ends)
     trained: list[Any] = [None] * len(ends)  # per end: (network, its row or None, the ends it was trained with)
     for members in groups:
@@ -135,15 +142,16 @@ def end_episodes(
     return outcomes  # type: ignore[return-value]
 
 
-def _groups(ends: Sequence[EpisodeEnd]) -> list[list[int]]:
-    """Ends whose networks and data stack (same depth, same data shapes), in order of first appearance."""
+def _groups(ends: Sequence[EpisodeEnd], max_batch: int) -> list[list[int]]:
+    """Ends whose networks and data stack (same depth, same data shapes), in order of first appearance,
+    in chunks of at most ``max_batch``."""
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, end in enumerate(ends):
         task = end.task
         key = (len(end.indices), tuple(task.x_train.shape), tuple(task.y_train.shape),
                tuple(task.x_query.shape), tuple(task.y_query.shape))
         groups.setdefault(key, []).append(i)
-    return list(groups.values())
+    return [members[start : start + max_batch] for members in groups.values() for start in range(0, len(members), max_batch)]
 
 
 def _one(
@@ -183,18 +191,21 @@ def _batch(
     if "composed" in required:
         columns["composed"] = evaluate_loss_batch(network, x_query, y_query, losses_fn)
     if "finetuned" in required:
-        finetuned = torch.empty(len(ends))
-        by_shots: dict[int, list[int]] = {}
-        for row, end in enumerate(ends):
-            by_shots.setdefault(end.shots, []).append(row)
-        for shots, rows in by_shots.items():  # support sets of one K stack; K differs between episodes
-            tuned = pool.build_batch([indices[row] for row in rows])
-            support = [tasks[row].support(shots) for row in rows]
-            x_support = torch.stack([x for x, _ in support])
-            y_support = torch.stack([y for _, y in support])
-            ok = finetune_sgd_batch(tuned, x_support, y_support, losses_fn, steps=config.finetune_steps, lr=config.finetune_lr)
-            values = evaluate_loss_batch(tuned, x_query[rows], y_query[rows], losses_fn)
-            finetuned[rows] = torch.where(ok, values, torch.full_like(values, math.nan))
+        # One stacked fine-tuning for every K: support sets padded with zeros to the largest K, each
+        # row's loss taken on its own first K points only, so padded points get no gradient. (Adam
+        # below is kept bit for bit; SGD is not chaotic, so here the rounding of the longer sums is
+        # harmless: equal to the per-network path within 1e-6, tests/test_batched_pool.py.)
+        shots = [end.shots for end in ends]
+        longest = max(shots)
+        tuned = pool.build_batch(indices)
+        support = [task.support(k) for task, k in zip(tasks, shots)]
+        x_support = torch.stack([_padded(x, longest) for x, _ in support])
+        y_support = torch.stack([_padded(y, longest) for _, y in support])
+        ok = finetune_sgd_batch(
+            tuned, x_support, y_support, _ragged_loss(loss_fn, shots), steps=config.finetune_steps, lr=config.finetune_lr
+        )
+        values = evaluate_loss_batch(tuned, x_query, y_query, losses_fn)
+        finetuned = torch.where(ok, values, torch.full_like(values, math.nan))
         columns["finetuned"] = finetuned
     generators = [torch.Generator().manual_seed(end.minibatch_seed) for end in ends] if config.inner_batch < tasks[0].x_train.shape[0] else None
     trained_ok = train_adam_batch(
@@ -209,6 +220,32 @@ def _batch(
         losses = {name: float(values[row]) for name, values in table.items()}
         outcomes.append(EpisodeOutcome(losses, not all(math.isfinite(value) for value in losses.values())))
     return outcomes, network
+
+
+def _padded(points: torch.Tensor, count: int) -> torch.Tensor:
+    """``points`` followed by zero rows up to ``count`` rows."""
+    if len(points) == count:
+        return points
+    return torch.cat([points, points.new_zeros(count - len(points), *points.shape[1:])])
+
+
+def _ragged_loss(loss_fn: LossFn, lengths: Sequence[int]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Row b's loss on its first ``lengths[b]`` points (rows padded beyond that), as ``[B]``."""
+    per_row = batched_loss(loss_fn)
+    distinct = sorted(set(lengths))
+    if len(distinct) == 1:
+        (k,) = distinct
+        return lambda prediction, target: per_row(prediction[:, :k], target[:, :k])
+    groups = [(k, torch.tensor([row for row, n in enumerate(lengths) if n == k])) for k in distinct]
+    order = torch.cat([rows for _, rows in groups])
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order))
+
+    def losses(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        parts = [per_row(prediction[rows, :k], target[rows, :k]) for k, rows in groups]
+        return torch.cat(parts)[inverse]
+
+    return losses
 
 
 def _write_back(

@@ -136,11 +136,61 @@ def value_and_grad_batch(
     return losses.detach(), grads
 
 
+# Elementwise kernels (the fused Adam step, SGD's update) run vector lanes over the bulk of a tensor
+# and scalar code over its tail, and the two can round differently. A stacked tensor is therefore
+# updated network by network (one view per network: the very split a single network gets) unless
+# each network's share is a whole number of vectors for any CPU's vector width, as for 40x40 weights.
+_WHOLE_VECTORS = 64
+
+
+def _row_views(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors to hand an elementwise kernel so that each network's numbers meet the same code
+    as in the single-network functions: stacked tensors whole where that is safe, else per-network views."""
+    views: list[torch.Tensor] = []
+    for tensor in tensors:
+        if tensor[0].numel() % _WHOLE_VECTORS == 0:
+            views.append(tensor)
+        else:
+            views.extend(tensor.unbind(0))
+    return views
+
+
+class _RowGradients:
+    """Each step's gradients as :func:`_row_views` lays them out, without making views every step.
+
+    Gradients of tensors updated network by network are copied into buffers whose per-network views
+    exist once (a copy is exact, and cheaper than a hundred new views per step).
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor]) -> None:
+        self._buffers: list[torch.Tensor | None] = []
+        self._views: list[torch.Tensor] = []
+        self._whole: list[tuple[int, int]] = []  # (position in views, index of the tensor)
+        for index, param in enumerate(params):
+            if param[0].numel() % _WHOLE_VECTORS == 0:
+                self._whole.append((len(self._views), index))
+                self._views.append(param)
+                self._buffers.append(None)
+            else:
+                buffer = torch.empty_like(param)
+                self._buffers.append(buffer)
+                self._views.extend(buffer.unbind(0))
+
+    def __call__(self, grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        for buffer, grad in zip(self._buffers, grads):
+            if buffer is not None:
+                buffer.copy_(grad)
+        for position, index in self._whole:
+            self._views[position] = grads[index]
+        return self._views
+
+
 def _rows_finite(params: Sequence[torch.Tensor]) -> torch.Tensor:
-    finite = torch.isfinite(params[0]).flatten(1).all(1)
+    """True per row whose parameters are all finite (0 * x sums to 0 unless some x is infinite or NaN)."""
+    poison = params[0].flatten(1).mul(0).sum(1)
     for p in params[1:]:
-        finite &= torch.isfinite(p).flatten(1).all(1)
-    return finite
+        poison += p.flatten(1).mul(0).sum(1)
+    return torch.isfinite(poison)
 
 
 def train_adam_batch(
@@ -164,9 +214,16 @@ def train_adam_batch(
     params = list(network.parameters())
     first = [torch.zeros_like(p) for p in params]
     second = [torch.zeros_like(p) for p in params]
-    counts = [torch.zeros((), dtype=torch.float32) for _ in params]
     rows, n = x.shape[0], x.shape[1]
-    finite = torch.ones(rows, dtype=torch.bool)
+    # The fused update runs on each network's own slice of every tensor (views): it then walks each
+    # network's numbers in exactly the vector lanes and scalar tail it walks for a single network,
+    # so the bits match train_adam's (vector and scalar code round differently, and Adam turns a
+    # rounding difference in a near-zero gradient into a full step).
+    param_rows, first_rows, second_rows = (_row_views(tensors) for tensors in (params, first, second))
+    count = torch.zeros((), dtype=torch.float32)  # every tensor's step count: one tensor, stepped once per step
+    counts = [count] * len(param_rows)
+    grad_rows = _RowGradients(params)
+    poison = torch.zeros(rows)  # stays 0 while every loss is finite (0 * inf and 0 * NaN are NaN)
     if batch_size < n and (generators is None or len(generators) != rows):
         raise ValueError("minibatches need one generator per network")
     row_index = torch.arange(rows).unsqueeze(1)
@@ -177,28 +234,33 @@ def train_adam_batch(
         else:
             xb, yb = x, y
         losses, grads = value_and_grad_batch(network, params, xb, yb, losses_fn)
-        finite &= torch.isfinite(losses)
         with torch.no_grad():
-            torch._foreach_add_(counts, 1)
+            poison.add_(losses * 0)
+            count.add_(1)
             torch._fused_adam_(
-                params, list(grads), first, second, [], counts,
+                param_rows, grad_rows(grads), first_rows, second_rows, [], counts,
                 lr=lr, beta1=betas[0], beta2=betas[1], weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
             )
-    return finite & _rows_finite(params)
+    return torch.isfinite(poison) & _rows_finite(params)
 
 
 def finetune_sgd_batch(
     network: Any, x: torch.Tensor, y: torch.Tensor, losses_fn: BatchedLossFn, *, steps: int, lr: float
 ) -> torch.Tensor:
-    """:func:`finetune_sgd` for every row of ``x``/``y`` (one K for all rows); True per network that stayed finite."""
+    """:func:`finetune_sgd` for every row of ``x``/``y``; True per network that stayed finite.
+
+    ``losses_fn`` may take each row's loss on part of its points (K differs between episodes: see
+    ``reml_core.batched``). Unlike Adam, plain SGD moves a parameter in proportion to its gradient,
+    so rounding differences stay rounding-sized and need no network-by-network update.
+    """
     params = list(network.parameters())
-    finite = torch.ones(x.shape[0], dtype=torch.bool)
+    poison = torch.zeros(x.shape[0])
     for _ in range(steps):
         losses, grads = value_and_grad_batch(network, params, x, y, losses_fn)
-        finite &= torch.isfinite(losses)
         with torch.no_grad():
+            poison.add_(losses * 0)
             torch._foreach_add_(params, grads, alpha=-lr)
-    return finite & _rows_finite(params)
+    return torch.isfinite(poison) & _rows_finite(params)
 
 
 @torch.no_grad()

@@ -3,7 +3,9 @@
 The reference is the per-network path: each network built from the pool, fine-tuned, trained and
 evaluated by the single-network functions of ``reml_core.inner_loop`` one after another, then
 written back in order. The batched path stacks the networks (``DenseLayerPool.build_batch``) and
-must agree within 1e-5, including when one network faults.
+must agree within 1e-5 (absolute), including when one network faults. (Here the Adam training and
+the write-back agree bit for bit, see ``plugins/dense/pool.py``; only the SGD fine-tuning, whose
+padded sums round differently, differs, by about 1e-6.)
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def _assert_same_outcomes(batched, reference):
             if math.isnan(value):
                 assert math.isnan(ours.losses[name]), name
             else:
-                assert abs(ours.losses[name] - value) <= TOLERANCE * max(1.0, abs(value)), (name, ours.losses[name], value)
+                assert abs(ours.losses[name] - value) <= TOLERANCE, (name, ours.losses[name], value)
 
 
 def test_the_dense_pool_declares_the_capability_and_a_plain_pool_does_not():
@@ -102,16 +104,20 @@ def test_a_stacked_network_computes_each_row_as_the_single_network_does(activati
             torch.testing.assert_close(ours[row], auto, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("width", [16, 40])
+@pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("count", [1, 3, 16])
-def test_batched_ends_equal_running_the_networks_one_after_another(count):
-    reference_pool, batched_pool = _pool(), _pool()
-    ends = _random_ends(reference_pool, count, seed=count)
+def test_batched_ends_equal_running_the_networks_one_after_another(count, seed, width):
+    # Several seeds, since Adam amplifies a rounding difference only now and then; width 40 is the
+    # thesis' scale, width 16 also takes the per-network products for small matrices.
+    reference_pool, batched_pool = _pool(width=width), _pool(width=width)
+    ends = _random_ends(reference_pool, count, seed=100 * count + seed)
     reference = _end(reference_pool, ends, batched=False)
     batched = _end(batched_pool, ends, batched=True, min_batch=1)  # min_batch=1: even a lone network is stacked
     _assert_same_outcomes(batched, reference)
     assert not any(outcome.fault for outcome in reference)
     assert _max_pool_difference(batched_pool, reference_pool) <= TOLERANCE
-    assert _max_pool_difference(batched_pool, _pool()) > 1e-3  # and the write-back did move the pool
+    assert _max_pool_difference(batched_pool, _pool(width=width)) > 1e-3  # and the write-back did move the pool
 
 
 def test_batched_ends_draw_the_same_minibatches():
@@ -222,3 +228,12 @@ def test_a_batch_needs_one_role_per_slot():
     with pytest.raises(ValueError, match="one depth"):
         pool.build_batch([[0, 3, 10], [0, 3, 4, 10]])
     assert pool.roles[0] == Role.INPUT
+
+
+def test_large_groups_are_stacked_in_chunks_in_order():
+    reference_pool, chunked_pool = _pool(), _pool()
+    ends = _random_ends(reference_pool, 11, seed=9)
+    reference = _end(reference_pool, ends, batched=False)
+    chunked = end_episodes(chunked_pool, ends, loss_fn=_mse, config=EnvConfig(), required=ALL_LOSSES, write_back_rate=0.3, max_batch=4)
+    _assert_same_outcomes(chunked, reference)
+    assert _max_pool_difference(chunked_pool, reference_pool) <= TOLERANCE

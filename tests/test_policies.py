@@ -99,3 +99,35 @@ def test_rollouts_are_deterministic_and_build_valid_networks(installed_registry,
         assert roles == ["input"] + ["hidden"] * (len(indices) - 2) + ["output"] and len(set(indices)) == len(indices)
     with pytest.raises(ValueError, match="evaluate-mode"):
         ReMLMethod(backend, components.make_env(mode="train"))
+
+
+def test_the_lstm_update_runs_whole_sequences_with_the_same_result_as_step_by_step():
+    # Sequences as sb3-contrib's rollout buffer cuts them: an episode start only at a sequence's
+    # first step (some sequences continue an episode from the previous rollout), zero padding after.
+    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+
+    from reml_plugins.ppo.backends import SequenceLstmPolicy
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(6, 8)
+    n_seq, length = 5, 7
+    features = torch.randn(n_seq * length, 6)
+    starts = torch.zeros(n_seq, length)
+    starts[[0, 1, 3], 0] = 1.0
+    states = (torch.randn(1, n_seq, 8), torch.randn(1, n_seq, 8))
+    ours, (h, c) = SequenceLstmPolicy._process_sequence(features, states, starts.flatten(), lstm)
+    theirs, (h_ref, c_ref) = RecurrentActorCriticPolicy._process_sequence(features, states, starts.flatten(), lstm)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c, c_ref, rtol=1e-5, atol=1e-6)
+    ours.sum().backward()
+    our_grads = [parameter.grad.clone() for parameter in lstm.parameters()]
+    lstm.zero_grad()
+    theirs.sum().backward()
+    for ours_grad, parameter in zip(our_grads, lstm.parameters()):
+        torch.testing.assert_close(ours_grad, parameter.grad, rtol=1e-4, atol=1e-6)
+    # A start in the middle of a sequence (not how the buffer cuts them) takes sb3-contrib's loop.
+    starts[2, 3] = 1.0
+    mixed, _ = SequenceLstmPolicy._process_sequence(features, states, starts.flatten(), lstm)
+    reference, _ = RecurrentActorCriticPolicy._process_sequence(features, states, starts.flatten(), lstm)
+    assert torch.equal(mixed, reference)

@@ -119,23 +119,63 @@ class ComposedNetwork(nn.Module):
         return loss.detach(), [*grad_w, *grad_b]
 
 
-def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``x @ weight^T + bias`` per network (x ``[B, n, in]``, weight ``[B, out, in]``, bias ``[B, out]``).
+# Row for row, the stacked computation must give the very bits the single network gives: Adam turns a
+# rounding difference in a near-zero gradient into a full step, so networks that start equal to
+# 1e-8 part after a few steps. Batched products call the same BLAS kernels as single ones, except
+# that ATen multiplies small matrices (rows x columns x contraction < 400) with a loop of its own
+# that sums in another order; such products, and only those, are computed network by network here.
+_ATEN_SMALL_MATMUL = 400
 
-    A one-feature input (sine's x) is a broadcast multiply-add: a batched matmul with an inner
-    dimension of 1 costs five times more.
+
+def _is_small(rows: int, columns: int, contraction: int) -> bool:
+    return rows * columns * contraction < _ATEN_SMALL_MATMUL
+
+
+def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x @ weight^T + bias`` per network (x ``[B, n, in]``, weight ``[B, out, in]``, bias ``[B, out]``),
+    bit for bit what ``torch.addmm(bias, x, weight.t())`` gives each network.
+
+    One input feature (sine's x): a multiply and an add, as addmm computes it, and five times
+    cheaper than a batched product with an inner dimension of 1. One output feature: addmm's
+    matrix-vector product, which the batched product with the row vector first reproduces.
     """
-    if weight.shape[2] == 1:
-        return torch.addcmul(bias.unsqueeze(1), x, weight.transpose(1, 2))
+    n, fan_out, fan_in = x.shape[1], weight.shape[1], weight.shape[2]
+    if fan_in == 1:
+        return x * weight.transpose(1, 2) + bias.unsqueeze(1)
+    if _is_small(n, fan_out, fan_in):
+        return torch.stack([torch.addmm(b, h, w.t()) for h, w, b in zip(x, weight, bias)])
+    if fan_out == 1:
+        return torch.baddbmm(bias.unsqueeze(2), weight, x.transpose(1, 2)).transpose(1, 2)
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def _weight_grad(delta: torch.Tensor, layer_input: torch.Tensor) -> torch.Tensor:
+    """``delta^T @ layer_input`` per network: ``[B, out, in]``, as ``delta.t() @ layer_input`` gives each."""
+    n, fan_out, fan_in = delta.shape[1], delta.shape[2], layer_input.shape[2]
+    if fan_in == 1:
+        return torch.bmm(layer_input.transpose(1, 2), delta).transpose(1, 2)
+    if fan_out != 1 and _is_small(fan_out, fan_in, n):
+        return torch.stack([d.t() @ h for d, h in zip(delta, layer_input)])
+    return torch.bmm(delta.transpose(1, 2), layer_input)
+
+
+def _input_grad(delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``delta @ weight`` per network: the gradient reaching a layer's input, as ``delta @ weight`` gives each."""
+    n, fan_out, fan_in = delta.shape[1], weight.shape[1], weight.shape[2]
+    if fan_out == 1:
+        return delta * weight
+    if _is_small(n, fan_in, fan_out):
+        return torch.stack([d @ w for d, w in zip(delta, weight)])
+    return torch.bmm(delta, weight)
 
 
 class BatchedComposedNetwork:
     """``B`` composed networks of one depth, parameters stacked: ``weights[i]`` is ``[B, out, in]``.
 
     See :class:`reml_core.interfaces.BatchedNetwork`. Row ``b`` computes exactly what
-    :class:`ComposedNetwork` computes for network ``b``, as batched matrix products, so ``B``
-    networks cost little more than one when each is as small as REML's.
+    :class:`ComposedNetwork` computes for network ``b`` (the same bits; see ``_affine``), as
+    batched matrix products, so ``B`` networks cost far less than ``B`` single ones when each is
+    as small as REML's: per-operation overhead, not arithmetic, dominates those.
     """
 
     def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], activation: str) -> None:
@@ -170,9 +210,10 @@ class BatchedComposedNetwork:
         y: torch.Tensor,
         losses_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The ``[B]`` losses and every parameter's gradient, backpropagation written out as in
-        :meth:`ComposedNetwork.value_and_grad`, with batched matrix products (tests check it
-        against autograd). Autograd only differentiates ``losses_fn`` with respect to the predictions."""
+        """The ``[B]`` losses and every parameter's gradient: :meth:`ComposedNetwork.value_and_grad`'s
+        backpropagation with batched products, row for row the same bits (tests check it against
+        the single network and autograd). Autograd only differentiates ``losses_fn`` with respect
+        to the predictions."""
         depth = len(params) // 2
         weights, biases = params[:depth], params[depth:]
         last = depth - 1
@@ -189,19 +230,15 @@ class BatchedComposedNetwork:
         prediction = h.requires_grad_(True)
         with torch.enable_grad():
             losses = losses_fn(prediction, y)
-            (delta,) = torch.autograd.grad(losses.sum(), prediction)
+            (delta,) = torch.autograd.grad(losses, prediction, grad_outputs=torch.ones_like(losses))
         with torch.no_grad():
             grad_w: list[torch.Tensor] = [delta] * depth
             grad_b: list[torch.Tensor] = [delta] * depth
             for i in range(last, -1, -1):
-                layer_input = inputs[i]
-                if layer_input.shape[2] == 1:  # a one-feature input: an outer product, cheaper without a matmul
-                    grad_w[i] = (delta * layer_input).sum(1).unsqueeze(2)
-                else:
-                    grad_w[i] = torch.bmm(delta.transpose(1, 2), layer_input)
+                grad_w[i] = _weight_grad(delta, inputs[i])
                 grad_b[i] = delta.sum(1)
                 if i > 0:
-                    delta = delta * weights[i] if delta.shape[2] == 1 else torch.bmm(delta, weights[i])
+                    delta = _input_grad(delta, weights[i])
                     activated = outputs[i - 1]
                     # ReLU's backward as one kernel (what autograd runs): delta where the unit was active, else 0.
                     delta = torch.ops.aten.threshold_backward(delta, activated, 0) if relu else delta * (1 - activated * activated)
@@ -325,41 +362,23 @@ class DenseLayerPool:
     def write_back_batch(
         self, indices: Sequence[Sequence[int]], network: BatchedComposedNetwork, rate: float, keep: Sequence[bool]
     ) -> None:
-        """``write_back(indices[b], network b, rate)`` for every kept ``b``, in order, as a few stacked updates.
+        """``write_back(indices[b], network b, rate)`` for every kept ``b``, in order: a pool layer that
+        several networks chose moves towards each of them in turn, as sequential write-backs move it.
 
-        A pool layer that several networks chose moves towards each of them in turn (lerp after
-        lerp, in network order), as sequential write-backs would move it: the updates are grouped
-        into rounds that each touch a layer at most once, the k-th round holding every layer's
-        k-th update.
+        Layer by layer, exactly as :meth:`write_back` (a few hundred small in-place updates per
+        batch, cheap beside training, and the same bits: a stacked update would round some
+        numbers in other vector lanes).
         """
         if len(keep) != len(indices) or len(network) != len(indices):
             raise ValueError("write_back_batch needs one keep flag and one network row per index list")
         slots = self._slot_rows(indices)
-        kept = [b for b, flag in enumerate(keep) if flag]
-        if not kept:
-            return
-        for role in self._shapes:
-            role_slots = [slot for slot, (slot_role, _) in enumerate(slots) if slot_role == role]
-            if not role_slots:
+        for row, flag in enumerate(keep):
+            if not flag:
                 continue
-            # Updates of this role in sequential order (network, then slot): (local layer, source row).
-            updates = [(int(slots[slot][1][b]), position * len(indices) + b) for b in kept for position, slot in enumerate(role_slots)]
-            source_w = torch.cat([network.weights[slot] for slot in role_slots])
-            source_b = torch.cat([network.biases[slot] for slot in role_slots])
-            rounds: list[list[tuple[int, int]]] = []
-            seen: dict[int, int] = {}
-            for local, row in updates:
-                k = seen.get(local, 0)
-                seen[local] = k + 1
-                if k == len(rounds):
-                    rounds.append([])
-                rounds[k].append((local, row))
-            for updates_in_round in rounds:
-                locals_ = torch.tensor([local for local, _ in updates_in_round])
-                rows = torch.tensor([row for _, row in updates_in_round])
-                weights, biases = self.weights[role], self.biases[role]
-                weights.index_copy_(0, locals_, torch.lerp(weights.index_select(0, locals_), source_w.index_select(0, rows), rate))
-                biases.index_copy_(0, locals_, torch.lerp(biases.index_select(0, locals_), source_b.index_select(0, rows), rate))
+            for slot, (role, locals_) in enumerate(slots):
+                local = int(locals_[row])
+                self.weights[role][local].lerp_(network.weights[slot][row], rate)
+                self.biases[role][local].lerp_(network.biases[slot][row], rate)
 
     # -- persistence -------------------------------------------------------------------------
 

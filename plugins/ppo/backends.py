@@ -26,6 +26,7 @@ from reml_plugins.ppo.extractors import point_set_kwargs
 import_gym_quietly()
 
 from sb3_contrib import MaskablePPO, RecurrentPPO  # noqa: E402
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy  # noqa: E402
 from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.base_class import BaseAlgorithm  # noqa: E402
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
@@ -44,9 +45,34 @@ class _StepCallback(BaseCallback):
         return bool(self._callback(self.num_timesteps))
 
 
-ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], str]] = {
+class SequenceLstmPolicy(RecurrentActorCriticPolicy):
+    """sb3-contrib's LSTM policy, whose gradient update runs each sequence through the LSTM in one call.
+
+    sb3-contrib steps the LSTM one time step at a time whenever a minibatch holds an episode start,
+    to reset the state there; but its rollout buffer cuts sequences at episode starts, so a start
+    can only be a sequence's first step. Resetting the initial state then running the whole padded
+    sequence is the same computation (within rounding) in one LSTM call instead of one per time
+    step: with REML's 5-step episodes every minibatch holds starts, and the per-step loop was most
+    of the update's cost. Any other pattern of starts takes sb3-contrib's loop.
+    """
+
+    @staticmethod
+    def _process_sequence(
+        features: torch.Tensor, lstm_states: tuple[torch.Tensor, torch.Tensor], episode_starts: torch.Tensor, lstm: torch.nn.LSTM
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        n_seq = lstm_states[0].shape[1]
+        starts = episode_starts.reshape((n_seq, -1)).swapaxes(0, 1)
+        if starts.shape[0] > 1 and not bool(torch.any(starts[1:] != 0.0)):
+            keep = (1.0 - starts[0]).view(1, n_seq, 1)
+            sequence = features.reshape((n_seq, -1, lstm.input_size)).swapaxes(0, 1)
+            output, states = lstm(sequence, (keep * lstm_states[0], keep * lstm_states[1]))
+            return torch.flatten(output.transpose(0, 1), start_dim=0, end_dim=1), states
+        return RecurrentActorCriticPolicy._process_sequence(features, lstm_states, episode_starts, lstm)
+
+
+ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], str | type]] = {
     "ppo-mlp": (PPO, "MlpPolicy"),
-    "ppo-lstm": (RecurrentPPO, "MlpLstmPolicy"),
+    "ppo-lstm": (RecurrentPPO, SequenceLstmPolicy),
     "ppo-mlp-masked": (MaskablePPO, "MlpPolicy"),
 }
 

@@ -1,0 +1,79 @@
+"""Meta-training throughput: PPO learning on the composition env, one env against the vector env.
+
+Times ``policy.learn`` (environment steps, policy forward passes and PPO updates: everything of
+meta-training but calibration, validation and checkpoints) on the ``default`` preset's sine setup,
+for ppo-mlp and ppo-lstm at ``n_envs`` 1 and at the default ``train.n_envs``. One rollout is run
+untimed first. The last line is ``train_steps_per_s=<ppo-mlp at the default n_envs>``.
+Usage: python benchmarks/train_throughput.py [--steps N] [--policies ppo-mlp,ppo-lstm] [--n-envs 1,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from reml_core.config import TrainConfig, deep_merge, parse_assignment, resolve_config
+from reml_core.experiment import build_components
+from reml_core.registry import PluginRegistry
+
+
+def measure(registry: PluginRegistry, user: dict, policy: str, n_envs: int, steps: int, log_dir: Path) -> tuple[float, int]:
+    """Env steps per second of ``learn`` for ``steps`` steps (after one untimed rollout), and the rollout size."""
+    user = deep_merge(user, {"policy": {"name": policy}, "train": {"n_envs": n_envs}})
+    config = resolve_config(registry, user)
+    torch.manual_seed(config.seed)
+    components = build_components(config)
+    env = components.make_train_env()
+    context = replace(components.context, env=env, log_dir=log_dir / f"{policy}-{n_envs}")
+    backend = config.policy.spec.factory(config.policy.config, context)
+    rollout = backend.model.n_steps * backend.model.n_envs
+    backend.learn(rollout)
+    start_steps = backend.num_timesteps
+    start = time.perf_counter()
+    backend.learn(steps)
+    elapsed = time.perf_counter() - start
+    return (backend.num_timesteps - start_steps) / elapsed, rollout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8192, help="env steps to time per variant (default 8192)")
+    parser.add_argument("--policies", default="ppo-mlp,ppo-lstm", help="comma-separated policy backends")
+    parser.add_argument("--n-envs", default=None, help="comma-separated env counts (default: 1 and train.n_envs)")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set env.depth=6")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    default_n = TrainConfig().n_envs
+    counts = [int(n) for n in args.n_envs.split(",")] if args.n_envs else sorted({1, default_n})
+    user: dict = {"plugin": "sine", "preset": "default", "train": {"progress": False}}
+    for assignment in args.assignments:
+        user = deep_merge(user, parse_assignment(assignment))
+    registry = PluginRegistry.discover()
+    config = resolve_config(registry, user)
+    env_config = config.core.env
+    print(f"torch {torch.__version__}, python {platform.python_version()}, 1 thread")
+    print(f"pool {config.pool.name} {build_components(config).pool.size} layers, depth {env_config.depth}, "
+          f"inner Adam {env_config.inner_steps} steps, reward {config.reward.name} at {config.reward.config.loss_at}, "
+          f"encoder {config.encoder.name}; {args.steps} timed env steps per variant")
+    results: dict[tuple[str, int], float] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for policy in args.policies.split(","):
+            for n_envs in counts:
+                rate, rollout = measure(registry, user, policy, n_envs, args.steps, Path(scratch))
+                results[(policy, n_envs)] = rate
+                speedup = f", {rate / results[(policy, counts[0])]:.1f}x n_envs={counts[0]}" if n_envs != counts[0] else ""
+                print(f"{policy} n_envs={n_envs} (rollout {rollout} steps): {rate:.1f} env steps/s{speedup}")
+    main_rate = results.get(("ppo-mlp", default_n), next(iter(results.values())))
+    print(f"train_steps_per_s={main_rate:.1f}")
+
+
+if __name__ == "__main__":
+    main()
