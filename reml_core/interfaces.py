@@ -220,6 +220,18 @@ class BatchedLayerPool(Protocol):
 
 
 @runtime_checkable
+class MaintainedLayerPool(Protocol):
+    """Optional capability of a layer pool: upkeep the trainer runs at every checkpoint.
+
+    ``maintain(probe)`` may repair the pool in place (e.g. revive dead units) and returns numbers
+    to log (logged as ``pool/<key>``); ``probe`` is task inputs spanning the domain. It runs after
+    the checkpoint's validation and before it is saved, so a resumed run sees the same pool.
+    """
+
+    def maintain(self, probe: torch.Tensor) -> dict[str, float]: ...
+
+
+@runtime_checkable
 class RewardFunction(Protocol):
     """Maps the losses of a finished network to a reward; penalises invalid actions.
 

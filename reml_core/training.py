@@ -25,7 +25,7 @@ from reml_core.config import RunConfig
 from reml_core.errors import CheckpointError
 from reml_core.evaluation import FewShotEvaluator
 from reml_core.experiment import Components
-from reml_core.interfaces import PolicyBackend
+from reml_core.interfaces import MaintainedLayerPool, PolicyBackend
 from reml_core.methods import ReMLMethod
 from reml_core.storage import (
     discard_partial_writes,
@@ -185,6 +185,9 @@ class MetaTrainer:
             record["validation/score"] = float(np.mean(scores))
         for key, value in self.components.pool.diagnostics(self.probe).items():
             record[f"pool/{key}"] = value
+        if isinstance(self.components.pool, MaintainedLayerPool):  # after measuring, so the log shows what it found
+            for key, value in self.components.pool.maintain(self.probe).items():
+                record[f"pool/{key}"] = value
         self.state.seconds["validation"] += time.perf_counter() - start
         return record
 

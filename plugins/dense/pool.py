@@ -41,6 +41,12 @@ class DensePoolConfig(BaseModel):
     bias_init: Literal["uniform", "zeros"] = Field(
         "uniform", description="uniform(+-1/sqrt(fan_in)) as torch.nn.Linear does, or zeros"
     )
+    revive_dead_units: bool = Field(
+        False,
+        description="at every checkpoint, lift the bias of each dead ReLU unit (never positive over the task domain) "
+        "just enough that it fires again on part of it; networks change little, and the unit can learn again",
+    )
+    revival_margin: float = Field(0.1, gt=0, le=10, description="pre-activation a revived unit reaches at its best probe point")
 
     @model_validator(mode="after")
     def _fits_in_memory(self) -> DensePoolConfig:
@@ -424,6 +430,31 @@ class DenseLayerPool:
         for role in self._shapes:
             stats[f"weight_norm_{role.value}"] = self.weights[role].flatten(1).norm(dim=1).mean().item()
         return stats
+
+
+    @torch.no_grad()
+    def maintain(self, probe: torch.Tensor) -> dict[str, float]:
+        """Revive dead units (``revive_dead_units``); return the fraction revived per role.
+
+        A unit is dead as :meth:`diagnostics` defines it. Its bias is raised so that its largest
+        pre-activation over ``probe`` becomes ``revival_margin``: it fires on a sliver of the domain
+        and gets gradients again, while every network it sits in changes only there. Input units
+        are revived first, so hidden units are judged on the revived representations.
+        """
+        if not self.config.revive_dead_units or self.config.activation != "relu":
+            return {}
+        margin = self.config.revival_margin
+        pre_input = torch.einsum("pi,lhi->lph", probe, self.weights[Role.INPUT]) + self.biases[Role.INPUT][:, None, :]
+        best_input = pre_input.max(dim=1).values  # [layers, units]
+        dead_input = best_input <= 0
+        self.biases[Role.INPUT] += torch.where(dead_input, margin - best_input, torch.zeros_like(best_input))
+        pre_input = torch.einsum("pi,lhi->lph", probe, self.weights[Role.INPUT]) + self.biases[Role.INPUT][:, None, :]
+        representations = pre_input.clamp_min(0).reshape(-1, self.config.width)
+        pre_hidden = torch.einsum("pi,lhi->lph", representations, self.weights[Role.HIDDEN]) + self.biases[Role.HIDDEN][:, None, :]
+        best_hidden = pre_hidden.max(dim=1).values
+        dead_hidden = best_hidden <= 0
+        self.biases[Role.HIDDEN] += torch.where(dead_hidden, margin - best_hidden, torch.zeros_like(best_hidden))
+        return {"revived_input_units": dead_input.float().mean().item(), "revived_hidden_units": dead_hidden.float().mean().item()}
 
 
 def build_dense_pool(config: DensePoolConfig, context: BuildContext) -> DenseLayerPool:
