@@ -2,8 +2,9 @@
 
 Times ``policy.learn`` (environment steps, policy forward passes and PPO updates: everything of
 meta-training but calibration, validation and checkpoints) on the ``default`` preset's sine setup,
-for ppo-mlp and ppo-lstm at ``n_envs`` 1 and at the default ``train.n_envs``. One rollout is run
-untimed first. The last line is ``train_steps_per_s=<ppo-mlp at the default n_envs>``.
+for ppo-mlp and ppo-lstm at ``n_envs`` 1 and at the default ``train.n_envs``, and splits the time
+into the environment, the PPO updates, and the rest (policy forward passes, SB3's bookkeeping).
+One rollout is run untimed first. The last line is ``train_steps_per_s=<ppo-mlp at the default n_envs>``.
 Usage: python benchmarks/train_throughput.py [--steps N] [--policies ppo-mlp,ppo-lstm] [--n-envs 1,16]
 """
 
@@ -23,8 +24,10 @@ from reml_core.experiment import build_components
 from reml_core.registry import PluginRegistry
 
 
-def measure(registry: PluginRegistry, user: dict, policy: str, n_envs: int, steps: int, log_dir: Path) -> tuple[float, int]:
-    """Env steps per second of ``learn`` for ``steps`` steps (after one untimed rollout), and the rollout size."""
+def measure(registry: PluginRegistry, user: dict, policy: str, n_envs: int, steps: int, log_dir: Path) -> tuple[float, int, dict[str, float]]:
+    """Env steps per second of ``learn`` for ``steps`` steps (after one untimed rollout), the rollout size,
+    and the share of the time spent in the environment, in PPO updates, and in the rest (policy
+    forward passes while collecting, SB3's buffers and callbacks)."""
     user = deep_merge(user, {"policy": {"name": policy}, "train": {"n_envs": n_envs}})
     config = resolve_config(registry, user)
     torch.manual_seed(config.seed)
@@ -32,13 +35,31 @@ def measure(registry: PluginRegistry, user: dict, policy: str, n_envs: int, step
     env = components.make_train_env()
     context = replace(components.context, env=env, log_dir=log_dir / f"{policy}-{n_envs}")
     backend = config.policy.spec.factory(config.policy.config, context)
-    rollout = backend.model.n_steps * backend.model.n_envs
+    model = backend.model
+    rollout = model.n_steps * model.n_envs
+    spent = {"env": 0.0, "update": 0.0}
+    vector = model.get_env()
+    timed = {"env": (vector, "step_wait"), "update": (model, "train")}
+    for key, (owner, name) in timed.items():
+        original = getattr(owner, name)
+
+        def wrapper(*args, _original=original, _key=key, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                spent[_key] += time.perf_counter() - start
+
+        setattr(owner, name, wrapper)
     backend.learn(rollout)
+    spent.update(env=0.0, update=0.0)
     start_steps = backend.num_timesteps
     start = time.perf_counter()
     backend.learn(steps)
     elapsed = time.perf_counter() - start
-    return (backend.num_timesteps - start_steps) / elapsed, rollout
+    shares = {"env": spent["env"] / elapsed, "update": spent["update"] / elapsed}
+    shares["policy and SB3"] = 1.0 - shares["env"] - shares["update"]
+    return (backend.num_timesteps - start_steps) / elapsed, rollout, shares
 
 
 def main() -> None:
@@ -67,10 +88,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for policy in args.policies.split(","):
             for n_envs in counts:
-                rate, rollout = measure(registry, user, policy, n_envs, args.steps, Path(scratch))
+                rate, rollout, shares = measure(registry, user, policy, n_envs, args.steps, Path(scratch))
                 results[(policy, n_envs)] = rate
                 speedup = f", {rate / results[(policy, counts[0])]:.1f}x n_envs={counts[0]}" if n_envs != counts[0] else ""
-                print(f"{policy} n_envs={n_envs} (rollout {rollout} steps): {rate:.1f} env steps/s{speedup}")
+                split = ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
+                print(f"{policy} n_envs={n_envs} (rollout {rollout} steps): {rate:.1f} env steps/s{speedup}; time: {split}")
     main_rate = results.get(("ppo-mlp", default_n), next(iter(results.values())))
     print(f"train_steps_per_s={main_rate:.1f}")
 

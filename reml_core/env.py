@@ -253,19 +253,24 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         return network_order(self._chosen)
 
     def _observation(self) -> np.ndarray:
-        chosen = np.zeros(self.depth, dtype=np.float32)
-        chosen[: len(self._chosen)] = (np.asarray(self._chosen, dtype=np.float32) + 1.0) / self.pool.size
-        membership = np.zeros(self.pool.size, dtype=np.float32)
-        membership[self._chosen] = 1.0
-        slot = np.zeros(self.depth, dtype=np.float32)
-        if len(self._chosen) < self.depth:
-            slot[len(self._chosen)] = 1.0
-        network = np.array(
-            [*self._network_features, float(len(self._chosen) >= 2), self.shots / self.task_sampler.max_shots],
-            dtype=np.float32,
+        # Filled in place, section by section (see the class docstring for the layout): the vector
+        # env builds one per env per step, so this is on the hot path.
+        count = len(self._chosen)
+        observation = np.zeros(self.observation_space.shape[0], dtype=np.float32)
+        start = self.encoder.observation_size
+        observation[:start] = self._task_features
+        if count:
+            chosen = np.asarray(self._chosen)
+            observation[start : start + count] = (chosen.astype(np.float32) + 1.0) / self.pool.size
+            observation[start + self.depth + chosen] = 1.0  # pool membership
+        network = start + self.depth + self.pool.size
+        observation[network : network + 4] = (
+            *self._network_features, float(count >= 2), self.shots / self.task_sampler.max_shots,
         )
-        observation = np.concatenate([self._task_features, chosen, membership, network, slot])
-        return np.clip(np.nan_to_num(observation, nan=OBSERVATION_BOUND), -OBSERVATION_BOUND, OBSERVATION_BOUND)
+        if count < self.depth:
+            observation[network + 4 + count] = 1.0  # the slot being filled
+        np.nan_to_num(observation, copy=False, nan=OBSERVATION_BOUND)
+        return np.clip(observation, -OBSERVATION_BOUND, OBSERVATION_BOUND, out=observation)
 
     def _info(self, *, valid: bool) -> dict[str, Any]:
         return {

@@ -237,3 +237,47 @@ def test_large_groups_are_stacked_in_chunks_in_order():
     chunked = end_episodes(chunked_pool, ends, loss_fn=_mse, config=EnvConfig(), required=ALL_LOSSES, write_back_rate=0.3, max_batch=4)
     _assert_same_outcomes(chunked, reference)
     assert _max_pool_difference(chunked_pool, reference_pool) <= TOLERANCE
+
+
+class _PlainPoolPlugin:
+    """A third party's plugin shipping the plain pool above."""
+
+    @staticmethod
+    def reml_layer_pools():
+        from reml_core.specs import LayerPoolSpec
+
+        yield LayerPoolSpec(
+            name="plain-dense",
+            factory=lambda config, context: _PlainPool(DenseLayerPool(config, context)),
+            config_model=DensePoolConfig,
+            description="The dense pool without the batching capability.",
+        )
+
+
+def test_a_vector_env_meta_trains_to_the_end_on_a_pool_without_the_capability(installed_registry, tmp_path):
+    from reml_core import hookimpl
+    from reml_core.config import resolve_config
+    from reml_core.experiment import build_components
+    from reml_core.training import MetaTrainer
+    from reml_core.vec_env import CompositionVecEnv
+
+    plugin = _PlainPoolPlugin()
+    plugin.reml_layer_pools = hookimpl(_PlainPoolPlugin.reml_layer_pools)
+    installed_registry.register(plugin, name="plain-pool", distribution="plain-pool-dist")
+    config = resolve_config(installed_registry, {
+        "plugin": "sine", "preset": "smoke", "pool": "plain-dense", "policy": "ppo-mlp-masked",
+        "train": {"n_envs": 4, "env_steps": 512, "checkpoint_every": 256, "validation_tasks": 3, "progress": False},
+    })
+    components = build_components(config)
+    pool = components.pool
+    assert isinstance(pool, _PlainPool) and not isinstance(pool, BatchedLayerPool)
+    before = {key: value.clone() for key, value in pool.state_dict().items()}
+    trainer = MetaTrainer(config, components, tmp_path)
+    assert isinstance(trainer.env, CompositionVecEnv) and trainer.env.num_envs == 4
+    trainer.calibrate()
+    trainer.train()
+    assert trainer.policy.num_timesteps >= 512
+    assert [record["timesteps"] for record in trainer.state.history][-1] >= 512
+    assert len(trainer.state.episodes) == 4 and min(trainer.state.episodes) >= 512 // 4 // 5
+    assert pool.built >= 2 * sum(trainer.state.episodes) - 8  # every finished episode built its networks one by one
+    assert max(float((pool.state_dict()[key] - value).abs().max()) for key, value in before.items()) > 1e-4

@@ -179,3 +179,26 @@ def test_ctrl_c_during_start_up_is_no_traceback(tmp_path, delay):
     assert process.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
     assert stderr.strip().splitlines()[-1].startswith("reml-run: interrupted")
+
+
+@pytest.mark.parametrize("n_envs", [1, 4])
+def test_sigkill_then_resume_finishes_a_run_of_one_env_or_a_vector_of_them(tmp_path, n_envs):
+    """The checkpoint holds each env's place in its task stream (one count per env; a plain int for one env)."""
+    out = tmp_path / "run"
+    process = _start(out, "--set", f"train.n_envs={n_envs}")
+    _wait_for_checkpoint(out, process, 500)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    latest = latest_checkpoint(out / "checkpoints")
+    verify_checkpoint(latest)
+    episodes = json.loads((latest / "trainer.json").read_text())["episodes"]
+    if n_envs == 1:
+        assert isinstance(episodes, int) and episodes > 0
+    else:
+        assert isinstance(episodes, list) and len(episodes) == n_envs and min(episodes) > 0
+    result = _resume(out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_complete(out, resumes=1)
+    final = json.loads((out / "checkpoints" / "final" / "trainer.json").read_text())["episodes"]
+    assert (final > episodes) if n_envs == 1 else all(after > before for after, before in zip(final, episodes))
