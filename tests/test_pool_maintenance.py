@@ -42,8 +42,8 @@ def test_dead_units_are_revived_just_enough_and_live_ones_are_untouched():
     assert pool.maintain(PROBE) == {"revived_input_units": 0.0, "revived_hidden_units": 0.0}  # nothing left to do
 
 
-def test_revival_is_off_unless_asked_for():
-    pool = _pool()
+def test_revival_can_be_switched_off():
+    pool = _pool(revive_dead_units=False)
     before = pool.state_dict()
     assert pool.maintain(PROBE) == {}
     assert all(torch.equal(value, pool.state_dict()[key]) for key, value in before.items())

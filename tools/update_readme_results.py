@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from reml_core.plots import plot_few_shot
-from reml_core.results import METHOD_LABELS, few_shot_tables
+from reml_core.results import few_shot_tables, labelled, method_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -19,27 +19,30 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 def section(run: Path) -> str:
     results = json.loads((run / "results.json").read_text())
-    labels = {key: f"REML ({info['name']})" for key, info in results.get("encoders", {}).items()}
-    tables = few_shot_tables({labels.get(k, METHOD_LABELS.get(k, k)): t for k, t in results["methods"].items()})
+    labels = method_labels(results)
+    tables = few_shot_tables(labelled(results, results["methods"]))
     encoders = []
     for _key, info in results.get("encoders", {}).items():
-        kind = "privileged: the true amplitude and phase" if info["privileged"] else "only the K support points, like MAML"
+        kind = "privileged: the task's true amplitude and phase" if info["privileged"] else "only the K support points, like MAML"
         encoders.append(f"`{info['name']}` ({kind})")
-    budgets = "; ".join(f"{labels.get(k, METHOD_LABELS.get(k, k))}: {v}" for k, v in results.get("budgets", {}).items())
+    budgets = "; ".join(f"{labels.get(k, k)}: {v}" for k, v in results.get("budgets", {}).items())
     timing = results["timing_s"]
-    training = ", ".join(f"{labels.get(k.removeprefix('training_'), METHOD_LABELS.get(k.removeprefix('training_'), k))} "
-                         f"{v / 60:.1f} min" for k, v in timing.items() if k.startswith("training_"))
+    training = ", ".join(f"{labels.get(k.removeprefix('training_'), k)} {v / 60:.1f} min" for k, v in timing.items() if k.startswith("training_"))
+    seeds = results.get("seed_list", [results["seed"]])
+    spread = (f" Each cell is the mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
+              "\"seeds ±\" is the standard deviation between the seeds' means, the band in the figure."
+              if len(seeds) > 1 else "")
     return "\n".join([
         START,
         f"Generated from `{results['command']}` (preset `{results.get('preset')}`, seed(s) "
         f"{', '.join(map(str, results.get('seed_list', [results['seed']])))}, {results['test_tasks']} held-out test tasks) "
         f"by `python tools/update_readme_results.py {run}`. REML state encoders: {', '.join(encoders)}. "
-        f"Query MSE after fine-tuning with plain SGD (lr 0.01) on K support points; mean ± 95% CI over tasks; best per column in bold.",
+        f"Query MSE after fine-tuning with plain SGD (lr 0.01) on K support points; mean ± 95% CI over tasks; best per column in bold.{spread}",
         "",
         tables,
         "![query MSE against fine-tuning steps](docs/images/few_shot.png)",
         "",
-        f"Budgets: {budgets}. Training time: {training}; whole benchmark {timing['total_this_invocation'] / 60:.0f} min on a 2-core CPU.",
+        f"Budgets: {budgets}. Training time (all seeds): {training}; whole benchmark {timing['total_this_invocation'] / 60:.0f} min on a 2-core CPU.",
         END,
     ])
 
@@ -56,7 +59,7 @@ def main() -> None:
     _, after = rest.split(END, 1)
     readme.write_text(before + section(run) + after)
     results = json.loads((run / "results.json").read_text())
-    labels = {key: f"REML ({info['name']})" for key, info in results.get("encoders", {}).items()}
+    labels = method_labels(results)
     plot_few_shot(results["methods"], ROOT / "docs" / "images" / "few_shot.png",
                   f"{results['plugin']}: query MSE after SGD fine-tuning ({results['test_tasks']} test tasks)", labels)
     print(f"README.md results section and docs/images/few_shot.png updated from {run}")

@@ -42,7 +42,7 @@ class DensePoolConfig(BaseModel):
         "uniform", description="uniform(+-1/sqrt(fan_in)) as torch.nn.Linear does, or zeros"
     )
     revive_dead_units: bool = Field(
-        False,
+        True,
         description="at every checkpoint, lift the bias of each dead ReLU unit (never positive over the task domain) "
         "just enough that it fires again on part of it; networks change little, and the unit can learn again",
     )

@@ -13,12 +13,14 @@ EXPERIMENT_PRESETS = {
         "train": {"env_steps": 2_000, "checkpoint_every": 1_000, "validation_tasks": 10, "calibration_episodes": 20},
         "eval": {"test_tasks": 50, "curve_steps": 100, "curve_tasks": 20},
     },
+    # default: what fits in about 6 minutes of meta-training on 2 CPU cores with the vector env
+    # (100 000 steps took as long before it); full: about an hour (docs/performance.md).
     "default": {
-        "train": {"env_steps": 100_000, "checkpoint_every": 10_000, "validation_tasks": 100, "calibration_episodes": 200},
+        "train": {"env_steps": 400_000, "checkpoint_every": 40_000, "validation_tasks": 100, "calibration_episodes": 200},
         "eval": {"test_tasks": 600, "curve_steps": 100, "curve_tasks": 100},
     },
     "full": {
-        "train": {"env_steps": 1_000_000, "checkpoint_every": 50_000, "validation_tasks": 200, "calibration_episodes": 500},
+        "train": {"env_steps": 4_000_000, "checkpoint_every": 200_000, "validation_tasks": 200, "calibration_episodes": 500},
         "eval": {"test_tasks": 600, "curve_steps": 100, "curve_tasks": 600},
     },
 }
