@@ -43,25 +43,31 @@ def time_single(components, steps: int, warmup: int) -> tuple[float, int]:
     return time.perf_counter() - start, episodes
 
 
-def time_vector(components, n_envs: int, steps: int, warmup: int, *, batched: bool) -> tuple[float, int]:
-    """Seconds and episodes for about ``steps`` steps (whole vector steps) of ``n_envs`` environments."""
+def time_vector(components, n_envs: int, steps: int, warmup: int, *, batched: bool) -> tuple[float, int, int]:
+    """Seconds, episodes and env steps for about ``steps`` steps of ``n_envs`` environments.
+
+    With valid actions only, every episode lasts ``depth`` steps and all envs finish together, so
+    whole rounds of ``depth`` vector steps are timed (each round ends ``n_envs`` episodes at once).
+    """
     env = components.make_vec_env(n_envs, batched=batched)
+    depth = components.config.core.env.depth
     rng = np.random.default_rng(0)
     env.seed(0)
     env.reset()
 
-    def run(count: int) -> int:
-        episodes = 0
-        for _ in range(max(count // n_envs, 1)):
+    def run(count: int) -> tuple[int, int]:
+        episodes = vector_steps = 0
+        for _ in range(max(round(count / (n_envs * depth)), 1) * depth):
             masks = env.env_method("action_masks")
             _, _, dones, _ = env.step(np.array([rng.choice(np.flatnonzero(mask)) for mask in masks]))
             episodes += int(dones.sum())
-        return episodes
+            vector_steps += 1
+        return episodes, vector_steps * n_envs
 
     run(warmup)
     start = time.perf_counter()
-    episodes = run(steps)
-    return time.perf_counter() - start, episodes
+    episodes, steps_done = run(steps)
+    return time.perf_counter() - start, episodes, steps_done
 
 
 def main() -> None:
@@ -97,8 +103,7 @@ def main() -> None:
             elapsed, episodes = time_single(components, args.steps, args.warmup)
             steps = args.steps
         else:
-            elapsed, episodes = time_vector(components, count, args.steps, args.warmup, batched=batched)
-            steps = max(args.steps // count, 1) * count
+            elapsed, episodes, steps = time_vector(components, count, args.steps, args.warmup, batched=batched)
         rate = steps / elapsed
         print(f"{label}: {steps} steps, {episodes} episodes in {elapsed:.2f} s: {rate:.1f} env steps/s, "
               f"{episodes / elapsed:.1f} episodes/s")

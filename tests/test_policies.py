@@ -131,3 +131,32 @@ def test_the_lstm_update_runs_whole_sequences_with_the_same_result_as_step_by_st
     mixed, _ = SequenceLstmPolicy._process_sequence(features, states, starts.flatten(), lstm)
     reference, _ = RecurrentActorCriticPolicy._process_sequence(features, states, starts.flatten(), lstm)
     assert torch.equal(mixed, reference)
+
+
+def test_the_lstm_minibatches_are_padded_as_sb3_contrib_pads_them():
+    from gymnasium import spaces
+    from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
+    from sb3_contrib.common.recurrent.type_aliases import RNNStates
+
+    from reml_plugins.ppo.backends import GatherPaddedRolloutBuffer
+
+    rng = np.random.default_rng(0)
+    n_steps, n_envs, hidden = 12, 4, 3
+    buffer = RecurrentRolloutBuffer(n_steps, spaces.Box(-1, 1, (5,)), spaces.Discrete(7), (n_steps, 1, n_envs, hidden), "cpu", n_envs=n_envs)
+    for step in range(n_steps):
+        starts = rng.random(n_envs) < 0.3  # episodes of assorted lengths in every env
+        states = RNNStates(*[(torch.randn(1, n_envs, hidden), torch.randn(1, n_envs, hidden)) for _ in range(2)])
+        buffer.add(rng.random((n_envs, 5)).astype(np.float32), rng.integers(7, size=(n_envs, 1)), rng.random(n_envs),
+                   starts.astype(np.float32), torch.randn(n_envs), torch.randn(n_envs), lstm_states=states)
+    buffer.compute_returns_and_advantage(torch.randn(n_envs), np.zeros(n_envs))
+    next(buffer.get(16))  # flattens the buffer as training does
+    env_change = buffer.swap_and_flatten(np.vstack([np.ones((1, n_envs)), np.zeros((n_steps - 1, n_envs))]))
+    for start in (0, 5, 29):
+        batch = np.concatenate([np.arange(n_steps * n_envs)[start:], np.arange(start)])[:20]
+        ours = GatherPaddedRolloutBuffer._get_samples(buffer, batch, env_change)
+        theirs = RecurrentRolloutBuffer._get_samples(buffer, batch, env_change)
+        for field in ("observations", "actions", "old_values", "old_log_prob", "advantages", "returns", "episode_starts", "mask"):
+            assert torch.equal(getattr(ours, field), getattr(theirs, field)), field
+        for ours_states, their_states in zip(ours.lstm_states, theirs.lstm_states):
+            assert all(torch.equal(a, b) for a, b in zip(ours_states, their_states))
+        assert int(theirs.mask.sum()) == 20 and len(theirs.mask) > 20  # there was padding to reproduce

@@ -26,7 +26,9 @@ from reml_plugins.ppo.extractors import point_set_kwargs
 import_gym_quietly()
 
 from sb3_contrib import MaskablePPO, RecurrentPPO  # noqa: E402
+from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer  # noqa: E402
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy  # noqa: E402
+from sb3_contrib.common.recurrent.type_aliases import RecurrentRolloutBufferSamples, RNNStates  # noqa: E402
 from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.base_class import BaseAlgorithm  # noqa: E402
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
@@ -70,9 +72,66 @@ class SequenceLstmPolicy(RecurrentActorCriticPolicy):
         return RecurrentActorCriticPolicy._process_sequence(features, lstm_states, episode_starts, lstm)
 
 
+class GatherPaddedRolloutBuffer(RecurrentRolloutBuffer):
+    """sb3-contrib's recurrent rollout buffer, its minibatches padded with one gather per field.
+
+    A minibatch is cut into sequences at episode starts and env changes, each padded with zeros
+    to the longest. sb3-contrib builds one tensor per sequence and field and pads them; with many
+    envs and 5-step episodes a 128-step minibatch holds dozens of sequences, and that was a
+    quarter of RecurrentPPO's update. Here every field is gathered in one indexing operation into
+    the same layout and values (tested against sb3-contrib's buffer).
+    """
+
+    def _get_samples(
+        self, batch_inds: np.ndarray, env_change: np.ndarray, env: Any = None
+    ) -> RecurrentRolloutBufferSamples:
+        opens = np.logical_or(self.episode_starts[batch_inds], env_change[batch_inds]).flatten()
+        opens[0] = True
+        firsts = np.flatnonzero(opens)
+        size = len(batch_inds)
+        lengths = np.diff(np.append(firsts, size))
+        longest = int(lengths.max())
+        offsets = np.arange(longest)
+        rows = np.minimum(firsts[:, None] + offsets[None, :], size - 1)  # (sequences, longest)
+        padding = offsets[None, :] >= lengths[:, None]
+        padded_size = len(firsts) * longest
+
+        def padded(values: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+            gathered = values[batch_inds][rows]  # a copy: (sequences, longest, ...)
+            gathered[padding] = 0
+            return torch.as_tensor(gathered.reshape(padded_size, *shape), device=self.device)
+
+        def states(values: np.ndarray) -> torch.Tensor:
+            return self.to_torch(values[batch_inds][firsts].swapaxes(0, 1)).contiguous()
+
+        return RecurrentRolloutBufferSamples(
+            observations=padded(self.observations, self.obs_shape),
+            actions=padded(self.actions, self.actions.shape[1:]),
+            old_values=padded(self.values, ()),
+            old_log_prob=padded(self.log_probs, ()),
+            advantages=padded(self.advantages, ()),
+            returns=padded(self.returns, ()),
+            lstm_states=RNNStates(
+                (states(self.hidden_states_pi), states(self.cell_states_pi)),
+                (states(self.hidden_states_vf), states(self.cell_states_vf)),
+            ),
+            episode_starts=padded(self.episode_starts, ()),
+            mask=padded(np.ones_like(self.returns), ()),
+        )
+
+
+class SequenceRecurrentPPO(RecurrentPPO):
+    """RecurrentPPO with :class:`GatherPaddedRolloutBuffer` (vector observations only)."""
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        if type(self.rollout_buffer) is RecurrentRolloutBuffer:
+            self.rollout_buffer.__class__ = GatherPaddedRolloutBuffer  # same state, faster minibatches
+
+
 ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], str | type]] = {
     "ppo-mlp": (PPO, "MlpPolicy"),
-    "ppo-lstm": (RecurrentPPO, SequenceLstmPolicy),
+    "ppo-lstm": (SequenceRecurrentPPO, SequenceLstmPolicy),
     "ppo-mlp-masked": (MaskablePPO, "MlpPolicy"),
 }
 
@@ -100,7 +159,7 @@ class SB3PolicyBackend:
             raise ValueError("a policy backend needs the environment in its BuildContext")
         self.name = name
         self.algorithm, policy = ALGORITHMS[name]
-        self.recurrent = self.algorithm is RecurrentPPO
+        self.recurrent = issubclass(self.algorithm, RecurrentPPO)
         self.masked = self.algorithm is MaskablePPO
         self.env = context.env
         self.log_dir = context.log_dir
