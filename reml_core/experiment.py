@@ -97,10 +97,14 @@ def check_policy_builds(components: Components) -> None:
     """Build the policy once on a throwaway training env, so a policy that cannot be built for these
     components (e.g. a set network without an encoder that declares a point set) is a config error
     before anything is written, not a traceback in the middle of a run."""
+    import warnings
+
     config = components.config
     env = components.make_train_env()
     try:
-        config.policy.spec.factory(config.policy.config, replace(components.context, env=env, log_dir=None))
+        with warnings.catch_warnings():  # the real build, in the run, shows a backend's warnings once
+            warnings.simplefilter("ignore")
+            config.policy.spec.factory(config.policy.config, replace(components.context, env=env, log_dir=None))
     except ValueError as error:
         raise ConfigError([f"policy: {' '.join(str(error).split())}"]) from None
     finally:

@@ -14,7 +14,7 @@ TINY = [
     "--set", "train.env_steps=400", "--set", "train.checkpoint_every=200", "--set", "train.validation_tasks=3",
     "--set", "train.calibration_episodes=5", "--set", "train.progress=false",
     "--set", "eval.test_tasks=5", "--set", "eval.curve_steps=3", "--set", "eval.curve_tasks=2",
-    "--set", "policy.n_steps=200", "--set", "policy.batch_size=100",
+    "--set", "policy.n_steps=256", "--set", "policy.batch_size=128",
 ]
 
 
