@@ -16,9 +16,12 @@ import pytest
 from reml_core.storage import latest_checkpoint, verify_checkpoint
 
 BIN = Path(sys.executable).parent
-# A smoke run with frequent checkpoints, long enough to be interrupted while training.
-RUN = ["--plugin", "sine", "--preset", "smoke", "--set", "train.env_steps=3000", "--set", "train.checkpoint_every=250",
-       "--set", "train.progress=false"]
+# A smoke run with frequent checkpoints, long enough to be interrupted while training: a few envs
+# and short rollouts, so steps (and checkpoints) come in small chunks and the kill-and-resume cycles
+# below cannot use up the whole budget before their last kill.
+BUDGET = 6000
+RUN = ["--plugin", "sine", "--preset", "smoke", "--set", f"train.env_steps={BUDGET}", "--set", "train.checkpoint_every=250",
+       "--set", "train.n_envs=8", "--set", "policy.n_steps=128", "--set", "train.progress=false"]
 
 
 def _start(out: Path, *extra: str) -> subprocess.Popen[str]:
@@ -44,11 +47,11 @@ def _resume(out: Path) -> subprocess.CompletedProcess[str]:
 
 def _assert_complete(out: Path, resumes: int) -> None:
     results = json.loads((out / "results.json").read_text())
-    assert results["training"]["env_steps"] >= 3000
+    assert results["training"]["env_steps"] >= BUDGET
     assert results["training"]["resumes"] == resumes
     assert all(math.isfinite(c["mse_mean"]) for t in results["methods"].values() for r in t.values() for c in r.values())
     steps = [record["timesteps"] for record in results["training"]["history"]]
-    assert steps == sorted(steps) and steps[-1] >= 3000
+    assert steps == sorted(steps) and steps[-1] >= BUDGET
 
 
 def test_sigkill_at_any_moment_then_resume_finishes_the_run(tmp_path):

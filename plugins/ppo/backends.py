@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -177,24 +178,30 @@ class SB3PolicyBackend:
                 raise ValueError("policy.features = 'point-set' needs a state encoder that declares a point set (e.g. support-set)")
             policy_kwargs.update(point_set_kwargs(layout, config.point_set_hidden, config.point_set_embedding))
         self.n_envs = int(getattr(self.env, "num_envs", 1))
-        self.model: BaseAlgorithm = self.algorithm(
-            policy,
-            self.env,
-            learning_rate=config.learning_rate,
-            n_steps=rollout_steps_per_env(config.n_steps, self.n_envs),
-            batch_size=config.batch_size,
-            n_epochs=config.n_epochs,
-            clip_range=config.clip_range,
-            gamma=config.gamma,
-            gae_lambda=config.gae_lambda,
-            ent_coef=config.ent_coef,
-            vf_coef=config.vf_coef,
-            max_grad_norm=config.max_grad_norm,
-            policy_kwargs=policy_kwargs,
-            seed=context.seed,
-            device="cpu",
-            verbose=0,
-        )
+        with warnings.catch_warnings():
+            # Split over n_envs, a rollout is rounded up to a whole number of steps per env and need not
+            # be a multiple of batch_size any more; SB3 then warns that each epoch ends with a smaller
+            # minibatch. That is harmless, and not something the user set, so it is not shown.
+            if self.n_envs > 1:
+                warnings.filterwarnings("ignore", message="You have specified a mini-batch size", category=UserWarning)
+            self.model: BaseAlgorithm = self.algorithm(
+                policy,
+                self.env,
+                learning_rate=config.learning_rate,
+                n_steps=rollout_steps_per_env(config.n_steps, self.n_envs),
+                batch_size=config.batch_size,
+                n_epochs=config.n_epochs,
+                clip_range=config.clip_range,
+                gamma=config.gamma,
+                gae_lambda=config.gae_lambda,
+                ent_coef=config.ent_coef,
+                vf_coef=config.vf_coef,
+                max_grad_norm=config.max_grad_norm,
+                policy_kwargs=policy_kwargs,
+                seed=context.seed,
+                device="cpu",
+                verbose=0,
+            )
         self._configure_logger()
         self.invalid_argmax = 0
         self.decisions = 0
