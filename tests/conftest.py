@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
 from reml_core.registry import PluginRegistry
+
+# A suite started in the background by a non-interactive shell (`make test &`, nohup, some CI
+# runners) inherits SIGINT ignored, and so would every reml-run it starts (an ignored signal stays
+# ignored across exec): the Ctrl-C tests would wait for a run that cannot be interrupted. A handled
+# SIGINT is reset to the default in the children, where Python turns it into KeyboardInterrupt.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Networks here are tiny: one thread is fastest, and keeps tests steady on a busy 2-core machine.
 torch.set_num_threads(1)
