@@ -3,7 +3,7 @@
 Output layout::
 
     OUT/config.json             the base configuration (first seed, first encoder)
-    OUT/results.json            every method, averaged over seeds (schema reml.results/1)
+    OUT/results.json            every method, averaged over seeds (schema reml.results/2)
     OUT/report.md, few_shot.png, convergence.png
     OUT/seed-<s>/reml-<encoder>/  a complete reml-run directory (config, checkpoints, logs)
     OUT/seed-<s>/<baseline>/    the baseline's saved state (e.g. MAML's initialisation)
@@ -27,11 +27,20 @@ from reml_core.config import RunConfig, deep_merge, load_resolved, resolve_confi
 from reml_core.errors import CheckpointError, UserError
 from reml_core.folders import check_path
 from reml_core.evaluation import FewShotTable, NetworkProvider
-from reml_core.experiment import Components, build_components, check_policy_builds
+from reml_core.experiment import Components, baseline_labels, build_components, build_one, check_policy_builds, component_facts
 from reml_core.pipeline import TrainedReML, evaluate_methods, load_reml, seed_everything, train_reml
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.registry import PluginRegistry
-from reml_core.results import build_results, labelled, method_labels, curve_table, few_shot_tables, jsonable, table_to_json
+from reml_core.results import (
+    build_results,
+    component_lines,
+    curve_table,
+    few_shot_tables,
+    jsonable,
+    labelled,
+    method_labels,
+    table_to_json,
+)
 from reml_core.storage import atomic_write_json, atomic_write_text, follow_umask, read_json_file
 from reml_core.training import log
 
@@ -97,7 +106,7 @@ def plan_bench(
             if "reml" in methods:
                 check_policy_builds(components)
             for name in baselines:  # a baseline that cannot be built (e.g. learn2learn missing) fails now
-                config.baselines[name].spec.factory(config.baselines[name].config, components.context)
+                build_one(config.baselines[name], components.context)
             configs[(seed, config.encoder.name)] = config
     names = list(dict.fromkeys(encoder for _, encoder in configs))
     plan = BenchPlan(list(methods), names, list(range(base_seed, base_seed + seeds)), configs, from_dir)
@@ -298,6 +307,7 @@ def _seed_results(plan, base, tables, curves, methods, seconds, command) -> dict
         curves=curves,
         timing_s={**{f"training_{k}": m.training_seconds for k, m in methods.items()}, **seconds},
         extra={
+            "labels": baseline_labels(base),
             "command": command,
             "encoders": encoders,
             "budgets": {k: m.budget for k, m in methods.items()},
@@ -357,6 +367,8 @@ def _aggregate(plan: BenchPlan, per_seed, outcomes, seconds: float, command: str
             "training": {k: m.training for k, m in first.items() if m.training is not None},
             "command": command,
             "preset": base.core.preset,
+            "labels": baseline_labels(base),
+            "components": component_facts(build_components(base)),
         },
     )
 
@@ -374,14 +386,15 @@ def render_bench_report(results: Mapping[str, Any]) -> str:
         f"Preset `{results.get('preset', config['preset'])}`; seeds {', '.join(map(str, seeds))}; "
         f"{results['test_tasks']} held-out test tasks, the same tasks, support points and query points for every method. "
         f"Every method's starting network is fine-tuned with plain SGD (lr {evaluation['sgd_lr']}) on the K support points "
-        f"and measured on {config['task'].get('query_points', 'the')} query points.",
+        "and measured on the task's separate query points.",
         "",
+        *component_lines(results),
     ]
     for key, info in results.get("encoders", {}).items():
-        note = ("sees the true task parameters (privileged information MAML and scratch never get)"
-                if info["privileged"] else "sees only the K support points, as MAML does")
+        note = ("sees the true task parameters (privileged information no baseline gets)"
+                if info["privileged"] else "sees only the K support points, as the baselines do")
         lines.append(f"- {labels[key]}: state encoder `{info['name']}`, which {note}.")
-    lines += ["", "## Few-shot regression", ""]
+    lines += ["", "## Few-shot learning", ""]
     if len(seeds) > 1:
         lines += [f"Cells: mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
                   "\"seeds ±\" is the standard deviation between the seeds' means.", ""]

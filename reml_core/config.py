@@ -1,7 +1,8 @@
 """Experiment configuration: pydantic models, config files, flags and presets, resolved into one object.
 
-Layers, later ones winning: each model's defaults < the preset (``smoke``/``default``/``full``)
-of the task plugin and of each component < the ``--config`` file < flags. Every section is
+Layers, later ones winning: each model's defaults < the core's own budget for the preset
+(:data:`CORE_PRESETS`) < the preset (``smoke``/``default``/``full``) of the task plugin and of
+each component < the ``--config`` file < flags. Every section is
 validated by the model that owns it (the core's for ``env``/``train``/``eval``, the plugin's for
 ``task``/``encoder``/``pool``/``reward``/``policy``/``baselines.NAME``), and every problem is
 reported as one ``path.to.field: message`` line.
@@ -45,6 +46,22 @@ MAX_ITERATIONS = 1_000_000
 #: A config file larger than this, or with more settings than this, is not a REML config.
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_CONFIG_SETTINGS = 10_000
+
+
+#: The core's budgets of its own sections for each preset, used under a task plugin's
+#: ``experiment_presets`` (which override them key by key): a family that declares no presets still
+#: gets a quick ``smoke`` and a thorough ``full``. ``default`` is the models' own defaults.
+CORE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "smoke": {
+        "train": {"env_steps": 2_000, "checkpoint_every": 1_000, "validation_tasks": 10, "calibration_episodes": 20},
+        "eval": {"test_tasks": 50, "curve_steps": 100, "curve_tasks": 20},
+    },
+    "default": {},
+    "full": {
+        "train": {"env_steps": 1_000_000, "checkpoint_every": 100_000, "validation_tasks": 200, "calibration_episodes": 500},
+        "eval": {"test_tasks": 600, "curve_tasks": 600},
+    },
+}
 
 
 def _distinct_sorted(values: list[int]) -> list[int]:
@@ -381,7 +398,7 @@ def resolve_config(
     preset = raw.preset
 
     core_data = deep_merge(
-        task_spec.experiment_presets.get(preset, {}),
+        deep_merge(CORE_PRESETS[preset], task_spec.experiment_presets.get(preset, {})),
         {"env": raw.env, "train": raw.train, "eval": raw.eval},
     )
     core_data.update(plugin=raw.plugin, preset=preset, seed=raw.seed)
@@ -418,6 +435,30 @@ def resolve_config(
         baselines=selected_baselines,
         **chosen,  # type: ignore[arg-type]
     )
+
+
+def default_baselines(registry: PluginRegistry, plugin: Any, command: Literal["run", "bench"]) -> list[str]:
+    """The baselines ``command`` compares REML with when the user names none.
+
+    The task family's recommendation (``Recommendation.run_baselines`` / ``baselines``) if it gives
+    one, else every installed baseline that offers itself for the command (``BaselineSpec.compare_in``).
+    A recommended baseline that is not installed (or disabled) is left out with a note on stderr.
+    """
+    try:
+        task_spec = registry.get("task_sampler", plugin).spec if isinstance(plugin, str) else None
+    except UnknownComponentError:
+        task_spec = None  # resolve_config reports it
+    installed = registry.names("baseline")
+    recommended = None
+    if isinstance(task_spec, TaskSamplerSpec):
+        recommended = task_spec.recommended.run_baselines if command == "run" else task_spec.recommended.baselines
+    if recommended is None:
+        return [name for name in installed if command in getattr(registry.get("baseline", name).spec, "compare_in", ())]
+    for name in recommended:
+        if name not in installed:
+            print(f"reml-{command}: note: baseline {name!r}, recommended by {plugin!r}, is not installed (or disabled); "
+                  "comparing without it", file=sys.stderr)
+    return [name for name in recommended if name in installed]
 
 
 def load_resolved(path: Path, registry: PluginRegistry) -> RunConfig:

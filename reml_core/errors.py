@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import traceback
 from collections.abc import Iterable
+
+#: Set to 1 to see the traceback of a plugin's failure (a hook, a factory) besides its one-line summary.
+DEBUG_ENV_VAR = "REML_DEBUG"
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV_VAR, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` of a plugin's exception; with ``REML_DEBUG=1`` followed by its traceback."""
+    summary = f"{type(error).__name__}: {error}"
+    if debug_enabled():
+        return summary + "\n" + "".join(traceback.format_exception(error)).rstrip()
+    return summary + f" (set {DEBUG_ENV_VAR}=1 to see the traceback)"
 
 
 class UserError(Exception):
@@ -30,6 +47,10 @@ class UnknownComponentError(UserError):
 
 class PluginConflictError(UserError):
     """Two plugins claim the same component (kind, name)."""
+
+
+class PluginError(UserError):
+    """A plugin's own code failed (its factory raised, or it broke a protocol): named, exit code 2."""
 
 
 class CheckpointError(UserError):

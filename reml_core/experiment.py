@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from reml_core.config import RunConfig
+import numpy as np
+
+from reml_core.config import RunConfig, Selected
 from reml_core.env import CompositionEnv, Mode, check_pool_fits
-from reml_core.errors import ConfigError
-from reml_core.interfaces import BuildContext, LayerPool, RewardFunction, StateEncoder, TaskSampler
+from reml_core.errors import ConfigError, PluginError, UserError, describe_error
+from reml_core.interfaces import BuildContext, Describable, LayerPool, RewardFunction, StateEncoder, TaskSampler
+from reml_core.specs import KIND_LABELS
 
 if TYPE_CHECKING:
     from reml_core.vec_env import CompositionVecEnv
@@ -65,14 +68,26 @@ class Components:
         return self.make_vec_env(n_envs, first_episodes=counts)
 
 
+def build_one(selected: Selected, context: BuildContext, label: str | None = None) -> Any:
+    """Call one component's factory. A user error it raises passes through; anything else is the
+    plugin's own failure, reported as one line naming the component (``REML_DEBUG=1``: with its traceback)."""
+    try:
+        return selected.spec.factory(selected.config, context)
+    except UserError:
+        raise
+    except Exception as error:
+        kind = label or KIND_LABELS.get(selected.spec.kind, selected.spec.kind)
+        raise PluginError(f"{kind} {selected.name!r} failed to build: {describe_error(error)}") from error
+
+
 def build_components(config: RunConfig) -> Components:
     """Call each plugin's factory with its config; report cross-component problems as config errors."""
     context = BuildContext(seed=config.seed, preset=config.core.preset, depth=config.core.env.depth)
-    sampler = config.task.spec.factory(config.task.config, context)
+    sampler = build_one(config.task, context, "task plugin")
     context = replace(context, task_sampler=sampler)
-    encoder = config.encoder.spec.factory(config.encoder.config, context)
-    pool = config.pool.spec.factory(config.pool.config, context)
-    reward = config.reward.spec.factory(config.reward.config, context)
+    encoder = build_one(config.encoder, context)
+    pool = build_one(config.pool, context)
+    reward = build_one(config.reward, context)
     context = replace(context, pool=pool, encoder=encoder)
 
     problems = []
@@ -88,9 +103,49 @@ def build_components(config: RunConfig) -> Components:
     problem = check_pool_fits(pool, config.core.env.depth)
     if problem:
         problems.append(f"env.depth: {problem} (pool {config.pool.name!r}: make it larger or the network shallower)")
+    if not problems:
+        problems += check_encoder_output(encoder, sampler, config.encoder.name, sorted({*config.core.env.shots, *config.core.eval.shots}))
     if problems:
         raise ConfigError(problems)
     return Components(config, context, sampler, encoder, pool, reward)
+
+
+def check_encoder_output(encoder: StateEncoder, sampler: TaskSampler, name: str, shots: list[int]) -> list[str]:
+    """Encode one validation task at every K the run uses: the output must be a finite vector of the
+    encoder's declared ``observation_size``. A mismatch found here names the encoder; found later it
+    would be a broadcasting error deep inside the policy's rollout buffer."""
+    declared = getattr(encoder, "observation_size", None)
+    if isinstance(declared, bool) or not isinstance(declared, int) or declared < 0:
+        return [f"encoder.name: encoder {name!r} declares observation_size = {declared!r}; it must be a non-negative integer"]
+    tasks = sampler.validation_tasks(1)
+    if not tasks:
+        return []
+    for k in shots:
+        try:
+            output = np.asarray(encoder.encode(tasks[0], k), dtype=np.float32)
+        except Exception as error:  # a plugin's own bug, reported as its own
+            return [f"encoder.name: encoder {name!r} failed to encode a task at K = {k}: {type(error).__name__}: {error}"]
+        if output.shape != (declared,):
+            return [f"encoder.name: encoder {name!r} declares observation_size = {declared} but encode() returned "
+                    f"shape {tuple(output.shape)} at K = {k}; they must agree (a flat vector of observation_size numbers)"]
+        if not np.isfinite(output).all():
+            return [f"encoder.name: encoder {name!r} returned non-finite values (NaN or inf) at K = {k}"]
+    return []
+
+
+def component_facts(components: Components) -> dict[str, str]:
+    """What each component says about itself for reports (those that implement ``describe()``)."""
+    facts: dict[str, str] = {}
+    parts = (("task", components.task_sampler), ("encoder", components.encoder), ("pool", components.pool), ("reward", components.reward))
+    for section, component in parts:
+        if isinstance(component, Describable):
+            facts[section] = " ".join(str(component.describe()).split())
+    return facts
+
+
+def baseline_labels(config: RunConfig) -> dict[str, str]:
+    """Display names of the config's baselines, as their records give them."""
+    return {name: getattr(selected.spec, "label", "") or name for name, selected in config.baselines.items()}
 
 
 def check_policy_builds(components: Components) -> None:
@@ -107,5 +162,9 @@ def check_policy_builds(components: Components) -> None:
             config.policy.spec.factory(config.policy.config, replace(components.context, env=env, log_dir=None))
     except ValueError as error:
         raise ConfigError([f"policy: {' '.join(str(error).split())}"]) from None
+    except UserError:
+        raise
+    except Exception as error:
+        raise PluginError(f"policy backend {config.policy.name!r} failed to build: {describe_error(error)}") from error
     finally:
         env.close()

@@ -94,6 +94,10 @@ def reml_task_samplers() -> Iterable[TaskSamplerSpec]:
                 config_model=LineConfig,
                 description="Straight lines y = a*x + b, a and b uniform in [-1, 1].",
                 recommended=Recommendation(encoder="support-set", pool="dense", reward="neg-mse", policy="ppo-mlp"),
+                # Optional: budgets of the experiment's own sections (env, train, eval; the keys
+                # `reml-plugins --show core` lists) per preset, over the core's own budgets
+                # (reml_core.config.CORE_PRESETS), which a family without presets gets as they are.
+                experiment_presets={"default": {"train": {"env_steps": 50_000, "checkpoint_every": 10_000}}},
             )
     """
 

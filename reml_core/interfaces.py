@@ -58,6 +58,9 @@ class TaskSampler(Protocol):
     The three splits are drawn from independent random streams, so held-out tasks never come out
     of the training stream. ``validation_tasks`` and ``test_tasks`` depend only on the sampler's
     config (not on the run seed): every run and every method is measured on the same tasks.
+
+    Optional: ``input_scale`` and ``target_scale`` (typical magnitudes of inputs and targets, for
+    encoders that scale what they see) and ``describe()`` (see :class:`Describable`).
     """
 
     descriptor_names: tuple[str, ...]
@@ -290,6 +293,30 @@ class Baseline(Protocol):
     def save(self, directory: Path) -> None: ...
 
     def load(self, directory: Path) -> None: ...
+
+
+@runtime_checkable
+class Describable(Protocol):
+    """Optional for any component: the facts about itself a report should state.
+
+    ``describe()`` returns one or two plain sentences (e.g. a task family: how many support and
+    query points a task holds and what its loss is; a reward: which loss it rewards). Reports quote
+    them instead of reading a component's config or attributes, so the core never needs to know
+    what a plugin's options mean.
+    """
+
+    def describe(self) -> str: ...
+
+
+@runtime_checkable
+class ReportsStats(Protocol):
+    """Optional for a policy backend (or any component): numbers about its own behaviour to report.
+
+    ``stats()`` returns named numbers (e.g. ``invalid_argmax_rate`` of a masked policy) that the
+    core records in ``results.json`` under ``training.policy_stats`` and lists in the report.
+    """
+
+    def stats(self) -> dict[str, float]: ...
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,21 @@ import torch
 from reml_core.config import RunConfig, load_resolved
 from reml_core.errors import CheckpointError, UserError
 from reml_core.evaluation import FewShotEvaluator, FewShotTable, NetworkProvider
-from reml_core.experiment import Components, build_components
-from reml_core.interfaces import Baseline
+from reml_core.experiment import Components, baseline_labels, build_components, build_one, component_facts
+from reml_core.interfaces import Baseline, ReportsStats
 from reml_core.methods import ReMLMethod
 from reml_core.plots import plot_convergence, plot_few_shot
-from reml_core.results import build_results, curve_table, encoder_note, few_shot_tables, labelled, method_labels
+from reml_core.results import (
+    build_results,
+    component_lines,
+    curve_table,
+    encoder_note,
+    few_shot_tables,
+    format_stat,
+    labelled,
+    method_labels,
+    stat_label,
+)
 from reml_core.storage import (
     atomic_write_json,
     atomic_write_text,
@@ -48,7 +58,7 @@ def seed_everything(seed: int, threads: int) -> None:
 
 def build_baselines(components: Components, names: list[str]) -> dict[str, Baseline]:
     config = components.config
-    return {name: config.baselines[name].spec.factory(config.baselines[name].config, components.context) for name in names}
+    return {name: build_one(config.baselines[name], components.context) for name in names}
 
 
 def evaluate_methods(
@@ -91,7 +101,7 @@ class TrainedReML:
             "resumes": self.trainer.state.resumes,
             "selected_checkpoint": self.selected,
             "history": self.trainer.state.history,
-            "invalid_argmax_rate": getattr(policy, "invalid_argmax", 0) / max(getattr(policy, "decisions", 0), 1),
+            "policy_stats": dict(policy.stats()) if isinstance(policy, ReportsStats) else {},
         }
 
 
@@ -157,7 +167,8 @@ def run_experiment(config: RunConfig, out: Path, *, resume: bool = False, trust_
         methods=tables,
         curves=curves,
         timing_s=timing,
-        extra={"command": command, "training": reml.training_record()},
+        extra={"command": command, "training": reml.training_record(), "labels": baseline_labels(config),
+               "components": component_facts(components)},
     )
     write_outputs(out, results)
     return results
@@ -244,11 +255,12 @@ def render_run_report(results: Mapping[str, Any]) -> str:
         f"Seed {results['seed']}, preset `{config['preset']}`, {results['test_tasks']} held-out test tasks. "
         + encoder_note(results),
         "",
-        "## Few-shot regression (Finn et al. 2017 protocol)",
+        *component_lines(results),
+        "## Few-shot learning (Finn et al. 2017 protocol)",
         "",
         f"Each method hands out a starting network per test task; it is fine-tuned with plain SGD "
         f"(lr {evaluation['sgd_lr']}) on the same K support points, and the error is measured on "
-        f"{config['task'].get('query_points', 'the')} separate query points. REML's network comes from "
+        f"the task's separate query points. REML's network comes from "
         f"a deterministic rollout of the policy over the trained pool (checkpoint "
         f"`{training.get('selected_checkpoint', {}).get('name', '?')}`, chosen on validation tasks).",
         "",
@@ -257,33 +269,34 @@ def render_run_report(results: Mapping[str, Any]) -> str:
         "",
         f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {evaluation['curve_lr']}, on each task's training data)",
         "",
-        f"Mean query MSE over {evaluation['curve_tasks']} test tasks after n steps:",
+        f"Mean query loss over {evaluation['curve_tasks']} test tasks after n steps:",
         "",
         curve_table(labelled(results, results["curves"])),
         "![convergence](convergence.png)",
         "",
         "## Training",
         "",
-        f"{training.get('env_steps', '?')} env steps with `{results['policy']}`, reward `{config['reward']['name']}` "
-        f"(loss measured: {config['reward'].get('loss_at', '?')}), pool `{config['pool']['name']}`; "
-        f"resumed {training.get('resumes', 0)} time(s). At evaluation, the unmasked most probable action "
-        f"would have been invalid in {training.get('invalid_argmax_rate', 0):.1%} of decisions.",
+        f"{training.get('env_steps', '?')} env steps with `{results['policy']}`, reward `{config['reward']['name']}`, "
+        f"pool `{config['pool']['name']}`; resumed {training.get('resumes', 0)} time(s)."
+        + (" The policy backend reports: " + ", ".join(f"{stat_label(key)} {format_stat(key, value)}" for key, value in training["policy_stats"].items()) + "."
+           if training.get("policy_stats") else ""),
         "",
     ]
     history = training.get("history", [])
     if history:
         longest = max(evaluation["steps"])
+        # every number the pool reported about itself (pool/...), in the order it first appeared
+        pool_keys = list(dict.fromkeys(key for record in history for key in record if key.startswith("pool/")))
         lines += [
-            "| env steps | validation MSE after " + f"{longest} steps | fine-tuning gain | dead input units | dead hidden units | output weight norm |",
-            "|---:|---:|---:|---:|---:|---:|",
+            f"| env steps | validation loss after {longest} steps | fine-tuning gain | "
+            + " | ".join(f"pool: {stat_label(key)}" for key in pool_keys) + " |",
+            "|---:|---:|---:|" + "---:|" * len(pool_keys),
         ]
         for record in history:
-            score = record.get("validation/score")
-            gain = record.get("validation/finetune_gain")
+            cells = [format_stat(key, record[key]) if key in record else "" for key in pool_keys]
             lines.append(
-                f"| {record['timesteps']} | {_number(score)} | {_number(gain)} "
-                f"| {record.get('pool/dead_input_units', 0):.0%} | {record.get('pool/dead_hidden_units', 0):.0%} "
-                f"| {record.get('pool/weight_norm_output', 0):.2f} |"
+                f"| {record['timesteps']} | {_number(record.get('validation/score'))} | {_number(record.get('validation/finetune_gain'))} | "
+                + " | ".join(cells) + " |"
             )
         lines.append("")
     lines += ["## Wall time (seconds)", "", "| phase | seconds |", "|---|---:|"]

@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 
 from reml_core import hookspecs
-from reml_core.errors import PluginConflictError, UnknownComponentError
+from reml_core.errors import PluginConflictError, UnknownComponentError, describe_error
 from reml_core.specs import KIND_LABELS, SPEC_TYPES, ComponentSpec
 
 DISABLE_ENV_VAR = "REML_DISABLE_PLUGINS"
@@ -176,7 +176,7 @@ def _records(result: Any, kind: str) -> Iterator[ComponentSpec]:
 
 
 def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    return describe_error(error)
 
 
 def _warn(message: str) -> None:

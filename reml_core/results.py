@@ -1,4 +1,4 @@
-"""``results.json`` (schema ``reml.results/1``, see docs/results.md) and the Markdown report made from it."""
+"""``results.json`` (schema ``reml.results/2``, see docs/results.md) and the Markdown report made from it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,33 @@ from typing import Any
 
 from reml_core.evaluation import Cell, FewShotTable
 
-SCHEMA = "reml.results/1"
-METHOD_LABELS = {"reml": "REML", "maml": "MAML", "scratch": "scratch"}
+SCHEMA = "reml.results/2"
+#: ``reml.results/1`` files (the layout before this one) are still read by reports, plots and the
+#: README tool: they kept the policy's invalid-argmax rate as ``training.invalid_argmax_rate`` and
+#: recorded no ``labels`` or ``components``; this is how they showed the built-in baselines.
+_V1_LABELS = {"maml": "MAML"}
+#: Display names of methods a results file does not label itself (REML's own; baselines name
+#: themselves through ``BaselineSpec.label``, recorded under ``labels``).
+METHOD_LABELS = {"reml": "REML"}
+
+#: Suffixes of diagnostic and statistic names whose values are fractions, shown as percentages.
+FRACTION_SUFFIXES = ("_units", "_rate", "_fraction")
+
+
+def stat_label(key: str) -> str:
+    """``pool/dead_hidden_units`` -> ``dead hidden units``: a component's number named for people."""
+    return key.rpartition("/")[2].replace("_", " ")
+
+
+def format_stat(key: str, value: Any) -> str:
+    """A component's number for a log or report: fractions (by their name's suffix) as percentages."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if not math.isfinite(value):
+        return "NaN"
+    if key.endswith(FRACTION_SUFFIXES):
+        return f"{value:.0%}"
+    return f"{value:.3g}"
 
 
 def finite_or_none(value: float) -> float | None:
@@ -63,7 +88,7 @@ def build_results(
     timing_s: Mapping[str, float],
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble a ``reml.results/1`` document."""
+    """Assemble a ``reml.results/2`` document."""
     results: dict[str, Any] = {
         "schema": SCHEMA,
         "plugin": config["plugin"],
@@ -141,17 +166,26 @@ def method_labels(results: Mapping[str, Any]) -> dict[str, str]:
     """Display names of a run's or benchmark's methods; REML's say which encoder, and whether it is privileged."""
     encoders = results.get("encoders") or {"reml": {"name": results["encoder"], "privileged": bool(results.get("encoder_privileged"))}}
     labels = {key: reml_label(info["name"], bool(info["privileged"])) for key, info in encoders.items()}
-    return {key: labels.get(key, METHOD_LABELS.get(key, key)) for key in results["methods"]}
+    named = {**METHOD_LABELS, **(results["labels"] if "labels" in results else _V1_LABELS)}
+    return {key: labels.get(key, named.get(key, key)) for key in results["methods"]}
 
 
 def labelled(results: Mapping[str, Any], table: Mapping[str, Any]) -> dict[str, Any]:
     """``table`` (keyed by method) keyed by display name instead."""
     labels = method_labels(results)
-    return {labels.get(key, METHOD_LABELS.get(key, key)): value for key, value in table.items()}
+    return {labels.get(key, key): value for key, value in table.items()}
+
+
+def component_lines(results: Mapping[str, Any]) -> list[str]:
+    """The facts the run's components stated about themselves (``describe()``), as report lines."""
+    facts = results.get("components") or {}
+    if not facts:
+        return []
+    return ["## Components", "", *[f"- {section}: {text}" for section, text in facts.items()], ""]
 
 
 def encoder_note(results: Mapping[str, Any]) -> str:
     if results.get("encoder_privileged"):
         return (f"State encoder: `{results['encoder']}`, which hands the policy privileged task information "
-                "(the task's true parameters). MAML and scratch never see it: this is not a fair comparison.")
+                "(the task's true parameters). No baseline sees it: this is not a fair comparison.")
     return f"State encoder: `{results['encoder']}`, which sees only the K support points (no privileged information)."

@@ -67,12 +67,30 @@ class ComponentSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class Recommendation:
-    """The components a task plugin suggests; each can be overridden by flag or config file."""
+    """The components a task plugin suggests; each can be overridden by flag or config file.
+
+    ``baselines`` are the methods ``reml-bench`` compares REML with by default and
+    ``run_baselines`` the ones ``reml-run`` evaluates beside REML; None (the default) means every
+    installed baseline that offers itself for that command (``BaselineSpec.compare_in``). The user
+    overrides both (``reml-bench --methods``, ``reml-run --baselines``). A recommended baseline
+    that is not installed is skipped with a note; one the user names must exist.
+    """
 
     encoder: str
     pool: str
     reward: str
     policy: str
+    baselines: tuple[str, ...] | None = None
+    run_baselines: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for field_name in ("baselines", "run_baselines"):
+            value = getattr(self, field_name)
+            if value is None:
+                continue
+            if isinstance(value, str) or not all(isinstance(name, str) for name in value):
+                raise TypeError(f"Recommendation.{field_name} must be a tuple of baseline names")
+            object.__setattr__(self, field_name, tuple(value))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,9 +145,25 @@ class PolicySpec(ComponentSpec):
 
 @dataclass(frozen=True, kw_only=True)
 class BaselineSpec(ComponentSpec):
-    """A method REML is compared with (MAML, scratch). Factory returns a ``Baseline``."""
+    """A method REML is compared with (MAML, scratch). Factory returns a ``Baseline``.
+
+    ``label`` is its name in tables and plots (default: ``name``). ``compare_in`` names the
+    commands that compare with it unless told otherwise: ``"bench"`` (``reml-bench``) and, for a
+    baseline quick enough to add to every run, ``"run"`` (``reml-run``).
+    """
 
     kind: ClassVar[Kind] = "baseline"
+    label: str = ""
+    compare_in: tuple[str, ...] = ("bench",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.label, str) or "\n" in self.label:
+            raise ValueError(f"BaselineSpec {self.name!r}: label must be one line of text")
+        if not self.label.strip():
+            object.__setattr__(self, "label", self.name)
+        if isinstance(self.compare_in, str) or not set(self.compare_in) <= {"run", "bench"}:
+            raise ValueError(f"BaselineSpec {self.name!r}: compare_in must be a tuple of 'run' and/or 'bench'")
 
 
 SPEC_TYPES: dict[str, type[ComponentSpec]] = {

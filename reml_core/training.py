@@ -27,6 +27,7 @@ from reml_core.evaluation import FewShotEvaluator
 from reml_core.experiment import Components
 from reml_core.interfaces import MaintainedLayerPool, PolicyBackend
 from reml_core.methods import ReMLMethod
+from reml_core.results import format_stat, stat_label
 from reml_core.storage import (
     discard_partial_writes,
     latest_checkpoint,
@@ -91,7 +92,7 @@ class MetaTrainer:
         context = replace(components.context, env=self.env, log_dir=None if read_only else out / "logs")
         self.policy: PolicyBackend = config.policy.spec.factory(config.policy.config, context)
         self.validation_tasks = components.task_sampler.validation_tasks(train.validation_tasks) if train.validation_tasks else []
-        probe_source = self.validation_tasks[0] if self.validation_tasks else components.task_sampler.test_tasks(1)[0]
+        probe_source = self.validation_tasks[0] if self.validation_tasks else components.task_sampler.validation_tasks(1)[0]  # never a test task
         self.probe = probe_source.x_query
         self._stop = False
         self._stop_signal: int = signal.SIGINT
@@ -213,12 +214,15 @@ class MetaTrainer:
 
     def _log_record(self, record: dict[str, float]) -> None:
         self.policy.record({key: value for key, value in record.items() if key != "timesteps"}, self.state.timesteps)
+        pool = ", ".join(f"{stat_label(key)} {format_stat(key, value)}" for key, value in record.items() if key.startswith("pool/"))
         if "validation/score" in record:
             log(
-                f"step {record['timesteps']}: validation MSE after {max(self.config.core.eval.steps)} steps "
-                f"{record['validation/score']:.3f}, fine-tuning gain {record['validation/finetune_gain']:.3f}; "
-                f"dead units input {record['pool/dead_input_units']:.0%} hidden {record['pool/dead_hidden_units']:.0%}"
+                f"step {record['timesteps']}: validation loss after {max(self.config.core.eval.steps)} steps "
+                f"{record['validation/score']:.3f}, fine-tuning gain {record['validation/finetune_gain']:.3f}"
+                + (f"; pool: {pool}" if pool else "")
             )
+        elif pool:
+            log(f"step {record['timesteps']}: pool: {pool}")
 
     def _write(self, name: str, *, latest: bool) -> Path:
         with new_checkpoint(self.checkpoints, name, latest=latest) as staging:

@@ -26,7 +26,7 @@ def smoke_bench(tmp_path_factory) -> Path:
 
 def test_smoke_bench_has_every_method_k_and_step(smoke_bench):
     results = json.loads((smoke_bench / "results.json").read_text())
-    assert results["schema"] == "reml.results/1"
+    assert results["schema"] == "reml.results/2"
     assert set(results["methods"]) == {"reml", "maml", "scratch"}
     for table in results["methods"].values():
         assert sorted(table, key=int) == ["5", "10"]

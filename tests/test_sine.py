@@ -10,7 +10,7 @@ import torch
 from pydantic import ValidationError
 
 from reml_core.interfaces import BatchedTaskSampler, BuildContext, TaskBatch, TaskSampler
-from reml_plugins.sine.encoders import OracleEncoder, SupportSetConfig, SupportSetEncoder
+from reml_plugins.encoders.generic import OracleEncoder, SupportSetConfig, SupportSetEncoder
 from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
 
 

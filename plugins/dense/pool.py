@@ -278,6 +278,11 @@ class DenseLayerPool:
         self.size = len(self.roles)
         self._offsets = {Role.INPUT: 0, Role.HIDDEN: config.input_layers, Role.OUTPUT: config.input_layers + config.hidden_layers}
 
+    def describe(self) -> str:
+        c = self.config
+        return (f"{c.input_layers} input, {c.hidden_layers} hidden and {c.output_layers} output dense layers of width "
+                f"{c.width}, {c.activation}; write-back blends trained layers into the pool.")
+
     # -- initialisation ----------------------------------------------------------------------
 
     def _initial(self, count: int, fan_out: int, fan_in: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,4 +32,5 @@ def reml_baselines() -> Iterator[BaselineSpec]:
         config_model=MAMLConfig,
         description="MAML (Finn et al. 2017): a meta-learned initialisation; backends torch-func (fast) and learn2learn (reference).",
         presets=PRESETS,
+        label="MAML",
     )

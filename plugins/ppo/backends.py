@@ -246,6 +246,10 @@ class SB3PolicyBackend:
             probabilities[~action_mask] = -1.0
         return int(np.argmax(probabilities)), state
 
+    def stats(self) -> dict[str, float]:
+        """How often, at evaluation, the unmasked most probable action of :meth:`act` would have been invalid."""
+        return {"invalid_argmax_rate": self.invalid_argmax / max(self.decisions, 1)}
+
     def _initial_lstm_state(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero (hidden, cell) state of the actor's LSTM, for one environment."""
         layers, _, hidden = self.model.policy.lstm_hidden_state_shape

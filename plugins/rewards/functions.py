@@ -58,6 +58,19 @@ def measured_loss(config: RewardConfig, losses: Mapping[str, float]) -> float:
     return losses[config.loss_at]
 
 
+_MOMENTS = {
+    "composed": "of the network as composed (before training)",
+    "trained": "after the inner Adam training",
+    "finetuned": "after the K-shot SGD fine-tuning of the evaluation protocol",
+}
+
+
+def _moment(config: RewardConfig) -> str:
+    if config.loss_at == "blend":
+        return f"blended ({config.blend_weight:g} composed, {1 - config.blend_weight:g} trained)"
+    return _MOMENTS.get(config.loss_at, f"at {config.loss_at}")
+
+
 class NegMSEReward:
     """Minus the MSE, clipped at ``max_loss``."""
 
@@ -68,6 +81,9 @@ class NegMSEReward:
         self.required_losses = _required(config)
         self.invalid_action_penalty = config.invalid_action_penalty
         self.worst_reward = -config.max_loss
+
+    def describe(self) -> str:
+        return f"minus the task loss {_moment(self.config)}, clipped at {self.config.max_loss:g}."
 
     def __call__(self, losses: Mapping[str, float], task: Task) -> float:
         loss = measured_loss(self.config, losses)
@@ -112,6 +128,10 @@ class MinMaxReward:
         self.low = 0.0
         self.high = 1.0
         self.calibrated = False
+
+    def describe(self) -> str:
+        return (f"the task loss {_moment(self.config)} over the variance of the query targets, mapped by calibrated "
+                f"quantiles to [-1, 0] (log-growing penalty beyond).")
 
     @staticmethod
     def normalised(loss: float, task: Task) -> float:

@@ -56,4 +56,6 @@ def reml_baselines():
         factory=ScratchBaseline,
         config_model=ScratchConfig,
         description="REML's network architecture and init, freshly initialised for every task (no meta-learning).",
+        label="scratch",
+        compare_in=("run", "bench"),
     )

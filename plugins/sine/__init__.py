@@ -1,18 +1,15 @@
-"""The ``sine`` task plugin: Finn et al.'s sinusoid regression and its state encoders."""
+"""The ``sine`` task plugin: Finn et al.'s sinusoid regression (its encoders are the generic ones of
+the ``encoders`` plugin, which read its descriptor ranges and its input and target scales)."""
 
 from __future__ import annotations
 
 from reml_core import hookimpl
-from reml_core.specs import Recommendation, StateEncoderSpec, TaskSamplerSpec
-from reml_plugins.sine.encoders import OracleConfig, SupportSetConfig, build_oracle, build_support_set
+from reml_core.specs import Recommendation, TaskSamplerSpec
 from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
 
-# Budgets per preset for the experiment's own sections; the components carry their own presets.
+# Budgets per preset for the experiment's own sections, over the core's (reml_core.config.CORE_PRESETS,
+# whose smoke budget sine uses as it is); the components carry their own presets.
 EXPERIMENT_PRESETS = {
-    "smoke": {
-        "train": {"env_steps": 2_000, "checkpoint_every": 1_000, "validation_tasks": 10, "calibration_episodes": 20},
-        "eval": {"test_tasks": 50, "curve_steps": 100, "curve_tasks": 20},
-    },
     # default: what fits in about 6 minutes of meta-training on 2 CPU cores with the vector env
     # (100 000 steps took as long before it); full: about an hour (docs/performance.md).
     "default": {
@@ -35,20 +32,4 @@ def reml_task_samplers():
         description="Sinusoid regression y = A sin(x + phase), A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5] (Finn et al. 2017).",
         recommended=Recommendation(encoder="support-set", pool="dense", reward="neg-mse", policy="ppo-mlp"),
         experiment_presets=EXPERIMENT_PRESETS,
-    )
-
-
-@hookimpl
-def reml_state_encoders():
-    yield StateEncoderSpec(
-        name="oracle",
-        factory=build_oracle,
-        config_model=OracleConfig,
-        description="The task's true descriptor (sine: amplitude and phase), as in the thesis; privileged information.",
-    )
-    yield StateEncoderSpec(
-        name="support-set",
-        factory=build_support_set,
-        config_model=SupportSetConfig,
-        description="Only the K support points, sorted, scaled and padded with a mask; no privileged information.",
     )

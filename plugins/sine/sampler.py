@@ -58,7 +58,17 @@ class SineTaskSampler:
         self.descriptor_high = (config.amplitude_high, config.phase_high)
         self.max_shots = config.support_points
         self.train_points = config.train_points
+        # typical magnitudes, for encoders that scale what they see (the support-set encoder)
+        self.input_scale = max(abs(config.x_low), abs(config.x_high))
+        self.target_scale = config.amplitude_high
         self._query_grid = torch.linspace(config.x_low, config.x_high, config.query_points).unsqueeze(1)
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"sinusoids A sin(x + phase), A in [{c.amplitude_low:g}, {c.amplitude_high:g}], phase in "
+                f"[{c.phase_low:.3g}, {c.phase_high:.3g}], x in [{c.x_low:g}, {c.x_high:g}]; each task has {c.train_points} "
+                f"training points, up to {c.support_points} support points and {c.query_points} query points "
+                f"({'a uniform grid' if c.query_grid else 'uniform draws'}); loss: mean squared error.")
 
     def _generator(self, entropy: int, split: str) -> np.random.Generator:
         return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy, spawn_key=(_SPLIT_KEYS[split],))))

@@ -31,7 +31,7 @@ def build_parser() -> ArgumentParser:
     )
     add_experiment_flags(parser, several_encoders=True)
     protocol = parser.add_argument_group("protocol")
-    protocol.add_argument("--methods", type=name_list, default=["reml", "maml", "scratch"], metavar="A,B", help="methods to compare: 'reml' and baseline names (default: reml,maml,scratch)")
+    protocol.add_argument("--methods", type=name_list, metavar="A,B", help="methods to compare: 'reml' and baseline names (default: reml and the baselines the task family recommends, else every installed baseline that offers itself for benchmarks: maml,scratch with the built-in plugins)")
     protocol.add_argument("--shots", type=int_list, metavar="K,K", help="support-set sizes (default: 5,10)")
     protocol.add_argument("--steps", type=int_list, metavar="S,S", help="SGD fine-tuning steps reported (default: 0,1,10)")
     protocol.add_argument("--test-tasks", type=positive_int, metavar="N", help="held-out test tasks (default: the preset's; 600 in full)")
@@ -48,6 +48,7 @@ def _body(argv: Sequence[str] | None) -> int:
     import sys
 
     from reml_core.bench import plan_bench, run_bench
+    from reml_core.config import default_baselines
     from reml_core.cli.run import default_out
     from reml_core.folders import check_path, claim_new_folder
     from reml_core.pipeline import command_line
@@ -67,7 +68,9 @@ def _body(argv: Sequence[str] | None) -> int:
         extra["eval"]["steps"] = args.steps
     if args.test_tasks is not None:
         extra["eval"]["test_tasks"] = args.test_tasks
-    plan = plan_bench(registry, user_config(args, extra), methods=args.methods, encoders=encoders, seeds=args.seeds,
+    user = user_config(args, extra)
+    methods = args.methods if args.methods is not None else ["reml", *default_baselines(registry, user.get("plugin"), "bench")]
+    plan = plan_bench(registry, user, methods=methods, encoders=encoders, seeds=args.seeds,
                       from_dir=args.from_dir, trust_checkpoint=args.trust_checkpoint)
     base = plan.base(plan.seeds[0])
     target = args.out or default_out(base, "bench")

@@ -12,6 +12,7 @@ from reml_core.cli.common import (
     ArgumentParser,
     add_experiment_flags,
     discover_plugins,
+    name_list,
     path_arg,
     print_summary,
     run_main,
@@ -24,23 +25,30 @@ if TYPE_CHECKING:
     from reml_core.config import RunConfig
 
 PROG = "reml-run"
-EXPERIMENT_FLAGS = ("plugin", "policy", "encoder", "pool", "reward", "preset", "config", "seed", "out")
+EXPERIMENT_FLAGS = ("plugin", "policy", "encoder", "pool", "reward", "preset", "config", "seed", "out", "baselines")
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
         description="Meta-train REML's policy and layer pool on a task family, then evaluate it and a "
-        "from-scratch baseline on held-out tasks. Writes results.json, report.md, few_shot.png, "
+        "baselines (by default the task family's quick ones, e.g. from-scratch training) on held-out tasks. Writes results.json, report.md, few_shot.png, "
         "convergence.png, logs/ and checkpoints/ into the run directory.",
     )
     add_experiment_flags(parser)
+    parser.add_argument("--baselines", type=_baseline_list, metavar="A,B",
+                        help="baselines evaluated beside REML, or 'none' (default: those the task family recommends "
+                        "for a run, else every installed baseline quick enough for one, e.g. scratch; see reml-plugins)")
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=path_arg, metavar="DIR", help="run directory (default: runs/<plugin>-<policy>-<encoder>-s<seed>-<time>)")
     output.add_argument("--force", action="store_true", help="replace the run already in --out")
     output.add_argument("--resume", type=path_arg, metavar="DIR", help="continue the interrupted run in DIR from its last checkpoint (its config.json fixes every setting)")
     output.add_argument("--trust-checkpoint", action="store_true", help="allow loading a stable-baselines3 policy.zip, whose loader can run code it carries; REML's own checkpoints never need this")
     return parser
+
+
+def _baseline_list(text: str) -> list[str]:
+    return [] if text.strip().lower() == "none" else name_list(text)
 
 
 def default_out(config: RunConfig, kind: str | None = None) -> Path:
@@ -56,7 +64,7 @@ def default_out(config: RunConfig, kind: str | None = None) -> Path:
 def _body(argv: Sequence[str] | None) -> int:
     import sys
 
-    from reml_core.config import load_resolved, resolve_config
+    from reml_core.config import default_baselines, load_resolved, resolve_config
     from reml_core.experiment import build_components, check_policy_builds
     from reml_core.folders import check_path, claim_new_folder, claim_run_to_resume
     from reml_core.pipeline import check_resumable, command_line, run_experiment
@@ -77,7 +85,9 @@ def _body(argv: Sequence[str] | None) -> int:
     else:
         if args.out is not None:
             check_path(args.out, "--out")
-        config = resolve_config(registry, user_config(args), baselines=["scratch"])
+        user = user_config(args)
+        baselines = args.baselines if args.baselines is not None else default_baselines(registry, user.get("plugin"), "run")
+        config = resolve_config(registry, user, baselines=baselines)
         check_policy_builds(build_components(config))  # cross-component checks, before anything is written
         out = claim_new_folder(args.out or default_out(config), kind="run", force=args.force)
         out = args.out if args.out is not None else out
