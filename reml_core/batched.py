@@ -195,14 +195,14 @@ def _batch(
         # row's loss taken on its own first K points only, so padded points get no gradient. (Adam
         # below is kept bit for bit; SGD is not chaotic, so here the rounding of the longer sums is
         # harmless: equal to the per-network path within 1e-6, tests/test_batched_pool.py.)
-        shots = [end.shots for end in ends]
-        longest = max(shots)
+        support = [task.support(end.shots) for task, end in zip(tasks, ends)]
+        counts = [len(x) for x, _ in support]  # K points, or K of each class for a classification task
+        longest = max(counts)
         tuned = pool.build_batch(indices)
-        support = [task.support(k) for task, k in zip(tasks, shots)]
         x_support = torch.stack([_padded(x, longest) for x, _ in support])
         y_support = torch.stack([_padded(y, longest) for _, y in support])
         ok = finetune_sgd_batch(
-            tuned, x_support, y_support, _ragged_loss(loss_fn, shots), steps=config.finetune_steps, lr=config.finetune_lr
+            tuned, x_support, y_support, _ragged_loss(loss_fn, counts), steps=config.finetune_steps, lr=config.finetune_lr
         )
         values = evaluate_loss_batch(tuned, x_query, y_query, losses_fn)
         finetuned = torch.where(ok, values, torch.full_like(values, math.nan))

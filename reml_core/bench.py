@@ -27,12 +27,13 @@ from reml_core.config import RunConfig, deep_merge, load_resolved, resolve_confi
 from reml_core.errors import CheckpointError, UserError
 from reml_core.folders import check_path
 from reml_core.evaluation import FewShotTable, NetworkProvider
-from reml_core.experiment import Components, baseline_labels, build_components, build_one, check_policy_builds, component_facts
+from reml_core.experiment import Components, baseline_labels, build_components, build_one, check_policy_builds, component_facts, loss_name
 from reml_core.pipeline import TrainedReML, evaluate_methods, load_reml, seed_everything, train_reml
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.registry import PluginRegistry
 from reml_core.results import (
     build_results,
+    cell_metrics,
     component_lines,
     curve_table,
     few_shot_tables,
@@ -282,8 +283,8 @@ def run_bench(plan: BenchPlan, registry: PluginRegistry, out: Path, *, trust_che
     atomic_write_json(out / "results.json", results)
     labels = method_labels(results)
     title = f"{results['plugin']}: " + ", ".join(labels.values())
-    plot_few_shot(results["methods"], out / "few_shot.png", title, labels)
-    plot_convergence(results["curves"], out / "convergence.png", title, labels)
+    plot_few_shot(results["methods"], out / "few_shot.png", title, labels, results.get("loss_name", "MSE"))
+    plot_convergence(results["curves"], out / "convergence.png", title, labels, results.get("loss_name", "MSE"))
     atomic_write_text(out / "report.md", render_bench_report(results))
     return results
 
@@ -308,6 +309,7 @@ def _seed_results(plan, base, tables, curves, methods, seconds, command) -> dict
         timing_s={**{f"training_{k}": m.training_seconds for k, m in methods.items()}, **seconds},
         extra={
             "labels": baseline_labels(base),
+            "loss_name": loss_name(build_components(base).task_sampler),
             "command": command,
             "encoders": encoders,
             "budgets": {k: m.budget for k, m in methods.items()},
@@ -329,14 +331,17 @@ def _aggregate(plan: BenchPlan, per_seed, outcomes, seconds: float, command: str
             merged[shots] = {}
             for steps in row:
                 cells = [table_to_json(t)[shots][steps] for t in tables]
-                means = [c["mse_mean"] for c in cells]
-                finite = all(m is not None for m in means)
-                merged[shots][steps] = {
-                    "mse_mean": float(np.mean(means)) if finite else None,
-                    "mse_ci95": float(np.mean([c["mse_ci95"] for c in cells])) if finite else None,
-                    "nan_tasks": int(sum(c["nan_tasks"] for c in cells)),
-                    "seed_spread": float(np.std(means, ddof=1)) if finite and len(means) > 1 else None,
-                }
+                merged[shots][steps] = {"nan_tasks": int(sum(c["nan_tasks"] for c in cells))}
+                for measure in ["mse", *cell_metrics(cells[0])]:
+                    means = [c.get(f"{measure}_mean") for c in cells]
+                    cis = [c.get(f"{measure}_ci95") for c in cells]
+                    finite = all(m is not None for m in means)
+                    merged[shots][steps].update({
+                        f"{measure}_mean": float(np.mean(means)) if finite else None,
+                        f"{measure}_ci95": float(np.mean(cis)) if finite and all(c is not None for c in cis) else None,
+                        ("seed_spread" if measure == "mse" else f"{measure}_seed_spread"):
+                            float(np.std(means, ddof=1)) if finite and len(means) > 1 else None,
+                    })
         methods[key] = merged
     curves = {}
     for key in keys:
@@ -349,6 +354,7 @@ def _aggregate(plan: BenchPlan, per_seed, outcomes, seconds: float, command: str
     timing["total_this_invocation"] = seconds
     encoders = _encoders(plan) if "reml" in plan.methods else {}
     first = outcomes[plan.seeds[0]]
+    facts_of = build_components(base)
     return build_results(
         config=base.to_dict(),
         encoder_privileged=any(e["privileged"] for e in encoders.values()),
@@ -368,7 +374,8 @@ def _aggregate(plan: BenchPlan, per_seed, outcomes, seconds: float, command: str
             "command": command,
             "preset": base.core.preset,
             "labels": baseline_labels(base),
-            "components": component_facts(build_components(base)),
+            "components": component_facts(facts_of),
+            "loss_name": loss_name(facts_of.task_sampler),
         },
     )
 
@@ -398,7 +405,7 @@ def render_bench_report(results: Mapping[str, Any]) -> str:
     if len(seeds) > 1:
         lines += [f"Cells: mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
                   "\"seeds ±\" is the standard deviation between the seeds' means.", ""]
-    lines += [few_shot_tables(renamed), "![few-shot](few_shot.png)", ""]
+    lines += [few_shot_tables(renamed, results.get("loss_name", "MSE")), "![few-shot](few_shot.png)", ""]
     curves = labelled(results, results["curves"])
     lines += [f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {evaluation['curve_lr']}, on each task's training data)", "",
               curve_table(curves), "![convergence](convergence.png)", ""]

@@ -3,17 +3,20 @@
 A method is anything that hands out a starting network for a task and a K: REML by a policy
 rollout over its pool, MAML from its meta-learned initialisation, scratch from a fresh init.
 The evaluator fine-tunes each with plain SGD on the K support points (the same K points at every
-step) and measures the query MSE after the requested numbers of steps. It never sees how a
-network was made, and it works on the network it is given, never on a method's own state.
+step) and measures the query loss (the family's: MSE for regression, cross-entropy for
+classification) after the requested numbers of steps, and any metrics the family defines (e.g.
+accuracy). It never sees how a network was made, and it works on the network it is given, never
+on a method's own state.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -21,29 +24,43 @@ from reml_core.inner_loop import LossFn, evaluate_loss, finetune_sgd, train_adam
 from reml_core.interfaces import Task
 
 NetworkProvider = Callable[[Task, int], nn.Module]
+#: A family's metrics of a prediction against its targets, e.g. ``{"accuracy": 0.8}`` (higher is better).
+MetricsFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+
+
+def _mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=np.float64)
+    if array.size == 0 or not np.isfinite(array).all():
+        return math.nan, math.nan
+    ci = 1.96 * array.std(ddof=1) / math.sqrt(array.size) if array.size > 1 else math.nan
+    return float(array.mean()), float(ci)
 
 
 @dataclass(frozen=True)
 class Cell:
-    """Query MSE over the test tasks for one (K, steps): mean and 95% CI half-width.
+    """Query loss over the test tasks for one (K, steps): mean and 95% CI half-width.
 
-    A task whose fine-tuning diverged counts as NaN; a cell with any NaN task has a NaN mean
-    (reported, never hidden), and ``nan_tasks`` says how many.
+    ``mse_*`` holds the family's loss (MSE for regression; the name is the schema's). A task whose
+    fine-tuning diverged counts as NaN; a cell with any NaN task has a NaN mean (reported, never
+    hidden), and ``nan_tasks`` says how many. ``metrics`` maps each of the family's metrics to its
+    (mean, 95% CI half-width) over the same tasks.
     """
 
     mse_mean: float
     mse_ci95: float
     nan_tasks: int
     tasks: int
+    metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @classmethod
-    def from_losses(cls, losses: Sequence[float]) -> Cell:
+    def from_losses(cls, losses: Sequence[float], metrics: dict[str, Sequence[float]] | None = None) -> Cell:
         values = np.asarray(losses, dtype=np.float64)
         nan_tasks = int((~np.isfinite(values)).sum())
+        measured = {name: _mean_ci(series) for name, series in (metrics or {}).items()}
         if nan_tasks or values.size == 0:
-            return cls(math.nan, math.nan, nan_tasks, int(values.size))
-        ci = 1.96 * values.std(ddof=1) / math.sqrt(values.size) if values.size > 1 else math.nan
-        return cls(float(values.mean()), float(ci), 0, int(values.size))
+            return cls(math.nan, math.nan, nan_tasks, int(values.size), measured)
+        mean, ci = _mean_ci(values)
+        return cls(mean, ci, 0, int(values.size), measured)
 
 
 FewShotTable = dict[int, dict[int, Cell]]  # K -> steps -> cell
@@ -64,9 +81,11 @@ class FewShotEvaluator:
         curve_lr: float = 0.005,
         curve_tasks: int | None = None,
         progress: bool = False,
+        metrics_fn: MetricsFn | None = None,
     ) -> None:
         self.tasks = list(tasks)
         self.loss_fn = loss_fn
+        self.metrics_fn = metrics_fn
         self.shots = sorted(shots)
         self.steps = sorted(steps)
         self.lr = lr
@@ -80,27 +99,41 @@ class FewShotEvaluator:
         table: FewShotTable = {}
         for shots in self.shots:
             losses: dict[int, list[float]] = {s: [] for s in self.steps}
+            metrics: dict[int, dict[str, list[float]]] = {s: {} for s in self.steps}
             tasks = tqdm(self.tasks, desc=f"eval {label} K={shots}", disable=None if self.progress else True, leave=False)
             for task in tasks:
-                for step, loss in self.adaptation(provider(task, shots), task, shots).items():
+                for step, (loss, measured) in self.measured_adaptation(provider(task, shots), task, shots).items():
                     losses[step].append(loss)
-            table[shots] = {step: Cell.from_losses(values) for step, values in losses.items()}
+                    for name, value in measured.items():
+                        metrics[step].setdefault(name, []).append(value)
+            table[shots] = {step: Cell.from_losses(values, metrics[step]) for step, values in losses.items()}
         return table
 
     def adaptation(self, network: nn.Module, task: Task, shots: int) -> dict[int, float]:
         """Query loss after each requested number of SGD steps on the task's K support points."""
+        return {step: loss for step, (loss, _) in self.measured_adaptation(network, task, shots).items()}
+
+    def measured_adaptation(self, network: nn.Module, task: Task, shots: int) -> dict[int, tuple[float, dict[str, float]]]:
+        """Query loss and the family's metrics after each requested number of SGD steps on the K support points."""
         x_support, y_support = task.support(shots)
-        recorded: dict[int, float] = {}
+        recorded: dict[int, tuple[float, dict[str, float]]] = {}
 
         def record(step: int) -> None:
-            if step in self.steps:
-                recorded[step] = evaluate_loss(network, task.x_query, task.y_query, self.loss_fn)
+            if step not in self.steps:
+                return
+            if self.metrics_fn is None:
+                recorded[step] = (evaluate_loss(network, task.x_query, task.y_query, self.loss_fn), {})
+                return
+            with torch.no_grad():
+                prediction = network(task.x_query)
+                recorded[step] = (float(self.loss_fn(prediction, task.y_query)),
+                                  {name: float(value) for name, value in self.metrics_fn(prediction, task.y_query).items()})
 
         record(0)
         finished = finetune_sgd(network, x_support, y_support, self.loss_fn, steps=self.steps[-1], lr=self.lr, callback=record)
         if not finished:
             for step in self.steps:
-                recorded.setdefault(step, math.nan)
+                recorded.setdefault(step, (math.nan, {}))
         return {step: recorded[step] for step in self.steps}
 
     def curve(self, provider: NetworkProvider, label: str = "") -> list[float]:

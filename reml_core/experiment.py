@@ -143,6 +143,12 @@ def component_facts(components: Components) -> dict[str, str]:
     return facts
 
 
+def loss_name(sampler: TaskSampler) -> str:
+    """How reports name the family's loss (its optional ``loss_name``: "MSE", "cross-entropy")."""
+    name = getattr(sampler, "loss_name", None)
+    return name if isinstance(name, str) and name.strip() else "loss"
+
+
 def baseline_labels(config: RunConfig) -> dict[str, str]:
     """Display names of the config's baselines, as their records give them."""
     return {name: getattr(selected.spec, "label", "") or name for name, selected in config.baselines.items()}

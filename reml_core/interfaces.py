@@ -32,6 +32,11 @@ class Task:
     ``x_support``/``y_support`` hold ``max_shots`` points; the K-shot support set is their first K,
     so the 5-shot set is contained in the 10-shot set and every method sees the same points.
     The query set is separate from both the support set and the inner-training data.
+
+    A classification task sets ``ways`` (N, its number of classes): K-shot then means K examples
+    of each class, so the K-shot set is the first ``ways * K`` support points, and the family
+    orders them so that every such prefix holds K of each class (class ``i % ways`` at position
+    ``i``). Its targets are class indices (int64, shape ``[n]``) and its predictions logits.
     """
 
     task_id: str
@@ -43,12 +48,14 @@ class Task:
     y_support: torch.Tensor
     x_query: torch.Tensor
     y_query: torch.Tensor
+    ways: int = 1
 
     def support(self, shots: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``shots`` support points."""
-        if not 1 <= shots <= len(self.x_support):
+        """The K-shot support set: the first ``shots`` points (``shots`` of each class when ``ways`` > 1)."""
+        count = shots * self.ways
+        if not 1 <= count <= len(self.x_support):
             raise ValueError(f"{shots}-shot support requested but task {self.task_id} holds {len(self.x_support)} support points")
-        return self.x_support[:shots], self.y_support[:shots]
+        return self.x_support[:count], self.y_support[:count]
 
 
 @runtime_checkable
@@ -97,6 +104,7 @@ class TaskBatch:
     y_support: torch.Tensor
     x_query: torch.Tensor
     y_query: torch.Tensor
+    ways: int = 1
 
     def __len__(self) -> int:
         return len(self.task_ids)
@@ -106,7 +114,7 @@ class TaskBatch:
         return Task(
             self.task_ids[index], self.split, tuple(self.descriptors[index].tolist()),
             self.x_train[index], self.y_train[index], self.x_support[index], self.y_support[index],
-            self.x_query[index], self.y_query[index],
+            self.x_query[index], self.y_query[index], self.ways,
         )
 
     def tasks(self) -> list[Task]:
@@ -306,6 +314,19 @@ class Describable(Protocol):
     """
 
     def describe(self) -> str: ...
+
+
+@runtime_checkable
+class MeasuresMetrics(Protocol):
+    """Optional for a task sampler: metrics beside its loss, reported for every method.
+
+    ``metrics(prediction, target)`` returns named numbers for one task's query set, higher is
+    better (a classification family: ``{"accuracy": ...}``). The evaluation protocol records
+    each one's mean and 95% CI over the test tasks next to the loss (``<name>_mean``,
+    ``<name>_ci95`` in ``results.json``); tables and plots show them.
+    """
+
+    def metrics(self, prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]: ...
 
 
 @runtime_checkable

@@ -15,8 +15,8 @@ import torch
 from reml_core.config import RunConfig, load_resolved
 from reml_core.errors import CheckpointError, UserError
 from reml_core.evaluation import FewShotEvaluator, FewShotTable, NetworkProvider
-from reml_core.experiment import Components, baseline_labels, build_components, build_one, component_facts
-from reml_core.interfaces import Baseline, ReportsStats
+from reml_core.experiment import Components, baseline_labels, build_components, build_one, component_facts, loss_name
+from reml_core.interfaces import Baseline, MeasuresMetrics, ReportsStats
 from reml_core.methods import ReMLMethod
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.results import (
@@ -72,6 +72,7 @@ def evaluate_methods(
         shots=evaluation.shots, steps=evaluation.steps, lr=evaluation.sgd_lr,
         curve_steps=evaluation.curve_steps, curve_lr=evaluation.curve_lr, curve_tasks=evaluation.curve_tasks,
         progress=config.core.train.progress,
+        metrics_fn=components.task_sampler.metrics if isinstance(components.task_sampler, MeasuresMetrics) else None,
     )
     tables, curves, seconds = {}, {}, {}
     for name, provider in providers.items():
@@ -168,7 +169,7 @@ def run_experiment(config: RunConfig, out: Path, *, resume: bool = False, trust_
         curves=curves,
         timing_s=timing,
         extra={"command": command, "training": reml.training_record(), "labels": baseline_labels(config),
-               "components": component_facts(components)},
+               "components": component_facts(components), "loss_name": loss_name(components.task_sampler)},
     )
     write_outputs(out, results)
     return results
@@ -238,8 +239,8 @@ def write_outputs(out: Path, results: dict[str, Any]) -> None:
     atomic_write_json(out / "results.json", results)
     title = f"{results['plugin']}: {results['policy']}, encoder {results['encoder']}"
     labels = method_labels(results)
-    plot_few_shot(results["methods"], out / "few_shot.png", title, labels)
-    plot_convergence(results["curves"], out / "convergence.png", title, labels)
+    plot_few_shot(results["methods"], out / "few_shot.png", title, labels, results.get("loss_name", "MSE"))
+    plot_convergence(results["curves"], out / "convergence.png", title, labels, results.get("loss_name", "MSE"))
     atomic_write_text(out / "report.md", render_run_report(results))
 
 
@@ -264,7 +265,7 @@ def render_run_report(results: Mapping[str, Any]) -> str:
         f"a deterministic rollout of the policy over the trained pool (checkpoint "
         f"`{training.get('selected_checkpoint', {}).get('name', '?')}`, chosen on validation tasks).",
         "",
-        few_shot_tables(labelled(results, results["methods"])),
+        few_shot_tables(labelled(results, results["methods"]), results.get("loss_name", "MSE")),
         "![few-shot](few_shot.png)",
         "",
         f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {evaluation['curve_lr']}, on each task's training data)",

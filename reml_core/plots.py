@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reml_core.results import METHOD_LABELS
+from reml_core.results import METHOD_LABELS, table_measures
 from reml_core.storage import atomic_write_with
 
 
@@ -43,48 +43,54 @@ def _pyplot() -> Any:
 
 def plot_few_shot(
     methods: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]], path: Path, title: str,
-    labels: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None, loss_name: str = "MSE",
 ) -> None:
-    """Query MSE against SGD steps, one panel per K, one line per method, 95% CI error bars.
+    """Query loss against SGD steps, one panel per K, one line per method, 95% CI error bars; a
+    second row of panels per family metric (e.g. accuracy) when the cells hold one.
 
-    Results averaged over several seeds (cells with ``seed_spread``) also get a shaded band of
+    Results averaged over several seeds (cells with a seed spread) also get a shaded band of
     +- the standard deviation between the seeds' means, so both kinds of uncertainty are visible.
     """
     labels = {**METHOD_LABELS, **(labels or {})}
     shots = sorted({int(k) for table in methods.values() for k in table})
+    measures = table_measures(methods)
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(shots), figsize=(5 * len(shots), 4), squeeze=False)
+    figure, axes = plt.subplots(len(measures), len(shots), figsize=(5 * len(shots), 4 * len(measures)), squeeze=False)
     any_spread = False
-    for axis, k in zip(axes[0], shots):
-        for name, table in methods.items():
-            row = table.get(str(k), {})
-            steps = sorted(int(s) for s in row)
-            cells = [row[str(s)] for s in steps]
-            points = [(i, c["mse_mean"], c.get("mse_ci95") or 0.0, c.get("seed_spread")) for i, c in enumerate(cells) if c.get("mse_mean") is not None]
-            if points:
-                xs, ys, es, spreads = zip(*points)
-                line = axis.errorbar(xs, ys, yerr=es, marker="o", capsize=4, label=labels.get(name, name))
-                if all(spread is not None for spread in spreads):
-                    any_spread = True
-                    color = line.lines[0].get_color()
-                    axis.fill_between(xs, [y - d for y, d in zip(ys, spreads)], [y + d for y, d in zip(ys, spreads)], color=color, alpha=0.18, linewidth=0)
-            axis.set_xticks(range(len(steps)), [str(s) for s in steps])
-        axis.set_title(f"K = {k}")
-        axis.set_xlabel("SGD steps on the K support points")
-        axis.set_ylabel("query MSE")
-        axis.grid(alpha=0.3)
+    for axes_row, measure in zip(axes, measures):
+        spread_key = "seed_spread" if measure == "mse" else f"{measure}_seed_spread"
+        for axis, k in zip(axes_row, shots):
+            for name, table in methods.items():
+                row = table.get(str(k), {})
+                steps = sorted(int(s) for s in row)
+                cells = [row[str(s)] for s in steps]
+                points = [(i, c[f"{measure}_mean"], c.get(f"{measure}_ci95") or 0.0, c.get(spread_key))
+                          for i, c in enumerate(cells) if c.get(f"{measure}_mean") is not None]
+                if points:
+                    xs, ys, es, spreads = zip(*points)
+                    line = axis.errorbar(xs, ys, yerr=es, marker="o", capsize=4, label=labels.get(name, name))
+                    if all(spread is not None for spread in spreads):
+                        any_spread = True
+                        color = line.lines[0].get_color()
+                        axis.fill_between(xs, [y - d for y, d in zip(ys, spreads)], [y + d for y, d in zip(ys, spreads)], color=color, alpha=0.18, linewidth=0)
+                axis.set_xticks(range(len(steps)), [str(s) for s in steps])
+            axis.set_title(f"K = {k}")
+            axis.set_xlabel("SGD steps on the K support points")
+            axis.set_ylabel(f"query {loss_name}" if measure == "mse" else f"query {measure.replace('_', ' ')}")
+            axis.grid(alpha=0.3)
     handles, names = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, names, loc="lower center", ncol=max(len(names), 1), frameon=False)
     caption = "bars: 95% CI over test tasks" + ("; bands: ± std between seeds" if any_spread else "")
     figure.suptitle(f"{title}\n{caption}", fontsize=10)
-    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    figure.tight_layout(rect=(0, 0.08 / len(measures), 1, 1))
     _save(figure, path)
 
 
 def plot_convergence(
-    curves: Mapping[str, Sequence[float | None]], path: Path, title: str, labels: Mapping[str, str] | None = None
+    curves: Mapping[str, Sequence[float | None]], path: Path, title: str, labels: Mapping[str, str] | None = None,
+    loss_name: str = "MSE",
 ) -> None:
-    """Mean query MSE after each Adam step on the task's training data, per method."""
+    """Mean query loss after each Adam step on the task's training data, per method."""
     labels = {**METHOD_LABELS, **(labels or {})}
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
@@ -95,7 +101,7 @@ def plot_convergence(
             axis.plot(xs, ys, label=labels.get(name, name))
     axis.set_yscale("log")
     axis.set_xlabel("Adam steps on the task's training data")
-    axis.set_ylabel("query MSE (mean over test tasks)")
+    axis.set_ylabel(f"query {loss_name} (mean over test tasks)")
     axis.grid(alpha=0.3, which="both")
     axis.legend()
     axis.set_title(title)

@@ -56,11 +56,19 @@ def jsonable(value: Any) -> Any:
 
 
 def cell_to_json(cell: Cell) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         "mse_mean": finite_or_none(cell.mse_mean),
         "mse_ci95": finite_or_none(cell.mse_ci95),
         "nan_tasks": cell.nan_tasks,
     }
+    for name, (mean, ci) in cell.metrics.items():
+        data[f"{name}_mean"], data[f"{name}_ci95"] = finite_or_none(mean), finite_or_none(ci)
+    return data
+
+
+def cell_metrics(cell: Mapping[str, Any]) -> list[str]:
+    """The family metrics a JSON cell holds (``accuracy`` for ``accuracy_mean``), in order."""
+    return [key[: -len("_mean")] for key in cell if key.endswith("_mean") and key != "mse_mean"]
 
 
 def table_to_json(table: FewShotTable) -> dict[str, dict[str, dict[str, Any]]]:
@@ -110,38 +118,58 @@ def build_results(
 # -- Markdown ----------------------------------------------------------------------------------
 
 
-def _format_cell(cell: Mapping[str, Any], best: bool) -> str:
-    mean, ci = cell.get("mse_mean"), cell.get("mse_ci95")
+def _spread_key(measure: str) -> str:
+    return "seed_spread" if measure == "mse" else f"{measure}_seed_spread"
+
+
+def _format_cell(cell: Mapping[str, Any], best: bool, measure: str = "mse") -> str:
+    mean, ci = cell.get(f"{measure}_mean"), cell.get(f"{measure}_ci95")
     if mean is None:
         text = f"NaN ({cell.get('nan_tasks', '?')} tasks diverged)"
     else:
         text = f"{mean:.3f} ± {ci:.3f}" if ci is not None else f"{mean:.3f}"
-        if cell.get("seed_spread") is not None:
-            text += f" (seeds ±{cell['seed_spread']:.3f})"
+        if cell.get(_spread_key(measure)) is not None:
+            text += f" (seeds ±{cell[_spread_key(measure)]:.3f})"
     return f"**{text}**" if best else text
 
 
-def few_shot_tables(methods: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]]) -> str:
-    """One Markdown table per K: rows are methods, columns are SGD steps, the best mean in each column bold."""
+def table_measures(methods: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]]) -> list[str]:
+    """``mse`` (the loss) and every family metric the cells hold, in order of first appearance."""
+    found = ["mse"]
+    for table in methods.values():
+        for row in table.values():
+            for cell in row.values():
+                found += [name for name in cell_metrics(cell) if name not in found]
+    return found
+
+
+def few_shot_tables(methods: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]], loss_name: str = "MSE") -> str:
+    """Markdown tables per K (rows: methods, columns: SGD steps), first of the query loss (lowest
+    bold), then of each family metric such as accuracy (highest bold)."""
     shots = sorted({int(k) for table in methods.values() for k in table})
     lines: list[str] = []
-    for k in shots:
-        steps = sorted({int(s) for table in methods.values() for s in table.get(str(k), {})})
-        lines += [f"**K = {k}** (query MSE, mean ± 95% CI over test tasks)", ""]
-        lines.append("| method | " + " | ".join(f"{s} step{'s' if s != 1 else ''}" for s in steps) + " |")
-        lines.append("|---|" + "---:|" * len(steps))
-        best = {}
-        for s in steps:
-            means = [t[str(k)][str(s)]["mse_mean"] for t in methods.values() if t.get(str(k), {}).get(str(s), {}).get("mse_mean") is not None]
-            best[s] = min(means) if means else None
-        for name, table in methods.items():
-            row = table.get(str(k), {})
-            cells = []
+    for measure in table_measures(methods):
+        label = f"query {loss_name}" if measure == "mse" else f"query {measure.replace('_', ' ')}"
+        pick = min if measure == "mse" else max
+        for k in shots:
+            steps = sorted({int(s) for table in methods.values() for s in table.get(str(k), {})})
+            lines += [f"**K = {k}** ({label}, mean ± 95% CI over test tasks)", ""]
+            lines.append("| method | " + " | ".join(f"{s} step{'s' if s != 1 else ''}" for s in steps) + " |")
+            lines.append("|---|" + "---:|" * len(steps))
+            best = {}
             for s in steps:
-                cell = row.get(str(s))
-                cells.append(_format_cell(cell, cell is not None and cell["mse_mean"] is not None and cell["mse_mean"] == best[s]) if cell else "-")
-            lines.append(f"| {METHOD_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
-        lines.append("")
+                means = [t[str(k)][str(s)].get(f"{measure}_mean") for t in methods.values() if str(s) in t.get(str(k), {})]
+                means = [m for m in means if m is not None]
+                best[s] = pick(means) if means else None
+            for name, table in methods.items():
+                row = table.get(str(k), {})
+                cells = []
+                for s in steps:
+                    cell = row.get(str(s))
+                    mean = cell.get(f"{measure}_mean") if cell else None
+                    cells.append(_format_cell(cell, mean is not None and mean == best[s], measure) if cell else "-")
+                lines.append(f"| {METHOD_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 

@@ -281,3 +281,18 @@ def test_a_vector_env_meta_trains_to_the_end_on_a_pool_without_the_capability(in
     assert len(trainer.state.episodes) == 4 and min(trainer.state.episodes) >= 512 // 4 // 5
     assert pool.built >= 2 * sum(trainer.state.episodes) - 8  # every finished episode built its networks one by one
     assert max(float((pool.state_dict()[key] - value).abs().max()) for key, value in before.items()) > 1e-4
+
+
+def test_batched_ends_fine_tune_on_k_of_each_class_when_tasks_have_ways():
+    # A classification task's K-shot set is K points of each class (ways * K points): the stacked
+    # fine-tuning pads to the longest such set and scores each row on its own, as one network would.
+    import dataclasses
+
+    reference_pool, batched_pool = _pool(), _pool()
+    ends = [dataclasses.replace(end, task=dataclasses.replace(end.task, ways=2), shots=shots)
+            for end, shots in zip(_random_ends(reference_pool, 6, seed=11), [1, 2, 5, 5, 2, 3])]
+    assert [len(end.task.support(end.shots)[0]) for end in ends] == [2, 4, 10, 10, 4, 6]
+    reference = _end(reference_pool, ends, batched=False)
+    batched = _end(batched_pool, ends, batched=True, min_batch=1)
+    _assert_same_outcomes(batched, reference)
+    assert _max_pool_difference(batched_pool, reference_pool) <= TOLERANCE

@@ -59,6 +59,14 @@ class MAMLBaseline:
 
     def __init__(self, config: MAMLConfig, context: BuildContext) -> None:
         sampler = context.task_sampler
+        shape = getattr(sampler, "input_shape", None)
+        if shape is not None and len(tuple(shape)) > 1:
+            # Its networks are dense MLPs on flat inputs, and its K-shot batches take K points,
+            # not K per class: image classification needs the pool's architecture (issue 13).
+            raise ValueError(
+                f"the maml baseline builds dense networks on flat inputs; this task family's inputs have shape "
+                f"{tuple(shape)} (an image family), which it does not support yet: compare with scratch (--methods reml,scratch)"
+            )
         inputs, outputs = (sampler.input_size, sampler.output_size) if sampler is not None else (1, 1)
         self.config = config
         self.seed = context.seed

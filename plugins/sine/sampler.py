@@ -51,6 +51,7 @@ class SineTaskSampler:
     descriptor_names = ("amplitude", "phase")
     input_size = 1
     output_size = 1
+    loss_name = "MSE"
 
     def __init__(self, config: SineConfig) -> None:
         self.config = config

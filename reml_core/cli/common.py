@@ -139,7 +139,7 @@ def print_summary(results: dict[str, Any], out: Path) -> None:
     """The few-shot tables and where the files are, once a run or benchmark has finished."""
     from reml_core.results import few_shot_tables, labelled
 
-    print(few_shot_tables(labelled(results, results["methods"])))
+    print(few_shot_tables(labelled(results, results["methods"]), results.get("loss_name", "MSE")))
     print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}")
 
 
