@@ -1,8 +1,9 @@
 """The ``encoders`` plugin: state encoders that work for any task family that offers what they read.
 
 ``oracle`` reads a task's descriptor (privileged, as in the thesis); ``support-set`` reads only the
-K support points of a family with 1-D inputs and targets. They live apart from any family so that
-disabling or replacing a family leaves them available to every other.
+K support points of a family with 1-D inputs and targets; ``prototypes`` reads only the K-shot
+support images of a classification family (each class's mean image, pooled to a small grid).
+They live apart from any family so that disabling or replacing a family leaves them available to every other.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from reml_core import hookimpl
 from reml_core.specs import StateEncoderSpec
 from reml_plugins.encoders.generic import OracleConfig, SupportSetConfig, build_oracle, build_support_set
+from reml_plugins.encoders.prototypes import PrototypesConfig, build_prototypes
 
 
 @hookimpl
@@ -25,4 +27,10 @@ def reml_state_encoders():
         factory=build_support_set,
         config_model=SupportSetConfig,
         description="Only the K support points (1-D x and y), sorted, scaled by the family's ranges and padded with a mask; no privileged information.",
+    )
+    yield StateEncoderSpec(
+        name="prototypes",
+        factory=build_prototypes,
+        config_model=PrototypesConfig,
+        description="Only the K-shot support images of a classification task: each class's mean image pooled to a small grid, then K; not privileged.",
     )
