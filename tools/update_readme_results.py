@@ -1,7 +1,10 @@
-"""Copy a reml-bench run's tables and figure into README.md (between the results markers).
+"""Copy a reml-bench run's tables and figure into README.md, between its family's results markers.
 
 Usage: python tools/update_readme_results.py runs/readme
-Nothing in the README's results section is typed by hand: this script writes all of it.
+The markers are <!-- results:start --> ... <!-- results:end --> for the sine family and
+<!-- results-FAMILY:start --> ... <!-- results-FAMILY:end --> for any other (e.g. digits); the
+figure goes to docs/images/few_shot.png (sine) or docs/images/few_shot_FAMILY.png.
+Nothing in a README results section is typed by hand: this script writes all of it.
 """
 
 from __future__ import annotations
@@ -11,19 +14,30 @@ import sys
 from pathlib import Path
 
 from reml_core.plots import plot_few_shot
-from reml_core.results import few_shot_tables, labelled, method_labels
+from reml_core.results import few_shot_tables, labelled, method_labels, table_measures
 
 ROOT = Path(__file__).resolve().parent.parent
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def markers(plugin: str) -> tuple[str, str]:
+    name = "results" if plugin == "sine" else f"results-{plugin}"
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def figure(plugin: str) -> str:
+    return "docs/images/few_shot.png" if plugin == "sine" else f"docs/images/few_shot_{plugin}.png"
 
 
 def section(run: Path) -> str:
     results = json.loads((run / "results.json").read_text())
+    start, end = markers(results["plugin"])
+    loss = results.get("loss_name", "MSE")
     labels = method_labels(results)
-    tables = few_shot_tables(labelled(results, results["methods"]))
+    tables = few_shot_tables(labelled(results, results["methods"]), loss)
+    measured = " and ".join([f"query {loss}", *table_measures(results["methods"])[1:]])
     encoders = []
     for _key, info in results.get("encoders", {}).items():
-        kind = "privileged: the task's true amplitude and phase" if info["privileged"] else "only the K support points, like MAML"
+        kind = "privileged: the task's true parameters" if info["privileged"] else "only the K-shot support set, like the baselines"
         encoders.append(f"`{info['name']}` ({kind})")
     budgets = "; ".join(f"{labels.get(k, k)}: {v}" for k, v in results.get("budgets", {}).items())
     timing = results["timing_s"]
@@ -32,18 +46,20 @@ def section(run: Path) -> str:
     spread = (f" Each cell is the mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
               "\"seeds ±\" is the standard deviation between the seeds' means, the band in the figure."
               if len(seeds) > 1 else "")
+    sgd_lr = results["config"]["eval"]["sgd_lr"]
     return "\n".join([
-        START,
+        start,
         f"Generated from `{results['command']}` (preset `{results.get('preset')}`, seed(s) "
-        f"{', '.join(map(str, results.get('seed_list', [results['seed']])))}, {results['test_tasks']} held-out test tasks) "
+        f"{', '.join(map(str, seeds))}, {results['test_tasks']} held-out test tasks) "
         f"by `python tools/update_readme_results.py {run}`. REML state encoders: {', '.join(encoders)}. "
-        f"Query MSE after fine-tuning with plain SGD (lr 0.01) on K support points; mean ± 95% CI over tasks; best per column in bold.{spread}",
+        f"{measured[0].upper() + measured[1:]} after fine-tuning with plain SGD (lr {sgd_lr:g}) on the K-shot support set; "
+        f"mean ± 95% CI over tasks; best per column in bold.{spread}",
         "",
         tables,
-        "![query MSE against fine-tuning steps](docs/images/few_shot.png)",
+        f"![{results['plugin']}: few-shot results against fine-tuning steps]({figure(results['plugin'])})",
         "",
         f"Budgets: {budgets}. Training time (all seeds): {training}; whole benchmark {timing['total_this_invocation'] / 60:.0f} min on a 2-core CPU.",
-        END,
+        end,
     ])
 
 
@@ -51,18 +67,20 @@ def main() -> None:
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
     run = Path(sys.argv[1])
+    results = json.loads((run / "results.json").read_text())
+    plugin = results["plugin"]
+    start, end = markers(plugin)
     readme = ROOT / "README.md"
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"README.md lacks the markers {START} ... {END}")
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
+    if start not in text or end not in text:
+        raise SystemExit(f"README.md lacks the markers {start} ... {end}")
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
     readme.write_text(before + section(run) + after)
-    results = json.loads((run / "results.json").read_text())
-    labels = method_labels(results)
-    plot_few_shot(results["methods"], ROOT / "docs" / "images" / "few_shot.png",
-                  f"{results['plugin']}: query MSE after SGD fine-tuning ({results['test_tasks']} test tasks)", labels)
-    print(f"README.md results section and docs/images/few_shot.png updated from {run}")
+    plot_few_shot(results["methods"], ROOT / figure(plugin),
+                  f"{plugin}: query {results.get('loss_name', 'MSE')} after SGD fine-tuning ({results['test_tasks']} test tasks)",
+                  method_labels(results), results.get("loss_name", "MSE"))
+    print(f"README.md {plugin} results section and {figure(plugin)} updated from {run}")
 
 
 if __name__ == "__main__":
