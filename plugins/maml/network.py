@@ -77,3 +77,43 @@ def forward(params: Sequence[torch.Tensor], x: torch.Tensor, activation: str) ->
         if i < last:
             x = act(x)
     return x
+
+
+@dataclass(frozen=True)
+class ModuleArchitecture:
+    """An arbitrary module's identity as a checkpoint checks it: its class and its state's names, shapes and dtypes.
+
+    The image path meta-learns whatever network the layer pool builds (``pool.fresh_network``);
+    MAML knows nothing about it beyond this. Two networks of the same class with the same state
+    names and shapes are taken to be the same architecture (settings that hold no tensor, such as
+    a conv network's pooling plan, are the pool's and the task family's, not recorded here).
+    """
+
+    module: str  # the class's qualified name
+    state: tuple[tuple[str, tuple[int, ...], str], ...]  # (name, shape, dtype) in state_dict order
+
+    @classmethod
+    def of(cls, network: nn.Module) -> ModuleArchitecture:
+        kind = type(network)
+        state = tuple((name, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in network.state_dict().items())
+        return cls(f"{kind.__module__}.{kind.__qualname__}", state)
+
+    @property
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """State name -> shape, in ``state_dict`` order."""
+        return {name: shape for name, shape, _ in self.state}
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        return {name: dtype for name, _, dtype in self.state}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"module": self.module, "state": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in self.state]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModuleArchitecture:
+        return cls(data["module"], tuple((e["name"], tuple(e["shape"]), e["dtype"]) for e in data["state"]))
+
+    def describe(self) -> str:
+        count = sum(math.prod(shape) for _, shape, _ in self.state)
+        return f"{self.module.rsplit('.', 1)[-1]} ({len(self.state)} tensors, {count} values)"
