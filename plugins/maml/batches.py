@@ -5,11 +5,17 @@ uses K *other* points of the same task. Both come from the task's training data 
 the next K of ``x_train``, which are independent draws); the query set is left to evaluation.
 A meta-batch is stacked from tasks drawn one by one (:func:`draw_batch`) or cut out of a task
 sampler's ready-stacked :class:`TaskBatch` (:func:`from_task_batch`): the same points either way.
+
+Classification tasks (``task.ways`` N > 1; the image path) follow the core's K-shot meaning, K
+*per class*: the inner points are the task's K-shot support set ``task.support(K)`` (N * K
+points, K of each class) and the outer points are K training points of each class, the first of
+each class in ``x_train`` order (:func:`stack_classification_tasks`); held-out tasks and query
+sets are never read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -53,15 +59,15 @@ def stack_tasks(tasks: list[Task], shots: int) -> MetaBatch:
     return MetaBatch(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:])
 
 
-def draw_batch(tasks: Iterator[Task], size: int, shots: int) -> MetaBatch:
-    """The next ``size`` tasks of the stream as one meta-batch."""
+def draw_batch(tasks: Iterator[Task], size: int, shots: int, stack: Callable[[list[Task], int], MetaBatch] = stack_tasks) -> MetaBatch:
+    """The next ``size`` tasks of the stream as one meta-batch (stacked by ``stack``)."""
     chosen = []
     for _ in range(size):
         try:
             chosen.append(next(tasks))
         except StopIteration:
             raise ValueError(f"maml: the task stream ran out after {len(chosen)} tasks of a {size}-task meta-batch") from None
-    return stack_tasks(chosen, shots)
+    return stack(chosen, shots)
 
 
 def from_task_batch(batch: TaskBatch, shots: int) -> MetaBatch:
@@ -70,4 +76,47 @@ def from_task_batch(batch: TaskBatch, shots: int) -> MetaBatch:
     x, y = batch.x_train, batch.y_train
     return MetaBatch(
         x[:, :shots].contiguous(), y[:, :shots].contiguous(), x[:, shots : 2 * shots].contiguous(), y[:, shots : 2 * shots].contiguous()
+    )
+
+
+def balanced_training_indices(task: Task, shots: int) -> torch.Tensor:
+    """Positions in ``task.x_train`` of the first ``shots`` points of each class, interleaved (position i: class i % N).
+
+    For a family that already interleaves its training points by class (digits, omniglot) these
+    are simply ``0 .. N * K - 1``; any other order gives the same selection by class.
+    """
+    ways = task.ways
+    if ways == 1:
+        if len(task.x_train) < shots:
+            raise UserError(f"maml: K = {shots} needs {shots} training points per task for the outer loss but task {task.task_id} has {len(task.x_train)}; lower baselines.maml.shots")
+        return torch.arange(shots)
+    labels = task.y_train
+    counts = torch.bincount(labels, minlength=ways)
+    if len(counts) > ways or int(counts.min()) < shots:
+        raise UserError(
+            f"maml: K = {shots} per class needs {shots} training points of each of the {ways} classes for the outer loss "
+            f"but task {task.task_id} has {counts.tolist()}; lower baselines.maml.shots"
+        )
+    order = torch.argsort(labels, stable=True)  # grouped by class, each class in x_train order
+    starts = torch.cumsum(counts, 0) - counts
+    per_class = order[starts.unsqueeze(1) + torch.arange(shots)]  # [ways, shots]
+    return per_class.T.reshape(-1)
+
+
+def stack_classification_tasks(tasks: list[Task], shots: int) -> MetaBatch:
+    """Inner points: each task's K-shot support set (K per class); outer points: K training points per class."""
+    inner, outer = [], []
+    for task in tasks:
+        try:
+            inner.append(task.support(shots))
+        except ValueError:
+            raise UserError(
+                f"maml: K = {shots} per class needs {shots * task.ways} support points but task {task.task_id} holds "
+                f"{len(task.x_support)}; lower baselines.maml.shots"
+            ) from None
+        index = balanced_training_indices(task, shots)
+        outer.append((task.x_train[index], task.y_train[index]))
+    return MetaBatch(
+        torch.stack([x for x, _ in inner]), torch.stack([y for _, y in inner]),
+        torch.stack([x for x, _ in outer]), torch.stack([y for _, y in outer]),
     )
