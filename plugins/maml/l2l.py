@@ -13,6 +13,7 @@ import io
 from types import ModuleType
 
 import torch
+from torch import nn
 
 from reml_core.errors import UserError
 from reml_core.inner_loop import LossFn
@@ -38,14 +39,15 @@ def import_learn2learn() -> ModuleType:
 
 
 class Learn2LearnMAML:
-    """Meta-gradients of a :class:`MetaNetwork`'s parameters through ``learn2learn.algorithms.MAML``.
+    """Meta-gradients of a network's parameters through ``learn2learn.algorithms.MAML``.
 
-    Runs eagerly, as the library is meant to be used; the ``compile`` setting concerns torch-func only.
+    The network is the sine path's :class:`MetaNetwork` or the image path's pool-built module:
+    ``MAML`` wraps any module (its ``clone``/``adapt`` rewrite the module's parameters). Runs eagerly, as the library is meant to be used; the ``compile`` setting concerns torch-func only.
     """
 
     name = "learn2learn"
 
-    def __init__(self, network: MetaNetwork, config: MAMLConfig, loss_fn: LossFn) -> None:
+    def __init__(self, network: MetaNetwork | nn.Module, config: MAMLConfig, loss_fn: LossFn) -> None:
         learn2learn = import_learn2learn()
         self.maml = learn2learn.algorithms.MAML(network, lr=config.inner_lr, first_order=config.first_order)
         self.inner_steps = config.inner_steps

@@ -7,6 +7,11 @@ bit for bit as wrapping it in ``torch.func.grad_and_value``, and about 25% faste
 operation goes through an extra functorch transform level. With ``compile`` the
 ``grad_and_value`` form is handed to ``torch.compile`` (which needs the whole computation as one
 function): the same computation, with the per-operation overhead traced away.
+
+Two forms of the network: the sine path's :class:`MetaNetwork` goes through the hand-written
+MLP :func:`forward` (unchanged, and fastest); any other module (the image path's pool-built
+conv network) through ``torch.func.functional_call`` on its named parameters
+(:func:`_module_task_loss`), the same algorithm around a different forward.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
-from torch.func import grad, grad_and_value, vmap
+from torch import nn
+from torch.func import functional_call, grad, grad_and_value, vmap
 
 from reml_core.inner_loop import LossFn
 from reml_plugins.maml.batches import MetaBatch
@@ -47,6 +53,34 @@ def _task_loss(
     return loss_fn(forward(adapted, x_outer, activation), y_outer)
 
 
+def _module_task_loss(
+    params: Params, x_inner: torch.Tensor, y_inner: torch.Tensor, x_outer: torch.Tensor, y_outer: torch.Tensor,
+    *, loss_fn: LossFn, apply: Callable[[Params, torch.Tensor], torch.Tensor], inner_lr: float, inner_steps: int, first_order: bool,
+) -> torch.Tensor:
+    """:func:`_task_loss` for any module: ``apply(params, x)`` is its forward on explicit parameters."""
+
+    def inner_loss(p: Params) -> torch.Tensor:
+        return loss_fn(apply(p, x_inner), y_inner)
+
+    adapted = params
+    for _ in range(inner_steps):
+        gradients = grad(inner_loss)(adapted)
+        if first_order:
+            gradients = tuple(g.detach() for g in gradients)
+        adapted = tuple(p - inner_lr * g for p, g in zip(adapted, gradients))
+    return loss_fn(apply(adapted, x_outer), y_outer)
+
+
+def module_forward(network: nn.Module) -> Callable[[Params, torch.Tensor], torch.Tensor]:
+    """``network``'s forward on explicit parameters, in ``named_parameters()`` order (buffers stay the module's)."""
+    names = tuple(name for name, _ in network.named_parameters())
+
+    def apply(params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(network, dict(zip(names, params)), (x,))
+
+    return apply
+
+
 def _meta_loss(params: Params, batch: tuple[torch.Tensor, ...], *, task_loss: Callable[..., torch.Tensor]) -> torch.Tensor:
     """Mean outer loss over the tasks of a meta-batch, all tasks at once."""
     return vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(params, *batch).mean()
@@ -68,7 +102,7 @@ def cxx_compiler_available() -> bool:
 
 
 class TorchFuncMAML:
-    """Meta-gradients of a :class:`MetaNetwork`'s parameters, computed functionally.
+    """Meta-gradients of a :class:`MetaNetwork`'s (or any module's) parameters, computed functionally.
 
     With ``compile`` but no C++ compiler, or if ``torch.compile`` fails on the first call, it warns
     once and runs eagerly: the same computation, only slower.
@@ -76,12 +110,18 @@ class TorchFuncMAML:
 
     name = "torch-func"
 
-    def __init__(self, network: MetaNetwork, config: MAMLConfig, loss_fn: LossFn) -> None:
+    def __init__(self, network: nn.Module, config: MAMLConfig, loss_fn: LossFn) -> None:
         self.params: list[torch.Tensor] = list(network.parameters())
-        task_loss = partial(
-            _task_loss, loss_fn=loss_fn, activation=network.architecture.activation,
-            inner_lr=config.inner_lr, inner_steps=config.inner_steps, first_order=config.first_order,
-        )
+        if isinstance(network, MetaNetwork):
+            task_loss = partial(
+                _task_loss, loss_fn=loss_fn, activation=network.architecture.activation,
+                inner_lr=config.inner_lr, inner_steps=config.inner_steps, first_order=config.first_order,
+            )
+        else:
+            task_loss = partial(
+                _module_task_loss, loss_fn=loss_fn, apply=module_forward(network),
+                inner_lr=config.inner_lr, inner_steps=config.inner_steps, first_order=config.first_order,
+            )
         self.meta_loss = meta_loss = partial(_meta_loss, task_loss=task_loss)  # (params, batch) -> mean outer loss
         self._eager = partial(_autograd_meta_gradient, meta_loss=meta_loss)
         self._gradient = self._eager
