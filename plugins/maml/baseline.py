@@ -4,10 +4,18 @@ The training loop (task batches, Adam on the meta-gradient, progress, summary) i
 backend only computes the meta-gradient, so the two backends differ in nothing else. When the
 run's task sampler is a :class:`BatchedTaskSampler`, each meta-batch comes from one vectorised
 draw (``train_batches(run seed, meta_batch)``) instead of ``meta_batch`` tasks taken one by one.
+
+Two kinds of task family. A family with flat inputs (sine) gets the configured MLP
+(:class:`MetaNetwork`, ``hidden``/``activation``) and K-point meta-batches. An image family (a
+task sampler whose ``input_shape`` has more than one dimension) gets the very architecture REML
+composes, ``context.pool.fresh_network(context.depth, generator seeded by the run seed)``, and
+K-per-class meta-batches (:func:`stack_classification_tasks`); the loss is the sampler's and the
+classes come from ``task.ways``, so nothing here is specific to any one family or pool.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import time
@@ -22,10 +30,10 @@ from tqdm.auto import tqdm
 from reml_core.errors import UserError
 from reml_core.inner_loop import LossFn
 from reml_core.interfaces import BatchedTaskSampler, BuildContext, Task, TaskSampler
-from reml_plugins.maml.batches import MetaBatch, check_training_points, draw_batch, from_task_batch
+from reml_plugins.maml.batches import MetaBatch, check_training_points, draw_batch, from_task_batch, stack_classification_tasks
 from reml_plugins.maml.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from reml_plugins.maml.config import MAMLConfig
-from reml_plugins.maml.network import Architecture, MetaNetwork
+from reml_plugins.maml.network import Architecture, MetaNetwork, ModuleArchitecture
 
 SUMMARY_WINDOW = 100  # meta-iterations averaged for the initial and final meta-loss
 PROGRESS_EVERY = 50  # meta-iterations between progress-bar refreshes
@@ -43,7 +51,7 @@ def mean_squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.
     return torch.mean((prediction - target) ** 2)
 
 
-def build_backend(network: MetaNetwork, config: MAMLConfig, loss_fn: LossFn) -> MetaGradientBackend:
+def build_backend(network: nn.Module, config: MAMLConfig, loss_fn: LossFn) -> MetaGradientBackend:
     """The configured backend; learn2learn is imported only when it is the one asked for."""
     if config.backend == "learn2learn":
         from reml_plugins.maml.l2l import Learn2LearnMAML
@@ -60,20 +68,20 @@ class MAMLBaseline:
     def __init__(self, config: MAMLConfig, context: BuildContext) -> None:
         sampler = context.task_sampler
         shape = getattr(sampler, "input_shape", None)
-        if shape is not None and len(tuple(shape)) > 1:
-            # Its networks are dense MLPs on flat inputs, and its K-shot batches take K points,
-            # not K per class: image classification needs the pool's architecture (issue 13).
-            raise ValueError(
-                f"the maml baseline builds dense networks on flat inputs; this task family's inputs have shape "
-                f"{tuple(shape)} (an image family), which it does not support yet: compare with scratch (--methods reml,scratch)"
-            )
-        inputs, outputs = (sampler.input_size, sampler.output_size) if sampler is not None else (1, 1)
+        self.images = shape is not None and len(tuple(shape)) > 1
         self.config = config
         self.seed = context.seed
         self.task_sampler: TaskSampler | None = sampler
         self.loss_fn: LossFn = sampler.loss if sampler is not None else mean_squared_error
-        self.architecture = Architecture((inputs, *config.hidden, outputs), config.activation)
-        self.network = MetaNetwork(self.architecture).initialise(torch.Generator().manual_seed(context.seed))
+        self.architecture: Architecture | ModuleArchitecture
+        self.network: nn.Module
+        if self.images:
+            self.network = pool_network(context, tuple(shape))
+            self.architecture = ModuleArchitecture.of(self.network)
+        else:
+            inputs, outputs = (sampler.input_size, sampler.output_size) if sampler is not None else (1, 1)
+            self.architecture = Architecture((inputs, *config.hidden, outputs), config.activation)
+            self.network = MetaNetwork(self.architecture).initialise(torch.Generator().manual_seed(context.seed))
         self.backend = build_backend(self.network, config, self.loss_fn)
         self.optimizer = self._new_optimizer()
         self.iterations_done = 0
@@ -93,6 +101,10 @@ class MAMLBaseline:
         ``train_stream(seed)``; ``tasks`` is then not read.
         """
         config = self.config
+        if self.images:  # K per class: support set inside, K training points per class outside
+            if self.uses_task_batches():
+                return (stack_classification_tasks(batch.tasks(), config.shots) for batch in self.task_sampler.train_batches(self.seed, config.meta_batch))
+            return (draw_batch(tasks, config.meta_batch, config.shots, stack_classification_tasks) for _ in itertools.repeat(None))
         if self.uses_task_batches():
             sampler = self.task_sampler
             check_training_points(config.shots, sampler.train_points, "a task of this sampler")
@@ -149,15 +161,23 @@ class MAMLBaseline:
         return loss
 
     def network_for(self, task: Task, shots: int) -> nn.Module:
-        """A fresh copy of the meta-learned initialisation (the same for every task and K)."""
-        copy = MetaNetwork(self.architecture)
+        """A fresh copy of the meta-learned initialisation (the same for every task and K).
+
+        On the image path it is a deep copy of the pool-built network: the pool's own architecture.
+        """
+        if self.images:
+            return copy.deepcopy(self.network)
+        network = MetaNetwork(self.architecture)
         with torch.no_grad():
-            for target, source in zip(copy.parameters(), self.network.parameters()):
+            for target, source in zip(network.parameters(), self.network.parameters()):
                 target.copy_(source)
-        return copy
+        return network
 
     def save(self, directory: Path) -> None:
-        parameters = {name: param for name, param in self.network.named_parameters()}
+        if self.images:
+            parameters = dict(self.network.state_dict())
+        else:
+            parameters = {name: param for name, param in self.network.named_parameters()}
         config = self.config.model_dump(mode="json")
         save_checkpoint(Path(directory), Checkpoint(parameters, self.architecture, config, self.iterations_done))
 
@@ -165,7 +185,27 @@ class MAMLBaseline:
         """Restore a saved initialisation; meta-training after a load starts a fresh Adam state."""
         checkpoint = load_checkpoint(Path(directory), self.architecture)
         with torch.no_grad():
-            for name, param in self.network.named_parameters():
-                param.copy_(checkpoint.parameters[name])
+            if self.images:
+                for name, tensor in self.network.state_dict().items():  # state_dict tensors share the module's storage
+                    tensor.copy_(checkpoint.parameters[name])
+            else:
+                for name, param in self.network.named_parameters():
+                    param.copy_(checkpoint.parameters[name])
         self.iterations_done = checkpoint.iterations
         self.optimizer = self._new_optimizer()
+
+
+def pool_network(context: BuildContext, shape: tuple[int, ...]) -> nn.Module:
+    """The image path's initial network: the architecture REML composes, from the run's layer pool, seeded by the run seed."""
+    pool = context.pool
+    if pool is None or not callable(getattr(pool, "fresh_network", None)):
+        raise ValueError(
+            f"the maml baseline meta-learns the layer pool's architecture on an image family (inputs of shape {shape}), "
+            "but it was built without a layer pool that has fresh_network(depth, generator)"
+        )
+    network = pool.fresh_network(context.depth, torch.Generator().manual_seed(context.seed))
+    if not isinstance(network, nn.Module) or not any(True for _ in network.parameters()):
+        raise ValueError(f"the maml baseline needs an nn.Module with parameters from pool.fresh_network; got {type(network).__name__}")
+    for param in network.parameters():
+        param.requires_grad_(True)
+    return network
