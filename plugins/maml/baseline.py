@@ -75,7 +75,17 @@ class MAMLBaseline:
         self.loss_fn: LossFn = sampler.loss if sampler is not None else mean_squared_error
         self.architecture: Architecture | ModuleArchitecture
         self.network: nn.Module
+        self.shots = config.shots  # K of the meta-batches
         if self.images:
+            # K per class: the inner side is the K-shot support set. Sine's default K (10) rarely fits an
+            # image family (digits holds 5 per class): left unset, K is the largest the family holds.
+            if "shots" not in config.model_fields_set:
+                self.shots = min(config.shots, sampler.max_shots)
+            elif sampler.max_shots < config.shots:
+                raise UserError(
+                    f"maml: K = {config.shots} per class (baselines.maml.shots) but a task of this family holds only "
+                    f"{sampler.max_shots} support images per class; set baselines.maml.shots to at most {sampler.max_shots}"
+                )
             self.network = pool_network(context, tuple(shape))
             self.architecture = ModuleArchitecture.of(self.network)
         else:
@@ -103,8 +113,9 @@ class MAMLBaseline:
         config = self.config
         if self.images:  # K per class: support set inside, K training points per class outside
             if self.uses_task_batches():
-                return (stack_classification_tasks(batch.tasks(), config.shots) for batch in self.task_sampler.train_batches(self.seed, config.meta_batch))
-            return (draw_batch(tasks, config.meta_batch, config.shots, stack_classification_tasks) for _ in itertools.repeat(None))
+                batches = self.task_sampler.train_batches(self.seed, config.meta_batch)
+                return (stack_classification_tasks(batch.tasks(), self.shots) for batch in batches)
+            return (draw_batch(tasks, config.meta_batch, self.shots, stack_classification_tasks) for _ in itertools.repeat(None))
         if self.uses_task_batches():
             sampler = self.task_sampler
             check_training_points(config.shots, sampler.train_points, "a task of this sampler")
