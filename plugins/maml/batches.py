@@ -88,7 +88,10 @@ def balanced_training_indices(task: Task, shots: int) -> torch.Tensor:
     ways = task.ways
     if ways == 1:
         if len(task.x_train) < shots:
-            raise UserError(f"maml: K = {shots} needs {shots} training points per task for the outer loss but task {task.task_id} has {len(task.x_train)}; lower baselines.maml.shots")
+            raise UserError(
+                f"maml: K = {shots} needs {shots} training points per task for the outer loss "
+                f"but task {task.task_id} has {len(task.x_train)}; lower baselines.maml.shots"
+            )
         return torch.arange(shots)
     labels = task.y_train
     counts = torch.bincount(labels, minlength=ways)
