@@ -69,15 +69,24 @@ class Components:
 
 
 def build_one(selected: Selected, context: BuildContext, label: str | None = None) -> Any:
-    """Call one component's factory. A user error it raises passes through; anything else is the
-    plugin's own failure, reported as one line naming the component (``REML_DEBUG=1``: with its traceback)."""
+    """Call one component's factory. A user error it raises passes through; a ValueError is the
+    component saying it cannot work with this configuration (a config error naming it); anything
+    else is the plugin's own failure, one line naming the component (``REML_DEBUG=1``: with its traceback)."""
+    kind = label or KIND_LABELS.get(selected.spec.kind, selected.spec.kind)
     try:
         return selected.spec.factory(selected.config, context)
     except UserError:
         raise
+    except ValueError as error:  # the documented way to say "not with this configuration"
+        section = _SECTIONS.get(selected.spec.kind, selected.spec.kind)
+        section = f"baselines.{selected.name}" if section == "baselines" else section
+        raise ConfigError([f"{section}: {kind} {selected.name!r} cannot be used in this run: {' '.join(str(error).split())}"]) from None
     except Exception as error:
-        kind = label or KIND_LABELS.get(selected.spec.kind, selected.spec.kind)
         raise PluginError(f"{kind} {selected.name!r} failed to build: {describe_error(error)}") from error
+
+
+#: The config section of each kind of component, for error messages.
+_SECTIONS = {"task_sampler": "task", "state_encoder": "encoder", "layer_pool": "pool", "reward": "reward", "policy": "policy", "baseline": "baselines"}
 
 
 def build_components(config: RunConfig) -> Components:

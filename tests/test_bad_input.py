@@ -24,10 +24,12 @@ BAD_FILES = {
 }
 
 BAD_FLAGS = [
-    (["--plugin", "nosuch"], "plugin: unknown task plugin 'nosuch' (available: sine)"),
+    (["--plugin", "nosuch"], "plugin: unknown task plugin 'nosuch' (available: digits, omniglot, sine)"),
     (["--plugin", "sine", "--policy", "ppo-gpt"], "policy.name: unknown policy backend 'ppo-gpt'"),
     (["--plugin", "sine", "--encoder", "telepathy"], "encoder.name: unknown state encoder 'telepathy'"),
-    (["--plugin", "sine", "--pool", "conv"], "pool.name: unknown layer pool 'conv'"),
+    (["--plugin", "sine", "--pool", "nosuch"], "pool.name: unknown layer pool 'nosuch'"),
+    (["--plugin", "sine", "--pool", "conv"], "pool: layer pool 'conv' cannot be used in this run: the conv pool needs a task sampler with input_shape"),
+    (["--plugin", "digits", "--encoder", "support-set"], "encoder: state encoder 'support-set' cannot be used in this run"),
     (["--plugin", "sine", "--reward", "pos-mse"], "reward.name: unknown reward function 'pos-mse'"),
     (["--plugin", "sine", "--set", "pool.hidden_layers=-3"], "pool.hidden_layers: Input should be greater than 0 (got -3)"),
     (["--plugin", "sine", "--set", "pool.width=0"], "pool.width: Input should be greater than 0 (got 0)"),

@@ -103,5 +103,12 @@ def build_oracle(config: OracleConfig, context: BuildContext) -> OracleEncoder:
 
 
 def build_support_set(config: SupportSetConfig, context: BuildContext) -> SupportSetEncoder:
-    assert context.task_sampler is not None
+    sampler = context.task_sampler
+    assert sampler is not None
+    shape = tuple(getattr(sampler, "input_shape", ()) or ())
+    if len(shape) > 1 or sampler.input_size != 1 or sampler.output_size != 1:
+        raise ValueError(
+            f"the support-set encoder reads 1-D inputs and targets; this family's inputs are {shape or sampler.input_size} "
+            f"and its outputs {sampler.output_size} (for classification use the prototypes encoder)"
+        )
     return SupportSetEncoder(context.task_sampler, config)
