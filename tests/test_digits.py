@@ -275,7 +275,7 @@ def test_the_record_recommends_prototypes_and_conv_and_presets_fit_k():
     assert spec.name == "digits" and spec.config_model is DigitsConfig and "\n" not in spec.description
     assert (spec.recommended.encoder, spec.recommended.pool, spec.recommended.reward, spec.recommended.policy) == (
         "prototypes", "conv", "neg-mse", "ppo-mlp")
-    assert spec.recommended.baselines == ("scratch",) and spec.recommended.run_baselines == ("scratch",)
+    assert spec.recommended.baselines == ("maml", "scratch") and spec.recommended.run_baselines == ("scratch",)
     for preset in ("smoke", "default", "full"):
         values = spec.experiment_presets[preset]
         assert values["env"]["shots"] == [1, 5] and values["eval"]["shots"] == [1, 5]

@@ -362,7 +362,7 @@ def test_the_record_recommends_prototypes_and_conv_and_presets_fit_k():
     assert spec.name == "omniglot" and spec.config_model is OmniglotConfig and "\n" not in spec.description
     r = spec.recommended
     assert (r.encoder, r.pool, r.reward, r.policy, r.baselines, r.run_baselines) == (
-        "prototypes", "conv", "neg-mse", "ppo-mlp", ("scratch",), ("scratch",))
+        "prototypes", "conv", "neg-mse", "ppo-mlp", ("maml", "scratch"), ("scratch",))
     for preset in ("smoke", "default", "full"):
         assert spec.experiment_presets[preset]["env"]["shots"] == [1, 5] == spec.experiment_presets[preset]["eval"]["shots"]
     assert spec.experiment_presets["smoke"]["train"]["env_steps"] == 2000

@@ -37,7 +37,7 @@ def reml_task_samplers():
         config_model=DigitsConfig,
         description="Few-shot N-way K-shot classification of scikit-learn's 8x8 digits, rotations as extra classes (40), disjoint class splits.",
         recommended=Recommendation(
-            encoder="prototypes", pool="conv", reward="neg-mse", policy="ppo-mlp", baselines=("scratch",), run_baselines=("scratch",)
+            encoder="prototypes", pool="conv", reward="neg-mse", policy="ppo-mlp", baselines=("maml", "scratch"), run_baselines=("scratch",)
         ),
         experiment_presets=EXPERIMENT_PRESETS,
     )

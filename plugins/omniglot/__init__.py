@@ -40,7 +40,7 @@ def reml_task_samplers():
                      "images_background/images_evaluation layout; nothing is downloaded), rotations as extra classes, "
                      "disjoint class splits by character."),
         recommended=Recommendation(
-            encoder="prototypes", pool="conv", reward="neg-mse", policy="ppo-mlp", baselines=("scratch",), run_baselines=("scratch",)
+            encoder="prototypes", pool="conv", reward="neg-mse", policy="ppo-mlp", baselines=("maml", "scratch"), run_baselines=("scratch",)
         ),
         experiment_presets=EXPERIMENT_PRESETS,
     )
