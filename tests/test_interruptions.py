@@ -205,3 +205,39 @@ def test_sigkill_then_resume_finishes_a_run_of_one_env_or_a_vector_of_them(tmp_p
     _assert_complete(out, resumes=1)
     final = json.loads((out / "checkpoints" / "final" / "trainer.json").read_text())["episodes"]
     assert (final > episodes) if n_envs == 1 else all(after > before for after, before in zip(final, episodes))
+
+
+def test_a_ctrl_c_that_python_swallows_in_a_callback_still_ends_the_command(tmp_path, monkeypatch, capsys):
+    """SIGINT landing inside a weakref or GC callback (importlib's module-lock callback, during an
+    import) raises a KeyboardInterrupt that Python can only report as "Exception ignored": the
+    command must still stop with 130 and no traceback, not run on to the end."""
+    import weakref
+
+    from reml_core.cli import run as run_cli
+
+    real = run_cli.discover_plugins
+
+    def discover():
+        registry = real()
+
+        class Thing:
+            pass
+
+        thing = Thing()
+
+        def callback(_):
+            raise KeyboardInterrupt  # what Python's SIGINT handler does when it fires in here
+
+        ref = weakref.ref(thing, callback)
+        del thing  # the callback runs now; its exception goes to sys.unraisablehook
+        assert ref() is None
+        return registry
+
+    monkeypatch.setattr(run_cli, "discover_plugins", discover)
+    out = tmp_path / "run"
+    code = run_cli.main([*RUN, "--out", str(out)])
+    stderr = capsys.readouterr().err
+    assert code == 130, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("reml-run: interrupted")
+    assert not out.exists()

@@ -15,6 +15,7 @@ from reml_core.cli.common import (
     path_arg,
     positive_int,
     print_summary,
+    raise_if_interrupted,
     run_main,
     set_interrupt_hint,
     user_config,
@@ -59,6 +60,7 @@ def _body(argv: Sequence[str] | None) -> int:
     if args.out is not None:
         check_path(args.out, "--out")
     registry = discover_plugins()
+    raise_if_interrupted()  # a Ctrl-C swallowed during the imports above
     encoders = name_list(args.encoder) if args.encoder else None
     args.encoder = None  # several encoders are planned one by one below
     extra: dict = {"eval": {}}
@@ -79,6 +81,7 @@ def _body(argv: Sequence[str] | None) -> int:
     out = claim_new_folder(target, kind="bench", force=args.force, entries=tuple(f"seed-{seed}" for seed in plan.seeds))
     atomic_write_json(out / "config.json", base.to_dict())
     set_interrupt_hint(f"what finished is in {out}; the REML runs there keep their checkpoints")
+    raise_if_interrupted()
     try:
         results = run_bench(plan, registry, out, trust_checkpoint=args.trust_checkpoint, command=command_line())
     except StopRequested as stop:

@@ -34,14 +34,39 @@ class Terminated(BaseException):
 
 
 class _Interrupts:
-    """What to tell the user if the command is interrupted now: set once its folder exists."""
+    """What to tell the user if the command is interrupted now: set once its folder exists.
+
+    ``pending``: a Ctrl-C whose KeyboardInterrupt Python could not raise, because it arrived
+    while a weakref or garbage-collection callback ran (e.g. importlib's module-lock callback
+    during an import): Python only reports such an exception as "ignored". The command's
+    unraisable hook records it here, and :func:`raise_if_interrupted` raises it at the next
+    phase boundary, so the interrupt is neither lost nor shown as a traceback.
+    """
 
     hint: str | None = None
+    pending: bool = False
 
 
 def set_interrupt_hint(hint: str | None) -> None:
     """The line printed (on stderr) when an interrupt ends the command from now on, e.g. how to resume."""
     _Interrupts.hint = hint
+
+
+def raise_if_interrupted() -> None:
+    """Raise the Ctrl-C Python had to swallow (see :class:`_Interrupts`), if there was one."""
+    if _Interrupts.pending:
+        _Interrupts.pending = False
+        raise KeyboardInterrupt
+
+
+def _unraisable(previous: Any) -> Any:
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _Interrupts.pending = True
+            return
+        previous(unraisable)
+
+    return hook
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -191,6 +216,9 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Seque
     except ValueError:  # not the main thread (an embedding program): leave its signals alone
         previous_term = None
     _Interrupts.hint = None
+    _Interrupts.pending = False
+    previous_unraisable = sys.unraisablehook
+    sys.unraisablehook = _unraisable(previous_unraisable)
     try:
         warnings.showwarning = _show_warning
         return body(argv)
@@ -216,6 +244,7 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Seque
         print(f"{prog}: error: out of memory; make the pool, networks or budgets smaller", file=sys.stderr)
         return EXIT_USER_ERROR
     finally:
+        sys.unraisablehook = previous_unraisable
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
         _Interrupts.hint = None

@@ -15,6 +15,7 @@ from reml_core.cli.common import (
     name_list,
     path_arg,
     print_summary,
+    raise_if_interrupted,
     run_main,
     set_interrupt_hint,
     user_config,
@@ -73,6 +74,7 @@ def _body(argv: Sequence[str] | None) -> int:
 
     args = build_parser().parse_args(argv)
     registry = discover_plugins()
+    raise_if_interrupted()  # a Ctrl-C swallowed during the imports above
     if args.resume is not None:
         given = [f"--{name}" for name in EXPERIMENT_FLAGS if getattr(args, name) is not None] + (["--set"] if args.assignments else [])
         if given or args.force:
@@ -89,10 +91,12 @@ def _body(argv: Sequence[str] | None) -> int:
         baselines = args.baselines if args.baselines is not None else default_baselines(registry, user.get("plugin"), "run")
         config = resolve_config(registry, user, baselines=baselines)
         check_policy_builds(build_components(config))  # cross-component checks, before anything is written
+        raise_if_interrupted()
         out = claim_new_folder(args.out or default_out(config), kind="run", force=args.force)
         out = args.out if args.out is not None else out
         atomic_write_json(out / "config.json", config.to_dict())
     set_interrupt_hint(f"the run can be continued with: reml-run --resume {out}")
+    raise_if_interrupted()
     try:
         results = run_experiment(config, out, resume=args.resume is not None, trust_checkpoint=args.trust_checkpoint, command=command_line())
     except StopRequested as stop:
