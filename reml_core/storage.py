@@ -212,8 +212,11 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
 
 
 def discard_partial_writes(out: Path) -> list[Path]:
-    """Remove what a killed run left half-written: staging folders and temporary files. Returns them."""
-    leftovers = [p for p in (out / "checkpoints").glob(".*") if p.is_dir()] if (out / "checkpoints").is_dir() else []
+    """Remove what a killed run left half-written: staging folders and temporary files (of the run's
+    own files and of the checkpoints' ``latest`` pointer). Returns them."""
+    checkpoints = out / "checkpoints"
+    leftovers = [p for p in checkpoints.glob(".*") if p.is_dir()] if checkpoints.is_dir() else []
+    leftovers += [p for p in checkpoints.glob(".*.tmp") if p.is_file()] if checkpoints.is_dir() else []
     leftovers += [p for p in out.glob(".*.tmp") if p.is_file()]
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)

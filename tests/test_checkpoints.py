@@ -202,3 +202,25 @@ def test_damaged_checkpoint_files_are_one_clear_error(finished_run, tmp_path, da
         _reseal(latest)
         expected = "reward.json is damaged"
     _refused(run, expected)
+
+
+def test_a_resume_discards_every_half_written_leftover_and_nothing_else(tmp_path):
+    """A SIGKILL can land in any write: a checkpoint's staging folder, the ``latest`` pointer's
+    temporary file, or a temporary file of the run's own outputs. All go, nothing else does."""
+    from reml_core.storage import discard_partial_writes
+
+    out = tmp_path / "run"
+    checkpoints = out / "checkpoints"
+    (checkpoints / "step-000000256").mkdir(parents=True)
+    (checkpoints / "step-000000256" / "pool.safetensors").write_bytes(b"kept")
+    (checkpoints / "latest").write_text("step-000000256")
+    (checkpoints / ".step-000000512.k9e29d5b").mkdir()
+    (checkpoints / ".latest.sbrbp7rq.tmp").write_text("step-0000005")
+    (out / ".results.json.abc123.tmp").write_text("{")
+    (out / "config.json").write_text("{}")
+    (out / ".reml.json").write_text("{}")
+    removed = discard_partial_writes(out)
+    assert {p.name for p in removed} == {".step-000000512.k9e29d5b", ".latest.sbrbp7rq.tmp", ".results.json.abc123.tmp"}
+    remaining = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert remaining == [".reml.json", "checkpoints", "checkpoints/latest", "checkpoints/step-000000256",
+                         "checkpoints/step-000000256/pool.safetensors", "config.json"]
