@@ -18,17 +18,13 @@ K-shot set the core takes, hold K images of each class.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from reml_core.interfaces import Task
+from reml_plugins.classification import ImageTaskSampler, stream_generator
 
-# Independent random streams: the class split, the training stream and each held-out set.
-_STREAM_KEYS = {"train": 0, "validation": 1, "test": 2, "split": 3}
 
 DIGITS = 10
 ROTATIONS = 4  # quarter turns: 0, 90, 180, 270 degrees
@@ -97,12 +93,11 @@ def _rotated_images(load_digits) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     return rotated, tuple(np.flatnonzero(target == digit) for digit in range(DIGITS))
 
 
-class DigitsTaskSampler:
+class DigitsTaskSampler(ImageTaskSampler):
     """Seeded N-way K-shot digit tasks from disjoint class splits."""
 
     input_size = int(np.prod(IMAGE_SHAPE))
     input_shape = IMAGE_SHAPE
-    loss_name = "cross-entropy"  # how reports name the loss
 
     def __init__(self, config: DigitsConfig) -> None:
         try:
@@ -127,7 +122,7 @@ class DigitsTaskSampler:
         # Split the digits, then give each split every rotation of its own digits (the Omniglot
         # practice: a rotated character is a new class of the same split), so no test class is a
         # rotated copy of a training class. (A 6 turned by 180 degrees still resembles a 9.)
-        digits = self._generator(config.split_seed, "split").permutation(DIGITS)
+        digits = stream_generator(config.split_seed, "split").permutation(DIGITS)
         n_train, n_validation, _ = (size // (self.n_classes // DIGITS) for size in split_sizes(config.rotations))
         turns = range(self.n_classes // DIGITS)
         parts = {"train": digits[:n_train], "validation": digits[n_train : n_train + n_validation], "test": digits[n_train + n_validation :]}
@@ -145,46 +140,6 @@ class DigitsTaskSampler:
                 f"{c.support_shots} support (K-shot: K per class) and {c.query_per_class} query images per class; "
                 f"loss: cross-entropy (metric: accuracy).")
 
-    @staticmethod
-    def _generator(entropy: int, stream: str) -> np.random.Generator:
-        return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy, spawn_key=(_STREAM_KEYS[stream],))))
-
-    def _task(self, rng: np.random.Generator, task_id: str, split: str) -> Task:
-        c = self.config
-        ways = c.ways
-        classes = rng.choice(np.asarray(self.classes[split]), size=ways, replace=False)  # label i -> classes[i]
-        per_class = c.train_per_class + c.support_shots + c.query_per_class
+    def _draw_images(self, rng: np.random.Generator, classes: np.ndarray, per_class: int) -> np.ndarray:
         chosen = np.stack([rng.choice(self.digit_images[int(cls) % DIGITS], size=per_class, replace=False) for cls in classes])
-        images = self.images[(classes // DIGITS)[:, None], chosen]  # [ways, per_class, 1, 8, 8]
-        interleaved = images.swapaxes(0, 1)  # [per_class, ways, ...]: flattened, position i holds label i % ways
-        bounds = np.cumsum([0, c.train_per_class, c.support_shots, c.query_per_class])
-        parts = []
-        for start, stop in zip(bounds[:-1], bounds[1:]):
-            x = torch.from_numpy(np.ascontiguousarray(interleaved[start:stop]).reshape(-1, *IMAGE_SHAPE))
-            y = torch.from_numpy(np.tile(np.arange(ways, dtype=np.int64), int(stop - start)))
-            parts += [x, y]
-        descriptor = tuple(float(cls) for cls in classes)
-        return Task(task_id, split, descriptor, *parts, ways=ways)
-
-    def train_stream(self, seed: int) -> Iterator[Task]:
-        rng = self._generator(seed, "train")
-        index = 0
-        while True:
-            yield self._task(rng, f"train-s{seed}-{index}", "train")
-            index += 1
-
-    def _held_out(self, split: str, count: int) -> list[Task]:
-        rng = self._generator(self.config.test_seed, split)
-        return [self._task(rng, f"{split}-{index}", split) for index in range(count)]
-
-    def validation_tasks(self, count: int) -> list[Task]:
-        return self._held_out("validation", count)
-
-    def test_tasks(self, count: int) -> list[Task]:
-        return self._held_out("test", count)
-
-    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(prediction, target)
-
-    def metrics(self, prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-        return {"accuracy": float((prediction.argmax(dim=-1) == target).float().mean())}
+        return self.images[(classes // DIGITS)[:, None], chosen]  # [ways, per_class, 1, 8, 8]

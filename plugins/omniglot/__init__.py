@@ -6,28 +6,10 @@ from __future__ import annotations
 
 from reml_core import hookimpl
 from reml_core.specs import Recommendation, TaskSamplerSpec
+from reml_plugins.classification import EXPERIMENT_PRESETS
 from reml_plugins.omniglot.sampler import OmniglotConfig, OmniglotTaskSampler
 
-# K values per class: a task holds support_shots (default 5) support images per class, so the
-# core's default K of 5 and 10 would not fit. Budgets over the core's (reml_core.config.CORE_PRESETS).
-_SHOTS = {"env": {"shots": [1, 5]}}
-EXPERIMENT_PRESETS = {
-    "smoke": {
-        **_SHOTS,
-        "train": {"env_steps": 2_000, "checkpoint_every": 1_000, "validation_tasks": 10, "calibration_episodes": 20},
-        "eval": {"shots": [1, 5], "test_tasks": 50, "curve_steps": 50, "curve_tasks": 20},
-    },
-    "default": {
-        **_SHOTS,
-        "train": {"env_steps": 100_000, "checkpoint_every": 10_000, "validation_tasks": 100, "calibration_episodes": 200},
-        "eval": {"shots": [1, 5], "test_tasks": 600, "curve_steps": 100, "curve_tasks": 100},
-    },
-    "full": {
-        **_SHOTS,
-        "train": {"env_steps": 1_000_000, "checkpoint_every": 100_000, "validation_tasks": 200, "calibration_episodes": 500},
-        "eval": {"shots": [1, 5], "test_tasks": 600, "curve_steps": 100, "curve_tasks": 600},
-    },
-}
+# K values per class and the budgets of the image families: reml_plugins.classification.
 
 
 @hookimpl

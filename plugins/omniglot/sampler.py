@@ -30,22 +30,16 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from reml_core.errors import ConfigError
-from reml_core.interfaces import Task
-
-# Independent random streams: the class split, the training stream and each held-out set.
-_STREAM_KEYS = {"train": 0, "validation": 1, "test": 2, "split": 3}
+from reml_plugins.classification import ImageTaskSampler, stream_generator
 
 ROTATIONS = 4  # quarter turns: 0, 90, 180, 270 degrees
 #: The two folders of the standard layout (either or both may be present).
@@ -234,10 +228,9 @@ def _decoded(root: Path, characters: tuple[Character, ...], size: int) -> np.nda
 # -- the sampler -------------------------------------------------------------------------------------
 
 
-class OmniglotTaskSampler:
+class OmniglotTaskSampler(ImageTaskSampler):
     """Seeded N-way K-shot Omniglot tasks from disjoint class splits."""
 
-    loss_name = "cross-entropy"  # how reports name the loss
 
     def __init__(self, config: OmniglotConfig) -> None:
         self.config = config
@@ -280,7 +273,7 @@ class OmniglotTaskSampler:
                 f"(train_fraction {config.train_fraction}, validation_fraction {config.validation_fraction}, the rest test): "
                 "every split needs at least one character"
             ))
-        order = self._generator(config.split_seed, "split").permutation(n_characters)
+        order = stream_generator(config.split_seed, "split").permutation(n_characters)
         parts = {"train": order[:n_train], "validation": order[n_train : n_train + n_validation], "test": order[n_train + n_validation :]}
         self.split_characters: dict[str, tuple[int, ...]] = {split: tuple(sorted(int(c) for c in chosen)) for split, chosen in parts.items()}
         self.classes: dict[str, tuple[int, ...]] = {
@@ -325,16 +318,8 @@ class OmniglotTaskSampler:
 
     # -- tasks ----------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _generator(entropy: int, stream: str) -> np.random.Generator:
-        return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy, spawn_key=(_STREAM_KEYS[stream],))))
-
-    def _task(self, rng: np.random.Generator, task_id: str, split: str) -> Task:
-        c = self.config
-        ways = c.ways
+    def _draw_images(self, rng: np.random.Generator, classes: np.ndarray, per_class: int) -> np.ndarray:
         images = self.images
-        classes = rng.choice(np.asarray(self.classes[split]), size=ways, replace=False)  # label i -> classes[i]
-        per_class = c.train_per_class + c.support_shots + c.query_per_class
         characters = classes % self.n_characters
         chosen = np.stack([
             self.offsets[ch] + rng.choice(self.drawing_counts[ch], size=per_class, replace=False) for ch in characters
@@ -342,35 +327,4 @@ class OmniglotTaskSampler:
         picked = np.stack([  # [ways, per_class, size, size], each class at its own rotation
             np.rot90(images[rows], int(cls) // self.n_characters, axes=(1, 2)) for rows, cls in zip(chosen, classes)
         ])
-        interleaved = picked.swapaxes(0, 1)  # [per_class, ways, ...]: flattened, position i holds label i % ways
-        bounds = np.cumsum([0, c.train_per_class, c.support_shots, c.query_per_class])
-        parts = []
-        for start, stop in zip(bounds[:-1], bounds[1:]):
-            x = interleaved[start:stop].reshape(-1, *self.input_shape).astype(np.float32) / np.float32(255.0)
-            y = np.tile(np.arange(ways, dtype=np.int64), int(stop - start))
-            parts += [torch.from_numpy(x), torch.from_numpy(y)]
-        descriptor = tuple(float(cls) for cls in classes)
-        return Task(task_id, split, descriptor, *parts, ways=ways)
-
-    def train_stream(self, seed: int) -> Iterator[Task]:
-        rng = self._generator(seed, "train")
-        index = 0
-        while True:
-            yield self._task(rng, f"train-s{seed}-{index}", "train")
-            index += 1
-
-    def _held_out(self, split: str, count: int) -> list[Task]:
-        rng = self._generator(self.config.test_seed, split)
-        return [self._task(rng, f"{split}-{index}", split) for index in range(count)]
-
-    def validation_tasks(self, count: int) -> list[Task]:
-        return self._held_out("validation", count)
-
-    def test_tasks(self, count: int) -> list[Task]:
-        return self._held_out("test", count)
-
-    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(prediction, target)
-
-    def metrics(self, prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-        return {"accuracy": float((prediction.argmax(dim=-1) == target).float().mean())}
+        return picked[:, :, None].astype(np.float32) / np.float32(255.0)  # [ways, per_class, 1, size, size]

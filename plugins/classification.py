@@ -1,0 +1,103 @@
+"""What the built-in image-classification families (``digits``, ``omniglot``) share.
+
+Not a plugin (no entry point): a base class that turns "pick these images for these classes" into
+N-way K-shot :class:`reml_core.interfaces.Task`s with the same seeded streams, interleaved support
+order, loss and metric, and the experiment presets whose K values fit such tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reml_core.interfaces import Task
+
+#: Independent random streams: the training stream, each held-out set and the class split.
+STREAM_KEYS = {"train": 0, "validation": 1, "test": 2, "split": 3}
+
+# K values per class: a task holds support_shots (default 5) support images per class, so the
+# core's default K of 5 and 10 would not fit. Budgets over the core's (reml_core.config.CORE_PRESETS).
+_SHOTS = {"env": {"shots": [1, 5]}}
+EXPERIMENT_PRESETS: Mapping[str, Mapping[str, Any]] = {
+    "smoke": {
+        **_SHOTS,
+        "train": {"env_steps": 2_000, "checkpoint_every": 1_000, "validation_tasks": 10, "calibration_episodes": 20},
+        "eval": {"shots": [1, 5], "test_tasks": 50, "curve_steps": 50, "curve_tasks": 20},
+    },
+    "default": {
+        **_SHOTS,
+        "train": {"env_steps": 100_000, "checkpoint_every": 10_000, "validation_tasks": 100, "calibration_episodes": 200},
+        "eval": {"shots": [1, 5], "test_tasks": 600, "curve_steps": 100, "curve_tasks": 100},
+    },
+    "full": {
+        **_SHOTS,
+        "train": {"env_steps": 1_000_000, "checkpoint_every": 100_000, "validation_tasks": 200, "calibration_episodes": 500},
+        "eval": {"shots": [1, 5], "test_tasks": 600, "curve_steps": 100, "curve_tasks": 600},
+    },
+}
+
+
+def stream_generator(entropy: int, stream: str) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy, spawn_key=(STREAM_KEYS[stream],))))
+
+
+class ImageTaskSampler:
+    """Seeded N-way K-shot tasks from disjoint class splits; a family supplies the images.
+
+    A subclass sets ``config`` (with ``ways``, ``train_per_class``, ``support_shots``,
+    ``query_per_class``, ``test_seed``), ``classes`` (split -> class ids) and ``input_shape``, and
+    implements :meth:`_draw_images`. A task picks ``ways`` classes of its split (label i -> the i-th),
+    then ``train_per_class + support_shots + query_per_class`` distinct images of each, and lays
+    every part out interleaved (position i holds label i % ways), so a K-shot prefix holds K of
+    each class.
+    """
+
+    loss_name = "cross-entropy"
+    config: Any
+    classes: dict[str, tuple[int, ...]]
+    input_shape: tuple[int, ...]
+
+    def _draw_images(self, rng: np.random.Generator, classes: np.ndarray, per_class: int) -> np.ndarray:
+        """``[ways, per_class, *input_shape]`` float32 images in [0, 1], drawn with ``rng``."""
+        raise NotImplementedError
+
+    def _task(self, rng: np.random.Generator, task_id: str, split: str) -> Task:
+        c = self.config
+        ways = c.ways
+        classes = rng.choice(np.asarray(self.classes[split]), size=ways, replace=False)  # label i -> classes[i]
+        per_class = c.train_per_class + c.support_shots + c.query_per_class
+        interleaved = self._draw_images(rng, classes, per_class).swapaxes(0, 1)  # [per_class, ways, ...]
+        bounds = np.cumsum([0, c.train_per_class, c.support_shots, c.query_per_class])
+        parts = []
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            x = torch.from_numpy(np.ascontiguousarray(interleaved[start:stop]).reshape(-1, *self.input_shape))
+            y = torch.from_numpy(np.tile(np.arange(ways, dtype=np.int64), int(stop - start)))
+            parts += [x, y]
+        return Task(task_id, split, tuple(float(cls) for cls in classes), *parts, ways=ways)
+
+    def train_stream(self, seed: int) -> Iterator[Task]:
+        rng = stream_generator(seed, "train")
+        index = 0
+        while True:
+            yield self._task(rng, f"train-s{seed}-{index}", "train")
+            index += 1
+
+    def _held_out(self, split: str, count: int) -> list[Task]:
+        rng = stream_generator(self.config.test_seed, split)
+        return [self._task(rng, f"{split}-{index}", split) for index in range(count)]
+
+    def validation_tasks(self, count: int) -> list[Task]:
+        return self._held_out("validation", count)
+
+    def test_tasks(self, count: int) -> list[Task]:
+        return self._held_out("test", count)
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(prediction, target)
+
+    def metrics(self, prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        return {"accuracy": float((prediction.argmax(dim=-1) == target).float().mean())}
