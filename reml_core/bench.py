@@ -277,7 +277,7 @@ def run_bench(plan: BenchPlan, registry: PluginRegistry, out: Path, *, trust_che
         per_seed[seed] = {"methods": tables, "curves": curves, "evaluation_s": seconds}
         outcomes[seed] = methods
         (out / f"seed-{seed}").mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / f"seed-{seed}" / "results.json", _seed_results(plan, base, tables, curves, methods, seconds, command))
+        atomic_write_json(out / f"seed-{seed}" / "results.json", _seed_results(plan, base, tables, curves, methods, seconds, command, base_components))
 
     results = _aggregate(plan, per_seed, outcomes, time.perf_counter() - started, command)
     atomic_write_json(out / "results.json", results)
@@ -298,7 +298,7 @@ def _encoders(plan: BenchPlan) -> dict[str, dict[str, Any]]:
     return info
 
 
-def _seed_results(plan, base, tables, curves, methods, seconds, command) -> dict[str, Any]:
+def _seed_results(plan, base, tables, curves, methods, seconds, command, components: Components) -> dict[str, Any]:
     encoders = _encoders(plan) if "reml" in plan.methods else {}
     return build_results(
         config=base.to_dict(),
@@ -309,7 +309,7 @@ def _seed_results(plan, base, tables, curves, methods, seconds, command) -> dict
         timing_s={**{f"training_{k}": m.training_seconds for k, m in methods.items()}, **seconds},
         extra={
             "labels": baseline_labels(base),
-            "loss_name": loss_name(build_components(base).task_sampler),
+            "loss_name": loss_name(components.task_sampler),
             "command": command,
             "encoders": encoders,
             "budgets": {k: m.budget for k, m in methods.items()},
