@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from reml_core.config import EnvConfig
+from reml_core.device import module_device, task_on
 from reml_core.inner_loop import (
     LossFn,
     batched_loss,
@@ -87,14 +88,18 @@ def measure_networks(
             if len(members) == 1 or not use_batches:
                 for i in members:
                     request = requests[i]
-                    prediction = pool.build(list(request.indices))(request.x)
-                    loss = float(loss_fn(prediction, request.y))
+                    network = pool.build(list(request.indices))
+                    device = module_device(network)
+                    y = request.y.to(device)
+                    prediction = network(request.x.to(device))
+                    loss = float(loss_fn(prediction, y))
                     scale = float(prediction.std(unbiased=False)) if prediction.numel() > 1 else float(prediction.abs().mean())
                     results[i] = (loss, scale)
                 continue
             network = pool.build_batch([list(requests[i].indices) for i in members])  # type: ignore[attr-defined]
-            prediction = network(torch.stack([requests[i].x for i in members]))
-            losses = batched_loss(loss_fn)(prediction, torch.stack([requests[i].y for i in members])).tolist()
+            device = module_device(network)
+            prediction = network(torch.stack([requests[i].x for i in members]).to(device))
+            losses = batched_loss(loss_fn)(prediction, torch.stack([requests[i].y for i in members]).to(device)).tolist()
             flat = prediction.flatten(1)
             scales = (flat.std(dim=1, correction=0) if flat.shape[1] > 1 else flat.abs().mean(1)).tolist()
             for row, i in enumerate(members):
@@ -158,8 +163,9 @@ def _one(
     pool: LayerPool, end: EpisodeEnd, loss_fn: LossFn, config: EnvConfig, required: frozenset[str]
 ) -> tuple[EpisodeOutcome, Any]:
     """One network, exactly as a single environment has always ended its episodes."""
-    task, indices = end.task, list(end.indices)
+    indices = list(end.indices)
     network = pool.build(indices)
+    task = task_on(end.task, module_device(network))
     losses: dict[str, float] = {}
     if "composed" in required:
         losses["composed"] = evaluate_loss(network, task.x_query, task.y_query, loss_fn)
@@ -183,8 +189,9 @@ def _batch(
     """Networks of one shape, stacked: the same measurements as :func:`_one` for each row."""
     losses_fn = batched_loss(loss_fn)
     indices = [list(end.indices) for end in ends]
-    tasks = [end.task for end in ends]
     network = pool.build_batch(indices)
+    device = module_device(network)
+    tasks = [task_on(end.task, device) for end in ends]
     x_query = torch.stack([task.x_query for task in tasks])
     y_query = torch.stack([task.y_query for task in tasks])
     columns: dict[str, torch.Tensor] = {}

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from reml_core.device import check_device_name
 from reml_core.errors import ConfigError, UnknownComponentError, UserError
 from reml_core.registry import PluginRegistry
 from reml_core.specs import ComponentSpec, Preset, TaskSamplerSpec
@@ -107,6 +108,11 @@ class TrainConfig(StrictModel):
     calibration_episodes: int = Field(200, gt=0, le=MAX_ITERATIONS, description="random episodes of the reward calibration pass")
     progress: bool = Field(True, description="show progress bars")
     threads: int = Field(1, gt=0, le=1024, description="torch intra-op threads (tiny networks run fastest on one)")
+    device: str = Field(
+        "cpu",
+        description="where the layer pool, the networks it builds and the baselines' networks train: 'cpu', 'cuda' or "
+        "'cuda:N' (refused when this machine has no such device); the policy always runs on the CPU",
+    )
     n_envs: int = Field(
         128, ge=1, le=1024,
         description="composition episodes run side by side (a vector env; 1: the single env). Networks finishing on "
@@ -115,6 +121,12 @@ class TrainConfig(StrictModel):
         "~1400 env steps/s, 128 ~1800, 256 ~1900, one env ~490; 128 keeps 8 steps per env in a 1024-step rollout "
         "(docs/performance.md). Results depend on (seed, n_envs)",
     )
+
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        return check_device_name(value)
 
 
 class EvalConfig(StrictModel):

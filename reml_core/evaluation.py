@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from reml_core.device import module_device, task_on
 from reml_core.inner_loop import LossFn, evaluate_loss, finetune_sgd, train_adam
 from reml_core.interfaces import Task
 
@@ -115,6 +116,7 @@ class FewShotEvaluator:
 
     def measured_adaptation(self, network: nn.Module, task: Task, shots: int) -> dict[int, tuple[float, dict[str, float]]]:
         """Query loss and the family's metrics after each requested number of SGD steps on the K support points."""
+        task = task_on(task, module_device(network))
         x_support, y_support = task.support(shots)
         recorded: dict[int, tuple[float, dict[str, float]]] = {}
 
@@ -145,6 +147,7 @@ class FewShotEvaluator:
         tasks = tqdm(self.curve_tasks, desc=f"curve {label}", disable=None if self.progress else True, leave=False)
         for task in tasks:
             network = provider(task, shots)
+            task = task_on(task, module_device(network))
             losses = np.full(self.curve_steps + 1, math.nan)
 
             def record(step: int, network: nn.Module = network, losses: np.ndarray = losses, task: Task = task) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from reml_core.config import RunConfig, Selected
+from reml_core.device import resolve_device
 from reml_core.env import CompositionEnv, Mode, check_pool_fits
 from reml_core.errors import ConfigError, PluginError, UserError, describe_error
 from reml_core.interfaces import BuildContext, Describable, LayerPool, RewardFunction, StateEncoder, TaskSampler
@@ -91,7 +92,8 @@ _SECTIONS = {"task_sampler": "task", "state_encoder": "encoder", "layer_pool": "
 
 def build_components(config: RunConfig) -> Components:
     """Call each plugin's factory with its config; report cross-component problems as config errors."""
-    context = BuildContext(seed=config.seed, preset=config.core.preset, depth=config.core.env.depth)
+    device = resolve_device(config.core.train.device)
+    context = BuildContext(seed=config.seed, preset=config.core.preset, depth=config.core.env.depth, device=str(device))
     sampler = build_one(config.task, context, "task plugin")
     context = replace(context, task_sampler=sampler)
     encoder = build_one(config.encoder, context)

@@ -52,7 +52,7 @@ def train_adam(
     params = list(network.parameters())
     first = [torch.zeros_like(p) for p in params]
     second = [torch.zeros_like(p) for p in params]
-    counts = [torch.zeros((), dtype=torch.float32) for _ in params]
+    counts = [torch.zeros((), dtype=torch.float32, device=p.device) for p in params]
     n = x.shape[0]
     for step in range(1, steps + 1):
         if batch_size < n:
@@ -220,10 +220,10 @@ def train_adam_batch(
     # so the bits match train_adam's (vector and scalar code round differently, and Adam turns a
     # rounding difference in a near-zero gradient into a full step).
     param_rows, first_rows, second_rows = (_row_views(tensors) for tensors in (params, first, second))
-    count = torch.zeros((), dtype=torch.float32)  # every tensor's step count: one tensor, stepped once per step
+    count = torch.zeros((), dtype=torch.float32, device=x.device)  # every tensor's step count: one tensor, stepped once per step
     counts = [count] * len(param_rows)
     grad_rows = _RowGradients(params)
-    poison = torch.zeros(rows)  # stays 0 while every loss is finite (0 * inf and 0 * NaN are NaN)
+    poison = torch.zeros(rows, device=x.device)  # stays 0 while every loss is finite (0 * inf and 0 * NaN are NaN)
     if batch_size < n and (generators is None or len(generators) != rows):
         raise ValueError("minibatches need one generator per network")
     row_index = torch.arange(rows).unsqueeze(1)
@@ -254,7 +254,7 @@ def finetune_sgd_batch(
     so rounding differences stay rounding-sized and need no network-by-network update.
     """
     params = list(network.parameters())
-    poison = torch.zeros(x.shape[0])
+    poison = torch.zeros(x.shape[0], device=x.device)
     for _ in range(steps):
         losses, grads = value_and_grad_batch(network, params, x, y, losses_fn)
         with torch.no_grad():

@@ -173,6 +173,9 @@ class LayerPool(Protocol):
     Nothing here is specific to dense layers: a pool builds a network from a sequence of its
     indices (in network order: input, hidden..., output), can build the same architecture freshly
     initialised, and writes a trained network's layers back into the slots they came from.
+
+    A pool keeps its layers on ``BuildContext.device``; ``state_dict`` returns CPU tensors (so a
+    checkpoint loads on any machine) and ``diagnostics`` takes a CPU ``probe``.
     """
 
     size: int
@@ -347,6 +350,12 @@ class BuildContext:
     Task samplers get only ``seed``; encoders, pools and rewards also ``task_sampler``;
     baselines also ``pool`` (for a same-architecture scratch network) and ``encoder``; policies also ``env``
     and ``log_dir``. ``depth`` is the number of layers of the networks REML composes.
+
+    ``device`` (``train.device``, already checked to exist: ``cpu``, ``cuda`` or ``cuda:N``) is
+    where a layer pool keeps its layers (so the networks it builds, ``fresh_network``'s included,
+    live there) and where a baseline puts its networks. Task samplers and encoders produce CPU
+    tensors; the core moves a task to a network's device before training or measuring it
+    (:func:`reml_core.device.task_on`), and a baseline does the same with its own batches.
     """
 
     seed: int
@@ -357,3 +366,4 @@ class BuildContext:
     env: Any = None
     log_dir: Path | None = None
     encoder: StateEncoder | None = None
+    device: str = "cpu"

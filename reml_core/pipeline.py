@@ -44,7 +44,7 @@ from reml_core.training import MetaTrainer, log, read_trainer_state, resume_stat
 #: Settings a resumed run may change after its last checkpoint: they affect neither what was
 #: trained nor how checkpoints are scored. ``train.env_steps`` may only grow.
 RESUME_MAY_CHANGE = frozenset({
-    "train.env_steps", "train.progress", "train.threads", "train.checkpoint_every",
+    "train.env_steps", "train.progress", "train.threads", "train.device", "train.checkpoint_every",
     "eval.test_tasks", "eval.curve_steps", "eval.curve_lr", "eval.curve_tasks",
 })
 

@@ -203,11 +203,13 @@ class ConvLayerPool:
             Role.HIDDEN: (config.hidden_layers, (c, c, KERNEL, KERNEL)),
             Role.OUTPUT: (config.output_layers, (classes, c)),
         }
-        generator = torch.Generator().manual_seed(context.seed)
+        self.device = torch.device(context.device)
+        generator = torch.Generator().manual_seed(context.seed)  # drawn on the CPU: the same layers on every device
         self.weights: dict[Role, torch.Tensor] = {}
         self.biases: dict[Role, torch.Tensor] = {}
         for role, (count, _) in self._shapes.items():
-            self.weights[role], self.biases[role] = self._initial(role, count, generator)
+            weight, bias = self._initial(role, count, generator)
+            self.weights[role], self.biases[role] = weight.to(self.device), bias.to(self.device)
         self.roles: list[Role] = [role for role, (count, _) in self._shapes.items() for _ in range(count)]
         self.size = len(self.roles)
         self._offsets = {Role.INPUT: 0, Role.HIDDEN: config.input_layers, Role.OUTPUT: config.input_layers + config.hidden_layers}
@@ -289,8 +291,8 @@ class ConvLayerPool:
         weights, biases = [], []
         for role in [Role.INPUT, *([Role.HIDDEN] * (depth - 2)), Role.OUTPUT]:
             weight, bias = self._initial(role, 1, generator)
-            weights.append(weight[0])
-            biases.append(bias[0])
+            weights.append(weight[0].to(self.device))
+            biases.append(bias[0].to(self.device))
         return self._network(weights, biases)
 
     @torch.no_grad()
@@ -311,8 +313,8 @@ class ConvLayerPool:
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {}
         for role in self._shapes:
-            state[f"{role.value}.weight"] = self.weights[role].clone().contiguous()
-            state[f"{role.value}.bias"] = self.biases[role].clone().contiguous()
+            state[f"{role.value}.weight"] = self.weights[role].to("cpu", copy=True).contiguous()
+            state[f"{role.value}.bias"] = self.biases[role].to("cpu", copy=True).contiguous()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -348,7 +350,7 @@ class ConvLayerPool:
         """
         if probe.dim() == 2:
             probe = probe.reshape(probe.shape[0], *self.input_shape)
-        probe = probe.to(self.weights[Role.INPUT].dtype)
+        probe = probe.to(self.device, self.weights[Role.INPUT].dtype)
         norm = self.config.norm == "task"
         pools, _ = pooling_plan(self.input_shape[1:], 2, self.config.min_spatial)  # type: ignore[arg-type]
         dead_input, representations = [], []

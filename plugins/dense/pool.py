@@ -269,11 +269,13 @@ class DenseLayerPool:
             Role.HIDDEN: (config.hidden_layers, width, width),
             Role.OUTPUT: (config.output_layers, self.out_features, width),
         }
-        generator = torch.Generator().manual_seed(context.seed)
+        self.device = torch.device(context.device)
+        generator = torch.Generator().manual_seed(context.seed)  # drawn on the CPU: the same layers on every device
         self.weights: dict[Role, torch.Tensor] = {}
         self.biases: dict[Role, torch.Tensor] = {}
         for role, (count, fan_out, fan_in) in self._shapes.items():
-            self.weights[role], self.biases[role] = self._initial(count, fan_out, fan_in, generator)
+            weight, bias = self._initial(count, fan_out, fan_in, generator)
+            self.weights[role], self.biases[role] = weight.to(self.device), bias.to(self.device)
         self.roles: list[Role] = [role for role, (count, _, _) in self._shapes.items() for _ in range(count)]
         self.size = len(self.roles)
         self._offsets = {Role.INPUT: 0, Role.HIDDEN: config.input_layers, Role.OUTPUT: config.input_layers + config.hidden_layers}
@@ -327,8 +329,8 @@ class DenseLayerPool:
         for role in roles:
             _, fan_out, fan_in = self._shapes[role]
             weight, bias = self._initial(1, fan_out, fan_in, generator)
-            weights.append(weight[0])
-            biases.append(bias[0])
+            weights.append(weight[0].to(self.device))
+            biases.append(bias[0].to(self.device))
         return ComposedNetwork(weights, biases, self.config.activation)
 
     @torch.no_grad()
@@ -365,6 +367,7 @@ class DenseLayerPool:
         """Networks of copies of the given layers, stacked; row ``b`` equals ``build(indices[b])``."""
         weights, biases = [], []
         for role, rows in self._slot_rows(indices):
+            rows = rows.to(self.device)
             weights.append(self.weights[role].index_select(0, rows))
             biases.append(self.biases[role].index_select(0, rows))
         return BatchedComposedNetwork(weights, biases, self.config.activation)
@@ -396,8 +399,8 @@ class DenseLayerPool:
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {}
         for role in self._shapes:
-            state[f"{role.value}.weight"] = self.weights[role].clone()
-            state[f"{role.value}.bias"] = self.biases[role].clone()
+            state[f"{role.value}.weight"] = self.weights[role].to("cpu", copy=True)
+            state[f"{role.value}.bias"] = self.biases[role].to("cpu", copy=True)
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -426,6 +429,7 @@ class DenseLayerPool:
         layer of the pool produces over ``probe``. Norms are Frobenius norms, averaged over layers.
         """
         act = ACTIVATIONS[self.config.activation]
+        probe = probe.to(self.device)
         pre_input = torch.einsum("pi,lhi->lph", probe, self.weights[Role.INPUT]) + self.biases[Role.INPUT][:, None, :]
         dead_input = (pre_input <= 0).all(dim=1).float().mean().item()
         representations = act(pre_input).reshape(-1, self.config.width)
@@ -449,6 +453,7 @@ class DenseLayerPool:
         if not self.config.revive_dead_units or self.config.activation != "relu":
             return {}
         margin = self.config.revival_margin
+        probe = probe.to(self.device)
         pre_input = torch.einsum("pi,lhi->lph", probe, self.weights[Role.INPUT]) + self.biases[Role.INPUT][:, None, :]
         best_input = pre_input.max(dim=1).values  # [layers, units]
         dead_input = best_input <= 0

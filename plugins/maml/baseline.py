@@ -71,6 +71,7 @@ class MAMLBaseline:
         self.images = shape is not None and len(tuple(shape)) > 1
         self.config = config
         self.seed = context.seed
+        self.device = torch.device(context.device)
         self.task_sampler: TaskSampler | None = sampler
         self.loss_fn: LossFn = sampler.loss if sampler is not None else mean_squared_error
         self.architecture: Architecture | ModuleArchitecture
@@ -91,7 +92,7 @@ class MAMLBaseline:
         else:
             inputs, outputs = (sampler.input_size, sampler.output_size) if sampler is not None else (1, 1)
             self.architecture = Architecture((inputs, *config.hidden, outputs), config.activation)
-            self.network = MetaNetwork(self.architecture).initialise(torch.Generator().manual_seed(context.seed))
+            self.network = MetaNetwork(self.architecture).initialise(torch.Generator().manual_seed(context.seed)).to(self.device)
         self.backend = build_backend(self.network, config, self.loss_fn)
         self.optimizer = self._new_optimizer()
         self.iterations_done = 0
@@ -161,7 +162,7 @@ class MAMLBaseline:
 
     def meta_step(self, batch: MetaBatch) -> float:
         """One meta-iteration on a ready batch: meta-gradient, then Adam. Returns the meta-loss before the step."""
-        loss = self.backend.meta_gradient(batch).item()
+        loss = self.backend.meta_gradient(batch.to(self.device)).item()
         if not math.isfinite(loss):
             raise UserError(
                 f"maml: meta-training diverged at iteration {self.iterations_done + 1} (meta-loss {loss}); "
@@ -178,7 +179,7 @@ class MAMLBaseline:
         """
         if self.images:
             return copy.deepcopy(self.network)
-        network = MetaNetwork(self.architecture)
+        network = MetaNetwork(self.architecture).to(self.device)
         with torch.no_grad():
             for target, source in zip(network.parameters(), self.network.parameters()):
                 target.copy_(source)
@@ -186,9 +187,9 @@ class MAMLBaseline:
 
     def save(self, directory: Path) -> None:
         if self.images:
-            parameters = dict(self.network.state_dict())
+            parameters = {name: tensor.cpu() for name, tensor in self.network.state_dict().items()}
         else:
-            parameters = {name: param for name, param in self.network.named_parameters()}
+            parameters = {name: param.detach().cpu() for name, param in self.network.named_parameters()}
         config = self.config.model_dump(mode="json")
         save_checkpoint(Path(directory), Checkpoint(parameters, self.architecture, config, self.iterations_done))
 
@@ -217,6 +218,7 @@ def pool_network(context: BuildContext, shape: tuple[int, ...]) -> nn.Module:
     network = pool.fresh_network(context.depth, torch.Generator().manual_seed(context.seed))
     if not isinstance(network, nn.Module) or not any(True for _ in network.parameters()):
         raise ValueError(f"the maml baseline needs an nn.Module with parameters from pool.fresh_network; got {type(network).__name__}")
+    network = network.to(torch.device(context.device))  # a pool that ignores the device still trains there
     for param in network.parameters():
         param.requires_grad_(True)
     return network

@@ -40,6 +40,12 @@ class MetaBatch:
     def as_tuple(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.x_inner, self.y_inner, self.x_outer, self.y_outer
 
+    def to(self, device: torch.device) -> MetaBatch:
+        """This batch with its tensors on ``device`` (itself when they already are)."""
+        if self.x_inner.device == device:
+            return self
+        return MetaBatch(*(tensor.to(device) for tensor in self.as_tuple()))
+
 
 def check_training_points(shots: int, points: int, which: str) -> None:
     """A task (``which``: "task <id>") must hold K inner and K other outer training points."""

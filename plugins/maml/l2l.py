@@ -58,7 +58,7 @@ class Learn2LearnMAML:
         params = list(self.maml.parameters())
         for param in params:
             param.grad = None
-        total = torch.zeros(())
+        total = torch.zeros((), device=batch.x_inner.device)
         for x_inner, y_inner, x_outer, y_outer in zip(*batch.as_tuple()):
             learner = self.maml.clone()
             for _ in range(self.inner_steps):

@@ -33,6 +33,7 @@ class ScratchBaseline:
         self.pool: LayerPool = context.pool
         self.depth = config.depth or context.depth
         self.seed = context.seed
+        self.device = torch.device(context.device)
 
     def meta_train(self, tasks: Iterator[Task], progress: bool = True) -> dict[str, float]:
         return {}  # nothing to learn across tasks
@@ -40,7 +41,7 @@ class ScratchBaseline:
     def network_for(self, task: Task, shots: int) -> nn.Module:
         digest = hashlib.sha256(f"{self.seed}/{task.task_id}".encode()).digest()
         generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
-        return self.pool.fresh_network(self.depth, generator)
+        return self.pool.fresh_network(self.depth, generator).to(self.device)  # a no-op for a pool on the run's device
 
     def save(self, directory: Path) -> None:
         pass
