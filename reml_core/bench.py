@@ -229,7 +229,9 @@ def _reml(plan: BenchPlan, registry: PluginRegistry, seed: int, encoder: str, ou
 
 
 def _baseline(plan: BenchPlan, name: str, seed: int, components: Components, out: Path) -> MethodOutcome:
-    config = components.config
+    # The plan's config, not ``components.config``: when REML comes from --from, its components carry
+    # that run's config, which may name other baselines (a reml-run folder names only its own).
+    config = plan.base(seed)
     chosen = config.baselines[name]
     baseline = chosen.spec.factory(chosen.config, components.context)
     options = ", ".join(f"{k}={v}" for k, v in chosen.config.model_dump(mode="json").items())

@@ -139,3 +139,20 @@ def test_out_inside_from_is_refused(smoke_bench, tmp_path):
     result = _bench("--plugin", "sine", "--preset", "smoke", "--from", str(source), "--out", str(source), "--force")
     assert result.returncode == 2 and "is --from" in result.stderr
     assert (source / "results.json").exists()
+
+
+def test_from_a_run_trains_the_baselines_that_run_never_had_with_the_bench_s_settings(tmp_path):
+    """A reml-run folder names only its own baselines; --from it still trains the others, as asked."""
+    from helpers.runs import tiny_run
+
+    source = tiny_run(tmp_path / "run")
+    assert "maml" not in json.loads((source / "config.json").read_text())["baselines"]
+    out = tmp_path / "bench"
+    result = _bench("--plugin", "sine", "--preset", "smoke", "--methods", "reml,maml", "--from", str(source),
+                    "--set", "baselines.maml.iterations=7", "--set", "eval.test_tasks=5", "--set", "eval.curve_steps=0",
+                    "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == {"reml", "maml"}
+    assert "iterations=7" in results["budgets"]["maml"]
+    assert results["sources"]["0"]["reml"].startswith("loaded from") and results["sources"]["0"]["maml"].startswith("trained in")
