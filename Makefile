@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) tools/install_learn2learn.sh
 	$(PIP) install -c $(CONSTRAINTS) pip setuptools wheel
 	$(PIP) install -c $(CONSTRAINTS) torch torchvision
 	tools/install_learn2learn.sh $(BIN)/python $(CONSTRAINTS)
-	$(PIP) install -c $(CONSTRAINTS) --no-build-isolation -e '.[dev]'
+	$(PIP) install -c $(CONSTRAINTS) --no-build-isolation -e '.[dev,ray,docs]'
 	@touch $(STAMP)
 
 run: install
