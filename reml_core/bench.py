@@ -14,7 +14,6 @@ Output layout::
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,11 +23,24 @@ from typing import Any
 import numpy as np
 
 from reml_core.config import RunConfig, deep_merge, load_resolved, resolve_config
-from reml_core.errors import CheckpointError, UserError
+from reml_core.errors import UserError
 from reml_core.folders import check_path
-from reml_core.evaluation import FewShotTable, NetworkProvider
-from reml_core.experiment import Components, baseline_labels, build_components, build_one, check_policy_builds, component_facts, loss_name
-from reml_core.pipeline import TrainedReML, evaluate_methods, load_reml, seed_everything, train_reml
+from reml_core.evaluation import FewShotTable
+from reml_core.experiment import baseline_labels, build_components, build_one, check_policy_builds, component_facts, loss_name
+from reml_core.jobs import (
+    JOB_LOG,
+    BenchJob,
+    JobFailure,
+    JobResult,
+    LocalExecutor,
+    RayExecutor,
+    disabled_names,
+    finished,
+    interrupted_reml,
+    load_baseline,
+    summary_line,
+)
+from reml_core.pipeline import load_reml
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.registry import PluginRegistry
 from reml_core.results import (
@@ -42,7 +54,7 @@ from reml_core.results import (
     method_labels,
     table_to_json,
 )
-from reml_core.storage import atomic_write_json, atomic_write_text, follow_umask, read_json_file
+from reml_core.storage import atomic_write_json, atomic_write_text, read_json_file
 from reml_core.training import log
 
 
@@ -143,7 +155,7 @@ def _check_sources(plan: BenchPlan, registry: PluginRegistry, trust: bool) -> di
             config = plan.base(seed)
             chosen = config.baselines[name]
             baseline = chosen.spec.factory(chosen.config, build_components(config).context)
-            _load_baseline(baseline, name, directory)
+            load_baseline(baseline, name, directory)
             sources[(seed, name)] = directory
             found_any = True
         if not found_any:
@@ -152,16 +164,6 @@ def _check_sources(plan: BenchPlan, registry: PluginRegistry, trust: bool) -> di
                 "match --seed/--seeds to it, or drop --from to train"
             )
     return sources
-
-
-def _load_baseline(baseline: Any, name: str, directory: Path) -> None:
-    """A saved baseline, loaded; whatever goes wrong is one CheckpointError naming the folder."""
-    try:
-        baseline.load(directory)
-    except UserError:
-        raise
-    except Exception as error:  # a plugin's loader on a damaged file: name it, no traceback
-        raise CheckpointError(f"cannot load {name} from {directory}: {type(error).__name__}: {' '.join(str(error).split())[:200]}") from None
 
 
 def _describe_sources(from_dir: Path) -> str:
@@ -197,91 +199,81 @@ def _reml_source(from_dir: Path, seed: int, encoder: str) -> Path | None:
     return None
 
 
-@dataclass
-class MethodOutcome:
-    provider: NetworkProvider
-    training_seconds: float
-    budget: str
-    source: str
-    training: dict[str, Any] | None = None
-
-
-def _reml(plan: BenchPlan, registry: PluginRegistry, seed: int, encoder: str, out: Path, trust: bool) -> tuple[MethodOutcome, Components]:
-    source = plan.sources.get((seed, plan.reml_key(encoder)))
-    if source is not None:
-        log(f"loading REML ({encoder} encoder, seed {seed}) from {source}")
-        config = load_resolved(source / "config.json", registry)
-        components = build_components(config)
-        trained: TrainedReML = load_reml(config, components, source, trust_checkpoint=trust)
-        origin = f"loaded from {source}"
-    else:
-        config = plan.configs[(seed, encoder)]
-        components = build_components(config)
-        run_dir = out / f"seed-{seed}" / f"reml-{encoder}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", config.to_dict())
-        trained = train_reml(config, components, run_dir)
-        origin = f"trained in {run_dir.relative_to(out)}"
-    seconds = sum(trained.trainer.state.seconds.values())
-    budget = (f"{trained.trained_steps} env steps of {config.policy.name}, reward {config.reward.name}, "
-              f"pool {config.pool.name} ({components.pool.size} layers), depth {config.core.env.depth}")
-    return MethodOutcome(trained.method().network_for, seconds, budget, origin, trained.training_record()), components
-
-
-def _baseline(plan: BenchPlan, name: str, seed: int, components: Components, out: Path) -> MethodOutcome:
-    # The plan's config, not ``components.config``: when REML comes from --from, its components carry
-    # that run's config, which may name other baselines (a reml-run folder names only its own).
-    config = plan.base(seed)
-    chosen = config.baselines[name]
-    baseline = chosen.spec.factory(chosen.config, components.context)
-    options = ", ".join(f"{k}={v}" for k, v in chosen.config.model_dump(mode="json").items())
-    source = plan.sources.get((seed, name))
-    if source is not None:
-        log(f"loading {name} (seed {seed}) from {source}")
-        _load_baseline(baseline, name, source)
-        meta = read_json_file(source / "bench.json", f"{name}'s training record", error=UserError) if (source / "bench.json").is_file() else {}
-        seconds = meta.get("training_seconds")
-        return MethodOutcome(baseline.network_for, float(seconds) if isinstance(seconds, (int, float)) else math.nan, options, f"loaded from {source}")
-    log(f"meta-training {name} (seed {seed})" + (" (not in --from)" if plan.from_dir is not None else ""))
-    start = time.perf_counter()
-    summary = baseline.meta_train(components.task_sampler.train_stream(seed), progress=config.core.train.progress)
-    seconds = time.perf_counter() - start
-    directory = out / f"seed-{seed}" / name
-    directory.mkdir(parents=True, exist_ok=True)
-    baseline.save(directory)
-    for path in directory.iterdir():
-        if path.is_file():
-            follow_umask(path)
-    atomic_write_json(directory / "bench.json", jsonable({"training_seconds": seconds, "summary": summary, "config": chosen.config.model_dump(mode="json")}))
-    return MethodOutcome(baseline.network_for, seconds, options, f"trained in {directory.relative_to(out)}")
-
-
-def run_bench(plan: BenchPlan, registry: PluginRegistry, out: Path, *, trust_checkpoint: bool = False, command: str = "") -> dict[str, Any]:
-    """Train or load every method for every seed, evaluate all on the same tasks, write the files."""
-    started = time.perf_counter()
-    per_seed: dict[int, dict[str, Any]] = {}
-    outcomes: dict[int, dict[str, MethodOutcome]] = {}
+def bench_jobs(plan: BenchPlan, out: Path, *, trust_checkpoint: bool = False, resuming: bool = False) -> list[BenchJob]:
+    """One job per (seed, method, encoder), in report order. On ``resuming``, a job whose folder in
+    ``out`` holds a finished method loads it, and an interrupted REML job continues from its checkpoints."""
+    jobs = []
+    disabled = disabled_names()
     for seed in plan.seeds:
-        base = plan.base(seed)
-        seed_everything(seed, base.core.train.threads)
-        methods: dict[str, MethodOutcome] = {}
-        base_components: Components | None = None
+        wanted: list[tuple[str, str, str | None, RunConfig, str]] = []
         if "reml" in plan.methods:
-            for encoder in plan.encoders:
-                outcome, components = _reml(plan, registry, seed, encoder, out, trust_checkpoint)
-                methods[plan.reml_key(encoder)] = outcome
-                base_components = base_components or components
-        if base_components is None:
-            base_components = build_components(base)
-        for name in plan.baselines:
-            methods[name] = _baseline(plan, name, seed, base_components, out)
-        tables, curves, seconds = evaluate_methods(base, base_components, {key: m.provider for key, m in methods.items()})
-        per_seed[seed] = {"methods": tables, "curves": curves, "evaluation_s": seconds}
-        outcomes[seed] = methods
-        (out / f"seed-{seed}").mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / f"seed-{seed}" / "results.json", _seed_results(plan, base, tables, curves, methods, seconds, command, base_components))
+            wanted += [(plan.reml_key(e), "reml", e, plan.configs[(seed, e)], f"seed-{seed}/reml-{e}") for e in plan.encoders]
+        wanted += [(name, name, None, plan.base(seed), f"seed-{seed}/{name}") for name in plan.baselines]
+        for key, method, encoder, config, folder in wanted:
+            source = plan.sources.get((seed, key))
+            resume = False
+            if source is None and resuming:
+                if finished(out / folder, method):
+                    source = out / folder
+                elif method == "reml" and interrupted_reml(out / folder):
+                    resume = True
+            jobs.append(BenchJob(
+                seed=seed, key=key, method=method, encoder=encoder, config=config.to_dict(), folder=folder,
+                source=str(source) if source is not None else None, resume=resume,
+                trust_checkpoint=trust_checkpoint, disabled=disabled,
+            ))
+    return jobs
 
+
+class BenchJobsFailed(UserError):
+    """Some jobs failed: the others are kept, and ``--resume`` reruns only what is missing."""
+
+    exit_code = 1
+
+
+def run_bench(
+    plan: BenchPlan, registry: PluginRegistry, out: Path, *, executor: LocalExecutor | RayExecutor | None = None,
+    trust_checkpoint: bool = False, command: str = "", resuming: bool = False,
+) -> dict[str, Any]:
+    """Train or load every method for every seed (one job each, on ``executor``), evaluate all on
+    the same tasks, write the files. Only this process (the driver) writes into ``out``."""
+    started = time.perf_counter()
+    executor = executor or LocalExecutor()
+    jobs = bench_jobs(plan, out, trust_checkpoint=trust_checkpoint, resuming=resuming)
+    per_seed_jobs = {seed: [job for job in jobs if job.seed == seed] for seed in plan.seeds}
+    done: dict[tuple[int, str], JobResult] = {}
+    failures: list[JobFailure] = []
+    for count, outcome in enumerate(executor.run(jobs, out), 1):
+        job = outcome.job
+        if isinstance(outcome, JobFailure):
+            failures.append(outcome)
+            log(f"[{count}/{len(jobs)}] {job.label} FAILED: {outcome.error}")
+            continue
+        done[(job.seed, job.key)] = outcome
+        logs = out / job.folder / JOB_LOG
+        where = f"; its log: {logs}" if job.source is None and logs.is_file() else f" (loaded from {job.source})" if job.source else ""
+        log(f"[{count}/{len(jobs)}] {job.label} finished in {outcome.wall_seconds:.1f} s, {summary_line(outcome)}{where}")
+        seed_jobs = per_seed_jobs[job.seed]
+        if all((j.seed, j.key) in done for j in seed_jobs):
+            _write_seed(plan, out, job.seed, [done[(j.seed, j.key)] for j in seed_jobs], command)
+    if failures:
+        lines = [f"{len(failures)} of {len(jobs)} jobs failed; the {len(jobs) - len(failures)} that finished are kept in {out}:"]
+        lines += [f"  {failure.job.label}: {failure.error}" for failure in failures]
+        lines.append(f"rerun only what is missing with: reml-bench --resume {out}")
+        raise BenchJobsFailed("\n".join(lines))
+
+    per_seed: dict[int, dict[str, Any]] = {}
+    outcomes: dict[int, dict[str, JobResult]] = {}
+    for seed, seed_jobs in per_seed_jobs.items():
+        results = [done[(seed, job.key)] for job in seed_jobs]
+        per_seed[seed] = {
+            "methods": {r.job.key: r.table for r in results},
+            "curves": {r.job.key: r.curve for r in results},
+            "evaluation_s": {f"evaluation_{r.job.key}": r.evaluation_seconds for r in results},
+        }
+        outcomes[seed] = {r.job.key: r for r in results}
     results = _aggregate(plan, per_seed, outcomes, time.perf_counter() - started, command)
+    results["executor"] = executor.name
     atomic_write_json(out / "results.json", results)
     labels = method_labels(results)
     title = f"{results['plugin']}: " + ", ".join(labels.values())
@@ -289,6 +281,17 @@ def run_bench(plan: BenchPlan, registry: PluginRegistry, out: Path, *, trust_che
     plot_convergence(results["curves"], out / "convergence.png", title, labels, results.get("loss_name", "MSE"))
     atomic_write_text(out / "report.md", render_bench_report(results))
     return results
+
+
+def _write_seed(plan: BenchPlan, out: Path, seed: int, results: list[JobResult], command: str) -> None:
+    base = plan.base(seed)
+    tables = {r.job.key: r.table for r in results}
+    curves = {r.job.key: r.curve for r in results}
+    seconds = {f"evaluation_{r.job.key}": r.evaluation_seconds for r in results}
+    methods = {r.job.key: r for r in results}
+    (out / f"seed-{seed}").mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"seed-{seed}" / "results.json",
+                      _seed_results(plan, base, tables, curves, methods, seconds, command, results[0].loss_name))
 
 
 def _encoders(plan: BenchPlan) -> dict[str, dict[str, Any]]:
@@ -300,7 +303,7 @@ def _encoders(plan: BenchPlan) -> dict[str, dict[str, Any]]:
     return info
 
 
-def _seed_results(plan, base, tables, curves, methods, seconds, command, components: Components) -> dict[str, Any]:
+def _seed_results(plan, base, tables, curves, methods, seconds, command, loss: str) -> dict[str, Any]:
     encoders = _encoders(plan) if "reml" in plan.methods else {}
     return build_results(
         config=base.to_dict(),
@@ -311,7 +314,7 @@ def _seed_results(plan, base, tables, curves, methods, seconds, command, compone
         timing_s={**{f"training_{k}": m.training_seconds for k, m in methods.items()}, **seconds},
         extra={
             "labels": baseline_labels(base),
-            "loss_name": loss_name(components.task_sampler),
+            "loss_name": loss,
             "command": command,
             "encoders": encoders,
             "budgets": {k: m.budget for k, m in methods.items()},

@@ -227,15 +227,25 @@ def claim_new_folder(out: Path, *, kind: FolderKind, force: bool, flag: str = "-
 
 def claim_run_to_resume(folder: Path, *, flag: str = "--resume") -> Path:
     """An existing ``reml-run`` folder, locked for this process; anything else is refused."""
+    return _claim_to_resume(folder, "run", "config.json", flag)
+
+
+def claim_bench_to_resume(folder: Path, *, flag: str = "--resume") -> Path:
+    """An existing ``reml-bench`` folder (with the plan it was started with), locked for this process."""
+    return _claim_to_resume(folder, "bench", "bench-plan.json", flag)
+
+
+def _claim_to_resume(folder: Path, kind: FolderKind, needed: str, flag: str) -> Path:
+    tool, noun = KIND_TOOLS[kind], KIND_NOUNS[kind]
     folder = check_path(folder, flag)
     if not folder.is_dir():
         raise UserError(f"{flag} {folder}: no such directory")
     marker = read_marker(folder)
     if marker is None:
-        raise UserError(f"{flag} {folder}: not a REML run directory (no {MARKER} marker; only folders reml-run created can be resumed)")
-    if marker.kind != "run":
-        raise UserError(f"{flag} {folder} is a {KIND_TOOLS[marker.kind]} folder; reml-run --resume continues only reml-run runs")
-    if not (folder / "config.json").is_file():
-        raise UserError(f"{flag} {folder}: not a REML run directory (no config.json)")
+        raise UserError(f"{flag} {folder}: not a REML {noun} directory (no {MARKER} marker; only folders {tool} created can be resumed)")
+    if marker.kind != kind:
+        raise UserError(f"{flag} {folder} is a {KIND_TOOLS.get(marker.kind, marker.kind)} folder; {tool} --resume continues only {tool} {noun}s")
+    if not (folder / needed).is_file():
+        raise UserError(f"{flag} {folder}: not a resumable {noun} directory (no {needed})")
     lock_folder(folder, flag)
     return folder.resolve()

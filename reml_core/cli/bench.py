@@ -42,21 +42,34 @@ def build_parser() -> ArgumentParser:
     output.add_argument("--out", type=path_arg, metavar="DIR", help="output directory (default: runs/<plugin>-bench-<encoder>-s<seed>-<time>)")
     output.add_argument("--force", action="store_true", help="overwrite results already in --out")
     output.add_argument("--trust-checkpoint", action="store_true", help="allow loading stable-baselines3 policy.zip files from --from (their loader can run code)")
+    output.add_argument("--resume", type=path_arg, metavar="DIR", help="continue the benchmark in DIR: keep every finished job, continue interrupted REML runs from their checkpoints, rerun the rest (its bench-plan.json fixes every setting)")
+    execution = parser.add_argument_group("execution")
+    execution.add_argument("--executor", choices=("local", "ray"), default="local", help="local: every job one after another in this process (default); ray: each (method, encoder, seed) job as one Ray task, on a local Ray instance or the cluster at --ray-address (needs reml[ray])")
+    execution.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster to run on (e.g. 10.0.0.1:6379 after 'ray start --head' there); default: start a local instance with this machine's CPUs")
     return parser
 
 
-def _body(argv: Sequence[str] | None) -> int:
-    import sys
+#: The flags that define a benchmark: --resume takes them from the folder's bench-plan.json instead.
+PLAN_FLAGS = ("plugin", "policy", "encoder", "pool", "reward", "preset", "config", "seed", "methods", "shots", "steps", "test_tasks", "from_dir", "out")
+PLAN_FILE = "bench-plan.json"
 
-    from reml_core.bench import plan_bench, run_bench
+
+def _body(argv: Sequence[str] | None) -> int:
+    from reml_core.bench import plan_bench
     from reml_core.config import default_baselines
     from reml_core.cli.run import default_out
     from reml_core.folders import check_path, claim_new_folder
-    from reml_core.pipeline import command_line
     from reml_core.storage import atomic_write_json
-    from reml_core.training import StopRequested
 
     args = build_parser().parse_args(argv)
+    if args.ray_address is not None and args.executor != "ray":
+        raise UserError("--ray-address needs --executor ray")
+    if args.executor == "ray":
+        from reml_core.distributed import require_ray
+
+        require_ray("--executor ray")
+    if args.resume is not None:
+        return _resume(args)
     if args.out is not None:
         check_path(args.out, "--out")
     registry = discover_plugins()
@@ -78,15 +91,57 @@ def _body(argv: Sequence[str] | None) -> int:
     target = args.out or default_out(base, "bench")
     if plan.from_dir is not None and _inside(Path(target), plan.from_dir):
         raise UserError(f"--out {target} is --from {plan.from_dir} or inside it; write the benchmark somewhere else")
-    out = claim_new_folder(target, kind="bench", force=args.force, entries=tuple(f"seed-{seed}" for seed in plan.seeds))
+    out = claim_new_folder(target, kind="bench", force=args.force, entries=(PLAN_FILE, *(f"seed-{seed}" for seed in plan.seeds)))
     atomic_write_json(out / "config.json", base.to_dict())
-    set_interrupt_hint(f"what finished is in {out}; the REML runs there keep their checkpoints")
+    atomic_write_json(out / PLAN_FILE, {
+        "format": "reml.bench-plan/1", "user": user, "methods": plan.methods, "encoders": encoders, "seeds": args.seeds,
+        "from_dir": str(plan.from_dir) if plan.from_dir is not None else None, "trust_checkpoint": args.trust_checkpoint,
+    })
+    return _run(plan, registry, out, args, resuming=False, trust=args.trust_checkpoint)
+
+
+def _resume(args) -> int:
+    from reml_core.bench import plan_bench
+    from reml_core.folders import claim_bench_to_resume
+    from reml_core.storage import read_json_file
+
+    given = [f"--{name.replace('_', '-')}" for name in PLAN_FLAGS if getattr(args, name, None) is not None]
+    given += ["--set"] if args.assignments else []
+    given += ["--seeds"] if args.seeds != 1 else []
+    given += ["--force"] if args.force else []
+    if given:
+        raise UserError(f"--resume takes every setting from {args.resume}/{PLAN_FILE}; drop {', '.join(given)}")
+    out = claim_bench_to_resume(args.resume)
+    saved = read_json_file(out / PLAN_FILE, "a benchmark's plan (a JSON object)", error=UserError)
+    registry = discover_plugins()
     raise_if_interrupted()
     try:
-        results = run_bench(plan, registry, out, trust_checkpoint=args.trust_checkpoint, command=command_line())
+        from_dir = Path(saved["from_dir"]) if saved.get("from_dir") else None
+        plan = plan_bench(registry, saved["user"], methods=saved["methods"], encoders=saved.get("encoders"), seeds=int(saved["seeds"]),
+                          from_dir=from_dir, trust_checkpoint=bool(saved.get("trust_checkpoint")))
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"--resume {args.resume}: {PLAN_FILE} is damaged ({type(error).__name__}: {error})") from None
+    return _run(plan, registry, out, args, resuming=True, trust=bool(saved.get("trust_checkpoint")) or args.trust_checkpoint)
+
+
+def _run(plan, registry, out: Path, args, *, resuming: bool, trust: bool) -> int:
+    import sys
+
+    from reml_core.bench import run_bench
+    from reml_core.jobs import LocalExecutor, RayExecutor
+    from reml_core.pipeline import command_line
+    from reml_core.training import StopRequested
+
+    set_interrupt_hint(f"what finished is in {out}; continue with: reml-bench --resume {out}")
+    raise_if_interrupted()
+    executor = RayExecutor(args.ray_address) if args.executor == "ray" else LocalExecutor()
+    try:
+        results = run_bench(plan, registry, out, executor=executor, trust_checkpoint=trust,
+                            command=command_line(), resuming=resuming)
     except StopRequested as stop:
         set_interrupt_hint(None)
-        print(f"{PROG}: interrupted; the REML run being trained was checkpointed at {stop.checkpoint}", file=sys.stderr, flush=True)
+        print(f"{PROG}: interrupted; the REML run being trained was checkpointed at {stop.checkpoint}; "
+              f"continue with: reml-bench --resume {out}", file=sys.stderr, flush=True)
         return EXIT_FOR_SIGNAL.get(stop.signum, 130)
     set_interrupt_hint(None)
     print_summary(results, out)

@@ -1,0 +1,336 @@
+"""The jobs of a benchmark and the executors that run them.
+
+One job is one (method, encoder, seed): train the method (or load it from ``--from``), then
+evaluate it on the seed's held-out test tasks. A job depends only on its :class:`BenchJob` (the
+resolved config travels as a dict and the worker discovers its own plugins), so it gives the
+same numbers wherever it runs:
+
+- :class:`LocalExecutor` runs the jobs one after another in this process, training into their
+  final folders (a killed REML job leaves checkpoints that ``reml-bench --resume`` continues);
+- :class:`RayExecutor` runs each job as one Ray task that declares the CPUs it uses
+  (``train.threads``); the worker trains into a temporary folder and returns it packed, and only
+  the driver writes into the benchmark folder, unpacking each job's folder whole (a new folder,
+  then a rename).
+
+A job that fails, or whose worker dies, becomes a :class:`JobFailure` naming its method and seed;
+the others carry on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reml_core.config import RunConfig, load_resolved, resolve_config
+from reml_core.errors import CheckpointError, UserError, describe_error
+from reml_core.evaluation import FewShotTable
+from reml_core.experiment import Components, build_components, build_one
+from reml_core.pipeline import evaluate_methods, load_reml, seed_everything, train_reml
+from reml_core.registry import PluginRegistry, disabled_plugins
+from reml_core.storage import atomic_write_json, follow_umask, latest_checkpoint, read_json_file
+from reml_core.training import log
+
+#: The file in each job's folder that holds what the job printed.
+JOB_LOG = "job.log"
+#: A finished baseline folder holds this (written last); a finished REML folder a ``final`` checkpoint.
+BASELINE_RECORD = "bench.json"
+
+
+@dataclass(frozen=True)
+class BenchJob:
+    """One method, one seed: everything a worker needs, and nothing it must share with the driver."""
+
+    seed: int
+    key: str  # the method's key in results.json: "reml", "reml:<encoder>" or a baseline's name
+    method: str  # "reml" or the baseline's name
+    encoder: str | None  # REML's state encoder
+    config: dict[str, Any]  # the resolved config (RunConfig.to_dict()) whose eval section every method shares
+    folder: str  # where the job's files live, relative to the benchmark folder: "seed-0/maml"
+    source: str | None = None  # a folder to load the trained method from (--from, or a finished job on --resume)
+    resume: bool = False  # a REML folder with checkpoints of an interrupted job: continue it
+    trust_checkpoint: bool = False
+    disabled: tuple[str, ...] = ()  # REML_DISABLE_PLUGINS of the driver, for workers elsewhere
+
+    @property
+    def label(self) -> str:
+        name = f"REML ({self.encoder})" if self.method == "reml" else self.method
+        return f"{name}, seed {self.seed}"
+
+
+@dataclass
+class JobResult:
+    """What a finished job hands back to the driver."""
+
+    job: BenchJob
+    table: FewShotTable
+    curve: list[float]
+    evaluation_seconds: float
+    training_seconds: float
+    budget: str
+    source: str
+    training: dict[str, Any] | None = None
+    wall_seconds: float = 0.0
+    artifacts: bytes = b""  # the job's folder, packed (Ray); empty when it was written in place
+    loss_name: str = "MSE"
+
+
+@dataclass
+class JobFailure:
+    job: BenchJob
+    error: str
+
+
+def run_job(job: BenchJob, workdir: Path, *, echo: bool = True) -> JobResult:
+    """Train (or load) and evaluate one method for one seed; a trained method's files go into ``workdir``.
+
+    What a training job prints goes to ``workdir/job.log`` (and to stderr too when ``echo``). A
+    job that loads its method (``job.source``) writes nothing at all.
+    """
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if job.source is None:
+            workdir.mkdir(parents=True, exist_ok=True)
+            log_file = stack.enter_context(open(workdir / JOB_LOG, "a", encoding="utf-8"))
+            stack.enter_context(_tee_stderr(log_file, echo))
+            follow_umask(workdir / JOB_LOG)
+        registry = PluginRegistry.discover(disabled=job.disabled)
+        config = resolve_config(registry, job.config)
+        seed_everything(job.seed, config.core.train.threads)
+        if job.method == "reml":
+            components, provider, outcome = _reml(job, config, registry, workdir)
+        else:
+            components, provider, outcome = _baseline(job, config, workdir)
+        tables, curves, seconds = evaluate_methods(config, components, {job.key: provider})
+    from reml_core.experiment import loss_name
+
+    return JobResult(
+        job=job, table=tables[job.key], curve=curves[job.key], evaluation_seconds=seconds[f"evaluation_{job.key}"],
+        wall_seconds=time.perf_counter() - start, loss_name=loss_name(components.task_sampler), **outcome,
+    )
+
+
+def _reml(job: BenchJob, config: RunConfig, registry: PluginRegistry, workdir: Path) -> tuple[Components, Any, dict[str, Any]]:
+    if job.source is not None:
+        source = Path(job.source)
+        log(f"loading REML ({job.encoder} encoder, seed {job.seed}) from {source}")
+        config = load_resolved(source / "config.json", registry)
+        components = build_components(config)
+        trained = load_reml(config, components, source, trust_checkpoint=job.trust_checkpoint)
+        origin = f"loaded from {source}"
+    else:
+        components = build_components(config)
+        atomic_write_json(workdir / "config.json", config.to_dict())
+        if job.resume:
+            log(f"continuing REML ({job.encoder} encoder, seed {job.seed}) from its last checkpoint in {job.folder}")
+        trained = train_reml(config, components, workdir, resume=job.resume, trust_checkpoint=job.trust_checkpoint)
+        origin = f"trained in {job.folder}"
+    seconds = sum(trained.trainer.state.seconds.values())
+    budget = (f"{trained.trained_steps} env steps of {config.policy.name}, reward {config.reward.name}, "
+              f"pool {config.pool.name} ({components.pool.size} layers), depth {config.core.env.depth}")
+    return components, trained.method().network_for, {
+        "training_seconds": seconds, "budget": budget, "source": origin, "training": trained.training_record(),
+    }
+
+
+def _baseline(job: BenchJob, config: RunConfig, workdir: Path) -> tuple[Components, Any, dict[str, Any]]:
+    components = build_components(config)
+    chosen = config.baselines[job.method]
+    baseline = build_one(chosen, components.context)
+    options = ", ".join(f"{k}={v}" for k, v in chosen.config.model_dump(mode="json").items())
+    if job.source is not None:
+        source = Path(job.source)
+        log(f"loading {job.method} (seed {job.seed}) from {source}")
+        load_baseline(baseline, job.method, source)
+        record = source / BASELINE_RECORD
+        meta = read_json_file(record, f"{job.method}'s training record", error=UserError) if record.is_file() else {}
+        seconds = meta.get("training_seconds")
+        seconds = float(seconds) if isinstance(seconds, (int, float)) else math.nan
+        origin = f"loaded from {source}"
+    else:
+        log(f"meta-training {job.method} (seed {job.seed})")
+        start = time.perf_counter()
+        summary = baseline.meta_train(components.task_sampler.train_stream(job.seed), progress=config.core.train.progress)
+        seconds = time.perf_counter() - start
+        baseline.save(workdir)
+        for path in workdir.iterdir():
+            if path.is_file():
+                follow_umask(path)
+        record = {"training_seconds": seconds, "summary": summary, "config": chosen.config.model_dump(mode="json")}
+        from reml_core.results import jsonable
+
+        atomic_write_json(workdir / BASELINE_RECORD, jsonable(record))
+        origin = f"trained in {job.folder}"
+    return components, baseline.network_for, {"training_seconds": seconds, "budget": options, "source": origin}
+
+
+def load_baseline(baseline: Any, name: str, directory: Path) -> None:
+    """A saved baseline, loaded; whatever goes wrong is one CheckpointError naming the folder."""
+    try:
+        baseline.load(directory)
+    except UserError:
+        raise
+    except Exception as error:  # a plugin's loader on a damaged file: name it, no traceback
+        raise CheckpointError(f"cannot load {name} from {directory}: {type(error).__name__}: {' '.join(str(error).split())[:200]}") from None
+
+
+def finished(job_dir: Path, method: str) -> bool:
+    """Whether a job's folder holds a finished method (so ``--resume`` loads instead of rerunning it)."""
+    if method == "reml":
+        return (job_dir / "config.json").is_file() and (job_dir / "checkpoints" / "final").is_dir()
+    return (job_dir / BASELINE_RECORD).is_file()
+
+
+def interrupted_reml(job_dir: Path) -> bool:
+    """A REML job folder with checkpoints but no final one: training stopped part-way."""
+    return (job_dir / "config.json").is_file() and latest_checkpoint(job_dir / "checkpoints") is not None
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams: Any) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _tee_stderr(log_file: Any, echo: bool) -> Iterator[None]:
+    streams = (sys.stderr, log_file) if echo else (log_file,)
+    with contextlib.redirect_stderr(_Tee(*streams)):
+        yield
+
+
+# -- executors -------------------------------------------------------------------------------
+
+
+def summary_line(result: JobResult) -> str:
+    """The job's headline number: the loss (and the family's metrics) at the largest K and step count."""
+    table = result.table
+    shots = max(table)
+    steps = max(table[shots])
+    cell = table[shots][steps]
+    parts = [f"{result.loss_name} {cell.mse_mean:.4g}"]
+    parts += [f"{name} {mean:.3f}" for name, (mean, _) in sorted(cell.metrics.items())]
+    return f"K={shots}, {steps} steps: " + ", ".join(parts)
+
+
+class LocalExecutor:
+    """Every job in this process, one after another, writing straight into its final folder."""
+
+    name = "local"
+
+    def run(self, jobs: Sequence[BenchJob], out: Path) -> Iterator[JobResult | JobFailure]:
+        from reml_core.training import StopRequested
+
+        for job in jobs:
+            try:
+                yield run_job(job, out / job.folder)
+            except (StopRequested, KeyboardInterrupt, SystemExit):
+                raise
+            except UserError as error:
+                yield JobFailure(job, str(error))
+            except Exception as error:  # a plugin's bug in one job must not take the others down
+                yield JobFailure(job, describe_error(error))
+
+
+def _ray_job(job: BenchJob) -> JobResult:
+    """A job on a Ray worker: trained in a temporary folder, returned packed for the driver to write."""
+    with tempfile.TemporaryDirectory(prefix="reml-job-") as temporary:
+        workdir = Path(temporary) / "job"
+        result = run_job(job, workdir, echo=False)
+        if workdir.is_dir():
+            result.artifacts = pack_folder(workdir)
+        return result
+
+
+class RayExecutor:
+    """Every job as one Ray task (``num_cpus`` = ``train.threads``), on a local instance or a cluster."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+
+    def run(self, jobs: Sequence[BenchJob], out: Path) -> Iterator[JobResult | JobFailure]:
+        from reml_core.distributed import cluster_cpus, ray_session
+
+        with ray_session("--executor ray", address=self.address, num_cpus=self.num_cpus) as ray:
+            remote = ray.remote(_ray_job)
+            pending: dict[Any, BenchJob] = {}
+            for job in jobs:
+                cpus = int(job.config.get("train", {}).get("threads", 1))
+                pending[remote.options(num_cpus=cpus, max_retries=0).remote(job)] = job
+            log(f"{len(jobs)} jobs submitted to Ray ({cluster_cpus(ray)} CPUs{', at ' + self.address if self.address else ', local'})")
+            try:
+                while pending:
+                    done, _ = ray.wait(list(pending), num_returns=1)
+                    for ref in done:
+                        job = pending.pop(ref)
+                        try:
+                            result = ray.get(ref)
+                        except ray.exceptions.RayTaskError as error:
+                            cause = error.cause if getattr(error, "cause", None) is not None else error
+                            text = str(cause) if isinstance(cause, UserError) else f"{type(cause).__name__}: {' '.join(str(cause).split())[:500]}"
+                            yield JobFailure(job, text)
+                            continue
+                        except ray.exceptions.RayError as error:  # the worker died, the node was lost, ...
+                            yield JobFailure(job, f"{type(error).__name__}: {' '.join(str(error).split())[:300]}")
+                            continue
+                        if result.artifacts:
+                            unpack_folder(result.artifacts, out / job.folder)
+                            result.artifacts = b""
+                        yield result
+            finally:
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+
+
+def pack_folder(folder: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for path in sorted(folder.rglob("*")):
+            archive.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+    return buffer.getvalue()
+
+
+def unpack_folder(data: bytes, target: Path) -> None:
+    """Write a packed job folder at ``target`` whole: into a new sibling, then renamed into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    incoming = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r") as archive:
+            archive.extractall(incoming, filter="data")
+        for path in [incoming, *incoming.rglob("*")]:
+            follow_umask(path, directory=path.is_dir())
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(incoming, target)
+    except BaseException:
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
+
+
+def disabled_names() -> tuple[str, ...]:
+    return tuple(sorted(disabled_plugins()))
+

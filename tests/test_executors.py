@@ -1,0 +1,152 @@
+"""``reml-bench --executor``: the same numbers on Ray as in one process; failing jobs named with
+their method and seed; ``--resume`` reruns only what is missing; only the driver writes.
+
+Ray runs as a local instance with 2 CPUs, started by each command; every command is bounded in time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reml_core.cli import bench
+
+BIN = Path(sys.executable).parent
+FLAKY = Path(__file__).parent / "flaky_plugin"
+TINY = [
+    "--plugin", "sine", "--preset", "smoke",
+    "--set", "train.env_steps=400", "--set", "train.checkpoint_every=200", "--set", "train.validation_tasks=3",
+    "--set", "train.calibration_episodes=5", "--set", "train.progress=false",
+    "--set", "eval.test_tasks=5", "--set", "eval.curve_steps=3", "--set", "eval.curve_tasks=2",
+    "--set", "policy.n_steps=256", "--set", "policy.batch_size=128", "--set", "baselines.maml.iterations=20",
+]
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def flaky_site(tmp_path_factory) -> Path:
+    """The test-only ``flaky`` baseline, pip-installed into a folder that PYTHONPATH adds."""
+    build = tmp_path_factory.mktemp("flaky-src")
+    shutil.copytree(FLAKY, build / "src")
+    target = tmp_path_factory.mktemp("flaky-site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+                    "--no-build-isolation", "--target", str(target), str(build / "src")], check=True, capture_output=True, text=True)
+    return target
+
+
+def _bench(*args: str, site: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("REML_TEST_FLAKY")}
+    if site is not None:
+        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    environ.update(env)
+    return subprocess.run([str(BIN / "reml-bench"), *args], capture_output=True, text=True, timeout=TIMEOUT, env=environ)
+
+
+@pytest.fixture(scope="module")
+def local_bench(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "bench"
+    result = _bench(*TINY, "--seeds", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_ray_gives_the_numbers_the_local_executor_gives_for_the_same_seeds(local_bench, tmp_path):
+    out = tmp_path / "ray"
+    result = _bench(*TINY, "--seeds", "2", "--executor", "ray", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    local, ray = (json.loads((folder / "results.json").read_text()) for folder in (local_bench, out))
+    assert ray["executor"] == "ray" and local["executor"] == "local"
+    assert ray["methods"] == local["methods"] and ray["seeds"] == local["seeds"] and ray["curves"] == local["curves"]
+    for seed in (0, 1):
+        assert json.loads((out / f"seed-{seed}" / "results.json").read_text())["methods"] == \
+            json.loads((local_bench / f"seed-{seed}" / "results.json").read_text())["methods"]
+    # The driver unpacked every job's folder whole: a REML run folder with its checkpoints, a saved MAML, logs.
+    for name in ("seed-1/reml-support-set/checkpoints/final", "seed-1/maml/maml.safetensors", "seed-0/scratch/bench.json",
+                 "seed-0/reml-support-set/job.log"):
+        assert (out / name).exists(), name
+    assert not list(out.rglob("*.tmp")), "a half-unpacked job folder was left behind"
+    # One line per finished job, with its score, time and where its log is.
+    finished = [line for line in result.stderr.splitlines() if "/6] " in line and " finished in " in line]
+    assert len(finished) == 6, result.stderr[-3000:]
+    assert all("K=10, 10 steps: MSE" in line and "its log: " in line for line in finished)
+
+
+def _flaky_folders(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and "seed-0" in p.parts}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("executor", "mode"), [("local", "raise"), ("ray", "raise"), ("ray", "die")])
+def test_a_failing_job_is_named_the_others_are_kept_and_resume_reruns_only_it(executor, mode, flaky_site, tmp_path):
+    out = tmp_path / "bench"
+    argv = [*TINY, "--seeds", "2", "--methods", "reml,flaky", "--executor", executor]
+    result = _bench(*argv, "--out", str(out), site=flaky_site, REML_TEST_FLAKY_SEED="1", REML_TEST_FLAKY_MODE=mode)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "1 of 4 jobs failed" in result.stderr and "flaky, seed 1:" in result.stderr, result.stderr[-3000:]
+    assert f"rerun only what is missing with: reml-bench --resume {out.resolve()}" in result.stderr
+    if mode == "raise":
+        assert "flaky failed on purpose for seed 1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (out / "results.json").exists()  # no benchmark results from a partial set of jobs
+    assert (out / "seed-0" / "results.json").is_file() and not (out / "seed-1" / "results.json").exists()
+    assert (out / "seed-1" / "reml-support-set" / "checkpoints" / "final").is_dir()
+    kept = _flaky_folders(out)
+    reml_seed_1 = (out / "seed-1" / "reml-support-set" / "checkpoints" / "final" / "manifest.json").read_bytes()
+
+    again = _bench("--resume", str(out), "--executor", executor, site=flaky_site)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("(loaded from ") == 3 and "flaky, seed 1 finished" in again.stderr, again.stderr[-3000:]
+    assert "meta-training flaky (seed 1)" in (out / "seed-1" / "flaky" / "job.log").read_text()
+    assert _flaky_folders(out) == {**kept, "seed-0/results.json": (out / "seed-0" / "results.json").read_bytes()}
+    assert (out / "seed-1" / "reml-support-set" / "checkpoints" / "final" / "manifest.json").read_bytes() == reml_seed_1
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == {"reml", "flaky"} and results["seed_list"] == [0, 1]
+
+
+def test_resume_takes_every_setting_from_the_folder(local_bench, tmp_path, capsys):
+    code = bench.main(["--resume", str(local_bench), "--plugin", "sine", "--seeds", "3"])
+    assert code == 2 and "--resume takes every setting from" in capsys.readouterr().err
+    run_folder = tmp_path / "run"
+    from helpers.runs import tiny_run
+
+    tiny_run(run_folder)
+    assert bench.main(["--resume", str(run_folder)]) == 2
+    assert "is a reml-run folder; reml-bench --resume continues only reml-bench benchmarks" in capsys.readouterr().err
+    assert bench.main(["--resume", str(tmp_path / "nowhere")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_benchmark_loads_every_job_and_gives_the_same_numbers(local_bench, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(local_bench, copy)
+    before = json.loads((copy / "results.json").read_text())
+    result = _bench("--resume", str(copy))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("(loaded from ") == 6 and "meta-training" not in result.stderr
+    assert json.loads((copy / "results.json").read_text())["methods"] == before["methods"]
+
+
+def test_without_ray_the_ray_executor_says_how_to_install_it(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "ray" else real(name, *a, **k))
+    out = tmp_path / "out"
+    code = bench.main([*TINY, "--executor", "ray", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert "--executor ray needs Ray, which is not installed; install it with: pip install 'reml[ray]'" in err
+    assert not out.exists()
+
+
+def test_a_ray_address_needs_the_ray_executor(tmp_path, capsys):
+    assert bench.main([*TINY, "--ray-address", "10.0.0.1:6379", "--out", str(tmp_path / "out")]) == 2
+    assert "--ray-address needs --executor ray" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
