@@ -253,10 +253,15 @@ class LocalExecutor:
                 yield JobFailure(job, describe_error(error))
 
 
-def _ray_job(job: BenchJob) -> JobResult:
-    """A job on a Ray worker: trained in a temporary folder, returned packed for the driver to write."""
+def _ray_job(job: BenchJob, started: bytes = b"") -> JobResult:
+    """A job on a Ray worker: trained in a temporary folder, returned packed for the driver to write.
+
+    ``started`` is the packed folder of an interrupted REML job, which the worker continues.
+    """
     with tempfile.TemporaryDirectory(prefix="reml-job-") as temporary:
         workdir = Path(temporary) / "job"
+        if started:
+            unpack_folder(started, workdir)
         result = run_job(job, workdir, echo=False)
         if workdir.is_dir():
             result.artifacts = pack_folder(workdir)
@@ -280,7 +285,8 @@ class RayExecutor:
             pending: dict[Any, BenchJob] = {}
             for job in jobs:
                 cpus = int(job.config.get("train", {}).get("threads", 1))
-                pending[remote.options(num_cpus=cpus, max_retries=0).remote(job)] = job
+                started = pack_folder(out / job.folder) if job.resume else b""  # the worker continues its checkpoints
+                pending[remote.options(num_cpus=cpus, max_retries=0).remote(job, started)] = job
             log(f"{len(jobs)} jobs submitted to Ray ({cluster_cpus(ray)} CPUs{', at ' + self.address if self.address else ', local'})")
             try:
                 while pending:

@@ -150,3 +150,20 @@ def test_a_ray_address_needs_the_ray_executor(tmp_path, capsys):
     assert bench.main([*TINY, "--ray-address", "10.0.0.1:6379", "--out", str(tmp_path / "out")]) == 2
     assert "--ray-address needs --executor ray" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_resume_continues_a_reml_job_stopped_part_way_from_its_checkpoints(local_bench, executor, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(local_bench, copy)
+    run = copy / "seed-1" / "reml-support-set"
+    shutil.rmtree(run / "checkpoints" / "final")  # as a kill before the end of training leaves it
+    for name in ("results.json", "report.md", "seed-1/results.json"):
+        (copy / name).unlink()
+    result = _bench("--resume", str(copy), "--executor", executor)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("(loaded from ") == 5, result.stderr[-3000:]
+    assert "continuing REML (support-set encoder, seed 1) from its last checkpoint" in (run / "job.log").read_text()
+    assert (run / "checkpoints" / "final").is_dir()
+    assert json.loads((copy / "results.json").read_text())["methods"]["maml"] == json.loads((local_bench / "results.json").read_text())["methods"]["maml"]
