@@ -223,12 +223,11 @@ def discard_partial_writes(out: Path) -> list[Path]:
     return leftovers
 
 
-def prune_checkpoints(checkpoints: Path, keep: set[str], newest: int = 2) -> None:
-    """Delete older step checkpoints, keeping the ``newest`` and those named in ``keep``."""
+def prune_checkpoints(checkpoints: Path, newest: int = 2) -> None:
+    """Delete all but the ``newest`` step checkpoints (``best`` and ``final`` are not step checkpoints)."""
     steps = sorted(
         (p for p in checkpoints.glob("step-*") if p.is_dir()),
         key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1,
     )
     for path in steps[:-newest] if newest else steps:
-        if path.name not in keep:
-            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)

@@ -209,7 +209,7 @@ class MetaTrainer:
         path = self._write(name, latest=True)
         if self.state.best is not None and self.state.best["name"] == name:
             self._write("best", latest=False)
-        prune_checkpoints(self.checkpoints, keep=set())
+        prune_checkpoints(self.checkpoints)
         return path
 
     def _log_record(self, record: dict[str, float]) -> None:

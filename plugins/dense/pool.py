@@ -308,9 +308,6 @@ class DenseLayerPool:
         role = self.roles[index]
         return role, index - self._offsets[role]
 
-    def count(self, role: Role) -> int:
-        return self._shapes[role][0]
-
     # -- networks ----------------------------------------------------------------------------
 
     def build(self, indices: Sequence[int]) -> ComposedNetwork:

@@ -161,7 +161,6 @@ class SB3PolicyBackend:
         self.name = name
         self.algorithm, policy = ALGORITHMS[name]
         self.recurrent = issubclass(self.algorithm, RecurrentPPO)
-        self.masked = self.algorithm is MaskablePPO
         self.env = context.env
         self.log_dir = context.log_dir
         activation = torch.nn.Tanh if config.activation == "tanh" else torch.nn.ReLU
