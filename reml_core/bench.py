@@ -55,7 +55,7 @@ from reml_core.results import (
     table_to_json,
 )
 from reml_core.storage import atomic_write_json, atomic_write_text, read_json_file
-from reml_core.training import log
+from reml_core.logs import log
 
 
 @dataclass(frozen=True)

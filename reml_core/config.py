@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from reml_core.device import check_device_name
 from reml_core.errors import ConfigError, UnknownComponentError, UserError
+from reml_core.logs import LOGGER
 from reml_core.registry import PluginRegistry
 from reml_core.specs import ComponentSpec, Preset, TaskSamplerSpec
 
@@ -468,8 +469,8 @@ def default_baselines(registry: PluginRegistry, plugin: Any, command: Literal["r
         return [name for name in installed if command in getattr(registry.get("baseline", name).spec, "compare_in", ())]
     for name in recommended:
         if name not in installed:
-            print(f"reml-{command}: note: baseline {name!r}, recommended by {plugin!r}, is not installed (or disabled); "
-                  "comparing without it", file=sys.stderr)
+            LOGGER.warning(f"reml-{command}: note: baseline {name!r}, recommended by {plugin!r}, is not installed (or disabled); "
+                           "comparing without it")
     return [name for name in recommended if name in installed]
 
 

@@ -39,7 +39,7 @@ from reml_core.experiment import Components, build_components, build_one
 from reml_core.pipeline import evaluate_methods, load_reml, seed_everything, train_reml
 from reml_core.registry import PluginRegistry, disabled_plugins
 from reml_core.storage import atomic_write_json, follow_umask, latest_checkpoint, read_json_file
-from reml_core.training import log
+from reml_core.logs import log
 
 #: The file in each job's folder that holds what the job printed.
 JOB_LOG = "job.log"
@@ -258,6 +258,9 @@ def _ray_job(job: BenchJob, started: bytes = b"") -> JobResult:
 
     ``started`` is the packed folder of an interrupted REML job, which the worker continues.
     """
+    from reml_core.logs import configure
+
+    configure()  # a worker process: its messages go to the job's log
     with tempfile.TemporaryDirectory(prefix="reml-job-") as temporary:
         workdir = Path(temporary) / "job"
         if started:

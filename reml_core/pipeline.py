@@ -39,7 +39,8 @@ from reml_core.storage import (
     verify_checkpoint,
 )
 from reml_core.registry import PluginRegistry
-from reml_core.training import MetaTrainer, log, read_trainer_state, resume_state
+from reml_core.logs import log
+from reml_core.training import MetaTrainer, read_trainer_state, resume_state
 
 #: Settings a resumed run may change after its last checkpoint: they affect neither what was
 #: trained nor how checkpoints are scored. ``train.env_steps`` may only grow.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from reml_core.errors import CheckpointError
 from reml_core.evaluation import FewShotEvaluator
 from reml_core.experiment import Components
 from reml_core.interfaces import MaintainedLayerPool, PolicyBackend
+from reml_core.logs import log  # noqa: F401  (re-exported: reml_core.training.log is older than reml_core.logs)
 from reml_core.methods import ReMLMethod
 from reml_core.results import format_stat, stat_label
 from reml_core.storage import (
@@ -40,8 +40,6 @@ from reml_core.storage import (
 CALIBRATION_STREAM_OFFSET = 1_000_003  # calibration tasks: the training distribution, another stream
 
 
-def log(message: str) -> None:
-    print(f"[reml {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from reml_core.errors import ConfigError, UserError
+from reml_core.logs import configure as configure_logging
 
 if TYPE_CHECKING:
     from reml_core.registry import PluginRegistry
@@ -221,6 +222,7 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Seque
     sys.unraisablehook = _unraisable(previous_unraisable)
     try:
         warnings.showwarning = _show_warning
+        configure_logging()
         return body(argv)
     except ConfigError as error:
         shown = error.problems[:MAX_PROBLEMS_SHOWN]
