@@ -863,8 +863,12 @@ def _progress_callback(root: Path, total: int) -> Any:
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             spec = trial.config["trial"]
-            log(f"trial {spec['id']} ({describe(spec['values'])}, seed {spec['seed']}) failed; "
-                f"run {Path(self.root) / spec['folder']}, log {Path(self.root) / spec['log']}")
+            log_path = Path(self.root) / spec["log"]
+            invocations = _read_record(Path(self.root) / spec["log"].replace(".log", ".json"))["invocations"]
+            code = invocations[-1].get("exit") if invocations else None
+            why = f"reml-run exited with code {code}: {_last_lines(log_path, 1)}" if code not in (None, 0) else "its worker died"
+            log(f"trial {spec['id']} ({describe(spec['values'])}, seed {spec['seed']}) failed ({why}); "
+                f"run {Path(self.root) / spec['folder']}, log {log_path}")
 
     return SweepProgress()
 
@@ -882,6 +886,9 @@ def run_tune(out: Path, plan: SweepPlan, *, restore: bool) -> int | None:
     # that a restored trial has no result file of its own (the sweep reads the trial folders)
     for name in ("ray.tune.analysis.experiment_analysis", "ray.tune.tune"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    controller = logging.getLogger("ray.tune.execution.tune_controller")  # a failed trial: our line names it and its log
+    if not any(isinstance(f, _DropTrialTracebacks) for f in controller.filters):
+        controller.addFilter(_DropTrialTracebacks())
     try:
         from ray import tune
     except ImportError as error:
@@ -919,6 +926,13 @@ def run_tune(out: Path, plan: SweepPlan, *, restore: bool) -> int | None:
         for signum, old in previous.items():
             signal.signal(signum, old)
     return stopped[0] if stopped else None
+
+
+class _DropTrialTracebacks(logging.Filter):
+    """Drops Tune's traceback of a failed trial (the trainable's RuntimeError says only what the trial's log says)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Trial task failed for trial")
 
 
 def _graceful_stop(stopped: list[int]) -> Any:

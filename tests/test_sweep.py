@@ -314,3 +314,31 @@ def test_sigterm_stops_the_sweep_with_exit_143_and_the_trials_checkpoint(tmp_pat
     assert not _reml_processes(out)
     text = next((out / "logs").glob("*.log")).read_text()
     assert "SIGTERM received: checkpointing" in text and "checkpoint step-" in text and "saved" in text
+
+
+@pytest.mark.slow
+def test_a_failing_trial_is_named_with_its_log_and_the_others_finish(tmp_path):
+    out = tmp_path / "failing"
+    bad = f"{config_id({'env.inner_lr': 0.02})}-s0"
+    driver = subprocess.Popen([str(BIN / "reml-sweep"), *SWEEP_TINY, *GRID, "--out", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "configs").is_dir() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (out / "trials" / bad).mkdir(parents=True)  # a file of the user's where the trial's run folder goes: reml-run refuses it
+        (out / "trials" / bad / "notes.txt").write_text("mine")
+        _, err = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 1, err[-3000:]
+    assert "Traceback" not in err
+    failed = next(line for line in err.splitlines() if f"trial {bad} " in line and "failed (" in line)
+    assert "reml-run exited with code 2" in failed and "notes.txt" in failed and str(out / "logs" / f"{bad}.log") in failed
+    assert err.strip().splitlines()[-1] == f"reml-sweep: 1 of 2 trials did not finish; the table shows the others. Retry them with: reml-sweep --resume {out}"
+    document = json.loads((out / "sweep.json").read_text())
+    assert document["status"] == "incomplete"
+    assert {t["id"]: t["status"] for t in document["trials"]}[bad] == "failed"
+    assert document["best"]["configuration"] == config_id({"env.inner_lr": 0.001})
+    assert (out / "trials" / bad / "notes.txt").read_text() == "mine"
