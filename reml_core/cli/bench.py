@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from reml_core.cli.common import (
     EXIT_FOR_SIGNAL,
@@ -51,15 +50,12 @@ def build_parser() -> ArgumentParser:
 
 #: The flags that define a benchmark: --resume takes them from the folder's bench-plan.json instead.
 PLAN_FLAGS = ("plugin", "policy", "encoder", "pool", "reward", "preset", "config", "seed", "methods", "shots", "steps", "test_tasks", "from_dir", "out")
-PLAN_FILE = "bench-plan.json"
+PLAN_FILE = "bench-plan.json"  # reml_core.api.PLAN_FILE
 
 
 def _body(argv: Sequence[str] | None) -> int:
-    from reml_core.bench import plan_bench
-    from reml_core.config import default_baselines
-    from reml_core.cli.run import default_out
-    from reml_core.folders import check_path, claim_new_folder
-    from reml_core.storage import atomic_write_json
+    from reml_core.api import prepare_bench
+    from reml_core.folders import check_path
 
     args = build_parser().parse_args(argv)
     if args.ray_address is not None and args.executor != "ray":
@@ -69,7 +65,17 @@ def _body(argv: Sequence[str] | None) -> int:
 
         require_ray("--executor ray")
     if args.resume is not None:
-        return _resume(args)
+        given = [f"--{name.replace('_', '-')}" for name in PLAN_FLAGS if getattr(args, name, None) is not None]
+        given += ["--set"] if args.assignments else []
+        given += ["--seeds"] if args.seeds != 1 else []
+        given += ["--force"] if args.force else []
+        if given:
+            raise UserError(f"--resume takes every setting from {args.resume}/{PLAN_FILE}; drop {', '.join(given)}")
+        registry = discover_plugins()
+        raise_if_interrupted()
+        prepared = prepare_bench(resume=args.resume, executor=args.executor, ray_address=args.ray_address,
+                                 trust_checkpoint=args.trust_checkpoint, registry=registry)
+        return _run(prepared)
     if args.out is not None:
         check_path(args.out, "--out")
     registry = discover_plugins()
@@ -83,61 +89,23 @@ def _body(argv: Sequence[str] | None) -> int:
         extra["eval"]["steps"] = args.steps
     if args.test_tasks is not None:
         extra["eval"]["test_tasks"] = args.test_tasks
-    user = user_config(args, extra)
-    methods = args.methods if args.methods is not None else ["reml", *default_baselines(registry, user.get("plugin"), "bench")]
-    plan = plan_bench(registry, user, methods=methods, encoders=encoders, seeds=args.seeds,
-                      from_dir=args.from_dir, trust_checkpoint=args.trust_checkpoint)
-    base = plan.base(plan.seeds[0])
-    target = args.out or default_out(base, "bench")
-    if plan.from_dir is not None and _inside(Path(target), plan.from_dir):
-        raise UserError(f"--out {target} is --from {plan.from_dir} or inside it; write the benchmark somewhere else")
-    out = claim_new_folder(target, kind="bench", force=args.force, entries=(PLAN_FILE, *(f"seed-{seed}" for seed in plan.seeds)))
-    atomic_write_json(out / "config.json", base.to_dict())
-    atomic_write_json(out / PLAN_FILE, {
-        "format": "reml.bench-plan/1", "user": user, "methods": plan.methods, "encoders": encoders, "seeds": args.seeds,
-        "from_dir": str(plan.from_dir) if plan.from_dir is not None else None, "trust_checkpoint": args.trust_checkpoint,
-    })
-    return _run(plan, registry, out, args, resuming=False, trust=args.trust_checkpoint)
+    prepared = prepare_bench(user_config(args, extra), methods=args.methods, encoders=encoders, seeds=args.seeds,
+                             from_dir=args.from_dir, out=args.out, force=args.force, executor=args.executor,
+                             ray_address=args.ray_address, trust_checkpoint=args.trust_checkpoint, registry=registry)
+    return _run(prepared)
 
 
-def _resume(args) -> int:
-    from reml_core.bench import plan_bench
-    from reml_core.folders import claim_bench_to_resume
-    from reml_core.storage import read_json_file
-
-    given = [f"--{name.replace('_', '-')}" for name in PLAN_FLAGS if getattr(args, name, None) is not None]
-    given += ["--set"] if args.assignments else []
-    given += ["--seeds"] if args.seeds != 1 else []
-    given += ["--force"] if args.force else []
-    if given:
-        raise UserError(f"--resume takes every setting from {args.resume}/{PLAN_FILE}; drop {', '.join(given)}")
-    out = claim_bench_to_resume(args.resume)
-    saved = read_json_file(out / PLAN_FILE, "a benchmark's plan (a JSON object)", error=UserError)
-    registry = discover_plugins()
-    raise_if_interrupted()
-    try:
-        from_dir = Path(saved["from_dir"]) if saved.get("from_dir") else None
-        plan = plan_bench(registry, saved["user"], methods=saved["methods"], encoders=saved.get("encoders"), seeds=int(saved["seeds"]),
-                          from_dir=from_dir, trust_checkpoint=bool(saved.get("trust_checkpoint")))
-    except (KeyError, TypeError, ValueError) as error:
-        raise UserError(f"--resume {args.resume}: {PLAN_FILE} is damaged ({type(error).__name__}: {error})") from None
-    return _run(plan, registry, out, args, resuming=True, trust=bool(saved.get("trust_checkpoint")) or args.trust_checkpoint)
-
-
-def _run(plan, registry, out: Path, args, *, resuming: bool, trust: bool) -> int:
+def _run(prepared) -> int:
     import sys
 
-    from reml_core.bench import run_bench
-    from reml_core.jobs import LocalExecutor, RayExecutor
     from reml_core.pipeline import command_line
     from reml_core.training import StopRequested
 
+    out = prepared.out
     set_interrupt_hint(f"what finished is in {out}; continue with: reml-bench --resume {out}")
     raise_if_interrupted()
-    executor = RayExecutor(args.ray_address) if args.executor == "ray" else LocalExecutor()
     try:
-        results = run_bench(plan, registry, out, executor=executor, trust_checkpoint=trust,
-                            command=command_line(), resuming=resuming)
+        results = prepared.execute(command=command_line()).data
     except StopRequested as stop:
         set_interrupt_hint(None)
         print(f"{PROG}: interrupted; the REML run being trained was checkpointed at {stop.checkpoint}; "
@@ -146,12 +114,6 @@ def _run(plan, registry, out: Path, args, *, resuming: bool, trust: bool) -> int
     set_interrupt_hint(None)
     print_summary(results, out)
     return 0
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    """True when ``path`` is ``folder`` or lies inside it (after resolving links)."""
-    path, folder = path.expanduser().resolve(), folder.expanduser().resolve()
-    return path == folder or folder in path.parents
 
 
 def main(argv: Sequence[str] | None = None) -> int:

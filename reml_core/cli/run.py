@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,23 +52,18 @@ def _baseline_list(text: str) -> list[str]:
 
 
 def default_out(config: RunConfig, kind: str | None = None) -> Path:
-    """A fresh directory under runs/, named after what runs there, never one that exists."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{config.task.name}-{kind or config.policy.name}-{config.encoder.name}-s{config.seed}-{stamp}"
-    candidate, suffix = base, 2
-    while candidate.exists():
-        candidate, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
-    return candidate
+    """A fresh directory under runs/ (see :func:`reml_core.api.default_out`)."""
+    from reml_core.api import default_out as fresh
+
+    return fresh(config, kind)
 
 
 def _body(argv: Sequence[str] | None) -> int:
     import sys
 
-    from reml_core.config import default_baselines, load_resolved, resolve_config
-    from reml_core.experiment import build_components, check_policy_builds
-    from reml_core.folders import check_path, claim_new_folder, claim_run_to_resume
-    from reml_core.pipeline import check_resumable, command_line, run_experiment
-    from reml_core.storage import atomic_write_json
+    from reml_core.api import prepare_run
+    from reml_core.folders import check_path
+    from reml_core.pipeline import command_line
     from reml_core.training import StopRequested
 
     args = build_parser().parse_args(argv)
@@ -79,26 +73,17 @@ def _body(argv: Sequence[str] | None) -> int:
         given = [f"--{name}" for name in EXPERIMENT_FLAGS if getattr(args, name) is not None] + (["--set"] if args.assignments else [])
         if given or args.force:
             raise UserError(f"--resume takes every setting from {args.resume}/config.json; drop {', '.join(given or ['--force'])}")
-        out = claim_run_to_resume(args.resume)
-        config = load_resolved(out / "config.json", registry)
-        build_components(config)
-        check_resumable(config, out, registry)
-        out = args.resume
+        prepared = prepare_run(resume=args.resume, trust_checkpoint=args.trust_checkpoint, registry=registry)
     else:
         if args.out is not None:
             check_path(args.out, "--out")
-        user = user_config(args)
-        baselines = args.baselines if args.baselines is not None else default_baselines(registry, user.get("plugin"), "run")
-        config = resolve_config(registry, user, baselines=baselines)
-        check_policy_builds(build_components(config))  # cross-component checks, before anything is written
-        raise_if_interrupted()
-        out = claim_new_folder(args.out or default_out(config), kind="run", force=args.force)
-        out = args.out if args.out is not None else out
-        atomic_write_json(out / "config.json", config.to_dict())
+        prepared = prepare_run(user_config(args), out=args.out, force=args.force, baselines=args.baselines,
+                               trust_checkpoint=args.trust_checkpoint, registry=registry)
+    out = prepared.out
     set_interrupt_hint(f"the run can be continued with: reml-run --resume {out}")
     raise_if_interrupted()
     try:
-        results = run_experiment(config, out, resume=args.resume is not None, trust_checkpoint=args.trust_checkpoint, command=command_line())
+        results = prepared.execute(command=command_line()).data
     except StopRequested as stop:
         set_interrupt_hint(None)
         print(f"{PROG}: interrupted; checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}", file=sys.stderr, flush=True)
