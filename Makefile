@@ -7,7 +7,7 @@ CONSTRAINTS := constraints.txt
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
-.PHONY: install run test clean
+.PHONY: install run test docs clean
 
 install: $(STAMP)
 
@@ -27,5 +27,10 @@ run: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The documentation site (MkDocs, Material, API pages from the docstrings) into site/; any warning
+# (a broken link, a missing page, an unresolvable reference) fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis site
