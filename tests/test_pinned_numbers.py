@@ -1,0 +1,59 @@
+"""One small smoke run's numbers, pinned: a restructuring of the core must not change what a seed
+gives. If a deliberate change of behaviour moves them, regenerate the pin and say why in the commit:
+
+    .venv/bin/python tests/test_pinned_numbers.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PIN = HERE / "data" / "pinned_smoke_run.json"
+
+
+def _numbers(folder: Path) -> dict:
+    results = json.loads((folder / "results.json").read_text())
+    history = results["training"]["history"]
+    return {
+        "methods": results["methods"],
+        "curves": results["curves"],
+        "validation": [{k: v for k, v in record.items() if k.startswith("validation/") or k == "timesteps"} for record in history],
+        "selected_checkpoint": results["training"]["selected_checkpoint"],
+    }
+
+
+def _close(a, b, where: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return [f"{where}: keys {sorted(a)} != {sorted(b)}"]
+        return [p for key in a for p in _close(a[key], b[key], f"{where}.{key}")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{where}: {len(a)} items != {len(b)}"]
+        return [p for i, (x, y) in enumerate(zip(a, b)) for p in _close(x, y, f"{where}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float):
+        return [] if math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) else [f"{where}: {a!r} != {b!r}"]
+    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
+
+
+def test_a_seed_gives_the_pinned_numbers(tmp_path):
+    from helpers.runs import tiny_run
+
+    numbers = _numbers(tiny_run(tmp_path / "run"))
+    problems = _close(numbers, json.loads(PIN.read_text()))
+    assert not problems, "the pinned smoke run changed:\n" + "\n".join(problems[:20])
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    sys.path.insert(0, str(HERE))
+    from helpers.runs import tiny_run
+
+    with tempfile.TemporaryDirectory() as folder:
+        PIN.write_text(json.dumps(_numbers(tiny_run(Path(folder) / "run")), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {PIN}")
