@@ -69,6 +69,10 @@ class BenchPlan:
     from_dir: Path | None
     #: Where ``--from`` holds each (seed, method key) it provides, checked while planning.
     sources: dict[tuple[int, str], Path] = field(default_factory=dict)
+    #: The user's settings each config was resolved from: a job resolves them again where it runs.
+    #: (Not the resolved config's dict: a component may treat a value it was given differently
+    #: from its default, e.g. MAML's K on an image family, and a resolved dict gives every value.)
+    inputs: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
 
     @property
     def baselines(self) -> list[str]:
@@ -110,6 +114,7 @@ def plan_bench(
             raise UserError(f"--from {from_dir}: no such directory")
     encoder_names = list(encoders) if encoders else [None]
     configs: dict[tuple[int, str], RunConfig] = {}
+    inputs: dict[tuple[int, str], dict[str, Any]] = {}
     baselines = [m for m in methods if m != "reml"]
     for seed in range(base_seed, base_seed + seeds):
         for encoder in encoder_names:
@@ -121,8 +126,9 @@ def plan_bench(
             for name in baselines:  # a baseline that cannot be built (e.g. learn2learn missing) fails now
                 build_one(config.baselines[name], components.context)
             configs[(seed, config.encoder.name)] = config
+            inputs[(seed, config.encoder.name)] = data
     names = list(dict.fromkeys(encoder for _, encoder in configs))
-    plan = BenchPlan(list(methods), names, list(range(base_seed, base_seed + seeds)), configs, from_dir)
+    plan = BenchPlan(list(methods), names, list(range(base_seed, base_seed + seeds)), configs, from_dir, inputs=inputs)
     if from_dir is not None:
         plan.sources.update(_check_sources(plan, registry, trust_checkpoint))
     return plan
@@ -205,10 +211,10 @@ def bench_jobs(plan: BenchPlan, out: Path, *, trust_checkpoint: bool = False, re
     jobs = []
     disabled = disabled_names()
     for seed in plan.seeds:
-        wanted: list[tuple[str, str, str | None, RunConfig, str]] = []
+        wanted: list[tuple[str, str, str | None, dict[str, Any], str]] = []
         if "reml" in plan.methods:
-            wanted += [(plan.reml_key(e), "reml", e, plan.configs[(seed, e)], f"seed-{seed}/reml-{e}") for e in plan.encoders]
-        wanted += [(name, name, None, plan.base(seed), f"seed-{seed}/{name}") for name in plan.baselines]
+            wanted += [(plan.reml_key(e), "reml", e, plan.inputs[(seed, e)], f"seed-{seed}/reml-{e}") for e in plan.encoders]
+        wanted += [(name, name, None, plan.inputs[(seed, plan.encoders[0])], f"seed-{seed}/{name}") for name in plan.baselines]
         for key, method, encoder, config, folder in wanted:
             source = plan.sources.get((seed, key))
             resume = False
@@ -218,9 +224,9 @@ def bench_jobs(plan: BenchPlan, out: Path, *, trust_checkpoint: bool = False, re
                 elif method == "reml" and interrupted_reml(out / folder):
                     resume = True
             jobs.append(BenchJob(
-                seed=seed, key=key, method=method, encoder=encoder, config=config.to_dict(), folder=folder,
+                seed=seed, key=key, method=method, encoder=encoder, config=config, baselines=tuple(plan.baselines), folder=folder,
                 source=str(source) if source is not None else None, resume=resume,
-                trust_checkpoint=trust_checkpoint, disabled=disabled,
+                trust_checkpoint=trust_checkpoint, disabled=disabled, threads=plan.configs[(seed, plan.encoders[0])].core.train.threads,
             ))
     return jobs
 

@@ -55,12 +55,14 @@ class BenchJob:
     key: str  # the method's key in results.json: "reml", "reml:<encoder>" or a baseline's name
     method: str  # "reml" or the baseline's name
     encoder: str | None  # REML's state encoder
-    config: dict[str, Any]  # the resolved config (RunConfig.to_dict()) whose eval section every method shares
+    config: dict[str, Any]  # the user's settings for this seed (and encoder); the eval section is every method's
+    baselines: tuple[str, ...]  # the baselines the config is resolved with (as the driver resolved it)
     folder: str  # where the job's files live, relative to the benchmark folder: "seed-0/maml"
     source: str | None = None  # a folder to load the trained method from (--from, or a finished job on --resume)
     resume: bool = False  # a REML folder with checkpoints of an interrupted job: continue it
     trust_checkpoint: bool = False
     disabled: tuple[str, ...] = ()  # REML_DISABLE_PLUGINS of the driver, for workers elsewhere
+    threads: int = 1  # train.threads: the CPUs the job asks Ray for
 
     @property
     def label(self) -> str:
@@ -105,7 +107,7 @@ def run_job(job: BenchJob, workdir: Path, *, echo: bool = True) -> JobResult:
             stack.enter_context(_tee_stderr(log_file, echo))
             follow_umask(workdir / JOB_LOG)
         registry = PluginRegistry.discover(disabled=job.disabled)
-        config = resolve_config(registry, job.config)
+        config = resolve_config(registry, job.config, baselines=job.baselines)
         seed_everything(job.seed, config.core.train.threads)
         if job.method == "reml":
             components, provider, outcome = _reml(job, config, registry, workdir)
@@ -287,7 +289,7 @@ class RayExecutor:
             remote = ray.remote(_ray_job)
             pending: dict[Any, BenchJob] = {}
             for job in jobs:
-                cpus = int(job.config.get("train", {}).get("threads", 1))
+                cpus = int(job.threads)
                 started = pack_folder(out / job.folder) if job.resume else b""  # the worker continues its checkpoints
                 pending[remote.options(num_cpus=cpus, max_retries=0).remote(job, started)] = job
             log(f"{len(jobs)} jobs submitted to Ray ({cluster_cpus(ray)} CPUs{', at ' + self.address if self.address else ', local'})")

@@ -167,3 +167,18 @@ def test_resume_continues_a_reml_job_stopped_part_way_from_its_checkpoints(local
     assert "continuing REML (support-set encoder, seed 1) from its last checkpoint" in (run / "job.log").read_text()
     assert (run / "checkpoints" / "final").is_dir()
     assert json.loads((copy / "results.json").read_text())["methods"]["maml"] == json.loads((local_bench / "results.json").read_text())["methods"]["maml"]
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_job_resolves_its_config_as_the_driver_did(executor, tmp_path):
+    """MAML on an image family takes the largest K the family holds unless K was given: a job must
+    see the user's settings, not a resolved config in which every value looks given."""
+    out = tmp_path / "bench"
+    result = _bench("--plugin", "digits", "--preset", "smoke", "--methods", "maml", "--executor", executor,
+                    "--set", "baselines.maml.iterations=3", "--set", "eval.test_tasks=5", "--set", "eval.curve_steps=0",
+                    "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert set(json.loads((out / "results.json").read_text())["methods"]) == {"maml"}
+    refused = _bench("--plugin", "digits", "--preset", "smoke", "--methods", "maml", "--executor", executor,
+                     "--set", "baselines.maml.shots=10", "--out", str(tmp_path / "refused"))
+    assert refused.returncode == 2 and "set baselines.maml.shots to at most 5" in refused.stderr, refused.stderr[-2000:]
