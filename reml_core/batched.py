@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from reml_core.config import EnvConfig
+from reml_core.settings import EnvConfig
 from reml_core.device import module_device, task_on
 from reml_core.inner_loop import (
     LossFn,

@@ -46,12 +46,9 @@ from reml_core.registry import PluginRegistry
 from reml_core.results import (
     build_results,
     cell_metrics,
-    component_lines,
-    curve_table,
-    few_shot_tables,
     jsonable,
-    labelled,
     method_labels,
+    render_bench_report,
     table_to_json,
 )
 from reml_core.storage import atomic_write_json, atomic_write_text, read_json_file
@@ -391,41 +388,3 @@ def _aggregate(plan: BenchPlan, per_seed, outcomes, seconds: float, command: str
     )
 
 
-def render_bench_report(results: Mapping[str, Any]) -> str:
-    config = results["config"]
-    evaluation = config["eval"]
-    seeds = results.get("seed_list", [results["seed"]])
-    labels = method_labels(results)
-    renamed = labelled(results, results["methods"])
-    lines = [
-        f"# REML benchmark: {results['plugin']}",
-        "",
-        f"Command: `{results.get('command') or 'reml-bench'}`  ",
-        f"Preset `{results.get('preset', config['preset'])}`; seeds {', '.join(map(str, seeds))}; "
-        f"{results['test_tasks']} held-out test tasks, the same tasks, support points and query points for every method. "
-        f"Every method's starting network is fine-tuned with plain SGD (lr {evaluation['sgd_lr']}) on the K support points "
-        "and measured on the task's separate query points.",
-        "",
-        *component_lines(results),
-    ]
-    for key, info in results.get("encoders", {}).items():
-        note = ("sees the true task parameters (privileged information no baseline gets)"
-                if info["privileged"] else "sees only the K support points, as the baselines do")
-        lines.append(f"- {labels[key]}: state encoder `{info['name']}`, which {note}.")
-    lines += ["", "## Few-shot learning", ""]
-    if len(seeds) > 1:
-        lines += [f"Cells: mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
-                  "\"seeds ±\" is the standard deviation between the seeds' means.", ""]
-    lines += [few_shot_tables(renamed, results.get("loss_name", "MSE")), "![few-shot](few_shot.png)", ""]
-    curves = labelled(results, results["curves"])
-    lines += [f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {evaluation['curve_lr']}, on each task's training data)", "",
-              curve_table(curves), "![convergence](convergence.png)", ""]
-    lines += ["## Budgets and training time", "", "| method | budget | training wall time (s, all seeds) | source (first seed) |", "|---|---|---:|---|"]
-    sources = results.get("sources", {}).get(str(seeds[0]), {})
-    for key in results["methods"]:
-        label = labels[key]
-        seconds = results["timing_s"].get(f"training_{key}")
-        lines.append(f"| {label} | {results.get('budgets', {}).get(key, '')} | {'-' if seconds is None else f'{seconds:.1f}'} | {sources.get(key, '')} |")
-    lines += ["", f"Total wall time of this invocation: {results['timing_s']['total_this_invocation']:.0f} s.", ""]
-    lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in results["versions"].items()), ""]
-    return "\n".join(lines)

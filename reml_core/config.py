@@ -20,146 +20,35 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from reml_core.device import check_device_name
 from reml_core.errors import ConfigError, UnknownComponentError, UserError
-from reml_core.logs import LOGGER
 from reml_core.registry import PluginRegistry
+from reml_core.settings import (  # re-exported: the settings models lived here before reml_core.settings
+    CORE_PRESETS,
+    MAX_CONFIG_BYTES,
+    MAX_CONFIG_SETTINGS,
+    MAX_ITERATIONS,
+    MAX_STEPS,
+    MAX_TASKS,
+    EnvConfig,
+    EvalConfig,
+    ExperimentConfig,
+    StrictModel,
+    TrainConfig,
+)
+
+__all__ = [  # the settings models, importable from here as before
+    "CORE_PRESETS", "MAX_CONFIG_BYTES", "MAX_CONFIG_SETTINGS", "MAX_ITERATIONS", "MAX_STEPS", "MAX_TASKS",
+    "EnvConfig", "EvalConfig", "ExperimentConfig", "StrictModel", "TrainConfig", "RunConfig", "Selected",
+    "resolve_config", "load_resolved", "load_config_file", "parse_config_text", "parse_assignment", "deep_merge", "default_baselines",
+]
 from reml_core.specs import ComponentSpec, Preset, TaskSamplerSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
-
-
-class StrictModel(BaseModel):
-    """Base for every config model: unknown keys are errors, numbers are finite, values are checked on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-#: Upper bounds on sizes and counts. Each is far beyond any sensible experiment and far below what
-#: would exhaust memory or run for days, so an absurd value fails at once with the limit named.
-MAX_STEPS = 1_000_000_000
-MAX_TASKS = 100_000
-MAX_ITERATIONS = 1_000_000
-#: A config file larger than this, or with more settings than this, is not a REML config.
-MAX_CONFIG_BYTES = 1024 * 1024
-MAX_CONFIG_SETTINGS = 10_000
-
-
-#: The core's budgets of its own sections for each preset, used under a task plugin's
-#: ``experiment_presets`` (which override them key by key): a family that declares no presets still
-#: gets a quick ``smoke`` and a thorough ``full``. ``default`` is the models' own defaults.
-CORE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "smoke": {
-        "train": {"env_steps": 2_000, "checkpoint_every": 1_000, "validation_tasks": 10, "calibration_episodes": 20},
-        "eval": {"test_tasks": 50, "curve_steps": 100, "curve_tasks": 20},
-    },
-    "default": {},
-    "full": {
-        "train": {"env_steps": 1_000_000, "checkpoint_every": 100_000, "validation_tasks": 200, "calibration_episodes": 500},
-        "eval": {"test_tasks": 600, "curve_tasks": 600},
-    },
-}
-
-
-def _distinct_sorted(values: list[int]) -> list[int]:
-    if len(set(values)) != len(values):
-        raise ValueError("values must be distinct")
-    return sorted(values)
-
-
-class EnvConfig(StrictModel):
-    """The composition MDP: network depth, inner training, and the K-shot fine-tuning it can measure."""
-
-    depth: int = Field(5, ge=2, le=64, description="layers per network: input + (depth - 2) hidden + output")
-    inner_steps: int = Field(30, ge=0, le=MAX_ITERATIONS, description="Adam steps on the task's training data at the end of an episode")
-    inner_lr: float = Field(0.005, gt=0, description="Adam learning rate of the inner training")
-    inner_batch: int = Field(100, gt=0, le=MAX_ITERATIONS, description="minibatch size of the inner training")
-    shots: list[int] = Field([5, 10], min_length=1, description="K values an episode draws from for its support set")
-    finetune_steps: int = Field(10, ge=0, le=MAX_ITERATIONS, description="SGD steps on the K support points for the 'finetuned' loss")
-    finetune_lr: float = Field(0.01, gt=0, description="SGD learning rate for the 'finetuned' loss")
-    max_invalid_actions: int = Field(10, ge=0, le=MAX_ITERATIONS, description="invalid actions after which an episode is truncated")
-    write_back_rate: float = Field(
-        0.1, gt=0, le=1,
-        description="pool += rate * (trained - pool); 1 replaces the layers as the thesis did (the pool collapses, "
-        "docs/pool-health.md), below 1 is a Reptile step",
-    )
-    write_back_schedule: Literal["constant", "linear"] = Field(
-        "linear", description="'linear' anneals the write-back rate to 0 over train.env_steps (Reptile's schedule); 'constant' keeps it"
-    )
-
-    @field_validator("shots")
-    @classmethod
-    def _shots_positive(cls, value: list[int]) -> list[int]:
-        if any(k <= 0 for k in value):
-            raise ValueError("every K must be positive")
-        return _distinct_sorted(value)
-
-
-class TrainConfig(StrictModel):
-    """Meta-training budget and bookkeeping."""
-
-    env_steps: int = Field(100_000, gt=0, le=MAX_STEPS, description="policy (environment) steps of meta-training")
-    checkpoint_every: int = Field(10_000, gt=0, le=MAX_STEPS, description="env steps between checkpoints")
-    validation_tasks: int = Field(50, ge=0, le=MAX_TASKS, description="held-out validation tasks scored at each checkpoint (0: off)")
-    calibration_episodes: int = Field(200, gt=0, le=MAX_ITERATIONS, description="random episodes of the reward calibration pass")
-    progress: bool = Field(True, description="show progress bars")
-    threads: int = Field(1, gt=0, le=1024, description="torch intra-op threads (tiny networks run fastest on one)")
-    device: str = Field(
-        "cpu",
-        description="where the layer pool, the networks it builds and the baselines' networks train: 'cpu', 'cuda' or "
-        "'cuda:N' (refused when this machine has no such device); the policy always runs on the CPU",
-    )
-    n_envs: int = Field(
-        128, ge=1, le=1024,
-        description="composition episodes run side by side (a vector env; 1: the single env). Networks finishing on "
-        "the same step train as one stacked computation, so the more envs, the larger those batches (a policy that "
-        "makes invalid actions spreads the finishes out): for ppo-mlp meta-training on 2 CPU cores 64 envs measured "
-        "~1400 env steps/s, 128 ~1800, 256 ~1900, one env ~490; 128 keeps 8 steps per env in a 1024-step rollout "
-        "(docs/performance.md). Results depend on (seed, n_envs)",
-    )
-
-
-    @field_validator("device")
-    @classmethod
-    def _device_name(cls, value: str) -> str:
-        return check_device_name(value)
-
-
-class EvalConfig(StrictModel):
-    """The few-shot protocol of Finn et al. (2017) on held-out tasks."""
-
-    test_tasks: int = Field(600, gt=0, le=MAX_TASKS, description="held-out meta-test tasks")
-    shots: list[int] = Field([5, 10], min_length=1, description="K support points per task")
-    steps: list[int] = Field([0, 1, 10], min_length=1, description="SGD fine-tuning steps reported")
-    sgd_lr: float = Field(0.01, gt=0, description="plain SGD learning rate of the fine-tuning")
-    curve_steps: int = Field(100, ge=0, le=MAX_ITERATIONS, description="Adam steps of the convergence curve (0: no curve)")
-    curve_lr: float = Field(0.005, gt=0, description="Adam learning rate of the convergence curve")
-    curve_tasks: int = Field(100, gt=0, le=MAX_TASKS, description="test tasks averaged in the convergence curve")
-
-    @field_validator("shots", "steps")
-    @classmethod
-    def _non_negative(cls, value: list[int], info: Any) -> list[int]:
-        if any(v < (1 if info.field_name == "shots" else 0) for v in value):
-            raise ValueError("every K must be positive" if info.field_name == "shots" else "steps must be >= 0")
-        if info.field_name == "steps" and any(v > MAX_ITERATIONS for v in value):
-            raise ValueError(f"fine-tuning steps must be at most {MAX_ITERATIONS}")
-        return _distinct_sorted(value)
-
-
-class ExperimentConfig(StrictModel):
-    """The core's own part of an experiment config."""
-
-    plugin: str
-    preset: Preset = "default"
-    seed: int = Field(0, ge=0, lt=2**32)
-    env: EnvConfig = Field(default_factory=EnvConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 class _RawConfig(StrictModel):
@@ -469,8 +358,9 @@ def default_baselines(registry: PluginRegistry, plugin: Any, command: Literal["r
         return [name for name in installed if command in getattr(registry.get("baseline", name).spec, "compare_in", ())]
     for name in recommended:
         if name not in installed:
-            LOGGER.warning(f"reml-{command}: note: baseline {name!r}, recommended by {plugin!r}, is not installed (or disabled); "
-                           "comparing without it")
+            # A note for the person at the terminal (stderr, like the CLIs' warnings), not a log record.
+            print(f"reml-{command}: note: baseline {name!r}, recommended by {plugin!r}, is not installed (or disabled); "
+                  "comparing without it", file=sys.stderr)
     return [name for name in recommended if name in installed]
 
 

@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from reml_core.config import EnvConfig
+from reml_core.settings import EnvConfig
 from reml_core.batched import EpisodeEnd, EpisodeOutcome, MeasureRequest, end_episodes, measure_networks
 from reml_core.interfaces import LayerPool, RewardFunction, Role, StateEncoder, Task, TaskSampler
 

@@ -21,12 +21,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from reml_core.device import module_device, task_on
-from reml_core.inner_loop import LossFn, evaluate_loss, finetune_sgd, train_adam
-from reml_core.interfaces import Task
+from reml_core.inner_loop import evaluate_loss, finetune_sgd, train_adam
+from reml_core.interfaces import LossFn, MetricsFn, Task
 
 NetworkProvider = Callable[[Task, int], nn.Module]
 #: A family's metrics of a prediction against its targets, e.g. ``{"accuracy": 0.8}`` (higher is better).
-MetricsFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
 
 
 def _mean_ci(values: Sequence[float]) -> tuple[float, float]:

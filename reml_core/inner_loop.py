@@ -9,7 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from reml_core.interfaces import LossFn
+
+__all__ = ["LossFn"]  # defined in reml_core.interfaces; imported here by older code
 
 
 def value_and_grad(

@@ -17,6 +17,12 @@ import torch
 from torch import nn
 
 
+#: A family's loss: ``loss(prediction, target)`` -> a scalar tensor (``TaskSampler.loss``).
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: A family's metrics: ``metrics(prediction, target)`` -> named numbers (``MeasuresMetrics.metrics``).
+MetricsFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+
+
 class Role(str, enum.Enum):
     """Where a pool layer can go in a composed network."""
 

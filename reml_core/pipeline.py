@@ -21,14 +21,8 @@ from reml_core.methods import ReMLMethod
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.results import (
     build_results,
-    component_lines,
-    curve_table,
-    encoder_note,
-    few_shot_tables,
-    format_stat,
-    labelled,
     method_labels,
-    stat_label,
+    render_run_report,
 )
 from reml_core.storage import (
     atomic_write_json,
@@ -243,74 +237,6 @@ def write_outputs(out: Path, results: dict[str, Any]) -> None:
     plot_few_shot(results["methods"], out / "few_shot.png", title, labels, results.get("loss_name", "MSE"))
     plot_convergence(results["curves"], out / "convergence.png", title, labels, results.get("loss_name", "MSE"))
     atomic_write_text(out / "report.md", render_run_report(results))
-
-
-def render_run_report(results: Mapping[str, Any]) -> str:
-    config = results["config"]
-    training = results.get("training", {})
-    timing = results["timing_s"]
-    evaluation = config["eval"]
-    lines = [
-        f"# REML run: {results['plugin']}, {results['policy']}, encoder {results['encoder']}",
-        "",
-        f"Command: `{results.get('command') or 'reml-run'}`  ",
-        f"Seed {results['seed']}, preset `{config['preset']}`, {results['test_tasks']} held-out test tasks. "
-        + encoder_note(results),
-        "",
-        *component_lines(results),
-        "## Few-shot learning (Finn et al. 2017 protocol)",
-        "",
-        f"Each method hands out a starting network per test task; it is fine-tuned with plain SGD "
-        f"(lr {evaluation['sgd_lr']}) on the same K support points, and the error is measured on "
-        f"the task's separate query points. REML's network comes from "
-        f"a deterministic rollout of the policy over the trained pool (checkpoint "
-        f"`{training.get('selected_checkpoint', {}).get('name', '?')}`, chosen on validation tasks).",
-        "",
-        few_shot_tables(labelled(results, results["methods"]), results.get("loss_name", "MSE")),
-        "![few-shot](few_shot.png)",
-        "",
-        f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {evaluation['curve_lr']}, on each task's training data)",
-        "",
-        f"Mean query loss over {evaluation['curve_tasks']} test tasks after n steps:",
-        "",
-        curve_table(labelled(results, results["curves"])),
-        "![convergence](convergence.png)",
-        "",
-        "## Training",
-        "",
-        f"{training.get('env_steps', '?')} env steps with `{results['policy']}`, reward `{config['reward']['name']}`, "
-        f"pool `{config['pool']['name']}`; resumed {training.get('resumes', 0)} time(s)."
-        + (" The policy backend reports: " + ", ".join(f"{stat_label(key)} {format_stat(key, value)}" for key, value in training["policy_stats"].items()) + "."
-           if training.get("policy_stats") else ""),
-        "",
-    ]
-    history = training.get("history", [])
-    if history:
-        longest = max(evaluation["steps"])
-        # every number the pool reported about itself (pool/...), in the order it first appeared
-        pool_keys = list(dict.fromkeys(key for record in history for key in record if key.startswith("pool/")))
-        lines += [
-            f"| env steps | validation loss after {longest} steps | fine-tuning gain | "
-            + " | ".join(f"pool: {stat_label(key)}" for key in pool_keys) + " |",
-            "|---:|---:|---:|" + "---:|" * len(pool_keys),
-        ]
-        for record in history:
-            cells = [format_stat(key, record[key]) if key in record else "" for key in pool_keys]
-            lines.append(
-                f"| {record['timesteps']} | {_number(record.get('validation/score'))} | {_number(record.get('validation/finetune_gain'))} | "
-                + " | ".join(cells) + " |"
-            )
-        lines.append("")
-    lines += ["## Wall time (seconds)", "", "| phase | seconds |", "|---|---:|"]
-    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in timing.items()]
-    lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in results["versions"].items()), ""]
-    lines += ["The fully resolved configuration is in `config.json`; machine-readable results in `results.json`.", ""]
-    return "\n".join(lines)
-
-
-def _number(value: float | None) -> str:
-    """A validation number for the report; NaN (a diverged fine-tuning) is shown, not hidden."""
-    return "NaN" if value is None or value != value else f"{value:.3f}"
 
 
 def command_line() -> str:

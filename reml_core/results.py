@@ -1,4 +1,5 @@
-"""``results.json`` (schema ``reml.results/2``, see docs/results.md) and the Markdown report made from it."""
+"""``results.json`` (schema ``reml.results/2``, see docs/results.md) and every Markdown report made from it:
+:func:`render_run_report` (``reml-run``) and :func:`render_bench_report` (``reml-bench``)."""
 
 from __future__ import annotations
 
@@ -217,3 +218,114 @@ def encoder_note(results: Mapping[str, Any]) -> str:
         return (f"State encoder: `{results['encoder']}`, which hands the policy privileged task information "
                 "(the task's true parameters). No baseline sees it: this is not a fair comparison.")
     return f"State encoder: `{results['encoder']}`, which sees only the K support points (no privileged information)."
+
+
+# -- the reports -------------------------------------------------------------------------------
+
+
+def render_run_report(results: Mapping[str, Any]) -> str:
+    config = results["config"]
+    training = results.get("training", {})
+    timing = results["timing_s"]
+    evaluation = config["eval"]
+    lines = [
+        f"# REML run: {results['plugin']}, {results['policy']}, encoder {results['encoder']}",
+        "",
+        f"Command: `{results.get('command') or 'reml-run'}`  ",
+        f"Seed {results['seed']}, preset `{config['preset']}`, {results['test_tasks']} held-out test tasks. "
+        + encoder_note(results),
+        "",
+        *component_lines(results),
+        "## Few-shot learning (Finn et al. 2017 protocol)",
+        "",
+        f"Each method hands out a starting network per test task; it is fine-tuned with plain SGD "
+        f"(lr {evaluation['sgd_lr']}) on the same K support points, and the error is measured on "
+        f"the task's separate query points. REML's network comes from "
+        f"a deterministic rollout of the policy over the trained pool (checkpoint "
+        f"`{training.get('selected_checkpoint', {}).get('name', '?')}`, chosen on validation tasks).",
+        "",
+        few_shot_tables(labelled(results, results["methods"]), results.get("loss_name", "MSE")),
+        "![few-shot](few_shot.png)",
+        "",
+        f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {evaluation['curve_lr']}, on each task's training data)",
+        "",
+        f"Mean query loss over {evaluation['curve_tasks']} test tasks after n steps:",
+        "",
+        curve_table(labelled(results, results["curves"])),
+        "![convergence](convergence.png)",
+        "",
+        "## Training",
+        "",
+        f"{training.get('env_steps', '?')} env steps with `{results['policy']}`, reward `{config['reward']['name']}`, "
+        f"pool `{config['pool']['name']}`; resumed {training.get('resumes', 0)} time(s)."
+        + (" The policy backend reports: " + ", ".join(f"{stat_label(key)} {format_stat(key, value)}" for key, value in training["policy_stats"].items()) + "."
+           if training.get("policy_stats") else ""),
+        "",
+    ]
+    history = training.get("history", [])
+    if history:
+        longest = max(evaluation["steps"])
+        # every number the pool reported about itself (pool/...), in the order it first appeared
+        pool_keys = list(dict.fromkeys(key for record in history for key in record if key.startswith("pool/")))
+        lines += [
+            f"| env steps | validation loss after {longest} steps | fine-tuning gain | "
+            + " | ".join(f"pool: {stat_label(key)}" for key in pool_keys) + " |",
+            "|---:|---:|---:|" + "---:|" * len(pool_keys),
+        ]
+        for record in history:
+            cells = [format_stat(key, record[key]) if key in record else "" for key in pool_keys]
+            lines.append(
+                f"| {record['timesteps']} | {_number(record.get('validation/score'))} | {_number(record.get('validation/finetune_gain'))} | "
+                + " | ".join(cells) + " |"
+            )
+        lines.append("")
+    lines += ["## Wall time (seconds)", "", "| phase | seconds |", "|---|---:|"]
+    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in timing.items()]
+    lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in results["versions"].items()), ""]
+    lines += ["The fully resolved configuration is in `config.json`; machine-readable results in `results.json`.", ""]
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    """A validation number for the report; NaN (a diverged fine-tuning) is shown, not hidden."""
+    return "NaN" if value is None or value != value else f"{value:.3f}"
+
+
+def render_bench_report(results: Mapping[str, Any]) -> str:
+    config = results["config"]
+    evaluation = config["eval"]
+    seeds = results.get("seed_list", [results["seed"]])
+    labels = method_labels(results)
+    renamed = labelled(results, results["methods"])
+    lines = [
+        f"# REML benchmark: {results['plugin']}",
+        "",
+        f"Command: `{results.get('command') or 'reml-bench'}`  ",
+        f"Preset `{results.get('preset', config['preset'])}`; seeds {', '.join(map(str, seeds))}; "
+        f"{results['test_tasks']} held-out test tasks, the same tasks, support points and query points for every method. "
+        f"Every method's starting network is fine-tuned with plain SGD (lr {evaluation['sgd_lr']}) on the K support points "
+        "and measured on the task's separate query points.",
+        "",
+        *component_lines(results),
+    ]
+    for key, info in results.get("encoders", {}).items():
+        note = ("sees the true task parameters (privileged information no baseline gets)"
+                if info["privileged"] else "sees only the K support points, as the baselines do")
+        lines.append(f"- {labels[key]}: state encoder `{info['name']}`, which {note}.")
+    lines += ["", "## Few-shot learning", ""]
+    if len(seeds) > 1:
+        lines += [f"Cells: mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
+                  "\"seeds ±\" is the standard deviation between the seeds' means.", ""]
+    lines += [few_shot_tables(renamed, results.get("loss_name", "MSE")), "![few-shot](few_shot.png)", ""]
+    curves = labelled(results, results["curves"])
+    lines += [f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {evaluation['curve_lr']}, on each task's training data)", "",
+              curve_table(curves), "![convergence](convergence.png)", ""]
+    lines += ["## Budgets and training time", "", "| method | budget | training wall time (s, all seeds) | source (first seed) |", "|---|---|---:|---|"]
+    sources = results.get("sources", {}).get(str(seeds[0]), {})
+    for key in results["methods"]:
+        label = labels[key]
+        seconds = results["timing_s"].get(f"training_{key}")
+        lines.append(f"| {label} | {results.get('budgets', {}).get(key, '')} | {'-' if seconds is None else f'{seconds:.1f}'} | {sources.get(key, '')} |")
+    lines += ["", f"Total wall time of this invocation: {results['timing_s']['total_this_invocation']:.0f} s.", ""]
+    lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in results["versions"].items()), ""]
+    return "\n".join(lines)

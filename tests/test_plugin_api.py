@@ -230,7 +230,7 @@ def test_reml_plugins_show_from_the_command_line():
 
 
 def test_pool_diagnostics_are_logged_and_reported_whatever_their_names():
-    from reml_core.pipeline import render_run_report
+    from reml_core.results import render_run_report
     from reml_core.results import format_stat, stat_label
 
     assert (stat_label("pool/dead_hidden_units"), format_stat("pool/dead_hidden_units", 0.25)) == ("dead hidden units", "25%")

@@ -28,8 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from reml_core.errors import UserError
-from reml_core.inner_loop import LossFn
-from reml_core.interfaces import BatchedTaskSampler, BuildContext, Task, TaskSampler
+from reml_core.interfaces import BatchedTaskSampler, BuildContext, LossFn, Task, TaskSampler
 from reml_plugins.maml.batches import MetaBatch, check_training_points, draw_batch, from_task_batch, stack_classification_tasks
 from reml_plugins.maml.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from reml_plugins.maml.config import MAMLConfig

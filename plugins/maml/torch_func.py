@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
-from reml_core.inner_loop import LossFn
+from reml_core.interfaces import LossFn
 from reml_plugins.maml.batches import MetaBatch
 from reml_plugins.maml.config import MAMLConfig
 from reml_plugins.maml.network import MetaNetwork, forward

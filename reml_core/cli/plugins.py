@@ -85,7 +85,7 @@ def options(model: Any, prefix: str = "") -> list[dict[str, Any]]:
 def show(registry: PluginRegistry, name: str) -> list[dict[str, Any]]:
     """What ``--show NAME`` prints: every component called NAME (any kind), or ``core`` (the
     experiment's own env/train/eval options and the core's budgets per preset)."""
-    from reml_core.config import CORE_PRESETS, EnvConfig, EvalConfig, TrainConfig
+    from reml_core.settings import CORE_PRESETS, EnvConfig, EvalConfig, TrainConfig
     from reml_core.errors import UserError
     from reml_core.specs import KINDS, TaskSamplerSpec
 
