@@ -43,7 +43,7 @@ __all__ = [  # the settings models, importable from here as before
     "EnvConfig", "EvalConfig", "ExperimentConfig", "StrictModel", "TrainConfig", "RunConfig", "Selected",
     "resolve_config", "load_resolved", "load_config_file", "parse_config_text", "parse_assignment", "deep_merge", "default_baselines",
 ]
-from reml_core.specs import ComponentSpec, Preset, TaskSamplerSpec
+from reml_core.specs import NAMED_SECTIONS, ComponentSpec, Preset, TaskSamplerSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -75,12 +75,7 @@ class _RawConfig(StrictModel):
 
 
 #: Config sections that choose a component by ``name``, and the kind of component each holds.
-COMPONENT_SECTIONS: dict[str, str] = {
-    "encoder": "state_encoder",
-    "pool": "layer_pool",
-    "reward": "reward",
-    "policy": "policy",
-}
+COMPONENT_SECTIONS: dict[str, str] = dict(NAMED_SECTIONS)
 
 
 @dataclass(frozen=True)

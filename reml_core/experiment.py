@@ -13,7 +13,7 @@ from reml_core.device import resolve_device
 from reml_core.env import CompositionEnv, Mode, check_pool_fits
 from reml_core.errors import ConfigError, PluginError, UserError, describe_error
 from reml_core.interfaces import BuildContext, Describable, LayerPool, RewardFunction, StateEncoder, TaskSampler
-from reml_core.specs import KIND_LABELS
+from reml_core.specs import KIND_LABELS, SECTIONS
 
 if TYPE_CHECKING:
     from reml_core.vec_env import CompositionVecEnv
@@ -79,15 +79,13 @@ def build_one(selected: Selected, context: BuildContext, label: str | None = Non
     except UserError:
         raise
     except ValueError as error:  # the documented way to say "not with this configuration"
-        section = _SECTIONS.get(selected.spec.kind, selected.spec.kind)
+        section = SECTIONS.get(selected.spec.kind, selected.spec.kind)
         section = f"baselines.{selected.name}" if section == "baselines" else section
         raise ConfigError([f"{section}: {kind} {selected.name!r} cannot be used in this run: {' '.join(str(error).split())}"]) from None
     except Exception as error:
         raise PluginError(f"{kind} {selected.name!r} failed to build: {describe_error(error)}") from error
 
 
-#: The config section of each kind of component, for error messages.
-_SECTIONS = {"task_sampler": "task", "state_encoder": "encoder", "layer_pool": "pool", "reward": "reward", "policy": "policy", "baseline": "baselines"}
 
 
 def build_components(config: RunConfig) -> Components:

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import pluggy
 
 from reml_core.specs import (
+    HOOKS,
     BaselineSpec,
     LayerPoolSpec,
     PolicySpec,
@@ -325,11 +326,5 @@ def reml_baselines() -> Iterable[BaselineSpec]:
     """
 
 
-HOOKS_BY_KIND: dict[str, str] = {
-    "task_sampler": "reml_task_samplers",
-    "state_encoder": "reml_state_encoders",
-    "layer_pool": "reml_layer_pools",
-    "reward": "reml_rewards",
-    "policy": "reml_policies",
-    "baseline": "reml_baselines",
-}
+#: The hook of each kind of component (declared once, on the record types in reml_core.specs).
+HOOKS_BY_KIND: dict[str, str] = dict(HOOKS)

@@ -16,15 +16,6 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel
 
 Kind = Literal["task_sampler", "state_encoder", "layer_pool", "reward", "policy", "baseline"]
-KINDS: tuple[Kind, ...] = ("task_sampler", "state_encoder", "layer_pool", "reward", "policy", "baseline")
-KIND_LABELS: dict[str, str] = {
-    "task_sampler": "task plugin",
-    "state_encoder": "state encoder",
-    "layer_pool": "layer pool",
-    "reward": "reward function",
-    "policy": "policy backend",
-    "baseline": "baseline",
-}
 
 Preset = Literal["smoke", "default", "full"]
 PRESETS: tuple[Preset, ...] = ("smoke", "default", "full")
@@ -41,7 +32,13 @@ class ComponentSpec:
     name (``smoke``, ``default``, ``full``) to overrides of this component's own config section.
     """
 
+    #: What each record type declares about its kind of component, once; every table of kinds
+    #: (:data:`KINDS`, :data:`KIND_LABELS`, :data:`HOOKS`, :data:`SECTIONS`) is derived from them.
     kind: ClassVar[Kind]
+    hook: ClassVar[str]  # the hook (reml_core.hookspecs) whose records are of this type
+    kind_label: ClassVar[str]  # how messages name one component of the kind
+    section: ClassVar[str]  # the config section that configures it
+    chosen_by_name: ClassVar[bool] = True  # the section picks one by ``name`` (encoder = "oracle")
 
     name: str
     factory: Callable[..., Any]
@@ -103,6 +100,10 @@ class TaskSamplerSpec(ComponentSpec):
     """
 
     kind: ClassVar[Kind] = "task_sampler"
+    hook: ClassVar[str] = "reml_task_samplers"
+    kind_label: ClassVar[str] = "task plugin"
+    section: ClassVar[str] = "task"
+    chosen_by_name: ClassVar[bool] = False  # chosen by the top-level ``plugin`` key
     recommended: Recommendation
     experiment_presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -120,6 +121,9 @@ class StateEncoderSpec(ComponentSpec):
     """Turns a task into the task part of the observation. Factory returns a ``StateEncoder``."""
 
     kind: ClassVar[Kind] = "state_encoder"
+    hook: ClassVar[str] = "reml_state_encoders"
+    kind_label: ClassVar[str] = "state encoder"
+    section: ClassVar[str] = "encoder"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +131,9 @@ class LayerPoolSpec(ComponentSpec):
     """A kind of global layer pool (dense, conv, ...). Factory returns a ``LayerPool``."""
 
     kind: ClassVar[Kind] = "layer_pool"
+    hook: ClassVar[str] = "reml_layer_pools"
+    kind_label: ClassVar[str] = "layer pool"
+    section: ClassVar[str] = "pool"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,6 +141,9 @@ class RewardSpec(ComponentSpec):
     """Maps the losses of a composed network to a reward. Factory returns a ``RewardFunction``."""
 
     kind: ClassVar[Kind] = "reward"
+    hook: ClassVar[str] = "reml_rewards"
+    kind_label: ClassVar[str] = "reward function"
+    section: ClassVar[str] = "reward"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,6 +151,9 @@ class PolicySpec(ComponentSpec):
     """An RL algorithm and policy network. Factory returns a ``PolicyBackend``."""
 
     kind: ClassVar[Kind] = "policy"
+    hook: ClassVar[str] = "reml_policies"
+    kind_label: ClassVar[str] = "policy backend"
+    section: ClassVar[str] = "policy"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,6 +166,10 @@ class BaselineSpec(ComponentSpec):
     """
 
     kind: ClassVar[Kind] = "baseline"
+    hook: ClassVar[str] = "reml_baselines"
+    kind_label: ClassVar[str] = "baseline"
+    section: ClassVar[str] = "baselines"  # one table per baseline: [baselines.NAME]
+    chosen_by_name: ClassVar[bool] = False
     label: str = ""
     compare_in: tuple[str, ...] = ("bench",)
 
@@ -166,7 +183,17 @@ class BaselineSpec(ComponentSpec):
             raise ValueError(f"BaselineSpec {self.name!r}: compare_in must be a tuple of 'run' and/or 'bench'")
 
 
+#: The one list of component kinds: everything below is derived from it.
 SPEC_TYPES: dict[str, type[ComponentSpec]] = {
     spec.kind: spec
     for spec in (TaskSamplerSpec, StateEncoderSpec, LayerPoolSpec, RewardSpec, PolicySpec, BaselineSpec)
 }
+KINDS: tuple[Kind, ...] = tuple(SPEC_TYPES)  # type: ignore[assignment]
+#: How messages name each kind ("layer pool").
+KIND_LABELS: dict[str, str] = {kind: spec.kind_label for kind, spec in SPEC_TYPES.items()}
+#: The hook each kind's records come from.
+HOOKS: dict[str, str] = {kind: spec.hook for kind, spec in SPEC_TYPES.items()}
+#: The config section of each kind.
+SECTIONS: dict[str, str] = {kind: spec.section for kind, spec in SPEC_TYPES.items()}
+#: Config sections that choose one component by ``name``, and the kind each holds.
+NAMED_SECTIONS: dict[str, str] = {spec.section: kind for kind, spec in SPEC_TYPES.items() if spec.chosen_by_name}

@@ -87,3 +87,13 @@ def _a_network(pool, depth: int) -> list[int]:
     roles = list(pool.roles)
     hidden = [i for i, role in enumerate(roles) if role is Role.HIDDEN][: depth - 2]
     return [roles.index(Role.INPUT), *hidden, roles.index(Role.OUTPUT)]
+
+
+def test_every_kind_is_declared_once_on_its_record_type_and_has_its_hook():
+    from reml_core import specs
+
+    assert sorted(name for name in dir(hookspecs) if name.startswith("reml_")) == sorted(specs.HOOKS.values())
+    for kind, spec in specs.SPEC_TYPES.items():
+        assert spec.kind == kind and callable(getattr(hookspecs, spec.hook))
+        assert specs.KIND_LABELS[kind] == spec.kind_label and specs.SECTIONS[kind] == spec.section
+    assert hookspecs.HOOKS_BY_KIND == specs.HOOKS
