@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from reml_core.device import check_device_name
 from reml_core.specs import Preset
@@ -59,11 +59,18 @@ class EnvConfig(StrictModel):
 
     depth: int = Field(5, ge=2, le=64, description="layers per network: input + (depth - 2) hidden + output")
     inner_steps: int = Field(30, ge=0, le=MAX_ITERATIONS, description="Adam steps on the task's training data at the end of an episode")
-    inner_lr: float = Field(0.005, gt=0, description="Adam learning rate of the inner training")
+    inner_lr: float = Field(0.005, gt=0, description="Adam learning rate of the episode's inner training (not an SGD step: see finetune_lr)")
     inner_batch: int = Field(100, gt=0, le=MAX_ITERATIONS, description="minibatch size of the inner training")
     shots: list[int] = Field([5, 10], min_length=1, description="K values an episode draws from for its support set")
-    finetune_steps: int = Field(10, ge=0, le=MAX_ITERATIONS, description="SGD steps on the K support points for the 'finetuned' loss")
-    finetune_lr: float = Field(0.01, gt=0, description="SGD learning rate for the 'finetuned' loss")
+    finetune_steps: int = Field(
+        10, ge=0, le=MAX_ITERATIONS,
+        description="SGD steps on the K support points for the 'finetuned' loss a reward may use; unless set, the "
+        "evaluation protocol's longest fine-tuning (the largest of eval.steps), so the reward measures what is reported",
+    )
+    finetune_lr: float = Field(
+        0.01, gt=0,
+        description="plain SGD learning rate of the 'finetuned' loss; unless set, eval.sgd_lr (the evaluation protocol's)",
+    )
     max_invalid_actions: int = Field(10, ge=0, le=MAX_ITERATIONS, description="invalid actions after which an episode is truncated")
     write_back_rate: float = Field(
         0.1, gt=0, le=1,
@@ -142,3 +149,16 @@ class ExperimentConfig(StrictModel):
     env: EnvConfig = Field(default_factory=EnvConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _finetuning_follows_the_protocol(self) -> ExperimentConfig:
+        """The reward's fine-tuning is the evaluation's unless deliberately set: the two cannot drift apart silently."""
+        follow = {}
+        if "finetune_lr" not in self.env.model_fields_set and self.env.finetune_lr != self.eval.sgd_lr:
+            follow["finetune_lr"] = self.eval.sgd_lr
+        if "finetune_steps" not in self.env.model_fields_set and self.env.finetune_steps != max(self.eval.steps):
+            follow["finetune_steps"] = max(self.eval.steps)
+        if follow:
+            env = self.env.model_copy(update=follow)
+            object.__setattr__(self, "env", env)  # no re-validation of the whole model for a derived value
+        return self

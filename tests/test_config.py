@@ -134,3 +134,13 @@ def test_set_assignments_and_merging():
     base = {"env": {"depth": 5, "inner_lr": 0.1}, "seed": 1}
     assert deep_merge(base, {"env": {"inner_lr": 0.2}}) == {"env": {"depth": 5, "inner_lr": 0.2}, "seed": 1}
     assert base["env"]["inner_lr"] == 0.1  # inputs are not mutated
+
+
+def test_the_rewards_fine_tuning_follows_the_evaluation_protocol_unless_set(installed_registry):
+    """env.finetune_lr/steps (what a reward measures) cannot drift from eval.sgd_lr/steps (what is reported) silently."""
+    follow = resolve_config(installed_registry, {"plugin": "sine", "eval": {"sgd_lr": 0.02, "steps": [0, 5]}})
+    assert (follow.core.env.finetune_lr, follow.core.env.finetune_steps) == (0.02, 5)
+    own = resolve_config(installed_registry, {"plugin": "sine", "eval": {"sgd_lr": 0.02}, "env": {"finetune_lr": 0.05, "finetune_steps": 3}})
+    assert (own.core.env.finetune_lr, own.core.env.finetune_steps) == (0.05, 3)
+    again = resolve_config(installed_registry, follow.to_dict())  # a run's config.json reads back to the same values
+    assert again.core.env == follow.core.env
