@@ -241,3 +241,30 @@ def test_a_ctrl_c_that_python_swallows_in_a_callback_still_ends_the_command(tmp_
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("reml-run: interrupted")
     assert not out.exists()
+
+
+def test_an_error_that_follows_a_swallowed_ctrl_c_ends_the_command_as_interrupted(capsys):
+    """A Ctrl-C that cuts an import short can be swallowed by library code and leave a module
+    half-initialised; the error that follows (the fresh-clone suite saw "module 'numpy' has no
+    attribute 'logical_or'") is the interrupt's consequence: exit 130 and no traceback. The same
+    error without an interrupt is a bug and is not hidden."""
+    from reml_core.cli.common import run_main
+
+    def swallowing(argv):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler raises KeyboardInterrupt here
+        except BaseException:  # library code that swallows it
+            pass
+        raise AttributeError("module 'numpy' has no attribute 'logical_or'")
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert run_main("reml-test", swallowing, []) == 130
+    assert "reml-test: interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+    def buggy(argv):
+        raise AttributeError("a real bug")
+
+    with pytest.raises(AttributeError, match="a real bug"):
+        run_main("reml-test", buggy, [])

@@ -46,6 +46,10 @@ class _Interrupts:
 
     hint: str | None = None
     pending: bool = False
+    #: The signal (SIGINT or SIGTERM) that arrived during the command, if one did: an error that
+    #: follows it is its consequence (e.g. a module left half-imported when an import was cut
+    #: short and the interrupt swallowed by library code), so the command ends as interrupted.
+    received: int | None = None
 
 
 def set_interrupt_hint(hint: str | None) -> None:
@@ -186,7 +190,13 @@ def _show_warning(message: Any, category: type[Warning], filename: str, lineno: 
 
 
 def _terminate(signum: int, frame: Any) -> None:
+    _Interrupts.received = signal.SIGTERM
     raise Terminated
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    _Interrupts.received = signal.SIGINT
+    raise KeyboardInterrupt
 
 
 def _silence_stdout() -> None:
@@ -216,8 +226,15 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Seque
         previous_term = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread (an embedding program): leave its signals alone
         previous_term = None
+    previous_int = None
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # an ignored SIGINT stays ignored
+            previous_int = signal.signal(signal.SIGINT, _interrupt)
+    except ValueError:
+        pass
     _Interrupts.hint = None
     _Interrupts.pending = False
+    _Interrupts.received = None
     previous_unraisable = sys.unraisablehook
     sys.unraisablehook = _unraisable(previous_unraisable)
     try:
@@ -245,8 +262,14 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Seque
     except MemoryError:
         print(f"{prog}: error: out of memory; make the pool, networks or budgets smaller", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Exception:
+        if _Interrupts.received is not None or _Interrupts.pending:  # the interrupt's consequence, not a bug
+            return _interrupted(prog, EXIT_TERMINATED if _Interrupts.received == signal.SIGTERM else EXIT_INTERRUPTED)
+        raise
     finally:
         sys.unraisablehook = previous_unraisable
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
         _Interrupts.hint = None
