@@ -50,20 +50,13 @@ def build_parser() -> ArgumentParser:
 
 #: The flags that define a benchmark: --resume takes them from the folder's bench-plan.json instead.
 PLAN_FLAGS = ("plugin", "policy", "encoder", "pool", "reward", "preset", "config", "seed", "methods", "shots", "steps", "test_tasks", "from_dir", "out")
-PLAN_FILE = "bench-plan.json"  # reml_core.api.PLAN_FILE
 
 
 def _body(argv: Sequence[str] | None) -> int:
-    from reml_core.api import prepare_bench
+    from reml_core.api import PLAN_FILE, prepare_bench  # prepare_bench checks --executor and --ray-address
     from reml_core.folders import check_path
 
     args = build_parser().parse_args(argv)
-    if args.ray_address is not None and args.executor != "ray":
-        raise UserError("--ray-address needs --executor ray")
-    if args.executor == "ray":
-        from reml_core.distributed import require_ray
-
-        require_ray("--executor ray")
     if args.resume is not None:
         given = [f"--{name.replace('_', '-')}" for name in PLAN_FLAGS if getattr(args, name, None) is not None]
         given += ["--set"] if args.assignments else []
