@@ -105,8 +105,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, python {platform.python_version()}, {torch.get_num_threads()} thread(s), "
           f"deterministic={torch.are_deterministic_algorithms_enabled()}")
     print(f"network 1-{'-'.join(map(str, standard.hidden))}-1 {standard.activation}, meta-batch {standard.meta_batch} tasks, "
-          f"K = {standard.shots}, {standard.inner_steps} inner step(s) (lr {standard.inner_lr}), "
-          f"{'first' if standard.first_order else 'second'}-order, Adam lr {standard.meta_lr}; seed {args.seed}")
+          f"K = {standard.shots}, {standard.inner_steps} inner step(s) (lr {standard.inner_sgd_lr}), "
+          f"{'first' if standard.first_order else 'second'}-order, Adam lr {standard.meta_adam_lr}; seed {args.seed}")
     print(f"{args.iterations} timed meta-iterations per variant in {args.rounds} interleaved rounds, after {WARMUP} untimed; "
           "a meta-iteration = draw the meta-batch + meta-gradient + Adam step")
     print("tasks: per-task = 25 tasks one by one from train_stream (before); batched = one train_batches draw (after)")

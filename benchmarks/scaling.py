@@ -7,7 +7,7 @@ For each row the same work runs twice, back to back in this one invocation:
 
 - ``reml-bench --plugin sine --preset smoke --seeds N`` with ``--executor local`` and ``--executor ray``
   (the numbers are checked equal);
-- a smoke sweep over ``env.inner_lr`` (T trials = values x seeds) run as T ``reml-run`` commands one
+- a smoke sweep over ``env.inner_adam_lr`` (T trials = values x seeds) run as T ``reml-run`` commands one
   after another (what one process does without Ray) and as one ``reml-sweep`` on Ray Tune.
 
 Ray's times include starting a local instance (a few seconds), as a user's command does. Prints
@@ -56,10 +56,10 @@ def sweep_pair(trials: int, work: Path) -> tuple[float, float]:
     start = time.perf_counter()
     for lr in values:
         for seed in range(seeds):
-            timed([str(BIN / "reml-run"), *SMOKE, "--seed", str(seed), "--set", f"env.inner_lr={lr}",
+            timed([str(BIN / "reml-run"), *SMOKE, "--seed", str(seed), "--set", f"env.inner_adam_lr={lr}",
                    "--out", str(work / f"runs-{trials}" / f"lr{lr}-s{seed}")])
     t_local = time.perf_counter() - start
-    t_ray = timed([str(BIN / "reml-sweep"), *SMOKE, "--grid", f"env.inner_lr={','.join(values)}", "--seeds", str(seeds),
+    t_ray = timed([str(BIN / "reml-sweep"), *SMOKE, "--grid", f"env.inner_adam_lr={','.join(values)}", "--seeds", str(seeds),
                    "--out", str(work / f"sweep-{trials}")])
     return t_local, t_ray
 

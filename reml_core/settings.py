@@ -8,9 +8,11 @@ depend only on these settings and on :mod:`reml_core.interfaces`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from reml_core.device import check_device_name
 from reml_core.specs import Preset
@@ -20,6 +22,39 @@ class StrictModel(BaseModel):
     """Base for every config model: unknown keys are errors, numbers are finite, values are checked on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name_per_setting(cls, data: Any) -> Any:
+        return one_name_per_setting(cls, data)
+
+
+def renamed(new: str, old: str) -> AliasChoices:
+    """The ``validation_alias`` of a renamed setting: its name, and its former name, still accepted.
+
+    The resolved config (``model_dump``, ``config.json``) writes only the new name; a deprecated
+    attribute of the old name may read it (see :class:`EnvConfig`). Give the model
+    :func:`one_name_per_setting` as a before-validator (every :class:`StrictModel` has it) so that
+    both names at once are an error rather than one silently winning.
+    """
+    return AliasChoices(new, old)
+
+
+def one_name_per_setting(model: type[BaseModel], data: Any) -> Any:
+    """Refuse a renamed setting given under both its names (see :func:`renamed`), naming both."""
+    if not isinstance(data, Mapping):
+        return data
+    for info in model.model_fields.values():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            given = [name for name in alias.choices if isinstance(name, str) and name in data]
+            if len(given) > 1:
+                raise PydanticCustomError(
+                    "renamed_setting_given_twice",
+                    "{new} and its former name {old} are both given; give only {new}",
+                    {"new": given[0], "old": ", ".join(given[1:])},
+                )
+    return data
 
 
 #: Upper bounds on sizes and counts. Each is far beyond any sensible experiment and far below what
@@ -59,7 +94,11 @@ class EnvConfig(StrictModel):
 
     depth: int = Field(5, ge=2, le=64, description="layers per network: input + (depth - 2) hidden + output")
     inner_steps: int = Field(30, ge=0, le=MAX_ITERATIONS, description="Adam steps on the task's training data at the end of an episode")
-    inner_lr: float = Field(0.005, gt=0, description="Adam learning rate of the episode's inner training (not an SGD step: see finetune_lr)")
+    inner_adam_lr: float = Field(
+        0.005, gt=0, validation_alias=renamed("inner_adam_lr", "inner_lr"),
+        description="Adam learning rate of the episode's inner training (not an SGD step: see env.finetune_sgd_lr); "
+        "formerly env.inner_lr, still accepted",
+    )
     inner_batch: int = Field(100, gt=0, le=MAX_ITERATIONS, description="minibatch size of the inner training")
     shots: list[int] = Field([5, 10], min_length=1, description="K values an episode draws from for its support set")
     finetune_steps: int = Field(
@@ -67,9 +106,10 @@ class EnvConfig(StrictModel):
         description="SGD steps on the K support points for the 'finetuned' loss a reward may use; unless set, the "
         "evaluation protocol's longest fine-tuning (the largest of eval.steps), so the reward measures what is reported",
     )
-    finetune_lr: float = Field(
-        0.01, gt=0,
-        description="plain SGD learning rate of the 'finetuned' loss; unless set, eval.sgd_lr (the evaluation protocol's)",
+    finetune_sgd_lr: float = Field(
+        0.01, gt=0, validation_alias=renamed("finetune_sgd_lr", "finetune_lr"),
+        description="plain SGD learning rate of the 'finetuned' loss; unless set, eval.sgd_lr (the evaluation protocol's); "
+        "formerly env.finetune_lr, still accepted",
     )
     max_invalid_actions: int = Field(10, ge=0, le=MAX_ITERATIONS, description="invalid actions after which an episode is truncated")
     write_back_rate: float = Field(
@@ -87,6 +127,16 @@ class EnvConfig(StrictModel):
         if any(k <= 0 for k in value):
             raise ValueError("every K must be positive")
         return _distinct_sorted(value)
+
+    @property
+    def inner_lr(self) -> float:
+        """Deprecated: the former name of :attr:`inner_adam_lr`."""
+        return self.inner_adam_lr
+
+    @property
+    def finetune_lr(self) -> float:
+        """Deprecated: the former name of :attr:`finetune_sgd_lr`."""
+        return self.finetune_sgd_lr
 
 
 class TrainConfig(StrictModel):
@@ -154,8 +204,8 @@ class ExperimentConfig(StrictModel):
     def _finetuning_follows_the_protocol(self) -> ExperimentConfig:
         """The reward's fine-tuning is the evaluation's unless deliberately set: the two cannot drift apart silently."""
         follow = {}
-        if "finetune_lr" not in self.env.model_fields_set and self.env.finetune_lr != self.eval.sgd_lr:
-            follow["finetune_lr"] = self.eval.sgd_lr
+        if "finetune_sgd_lr" not in self.env.model_fields_set and self.env.finetune_sgd_lr != self.eval.sgd_lr:
+            follow["finetune_sgd_lr"] = self.eval.sgd_lr
         if "finetune_steps" not in self.env.model_fields_set and self.env.finetune_steps != max(self.eval.steps):
             follow["finetune_steps"] = max(self.eval.steps)
         if follow:

@@ -145,7 +145,7 @@ def parse_values(text: str, origin: str, key: str) -> tuple[Any, ...]:
 
 
 def parse_grid_flag(text: str) -> Dimension:
-    """``--grid env.inner_lr=0.001,0.003``."""
+    """``--grid env.inner_adam_lr=0.001,0.003``."""
     key, sep, raw = text.partition("=")
     if not sep:
         raise UserError(f"--grid: expected KEY=V1,V2,..., got {text!r} (no '=')")
@@ -154,10 +154,10 @@ def parse_grid_flag(text: str) -> Dimension:
 
 
 def parse_random_flag(text: str) -> Dimension:
-    """``--random env.inner_lr=loguniform:1e-4:1e-2``."""
+    """``--random env.inner_adam_lr=loguniform:1e-4:1e-2``."""
     key, sep, raw = text.partition("=")
     if not sep:
-        raise UserError(f"--random: expected KEY=DISTRIBUTION (e.g. env.inner_lr=loguniform:1e-4:1e-2), got {text!r} (no '=')")
+        raise UserError(f"--random: expected KEY=DISTRIBUTION (e.g. env.inner_adam_lr=loguniform:1e-4:1e-2), got {text!r} (no '=')")
     key = _check_key(key, "--random")
     return Dimension(key, "--random", spec=check_random_spec(raw.strip(), "--random", key))
 
@@ -201,7 +201,7 @@ def draw(spec: str, rng: Any) -> Any:
 
 
 def _flatten_keys(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"env": {"inner_lr": [...]}}`` and ``{"env.inner_lr": [...]}`` both give ``{"env.inner_lr": [...]}``."""
+    """``{"env": {"inner_adam_lr": [...]}}`` and ``{"env.inner_adam_lr": [...]}`` both give ``{"env.inner_adam_lr": [...]}``."""
     flat: dict[str, Any] = {}
     for key, value in table.items():
         if isinstance(value, Mapping):
@@ -309,7 +309,7 @@ def config_id(values: Mapping[str, Any]) -> str:
 
 
 def nested(key: str, value: Any) -> dict[str, Any]:
-    """``env.inner_lr``, 0.001 -> ``{"env": {"inner_lr": 0.001}}``."""
+    """``env.inner_adam_lr``, 0.001 -> ``{"env": {"inner_adam_lr": 0.001}}``."""
     result: dict[str, Any] = {}
     cursor = result
     parts = key.split(".")

@@ -355,7 +355,7 @@ def test_save_load_round_trip(trained, sampler, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [METADATA, TENSORS]  # no temporary files left
     metadata = json.loads((tmp_path / METADATA).read_text())
     assert metadata["architecture"] == {"sizes": [1, 40, 40, 1], "activation": "relu"} and metadata["iterations"] == 10
-    assert metadata["config"]["inner_lr"] == 0.01
+    assert metadata["config"]["inner_sgd_lr"] == 0.01
     restored = make(sampler, seed=99)
     restored.load(tmp_path)
     assert restored.iterations_done == 10

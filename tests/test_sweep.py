@@ -218,7 +218,7 @@ def test_the_objective_is_the_validation_score_never_the_test_numbers(grid_sweep
         assert trial["score"] == results["training"]["selected_checkpoint"]["score"] == min(validation)
         tests = [cell["mse_mean"] for table in results["methods"].values() for row in table.values() for cell in row.values()]
         assert all(not math.isclose(trial["score"], value, rel_tol=1e-9) for value in tests)
-        assert results["config"]["env"]["inner_lr"] == trial["values"]["env.inner_lr"]
+        assert results["config"]["env"]["inner_adam_lr"] == trial["values"]["env.inner_lr"]
 
 
 @pytest.mark.slow

@@ -165,7 +165,7 @@ class MAMLBaseline:
         if not math.isfinite(loss):
             raise UserError(
                 f"maml: meta-training diverged at iteration {self.iterations_done + 1} (meta-loss {loss}); "
-                "lower baselines.maml.meta_lr (its Adam rate) or baselines.maml.inner_lr (the inner SGD step)"
+                "lower baselines.maml.meta_adam_lr (the outer Adam rate) or baselines.maml.inner_sgd_lr (the inner SGD step)"
             )
         self.optimizer.step()
         self.iterations_done += 1

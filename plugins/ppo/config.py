@@ -20,7 +20,9 @@ class PPOConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    learning_rate: float = Field(3e-4, gt=0)
+    learning_rate: float = Field(
+        3e-4, gt=0, description="Adam learning rate of the policy and value networks (stable-baselines3's name for it)",
+    )
     n_steps: int = Field(
         1024, gt=1, le=MAX_ROLLOUT_STEPS,
         description="env steps per rollout, over all train.n_envs envs (each collects n_steps / n_envs, rounded up)",

@@ -139,7 +139,7 @@ def add_experiment_flags(parser: argparse.ArgumentParser, *, several_encoders: b
     group.add_argument("--seed", type=non_negative_int, metavar="N", help="seed fixing every random number (default 0)")
     group.add_argument(
         "--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-        help="override one config value, e.g. --set env.inner_lr=0.001 or --set policy.n_steps=512 (repeatable)",
+        help="override one config value, e.g. --set env.inner_adam_lr=0.001 or --set policy.n_steps=512 (repeatable)",
     )
 
 

@@ -55,7 +55,7 @@ def build_parser() -> ArgumentParser:
     add_experiment_flags(parser)
     search = parser.add_argument_group("search")
     search.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                        help="values of one config key, comma-separated, each read like a --set value (e.g. --grid env.inner_lr=0.001,0.003, "
+                        help="values of one config key, comma-separated, each read like a --set value (e.g. --grid env.inner_adam_lr=0.001,0.003, "
                         "--grid env.shots=[5],[5,10]); repeatable: the sweep runs every combination")
     search.add_argument("--random", action="append", default=[], metavar="KEY=DIST",
                         help="draw a key's value: uniform:LOW:HIGH, loguniform:LOW:HIGH, randint:LOW:HIGH or choice:V1,V2 "
