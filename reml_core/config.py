@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from reml_core.errors import ConfigError, UnknownComponentError, UserError
 from reml_core.registry import PluginRegistry
@@ -43,7 +43,7 @@ __all__ = [  # the settings models, importable from here as before
     "EnvConfig", "EvalConfig", "ExperimentConfig", "StrictModel", "TrainConfig", "RunConfig", "Selected",
     "resolve_config", "load_resolved", "load_config_file", "parse_config_text", "parse_assignment", "deep_merge", "default_baselines",
 ]
-from reml_core.specs import NAMED_SECTIONS, ComponentSpec, Preset, TaskSamplerSpec
+from reml_core.specs import NAMED_SECTIONS, SECTIONS, BaselineSpec, ComponentSpec, Preset, TaskSamplerSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,8 +51,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
-class _RawConfig(StrictModel):
-    """The shape of a user's config before component sections are resolved."""
+class _RawCore(StrictModel):
+    """The shape of a user's config before component sections are resolved: the core's keys."""
 
     plugin: str | None = None
     preset: Preset = "default"
@@ -60,18 +60,26 @@ class _RawConfig(StrictModel):
     env: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
-    task: dict[str, Any] = Field(default_factory=dict)
-    encoder: dict[str, Any] = Field(default_factory=dict)
-    pool: dict[str, Any] = Field(default_factory=dict)
-    reward: dict[str, Any] = Field(default_factory=dict)
-    policy: dict[str, Any] = Field(default_factory=dict)
-    baselines: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
-    @field_validator("encoder", "pool", "reward", "policy", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _name_shorthand(cls, value: Any) -> Any:
-        """``policy = "ppo-lstm"`` is short for ``[policy] name = "ppo-lstm"``."""
-        return {"name": value} if isinstance(value, str) else value
+    def _name_shorthand(cls, data: Any) -> Any:
+        """``policy = "ppo-lstm"`` is short for ``[policy] name = "ppo-lstm"`` (every section chosen by name)."""
+        if isinstance(data, Mapping):
+            data = {key: {"name": value} if key in NAMED_SECTIONS and isinstance(value, str) else value for key, value in data.items()}
+        return data
+
+
+def _raw_section(kind: str) -> Any:
+    """A component section as the user wrote it: one table, or one per component for baselines ([baselines.NAME])."""
+    shape: Any = dict[str, dict[str, Any]] if kind == BaselineSpec.kind else dict[str, Any]
+    return (shape, Field(default_factory=dict))
+
+
+#: The core's keys and every component kind's section (:data:`reml_core.specs.SECTIONS`), unresolved.
+_RawConfig: type[_RawCore] = create_model(  # type: ignore[call-overload]
+    "_RawConfig", __base__=_RawCore, __module__=__name__, **{section: _raw_section(kind) for kind, section in SECTIONS.items()}
+)
 
 
 #: Config sections that choose a component by ``name``, and the kind of component each holds.
@@ -92,7 +100,12 @@ class Selected:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A fully resolved experiment: the core's config and every chosen component's config."""
+    """A fully resolved experiment: the core's config and every chosen component's config.
+
+    One field per component kind, named after its config section (:data:`reml_core.specs.SECTIONS`;
+    a test keeps them equal): the task family, one :class:`Selected` per section chosen by name,
+    and the baselines by name.
+    """
 
     core: ExperimentConfig
     task: Selected
@@ -109,10 +122,14 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data; feeding it back to :func:`resolve_config` gives the same run."""
         data = self.core.model_dump(mode="json")
-        data["task"] = self.task.config.model_dump(mode="json")
-        for section in COMPONENT_SECTIONS:
-            data[section] = getattr(self, section).to_dict()
-        data["baselines"] = {name: chosen.config.model_dump(mode="json") for name, chosen in self.baselines.items()}
+        for section in SECTIONS.values():
+            chosen = getattr(self, section)
+            if isinstance(chosen, Mapping):  # one table per component: [baselines.NAME]
+                data[section] = {name: one.config.model_dump(mode="json") for name, one in chosen.items()}
+            elif section in NAMED_SECTIONS:  # [encoder] name = "oracle", options...
+                data[section] = chosen.to_dict()
+            else:  # the task family, named by the top-level plugin key: its options only
+                data[section] = chosen.config.model_dump(mode="json")
         return data
 
 
@@ -302,7 +319,7 @@ def resolve_config(
     raw_model = _validate(_RawConfig, dict(user), (), problems)
     if raw_model is None:
         raise ConfigError(problems)
-    raw: _RawConfig = raw_model  # type: ignore[assignment]
+    raw: Any = raw_model  # a _RawConfig: the core's keys, then one attribute per section
 
     if raw.plugin is None:
         available = ", ".join(registry.names("task_sampler")) or "none installed"

@@ -4,6 +4,12 @@ Every record carries a name (unique within its kind), a factory, the pydantic mo
 validates the component's config section, and a one-line description. Records are checked
 when they are created, so a malformed one fails inside the plugin that made it and the
 registry can report that plugin by name.
+
+Each record type also declares, once, what the rest of REML needs to know about its kind of
+component (its hook, how messages name it, its config section, the flag that picks one), and every
+table of kinds at the end of this module is derived from those declarations. Only the standard
+library is imported here, so the command-line tools can build their flags from these tables before
+anything heavy is loaded.
 """
 
 from __future__ import annotations
@@ -11,10 +17,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
+#: Every kind of component, for type checkers; a test checks it against :data:`KINDS`.
 Kind = Literal["task_sampler", "state_encoder", "layer_pool", "reward", "policy", "baseline"]
 
 Preset = Literal["smoke", "default", "full"]
@@ -33,12 +41,17 @@ class ComponentSpec:
     """
 
     #: What each record type declares about its kind of component, once; every table of kinds
-    #: (:data:`KINDS`, :data:`KIND_LABELS`, :data:`HOOKS`, :data:`SECTIONS`) is derived from them.
+    #: (:data:`KINDS`, :data:`KIND_LABELS`, :data:`HOOKS`, :data:`SECTIONS`,
+    #: :data:`NAMED_SECTIONS`, :data:`CHOICE_FLAGS`) is derived from them.
     kind: ClassVar[Kind]
     hook: ClassVar[str]  # the hook (reml_core.hookspecs) whose records are of this type
     kind_label: ClassVar[str]  # how messages name one component of the kind
     section: ClassVar[str]  # the config section that configures it
     chosen_by_name: ClassVar[bool] = True  # the section picks one by ``name`` (encoder = "oracle")
+    #: For the command-line flag that picks one component of the kind (see :data:`CHOICE_FLAGS`):
+    #: what it picks, as its help text says it, and built-in names the help gives as examples.
+    flag_help: ClassVar[str] = ""
+    flag_examples: ClassVar[tuple[str, ...]] = ()
 
     name: str
     factory: Callable[..., Any]
@@ -53,6 +66,8 @@ class ComponentSpec:
             )
         if not callable(self.factory):
             raise TypeError(f"{type(self).__name__} {self.name!r}: factory is not callable")
+        from pydantic import BaseModel  # here, not at the top: the command-line tools import this module early
+
         if not (isinstance(self.config_model, type) and issubclass(self.config_model, BaseModel)):
             raise TypeError(f"{type(self).__name__} {self.name!r}: config_model must be a pydantic model class")
         if not isinstance(self.description, str) or not self.description.strip() or "\n" in self.description:
@@ -71,6 +86,9 @@ class Recommendation:
     installed baseline that offers itself for that command (``BaselineSpec.compare_in``). The user
     overrides both (``reml-bench --methods``, ``reml-run --baselines``). A recommended baseline
     that is not installed is skipped with a note; one the user names must exist.
+
+    Its component fields are the config sections chosen by name (:data:`NAMED_SECTIONS`, a test
+    keeps them equal): the core reads them by section, ``getattr(recommendation, section)``.
     """
 
     encoder: str
@@ -103,7 +121,9 @@ class TaskSamplerSpec(ComponentSpec):
     hook: ClassVar[str] = "reml_task_samplers"
     kind_label: ClassVar[str] = "task plugin"
     section: ClassVar[str] = "task"
-    chosen_by_name: ClassVar[bool] = False  # chosen by the top-level ``plugin`` key
+    chosen_by_name: ClassVar[bool] = False  # chosen by the top-level ``plugin`` key (--plugin)
+    flag_help: ClassVar[str] = "task plugin (task family; reml-plugins lists them)"
+    flag_examples: ClassVar[tuple[str, ...]] = ("sine", "digits")
     recommended: Recommendation
     experiment_presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -124,6 +144,8 @@ class StateEncoderSpec(ComponentSpec):
     hook: ClassVar[str] = "reml_state_encoders"
     kind_label: ClassVar[str] = "state encoder"
     section: ClassVar[str] = "encoder"
+    flag_help: ClassVar[str] = "state encoder"
+    flag_examples: ClassVar[tuple[str, ...]] = ("oracle", "support-set")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,6 +156,8 @@ class LayerPoolSpec(ComponentSpec):
     hook: ClassVar[str] = "reml_layer_pools"
     kind_label: ClassVar[str] = "layer pool"
     section: ClassVar[str] = "pool"
+    flag_help: ClassVar[str] = "layer-pool kind"
+    flag_examples: ClassVar[tuple[str, ...]] = ("dense", "conv")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,6 +168,8 @@ class RewardSpec(ComponentSpec):
     hook: ClassVar[str] = "reml_rewards"
     kind_label: ClassVar[str] = "reward function"
     section: ClassVar[str] = "reward"
+    flag_help: ClassVar[str] = "reward function"
+    flag_examples: ClassVar[tuple[str, ...]] = ("neg-mse",)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,6 +180,8 @@ class PolicySpec(ComponentSpec):
     hook: ClassVar[str] = "reml_policies"
     kind_label: ClassVar[str] = "policy backend"
     section: ClassVar[str] = "policy"
+    flag_help: ClassVar[str] = "policy backend"
+    flag_examples: ClassVar[tuple[str, ...]] = ("ppo-mlp", "ppo-lstm")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,3 +225,7 @@ HOOKS: dict[str, str] = {kind: spec.hook for kind, spec in SPEC_TYPES.items()}
 SECTIONS: dict[str, str] = {kind: spec.section for kind, spec in SPEC_TYPES.items()}
 #: Config sections that choose one component by ``name``, and the kind each holds.
 NAMED_SECTIONS: dict[str, str] = {spec.section: kind for kind, spec in SPEC_TYPES.items() if spec.chosen_by_name}
+#: The flags of ``reml-run``, ``reml-bench`` and ``reml-sweep`` that pick a component by name
+#: (without ``--``), and the kind each picks: ``--plugin`` the task family (the config's top-level
+#: ``plugin`` key), then ``--SECTION NAME`` for every section chosen by name (it sets ``SECTION.name``).
+CHOICE_FLAGS: dict[str, str] = {"plugin": TaskSamplerSpec.kind, **NAMED_SECTIONS}

@@ -20,6 +20,7 @@ from reml_core.cli.common import (
     user_config,
 )
 from reml_core.errors import UserError
+from reml_core.specs import CHOICE_FLAGS
 
 PROG = "reml-bench"
 
@@ -49,7 +50,7 @@ def build_parser() -> ArgumentParser:
 
 
 #: The flags that define a benchmark: --resume takes them from the folder's bench-plan.json instead.
-PLAN_FLAGS = ("plugin", "policy", "encoder", "pool", "reward", "preset", "config", "seed", "methods", "shots", "steps", "test_tasks", "from_dir", "out")
+PLAN_FLAGS = (*CHOICE_FLAGS, "preset", "config", "seed", "methods", "shots", "steps", "test_tasks", "from_dir", "out")
 
 
 def _body(argv: Sequence[str] | None) -> int:

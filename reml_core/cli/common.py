@@ -1,6 +1,7 @@
 """What the three command-line tools share: one-line errors, signals, plugin warnings, config flags.
 
-Only the standard library is imported at module level: the heavy imports (pydantic, torch,
+Only the standard library (and :mod:`reml_core.specs`, which imports nothing else: the flags that
+pick components are built from its tables) is imported at module level: the heavy imports (pydantic, torch,
 stable-baselines3) happen inside :func:`run_main`, so an interrupt during start-up ends as cleanly
 as one at any later moment.
 """
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from reml_core.errors import ConfigError, UserError
 from reml_core.logs import configure as configure_logging
+from reml_core.specs import CHOICE_FLAGS, NAMED_SECTIONS, PRESETS, SPEC_TYPES, StateEncoderSpec
 
 if TYPE_CHECKING:
     from reml_core.registry import PluginRegistry
@@ -123,18 +125,29 @@ def positive_int(text: str) -> int:
     return value
 
 
+def choice_flag_help(kind: str, *, several: bool = False) -> str:
+    """The help of the flag that picks a component of ``kind`` (see :data:`reml_core.specs.CHOICE_FLAGS`),
+    from what its record type declares; ``several``: the flag takes comma-separated names."""
+    spec = SPEC_TYPES[kind]
+    default = " (default: the task plugin's choice)" if spec.chosen_by_name else ""
+    if several:
+        return (f"REML's {spec.flag_help}(s), comma-separated: REML is trained once per {spec.section}{default}, "
+                f"e.g. {','.join(spec.flag_examples)}")
+    return f"{spec.flag_help}{default}, e.g. {', '.join(spec.flag_examples)}"
+
+
 def add_experiment_flags(parser: argparse.ArgumentParser, *, several_encoders: bool = False) -> None:
-    """Flags that choose components and budgets; each overrides the same key of ``--config``."""
+    """Flags that choose components and budgets; each overrides the same key of ``--config``.
+
+    One flag per entry of :data:`reml_core.specs.CHOICE_FLAGS` (``--plugin``, then ``--SECTION``
+    for every section chosen by name); ``several_encoders``: ``--encoder`` takes several, as
+    ``reml-bench`` does (REML is trained once per encoder).
+    """
     group = parser.add_argument_group("experiment")
-    group.add_argument("--plugin", metavar="NAME", help="task plugin (task family), e.g. 'sine'; see reml-plugins")
-    group.add_argument("--policy", metavar="NAME", help="policy backend (default: the task plugin's choice), e.g. ppo-mlp, ppo-lstm")
-    if several_encoders:
-        group.add_argument("--encoder", metavar="A,B", help="REML's state encoder(s), comma-separated: REML is trained once per encoder (default: the task plugin's choice), e.g. oracle,support-set")
-    else:
-        group.add_argument("--encoder", metavar="NAME", help="state encoder (default: the task plugin's choice), e.g. oracle, support-set")
-    group.add_argument("--pool", metavar="NAME", help="layer-pool kind (default: the task plugin's choice), e.g. dense")
-    group.add_argument("--reward", metavar="NAME", help="reward function (default: the task plugin's choice), e.g. neg-mse")
-    group.add_argument("--preset", choices=("smoke", "default", "full"), help="budget preset: smoke (about a minute), default, full (the thesis' scale); default: default")
+    for flag, kind in CHOICE_FLAGS.items():
+        several = several_encoders and kind == StateEncoderSpec.kind
+        group.add_argument(f"--{flag}", metavar="A,B" if several else "NAME", help=choice_flag_help(kind, several=several))
+    group.add_argument("--preset", choices=PRESETS, help="budget preset: smoke (about a minute), default, full (the thesis' scale); default: default")
     group.add_argument("--config", metavar="FILE", type=path_arg, help="TOML or YAML config file; flags override it")
     group.add_argument("--seed", type=non_negative_int, metavar="N", help="seed fixing every random number (default 0)")
     group.add_argument(
@@ -153,10 +166,9 @@ def user_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -
     for key in ("plugin", "preset", "seed"):
         if getattr(args, key) is not None:
             flags[key] = getattr(args, key)
-    for section in ("policy", "encoder", "pool", "reward"):
+    for section in NAMED_SECTIONS:  # --encoder NAME sets encoder.name
         if getattr(args, section) is not None:
             flags[section] = {"name": getattr(args, section)}
-    for section in ("policy", "encoder", "pool", "reward"):
         if isinstance(data.get(section), str):  # shorthand in the file: policy = "ppo-lstm"
             data[section] = {"name": data[section]}
     merged = deep_merge(data, deep_merge(flags, extra or {}))

@@ -20,12 +20,14 @@ from reml_core.cli.common import (
     user_config,
 )
 from reml_core.errors import UserError
+from reml_core.specs import CHOICE_FLAGS
 
 if TYPE_CHECKING:
     from reml_core.config import RunConfig
 
 PROG = "reml-run"
-EXPERIMENT_FLAGS = ("plugin", "policy", "encoder", "pool", "reward", "preset", "config", "seed", "out", "baselines")
+#: The flags that define a run: --resume takes them from the folder's config.json instead.
+EXPERIMENT_FLAGS = (*CHOICE_FLAGS, "preset", "config", "seed", "out", "baselines")
 
 
 def build_parser() -> ArgumentParser:

@@ -23,13 +23,14 @@ from reml_core.cli.common import (
     user_config,
 )
 from reml_core.errors import UserError
+from reml_core.specs import CHOICE_FLAGS
 
 if TYPE_CHECKING:
     from reml_core.sweep import SweepPlan
 
 PROG = "reml-sweep"
 #: Flags that shape a new sweep; ``--resume`` takes all of them from the sweep's sweep.json.
-PLAN_FLAGS = ("plugin", "policy", "encoder", "pool", "reward", "preset", "config", "seed", "out", "samples", "seeds")
+PLAN_FLAGS = (*CHOICE_FLAGS, "preset", "config", "seed", "out", "samples", "seeds")
 #: A sweep that ends with trials unfinished (failed) exits with this; the finished ones are still reported.
 EXIT_TRIALS_FAILED = 1
 
