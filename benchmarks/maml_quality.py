@@ -20,7 +20,7 @@ import torch
 import reml_plugins.maml
 from reml_core.config import deep_merge
 from reml_core.evaluation import FewShotEvaluator, FewShotTable
-from reml_core.interfaces import BuildContext
+from reml_core.interfaces import TaskContext
 from reml_core.registry import PluginRegistry
 from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
 
@@ -50,7 +50,7 @@ def main() -> None:
         overrides["compile"] = args.compile
     config = spec.config_model(**deep_merge(spec.presets.get(args.preset, {}), overrides))
     sampler = SineTaskSampler(SineConfig())
-    baseline = spec.factory(config, BuildContext(seed=args.seed, preset=args.preset, task_sampler=sampler))
+    baseline = spec.factory(config, TaskContext(seed=args.seed, preset=args.preset, task_sampler=sampler))
     print(f"torch {torch.__version__}, python {platform.python_version()}, {args.threads} thread(s), seed {args.seed}")
     print("maml config: " + json.dumps(config.model_dump(mode="json")))
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import grad_and_value
 
-from reml_core.interfaces import BuildContext
+from reml_core.interfaces import TaskContext
 from reml_plugins.maml.baseline import MAMLBaseline
 from reml_plugins.maml.batches import MetaBatch, draw_batch, from_task_batch
 from reml_plugins.maml.config import MAMLConfig
@@ -60,7 +60,7 @@ class Variant:
         return f"{self.backend}{' (before)' if self.before else ''}, {self.path}"
 
 
-def build(variant: Variant, context: BuildContext, seed: int) -> tuple[MAMLBaseline, Iterator[MetaBatch]]:
+def build(variant: Variant, context: TaskContext, seed: int) -> tuple[MAMLBaseline, Iterator[MetaBatch]]:
     config = MAMLConfig(**variant.options, task_batches=variant.path == "batched")
     baseline = MAMLBaseline(config, context)
     if variant.before:
@@ -93,7 +93,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     sampler = SineTaskSampler(SineConfig())
-    context = BuildContext(seed=args.seed, task_sampler=sampler)
+    context = TaskContext(seed=args.seed, task_sampler=sampler)
     standard = MAMLConfig()
     compiled = args.compile and cxx_compiler_available()
     variants = [Variant("learn2learn", path, {"backend": "learn2learn"}) for path in PATHS]

@@ -14,7 +14,6 @@ import argparse
 import platform
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,7 +32,7 @@ def measure(registry: PluginRegistry, user: dict, policy: str, n_envs: int, step
     torch.manual_seed(config.seed)
     components = build_components(config)
     env = components.make_train_env()
-    context = replace(components.context, env=env, log_dir=log_dir / f"{policy}-{n_envs}")
+    context = components.context.with_env(env, log_dir=log_dir / f"{policy}-{n_envs}")
     backend = config.policy.spec.factory(config.policy.config, context)
     model = backend.model
     rollout = model.n_steps * model.n_envs

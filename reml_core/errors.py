@@ -55,3 +55,48 @@ class PluginError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, truncated, tampered with or untrusted."""
+
+
+class ComponentBuildError(ConfigError, ValueError):
+    """A component that cannot be built with this configuration or with these other components.
+
+    A factory raises it to refuse, deliberately, a combination it cannot work with: a family it
+    cannot serve (the ``conv`` pool on ``sine``), a setting that does not fit the data, a piece it
+    needs that the run lacks. It is the one error for that, whatever the kind of component::
+
+        raise ComponentBuildError("the conv pool needs a task sampler with input_shape (C_in, H, W)")
+
+    The core names the component: :func:`reml_core.experiment.build_one` fills in ``kind``,
+    ``name`` and ``section`` from the record it built, so the factory gives only the reason and
+    the same class works under any name it is registered as. The CLIs then print one line and
+    exit 2: ``pool: layer pool 'conv' cannot be used in this run: <reason>``. A refusal about one
+    setting may name it (``setting="task.root"``); its line then leads with it:
+    ``task.root: <reason>; task plugin 'omniglot' cannot be used in this run``.
+
+    It is a :class:`ConfigError` (one problem, that line) and also a ``ValueError``, so code written
+    for the older convention (a factory's ``ValueError`` meant "not with this configuration")
+    keeps catching it.
+    """
+
+    def __init__(
+        self, reason: str, *, setting: str | None = None, kind: str | None = None, name: str | None = None, section: str | None = None
+    ) -> None:
+        self.reason = " ".join(str(reason).split())
+        self.setting, self.kind, self.name, self.section = setting, kind, name, section
+        super().__init__([self._line()])
+
+    def _line(self) -> str:
+        who = None if self.kind is None or self.name is None else f"{self.kind} {self.name!r} cannot be used in this run"
+        if self.setting:
+            return f"{self.setting}: {self.reason}" + (f"; {who}" if who else "")
+        if who is None:
+            return self.reason
+        return f"{self.section}: {who}: {self.reason}" if self.section else f"{who}: {self.reason}"
+
+    def identify(self, kind: str, name: str, section: str | None = None) -> ComponentBuildError:
+        """Name the component that refused (the core does, from its record); a name already given is kept."""
+        if self.kind is None or self.name is None:
+            self.kind, self.name, self.section = kind, name, section
+            self.problems = [self._line()]
+            self.args = (self.problems[0],)
+        return self

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,20 +11,45 @@ import numpy as np
 from reml_core.config import RunConfig, Selected
 from reml_core.device import resolve_device
 from reml_core.env import CompositionEnv, Mode, check_pool_fits
-from reml_core.errors import ConfigError, PluginError, UserError, describe_error
-from reml_core.interfaces import BuildContext, Describable, LayerPool, RewardFunction, StateEncoder, TaskSampler
+from reml_core.errors import ComponentBuildError, ConfigError, PluginError, UserError, describe_error
+from reml_core.interfaces import (
+    BaselineContext,
+    BuildContext,
+    Describable,
+    LayerPool,
+    PolicyContext,
+    RewardFunction,
+    StateEncoder,
+    TaskContext,
+    TaskSampler,
+)
 from reml_core.specs import KIND_LABELS, SECTIONS
 
 if TYPE_CHECKING:
     from reml_core.vec_env import CompositionVecEnv
 
 
+#: The context each kind of component's factory receives (see :class:`reml_core.interfaces.BuildContext`).
+STAGE_CONTEXTS: dict[str, type[BuildContext]] = {
+    "task_sampler": BuildContext,
+    "state_encoder": TaskContext,
+    "layer_pool": TaskContext,
+    "reward": TaskContext,
+    "baseline": BaselineContext,
+    "policy": PolicyContext,
+}
+
+
 @dataclass
 class Components:
-    """The built task sampler, state encoder, layer pool and reward function of one run."""
+    """The built task sampler, state encoder, layer pool and reward function of one run.
+
+    ``context`` is what a baseline's factory gets (:class:`~reml_core.interfaces.BaselineContext`);
+    ``context.with_env(env, log_dir)`` is a policy backend's.
+    """
 
     config: RunConfig
-    context: BuildContext
+    context: BaselineContext
     task_sampler: TaskSampler
     encoder: StateEncoder
     pool: LayerPool
@@ -70,34 +95,41 @@ class Components:
 
 
 def build_one(selected: Selected, context: BuildContext, label: str | None = None) -> Any:
-    """Call one component's factory. A user error it raises passes through; a ValueError is the
-    component saying it cannot work with this configuration (a config error naming it); anything
-    else is the plugin's own failure, one line naming the component (``REML_DEBUG=1``: with its traceback)."""
+    """Call one component's factory with the context of its stage (:data:`STAGE_CONTEXTS`).
+
+    A :class:`~reml_core.errors.ComponentBuildError` (the component refusing this configuration or
+    these other components) passes through, named after the component; so does any other user
+    error. A ``ValueError`` is read the same way as a refusal (the convention before
+    ``ComponentBuildError``: a config error naming the component). Anything else is the plugin's
+    own failure, one line naming the component (``REML_DEBUG=1``: with its traceback)."""
     kind = label or KIND_LABELS.get(selected.spec.kind, selected.spec.kind)
+    stage = STAGE_CONTEXTS.get(selected.spec.kind, BuildContext)
+    if not isinstance(context, stage):  # the core's own mistake, never the user's
+        raise TypeError(f"{kind} {selected.name!r} is built with a {stage.__name__}, not a {type(context).__name__}")
+    section = SECTIONS.get(selected.spec.kind, selected.spec.kind)
+    section = f"baselines.{selected.name}" if section == "baselines" else section
     try:
         return selected.spec.factory(selected.config, context)
+    except ComponentBuildError as error:
+        raise error.identify(kind, selected.name, section)
     except UserError:
         raise
-    except ValueError as error:  # the documented way to say "not with this configuration"
-        section = SECTIONS.get(selected.spec.kind, selected.spec.kind)
-        section = f"baselines.{selected.name}" if section == "baselines" else section
+    except ValueError as error:
         raise ConfigError([f"{section}: {kind} {selected.name!r} cannot be used in this run: {' '.join(str(error).split())}"]) from None
     except Exception as error:
         raise PluginError(f"{kind} {selected.name!r} failed to build: {describe_error(error)}") from error
 
 
-
-
 def build_components(config: RunConfig) -> Components:
     """Call each plugin's factory with its config; report cross-component problems as config errors."""
     device = resolve_device(config.core.train.device)
-    context = BuildContext(seed=config.seed, preset=config.core.preset, depth=config.core.env.depth, device=str(device))
-    sampler = build_one(config.task, context, "task plugin")
-    context = replace(context, task_sampler=sampler)
-    encoder = build_one(config.encoder, context)
-    pool = build_one(config.pool, context)
-    reward = build_one(config.reward, context)
-    context = replace(context, pool=pool, encoder=encoder)
+    base = BuildContext(seed=config.seed, preset=config.core.preset, depth=config.core.env.depth, device=str(device))
+    sampler = build_one(config.task, base, "task plugin")
+    with_sampler = base.with_task_sampler(sampler)
+    encoder = build_one(config.encoder, with_sampler)
+    pool = build_one(config.pool, with_sampler)
+    reward = build_one(config.reward, with_sampler)
+    context = with_sampler.with_pool_and_encoder(pool, encoder)
 
     problems = []
     for section in ("env", "eval"):
@@ -174,9 +206,10 @@ def check_policy_builds(components: Components) -> None:
     try:
         with warnings.catch_warnings():  # the real build, in the run, shows a backend's warnings once
             warnings.simplefilter("ignore")
-            config.policy.spec.factory(config.policy.config, replace(components.context, env=env, log_dir=None))
-    except ValueError as error:
-        raise ConfigError([f"policy: {' '.join(str(error).split())}"]) from None
+            config.policy.spec.factory(config.policy.config, components.context.with_env(env, log_dir=None))
+    except ValueError as error:  # a ComponentBuildError too; the policy's line has always led with "policy: <reason>"
+        reason = error.reason if isinstance(error, ComponentBuildError) else str(error)
+        raise ComponentBuildError(reason, setting="policy", kind=KIND_LABELS["policy"], name=config.policy.name, section="policy") from None
     except UserError:
         raise
     except Exception as error:

@@ -8,6 +8,13 @@ specs, declared in the entry-point group ``reml.plugins``::
 
 Each hook returns an iterable of records (see :mod:`reml_core.specs`); a plugin implements only
 the hooks it needs. Every docstring below is a complete plugin module that works as it stands.
+
+A record's ``factory(config, context)`` gets the context of its stage (see
+:class:`reml_core.interfaces.BuildContext`), whose fields are all set: task samplers a
+``BuildContext``; state encoders, layer pools and rewards a ``TaskContext`` (also the task
+sampler); baselines a ``BaselineContext`` (also the pool and the encoder); policy backends a
+``PolicyContext`` (also the environment and the log folder). A factory that cannot build its
+component with them raises :class:`reml_core.errors.ComponentBuildError`.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def reml_task_samplers() -> Iterable[TaskSamplerSpec]:
     """Task families: seeded training streams and fixed held-out sets.
 
+    The factory gets a :class:`reml_core.interfaces.BuildContext` (seed, preset, depth, device).
     Example (a family of straight lines y = a*x + b)::
 
         import torch
@@ -107,6 +115,7 @@ def reml_task_samplers() -> Iterable[TaskSamplerSpec]:
 def reml_state_encoders() -> Iterable[StateEncoderSpec]:
     """State encoders: the task part of the observation, of a declared size.
 
+    The factory gets a :class:`reml_core.interfaces.TaskContext`: ``context.task_sampler`` is the run's family.
     Example (the mean and spread of the support targets)::
 
         import numpy as np
@@ -143,7 +152,9 @@ def reml_state_encoders() -> Iterable[StateEncoderSpec]:
 def reml_layer_pools() -> Iterable[LayerPoolSpec]:
     """Layer-pool kinds: global pools of layers with roles, shared across tasks.
 
-    A pool implements :class:`reml_core.interfaces.LayerPool`. Example (a pool of dense layers
+    A pool implements :class:`reml_core.interfaces.LayerPool`; its factory gets a
+    :class:`reml_core.interfaces.TaskContext` (``context.task_sampler`` gives the input and output
+    sizes, ``context.device`` where the layers live). Example (a pool of dense layers
     without biases, built on the dense pool that ships with REML)::
 
         from pydantic import ConfigDict
@@ -178,6 +189,7 @@ def reml_layer_pools() -> Iterable[LayerPoolSpec]:
 def reml_rewards() -> Iterable[RewardSpec]:
     """Reward functions: from the losses of a finished network to a reward.
 
+    The factory gets a :class:`reml_core.interfaces.TaskContext`: ``context.task_sampler`` is the run's family.
     Example (reward the log of the trained network's loss)::
 
         import math
@@ -227,7 +239,9 @@ def reml_rewards() -> Iterable[RewardSpec]:
 def reml_policies() -> Iterable[PolicySpec]:
     """Policy backends: RL learners that act on the composition environment.
 
-    A backend implements :class:`reml_core.interfaces.PolicyBackend`. Example (a policy that
+    A backend implements :class:`reml_core.interfaces.PolicyBackend`; its factory gets a
+    :class:`reml_core.interfaces.PolicyContext`: ``context.env`` is the environment it learns on
+    and ``context.log_dir`` the folder for its training log (None: write none). Example (a policy that
     picks uniformly among the valid actions and learns nothing, a useful sanity baseline)::
 
         import numpy as np
@@ -283,7 +297,9 @@ def reml_baselines() -> Iterable[BaselineSpec]:
 
     A baseline implements :class:`reml_core.interfaces.Baseline`: it meta-trains on the task
     stream, then hands the evaluator a starting network per task, which the evaluator fine-tunes
-    exactly as it fine-tunes every other method. Example (the all-zero network: a floor)::
+    exactly as it fine-tunes every other method. Its factory gets a
+    :class:`reml_core.interfaces.BaselineContext`: ``context.pool`` is the run's layer pool
+    (``pool.fresh_network(context.depth, generator)`` is a network of REML's architecture). Example (the all-zero network: a floor)::
 
         import torch
         from pydantic import BaseModel, ConfigDict

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -349,27 +349,96 @@ class ReportsStats(Protocol):
     def stats(self) -> dict[str, float]: ...
 
 
+#: The fields of later stages, which a context of an earlier stage answers with None (see :class:`BuildContext`).
+_LATER_FIELDS = frozenset({"task_sampler", "pool", "encoder", "env", "log_dir"})
+_Context = TypeVar("_Context", bound="BuildContext")
+
+
 @dataclass(frozen=True)
 class BuildContext:
-    """What a factory may need besides its own config. Fields not yet built are None.
+    """What a factory may need besides its own config, in stages: each factory gets the context of its stage.
 
-    Task samplers get only ``seed``; encoders, pools and rewards also ``task_sampler``;
-    baselines also ``pool`` (for a same-architecture scratch network) and ``encoder``; policies also ``env``
-    and ``log_dir``. ``depth`` is the number of layers of the networks REML composes.
+    The core builds a run's components in order and hands each factory the context of its stage,
+    whose fields are set by construction (none is None for want of a component not yet built):
 
-    ``device`` (``train.device``, already checked to exist: ``cpu``, ``cuda`` or ``cuda:N``) is
-    where a layer pool keeps its layers (so the networks it builds, ``fresh_network``'s included,
-    live there) and where a baseline puts its networks. Task samplers and encoders produce CPU
-    tensors; the core moves a task to a network's device before training or measuring it
-    (:func:`reml_core.device.task_on`), and a baseline does the same with its own batches.
+    | the factory of                          | receives                 | which adds                                 |
+    |-----------------------------------------|--------------------------|--------------------------------------------|
+    | a task sampler                          | :class:`BuildContext`    | ``seed``, ``preset``, ``depth``, ``device`` |
+    | a state encoder, a layer pool, a reward | :class:`TaskContext`     | ``task_sampler``                           |
+    | a baseline                              | :class:`BaselineContext` | ``pool``, ``encoder``                      |
+    | a policy backend                        | :class:`PolicyContext`   | ``env``, ``log_dir``                       |
+
+    Each stage's type is a subclass of the one before, so a factory annotated with
+    ``BuildContext`` accepts them all. ``depth`` is the number of layers of the networks REML
+    composes. ``device`` (``train.device``, already checked to exist: ``cpu``, ``cuda`` or
+    ``cuda:N``) is where a layer pool keeps its layers (so the networks it builds,
+    ``fresh_network``'s included, live there) and where a baseline puts its networks. Task samplers
+    and encoders produce CPU tensors; the core moves a task to a network's device before training
+    or measuring it (:func:`reml_core.device.task_on`), and a baseline does the same with its own batches.
+
+    A context answers None for a field of a later stage (``context.pool`` in an encoder's factory),
+    as the single context of earlier versions did, so plugins written for it keep working; a
+    component should read only the fields of its own stage. A component that cannot be built
+    with what it is given raises :class:`reml_core.errors.ComponentBuildError`.
+
+    Tests and tools that call a factory themselves construct the stage's type:
+    ``TaskContext(seed=0, task_sampler=sampler)``; :meth:`with_task_sampler`,
+    :meth:`TaskContext.with_pool_and_encoder` and :meth:`BaselineContext.with_env` go one stage on.
     """
 
     seed: int
     preset: str = "default"
     depth: int = 5
-    task_sampler: TaskSampler | None = None
-    pool: LayerPool | None = None
-    env: Any = None
-    log_dir: Path | None = None
-    encoder: StateEncoder | None = None
     device: str = "cpu"
+
+    def __getattr__(self, name: str) -> Any:
+        """None for a field of a later stage (Python asks only for names the context does not have)."""
+        if name in _LATER_FIELDS:
+            return None
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _stage(self, stage: type[_Context], **added: Any) -> _Context:
+        kept = {f.name: getattr(self, f.name) for f in fields(stage) if f.name not in added}
+        return stage(**kept, **added)
+
+    def with_task_sampler(self, task_sampler: TaskSampler) -> TaskContext:
+        """The context of encoders, pools and rewards: this one and the run's task sampler."""
+        return self._stage(TaskContext, task_sampler=task_sampler)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskContext(BuildContext):
+    """What state encoders, layer pools and reward functions get: the base context and the run's task sampler."""
+
+    task_sampler: TaskSampler
+
+    def with_pool_and_encoder(self, pool: LayerPool, encoder: StateEncoder) -> BaselineContext:
+        """The context of baselines: this one, the run's layer pool and its state encoder."""
+        return self._stage(BaselineContext, pool=pool, encoder=encoder)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaselineContext(TaskContext):
+    """What baselines get: the task sampler, the run's layer pool (for a network of REML's architecture,
+    ``pool.fresh_network(depth, generator)``) and its state encoder."""
+
+    pool: LayerPool
+    encoder: StateEncoder
+
+    def with_env(self, env: Any, log_dir: Path | None = None) -> PolicyContext:
+        """The context of policy backends: this one, the environment and the folder of the training log."""
+        return self._stage(PolicyContext, env=env, log_dir=log_dir)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyContext(BaselineContext):
+    """What policy backends get: everything a baseline gets, and the environment they learn on.
+
+    ``env`` is a ``CompositionEnv``, or with ``train.n_envs`` > 1 a ``CompositionVecEnv`` (a
+    stable-baselines3 ``VecEnv``). ``log_dir`` is the folder for the backend's training log
+    (CSV/TensorBoard); None means write none (a build that only checks the policy can be built,
+    or a run read back with ``--from``).
+    """
+
+    env: Any
+    log_dir: Path | None = None

@@ -12,7 +12,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,14 @@ from pydantic import TypeAdapter, ValidationError
 from safetensors.torch import load_file, save_file
 
 from reml_core.config import RunConfig
-from reml_core.errors import CheckpointError
+from reml_core.errors import CheckpointError, ComponentBuildError
 from reml_core.evaluation import FewShotEvaluator
 from reml_core.experiment import Components
 from reml_core.interfaces import MaintainedLayerPool, PolicyBackend
 from reml_core.logs import log  # noqa: F401  (re-exported: reml_core.training.log is older than reml_core.logs)
 from reml_core.methods import ReMLMethod
 from reml_core.results import format_stat, stat_label
+from reml_core.specs import KIND_LABELS
 from reml_core.storage import (
     discard_partial_writes,
     latest_checkpoint,
@@ -87,7 +88,7 @@ class MetaTrainer:
             raise CheckpointError(f"cannot continue this run: {error}") from None
         self.env.training_progress = min(self.state.timesteps / train.env_steps, 1.0)
         self.eval_env = components.make_env(mode="evaluate")
-        context = replace(components.context, env=self.env, log_dir=None if read_only else out / "logs")
+        context = components.context.with_env(self.env, log_dir=None if read_only else out / "logs")
         self.policy: PolicyBackend = config.policy.spec.factory(config.policy.config, context)
         self.validation_tasks = components.task_sampler.validation_tasks(train.validation_tasks) if train.validation_tasks else []
         probe_source = self.validation_tasks[0] if self.validation_tasks else components.task_sampler.validation_tasks(1)[0]  # never a test task
@@ -114,7 +115,10 @@ class MetaTrainer:
             while not terminated:
                 _, _, terminated, _, info = env.step(int(rng.choice(np.flatnonzero(env.action_masks()))))
             samples.append((env.task, info["losses"]))
-        reward.calibrate(samples)
+        try:
+            reward.calibrate(samples)
+        except ComponentBuildError as error:  # the reward refusing what this run gave it to calibrate on
+            raise error.identify(KIND_LABELS["reward"], self.config.reward.name, "reward")
         self.state.calibrated = True
         self.state.seconds["calibration"] += time.perf_counter() - start
 

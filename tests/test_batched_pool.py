@@ -20,7 +20,7 @@ from reml_core.batched import EpisodeEnd, MeasureRequest, end_episodes, measure_
 from reml_core.config import EnvConfig
 from reml_core.env import network_order, slot_roles
 from reml_core.inner_loop import batched_loss, value_and_grad_batch
-from reml_core.interfaces import BatchedLayerPool, BuildContext, LayerPool, Role, Task
+from reml_core.interfaces import BatchedLayerPool, LayerPool, Role, Task, TaskContext
 from reml_plugins.dense.pool import DenseLayerPool, DensePoolConfig
 from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
 
@@ -36,7 +36,7 @@ def _pool(seed: int = 0, **config) -> DenseLayerPool:
     # A small pool, so that the networks of a batch share layers and the write-back order matters.
     defaults = {"input_layers": 3, "hidden_layers": 6, "output_layers": 3, "width": 16}
     sampler = SineTaskSampler(SineConfig())
-    return DenseLayerPool(DensePoolConfig(**{**defaults, **config}), BuildContext(seed=seed, task_sampler=sampler))
+    return DenseLayerPool(DensePoolConfig(**{**defaults, **config}), TaskContext(seed=seed, task_sampler=sampler))
 
 
 def _random_ends(pool: LayerPool, count: int, seed: int, depth: int = 5) -> list[EpisodeEnd]:

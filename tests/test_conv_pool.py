@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from reml_core.env import check_pool_fits
-from reml_core.interfaces import BuildContext, LayerPool, Role
+from reml_core.interfaces import BuildContext, LayerPool, Role, TaskContext
 from reml_core.specs import LayerPoolSpec
 from reml_plugins.conv.pool import ConvComposedNetwork, ConvLayerPool, ConvPoolConfig, build_conv_pool, pooling_plan
 
@@ -27,7 +27,7 @@ class FakeSampler:
 
 def make_pool(shape=DIGITS, ways=3, seed=0, **config) -> ConvLayerPool:
     settings = {"input_layers": 2, "hidden_layers": 5, "output_layers": 2, "channels": 8, **config}
-    return build_conv_pool(ConvPoolConfig(**settings), BuildContext(seed=seed, task_sampler=FakeSampler(shape, ways)))
+    return build_conv_pool(ConvPoolConfig(**settings), TaskContext(seed=seed, task_sampler=FakeSampler(shape, ways)))
 
 
 def indices_for(pool: ConvLayerPool, depth: int) -> list[int]:
@@ -57,7 +57,7 @@ def test_plugin_record_and_smoke_preset():
     (spec,) = list(plugin.reml_layer_pools())
     assert isinstance(spec, LayerPoolSpec) and spec.name == "conv"
     config = spec.config_model(**spec.presets["smoke"])
-    smoke = spec.factory(config, BuildContext(seed=0, preset="smoke", task_sampler=FakeSampler()))
+    smoke = spec.factory(config, TaskContext(seed=0, preset="smoke", task_sampler=FakeSampler()))
     assert smoke.size == 4 + 6 + 4 and smoke.config.channels == 16
     default = ConvPoolConfig()
     assert (default.input_layers, default.hidden_layers, default.output_layers, default.channels) == (8, 16, 8, 32)
@@ -72,11 +72,11 @@ def test_refuses_a_sampler_without_an_image_shape():
         input_size, output_size = 1, 1
 
     with pytest.raises(ValueError, match="input_shape"):
-        build_conv_pool(ConvPoolConfig(), BuildContext(seed=0, task_sampler=Flat()))
+        build_conv_pool(ConvPoolConfig(), TaskContext(seed=0, task_sampler=Flat()))
     with pytest.raises(ValueError, match="three positive sizes"):
-        build_conv_pool(ConvPoolConfig(), BuildContext(seed=0, task_sampler=FakeSampler((8, 8), 3)))
+        build_conv_pool(ConvPoolConfig(), TaskContext(seed=0, task_sampler=FakeSampler((8, 8), 3)))
     with pytest.raises(ValueError, match="output_size"):
-        build_conv_pool(ConvPoolConfig(), BuildContext(seed=0, task_sampler=FakeSampler(DIGITS, 0)))
+        build_conv_pool(ConvPoolConfig(), TaskContext(seed=0, task_sampler=FakeSampler(DIGITS, 0)))
 
 
 @pytest.mark.parametrize("shape", [DIGITS, OMNIGLOT], ids=["digits", "omniglot"])
@@ -251,7 +251,7 @@ def test_config_limits_refuse_absurd_sizes():
         ConvPoolConfig(hidden_layers=1000, channels=1024)
     with pytest.raises(ValueError, match="parameters"):  # too big only once the real channels and classes are known
         build_conv_pool(ConvPoolConfig(output_layers=1000, channels=1024, hidden_layers=1, input_layers=1),
-                        BuildContext(seed=0, task_sampler=FakeSampler(DIGITS, 10_000)))
+                        TaskContext(seed=0, task_sampler=FakeSampler(DIGITS, 10_000)))
 
 
 def test_check_pool_fits(pool):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reml_core.interfaces import BuildContext, Role
+from reml_core.interfaces import Role, TaskContext
 from reml_plugins.dense.pool import DenseLayerPool, DensePoolConfig
+from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
 
 
 @pytest.fixture
 def pool() -> DenseLayerPool:
-    return DenseLayerPool(DensePoolConfig(input_layers=2, hidden_layers=4, output_layers=2, width=8), BuildContext(seed=0))
+    return DenseLayerPool(DensePoolConfig(input_layers=2, hidden_layers=4, output_layers=2, width=8), TaskContext(seed=0, task_sampler=SineTaskSampler(SineConfig())))
 
 
 def test_roles_are_known_per_index(pool):
@@ -39,7 +40,7 @@ def test_built_networks_are_copies_and_write_back_targets_their_slots(pool):
 
 
 def test_same_seed_same_pool_and_fresh_networks_share_the_architecture(pool):
-    twin = DenseLayerPool(pool.config, BuildContext(seed=0))
+    twin = DenseLayerPool(pool.config, TaskContext(seed=0, task_sampler=SineTaskSampler(SineConfig())))
     assert all(torch.equal(a, b) for a, b in zip(pool.state_dict().values(), twin.state_dict().values()))
     fresh = pool.fresh_network(4, torch.Generator().manual_seed(1))
     built = pool.build([0, 2, 3, 6])
@@ -49,7 +50,7 @@ def test_same_seed_same_pool_and_fresh_networks_share_the_architecture(pool):
 
 
 def test_state_round_trip_and_rejects_damaged_state(pool):
-    other = DenseLayerPool(pool.config, BuildContext(seed=9))
+    other = DenseLayerPool(pool.config, TaskContext(seed=9, task_sampler=SineTaskSampler(SineConfig())))
     other.load_state_dict(pool.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(pool.state_dict().values(), other.state_dict().values()))
     damaged = pool.state_dict()
@@ -66,7 +67,7 @@ def test_state_round_trip_and_rejects_damaged_state(pool):
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_hand_written_gradients_match_autograd(activation):
-    pool = DenseLayerPool(DensePoolConfig(input_layers=1, hidden_layers=3, output_layers=1, width=16, activation=activation), BuildContext(seed=3))
+    pool = DenseLayerPool(DensePoolConfig(input_layers=1, hidden_layers=3, output_layers=1, width=16, activation=activation), TaskContext(seed=3, task_sampler=SineTaskSampler(SineConfig())))
     network = pool.build([0, 1, 2, 3, 4])
     params = list(network.parameters())
     x = torch.rand(50, 1) * 10 - 5

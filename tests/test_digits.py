@@ -15,7 +15,7 @@ import reml_plugins.digits as digits_plugin
 from reml_core.config import resolve_config
 from reml_core.errors import ConfigError
 from reml_core.experiment import build_components
-from reml_core.interfaces import BuildContext, MeasuresMetrics, StateEncoder, TaskSampler
+from reml_core.interfaces import BuildContext, MeasuresMetrics, StateEncoder, TaskContext, TaskSampler
 from reml_core.registry import PluginRegistry
 from reml_plugins.digits.sampler import MIN_DIGIT_IMAGES, DigitsConfig, DigitsTaskSampler
 from reml_plugins.encoders.prototypes import PrototypesConfig, PrototypesEncoder, build_prototypes
@@ -337,7 +337,7 @@ def test_prototypes_encoder_reads_only_the_k_shot_support_set(sampler):
 def test_prototypes_encoder_refuses_families_without_images():
     sine = SineTaskSampler(SineConfig())
     with pytest.raises(ValueError, match="no input_shape"):
-        build_prototypes(PrototypesConfig(), BuildContext(seed=0, task_sampler=sine))
+        build_prototypes(PrototypesConfig(), TaskContext(seed=0, task_sampler=sine))
     with pytest.raises(ValueError, match="grid = 9 is larger than the 8x8 images"):
         PrototypesEncoder(DigitsTaskSampler(DigitsConfig()), PrototypesConfig(grid=9))
 

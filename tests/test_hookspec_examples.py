@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from reml_core import hookspecs
+from reml_core.experiment import STAGE_CONTEXTS
 from reml_core.interfaces import Baseline, BuildContext, LayerPool, Role, StateEncoder, TaskSampler
 from reml_core.registry import PluginRegistry
 from reml_plugins.dense.pool import DenseLayerPool, DensePoolConfig
@@ -32,9 +33,16 @@ def test_docstring_example_is_a_working_plugin(kind, hook_name, make_components,
     assert registry.register(module, name=f"example-{kind}")
     [entry] = list(registry.components(kind))
     sampler = SineTaskSampler(SineConfig())
-    pool = DenseLayerPool(DensePoolConfig(input_layers=2, hidden_layers=4, output_layers=2), BuildContext(seed=0, task_sampler=sampler))
-    env = make_components().make_env(mode="train")
-    context = BuildContext(seed=0, task_sampler=sampler, pool=pool, env=env, log_dir=tmp_path / "logs")
+    base = BuildContext(seed=0)
+    with_sampler = base.with_task_sampler(sampler)
+    pool = DenseLayerPool(DensePoolConfig(input_layers=2, hidden_layers=4, output_layers=2), with_sampler)
+    components = make_components()
+    env = components.make_env(mode="train")
+    for_baselines = with_sampler.with_pool_and_encoder(pool, components.encoder)
+    stages = {"task_sampler": base, "state_encoder": with_sampler, "layer_pool": with_sampler, "reward": with_sampler,
+              "baseline": for_baselines, "policy": for_baselines.with_env(env, log_dir=tmp_path / "logs")}
+    context = stages[kind]  # each example gets the context the core gives its kind, and no more
+    assert type(context) is STAGE_CONTEXTS[kind]
     component = entry.spec.factory(entry.spec.config_model(), context)
     task = sampler.test_tasks(1)[0]
     if kind == "task_sampler":

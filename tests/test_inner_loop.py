@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from reml_core.inner_loop import finetune_sgd, train_adam
-from reml_core.interfaces import BuildContext
+from reml_core.interfaces import TaskContext
 from reml_plugins.dense.pool import DenseLayerPool, DensePoolConfig
+from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
 
 
 def _mse(prediction, target):
@@ -23,7 +24,7 @@ def _data(n=100):
 
 
 def _networks():
-    pool = DenseLayerPool(DensePoolConfig(input_layers=1, hidden_layers=2, output_layers=1, width=12), BuildContext(seed=1))
+    pool = DenseLayerPool(DensePoolConfig(input_layers=1, hidden_layers=2, output_layers=1, width=12), TaskContext(seed=1, task_sampler=SineTaskSampler(SineConfig())))
     composed = pool.build([0, 1, 2, 3])
     plain = nn.Sequential(nn.Linear(1, 12), nn.ReLU(), nn.Linear(12, 1))  # no fast path: autograd
     return [composed, plain]

@@ -20,7 +20,7 @@ import reml_plugins.maml
 from reml_core.errors import CheckpointError, UserError
 from reml_core.evaluation import FewShotEvaluator
 from reml_core.inner_loop import finetune_sgd
-from reml_core.interfaces import BatchedTaskSampler, Baseline, BuildContext, TaskSampler
+from reml_core.interfaces import BatchedTaskSampler, Baseline, BuildContext, TaskContext, TaskSampler
 from reml_core.registry import PluginRegistry
 from reml_plugins.maml.baseline import MAMLBaseline
 from reml_plugins.maml.batches import MetaBatch, draw_batch, from_task_batch, stack_tasks
@@ -72,7 +72,7 @@ class OneByOneSampler:
 
 
 def make(sampler: SineTaskSampler, seed: int = 0, **config) -> MAMLBaseline:
-    return MAMLBaseline(MAMLConfig(**config), BuildContext(seed=seed, task_sampler=sampler))
+    return MAMLBaseline(MAMLConfig(**config), TaskContext(seed=seed, task_sampler=sampler))
 
 
 def meta_gradient(baseline: MAMLBaseline, batch: MetaBatch) -> tuple[float, list[torch.Tensor]]:
@@ -302,7 +302,7 @@ def test_plugin_registers_maml_with_valid_presets(sampler):
     spec = registry.get("baseline", "maml").spec
     budgets = {preset: spec.config_model(**spec.presets[preset]).iterations for preset in ("smoke", "default", "full")}
     assert budgets == {"smoke": 300, "default": 10_000, "full": 70_000}
-    baseline = spec.factory(spec.config_model(**spec.presets["smoke"]), BuildContext(seed=0, preset="smoke", task_sampler=sampler))
+    baseline = spec.factory(spec.config_model(**spec.presets["smoke"]), TaskContext(seed=0, preset="smoke", task_sampler=sampler))
     assert isinstance(baseline, Baseline)
 
 

@@ -216,10 +216,10 @@ def test_a_damaged_image_checkpoint_is_refused(context, trained, tmp_path):
 
 
 def test_a_sine_checkpoint_is_refused_by_the_image_path_and_vice_versa(context, trained, tmp_path):
-    from reml_core.interfaces import BuildContext
+    from reml_core.interfaces import TaskContext
     from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
 
-    sine = MAMLBaseline(MAMLConfig(), BuildContext(seed=0, task_sampler=SineTaskSampler(SineConfig())))
+    sine = MAMLBaseline(MAMLConfig(), TaskContext(seed=0, task_sampler=SineTaskSampler(SineConfig())))
     sine.save(tmp_path / "sine")
     with pytest.raises(CheckpointError, match="holds a 1-40-40-1 relu network but this baseline is configured for ConvComposedNetwork"):
         make(context).load(tmp_path / "sine")

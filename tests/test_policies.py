@@ -15,9 +15,7 @@ def _backend(installed_registry, policy: str, seed: int, tmp_path):
     config = resolve_config(installed_registry, {"plugin": "sine", "preset": "smoke", "policy": policy, "seed": seed})
     components = build_components(config)
     env = components.make_env()
-    from dataclasses import replace
-
-    context = replace(components.context, env=env, log_dir=tmp_path / f"logs-{policy}-{seed}")
+    context = components.context.with_env(env, log_dir=tmp_path / f"logs-{policy}-{seed}")
     return config.policy.spec.factory(config.policy.config, context), components
 
 

@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from helpers.runs import TINY, cli
-from reml_core.interfaces import BuildContext, MaintainedLayerPool, Role
+from reml_core.interfaces import MaintainedLayerPool, Role, TaskContext
 from reml_plugins.dense.pool import DenseLayerPool, DensePoolConfig
+from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
 
 PROBE = torch.linspace(-5, 5, 100).unsqueeze(1)
 
 
 def _pool(**options) -> DenseLayerPool:
-    pool = DenseLayerPool(DensePoolConfig(input_layers=3, hidden_layers=4, output_layers=2, width=8, **options), BuildContext(seed=0))
+    pool = DenseLayerPool(DensePoolConfig(input_layers=3, hidden_layers=4, output_layers=2, width=8, **options), TaskContext(seed=0, task_sampler=SineTaskSampler(SineConfig())))
     pool.biases[Role.INPUT][1, 2] = -100.0  # input unit 2 of input layer 1: never positive over [-5, 5]
     pool.biases[Role.HIDDEN][3, 5] = -1000.0  # hidden unit 5 of hidden layer 3: dead for every representation
     return pool

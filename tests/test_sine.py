@@ -9,7 +9,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from reml_core.interfaces import BatchedTaskSampler, BuildContext, TaskBatch, TaskSampler
+from reml_core.interfaces import BatchedTaskSampler, TaskBatch, TaskContext, TaskSampler
 from reml_plugins.encoders.generic import OracleEncoder, SupportSetConfig, SupportSetEncoder
 from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
 
@@ -208,7 +208,7 @@ def test_support_set_encoder_sees_only_the_k_points(sampler):
 
 def test_encoders_are_built_from_the_registry(installed_registry):
     sampler = SineTaskSampler(SineConfig(support_points=7))
-    context = BuildContext(seed=0, task_sampler=sampler)
+    context = TaskContext(seed=0, task_sampler=sampler)
     for name, size in (("oracle", 2), ("support-set", 24)):
         spec = installed_registry.get("state_encoder", name).spec
         assert spec.factory(spec.config_model(), context).observation_size == size

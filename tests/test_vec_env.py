@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -163,7 +162,7 @@ def _backend(installed_registry, policy, n_envs, tmp_path):
     config = resolve_config(installed_registry, {"plugin": "sine", "preset": "smoke", "policy": policy, "train": {"n_envs": n_envs}})
     components = build_components(config)
     env = components.make_train_env()
-    context = replace(components.context, env=env, log_dir=tmp_path / f"logs-{policy}")
+    context = components.context.with_env(env, log_dir=tmp_path / f"logs-{policy}")
     return config.policy.spec.factory(config.policy.config, context), env
 
 

@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from reml_core.interfaces import BuildContext, Role
+from reml_core.errors import ComponentBuildError
+from reml_core.interfaces import Role, TaskContext
 
 #: A pool larger than these cannot be what anyone meant: it would exhaust memory before training.
 MAX_LAYERS_PER_ROLE = 1000
@@ -170,28 +171,28 @@ class ConvComposedNetwork(nn.Module):
 class ConvLayerPool:
     """Conv blocks and classification heads, each with a role; see :class:`reml_core.interfaces.LayerPool`."""
 
-    def __init__(self, config: ConvPoolConfig, context: BuildContext) -> None:
+    def __init__(self, config: ConvPoolConfig, context: TaskContext) -> None:
         sampler = context.task_sampler
         shape = getattr(sampler, "input_shape", None) if sampler is not None else None
         if shape is None:
-            raise ValueError(
+            raise ComponentBuildError(
                 "the conv pool needs a task sampler with input_shape (C_in, H, W) for image tasks; "
                 f"{'no task sampler was given' if sampler is None else type(sampler).__name__ + ' has none'}"
             )
         try:
             shape = tuple(int(v) for v in shape)
         except (TypeError, ValueError):
-            raise ValueError(f"the task sampler's input_shape must be (C_in, H, W), got {shape!r}") from None
+            raise ComponentBuildError(f"the task sampler's input_shape must be (C_in, H, W), got {shape!r}") from None
         if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"the task sampler's input_shape must be three positive sizes (C_in, H, W), got {shape}")
+            raise ComponentBuildError(f"the task sampler's input_shape must be three positive sizes (C_in, H, W), got {shape}")
         if shape[0] > MAX_INPUT_CHANNELS:
-            raise ValueError(f"the task sampler's input_shape {shape} has {shape[0]} channels; the conv pool takes at most {MAX_INPUT_CHANNELS}")
+            raise ComponentBuildError(f"the task sampler's input_shape {shape} has {shape[0]} channels; the conv pool takes at most {MAX_INPUT_CHANNELS}")
         classes = int(getattr(sampler, "output_size", 0) or 0)
         if not 1 <= classes <= MAX_CLASSES:
-            raise ValueError(f"the task sampler's output_size (N classes) must be 1..{MAX_CLASSES}, got {classes}")
+            raise ComponentBuildError(f"the task sampler's output_size (N classes) must be 1..{MAX_CLASSES}, got {classes}")
         parameters = _parameter_count(config.input_layers, config.hidden_layers, config.output_layers, config.channels, shape[0], classes)
         if parameters > MAX_PARAMETERS:
-            raise ValueError(f"this conv pool would hold {parameters:,} parameters for input {shape} and {classes} classes; "
+            raise ComponentBuildError(f"this conv pool would hold {parameters:,} parameters for input {shape} and {classes} classes; "
                              f"the limit is {MAX_PARAMETERS:,} (200 MB)")
         self.config = config
         self.input_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
@@ -373,5 +374,5 @@ class ConvLayerPool:
         return stats
 
 
-def build_conv_pool(config: ConvPoolConfig, context: BuildContext) -> ConvLayerPool:
+def build_conv_pool(config: ConvPoolConfig, context: TaskContext) -> ConvLayerPool:
     return ConvLayerPool(config, context)

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from reml_core.interfaces import BuildContext, Role
+from reml_core.errors import ComponentBuildError
+from reml_core.interfaces import Role, TaskContext
 
 ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh}
 
@@ -258,11 +259,17 @@ class DenseLayerPool:
     (``build_batch``, ``write_back_batch``).
     """
 
-    def __init__(self, config: DensePoolConfig, context: BuildContext) -> None:
+    def __init__(self, config: DensePoolConfig, context: TaskContext) -> None:
         sampler = context.task_sampler
+        shape = tuple(getattr(sampler, "input_shape", ()) or ())
+        if len(shape) > 1:
+            raise ComponentBuildError(
+                f"the dense pool's networks take flat inputs of input_size numbers; this family's inputs have shape {shape} "
+                "(for images use the conv pool)"
+            )
         self.config = config
-        self.in_features = sampler.input_size if sampler is not None else 1
-        self.out_features = sampler.output_size if sampler is not None else 1
+        self.in_features = sampler.input_size
+        self.out_features = sampler.output_size
         width = config.width
         self._shapes = {
             Role.INPUT: (config.input_layers, width, self.in_features),
@@ -464,5 +471,5 @@ class DenseLayerPool:
         return {"revived_input_units": dead_input.float().mean().item(), "revived_hidden_units": dead_hidden.float().mean().item()}
 
 
-def build_dense_pool(config: DensePoolConfig, context: BuildContext) -> DenseLayerPool:
+def build_dense_pool(config: DensePoolConfig, context: TaskContext) -> DenseLayerPool:
     return DenseLayerPool(config, context)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from reml_core.errors import ComponentBuildError
 from reml_plugins.classification import ImageTaskSampler, stream_generator
 
 
@@ -109,7 +110,7 @@ class DigitsTaskSampler(ImageTaskSampler):
         per_class = config.train_per_class + config.support_shots + config.query_per_class
         rarest = min(len(indices) for indices in self.digit_images)
         if per_class > rarest:  # the validator's bound, checked against the data actually installed
-            raise ValueError(f"a task needs {per_class} distinct images per class but the rarest digit has {rarest}")
+            raise ComponentBuildError(f"a task needs {per_class} distinct images per class but the rarest digit has {rarest}")
         ways = config.ways
         self.ways = ways
         self.output_size = ways

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from reml_core.interfaces import BuildContext, PointSetLayout, Task, TaskSampler
+from reml_core.errors import ComponentBuildError
+from reml_core.interfaces import PointSetLayout, Task, TaskContext, TaskSampler
 
 
 class OracleConfig(BaseModel):
@@ -97,17 +98,15 @@ class SupportSetEncoder:
         return out.astype(np.float32)
 
 
-def build_oracle(config: OracleConfig, context: BuildContext) -> OracleEncoder:
-    assert context.task_sampler is not None
+def build_oracle(config: OracleConfig, context: TaskContext) -> OracleEncoder:
     return OracleEncoder(context.task_sampler)
 
 
-def build_support_set(config: SupportSetConfig, context: BuildContext) -> SupportSetEncoder:
+def build_support_set(config: SupportSetConfig, context: TaskContext) -> SupportSetEncoder:
     sampler = context.task_sampler
-    assert sampler is not None
     shape = tuple(getattr(sampler, "input_shape", ()) or ())
     if len(shape) > 1 or sampler.input_size != 1 or sampler.output_size != 1:
-        raise ValueError(
+        raise ComponentBuildError(
             f"the support-set encoder reads 1-D inputs and targets; this family's inputs are {shape or sampler.input_size} "
             f"and its outputs {sampler.output_size} (for classification use the prototypes encoder)"
         )

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from reml_core.interfaces import BuildContext, Task, TaskSampler
+from reml_core.errors import ComponentBuildError
+from reml_core.interfaces import Task, TaskContext, TaskSampler
 
 
 class PrototypesConfig(BaseModel):
@@ -33,20 +34,20 @@ class PrototypesEncoder:
     def __init__(self, sampler: TaskSampler, config: PrototypesConfig, name: str = "prototypes") -> None:
         shape = getattr(sampler, "input_shape", None)
         if shape is None:
-            raise ValueError(
+            raise ComponentBuildError(
                 f"the {name} encoder needs image inputs: the task sampler declares no input_shape (channels, height, width)"
             )
         shape = tuple(int(v) for v in shape)
         if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"the {name} encoder needs input_shape = (channels, height, width), got {shape}")
+            raise ComponentBuildError(f"the {name} encoder needs input_shape = (channels, height, width), got {shape}")
         ways = getattr(sampler, "output_size", None)
         if not isinstance(ways, int) or ways < 2:
-            raise ValueError(
+            raise ComponentBuildError(
                 f"the {name} encoder needs a classification family: output_size (the classes of a task) must be at least 2, got {ways!r}"
             )
         channels, height, width = shape
         if config.grid > min(height, width):
-            raise ValueError(f"encoder grid = {config.grid} is larger than the {height}x{width} images")
+            raise ComponentBuildError(f"encoder grid = {config.grid} is larger than the {height}x{width} images")
         self.input_shape = shape
         self.ways = ways
         self.grid = config.grid
@@ -72,8 +73,6 @@ class PrototypesEncoder:
         return np.concatenate([prototypes, np.array([shots / self.max_shots], dtype=np.float32)]).astype(np.float32)
 
 
-def build_prototypes(config: PrototypesConfig, context: BuildContext) -> PrototypesEncoder:
-    if context.task_sampler is None:
-        raise ValueError("the prototypes encoder needs the task sampler")
+def build_prototypes(config: PrototypesConfig, context: TaskContext) -> PrototypesEncoder:
     return PrototypesEncoder(context.task_sampler, config)
 

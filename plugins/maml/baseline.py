@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from reml_core.errors import UserError
+from reml_core.errors import ComponentBuildError, UserError
 from reml_core.interfaces import BatchedTaskSampler, BuildContext, LossFn, Task, TaskSampler
 from reml_plugins.maml.batches import MetaBatch, check_training_points, draw_batch, from_task_batch, stack_classification_tasks
 from reml_plugins.maml.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -82,8 +82,8 @@ class MAMLBaseline:
             if "shots" not in config.model_fields_set:
                 self.shots = min(config.shots, sampler.max_shots)
             elif sampler.max_shots < config.shots:
-                raise UserError(
-                    f"maml: K = {config.shots} per class (baselines.maml.shots) but a task of this family holds only "
+                raise ComponentBuildError(
+                    f"K = {config.shots} per class (baselines.maml.shots) but a task of this family holds only "
                     f"{sampler.max_shots} support images per class; set baselines.maml.shots to at most {sampler.max_shots}"
                 )
             self.network = pool_network(context, tuple(shape))
@@ -210,13 +210,13 @@ def pool_network(context: BuildContext, shape: tuple[int, ...]) -> nn.Module:
     """The image path's initial network: the architecture REML composes, from the run's layer pool, seeded by the run seed."""
     pool = context.pool
     if pool is None or not callable(getattr(pool, "fresh_network", None)):
-        raise ValueError(
+        raise ComponentBuildError(
             f"the maml baseline meta-learns the layer pool's architecture on an image family (inputs of shape {shape}), "
             "but it was built without a layer pool that has fresh_network(depth, generator)"
         )
     network = pool.fresh_network(context.depth, torch.Generator().manual_seed(context.seed))
     if not isinstance(network, nn.Module) or not any(True for _ in network.parameters()):
-        raise ValueError(f"the maml baseline needs an nn.Module with parameters from pool.fresh_network; got {type(network).__name__}")
+        raise ComponentBuildError(f"the maml baseline needs an nn.Module with parameters from pool.fresh_network; got {type(network).__name__}")
     network = network.to(torch.device(context.device))  # a pool that ignores the device still trains there
     for param in network.parameters():
         param.requires_grad_(True)

@@ -38,7 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from reml_core.errors import ConfigError
+from reml_core.errors import ComponentBuildError
 from reml_plugins.classification import ImageTaskSampler, stream_generator
 
 ROTATIONS = 4  # quarter turns: 0, 90, 180, 270 degrees
@@ -55,12 +55,12 @@ DOWNLOAD_HINT = (
 )
 
 
-class OmniglotDataError(ConfigError, ValueError):
+class OmniglotDataError(ComponentBuildError):
     """The folder's content does not fit the config (no characters, an unreadable image, too few
-    drawings, too few characters for the split): reported like a config error, ``task.KEY: ...``."""
+    drawings, too few characters for the split): the sampler cannot be built, ``task.KEY: ...``."""
 
     def __init__(self, key: str | None, message: str) -> None:
-        super().__init__([f"task{'.' + key if key else ''}: {' '.join(message.split())}"])
+        super().__init__(message, setting=f"task{'.' + key if key else ''}")
 
 
 class OmniglotConfig(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reml_core import hookimpl
-from reml_core.interfaces import BuildContext
+from reml_core.interfaces import PolicyContext
 from reml_core.specs import PolicySpec
 from reml_plugins.ppo.config import PPOConfig, RecurrentPPOConfig
 
@@ -11,7 +11,7 @@ from reml_plugins.ppo.config import PPOConfig, RecurrentPPOConfig
 def build(name: str):
     """A factory for one backend; stable-baselines3 is imported only when a policy is built."""
 
-    def factory(config: PPOConfig, context: BuildContext):
+    def factory(config: PPOConfig, context: PolicyContext):
         from reml_plugins.ppo.backends import SB3PolicyBackend
 
         return SB3PolicyBackend(name, config, context)

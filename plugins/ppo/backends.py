@@ -20,7 +20,8 @@ import torch
 
 from reml_core.compat import import_gym_quietly
 from reml_core.errors import CheckpointError
-from reml_core.interfaces import BuildContext
+from reml_core.errors import ComponentBuildError
+from reml_core.interfaces import PolicyContext
 from reml_plugins.ppo.config import PPOConfig, RecurrentPPOConfig
 from reml_plugins.ppo.extractors import point_set_kwargs
 
@@ -155,9 +156,7 @@ class SB3PolicyBackend:
     MaskablePPO (through the vector env's ``env_method("action_masks")``).
     """
 
-    def __init__(self, name: str, config: PPOConfig, context: BuildContext) -> None:
-        if context.env is None:
-            raise ValueError("a policy backend needs the environment in its BuildContext")
+    def __init__(self, name: str, config: PPOConfig, context: PolicyContext) -> None:
         self.name = name
         self.algorithm, policy = ALGORITHMS[name]
         self.recurrent = issubclass(self.algorithm, RecurrentPPO)
@@ -174,7 +173,7 @@ class SB3PolicyBackend:
         if config.features == "point-set":
             layout = getattr(context.encoder, "point_set", None)
             if layout is None:
-                raise ValueError("policy.features = 'point-set' needs a state encoder that declares a point set (e.g. support-set)")
+                raise ComponentBuildError("policy.features = 'point-set' needs a state encoder that declares a point set (e.g. support-set)")
             policy_kwargs.update(point_set_kwargs(layout, config.point_set_hidden, config.point_set_embedding))
         self.n_envs = int(getattr(self.env, "num_envs", 1))
         with warnings.catch_warnings():

@@ -16,7 +16,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from reml_core.interfaces import BuildContext, Task
+from reml_core.errors import ComponentBuildError
+from reml_core.interfaces import Task, TaskContext, TaskSampler
 
 LossMoment = Literal["composed", "trained", "finetuned", "blend"]
 
@@ -149,7 +150,10 @@ class MinMaxReward:
         values = [self.normalised(measured_loss(self.config, losses), task) for task, losses in samples]
         finite = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
         if finite.size < 2:
-            raise ValueError("reward calibration needs at least two finite losses")
+            raise ComponentBuildError(
+                f"reward calibration needs at least two finite losses, but only {finite.size} of {len(values)} calibration "
+                "episodes ended with a finite loss (raise train.calibration_episodes, or use the neg-mse reward, which needs no calibration)"
+            )
         low, high = np.quantile(finite, [self.config.low_quantile, self.config.high_quantile])
         if not high > low:  # every calibration network scored the same: keep a unit range
             high = low + 1.0
@@ -165,9 +169,21 @@ class MinMaxReward:
         self.low, self.high, self.calibrated = low, high, bool(state["calibrated"])
 
 
-def build_neg_mse(config: NegMSEConfig, context: BuildContext) -> NegMSEReward:
+def build_neg_mse(config: NegMSEConfig, context: TaskContext) -> NegMSEReward:
     return NegMSEReward(config)
 
 
-def build_minmax(config: MinMaxConfig, context: BuildContext) -> MinMaxReward:
+def build_minmax(config: MinMaxConfig, context: TaskContext) -> MinMaxReward:
+    check_real_valued_targets(context.task_sampler)
     return MinMaxReward(config)
+
+
+def check_real_valued_targets(sampler: TaskSampler) -> None:
+    """Refuse a family whose targets are not real numbers (class indices): the min-max reward divides a
+    task's loss by the variance of its query targets, which class labels do not have."""
+    tasks = sampler.validation_tasks(1)
+    if tasks and not tasks[0].y_query.is_floating_point():
+        raise ComponentBuildError(
+            f"it scales a task's loss by the variance of its query targets, but this family's targets are "
+            f"{tasks[0].y_query.dtype} class labels (a classification family): use the neg-mse reward"
+        )

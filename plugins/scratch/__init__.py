@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from reml_core import hookimpl
-from reml_core.interfaces import BuildContext, LayerPool, Task
+from reml_core.interfaces import BaselineContext, LayerPool, Task
 from reml_core.specs import BaselineSpec
 
 
@@ -27,9 +27,7 @@ class ScratchBaseline:
     every step count starts scratch from the same network for that task.
     """
 
-    def __init__(self, config: ScratchConfig, context: BuildContext) -> None:
-        if context.pool is None:
-            raise ValueError("the scratch baseline needs the run's layer pool in its BuildContext")
+    def __init__(self, config: ScratchConfig, context: BaselineContext) -> None:
         self.pool: LayerPool = context.pool
         self.depth = config.depth or context.depth
         self.seed = context.seed
