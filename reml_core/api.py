@@ -14,7 +14,7 @@ a config given as a dict, or a TOML/YAML file path, with keyword settings on top
 
 Keyword settings are top-level config keys (``plugin``, ``preset``, ``seed``, and the component
 sections ``policy``, ``encoder``, ``pool``, ``reward`` as a name or a dict), nested sections as
-dicts (``env={"inner_lr": 0.003}``), and ``overrides`` takes dotted keys as ``--set`` does
+dicts (``env={"inner_adam_lr": 0.003}``), and ``overrides`` takes dotted keys as ``--set`` does
 (``overrides={"train.env_steps": 400}``). Invalid settings raise
 :class:`reml_core.errors.ConfigError` (one line per problem) before anything is written.
 
@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reml_core.errors import UserError
+from reml_core.results import CellResult, ResultsDocument, Table
 
 if TYPE_CHECKING:
     from reml_core.bench import BenchPlan
@@ -58,64 +59,58 @@ ConfigSource = Mapping[str, Any] | str | Path | None
 
 
 @dataclass(frozen=True)
-class CellResult:
-    """One (method, K, steps) cell: the query loss over the test tasks, and the family's metrics.
-
-    ``mean``/``ci95``: the loss's mean and 95% CI half-width over tasks (for a benchmark of several
-    seeds: the mean of the seeds' means, and ``seed_spread`` their standard deviation).
-    ``metrics`` maps e.g. ``"accuracy"`` to ``(mean, ci95)``.
-    """
-
-    mean: float | None
-    ci95: float | None
-    seed_spread: float | None = None
-    nan_tasks: int = 0
-    metrics: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class Results:
-    """A finished run or benchmark: its folder and its ``results.json``, with typed accessors."""
+    """A finished run or benchmark: its folder and its typed ``results.json``
+    (:class:`reml_core.results.ResultsDocument`), with accessors for tables, curves and figures."""
 
     folder: Path
-    data: dict[str, Any]
+    document: ResultsDocument
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """``results.json``'s content (schema ``reml.results/2``, docs/results.md)."""
+        return self.document.to_json()
 
     @property
     def kind(self) -> str:
-        """``"bench"`` for a ``reml-bench`` folder, ``"run"`` for a ``reml-run`` one."""
-        return "bench" if "seed_list" in self.data else "run"
+        """``"bench"`` for a ``reml-bench`` folder, ``"run"`` for a ``reml-run`` one (``"seed"`` for one
+        seed's folder inside a benchmark)."""
+        return self.document.kind
 
     @property
     def methods(self) -> list[str]:
         """Method keys, in report order (``"reml"``, ``"reml:<encoder>"``, baseline names)."""
-        return list(self.data["methods"])
+        return self.document.methods
 
     @property
     def labels(self) -> dict[str, str]:
-        """Each method's display name, as the report shows it."""
-        from reml_core.results import method_labels
-
-        return method_labels(self.data)
+        """Display names of the methods (REML's name its encoder and say when it is privileged)."""
+        return self.document.method_labels()
 
     @property
     def loss_name(self) -> str:
-        return str(self.data.get("loss_name", "MSE"))
+        return self.document.loss_name
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds the numbers come from (one for a run)."""
+        return self.document.seed_list
 
     @property
     def config(self) -> dict[str, Any]:
         """The fully resolved configuration (of the first seed, for a benchmark)."""
-        return dict(self.data["config"])
+        return dict(self.document.config)
 
     @property
     def curves(self) -> dict[str, list[float | None]]:
         """Mean query loss after each Adam step of the convergence curve, per method."""
-        return {name: list(curve) for name, curve in self.data.get("curves", {}).items()}
+        return {name: list(curve) for name, curve in self.document.curves.items()}
 
-    def table(self, method: str) -> dict[int, dict[int, CellResult]]:
+    def table(self, method: str) -> Table:
         """``{K: {steps: cell}}`` of one method."""
-        if method not in self.data["methods"]:
+        if method not in self.document.tables:
             raise KeyError(f"no method {method!r} in {self.folder} (it holds {', '.join(self.methods)})")
-        return {int(k): {int(s): _cell(cell) for s, cell in row.items()} for k, row in self.data["methods"][method].items()}
+        return {k: dict(row) for k, row in self.document.tables[method].items()}
 
     def cell(self, method: str, shots: int, steps: int) -> CellResult:
         return self.table(method)[shots][steps]
@@ -146,30 +141,20 @@ class Results:
         from reml_core.plots import plot_convergence, plot_few_shot
 
         path = Path(path)
-        title = f"{self.data.get('plugin', '')}: " + ", ".join(self.labels.values())
+        title = f"{self.document.plugin}: " + ", ".join(self.labels.values())
         if curves:
-            plot_convergence(self.data.get("curves", {}), path, title, self.labels, self.loss_name)
+            plot_convergence(self.document.curves, path, title, self.labels, self.loss_name)
         else:
-            plot_few_shot(self.data["methods"], path, title, self.labels, self.loss_name)
+            plot_few_shot(self.document.tables, path, title, self.labels, self.loss_name)
         return path
-
-
-def _cell(data: Mapping[str, Any]) -> CellResult:
-    from reml_core.results import cell_metrics
-
-    metrics = {name: (data.get(f"{name}_mean"), data.get(f"{name}_ci95")) for name in cell_metrics(data)}
-    return CellResult(data.get("mse_mean"), data.get("mse_ci95"), data.get("seed_spread"), int(data.get("nan_tasks", 0)), metrics)
 
 
 def load(folder: str | Path) -> Results:
     """A finished ``reml-run`` or ``reml-bench`` folder's results."""
-    from reml_core.storage import read_json_file
+    from reml_core.results import read_results
 
     folder = Path(folder)
-    data = read_json_file(folder / "results.json", "a REML results file (a JSON object)", error=UserError)
-    if "methods" not in data or "config" not in data:
-        raise UserError(f"{folder / 'results.json'} is not a REML results file (no methods or config)")
-    return Results(folder, data)
+    return Results(folder, read_results(folder / "results.json"))
 
 
 # -- the user's config ------------------------------------------------------------------------
@@ -186,7 +171,9 @@ def user_settings(config: ConfigSource = None, overrides: Mapping[str, Any] | No
         data = dict(config)
     else:
         data = load_config_file(check_path(Path(config), "config"))
-    for section in ("policy", "encoder", "pool", "reward"):
+    from reml_core.specs import NAMED_SECTIONS
+
+    for section in NAMED_SECTIONS:
         for source in (data, settings):
             if isinstance(source.get(section), str):  # shorthand: policy = "ppo-lstm"
                 source[section] = {"name": source[section]}
@@ -233,8 +220,8 @@ class PreparedRun:
     def execute(self, command: str = "") -> Results:
         from reml_core.pipeline import run_experiment
 
-        results = run_experiment(self.config, self.out, resume=self.resume, trust_checkpoint=self.trust_checkpoint, command=command)
-        return Results(self.out, results)
+        document = run_experiment(self.config, self.out, resume=self.resume, trust_checkpoint=self.trust_checkpoint, command=command)
+        return Results(self.out, document)
 
 
 def prepare_run(
@@ -244,7 +231,7 @@ def prepare_run(
 ) -> PreparedRun:
     """Validate everything and claim the run folder (writing its ``config.json``); nothing trains yet."""
     from reml_core.config import default_baselines, load_resolved, resolve_config
-    from reml_core.experiment import build_components, check_policy_builds
+    from reml_core.experiment import build_components, build_one, check_policy_builds
     from reml_core.folders import check_path, claim_new_folder, claim_run_to_resume
     from reml_core.pipeline import check_resumable
     from reml_core.storage import atomic_write_json
@@ -261,7 +248,10 @@ def prepare_run(
     user = dict(user or {})
     chosen = list(baselines) if baselines is not None else default_baselines(registry, user.get("plugin"), "run")
     config = resolve_config(registry, user, baselines=chosen)
-    check_policy_builds(build_components(config))  # cross-component checks, before anything is written
+    components = build_components(config)
+    check_policy_builds(components)  # cross-component checks, before anything is written
+    for name in config.baselines:  # a baseline that cannot be built for this run is refused now, too
+        build_one(config.baselines[name], components.context)
     from reml_core.cli.common import raise_if_interrupted
 
     raise_if_interrupted()
@@ -314,9 +304,9 @@ class PreparedBench:
         from reml_core.jobs import LocalExecutor, RayExecutor
 
         executor = RayExecutor(self.ray_address) if self.executor == "ray" else LocalExecutor()
-        results = run_bench(self.plan, self.registry, self.out, executor=executor, trust_checkpoint=self.trust_checkpoint,
-                            command=command, resuming=self.resuming)
-        return Results(self.out, results)
+        document = run_bench(self.plan, self.registry, self.out, executor=executor, trust_checkpoint=self.trust_checkpoint,
+                             command=command, resuming=self.resuming)
+        return Results(self.out, document)
 
 
 def prepare_bench(

@@ -20,12 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from reml_core.config import RunConfig, deep_merge, load_resolved, resolve_config
 from reml_core.errors import UserError
 from reml_core.folders import check_path
-from reml_core.evaluation import FewShotTable
 from reml_core.experiment import baseline_labels, build_components, build_one, check_policy_builds, component_facts, loss_name
 from reml_core.jobs import (
     JOB_LOG,
@@ -44,15 +41,25 @@ from reml_core.pipeline import load_reml
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.registry import PluginRegistry
 from reml_core.results import (
-    build_results,
-    cell_metrics,
-    jsonable,
-    method_labels,
+    EncoderInfo,
+    ResultsDocument,
+    aggregate_curves,
+    aggregate_tables,
+    finite_or_none,
     render_bench_report,
-    table_to_json,
+    table_of,
 )
 from reml_core.storage import atomic_write_json, atomic_write_text, read_json_file
 from reml_core.logs import log
+
+
+@dataclass(frozen=True)
+class ComponentFacts:
+    """What a report says of an encoder's components, found once while planning."""
+
+    components: dict[str, str]  # what each component says of itself (describe())
+    loss_name: str
+    privileged: bool  # the encoder sees privileged task information
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class BenchPlan:
     #: (Not the resolved config's dict: a component may treat a value it was given differently
     #: from its default, e.g. MAML's K on an image family, and a resolved dict gives every value.)
     inputs: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
+    #: Each encoder's components, as built for the first seed while planning.
+    facts: dict[str, ComponentFacts] = field(default_factory=dict)
 
     @property
     def baselines(self) -> list[str]:
@@ -80,6 +89,13 @@ class BenchPlan:
 
     def base(self, seed: int) -> RunConfig:
         return self.configs[(seed, self.encoders[0])]
+
+    @property
+    def encoder_infos(self) -> dict[str, EncoderInfo]:
+        """REML's method keys and their encoders (none when REML is not compared)."""
+        if "reml" not in self.methods:
+            return {}
+        return {self.reml_key(encoder): EncoderInfo(encoder, self.facts[encoder].privileged) for encoder in self.encoders}
 
 
 #: More seeds than anyone trains; a larger --seeds is a typo, refused at once.
@@ -112,6 +128,7 @@ def plan_bench(
     encoder_names = list(encoders) if encoders else [None]
     configs: dict[tuple[int, str], RunConfig] = {}
     inputs: dict[tuple[int, str], dict[str, Any]] = {}
+    facts: dict[str, ComponentFacts] = {}
     baselines = [m for m in methods if m != "reml"]
     for seed in range(base_seed, base_seed + seeds):
         for encoder in encoder_names:
@@ -124,8 +141,10 @@ def plan_bench(
                 build_one(config.baselines[name], components.context)
             configs[(seed, config.encoder.name)] = config
             inputs[(seed, config.encoder.name)] = data
+            facts.setdefault(config.encoder.name, ComponentFacts(
+                component_facts(components), loss_name(components.task_sampler), bool(components.encoder.privileged)))
     names = list(dict.fromkeys(encoder for _, encoder in configs))
-    plan = BenchPlan(list(methods), names, list(range(base_seed, base_seed + seeds)), configs, from_dir, inputs=inputs)
+    plan = BenchPlan(list(methods), names, list(range(base_seed, base_seed + seeds)), configs, from_dir, inputs=inputs, facts=facts)
     if from_dir is not None:
         plan.sources.update(_check_sources(plan, registry, trust_checkpoint))
     return plan
@@ -237,7 +256,7 @@ class BenchJobsFailed(UserError):
 def run_bench(
     plan: BenchPlan, registry: PluginRegistry, out: Path, *, executor: LocalExecutor | RayExecutor | None = None,
     trust_checkpoint: bool = False, command: str = "", resuming: bool = False,
-) -> dict[str, Any]:
+) -> ResultsDocument:
     """Train or load every method for every seed (one job each, on ``executor``), evaluate all on
     the same tasks, write the files. Only this process (the driver) writes into ``out``."""
     started = time.perf_counter()
@@ -245,6 +264,7 @@ def run_bench(
     jobs = bench_jobs(plan, out, trust_checkpoint=trust_checkpoint, resuming=resuming)
     per_seed_jobs = {seed: [job for job in jobs if job.seed == seed] for seed in plan.seeds}
     done: dict[tuple[int, str], JobResult] = {}
+    documents: dict[int, ResultsDocument] = {}
     failures: list[JobFailure] = []
     for count, outcome in enumerate(executor.run(jobs, out), 1):
         job = outcome.job
@@ -258,133 +278,63 @@ def run_bench(
         log(f"[{count}/{len(jobs)}] {job.label} finished in {outcome.wall_seconds:.1f} s, {summary_line(outcome)}{where}")
         seed_jobs = per_seed_jobs[job.seed]
         if all((j.seed, j.key) in done for j in seed_jobs):
-            _write_seed(plan, out, job.seed, [done[(j.seed, j.key)] for j in seed_jobs], command)
+            documents[job.seed] = _seed_document(plan, job.seed, [done[(j.seed, j.key)] for j in seed_jobs], command)
+            (out / f"seed-{job.seed}").mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / f"seed-{job.seed}" / "results.json", documents[job.seed].to_json())
     if failures:
         lines = [f"{len(failures)} of {len(jobs)} jobs failed; the {len(jobs) - len(failures)} that finished are kept in {out}:"]
         lines += [f"  {failure.job.label}: {failure.error}" for failure in failures]
         lines.append(f"rerun only what is missing with: reml-bench --resume {out}")
         raise BenchJobsFailed("\n".join(lines))
 
-    per_seed: dict[int, dict[str, Any]] = {}
-    outcomes: dict[int, dict[str, JobResult]] = {}
-    for seed, seed_jobs in per_seed_jobs.items():
-        results = [done[(seed, job.key)] for job in seed_jobs]
-        per_seed[seed] = {
-            "methods": {r.job.key: r.table for r in results},
-            "curves": {r.job.key: r.curve for r in results},
-            "evaluation_s": {f"evaluation_{r.job.key}": r.evaluation_seconds for r in results},
-        }
-        outcomes[seed] = {r.job.key: r for r in results}
-    results = _aggregate(plan, per_seed, outcomes, time.perf_counter() - started, command)
-    results["executor"] = executor.name
-    atomic_write_json(out / "results.json", results)
-    labels = method_labels(results)
-    title = f"{results['plugin']}: " + ", ".join(labels.values())
-    plot_few_shot(results["methods"], out / "few_shot.png", title, labels, results.get("loss_name", "MSE"))
-    plot_convergence(results["curves"], out / "convergence.png", title, labels, results.get("loss_name", "MSE"))
+    results = _aggregate(plan, documents, time.perf_counter() - started, command, executor.name)
+    atomic_write_json(out / "results.json", results.to_json())
+    labels = results.method_labels()
+    title = f"{results.plugin}: " + ", ".join(labels.values())
+    plot_few_shot(results.tables, out / "few_shot.png", title, labels, results.loss_name)
+    plot_convergence(results.curves, out / "convergence.png", title, labels, results.loss_name)
     atomic_write_text(out / "report.md", render_bench_report(results))
     return results
 
 
-def _write_seed(plan: BenchPlan, out: Path, seed: int, results: list[JobResult], command: str) -> None:
+def _seed_document(plan: BenchPlan, seed: int, results: list[JobResult], command: str) -> ResultsDocument:
+    """One seed's numbers, every method's: what ``seed-<s>/results.json`` holds."""
     base = plan.base(seed)
-    tables = {r.job.key: r.table for r in results}
-    curves = {r.job.key: r.curve for r in results}
-    seconds = {f"evaluation_{r.job.key}": r.evaluation_seconds for r in results}
-    methods = {r.job.key: r for r in results}
-    (out / f"seed-{seed}").mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"seed-{seed}" / "results.json",
-                      _seed_results(plan, base, tables, curves, methods, seconds, command, results[0].loss_name))
-
-
-def _encoders(plan: BenchPlan) -> dict[str, dict[str, Any]]:
-    info = {}
-    for encoder in plan.encoders:
-        config = plan.configs[(plan.seeds[0], encoder)]
-        privileged = bool(build_components(config).encoder.privileged)
-        info[plan.reml_key(encoder)] = {"name": encoder, "privileged": privileged}
-    return info
-
-
-def _seed_results(plan, base, tables, curves, methods, seconds, command, loss: str) -> dict[str, Any]:
-    encoders = _encoders(plan) if "reml" in plan.methods else {}
-    return build_results(
-        config=base.to_dict(),
-        encoder_privileged=any(e["privileged"] for e in encoders.values()),
+    facts = plan.facts[plan.encoders[0]]
+    return ResultsDocument(
+        kind="seed", plugin=base.core.plugin, policy=base.policy.name, encoder=base.encoder.name,
+        encoder_privileged=any(info.privileged for info in plan.encoder_infos.values()), seed=seed,
         test_tasks=base.core.eval.test_tasks,
-        methods=tables,
-        curves=curves,
-        timing_s={**{f"training_{k}": m.training_seconds for k, m in methods.items()}, **seconds},
-        extra={
-            "labels": baseline_labels(base),
-            "loss_name": loss,
-            "command": command,
-            "encoders": encoders,
-            "budgets": {k: m.budget for k, m in methods.items()},
-            "sources": {k: m.source for k, m in methods.items()},
-            "training": {k: m.training for k, m in methods.items() if m.training is not None},
-        },
+        tables={r.job.key: table_of(r.table) for r in results},
+        curves={r.job.key: [finite_or_none(v) for v in r.curve] for r in results},
+        timing={**{f"training_{r.job.key}": r.training_seconds for r in results},
+                **{f"evaluation_{r.job.key}": r.evaluation_seconds for r in results}},
+        config=base.to_dict(), command=command, loss_name=results[0].loss_name, labels=baseline_labels(base),
+        components=facts.components, training={r.job.key: r.training for r in results if r.training is not None},
+        encoders=dict(plan.encoder_infos), budgets={r.job.key: r.budget for r in results},
+        sources={seed: {r.job.key: r.source for r in results}},
     )
 
 
-def _aggregate(plan: BenchPlan, per_seed, outcomes, seconds: float, command: str) -> dict[str, Any]:
-    """Mean over seeds of each cell, with the spread between seeds (standard deviation of the seed means)."""
+def _aggregate(plan: BenchPlan, documents: dict[int, ResultsDocument], seconds: float, command: str, executor: str) -> ResultsDocument:
+    """Every seed's numbers and the mean over seeds of each cell, with the spread between seeds
+    (standard deviation of the seed means)."""
     base = plan.base(plan.seeds[0])
-    keys = list(per_seed[plan.seeds[0]]["methods"])
-    methods: dict[str, Any] = {}
-    for key in keys:
-        tables: list[FewShotTable] = [per_seed[s]["methods"][key] for s in plan.seeds]
-        merged: dict[str, Any] = {}
-        for shots, row in table_to_json(tables[0]).items():
-            merged[shots] = {}
-            for steps in row:
-                cells = [table_to_json(t)[shots][steps] for t in tables]
-                merged[shots][steps] = {"nan_tasks": int(sum(c["nan_tasks"] for c in cells))}
-                for measure in ["mse", *cell_metrics(cells[0])]:
-                    means = [c.get(f"{measure}_mean") for c in cells]
-                    cis = [c.get(f"{measure}_ci95") for c in cells]
-                    finite = all(m is not None for m in means)
-                    merged[shots][steps].update({
-                        f"{measure}_mean": float(np.mean(means)) if finite else None,
-                        f"{measure}_ci95": float(np.mean(cis)) if finite and all(c is not None for c in cis) else None,
-                        ("seed_spread" if measure == "mse" else f"{measure}_seed_spread"):
-                            float(np.std(means, ddof=1)) if finite and len(means) > 1 else None,
-                    })
-        methods[key] = merged
-    curves = {}
-    for key in keys:
-        stacked = [per_seed[s]["curves"][key] for s in plan.seeds if per_seed[s]["curves"].get(key)]
-        curves[key] = [float(v) for v in np.mean(np.asarray(stacked, dtype=np.float64), axis=0)] if stacked else []
+    first = documents[plan.seeds[0]]
+    keys = first.methods
     timing = {}
     for key in keys:
-        timing[f"training_{key}"] = float(sum(outcomes[s][key].training_seconds for s in plan.seeds))
-        timing[f"evaluation_{key}"] = float(sum(per_seed[s]["evaluation_s"].get(f"evaluation_{key}", 0.0) for s in plan.seeds))
+        timing[f"training_{key}"] = float(sum(documents[s].timing[f"training_{key}"] for s in plan.seeds))
+        timing[f"evaluation_{key}"] = float(sum(documents[s].timing[f"evaluation_{key}"] for s in plan.seeds))
     timing["total_this_invocation"] = seconds
-    encoders = _encoders(plan) if "reml" in plan.methods else {}
-    first = outcomes[plan.seeds[0]]
-    facts_of = build_components(base)
-    return build_results(
-        config=base.to_dict(),
-        encoder_privileged=any(e["privileged"] for e in encoders.values()),
-        test_tasks=base.core.eval.test_tasks,
-        methods={},
-        curves={k: v for k, v in curves.items()},
-        timing_s=timing,
-        extra={
-            "methods": jsonable(methods),
-            "encoder": ",".join(plan.encoders),
-            "encoders": encoders,
-            "seeds": {str(s): {"methods": {k: table_to_json(t) for k, t in per_seed[s]["methods"].items()}} for s in plan.seeds},
-            "seed_list": plan.seeds,
-            "budgets": {k: m.budget for k, m in first.items()},
-            "sources": {str(s): {k: m.source for k, m in outcomes[s].items()} for s in plan.seeds},
-            "training": {k: m.training for k, m in first.items() if m.training is not None},
-            "command": command,
-            "preset": base.core.preset,
-            "labels": baseline_labels(base),
-            "components": component_facts(facts_of),
-            "loss_name": loss_name(facts_of.task_sampler),
-        },
+    facts = plan.facts[plan.encoders[0]]
+    return ResultsDocument(
+        kind="bench", plugin=base.core.plugin, policy=base.policy.name, encoder=",".join(plan.encoders),
+        encoder_privileged=first.encoder_privileged, seed=base.seed, test_tasks=base.core.eval.test_tasks,
+        tables={key: aggregate_tables([documents[s].tables[key] for s in plan.seeds]) for key in keys},
+        curves={key: aggregate_curves([documents[s].curves[key] for s in plan.seeds]) for key in keys},
+        timing=timing, config=base.to_dict(), command=command, loss_name=facts.loss_name, labels=baseline_labels(base),
+        components=facts.components, training=first.training, encoders=dict(plan.encoder_infos), budgets=first.budgets,
+        sources={s: documents[s].sources[s] for s in plan.seeds},
+        seeds=list(plan.seeds), per_seed={s: documents[s].tables for s in plan.seeds}, preset=base.core.preset, executor=executor,
     )
-
-

@@ -174,12 +174,13 @@ def parse_config_text(text: str, fmt: str, source: str = "<config>") -> dict[str
 
 
 #: Settings renamed so that a learning rate's name says which optimiser it drives: new name -> former
-#: name, matched by key alone (``env.inner_adam_lr``, ``env.finetune_sgd_lr``, ``baselines.maml.inner_sgd_lr``,
-#: ``baselines.maml.meta_adam_lr``). The models accept either name (:func:`reml_core.settings.renamed`);
+#: name, matched by key alone (``env.inner_adam_lr``, ``env.finetune_sgd_lr``, ``eval.curve_adam_lr``,
+#: ``baselines.maml.inner_sgd_lr``, ``baselines.maml.meta_adam_lr``). The models accept either name (:func:`reml_core.settings.renamed`);
 #: here a later layer (a flag over a file) that gives a setting under one name replaces an earlier
 #: layer's value under the other. Both names in one layer stay an error, the models' own.
 RENAMED_KEYS: dict[str, str] = {
     "inner_adam_lr": "inner_lr", "finetune_sgd_lr": "finetune_lr", "inner_sgd_lr": "inner_lr", "meta_adam_lr": "meta_lr",
+    "curve_adam_lr": "curve_lr",
 }
 _OTHER_NAMES: dict[str, set[str]] = {
     name: {b for a, b in RENAMED_KEYS.items() if a == name} | {a for a, b in RENAMED_KEYS.items() if b == name}

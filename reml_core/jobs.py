@@ -38,6 +38,7 @@ from reml_core.evaluation import FewShotTable
 from reml_core.experiment import Components, build_components, build_one
 from reml_core.pipeline import evaluate_methods, load_reml, seed_everything, train_reml
 from reml_core.registry import PluginRegistry, disabled_plugins
+from reml_core.results import TrainingRecord
 from reml_core.storage import atomic_write_json, follow_umask, latest_checkpoint, read_json_file
 from reml_core.logs import log
 
@@ -81,7 +82,7 @@ class JobResult:
     training_seconds: float
     budget: str
     source: str
-    training: dict[str, Any] | None = None
+    training: TrainingRecord | None = None  # REML's; a baseline records none
     wall_seconds: float = 0.0
     artifacts: bytes = b""  # the job's folder, packed (Ray); empty when it was written in place
     loss_name: str = "MSE"

@@ -19,11 +19,7 @@ from reml_core.experiment import Components, baseline_labels, build_components, 
 from reml_core.interfaces import Baseline, MeasuresMetrics, ReportsStats
 from reml_core.methods import ReMLMethod
 from reml_core.plots import plot_convergence, plot_few_shot
-from reml_core.results import (
-    build_results,
-    method_labels,
-    render_run_report,
-)
+from reml_core.results import ResultsDocument, SelectedCheckpoint, TrainingRecord, finite_or_none, render_run_report, table_of
 from reml_core.storage import (
     atomic_write_json,
     atomic_write_text,
@@ -40,7 +36,7 @@ from reml_core.training import MetaTrainer, read_trainer_state, resume_state
 #: trained nor how checkpoints are scored. ``train.env_steps`` may only grow.
 RESUME_MAY_CHANGE = frozenset({
     "train.env_steps", "train.progress", "train.threads", "train.device", "train.checkpoint_every",
-    "eval.test_tasks", "eval.curve_steps", "eval.curve_lr", "eval.curve_tasks",
+    "eval.test_tasks", "eval.curve_steps", "eval.curve_adam_lr", "eval.curve_tasks",
 })
 
 
@@ -65,7 +61,7 @@ def evaluate_methods(
     evaluator = FewShotEvaluator(
         tasks, components.task_sampler.loss,
         shots=evaluation.shots, steps=evaluation.steps, lr=evaluation.sgd_lr,
-        curve_steps=evaluation.curve_steps, curve_lr=evaluation.curve_lr, curve_tasks=evaluation.curve_tasks,
+        curve_steps=evaluation.curve_steps, curve_lr=evaluation.curve_adam_lr, curve_tasks=evaluation.curve_tasks,
         progress=config.core.train.progress,
         metrics_fn=components.task_sampler.metrics if isinstance(components.task_sampler, MeasuresMetrics) else None,
     )
@@ -90,15 +86,13 @@ class TrainedReML:
     def method(self) -> ReMLMethod:
         return ReMLMethod(self.trainer.policy, self.trainer.eval_env)
 
-    def training_record(self) -> dict[str, Any]:
+    def training_record(self) -> TrainingRecord:
         policy = self.trainer.policy
-        return {
-            "env_steps": self.trained_steps,
-            "resumes": self.trainer.state.resumes,
-            "selected_checkpoint": self.selected,
-            "history": self.trainer.state.history,
-            "policy_stats": dict(policy.stats()) if isinstance(policy, ReportsStats) else {},
-        }
+        selected = SelectedCheckpoint(str(self.selected["name"]), int(self.selected["timesteps"]), finite_or_none(self.selected["score"]))
+        return TrainingRecord(
+            env_steps=self.trained_steps, resumes=self.trainer.state.resumes, selected_checkpoint=selected,
+            history=list(self.trainer.state.history), policy_stats=dict(policy.stats()) if isinstance(policy, ReportsStats) else {},
+        )
 
 
 def train_reml(config: RunConfig, components: Components, out: Path, *, resume: bool = False, trust_checkpoint: bool = False) -> TrainedReML:
@@ -136,7 +130,7 @@ def _select_best(trainer: MetaTrainer, out: Path) -> TrainedReML:
     return TrainedReML(trainer, trained_steps, selected)
 
 
-def run_experiment(config: RunConfig, out: Path, *, resume: bool = False, trust_checkpoint: bool = False, command: str = "") -> dict[str, Any]:
+def run_experiment(config: RunConfig, out: Path, *, resume: bool = False, trust_checkpoint: bool = False, command: str = "") -> ResultsDocument:
     """Train, select, evaluate and report one run in ``out``; raises StopRequested on Ctrl-C."""
     started = time.perf_counter()
     seed_everything(config.seed, config.core.train.threads)
@@ -156,15 +150,13 @@ def run_experiment(config: RunConfig, out: Path, *, resume: bool = False, trust_
     timing.update(evaluation_seconds)
     timing["total_this_invocation"] = time.perf_counter() - started
 
-    results = build_results(
-        config=config.to_dict(),
-        encoder_privileged=bool(components.encoder.privileged),
-        test_tasks=config.core.eval.test_tasks,
-        methods=tables,
-        curves=curves,
-        timing_s=timing,
-        extra={"command": command, "training": reml.training_record(), "labels": baseline_labels(config),
-               "components": component_facts(components), "loss_name": loss_name(components.task_sampler)},
+    results = ResultsDocument(
+        kind="run", plugin=config.core.plugin, policy=config.policy.name, encoder=config.encoder.name,
+        encoder_privileged=bool(components.encoder.privileged), seed=config.seed, test_tasks=config.core.eval.test_tasks,
+        tables={name: table_of(table) for name, table in tables.items()},
+        curves={name: [finite_or_none(v) for v in curve] for name, curve in curves.items()},
+        timing=timing, config=config.to_dict(), command=command, loss_name=loss_name(components.task_sampler),
+        labels=baseline_labels(config), components=component_facts(components), training={"reml": reml.training_record()},
     )
     write_outputs(out, results)
     return results
@@ -229,13 +221,13 @@ def check_resumable(config: RunConfig, out: Path, registry: PluginRegistry) -> N
         )
 
 
-def write_outputs(out: Path, results: dict[str, Any]) -> None:
+def write_outputs(out: Path, results: ResultsDocument) -> None:
     """results.json, report.md, few_shot.png and convergence.png, each written atomically."""
-    atomic_write_json(out / "results.json", results)
-    title = f"{results['plugin']}: {results['policy']}, encoder {results['encoder']}"
-    labels = method_labels(results)
-    plot_few_shot(results["methods"], out / "few_shot.png", title, labels, results.get("loss_name", "MSE"))
-    plot_convergence(results["curves"], out / "convergence.png", title, labels, results.get("loss_name", "MSE"))
+    atomic_write_json(out / "results.json", results.to_json())
+    title = f"{results.plugin}: {results.policy}, encoder {results.encoder}"
+    labels = results.method_labels()
+    plot_few_shot(results.tables, out / "few_shot.png", title, labels, results.loss_name)
+    plot_convergence(results.curves, out / "convergence.png", title, labels, results.loss_name)
     atomic_write_text(out / "report.md", render_run_report(results))
 
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reml_core.results import METHOD_LABELS, table_measures
+from reml_core.results import METHOD_LABELS, Table, measure_label, table_measures
 from reml_core.storage import atomic_write_with
 
 
@@ -42,7 +42,7 @@ def _pyplot() -> Any:
 
 
 def plot_few_shot(
-    methods: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]], path: Path, title: str,
+    methods: Mapping[str, Table], path: Path, title: str,
     labels: Mapping[str, str] | None = None, loss_name: str = "MSE",
 ) -> None:
     """Query loss against SGD steps, one panel per K, one line per method, 95% CI error bars; a
@@ -52,20 +52,18 @@ def plot_few_shot(
     +- the standard deviation between the seeds' means, so both kinds of uncertainty are visible.
     """
     labels = {**METHOD_LABELS, **(labels or {})}
-    shots = sorted({int(k) for table in methods.values() for k in table})
+    shots = sorted({k for table in methods.values() for k in table})
     measures = table_measures(methods)
     plt = _pyplot()
     figure, axes = plt.subplots(len(measures), len(shots), figsize=(5 * len(shots), 4 * len(measures)), squeeze=False)
     any_spread = False
     for axes_row, measure in zip(axes, measures):
-        spread_key = "seed_spread" if measure == "mse" else f"{measure}_seed_spread"
         for axis, k in zip(axes_row, shots):
             for name, table in methods.items():
-                row = table.get(str(k), {})
-                steps = sorted(int(s) for s in row)
-                cells = [row[str(s)] for s in steps]
-                points = [(i, c[f"{measure}_mean"], c.get(f"{measure}_ci95") or 0.0, c.get(spread_key))
-                          for i, c in enumerate(cells) if c.get(f"{measure}_mean") is not None]
+                row = table.get(k, {})
+                steps = sorted(row)
+                measured = [(i, *row[s].measure(measure)) for i, s in enumerate(steps)]
+                points = [(i, mean, ci or 0.0, spread) for i, mean, ci, spread in measured if mean is not None]
                 if points:
                     xs, ys, es, spreads = zip(*points)
                     line = axis.errorbar(xs, ys, yerr=es, marker="o", capsize=4, label=labels.get(name, name))
@@ -76,7 +74,7 @@ def plot_few_shot(
                 axis.set_xticks(range(len(steps)), [str(s) for s in steps])
             axis.set_title(f"K = {k}")
             axis.set_xlabel("SGD steps on the K support points")
-            axis.set_ylabel(f"query {loss_name}" if measure == "mse" else f"query {measure.replace('_', ' ')}")
+            axis.set_ylabel(measure_label(measure, loss_name))
             axis.grid(alpha=0.3)
     handles, names = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, names, loc="lower center", ncol=max(len(names), 1), frameon=False)

@@ -1,15 +1,30 @@
-"""``results.json`` (schema ``reml.results/2``, see docs/results.md) and every Markdown report made from it:
-:func:`render_run_report` (``reml-run``) and :func:`render_bench_report` (``reml-bench``)."""
+"""``results.json`` (schema ``reml.results/2``, see docs/results.md): the typed results every
+command builds, their one serialisation, and every Markdown report.
+
+- :class:`CellResult`, :data:`Table`, :class:`EncoderInfo` and :class:`ResultsDocument` are what
+  ``reml-run``, ``reml-bench`` (per seed and over seeds) and :func:`reml_core.load` hold; a
+  document is written by :meth:`ResultsDocument.to_json` and read by
+  :meth:`ResultsDocument.from_json`, nowhere else.
+- :func:`render_run_report`, :func:`render_bench_report` and :func:`render_sweep_report` make every
+  Markdown report (``report.md``, ``sweep.md``).
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import math
 import platform
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
-from reml_core.evaluation import Cell, FewShotTable
+import numpy as np
+
+from reml_core.errors import UserError
+
+if TYPE_CHECKING:  # the evaluator needs torch; reading and reporting results does not
+    from reml_core.evaluation import Cell, FewShotTable
 
 SCHEMA = "reml.results/2"
 #: ``reml.results/1`` files (the layout before this one) are still read by reports, plots and the
@@ -19,9 +34,13 @@ _V1_LABELS = {"maml": "MAML"}
 #: Display names of methods a results file does not label itself (REML's own; baselines name
 #: themselves through ``BaselineSpec.label``, recorded under ``labels``).
 METHOD_LABELS = {"reml": "REML"}
+#: The measure every cell holds: the family's query loss (named ``mse`` in the schema).
+LOSS = "mse"
 
 #: Suffixes of diagnostic and statistic names whose values are fractions, shown as percentages.
 FRACTION_SUFFIXES = ("_units", "_rate", "_fraction")
+
+Kind = Literal["run", "seed", "bench"]
 
 
 def stat_label(key: str) -> str:
@@ -40,7 +59,7 @@ def format_stat(key: str, value: Any) -> str:
     return f"{value:.3g}"
 
 
-def finite_or_none(value: float) -> float | None:
+def finite_or_none(value: float | None) -> float | None:
     """JSON has no NaN: a non-finite number is written as null (and reported as "NaN")."""
     return float(value) if value is not None and math.isfinite(value) else None
 
@@ -56,26 +75,6 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def cell_to_json(cell: Cell) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "mse_mean": finite_or_none(cell.mse_mean),
-        "mse_ci95": finite_or_none(cell.mse_ci95),
-        "nan_tasks": cell.nan_tasks,
-    }
-    for name, (mean, ci) in cell.metrics.items():
-        data[f"{name}_mean"], data[f"{name}_ci95"] = finite_or_none(mean), finite_or_none(ci)
-    return data
-
-
-def cell_metrics(cell: Mapping[str, Any]) -> list[str]:
-    """The family metrics a JSON cell holds (``accuracy`` for ``accuracy_mean``), in order."""
-    return [key[: -len("_mean")] for key in cell if key.endswith("_mean") and key != "mse_mean"]
-
-
-def table_to_json(table: FewShotTable) -> dict[str, dict[str, dict[str, Any]]]:
-    return {str(k): {str(s): cell_to_json(cell) for s, cell in row.items()} for k, row in table.items()}
-
-
 def versions() -> dict[str, str]:
     """Versions of Python and of every package that shapes the numbers."""
     found = {"python": platform.python_version()}
@@ -87,87 +86,385 @@ def versions() -> dict[str, str]:
     return found
 
 
-def build_results(
-    *,
-    config: Mapping[str, Any],
-    encoder_privileged: bool,
-    test_tasks: int,
-    methods: Mapping[str, FewShotTable],
-    curves: Mapping[str, Sequence[float]],
-    timing_s: Mapping[str, float],
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Assemble a ``reml.results/2`` document."""
-    results: dict[str, Any] = {
-        "schema": SCHEMA,
-        "plugin": config["plugin"],
-        "policy": config["policy"]["name"],
-        "encoder": config["encoder"]["name"],
-        "encoder_privileged": encoder_privileged,
-        "seed": config["seed"],
-        "test_tasks": test_tasks,
-        "methods": {name: table_to_json(table) for name, table in methods.items()},
-        "curves": {name: [finite_or_none(v) for v in curve] for name, curve in curves.items()},
-        "timing_s": {name: round(seconds, 3) for name, seconds in timing_s.items()},
-        "versions": versions(),
-        "config": dict(config),
-    }
-    results.update(jsonable(dict(extra or {})))
-    return results
+# -- the typed results -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """One (method, K, steps) cell: the query loss over the test tasks, and the family's metrics.
+
+    ``mean``/``ci95``: the loss's mean and 95% CI half-width over tasks (None where a task's
+    fine-tuning diverged: ``nan_tasks`` says how many). For a benchmark, the mean over seeds of
+    the seeds' means and of their CIs, and ``seed_spread`` the standard deviation of the seeds'
+    means (None for one seed). ``metrics`` maps e.g. ``"accuracy"`` to ``(mean, ci95)`` and
+    ``metric_spreads`` to its spread between seeds.
+    """
+
+    mean: float | None
+    ci95: float | None
+    seed_spread: float | None = None
+    nan_tasks: int = 0
+    metrics: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    metric_spreads: dict[str, float | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cell: Cell) -> CellResult:
+        """The evaluator's cell as recorded (a non-finite number becomes None)."""
+        return cls(finite_or_none(cell.mse_mean), finite_or_none(cell.mse_ci95), None, cell.nan_tasks,
+                   {name: (finite_or_none(mean), finite_or_none(ci)) for name, (mean, ci) in cell.metrics.items()})
+
+    @property
+    def measures(self) -> list[str]:
+        """``"mse"`` (the loss) and the family's metrics, in order."""
+        return [LOSS, *self.metrics]
+
+    def measure(self, name: str) -> tuple[float | None, float | None, float | None]:
+        """(mean, ci95, seed spread) of the loss (``"mse"``) or of a metric."""
+        if name == LOSS:
+            return self.mean, self.ci95, self.seed_spread
+        mean, ci = self.metrics.get(name, (None, None))
+        return mean, ci, self.metric_spreads.get(name)
+
+    def to_json(self, *, spreads: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {"mse_mean": finite_or_none(self.mean), "mse_ci95": finite_or_none(self.ci95), "nan_tasks": self.nan_tasks}
+        if spreads:
+            data["seed_spread"] = finite_or_none(self.seed_spread)
+        for name, (mean, ci) in self.metrics.items():
+            data[f"{name}_mean"], data[f"{name}_ci95"] = finite_or_none(mean), finite_or_none(ci)
+            if spreads:
+                data[f"{name}_seed_spread"] = finite_or_none(self.metric_spreads.get(name))
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CellResult:
+        metrics = [key[: -len("_mean")] for key in data if key.endswith("_mean") and key != "mse_mean"]
+        return cls(
+            _number(data.get("mse_mean")), _number(data.get("mse_ci95")), _number(data.get("seed_spread")), int(data.get("nan_tasks") or 0),
+            {name: (_number(data.get(f"{name}_mean")), _number(data.get(f"{name}_ci95"))) for name in metrics},
+            {name: _number(data[f"{name}_seed_spread"]) for name in metrics if f"{name}_seed_spread" in data},
+        )
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{value!r} is not a number")
+    return finite_or_none(float(value))
+
+
+#: One method's few-shot results: ``{K: {steps: cell}}``.
+Table = dict[int, dict[int, CellResult]]
+
+
+def table_of(table: FewShotTable) -> Table:
+    """The evaluator's table as recorded."""
+    return {int(k): {int(s): CellResult.of(cell) for s, cell in row.items()} for k, row in table.items()}
+
+
+def table_to_json(table: Table | FewShotTable, *, spreads: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{"K": {"steps": cell}}``, the layout of ``results.json``'s ``methods``."""
+    return {str(k): {str(s): (cell if isinstance(cell, CellResult) else CellResult.of(cell)).to_json(spreads=spreads)
+                     for s, cell in row.items()} for k, row in table.items()}
+
+
+def table_from_json(data: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Table:
+    return {int(k): {int(s): CellResult.from_json(cell) for s, cell in row.items()} for k, row in data.items()}
+
+
+def cell_to_json(cell: Cell) -> dict[str, Any]:
+    """An evaluator's cell in the layout of ``results.json``."""
+    return CellResult.of(cell).to_json()
+
+
+def aggregate_cells(cells: Sequence[CellResult]) -> CellResult:
+    """One cell over seeds: the mean of the seeds' means and CIs, and the standard deviation of the
+    means (None for one seed); a measure any seed could not measure (NaN) stays None."""
+
+    def over(measure: str) -> tuple[float | None, float | None, float | None]:
+        means = [cell.measure(measure)[0] for cell in cells]
+        cis = [cell.measure(measure)[1] for cell in cells]
+        if any(mean is None for mean in means):
+            return None, None, None
+        ci = float(np.mean(cis)) if all(c is not None for c in cis) else None
+        spread = float(np.std(means, ddof=1)) if len(means) > 1 else None
+        return float(np.mean(means)), ci, spread
+
+    mean, ci, spread = over(LOSS)
+    metrics, spreads = {}, {}
+    for name in cells[0].metrics:
+        metric_mean, metric_ci, metrics_spread = over(name)
+        metrics[name], spreads[name] = (metric_mean, metric_ci), metrics_spread
+    return CellResult(mean, ci, spread, sum(cell.nan_tasks for cell in cells), metrics, spreads)
+
+
+def aggregate_tables(tables: Sequence[Table]) -> Table:
+    """Cell by cell over seeds (the tables have the same K and steps: the same protocol)."""
+    return {k: {s: aggregate_cells([table[k][s] for table in tables]) for s in row} for k, row in tables[0].items()}
+
+
+def aggregate_curves(curves: Sequence[Sequence[float | None]]) -> list[float | None]:
+    """The mean curve over seeds that have one (a step that diverged in any seed is None)."""
+    stacked = [[math.nan if v is None else v for v in curve] for curve in curves if curve]
+    if not stacked:
+        return []
+    return [finite_or_none(float(v)) for v in np.mean(np.asarray(stacked, dtype=np.float64), axis=0)]
+
+
+@dataclass(frozen=True)
+class SelectedCheckpoint:
+    """The checkpoint a run evaluated: the best on validation tasks (``final`` when none scored)."""
+
+    name: str
+    timesteps: int
+    score: float | None  # its validation score (mean query loss on validation tasks); None when none was finite
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """REML's meta-training as a results file records it.
+
+    ``history`` holds one record per checkpoint: ``timesteps``, the ``validation/...`` numbers and
+    whatever ``pool/<name>`` numbers the pool's ``diagnostics`` returned. ``policy_stats`` holds the
+    numbers the policy backend reports about itself through ``stats()``.
+    """
+
+    env_steps: int
+    resumes: int = 0
+    selected_checkpoint: SelectedCheckpoint | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    policy_stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        selected = self.selected_checkpoint
+        return jsonable({
+            "env_steps": self.env_steps, "resumes": self.resumes,
+            "selected_checkpoint": None if selected is None else {"name": selected.name, "timesteps": selected.timesteps, "score": selected.score},
+            "history": [dict(record) for record in self.history], "policy_stats": dict(self.policy_stats),
+        })
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TrainingRecord:
+        selected = data.get("selected_checkpoint")
+        stats = dict(data.get("policy_stats") or {})
+        if "invalid_argmax_rate" in data and not stats:  # reml.results/1 kept it beside the other numbers
+            stats["invalid_argmax_rate"] = data["invalid_argmax_rate"]
+        return cls(
+            int(data["env_steps"]), int(data.get("resumes") or 0),
+            None if not selected else SelectedCheckpoint(str(selected["name"]), int(selected["timesteps"]), _number(selected.get("score"))),
+            [dict(record) for record in data.get("history") or []], stats,
+        )
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """A REML method's state encoder, and whether it sees privileged task information."""
+
+    name: str
+    privileged: bool
+
+
+@dataclass
+class ResultsDocument:
+    """A ``results.json``: a run's (``kind="run"``), one seed of a benchmark's (``"seed"``, in
+    ``seed-<s>/``) or a benchmark's over its seeds (``"bench"``).
+
+    Method keys are ``"reml"`` (``"reml:<encoder>"`` when a benchmark trains REML with several
+    encoders) and baseline names. ``training`` holds each REML method's training record (of the
+    first seed, for a benchmark); ``sources`` where each method came from, per seed; ``per_seed`` a
+    benchmark's tables per seed.
+    """
+
+    kind: Kind
+    plugin: str
+    policy: str
+    encoder: str
+    encoder_privileged: bool
+    seed: int
+    test_tasks: int
+    tables: dict[str, Table]
+    curves: dict[str, list[float | None]]
+    timing: dict[str, float]
+    config: dict[str, Any]
+    versions: dict[str, str] = field(default_factory=versions)
+    command: str = ""
+    loss_name: str = "MSE"
+    labels: dict[str, str] | None = None  # the baselines' display names (None: a reml.results/1 file)
+    components: dict[str, str] = field(default_factory=dict)
+    training: dict[str, TrainingRecord] = field(default_factory=dict)
+    encoders: dict[str, EncoderInfo] = field(default_factory=dict)
+    budgets: dict[str, str] = field(default_factory=dict)
+    sources: dict[int, dict[str, str]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    per_seed: dict[int, dict[str, Table]] = field(default_factory=dict)
+    preset: str | None = None
+    executor: str | None = None
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.tables)
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds the numbers come from."""
+        return self.seeds or [self.seed]
+
+    @property
+    def reml_training(self) -> TrainingRecord | None:
+        """A run's REML training record (None when none was recorded)."""
+        return self.training.get("reml")
+
+    def method_labels(self) -> dict[str, str]:
+        """Display names of the methods; REML's say which encoder, and whether it is privileged."""
+        encoders = self.encoders or {"reml": EncoderInfo(self.encoder, self.encoder_privileged)}
+        reml = {key: reml_label(info.name, info.privileged) for key, info in encoders.items()}
+        named = {**METHOD_LABELS, **(self.labels if self.labels is not None else _V1_LABELS)}
+        return {key: reml.get(key, named.get(key, key)) for key in self.tables}
+
+    def labelled(self, by_method: Mapping[str, Any]) -> dict[str, Any]:
+        """``by_method`` keyed by display name instead."""
+        labels = self.method_labels()
+        return {labels.get(key, key): value for key, value in by_method.items()}
+
+    # -- the one serialisation ------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        """This document in the layout of ``reml.results/2`` (non-finite numbers as null)."""
+        bench = self.kind == "bench"
+        data: dict[str, Any] = {
+            "schema": SCHEMA, "plugin": self.plugin, "policy": self.policy, "encoder": self.encoder,
+            "encoder_privileged": self.encoder_privileged, "seed": self.seed, "test_tasks": self.test_tasks,
+            "methods": {key: table_to_json(table, spreads=bench) for key, table in self.tables.items()},
+            "curves": {key: [finite_or_none(v) for v in curve] for key, curve in self.curves.items()},
+            "timing_s": {name: round(seconds, 3) for name, seconds in self.timing.items()},
+            "versions": dict(self.versions), "config": dict(self.config), "command": self.command,
+            "loss_name": self.loss_name, "components": dict(self.components),
+        }
+        if self.labels is not None:
+            data["labels"] = dict(self.labels)
+        if self.kind == "run":
+            data["training"] = self.reml_training.to_json() if self.reml_training is not None else {}
+            return data
+        data["training"] = {key: record.to_json() for key, record in self.training.items()}
+        data["encoders"] = {key: {"name": info.name, "privileged": info.privileged} for key, info in self.encoders.items()}
+        data["budgets"] = dict(self.budgets)
+        if not bench:
+            data["sources"] = dict(self.sources.get(self.seed, {}))
+            return data
+        data["sources"] = {str(seed): dict(found) for seed, found in self.sources.items()}
+        data["seeds"] = {str(seed): {"methods": {key: table_to_json(table) for key, table in tables.items()}}
+                         for seed, tables in self.per_seed.items()}
+        data["seed_list"] = list(self.seeds)
+        data["preset"] = self.preset
+        data["executor"] = self.executor
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = "results.json") -> ResultsDocument:
+        """Read a ``reml.results/2`` (or ``/1``) document; a damaged one is a :class:`UserError` naming ``where``."""
+        try:
+            return cls._read(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            problem = f"no {error.args[0]!r}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
+            raise UserError(f"{where} is not a REML results file ({problem})") from None
+
+    @classmethod
+    def _read(cls, data: Mapping[str, Any]) -> ResultsDocument:
+        if not isinstance(data, Mapping):
+            raise TypeError("not a JSON object")
+        kind: Kind = "bench" if "seed_list" in data else "seed" if "budgets" in data else "run"
+        config = dict(data["config"])  # with "methods", what every results file holds; the rest has defaults
+        tables = {str(key): table_from_json(table) for key, table in data["methods"].items()}
+        seed = int(data.get("seed", config.get("seed", 0)))
+        training = data.get("training") or {}
+        if kind == "run":
+            training = {"reml": dict(training)} if training else {}
+        sources = data.get("sources") or {}
+        if kind == "seed":
+            sources = {seed: dict(sources)}
+        else:
+            sources = {int(s): dict(found) for s, found in sources.items()}
+        return cls(
+            kind=kind, plugin=str(data.get("plugin", config.get("plugin", ""))), policy=str(data.get("policy", "")),
+            encoder=str(data.get("encoder", "")), encoder_privileged=bool(data.get("encoder_privileged")), seed=seed,
+            test_tasks=int(data.get("test_tasks", 0)), tables=tables,
+            curves={str(key): [_number(v) for v in curve] for key, curve in (data.get("curves") or {}).items()},
+            timing={str(key): float(value) for key, value in (data.get("timing_s") or {}).items()},
+            config=config, versions=dict(data.get("versions") or {}), command=str(data.get("command") or ""),
+            loss_name=str(data.get("loss_name") or "MSE"),
+            labels=dict(data["labels"]) if isinstance(data.get("labels"), Mapping) else None,
+            components=dict(data.get("components") or {}),
+            training={str(key): TrainingRecord.from_json(record) for key, record in training.items()},
+            encoders={str(key): EncoderInfo(str(info["name"]), bool(info["privileged"])) for key, info in (data.get("encoders") or {}).items()},
+            budgets={str(key): str(value) for key, value in (data.get("budgets") or {}).items()},
+            sources=sources,
+            seeds=[int(s) for s in data.get("seed_list") or []],
+            per_seed={int(s): {str(key): table_from_json(table) for key, table in held["methods"].items()}
+                      for s, held in (data.get("seeds") or {}).items()},
+            preset=data.get("preset"), executor=data.get("executor"),
+        )
+
+
+def read_results(path: Any) -> ResultsDocument:
+    """The ``results.json`` at ``path``, typed; a missing or damaged file is a :class:`UserError`."""
+    from reml_core.storage import read_json_file
+
+    return ResultsDocument.from_json(read_json_file(path, "a REML results file (a JSON object)", error=UserError), str(path))
 
 
 # -- Markdown ----------------------------------------------------------------------------------
 
 
-def _spread_key(measure: str) -> str:
-    return "seed_spread" if measure == "mse" else f"{measure}_seed_spread"
-
-
-def _format_cell(cell: Mapping[str, Any], best: bool, measure: str = "mse") -> str:
-    mean, ci = cell.get(f"{measure}_mean"), cell.get(f"{measure}_ci95")
+def _format_cell(cell: CellResult, best: bool, measure: str = LOSS) -> str:
+    mean, ci, spread = cell.measure(measure)
     if mean is None:
-        text = f"NaN ({cell.get('nan_tasks', '?')} tasks diverged)"
+        text = f"NaN ({cell.nan_tasks} tasks diverged)"
     else:
         text = f"{mean:.3f} ± {ci:.3f}" if ci is not None else f"{mean:.3f}"
-        if cell.get(_spread_key(measure)) is not None:
-            text += f" (seeds ±{cell[_spread_key(measure)]:.3f})"
+        if spread is not None:
+            text += f" (seeds ±{spread:.3f})"
     return f"**{text}**" if best else text
 
 
-def table_measures(methods: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]]) -> list[str]:
+def table_measures(tables: Mapping[str, Table]) -> list[str]:
     """``mse`` (the loss) and every family metric the cells hold, in order of first appearance."""
-    found = ["mse"]
-    for table in methods.values():
+    found = [LOSS]
+    for table in tables.values():
         for row in table.values():
             for cell in row.values():
-                found += [name for name in cell_metrics(cell) if name not in found]
+                found += [name for name in cell.metrics if name not in found]
     return found
 
 
-def few_shot_tables(methods: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]], loss_name: str = "MSE") -> str:
-    """Markdown tables per K (rows: methods, columns: SGD steps), first of the query loss (lowest
-    bold), then of each family metric such as accuracy (highest bold)."""
-    shots = sorted({int(k) for table in methods.values() for k in table})
+def measure_label(measure: str, loss_name: str = "MSE") -> str:
+    """``query MSE``, ``query accuracy``: how tables and figures name a measure."""
+    return f"query {loss_name}" if measure == LOSS else f"query {measure.replace('_', ' ')}"
+
+
+def few_shot_tables(tables: Mapping[str, Table], loss_name: str = "MSE") -> str:
+    """Markdown tables per K (rows: methods, by the names ``tables`` is keyed by; columns: SGD
+    steps), first of the query loss (lowest bold), then of each family metric such as accuracy
+    (highest bold)."""
+    shots = sorted({k for table in tables.values() for k in table})
     lines: list[str] = []
-    for measure in table_measures(methods):
-        label = f"query {loss_name}" if measure == "mse" else f"query {measure.replace('_', ' ')}"
-        pick = min if measure == "mse" else max
+    for measure in table_measures(tables):
+        pick = min if measure == LOSS else max
         for k in shots:
-            steps = sorted({int(s) for table in methods.values() for s in table.get(str(k), {})})
-            lines += [f"**K = {k}** ({label}, mean ± 95% CI over test tasks)", ""]
+            steps = sorted({s for table in tables.values() for s in table.get(k, {})})
+            lines += [f"**K = {k}** ({measure_label(measure, loss_name)}, mean ± 95% CI over test tasks)", ""]
             lines.append("| method | " + " | ".join(f"{s} step{'s' if s != 1 else ''}" for s in steps) + " |")
             lines.append("|---|" + "---:|" * len(steps))
             best = {}
             for s in steps:
-                means = [t[str(k)][str(s)].get(f"{measure}_mean") for t in methods.values() if str(s) in t.get(str(k), {})]
+                means = [table[k][s].measure(measure)[0] for table in tables.values() if s in table.get(k, {})]
                 means = [m for m in means if m is not None]
                 best[s] = pick(means) if means else None
-            for name, table in methods.items():
-                row = table.get(str(k), {})
+            for name, table in tables.items():
+                row = table.get(k, {})
                 cells = []
                 for s in steps:
-                    cell = row.get(str(s))
-                    mean = cell.get(f"{measure}_mean") if cell else None
+                    cell = row.get(s)
+                    mean = cell.measure(measure)[0] if cell else None
                     cells.append(_format_cell(cell, mean is not None and mean == best[s], measure) if cell else "-")
                 lines.append(f"| {METHOD_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
             lines.append("")
@@ -191,49 +488,38 @@ def reml_label(encoder: str, privileged: bool) -> str:
     return f"REML ({encoder}, privileged)" if privileged else f"REML ({encoder})"
 
 
-def method_labels(results: Mapping[str, Any]) -> dict[str, str]:
-    """Display names of a run's or benchmark's methods; REML's say which encoder, and whether it is privileged."""
-    encoders = results.get("encoders") or {"reml": {"name": results["encoder"], "privileged": bool(results.get("encoder_privileged"))}}
-    labels = {key: reml_label(info["name"], bool(info["privileged"])) for key, info in encoders.items()}
-    named = {**METHOD_LABELS, **(results["labels"] if "labels" in results else _V1_LABELS)}
-    return {key: labels.get(key, named.get(key, key)) for key in results["methods"]}
-
-
-def labelled(results: Mapping[str, Any], table: Mapping[str, Any]) -> dict[str, Any]:
-    """``table`` (keyed by method) keyed by display name instead."""
-    labels = method_labels(results)
-    return {labels.get(key, key): value for key, value in table.items()}
-
-
-def component_lines(results: Mapping[str, Any]) -> list[str]:
+def component_lines(results: ResultsDocument) -> list[str]:
     """The facts the run's components stated about themselves (``describe()``), as report lines."""
-    facts = results.get("components") or {}
-    if not facts:
+    if not results.components:
         return []
-    return ["## Components", "", *[f"- {section}: {text}" for section, text in facts.items()], ""]
+    return ["## Components", "", *[f"- {section}: {text}" for section, text in results.components.items()], ""]
 
 
-def encoder_note(results: Mapping[str, Any]) -> str:
-    if results.get("encoder_privileged"):
-        return (f"State encoder: `{results['encoder']}`, which hands the policy privileged task information "
+def encoder_note(results: ResultsDocument) -> str:
+    if results.encoder_privileged:
+        return (f"State encoder: `{results.encoder}`, which hands the policy privileged task information "
                 "(the task's true parameters). No baseline sees it: this is not a fair comparison.")
-    return f"State encoder: `{results['encoder']}`, which sees only the K support points (no privileged information)."
+    return f"State encoder: `{results.encoder}`, which sees only the K support points (no privileged information)."
+
+
+def _versions_lines(found: Mapping[str, str]) -> list[str]:
+    return ["## Versions", "", ", ".join(f"{k} {v}" for k, v in found.items()), ""]
 
 
 # -- the reports -------------------------------------------------------------------------------
 
 
-def render_run_report(results: Mapping[str, Any]) -> str:
-    config = results["config"]
-    training = results.get("training", {})
-    timing = results["timing_s"]
+def render_run_report(results: ResultsDocument) -> str:
+    """``report.md`` of a ``reml-run``."""
+    config = results.config
+    training = results.reml_training or TrainingRecord(env_steps=0)
     evaluation = config["eval"]
+    selected = training.selected_checkpoint
     lines = [
-        f"# REML run: {results['plugin']}, {results['policy']}, encoder {results['encoder']}",
+        f"# REML run: {results.plugin}, {results.policy}, encoder {results.encoder}",
         "",
-        f"Command: `{results.get('command') or 'reml-run'}`  ",
-        f"Seed {results['seed']}, preset `{config['preset']}`, {results['test_tasks']} held-out test tasks. "
-        + encoder_note(results),
+        f"Command: `{results.command or 'reml-run'}`  ",
+        f"Seed {results.seed}, preset `{config['preset']}`, {results.test_tasks} held-out test tasks. " + encoder_note(results),
         "",
         *component_lines(results),
         "## Few-shot learning (Finn et al. 2017 protocol)",
@@ -242,27 +528,27 @@ def render_run_report(results: Mapping[str, Any]) -> str:
         f"(lr {evaluation['sgd_lr']}) on the same K support points, and the error is measured on "
         f"the task's separate query points. REML's network comes from "
         f"a deterministic rollout of the policy over the trained pool (checkpoint "
-        f"`{training.get('selected_checkpoint', {}).get('name', '?')}`, chosen on validation tasks).",
+        f"`{selected.name if selected else 'none recorded'}`, chosen on validation tasks).",
         "",
-        few_shot_tables(labelled(results, results["methods"]), results.get("loss_name", "MSE")),
+        few_shot_tables(results.labelled(results.tables), results.loss_name),
         "![few-shot](few_shot.png)",
         "",
-        f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {evaluation['curve_lr']}, on each task's training data)",
+        f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {_curve_lr(evaluation)}, on each task's training data)",
         "",
         f"Mean query loss over {evaluation['curve_tasks']} test tasks after n steps:",
         "",
-        curve_table(labelled(results, results["curves"])),
+        curve_table(results.labelled(results.curves)),
         "![convergence](convergence.png)",
         "",
         "## Training",
         "",
-        f"{training.get('env_steps', '?')} env steps with `{results['policy']}`, reward `{config['reward']['name']}`, "
-        f"pool `{config['pool']['name']}`; resumed {training.get('resumes', 0)} time(s)."
-        + (" The policy backend reports: " + ", ".join(f"{stat_label(key)} {format_stat(key, value)}" for key, value in training["policy_stats"].items()) + "."
-           if training.get("policy_stats") else ""),
+        f"{training.env_steps} env steps with `{results.policy}`, reward `{config['reward']['name']}`, "
+        f"pool `{config['pool']['name']}`; resumed {training.resumes} time(s)."
+        + (" The policy backend reports: " + ", ".join(f"{stat_label(key)} {format_stat(key, value)}" for key, value in training.policy_stats.items()) + "."
+           if training.policy_stats else ""),
         "",
     ]
-    history = training.get("history", [])
+    history = training.history
     if history:
         longest = max(evaluation["steps"])
         # every number the pool reported about itself (pool/...), in the order it first appeared
@@ -275,57 +561,117 @@ def render_run_report(results: Mapping[str, Any]) -> str:
         for record in history:
             cells = [format_stat(key, record[key]) if key in record else "" for key in pool_keys]
             lines.append(
-                f"| {record['timesteps']} | {_number(record.get('validation/score'))} | {_number(record.get('validation/finetune_gain'))} | "
+                f"| {record['timesteps']} | {_validation(record.get('validation/score'))} | {_validation(record.get('validation/finetune_gain'))} | "
                 + " | ".join(cells) + " |"
             )
         lines.append("")
     lines += ["## Wall time (seconds)", "", "| phase | seconds |", "|---|---:|"]
-    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in timing.items()]
-    lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in results["versions"].items()), ""]
+    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in results.timing.items()]
+    lines += ["", *_versions_lines(results.versions)]
     lines += ["The fully resolved configuration is in `config.json`; machine-readable results in `results.json`.", ""]
     return "\n".join(lines)
 
 
-def _number(value: float | None) -> str:
+def _curve_lr(evaluation: Mapping[str, Any]) -> Any:
+    """The convergence curve's Adam rate, under its name or (in files written before the rename) its former one."""
+    return evaluation.get("curve_adam_lr", evaluation.get("curve_lr"))
+
+
+def _validation(value: float | None) -> str:
     """A validation number for the report; NaN (a diverged fine-tuning) is shown, not hidden."""
     return "NaN" if value is None or value != value else f"{value:.3f}"
 
 
-def render_bench_report(results: Mapping[str, Any]) -> str:
-    config = results["config"]
-    evaluation = config["eval"]
-    seeds = results.get("seed_list", [results["seed"]])
-    labels = method_labels(results)
-    renamed = labelled(results, results["methods"])
+def render_bench_report(results: ResultsDocument) -> str:
+    """``report.md`` of a ``reml-bench``."""
+    evaluation = results.config["eval"]
+    seeds = results.seed_list
+    labels = results.method_labels()
     lines = [
-        f"# REML benchmark: {results['plugin']}",
+        f"# REML benchmark: {results.plugin}",
         "",
-        f"Command: `{results.get('command') or 'reml-bench'}`  ",
-        f"Preset `{results.get('preset', config['preset'])}`; seeds {', '.join(map(str, seeds))}; "
-        f"{results['test_tasks']} held-out test tasks, the same tasks, support points and query points for every method. "
+        f"Command: `{results.command or 'reml-bench'}`  ",
+        f"Preset `{results.preset or results.config['preset']}`; seeds {', '.join(map(str, seeds))}; "
+        f"{results.test_tasks} held-out test tasks, the same tasks, support points and query points for every method. "
         f"Every method's starting network is fine-tuned with plain SGD (lr {evaluation['sgd_lr']}) on the K support points "
         "and measured on the task's separate query points.",
         "",
         *component_lines(results),
     ]
-    for key, info in results.get("encoders", {}).items():
+    for key, info in results.encoders.items():
         note = ("sees the true task parameters (privileged information no baseline gets)"
-                if info["privileged"] else "sees only the K support points, as the baselines do")
-        lines.append(f"- {labels[key]}: state encoder `{info['name']}`, which {note}.")
+                if info.privileged else "sees only the K support points, as the baselines do")
+        lines.append(f"- {labels[key]}: state encoder `{info.name}`, which {note}.")
     lines += ["", "## Few-shot learning", ""]
     if len(seeds) > 1:
         lines += [f"Cells: mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
                   "\"seeds ±\" is the standard deviation between the seeds' means.", ""]
-    lines += [few_shot_tables(renamed, results.get("loss_name", "MSE")), "![few-shot](few_shot.png)", ""]
-    curves = labelled(results, results["curves"])
-    lines += [f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {evaluation['curve_lr']}, on each task's training data)", "",
-              curve_table(curves), "![convergence](convergence.png)", ""]
+    lines += [few_shot_tables(results.labelled(results.tables), results.loss_name), "![few-shot](few_shot.png)", ""]
+    lines += [f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {_curve_lr(evaluation)}, on each task's training data)", "",
+              curve_table(results.labelled(results.curves)), "![convergence](convergence.png)", ""]
     lines += ["## Budgets and training time", "", "| method | budget | training wall time (s, all seeds) | source (first seed) |", "|---|---|---:|---|"]
-    sources = results.get("sources", {}).get(str(seeds[0]), {})
-    for key in results["methods"]:
-        label = labels[key]
-        seconds = results["timing_s"].get(f"training_{key}")
-        lines.append(f"| {label} | {results.get('budgets', {}).get(key, '')} | {'-' if seconds is None else f'{seconds:.1f}'} | {sources.get(key, '')} |")
-    lines += ["", f"Total wall time of this invocation: {results['timing_s']['total_this_invocation']:.0f} s.", ""]
-    lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in results["versions"].items()), ""]
+    sources = results.sources.get(seeds[0], {})
+    for key in results.tables:
+        seconds = results.timing.get(f"training_{key}")
+        lines.append(f"| {labels[key]} | {results.budgets.get(key, '')} | {'-' if seconds is None else f'{seconds:.1f}'} | {sources.get(key, '')} |")
+    total = results.timing.get("total_this_invocation")
+    if total is not None:
+        lines += ["", f"Total wall time of this invocation: {total:.0f} s."]
+    lines += ["", *_versions_lines(results.versions)]
+    return "\n".join(lines)
+
+
+def describe_values(values: Mapping[str, Any]) -> str:
+    """``env.depth=4, env.inner_steps=30``: a sweep configuration for people."""
+    return ", ".join(f"{key}={show_value(value)}" for key, value in values.items())
+
+
+def show_value(value: Any) -> str:
+    """A swept value for people: floats to 4 significant digits, lists and tables as JSON."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _score(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def render_sweep_report(document: Mapping[str, Any]) -> str:
+    """``sweep.md`` of a ``reml-sweep`` (its ``sweep.json`` document): one row per configuration,
+    best first marked, then the trials' folders."""
+    keys = list(dict.fromkeys(key for c in document["configurations"] for key in c["values"]))
+    rows = sorted(document["configurations"], key=lambda c: (c["mean"] is None, c["mean"] if c["mean"] is not None else 0.0))
+    lines = [
+        f"# REML sweep: {document.get('plugin')}",
+        "",
+        f"Command: `{document.get('command') or 'reml-sweep'}`  ",
+        f"{len(document['configurations'])} configurations x {len(document['seeds'])} seed(s) "
+        f"({', '.join(str(s) for s in document['seeds'])}) = {len(document['trials'])} trials; status: {document['status']}.",
+        "",
+        "Objective: the validation score (mean query loss on the validation tasks after fine-tuning; lower is better) "
+        "of the checkpoint each trial's trainer selected. Test tasks are not used. Spread: standard deviation "
+        "between seeds, and the lowest and highest seed.",
+        "",
+        "| | configuration | " + " | ".join(f"`{k}`" for k in keys) + " | mean validation score | std | min – max | seeds | mean time (s) |",
+        "|---|---|" + "---:|" * len(keys) + "---:|---:|---:|---:|---:|",
+    ]
+    for c in rows:
+        spread = f"{_score(c['min'])} – {_score(c['max'])}" if c["min"] is not None else "—"
+        seconds = f"{c['mean_seconds']:.1f}" if c["mean_seconds"] is not None else "—"
+        lines.append(
+            f"| {'**best**' if c['best'] else ''} | {c['id']} | " + " | ".join(show_value(c["values"].get(k, "")) for k in keys)
+            + f" | {_score(c['mean'])} | {_score(c['std'])} | {spread} | {c['seeds_scored']}/{c['seeds']} | {seconds} |"
+        )
+    lines += ["", "![sweep](sweep.png)", ""]
+    best = document.get("best")
+    if best:
+        lines += [f"Best: `{best['configuration']}` ({describe_values(best['values'])}); its complete config is `best.toml` "
+                  "(`reml-run --config best.toml`).", ""]
+    lines += ["## Trials", "", "| trial | seed | validation score | status | time (s) | run folder |", "|---|---:|---:|---|---:|---|"]
+    for t in document["trials"]:
+        lines.append(f"| {t['id']} | {t['seed']} | {_score(t['score'])} | {t['status']} | {t['seconds']:.1f} | `{t['folder']}` |")
+    lines += ["", *_versions_lines(document["versions"])]
     return "\n".join(lines)

@@ -177,7 +177,10 @@ class EvalConfig(StrictModel):
     steps: list[int] = Field([0, 1, 10], min_length=1, description="SGD fine-tuning steps reported")
     sgd_lr: float = Field(0.01, gt=0, description="plain SGD learning rate of the fine-tuning")
     curve_steps: int = Field(100, ge=0, le=MAX_ITERATIONS, description="Adam steps of the convergence curve (0: no curve)")
-    curve_lr: float = Field(0.005, gt=0, description="Adam learning rate of the convergence curve")
+    curve_adam_lr: float = Field(
+        0.005, gt=0, validation_alias=renamed("curve_adam_lr", "curve_lr"),
+        description="Adam learning rate of the convergence curve (formerly curve_lr, still accepted)",
+    )
     curve_tasks: int = Field(100, gt=0, le=MAX_TASKS, description="test tasks averaged in the convergence curve")
 
     @field_validator("shots", "steps")
@@ -188,6 +191,11 @@ class EvalConfig(StrictModel):
         if info.field_name == "steps" and any(v > MAX_ITERATIONS for v in value):
             raise ValueError(f"fine-tuning steps must be at most {MAX_ITERATIONS}")
         return _distinct_sorted(value)
+
+    @property
+    def curve_lr(self) -> float:
+        """Deprecated: the former name of :attr:`curve_adam_lr`."""
+        return self.curve_adam_lr
 
 
 class ExperimentConfig(StrictModel):

@@ -56,6 +56,9 @@ import yaml
 from reml_core.errors import UserError
 from reml_core.folders import LOCK, MARKER, check_path, lock_folder
 from reml_core.logs import log
+from reml_core.results import describe_values as describe
+from reml_core.results import read_results, render_sweep_report
+from reml_core.results import show_value as show
 from reml_core.storage import atomic_write_json, atomic_write_text, read_json_file
 
 SCHEMA = "reml.sweep/1"
@@ -317,19 +320,6 @@ def nested(key: str, value: Any) -> dict[str, Any]:
         cursor = cursor.setdefault(part, {})
     cursor[parts[-1]] = value
     return result
-
-
-def describe(values: Mapping[str, Any]) -> str:
-    """``env.inner_lr=0.001, env.depth=4``: a configuration for people."""
-    return ", ".join(f"{key}={show(value)}" for key, value in values.items())
-
-
-def show(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
 
 
 # -- TOML ----------------------------------------------------------------------------------------
@@ -680,13 +670,11 @@ def trial_objective(folder: Path) -> dict[str, Any]:
 
     ``score`` is None when no validation was finite (every checkpoint diverged).
     """
-    results = read_json_file(folder / "results.json", "a run's results", error=UserError)
-    training = results.get("training") or {}
-    selected = training.get("selected_checkpoint") or {}
-    score = selected.get("score")
-    score = float(score) if isinstance(score, (int, float)) and math.isfinite(score) else None
-    return {"score": score, "checkpoint": selected.get("name"), "timesteps": selected.get("timesteps"),
-            "env_steps": training.get("env_steps")}
+    training = read_results(folder / "results.json").reml_training
+    selected = training.selected_checkpoint if training is not None else None
+    if selected is None:
+        return {"score": None, "checkpoint": None, "timesteps": None, "env_steps": training.env_steps if training is not None else None}
+    return {"score": selected.score, "checkpoint": selected.name, "timesteps": selected.timesteps, "env_steps": training.env_steps}
 
 
 def _read_record(path: Path) -> dict[str, Any]:
@@ -1031,50 +1019,9 @@ def write_outputs(out: Path, plan: SweepPlan, registry: Any, *, command: str, st
         _check_round_trip(registry, text, best["config"], f"best configuration {describe(best['values'])}")
         atomic_write_text(out / "best.toml", text)
     atomic_write_json(out / "sweep.json", document)
-    atomic_write_text(out / "sweep.md", render_table(document))
+    atomic_write_text(out / "sweep.md", render_sweep_report(document))
     plot_sweep(document, out / "sweep.png")
     return document
-
-
-def _score(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"
-
-
-def render_table(document: Mapping[str, Any]) -> str:
-    """sweep.md: one row per configuration, best first marked, then the trials' folders."""
-    keys = list(dict.fromkeys(key for c in document["configurations"] for key in c["values"]))
-    rows = sorted(document["configurations"], key=lambda c: (c["mean"] is None, c["mean"] if c["mean"] is not None else 0.0))
-    lines = [
-        f"# REML sweep: {document.get('plugin')}",
-        "",
-        f"Command: `{document.get('command') or 'reml-sweep'}`  ",
-        f"{len(document['configurations'])} configurations x {len(document['seeds'])} seed(s) "
-        f"({', '.join(str(s) for s in document['seeds'])}) = {len(document['trials'])} trials; status: {document['status']}.",
-        "",
-        "Objective: the validation score (mean query loss on the validation tasks after fine-tuning; lower is better) "
-        "of the checkpoint each trial's trainer selected. Test tasks are not used. Spread: standard deviation "
-        "between seeds, and the lowest and highest seed.",
-        "",
-        "| | configuration | " + " | ".join(f"`{k}`" for k in keys) + " | mean validation score | std | min – max | seeds | mean time (s) |",
-        "|---|---|" + "---:|" * len(keys) + "---:|---:|---:|---:|---:|",
-    ]
-    for c in rows:
-        spread = f"{_score(c['min'])} – {_score(c['max'])}" if c["min"] is not None else "—"
-        seconds = f"{c['mean_seconds']:.1f}" if c["mean_seconds"] is not None else "—"
-        lines.append(
-            f"| {'**best**' if c['best'] else ''} | {c['id']} | " + " | ".join(show(c["values"].get(k, "")) for k in keys)
-            + f" | {_score(c['mean'])} | {_score(c['std'])} | {spread} | {c['seeds_scored']}/{c['seeds']} | {seconds} |"
-        )
-    lines += ["", "![sweep](sweep.png)", ""]
-    best = document.get("best")
-    if best:
-        lines += [f"Best: `{best['configuration']}` ({describe(best['values'])}); its complete config is `best.toml` "
-                  "(`reml-run --config best.toml`).", ""]
-    lines += ["## Trials", "", "| trial | seed | validation score | status | time (s) | run folder |", "|---|---:|---:|---|---:|---|"]
-    for t in document["trials"]:
-        lines.append(f"| {t['id']} | {t['seed']} | {_score(t['score'])} | {t['status']} | {t['seconds']:.1f} | `{t['folder']}` |")
-    lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in document["versions"].items()), ""]
-    return "\n".join(lines)
 
 
 def plot_sweep(document: Mapping[str, Any], path: Path) -> None:
@@ -1104,7 +1051,7 @@ def plot_sweep(document: Mapping[str, Any], path: Path) -> None:
 
 def summary(document: Mapping[str, Any], out: Path) -> str:
     """What the command prints on stdout at the end: the table's rows and where the files are."""
-    table = render_table(document)
+    table = render_sweep_report(document)
     body = table.split("## Trials")[0].split("\n")
     rows = [line for line in body if line.startswith("|")]
     return "\n".join([*rows, "", f"sweep:  {out / 'sweep.json'}", f"table:  {out / 'sweep.md'}", f"plot:   {out / 'sweep.png'}",

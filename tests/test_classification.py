@@ -15,7 +15,7 @@ from torch import nn
 
 from reml_core.evaluation import FewShotEvaluator
 from reml_core.interfaces import Task
-from reml_core.results import cell_to_json, few_shot_tables
+from reml_core.results import cell_to_json, few_shot_tables, table_from_json
 
 BIN = Path(sys.executable).parent
 TINY = ["--plugin", "digits", "--preset", "smoke", "--set", "train.env_steps=256", "--set", "train.checkpoint_every=128",
@@ -70,7 +70,7 @@ def test_accuracy_tables_bold_the_highest_and_loss_tables_the_lowest():
         "a": {"1": {"0": {"mse_mean": 1.0, "mse_ci95": 0.1, "nan_tasks": 0, "accuracy_mean": 0.9, "accuracy_ci95": 0.01}}},
         "b": {"1": {"0": {"mse_mean": 0.5, "mse_ci95": 0.1, "nan_tasks": 0, "accuracy_mean": 0.4, "accuracy_ci95": 0.01}}},
     }
-    text = few_shot_tables(methods, "cross-entropy")
+    text = few_shot_tables({name: table_from_json(table) for name, table in methods.items()}, "cross-entropy")
     loss, accuracy = text.split("(query accuracy")
     assert "query cross-entropy" in loss and "**0.500 ± 0.100**" in loss and "**1.000" not in loss
     assert "**0.900 ± 0.010**" in accuracy and "**0.400" not in accuracy

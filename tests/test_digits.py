@@ -374,7 +374,7 @@ def test_a_tiny_run_goes_through_with_the_recommended_components(registry, tmp_p
         "eval": {"test_tasks": 4, "steps": [0, 2], "curve_steps": 2, "curve_tasks": 2},
         "policy": {"n_steps": 64, "batch_size": 32},
     }, baselines=baselines)
-    results = run_experiment(config, tmp_path)
+    results = run_experiment(config, tmp_path).to_json()
     assert results["loss_name"] == "cross-entropy"
     for method in ("reml", "scratch"):
         for k in ("1", "5"):

@@ -1,7 +1,7 @@
 """A learning rate's name says which optimiser it drives; the former, ambiguous names stay accepted.
 
 ``env.inner_lr`` was Adam's rate in the env while MAML's ``inner_lr`` was an SGD step: they are now
-``env.inner_adam_lr``, ``env.finetune_sgd_lr``, ``baselines.maml.inner_sgd_lr`` and
+``env.inner_adam_lr``, ``env.finetune_sgd_lr``, ``eval.curve_adam_lr``, ``baselines.maml.inner_sgd_lr`` and
 ``baselines.maml.meta_adam_lr``. Every way a user gives a setting accepts the former name, the
 resolved config (``config.json``) writes only the new one, and both at once is an error naming both.
 """
@@ -21,6 +21,7 @@ from reml_core.errors import ConfigError
 RENAMED = [
     ("env", "inner_lr", "inner_adam_lr", 0.003),
     ("env", "finetune_lr", "finetune_sgd_lr", 0.05),
+    ("eval", "curve_lr", "curve_adam_lr", 0.02),
     ("baselines.maml", "inner_lr", "inner_sgd_lr", 0.2),
     ("baselines.maml", "meta_lr", "meta_adam_lr", 0.002),
 ]
@@ -42,7 +43,7 @@ def _section(resolved: dict[str, Any], section: str) -> dict[str, Any]:
 
 
 def _model(config, section: str) -> Any:
-    return config.core.env if section == "env" else config.baselines["maml"].config
+    return {"env": config.core.env, "eval": config.core.eval}.get(section) or config.baselines["maml"].config
 
 
 def _resolved_value(config, section: str, name: str) -> Any:

@@ -406,7 +406,7 @@ def test_a_tiny_run_goes_through_with_the_recommended_components(registry, root,
         "eval": {"test_tasks": 2, "steps": [0, 2], "curve_steps": 2, "curve_tasks": 1},
         "policy": {"n_steps": 32, "batch_size": 32},
     }, baselines=baselines)
-    results = run_experiment(config, tmp_path / "run")
+    results = run_experiment(config, tmp_path / "run").to_json()
     assert results["loss_name"] == "cross-entropy"
     for method in ("reml", "scratch"):
         for k in ("1", "5"):

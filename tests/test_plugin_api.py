@@ -230,8 +230,7 @@ def test_reml_plugins_show_from_the_command_line():
 
 
 def test_pool_diagnostics_are_logged_and_reported_whatever_their_names():
-    from reml_core.results import render_run_report
-    from reml_core.results import format_stat, stat_label
+    from reml_core.results import ResultsDocument, format_stat, render_run_report, stat_label
 
     assert (stat_label("pool/dead_hidden_units"), format_stat("pool/dead_hidden_units", 0.25)) == ("dead hidden units", "25%")
     assert format_stat("pool/spectral_norm", 3.14159) == "3.14" and format_stat("x", float("nan")) == "NaN"
@@ -245,7 +244,7 @@ def test_pool_diagnostics_are_logged_and_reported_whatever_their_names():
                      "policy_stats": {"entropy": 0.7}},
         "components": {"task": "facts the family states."},
     }
-    report = render_run_report(results)
+    report = render_run_report(ResultsDocument.from_json(results))
     assert "pool: spectral norm | pool: frozen fraction" in report and "| 2.5 | 50% |" in report
     assert "- task: facts the family states." in report and "entropy 0.7" in report
     assert "dead" not in report

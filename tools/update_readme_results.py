@@ -9,12 +9,11 @@ Nothing in a README results section is typed by hand: this script writes all of 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from reml_core.plots import plot_few_shot
-from reml_core.results import few_shot_tables, labelled, method_labels, table_measures
+from reml_core.results import few_shot_tables, measure_label, read_results, table_measures
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,34 +28,34 @@ def figure(plugin: str) -> str:
 
 
 def section(run: Path) -> str:
-    results = json.loads((run / "results.json").read_text())
-    start, end = markers(results["plugin"])
-    loss = results.get("loss_name", "MSE")
-    labels = method_labels(results)
-    tables = few_shot_tables(labelled(results, results["methods"]), loss)
-    measured = " and ".join([f"query {loss}", *table_measures(results["methods"])[1:]])
+    results = read_results(run / "results.json")
+    start, end = markers(results.plugin)
+    loss = results.loss_name
+    labels = results.method_labels()
+    tables = few_shot_tables(results.labelled(results.tables), loss)
+    measured = " and ".join([measure_label("mse", loss), *table_measures(results.tables)[1:]])
     encoders = []
-    for _key, info in results.get("encoders", {}).items():
-        kind = "privileged: the task's true parameters" if info["privileged"] else "only the K-shot support set, like the baselines"
-        encoders.append(f"`{info['name']}` ({kind})")
-    budgets = "; ".join(f"{labels.get(k, k)}: {v}" for k, v in results.get("budgets", {}).items())
-    timing = results["timing_s"]
+    for info in results.encoders.values():
+        kind = "privileged: the task's true parameters" if info.privileged else "only the K-shot support set, like the baselines"
+        encoders.append(f"`{info.name}` ({kind})")
+    budgets = "; ".join(f"{labels.get(k, k)}: {v}" for k, v in results.budgets.items())
+    timing = results.timing
     training = ", ".join(f"{labels.get(k.removeprefix('training_'), k)} {v / 60:.1f} min" for k, v in timing.items() if k.startswith("training_"))
-    seeds = results.get("seed_list", [results["seed"]])
+    seeds = results.seed_list
     spread = (f" Each cell is the mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
               "\"seeds ±\" is the standard deviation between the seeds' means, the band in the figure."
               if len(seeds) > 1 else "")
-    sgd_lr = results["config"]["eval"]["sgd_lr"]
+    sgd_lr = results.config["eval"]["sgd_lr"]
     return "\n".join([
         start,
-        f"Generated from `{results['command']}` (preset `{results.get('preset')}`, seed(s) "
-        f"{', '.join(map(str, seeds))}, {results['test_tasks']} held-out test tasks) "
+        f"Generated from `{results.command}` (preset `{results.preset}`, seed(s) "
+        f"{', '.join(map(str, seeds))}, {results.test_tasks} held-out test tasks) "
         f"by `python tools/update_readme_results.py {run}`. REML state encoders: {', '.join(encoders)}. "
         f"{measured[0].upper() + measured[1:]} after fine-tuning with plain SGD (lr {sgd_lr:g}) on the K-shot support set; "
         f"mean ± 95% CI over tasks; best per column in bold.{spread}",
         "",
         tables,
-        f"![{results['plugin']}: few-shot results against fine-tuning steps]({figure(results['plugin'])})",
+        f"![{results.plugin}: few-shot results against fine-tuning steps]({figure(results.plugin)})",
         "",
         f"Budgets: {budgets}. Training time (all seeds): {training}; whole benchmark {timing['total_this_invocation'] / 60:.0f} min on a 2-core CPU.",
         end,
@@ -67,8 +66,8 @@ def main() -> None:
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
     run = Path(sys.argv[1])
-    results = json.loads((run / "results.json").read_text())
-    plugin = results["plugin"]
+    results = read_results(run / "results.json")
+    plugin = results.plugin
     start, end = markers(plugin)
     readme = ROOT / "README.md"
     text = readme.read_text()
@@ -77,9 +76,9 @@ def main() -> None:
     before, rest = text.split(start, 1)
     _, after = rest.split(end, 1)
     readme.write_text(before + section(run) + after)
-    plot_few_shot(results["methods"], ROOT / figure(plugin),
-                  f"{plugin}: query {results.get('loss_name', 'MSE')} after SGD fine-tuning ({results['test_tasks']} test tasks)",
-                  method_labels(results), results.get("loss_name", "MSE"))
+    plot_few_shot(results.tables, ROOT / figure(plugin),
+                  f"{plugin}: query {results.loss_name} after SGD fine-tuning ({results.test_tasks} test tasks)",
+                  results.method_labels(), results.loss_name)
     print(f"README.md {plugin} results section and {figure(plugin)} updated from {run}")
 
 

@@ -99,7 +99,7 @@ def _run(prepared) -> int:
     set_interrupt_hint(f"what finished is in {out}; continue with: reml-bench --resume {out}")
     raise_if_interrupted()
     try:
-        results = prepared.execute(command=command_line()).data
+        results = prepared.execute(command=command_line()).document
     except StopRequested as stop:
         set_interrupt_hint(None)
         print(f"{PROG}: interrupted; the REML run being trained was checkpointed at {stop.checkpoint}; "

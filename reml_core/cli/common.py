@@ -23,6 +23,7 @@ from reml_core.specs import CHOICE_FLAGS, NAMED_SECTIONS, PRESETS, SPEC_TYPES, S
 
 if TYPE_CHECKING:
     from reml_core.registry import PluginRegistry
+    from reml_core.results import ResultsDocument
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
@@ -177,11 +178,11 @@ def user_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -
     return merged
 
 
-def print_summary(results: dict[str, Any], out: Path) -> None:
+def print_summary(results: ResultsDocument, out: Path) -> None:
     """The few-shot tables and where the files are, once a run or benchmark has finished."""
-    from reml_core.results import few_shot_tables, labelled
+    from reml_core.results import few_shot_tables
 
-    print(few_shot_tables(labelled(results, results["methods"]), results.get("loss_name", "MSE")))
+    print(few_shot_tables(results.labelled(results.tables), results.loss_name))
     print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}")
 
 

@@ -85,7 +85,7 @@ def _body(argv: Sequence[str] | None) -> int:
     set_interrupt_hint(f"the run can be continued with: reml-run --resume {out}")
     raise_if_interrupted()
     try:
-        results = prepared.execute(command=command_line()).data
+        results = prepared.execute(command=command_line()).document
     except StopRequested as stop:
         set_interrupt_hint(None)
         print(f"{PROG}: interrupted; checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}", file=sys.stderr, flush=True)
