@@ -172,12 +172,12 @@ def _one(
     if "finetuned" in required:
         tuned = pool.build(indices)
         x_support, y_support = task.support(end.shots)
-        ok = finetune_sgd(tuned, x_support, y_support, loss_fn, steps=config.finetune_steps, lr=config.finetune_lr)
+        ok = finetune_sgd(tuned, x_support, y_support, loss_fn, steps=config.finetune_steps, lr=config.finetune_sgd_lr)
         losses["finetuned"] = evaluate_loss(tuned, task.x_query, task.y_query, loss_fn) if ok else math.nan
     generator = torch.Generator().manual_seed(end.minibatch_seed)
     trained_ok = train_adam(
         network, task.x_train, task.y_train, loss_fn,
-        steps=config.inner_steps, lr=config.inner_lr, batch_size=config.inner_batch, generator=generator,
+        steps=config.inner_steps, lr=config.inner_adam_lr, batch_size=config.inner_batch, generator=generator,
     )
     losses["trained"] = evaluate_loss(network, task.x_query, task.y_query, loss_fn) if trained_ok else math.nan
     return EpisodeOutcome(losses, not all(math.isfinite(value) for value in losses.values())), network
@@ -209,7 +209,7 @@ def _batch(
         x_support = torch.stack([_padded(x, longest) for x, _ in support])
         y_support = torch.stack([_padded(y, longest) for _, y in support])
         ok = finetune_sgd_batch(
-            tuned, x_support, y_support, _ragged_loss(loss_fn, counts), steps=config.finetune_steps, lr=config.finetune_lr
+            tuned, x_support, y_support, _ragged_loss(loss_fn, counts), steps=config.finetune_steps, lr=config.finetune_sgd_lr
         )
         values = evaluate_loss_batch(tuned, x_query, y_query, losses_fn)
         finetuned = torch.where(ok, values, torch.full_like(values, math.nan))
@@ -217,7 +217,7 @@ def _batch(
     generators = [torch.Generator().manual_seed(end.minibatch_seed) for end in ends] if config.inner_batch < tasks[0].x_train.shape[0] else None
     trained_ok = train_adam_batch(
         network, torch.stack([task.x_train for task in tasks]), torch.stack([task.y_train for task in tasks]), losses_fn,
-        steps=config.inner_steps, lr=config.inner_lr, batch_size=config.inner_batch, generators=generators,
+        steps=config.inner_steps, lr=config.inner_adam_lr, batch_size=config.inner_batch, generators=generators,
     )
     values = evaluate_loss_batch(network, x_query, y_query, losses_fn)
     columns["trained"] = torch.where(trained_ok, values, torch.full_like(values, math.nan))

@@ -97,7 +97,7 @@ class MAMLBaseline:
         self.iterations_done = 0
 
     def _new_optimizer(self) -> torch.optim.Adam:
-        return torch.optim.Adam(self.network.parameters(), lr=self.config.meta_lr, fused=True)
+        return torch.optim.Adam(self.network.parameters(), lr=self.config.meta_adam_lr, fused=True)
 
     def uses_task_batches(self) -> bool:
         """Whether meta-batches come from the sampler's ``train_batches`` (it has one, and ``task_batches`` is on)."""

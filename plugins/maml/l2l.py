@@ -49,7 +49,7 @@ class Learn2LearnMAML:
 
     def __init__(self, network: MetaNetwork | nn.Module, config: MAMLConfig, loss_fn: LossFn) -> None:
         learn2learn = import_learn2learn()
-        self.maml = learn2learn.algorithms.MAML(network, lr=config.inner_lr, first_order=config.first_order)
+        self.maml = learn2learn.algorithms.MAML(network, lr=config.inner_sgd_lr, first_order=config.first_order)
         self.inner_steps = config.inner_steps
         self.loss_fn = loss_fn
 

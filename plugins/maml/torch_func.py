@@ -115,12 +115,12 @@ class TorchFuncMAML:
         if isinstance(network, MetaNetwork):
             task_loss = partial(
                 _task_loss, loss_fn=loss_fn, activation=network.architecture.activation,
-                inner_lr=config.inner_lr, inner_steps=config.inner_steps, first_order=config.first_order,
+                inner_lr=config.inner_sgd_lr, inner_steps=config.inner_steps, first_order=config.first_order,
             )
         else:
             task_loss = partial(
                 _module_task_loss, loss_fn=loss_fn, apply=module_forward(network),
-                inner_lr=config.inner_lr, inner_steps=config.inner_steps, first_order=config.first_order,
+                inner_lr=config.inner_sgd_lr, inner_steps=config.inner_steps, first_order=config.first_order,
             )
         self.meta_loss = meta_loss = partial(_meta_loss, task_loss=task_loss)  # (params, batch) -> mean outer loss
         self._eager = partial(_autograd_meta_gradient, meta_loss=meta_loss)
