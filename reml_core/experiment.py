@@ -12,6 +12,7 @@ from reml_core.config import RunConfig, Selected
 from reml_core.device import resolve_device
 from reml_core.env import CompositionEnv, Mode, check_pool_fits
 from reml_core.errors import ComponentBuildError, ConfigError, PluginError, UserError, describe_error
+from reml_core import interfaces
 from reml_core.interfaces import (
     BaselineContext,
     BuildContext,
@@ -23,21 +24,14 @@ from reml_core.interfaces import (
     TaskContext,
     TaskSampler,
 )
-from reml_core.specs import KIND_LABELS, SECTIONS
+from reml_core.specs import KIND_LABELS, SECTIONS, SPEC_TYPES
 
 if TYPE_CHECKING:
     from reml_core.vec_env import CompositionVecEnv
 
 
 #: The context each kind of component's factory receives (see :class:`reml_core.interfaces.BuildContext`).
-STAGE_CONTEXTS: dict[str, type[BuildContext]] = {
-    "task_sampler": BuildContext,
-    "state_encoder": TaskContext,
-    "layer_pool": TaskContext,
-    "reward": TaskContext,
-    "baseline": BaselineContext,
-    "policy": PolicyContext,
-}
+STAGE_CONTEXTS: dict[str, type[BuildContext]] = {kind: getattr(interfaces, spec.context) for kind, spec in SPEC_TYPES.items()}
 
 
 @dataclass

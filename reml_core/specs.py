@@ -52,6 +52,9 @@ class ComponentSpec:
     #: what it picks, as its help text says it, and built-in names the help gives as examples.
     flag_help: ClassVar[str] = ""
     flag_examples: ClassVar[tuple[str, ...]] = ()
+    #: The :mod:`reml_core.interfaces` context type its factory receives (named, so this module
+    #: stays free of torch): the stage whose fields the component may rely on being set.
+    context: ClassVar[str] = "TaskContext"
 
     name: str
     factory: Callable[..., Any]
@@ -124,6 +127,7 @@ class TaskSamplerSpec(ComponentSpec):
     chosen_by_name: ClassVar[bool] = False  # chosen by the top-level ``plugin`` key (--plugin)
     flag_help: ClassVar[str] = "task plugin (task family; reml-plugins lists them)"
     flag_examples: ClassVar[tuple[str, ...]] = ("sine", "digits")
+    context: ClassVar[str] = "BuildContext"
     recommended: Recommendation
     experiment_presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -182,6 +186,7 @@ class PolicySpec(ComponentSpec):
     section: ClassVar[str] = "policy"
     flag_help: ClassVar[str] = "policy backend"
     flag_examples: ClassVar[tuple[str, ...]] = ("ppo-mlp", "ppo-lstm")
+    context: ClassVar[str] = "PolicyContext"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,6 +200,7 @@ class BaselineSpec(ComponentSpec):
 
     kind: ClassVar[Kind] = "baseline"
     hook: ClassVar[str] = "reml_baselines"
+    context: ClassVar[str] = "BaselineContext"
     kind_label: ClassVar[str] = "baseline"
     section: ClassVar[str] = "baselines"  # one table per baseline: [baselines.NAME]
     chosen_by_name: ClassVar[bool] = False

@@ -85,6 +85,18 @@ def test_a_flag_per_named_section_sets_its_name(tmp_path):
     assert from_file == {section: {"name": f"from-file-{section}"} for section in NAMED_SECTIONS}
 
 
+def test_every_kind_declares_the_build_context_its_factory_gets():
+    from reml_core import interfaces
+    from reml_core.experiment import STAGE_CONTEXTS
+
+    assert set(STAGE_CONTEXTS) == set(KINDS)
+    for kind, spec in SPEC_TYPES.items():
+        context = getattr(interfaces, spec.context)
+        assert issubclass(context, interfaces.BuildContext) and STAGE_CONTEXTS[kind] is context
+    # a later stage holds every field of an earlier one: a baseline sees the task sampler an encoder sees
+    assert issubclass(interfaces.BaselineContext, interfaces.TaskContext)
+
+
 def test_recommendation_names_one_component_per_named_section():
     components = [f.name for f in dataclasses.fields(Recommendation) if f.name not in ("baselines", "run_baselines")]
     assert components == list(NAMED_SECTIONS)
