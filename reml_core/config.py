@@ -188,6 +188,14 @@ _OTHER_NAMES: dict[str, set[str]] = {
 }
 
 
+def same_setting(a: str, b: str) -> bool:
+    """Whether two dotted keys name the same setting: equal, or one under a renamed setting's former
+    name (``env.inner_lr`` and ``env.inner_adam_lr``)."""
+    parent_a, _, name_a = a.rpartition(".")
+    parent_b, _, name_b = b.rpartition(".")
+    return parent_a == parent_b and (name_a == name_b or name_b in _OTHER_NAMES.get(name_a, ()))
+
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """``override`` on top of ``base``; nested mappings merge, anything else is replaced.
 

@@ -267,12 +267,16 @@ def parse_file_sweep(table: Any, source: str) -> FileSweep:
 
 def combine_space(file: FileSweep, grid: Sequence[Dimension], random: Sequence[Dimension], samples: int | None) -> SearchSpace:
     """Flags on top of the file: a key given by a flag replaces the file's entry for it."""
+    from reml_core.config import same_setting
+
     flagged: dict[str, Dimension] = {}
     for dimension in (*grid, *random):
-        if dimension.key in flagged:
-            raise UserError(f"{dimension.origin} {dimension.key}: given twice; sweep each key once")
+        twin = next((key for key in flagged if same_setting(key, dimension.key)), None)
+        if twin is not None:
+            also = "" if twin == dimension.key else f" (the same setting as {twin}, under its former name)"
+            raise UserError(f"{dimension.origin} {dimension.key}: given twice{also}; sweep each key once")
         flagged[dimension.key] = dimension
-    chosen = {d.key: d for d in (*file.grid, *file.random) if d.key not in flagged}
+    chosen = {d.key: d for d in (*file.grid, *file.random) if not any(same_setting(d.key, key) for key in flagged)}
     chosen.update(flagged)
     grid_dims = tuple(d for d in chosen.values() if not d.random)
     random_dims = tuple(d for d in chosen.values() if d.random)

@@ -190,3 +190,20 @@ def test_a_config_json_with_the_former_names_loads_and_resumes(run_with_former_n
     config = load_resolved(run / "config.json", installed_registry)
     assert config.to_dict() == written
     check_resumable(config, run, installed_registry)  # the checkpoint's config (new names) matches: no error
+
+
+@pytest.mark.parametrize(("section", "old", "new", "value"), RENAMED, ids=IDS)
+def test_a_sweep_takes_a_setting_once_whichever_name_it_is_swept_under(section, old, new, value):
+    from reml_core.errors import UserError
+    from reml_core.sweep import FileSweep, combine_space, parse_grid_flag
+
+    both = [parse_grid_flag(f"{section}.{old}=0.1,0.2"), parse_grid_flag(f"{section}.{new}=0.3")]
+    with pytest.raises(UserError, match=f"given twice \\(the same setting as {section}.{old}"):
+        combine_space(FileSweep(), both, [], None)
+    # a flag under the new name replaces the file's entry under the former name, and the reverse
+    for file_key, flag_key in ((old, new), (new, old)):
+        file = FileSweep(grid=[parse_grid_flag(f"{section}.{file_key}=0.1,0.2")])
+        space = combine_space(file, [parse_grid_flag(f"{section}.{flag_key}={value}")], [], None)
+        assert [(d.key, d.values) for d in space.grid] == [(f"{section}.{flag_key}", (value,))]
+    unrelated = combine_space(FileSweep(), [parse_grid_flag(f"{section}.{new}=0.3"), parse_grid_flag("env.depth=3,4")], [], None)
+    assert len(unrelated.grid) == 2
