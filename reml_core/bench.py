@@ -134,15 +134,18 @@ def plan_bench(
         for encoder in encoder_names:
             data = deep_merge(user, {"seed": seed, **({"encoder": {"name": encoder}} if encoder else {})})
             config = resolve_config(registry, data, baselines=baselines)
+            configs[(seed, config.encoder.name)] = config
+            inputs[(seed, config.encoder.name)] = data
+            if config.encoder.name in facts:
+                continue  # another seed of a checked config: the seed changes no cross-component check
             components = build_components(config)  # cross-component checks
             if "reml" in methods:
                 check_policy_builds(components)
-            for name in baselines:  # a baseline that cannot be built (e.g. learn2learn missing) fails now
-                build_one(config.baselines[name], components.context)
-            configs[(seed, config.encoder.name)] = config
-            inputs[(seed, config.encoder.name)] = data
-            facts.setdefault(config.encoder.name, ComponentFacts(
-                component_facts(components), loss_name(components.task_sampler), bool(components.encoder.privileged)))
+            if not facts:  # the baselines train with the first encoder's components (a baseline that cannot be built fails now)
+                for name in baselines:
+                    build_one(config.baselines[name], components.context)
+            facts[config.encoder.name] = ComponentFacts(
+                component_facts(components), loss_name(components.task_sampler), bool(components.encoder.privileged))
     names = list(dict.fromkeys(encoder for _, encoder in configs))
     plan = BenchPlan(list(methods), names, list(range(base_seed, base_seed + seeds)), configs, from_dir, inputs=inputs, facts=facts)
     if from_dir is not None:
