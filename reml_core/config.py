@@ -43,7 +43,7 @@ __all__ = [  # the settings models, importable from here as before
     "EnvConfig", "EvalConfig", "ExperimentConfig", "StrictModel", "TrainConfig", "RunConfig", "Selected",
     "resolve_config", "load_resolved", "load_config_file", "parse_config_text", "parse_assignment", "deep_merge", "default_baselines",
 ]
-from reml_core.specs import NAMED_SECTIONS, SECTIONS, BaselineSpec, ComponentSpec, Preset, TaskSamplerSpec
+from reml_core.specs import NAMED_SECTIONS, SECTIONS, TABLE_EACH_KINDS, ComponentSpec, Preset, TaskSamplerSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -72,7 +72,7 @@ class _RawCore(StrictModel):
 
 def _raw_section(kind: str) -> Any:
     """A component section as the user wrote it: one table, or one per component for baselines ([baselines.NAME])."""
-    shape: Any = dict[str, dict[str, Any]] if kind == BaselineSpec.kind else dict[str, Any]
+    shape: Any = dict[str, dict[str, Any]] if kind in TABLE_EACH_KINDS else dict[str, Any]
     return (shape, Field(default_factory=dict))
 
 

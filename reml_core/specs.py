@@ -48,6 +48,7 @@ class ComponentSpec:
     kind_label: ClassVar[str]  # how messages name one component of the kind
     section: ClassVar[str]  # the config section that configures it
     chosen_by_name: ClassVar[bool] = True  # the section picks one by ``name`` (encoder = "oracle")
+    table_each: ClassVar[bool] = False  # the section holds one table per component ([baselines.NAME])
     #: For the command-line flag that picks one component of the kind (see :data:`CHOICE_FLAGS`):
     #: what it picks, as its help text says it, and built-in names the help gives as examples.
     flag_help: ClassVar[str] = ""
@@ -202,8 +203,9 @@ class BaselineSpec(ComponentSpec):
     hook: ClassVar[str] = "reml_baselines"
     context: ClassVar[str] = "BaselineContext"
     kind_label: ClassVar[str] = "baseline"
-    section: ClassVar[str] = "baselines"  # one table per baseline: [baselines.NAME]
+    section: ClassVar[str] = "baselines"
     chosen_by_name: ClassVar[bool] = False
+    table_each: ClassVar[bool] = True  # several at once, each configured in its own [baselines.NAME]
     label: str = ""
     compare_in: tuple[str, ...] = ("bench",)
 
@@ -231,6 +233,8 @@ HOOKS: dict[str, str] = {kind: spec.hook for kind, spec in SPEC_TYPES.items()}
 SECTIONS: dict[str, str] = {kind: spec.section for kind, spec in SPEC_TYPES.items()}
 #: Config sections that choose one component by ``name``, and the kind each holds.
 NAMED_SECTIONS: dict[str, str] = {spec.section: kind for kind, spec in SPEC_TYPES.items() if spec.chosen_by_name}
+#: Kinds whose section holds one table per component (``[baselines.NAME]``), several at once.
+TABLE_EACH_KINDS: frozenset[str] = frozenset(kind for kind, spec in SPEC_TYPES.items() if spec.table_each)
 #: The flags of ``reml-run``, ``reml-bench`` and ``reml-sweep`` that pick a component by name
 #: (without ``--``), and the kind each picks: ``--plugin`` the task family (the config's top-level
 #: ``plugin`` key), then ``--SECTION NAME`` for every section chosen by name (it sets ``SECTION.name``).

@@ -97,6 +97,15 @@ def test_every_kind_declares_the_build_context_its_factory_gets():
     assert issubclass(interfaces.BaselineContext, interfaces.TaskContext)
 
 
+def test_sections_of_one_table_per_component_are_what_the_config_and_reml_plugins_treat_so(toy_registry):
+    assert specs.TABLE_EACH_KINDS == {"baseline"}  # a new kind of that shape is declared on its record type
+    types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    for kind, section in SECTIONS.items():
+        per_component = kind in specs.TABLE_EACH_KINDS
+        assert ("dict[" in str(types[section])) == per_component
+        assert ("dict[str, dict" in str(_RawConfig.model_fields[section].annotation)) == per_component
+
+
 def test_recommendation_names_one_component_per_named_section():
     components = [f.name for f in dataclasses.fields(Recommendation) if f.name not in ("baselines", "run_baselines")]
     assert components == list(NAMED_SECTIONS)

@@ -116,14 +116,14 @@ def show(registry: PluginRegistry, name: str) -> list[dict[str, Any]]:
 
 
 def _print_shown(items: list[dict[str, Any]]) -> None:
-    from reml_core.specs import KIND_LABELS, SECTIONS
+    from reml_core.specs import KIND_LABELS, SECTIONS, TABLE_EACH_KINDS
 
     for item in items:
         origin = f" [plugin {item['entry_point']} from {item['plugin']}]" if "plugin" in item else ""
         title = "core" if item["kind"] == "core" else f"{KIND_LABELS[item['kind']]} {item['name']}"
         print(f"{title}: {item['description']}{origin}")
         section = SECTIONS.get(item["kind"])
-        section = f"{section}.{item['name']}" if item["kind"] == "baseline" else section
+        section = f"{section}.{item['name']}" if item["kind"] in TABLE_EACH_KINDS else section
         print(f"options{f' (config section [{section}], or --set {section}.KEY=VALUE)' if section else ' (--set KEY=VALUE)'}:")
         if not item["options"]:
             print("  (none)")
