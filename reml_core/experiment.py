@@ -24,7 +24,7 @@ from reml_core.interfaces import (
     TaskContext,
     TaskSampler,
 )
-from reml_core.specs import KIND_LABELS, SECTIONS, SPEC_TYPES
+from reml_core.specs import KIND_LABELS, SECTIONS, SPEC_TYPES, TABLE_EACH_KINDS
 
 if TYPE_CHECKING:
     from reml_core.vec_env import CompositionVecEnv
@@ -101,7 +101,7 @@ def build_one(selected: Selected, context: BuildContext, label: str | None = Non
     if not isinstance(context, stage):  # the core's own mistake, never the user's
         raise TypeError(f"{kind} {selected.name!r} is built with a {stage.__name__}, not a {type(context).__name__}")
     section = SECTIONS.get(selected.spec.kind, selected.spec.kind)
-    section = f"baselines.{selected.name}" if section == "baselines" else section
+    section = f"{section}.{selected.name}" if selected.spec.kind in TABLE_EACH_KINDS else section
     try:
         return selected.spec.factory(selected.config, context)
     except ComponentBuildError as error:
