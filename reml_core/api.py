@@ -326,9 +326,11 @@ def prepare_bench(
     if ray_address is not None and executor != "ray":
         raise UserError("--ray-address needs --executor ray")
     if executor == "ray":
-        from reml_core.distributed import require_ray
+        from reml_core.distributed import check_address, require_ray
 
         require_ray("--executor ray")
+        if ray_address is not None:
+            check_address(ray_address)  # before the folder is claimed
     registry = registry or _registry()
     if resume is not None:
         folder = claim_bench_to_resume(Path(resume))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,6 +30,31 @@ def require_ray(what: str) -> Any:
     return ray
 
 
+#: How long the check that something listens at ``--ray-address`` waits (Ray itself retries for ~40 s).
+PROBE_SECONDS = 5.0
+
+
+def unreachable(address: str, timeout: float = PROBE_SECONDS) -> str | None:
+    """Why nothing answers at a ``HOST:PORT`` (or ``ray://HOST:PORT``) address, or None when something
+    does or the address is not of that form (``auto``): a typo fails in seconds, not after Ray's retries."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as error:
+        return error.strerror or type(error).__name__
+
+
+def check_address(address: str) -> None:
+    """A UserError at once when nothing answers at ``--ray-address`` (see :func:`unreachable`)."""
+    why = unreachable(address)
+    if why is not None:
+        raise UserError(f"--ray-address {address}: nothing answers there ({why}); start the cluster's head with "
+                        "'ray start --head' on that machine, or check the host and port")
+
+
 @contextmanager
 def ray_session(what: str, *, address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
     """Ray, initialised for the length of the block: a fresh local instance, or the cluster at ``address``.
@@ -42,6 +68,7 @@ def ray_session(what: str, *, address: str | None = None, num_cpus: int | None =
         return
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address:
+        check_address(address)
         options["address"] = address
     else:
         if num_cpus is not None:

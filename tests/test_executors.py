@@ -182,3 +182,23 @@ def test_a_job_resolves_its_config_as_the_driver_did(executor, tmp_path):
     refused = _bench("--plugin", "digits", "--preset", "smoke", "--methods", "maml", "--executor", executor,
                      "--set", "baselines.maml.shots=10", "--out", str(tmp_path / "refused"))
     assert refused.returncode == 2 and "set baselines.maml.shots to at most 5" in refused.stderr, refused.stderr[-2000:]
+
+
+def test_a_ray_address_where_nothing_listens_is_refused_before_ray_starts(tmp_path, capsys):
+    import socket
+
+    from reml_core.distributed import unreachable
+
+    with socket.socket() as server:  # a port that was just free: nothing listens there once closed
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+    assert unreachable(f"127.0.0.1:{port}") is not None and unreachable(f"ray://127.0.0.1:{port}") is not None
+    assert unreachable("auto") is None
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert unreachable(f"127.0.0.1:{server.getsockname()[1]}") is None
+    code = bench.main([*TINY, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--ray-address 127.0.0.1:{port}: nothing answers there" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # refused before the folder is claimed

@@ -342,3 +342,15 @@ def test_a_failing_trial_is_named_with_its_log_and_the_others_finish(tmp_path):
     assert {t["id"]: t["status"] for t in document["trials"]}[bad] == "failed"
     assert document["best"]["configuration"] == config_id({"env.inner_lr": 0.001})
     assert (out / "trials" / bad / "notes.txt").read_text() == "mine"
+
+
+def test_a_ray_address_where_nothing_listens_is_refused_before_the_sweep_folder_exists(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+    code = main(["--plugin", "sine", *GRID, "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "sweep")])
+    err = capsys.readouterr().err
+    assert code == 2 and "nothing answers there" in err and "Traceback" not in err
+    assert not (tmp_path / "sweep").exists()

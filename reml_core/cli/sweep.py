@@ -101,7 +101,7 @@ def _new_plan(args: argparse.Namespace, registry: Any) -> SweepPlan:
 def _body(argv: Sequence[str] | None) -> int:
     import sys
 
-    from reml_core.distributed import cluster_cpus, ray_session, require_ray
+    from reml_core.distributed import check_address, cluster_cpus, ray_session, require_ray
     from reml_core.folders import check_path
     from reml_core.pipeline import command_line
     from reml_core.sweep import (
@@ -123,6 +123,8 @@ def _body(argv: Sequence[str] | None) -> int:
         if given:
             raise UserError(f"--resume takes every setting from {args.resume}/sweep.json; drop {', '.join(given)}")
     require_ray(PROG)
+    if args.ray_address is not None:
+        check_address(args.ray_address)  # before the folder is claimed
     registry = discover_plugins()
     raise_if_interrupted()  # a Ctrl-C swallowed during the imports above
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
