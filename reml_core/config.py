@@ -242,6 +242,15 @@ def _location(parts: Sequence[Any]) -> str:
     return ".".join(str(p) if _PLAIN_KEY.fullmatch(str(p)) else repr(p) for p in parts) or "config"
 
 
+#: Top-level tables a config file may hold for another tool, and what to say when one reaches a tool
+#: that takes a single configuration.
+_OTHER_TOOLS_KEYS = {
+    ("sweep",): "the [sweep] table is reml-sweep's search space; this command runs one configuration: "
+                "run the sweep with reml-sweep --config FILE, or drop the table (reml-sweep writes each "
+                "configuration it tried, and best.toml, for reml-run)",
+}
+
+
 def _format_errors(error: ValidationError, prefix: Sequence[str | int] = ()) -> list[str]:
     lines = []
     for item in error.errors(include_url=False):
@@ -249,6 +258,8 @@ def _format_errors(error: ValidationError, prefix: Sequence[str | int] = ()) -> 
         message = " ".join(str(item["msg"]).split())
         if item["type"] not in ("missing", "extra_forbidden") and not isinstance(item.get("input"), (dict, list)):
             message += f" (got {_short(item.get('input'))})"
+        if item["type"] == "extra_forbidden" and tuple(item["loc"]) in _OTHER_TOOLS_KEYS and not prefix:
+            message = _OTHER_TOOLS_KEYS[tuple(item["loc"])]
         lines.append(f"{location}: {message}")
     return lines
 

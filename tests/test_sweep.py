@@ -354,3 +354,17 @@ def test_a_ray_address_where_nothing_listens_is_refused_before_the_sweep_folder_
     err = capsys.readouterr().err
     assert code == 2 and "nothing answers there" in err and "Traceback" not in err
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_a_sweep_config_given_to_reml_run_or_bench_is_refused_naming_reml_sweep(command, tmp_path, capsys):
+    from reml_core.cli import bench as bench_cli
+    from reml_core.cli import run as run_cli
+
+    config = tmp_path / "sweep.toml"
+    config.write_text('plugin = "sine"\npreset = "smoke"\n[sweep]\ngrid = {"env.depth" = [3, 4]}\n')
+    main_of = {"run": run_cli.main, "bench": bench_cli.main}[command]
+    code = main_of(["--config", str(config), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "[sweep] table is reml-sweep's search space" in err and "reml-sweep --config" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
