@@ -319,7 +319,8 @@ class Describable(Protocol):
     ``describe()`` returns one or two plain sentences (e.g. a task family: how many support and
     query points a task holds and what its loss is; a reward: which loss it rewards). Reports quote
     them instead of reading a component's config or attributes, so the core never needs to know
-    what a plugin's options mean.
+    what a plugin's options mean. A baseline's ``describe()`` is its budget in a benchmark's report
+    (without it, the report lists the baseline's options).
     """
 
     def describe(self) -> str: ...

@@ -36,6 +36,7 @@ from reml_core.config import RunConfig, load_resolved, resolve_config
 from reml_core.errors import CheckpointError, UserError, describe_error
 from reml_core.evaluation import FewShotTable
 from reml_core.experiment import Components, build_components, build_one
+from reml_core.interfaces import Describable
 from reml_core.pipeline import evaluate_methods, load_reml, seed_everything, train_reml
 from reml_core.registry import PluginRegistry, disabled_plugins
 from reml_core.results import TrainingRecord
@@ -150,7 +151,11 @@ def _baseline(job: BenchJob, config: RunConfig, workdir: Path) -> tuple[Componen
     components = build_components(config)
     chosen = config.baselines[job.method]
     baseline = build_one(chosen, components.context)
-    options = ", ".join(f"{k}={v}" for k, v in chosen.config.model_dump(mode="json").items())
+    # what the report shows of its budget: its own words when it states them, else its options
+    if isinstance(baseline, Describable):
+        options = " ".join(str(baseline.describe()).split())
+    else:
+        options = ", ".join(f"{k}={v}" for k, v in chosen.config.model_dump(mode="json").items())
     if job.source is not None:
         source = Path(job.source)
         log(f"loading {job.method} (seed {job.seed}) from {source}")

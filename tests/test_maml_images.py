@@ -226,3 +226,20 @@ def test_a_sine_checkpoint_is_refused_by_the_image_path_and_vice_versa(context, 
     trained.save(tmp_path / "conv")
     with pytest.raises(CheckpointError, match="holds a ConvComposedNetwork .* configured for 1-40-40-1 relu"):
         sine.load(tmp_path / "conv")
+
+
+@pytest.mark.parametrize("plugin", ["sine", "digits"])
+def test_the_budget_a_benchmark_reports_lists_only_what_applies_to_the_family(installed_registry, plugin):
+    from reml_core.experiment import build_one
+
+    config = resolve_config(installed_registry, {"plugin": plugin, "preset": "smoke"}, baselines=["maml", "scratch"])
+    components = build_components(config)
+    maml = build_one(config.baselines["maml"], components.context)
+    budget = maml.describe()
+    assert "iterations=300" in budget and f"shots={maml.shots}" in budget
+    if plugin == "digits":  # the pool's conv network: the MLP options do not apply, and K is the family's largest
+        assert "hidden=" not in budget and "activation=" not in budget and "network=ConvComposedNetwork" in budget
+        assert maml.shots < config.baselines["maml"].config.shots
+    else:
+        assert "hidden=[40, 40]" in budget and "network=MLP 1-40-40-1 (relu)" in budget
+    assert "depth 5" in build_one(config.baselines["scratch"], components.context).describe()

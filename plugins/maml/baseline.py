@@ -96,6 +96,16 @@ class MAMLBaseline:
         self.optimizer = self._new_optimizer()
         self.iterations_done = 0
 
+    def describe(self) -> str:
+        """The budget a report shows: the options that apply to this family, with the K and network used
+        (an image family's network is the pool's, so ``hidden``/``activation`` do not apply to it)."""
+        options = self.config.model_dump(mode="json")
+        options["shots"] = self.shots
+        if not isinstance(self.architecture, Architecture):
+            options.pop("hidden"), options.pop("activation")
+        options["network"] = self.architecture.describe()
+        return ", ".join(f"{key}={value}" for key, value in options.items())
+
     def _new_optimizer(self) -> torch.optim.Adam:
         return torch.optim.Adam(self.network.parameters(), lr=self.config.meta_adam_lr, fused=True)
 

@@ -38,6 +38,9 @@ class Architecture:
     def to_dict(self) -> dict[str, Any]:
         return {"sizes": list(self.sizes), "activation": self.activation}
 
+    def describe(self) -> str:
+        return f"MLP {'-'.join(map(str, self.sizes))} ({self.activation})"
+
 
 class MetaNetwork(nn.Module):
     """Linear, activation, ..., linear: ``forward(x: [N, in]) -> [N, out]``."""

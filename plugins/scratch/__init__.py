@@ -33,6 +33,9 @@ class ScratchBaseline:
         self.seed = context.seed
         self.device = torch.device(context.device)
 
+    def describe(self) -> str:
+        return f"no meta-training: a fresh network of the pool's architecture, depth {self.depth}, for every task"
+
     def meta_train(self, tasks: Iterator[Task], progress: bool = True) -> dict[str, float]:
         return {}  # nothing to learn across tasks
 
