@@ -179,7 +179,7 @@ class EvalConfig(StrictModel):
     curve_steps: int = Field(100, ge=0, le=MAX_ITERATIONS, description="Adam steps of the convergence curve (0: no curve)")
     curve_adam_lr: float = Field(
         0.005, gt=0, validation_alias=renamed("curve_adam_lr", "curve_lr"),
-        description="Adam learning rate of the convergence curve (formerly curve_lr, still accepted)",
+        description="Adam learning rate of the convergence curve; formerly eval.curve_lr, still accepted",
     )
     curve_tasks: int = Field(100, gt=0, le=MAX_TASKS, description="test tasks averaged in the convergence curve")
 
