@@ -18,10 +18,8 @@ from reml_core.interfaces import (
     BuildContext,
     Describable,
     LayerPool,
-    PolicyContext,
     RewardFunction,
     StateEncoder,
-    TaskContext,
     TaskSampler,
 )
 from reml_core.specs import KIND_LABELS, SECTIONS, SPEC_TYPES, TABLE_EACH_KINDS
