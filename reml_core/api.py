@@ -118,10 +118,11 @@ class Results:
     def rows(self) -> list[dict[str, Any]]:
         """One flat record per (method, K, steps): the loss and every metric, for a table of your own."""
         records = []
+        labels = self.labels
         for method in self.methods:
             for shots, row in self.table(method).items():
                 for steps, cell in row.items():
-                    record = {"method": method, "label": self.labels.get(method, method), "shots": shots, "steps": steps,
+                    record = {"method": method, "label": labels.get(method, method), "shots": shots, "steps": steps,
                               "loss": cell.mean, "loss_ci95": cell.ci95, "seed_spread": cell.seed_spread, "nan_tasks": cell.nan_tasks}
                     for name, (mean, ci) in cell.metrics.items():
                         record[name], record[f"{name}_ci95"] = mean, ci

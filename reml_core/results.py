@@ -162,10 +162,9 @@ def table_of(table: FewShotTable) -> Table:
     return {int(k): {int(s): CellResult.of(cell) for s, cell in row.items()} for k, row in table.items()}
 
 
-def table_to_json(table: Table | FewShotTable, *, spreads: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
+def table_to_json(table: Table, *, spreads: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
     """``{"K": {"steps": cell}}``, the layout of ``results.json``'s ``methods``."""
-    return {str(k): {str(s): (cell if isinstance(cell, CellResult) else CellResult.of(cell)).to_json(spreads=spreads)
-                     for s, cell in row.items()} for k, row in table.items()}
+    return {str(k): {str(s): cell.to_json(spreads=spreads) for s, cell in row.items()} for k, row in table.items()}
 
 
 def table_from_json(data: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Table:
