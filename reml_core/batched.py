@@ -118,9 +118,13 @@ def end_episodes(
     batched: bool = True,
     min_batch: int = 2,
     max_batch: int = MAX_BATCH,
+    pool_update: Any = None,
 ) -> list[EpisodeOutcome]:
-    """Train and measure every finished network; write back (``write_back_rate`` not None) all but faulted ones, in order.
+    """Train and measure every finished network; update the pool (``write_back_rate`` not None) from all but faulted ones.
 
+    The update is the thesis' write-back of the Adam-trained networks, in order, or, given a
+    ``pool_update`` (:class:`reml_core.pool_update.ProtocolPoolUpdate`), its meta-gradient step;
+    then the Adam training runs only when the reward asks for the ``trained`` loss.
     ``batched=False`` forces the per-network path (the reference the batched path is tested
     against). Groups of fewer than ``min_batch`` stackable networks take the per-network path:
     a lone network gets exactly the numbers a single environment gets, and faster. Larger groups
@@ -129,6 +133,9 @@ def end_episodes(
     if not ends:
         return []
     use_batches = batched and isinstance(pool, BatchedLayerPool)
+    protocol = pool_update is not None and write_back_rate is not None
+    if not protocol:
+        required = required | {"trained"}  # the write-back (or the caller's loss) needs the trained network
     groups = _groups(ends, max_batch) if use_batches else [[i] for i in range(len(ends))]
     outcomes: list[EpisodeOutcome | None] = [None] * len(ends)
     trained: list[Any] = [None] * len(ends)  # per end: (network, its row or None, the ends it was trained with)
@@ -142,7 +149,9 @@ def end_episodes(
             for row, i in enumerate(members):
                 outcomes[i] = results[row]
                 trained[i] = (network, row, members)
-    if write_back_rate is not None:
+    if protocol:
+        pool_update.apply(ends, [not outcome.fault for outcome in outcomes], batched=batched)  # type: ignore[union-attr]
+    elif write_back_rate is not None:
         _write_back(pool, ends, outcomes, trained, write_back_rate)  # type: ignore[arg-type]
     return outcomes  # type: ignore[return-value]
 
@@ -174,12 +183,13 @@ def _one(
         x_support, y_support = task.support(end.shots)
         ok = finetune_sgd(tuned, x_support, y_support, loss_fn, steps=config.finetune_steps, lr=config.finetune_sgd_lr)
         losses["finetuned"] = evaluate_loss(tuned, task.x_query, task.y_query, loss_fn) if ok else math.nan
-    generator = torch.Generator().manual_seed(end.minibatch_seed)
-    trained_ok = train_adam(
-        network, task.x_train, task.y_train, loss_fn,
-        steps=config.inner_steps, lr=config.inner_adam_lr, batch_size=config.inner_batch, generator=generator,
-    )
-    losses["trained"] = evaluate_loss(network, task.x_query, task.y_query, loss_fn) if trained_ok else math.nan
+    if "trained" in required:
+        generator = torch.Generator().manual_seed(end.minibatch_seed)
+        trained_ok = train_adam(
+            network, task.x_train, task.y_train, loss_fn,
+            steps=config.inner_steps, lr=config.inner_adam_lr, batch_size=config.inner_batch, generator=generator,
+        )
+        losses["trained"] = evaluate_loss(network, task.x_query, task.y_query, loss_fn) if trained_ok else math.nan
     return EpisodeOutcome(losses, not all(math.isfinite(value) for value in losses.values())), network
 
 
@@ -214,13 +224,14 @@ def _batch(
         values = evaluate_loss_batch(tuned, x_query, y_query, losses_fn)
         finetuned = torch.where(ok, values, torch.full_like(values, math.nan))
         columns["finetuned"] = finetuned
-    generators = [torch.Generator().manual_seed(end.minibatch_seed) for end in ends] if config.inner_batch < tasks[0].x_train.shape[0] else None
-    trained_ok = train_adam_batch(
-        network, torch.stack([task.x_train for task in tasks]), torch.stack([task.y_train for task in tasks]), losses_fn,
-        steps=config.inner_steps, lr=config.inner_adam_lr, batch_size=config.inner_batch, generators=generators,
-    )
-    values = evaluate_loss_batch(network, x_query, y_query, losses_fn)
-    columns["trained"] = torch.where(trained_ok, values, torch.full_like(values, math.nan))
+    if "trained" in required:
+        generators = [torch.Generator().manual_seed(end.minibatch_seed) for end in ends] if config.inner_batch < tasks[0].x_train.shape[0] else None
+        trained_ok = train_adam_batch(
+            network, torch.stack([task.x_train for task in tasks]), torch.stack([task.y_train for task in tasks]), losses_fn,
+            steps=config.inner_steps, lr=config.inner_adam_lr, batch_size=config.inner_batch, generators=generators,
+        )
+        values = evaluate_loss_batch(network, x_query, y_query, losses_fn)
+        columns["trained"] = torch.where(trained_ok, values, torch.full_like(values, math.nan))
     table = {name: column.tolist() for name, column in columns.items()}
     outcomes = []
     for row in range(len(ends)):

@@ -77,6 +77,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         mode: Mode = "train",
         first_episode: int = 0,
         render_mode: str | None = None,
+        pool_update: Any = None,
     ) -> None:
         problem = check_pool_fits(pool, config.depth)
         if problem:
@@ -88,6 +89,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self.encoder = encoder
         self.pool = pool
         self.reward_function = reward
+        self.pool_update = pool_update  # a ProtocolPoolUpdate (env.pool_update = "protocol") shared by every env of a run
         self.config = config
         self.mode = mode
         self.render_mode = render_mode
@@ -147,6 +149,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         (outcome,) = end_episodes(
             self.pool, [self.episode_end()], loss_fn=self.task_sampler.loss, config=self.config,
             required=self.reward_function.required_losses, write_back_rate=self.write_back_rate if self.mode == "train" else None,
+            pool_update=self.pool_update,
         )
         return self.conclude(outcome)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import numpy as np
 from reml_core.config import RunConfig, Selected
 from reml_core.device import resolve_device
 from reml_core.env import CompositionEnv, Mode, check_pool_fits
+from reml_core.pool_update import ProtocolPoolUpdate, make_pool_update
 from reml_core.errors import ComponentBuildError, ConfigError, PluginError, UserError, describe_error
 from reml_core import interfaces
 from reml_core.interfaces import (
@@ -47,10 +49,16 @@ class Components:
     pool: LayerPool
     reward: RewardFunction
 
+    @cached_property
+    def pool_update(self) -> ProtocolPoolUpdate | None:
+        """The run's one protocol-aligned pool update (its optimiser state is checkpointed), or None for the thesis rule."""
+        return make_pool_update(self.pool, self.config.core.env, self.task_sampler.loss)
+
     def make_env(self, *, mode: Mode = "train", seed: int | None = None, first_episode: int = 0) -> CompositionEnv:
         return CompositionEnv(
             self.task_sampler, self.encoder, self.pool, self.reward, self.config.core.env,
             seed=self.config.seed if seed is None else seed, mode=mode, first_episode=first_episode,
+            pool_update=self.pool_update if mode == "train" else None,
         )
 
     def make_vec_env(
@@ -136,6 +144,11 @@ def build_components(config: RunConfig) -> Components:
     problem = check_pool_fits(pool, config.core.env.depth)
     if problem:
         problems.append(f"env.depth: {problem} (pool {config.pool.name!r}: make it larger or the network shallower)")
+    if config.core.env.pool_update == "protocol" and not isinstance(pool, interfaces.MetaGradientLayerPool):
+        problems.append(
+            f"env.pool_update: pool {config.pool.name!r} cannot be trained by meta-gradients (it lacks parameters() and a "
+            "differentiable build_batch); use env.pool_update = 'thesis' or a pool that has them, e.g. 'dense'"
+        )
     if not problems:
         problems += check_encoder_output(encoder, sampler, config.encoder.name, sorted({*config.core.env.shots, *config.core.eval.shots}))
     if problems:

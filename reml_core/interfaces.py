@@ -240,6 +240,25 @@ class BatchedLayerPool(Protocol):
 
 
 @runtime_checkable
+class MetaGradientLayerPool(Protocol):
+    """Optional capability of a :class:`BatchedLayerPool`: be trained by gradients (``env.pool_update = "protocol"``).
+
+    ``parameters()`` returns the pool's own tensors (the same objects every call, updated in place
+    by the core's optimiser). While they require gradients, ``build_batch(indices)`` must return a
+    network whose ``parameters()`` are differentiable functions of them (an indexed gather: a layer
+    chosen by several networks receives the sum of their gradients), and that network's
+    ``with_parameters(params)`` must return the same architecture computing with ``params`` instead
+    (stacked like ``parameters()``), so the core can run an adaptation on it functionally.
+    ``build(indices)``'s module must accept its parameters by name through
+    ``torch.func.functional_call`` (any ``nn.Module`` does). See :mod:`reml_core.pool_update`.
+    """
+
+    def parameters(self) -> list[torch.Tensor]: ...
+
+    def build_batch(self, indices: Sequence[Sequence[int]]) -> BatchedNetwork: ...
+
+
+@runtime_checkable
 class MaintainedLayerPool(Protocol):
     """Optional capability of a layer pool: upkeep the trainer runs at every checkpoint.
 

@@ -117,6 +117,22 @@ class EnvConfig(StrictModel):
         description="pool += rate * (trained - pool); 1 replaces the layers as the thesis did (the pool collapses, "
         "docs/pool-health.md), below 1 is a Reptile step",
     )
+    pool_update: Literal["thesis", "protocol"] = Field(
+        "thesis",
+        description="what the end of an episode does to the pool: 'thesis' trains the network with Adam on the task's "
+        "data and blends it back (env.write_back_rate); 'protocol' takes the meta-gradient of the query loss after the "
+        "evaluation's SGD adaptation on the support set and steps the pool with Adam (env.pool_adam_lr); "
+        "docs/experiments.md compares them",
+    )
+    pool_adam_lr: float = Field(0.001, gt=0, le=1, description="Adam learning rate of the pool under env.pool_update = 'protocol'")
+    meta_steps: list[int] = Field(
+        [], description="SGD adaptation steps whose query losses the protocol update averages (each >= 0; empty: "
+        "env.finetune_steps, the evaluation's longest)",
+    )
+    meta_order: Literal["second", "first"] = Field(
+        "second", description="'second': the exact meta-gradient through the adaptation, as MAML; 'first': without "
+        "its second-order terms (cheaper)",
+    )
     write_back_schedule: Literal["constant", "linear"] = Field(
         "linear", description="'linear' anneals the write-back rate to 0 over train.env_steps (Reptile's schedule); 'constant' keeps it"
     )
@@ -126,6 +142,13 @@ class EnvConfig(StrictModel):
     def _shots_positive(cls, value: list[int]) -> list[int]:
         if any(k <= 0 for k in value):
             raise ValueError("every K must be positive")
+        return _distinct_sorted(value)
+
+    @field_validator("meta_steps")
+    @classmethod
+    def _meta_steps(cls, value: list[int]) -> list[int]:
+        if any(s < 0 or s > 1000 for s in value):
+            raise ValueError("each adaptation step count must be in 0..1000")
         return _distinct_sorted(value)
 
     @property

@@ -206,6 +206,11 @@ class BatchedComposedNetwork:
                 x = act(x)
         return x
 
+    def with_parameters(self, params: Sequence[torch.Tensor]) -> BatchedComposedNetwork:
+        """The same networks computing with ``params`` (stacked as :meth:`parameters`) instead of their own."""
+        depth = len(self.weights)
+        return BatchedComposedNetwork(params[:depth], params[depth:], self.activation)
+
     def network(self, row: int) -> ComposedNetwork:
         """A copy of network ``row`` as a single :class:`ComposedNetwork`."""
         return ComposedNetwork([w[row].clone() for w in self.weights], [b[row].clone() for b in self.biases], self.activation)
@@ -350,6 +355,10 @@ class DenseLayerPool:
             role, local = self.locate(index)
             self.weights[role][local].lerp_(network.weights[slot], rate)
             self.biases[role][local].lerp_(network.biases[slot], rate)
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The pool's own tensors, every role's weights then biases (the MetaGradientLayerPool capability)."""
+        return [*self.weights.values(), *self.biases.values()]
 
     # -- many networks at once (the optional BatchedLayerPool capability) -----------------------
 
