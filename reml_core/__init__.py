@@ -1,7 +1,8 @@
 """REML: reinforcement meta-learning. An RL policy composes networks from a global layer pool.
 
 From Python: :func:`reml_core.run`, :func:`reml_core.bench` and :func:`reml_core.load`
-(:mod:`reml_core.api`) run an experiment, run a benchmark and load either back.
+(:mod:`reml_core.api`) run an experiment, run a benchmark and load either back; an argument
+of the wrong type raises :class:`reml_core.ArgumentError`, naming it, before anything is written.
 
 Plugin authors need ``hookimpl`` and the record types in :mod:`reml_core.specs`; the protocols
 their components implement are in :mod:`reml_core.interfaces`.
@@ -10,10 +11,12 @@ Everything here is imported on first use, so starting a command-line tool import
 the standard library before it can handle Ctrl-C.
 """
 
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["run", "bench", "load", "Results", "hookimpl", "hookspec", "__version__"]
+__all__ = ["run", "bench", "load", "Results", "ArgumentError", "hookimpl", "hookspec", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,8 +24,23 @@ def __getattr__(name: str) -> Any:
         from reml_core import hookspecs
 
         return getattr(hookspecs, name)
-    if name in ("run", "bench", "load", "Results"):
+    if name in ("run", "bench", "load", "Results", "ArgumentError"):
         from reml_core import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'reml_core' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """``reml_core.bench`` is the API function, also once the submodule of the same name
+    (:mod:`reml_core.bench`, reached through ``sys.modules``) has been imported: the import system
+    would otherwise bind the module over the function, and a second ``reml_core.bench(...)``
+    would call a module."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("run", "bench", "load") and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -18,6 +18,15 @@ dicts (``env={"inner_adam_lr": 0.003}``), and ``overrides`` takes dotted keys as
 (``overrides={"train.env_steps": 400}``). Invalid settings raise
 :class:`reml_core.errors.ConfigError` (one line per problem) before anything is written.
 
+Every public function checks its arguments first: one of the wrong type (``seeds="3"``,
+``methods="scratch"`` where a list belongs, ``out=3``) raises :class:`ArgumentError` (a
+:class:`~reml_core.errors.UserError` and a ``TypeError``) naming the argument, before anything is
+written. ``resume`` takes every setting from the folder it continues, so it refuses any other
+setting given with it, as the command-line tools do. Nothing is printed on standard output: messages
+go to the ``reml`` logger (:mod:`reml_core.logs`) and progress bars to standard error. The functions
+work from any thread; only in the main thread does Ctrl-C stop training at a checkpoint
+(:class:`reml_core.training.StopRequested`, a ``BaseException`` like ``KeyboardInterrupt``).
+
 Example (a complete smoke run and benchmark on tiny budgets; the doctest of this module)::
 
     >>> import tempfile, reml_core
@@ -38,13 +47,17 @@ Example (a complete smoke run and benchmark on tiny budgets; the doctest of this
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
-from collections.abc import Mapping, Sequence
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from reml_core.errors import UserError
+from reml_core.errors import ConfigError, UserError
 from reml_core.results import CellResult, ResultsDocument, Table
 
 if TYPE_CHECKING:
@@ -53,6 +66,119 @@ if TYPE_CHECKING:
     from reml_core.registry import PluginRegistry
 
 ConfigSource = Mapping[str, Any] | str | Path | None
+
+
+# -- arguments ---------------------------------------------------------------------------------
+
+
+class ArgumentError(UserError, TypeError):
+    """An argument of a public function of the wrong type or value, named: raised before anything
+    is written. A :class:`~reml_core.errors.UserError` (the CLIs print it as one line) and a ``TypeError``."""
+
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+_PUBLIC_NAMES = {"run": "reml_core.run", "bench": "reml_core.bench", "load": "reml_core.load"}
+
+
+def _expected(annotation: Any) -> str:
+    """What a parameter's annotation accepts, for people: ``a str, a pathlib.Path or None``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_expected(arg) for arg in typing.get_args(annotation)]
+        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
+    if annotation is type(None):
+        return "None"
+    if annotation is Any:
+        return "anything"
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
+        return "a mapping (dict) with str keys"
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Sequence):
+        args = typing.get_args(annotation)
+        return f"a list of {args[0].__name__ if args and isinstance(args[0], type) else 'items'}"
+    if annotation is Path:
+        return "a pathlib.Path"
+    if annotation is int:
+        return "an int"
+    if isinstance(annotation, type):
+        return f"a {annotation.__name__}"
+    return str(annotation)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+@functools.cache
+def _checkers(function: Callable[..., Any]) -> tuple[inspect.Signature, dict[str, tuple[Any, Any]]]:
+    """The function's signature and, per annotated parameter, its annotation and a strict pydantic validator."""
+    from pydantic import ConfigDict, TypeAdapter
+
+    from reml_core.registry import PluginRegistry
+
+    hints = typing.get_type_hints(function, localns={"PluginRegistry": PluginRegistry, "Results": Results})
+    signature = inspect.signature(function)
+    config = ConfigDict(strict=True, arbitrary_types_allowed=True)
+    checkers = {}
+    for name, parameter in signature.parameters.items():
+        if name == "self" or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL) or name not in hints:
+            continue
+        checkers[name] = (hints[name], TypeAdapter(hints[name], config=config))
+    return signature, checkers
+
+
+def check_arguments(function: _Function) -> _Function:
+    """Check every argument of ``function`` against its annotation (strictly: no ``"3"`` for an int, no
+    ``True`` for a count, no str where a list of names belongs) before it runs; :class:`ArgumentError` otherwise."""
+    default = function.__qualname__ if "." in function.__qualname__ else f"{function.__module__}.{function.__name__}"
+    label = _PUBLIC_NAMES.get(function.__qualname__, default)
+
+    @functools.wraps(function)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        from pydantic import ValidationError
+
+        signature, checkers = _checkers(function)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise ArgumentError(f"{label}(): {error}") from None
+        for name, value in bound.arguments.items():
+            if name not in checkers:
+                continue
+            annotation, adapter = checkers[name]
+            try:
+                adapter.validate_python(value)
+            except ValidationError as error:
+                first = error.errors(include_url=False)[0]
+                if first["type"] == "sequence_str" or (isinstance(value, str) and "list of" in _expected(annotation)):
+                    raise ArgumentError(f"{label}(): argument {name!r} must be {_expected(annotation)}, not a str: "
+                                        f"{value!r} would be read letter by letter; give [{value!r}]") from None
+                where = "".join(f"[{part!r}]" for part in first["loc"] if isinstance(part, int))
+                inner = f" (its item {where} is {_shown(first['input'])})" if where else ""
+                raise ArgumentError(f"{label}(): argument {name!r} must be {_expected(annotation)}, not {_shown(value)}{inner}") from None
+        return function(*args, **kwargs)
+
+    return checked  # type: ignore[return-value]
+
+
+def refuse_with_resume(resume: str | Path | None, given: Sequence[str], source: str, *, flag: str = "resume") -> None:
+    """``resume`` takes every setting from the folder it continues (its ``source`` file): refuse anything
+    else that was ``given`` (named as the caller's user knows it: keyword arguments, or the CLIs' flags)."""
+    if resume is not None and given:
+        raise UserError(f"{flag} takes every setting from {Path(resume) / source}; drop {', '.join(given)}")
+
+
+def _at_least_one(seeds: int | None, label: str) -> None:
+    if seeds is not None and seeds < 1:
+        raise ArgumentError(f"{label}(): argument 'seeds' must be at least 1, not {seeds}")
+
+
+def _nonempty(name: str, value: Sequence[str] | None, label: str) -> list[str] | None:
+    if value is None:
+        return None
+    if not value:
+        raise ArgumentError(f"{label}(): argument {name!r} is empty; name at least one, or leave it out for the default")
+    return list(dict.fromkeys(value))
 
 
 # -- results -----------------------------------------------------------------------------------
@@ -106,14 +232,22 @@ class Results:
         """Mean query loss after each Adam step of the convergence curve, per method."""
         return {name: list(curve) for name, curve in self.document.curves.items()}
 
+    @check_arguments
     def table(self, method: str) -> Table:
-        """``{K: {steps: cell}}`` of one method."""
+        """``{K: {steps: cell}}`` of one method (a ``KeyError`` naming the methods there are, for one that is not)."""
         if method not in self.document.tables:
             raise KeyError(f"no method {method!r} in {self.folder} (it holds {', '.join(self.methods)})")
         return {k: dict(row) for k, row in self.document.tables[method].items()}
 
+    @check_arguments
     def cell(self, method: str, shots: int, steps: int) -> CellResult:
-        return self.table(method)[shots][steps]
+        """One method's cell at K = ``shots`` after ``steps`` SGD steps (a ``KeyError`` naming what there is, otherwise)."""
+        table = self.table(method)
+        if shots not in table:
+            raise KeyError(f"no K = {shots} in {method}'s results (K: {', '.join(map(str, sorted(table)))})")
+        if steps not in table[shots]:
+            raise KeyError(f"no {steps} steps in {method}'s results at K = {shots} (steps: {', '.join(map(str, sorted(table[shots])))})")
+        return table[shots][steps]
 
     def rows(self) -> list[dict[str, Any]]:
         """One flat record per (method, K, steps): the loss and every metric, for a table of your own."""
@@ -137,6 +271,7 @@ class Results:
             raise ImportError("Results.to_dataframe needs pandas: pip install pandas") from None
         return pandas.DataFrame(self.rows())
 
+    @check_arguments
     def plot(self, path: str | Path, *, curves: bool = False) -> Path:
         """Draw the few-shot figure (or, with ``curves``, the convergence figure) into the PNG ``path``."""
         from reml_core.plots import plot_convergence, plot_few_shot
@@ -150,8 +285,10 @@ class Results:
         return path
 
 
+@check_arguments
 def load(folder: str | Path) -> Results:
-    """A finished ``reml-run`` or ``reml-bench`` folder's results."""
+    """A finished ``reml-run`` or ``reml-bench`` folder's results (a damaged ``results.json``, or one of
+    a schema this REML cannot read, is a :class:`~reml_core.errors.UserError` naming it)."""
     from reml_core.results import read_results
 
     folder = Path(folder)
@@ -161,6 +298,7 @@ def load(folder: str | Path) -> Results:
 # -- the user's config ------------------------------------------------------------------------
 
 
+@check_arguments
 def user_settings(config: ConfigSource = None, overrides: Mapping[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
     """One nested dict from a config (dict or file), keyword settings and dotted ``overrides``, in that order."""
     from reml_core.config import deep_merge, load_config_file, parse_assignment
@@ -218,31 +356,38 @@ class PreparedRun:
     resume: bool
     trust_checkpoint: bool = False
 
+    @check_arguments
     def execute(self, command: str = "") -> Results:
+        """Train, evaluate and write the run; ``command`` is what the report says started it."""
         from reml_core.pipeline import run_experiment
 
         document = run_experiment(self.config, self.out, resume=self.resume, trust_checkpoint=self.trust_checkpoint, command=command)
         return Results(self.out, document)
 
 
+@check_arguments
 def prepare_run(
     user: Mapping[str, Any] | None = None, *, out: str | Path | None = None, force: bool = False,
     baselines: Sequence[str] | None = None, resume: str | Path | None = None, trust_checkpoint: bool = False,
     registry: PluginRegistry | None = None,
 ) -> PreparedRun:
-    """Validate everything and claim the run folder (writing its ``config.json``); nothing trains yet."""
+    """Validate everything and claim the run folder (writing its ``config.json``); nothing trains yet.
+
+    With ``resume``, everything comes from the folder: ``user``, ``out``, ``force`` and ``baselines`` are refused.
+    """
     from reml_core.config import default_baselines, load_resolved, resolve_config
     from reml_core.experiment import build_components, build_one, check_policy_builds
     from reml_core.folders import check_path, claim_new_folder, claim_run_to_resume
     from reml_core.pipeline import check_resumable
     from reml_core.storage import atomic_write_json
 
+    given = [name for name, value in (("user", user), ("out", out), ("baselines", baselines)) if value is not None]
+    refuse_with_resume(resume, given + (["force"] if force else []), "config.json")
     registry = registry or _registry()
     if resume is not None:
         folder = claim_run_to_resume(Path(resume))
         config = load_resolved(folder / "config.json", registry)
-        build_components(config)
-        check_resumable(config, folder, registry)
+        check_resumable(config, folder, registry, build_components(config))
         return PreparedRun(config, Path(resume), True, trust_checkpoint)
     if out is not None:
         check_path(Path(out), "--out")
@@ -262,6 +407,7 @@ def prepare_run(
     return PreparedRun(config, folder, False, trust_checkpoint)
 
 
+@check_arguments
 def run(
     config: ConfigSource = None, *, out: str | Path | None = None, force: bool = False, baselines: Sequence[str] | None = None,
     resume: str | Path | None = None, trust_checkpoint: bool = False, overrides: Mapping[str, Any] | None = None,
@@ -270,11 +416,14 @@ def run(
     """Meta-train REML, pick the checkpoint best on validation tasks, evaluate it and the baselines
     on held-out test tasks; write the run folder (``out``, default ``runs/<...>``) and return its results.
 
-    ``resume`` continues the interrupted run in that folder instead (its config fixes every setting).
+    ``resume`` continues the interrupted run in that folder instead (its config fixes every setting,
+    so ``config``, ``out``, ``force``, ``baselines``, ``overrides`` and keyword settings are refused with it).
     ``baselines``: those evaluated beside REML (default: the task family's choice for a run).
     """
     from reml_core.folders import release_all
 
+    given = [name for name, value in (("config", config), ("out", out), ("baselines", baselines), ("overrides", overrides)) if value is not None]
+    refuse_with_resume(resume, given + (["force"] if force else []) + list(settings), "config.json")
     try:
         prepared = prepare_run(None if resume is not None else user_settings(config, overrides, **settings), out=out, force=force,
                                baselines=baselines, resume=resume, trust_checkpoint=trust_checkpoint)
@@ -300,7 +449,9 @@ class PreparedBench:
     executor: str = "local"
     ray_address: str | None = None
 
+    @check_arguments
     def execute(self, command: str = "") -> Results:
+        """Run (or load) every job, evaluate, write the benchmark; ``command`` is what the report says started it."""
         from reml_core.bench import run_bench
         from reml_core.jobs import LocalExecutor, RayExecutor
 
@@ -310,18 +461,29 @@ class PreparedBench:
         return Results(self.out, document)
 
 
+@check_arguments
 def prepare_bench(
     user: Mapping[str, Any] | None = None, *, methods: Sequence[str] | None = None, encoders: Sequence[str] | None = None,
-    seeds: int = 1, from_dir: str | Path | None = None, out: str | Path | None = None, force: bool = False,
+    seeds: int | None = None, from_dir: str | Path | None = None, out: str | Path | None = None, force: bool = False,
     resume: str | Path | None = None, executor: str = "local", ray_address: str | None = None,
     trust_checkpoint: bool = False, registry: PluginRegistry | None = None,
 ) -> PreparedBench:
-    """Validate every seed's config (and load what ``from_dir`` provides), then claim the folder."""
+    """Validate every seed's config (and load what ``from_dir`` provides), then claim the folder.
+
+    With ``resume``, the plan comes from the folder's ``bench-plan.json``: ``user``, ``methods``,
+    ``encoders``, ``seeds``, ``from_dir``, ``out`` and ``force`` are refused.
+    """
     from reml_core.bench import plan_bench
     from reml_core.config import default_baselines
     from reml_core.folders import check_path, claim_bench_to_resume, claim_new_folder
-    from reml_core.storage import atomic_write_json, read_json_file
+    from reml_core.storage import atomic_write_json
 
+    label = "reml_core.api.prepare_bench"
+    methods, encoders = _nonempty("methods", methods, label), _nonempty("encoders", encoders, label)
+    _at_least_one(seeds, label)
+    given = [name for name, value in (("user", user), ("methods", methods), ("encoders", encoders), ("seeds", seeds),
+                                      ("from_dir", from_dir), ("out", out)) if value is not None]
+    refuse_with_resume(resume, given + (["force"] if force else []), PLAN_FILE)
     if executor not in ("local", "ray"):
         raise UserError(f"executor: {executor!r} is not an executor (use 'local' or 'ray')")
     if ray_address is not None and executor != "ray":
@@ -335,21 +497,21 @@ def prepare_bench(
     registry = registry or _registry()
     if resume is not None:
         folder = claim_bench_to_resume(Path(resume))
-        saved = read_json_file(folder / PLAN_FILE, "a benchmark's plan (a JSON object)", error=UserError)
+        saved = read_plan(folder)
+        source = Path(saved.from_dir) if saved.from_dir else None
         try:
-            source = Path(saved["from_dir"]) if saved.get("from_dir") else None
-            plan = plan_bench(registry, saved["user"], methods=saved["methods"], encoders=saved.get("encoders"), seeds=int(saved["seeds"]),
-                              from_dir=source, trust_checkpoint=bool(saved.get("trust_checkpoint")))
-        except (KeyError, TypeError, ValueError) as error:
-            raise UserError(f"--resume {resume}: {PLAN_FILE} is damaged ({type(error).__name__}: {error})") from None
-        return PreparedBench(plan, registry, folder, True, bool(saved.get("trust_checkpoint")) or trust_checkpoint, executor, ray_address)
+            plan = plan_bench(registry, saved.user, methods=saved.methods, encoders=saved.encoders, seeds=saved.seeds,
+                              from_dir=source, trust_checkpoint=saved.trust_checkpoint)
+        except ConfigError as error:  # the saved settings no longer resolve (a plugin changed, data moved, ...)
+            raise ConfigError([f"{folder / PLAN_FILE}: {problem}" for problem in error.problems]) from None
+        return PreparedBench(plan, registry, folder, True, saved.trust_checkpoint or trust_checkpoint, executor, ray_address)
     if out is not None:
         check_path(Path(out), "--out")
     user = dict(user or {})
-    chosen = list(methods) if methods is not None else ["reml", *default_baselines(registry, user.get("plugin"), "bench")]
+    seeds = 1 if seeds is None else seeds
+    chosen = methods if methods is not None else ["reml", *default_baselines(registry, user.get("plugin"), "bench")]
     source = Path(from_dir) if from_dir is not None else None
-    plan = plan_bench(registry, user, methods=chosen, encoders=list(encoders) if encoders else None, seeds=seeds,
-                      from_dir=source, trust_checkpoint=trust_checkpoint)
+    plan = plan_bench(registry, user, methods=chosen, encoders=encoders, seeds=seeds, from_dir=source, trust_checkpoint=trust_checkpoint)
     base = plan.base(plan.seeds[0])
     target = Path(out) if out is not None else default_out(base, "bench")
     if plan.from_dir is not None and _inside(target, plan.from_dir):
@@ -357,26 +519,69 @@ def prepare_bench(
     folder = claim_new_folder(target, kind="bench", force=force, entries=(PLAN_FILE, *(f"seed-{seed}" for seed in plan.seeds)))
     atomic_write_json(folder / "config.json", base.to_dict())
     atomic_write_json(folder / PLAN_FILE, {
-        "format": "reml.bench-plan/1", "user": user, "methods": plan.methods, "encoders": list(encoders) if encoders else None,
+        "format": PLAN_FORMAT, "user": user, "methods": plan.methods, "encoders": encoders,
         "seeds": seeds, "from_dir": str(plan.from_dir) if plan.from_dir is not None else None, "trust_checkpoint": trust_checkpoint,
     })
     return PreparedBench(plan, registry, folder, False, trust_checkpoint, executor, ray_address)
 
 
+PLAN_FORMAT = "reml.bench-plan/1"
+
+
+def read_plan(folder: Path) -> Any:
+    """A benchmark folder's ``bench-plan.json``, every field checked against its type (a damaged one is
+    one :class:`~reml_core.errors.UserError` naming the file and the field)."""
+    from typing import Literal
+
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+    from reml_core.storage import read_json_file
+
+    class SavedPlan(BaseModel):
+        """What ``bench-plan.json`` holds (written by :func:`prepare_bench`)."""
+
+        model_config = ConfigDict(extra="forbid", strict=True)
+        format: Literal["reml.bench-plan/1"] = PLAN_FORMAT
+        user: dict[str, Any]
+        methods: list[str] = Field(min_length=1)
+        encoders: list[str] | None = Field(None, min_length=1)
+        seeds: int = Field(ge=1)
+        from_dir: str | None = None
+        trust_checkpoint: bool = False
+
+    path = folder / PLAN_FILE
+    data = read_json_file(path, "a benchmark's plan (a JSON object)", error=UserError)
+    try:
+        return SavedPlan.model_validate(data)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "plan"
+        value = f" (it holds {first['input']!r:.80})" if first["type"] != "missing" else ""
+        raise UserError(f"--resume {folder}: {path} is damaged: {where}: {first['msg']}{value}") from None
+
+
+@check_arguments
 def bench(
-    config: ConfigSource = None, *, methods: Sequence[str] | None = None, encoders: Sequence[str] | None = None, seeds: int = 1,
+    config: ConfigSource = None, *, methods: Sequence[str] | None = None, encoders: Sequence[str] | None = None, seeds: int | None = None,
     from_dir: str | Path | None = None, out: str | Path | None = None, force: bool = False, resume: str | Path | None = None,
     executor: str = "local", ray_address: str | None = None, trust_checkpoint: bool = False,
     overrides: Mapping[str, Any] | None = None, **settings: Any,
 ) -> Results:
     """REML (once per encoder in ``encoders``) and the baselines in ``methods`` on the same held-out
-    tasks, for ``seeds`` seeds, on ``executor`` ("local" or "ray"); write the benchmark folder and return its results.
+    tasks, for ``seeds`` seeds (default 1), on ``executor`` ("local" or "ray"); write the benchmark folder and return its results.
 
-    ``from_dir`` loads trained methods from an earlier run or benchmark; ``resume`` continues the
-    benchmark in that folder, rerunning only what is missing.
+    ``from_dir`` loads trained methods from an earlier run or benchmark (a method whose training did
+    not finish is refused); ``resume`` continues the benchmark in that folder, rerunning only what is
+    missing (its ``bench-plan.json`` fixes every setting: only ``executor``, ``ray_address`` and
+    ``trust_checkpoint`` may be given with it).
     """
     from reml_core.folders import release_all
 
+    methods, encoders = _nonempty("methods", methods, "reml_core.bench"), _nonempty("encoders", encoders, "reml_core.bench")
+    _at_least_one(seeds, "reml_core.bench")
+    given = [name for name, value in (("config", config), ("methods", methods), ("encoders", encoders), ("seeds", seeds),
+                                      ("from_dir", from_dir), ("out", out), ("overrides", overrides)) if value is not None]
+    refuse_with_resume(resume, given + (["force"] if force else []) + list(settings), PLAN_FILE)
     try:
         prepared = prepare_bench(None if resume is not None else user_settings(config, overrides, **settings), methods=methods,
                                  encoders=encoders, seeds=seeds, from_dir=from_dir, out=out, force=force, resume=resume,
@@ -392,4 +597,4 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-__all__ = ["run", "bench", "load", "Results", "CellResult", "prepare_run", "prepare_bench", "user_settings"]
+__all__ = ["run", "bench", "load", "Results", "CellResult", "ArgumentError", "prepare_run", "prepare_bench", "user_settings"]

@@ -25,6 +25,7 @@ from reml_core.errors import UserError
 from reml_core.folders import check_path
 from reml_core.experiment import baseline_labels, build_components, build_one, check_policy_builds, component_facts, loss_name
 from reml_core.jobs import (
+    BASELINE_RECORD,
     JOB_LOG,
     BenchJob,
     JobFailure,
@@ -117,7 +118,9 @@ def plan_bench(
     if unknown:
         raise UserError(f"--methods: unknown method {unknown[0]!r} (available: {', '.join(available)})")
     base_seed = int(user.get("seed", 0)) if isinstance(user.get("seed", 0), int) else 0
-    if not 1 <= seeds <= MAX_SEEDS:
+    if seeds < 1:
+        raise UserError(f"--seeds: {seeds}; a benchmark needs at least 1 seed")
+    if seeds > MAX_SEEDS:
         raise UserError(f"--seeds: {seeds} seeds; the limit is {MAX_SEEDS}")
     if base_seed + seeds > SEED_LIMIT:
         raise UserError(f"--seeds: seeds {base_seed}..{base_seed + seeds - 1} go past the largest seed, {SEED_LIMIT - 1}; lower --seed or --seeds")
@@ -175,8 +178,12 @@ def _check_sources(plan: BenchPlan, registry: PluginRegistry, trust: bool) -> di
             directory = plan.from_dir / f"seed-{seed}" / name
             if not directory.is_dir():
                 continue  # trained, and the report says so
-            if (directory / "bench.json").exists():
-                read_json_file(directory / "bench.json", f"{name}'s training record", error=UserError)
+            if not (directory / BASELINE_RECORD).is_file():  # written last: without it, training never finished
+                raise UserError(
+                    f"--from {plan.from_dir}: {name} for seed {seed} in {directory} is unfinished (no {BASELINE_RECORD}: its "
+                    f"training was interrupted); finish it with reml-bench --resume {plan.from_dir}, or drop --from to train it"
+                )
+            read_json_file(directory / BASELINE_RECORD, f"{name}'s training record", error=UserError)
             config = plan.base(seed)
             chosen = config.baselines[name]
             baseline = chosen.spec.factory(chosen.config, build_components(config).context)
@@ -319,6 +326,15 @@ def _seed_document(plan: BenchPlan, seed: int, results: list[JobResult], command
     )
 
 
+def seed_budgets(budgets: Mapping[int, str]) -> str:
+    """One method's budget over seeds: the budget when every seed had the same, else each seed's own
+    (``seed 0: 2048 env steps ...; seed 1: 640 env steps ...``), so no seed's budget hides behind another's."""
+    distinct = list(dict.fromkeys(budgets.values()))
+    if len(distinct) == 1:
+        return distinct[0]
+    return "; ".join(f"seed {seed}: {budget}" for seed, budget in budgets.items())
+
+
 def _aggregate(plan: BenchPlan, documents: dict[int, ResultsDocument], seconds: float, command: str, executor: str) -> ResultsDocument:
     """Every seed's numbers and the mean over seeds of each cell, with the spread between seeds
     (standard deviation of the seed means)."""
@@ -337,7 +353,8 @@ def _aggregate(plan: BenchPlan, documents: dict[int, ResultsDocument], seconds: 
         tables={key: aggregate_tables([documents[s].tables[key] for s in plan.seeds]) for key in keys},
         curves={key: aggregate_curves([documents[s].curves[key] for s in plan.seeds]) for key in keys},
         timing=timing, config=base.to_dict(), command=command, loss_name=facts.loss_name, labels=baseline_labels(base),
-        components=facts.components, training=first.training, encoders=dict(plan.encoder_infos), budgets=first.budgets,
+        components=facts.components, training=first.training, encoders=dict(plan.encoder_infos),
+        budgets={key: seed_budgets({s: documents[s].budgets.get(key, "") for s in plan.seeds}) for key in keys},
         sources={s: documents[s].sources[s] for s in plan.seeds},
         seeds=list(plan.seeds), per_seed={s: documents[s].tables for s in plan.seeds}, preset=base.core.preset, executor=executor,
     )

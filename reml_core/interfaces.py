@@ -359,6 +359,26 @@ class MeasuresMetrics(Protocol):
 
 
 @runtime_checkable
+class FingerprintsData(Protocol):
+    """Optional for a task sampler whose tasks depend on data outside its config (a folder of
+    images, a data set installed with a package): a fingerprint of that data.
+
+    ``data_fingerprint()`` returns a non-empty mapping from what people would call each part of the
+    data (``"characters"``, ``"images"``) to a short string that changes whenever that part does,
+    best a count and a digest (``"1623 character folders, sha256 3fa2c1d9e0b1"``). It is cheap
+    (names and sizes, not every byte, for data on disk) and deterministic.
+
+    The core records it when a run starts (``data.json`` in the run folder) and compares it when
+    the run is resumed or loaded (``reml-run --resume``, ``reml-bench --resume`` and ``--from``):
+    a difference is refused with one error naming the parts that changed, because a sampler that
+    splits its classes by the data would otherwise continue on another split and could put test
+    classes into training. A sampler whose tasks depend on its config alone (``sine``) needs none.
+    """
+
+    def data_fingerprint(self) -> Mapping[str, str]: ...
+
+
+@runtime_checkable
 class ReportsStats(Protocol):
     """Optional for a policy backend (or any component): numbers about its own behaviour to report.
 

@@ -19,6 +19,7 @@ the others carry on.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import math
 import os
@@ -40,7 +41,15 @@ from reml_core.interfaces import Describable
 from reml_core.pipeline import evaluate_methods, load_reml, seed_everything, train_reml
 from reml_core.registry import PluginRegistry, disabled_plugins
 from reml_core.results import TrainingRecord
-from reml_core.storage import atomic_write_json, follow_umask, latest_checkpoint, read_json_file
+from reml_core.storage import (
+    atomic_write_json,
+    follow_umask,
+    latest_checkpoint,
+    link_error,
+    open_for_append,
+    read_json_file,
+    record_written,
+)
 from reml_core.logs import log
 
 #: The file in each job's folder that holds what the job printed.
@@ -105,7 +114,7 @@ def run_job(job: BenchJob, workdir: Path, *, echo: bool = True) -> JobResult:
     with contextlib.ExitStack() as stack:
         if job.source is None:
             workdir.mkdir(parents=True, exist_ok=True)
-            log_file = stack.enter_context(open(workdir / JOB_LOG, "a", encoding="utf-8"))
+            log_file = stack.enter_context(open(open_for_append(workdir / JOB_LOG), "a", encoding="utf-8"))
             stack.enter_context(_tee_stderr(log_file, echo))
             follow_umask(workdir / JOB_LOG)
         registry = PluginRegistry.discover(disabled=job.disabled)
@@ -173,6 +182,7 @@ def _baseline(job: BenchJob, config: RunConfig, workdir: Path) -> tuple[Componen
         baseline.save(workdir)
         for path in workdir.iterdir():
             if path.is_file():
+                record_written(path)  # a baseline's own files (MAML's are listed as it writes them)
                 follow_umask(path)
         record = {"training_seconds": seconds, "summary": summary, "config": chosen.config.model_dump(mode="json")}
         from reml_core.results import jsonable
@@ -193,9 +203,18 @@ def load_baseline(baseline: Any, name: str, directory: Path) -> None:
 
 
 def finished(job_dir: Path, method: str) -> bool:
-    """Whether a job's folder holds a finished method (so ``--resume`` loads instead of rerunning it)."""
+    """Whether a job's folder holds a finished method (so ``--resume`` loads instead of rerunning it).
+
+    A REML folder is finished when its training reached its budget
+    (:func:`reml_core.pipeline.unfinished_training`); a baseline's when its record, written last, exists.
+    """
     if method == "reml":
-        return (job_dir / "config.json").is_file() and (job_dir / "checkpoints" / "final").is_dir()
+        if not ((job_dir / "config.json").is_file() and (job_dir / "checkpoints" / "final").is_dir()):
+            return False
+        from reml_core.pipeline import folder_budget, unfinished_training
+
+        budget = folder_budget(job_dir)
+        return budget is not None and unfinished_training(job_dir, budget) is None
     return (job_dir / BASELINE_RECORD).is_file()
 
 
@@ -334,12 +353,19 @@ def pack_folder(folder: Path) -> bytes:
 def unpack_folder(data: bytes, target: Path) -> None:
     """Write a packed job folder at ``target`` whole: into a new sibling, then renamed into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    record_written(target.parent, pattern=f".{glob.escape(target.name)}.*.tmp/**")
     incoming = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r") as archive:
             archive.extractall(incoming, filter="data")
         for path in [incoming, *incoming.rglob("*")]:
+            if path.is_symlink():
+                raise UserError(f"the packed job folder for {target} holds a link ({path.relative_to(incoming)}); REML never makes links")
             follow_umask(path, directory=path.is_dir())
+            if path.is_file():
+                record_written(target / path.relative_to(incoming))
+        if os.path.islink(target):
+            raise link_error(target)
         if target.exists():
             shutil.rmtree(target)
         os.replace(incoming, target)

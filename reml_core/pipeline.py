@@ -13,10 +13,10 @@ from typing import Any
 import torch
 
 from reml_core.config import RunConfig, load_resolved
-from reml_core.errors import CheckpointError, UserError
+from reml_core.errors import CheckpointError, PluginError, UserError, describe_error
 from reml_core.evaluation import FewShotEvaluator, FewShotTable, NetworkProvider
 from reml_core.experiment import Components, baseline_labels, build_components, build_one, component_facts, loss_name
-from reml_core.interfaces import Baseline, MeasuresMetrics, ReportsStats
+from reml_core.interfaces import Baseline, FingerprintsData, MeasuresMetrics, ReportsStats
 from reml_core.methods import ReMLMethod
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.results import ResultsDocument, SelectedCheckpoint, TrainingRecord, finite_or_none, render_run_report, table_of
@@ -38,6 +38,9 @@ RESUME_MAY_CHANGE = frozenset({
     "train.env_steps", "train.progress", "train.threads", "train.device", "train.checkpoint_every",
     "eval.test_tasks", "eval.curve_steps", "eval.curve_adam_lr", "eval.curve_tasks",
 })
+#: A run folder's record of the data its task sampler read when the run started (see :func:`record_data`).
+DATA_FILE = "data.json"
+DATA_FORMAT = "reml.data/1"
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -96,7 +99,11 @@ class TrainedReML:
 
 
 def train_reml(config: RunConfig, components: Components, out: Path, *, resume: bool = False, trust_checkpoint: bool = False) -> TrainedReML:
-    """Calibrate, meta-train (or continue) and load the best validation checkpoint; raises StopRequested on Ctrl-C."""
+    """Calibrate, meta-train (or continue) and load the best validation checkpoint; raises StopRequested on Ctrl-C.
+
+    A new run records the fingerprint of its data (:data:`DATA_FILE`); a resumed one is refused if
+    its data changed since (a new class split could put test classes into training).
+    """
     trainer = _trainer(config, components, out, resume=resume, trust_checkpoint=trust_checkpoint)
     trainer.calibrate()
     trainer.train()
@@ -108,12 +115,20 @@ def train_reml(config: RunConfig, components: Components, out: Path, *, resume: 
 def load_reml(config: RunConfig, components: Components, out: Path, *, trust_checkpoint: bool = False) -> TrainedReML:
     """A finished run's REML, from its ``best`` (or ``final``) checkpoint, without training.
 
-    Reads only: nothing in ``out`` is created, changed or removed.
+    Reads only: nothing in ``out`` is created, changed or removed. A run whose training did not
+    finish (stopped part-way, or continued past its final checkpoint and stopped) is refused, and
+    so is one whose task data changed since it was trained.
     """
     latest = latest_checkpoint(out / "checkpoints")
     if latest is None:
-        raise CheckpointError(f"{out} holds no checkpoint to load")
+        raise CheckpointError(f"{out} holds no checkpoint to load: its training stopped before the first one "
+                              f"(finish it with {_resume_command(out)}, or train it anew)")
     verify_checkpoint(latest)
+    unfinished = unfinished_training(out, config.core.train.env_steps)
+    if unfinished is not None:
+        raise CheckpointError(f"{out} holds an unfinished REML run: {unfinished}; finish it with {_resume_command(out)}, "
+                              "or train it anew (a half-trained REML is not loaded as trained)")
+    check_data(out, components, f"REML in {out}")
     state = read_trainer_state(latest / "trainer.json")
     trainer = MetaTrainer(config, components, out, state=state, read_only=True)
     trainer.load(latest, trust_pickle=trust_checkpoint)
@@ -167,13 +182,111 @@ def _trainer(config: RunConfig, components: Components, out: Path, *, resume: bo
         found = resume_state(out)
         if found is not None:
             latest, state = found
+            check_data(out, components, f"--resume {out}")
             state.resumes += 1
             log(f"resuming from {latest.name} ({state.timesteps} env steps done)")
             trainer = MetaTrainer(config, components, out, state=state)
             trainer.load(latest, trust_pickle=trust_checkpoint)
             return trainer
         log("no checkpoint yet: starting the run from the beginning")
+    record_data(out, components)
     return MetaTrainer(config, components, out)
+
+
+# -- finished or not ---------------------------------------------------------------------------
+
+
+def unfinished_training(out: Path, budget: int) -> str | None:
+    """Why the REML run in ``out`` has not finished training to ``budget`` env steps, or None if it has.
+
+    Finished means: a ``final`` checkpoint (written only once training returned), no step
+    checkpoint newer than it (a finished run continued with a larger budget and stopped again),
+    and at least ``budget`` env steps in it (the budget of the folder's ``config.json``).
+    """
+    checkpoints = out / "checkpoints"
+    latest = latest_checkpoint(checkpoints)
+    latest_steps = read_trainer_state(latest / "trainer.json").timesteps if latest is not None else 0
+    final = checkpoints / "final"
+    if not final.is_dir():
+        return f"its training stopped at {latest_steps} of {budget} env steps (it has no final checkpoint)"
+    final_steps = read_trainer_state(final / "trainer.json").timesteps
+    if latest_steps > final_steps:
+        return (f"it was continued past its final checkpoint ({final_steps} env steps) and stopped at "
+                f"{latest_steps} of {budget} env steps")
+    if final_steps < budget:
+        return f"its final checkpoint holds {final_steps} of the {budget} env steps its config.json asks for"
+    return None
+
+
+def folder_budget(out: Path) -> int | None:
+    """``train.env_steps`` of a run folder's ``config.json`` (None when it has none that says)."""
+    data = read_json_file(out / "config.json", "a run's config (a JSON object)", error=UserError)
+    train = data.get("train")
+    steps = train.get("env_steps") if isinstance(train, dict) else None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+def _resume_command(out: Path) -> str:
+    bench = out.parent.parent
+    if out.parent.name.startswith("seed-") and (bench / "bench-plan.json").is_file():
+        return f"reml-bench --resume {bench}"
+    return f"reml-run --resume {out}"
+
+
+# -- the data a run was trained on -------------------------------------------------------------
+
+
+def data_fingerprint(components: Components) -> dict[str, str] | None:
+    """The task sampler's fingerprint of its data (:class:`reml_core.interfaces.FingerprintsData`), or
+    None when it gives none (its tasks depend on its config alone)."""
+    sampler = components.task_sampler
+    if not isinstance(sampler, FingerprintsData):
+        return None
+    name = components.config.task.name
+    try:
+        found = sampler.data_fingerprint()
+    except UserError:
+        raise
+    except Exception as error:  # a plugin's bug, named as its own
+        raise PluginError(f"task plugin {name!r} failed to fingerprint its data: {describe_error(error)}") from error
+    if not isinstance(found, Mapping) or not found or not all(isinstance(k, str) and isinstance(v, str) for k, v in found.items()):
+        raise PluginError(f"task plugin {name!r}: data_fingerprint() must return a non-empty mapping of names to strings, "
+                          f"not {type(found).__name__}")
+    return dict(found)
+
+
+def record_data(out: Path, components: Components) -> None:
+    """Write the fingerprint of the data this run starts on into ``out`` (nothing when the sampler gives none)."""
+    fingerprint = data_fingerprint(components)
+    path = out / DATA_FILE
+    if fingerprint is None:
+        path.unlink(missing_ok=True)  # a stale record of an earlier start is no record of this one
+        return
+    atomic_write_json(path, {"format": DATA_FORMAT, "task": components.config.task.name, "fingerprint": fingerprint})
+
+
+def check_data(out: Path, components: Components, what: str) -> None:
+    """Refuse to go on with the run in ``out`` when its task data changed since it started.
+
+    Runs that recorded nothing (their sampler gives no fingerprint, or they predate the record)
+    are not checked.
+    """
+    path = out / DATA_FILE
+    if not path.is_file():
+        return
+    record = read_json_file(path, "the fingerprint of the run's data (a JSON object)", error=UserError)
+    recorded = record.get("fingerprint")
+    if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+        raise UserError(f"{path} is damaged: 'fingerprint' should map names to strings")
+    current = data_fingerprint(components) or {}
+    changed = [key for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
+    if changed:
+        shown = "; ".join(f"{key}: {recorded.get(key, '(none)')} when it started, {current.get(key, '(none)')} now" for key in changed)
+        raise UserError(
+            f"{what}: the data of task {components.config.task.name!r} changed since the run started ({shown}); going on "
+            "would train or evaluate on another class split, which can put test classes into training. Restore the data "
+            "the run started on, or start a new run"
+        )
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -186,16 +299,19 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def check_resumable(config: RunConfig, out: Path, registry: PluginRegistry) -> None:
+def check_resumable(config: RunConfig, out: Path, registry: PluginRegistry, components: Components | None = None) -> None:
     """Refuse to resume when the folder's config no longer matches what its checkpoint was trained with.
 
     Seed, plugin, every component and every setting that shaped training must be the same;
-    ``train.env_steps`` may grow but not fall below the steps already trained.
+    ``train.env_steps`` may grow but not fall below the steps already trained; and (given the
+    run's ``components``) the task's data must be what the run started on.
     """
     found = resume_state(out)
     if found is None:
         return  # nothing trained yet: the run starts from the beginning with this config
     latest, state = found
+    if components is not None:
+        check_data(out, components, f"--resume {out}")
     read_json_file(latest / "reward.json", "the reward's calibration")  # every file is readable before anything runs
     recorded_config = load_resolved(latest / "config.json", registry)
     recorded = _flatten(recorded_config.to_dict())

@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # the evaluator needs torch; reading and reporting results do
     from reml_core.evaluation import Cell, FewShotTable
 
 SCHEMA = "reml.results/2"
+#: The layouts this version reads (a file naming another one was written by another REML).
+READABLE_SCHEMAS = ("reml.results/1", SCHEMA)
 #: ``reml.results/1`` files (the layout before this one) are still read by reports, plots and the
 #: README tool: they kept the policy's invalid-argmax rate as ``training.invalid_argmax_rate`` and
 #: recorded no ``labels`` or ``components``; this is how they showed the built-in baselines.
@@ -136,21 +138,77 @@ class CellResult:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> CellResult:
+    def from_json(cls, data: Mapping[str, Any], where: str = "cell") -> CellResult:
+        data = _mapping(data, where)
         metrics = [key[: -len("_mean")] for key in data if key.endswith("_mean") and key != "mse_mean"]
         return cls(
-            _number(data.get("mse_mean")), _number(data.get("mse_ci95")), _number(data.get("seed_spread")), int(data.get("nan_tasks") or 0),
-            {name: (_number(data.get(f"{name}_mean")), _number(data.get(f"{name}_ci95"))) for name in metrics},
-            {name: _number(data[f"{name}_seed_spread"]) for name in metrics if f"{name}_seed_spread" in data},
+            _number(data.get("mse_mean"), f"{where}.mse_mean"), _number(data.get("mse_ci95"), f"{where}.mse_ci95"),
+            _number(data.get("seed_spread"), f"{where}.seed_spread"), _count(data.get("nan_tasks", 0), f"{where}.nan_tasks"),
+            {name: (_number(data.get(f"{name}_mean"), f"{where}.{name}_mean"), _number(data.get(f"{name}_ci95"), f"{where}.{name}_ci95"))
+             for name in metrics},
+            {name: _number(data[f"{name}_seed_spread"], f"{where}.{name}_seed_spread") for name in metrics if f"{name}_seed_spread" in data},
         )
 
 
-def _number(value: Any) -> float | None:
+# -- reading a results file: every field of the type the schema gives it ---------------------------
+
+
+def _number(value: Any, where: str = "value") -> float | None:
+    """A number of a results file: finite, or null (REML writes a NaN as null and never writes an infinity)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{value!r} is not a number")
-    return finite_or_none(float(value))
+        raise TypeError(f"{where}: {value!r} is not a number")
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: {value!r} is not a finite number (REML writes null for a number it could not measure)")
+    return float(value)
+
+
+def _count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"{where}: {value!r} is not a non-negative integer")
+    return value
+
+
+def _integer(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{where}: {value!r} is not an integer")
+    return value
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{where}: {value!r} is not a string")
+    return value
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{where}: {value!r} is not true or false")
+    return value
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{where}: {type(value).__name__} where a JSON object belongs")
+    return value
+
+
+def _texts(value: Any, where: str) -> dict[str, str]:
+    return {str(key): _text(item, f"{where}.{key}") for key, item in _mapping(value, where).items()}
+
+
+def _numbers(value: Any, where: str) -> list[float | None]:
+    if not isinstance(value, list):
+        raise TypeError(f"{where}: {type(value).__name__} where a JSON list belongs")
+    return [_number(item, f"{where}[{index}]") for index, item in enumerate(value)]
+
+
+def _key(value: str, where: str) -> int:
+    """A table's K or step count, a JSON object key: ``"5"``."""
+    if not value.isdigit():
+        raise ValueError(f"{where}: {value!r} is not a count")
+    return int(value)
 
 
 #: One method's few-shot results: ``{K: {steps: cell}}``.
@@ -167,8 +225,10 @@ def table_to_json(table: Table, *, spreads: bool = False) -> dict[str, dict[str,
     return {str(k): {str(s): cell.to_json(spreads=spreads) for s, cell in row.items()} for k, row in table.items()}
 
 
-def table_from_json(data: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Table:
-    return {int(k): {int(s): CellResult.from_json(cell) for s, cell in row.items()} for k, row in data.items()}
+def table_from_json(data: Mapping[str, Mapping[str, Mapping[str, Any]]], where: str = "table") -> Table:
+    return {_key(k, f"{where}"): {_key(s, f"{where}.{k}"): CellResult.from_json(cell, f"{where}.{k}.{s}")
+                                  for s, cell in _mapping(row, f"{where}.{k}").items()}
+            for k, row in _mapping(data, where).items()}
 
 
 def cell_to_json(cell: Cell) -> dict[str, Any]:
@@ -243,15 +303,26 @@ class TrainingRecord:
         })
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> TrainingRecord:
+    def from_json(cls, data: Mapping[str, Any], where: str = "training") -> TrainingRecord:
+        data = _mapping(data, where)
         selected = data.get("selected_checkpoint")
-        stats = dict(data.get("policy_stats") or {})
+        stats = dict(_mapping(data.get("policy_stats") or {}, f"{where}.policy_stats"))
         if "invalid_argmax_rate" in data and not stats:  # reml.results/1 kept it beside the other numbers
             stats["invalid_argmax_rate"] = data["invalid_argmax_rate"]
+        history = data.get("history") or []
+        if not isinstance(history, list):
+            raise TypeError(f"{where}.history: {type(history).__name__} where a JSON list belongs")
+        if selected:
+            selected = _mapping(selected, f"{where}.selected_checkpoint")
+            chosen: SelectedCheckpoint | None = SelectedCheckpoint(
+                _text(selected["name"], f"{where}.selected_checkpoint.name"),
+                _count(selected["timesteps"], f"{where}.selected_checkpoint.timesteps"),
+                _number(selected.get("score"), f"{where}.selected_checkpoint.score"))
+        else:
+            chosen = None
         return cls(
-            int(data["env_steps"]), int(data.get("resumes") or 0),
-            None if not selected else SelectedCheckpoint(str(selected["name"]), int(selected["timesteps"]), _number(selected.get("score"))),
-            [dict(record) for record in data.get("history") or []], stats,
+            _count(data["env_steps"], f"{where}.env_steps"), _count(data.get("resumes") or 0, f"{where}.resumes"), chosen,
+            [dict(_mapping(record, f"{where}.history[{index}]")) for index, record in enumerate(history)], stats,
         )
 
 
@@ -335,7 +406,7 @@ class ResultsDocument:
             "encoder_privileged": self.encoder_privileged, "seed": self.seed, "test_tasks": self.test_tasks,
             "methods": {key: table_to_json(table, spreads=bench) for key, table in self.tables.items()},
             "curves": {key: [finite_or_none(v) for v in curve] for key, curve in self.curves.items()},
-            "timing_s": {name: round(seconds, 3) for name, seconds in self.timing.items()},
+            "timing_s": {name: finite_or_none(round(seconds, 3)) for name, seconds in self.timing.items()},
             "versions": dict(self.versions), "config": dict(self.config), "command": self.command,
             "loss_name": self.loss_name, "components": dict(self.components),
         }
@@ -360,7 +431,15 @@ class ResultsDocument:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = "results.json") -> ResultsDocument:
-        """Read a ``reml.results/2`` (or ``/1``) document; a damaged one is a :class:`UserError` naming ``where``."""
+        """Read a ``reml.results/2`` (or ``/1``) document, every field checked against the type the
+        schema gives it; a damaged one, or one of a schema this REML does not know, is a
+        :class:`UserError` naming ``where`` (and the field)."""
+        schema = data.get("schema") if isinstance(data, Mapping) else None
+        if schema is not None and schema not in READABLE_SCHEMAS:
+            from reml_core import __version__
+
+            raise UserError(f"{where} holds results of schema {schema!r}, which REML {__version__} cannot read (it reads "
+                            f"{' and '.join(READABLE_SCHEMAS)}); read it with the REML that wrote it, or a newer one")
         try:
             return cls._read(data)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -369,38 +448,51 @@ class ResultsDocument:
 
     @classmethod
     def _read(cls, data: Mapping[str, Any]) -> ResultsDocument:
-        if not isinstance(data, Mapping):
-            raise TypeError("not a JSON object")
+        data = _mapping(data, "the file")
         kind: Kind = "bench" if "seed_list" in data else "seed" if "budgets" in data else "run"
-        config = dict(data["config"])  # with "methods", what every results file holds; the rest has defaults
-        tables = {str(key): table_from_json(table) for key, table in data["methods"].items()}
-        seed = int(data.get("seed", config.get("seed", 0)))
-        training = data.get("training") or {}
+        config = dict(_mapping(data["config"], "config"))  # with "methods", what every results file holds; the rest has defaults
+        tables = {str(key): table_from_json(table, f"methods.{key}") for key, table in _mapping(data["methods"], "methods").items()}
+        seed = _integer(data.get("seed", config.get("seed", 0)), "seed")
+        training = _mapping(data.get("training") or {}, "training")
         if kind == "run":
             training = {"reml": dict(training)} if training else {}
-        sources = data.get("sources") or {}
+        sources_data = _mapping(data.get("sources") or {}, "sources")
         if kind == "seed":
-            sources = {seed: dict(sources)}
+            sources = {seed: _texts(sources_data, "sources")}
         else:
-            sources = {int(s): dict(found) for s, found in sources.items()}
+            sources = {_key(str(s), "sources"): _texts(found, f"sources.{s}") for s, found in sources_data.items()}
+        seed_list = data.get("seed_list") or []
+        if not isinstance(seed_list, list):
+            raise TypeError(f"seed_list: {type(seed_list).__name__} where a JSON list belongs")
+        per_seed = {}
+        for s, held in _mapping(data.get("seeds") or {}, "seeds").items():
+            methods = _mapping(_mapping(held, f"seeds.{s}")["methods"], f"seeds.{s}.methods")
+            per_seed[_key(str(s), "seeds")] = {str(key): table_from_json(table, f"seeds.{s}.methods.{key}") for key, table in methods.items()}
+        encoders = {}
+        for key, info in _mapping(data.get("encoders") or {}, "encoders").items():
+            info = _mapping(info, f"encoders.{key}")
+            encoders[str(key)] = EncoderInfo(_text(info["name"], f"encoders.{key}.name"), _flag(info["privileged"], f"encoders.{key}.privileged"))
+        labels = data.get("labels")
+        optional = {name: data.get(name) for name in ("preset", "executor")}
+        for name, value in optional.items():
+            if value is not None:
+                _text(value, name)
         return cls(
-            kind=kind, plugin=str(data.get("plugin", config.get("plugin", ""))), policy=str(data.get("policy", "")),
-            encoder=str(data.get("encoder", "")), encoder_privileged=bool(data.get("encoder_privileged")), seed=seed,
-            test_tasks=int(data.get("test_tasks", 0)), tables=tables,
-            curves={str(key): [_number(v) for v in curve] for key, curve in (data.get("curves") or {}).items()},
-            timing={str(key): float(value) for key, value in (data.get("timing_s") or {}).items()},
-            config=config, versions=dict(data.get("versions") or {}), command=str(data.get("command") or ""),
-            loss_name=str(data.get("loss_name") or "MSE"),
-            labels=dict(data["labels"]) if isinstance(data.get("labels"), Mapping) else None,
-            components=dict(data.get("components") or {}),
-            training={str(key): TrainingRecord.from_json(record) for key, record in training.items()},
-            encoders={str(key): EncoderInfo(str(info["name"]), bool(info["privileged"])) for key, info in (data.get("encoders") or {}).items()},
-            budgets={str(key): str(value) for key, value in (data.get("budgets") or {}).items()},
-            sources=sources,
-            seeds=[int(s) for s in data.get("seed_list") or []],
-            per_seed={int(s): {str(key): table_from_json(table) for key, table in held["methods"].items()}
-                      for s, held in (data.get("seeds") or {}).items()},
-            preset=data.get("preset"), executor=data.get("executor"),
+            kind=kind, plugin=_text(data.get("plugin", config.get("plugin", "")), "plugin"), policy=_text(data.get("policy", ""), "policy"),
+            encoder=_text(data.get("encoder", ""), "encoder"), encoder_privileged=_flag(data.get("encoder_privileged", False), "encoder_privileged"),
+            seed=seed, test_tasks=_count(data.get("test_tasks", 0), "test_tasks"), tables=tables,
+            curves={str(key): _numbers(curve, f"curves.{key}") for key, curve in _mapping(data.get("curves") or {}, "curves").items()},
+            timing={str(key): seconds for key, value in _mapping(data.get("timing_s") or {}, "timing_s").items()
+                    if (seconds := _number(value, f"timing_s.{key}")) is not None},  # null: not measured (a loaded baseline's training)
+            config=config, versions=_texts(data.get("versions") or {}, "versions"), command=_text(data.get("command") or "", "command"),
+            loss_name=_text(data.get("loss_name") or "MSE", "loss_name"),
+            labels=None if labels is None else _texts(labels, "labels"),
+            components=_texts(data.get("components") or {}, "components"),
+            training={str(key): TrainingRecord.from_json(record, "training" if kind == "run" else f"training.{key}")
+                      for key, record in training.items()},
+            encoders=encoders, budgets=_texts(data.get("budgets") or {}, "budgets"), sources=sources,
+            seeds=[_integer(s, f"seed_list[{index}]") for index, s in enumerate(seed_list)],
+            per_seed=per_seed, preset=optional["preset"], executor=optional["executor"],
         )
 
 

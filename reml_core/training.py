@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,8 +58,13 @@ class TrainerState:
     seconds: dict[str, float] = field(default_factory=lambda: {"calibration": 0.0, "training": 0.0, "validation": 0.0})
 
 
-class StopRequested(Exception):
-    """Ctrl-C or SIGTERM arrived during training; the run was checkpointed. ``signum`` says which."""
+class StopRequested(BaseException):
+    """Ctrl-C or SIGTERM arrived during training; the run was checkpointed. ``signum`` says which.
+
+    Like :class:`KeyboardInterrupt` it is a ``BaseException``, not an ``Exception``: code that
+    catches ``Exception`` (a notebook cell's, a web handler's, a plugin's) does not swallow the
+    user's request to stop.
+    """
 
     def __init__(self, checkpoint: Path, signum: int = signal.SIGINT) -> None:
         super().__init__(str(checkpoint))
@@ -68,6 +74,14 @@ class StopRequested(Exception):
 
 #: Signals that stop training gracefully: Ctrl-C, and SIGTERM (what a cluster scheduler sends).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _progress_bar(total: int, show: bool) -> Any:
+    """The training progress bar: tqdm's, on stderr (shown only on a terminal or in a notebook), as the
+    evaluation's and MAML's bars are; ``show=False`` (``train.progress = false``) draws none."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="meta-training", unit="step", disable=None if show else True, leave=False)
 
 
 class MetaTrainer:
@@ -96,6 +110,8 @@ class MetaTrainer:
         self.probe = probe_source.x_query
         self._stop = False
         self._stop_signal: int = signal.SIGINT
+        self._bar: Any = _progress_bar(0, False)
+        self._bar_steps = 0
 
     # -- calibration -------------------------------------------------------------------------
 
@@ -135,14 +151,22 @@ class MetaTrainer:
         if remaining > 0:
             log(f"meta-training {self.config.policy.name} for {remaining} env steps "
                 f"(encoder {self.config.encoder.name}, reward {self.config.reward.name})")
-            previous = {signum: signal.signal(signum, self._request_stop) for signum in STOP_SIGNALS}
+            # Only the main thread may set signal handlers: from any other thread (a notebook's
+            # background job, a web server's worker) training runs without them, and the
+            # embedding program keeps its own handling of Ctrl-C.
+            main = threading.current_thread() is threading.main_thread()
+            previous = {signum: signal.signal(signum, self._request_stop) for signum in STOP_SIGNALS} if main else {}
+            self._bar = _progress_bar(remaining, self.config.core.train.progress)
+            self._bar_steps = self.policy.num_timesteps
             start = time.perf_counter()
             try:
-                self.policy.learn(remaining, callback=self.on_step, progress_bar=self.config.core.train.progress)
+                # the core draws the progress bar (on stderr, as every REML bar): a library writes nothing on stdout
+                self.policy.learn(remaining, callback=self.on_step, progress_bar=False)
             finally:
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)
                 self.state.seconds["training"] += time.perf_counter() - start
+                self._bar.close()
             if self._stop:
                 raise StopRequested(self.checkpoint(validate=False), self._stop_signal)
         if not self.state.history or self.state.history[-1]["timesteps"] != self.policy.num_timesteps:
@@ -160,6 +184,9 @@ class MetaTrainer:
         """Called by the policy backend after every env step; False stops training."""
         if self._stop:
             return False
+        if timesteps > self._bar_steps:
+            self._bar.update(timesteps - self._bar_steps)
+            self._bar_steps = timesteps
         self.env.training_progress = min(timesteps / self.config.core.train.env_steps, 1.0)
         every = self.config.core.train.checkpoint_every
         if timesteps // every > self.state.timesteps // every and timesteps < self.config.core.train.env_steps:

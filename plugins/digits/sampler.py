@@ -131,6 +131,16 @@ class DigitsTaskSampler(ImageTaskSampler):
             split: tuple(sorted(int(digit) + DIGITS * turn for digit in chosen for turn in turns)) for split, chosen in parts.items()
         }
 
+    def data_fingerprint(self) -> dict[str, str]:
+        """The images scikit-learn installed (:class:`reml_core.interfaces.FingerprintsData`): a
+        different version of its bundled digits would draw other tasks."""
+        import hashlib
+
+        digest = hashlib.sha256(np.ascontiguousarray(self.images[0]).tobytes())
+        for indices in self.digit_images:
+            digest.update(np.asarray(indices, dtype=np.int64).tobytes())
+        return {"images": f"{self.images.shape[1]} scikit-learn digits, sha256 {digest.hexdigest()[:12]}"}
+
     def describe(self) -> str:
         c = self.config
         train, validation, test = (len(self.classes[s]) for s in ("train", "validation", "test"))

@@ -298,6 +298,22 @@ class OmniglotTaskSampler(ImageTaskSampler):
             self._images = _decoded(self.root, self.characters, self.config.image_size)
         return self._images
 
+    def data_fingerprint(self) -> dict[str, str]:
+        """What the folder holds (:class:`reml_core.interfaces.FingerprintsData`): the character folders,
+        which number the classes and decide the split, and their drawings (file names and sizes)."""
+        import hashlib
+
+        names = hashlib.sha256("\n".join(c.name for c in self.characters).encode()).hexdigest()[:12]
+        drawings = hashlib.sha256()
+        for character in self.characters:
+            for name, size, _ in character.signature:
+                drawings.update(f"{character.name}/{name}:{size}\n".encode())
+        total = sum(len(c.files) for c in self.characters)
+        return {
+            "characters": f"{len(self.characters)} character folders, sha256 {names}",
+            "drawings": f"{total} PNG files, sha256 {drawings.hexdigest()[:12]}",
+        }
+
     def class_name(self, cls: int) -> str:
         """``images_background/Alphabet/character01 @ 90deg`` for a global class id."""
         character, turn = cls % self.n_characters, cls // self.n_characters

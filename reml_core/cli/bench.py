@@ -19,7 +19,6 @@ from reml_core.cli.common import (
     set_interrupt_hint,
     user_config,
 )
-from reml_core.errors import UserError
 from reml_core.specs import CHOICE_FLAGS
 
 PROG = "reml-bench"
@@ -54,7 +53,7 @@ PLAN_FLAGS = (*CHOICE_FLAGS, "preset", "config", "seed", "methods", "shots", "st
 
 
 def _body(argv: Sequence[str] | None) -> int:
-    from reml_core.api import PLAN_FILE, prepare_bench  # prepare_bench checks --executor and --ray-address
+    from reml_core.api import PLAN_FILE, prepare_bench, refuse_with_resume  # prepare_bench checks --executor and --ray-address
     from reml_core.folders import check_path
 
     args = build_parser().parse_args(argv)
@@ -63,8 +62,7 @@ def _body(argv: Sequence[str] | None) -> int:
         given += ["--set"] if args.assignments else []
         given += ["--seeds"] if args.seeds != 1 else []
         given += ["--force"] if args.force else []
-        if given:
-            raise UserError(f"--resume takes every setting from {args.resume}/{PLAN_FILE}; drop {', '.join(given)}")
+        refuse_with_resume(args.resume, given, PLAN_FILE, flag="--resume")
         registry = discover_plugins()
         raise_if_interrupted()
         prepared = prepare_bench(resume=args.resume, executor=args.executor, ray_address=args.ray_address,

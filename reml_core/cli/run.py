@@ -19,7 +19,6 @@ from reml_core.cli.common import (
     set_interrupt_hint,
     user_config,
 )
-from reml_core.errors import UserError
 from reml_core.specs import CHOICE_FLAGS
 
 if TYPE_CHECKING:
@@ -63,7 +62,7 @@ def default_out(config: RunConfig, kind: str | None = None) -> Path:
 def _body(argv: Sequence[str] | None) -> int:
     import sys
 
-    from reml_core.api import prepare_run
+    from reml_core.api import prepare_run, refuse_with_resume
     from reml_core.folders import check_path
     from reml_core.pipeline import command_line
     from reml_core.training import StopRequested
@@ -73,8 +72,7 @@ def _body(argv: Sequence[str] | None) -> int:
     raise_if_interrupted()  # a Ctrl-C swallowed during the imports above
     if args.resume is not None:
         given = [f"--{name}" for name in EXPERIMENT_FLAGS if getattr(args, name) is not None] + (["--set"] if args.assignments else [])
-        if given or args.force:
-            raise UserError(f"--resume takes every setting from {args.resume}/config.json; drop {', '.join(given or ['--force'])}")
+        refuse_with_resume(args.resume, given + (["--force"] if args.force else []), "config.json", flag="--resume")
         prepared = prepare_run(resume=args.resume, trust_checkpoint=args.trust_checkpoint, registry=registry)
     else:
         if args.out is not None:
