@@ -27,8 +27,8 @@ from reml_core.evaluation import FewShotEvaluator
 from reml_core.experiment import Components
 from reml_core.interfaces import MaintainedLayerPool, PolicyBackend
 from reml_core.logs import log  # noqa: F401  (re-exported: reml_core.training.log is older than reml_core.logs)
-from reml_core.methods import ReMLMethod
 from reml_core.pool_update import STATE_FILE as POOL_UPDATE_FILE
+from reml_core.methods import ReMLMethod
 from reml_core.results import format_stat, stat_label
 from reml_core.specs import KIND_LABELS
 from reml_core.storage import (
@@ -263,6 +263,8 @@ class MetaTrainer:
         """The files of a checkpoint: policy, pool, reward calibration, trainer state, config."""
         self.policy.save(directory)
         save_file({k: v.contiguous() for k, v in self.components.pool.state_dict().items()}, str(directory / "pool.safetensors"))
+        if self.components.pool_update is not None:
+            save_file(self.components.pool_update.state_dict(), str(directory / POOL_UPDATE_FILE))
         (directory / "reward.json").write_text(json.dumps(self.components.reward.state_dict()))
         (directory / "trainer.json").write_text(json.dumps(asdict(self.state), allow_nan=True))
         (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
@@ -280,6 +282,10 @@ def load_components(components: Components, directory: Path) -> TrainerState:
     verify_checkpoint(directory)
     try:
         components.pool.load_state_dict(load_file(str(directory / "pool.safetensors")))
+        if components.pool_update is not None:
+            if not (directory / POOL_UPDATE_FILE).is_file():
+                raise CheckpointError(f"checkpoint {directory} has no {POOL_UPDATE_FILE}: it was not trained with env.pool_update = 'protocol'")
+            components.pool_update.load_state_dict(load_file(str(directory / POOL_UPDATE_FILE)), f"{directory / POOL_UPDATE_FILE}")
         components.reward.load_state_dict(read_json_file(directory / "reward.json", "the reward's calibration"))
         return read_trainer_state(directory / "trainer.json")
     except (OSError, ValueError, TypeError, KeyError) as error:
@@ -290,8 +296,6 @@ def resume_state(out: Path) -> tuple[Path, TrainerState] | None:
     """The latest checkpoint of a run directory and its trainer state, or None before the first one.
 
     Whatever a killed process left half-written is discarded first; complete files are kept.
-        if self.components.pool_update is not None:
-            save_file(self.components.pool_update.state_dict(), str(directory / POOL_UPDATE_FILE))
     """
     for path in discard_partial_writes(out):
         log(f"discarded {path.name}, left half-written by an interrupted process")
@@ -309,10 +313,6 @@ def read_trainer_state(path: Path) -> TrainerState:
         return TypeAdapter(TrainerState).validate_python(data, strict=False)
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
-        if components.pool_update is not None:
-            if not (directory / POOL_UPDATE_FILE).is_file():
-                raise CheckpointError(f"checkpoint {directory} has no {POOL_UPDATE_FILE}: it was not trained with env.pool_update = 'protocol'")
-            components.pool_update.load_state_dict(load_file(str(directory / POOL_UPDATE_FILE)), f"{directory / POOL_UPDATE_FILE}")
         where = ".".join(str(part) for part in first["loc"]) or "state"
         raise CheckpointError(f"{path} is damaged: {where}: {first['msg']}") from None
 
