@@ -100,3 +100,48 @@ class ComponentBuildError(ConfigError, ValueError):
             self.problems = [self._line()]
             self.args = (self.problems[0],)
         return self
+
+
+class DiskFullError(UserError, OSError):
+    """A write that failed because the disk (or the user's quota, or the file-size limit) is full.
+
+    The file being written is named; its temporary copy has been removed and every file written
+    before it is complete, so freeing space and continuing with ``--resume`` loses nothing. It is
+    a :class:`UserError` (one line, exit 2) and an ``OSError`` (so ``except OSError`` still catches it).
+    """
+
+    def __init__(self, path: object, reason: str = "no space left on device") -> None:
+        self.path = str(path)
+        UserError.__init__(self, f"cannot write {self.path}: {reason}; free some space and continue with --resume "
+                                 "(everything written before it is complete)")
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+#: The errnos that mean "out of room": disk full, quota exceeded, file larger than allowed.
+DISK_FULL_ERRNOS = frozenset(n for n in (getattr(__import__("errno"), name, None) for name in ("ENOSPC", "EDQUOT", "EFBIG")) if n is not None)
+#: How the Rust (safetensors) and C++ (torch.save) writers word the same failures.
+_DISK_FULL_WORDS = ("no space left", "storagefull", "disk quota", "quotaexceeded", "file too large", "filetoolarge")
+
+
+def disk_full_reason(error: BaseException) -> str | None:
+    """Why ``error`` is a full disk (a short reason), or None when it is something else.
+
+    Recognises an ``OSError`` with ENOSPC/EDQUOT/EFBIG, safetensors' ``SafetensorError`` and
+    torch.save's ``RuntimeError`` whose text names one of them (they carry no errno), and
+    torch.save's "file write failed" (its only words for a short write).
+    """
+    if isinstance(error, DiskFullError):
+        return None
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        return os.strerror(error.errno).lower()
+    if isinstance(error, (OSError, RuntimeError)) or type(error).__name__ == "SafetensorError":
+        text = " ".join(str(error).split()).lower()
+        for words in _DISK_FULL_WORDS:
+            if words in text:
+                return {"storagefull": "no space left on device", "quotaexceeded": "disk quota exceeded",
+                        "filetoolarge": "file too large"}.get(words, words if words != "no space left" else "no space left on device")
+        if "pytorchstreamwriter failed writing" in text or "file write failed" in text or "unexpected pos" in text:
+            return "the write failed (the disk is probably full)"
+    return None

@@ -1,10 +1,17 @@
 """Which folders are REML's, and one writer per folder.
 
-A folder REML writes into (a ``reml-run`` run, a ``reml-bench`` benchmark) holds a marker,
-``.reml.json``, written before anything else. It names the tool that made the folder and every
-top-level entry REML writes there. A folder is REML's only if that marker says so: a stray
-``config.json`` proves nothing. ``--force`` removes only the entries the marker names and refuses
-when anything else is in the folder, so it can never delete a user's own files.
+A folder REML writes into (a ``reml-run`` run, a ``reml-bench`` benchmark, a ``reml-sweep``
+sweep) holds a marker, ``.reml.json`` (``.reml-sweep.json`` for a sweep), written before anything
+else. It names the tool that made the folder. A folder is REML's only if that marker says so: a
+stray ``config.json`` proves nothing. Beside it, the ledger ``.reml.files`` lists every file REML
+wrote there, at any depth, each noted *before* it is written (see :mod:`reml_core.storage`), so a
+killed process leaves nothing the ledger does not name. ``--force`` removes exactly the files the
+ledger names (and REML's own ``.NAME.*.tmp`` leftovers, and the folders that held only those) and
+refuses, naming it, anything else anywhere inside: it can never delete a user's own files. A
+REML folder inside another (a benchmark's or a sweep's runs) is judged by its own ledger.
+
+REML never makes symbolic links: a link anywhere in a folder it is asked to continue or replace
+is refused, and the lock is opened without following one, so REML never writes outside the folder.
 
 One process writes into a folder at a time: ``.reml.lock`` is locked with ``flock`` for the life
 of the process. The operating system drops the lock when the process ends, however it ends, so a
@@ -16,18 +23,31 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import fnmatch
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from reml_core.errors import UserError
-from reml_core.storage import atomic_write_json, read_json_file
+from reml_core.storage import (
+    LEDGER,
+    PATTERN_PREFIX,
+    atomic_write_json,
+    link_error,
+    raise_if_disk_full,
+    read_json_file,
+    read_ledger_lines,
+    record_written,
+    start_ledger,
+)
 
 MARKER = ".reml.json"
 LOCK = ".reml.lock"
+SWEEP_MARKER = ".reml-sweep.json"
+#: The files at the top of every REML folder that are REML's without being listed.
+FOLDER_FILES = (MARKER, SWEEP_MARKER, LOCK, LEDGER)
 MARKER_FORMAT = "reml.folder/1"
 FolderKind = Literal["run", "bench"]
 
@@ -63,6 +83,144 @@ class FolderMarker:
         return name.startswith(".") and name.endswith(".tmp") and any(name.startswith(f".{entry}.") for entry in (*self.entries, MARKER))
 
 
+# -- what REML wrote, at every depth ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """What a folder's ledger says REML wrote there: files, and glob patterns (``**`` = any depth)."""
+
+    files: frozenset[tuple[str, ...]]
+    patterns: tuple[tuple[str, ...], ...]
+    folders: frozenset[tuple[str, ...]]
+    #: REML folders made inside this one (``trials/ID/``): their marker, lock and ledger are REML's
+    nested: frozenset[tuple[str, ...]] = frozenset()
+
+    @classmethod
+    def of(cls, lines: list[str]) -> Ledger:
+        files, patterns, nested = set(), [], set()
+        for line in lines:
+            if line.startswith(PATTERN_PREFIX):
+                patterns.append(tuple(line[len(PATTERN_PREFIX):].split("/")))
+            elif line.endswith("/"):
+                nested.add(tuple(line.rstrip("/").split("/")))
+            else:
+                files.add(tuple(line.split("/")))
+        folders = {parts[:i] for parts in files for i in range(1, len(parts))}
+        folders |= {parts[:i] for parts in nested for i in range(1, len(parts) + 1)}
+        return cls(frozenset(files), tuple(patterns), frozenset(folders), frozenset(nested))
+
+    def owns_file(self, parts: tuple[str, ...]) -> bool:
+        if parts[-1] in FOLDER_FILES and (len(parts) == 1 or parts[:-1] in self.nested):
+            return True
+        if parts in self.files or any(_matches(pattern, parts) for pattern in self.patterns):
+            return True
+        # ".NAME.XXXXXXXX.tmp": what an atomic write of a listed NAME leaves behind if killed mid-write
+        name = parts[-1]
+        if name.startswith(".") and name.endswith(".tmp"):
+            top = len(parts) == 1 or parts[:-1] in self.nested
+            siblings = {*(p[-1] for p in self.files if p[:-1] == parts[:-1]), *(FOLDER_FILES if top else ())}
+            return any(name.startswith(f".{sibling}.") for sibling in siblings)
+        return False
+
+    def owns_folder(self, parts: tuple[str, ...]) -> bool:
+        return parts in self.folders or any(_matches(pattern, parts, prefix=True) for pattern in self.patterns)
+
+
+def _matches(pattern: tuple[str, ...], parts: tuple[str, ...], *, prefix: bool = False) -> bool:
+    """``parts`` matches ``pattern`` (one glob per component; a last ``**`` matches any depth, even none).
+    With ``prefix``, also a folder on the way to a match."""
+    if pattern and pattern[-1] == "**":
+        head = pattern[:-1]
+        if len(parts) >= len(head):
+            return all(fnmatch.fnmatchcase(p, q) for p, q in zip(parts, head))
+    elif len(parts) == len(pattern):
+        return all(fnmatch.fnmatchcase(p, q) for p, q in zip(parts, pattern))
+    if prefix and len(parts) < len(pattern):
+        return all(fnmatch.fnmatchcase(p, q) for p, q in zip(parts, pattern))
+    return False
+
+
+def read_ledger(folder: Path) -> Ledger | None:
+    lines = read_ledger_lines(folder)
+    return None if lines is None else Ledger.of(lines)
+
+
+def _scan(folder: Path, relative: tuple[str, ...]) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder.joinpath(*relative)) as entries:
+            return sorted(entries, key=lambda entry: entry.name)
+    except OSError as error:
+        raise UserError(f"cannot read {folder.joinpath(*relative)}: {error.strerror or error}") from None
+
+
+def foreign_file(folder: Path, ledger: Ledger, relative: tuple[str, ...] = ()) -> str | None:
+    """The first path under ``folder`` that REML did not write there (a link, a file or a folder the
+    ledger does not name), relative to ``folder``; None when everything in it is REML's."""
+    for entry in _scan(folder, relative):
+        parts = (*relative, entry.name)
+        shown = "/".join(parts)
+        if entry.is_symlink():
+            return f"{shown} (a symbolic link)"
+        if entry.is_dir(follow_symlinks=False):
+            if not ledger.owns_folder(parts):
+                return shown + "/"
+            nested = folder.joinpath(*parts)
+            inner = read_ledger(nested) if ledger.owns_file((*parts, LEDGER)) else None
+            found = foreign_file(nested, inner) if inner is not None else foreign_file(folder, ledger, parts)
+            if found is not None:
+                return f"{shown}/{found}"
+        elif not ledger.owns_file(parts):
+            return shown
+    return None
+
+
+def remove_written(folder: Path, ledger: Ledger, *, keep: tuple[str, ...] = (), relative: tuple[str, ...] = ()) -> None:
+    """Delete what REML wrote under ``folder`` (check :func:`foreign_file` first), except the top-level ``keep``."""
+    for entry in _scan(folder, relative):
+        parts = (*relative, entry.name)
+        path = folder.joinpath(*parts)
+        if entry.is_dir(follow_symlinks=False) and not entry.is_symlink():
+            inner = read_ledger(path) if ledger.owns_file((*parts, LEDGER)) else None
+            if inner is not None:
+                remove_written(path, inner)
+            else:
+                remove_written(folder, ledger, relative=parts)
+            path.rmdir()  # fails, leaving the rest, if anything not REML's appeared meanwhile
+        elif not (len(parts) == 1 and entry.name in keep):
+            path.unlink()
+
+
+def refuse_links(folder: Path, flag: str) -> None:
+    """Refuse a folder REML is to write into again when a symbolic link is anywhere inside it."""
+    stack = [Path(folder)]
+    while stack:
+        current = stack.pop()
+        for entry in _scan(current, ()):
+            if entry.is_symlink():
+                raise UserError(f"{flag} {folder}: {Path(entry.path).relative_to(folder)} is a symbolic link; REML never makes "
+                                "links and does not write through one (it could change files outside the folder): remove it")
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+
+
+def clear_for_force(out: Path, flag: str, *, keep: tuple[str, ...]) -> None:
+    """What ``--force`` does: refuse anything REML did not write in ``out``, else remove all REML wrote but ``keep``."""
+    ledger = read_ledger(out)
+    if ledger is None:
+        raise UserError(
+            f"{flag} {out} was written by an older REML that did not list the files it wrote ({LEDGER}), so --force cannot "
+            "tell its files from yours; remove the folder yourself or choose another directory"
+        )
+    foreign = foreign_file(out, ledger)
+    if foreign is not None:
+        raise UserError(
+            f"{flag} {out} holds {foreign!r}, which REML did not write there; --force removes only REML's own files, "
+            "so move it away or choose another directory"
+        )
+    remove_written(out, ledger, keep=keep)
+
+
 # -- paths ---------------------------------------------------------------------------------------
 
 
@@ -96,6 +254,8 @@ def read_marker(folder: Path) -> FolderMarker | None:
     path = folder / MARKER
     if not (path.exists() or path.is_symlink()):
         return None
+    if path.is_symlink():
+        raise link_error(path, folder)
     data = read_json_file(path, "REML's folder marker", error=UserError)
     kind, tool, entries = data.get("format"), data.get("kind"), data.get("entries")
     if kind != MARKER_FORMAT or tool not in KIND_TOOLS or not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
@@ -135,9 +295,16 @@ def lock_folder(folder: Path, flag: str) -> FolderLock:
         return _HELD[key]
     path = folder / LOCK
     try:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
     except OSError as error:
+        if os.path.islink(path):
+            raise UserError(f"{flag} {folder}: {LOCK} is a symbolic link; REML does not write through links (it could change "
+                            "a file outside the folder), so remove it") from None
         raise UserError(f"{flag} {folder} is not writable: {error.strerror or error}") from None
+    if os.fstat(descriptor).st_nlink > 1:
+        os.close(descriptor)
+        raise UserError(f"{flag} {folder}: {LOCK} has other hard links; REML does not write into a file shared with another "
+                        "path, so remove it")
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
@@ -147,8 +314,13 @@ def lock_folder(folder: Path, flag: str) -> FolderLock:
             who = f"PID {holder}" if holder else "another process"
             raise UserError(f"{flag} {folder} is in use by another REML process ({who}); wait for it to finish or stop it first") from None
         raise UserError(f"{flag} {folder}: cannot lock it: {error.strerror or error}") from None
-    os.ftruncate(descriptor, 0)
-    os.write(descriptor, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode())
+    except OSError as error:
+        os.close(descriptor)
+        raise_if_disk_full(error, path)
+        raise
     lock = FolderLock(folder, descriptor)
     _HELD[key] = lock
     return lock
@@ -210,17 +382,8 @@ def claim_new_folder(out: Path, *, kind: FolderKind, force: bool, flag: str = "-
             if marker.kind == "run":
                 raise UserError(f"{flag} {out} already holds a run; continue it with --resume {out}, or pass --force to overwrite it")
             raise UserError(f"{flag} {out} already holds a {KIND_NOUNS[marker.kind]}; pass --force to overwrite it, or choose another directory")
-        foreign = [name for name in present if not marker.owns(name)]
-        if foreign:
-            raise UserError(
-                f"{flag} {out} holds {foreign[0]!r}, which REML did not write there; --force removes only REML's own files, "
-                "so move it away or choose another directory"
-            )
-        for name in present:
-            if name == MARKER:
-                continue
-            child = out / name
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        clear_for_force(out, flag, keep=(MARKER, LOCK, LEDGER))
+    start_ledger(out)  # inside another REML folder (a sweep's trial), that one's ledger lists it too
     write_marker(out, kind, (*(RUN_ENTRIES if kind == "run" else BENCH_ENTRIES), *entries))
     return out.resolve()
 
@@ -248,4 +411,5 @@ def _claim_to_resume(folder: Path, kind: FolderKind, needed: str, flag: str) -> 
     if not (folder / needed).is_file():
         raise UserError(f"{flag} {folder}: not a resumable {noun} directory (no {needed})")
     lock_folder(folder, flag)
+    refuse_links(folder, flag)
     return folder.resolve()

@@ -8,10 +8,18 @@ truncated or altered checkpoint is an error rather than a silently different mod
 REML reads back (checkpoints, ``--from`` folders) goes through :func:`read_json_file` /
 :func:`read_text_file`, so a damaged one is one clear error, never a traceback. Files and folders
 are created with the permissions the user's umask allows, as any other program's would be.
+
+Every file REML writes inside one of its folders is first noted in that folder's ledger,
+``.reml.files`` (:func:`record_written`), so ``--force`` can remove exactly REML's files, at any
+depth, and nothing else. A symbolic link between the folder and the file being written is
+refused (:func:`owner_of`): REML never makes links, and writing through one could change a file
+outside the folder. A write that fails because the disk is full raises :class:`DiskFullError`
+naming the file, after removing its temporary copy.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -22,9 +30,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from reml_core.errors import CheckpointError, UserError
+from reml_core.errors import CheckpointError, DiskFullError, UserError, disk_full_reason
 
 MANIFEST = "manifest.json"
+#: The list of every file REML wrote in one of its folders (one path relative to the folder a line;
+#: ``glob:PATTERN`` for the files a third-party writer names itself, e.g. tensorboard's event files).
+LEDGER = ".reml.files"
+PATTERN_PREFIX = "glob:"
 LATEST = "latest"
 #: Files every REML checkpoint holds besides the policy's own; a manifest that omits one is refused.
 CHECKPOINT_CORE_FILES = frozenset({"pool.safetensors", "reward.json", "trainer.json", "config.json"})
@@ -83,6 +95,131 @@ def read_json_file(
     return data
 
 
+# -- the ledger of what REML wrote, and no writing through links ----------------------------------
+
+
+def link_error(link: Path, folder: Path | None = None) -> UserError:
+    where = f" inside {folder}" if folder is not None else ""
+    return UserError(f"{link} is a symbolic link{where}; REML does not write through links (it could change files outside "
+                     "the folder), so remove the link and run again")
+
+
+def owner_of(path: Path) -> Path | None:
+    """The REML folder whose ledger lists ``path`` (the nearest folder above it holding one), or None.
+
+    A symbolic link between that folder and ``path`` (``out/logs -> /elsewhere``) is refused; the
+    folder itself may be reached through links the user chose.
+    """
+    path = Path(os.path.abspath(path))
+    links: list[Path] = []
+    for parent in path.parents:
+        if os.path.isfile(parent / LEDGER) and not os.path.islink(parent / LEDGER):
+            if links:
+                raise link_error(links[-1], parent)
+            return parent
+        if os.path.islink(parent):
+            links.append(parent)
+    return None
+
+
+_RECORDED: set[tuple[Path, str]] = set()
+
+
+def record_written(path: Path, *, pattern: str | None = None, folder: bool = False) -> None:
+    """Note in the ledger of the REML folder holding ``path`` that REML writes it (call *before* writing).
+
+    With ``pattern`` (a glob for one path component, e.g. ``"events.out.tfevents.*"``), ``path``
+    is the folder and every file in it matching the pattern is REML's: for files a library names
+    itself. With ``folder``, ``path`` is a REML folder made inside this one (a sweep's trial): its
+    own ledger lists its files. Outside a REML folder this does nothing but refuse links.
+    """
+    path = Path(os.path.abspath(path))
+    owner = owner_of(path / "_" if pattern is not None else path)
+    if owner is None:
+        return
+    relative = path.relative_to(owner).as_posix() if path != owner else ""
+    if pattern is not None:
+        line = PATTERN_PREFIX + (f"{relative}/{pattern}" if relative else pattern)
+    else:
+        line = relative + ("/" if folder and relative else "")
+    if not line or (owner, line) in _RECORDED:
+        return
+    if "\n" in line:
+        raise UserError(f"{path}: REML does not write file names holding a line break")
+    append_bytes(owner / LEDGER, (line + "\n").encode("utf-8", "surrogateescape"))
+    _RECORDED.add((owner, line))
+
+
+def start_ledger(folder: Path) -> None:
+    """Give ``folder`` a new, empty ledger (a new run's, or a ``--force``d one's)."""
+    global _RECORDED
+    folder = Path(os.path.abspath(folder))
+    _RECORDED = {entry for entry in _RECORDED if entry[0] != folder}
+    atomic_write_bytes(folder / LEDGER, b"")
+
+
+def read_ledger_lines(folder: Path) -> list[str] | None:
+    """The lines of ``folder``'s ledger (None when it has none); a torn last line of a killed write is dropped."""
+    path = Path(folder) / LEDGER
+    if os.path.islink(path):
+        raise link_error(path)
+    if not path.is_file():
+        return None
+    text = read_text_file(path, "REML's list of the files it wrote", error=UserError, limit=1 << 30)
+    lines = text.split("\n")
+    return [line for line in lines[:-1] if line]  # the part after the last newline is a torn write
+
+
+def append_bytes(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` (made if missing) without following a link or a hard link out of the folder."""
+    descriptor = open_for_append(path)
+    try:
+        _write_all(descriptor, data, path)
+    finally:
+        os.close(descriptor)
+
+
+def open_for_append(path: Path) -> int:
+    """A descriptor appending to ``path`` (noted in its REML folder's ledger first): never through a
+    symbolic link, never into a file linked elsewhere too."""
+    path = Path(path)
+    if path.name != LEDGER:
+        record_written(path)  # also refuses a link among the folders above it
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as error:
+        if os.path.islink(path):
+            raise link_error(path) from None
+        reason = disk_full_reason(error)
+        if reason:
+            raise DiskFullError(path, reason) from None
+        raise
+    if os.fstat(descriptor).st_nlink > 1:
+        os.close(descriptor)
+        raise UserError(f"{path} has other hard links; REML does not write into a file shared with another path, "
+                        "so remove it and run again")
+    return descriptor
+
+
+def _write_all(descriptor: int, data: bytes, path: Path) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(descriptor, view):]
+    except OSError as error:
+        reason = disk_full_reason(error)
+        if reason:
+            raise DiskFullError(path, reason) from None
+        raise
+
+
+def raise_if_disk_full(error: BaseException, path: Path) -> None:
+    """Turn a writer's failure that means "disk full" (any library's wording) into :class:`DiskFullError`."""
+    reason = disk_full_reason(error)
+    if reason:
+        raise DiskFullError(path, reason) from None
+
+
 def _fsync_directory(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:
@@ -107,16 +244,22 @@ def atomic_write_json(path: Path, data: Any) -> None:
 def atomic_write_with(path: Path, writer: Callable[[Path], None]) -> None:
     """Let ``writer`` produce a file at a temporary path, then move it atomically onto ``path``."""
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    record_written(path)  # first: a killed write leaves only what the ledger names (and its .tmp)
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise_if_disk_full(error, path)
+        raise
     os.close(descriptor)
     try:
         writer(Path(temporary))
         follow_umask(Path(temporary))
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
+        os.replace(temporary, path)  # replaces a link at ``path`` itself, never what it points to
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        raise_if_disk_full(error, path)
         raise
     _fsync_directory(path.parent)
 
@@ -138,11 +281,22 @@ def new_checkpoint(checkpoints: Path, name: str, *, latest: bool = True) -> Iter
 
     With ``latest``, ``checkpoints/latest`` is then updated, so it always names a complete checkpoint.
     """
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=checkpoints))
+    if os.path.islink(checkpoints):
+        raise link_error(checkpoints)
+    record_written(checkpoints, pattern=f".{glob.escape(name)}.*/**")  # the staging folder and all in it
+    final = checkpoints / name
+    try:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=checkpoints))
+    except OSError as error:
+        raise_if_disk_full(error, final)
+        raise
     try:
         follow_umask(staging, directory=True)
         yield staging
+        for path in staging.iterdir():
+            if path.is_symlink() or not path.is_file():
+                raise CheckpointError(f"{path} is not a plain file; a checkpoint holds only the files its writers made")
         files = sorted(p for p in staging.iterdir() if p.is_file())
         for path in files:  # whatever wrote them (safetensors writes 0600), they follow the umask
             follow_umask(path)
@@ -152,15 +306,19 @@ def new_checkpoint(checkpoints: Path, name: str, *, latest: bool = True) -> Iter
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
         _fsync_directory(staging)
-        final = checkpoints / name
+        if os.path.islink(final):
+            raise link_error(final)
+        for path in (*files, staging / MANIFEST):
+            record_written(final / path.name)
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
         _fsync_directory(checkpoints)
         if latest:
             atomic_write_text(checkpoints / LATEST, name + "\n")
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        raise_if_disk_full(error, final)
         raise
 
 
@@ -215,7 +373,9 @@ def discard_partial_writes(out: Path) -> list[Path]:
     """Remove what a killed run left half-written: staging folders and temporary files (of the run's
     own files and of the checkpoints' ``latest`` pointer). Returns them."""
     checkpoints = out / "checkpoints"
-    leftovers = [p for p in checkpoints.glob(".*") if p.is_dir()] if checkpoints.is_dir() else []
+    if os.path.islink(checkpoints):
+        raise link_error(checkpoints, out)
+    leftovers = [p for p in checkpoints.glob(".*") if p.is_dir() and not p.is_symlink()] if checkpoints.is_dir() else []
     leftovers += [p for p in checkpoints.glob(".*.tmp") if p.is_file()] if checkpoints.is_dir() else []
     leftovers += [p for p in out.glob(".*.tmp") if p.is_file()]
     for path in leftovers:

@@ -54,15 +54,23 @@ from typing import Any
 import yaml
 
 from reml_core.errors import UserError
-from reml_core.folders import LOCK, MARKER, check_path, lock_folder
+from reml_core.folders import LOCK, MARKER, SWEEP_MARKER, check_path, clear_for_force, lock_folder, refuse_links
 from reml_core.logs import log
 from reml_core.results import describe_values as describe
 from reml_core.results import read_results, render_sweep_report
 from reml_core.results import show_value as show
-from reml_core.storage import atomic_write_json, atomic_write_text, read_json_file
+from reml_core.storage import (
+    LEDGER,
+    atomic_write_json,
+    atomic_write_text,
+    link_error,
+    open_for_append,
+    read_json_file,
+    record_written,
+    start_ledger,
+)
 
 SCHEMA = "reml.sweep/1"
-SWEEP_MARKER = ".reml-sweep.json"
 MARKER_FORMAT = "reml.sweep-folder/1"
 #: What reml-sweep writes at the top of its folder; ``--force`` removes these and nothing else.
 SWEEP_ENTRIES = ("sweep.json", "sweep.md", "sweep.png", "best.toml", "configs", "trials", "logs", "tune")
@@ -571,6 +579,8 @@ def plan_from_sweep_json(data: Mapping[str, Any], out: Path) -> SweepPlan:
     return plan
 
 
+    if path.is_symlink():
+        raise link_error(path, folder)
 # -- the sweep folder ----------------------------------------------------------------------------
 
 
@@ -586,7 +596,7 @@ def read_sweep_marker(folder: Path) -> dict[str, Any] | None:
 
 def _entries(folder: Path) -> list[str]:
     try:
-        return sorted(child.name for child in folder.iterdir() if child.name != LOCK)
+        return sorted(child.name for child in folder.iterdir() if child.name not in (LOCK, LEDGER))
     except OSError as error:
         raise UserError(f"cannot read {folder}: {error.strerror or error}") from None
 
@@ -606,15 +616,7 @@ def check_sweep_out(out: Path, *, force: bool, flag: str = "--out") -> Path:
                 raise UserError(f"{flag} {out} already holds files that are not a REML sweep (e.g. {present[0]!r}); choose an empty or new directory")
             if not force:
                 raise UserError(f"{flag} {out} already holds a sweep; continue it with reml-sweep --resume {out}, or pass --force to overwrite it")
-            foreign = [name for name in present if name not in (SWEEP_MARKER, *marker["entries"]) and not _own_temporary(name, marker["entries"])]
-            if foreign:
-                raise UserError(f"{flag} {out} holds {foreign[0]!r}, which reml-sweep did not write there; --force removes only "
-                                "reml-sweep's own files, so move it away or choose another directory")
     return out
-
-
-def _own_temporary(name: str, entries: Sequence[str]) -> bool:
-    return name.startswith(".") and name.endswith(".tmp") and any(name.startswith(f".{e}.") for e in (*entries, SWEEP_MARKER))
 
 
 def claim_sweep_folder(out: Path, *, force: bool, flag: str = "--out") -> Path:
@@ -626,11 +628,9 @@ def claim_sweep_folder(out: Path, *, force: bool, flag: str = "--out") -> Path:
         raise UserError(f"{flag} {out} is not writable: {error.strerror or error}") from None
     lock_folder(out, flag)
     check_sweep_out(out, force=force, flag=flag)  # again, now that no other reml-sweep can write here
-    for name in _entries(out):
-        if name == SWEEP_MARKER:
-            continue
-        child = out / name
-        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    if _entries(out):  # --force: what reml-sweep wrote, at every depth, and nothing else (see reml_core.folders)
+        clear_for_force(out, flag, keep=(SWEEP_MARKER, LOCK, LEDGER))
+    start_ledger(out)
     atomic_write_json(out / SWEEP_MARKER, {"format": MARKER_FORMAT, "tool": "reml-sweep", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                            "entries": list(SWEEP_ENTRIES)})
     return out.resolve()
@@ -641,11 +641,20 @@ def claim_sweep_to_resume(folder: Path, *, flag: str = "--resume") -> tuple[Path
     folder = check_path(folder, flag)
     if not folder.is_dir():
         raise UserError(f"{flag} {folder}: no such directory")
+    refuse_links(folder, flag)
     if read_sweep_marker(folder) is None:
         hint = "; continue a reml-run folder with reml-run --resume" if (folder / MARKER).exists() else ""
         raise UserError(f"{flag} {folder}: not a reml-sweep folder (no {SWEEP_MARKER} marker){hint}")
     data = read_json_file(folder / "sweep.json", "a sweep's plan (sweep.json)", error=UserError)
     if data.get("schema") != SCHEMA:
+    # the folder's ledger lists each file before it is written (see reml_core.folders), so --force removes
+    # exactly these: each trial's config, log and record, its reml-run folder (which lists its own files)
+    # and Ray Tune's experiment folder, which is wholly Tune's
+    record_written(out / TUNE_NAME, pattern="**")
+    for trial in plan.trials:
+        record_written(out / trial.folder, folder=True)
+        for name in (trial.config_file, trial.log, trial.record):
+            record_written(out / name)
         raise UserError(f"{flag} {folder}: sweep.json is not a {SCHEMA} file")
     lock_folder(folder, flag)
     return folder.resolve(), data
@@ -769,7 +778,7 @@ def run_trial_process(root: Path, trial: Mapping[str, Any]) -> dict[str, Any]:
         record["invocations"].append(invocation)
         atomic_write_json(record_path, record)
         start = time.perf_counter()
-        with open(log_path, "ab") as log:
+        with open(open_for_append(log_path), "ab") as log:
             log.write(f"\n[reml-sweep] {time.strftime('%H:%M:%S')} $ {' '.join(command)}\n".encode())
             log.flush()
             # reml-run runs under a guard (see guard_main) in a session of its own, so that when the worker

@@ -15,6 +15,7 @@ import pytest
 from helpers.runs import snapshot
 from reml_core.errors import UserError
 from reml_core.folders import LOCK, MARKER, check_path, claim_new_folder, claim_run_to_resume, read_marker, release_all
+from reml_core.storage import LEDGER, atomic_write_text
 
 
 @pytest.fixture(autouse=True)
@@ -25,13 +26,13 @@ def _release_locks():
 
 def _reml_folder(path: Path, kind: str = "run") -> Path:
     claim_new_folder(path, kind=kind, force=False, entries=("seed-0",) if kind == "bench" else ())
-    (path / "config.json").write_text("{}")
+    atomic_write_text(path / "config.json", "{}")  # REML's writers list what they write in the folder's ledger
     if kind == "run":
         (path / "checkpoints").mkdir()
-        (path / "checkpoints" / "latest").write_text("step-1\n")
+        atomic_write_text(path / "checkpoints" / "latest", "step-1\n")
     else:
         (path / "seed-0").mkdir()
-        (path / "seed-0" / "results.json").write_text("{}")
+        atomic_write_text(path / "seed-0" / "results.json", "{}")
     release_all()
     return path
 
@@ -40,7 +41,7 @@ def test_a_new_folder_gets_the_marker_first_and_a_lock(tmp_path):
     out = claim_new_folder(tmp_path / "a" / "b", kind="run", force=False)
     marker = read_marker(out)
     assert marker is not None and marker.kind == "run" and "results.json" in marker.entries
-    assert sorted(os.listdir(out)) == sorted([MARKER, LOCK])
+    assert sorted(os.listdir(out)) == sorted([MARKER, LOCK, LEDGER])
     assert (out / LOCK).read_text().strip() == str(os.getpid())
 
 
@@ -63,7 +64,7 @@ def test_force_removes_only_what_the_marker_names(tmp_path, kind):
     with pytest.raises(UserError, match="already holds a"):
         claim_new_folder(folder, kind=kind, force=False)
     claim_new_folder(folder, kind=kind, force=True)
-    assert sorted(os.listdir(folder)) == sorted([MARKER, LOCK])
+    assert sorted(os.listdir(folder)) == sorted([MARKER, LOCK, LEDGER])
 
 
 @pytest.mark.parametrize("foreign", ["my-notes.txt", "src/a.js", ".hidden", ".config.json.abc.txt"])
@@ -73,16 +74,20 @@ def test_force_refuses_a_run_folder_holding_anything_else(tmp_path, foreign):
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("mine")
     before = snapshot(folder)
-    with pytest.raises(UserError, match=f"holds '{Path(foreign).parts[0]}', which REML did not write"):
+    shown = foreign if "/" not in foreign else Path(foreign).parts[0] + "/"  # a folder REML did not make is named as one
+    with pytest.raises(UserError, match=f"holds '{shown}', which REML did not write"):
         claim_new_folder(folder, kind="run", force=True)
     assert snapshot(folder) == before
 
 
 def test_temporary_files_of_a_killed_write_are_reml_s(tmp_path):
+    from reml_core.storage import record_written
+
     folder = _reml_folder(tmp_path / "run")
+    record_written(folder / "results.json")  # what an atomic write does first; killed before it renamed its temporary file:
     (folder / ".results.json.x1y2z3.tmp").write_text("half")
     claim_new_folder(folder, kind="run", force=True)
-    assert sorted(os.listdir(folder)) == sorted([MARKER, LOCK])
+    assert sorted(os.listdir(folder)) == sorted([MARKER, LOCK, LEDGER])
 
 
 @pytest.mark.parametrize("content", [b"{}", b"[1, 2]", b"\xff\xfe", b'{"format": "other/1", "kind": "run", "entries": []}'])

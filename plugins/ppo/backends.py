@@ -206,6 +206,15 @@ class SB3PolicyBackend:
 
     def _configure_logger(self) -> None:
         if self.log_dir is not None:
+            # stable-baselines3 opens these itself (progress.csv in place): note them in the run's list of
+            # what REML wrote first, and refuse a link where it would write (it would follow it out of the folder)
+            from reml_core.storage import link_error, record_written
+
+            for path in (self.log_dir, self.log_dir / "progress.csv"):
+                if path.is_symlink():
+                    raise link_error(path)
+            record_written(self.log_dir / "progress.csv")
+            record_written(self.log_dir, pattern="events.out.tfevents.*")
             self.model.set_logger(configure(str(self.log_dir), ["csv", "tensorboard"]))
 
     @property
