@@ -579,8 +579,6 @@ def plan_from_sweep_json(data: Mapping[str, Any], out: Path) -> SweepPlan:
     return plan
 
 
-    if path.is_symlink():
-        raise link_error(path, folder)
 # -- the sweep folder ----------------------------------------------------------------------------
 
 
@@ -588,6 +586,8 @@ def read_sweep_marker(folder: Path) -> dict[str, Any] | None:
     path = folder / SWEEP_MARKER
     if not (path.exists() or path.is_symlink()):
         return None
+    if path.is_symlink():
+        raise link_error(path, folder)
     data = read_json_file(path, "reml-sweep's folder marker", error=UserError)
     if data.get("format") != MARKER_FORMAT or not isinstance(data.get("entries"), list):
         raise UserError(f"{path} is not a marker reml-sweep wrote (expected format {MARKER_FORMAT!r}); leave the folder alone or remove it yourself")
@@ -641,12 +641,19 @@ def claim_sweep_to_resume(folder: Path, *, flag: str = "--resume") -> tuple[Path
     folder = check_path(folder, flag)
     if not folder.is_dir():
         raise UserError(f"{flag} {folder}: no such directory")
-    refuse_links(folder, flag)
     if read_sweep_marker(folder) is None:
         hint = "; continue a reml-run folder with reml-run --resume" if (folder / MARKER).exists() else ""
         raise UserError(f"{flag} {folder}: not a reml-sweep folder (no {SWEEP_MARKER} marker){hint}")
     data = read_json_file(folder / "sweep.json", "a sweep's plan (sweep.json)", error=UserError)
     if data.get("schema") != SCHEMA:
+        raise UserError(f"{flag} {folder}: sweep.json is not a {SCHEMA} file")
+    lock_folder(folder, flag)
+    refuse_links(folder, flag)
+    return folder.resolve(), data
+
+
+def write_plan(out: Path, plan: SweepPlan) -> None:
+    """The trial configs and a first sweep.json (status "running"), before any trial starts."""
     # the folder's ledger lists each file before it is written (see reml_core.folders), so --force removes
     # exactly these: each trial's config, log and record, its reml-run folder (which lists its own files)
     # and Ray Tune's experiment folder, which is wholly Tune's
@@ -655,13 +662,6 @@ def claim_sweep_to_resume(folder: Path, *, flag: str = "--resume") -> tuple[Path
         record_written(out / trial.folder, folder=True)
         for name in (trial.config_file, trial.log, trial.record):
             record_written(out / name)
-        raise UserError(f"{flag} {folder}: sweep.json is not a {SCHEMA} file")
-    lock_folder(folder, flag)
-    return folder.resolve(), data
-
-
-def write_plan(out: Path, plan: SweepPlan) -> None:
-    """The trial configs and a first sweep.json (status "running"), before any trial starts."""
     (out / "configs").mkdir(exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     for trial_id, text in plan.trial_configs.items():
