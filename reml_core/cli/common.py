@@ -275,9 +275,15 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Seque
     except MemoryError:
         print(f"{prog}: error: out of memory; make the pool, networks or budgets smaller", file=sys.stderr)
         return EXIT_USER_ERROR
-    except Exception:
+    except Exception as error:
         if _Interrupts.received is not None or _Interrupts.pending:  # the interrupt's consequence, not a bug
             return _interrupted(prog, EXIT_TERMINATED if _Interrupts.received == signal.SIGTERM else EXIT_INTERRUPTED)
+        from reml_core.errors import DiskFullError, disk_full_reason
+
+        reason = disk_full_reason(error)  # a full disk met by a library's own writer (a training log): one line too
+        if reason:
+            print(f"{prog}: error: {DiskFullError(getattr(error, 'filename', None) or 'a file', reason)}", file=sys.stderr)
+            return EXIT_USER_ERROR
         raise
     finally:
         sys.unraisablehook = previous_unraisable
