@@ -167,9 +167,14 @@ def foreign_file(folder: Path, ledger: Ledger, relative: tuple[str, ...] = ()) -
                 return shown + "/"
             nested = folder.joinpath(*parts)
             inner = read_ledger(nested) if ledger.owns_file((*parts, LEDGER)) else None
-            found = foreign_file(nested, inner) if inner is not None else foreign_file(folder, ledger, parts)
-            if found is not None:
-                return f"{shown}/{found}"
+            if inner is not None:  # a REML folder made in this one: judged by its own list
+                found = foreign_file(nested, inner)
+                if found is not None:
+                    return f"{shown}/{found}"
+            else:
+                found = foreign_file(folder, ledger, parts)
+                if found is not None:
+                    return found
         elif not ledger.owns_file(parts):
             return shown
     return None
