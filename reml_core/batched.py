@@ -8,8 +8,11 @@ networks of every episode that finished on the same environment step:
 - all of them are built from the pool as it is at that moment (none sees another's write-back);
 - with a pool that has the :class:`~reml_core.interfaces.BatchedLayerPool` capability, networks
   of one shape are trained as one stacked computation; otherwise (or for a lone network) one by
-  one with :mod:`reml_core.inner_loop`'s single-network functions; the two give the same losses
-  and pool within 1e-5 (``tests/test_batched_pool.py``);
+  one with :mod:`reml_core.inner_loop`'s single-network functions. The two draw the same
+  minibatches and fault alike exactly; their composed and fine-tuned losses agree within
+  rounding, their Adam-trained losses and pool within Adam's reach (2 x lr x steps), typically
+  within rounding and on this project's AMD CPU bit for bit: which BLAS kernel a batched and a
+  single product get is the CPU's (``tests/test_batched_pool.py``, docs/performance.md);
 - the write-backs happen in the order the episodes are listed (the vector env's env-index order),
   skipping every network that faulted (a non-finite loss or parameter): only that one.
 """
@@ -210,8 +213,9 @@ def _batch(
     if "finetuned" in required:
         # One stacked fine-tuning for every K: support sets padded with zeros to the largest K, each
         # row's loss taken on its own first K points only, so padded points get no gradient. (Adam
-        # below is kept bit for bit; SGD is not chaotic, so here the rounding of the longer sums is
-        # harmless: equal to the per-network path within 1e-6, tests/test_batched_pool.py.)
+        # below keeps to the single network's kernels; SGD does not amplify rounding as Adam does, so
+        # here the longer sums' rounding is harmless: within ROUNDING of the per-network path,
+        # tests/test_batched_pool.py.)
         support = [task.support(end.shots) for task, end in zip(tasks, ends)]
         counts = [len(x) for x, _ in support]  # K points, or K of each class for a classification task
         longest = max(counts)

@@ -126,11 +126,15 @@ class ComposedNetwork(nn.Module):
         return loss.detach(), [*grad_w, *grad_b]
 
 
-# Row for row, the stacked computation must give the very bits the single network gives: Adam turns a
-# rounding difference in a near-zero gradient into a full step, so networks that start equal to
-# 1e-8 part after a few steps. Batched products call the same BLAS kernels as single ones, except
-# that ATen multiplies small matrices (rows x columns x contraction < 400) with a loop of its own
-# that sums in another order; such products, and only those, are computed network by network here.
+# Row for row, the stacked computation keeps to the single network's kernels where it can: Adam turns
+# a rounding difference in a near-zero gradient into a full step, so networks that start equal to
+# 1e-8 part after a few steps. Batched products call the same BLAS routine family as single ones,
+# except that ATen multiplies small matrices (rows x columns x contraction < 400) with a loop of its
+# own that sums in another order; such products, and only those, are computed network by network
+# here. Whether a batched and a single BLAS product round alike is the BLAS library's choice per CPU:
+# on this project's AMD EPYC they do (the rows are the single network's bits), on an Intel AVX-512
+# CPU MKL's one-output products do not. What is promised on every CPU is therefore agreement within
+# rounding before Adam and within Adam's reach after it (tests/test_batched_pool.py, docs/performance.md).
 _ATEN_SMALL_MATMUL = 400
 
 
@@ -140,7 +144,8 @@ def _is_small(rows: int, columns: int, contraction: int) -> bool:
 
 def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``x @ weight^T + bias`` per network (x ``[B, n, in]``, weight ``[B, out, in]``, bias ``[B, out]``),
-    bit for bit what ``torch.addmm(bias, x, weight.t())`` gives each network.
+    what ``torch.addmm(bias, x, weight.t())`` gives each network (bit for bit where the BLAS rounds
+    a batched product as a single one, as on this project's AMD CPU; within rounding elsewhere).
 
     One input feature (sine's x): a multiply and an add, as addmm computes it, and five times
     cheaper than a batched product with an inner dimension of 1. One output feature: addmm's
@@ -179,8 +184,9 @@ def _input_grad(delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 class BatchedComposedNetwork:
     """``B`` composed networks of one depth, parameters stacked: ``weights[i]`` is ``[B, out, in]``.
 
-    See :class:`reml_core.interfaces.BatchedNetwork`. Row ``b`` computes exactly what
-    :class:`ComposedNetwork` computes for network ``b`` (the same bits; see ``_affine``), as
+    See :class:`reml_core.interfaces.BatchedNetwork`. Row ``b`` computes what
+    :class:`ComposedNetwork` computes for network ``b`` (within rounding, the same bits on some
+    CPUs; see ``_affine``), as
     batched matrix products, so ``B`` networks cost far less than ``B`` single ones when each is
     as small as REML's: per-operation overhead, not arithmetic, dominates those.
     """
@@ -223,7 +229,7 @@ class BatchedComposedNetwork:
         losses_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The ``[B]`` losses and every parameter's gradient: :meth:`ComposedNetwork.value_and_grad`'s
-        backpropagation with batched products, row for row the same bits (tests check it against
+        backpropagation with batched products, row for row within rounding (tests check it against
         the single network and autograd). Autograd only differentiates ``losses_fn`` with respect
         to the predictions."""
         depth = len(params) // 2
