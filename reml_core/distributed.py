@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Any
 
@@ -77,16 +83,160 @@ def ray_session(what: str, *, address: str | None = None, num_cpus: int | None =
         # a cluster brings its own settings. Workers of a local instance inherit this environment
         # (PYTHONPATH, REML_DISABLE_PLUGINS), so they see the driver's plugins.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    watchdog = None if address else start_watchdog()
     try:
-        ray.init(**options)
-    except ConnectionError as error:
-        raise UserError(f"--ray-address {address}: cannot connect to a Ray cluster there ({error})") from None
-    except Exception as error:  # Ray's own start-up failures (ports, /tmp) are the user's environment
-        raise UserError(f"{what}: Ray could not start ({type(error).__name__}: {error})") from None
-    try:
-        yield ray
+        try:
+            ray.init(**options)
+        except ConnectionError as error:
+            raise UserError(f"--ray-address {address}: cannot connect to a Ray cluster there ({error})") from None
+        except Exception as error:  # Ray's own start-up failures (ports, /tmp) are the user's environment
+            raise UserError(f"{what}: Ray could not start ({type(error).__name__}: {error})") from None
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        if watchdog is not None:
+            watchdog.stop()
+
+
+# -- the local instance dies with the driver ----------------------------------------------------
+
+#: Set in the environment of a local Ray instance's every process (GCS, raylet, agents, workers and
+#: what they start): the watchdog finds them by it, and by nothing else, so no other Ray is touched.
+SESSION_ENV_VAR = "REML_RAY_SESSION"
+#: How long the watchdog lets Ray's processes end on SIGTERM before it SIGKILLs them.
+GRACE_S = 1.0
+#: How long the watchdog keeps looking for stragglers (a worker the raylet was starting).
+SWEEP_S = 10.0
+
+
+class Watchdog:
+    """A small process that ends a local Ray instance's processes once the driver is gone.
+
+    Ray ties only the processes it starts itself to the driver; its workers and agents notice a
+    SIGKILLed driver late (minutes, on a busy machine). The watchdog waits on a pipe from the driver:
+    when it reads end-of-file (the driver ended, however it ended, even SIGKILLed) it ends every
+    process carrying this instance's :data:`SESSION_ENV_VAR`. A sweep trial's ``reml-run`` is left to
+    its guard (which stops it with one SIGTERM, so it checkpoints first; see reml_core.sweep.guard_main).
+    """
+
+    def __init__(self, marker: str, process: subprocess.Popen[bytes], previous: str | None) -> None:
+        self.marker = marker
+        self.process = process
+        self.previous = previous
+
+    def stop(self) -> None:
+        """The driver is done with Ray: restore its environment; the watchdog cleans up what is left."""
+        if self.previous is None:
+            os.environ.pop(SESSION_ENV_VAR, None)
+        else:
+            os.environ[SESSION_ENV_VAR] = self.previous
+        try:
+            if self.process.stdin is not None:
+                self.process.stdin.close()  # end-of-file: the watchdog ends what Ray left behind, then exits
+        except OSError:
+            pass
+
+
+def start_watchdog() -> Watchdog | None:
+    """Mark this process's environment for a new local Ray instance and start its :class:`Watchdog`
+    (Linux, where /proc shows each process's environment; elsewhere Ray's own clean-up is all)."""
+    if not Path("/proc/self/environ").is_file():
+        return None
+    marker = f"{os.getpid()}-{uuid.uuid4().hex}"
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "reml_core.distributed", "watchdog", marker], stdin=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    except OSError:
+        return None
+    previous = os.environ.get(SESSION_ENV_VAR)
+    os.environ[SESSION_ENV_VAR] = marker
+    return Watchdog(marker, process, previous)
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name: state, ppid, pgrp, session, ..."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def session_processes(marker: str) -> list[int]:
+    """PIDs of this user's processes whose environment carries ``marker`` (see :data:`SESSION_ENV_VAR`)."""
+    wanted = f"{SESSION_ENV_VAR}={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone, or another user's
+            continue
+    return found
+
+
+def _trial_sessions(pids: list[int]) -> set[int]:
+    """The sessions led by a sweep trial's guard (``python -m reml_core.sweep guard``)."""
+    sessions = set()
+    for pid in pids:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"reml_core.sweep" in command and b"guard" in command and int(_stat(pid)[3]) == pid:
+                sessions.add(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    return sessions
+
+
+def _to_end(marker: str) -> list[int]:
+    pids = session_processes(marker)
+    trials = _trial_sessions(pids)
+    ending = []
+    for pid in pids:
+        try:
+            if int(_stat(pid)[3]) not in trials:
+                ending.append(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    return ending
+
+
+def _signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
+
+
+def watchdog_main(marker: str) -> int:
+    """The watchdog's process: wait for the driver's pipe to close, then end the instance's processes."""
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):  # only the driver's end matters
+        signal.signal(signum, signal.SIG_IGN)
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    except OSError:
+        pass
+    _signal_all(_to_end(marker), signal.SIGTERM)
+    deadline = time.monotonic() + SWEEP_S
+    grace = time.monotonic() + GRACE_S
+    quiet = 0
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = _to_end(marker)
+        quiet = 0 if left else quiet + 1
+        if quiet >= 5:  # nothing left for a second
+            break
+        if time.monotonic() >= grace:
+            _signal_all(left, signal.SIGKILL)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "watchdog":
+        raise SystemExit(watchdog_main(sys.argv[2]))
+    raise SystemExit(f"usage: {sys.executable} -m reml_core.distributed watchdog MARKER")
 
 
 def cluster_cpus(ray: Any) -> int:

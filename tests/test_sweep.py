@@ -368,3 +368,58 @@ def test_a_sweep_config_given_to_reml_run_or_bench_is_refused_naming_reml_sweep(
     err = capsys.readouterr().err
     assert code == 2 and "[sweep] table is reml-sweep's search space" in err and "reml-sweep --config" in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def _processes_with(variable: str, value: str) -> list[int]:
+    """PIDs of this user's processes whose environment has ``variable=value``: everything a driver
+    started with it (Ray's GCS, raylet, agents, workers, the trials), and no other process."""
+    wanted = f"{variable}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_sigkilled_sweep_takes_its_ray_instance_and_trials_with_it(tmp_path):
+    """Ray's workers and agents notice a SIGKILLed driver late (minutes on a busy machine); the
+    sweep's watchdog ends them, and the running trial checkpoints and ends, within seconds."""
+    import uuid
+
+    marker = uuid.uuid4().hex
+    out = tmp_path / "killed"
+    budget = [*SWEEP_TINY, "--set", "train.env_steps=20000"]  # the trial is still training when the driver dies
+    driver = subprocess.Popen([str(BIN / "reml-sweep"), *budget, "--grid", "env.inner_lr=0.001", "--out", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "REML_TEST_SWEEP": marker})
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "trials").is_dir() or not any((child / "checkpoints" / "latest").exists() for child in (out / "trials").iterdir()):
+            assert driver.poll() is None and time.monotonic() < deadline, driver.stderr.read()[-3000:] if driver.poll() is not None else "no trial checkpoint"
+            time.sleep(0.2)
+        running = _processes_with("REML_TEST_SWEEP", marker)
+        commands = " ".join((Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") for pid in running
+                             if Path(f"/proc/{pid}/cmdline").exists()))
+        assert "raylet" in commands and "reml-run" in commands, commands  # the marker does find the session's processes
+    finally:
+        driver.kill()
+        driver.wait(timeout=30)
+        driver.stderr.close()
+    deadline = time.monotonic() + 20
+    while _processes_with("REML_TEST_SWEEP", marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    leftovers = _processes_with("REML_TEST_SWEEP", marker)
+    described = [Path(f"/proc/{pid}/cmdline").read_bytes()[:120] for pid in leftovers if Path(f"/proc/{pid}/cmdline").exists()]
+    for pid in leftovers:  # end what outlived it, so the suite stays clean
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert not leftovers, described
+    # the trial was stopped as a scheduler stops a run: with a checkpoint, so --resume continues it
+    trial = next((out / "trials").iterdir())
+    assert (trial / "checkpoints" / "latest").exists() and not (trial / "results.json").exists()
