@@ -41,9 +41,11 @@ class Cell:
     """Query loss over the test tasks for one (K, steps): mean and 95% CI half-width.
 
     ``mse_*`` holds the family's loss (MSE for regression; the name is the schema's). A task whose
-    fine-tuning diverged counts as NaN; a cell with any NaN task has a NaN mean (reported, never
-    hidden), and ``nan_tasks`` says how many. ``metrics`` maps each of the family's metrics to its
-    (mean, 95% CI half-width) over the same tasks.
+    fine-tuning diverged (a non-finite loss) is left out of the mean and CI, which are over the
+    tasks that did not diverge, and counted in ``nan_tasks``: reports show the count beside the mean
+    and never rank a cell with diverged tasks first in its column. Only a cell where every task
+    diverged has a NaN mean. ``metrics`` maps each of the family's metrics to its (mean, 95% CI
+    half-width) over the tasks that did not diverge.
     """
 
     mse_mean: float
@@ -55,12 +57,14 @@ class Cell:
     @classmethod
     def from_losses(cls, losses: Sequence[float], metrics: dict[str, Sequence[float]] | None = None) -> Cell:
         values = np.asarray(losses, dtype=np.float64)
-        nan_tasks = int((~np.isfinite(values)).sum())
-        measured = {name: _mean_ci(series) for name, series in (metrics or {}).items()}
-        if nan_tasks or values.size == 0:
-            return cls(math.nan, math.nan, nan_tasks, int(values.size), measured)
-        mean, ci = _mean_ci(values)
-        return cls(mean, ci, 0, int(values.size), measured)
+        finite = np.isfinite(values)
+        nan_tasks = int((~finite).sum())
+        measured = {}
+        for name, series in (metrics or {}).items():
+            array = np.asarray(series, dtype=np.float64)
+            measured[name] = _mean_ci(array[finite] if array.shape == values.shape else array)
+        mean, ci = _mean_ci(values[finite])
+        return cls(mean, ci, nan_tasks, int(values.size), measured)
 
 
 FewShotTable = dict[int, dict[int, Cell]]  # K -> steps -> cell

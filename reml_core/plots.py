@@ -56,7 +56,7 @@ def plot_few_shot(
     measures = table_measures(methods)
     plt = _pyplot()
     figure, axes = plt.subplots(len(measures), len(shots), figsize=(5 * len(shots), 4 * len(measures)), squeeze=False)
-    any_spread = False
+    any_spread = any_diverged = False
     for axes_row, measure in zip(axes, measures):
         for axis, k in zip(axes_row, shots):
             for name, table in methods.items():
@@ -67,6 +67,12 @@ def plot_few_shot(
                 if points:
                     xs, ys, es, spreads = zip(*points)
                     line = axis.errorbar(xs, ys, yerr=es, marker="o", capsize=4, label=labels.get(name, name))
+                    for i, s in enumerate(steps):  # a mean over the tasks that did not diverge is marked, with the count
+                        mean = row[s].measure(measure)[0]
+                        if row[s].nan_tasks and mean is not None:
+                            any_diverged = True
+                            axis.plot([i], [mean], marker="x", markersize=12, color=line.lines[0].get_color())
+                            axis.annotate(f"{row[s].nan_tasks} diverged", (i, mean), textcoords="offset points", xytext=(6, 6), fontsize=8)
                     if all(spread is not None for spread in spreads):
                         any_spread = True
                         color = line.lines[0].get_color()
@@ -78,7 +84,8 @@ def plot_few_shot(
             axis.grid(alpha=0.3)
     handles, names = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, names, loc="lower center", ncol=max(len(names), 1), frameon=False)
-    caption = "bars: 95% CI over test tasks" + ("; bands: ± std between seeds" if any_spread else "")
+    caption = ("bars: 95% CI over test tasks" + ("; bands: ± std between seeds" if any_spread else "")
+               + ("; x: mean over the tasks whose fine-tuning did not diverge" if any_diverged else ""))
     figure.suptitle(f"{title}\n{caption}", fontsize=10)
     figure.tight_layout(rect=(0, 0.08 / len(measures), 1, 1))
     _save(figure, path)

@@ -35,7 +35,7 @@ READABLE_SCHEMAS = ("reml.results/1", SCHEMA)
 _V1_LABELS = {"maml": "MAML"}
 #: Display names of methods a results file does not label itself (REML's own; baselines name
 #: themselves through ``BaselineSpec.label``, recorded under ``labels``).
-METHOD_LABELS = {"reml": "REML"}
+METHOD_LABELS = {"reml": "REML", "reml-search": "REML pool + search (no policy)"}
 #: The measure every cell holds: the family's query loss (named ``mse`` in the schema).
 LOSS = "mse"
 
@@ -507,14 +507,30 @@ def read_results(path: Any) -> ResultsDocument:
 
 
 def _format_cell(cell: CellResult, best: bool, measure: str = LOSS) -> str:
+    """``mean ± CI``; with diverged tasks the mean is over the others and the count follows (``, 3 diverged``)."""
     mean, ci, spread = cell.measure(measure)
     if mean is None:
-        text = f"NaN ({cell.nan_tasks} tasks diverged)"
+        text = f"NaN ({cell.nan_tasks} tasks diverged)" if cell.nan_tasks else "NaN"
     else:
         text = f"{mean:.3f} ± {ci:.3f}" if ci is not None else f"{mean:.3f}"
         if spread is not None:
             text += f" (seeds ±{spread:.3f})"
+        if cell.nan_tasks:
+            text += f" ({cell.nan_tasks} diverged)"
     return f"**{text}**" if best else text
+
+
+def column_best(cells: Sequence[CellResult | None], measure: str = LOSS) -> float | None:
+    """The best mean of a column (lowest loss, highest metric) among the cells in which no task diverged:
+    a method whose fine-tuning diverged on some tasks never wins its column, whatever its mean over the rest."""
+    pick = min if measure == LOSS else max
+    means = [cell.measure(measure)[0] for cell in cells if cell is not None and not cell.nan_tasks]
+    means = [mean for mean in means if mean is not None]
+    return pick(means) if means else None
+
+
+def is_column_best(cell: CellResult | None, best: float | None, measure: str = LOSS) -> bool:
+    return cell is not None and not cell.nan_tasks and best is not None and cell.measure(measure)[0] == best
 
 
 def table_measures(tables: Mapping[str, Table]) -> list[str]:
@@ -539,24 +555,18 @@ def few_shot_tables(tables: Mapping[str, Table], loss_name: str = "MSE") -> str:
     shots = sorted({k for table in tables.values() for k in table})
     lines: list[str] = []
     for measure in table_measures(tables):
-        pick = min if measure == LOSS else max
         for k in shots:
             steps = sorted({s for table in tables.values() for s in table.get(k, {})})
             lines += [f"**K = {k}** ({measure_label(measure, loss_name)}, mean ± 95% CI over test tasks)", ""]
             lines.append("| method | " + " | ".join(f"{s} step{'s' if s != 1 else ''}" for s in steps) + " |")
             lines.append("|---|" + "---:|" * len(steps))
-            best = {}
-            for s in steps:
-                means = [table[k][s].measure(measure)[0] for table in tables.values() if s in table.get(k, {})]
-                means = [m for m in means if m is not None]
-                best[s] = pick(means) if means else None
+            best = {s: column_best([table.get(k, {}).get(s) for table in tables.values()], measure) for s in steps}
             for name, table in tables.items():
                 row = table.get(k, {})
                 cells = []
                 for s in steps:
                     cell = row.get(s)
-                    mean = cell.measure(measure)[0] if cell else None
-                    cells.append(_format_cell(cell, mean is not None and mean == best[s], measure) if cell else "-")
+                    cells.append(_format_cell(cell, is_column_best(cell, best[s], measure), measure) if cell else "-")
                 lines.append(f"| {METHOD_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines)

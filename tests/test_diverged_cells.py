@@ -1,0 +1,66 @@
+"""No cell is just "NaN" (issue 21, item 3): a cell with diverged tasks reports the mean over the others,
+how many diverged, and never wins its column, in the evaluator, results.json, the reports and the plots."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from reml_core.evaluation import Cell
+from reml_core.results import CellResult, ResultsDocument, aggregate_cells, few_shot_tables, table_of
+
+
+def test_a_cell_averages_the_tasks_that_did_not_diverge_and_counts_the_others():
+    cell = Cell.from_losses([1.0, 2.0, math.nan, 3.0, math.inf], {"accuracy": [0.5, 0.7, 0.0, 0.9, 0.0]})
+    assert (cell.mse_mean, cell.nan_tasks, cell.tasks) == (2.0, 2, 5)
+    assert cell.mse_ci95 == pytest.approx(1.96 * np.std([1, 2, 3], ddof=1) / math.sqrt(3))
+    assert cell.metrics["accuracy"][0] == pytest.approx(0.7)  # over the same three tasks
+    every = Cell.from_losses([math.nan, math.nan])
+    assert math.isnan(every.mse_mean) and every.nan_tasks == 2
+
+
+def _tables(diverged_mean: float, nan_tasks: int) -> dict:
+    steady = {5: {10: CellResult(0.5, 0.05, None, 0)}}
+    shaky = {5: {10: CellResult(diverged_mean, 0.04, None, nan_tasks)}}
+    return {"maml": shaky, "reml": steady}
+
+
+def test_a_method_with_diverged_tasks_never_wins_its_column_but_its_mean_and_count_are_shown():
+    markdown = few_shot_tables(_tables(0.3, 2))
+    row = {line.split("|")[1].strip(): line for line in markdown.splitlines() if line.startswith("| ") and "step" not in line}
+    assert "0.300 ± 0.040 (2 diverged)" in row["maml"] and "**" not in row["maml"]
+    assert "**0.500 ± 0.050**" in row["REML"]
+    # without divergence the lower mean wins as always
+    assert "**0.300 ± 0.040**" in few_shot_tables(_tables(0.3, 0))
+
+
+def test_results_json_keeps_the_mean_over_the_others_and_the_count():
+    document = ResultsDocument(
+        kind="run", plugin="sine", policy="ppo-mlp", encoder="support-set", encoder_privileged=False, seed=0,
+        test_tasks=600, tables=_tables(0.3, 2), curves={}, timing={}, config={},
+    )
+    again = ResultsDocument.from_json(document.to_json())
+    cell = again.tables["maml"][5][10]
+    assert (cell.mean, cell.nan_tasks) == (0.3, 2)
+    assert document.to_json()["methods"]["maml"]["5"]["10"]["nan_tasks"] == 2
+
+
+def test_seeds_aggregate_the_means_over_the_others_and_add_the_counts():
+    cells = [CellResult(0.3, 0.04, None, 2), CellResult(0.5, 0.06, None, 0)]
+    total = aggregate_cells(cells)
+    assert total.mean == pytest.approx(0.4) and total.nan_tasks == 2
+
+
+def test_the_evaluator_s_table_keeps_the_count(tmp_path):
+    table = table_of({5: {10: Cell.from_losses([1.0, math.nan, 3.0])}})
+    assert (table[5][10].mean, table[5][10].nan_tasks) == (2.0, 1)
+
+
+def test_the_plot_marks_a_mean_over_the_others(tmp_path):
+    from reml_core.plots import plot_few_shot
+
+    path = tmp_path / "few_shot.png"
+    plot_few_shot(_tables(0.3, 2), path, "title")
+    assert path.stat().st_size > 0
