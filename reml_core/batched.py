@@ -153,7 +153,9 @@ def end_episodes(
                 outcomes[i] = results[row]
                 trained[i] = (network, row, members)
     if protocol:
-        pool_update.apply(ends, [not outcome.fault for outcome in outcomes], batched=batched)  # type: ignore[union-attr]
+        # write_back_rate is the configured rate as the schedule has annealed it so far: the same fraction scales the Adam rate.
+        scale = write_back_rate / config.write_back_rate  # type: ignore[operator]
+        pool_update.apply(ends, [not outcome.fault for outcome in outcomes], batched=batched, lr_scale=scale)  # type: ignore[union-attr]
     elif write_back_rate is not None:
         _write_back(pool, ends, outcomes, trained, write_back_rate)  # type: ignore[arg-type]
     return outcomes  # type: ignore[return-value]

@@ -1,11 +1,18 @@
-"""REML as a method the evaluator can use: a deterministic policy rollout that builds a network per task."""
+"""REML as a method the evaluator can use: a deterministic policy rollout that builds a network per task,
+and its pool without the policy (a search by support loss), the rival that tells what the policy adds."""
 
 from __future__ import annotations
 
+import math
+import zlib
+
+import numpy as np
 from torch import nn
 
-from reml_core.env import CompositionEnv
-from reml_core.interfaces import LayerPool, PolicyBackend, Task
+from reml_core.device import module_device
+from reml_core.env import CompositionEnv, network_order
+from reml_core.inner_loop import batched_loss, evaluate_loss, evaluate_loss_batch, finetune_sgd, finetune_sgd_batch
+from reml_core.interfaces import BatchedLayerPool, LayerPool, LossFn, PolicyBackend, Role, Task
 
 
 class ReMLMethod:
@@ -36,6 +43,71 @@ class ReMLMethod:
             if truncated or not info["valid"]:
                 break
         raise RuntimeError(f"the masked rollout for task {task.task_id} did not finish a network")
+
+    def network_for(self, task: Task, shots: int) -> nn.Module:
+        return self.pool.build(self.indices_for(task, shots))
+
+
+#: The key of the pool-search rival in results (its label: :data:`SEARCH_LABEL`).
+SEARCH_KEY = "reml-search"
+SEARCH_LABEL = "REML pool + search"
+
+
+class PoolSearchMethod:
+    """REML's trained pool without its policy: the best of ``candidates`` random compositions, chosen
+    by the support loss after one SGD step (issue 21's rival (b)).
+
+    For each task the same ``candidates`` valid compositions (distinct layers, one role per slot)
+    are drawn from a generator seeded by (``seed``, task, K); each is fine-tuned one SGD step
+    (``lr``, the protocol's) on the K support points, and the composition whose support loss is
+    then lowest is handed out, un-tuned, for the evaluator to fine-tune like any method's. Only the
+    support set decides, as for every other method; the test-time cost is ``candidates`` forward
+    and backward passes where the policy needs one rollout. The pool is never changed.
+    """
+
+    def __init__(self, pool: LayerPool, loss_fn: LossFn, *, depth: int, candidates: int, lr: float, seed: int) -> None:
+        if candidates < 1:
+            raise ValueError("a pool search needs at least one candidate")
+        self.pool = pool
+        self.loss_fn = loss_fn
+        self.depth = depth
+        self.candidates = candidates
+        self.lr = lr
+        self.seed = seed
+        roles = np.array([role.value for role in pool.roles])
+        self._by_role = {role: np.flatnonzero(roles == role.value) for role in set(pool.roles)}
+
+    def _compositions(self, task: Task, shots: int) -> list[list[int]]:
+        generator = np.random.default_rng([self.seed, zlib.crc32(task.task_id.encode("utf-8")), shots])
+        compositions = []
+        for _ in range(self.candidates):
+            chosen: list[int] = []
+            for role, count in ((Role.INPUT, 1), (Role.OUTPUT, 1), (Role.HIDDEN, self.depth - 2)):
+                chosen.extend(int(i) for i in generator.choice(self._by_role[role], size=count, replace=False))
+            compositions.append(network_order(chosen))
+        return compositions
+
+    def indices_for(self, task: Task, shots: int) -> list[int]:
+        """The composition whose support loss after one SGD step is lowest (the first such, on a tie)."""
+        compositions = self._compositions(task, shots)
+        x_support, y_support = task.support(shots)
+        if isinstance(self.pool, BatchedLayerPool):
+            network = self.pool.build_batch(compositions)
+            device = module_device(network)
+            x = x_support.to(device).expand(len(compositions), *x_support.shape)
+            y = y_support.to(device).expand(len(compositions), *y_support.shape)
+            losses_fn = batched_loss(self.loss_fn)
+            finetune_sgd_batch(network, x, y, losses_fn, steps=1, lr=self.lr)
+            losses = evaluate_loss_batch(network, x, y, losses_fn).tolist()
+        else:
+            losses = []
+            for indices in compositions:
+                network = self.pool.build(indices)
+                device = module_device(network)
+                ok = finetune_sgd(network, x_support.to(device), y_support.to(device), self.loss_fn, steps=1, lr=self.lr)
+                losses.append(evaluate_loss(network, x_support.to(device), y_support.to(device), self.loss_fn) if ok else math.inf)
+        scores = [value if math.isfinite(value) else math.inf for value in losses]
+        return compositions[int(np.argmin(scores))]
 
     def network_for(self, task: Task, shots: int) -> nn.Module:
         return self.pool.build(self.indices_for(task, shots))

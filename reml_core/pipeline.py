@@ -17,7 +17,7 @@ from reml_core.errors import CheckpointError, PluginError, UserError, describe_e
 from reml_core.evaluation import FewShotEvaluator, FewShotTable, NetworkProvider
 from reml_core.experiment import Components, baseline_labels, build_components, build_one, component_facts, loss_name
 from reml_core.interfaces import Baseline, FingerprintsData, MeasuresMetrics, ReportsStats
-from reml_core.methods import ReMLMethod
+from reml_core.methods import SEARCH_KEY, PoolSearchMethod, ReMLMethod
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.results import ResultsDocument, SelectedCheckpoint, TrainingRecord, finite_or_none, render_run_report, table_of
 from reml_core.storage import (
@@ -76,6 +76,18 @@ def evaluate_methods(
         curves[name] = evaluator.curve(provider, name)
         seconds[f"evaluation_{name}"] = time.perf_counter() - start
     return tables, curves, seconds
+
+
+def pool_search_providers(config: RunConfig, components: Components) -> dict[str, NetworkProvider]:
+    """REML's trained pool without the policy (``eval.pool_search`` candidates per task; none when 0), keyed ``reml-search``."""
+    candidates = config.core.eval.pool_search
+    if not candidates:
+        return {}
+    search = PoolSearchMethod(
+        components.pool, components.task_sampler.loss, depth=config.core.env.depth, candidates=candidates,
+        lr=config.core.eval.sgd_lr, seed=config.seed,
+    )
+    return {SEARCH_KEY: search.network_for}
 
 
 @dataclass
@@ -159,6 +171,7 @@ def run_experiment(config: RunConfig, out: Path, *, resume: bool = False, trust_
         baseline.meta_train(components.task_sampler.train_stream(config.seed), progress=config.core.train.progress)
         timing[f"training_{name}"] = time.perf_counter() - start
     providers: dict[str, NetworkProvider] = {"reml": reml.method().network_for}
+    providers.update(pool_search_providers(config, components))
     providers.update({name: baseline.network_for for name, baseline in baselines.items()})
     tables, curves, evaluation_seconds = evaluate_methods(config, components, providers)
     timing.update({f"{key}_reml": value for key, value in reml.trainer.state.seconds.items()})

@@ -11,7 +11,8 @@ Two rules, chosen by ``env.pool_update``:
   gradient of their mean with respect to the network's starting parameters (second order, as
   MAML's; ``env.meta_order = "first"`` drops the second-order terms) flows back to the pool layers
   the network was built from. Networks that share a layer add their gradients; the pool then takes
-  one Adam step (``env.pool_adam_lr``) on the mean over the networks of that step. The optimiser's
+  one Adam step (``env.pool_adam_lr``, annealed by ``env.write_back_schedule``) on the mean over
+  the networks of that step. The optimiser's
   state is saved with every checkpoint (``pool_update.safetensors``), so a resume continues exactly.
 
 The meta-gradient needs the :class:`~reml_core.interfaces.MetaGradientLayerPool` capability: the
@@ -57,6 +58,7 @@ class ProtocolPoolUpdate:
         self.steps = meta_steps(config)
         self.second_order = config.meta_order == "second"
         self.parameters = list(pool.parameters())
+        self.lr_base = config.pool_adam_lr
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.pool_adam_lr)
         self.updates = 0
 
@@ -64,12 +66,15 @@ class ProtocolPoolUpdate:
         order = "second-order" if self.second_order else "first-order"
         steps = "/".join(str(s) for s in self.steps)
         return (f"protocol-aligned: {order} meta-gradient of the query loss after {steps} SGD steps (lr {self.lr:g}) "
-                f"on the support set, Adam on the pool (lr {self.optimizer.param_groups[0]['lr']:g})")
+                f"on the support set, Adam on the pool (lr {self.lr_base:g})")
 
     # -- the update --------------------------------------------------------------------------
 
-    def apply(self, ends: Sequence[Any], keep: Sequence[bool], *, batched: bool = True) -> list[float]:
+    def apply(self, ends: Sequence[Any], keep: Sequence[bool], *, batched: bool = True, lr_scale: float = 1.0) -> list[float]:
         """One Adam step of the pool on the mean meta-loss of the kept ``ends`` (:class:`~reml_core.batched.EpisodeEnd`).
+
+        The step's learning rate is ``env.pool_adam_lr * lr_scale`` (the environment anneals it with
+        ``env.write_back_schedule``, as it anneals the thesis rule's write-back rate).
 
         Returns each end's meta-loss (NaN where it was not kept or not finite). A network whose
         meta-loss or gradient is not finite contributes nothing (only that one); with no
@@ -79,6 +84,7 @@ class ProtocolPoolUpdate:
         if gradients is not None:
             for parameter, gradient in zip(self.parameters, gradients):
                 parameter.grad = gradient
+            self.optimizer.param_groups[0]["lr"] = self.lr_base * lr_scale
             self.optimizer.step()
             self.updates += 1
             for parameter in self.parameters:

@@ -134,7 +134,8 @@ class EnvConfig(StrictModel):
         "its second-order terms (cheaper)",
     )
     write_back_schedule: Literal["constant", "linear"] = Field(
-        "linear", description="'linear' anneals the write-back rate to 0 over train.env_steps (Reptile's schedule); 'constant' keeps it"
+        "linear", description="'linear' anneals the pool's update to 0 over train.env_steps (the write-back rate, Reptile's schedule; or the "
+        "protocol update's Adam rate); 'constant' keeps it"
     )
 
     @field_validator("shots")
@@ -205,6 +206,11 @@ class EvalConfig(StrictModel):
         description="Adam learning rate of the convergence curve; formerly eval.curve_lr, still accepted",
     )
     curve_tasks: int = Field(100, gt=0, le=MAX_TASKS, description="test tasks averaged in the convergence curve")
+    pool_search: int = Field(
+        0, ge=0, le=4096,
+        description="also evaluate REML's trained pool without its policy: per task, the best of this many random "
+        "compositions by support loss after one SGD step (the 'REML pool + search' row; 0: off)",
+    )
 
     @field_validator("shots", "steps")
     @classmethod
