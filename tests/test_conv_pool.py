@@ -12,6 +12,8 @@ from reml_core.interfaces import BuildContext, LayerPool, Role, TaskContext
 from reml_core.specs import LayerPoolSpec
 from reml_plugins.conv.pool import ConvComposedNetwork, ConvLayerPool, ConvPoolConfig, build_conv_pool, pooling_plan
 
+pytestmark = pytest.mark.numerics  # compares floats exactly or to rounding: also run under other CPU dispatches (make test-dispatch)
+
 DIGITS = (1, 8, 8)
 OMNIGLOT = (1, 28, 28)
 
@@ -303,14 +305,16 @@ def test_plugin_registers(empty_registry):
     assert empty_registry.get("layer_pool", "conv").name == "conv"
 
 
-def test_core_episode_end_trains_measures_and_writes_back_a_classifier():
-    """The core's per-network path (the pool has no build_batch) on a 3-way 2-shot image task."""
+@pytest.mark.parametrize("batched", [True, False])
+def test_core_episode_end_trains_measures_and_writes_back_a_classifier(batched):
+    """The core's stacked and per-network paths on a 3-way 2-shot image task (tests/test_conv_meta_gradient.py
+    compares the two)."""
     from reml_core.batched import EpisodeEnd, MeasureRequest, end_episodes, measure_networks
     from reml_core.config import EnvConfig
     from reml_core.interfaces import BatchedLayerPool, Task
 
     pool = make_pool(seed=5)
-    assert not isinstance(pool, BatchedLayerPool)
+    assert isinstance(pool, BatchedLayerPool)
     labels = torch.arange(3).repeat(4)
     task = Task("t0", "train", (0.0,), torch.randn(12, *DIGITS), labels, torch.randn(12, *DIGITS), labels,
                 torch.randn(6, *DIGITS), torch.arange(3).repeat(2), ways=3)
@@ -322,7 +326,7 @@ def test_core_episode_end_trains_measures_and_writes_back_a_classifier():
     config = EnvConfig(depth=4, inner_steps=3, inner_batch=6, finetune_steps=2, shots=[2])
     ends = [EpisodeEnd(task, indices, 2, 11), EpisodeEnd(task, indices, 2, 12)]
     outcomes = end_episodes(pool, ends, loss_fn=F.cross_entropy, config=config,
-                            required=frozenset({"composed", "finetuned", "trained"}), write_back_rate=0.5)
+                            required=frozenset({"composed", "finetuned", "trained"}), write_back_rate=0.5, batched=batched)
     assert all(not o.fault and set(o.losses) == {"composed", "finetuned", "trained"} for o in outcomes)
     after = pool.state_dict()
     assert not torch.equal(after["input.weight"][0], before["input.weight"][0])
