@@ -16,7 +16,7 @@ import types
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["run", "bench", "load", "Results", "ArgumentError", "hookimpl", "hookspec", "__version__"]
+__all__ = ["run", "bench", "load", "Results", "ArgumentError", "Learner", "save_network", "hookimpl", "hookspec", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -28,6 +28,10 @@ def __getattr__(name: str) -> Any:
         from reml_core import api
 
         return getattr(api, name)
+    if name in ("Learner", "save_network"):
+        from reml_core import learner
+
+        return getattr(learner, name)
     raise AttributeError(f"module 'reml_core' has no attribute {name!r}")
 
 

@@ -284,6 +284,17 @@ class Results:
             plot_few_shot(self.document.tables, path, title, self.labels, self.loss_name)
         return path
 
+    @check_arguments
+    def learner(self, method: str = "reml", *, seed: int | None = None, encoder: str | None = None,
+                trust_checkpoint: bool = False) -> Any:
+        """A :class:`reml_core.learner.Learner`: ``method``'s networks for your own tasks (``"reml"``, or a
+        baseline the folder trained, e.g. ``"maml"``, ``"scratch"``). In a benchmark, ``seed`` and
+        ``encoder`` pick one REML (needed when there are several); a method, seed or encoder the folder
+        does not hold is a :class:`reml_core.learner.UnavailableMethodError` naming what it holds."""
+        from reml_core.learner import open_learner
+
+        return open_learner(self.folder, self.document, method, seed=seed, encoder=encoder, trust_checkpoint=trust_checkpoint)
+
 
 @check_arguments
 def load(folder: str | Path) -> Results:
