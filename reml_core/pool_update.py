@@ -42,7 +42,8 @@ STATE_FILE = "pool_update.safetensors"
 
 
 def meta_steps(config: EnvConfig) -> list[int]:
-    """The adaptation step counts whose query losses the protocol update averages."""
+    """The adaptation step counts whose query losses the protocol update averages (a run's config fills
+    ``env.meta_steps`` from ``eval.steps``; a bare EnvConfig without them means ``finetune_steps``)."""
     return list(config.meta_steps) if config.meta_steps else [config.finetune_steps]
 
 

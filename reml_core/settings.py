@@ -124,10 +124,13 @@ class EnvConfig(StrictModel):
         "evaluation's SGD adaptation on the support set and steps the pool with Adam (env.pool_adam_lr); "
         "docs/experiments.md compares them",
     )
-    pool_adam_lr: float = Field(0.001, gt=0, le=1, description="Adam learning rate of the pool under env.pool_update = 'protocol'")
+    pool_adam_lr: float = Field(
+        0.003, gt=0, le=1,
+        description="Adam learning rate of the pool under env.pool_update = 'protocol' (annealed by env.write_back_schedule)",
+    )
     meta_steps: list[int] = Field(
-        [], description="SGD adaptation steps whose query losses the protocol update averages (each >= 0; empty: "
-        "env.finetune_steps, the evaluation's longest)",
+        [], description="SGD adaptation steps whose query losses the protocol update averages (each >= 0); unless set, "
+        "the evaluation's step counts other than 0 (eval.steps), so the pool trains for every adaptation that is reported",
     )
     meta_order: Literal["second", "first"] = Field(
         "second", description="'second': the exact meta-gradient through the adaptation, as MAML; 'first': without "
@@ -239,12 +242,16 @@ class ExperimentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _finetuning_follows_the_protocol(self) -> ExperimentConfig:
-        """The reward's fine-tuning is the evaluation's unless deliberately set: the two cannot drift apart silently."""
+        """The reward's fine-tuning and the protocol update's adaptations are the evaluation's unless deliberately
+        set: what is trained for, rewarded and reported cannot drift apart silently."""
         follow = {}
         if "finetune_sgd_lr" not in self.env.model_fields_set and self.env.finetune_sgd_lr != self.eval.sgd_lr:
             follow["finetune_sgd_lr"] = self.eval.sgd_lr
         if "finetune_steps" not in self.env.model_fields_set and self.env.finetune_steps != max(self.eval.steps):
             follow["finetune_steps"] = max(self.eval.steps)
+        adapted = [steps for steps in self.eval.steps if steps > 0] or [max(self.eval.steps)]
+        if "meta_steps" not in self.env.model_fields_set and self.env.meta_steps != adapted:
+            follow["meta_steps"] = adapted
         if follow:
             env = self.env.model_copy(update=follow)
             object.__setattr__(self, "env", env)  # no re-validation of the whole model for a derived value
