@@ -275,6 +275,7 @@ def record_data(out: Path, components: Components) -> None:
     if fingerprint is None:
         path.unlink(missing_ok=True)  # a stale record of an earlier start is no record of this one
         return
+    out.mkdir(parents=True, exist_ok=True)  # a run's folder may not exist yet when it is called directly (run_experiment)
     atomic_write_json(path, {"format": DATA_FORMAT, "task": components.config.task.name, "fingerprint": fingerprint})
 
 
