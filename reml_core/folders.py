@@ -51,7 +51,8 @@ FOLDER_FILES = (MARKER, SWEEP_MARKER, LOCK, LEDGER)
 MARKER_FORMAT = "reml.folder/1"
 FolderKind = Literal["run", "bench"]
 
-#: What each tool writes at the top of its folder (a benchmark adds one ``seed-N`` folder per seed).
+#: What each tool writes at the top of its folder (a benchmark adds one ``seed-N`` folder per seed), named in the
+#: marker for a reader; what ``--force`` may remove is the ledger's list, at every depth.
 OUTPUTS = ("config.json", "results.json", "report.md", "few_shot.png", "convergence.png")
 RUN_ENTRIES = (*OUTPUTS, "checkpoints", "logs")
 BENCH_ENTRIES = OUTPUTS
@@ -65,7 +66,8 @@ PATH_MAX_BYTES = 4095
 
 @dataclass(frozen=True)
 class FolderMarker:
-    """The contents of ``.reml.json``: who made the folder and what REML writes in it."""
+    """The contents of ``.reml.json``: who made the folder and what REML writes at its top (the ledger,
+    ``.reml.files``, lists every file it wrote)."""
 
     kind: FolderKind
     tool: str
@@ -74,13 +76,6 @@ class FolderMarker:
 
     def to_dict(self) -> dict[str, object]:
         return {"format": MARKER_FORMAT, "kind": self.kind, "tool": self.tool, "created": self.created, "entries": list(self.entries)}
-
-    def owns(self, name: str) -> bool:
-        """True for an entry REML wrote: a named entry, the marker, the lock, or a temporary file of REML's."""
-        if name in (MARKER, LOCK) or name in self.entries:
-            return True
-        # atomic writes leave ".NAME.XXXXXXXX.tmp" behind only if killed mid-write
-        return name.startswith(".") and name.endswith(".tmp") and any(name.startswith(f".{entry}.") for entry in (*self.entries, MARKER))
 
 
 # -- what REML wrote, at every depth ---------------------------------------------------------------

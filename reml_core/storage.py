@@ -146,7 +146,13 @@ def record_written(path: Path, *, pattern: str | None = None, folder: bool = Fal
         return
     if "\n" in line:
         raise UserError(f"{path}: REML does not write file names holding a line break")
-    append_bytes(owner / LEDGER, (line + "\n").encode("utf-8", "surrogateescape"))
+    descriptor = open_for_append(owner / LEDGER)
+    try:  # a line a killed process left unfinished is ended first (with NUL: no path has one, so it is dropped)
+        size = os.fstat(descriptor).st_size
+        torn = size > 0 and os.pread(descriptor, 1, size - 1) != b"\n"
+        _write_all(descriptor, (b"\x00\n" if torn else b"") + (line + "\n").encode("utf-8", "surrogateescape"), owner / LEDGER)
+    finally:
+        os.close(descriptor)
     _RECORDED.add((owner, line))
 
 
@@ -167,7 +173,7 @@ def read_ledger_lines(folder: Path) -> list[str] | None:
         return None
     text = read_text_file(path, "REML's list of the files it wrote", error=UserError, limit=1 << 30)
     lines = text.split("\n")
-    return [line for line in lines[:-1] if line]  # the part after the last newline is a torn write
+    return [line for line in lines[:-1] if line and "\x00" not in line]  # the part after the last newline is a torn write
 
 
 def append_bytes(path: Path, data: bytes) -> None:
@@ -186,7 +192,7 @@ def open_for_append(path: Path) -> int:
     if path.name != LEDGER:
         record_written(path)  # also refuses a link among the folders above it
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as error:
         if os.path.islink(path):
             raise link_error(path) from None

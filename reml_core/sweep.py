@@ -72,7 +72,8 @@ from reml_core.storage import (
 
 SCHEMA = "reml.sweep/1"
 MARKER_FORMAT = "reml.sweep-folder/1"
-#: What reml-sweep writes at the top of its folder; ``--force`` removes these and nothing else.
+#: What reml-sweep writes at the top of its folder (named in its marker); ``--force`` removes exactly the files
+#: the folder's ledger lists, at every depth (see :mod:`reml_core.folders`).
 SWEEP_ENTRIES = ("sweep.json", "sweep.md", "sweep.png", "best.toml", "configs", "trials", "logs", "tune")
 TUNE_NAME = "tune"
 OBJECTIVE = "validation/score"

@@ -199,3 +199,38 @@ except UserError as error:
     assert time.monotonic() - start < 60
     assert sum(out.startswith("claimed") for out in outputs) == 1, outputs
     assert all(out.startswith(("claimed", "refused")) for out in outputs), outputs
+
+
+def test_force_refuses_a_folder_an_older_reml_wrote_without_a_list_of_its_files(tmp_path):
+    folder = _reml_folder(tmp_path / "run")
+    (folder / LEDGER).unlink()  # what a REML from before the ledger left: a marker only
+    before = snapshot(folder)
+    with pytest.raises(UserError, match="older REML that did not list the files it wrote"):
+        claim_new_folder(folder, kind="run", force=True)
+    assert snapshot(folder) == before
+
+
+def test_the_ledger_lists_each_file_once_before_it_is_written_and_a_torn_last_line_is_ignored(tmp_path):
+    from reml_core.folders import read_ledger
+    from reml_core.storage import record_written
+
+    folder = _reml_folder(tmp_path / "run")
+    for _ in range(3):
+        atomic_write_text(folder / "results.json", "{}")
+    record_written(folder / "logs", pattern="events.*")
+    lines = (folder / LEDGER).read_text().splitlines()
+    assert lines.count("results.json") == 1 and "glob:logs/events.*" in lines and "checkpoints/latest" in lines
+    with open(folder / LEDGER, "a") as ledger:
+        ledger.write("my-notes")  # a line a killed process did not finish: not a name REML wrote
+    (folder / "my-notes").write_text("mine")
+    (folder / "logs").mkdir()
+    (folder / "logs" / "events.out.1").write_text("")
+    ledger = read_ledger(folder)
+    assert ledger.owns_file(("logs", "events.out.1")) and ledger.owns_folder(("logs",))
+    assert not ledger.owns_file(("my-notes",)) and not ledger.owns_file(("logs", "notes"))
+    release_all()
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from reml_core.storage import atomic_write_text; "
+                    "atomic_write_text(Path(sys.argv[1]) / 'report.md', '')", str(folder)], check=True)  # the next process's line
+    assert "report.md" in (folder / LEDGER).read_text().splitlines() and read_ledger(folder).owns_file(("report.md",))
+    with pytest.raises(UserError, match="holds 'my-notes'"):
+        claim_new_folder(folder, kind="run", force=True)
