@@ -78,12 +78,12 @@ def test_accuracy_tables_bold_the_highest_and_loss_tables_the_lowest():
 
 def test_digits_bench_reports_accuracy_for_every_method_over_seeds(tmp_path):
     out = tmp_path / "bench"
-    result = subprocess.run([str(BIN / "reml-bench"), *TINY, "--seeds", "2",  # the family's baselines: maml, scratch
+    result = subprocess.run([str(BIN / "reml-bench"), *TINY, "--seeds", "2",  # the family's baselines: maml, scratch, reference
                              "--set", "baselines.maml.iterations=5", "--out", str(out)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"reml", "maml", "scratch"}
+    assert set(results["methods"]) == {"reml", "maml", "scratch", "reference"}
     assert results["loss_name"] == "cross-entropy" and results["schema"] == "reml.results/2"
     for table in results["methods"].values():
         assert set(table) == {"1", "5"}
@@ -102,5 +102,5 @@ def test_digits_recommends_its_own_baselines(tmp_path):
     from reml_core.registry import PluginRegistry
 
     registry = PluginRegistry.discover(disabled=())
-    assert default_baselines(registry, "digits", "bench") == ["maml", "scratch"]
-    assert default_baselines(registry, "digits", "run") == ["scratch"]
+    assert default_baselines(registry, "digits", "bench") == ["maml", "scratch", "reference"]
+    assert default_baselines(registry, "digits", "run") == ["scratch", "reference"]

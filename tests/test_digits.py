@@ -275,7 +275,7 @@ def test_the_record_recommends_prototypes_and_conv_and_presets_fit_k():
     assert spec.name == "digits" and spec.config_model is DigitsConfig and "\n" not in spec.description
     assert (spec.recommended.encoder, spec.recommended.pool, spec.recommended.reward, spec.recommended.policy) == (
         "prototypes", "conv", "neg-mse", "ppo-mlp")
-    assert spec.recommended.baselines == ("maml", "scratch") and spec.recommended.run_baselines == ("scratch",)
+    assert spec.recommended.baselines == ("maml", "scratch", "reference") and spec.recommended.run_baselines == ("scratch", "reference")
     for preset in ("smoke", "default", "full"):
         values = spec.experiment_presets[preset]
         assert values["env"]["shots"] == [1, 5] and values["eval"]["shots"] == [1, 5]
@@ -367,7 +367,7 @@ def test_a_tiny_run_goes_through_with_the_recommended_components(registry, tmp_p
     from reml_core.pipeline import run_experiment
 
     baselines = default_baselines(registry, "digits", "run")  # what reml-run compares with: the recommendation
-    assert baselines == ["scratch"]
+    assert baselines == ["scratch", "reference"]
     config = resolve_config(registry, {
         "plugin": "digits", "preset": "smoke",
         "train": {"env_steps": 128, "checkpoint_every": 128, "validation_tasks": 3, "calibration_episodes": 4, "progress": False},
@@ -376,7 +376,7 @@ def test_a_tiny_run_goes_through_with_the_recommended_components(registry, tmp_p
     }, baselines=baselines)
     results = run_experiment(config, tmp_path).to_json()
     assert results["loss_name"] == "cross-entropy"
-    for method in ("reml", "scratch"):
+    for method in ("reml", "scratch", "reference"):
         for k in ("1", "5"):
             for step in ("0", "2"):
                 cell = results["methods"][method][k][step]

@@ -362,7 +362,7 @@ def test_the_record_recommends_prototypes_and_conv_and_presets_fit_k():
     assert spec.name == "omniglot" and spec.config_model is OmniglotConfig and "\n" not in spec.description
     r = spec.recommended
     assert (r.encoder, r.pool, r.reward, r.policy, r.baselines, r.run_baselines) == (
-        "prototypes", "conv", "neg-mse", "ppo-mlp", ("maml", "scratch"), ("scratch",))
+        "prototypes", "conv", "neg-mse", "ppo-mlp", ("maml", "scratch", "reference"), ("scratch", "reference"))
     for preset in ("smoke", "default", "full"):
         assert spec.experiment_presets[preset]["env"]["shots"] == [1, 5] == spec.experiment_presets[preset]["eval"]["shots"]
     assert spec.experiment_presets["smoke"]["train"]["env_steps"] == 2000
@@ -399,7 +399,7 @@ def test_a_tiny_run_goes_through_with_the_recommended_components(registry, root,
     from reml_core.pipeline import run_experiment
 
     baselines = default_baselines(registry, "omniglot", "run")
-    assert baselines == ["scratch"]
+    assert baselines == ["scratch", "reference"]
     config = resolve_config(registry, {
         "plugin": "omniglot", "preset": "smoke", "task": {"root": str(root), "image_size": 14},
         "train": {"env_steps": 64, "checkpoint_every": 64, "validation_tasks": 2, "calibration_episodes": 2, "progress": False},
@@ -408,7 +408,7 @@ def test_a_tiny_run_goes_through_with_the_recommended_components(registry, root,
     }, baselines=baselines)
     results = run_experiment(config, tmp_path / "run").to_json()
     assert results["loss_name"] == "cross-entropy"
-    for method in ("reml", "scratch"):
+    for method in ("reml", "scratch", "reference"):
         for k in ("1", "5"):
             for step in ("0", "2"):
                 cell = results["methods"][method][k][step]

@@ -22,7 +22,9 @@ def reml_task_samplers():
                      "images_background/images_evaluation layout; nothing is downloaded), rotations as extra classes, "
                      "disjoint class splits by character."),
         recommended=Recommendation(
-            encoder="prototypes", pool="conv", reward="neg-mse", policy="ppo-mlp", baselines=("maml", "scratch"), run_baselines=("scratch",)
+            encoder="prototypes", pool="conv", reward="neg-mse", policy="ppo-mlp",
+            # reference: the nearest class mean of the support images, no training (what meta-learning adds)
+            baselines=("maml", "scratch", "reference"), run_baselines=("scratch", "reference"),
         ),
         experiment_presets=EXPERIMENT_PRESETS,
     )
