@@ -9,6 +9,8 @@ from reml_core.interfaces import Role, TaskContext
 from reml_plugins.dense.pool import DenseLayerPool, DensePoolConfig
 from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
 
+pytestmark = pytest.mark.numerics  # compares floats exactly or to rounding: also run under other CPU dispatches (make test-dispatch)
+
 
 @pytest.fixture
 def pool() -> DenseLayerPool:

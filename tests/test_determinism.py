@@ -1,4 +1,10 @@
-"""The same seed on the same machine gives bit-identical numbers (see docs/reliability.md)."""
+"""A run is bit-identical to itself: the same seed, machine, CPU dispatch, versions and one thread
+give the same numbers to the last bit (docs/reliability.md, "Determinism").
+
+Marked ``numerics``: ``make test`` runs these again under emulated Intel AVX-512 and AVX2 dispatches,
+where each run is again bit-identical to its twin (not to this machine's numbers: which kernel
+sums in which order is the CPU's, see tests/test_batched_pool.py).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,10 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.numerics
 
 BIN = Path(sys.executable).parent
 SHORT = ["--plugin", "sine", "--preset", "smoke", "--set", "train.env_steps=1024", "--set", "train.checkpoint_every=512",

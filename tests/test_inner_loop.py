@@ -13,6 +13,8 @@ from reml_core.interfaces import TaskContext
 from reml_plugins.dense.pool import DenseLayerPool, DensePoolConfig
 from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
 
+pytestmark = pytest.mark.numerics  # compares floats exactly or to rounding: also run under other CPU dispatches (make test-dispatch)
+
 
 def _mse(prediction, target):
     return torch.mean((prediction - target) ** 2)

@@ -87,6 +87,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 # -- the two backends compute the same thing -------------------------------------------------
 
 
+@pytest.mark.numerics
 @needs_learn2learn
 @pytest.mark.parametrize("origin", ["per-task", "batched"])
 @pytest.mark.parametrize("first_order", [False, True], ids=["second-order", "first-order"])
@@ -114,6 +115,7 @@ def test_first_order_drops_terms_second_order_keeps(sampler, batch, inner_steps)
     assert max(relative_error(a, b) for a, b in zip(first, second)) > 0.05
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("first_order", [False, True], ids=["second-order", "first-order"])
 @pytest.mark.parametrize("inner_steps", [1, 2])
 def test_eager_outer_autograd_is_exactly_grad_and_value(sampler, batches, first_order, inner_steps):

@@ -118,6 +118,7 @@ def test_outer_points_are_class_balanced_whatever_the_training_order(context):
 # -- the two backends compute the same thing -------------------------------------------------
 
 
+@pytest.mark.numerics
 @needs_learn2learn
 @pytest.mark.parametrize("first_order", [False, True], ids=["second-order", "first-order"])
 @pytest.mark.parametrize("inner_steps", [1, 2])

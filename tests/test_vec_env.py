@@ -60,6 +60,7 @@ def test_steps_reset_finished_envs_and_report_episodes_as_sb3_expects(make_compo
     assert env.episodes == [2, 2, 2]
 
 
+@pytest.mark.numerics
 def test_one_env_in_a_vector_is_the_single_env_bit_for_bit(make_components):
     single_components, vector_components = make_components(seed=5), make_components(seed=5)
     single = single_components.make_env()
@@ -93,6 +94,7 @@ def test_every_env_has_its_own_stream_and_env_0_keeps_the_seeds_own(make_compone
     assert len({stream_seed(2, 1), stream_seed(3, 0), stream_seed(3, 1), stream_seed(2, 2)}) == 4
 
 
+@pytest.mark.numerics
 def test_the_same_seed_and_n_envs_give_the_same_run_and_others_do_not(make_components):
     def run(seed, n_envs, batched=True):
         env = make_components(seed=seed).make_vec_env(n_envs, batched=batched)
