@@ -7,7 +7,7 @@ CONSTRAINTS := constraints.txt
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
-.PHONY: install run test docs clean
+.PHONY: install run test test-dispatch docs clean
 
 install: $(STAMP)
 
@@ -24,8 +24,27 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) tools/install_learn2learn.sh
 run: install
 	$(BIN)/reml-run --plugin sine
 
+# The whole suite on this machine's own CPU dispatch, then the numerics-sensitive tests again under others.
+# Every pytest exit status counts, 5 (no test collected) too: nothing here swallows one.
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-dispatch
+
+# The tests marked `numerics` (their results depend on floating-point rounding; docs/reliability.md,
+# "Determinism") under two CPU dispatches other than this machine's. ATEN_CPU_CAPABILITY picks torch's
+# kernels (avx512, avx2, default = no vector code). MKL picks its own by vendor: on a CPU that is not
+# Intel's it ignores MKL_ENABLE_INSTRUCTIONS, so the preloaded shim (tools/mkl_intel_cpu.c) makes it
+# take Intel's paths: the first leg is an Intel Xeon with AVX-512 (issue 20's machine) running torch's
+# AVX2 kernels, the second an Intel AVX2 CPU running torch's scalar kernels.
+MKL_INTEL := $(VENV)/lib/mkl_intel_cpu.so
+NUMERICS := $(BIN)/python -m pytest -m numerics -q -p no:cacheprovider
+
+test-dispatch: install $(MKL_INTEL)
+	LD_PRELOAD=$(abspath $(MKL_INTEL)) ATEN_CPU_CAPABILITY=avx2 $(NUMERICS)
+	LD_PRELOAD=$(abspath $(MKL_INTEL)) ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 $(NUMERICS)
+
+$(MKL_INTEL): tools/mkl_intel_cpu.c $(STAMP)
+	$(CC) -shared -fPIC -O2 -o $@ $<
 
 # The documentation site (MkDocs, Material, API pages from the docstrings) into site/; any warning
 # (a broken link, a missing page, an unresolvable reference) fails the build.
