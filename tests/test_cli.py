@@ -98,3 +98,73 @@ def test_builtin_components_are_listed_as_provided_by_reml():
     for kind, wanted in expected.items():
         for name in wanted:
             assert names[kind].get(name) == "reml", f"{kind} {name!r} missing"
+
+
+# -- output that cannot be written --------------------------------------------------------------
+
+
+def _with_full_stdout(tool: str, *args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``tool`` with standard output a file that cannot grow (RLIMIT_FSIZE 0: every write fails
+    with EFBIG, as a full disk fails with ENOSPC), standard error captured."""
+    import resource
+
+    def no_room() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+
+    with open(tmp_path / "stdout", "w") as stdout:
+        return subprocess.run([str(BIN / tool), *args], stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=no_room)
+
+
+@pytest.mark.parametrize(("tool", "args"), [
+    ("reml-plugins", []), ("reml-plugins", ["--json"]), ("reml-plugins", ["--show", "core"]), ("reml-plugins", ["--help"]),
+    ("reml-run", ["--help"]), ("reml-bench", ["--help"]), ("reml-sweep", ["--help"]),
+])
+def test_standard_output_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, tool, args):
+    result = _with_full_stdout(tool, *args, tmp_path=tmp_path)
+    assert result.returncode == 2, result.stderr  # never a silent exit 0 (argparse's --help swallows the error)
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [f"{tool}: error: cannot write standard output: file too large; the output is incomplete"]
+
+
+def test_a_failed_write_is_one_line_whether_raised_swallowed_or_buffered(capsys, monkeypatch):
+    """ENOSPC/EIO on stdout, whether the write raises, library code swallows it, or it only
+    surfaces when the command's buffered output is flushed at its end."""
+    import errno
+    import io
+
+    from reml_core.cli.common import run_main
+
+    class Full(io.StringIO):
+        def __init__(self, fail_on: str) -> None:
+            super().__init__()
+            self.fail_on = fail_on
+
+        def write(self, text: str) -> int:
+            if self.fail_on == "write":
+                raise OSError(errno.EIO, "Input/output error")
+            return super().write(text)
+
+        def flush(self) -> None:
+            if self.fail_on == "flush":
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+    def loud(argv):
+        print("a table")
+        return 0
+
+    def swallowing(argv):
+        try:
+            print("a table")
+        except Exception:
+            pass
+        return 0
+
+    for body, fail_on, reason in ((loud, "write", "input/output error"), (swallowing, "write", "input/output error"),
+                                  (loud, "flush", "no space left on device")):
+        stream = Full(fail_on)
+        monkeypatch.setattr(sys, "stdout", stream)
+        assert run_main("reml-test", body, []) == 2
+        assert capsys.readouterr().err.splitlines() == [f"reml-test: error: cannot write standard output: {reason}; the output is incomplete"]
+        assert sys.stdout is stream  # the caller's own stream is back in place
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert run_main("reml-test", loud, []) == 0 and sys.stdout.getvalue() == "a table\n"

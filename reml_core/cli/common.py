@@ -9,11 +9,14 @@ as one at any later moment.
 from __future__ import annotations
 
 import argparse
+import importlib.abc
+import importlib.machinery
 import os
 import signal
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -75,6 +78,76 @@ def _unraisable(previous: Any) -> Any:
         previous(unraisable)
 
     return hook
+
+
+#: The signals a command handles itself (see :func:`run_main`); they are held while native code initialises.
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Packages whose import runs native initialisation (C++ through pybind11 and the like) that calls back
+#: into Python: a KeyboardInterrupt raised in one of those callbacks cannot unwind through the C++
+#: frames and ends in std::terminate (the process aborts, SIGABRT, with a native stack). Every module
+#: of these packages, and every extension module of any package, is imported with the signals held.
+NATIVE_PACKAGES = frozenset({"torch", "numpy", "scipy", "sklearn", "matplotlib", "pandas", "PIL", "ray", "pyarrow", "grpc"})
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Block SIGINT and SIGTERM for this thread meanwhile; one that arrives stays pending and is
+    delivered (Python raises it) the moment they are released, at a point where Python code runs."""
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    except (AttributeError, OSError, ValueError):  # a platform without signal masks
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _HeldLoader:
+    """A module's own loader, run with the signals held; the module keeps its own loader afterwards."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def create_module(self, spec: Any) -> Any:
+        with signals_held():  # a single-phase extension module initialises here
+            return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        try:
+            with signals_held():
+                self.loader.exec_module(module)
+        finally:
+            namespace = getattr(module, "__dict__", {})  # written directly: some modules refuse setattr
+            if namespace.get("__loader__") is self:
+                namespace["__loader__"] = self.loader
+            spec = namespace.get("__spec__")
+            if spec is not None and getattr(spec, "loader", None) is self:
+                spec.loader = self.loader
+
+
+class NativeImportGuard(importlib.abc.MetaPathFinder):
+    """Installed for the length of a command: finds modules as the rest of ``sys.meta_path`` does,
+    and has those of :data:`NATIVE_PACKAGES` and every extension module loaded with the signals held."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        for finder in list(sys.meta_path):
+            find = getattr(finder, "find_spec", None)
+            if isinstance(finder, NativeImportGuard) or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        native = fullname.partition(".")[0] in NATIVE_PACKAGES or isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
+        if native and spec.has_location and hasattr(spec.loader, "exec_module") and not isinstance(spec.loader, _HeldLoader):
+            spec.loader = _HeldLoader(spec.loader)
+        return spec
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -228,13 +301,123 @@ def _interrupted(prog: str, code: int) -> int:
     return code
 
 
+class OutputError(Exception):
+    """Standard output or standard error could not be written (disk full, I/O error, closed pipe).
+
+    Deliberately not an ``OSError``: code that swallows ``OSError`` around a write (argparse's help,
+    logging's error handler) must not hide it; :func:`run_main` turns it into one line and exit 2."""
+
+    def __init__(self, name: str, error: OSError) -> None:
+        super().__init__(f"{name}: {error}")
+        self.name = name
+        self.error = error
+
+
+class _Output:
+    """``sys.stdout`` / ``sys.stderr`` during a command: a write that fails raises :class:`OutputError`
+    and is remembered, so that even one swallowed by library code ends the command as failed."""
+
+    #: The first failure during the current command, if any.
+    failure: OutputError | None = None
+
+    def __init__(self, stream: Any, name: str) -> None:
+        self._stream = stream
+        self._name = name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def _failed(self, error: OSError) -> OutputError:
+        failure = OutputError(self._name, error)
+        if _Output.failure is None:
+            _Output.failure = failure
+        return failure
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as error:
+            raise self._failed(error) from error
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as error:
+            raise self._failed(error) from error
+
+
+def _silence(stream: Any) -> None:
+    """Point a failed stream's file descriptor at /dev/null, so the interpreter's final flush of
+    what is still buffered cannot fail again (and print "Exception ignored ...")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # a stream without a file descriptor (tests)
+        pass
+
+
+def _output_failed(prog: str, failure: OutputError, stdout: Any, stderr: Any) -> int:
+    """One line on stderr (if stderr itself can still be written) and exit 2."""
+    import errno
+
+    if failure.error.errno == errno.EPIPE:
+        what = "output closed before everything was written (broken pipe)"
+    else:
+        reason = failure.error.strerror or str(failure.error)
+        what = f"cannot write {failure.name}: {reason[:1].lower()}{reason[1:]}; the output is incomplete"
+    if failure.name == "standard output":
+        _silence(stdout)
+    try:
+        print(f"{prog}: error: {what}", file=stderr, flush=True)
+    except OSError:
+        _silence(stderr)
+    return EXIT_USER_ERROR
+
+
 def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
     """Run a CLI body: a user's mistake is one line on stderr and exit 2, never a traceback.
 
     Ctrl-C exits 130 and SIGTERM 143, each with the hint the body set (how to resume), at any
     moment: during imports, set-up, training (which checkpoints first), evaluation or writing.
-    Every folder lock the body took is released on the way out.
+    Every folder lock the body took is released on the way out. Standard output or error that
+    cannot be written (a full disk, an I/O error, a closed pipe, even in ``--help``) is one line on
+    stderr and exit 2, never a traceback and never a silent exit 0.
     """
+    stdout, stderr = sys.stdout, sys.stderr
+    if stdout is not None:
+        sys.stdout = _Output(stdout, "standard output")
+    if stderr is not None:
+        sys.stderr = _Output(stderr, "standard error")
+    _Output.failure = None
+    try:
+        code = _run_command(prog, body, argv)
+        if stdout is not None:
+            sys.stdout.flush()  # what is still buffered fails now, not at the interpreter's exit
+    except OutputError as failure:
+        return _output_failed(prog, _Output.failure or failure, stdout, stderr)
+    except SystemExit:  # argparse's --help (which swallows a failed write) and its errors
+        if _Output.failure is not None:
+            return _output_failed(prog, _Output.failure, stdout, stderr)
+        raise
+    finally:
+        if isinstance(sys.stdout, _Output):
+            sys.stdout = stdout
+        if isinstance(sys.stderr, _Output):
+            sys.stderr = stderr
+    if _Output.failure is not None:  # a failed write that library code caught and ignored
+        return _output_failed(prog, _Output.failure, stdout, stderr)
+    return code
+
+
+def _run_command(prog: str, body: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
+    """:func:`run_main` with the output streams guarded."""
     try:
         previous_term = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread (an embedding program): leave its signals alone
@@ -250,6 +433,8 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Seque
     _Interrupts.received = None
     previous_unraisable = sys.unraisablehook
     sys.unraisablehook = _unraisable(previous_unraisable)
+    guard = NativeImportGuard()
+    sys.meta_path.insert(0, guard)
     try:
         warnings.showwarning = _show_warning
         configure_logging()
@@ -286,6 +471,8 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Seque
             return EXIT_USER_ERROR
         raise
     finally:
+        if guard in sys.meta_path:
+            sys.meta_path.remove(guard)
         sys.unraisablehook = previous_unraisable
         if previous_int is not None:
             signal.signal(signal.SIGINT, previous_int)
