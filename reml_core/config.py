@@ -156,13 +156,39 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return parse_config_text(text, "toml" if suffix == ".toml" else "yaml", source=str(path))
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _StrictYamlLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (as in TOML)
+    rather than the last one silently replacing the first."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # <<: *base, which the keys beside it override
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: construct_mapping reports it
+                    continue
+                if duplicate:
+                    raise _DuplicateKey(f"the key {key!r} is given twice (line {key_node.start_mark.line + 1}); "
+                                        "YAML would keep only the last one")
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_config_text(text: str, fmt: str, source: str = "<config>") -> dict[str, Any]:
     """Parse config text (``toml`` or ``yaml``) into a mapping, or raise a one-line ConfigError."""
     try:
         if fmt == "toml":
             data: Any = tomllib.loads(text)
         else:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_StrictYamlLoader)  # noqa: S506 (a SafeLoader)
     except Exception as error:  # every parser failure (incl. recursion on absurd nesting) is the user's input
         detail = " ".join(str(error).split())
         raise ConfigError([f"--config: {source}: invalid {fmt.upper()}: {detail}"]) from None
@@ -213,16 +239,67 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
+#: Tokens that make YAML read a one-line value as something other than what it says: an anchor
+#: (``&a x`` is ``x``), an alias, a tag (``!!str 5``), a directive or document marker, and a block
+#: mapping or list (``note: hi`` would be ``{note: hi}``).
+_REINTERPRETING_TOKENS = (
+    yaml.AnchorToken, yaml.AliasToken, yaml.TagToken, yaml.DirectiveToken, yaml.DocumentStartToken, yaml.DocumentEndToken,
+    yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.BlockEntryToken,
+)
+#: YAML 1.1's other words for booleans; kept as text (pydantic reads them for a bool setting, and a
+#: string setting keeps the word, e.g. a name ``no`` or ``on``).
+_YAML11_BOOLEANS = frozenset({"yes", "no", "on", "off", "y", "n"})
+
+
+def assignment_value(raw: str) -> Any:
+    """The value of ``--set KEY=VALUE``: VALUE read as YAML (a number, ``true``, ``null``, ``[5, 10]``,
+    ``{a: 1}``, a quoted string) only where YAML reads all of it as written; otherwise the text itself.
+
+    YAML would silently change some text: drop a comment (``/data/omni #2`` would be ``/data/omni``,
+    ``#2`` would be null), drop an anchor or tag (``&x``, ``!!str``), turn ``a: b`` into a mapping,
+    fold lines, read ``1:30`` as 90 or ``2024-01-01`` as a date. A value is never truncated or changed:
+    such text is taken literally (surrounding spaces removed).
+    """
+    text = raw.strip()
+    if not text:
+        return ""
+    if "\n" in text or "\r" in text:
+        return text
+    try:
+        tokens = list(yaml.scan(text))
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    content = [token for token in tokens if not isinstance(token, (yaml.StreamStartToken, yaml.StreamEndToken))]
+    if not content or any(isinstance(token, _REINTERPRETING_TOKENS) for token in content):
+        return text
+    flows: list[bool] = []  # the open flow collections, True for a mapping
+    for token in content:
+        if isinstance(token, (yaml.FlowMappingStartToken, yaml.FlowSequenceStartToken)):
+            flows.append(isinstance(token, yaml.FlowMappingStartToken))
+        elif isinstance(token, (yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)) and flows:
+            flows.pop()
+        elif isinstance(token, (yaml.KeyToken, yaml.ValueToken)) and not (flows and flows[-1]):
+            return text  # "a: b" in a list would be a one-key mapping
+    if content[-1].end_mark.index < len(text):  # a comment after the value: YAML would drop it
+        return text
+    if len(content) == 1 and isinstance(content[0], yaml.ScalarToken) and content[0].plain:
+        if isinstance(value, bool) and text.lower() in _YAML11_BOOLEANS:
+            return text
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and ":" in text:  # sexagesimal
+            return text
+        if not isinstance(value, (str, int, float, bool, type(None))):  # a date or timestamp
+            return text
+    return value
+
+
 def parse_assignment(text: str) -> dict[str, Any]:
-    """``a.b.c=VALUE`` (VALUE read as a YAML scalar or list) as a nested dict, for ``--set``."""
+    """``a.b.c=VALUE`` as a nested dict, for ``--set`` (VALUE as :func:`assignment_value` reads it)."""
     key, sep, raw = text.partition("=")
     path = key.strip().split(".")
     if not sep or not all(part.strip() for part in path):
         raise ConfigError([f"--set: expected KEY.PATH=VALUE, got {text!r}"])
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    value = assignment_value(raw)
     nested: dict[str, Any] = {}
     cursor = nested
     for part in path[:-1]:
@@ -351,8 +428,13 @@ def resolve_config(
     assert isinstance(task_spec, TaskSamplerSpec)
     preset = raw.preset
 
+    family_preset = dict(task_spec.experiment_presets.get(preset, {}))
+    # A family may set the budgets of baselines on its tasks (e.g. fewer MAML iterations on images,
+    # where each costs far more): between the baseline's own preset and the user's options, and only
+    # for baselines the run evaluates anyway.
+    family_baselines = family_preset.pop("baselines", {})
     core_data = deep_merge(
-        deep_merge(CORE_PRESETS[preset], task_spec.experiment_presets.get(preset, {})),
+        deep_merge(CORE_PRESETS[preset], family_preset),
         {"env": raw.env, "train": raw.train, "eval": raw.eval},
     )
     core_data.update(plugin=raw.plugin, preset=preset, seed=raw.seed)
@@ -376,7 +458,8 @@ def resolve_config(
         if spec is None:
             continue
         options = raw.baselines.get(name, {})
-        config = _validate(spec.config_model, deep_merge(spec.presets.get(preset, {}), options), ("baselines", name), problems)
+        budget = deep_merge(spec.presets.get(preset, {}), family_baselines.get(name, {}))
+        config = _validate(spec.config_model, deep_merge(budget, options), ("baselines", name), problems)
         if config is not None:
             selected_baselines[name] = Selected(name, spec, config)
 

@@ -51,8 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from reml_core.errors import UserError
 from reml_core.folders import LOCK, MARKER, SWEEP_MARKER, check_path, clear_for_force, lock_folder, refuse_links
 from reml_core.logs import log
@@ -138,17 +136,12 @@ def parse_values(text: str, origin: str, key: str) -> tuple[Any, ...]:
     """
     if not text.strip():
         raise UserError(f"{origin} {key}: no values; give them comma-separated, e.g. {origin} {key}=0.001,0.003")
-    values: list[Any]
-    try:
-        parsed = yaml.safe_load(f"[{text}]")
-        values = parsed if isinstance(parsed, list) else [parsed]
-    except yaml.YAMLError:
-        values = []
-        for part in text.split(","):
-            try:
-                values.append(yaml.safe_load(part) if part.strip() else "")
-            except yaml.YAMLError:
-                values.append(part.strip())
+    from reml_core.config import assignment_value
+
+    # Read as one YAML list where YAML reads all of it as written; else value by value, each taken
+    # literally where YAML would drop or change part of it (a comment: /data/a #1, an anchor, ...).
+    parsed = assignment_value(f"[{text}]")
+    values: list[Any] = parsed if isinstance(parsed, list) else [assignment_value(part) for part in text.split(",")]
     unique: list[Any] = []
     for value in values:
         if value not in unique:

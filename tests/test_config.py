@@ -144,3 +144,37 @@ def test_the_rewards_fine_tuning_follows_the_evaluation_protocol_unless_set(inst
     assert (own.core.env.finetune_lr, own.core.env.finetune_steps) == (0.05, 3)
     again = resolve_config(installed_registry, follow.to_dict())  # a run's config.json reads back to the same values
     assert again.core.env == follow.core.env
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("/data/omni #2", "/data/omni #2"),  # YAML would drop " #2" as a comment
+    ("#2", "#2"),  # ... and read this as null
+    ("[5, 10] # the usual", "[5, 10] # the usual"),
+    ("&anchor value", "&anchor value"),  # YAML would drop the anchor
+    ("!!str 5", "!!str 5"),  # ... or the tag
+    ("*.png", "*.png"),  # an alias YAML cannot resolve
+    ("note: hi", "note: hi"),  # not a one-key mapping
+    ("- a", "- a"),  # not a one-item list
+    ("1:30", "1:30"),  # not YAML 1.1's sexagesimal 90
+    ("2024-01-01", "2024-01-01"),  # not a date object
+    ("no", "no"),  # a word (pydantic reads yes/no/on/off for a bool setting itself)
+    ("line one\nline two", "line one\nline two"),  # not folded into one line
+    ("  padded  ", "padded"),
+    # what YAML reads as written is still read as YAML
+    ("0.001", 0.001), ("-3", -3), ("true", True), ("null", None), ("[5, 10]", [5, 10]), ("{a: 1, b: [2]}", {"a": 1, "b": [2]}),
+    ("a#b", "a#b"), ("'quoted # kept'", "quoted # kept"), ("ppo-lstm", "ppo-lstm"), ("", ""),
+])
+def test_a_set_value_is_never_silently_truncated_or_changed(raw, expected):
+    assert parse_assignment(f"task.root={raw}") == {"task": {"root": expected}}
+
+
+def test_a_yaml_config_file_that_gives_a_key_twice_is_refused(tmp_path):
+    """YAML keeps the last of two equal keys without a word (TOML refuses them): refused, naming the key and line."""
+    path = tmp_path / "c.yaml"
+    path.write_text("plugin: sine\nenv:\n  depth: 3\n  inner_lr: 0.01\n  depth: 5\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config_file(path)
+    assert raised.value.problems == [f"--config: {path}: invalid YAML: the key 'depth' is given twice (line 5); YAML would keep only the last one"]
+    # a merge key (<<: *base) with keys overriding it is not a repeat
+    path.write_text("base: &b {depth: 3, inner_lr: 0.01}\nenv:\n  <<: *b\n  depth: 5\n")
+    assert load_config_file(path)["env"] == {"depth": 5, "inner_lr": 0.01}

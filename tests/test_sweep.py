@@ -60,6 +60,9 @@ def test_grid_values_are_read_like_set_values():
     assert parse_grid_flag("env.shots=[5],[5,10]").values == ([5], [5, 10])
     assert parse_grid_flag("policy.name=ppo-mlp,ppo-lstm,ppo-mlp").values == ("ppo-mlp", "ppo-lstm")  # repeats kept once
     assert parse_grid_flag("train.progress=true,false").values == (True, False)
+    # as with --set, nothing YAML would drop or reinterpret is lost: a comment, an anchor, a "key: value"
+    assert parse_grid_flag("task.root=/data/a #1,/data/b").values == ("/data/a #1", "/data/b")
+    assert parse_grid_flag("task.note=&x,a: b").values == ("&x", "a: b")
 
 
 def test_random_configurations_are_drawn_reproducibly_within_their_bounds():
