@@ -5,7 +5,10 @@ meta-training but calibration, validation and checkpoints) on the ``default`` pr
 for ppo-mlp and ppo-lstm at ``n_envs`` 1 and at the default ``train.n_envs``, and splits the time
 into the environment, the PPO updates, and the rest (policy forward passes, SB3's bookkeeping).
 One rollout is run untimed first. The last line is ``train_steps_per_s=<ppo-mlp at the default n_envs>``.
-Usage: python benchmarks/train_throughput.py [--steps N] [--policies ppo-mlp,ppo-lstm] [--n-envs 1,16]
+With ``--pool-updates thesis,protocol`` every variant is measured under each pool-update rule (the
+preset's own otherwise), and the last line is the second rule's rate over the first's,
+``pool_update_speedup=<ratio>`` (ppo-mlp at the default n_envs).
+Usage: python benchmarks/train_throughput.py [--steps N] [--policies ppo-mlp,ppo-lstm] [--n-envs 1,16] [--pool-updates thesis,protocol]
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8192, help="env steps to time per variant (default 8192)")
     parser.add_argument("--policies", default="ppo-mlp,ppo-lstm", help="comma-separated policy backends")
     parser.add_argument("--n-envs", default=None, help="comma-separated env counts (default: 1 and train.n_envs)")
+    parser.add_argument("--pool-updates", default=None, help="comma-separated env.pool_update rules to compare (default: the preset's)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set env.depth=6")
     args = parser.parse_args()
@@ -83,17 +87,25 @@ def main() -> None:
     print(f"pool {config.pool.name} {build_components(config).pool.size} layers, depth {env_config.depth}, "
           f"inner Adam {env_config.inner_steps} steps, reward {config.reward.name} at {config.reward.config.loss_at}, "
           f"encoder {config.encoder.name}; {args.steps} timed env steps per variant")
-    results: dict[tuple[str, int], float] = {}
+    rules = args.pool_updates.split(",") if args.pool_updates else [env_config.pool_update]
+    results: dict[tuple[str, str, int], float] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for policy in args.policies.split(","):
-            for n_envs in counts:
-                rate, rollout, shares = measure(registry, user, policy, n_envs, args.steps, Path(scratch))
-                results[(policy, n_envs)] = rate
-                speedup = f", {rate / results[(policy, counts[0])]:.1f}x n_envs={counts[0]}" if n_envs != counts[0] else ""
-                split = ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
-                print(f"{policy} n_envs={n_envs} (rollout {rollout} steps): {rate:.1f} env steps/s{speedup}; time: {split}")
-    main_rate = results.get(("ppo-mlp", default_n), next(iter(results.values())))
-    print(f"train_steps_per_s={main_rate:.1f}")
+        for rule in rules:
+            ruled = deep_merge(user, {"env": {"pool_update": rule}})
+            for policy in args.policies.split(","):
+                for n_envs in counts:
+                    rate, rollout, shares = measure(registry, ruled, policy, n_envs, args.steps, Path(scratch))
+                    results[(rule, policy, n_envs)] = rate
+                    speedup = f", {rate / results[(rule, policy, counts[0])]:.1f}x n_envs={counts[0]}" if n_envs != counts[0] else ""
+                    split = ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
+                    print(f"pool update {rule}: {policy} n_envs={n_envs} (rollout {rollout} steps): {rate:.1f} env steps/s{speedup}; time: {split}")
+    main_key = ("ppo-mlp", default_n) if ("ppo-mlp", default_n) in {key[1:] for key in results} else next(iter(results))[1:]
+    if len(rules) > 1:
+        first, second = (results[(rule, *main_key)] for rule in rules[:2])
+        print(f"train_steps_per_s={second:.1f} ({rules[1]}), {first:.1f} ({rules[0]})")
+        print(f"pool_update_speedup={second / first:.2f}")
+    else:
+        print(f"train_steps_per_s={results[(rules[0], *main_key)]:.1f}")
 
 
 if __name__ == "__main__":
