@@ -118,7 +118,9 @@ class TaskSamplerSpec(ComponentSpec):
 
     ``recommended`` names the components ``reml-run --plugin NAME`` uses unless told otherwise;
     ``experiment_presets`` maps a preset to overrides of the experiment's own sections
-    (``env``, ``train``, ``eval``): the budgets that make ``smoke`` quick and ``full`` thorough.
+    (``env``, ``train``, ``eval``): the budgets that make ``smoke`` quick and ``full`` thorough;
+    its ``baselines`` table may also set baselines' options on this family (``{"maml":
+    {"iterations": 10_000}}``), over each baseline's own preset and under the user's options.
     """
 
     kind: ClassVar[Kind] = "task_sampler"
@@ -139,6 +141,11 @@ class TaskSamplerSpec(ComponentSpec):
         unknown = set(self.experiment_presets) - set(PRESETS)
         if unknown:
             raise ValueError(f"TaskSamplerSpec {self.name!r}: unknown experiment presets {sorted(unknown)}")
+        for preset, sections in self.experiment_presets.items():
+            extra = set(sections) - {"env", "train", "eval", "baselines"}
+            if extra:
+                raise ValueError(f"TaskSamplerSpec {self.name!r}: experiment preset {preset!r} sets {sorted(extra)}; "
+                                 "it may set env, train, eval and baselines")
 
 
 @dataclass(frozen=True, kw_only=True)

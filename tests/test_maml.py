@@ -303,7 +303,7 @@ def test_plugin_registers_maml_with_valid_presets(sampler):
     registry.register(reml_plugins.maml, name="maml", distribution="reml")
     spec = registry.get("baseline", "maml").spec
     budgets = {preset: spec.config_model(**spec.presets[preset]).iterations for preset in ("smoke", "default", "full")}
-    assert budgets == {"smoke": 300, "default": 10_000, "full": 70_000}
+    assert budgets == {"smoke": 300, "default": 70_000, "full": 70_000}  # Finn et al.'s budget by default (issue 21)
     baseline = spec.factory(spec.config_model(**spec.presets["smoke"]), TaskContext(seed=0, preset="smoke", task_sampler=sampler))
     assert isinstance(baseline, Baseline)
 
@@ -443,3 +443,19 @@ def test_a_checkpoint_of_another_architecture_is_refused(trained, sampler, tmp_p
     trained.save(tmp_path)
     with pytest.raises(CheckpointError, match="holds a 1-40-40-1 relu network but this baseline is configured for 1-20-1 relu"):
         make(sampler, hidden=[20]).load(tmp_path)
+
+
+def test_a_family_sets_maml_s_budget_on_its_tasks_under_the_user_s_options():
+    """Sine's default MAML is Finn et al.'s 70 000 iterations; an image family keeps 10 000 (each iteration
+    costs far more there) through its presets' baselines table; the user's own setting still wins."""
+    from reml_core.config import resolve_config
+    from reml_core.registry import PluginRegistry as Registry
+
+    registry = Registry.discover()
+    sine = resolve_config(registry, {"plugin": "sine"}, baselines=["maml"])
+    digits = resolve_config(registry, {"plugin": "digits"}, baselines=["maml"])
+    mine = resolve_config(registry, {"plugin": "digits", "baselines": {"maml": {"iterations": 123}}})
+    assert sine.baselines["maml"].config.iterations == 70_000
+    assert digits.baselines["maml"].config.iterations == 10_000
+    assert mine.baselines["maml"].config.iterations == 123
+    assert "maml" not in resolve_config(registry, {"plugin": "digits"}).baselines  # a family's budget adds no baseline

@@ -34,7 +34,7 @@ class MAMLConfig(BaseModel):
     )
     meta_batch: int = Field(25, ge=1, le=100_000, description="tasks per meta-iteration")
     shots: int = Field(10, ge=1, le=100_000, description="K: points for the inner step(s), and as many other points for the outer loss")
-    iterations: int = Field(10_000, ge=1, le=100_000_000, description="meta-iterations (Finn et al.: 50 000 to 70 000)")
+    iterations: int = Field(70_000, ge=1, le=100_000_000, description="meta-iterations (Finn et al.: 50 000 to 70 000)")
     task_batches: bool = Field(
         True,
         description="draw each meta-batch in one vectorised call when the task sampler can (BatchedTaskSampler.train_batches "
