@@ -373,7 +373,9 @@ class Learner:
         from reml_core.inner_loop import finetune_sgd
 
         x, y = task.support(shots)
-        if not finetune_sgd(network, x, y, self.loss_fn, steps=steps, lr=lr):
+        with torch.enable_grad():  # also when called under torch.no_grad()
+            finished = finetune_sgd(network, x, y, self.loss_fn, steps=steps, lr=lr)
+        if not finished:
             warnings.warn(f"fine-tuning diverged (a loss or weight stopped being finite) within {steps} steps at lr {lr:g}; "
                           "try fewer steps or a smaller lr", RuntimeWarning, stacklevel=3)
 
