@@ -383,7 +383,7 @@ def claim_new_folder(out: Path, *, kind: FolderKind, force: bool, flag: str = "-
                 raise UserError(f"{flag} {out} already holds a run; continue it with --resume {out}, or pass --force to overwrite it")
             raise UserError(f"{flag} {out} already holds a {KIND_NOUNS[marker.kind]}; pass --force to overwrite it, or choose another directory")
         clear_for_force(out, flag, keep=(MARKER, LOCK, LEDGER))
-    start_ledger(out)  # inside another REML folder (a sweep's trial), that one's ledger lists it too
+    start_ledger(out)  # a folder inside another REML folder is that one's only if it listed it first (a sweep's trials)
     write_marker(out, kind, (*(RUN_ENTRIES if kind == "run" else BENCH_ENTRIES), *entries))
     return out.resolve()
 

@@ -157,11 +157,13 @@ def record_written(path: Path, *, pattern: str | None = None, folder: bool = Fal
 
 
 def start_ledger(folder: Path) -> None:
-    """Give ``folder`` a new, empty ledger (a new run's, or a ``--force``d one's)."""
+    """Give ``folder`` a new, empty ledger (a new folder's, or a ``--force``d one's)."""
     global _RECORDED
     folder = Path(os.path.abspath(folder))
     _RECORDED = {entry for entry in _RECORDED if entry[0] != folder}
-    atomic_write_bytes(folder / LEDGER, b"")
+    # not listed in any folder above: a REML folder inside another is that one's only if it said so first
+    # (a sweep lists its trials' folders before they exist); a run a user puts inside a run is not
+    atomic_write_with(folder / LEDGER, lambda temporary: temporary.write_bytes(b""), record=False)
 
 
 def read_ledger_lines(folder: Path) -> list[str] | None:
@@ -247,10 +249,16 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
-def atomic_write_with(path: Path, writer: Callable[[Path], None]) -> None:
-    """Let ``writer`` produce a file at a temporary path, then move it atomically onto ``path``."""
+def atomic_write_with(path: Path, writer: Callable[[Path], None], *, record: bool = True) -> None:
+    """Let ``writer`` produce a file at a temporary path, then move it atomically onto ``path``.
+
+    ``path`` is first listed in its REML folder's ledger (unless not ``record``: the ledger itself).
+    """
     path = Path(path)
-    record_written(path)  # first: a killed write leaves only what the ledger names (and its .tmp)
+    if record:
+        record_written(path)  # first: a killed write leaves only what the ledger names (and its .tmp)
+    else:
+        owner_of(path)  # still no writing through a link
     try:
         descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as error:

@@ -196,3 +196,13 @@ def test_a_run_sigkilled_while_training_is_replaced_by_force(tmp_path):
         process.communicate(timeout=60)
     claim_new_folder(out, kind="run", force=True)
     assert sorted(os.listdir(out)) == sorted(EMPTY_RUN)
+
+
+def test_a_run_a_user_puts_inside_another_run_is_not_the_outer_run_s(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    claim_new_folder(run / "logs" / "inner", kind="run", force=False)  # reml-run --out RUN/logs/inner
+    release_all()
+    before = snapshot(run)
+    with pytest.raises(UserError, match="holds 'logs/inner/'"):
+        claim_new_folder(run, kind="run", force=True)
+    assert snapshot(run) == before
