@@ -8,7 +8,8 @@ from reml_core import hookimpl
 from reml_core.interfaces import BuildContext
 from reml_core.specs import BaselineSpec
 from reml_plugins.maml.baseline import MAMLBaseline
-from reml_plugins.maml.config import MAMLConfig
+from reml_plugins.maml.config import MAMLConfig, MAMLSelectConfig
+from reml_plugins.maml.select import MAMLSelectBaseline
 
 # Meta-iterations per preset: smoke trains in seconds (eagerly: no compile warm-up); default and
 # full are Finn et al.'s 70 000 (the strongest honest MAML is the one REML is judged against; about
@@ -25,6 +26,10 @@ def build_maml(config: MAMLConfig, context: BuildContext) -> MAMLBaseline:
     return MAMLBaseline(config, context)
 
 
+def build_maml_select(config: MAMLSelectConfig, context: BuildContext) -> MAMLSelectBaseline:
+    return MAMLSelectBaseline(config, context)
+
+
 @hookimpl
 def reml_baselines() -> Iterator[BaselineSpec]:
     yield BaselineSpec(
@@ -34,4 +39,13 @@ def reml_baselines() -> Iterator[BaselineSpec]:
         description="MAML (Finn et al. 2017): a meta-learned initialisation; backends torch-func (fast) and learn2learn (reference).",
         presets=PRESETS,
         label="MAML",
+    )
+    yield BaselineSpec(
+        name="maml-select",
+        factory=build_maml_select,
+        config_model=MAMLSelectConfig,
+        description="M MAML initialisations (initialisations, 8), each task taking the one with the lowest support loss after "
+        "one SGD step: the simplest rival of REML's composition (issue 21, item 4a); torch-func, flat-input families",
+        presets=PRESETS,  # MAML's budgets: smoke 300 eager, default and full 70 000 compiled (choice and meta-gradient)
+        label="MAML-select",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from reml_core.settings import one_name_per_setting, renamed
 
@@ -60,3 +60,26 @@ class MAMLConfig(BaseModel):
     def meta_lr(self) -> float:
         """Deprecated: the former name of :attr:`meta_adam_lr`."""
         return self.meta_adam_lr
+
+
+class MAMLSelectConfig(MAMLConfig):
+    """The ``maml-select`` baseline: MAML's options, and how many initialisations it meta-learns (M).
+
+    Each task takes the initialisation whose support loss after one SGD step (``inner_sgd_lr``) is
+    lowest. Only the torch-func backend is implemented (the choice and the gather are vmapped).
+    """
+
+    initialisations: int = Field(
+        8, ge=1, le=1024,
+        description="M: initialisations meta-learned side by side; each task takes the one with the lowest support loss "
+        "after one SGD step (M = 1 is plain MAML)",
+    )
+
+    @field_validator("backend")
+    @classmethod
+    def _torch_func_only(cls, backend: str) -> str:
+        if backend != "torch-func":
+            raise ValueError(
+                f"maml-select implements the torch-func backend only, not {backend}; set backend=torch-func (the default)"
+            )
+        return backend
