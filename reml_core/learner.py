@@ -452,6 +452,8 @@ def open_learner(folder: Path, document: ResultsDocument, method: str = "reml", 
     else:
         if encoder is not None:
             raise UnavailableMethodError(f"encoder= picks a REML; {method} has no encoder")
+        if method not in document.methods:
+            raise UnavailableMethodError(f"{folder} holds no method {method!r} (it holds {', '.join(document.methods)})")
         if run_folder is not None:  # a run does not save its baselines: quick ones are meta-trained again, as the run did
             config = load_resolved(run_folder / "config.json", registry)
         else:

@@ -202,3 +202,36 @@ def test_the_learner_module_imports_nothing_of_training():
             "if m in sys.modules]; print(bad)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+@pytest.fixture(scope="module")
+def bench_folder(tmp_path_factory) -> Path:
+    """A tiny benchmark: REML with a fair and a privileged encoder, and MAML, one seed."""
+    tiny = {"train.env_steps": 400, "train.checkpoint_every": 200, "train.validation_tasks": 3, "train.calibration_episodes": 5,
+            "train.progress": False, "eval.test_tasks": 5, "eval.curve_steps": 3, "eval.curve_tasks": 2, "policy.n_steps": 256,
+            "policy.batch_size": 128, "baselines.maml.iterations": 20}
+    out = tmp_path_factory.mktemp("learner-bench") / "bench"
+    reml_core.bench(plugin="sine", preset="smoke", methods=["reml", "maml"], encoders=["support-set", "oracle"], seeds=1,
+                    overrides=tiny, out=out)
+    return out
+
+
+@pytest.mark.slow
+def test_a_benchmarks_maml_and_reml_reproduce_its_numbers_and_choices_are_named(bench_folder):
+    results = reml_core.load(bench_folder)
+    reported = json.loads((bench_folder / "seed-0" / "results.json").read_text())["methods"]
+    with pytest.raises(UnavailableMethodError, match="encoders oracle, support-set; pick one with encoder="):
+        results.learner()
+    with pytest.raises(UnavailableMethodError, match="privileged encoder 'oracle'"):
+        results.learner(encoder="oracle")
+    with pytest.raises(UnavailableMethodError, match="no seed 4"):
+        results.learner("maml", seed=4)
+    with pytest.raises(UnavailableMethodError, match=r"holds no method 'scratch' \(it holds reml:support-set, reml:oracle, maml\)"):
+        results.learner("scratch")
+    for key, learner in (("reml:support-set", results.learner(encoder="support-set")), ("maml", results.learner("maml")),
+                         ("maml", reml_core.load(bench_folder / "seed-0").learner("maml"))):
+        tasks = learner.task_sampler.test_tasks(5)
+        for shots in (5, 10):
+            losses = [float(torch.mean((learner.predict(*task.support(shots), task.x_query) - task.y_query) ** 2)) for task in tasks]
+            assert np.mean(losses) == pytest.approx(reported[key][str(shots)]["10"]["mse_mean"], rel=1e-5, abs=1e-6), key
+    assert [type(layer).__name__ for layer in results.learner("maml").network_for(*_support())] == ["Linear", "ReLU"] * 2 + ["Linear"]
