@@ -282,3 +282,28 @@ def test_reml_bench_saves_maml_select_as_reml_s_files_and_reloads_it(tmp_path):
     wrong = _bench(*common, "--methods", "maml-select", "--from", str(out), "--out", str(tmp_path / "wrong"))  # M = 8 here
     assert wrong.returncode == 2
     assert len(wrong.stderr.strip().splitlines()) == 1 and "expected float32 (8, 40, 1)" in wrong.stderr, wrong.stderr
+
+
+def test_compile_without_a_compiler_warns_and_runs_eagerly(sampler, batch, monkeypatch):
+    from reml_plugins.maml.torch_func import CompileFallbackWarning
+
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with pytest.warns(CompileFallbackWarning, match="maml-select: compile=true but no C\\+\\+ compiler"):
+        baseline = make(sampler, initialisations=3, compile=True)
+    assert not baseline.backend.compiled
+    assert float(baseline.backend.meta_gradient(batch)) == float(make(sampler, initialisations=3).backend.meta_gradient(batch))
+
+
+@pytest.mark.slow
+def test_compiled_choice_and_meta_gradient_equal_eager(sampler, batch):
+    """About a minute on a cold compile cache (two graphs: the meta-batch's choice and the meta-gradient)."""
+    from reml_plugins.maml.torch_func import cxx_compiler_available
+
+    assert cxx_compiler_available(), "this machine has no C++ compiler for torch.compile"
+    compiled, eager = make(sampler, initialisations=4, compile=True), make(sampler, initialisations=4)
+    compiled_loss, eager_loss = compiled.backend.meta_gradient(batch), eager.backend.meta_gradient(batch)
+    assert compiled.backend.compiled
+    assert torch.equal(compiled.backend.last_choice, eager.backend.last_choice)
+    assert float(compiled_loss) == pytest.approx(float(eager_loss), rel=1e-5)
+    for a, b in zip(compiled.stack.parameters(), eager.stack.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)

@@ -41,7 +41,7 @@ from reml_plugins.maml.baseline import MAMLBaseline, mean_squared_error
 from reml_plugins.maml.batches import MetaBatch
 from reml_plugins.maml.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from reml_plugins.maml.config import MAMLSelectConfig
-from reml_plugins.maml.network import Architecture, MetaNetwork
+from reml_plugins.maml.network import Architecture, MetaNetwork, ModuleArchitecture
 from reml_plugins.maml.torch_func import (
     CompileFallbackWarning, Params, TorchFuncMAML, _autograd_meta_gradient, _task_loss, cxx_compiler_available,
 )
@@ -204,7 +204,8 @@ class MAMLSelectBaseline(MAMLBaseline):
         self.backend = SelectMAML(self.stack, config, self.loss_fn)
         self.optimizer = self._new_optimizer()
         self.iterations_done = 0
-        self.chosen = torch.zeros(config.initialisations, dtype=torch.long)
+        self.chosen = torch.zeros(config.initialisations, dtype=torch.long)  # tasks that chose each, this meta_train
+        self._recent: list[torch.Tensor] = []  # the choices of the last 100 meta-iterations
 
     def describe(self) -> str:
         options = self.config.model_dump(mode="json")
@@ -218,7 +219,7 @@ class MAMLSelectBaseline(MAMLBaseline):
     def meta_train(self, tasks, progress: bool = True) -> dict[str, float]:
         """MAML's loop; the summary adds how many initialisations tasks chose over the run and in its last 100 iterations."""
         self.chosen.zero_()
-        self._recent: list[torch.Tensor] = []
+        self._recent.clear()
         summary = super().meta_train(tasks, progress)
         summary["initialisations"] = float(self.config.initialisations)
         summary["initialisations_chosen"] = float((self.chosen > 0).sum())
@@ -238,10 +239,8 @@ class MAMLSelectBaseline(MAMLBaseline):
         self.iterations_done += 1
         choice = self.backend.last_choice.cpu()
         self.chosen += torch.bincount(choice, minlength=self.config.initialisations)
-        recent = getattr(self, "_recent", None)
-        if recent is not None:
-            recent.append(choice)
-            del recent[:-100]
+        self._recent.append(choice)
+        del self._recent[:-100]
         return loss
 
     def choice_for(self, task: Task, shots: int) -> int:
@@ -273,7 +272,6 @@ class MAMLSelectBaseline(MAMLBaseline):
         self.iterations_done = checkpoint.iterations
         self.optimizer = self._new_optimizer()
 
-    def _checkpoint_architecture(self):
-        from reml_plugins.maml.network import ModuleArchitecture
-
+    def _checkpoint_architecture(self) -> ModuleArchitecture:
+        """The stack as a checkpoint records it: class, tensor names, ``[M, ...]`` shapes and dtypes."""
         return ModuleArchitecture.of(self.stack)
