@@ -235,3 +235,34 @@ def test_a_benchmarks_maml_and_reml_reproduce_its_numbers_and_choices_are_named(
             losses = [float(torch.mean((learner.predict(*task.support(shots), task.x_query) - task.y_query) ** 2)) for task in tasks]
             assert np.mean(losses) == pytest.approx(reported[key][str(shots)]["10"]["mse_mean"], rel=1e-5, abs=1e-6), key
     assert [type(layer).__name__ for layer in results.learner("maml").network_for(*_support())] == ["Linear", "ReLU"] * 2 + ["Linear"]
+
+
+@pytest.mark.slow
+def test_a_classification_runs_learner_reproduces_its_numbers_on_the_conv_pool(tmp_path):
+    tiny = {"train.env_steps": 300, "train.checkpoint_every": 150, "train.validation_tasks": 3, "train.calibration_episodes": 5,
+            "train.progress": False, "eval.test_tasks": 4, "eval.curve_steps": 2, "eval.curve_tasks": 2, "policy.n_steps": 128,
+            "policy.batch_size": 64, "train.n_envs": 4}
+    run = reml_core.run(plugin="digits", preset="smoke", overrides=tiny, out=tmp_path / "digits")
+    learner = run.learner()
+    assert learner.classification and learner.input_shape == (1, 8, 8) and learner.ways == 5
+    tasks = learner.task_sampler.test_tasks(4)
+    for shots in (1, 5):
+        losses = [float(torch.nn.functional.cross_entropy(learner.predict(*task.support(shots), task.x_query), task.y_query))
+                  for task in tasks]
+        assert np.mean(losses) == pytest.approx(run.cell("reml", shots, 10).mean, rel=1e-5)
+    x, y = tasks[0].support(2)
+    order = torch.argsort(y, stable=True)  # the user's order: grouped by class
+    network = learner.network_for(x[order], y[order])
+    same = learner.network_for(x, y)  # the family's interleaved order: the same support set, the same network
+    assert all(torch.equal(a, b) for a, b in zip(network.parameters(), same.parameters()))
+    assert {type(layer).__name__ for layer in network} <= {"Conv2d", "GroupNorm", "ReLU", "MaxPool2d", "AdaptiveAvgPool2d", "Flatten", "Linear"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(network)
+    loaded = load_network(save_network(network, tmp_path / "conv.pt"))
+    with torch.no_grad():
+        expected = network(tasks[0].x_query)
+        assert torch.equal(scripted(tasks[0].x_query), expected) and torch.equal(loaded(tasks[0].x_query), expected)
+        assert torch.equal(torch.export.export(network, (tasks[0].x_query,)).module()(tasks[0].x_query), expected)
+    with pytest.raises(ClassBalanceError, match="K examples of each class"):
+        learner.network_for(x[:-1], y[:-1])
