@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reml_core.config import resolve_config
-from reml_core.errors import ConfigError
+from reml_core.errors import ConfigError, UserError
 from reml_core.experiment import build_components
 from reml_core.registry import PluginRegistry
 from reml_plugins.files import FilesConfig, FileTaskSampler
@@ -156,3 +156,22 @@ def test_an_image_folder_is_an_n_way_k_shot_family_on_the_conv_pool(tmp_path, re
     (tmp_path / "class-0" / "0.png").write_bytes(b"not an image")
     with pytest.raises(ConfigError, match="cannot read image"):
         build_components(resolve_config(registry, settings))
+
+
+def test_save_tasks_writes_arrays_and_datasets_as_a_folder_the_family_reads(tmp_path, registry):
+    rng = np.random.default_rng(4)
+    pairs = {split: [(rng.normal(size=(20 + i, 2)), rng.normal(size=20 + i)) for i in range(3)] for split in ("train", "validation", "test")}
+    pairs["test"][1] = torch.utils.data.TensorDataset(torch.tensor(pairs["test"][1][0]), torch.tensor(pairs["test"][1][1]))
+    from reml_plugins.files import save_tasks
+
+    task = save_tasks(tmp_path / "tasks", pairs)
+    sampler = build_components(resolve_config(registry, {"plugin": "files", "preset": "smoke", "task": {**task, "support_points": 5},
+                                                          "env": {"shots": [5]}, "eval": {"shots": [5]}})).task_sampler
+    assert (sampler.input_size, sampler.output_size) == (2, 1) and [len(t.x) for t in sampler.splits["test"]] == [20, 21, 22]
+    np.testing.assert_allclose(sampler.splits["test"][1].y.numpy().reshape(-1), pairs["test"][1].tensors[1].numpy(), rtol=1e-6)
+    with pytest.raises(UserError, match="already holds task files"):
+        save_tasks(tmp_path / "tasks", pairs)
+    with pytest.raises(UserError, match="give at least one test task"):
+        save_tasks(tmp_path / "other", {"train": pairs["train"], "validation": pairs["validation"]})
+    with pytest.raises(UserError, match="NaN"):
+        save_tasks(tmp_path / "nan", {**pairs, "train": [(np.full((5, 2), np.nan), np.zeros(5))]})

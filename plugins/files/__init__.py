@@ -9,8 +9,10 @@
 - ``support-points``: a fair encoder for regression families of any input and output width
   (:mod:`reml_plugins.files.encoder`).
 
-From Python, the same families from arrays or torch Datasets:
-:meth:`FileTaskSampler.from_arrays`, :meth:`FileTaskSampler.from_dataset`.
+From Python, tasks held in memory (arrays or torch Datasets): :func:`save_tasks` writes them as
+such a folder and returns the ``task`` settings for :func:`reml_core.run` (a run on them can then be
+resumed and loaded like any other); :meth:`FileTaskSampler.from_arrays` and
+:meth:`FileTaskSampler.from_dataset` build the sampler itself.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from __future__ import annotations
 from reml_core import hookimpl
 from reml_core.specs import Recommendation, StateEncoderSpec, TaskSamplerSpec
 from reml_plugins.files.encoder import SupportPointsConfig, build_support_points
-from reml_plugins.files.sampler import FilesConfig, FileTaskSampler, read_or_refuse
+from reml_plugins.files.sampler import FilesConfig, FileTaskSampler, read_or_refuse, save_tasks
 
-__all__ = ["FilesConfig", "FileTaskSampler"]
+__all__ = ["FilesConfig", "FileTaskSampler", "save_tasks"]
 
 
 @hookimpl

@@ -10,16 +10,16 @@ of the files in ``root``; input and target scales come from the meta-training fi
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from reml_core.errors import ComponentBuildError
+from reml_core.errors import ComponentBuildError, UserError
 from reml_core.interfaces import Task
 
 SPLITS = ("train", "validation", "test")
@@ -195,11 +195,8 @@ class FileTaskSampler:
     @classmethod
     def from_dataset(cls, config: FilesConfig, datasets: dict[str, Sequence[torch.utils.data.Dataset]]) -> FileTaskSampler:
         """From torch Datasets, one per task, each item an ``(x, y)`` pair: ``{"train": [dataset, ...], ...}``."""
-        def arrays(dataset: torch.utils.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-            pairs = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
-            return (np.stack([np.asarray(x, dtype=np.float32).reshape(-1) for x, _ in pairs]),
-                    np.stack([np.asarray(y, dtype=np.float32).reshape(-1) for _, y in pairs]))
-        return cls.from_arrays(config, {split: [arrays(d) for d in datasets.get(split, [])] for split in SPLITS})
+        return cls.from_arrays(config, {split: [_pair(d, f"{split} dataset {i}") for i, d in enumerate(datasets.get(split, []))]
+                                        for split in SPLITS})
 
     @staticmethod
     def _read(path: Path, config: FilesConfig) -> TaskData:
@@ -261,6 +258,52 @@ class FileTaskSampler:
         return torch.mean((prediction - target) ** 2)
 
 
+def _pair(item: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` arrays of one task given as an ``(x, y)`` pair of arrays or a torch Dataset of ``(x, y)`` items."""
+    if isinstance(item, torch.utils.data.Dataset):
+        pairs = [item[i] for i in range(len(item))]  # type: ignore[arg-type]
+        x = np.stack([np.asarray(a, dtype=np.float64).reshape(-1) for a, _ in pairs]) if pairs else np.zeros((0, 1))
+        y = np.stack([np.asarray(b, dtype=np.float64).reshape(-1) for _, b in pairs]) if pairs else np.zeros((0, 1))
+    elif isinstance(item, (tuple, list)) and len(item) == 2:
+        x, y = (np.asarray(part.detach().cpu() if isinstance(part, torch.Tensor) else part, dtype=np.float64) for part in item)
+        x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
+    else:
+        raise UserError(f"{where}: a task is an (x, y) pair of arrays or a torch Dataset of (x, y) items, not {type(item).__name__}")
+    if len(x) != len(y) or not len(x):
+        raise UserError(f"{where}: {len(x)} inputs and {len(y)} targets; a task needs as many of each, at least one")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise UserError(f"{where}: holds NaN or infinite values")
+    return x, y
+
+
+def save_tasks(root: str | Path, tasks: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    """Write tasks held in memory as a folder the ``files`` family reads, and return its ``task`` settings.
+
+    ``tasks`` maps ``"train"``, ``"validation"`` and ``"test"`` to lists of tasks, each an ``(x, y)``
+    pair of arrays (``[n, d]`` and ``[n, m]``, or ``[n]``) or a torch ``Dataset`` of ``(x, y)`` items.
+    One NPZ file per task (arrays ``x`` and ``y``) goes into ``root/<split>/``, so a run on them can be
+    resumed and loaded like any other::
+
+        task = save_tasks("my-tasks", {"train": train_pairs, "validation": validation_pairs, "test": test_pairs})
+        reml_core.run(plugin="files", task=task)
+    """
+    root = Path(root)
+    for split in SPLITS:
+        if not tasks.get(split):
+            raise UserError(f"save_tasks: give at least one {split} task")
+        if (root / split).is_dir() and task_files(root / split):
+            raise UserError(f"save_tasks: {root / split} already holds task files; write into a new folder")
+    unknown = set(tasks) - set(SPLITS)
+    if unknown:
+        raise UserError(f"save_tasks: unknown splits {sorted(unknown)} (use train, validation, test)")
+    arrays = {split: [_pair(item, f"save_tasks: {split} task {i}") for i, item in enumerate(tasks[split])] for split in SPLITS}
+    for split, pairs in arrays.items():
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for i, (x, y) in enumerate(pairs):
+            np.savez(root / split / f"task-{i:05d}.npz", x=x, y=y)
+    return {"root": str(root), "inputs": ["x"], "outputs": ["y"], "split": "folders"}
+
+
 def read_or_refuse(config: FilesConfig) -> FileTaskSampler:
     """The sampler of ``config.root``; an unreadable file is a ComponentBuildError naming it (one line, exit 2)."""
     from reml_core.learner import DataFileError
@@ -271,4 +314,4 @@ def read_or_refuse(config: FilesConfig) -> FileTaskSampler:
         raise ComponentBuildError(f"task.root: {error}") from None
 
 
-__all__ = ["FilesConfig", "FileTaskSampler", "TaskData", "read_columns", "task_files", "read_or_refuse"]
+__all__ = ["FilesConfig", "FileTaskSampler", "TaskData", "read_columns", "task_files", "read_or_refuse", "save_tasks"]
