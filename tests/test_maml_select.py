@@ -260,6 +260,7 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(BIN / "reml-bench"), *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_reml_bench_saves_maml_select_as_reml_s_files_and_reloads_it(tmp_path):
     """reml-bench trains and saves the baseline (every file in the folder's ledger); --from reloads it to the same numbers."""
     common = ("--plugin", "sine", "--preset", "smoke", "--set", "eval.test_tasks=5", "--set", "eval.curve_steps=0")
