@@ -439,16 +439,18 @@ def _run_command(prog: str, body: Callable[[Sequence[str] | None], int], argv: S
         warnings.showwarning = _show_warning
         configure_logging()
         return body(argv)
-    except ConfigError as error:
+    except (ConfigError, UserError) as error:
+        if _Interrupts.received is not None or _Interrupts.pending:  # e.g. a plugin left unloaded by a swallowed Ctrl-C
+            return _interrupted(prog, EXIT_TERMINATED if _Interrupts.received == signal.SIGTERM else EXIT_INTERRUPTED)
+        if isinstance(error, UserError) and not isinstance(error, ConfigError):
+            print(f"{prog}: error: {error}", file=sys.stderr)
+            return error.exit_code
         shown = error.problems[:MAX_PROBLEMS_SHOWN]
         for problem in shown:
             print(problem, file=sys.stderr)
         if len(error.problems) > len(shown):
             print(f"... and {len(error.problems) - len(shown):,} more problems", file=sys.stderr)
         return EXIT_USER_ERROR
-    except UserError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return error.exit_code
     except KeyboardInterrupt:
         return _interrupted(prog, EXIT_INTERRUPTED)
     except Terminated:
