@@ -276,13 +276,11 @@ def test_a_signal_at_any_moment_of_reml_runs_start_up_ends_it_cleanly(tmp_path):
 @pytest.mark.parametrize(("tool", "args"), [
     ("reml-plugins", []),
     ("reml-bench", ["--plugin", "sine", "--preset", "smoke", "--methods", "reml"]),
-    pytest.param("reml-sweep", ["--plugin", "sine", "--preset", "smoke", "--grid", "env.inner_lr=0.001"], marks=pytest.mark.slow),
 ])
 def test_a_signal_during_the_other_commands_start_up_ends_it_cleanly(tmp_path, tool, args):
-    """The same for the other console scripts, at fewer moments (reml-sweep's start-up includes Ray's)."""
+    """The same for the other console scripts, at fewer moments."""
     with_out = tool != "reml-plugins"
-    results = _signals_across_start_up(tool, lambda i: [*args, *(["--out", str(tmp_path / f"out-{i}")] if with_out else [])],
-                                       count=3 if tool == "reml-sweep" else 4)
+    results = _signals_across_start_up(tool, lambda i: [*args, *(["--out", str(tmp_path / f"out-{i}")] if with_out else [])], count=4)
     _assert_ended_cleanly(tool, results)
 
 
