@@ -296,3 +296,31 @@ def test_conv_episode_ends_batched_equal_per_network_under_both_rules():
         for a, b in zip(pools[0].parameters(), pools[1].parameters()):
             assert float((a - b).abs().max()) <= reach
         assert not torch.equal(pools[0].weights[Role.INPUT], _pool(seed=13).weights[Role.INPUT])
+
+
+@pytest.mark.slow
+def test_a_tiny_digits_run_trains_the_conv_pool_by_the_protocol_update(tmp_path):
+    """End to end: env.pool_update = "protocol" is accepted with the conv pool, steps it, and checkpoints its Adam state."""
+    from reml_core.config import resolve_config
+    from reml_core.pipeline import run_experiment
+    from reml_core.registry import PluginRegistry
+
+    registry = PluginRegistry.discover(disabled=())
+    config = resolve_config(registry, {
+        "plugin": "digits", "preset": "smoke",
+        "env": {"pool_update": "protocol", "meta_steps": [1]},
+        "pool": {"input_layers": 2, "hidden_layers": 3, "output_layers": 2, "channels": 4},
+        "train": {"env_steps": 128, "checkpoint_every": 128, "validation_tasks": 2, "calibration_episodes": 4, "progress": False,
+                  "n_envs": 4},  # 32 steps per env: several episodes end, each step of them one update of the pool
+        "eval": {"test_tasks": 2, "steps": [0, 1], "curve_steps": 0},
+        "policy": {"n_steps": 64, "batch_size": 32},
+    }, baselines=[])
+    results = run_experiment(config, tmp_path).to_json()
+    assert results["config"]["env"]["pool_update"] == "protocol"
+    for k in ("1", "5"):
+        assert results["methods"]["reml"][k]["1"]["nan_tasks"] == 0
+    states = list(tmp_path.rglob("pool_update.safetensors"))
+    assert states, "the protocol update's optimiser state is checkpointed"
+    from safetensors.torch import load_file
+
+    assert int(load_file(str(tmp_path / "checkpoints" / "final" / "pool_update.safetensors"))["updates"]) > 0
