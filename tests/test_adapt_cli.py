@@ -127,3 +127,12 @@ def test_data_outside_the_trained_range_is_a_one_line_warning(run_folder, tmp_pa
     warnings = [line for line in stderr.splitlines() if "warning" in line]
     assert warnings == ["reml-adapt: warning: x_support holds values in [-12, 12], outside [-5, 5], the range of the inputs the sine "
                         "family was meta-trained on; the network may predict poorly there"]
+
+
+def test_help_on_standard_output_that_cannot_be_written_is_one_line(tmp_path):
+    from test_cli import _with_full_stdout
+
+    result = _with_full_stdout("reml-adapt", "--help", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["reml-adapt: error: cannot write standard output: file too large; the output is incomplete"]
+
