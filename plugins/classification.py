@@ -26,7 +26,10 @@ _SHOTS = {"env": {"shots": [1, 5]}}
 # fine-tuning takes Finn et al.'s Omniglot step (alpha = 0.4), reported after 0, 1, 3 (their test-time
 # count) and 10 steps. The reward's fine-tuning (env.finetune_sgd_lr/steps) follows eval unless set
 # (reml_core.settings.ExperimentConfig), and MAML's inner step follows it here (its default is the sine
-# protocol's 0.01; one inner step in meta-training, as Finn et al., is its default).
+# protocol's 0.01; one inner step in meta-training, as Finn et al., is its default). Measured on 20
+# validation digits tasks (5-way 5-shot, three fresh depth-5 conv-pool networks): query accuracy after
+# 1 / 3 / 10 SGD steps was 0.22 / 0.24 / 0.38 at 0.4, 0.30 / 0.44 / 0.49 at 0.1, 0.35 at 0.01 after 10:
+# 0.4 overshoots for a network not trained for it, so it rewards the methods that train for the rate.
 IMAGE_SGD_LR = 0.4
 IMAGE_STEPS = [0, 1, 3, 10]
 _PROTOCOL = {"sgd_lr": IMAGE_SGD_LR, "steps": IMAGE_STEPS}
