@@ -150,7 +150,8 @@ def _reml(job: BenchJob, config: RunConfig, registry: PluginRegistry, workdir: P
         origin = f"trained in {job.folder}"
     seconds = sum(trained.trainer.state.seconds.values())
     budget = (f"{trained.trained_steps} env steps of {config.policy.name}, reward {config.reward.name}, "
-              f"pool {config.pool.name} ({components.pool.size} layers), depth {config.core.env.depth}")
+              f"pool {config.pool.name} ({components.pool.size} layers), depth {config.core.env.depth}, "
+              f"pool update {config.core.env.pool_update}")
     return components, trained.method().network_for, {
         "training_seconds": seconds, "budget": budget, "source": origin, "training": trained.training_record(),
     }
