@@ -102,7 +102,10 @@ def test_every_stage_gets_a_context_whose_fields_are_set(registry, family):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for selected in config.baselines.values():
-                build_one(selected, components.context)
+                try:
+                    build_one(selected, components.context)
+                except ComponentBuildError:  # a baseline that refuses this family (maml-select on images) says so cleanly
+                    continue
         for spy in spies:
             for context in spy.contexts:
                 _assert_stage(spy.kind, context, components)

@@ -48,4 +48,5 @@ def reml_baselines() -> Iterator[BaselineSpec]:
         "one SGD step: the simplest rival of REML's composition (issue 21, item 4a); torch-func, flat-input families",
         presets=PRESETS,  # MAML's budgets: smoke 300 eager, default and full 70 000 compiled (choice and meta-gradient)
         label="MAML-select",
+        compare_in=(),  # a rival asked for by name (--methods/--baselines): it would add 1.45x MAML's time to every benchmark
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from reml_core.cli.common import (
+    interruption_word,
     EXIT_FOR_SIGNAL,
     ArgumentParser,
     add_experiment_flags,
@@ -100,7 +101,7 @@ def _run(prepared) -> int:
         results = prepared.execute(command=command_line()).document
     except StopRequested as stop:
         set_interrupt_hint(None)
-        print(f"{PROG}: interrupted; the REML run being trained was checkpointed at {stop.checkpoint}; "
+        print(f"{PROG}: {interruption_word(stop.signum)}; the REML run being trained was checkpointed at {stop.checkpoint}; "
               f"continue with: reml-bench --resume {out}", file=sys.stderr, flush=True)
         return EXIT_FOR_SIGNAL.get(stop.signum, 130)
     set_interrupt_hint(None)

@@ -294,8 +294,13 @@ def _silence_stdout() -> None:
         pass
 
 
+def interruption_word(signum: int) -> str:
+    """How the last line names what stopped the command: ``interrupted`` (Ctrl-C) or ``terminated (SIGTERM)``."""
+    return "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+
+
 def _interrupted(prog: str, code: int) -> int:
-    what = "interrupted" if code == EXIT_INTERRUPTED else "terminated (SIGTERM)"
+    what = interruption_word(signal.SIGTERM if code == EXIT_TERMINATED else signal.SIGINT)
     hint = f"; {_Interrupts.hint}" if _Interrupts.hint else ""
     print(f"{prog}: {what}{hint}", file=sys.stderr, flush=True)
     return code
@@ -476,10 +481,14 @@ def _run_command(prog: str, body: Callable[[Sequence[str] | None], int], argv: S
         if guard in sys.meta_path:
             sys.meta_path.remove(guard)
         sys.unraisablehook = previous_unraisable
+        # Run as a console script (argv None), the command is done and the process only exits now: a signal
+        # that lands in this last moment is ignored, not left to kill the process (exit -2/-15) or print a
+        # traceback. Called in-process (argv given), the caller's handlers come back.
+        console = argv is None
         if previous_int is not None:
-            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGINT, signal.SIG_IGN if console else previous_int)
         if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN if console else previous_term)
         _Interrupts.hint = None
         from reml_core.folders import release_all
 

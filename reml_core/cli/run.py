@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reml_core.cli.common import (
+    interruption_word,
     EXIT_FOR_SIGNAL,
     ArgumentParser,
     add_experiment_flags,
@@ -86,7 +87,8 @@ def _body(argv: Sequence[str] | None) -> int:
         results = prepared.execute(command=command_line()).document
     except StopRequested as stop:
         set_interrupt_hint(None)
-        print(f"{PROG}: interrupted; checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}", file=sys.stderr, flush=True)
+        print(f"{PROG}: {interruption_word(stop.signum)}; checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}",
+              file=sys.stderr, flush=True)
         return EXIT_FOR_SIGNAL.get(stop.signum, 130)
     set_interrupt_hint(None)
     print_summary(results, out)
