@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.func import grad_and_value, vmap
+from torch.func import vmap
 
 from reml_core.errors import CheckpointError, ComponentBuildError, UserError
 from reml_core.interfaces import BuildContext, LossFn, Task
@@ -42,9 +42,7 @@ from reml_plugins.maml.batches import MetaBatch
 from reml_plugins.maml.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from reml_plugins.maml.config import MAMLSelectConfig
 from reml_plugins.maml.network import Architecture, MetaNetwork, ModuleArchitecture
-from reml_plugins.maml.torch_func import (
-    CompileFallbackWarning, Params, TorchFuncMAML, _autograd_meta_gradient, _task_loss, cxx_compiler_available,
-)
+from reml_plugins.maml.torch_func import CompileFallbackWarning, Params, TorchFuncMAML, _task_loss, meta_gradient_functions
 
 
 class InitialisationStack(nn.Module):
@@ -139,18 +137,7 @@ class SelectMAML(TorchFuncMAML):
             inner_lr=config.inner_sgd_lr, inner_steps=config.inner_steps, first_order=config.first_order,
         )
         self.meta_loss = meta_loss = partial(_select_meta_loss, task_loss=task_loss)
-        self._eager = partial(_autograd_meta_gradient, meta_loss=meta_loss)
-        self._gradient = self._eager
-        self.compiled = False
-        if config.compile:
-            if cxx_compiler_available():
-                self._gradient = torch.compile(grad_and_value(meta_loss), fullgraph=True, dynamic=False)
-                self.compiled = True
-            else:
-                warnings.warn(
-                    "maml-select: compile=true but no C++ compiler (g++, or $CXX) was found; running torch-func eagerly (slower, same numbers)",
-                    CompileFallbackWarning, stacklevel=2,
-                )
+        self._eager, self._gradient, self.compiled = meta_gradient_functions(meta_loss, config.compile, "maml-select")
         self._first_call = self.compiled
         # the meta-batches' choice is compiled too (about 4x faster); network_for's (one task, any K) stays eager
         self._batch_choice_loss = torch.compile(self.choice_loss, fullgraph=True, dynamic=False) if self.compiled else self.choice_loss

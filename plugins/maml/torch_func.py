@@ -101,6 +101,23 @@ def cxx_compiler_available() -> bool:
     return shutil.which(os.environ.get("CXX", default)) is not None
 
 
+def meta_gradient_functions(
+    meta_loss: Callable[..., torch.Tensor], compile: bool, name: str
+) -> tuple[Callable[..., tuple[Params, torch.Tensor]], Callable[..., tuple[Params, torch.Tensor]], bool]:
+    """The eager meta-gradient of ``meta_loss``, the one to use (compiled when asked and a C++ compiler is
+    there, else eager with a warning naming ``name``), and whether it is compiled."""
+    eager = partial(_autograd_meta_gradient, meta_loss=meta_loss)
+    if not compile:
+        return eager, eager, False
+    if not cxx_compiler_available():
+        warnings.warn(
+            f"{name}: compile=true but no C++ compiler (g++, or $CXX) was found; running torch-func eagerly (slower, same numbers)",
+            CompileFallbackWarning, stacklevel=3,
+        )
+        return eager, eager, False
+    return eager, torch.compile(grad_and_value(meta_loss), fullgraph=True, dynamic=False), True
+
+
 class TorchFuncMAML:
     """Meta-gradients of a :class:`MetaNetwork`'s (or any module's) parameters, computed functionally.
 
@@ -123,18 +140,7 @@ class TorchFuncMAML:
                 inner_lr=config.inner_sgd_lr, inner_steps=config.inner_steps, first_order=config.first_order,
             )
         self.meta_loss = meta_loss = partial(_meta_loss, task_loss=task_loss)  # (params, batch) -> mean outer loss
-        self._eager = partial(_autograd_meta_gradient, meta_loss=meta_loss)
-        self._gradient = self._eager
-        self.compiled = False
-        if config.compile:
-            if cxx_compiler_available():
-                self._gradient = torch.compile(grad_and_value(meta_loss), fullgraph=True, dynamic=False)
-                self.compiled = True
-            else:
-                warnings.warn(
-                    "maml: compile=true but no C++ compiler (g++, or $CXX) was found; running torch-func eagerly (slower, same numbers)",
-                    CompileFallbackWarning, stacklevel=2,
-                )
+        self._eager, self._gradient, self.compiled = meta_gradient_functions(meta_loss, config.compile, "maml")
         self._first_call = self.compiled
 
     def meta_gradient(self, batch: MetaBatch) -> torch.Tensor:
