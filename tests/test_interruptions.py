@@ -268,7 +268,9 @@ def test_a_signal_at_any_moment_of_reml_runs_start_up_ends_it_cleanly(tmp_path):
     for index, (_, signum, code, stderr) in enumerate(results, start=1):
         out = tmp_path / f"run-{index}"
         if code == EXIT_FOR[signum] and (out / "config.json").is_file():  # the folder holds a run: say how to continue it
-            assert stderr.strip().splitlines()[-1].endswith(f"the run can be continued with: reml-run --resume {out}"), stderr[-2000:]
+            # before training "the run can be continued with: ...", during it "checkpoint ... saved. Continue with: ..."
+            hints = (f"continued with: reml-run --resume {out}", f"Continue with: reml-run --resume {out}")
+            assert stderr.strip().splitlines()[-1].endswith(hints), stderr[-2000:]
     # and the command still answers Ctrl-C once started: the signals were released, not left blocked
     assert any(code == 130 and delay > 0 for delay, signum, code, _ in results if signum == signal.SIGINT)
 
