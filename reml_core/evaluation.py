@@ -25,7 +25,30 @@ from reml_core.inner_loop import evaluate_loss, finetune_sgd, train_adam
 from reml_core.interfaces import LossFn, MetricsFn, Task
 
 NetworkProvider = Callable[[Task, int], nn.Module]
-#: A family's metrics of a prediction against its targets, e.g. ``{"accuracy": 0.8}`` (higher is better).
+
+
+@dataclass(frozen=True)
+class OwnAdaptation:
+    """A method's own way of adapting the network it hands out, in place of the protocol's fixed SGD rate.
+
+    ``lr`` is one SGD rate (a rate the method chose for this task, e.g. REML's hyperparameter
+    action) or one tensor of rates per parameter in ``network.parameters()`` order (a learned
+    per-parameter rate, Meta-SGD's). ``steps`` is a number of steps the method chose for this task,
+    or None to be measured at every step count of the protocol. The adaptation is still plain SGD
+    on the task's K support points, the same points at every step; only the rate (and, if chosen,
+    the number of steps) is the method's. Reports keep these rows apart from the protocol's
+    fixed-rate rows (see :data:`OWN_RATE_SUFFIX`).
+    """
+
+    lr: float | Sequence[torch.Tensor]
+    steps: int | None = None
+
+
+#: A method that adapts its networks its own way: ``(task, K) -> (network, adaptation)``.
+AdaptedProvider = Callable[[Task, int], tuple[nn.Module, OwnAdaptation]]
+#: The suffix of a results key (and label) whose rows were adapted at the method's own rate,
+#: e.g. ``"meta-sgd" + OWN_RATE_SUFFIX``; the key without it holds the protocol's fixed-rate rows.
+OWN_RATE_SUFFIX = "@own-rate"
 
 
 def _mean_ci(values: Sequence[float]) -> tuple[float, float]:
@@ -98,33 +121,55 @@ class FewShotEvaluator:
         self.curve_tasks = self.tasks[: curve_tasks or len(self.tasks)]
         self.progress = progress
 
-    def few_shot(self, provider: NetworkProvider, label: str = "") -> FewShotTable:
-        """Query MSE after each number of SGD steps, for each K, over all tasks."""
+    def few_shot(self, provider: NetworkProvider | AdaptedProvider, label: str = "", *, own: bool = False) -> FewShotTable:
+        """Query MSE after each number of SGD steps, for each K, over all tasks.
+
+        With ``own=True`` the provider returns ``(network, OwnAdaptation)`` and each network is
+        adapted at its own rate (see :class:`OwnAdaptation`); a chosen number of steps ``s`` puts
+        the task in column ``s`` only (a task whose ``s`` is not one of the protocol's step counts
+        is measured nowhere but at 0 steps).
+        """
         table: FewShotTable = {}
         for shots in self.shots:
             losses: dict[int, list[float]] = {s: [] for s in self.steps}
             metrics: dict[int, dict[str, list[float]]] = {s: {} for s in self.steps}
             tasks = tqdm(self.tasks, desc=f"eval {label} K={shots}", disable=None if self.progress else True, leave=False)
             for task in tasks:
-                for step, (loss, measured) in self.measured_adaptation(provider(task, shots), task, shots).items():
+                if own:
+                    network, adaptation = provider(task, shots)  # type: ignore[misc]
+                    adapted = self.measured_adaptation(network, task, shots, adaptation=adaptation)
+                else:
+                    adapted = self.measured_adaptation(provider(task, shots), task, shots)  # type: ignore[arg-type]
+                for step, (loss, measured) in adapted.items():
                     losses[step].append(loss)
                     for name, value in measured.items():
                         metrics[step].setdefault(name, []).append(value)
-            table[shots] = {step: Cell.from_losses(values, metrics[step]) for step, values in losses.items()}
+            table[shots] = {step: Cell.from_losses(values, metrics[step]) for step, values in losses.items() if values}
         return table
 
     def adaptation(self, network: nn.Module, task: Task, shots: int) -> dict[int, float]:
         """Query loss after each requested number of SGD steps on the task's K support points."""
         return {step: loss for step, (loss, _) in self.measured_adaptation(network, task, shots).items()}
 
-    def measured_adaptation(self, network: nn.Module, task: Task, shots: int) -> dict[int, tuple[float, dict[str, float]]]:
-        """Query loss and the family's metrics after each requested number of SGD steps on the K support points."""
+    def measured_adaptation(
+        self, network: nn.Module, task: Task, shots: int, *, adaptation: OwnAdaptation | None = None
+    ) -> dict[int, tuple[float, dict[str, float]]]:
+        """Query loss and the family's metrics after each requested number of SGD steps on the K support points.
+
+        ``adaptation``: the method's own rate (and chosen steps) instead of the protocol's rate; with
+        chosen steps ``s`` only 0 and ``s`` (if it is one of the protocol's step counts) are measured.
+        """
         task = task_on(task, module_device(network))
         x_support, y_support = task.support(shots)
         recorded: dict[int, tuple[float, dict[str, float]]] = {}
+        lr = self.lr if adaptation is None else adaptation.lr
+        wanted = set(self.steps)
+        if adaptation is not None and adaptation.steps is not None:
+            wanted = {0} | ({adaptation.steps} & wanted)
+        last = max(wanted)
 
         def record(step: int) -> None:
-            if step not in self.steps:
+            if step not in wanted:
                 return
             if self.metrics_fn is None:
                 recorded[step] = (evaluate_loss(network, task.x_query, task.y_query, self.loss_fn), {})
@@ -135,11 +180,11 @@ class FewShotEvaluator:
                                   {name: float(value) for name, value in self.metrics_fn(prediction, task.y_query).items()})
 
         record(0)
-        finished = finetune_sgd(network, x_support, y_support, self.loss_fn, steps=self.steps[-1], lr=self.lr, callback=record)
+        finished = finetune_sgd(network, x_support, y_support, self.loss_fn, steps=last, lr=lr, callback=record)
         if not finished:
-            for step in self.steps:
+            for step in wanted:
                 recorded.setdefault(step, (math.nan, {}))
-        return {step: recorded[step] for step in self.steps}
+        return {step: recorded[step] for step in self.steps if step in wanted}
 
     def curve(self, provider: NetworkProvider, label: str = "") -> list[float]:
         """Mean query MSE after each of 0..curve_steps full-batch Adam steps on each task's training data."""

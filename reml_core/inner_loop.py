@@ -83,20 +83,26 @@ def finetune_sgd(
     loss_fn: LossFn,
     *,
     steps: int,
-    lr: float,
+    lr: float | Sequence[torch.Tensor],
     callback: Callable[[int], None] | None = None,
 ) -> bool:
     """Plain SGD on the same K points at every step (Finn et al.'s protocol); False on a non-finite loss.
 
-    ``callback(step)`` runs after each update (step 1..steps).
+    ``lr`` is one rate for every parameter (the protocol's), or one tensor of rates per parameter,
+    in ``network.parameters()`` order and of each parameter's shape (a learned per-parameter rate,
+    as Meta-SGD's). ``callback(step)`` runs after each update (step 1..steps).
     """
     params = list(network.parameters())
+    rates = None if isinstance(lr, (int, float)) else [rate.to(p.device, p.dtype) for rate, p in zip(lr, params, strict=True)]
     for step in range(1, steps + 1):
         loss, grads = value_and_grad(network, params, x, y, loss_fn)
         if not math.isfinite(loss.item()):
             return False
         with torch.no_grad():
-            torch._foreach_add_(params, grads, alpha=-lr)
+            if rates is None:
+                torch._foreach_add_(params, grads, alpha=-float(lr))  # type: ignore[arg-type]
+            else:
+                torch._foreach_sub_(params, torch._foreach_mul(grads, rates))
         if callback is not None:
             callback(step)
     return all(bool(torch.isfinite(p).all()) for p in params)
