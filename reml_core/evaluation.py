@@ -22,26 +22,9 @@ from tqdm.auto import tqdm
 
 from reml_core.device import module_device, task_on
 from reml_core.inner_loop import evaluate_loss, finetune_sgd, train_adam
-from reml_core.interfaces import LossFn, MetricsFn, Task
+from reml_core.interfaces import LossFn, MetricsFn, OwnAdaptation, Task
 
 NetworkProvider = Callable[[Task, int], nn.Module]
-
-
-@dataclass(frozen=True)
-class OwnAdaptation:
-    """A method's own way of adapting the network it hands out, in place of the protocol's fixed SGD rate.
-
-    ``lr`` is one SGD rate (a rate the method chose for this task, e.g. REML's hyperparameter
-    action) or one tensor of rates per parameter in ``network.parameters()`` order (a learned
-    per-parameter rate, Meta-SGD's). ``steps`` is a number of steps the method chose for this task,
-    or None to be measured at every step count of the protocol. The adaptation is still plain SGD
-    on the task's K support points, the same points at every step; only the rate (and, if chosen,
-    the number of steps) is the method's. Reports keep these rows apart from the protocol's
-    fixed-rate rows (see :data:`OWN_RATE_SUFFIX`).
-    """
-
-    lr: float | Sequence[torch.Tensor]
-    steps: int | None = None
 
 
 #: A method that adapts its networks its own way: ``(task, K) -> (network, adaptation)``.

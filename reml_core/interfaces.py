@@ -64,6 +64,24 @@ class Task:
         return self.x_support[:count], self.y_support[:count]
 
 
+@dataclass(frozen=True)
+class OwnAdaptation:
+    """A method's own way of adapting the network it hands out, in place of the protocol's fixed SGD rate.
+
+    ``lr`` is one SGD rate (a rate the method chose for this task, e.g. REML's hyperparameter
+    action) or one tensor of rates per parameter in ``network.parameters()`` order (a learned
+    per-parameter rate, Meta-SGD's). ``steps`` is a number of steps the method chose for this task,
+    or None to be measured at every step count of the protocol. The adaptation is still plain SGD
+    on the task's K support points, the same points at every step; only the rate (and, if chosen,
+    the number of steps) is the method's. Reports keep these rows apart from the protocol's
+    fixed-rate rows (see :data:`OWN_RATE_SUFFIX`).
+    """
+
+    lr: float | Sequence[torch.Tensor]
+    steps: int | None = None
+
+
+
 @runtime_checkable
 class TaskSampler(Protocol):
     """A task family with a seeded training stream and fixed held-out sets.
@@ -329,6 +347,19 @@ class Baseline(Protocol):
     def save(self, directory: Path) -> None: ...
 
     def load(self, directory: Path) -> None: ...
+
+
+@runtime_checkable
+class AdaptsItsOwnWay(Protocol):
+    """Optional for a baseline or method: it also hands out, with each network, its own adaptation.
+
+    ``adapted_network_for(task, K)`` returns the network and the :class:`OwnAdaptation` it asks
+    for (a rate it chose for this task, or learned per-parameter rates). The evaluator measures such
+    a method twice on the same tasks: the protocol's fixed-rate rows (``network_for``) and its
+    own-rate rows (results key ``<name>@own-rate``), labelled apart in every report.
+    """
+
+    def adapted_network_for(self, task: Task, shots: int) -> tuple[nn.Module, OwnAdaptation]: ...
 
 
 @runtime_checkable
