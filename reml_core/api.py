@@ -409,7 +409,7 @@ def prepare_run(
     check_policy_builds(components)  # cross-component checks, before anything is written
     for name in config.baselines:  # a baseline that cannot be built for this run is refused now, too
         build_one(config.baselines[name], components.context)
-    from reml_core.cli.common import raise_if_interrupted
+    from reml_core.interrupts import raise_if_interrupted
 
     raise_if_interrupted()
     claimed = claim_new_folder(Path(out) if out is not None else default_out(config), kind="run", force=force)

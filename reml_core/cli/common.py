@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from reml_core.errors import ConfigError, UserError
+from reml_core.interrupts import Interrupts as _Interrupts  # the state is the library's; the handlers below set it
+from reml_core.interrupts import Terminated, raise_if_interrupted, set_interrupt_hint  # noqa: F401  (re-exported for the tools)
+from reml_core.interrupts import unraisable_hook as _unraisable
 from reml_core.logs import configure as configure_logging
 from reml_core.specs import CHOICE_FLAGS, NAMED_SECTIONS, PRESETS, SPEC_TYPES, StateEncoderSpec
 
@@ -34,50 +37,6 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_FOR_SIGNAL = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
 #: A config error lists its problems; past this many the rest are counted, not printed.
 MAX_PROBLEMS_SHOWN = 20
-
-
-class Terminated(BaseException):
-    """SIGTERM (what a cluster scheduler sends) arrived outside training; handled like Ctrl-C."""
-
-
-class _Interrupts:
-    """What to tell the user if the command is interrupted now: set once its folder exists.
-
-    ``pending``: a Ctrl-C whose KeyboardInterrupt Python could not raise, because it arrived
-    while a weakref or garbage-collection callback ran (e.g. importlib's module-lock callback
-    during an import): Python only reports such an exception as "ignored". The command's
-    unraisable hook records it here, and :func:`raise_if_interrupted` raises it at the next
-    phase boundary, so the interrupt is neither lost nor shown as a traceback.
-    """
-
-    hint: str | None = None
-    pending: bool = False
-    #: The signal (SIGINT or SIGTERM) that arrived during the command, if one did: an error that
-    #: follows it is its consequence (e.g. a module left half-imported when an import was cut
-    #: short and the interrupt swallowed by library code), so the command ends as interrupted.
-    received: int | None = None
-
-
-def set_interrupt_hint(hint: str | None) -> None:
-    """The line printed (on stderr) when an interrupt ends the command from now on, e.g. how to resume."""
-    _Interrupts.hint = hint
-
-
-def raise_if_interrupted() -> None:
-    """Raise the Ctrl-C Python had to swallow (see :class:`_Interrupts`), if there was one."""
-    if _Interrupts.pending:
-        _Interrupts.pending = False
-        raise KeyboardInterrupt
-
-
-def _unraisable(previous: Any) -> Any:
-    def hook(unraisable: Any) -> None:
-        if isinstance(unraisable.exc_value, KeyboardInterrupt):
-            _Interrupts.pending = True
-            return
-        previous(unraisable)
-
-    return hook
 
 
 #: The signals a command handles itself (see :func:`run_main`); they are held while native code initialises.
