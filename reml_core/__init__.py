@@ -35,6 +35,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'reml_core' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    """The public API (for ``dir(reml_core)`` and tab-completion; the names are imported on first use)."""
+    return sorted(__all__)
+
+
 class _Package(types.ModuleType):
     """``reml_core.bench`` is the API function, also once the submodule of the same name
     (:mod:`reml_core.bench`, reached through ``sys.modules``) has been imported: the import system

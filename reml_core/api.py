@@ -386,7 +386,7 @@ def prepare_run(
 
     With ``resume``, everything comes from the folder: ``user``, ``out``, ``force`` and ``baselines`` are refused.
     """
-    from reml_core.config import default_baselines, load_resolved, resolve_config
+    from reml_core.config import default_baselines, load_resolved, only_chosen_baselines, resolve_config
     from reml_core.experiment import build_components, build_one, check_policy_builds
     from reml_core.folders import check_path, claim_new_folder, claim_run_to_resume
     from reml_core.pipeline import check_resumable
@@ -405,6 +405,7 @@ def prepare_run(
     user = dict(user or {})
     chosen = list(baselines) if baselines is not None else default_baselines(registry, user.get("plugin"), "run")
     config = resolve_config(registry, user, baselines=chosen)
+    config = only_chosen_baselines(config, chosen, "reml-run", "--baselines")
     components = build_components(config)
     check_policy_builds(components)  # cross-component checks, before anything is written
     for name in config.baselines:  # a baseline that cannot be built for this run is refused now, too

@@ -11,16 +11,17 @@ reported as one ``path.to.field: message`` line.
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, create_model, model_validator
 
 from reml_core.errors import ConfigError, UnknownComponentError, UserError
 from reml_core.registry import PluginRegistry
@@ -328,7 +329,7 @@ _OTHER_TOOLS_KEYS = {
 }
 
 
-def _format_errors(error: ValidationError, prefix: Sequence[str | int] = ()) -> list[str]:
+def _format_errors(error: ValidationError, prefix: Sequence[str | int] = (), model: type[BaseModel] | None = None) -> list[str]:
     lines = []
     for item in error.errors(include_url=False):
         location = _location((*prefix, *item["loc"]))
@@ -337,8 +338,42 @@ def _format_errors(error: ValidationError, prefix: Sequence[str | int] = ()) -> 
             message += f" (got {_short(item.get('input'))})"
         if item["type"] == "extra_forbidden" and tuple(item["loc"]) in _OTHER_TOOLS_KEYS and not prefix:
             message = _OTHER_TOOLS_KEYS[tuple(item["loc"])]
+        elif item["type"] == "extra_forbidden" and model is not None:
+            message = _unknown_setting(model, tuple(item["loc"]), message)
         lines.append(f"{location}: {message}")
     return lines
+
+
+def _setting_names(model: type[BaseModel]) -> list[str]:
+    """The names a model accepts: each field's name and, for a renamed setting, its former name."""
+    names: list[str] = []
+    for name, info in model.model_fields.items():
+        names.append(info.alias or name)
+        alias = info.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+        names += [choice for choice in choices if isinstance(choice, str)]
+    return list(dict.fromkeys(names))
+
+
+def _model_at(model: type[BaseModel], path: Sequence[Any]) -> type[BaseModel] | None:
+    """The model that validates the mapping at ``path`` inside ``model`` (None if not a model there)."""
+    for part in path:
+        info = model.model_fields.get(str(part))
+        annotation = getattr(info, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _unknown_setting(model: type[BaseModel], loc: tuple[Any, ...], message: str) -> str:
+    """Pydantic's message for a key the model does not take, with the closest valid names
+    (``did you mean 'env_steps'?``) when some are close."""
+    owner = _model_at(model, loc[:-1])
+    if owner is None or not isinstance(loc[-1], str):
+        return message
+    close = difflib.get_close_matches(loc[-1], _setting_names(owner), n=3, cutoff=0.6)
+    return f"{message}; did you mean {' or '.join(repr(name) for name in close)}?" if close else message
 
 
 def _short(value: Any) -> str:
@@ -371,7 +406,7 @@ def _validate(model: type[BaseModel], data: Any, prefix: Sequence[str], problems
     try:
         validated = model.model_validate(data)
     except ValidationError as error:
-        problems.extend(_format_errors(error, prefix))
+        problems.extend(_format_errors(error, prefix, model))
         return None
     except (TypeError, ValueError, RecursionError) as error:  # a plugin validator that raised oddly
         problems.append(f"{_location(prefix)}: {' '.join(str(error).split())}")
@@ -497,6 +532,24 @@ def default_baselines(registry: PluginRegistry, plugin: Any, command: Literal["r
             print(f"reml-{command}: note: baseline {name!r}, recommended by {plugin!r}, is not installed (or disabled); "
                   "comparing without it", file=sys.stderr)
     return [name for name in recommended if name in installed]
+
+
+def only_chosen_baselines(config: RunConfig, chosen: Sequence[str], prog: str, flag: str) -> RunConfig:
+    """``config`` evaluating only the ``chosen`` baselines.
+
+    A baseline's options (``[baselines.maml]``, ``--set baselines.maml.iterations=5``) configure it;
+    they never add it to a command, which evaluates the baselines it is told to (``--baselines``)
+    or its default ones. Options given for a baseline not evaluated are validated, then left out
+    with a note on stderr saying how to add it.
+    """
+    unused = [name for name in config.baselines if name not in chosen]
+    if not unused:
+        return config
+    names = ", ".join(f"baselines.{name}" for name in unused)
+    add = ",".join(dict.fromkeys([*chosen, *unused]))
+    print(f"{prog}: note: {names} {'configures a baseline' if len(unused) == 1 else 'configure baselines'} this run does not "
+          f"evaluate; options never add a baseline (add it with {flag} {add})", file=sys.stderr)
+    return replace(config, baselines={name: one for name, one in config.baselines.items() if name in chosen})
 
 
 def load_resolved(path: Path, registry: PluginRegistry) -> RunConfig:

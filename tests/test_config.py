@@ -50,8 +50,8 @@ def test_unknown_key_names_its_path(toy_registry):
     problems = _problems(toy_registry, {"plugin": "toy", "pool": {"hiden_layers": 3}, "colour": "red"})
     assert problems == ["colour: Extra inputs are not permitted"]
     problems = _problems(toy_registry, {"plugin": "toy", "pool": {"hiden_layers": 3}, "env": {"detph": 4}})
-    assert "env.detph: Extra inputs are not permitted" in problems
-    assert "pool.hiden_layers: Extra inputs are not permitted" in problems
+    assert "env.detph: Extra inputs are not permitted; did you mean 'depth'?" in problems
+    assert "pool.hiden_layers: Extra inputs are not permitted; did you mean 'hidden_layers'?" in problems
 
 
 def test_wrong_types_and_ranges_name_their_paths(toy_registry):

@@ -107,7 +107,8 @@ def test_unknown_keys_are_still_refused(installed_registry):
     for section, key in (("env", "inner_sgd_lr"), ("env", "inner_lrx"), ("baselines.maml", "inner_adam_lr"), ("baselines.maml", "meta_sgd_lr")):
         with pytest.raises(ConfigError) as raised:
             resolve_config(installed_registry, _user(section, {key: 0.1}))
-        assert raised.value.problems == [f"{section}.{key}: Extra inputs are not permitted"]
+        [problem] = raised.value.problems  # the message may go on with "; did you mean ...?"
+        assert problem.startswith(f"{section}.{key}: Extra inputs are not permitted")
 
 
 def test_the_former_attribute_names_still_read_the_settings():

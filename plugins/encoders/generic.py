@@ -98,8 +98,21 @@ class SupportSetEncoder:
         return out.astype(np.float32)
 
 
+def _family(sampler: Any) -> str:
+    """The task family a sampler comes from, for a message: a built-in plugin's name (its package
+    under ``reml_plugins``), else the sampler's class."""
+    module = type(sampler).__module__.split(".")
+    return module[1] if len(module) > 2 and module[0] == "reml_plugins" else type(sampler).__name__
+
+
 def build_oracle(config: OracleConfig, context: TaskContext) -> OracleEncoder:
-    return OracleEncoder(context.task_sampler)
+    sampler = context.task_sampler
+    if not tuple(getattr(sampler, "descriptor_names", ()) or ()):
+        raise ComponentBuildError(
+            f"the task family {_family(sampler)!r} declares no task descriptor (its descriptor_names is empty), so the oracle would read nothing; "
+            "use an encoder that reads the support set (support-set for 1-D regression, prototypes for classification)"
+        )
+    return OracleEncoder(sampler)
 
 
 def build_support_set(config: SupportSetConfig, context: TaskContext) -> SupportSetEncoder:
