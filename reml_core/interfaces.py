@@ -95,20 +95,31 @@ class TaskSampler(Protocol):
     """
 
     descriptor_names: tuple[str, ...]
+    """Names of the numbers that define a task (sine: ``("amplitude", "phase")``); ``()`` when there are none."""
     descriptor_low: tuple[float, ...]
+    """The lower end of each descriptor's range, one per name (the ``oracle`` encoder scales by them)."""
     descriptor_high: tuple[float, ...]
+    """The upper end of each descriptor's range, one per name."""
     input_size: int
+    """Numbers per input point (flat: an image's ``C*H*W``)."""
     output_size: int
+    """Numbers per target (regression), or classes N (classification)."""
     max_shots: int
+    """Support points a task holds (K per class for classification): the largest K a run may use."""
     train_points: int
+    """Points of a task's inner-training data (``x_train``)."""
 
-    def train_stream(self, seed: int) -> Iterator[Task]: ...
+    def train_stream(self, seed: int) -> Iterator[Task]:
+        """Endless meta-training tasks, the same for the same seed, never a held-out task."""
 
-    def validation_tasks(self, count: int) -> list[Task]: ...
+    def validation_tasks(self, count: int) -> list[Task]:
+        """The first ``count`` validation tasks: the same for every run and seed (they choose the checkpoint)."""
 
-    def test_tasks(self, count: int) -> list[Task]: ...
+    def test_tasks(self, count: int) -> list[Task]:
+        """The first ``count`` test tasks, the same for every run and seed: every method is measured on them."""
 
-    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """A scalar loss (mean squared error; cross-entropy on logits for classification)."""
 
 
 @dataclass(frozen=True, eq=False)
