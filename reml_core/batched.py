@@ -20,13 +20,14 @@ networks of every episode that finished on the same environment step:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from reml_core.settings import EnvConfig
+from reml_core.choices import apply_choices, has_plugin_choice, settings_for
 from reml_core.device import module_device, task_on
 from reml_core.inner_loop import (
     LossFn,
@@ -54,6 +55,9 @@ class EpisodeEnd:
     indices: tuple[int, ...]  # pool indices in network order
     shots: int
     minibatch_seed: int
+    #: The hyperparameters the policy chose for this episode, as (name, value) pairs (``env.choose``;
+    #: empty without it): built-in ones set the episode's settings, a plugin's is applied to its network.
+    choices: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ def end_episodes(
     min_batch: int = 2,
     max_batch: int = MAX_BATCH,
     pool_update: Any = None,
+    appliers: Mapping[str, Callable[[Any, Any], None]] | None = None,
 ) -> list[EpisodeOutcome]:
     """Train and measure every finished network; update the pool (``write_back_rate`` not None) from all but faulted ones.
 
@@ -132,6 +137,10 @@ def end_episodes(
     against). Groups of fewer than ``min_batch`` stackable networks take the per-network path:
     a lone network gets exactly the numbers a single environment gets, and faster. Larger groups
     are stacked ``max_batch`` at a time.
+
+    An end's chosen hyperparameters (``EpisodeEnd.choices``) set its own settings: networks are
+    stacked only with others that chose the same values, and one with a plugin's choice
+    (``appliers``: name -> apply(network, value)) takes the per-network path.
     """
     if not ends:
         return []
@@ -143,9 +152,9 @@ def end_episodes(
     outcomes: list[EpisodeOutcome | None] = [None] * len(ends)
     trained: list[Any] = [None] * len(ends)  # per end: (network, its row or None, the ends it was trained with)
     for members in groups:
-        if len(members) < min_batch:
+        if len(members) < min_batch or has_plugin_choice(ends[members[0]].choices):
             for i in members:
-                outcomes[i], network = _one(pool, ends[i], loss_fn, config, required)
+                outcomes[i], network = _one(pool, ends[i], loss_fn, config, required, appliers)
                 trained[i] = (network, None, [i])
         else:
             results, network = _batch(pool, [ends[i] for i in members], loss_fn, config, required)  # type: ignore[arg-type]
@@ -155,36 +164,43 @@ def end_episodes(
     if protocol:
         # write_back_rate is the configured rate as the schedule has annealed it so far: the same fraction scales the Adam rate.
         scale = write_back_rate / config.write_back_rate  # type: ignore[operator]
-        pool_update.apply(ends, [not outcome.fault for outcome in outcomes], batched=batched, lr_scale=scale)  # type: ignore[union-attr]
+        keep = [not outcome.fault for outcome in outcomes]
+        if appliers:
+            pool_update.apply(ends, keep, batched=batched, lr_scale=scale, appliers=appliers)  # type: ignore[union-attr]
+        else:
+            pool_update.apply(ends, keep, batched=batched, lr_scale=scale)  # type: ignore[union-attr]
     elif write_back_rate is not None:
         _write_back(pool, ends, outcomes, trained, write_back_rate)  # type: ignore[arg-type]
     return outcomes  # type: ignore[return-value]
 
 
 def _groups(ends: Sequence[EpisodeEnd], max_batch: int) -> list[list[int]]:
-    """Ends whose networks and data stack (same depth, same data shapes), in order of first appearance,
-    in chunks of at most ``max_batch``."""
+    """Ends whose networks and data stack (same depth, same data shapes, same chosen hyperparameters),
+    in order of first appearance, in chunks of at most ``max_batch``."""
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, end in enumerate(ends):
         task = end.task
         key = (len(end.indices), tuple(task.x_train.shape), tuple(task.y_train.shape),
-               tuple(task.x_query.shape), tuple(task.y_query.shape))
+               tuple(task.x_query.shape), tuple(task.y_query.shape), end.choices)
         groups.setdefault(key, []).append(i)
     return [members[start : start + max_batch] for members in groups.values() for start in range(0, len(members), max_batch)]
 
 
 def _one(
-    pool: LayerPool, end: EpisodeEnd, loss_fn: LossFn, config: EnvConfig, required: frozenset[str]
+    pool: LayerPool, end: EpisodeEnd, loss_fn: LossFn, config: EnvConfig, required: frozenset[str],
+    appliers: Mapping[str, Callable[[Any, Any], None]] | None = None,
 ) -> tuple[EpisodeOutcome, Any]:
     """One network, exactly as a single environment has always ended its episodes."""
     indices = list(end.indices)
-    network = pool.build(indices)
+    config = settings_for(config, end.choices)
+    appliers = appliers or {}
+    network = apply_choices(pool.build(indices), end.choices, appliers)
     task = task_on(end.task, module_device(network))
     losses: dict[str, float] = {}
     if "composed" in required:
         losses["composed"] = evaluate_loss(network, task.x_query, task.y_query, loss_fn)
     if "finetuned" in required:
-        tuned = pool.build(indices)
+        tuned = apply_choices(pool.build(indices), end.choices, appliers)
         x_support, y_support = task.support(end.shots)
         ok = finetune_sgd(tuned, x_support, y_support, loss_fn, steps=config.finetune_steps, lr=config.finetune_sgd_lr)
         losses["finetuned"] = evaluate_loss(tuned, task.x_query, task.y_query, loss_fn) if ok else math.nan
@@ -201,7 +217,8 @@ def _one(
 def _batch(
     pool: BatchedLayerPool, ends: Sequence[EpisodeEnd], loss_fn: LossFn, config: EnvConfig, required: frozenset[str]
 ) -> tuple[list[EpisodeOutcome], Any]:
-    """Networks of one shape, stacked: the same measurements as :func:`_one` for each row."""
+    """Networks of one shape, stacked: the same measurements as :func:`_one` for each row (all chose the same values)."""
+    config = settings_for(config, ends[0].choices)
     losses_fn = batched_loss(loss_fn)
     indices = [list(end.indices) for end in ends]
     network = pool.build_batch(indices)

@@ -23,6 +23,7 @@ import numpy as np
 from gymnasium import spaces
 
 from reml_core.settings import EnvConfig
+from reml_core.choices import ChoiceStep, apply_choices, choice_steps
 from reml_core.batched import EpisodeEnd, EpisodeOutcome, MeasureRequest, end_episodes, measure_networks
 from reml_core.interfaces import LayerPool, RewardFunction, Role, StateEncoder, Task, TaskSampler
 
@@ -78,6 +79,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         first_episode: int = 0,
         render_mode: str | None = None,
         pool_update: Any = None,
+        choices: Any = (),
     ) -> None:
         problem = check_pool_fits(pool, config.depth)
         if problem:
@@ -96,8 +98,14 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self.depth = config.depth
         self.slot_roles = slot_roles(config.depth)
         self._roles = np.array([role.value for role in pool.roles])
-        self.action_space = spaces.Discrete(pool.size)
-        size = encoder.observation_size + self.depth + pool.size + 4 + self.depth
+        # Hyperparameter choice steps (env.choose) follow the layer slots; their options are action
+        # indices after the pool's: option j of choice step c is pool.size + offsets[c] + j.
+        self.choice_steps: list[ChoiceStep] = choice_steps(config.choose, choices)
+        self._offsets = [pool.size + sum(len(step.values) for step in self.choice_steps[:c]) for c in range(len(self.choice_steps))]
+        self.appliers = {step.name: step.apply for step in self.choice_steps if step.apply is not None}
+        self.episode_steps = self.depth + len(self.choice_steps)  # valid steps of a complete episode
+        self.action_space = spaces.Discrete(pool.size + sum(len(step.values) for step in self.choice_steps))
+        size = encoder.observation_size + self.depth + pool.size + 4 + self.depth + 3 * len(self.choice_steps)
         self.observation_space = spaces.Box(-OBSERVATION_BOUND, OBSERVATION_BOUND, shape=(size,), dtype=np.float32)
         self._first_episode = first_episode
         self.training_progress = 0.0  # fraction of meta-training done; set by the trainer
@@ -105,6 +113,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self.task: Task | None = None
         self.shots = config.shots[-1]
         self._chosen: list[int] = []
+        self._options: list[int] = []  # the option chosen at each choice step so far
         self._invalid = 0
         self._task_features = np.zeros(encoder.observation_size, dtype=np.float32)
         self._network_features = (0.0, 0.0)
@@ -132,6 +141,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self._minibatch_seed = int(episode_rng.integers(2**62))
         self.episodes += 1
         self._chosen = []
+        self._options = []
         self._invalid = 0
         self._task_features = np.asarray(self.encoder.encode(self.task, self.shots), dtype=np.float32)
         self._network_features = (0.0, 0.0)
@@ -149,7 +159,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         (outcome,) = end_episodes(
             self.pool, [self.episode_end()], loss_fn=self.task_sampler.loss, config=self.config,
             required=self.reward_function.required_losses, write_back_rate=self.write_back_rate if self.mode == "train" else None,
-            pool_update=self.pool_update,
+            pool_update=self.pool_update, **({"appliers": self.appliers} if self.appliers else {}),
         )
         return self.conclude(outcome)
 
@@ -170,10 +180,14 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
             self._last_valid = False
             return "invalid"
         self._last_valid = True
-        self._chosen.append(action)
-        if len(self._chosen) >= self.depth:
-            return "complete"
-        return "measure" if len(self._chosen) >= 2 else "partial"
+        if len(self._chosen) < self.depth:
+            self._chosen.append(action)
+            if len(self._chosen) >= self.depth:
+                # with choice steps to come, the complete network is measured so the policy sees its support loss
+                return "measure" if self.choice_steps else "complete"
+            return "measure" if len(self._chosen) >= 2 else "partial"
+        self._options.append(action - self._offsets[len(self._options)])
+        return "complete" if len(self._options) >= len(self.choice_steps) else "partial"
 
     def measurement_request(self) -> MeasureRequest:
         """The network so far and the K support points it is measured on (all a few-shot method may see)."""
@@ -195,8 +209,10 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
 
     def episode_end(self) -> EpisodeEnd:
         """The complete network of this episode, for :func:`reml_core.batched.end_episodes`."""
-        assert self.task is not None and len(self._chosen) == self.depth
-        return EpisodeEnd(self.task, tuple(self.chosen), self.shots, self._minibatch_seed)
+        assert self.task is not None and len(self._chosen) == self.depth and len(self._options) == len(self.choice_steps)
+        if not self.choice_steps:
+            return EpisodeEnd(self.task, tuple(self.chosen), self.shots, self._minibatch_seed)
+        return EpisodeEnd(self.task, tuple(self.chosen), self.shots, self._minibatch_seed, tuple(self.chosen_values.items()))
 
     def conclude(self, outcome: EpisodeOutcome | None) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """The last step's result from the episode's outcome (None in evaluate mode: nothing is measured).
@@ -223,23 +239,43 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self.episodes = self._first_episode
 
     def action_masks(self) -> np.ndarray:
-        """True for each pool index that fits the slot being filled (for maskable policies)."""
-        mask = np.zeros(self.pool.size, dtype=bool)
+        """True for each action valid at this step (for maskable policies): the pool indices that fit the
+        slot being filled, or the options of the hyperparameter being chosen."""
+        mask = np.zeros(int(self.action_space.n), dtype=bool)
         if len(self._chosen) >= self.depth:
+            step = len(self._options)
+            if step < len(self.choice_steps):
+                start = self._offsets[step]
+                mask[start : start + len(self.choice_steps[step].values)] = True
             return mask
-        mask[self._roles == self.slot_roles[len(self._chosen)].value] = True
+        mask[: self.pool.size][self._roles == self.slot_roles[len(self._chosen)].value] = True
         mask[self._chosen] = False
         return mask
 
     def is_valid(self, action: int) -> bool:
-        if not 0 <= action < self.pool.size or len(self._chosen) >= self.depth:
+        if len(self._chosen) >= self.depth:
+            step = len(self._options)
+            if step >= len(self.choice_steps):
+                return False
+            return 0 <= action - self._offsets[step] < len(self.choice_steps[step].values)
+        if not 0 <= action < self.pool.size:
             return False
         return self.pool.roles[action] == self.slot_roles[len(self._chosen)] and action not in self._chosen
+
+    @property
+    def chosen_values(self) -> dict[str, Any]:
+        """The hyperparameter values chosen so far in this episode, by name (``env.choose``)."""
+        return {step.name: step.values[option] for step, option in zip(self.choice_steps, self._options)}
+
+    def build_network(self, indices: list[int], values: dict[str, Any] | None = None) -> Any:
+        """The pool's network of ``indices`` (network order) with a plugin's chosen values applied (a copy)."""
+        return apply_choices(self.pool.build(indices), tuple((values or {}).items()), self.appliers)
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":
             return None
         slots = ", ".join(f"{role.value}={index}" for role, index in zip(self.slot_roles, self._chosen))
+        slots += "".join(f", {name}={value}" for name, value in self.chosen_values.items())
         return f"task {self.task.task_id if self.task else '-'} K={self.shots}: [{slots}]"
 
     # -- internals ---------------------------------------------------------------------------
@@ -272,6 +308,14 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         )
         if count < self.depth:
             observation[network + 4 + count] = 1.0  # the slot being filled
+        elif len(self._options) < len(self.choice_steps):
+            observation[network + 4 + self.depth + len(self._options)] = 1.0  # the hyperparameter being chosen
+        if self.choice_steps:
+            values = network + 4 + self.depth + len(self.choice_steps)
+            for c, option in enumerate(self._options):  # each chosen value as option / (options - 1), and a chosen flag
+                options = len(self.choice_steps[c].values)
+                observation[values + 2 * c] = option / (options - 1) if options > 1 else 0.0
+                observation[values + 2 * c + 1] = 1.0
         np.nan_to_num(observation, copy=False, nan=OBSERVATION_BOUND)
         return np.clip(observation, -OBSERVATION_BOUND, OBSERVATION_BOUND, out=observation)
 
@@ -282,6 +326,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
             "loss": self._current_loss,
             "task_id": self.task.task_id if self.task else None,
             "shots": self.shots,
+            **({"choices": self.chosen_values} if self.choice_steps else {}),
         }
 
 

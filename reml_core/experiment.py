@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from reml_core.choices import run_choices
 from reml_core.config import RunConfig, Selected
 from reml_core.device import resolve_device
 from reml_core.env import CompositionEnv, Mode, check_pool_fits
@@ -58,7 +59,7 @@ class Components:
         return CompositionEnv(
             self.task_sampler, self.encoder, self.pool, self.reward, self.config.core.env,
             seed=self.config.seed if seed is None else seed, mode=mode, first_episode=first_episode,
-            pool_update=self.pool_update if mode == "train" else None,
+            pool_update=self.pool_update if mode == "train" else None, choices=run_choices(self.config),
         )
 
     def make_vec_env(

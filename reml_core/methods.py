@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import math
 import zlib
+from typing import Any
 
 import numpy as np
 from torch import nn
 
+from reml_core.choices import ADAPTATION, ChoiceRecord, summarise
 from reml_core.device import module_device
 from reml_core.env import CompositionEnv, network_order
 from reml_core.inner_loop import batched_loss, evaluate_loss, evaluate_loss_batch, finetune_sgd, finetune_sgd_batch
-from reml_core.interfaces import BatchedLayerPool, LayerPool, LossFn, PolicyBackend, Role, Task
+from reml_core.interfaces import BatchedLayerPool, LayerPool, LossFn, OwnAdaptation, PolicyBackend, Role, Task
 
 
 class ReMLMethod:
@@ -21,7 +23,18 @@ class ReMLMethod:
     The rollout runs in an ``evaluate``-mode environment (no training, no write-back): the pool
     being evaluated is never changed, and the network handed out is a copy of its layers. The
     LSTM state, if any, is carried from step to step and reset at the start of each rollout.
+
+    When the environment's episodes choose hyperparameters (``env.choose``), the rollout also
+    chooses them: a plugin's chosen values are applied to the network :meth:`network_for` hands
+    out, and what was chosen is recorded per (task, K) in :attr:`choices_made`. If the adaptation's
+    rate or steps are among them, the instance is a :class:`ChoosingReMLMethod`, which also has
+    ``adapted_network_for`` (the :class:`~reml_core.interfaces.AdaptsItsOwnWay` capability).
     """
+
+    def __new__(cls, policy: PolicyBackend, env: CompositionEnv) -> ReMLMethod:
+        if cls is ReMLMethod and any(step.name in ADAPTATION for step in getattr(env, "choice_steps", ())):
+            cls = ChoosingReMLMethod
+        return super().__new__(cls)
 
     def __init__(self, policy: PolicyBackend, env: CompositionEnv) -> None:
         if env.mode != "evaluate":
@@ -29,23 +42,61 @@ class ReMLMethod:
         self.policy = policy
         self.env = env
         self.pool: LayerPool = env.pool
+        self.choices_made: dict[tuple[str, int], ChoiceRecord] = {}
 
-    def indices_for(self, task: Task, shots: int) -> list[int]:
-        """The pool indices (network order) the policy chooses for ``task`` given its K support points."""
+    def rollout(self, task: Task, shots: int) -> tuple[list[int], dict[str, Any]]:
+        """The pool indices (network order) and the hyperparameter values the policy chooses for ``task``
+        given its K support points (no values without ``env.choose``)."""
         observation, _ = self.env.reset(options={"task": task, "shots": shots})
         state, start = None, True
-        for _ in range(self.env.depth):
+        for _ in range(getattr(self.env, "episode_steps", self.env.depth)):
             action, state = self.policy.act(observation, state, start, self.env.action_masks())
             start = False
             observation, _, terminated, truncated, info = self.env.step(action)
             if terminated:
-                return list(info["indices"])
+                values = dict(info.get("choices", {}))
+                if values:
+                    descriptor = tuple(float(v) for v in np.asarray(task.descriptor, dtype=np.float64).ravel()) if _numeric(task.descriptor) else ()
+                    self.choices_made[(task.task_id, shots)] = ChoiceRecord(task.task_id, shots, descriptor, values)
+                return list(info["indices"]), values
             if truncated or not info["valid"]:
                 break
         raise RuntimeError(f"the masked rollout for task {task.task_id} did not finish a network")
 
+    def indices_for(self, task: Task, shots: int) -> list[int]:
+        """The pool indices (network order) the policy chooses for ``task`` given its K support points."""
+        return self.rollout(task, shots)[0]
+
     def network_for(self, task: Task, shots: int) -> nn.Module:
-        return self.pool.build(self.indices_for(task, shots))
+        """The composed network (a copy of pool layers), with any plugin-declared chosen values applied."""
+        indices, values = self.rollout(task, shots)
+        return self.env.build_network(indices, values) if values else self.pool.build(indices)
+
+    def choices_summary(self, descriptor_names: Any = ()) -> dict[str, Any] | None:
+        """What the policy chose on the tasks rolled out so far (for results.json), or None without choices."""
+        if not self.choices_made:
+            return None
+        return summarise(list(self.choices_made.values()), descriptor_names)
+
+
+class ChoosingReMLMethod(ReMLMethod):
+    """REML whose policy chooses the adaptation's rate and/or steps: it also adapts its own way."""
+
+    def adapted_network_for(self, task: Task, shots: int) -> tuple[nn.Module, OwnAdaptation]:
+        """The same composition as :meth:`network_for`, with the rate (else ``env.finetune_sgd_lr``, the
+        protocol's unless set) and the number of steps (else None: every step count) the policy chose."""
+        indices, values = self.rollout(task, shots)
+        network = self.env.build_network(indices, values)
+        lr = float(values.get("finetune_sgd_lr", self.env.config.finetune_sgd_lr))
+        steps = values.get("finetune_steps")
+        return network, OwnAdaptation(lr=lr, steps=None if steps is None else int(steps))
+
+
+def _numeric(descriptor: Any) -> bool:
+    try:
+        return np.asarray(descriptor, dtype=np.float64).size > 0
+    except (TypeError, ValueError):
+        return False
 
 
 #: The key of the pool-search rival in results (its label: :data:`SEARCH_LABEL`).

@@ -170,7 +170,8 @@ def run_experiment(config: RunConfig, out: Path, *, resume: bool = False, trust_
         start = time.perf_counter()
         baseline.meta_train(components.task_sampler.train_stream(config.seed), progress=config.core.train.progress)
         timing[f"training_{name}"] = time.perf_counter() - start
-    providers: dict[str, NetworkProvider] = {"reml": reml.method().network_for}
+    method = reml.method()
+    providers: dict[str, NetworkProvider] = {"reml": method.network_for}
     providers.update(pool_search_providers(config, components))
     providers.update({name: baseline.network_for for name, baseline in baselines.items()})
     tables, curves, evaluation_seconds = evaluate_methods(config, components, providers)
@@ -186,6 +187,9 @@ def run_experiment(config: RunConfig, out: Path, *, resume: bool = False, trust_
         timing=timing, config=config.to_dict(), command=command, loss_name=loss_name(components.task_sampler),
         labels=baseline_labels(config), components=component_facts(components), training={"reml": reml.training_record()},
     )
+    summary = method.choices_summary(getattr(components.task_sampler, "descriptor_names", ()))
+    if summary is not None:
+        results.choices["reml"] = summary  # what the policy chose per test task (env.choose)
     write_outputs(out, results)
     return results
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from reml_core.batched import MAX_BATCH, _groups, _padded, _ragged_loss
+from reml_core.choices import apply_choices, has_plugin_choice
 from reml_core.errors import CheckpointError
 from reml_core.interfaces import LayerPool, LossFn, MetaGradientLayerPool
 from reml_core.settings import EnvConfig
@@ -71,7 +72,10 @@ class ProtocolPoolUpdate:
 
     # -- the update --------------------------------------------------------------------------
 
-    def apply(self, ends: Sequence[Any], keep: Sequence[bool], *, batched: bool = True, lr_scale: float = 1.0) -> list[float]:
+    def apply(
+        self, ends: Sequence[Any], keep: Sequence[bool], *, batched: bool = True, lr_scale: float = 1.0,
+        appliers: Any = None,
+    ) -> list[float]:
         """One Adam step of the pool on the mean meta-loss of the kept ``ends`` (:class:`~reml_core.batched.EpisodeEnd`).
 
         The step's learning rate is ``env.pool_adam_lr * lr_scale`` (the environment anneals it with
@@ -80,8 +84,12 @@ class ProtocolPoolUpdate:
         Returns each end's meta-loss (NaN where it was not kept or not finite). A network whose
         meta-loss or gradient is not finite contributes nothing (only that one); with no
         contribution at all the pool and the optimiser stay as they were.
+
+        An end's chosen adaptation rate and steps (``EpisodeEnd.choices``, ``env.choose``) replace
+        ``env.finetune_sgd_lr`` and ``env.meta_steps`` for its network; ``appliers`` apply a plugin's
+        chosen values to the network (such networks take the one-at-a-time path).
         """
-        losses, gradients = self.gradients(ends, keep, batched=batched)
+        losses, gradients = self.gradients(ends, keep, batched=batched, appliers=appliers)
         if gradients is not None:
             for parameter, gradient in zip(self.parameters, gradients):
                 parameter.grad = gradient
@@ -93,7 +101,7 @@ class ProtocolPoolUpdate:
         return losses
 
     def gradients(
-        self, ends: Sequence[Any], keep: Sequence[bool], *, batched: bool = True
+        self, ends: Sequence[Any], keep: Sequence[bool], *, batched: bool = True, appliers: Any = None
     ) -> tuple[list[float], list[torch.Tensor] | None]:
         """Each end's meta-loss and the gradient of their mean (over the finite ones) for every pool tensor
         (None when no end contributed). The pool is not changed."""
@@ -109,7 +117,8 @@ class ProtocolPoolUpdate:
             groups = _groups([ends[i] for i in chosen], MAX_BATCH) if batched else [[j] for j in range(len(chosen))]
             for members in groups:
                 group = [ends[chosen[j]] for j in members]
-                values = self._group(group) if batched and len(group) > 1 else [self._one(end) for end in group]
+                stack = batched and len(group) > 1 and not has_plugin_choice(getattr(group[0], "choices", ()))
+                values = self._group(group) if stack else [self._one(end, appliers) for end in group]
                 for j, value in zip(members, values):
                     losses[chosen[j]] = value
                     contributed += math.isfinite(value)
@@ -145,7 +154,10 @@ class ProtocolPoolUpdate:
             def forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
                 return gathered.with_parameters(params)(x)
 
-            meta = self._trajectory(leaves, forward, x_support, y_support, x_query, y_query, support_losses, query_losses)
+            lr, steps = self._adaptation(ends[0])
+            meta = self._trajectory(
+                leaves, forward, x_support, y_support, x_query, y_query, support_losses, query_losses, lr=lr, steps=steps
+            )
             grads = torch.autograd.grad(meta.sum(), leaves, allow_unused=True)
             grads = [torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, grads)]
             usable = torch.isfinite(meta) & _rows_finite(grads)
@@ -153,11 +165,18 @@ class ProtocolPoolUpdate:
             torch.autograd.backward(starts, grads)
         return [float(value) if ok else math.nan for value, ok in zip(meta.detach().tolist(), usable.tolist())]
 
-    def _one(self, end: Any) -> float:
+    def _adaptation(self, end: Any) -> tuple[float, list[int]]:
+        """The SGD rate and the step counts of ``end``'s adaptation: the ones its policy chose, else the run's."""
+        chosen = dict(getattr(end, "choices", ()))
+        lr = float(chosen.get("finetune_sgd_lr", self.lr))
+        steps = [int(chosen["finetune_steps"])] if "finetune_steps" in chosen else self.steps
+        return lr, steps
+
+    def _one(self, end: Any, appliers: Any = None) -> float:
         """One network through ``torch.func.functional_call`` on the module ``build`` returns (the reference)."""
         indices = list(end.indices)
         with torch.no_grad():
-            network = self.pool.build(indices)
+            network = apply_choices(self.pool.build(indices), getattr(end, "choices", ()), appliers or {})
         names = [name for name, _ in network.named_parameters()]
         with torch.enable_grad():
             gathered = self.pool.build_batch([indices])
@@ -168,8 +187,10 @@ class ProtocolPoolUpdate:
             def forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
                 return torch.func.functional_call(network, dict(zip(names, params)), (x,))
 
+            lr, steps = self._adaptation(end)
             meta = self._trajectory(
-                leaves, forward, x_support, y_support, end.task.x_query, end.task.y_query, self.loss_fn, self.loss_fn
+                leaves, forward, x_support, y_support, end.task.x_query, end.task.y_query, self.loss_fn, self.loss_fn,
+                lr=lr, steps=steps,
             )
             if not math.isfinite(float(meta.detach())):
                 return math.nan
@@ -190,16 +211,22 @@ class ProtocolPoolUpdate:
         y_query: torch.Tensor,
         support_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         query_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        *,
+        lr: float | None = None,
+        steps: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """The mean query loss after each of ``self.steps`` SGD steps on the support set, differentiable in ``params``."""
-        wanted = set(self.steps)
+        """The mean query loss after each of ``steps`` (default ``self.steps``) SGD steps at ``lr`` (default
+        ``self.lr``) on the support set, differentiable in ``params``."""
+        lr = self.lr if lr is None else lr
+        steps = self.steps if steps is None else list(steps)
+        wanted = set(steps)
         collected = []
         if 0 in wanted:
             collected.append(query_loss(forward(params, x_query), y_query))
-        for step in range(1, max(self.steps) + 1):
+        for step in range(1, max(steps) + 1):
             loss = support_loss(forward(params, x_support), y_support)
             grads = torch.autograd.grad(loss.sum(), params, create_graph=self.second_order)
-            params = [p - self.lr * g for p, g in zip(params, grads)]
+            params = [p - lr * g for p, g in zip(params, grads)]
             if step in wanted:
                 collected.append(query_loss(forward(params, x_query), y_query))
         return torch.stack(collected).mean(0)

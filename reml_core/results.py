@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from reml_core.choices import report_section as choices_report_section
 from reml_core.errors import UserError
 
 if TYPE_CHECKING:  # the evaluator needs torch; reading and reporting results does not
@@ -369,6 +370,8 @@ class ResultsDocument:
     per_seed: dict[int, dict[str, Table]] = field(default_factory=dict)
     preset: str | None = None
     executor: str | None = None
+    #: What a method's policy chose on the test tasks (env.choose), by method key: reml_core.choices.summarise's dict.
+    choices: dict[str, Any] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
@@ -412,6 +415,8 @@ class ResultsDocument:
         }
         if self.labels is not None:
             data["labels"] = dict(self.labels)
+        if self.choices:
+            data["choices"] = dict(self.choices)
         if self.kind == "run":
             data["training"] = self.reml_training.to_json() if self.reml_training is not None else {}
             return data
@@ -493,6 +498,7 @@ class ResultsDocument:
             encoders=encoders, budgets=_texts(data.get("budgets") or {}, "budgets"), sources=sources,
             seeds=[_integer(s, f"seed_list[{index}]") for index, s in enumerate(seed_list)],
             per_seed=per_seed, preset=optional["preset"], executor=optional["executor"],
+            choices={str(key): dict(_mapping(value, f"choices.{key}")) for key, value in _mapping(data.get("choices") or {}, "choices").items()},
         )
 
 
@@ -634,6 +640,7 @@ def render_run_report(results: ResultsDocument) -> str:
         few_shot_tables(results.labelled(results.tables), results.loss_name),
         "![few-shot](few_shot.png)",
         "",
+        *choices_report_section(results.choices.get("reml")),
         f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {_curve_lr(evaluation)}, on each task's training data)",
         "",
         f"Mean query loss over {evaluation['curve_tasks']} test tasks after n steps:",

@@ -140,6 +140,14 @@ class EnvConfig(StrictModel):
         "linear", description="'linear' anneals the pool's update to 0 over train.env_steps (the write-back rate, Reptile's schedule; or the "
         "protocol update's Adam rate); 'constant' keeps it"
     )
+    choose: dict[str, list[float | int | str]] = Field(
+        {},
+        description="hyperparameters the policy chooses per episode, each with its candidate values, e.g. "
+        "env.choose.finetune_sgd_lr = [0.003, 0.01, 0.03, 0.1]: one extra episode step per name, after the layer slots "
+        "(built in: finetune_sgd_lr, finetune_steps, inner_adam_lr, inner_steps; or a name a plugin declares). "
+        "Empty (the default): the episode chooses layers only and every hyperparameter is the fixed setting "
+        "(docs/architecture.md, the MDP)",
+    )
 
     @field_validator("shots")
     @classmethod
@@ -154,6 +162,13 @@ class EnvConfig(StrictModel):
         if any(s < 0 or s > 1000 for s in value):
             raise ValueError("each adaptation step count must be in 0..1000")
         return _distinct_sorted(value)
+
+    @field_validator("choose", mode="before")
+    @classmethod
+    def _choose_candidates(cls, value: Any) -> Any:
+        from reml_core.choices import check_choose  # a settings model may check names the core declares
+
+        return check_choose(value, cls.model_fields)
 
     @property
     def inner_lr(self) -> float:

@@ -31,6 +31,45 @@ PRESETS: tuple[Preset, ...] = ("smoke", "default", "full")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
 
 
+#: Hyperparameters the core itself knows how to apply when the policy chooses them (``env.choose``);
+#: a plugin's :class:`HyperparameterChoice` may not take one of these names.
+BUILTIN_CHOICES: tuple[str, ...] = ("finetune_sgd_lr", "finetune_steps", "inner_adam_lr", "inner_steps")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HyperparameterChoice:
+    """A hyperparameter a component lets the policy choose per episode (issue 23), declared on its record.
+
+    ``values`` are the candidates a config may offer (numbers or strings); a run offers them when
+    its config names the choice: ``env.choose.NAME = [...]`` (a subset of ``values``, in any order).
+    ``apply(network, value)`` changes a freshly built network in place for the chosen value, before
+    it is fine-tuned, trained or measured (during meta-training and at evaluation alike); it must
+    keep the parameters the pool put there, since the pool's update reads them. Networks with a
+    plugin's choice are trained one at a time (a stacked network is the core's, not the plugin's).
+    """
+
+    name: str
+    values: tuple[Any, ...]
+    description: str
+    apply: Callable[[Any, Any], None]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ValueError(f"HyperparameterChoice: name {self.name!r} must be lowercase letters, digits, '-' or '_'")
+        if self.name in BUILTIN_CHOICES or self.name == "stop":
+            raise ValueError(f"HyperparameterChoice {self.name!r}: the name is the core's own")
+        values = tuple(self.values) if not isinstance(self.values, (str, bytes)) else ()
+        if not values or not all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"HyperparameterChoice {self.name!r}: values must be a non-empty tuple of numbers or strings")
+        if len(set(values)) != len(values):
+            raise ValueError(f"HyperparameterChoice {self.name!r}: values must be distinct")
+        object.__setattr__(self, "values", values)
+        if not isinstance(self.description, str) or not self.description.strip() or "\n" in self.description:
+            raise ValueError(f"HyperparameterChoice {self.name!r}: description must be one non-empty line")
+        if not callable(self.apply):
+            raise TypeError(f"HyperparameterChoice {self.name!r}: apply is not callable")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ComponentSpec:
     """What every record has in common.
@@ -62,8 +101,13 @@ class ComponentSpec:
     config_model: type[BaseModel]
     description: str
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Hyperparameters this component lets the policy choose when a config asks (``env.choose.NAME``).
+    choices: tuple[HyperparameterChoice, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.choices, HyperparameterChoice) or not all(isinstance(c, HyperparameterChoice) for c in self.choices):
+            raise TypeError(f"{type(self).__name__} {self.name!r}: choices must be a tuple of HyperparameterChoice records")
+        object.__setattr__(self, "choices", tuple(self.choices))
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise ValueError(
                 f"{type(self).__name__}: name {self.name!r} must be lowercase letters, digits, '-' or '_'"

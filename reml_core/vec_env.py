@@ -128,7 +128,7 @@ class CompositionVecEnv(DummyVecEnv):
                 self.pool, [self.envs[index].episode_end() for index in finished],
                 loss_fn=first.task_sampler.loss, config=first.config, required=first.reward_function.required_losses,
                 write_back_rate=self.write_back_rate if self.mode == "train" else None, batched=self.batched,
-                pool_update=first.pool_update,
+                pool_update=first.pool_update, **({"appliers": first.appliers} if first.appliers else {}),
             )
             for index, outcome in zip(finished, outcomes):
                 results[index] = self.envs[index].conclude(outcome)
