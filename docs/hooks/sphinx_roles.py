@@ -80,6 +80,7 @@ def resolve(owner: Any, name: str, collection: Any) -> str:
                 definers = [
                     module for module in root.modules.values()
                     if member in module.members and not module.members[member].is_alias
+                    and not module.members[member].is_module
                 ]
                 if len(definers) == 1:
                     return definers[0].members[member].path
