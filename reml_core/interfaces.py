@@ -182,7 +182,9 @@ class StateEncoder(Protocol):
     """
 
     observation_size: int
-    privileged: bool  # True when it sees more than the K support points (e.g. amplitude and phase)
+    """How many numbers ``encode`` returns, always."""
+    privileged: bool
+    """True when it sees more than the K support points (e.g. the true amplitude and phase); reports say so."""
 
     def encode(self, task: Task, shots: int) -> np.ndarray: ...
 
@@ -214,7 +216,9 @@ class LayerPool(Protocol):
     """
 
     size: int
+    """How many layers the pool holds: the policy's actions are their indices."""
     roles: Sequence[Role]
+    """Each layer's role (input, hidden or output), one per index."""
 
     def build(self, indices: Sequence[int]) -> nn.Module: ...
 
@@ -309,9 +313,13 @@ class RewardFunction(Protocol):
     """
 
     required_losses: frozenset[str]
+    """The losses the environment must measure for a finished network (see above)."""
     invalid_action_penalty: float
+    """The reward of an action that does not fit the slot being filled."""
     worst_reward: float
+    """The reward of a network with a non-finite loss or parameter."""
     needs_calibration: bool
+    """True when ``calibrate`` must see a pass of episodes before training starts."""
 
     def __call__(self, losses: Mapping[str, float], task: Task) -> float: ...
 
@@ -327,6 +335,7 @@ class PolicyBackend(Protocol):
     """An RL learner acting on a ``CompositionEnv``."""
 
     recurrent: bool
+    """True when the policy keeps a state across an episode's steps (an LSTM)."""
 
     def learn(self, total_timesteps: int, callback: Callable[[int], bool] | None = None, progress_bar: bool = False) -> None:
         """Train for ``total_timesteps`` more steps; ``callback(num_timesteps)`` after each step, False stops."""

@@ -130,9 +130,9 @@ def convert(text: str, owner: Any, collection: Any, modules: set[str]) -> str:
 class SphinxRoles(griffe.Extension):
     """Rewrites every docstring of REML's packages once they are loaded."""
 
-    def __init__(self, api_dir: str = "docs/api") -> None:
+    def __init__(self, api_dir: str | None = None) -> None:
         super().__init__()
-        self.modules = rendered_modules(Path(api_dir))
+        self.modules = rendered_modules(Path(api_dir) if api_dir else Path(__file__).resolve().parent.parent / "api")
 
     def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
         if pkg.path not in OWN_PACKAGES:
