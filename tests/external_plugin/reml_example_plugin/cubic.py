@@ -14,7 +14,7 @@ from torch import nn
 
 from reml_core import hookimpl
 from reml_core.interfaces import Role, Task
-from reml_core.specs import LayerPoolSpec, Recommendation, StateEncoderSpec, TaskSamplerSpec
+from reml_core.specs import HyperparameterChoice, LayerPoolSpec, Recommendation, StateEncoderSpec, TaskSamplerSpec
 
 
 class CubicConfig(BaseModel):
@@ -164,6 +164,17 @@ def reml_task_samplers():
     )
 
 
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+
+
+def set_activation(network: nn.Module, name: str) -> None:
+    """The pool's structural choice: every activation of a built network becomes ``name`` (in place,
+    the linear layers untouched, so the write-back reads them as before)."""
+    for index, module in enumerate(network):
+        if not isinstance(module, nn.Linear):
+            network[index] = ACTIVATIONS[name]()
+
+
 @hookimpl
 def reml_layer_pools():
     yield LayerPoolSpec(
@@ -171,6 +182,11 @@ def reml_layer_pools():
         factory=lambda config, context: TanhPool(config, context.seed),
         config_model=TanhPoolConfig,
         description="Tanh layers in a plain list, with diagnostics of its own (example third-party pool).",
+        # A hyperparameter of its own the policy may choose per task: env.choose.activation = ["tanh", "relu"].
+        choices=(HyperparameterChoice(
+            name="activation", values=tuple(ACTIVATIONS), apply=set_activation,
+            description="the activation between the network's layers",
+        ),),
     )
 
 
