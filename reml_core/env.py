@@ -11,6 +11,10 @@ An episode ends when the network reaches ``depth`` layers. In ``train`` mode the
 trained with Adam on the task's training data and its trained layers are written back into the
 pool; the reward comes from the reward function. ``calibrate`` mode does the same without the
 write-back; ``evaluate`` mode only composes (evaluation never changes the pool it evaluates).
+
+With ``env.choose`` the layer slots are followed by one choice step per hyperparameter, whose
+options are action indices after the pool's (see :mod:`reml_core.choices` and docs/architecture.md,
+"Hyperparameter choices"); the chosen values set that episode's own settings.
 """
 
 from __future__ import annotations
@@ -61,7 +65,9 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
     indices in slot order, as (index + 1) / pool size, 0 for an empty slot; a pool-membership
     vector (1 for each chosen layer); log(1 + loss) of the current network on the K support
     points; log(1 + std of its predictions there); 1 if the network is complete (input and
-    output chosen); K / max K; a one-hot of the slot being filled.
+    output chosen); K / max K; a one-hot of the slot being filled. With choice steps
+    (``env.choose``): the one-hot continues with one entry per choice step (the step's kind), then
+    per choice step its chosen option / (options - 1) and a chosen flag.
     """
 
     metadata = {"render_modes": ["ansi"]}

@@ -15,6 +15,11 @@ A record's ``factory(config, context)`` gets the context of its stage (see
 sampler); baselines a ``BaselineContext`` (also the pool and the encoder); policy backends a
 ``PolicyContext`` (also the environment and the log folder). A factory that cannot build its
 component with them raises :class:`reml_core.errors.ComponentBuildError`.
+
+Any record may also declare hyperparameters the policy can choose per task, ``choices=(
+HyperparameterChoice(name=..., values=(...), description=..., apply=fn),)`` (see
+:class:`reml_core.specs.HyperparameterChoice`): a run offers them when its config names them,
+``env.choose.NAME = [...]``, and ``apply(network, value)`` changes each built network in place.
 """
 
 from __future__ import annotations
