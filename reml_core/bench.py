@@ -323,6 +323,7 @@ def _seed_document(plan: BenchPlan, seed: int, results: list[JobResult], command
         components=facts.components, training={r.job.key: r.training for r in results if r.training is not None},
         encoders=dict(plan.encoder_infos), budgets={r.job.key: r.budget for r in results},
         sources={seed: {r.job.key: r.source for r in results}},
+        references={name: table_of(table) for name, table in results[0].references.items()},
     )
 
 
@@ -357,4 +358,6 @@ def _aggregate(plan: BenchPlan, documents: dict[int, ResultsDocument], seconds: 
         budgets={key: seed_budgets({s: documents[s].budgets.get(key, "") for s in plan.seeds}) for key in keys},
         sources={s: documents[s].sources[s] for s in plan.seeds},
         seeds=list(plan.seeds), per_seed={s: documents[s].tables for s in plan.seeds}, preset=base.core.preset, executor=executor,
+        references={name: aggregate_tables([documents[s].references[name] for s in plan.seeds]) for name in first.references
+                    if all(name in documents[s].references for s in plan.seeds)},
     )

@@ -75,6 +75,44 @@ class Cell:
 
 FewShotTable = dict[int, dict[int, Cell]]  # K -> steps -> cell
 
+#: The trivial references a report shows beside the methods: what predictions that learn nothing score
+#: on the same test tasks and support points. Keys of :func:`trivial_references`.
+PREDICT_ZERO = "predict zero"
+SUPPORT_MEAN = "support mean"
+
+
+def trivial_references(
+    tasks: Sequence[Task], loss_fn: LossFn, shots: Sequence[int], output_size: int, metrics_fn: MetricsFn | None = None
+) -> dict[str, FewShotTable]:
+    """The query loss (and the family's metrics) of two predictors that learn nothing, per K, on
+    ``tasks``, as a table with one column (0 steps: nothing is fine-tuned).
+
+    ``predict zero``: every query prediction 0 (for classification, equal scores for every class:
+    chance). ``support mean``: the mean of the K support targets (regression only: targets that are
+    numbers). A method's number means something only next to these; neither consumes any randomness.
+    """
+    references: dict[str, dict[int, Cell]] = {PREDICT_ZERO: {}, SUPPORT_MEAN: {}}
+    for k in sorted(shots):
+        losses: dict[str, list[float]] = {PREDICT_ZERO: [], SUPPORT_MEAN: []}
+        metrics: dict[str, dict[str, list[float]]] = {PREDICT_ZERO: {}, SUPPORT_MEAN: {}}
+        for task in tasks:
+            _, y_support = task.support(k)
+            target = task.y_query
+            numeric = target.is_floating_point()
+            zero = torch.zeros_like(target) if numeric else torch.zeros(len(target), output_size)
+            predictions = {PREDICT_ZERO: zero}
+            if numeric:
+                predictions[SUPPORT_MEAN] = y_support.to(target.dtype).mean(dim=0, keepdim=True).expand_as(target)
+            with torch.no_grad():
+                for name, prediction in predictions.items():
+                    losses[name].append(float(loss_fn(prediction, target)))
+                    for metric, value in (metrics_fn(prediction, target) if metrics_fn is not None else {}).items():
+                        metrics[name].setdefault(metric, []).append(float(value))
+        for name, values in losses.items():
+            if values:
+                references[name][k] = Cell.from_losses(values, metrics[name])
+    return {name: {k: {0: cell} for k, cell in cells.items()} for name, cells in references.items() if cells}
+
 
 class FewShotEvaluator:
     """Fine-tune every method the same way on the same held-out tasks and support points."""
@@ -191,4 +229,3 @@ class FewShotEvaluator:
             )
             totals += losses
         return [float(v) for v in totals / len(self.curve_tasks)]
-

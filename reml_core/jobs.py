@@ -29,7 +29,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from reml_core.errors import CheckpointError, UserError, describe_error
 from reml_core.evaluation import FewShotTable
 from reml_core.experiment import Components, build_components, build_one
 from reml_core.interfaces import Describable
-from reml_core.pipeline import evaluate_methods, load_reml, seed_everything, train_reml
+from reml_core.pipeline import evaluate_methods, evaluate_references, load_reml, seed_everything, train_reml
 from reml_core.registry import PluginRegistry, disabled_plugins
 from reml_core.results import TrainingRecord
 from reml_core.storage import (
@@ -96,6 +96,8 @@ class JobResult:
     wall_seconds: float = 0.0
     artifacts: bytes = b""  # the job's folder, packed (Ray); empty when it was written in place
     loss_name: str = "MSE"
+    #: What predictors that learn nothing score on the same test tasks (:func:`reml_core.pipeline.evaluate_references`).
+    references: dict[str, FewShotTable] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,11 +127,12 @@ def run_job(job: BenchJob, workdir: Path, *, echo: bool = True) -> JobResult:
         else:
             components, provider, outcome = _baseline(job, config, workdir)
         tables, curves, seconds = evaluate_methods(config, components, {job.key: provider})
+        references = evaluate_references(config, components)
     from reml_core.experiment import loss_name
 
     return JobResult(
         job=job, table=tables[job.key], curve=curves[job.key], evaluation_seconds=seconds[f"evaluation_{job.key}"],
-        wall_seconds=time.perf_counter() - start, loss_name=loss_name(components.task_sampler), **outcome,
+        wall_seconds=time.perf_counter() - start, loss_name=loss_name(components.task_sampler), references=references, **outcome,
     )
 
 
@@ -377,4 +380,3 @@ def unpack_folder(data: bytes, target: Path) -> None:
 
 def disabled_names() -> tuple[str, ...]:
     return tuple(sorted(disabled_plugins()))
-

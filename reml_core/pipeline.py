@@ -14,7 +14,7 @@ import torch
 
 from reml_core.config import RunConfig, load_resolved
 from reml_core.errors import CheckpointError, PluginError, UserError, describe_error
-from reml_core.evaluation import FewShotEvaluator, FewShotTable, NetworkProvider
+from reml_core.evaluation import FewShotEvaluator, FewShotTable, NetworkProvider, trivial_references
 from reml_core.experiment import Components, baseline_labels, build_components, build_one, component_facts, loss_name
 from reml_core.interfaces import Baseline, FingerprintsData, MeasuresMetrics, ReportsStats
 from reml_core.methods import SEARCH_KEY, PoolSearchMethod, ReMLMethod
@@ -76,6 +76,16 @@ def evaluate_methods(
         curves[name] = evaluator.curve(provider, name)
         seconds[f"evaluation_{name}"] = time.perf_counter() - start
     return tables, curves, seconds
+
+
+def evaluate_references(config: RunConfig, components: Components) -> dict[str, FewShotTable]:
+    """What predictors that learn nothing (predicting 0, the support mean) score on the run's test tasks,
+    for the reports (:func:`reml_core.evaluation.trivial_references`); draws no random numbers."""
+    sampler = components.task_sampler
+    return trivial_references(
+        sampler.test_tasks(config.core.eval.test_tasks), sampler.loss, config.core.eval.shots, sampler.output_size,
+        sampler.metrics if isinstance(sampler, MeasuresMetrics) else None,
+    )
 
 
 def pool_search_providers(config: RunConfig, components: Components) -> dict[str, NetworkProvider]:
@@ -190,6 +200,7 @@ def run_experiment(config: RunConfig, out: Path, *, resume: bool = False, trust_
     summary = method.choices_summary(getattr(components.task_sampler, "descriptor_names", ()))
     if summary is not None:
         results.choices["reml"] = summary  # what the policy chose per test task (env.choose)
+    results.references = {name: table_of(table) for name, table in evaluate_references(config, components).items()}
     write_outputs(out, results)
     return results
 

@@ -15,7 +15,7 @@ import importlib.metadata
 import json
 import math
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -49,6 +49,19 @@ Kind = Literal["run", "seed", "bench"]
 def stat_label(key: str) -> str:
     """``pool/dead_hidden_units`` -> ``dead hidden units``: a component's number named for people."""
     return key.rpartition("/")[2].replace("_", " ")
+
+
+#: What a number a component reports means, in plain words, for the reports that show it.
+STAT_MEANINGS = {
+    "invalid_argmax_rate": "the share of the policy's decisions on test tasks where the choice it rated most likely was "
+                           "not allowed (masked) and the best allowed one was taken instead",
+}
+
+
+def stat_meanings(keys: Iterable[str]) -> str:
+    """A sentence explaining the reported numbers that need it (empty when none does)."""
+    known = [f"{stat_label(key).capitalize()}: {STAT_MEANINGS[key.rpartition('/')[2]]}." for key in keys if key.rpartition("/")[2] in STAT_MEANINGS]
+    return (" " + " ".join(known)) if known else ""
 
 
 def format_stat(key: str, value: Any) -> str:
@@ -372,6 +385,9 @@ class ResultsDocument:
     executor: str | None = None
     #: What a method's policy chose on the test tasks (env.choose), by method key: reml_core.choices.summarise's dict.
     choices: dict[str, Any] = field(default_factory=dict)
+    #: What predictors that learn nothing score on the same test tasks (:func:`reml_core.evaluation.trivial_references`):
+    #: ``"predict zero"`` and ``"support mean"``, each a table with one column (0 steps). Not methods: never ranked or plotted.
+    references: dict[str, Table] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
@@ -417,6 +433,8 @@ class ResultsDocument:
             data["labels"] = dict(self.labels)
         if self.choices:
             data["choices"] = dict(self.choices)
+        if self.references:
+            data["references"] = {name: table_to_json(table, spreads=bench) for name, table in self.references.items()}
         if self.kind == "run":
             data["training"] = self.reml_training.to_json() if self.reml_training is not None else {}
             return data
@@ -499,6 +517,8 @@ class ResultsDocument:
             seeds=[_integer(s, f"seed_list[{index}]") for index, s in enumerate(seed_list)],
             per_seed=per_seed, preset=optional["preset"], executor=optional["executor"],
             choices={str(key): dict(_mapping(value, f"choices.{key}")) for key, value in _mapping(data.get("choices") or {}, "choices").items()},
+            references={str(name): table_from_json(table, f"references.{name}")
+                        for name, table in _mapping(data.get("references") or {}, "references").items()},
         )
 
 
@@ -590,6 +610,50 @@ def curve_table(curves: Mapping[str, Sequence[float | None]], points: Sequence[i
     return "\n".join(lines) + "\n"
 
 
+#: How a report names each trivial reference (:data:`ResultsDocument.references`).
+REFERENCE_WORDS = {
+    "predict zero": "predicting 0 for every query point (for classification: the same score for every class, i.e. chance)",
+    "support mean": "predicting the mean of the K support targets for every query point",
+}
+
+
+def reference_lines(results: ResultsDocument) -> list[str]:
+    """The report's trivial references: what predictors that learn nothing score on the same test
+    tasks, per K, so that no number reads as good on its own (none when the file has none)."""
+    if not results.references:
+        return []
+    loss = measure_label(LOSS, results.loss_name)
+    lines = [f"Trivial references on the same {results.test_tasks} test tasks (no learning, no fine-tuning); "
+             "a method is useful only where it beats them:", ""]
+    for name, table in results.references.items():
+        parts = []
+        for k, row in sorted(table.items()):
+            cell = row.get(0)
+            if cell is None:
+                continue
+            measures = [f"{loss} {_plain(cell.mean)}"] + [f"{metric} {_plain(mean)}" for metric, (mean, _) in cell.metrics.items()]
+            parts.append(f"K={k}: {', '.join(measures)}")
+        if parts:
+            lines.append(f"- {REFERENCE_WORDS.get(name, name)}: {'; '.join(parts)}")
+    return [*lines, ""] if len(lines) > 2 else []
+
+
+def _plain(value: float | None) -> str:
+    return "NaN" if value is None else f"{value:.3f}"
+
+
+def smoke_note(preset: str | None) -> list[str]:
+    """The report's warning that a smoke run's numbers mean nothing (none for other presets)."""
+    if preset != "smoke":
+        return []
+    return [f"**{SMOKE_WARNING}**", ""]
+
+
+#: What a report and the terminal say about a smoke run's numbers.
+SMOKE_WARNING = ("Preset `smoke` is a plumbing check (a short training on a handful of tasks): its numbers say "
+                 "nothing about how well any method learns. Use the default or full preset for results.")
+
+
 def reml_label(encoder: str, privileged: bool) -> str:
     """How tables and plots name REML: with its encoder, and a warning when that encoder is privileged."""
     return f"REML ({encoder}, privileged)" if privileged else f"REML ({encoder})"
@@ -628,6 +692,7 @@ def render_run_report(results: ResultsDocument) -> str:
         f"Command: `{results.command or 'reml-run'}`  ",
         f"Seed {results.seed}, preset `{config['preset']}`, {results.test_tasks} held-out test tasks. " + encoder_note(results),
         "",
+        *smoke_note(config.get("preset")),
         *component_lines(results),
         "## Few-shot learning (Finn et al. 2017 protocol)",
         "",
@@ -638,6 +703,7 @@ def render_run_report(results: ResultsDocument) -> str:
         f"`{selected.name if selected else 'none recorded'}`, chosen on validation tasks).",
         "",
         few_shot_tables(results.labelled(results.tables), results.loss_name),
+        *reference_lines(results),
         "![few-shot](few_shot.png)",
         "",
         *choices_report_section(results.choices.get("reml")),
@@ -653,7 +719,7 @@ def render_run_report(results: ResultsDocument) -> str:
         f"{training.env_steps} env steps with `{results.policy}`, reward `{config['reward']['name']}`, "
         f"pool `{config['pool']['name']}`; resumed {training.resumes} time(s)."
         + (" The policy backend reports: " + ", ".join(f"{stat_label(key)} {format_stat(key, value)}" for key, value in training.policy_stats.items()) + "."
-           if training.policy_stats else ""),
+           + stat_meanings(training.policy_stats) if training.policy_stats else ""),
         "",
     ]
     history = training.history
@@ -661,8 +727,14 @@ def render_run_report(results: ResultsDocument) -> str:
         longest = max(evaluation["steps"])
         # every number the pool reported about itself (pool/...), in the order it first appeared
         pool_keys = list(dict.fromkeys(key for record in history for key in record if key.startswith("pool/")))
+        validation_tasks = config.get("train", {}).get("validation_tasks")
+        on = f"the {validation_tasks} validation tasks" if validation_tasks else "the validation tasks"
         lines += [
-            f"| env steps | validation loss after {longest} steps | fine-tuning gain | "
+            f"Validation, at each checkpoint, on {on} that choose the checkpoint (not the test tasks above: a few "
+            "different tasks give a different number, so compare these only with each other). \"Gain from fine-tuning\" is the "
+            f"validation loss before fine-tuning minus the loss after {longest} SGD steps: how much the K support points helped.",
+            "",
+            f"| env steps | validation loss after {longest} steps | gain from fine-tuning | "
             + " | ".join(f"pool: {stat_label(key)}" for key in pool_keys) + " |",
             "|---:|---:|---:|" + "---:|" * len(pool_keys),
         ]
@@ -704,6 +776,7 @@ def render_bench_report(results: ResultsDocument) -> str:
         f"Every method's starting network is fine-tuned with plain SGD (lr {evaluation['sgd_lr']}) on the K support points "
         "and measured on the task's separate query points.",
         "",
+        *smoke_note(results.preset or results.config.get("preset")),
         *component_lines(results),
     ]
     for key, info in results.encoders.items():
@@ -714,7 +787,7 @@ def render_bench_report(results: ResultsDocument) -> str:
     if len(seeds) > 1:
         lines += [f"Cells: mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
                   "\"seeds ±\" is the standard deviation between the seeds' means.", ""]
-    lines += [few_shot_tables(results.labelled(results.tables), results.loss_name), "![few-shot](few_shot.png)", ""]
+    lines += [few_shot_tables(results.labelled(results.tables), results.loss_name), *reference_lines(results), "![few-shot](few_shot.png)", ""]
     lines += [f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {_curve_lr(evaluation)}, on each task's training data)", "",
               curve_table(results.labelled(results.curves)), "![convergence](convergence.png)", ""]
     lines += ["## Budgets and training time", "", "| method | budget | training wall time (s, all seeds) | source (first seed) |", "|---|---|---:|---|"]

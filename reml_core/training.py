@@ -76,6 +76,30 @@ class StopRequested(BaseException):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 step``, ``2 steps``: a count and its noun, pluralised."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
+#: The widest a log line is made (``[reml 12:34:56] `` included), so lines do not wrap on a terminal.
+LOG_WIDTH = 100
+
+
+def wrap_items(head: str, items: list[str], width: int = LOG_WIDTH - len("[reml 12:34:56] ")) -> list[str]:
+    """``head`` and the comma-separated ``items`` as lines of at most ``width`` characters where the
+    items allow it (an item is never split); continuation lines are indented under the first item."""
+    if not items:
+        return []
+    lines, current = [], head + items[0]
+    for item in items[1:]:
+        if len(current) + 2 + len(item) > width:
+            lines.append(current + ",")
+            current = " " * len(head) + item
+        else:
+            current += ", " + item
+    return [*lines, current]
+
+
 def _progress_bar(total: int, show: bool) -> Any:
     """The training progress bar: tqdm's, on stderr (shown only on a terminal or in a notebook), as the
     evaluation's and MAML's bars are; ``show=False`` (``train.progress = false``) draws none."""
@@ -158,6 +182,7 @@ class MetaTrainer:
             previous = {signum: signal.signal(signum, self._request_stop) for signum in STOP_SIGNALS} if main else {}
             self._bar = _progress_bar(remaining, self.config.core.train.progress)
             self._bar_steps = self.policy.num_timesteps
+            self._bar_end = total  # a backend may overshoot (PPO collects whole rollouts): the bar stops at its total
             start = time.perf_counter()
             try:
                 # the core draws the progress bar (on stderr, as every REML bar): a library writes nothing on stdout
@@ -184,9 +209,10 @@ class MetaTrainer:
         """Called by the policy backend after every env step; False stops training."""
         if self._stop:
             return False
-        if timesteps > self._bar_steps:
-            self._bar.update(timesteps - self._bar_steps)
-            self._bar_steps = timesteps
+        reached = min(timesteps, getattr(self, "_bar_end", timesteps))
+        if reached > self._bar_steps:
+            self._bar.update(reached - self._bar_steps)
+            self._bar_steps = reached
         self.env.training_progress = min(timesteps / self.config.core.train.env_steps, 1.0)
         every = self.config.core.train.checkpoint_every
         if timesteps // every > self.state.timesteps // every and timesteps < self.config.core.train.env_steps:
@@ -244,15 +270,15 @@ class MetaTrainer:
 
     def _log_record(self, record: dict[str, float]) -> None:
         self.policy.record({key: value for key, value in record.items() if key != "timesteps"}, self.state.timesteps)
-        pool = ", ".join(f"{stat_label(key)} {format_stat(key, value)}" for key, value in record.items() if key.startswith("pool/"))
+        pool = [f"{stat_label(key)} {format_stat(key, value)}" for key, value in record.items() if key.startswith("pool/")]
         if "validation/score" in record:
-            log(
-                f"step {record['timesteps']}: validation loss after {max(self.config.core.eval.steps)} steps "
-                f"{record['validation/score']:.3f}, fine-tuning gain {record['validation/finetune_gain']:.3f}"
-                + (f"; pool: {pool}" if pool else "")
-            )
-        elif pool:
-            log(f"step {record['timesteps']}: pool: {pool}")
+            longest = max(self.config.core.eval.steps)
+            log(f"step {record['timesteps']}: validation loss {record['validation/score']:.3f} after {plural(longest, 'SGD step')} "
+                f"on {plural(len(self.validation_tasks), 'validation task')}")
+            log(f"step {record['timesteps']}: fine-tuning on the support points lowered the validation loss by "
+                f"{record['validation/finetune_gain']:.3f}")
+        for line in wrap_items(f"step {record['timesteps']}: pool: ", pool):
+            log(line)
 
     def _write(self, name: str, *, latest: bool) -> Path:
         with new_checkpoint(self.checkpoints, name, latest=latest) as staging:

@@ -108,3 +108,136 @@ def test_the_oracle_on_a_family_without_descriptors_is_one_config_error(tmp_path
     [line] = [text for text in err.splitlines() if "oracle" in text]
     assert "encoder" in line and "'oracle'" in line and "'files'" in line and "descriptor" in line
     assert not (tmp_path / "r").exists()
+
+
+# -- trivial references, smoke numbers, the validation line ------------------------------------
+
+
+def _sine_tasks(registry, count=20):
+    from reml_core.experiment import build_components
+
+    config = resolve_config(registry, {"plugin": "sine", "preset": "smoke"})
+    sampler = build_components(config).task_sampler
+    return sampler, sampler.test_tasks(count)
+
+
+def test_trivial_references_are_what_predicting_zero_and_the_support_mean_score(installed_registry):
+    import torch
+
+    from reml_core.evaluation import PREDICT_ZERO, SUPPORT_MEAN, trivial_references
+
+    sampler, tasks = _sine_tasks(installed_registry)
+    state = torch.random.get_rng_state()
+    references = trivial_references(tasks, sampler.loss, [5, 10], sampler.output_size)
+    assert torch.equal(state, torch.random.get_rng_state())  # draws nothing: no method's numbers move
+    zero = np.mean([float((task.y_query ** 2).mean()) for task in tasks])
+    assert references[PREDICT_ZERO][5][0].mse_mean == pytest.approx(zero)
+    for k in (5, 10):
+        mean = np.mean([float(((task.y_query - task.support(k)[1].mean()) ** 2).mean()) for task in tasks])
+        assert references[SUPPORT_MEAN][k][0].mse_mean == pytest.approx(mean, rel=1e-5)
+        assert references[SUPPORT_MEAN][k][0].tasks == len(tasks)
+
+
+def test_for_classification_the_reference_is_chance(installed_registry):
+    from reml_core.evaluation import PREDICT_ZERO, trivial_references
+    from reml_core.experiment import build_components
+
+    config = resolve_config(installed_registry, {"plugin": "digits", "preset": "smoke"})
+    sampler = build_components(config).task_sampler
+    references = trivial_references(sampler.test_tasks(10), sampler.loss, [1], sampler.output_size, sampler.metrics)
+    assert set(references) == {PREDICT_ZERO}  # the mean of class labels is no prediction
+    cell = references[PREDICT_ZERO][1][0]
+    assert cell.mse_mean == pytest.approx(np.log(sampler.output_size))  # equal scores: cross-entropy log(ways)
+    assert cell.metrics["accuracy"][0] == pytest.approx(1 / sampler.output_size, abs=0.1)
+
+
+def _run_document(preset="smoke"):
+    from reml_core.results import CellResult, ResultsDocument, SelectedCheckpoint, TrainingRecord
+
+    config = {"plugin": "sine", "preset": preset, "seed": 0, "reward": {"name": "neg-mse"}, "pool": {"name": "dense"},
+              "train": {"validation_tasks": 7},
+              "eval": {"sgd_lr": 0.01, "curve_steps": 0, "curve_adam_lr": 0.005, "curve_tasks": 2, "steps": [0, 1, 10]}}
+    history = [{"timesteps": 1024, "validation/score": 1.36, "validation/finetune_gain": 0.3}]
+    return ResultsDocument(
+        kind="run", plugin="sine", policy="ppo-mlp", encoder="support-set", encoder_privileged=False, seed=0, test_tasks=50,
+        tables={"reml": {5: {0: CellResult(5.0, 1.0), 1: CellResult(4.9, 1.0), 10: CellResult(4.8, 1.0)}}}, curves={},
+        timing={}, config=config, loss_name="MSE",
+        training={"reml": TrainingRecord(1024, 0, SelectedCheckpoint("step-1024", 1024, 1.36), history, {"invalid_argmax_rate": 0.5})},
+        references={"predict zero": {5: {0: CellResult(4.94, 1.1)}}, "support mean": {5: {0: CellResult(5.43, 1.2)}}},
+    )
+
+
+def test_reports_show_the_trivial_references_and_read_them_back(tmp_path):
+    from reml_core.results import ResultsDocument, render_run_report
+
+    document = _run_document()
+    again = ResultsDocument.from_json(json.loads(json.dumps(document.to_json())))
+    assert again.references == document.references
+    report = render_run_report(again)
+    assert "Trivial references on the same 50 test tasks" in report
+    assert "predicting 0 for every query point" in report and "K=5: query MSE 4.940" in report
+    assert "predicting the mean of the K support targets" in report and "K=5: query MSE 5.430" in report
+
+
+def test_a_smoke_report_says_its_numbers_mean_nothing_and_others_do_not():
+    from reml_core.results import render_run_report
+
+    assert "plumbing check" in render_run_report(_run_document("smoke"))
+    assert "plumbing check" not in render_run_report(_run_document("default"))
+
+
+def test_the_validation_numbers_say_what_they_are_measured_on_and_terms_are_explained():
+    from reml_core.results import render_run_report
+
+    report = render_run_report(_run_document())
+    assert "on the 7 validation tasks that choose the checkpoint (not the test tasks" in report
+    assert "\"Gain from fine-tuning\" is the validation loss before fine-tuning minus the loss after 10 SGD steps" in report
+    assert "Invalid argmax rate: the share of the policy's decisions" in report
+
+
+def test_the_terminal_summary_shows_the_references_and_the_smoke_warning(tmp_path, capsys):
+    from reml_core.cli.common import print_summary
+
+    print_summary(_run_document(), tmp_path)
+    out = capsys.readouterr().out
+    assert "Trivial references" in out and "predicting 0" in out and "plumbing check" in out
+
+
+# -- the terminal ------------------------------------------------------------------------------
+
+
+def test_counts_are_pluralised():
+    from reml_core.training import plural
+
+    assert plural(1, "step") == "1 step" and plural(2, "step") == "2 steps" and plural(0, "task") == "0 tasks"
+    assert plural(2048, "env step") == "2,048 env steps"
+
+
+def test_long_lists_of_numbers_wrap_within_the_log_width():
+    from reml_core.training import LOG_WIDTH, wrap_items
+
+    items = [f"weight norm layer {i} 1.234" for i in range(12)]
+    lines = wrap_items("step 1024: pool: ", items)
+    assert len(lines) > 1 and all(len("[reml 12:34:56] " + line) <= LOG_WIDTH for line in lines)
+    assert ", ".join(line.strip().rstrip(",") for line in lines).replace("step 1024: pool: ", "") == ", ".join(items)
+    assert wrap_items("pool: ", []) == []
+
+
+def test_the_training_bar_stops_at_its_total_when_the_backend_overshoots():
+    """PPO collects whole rollouts: 2,048 steps for a budget of 2,000. The bar must not read 2,048/2,000."""
+    from types import SimpleNamespace
+
+    from reml_core.training import MetaTrainer
+
+    class Bar:
+        n = 0
+
+        def update(self, steps):
+            self.n += steps
+
+    train = SimpleNamespace(env_steps=2000, checkpoint_every=10**9)
+    trainer = SimpleNamespace(_stop=False, _bar=Bar(), _bar_steps=0, _bar_end=2000, env=SimpleNamespace(training_progress=0.0),
+                              config=SimpleNamespace(core=SimpleNamespace(train=train)), state=SimpleNamespace(timesteps=0))
+    for timesteps in (512, 1024, 1536, 2048):
+        assert MetaTrainer.on_step(trainer, timesteps) is True
+    assert trainer._bar.n == 2000 and trainer.env.training_progress == 1.0

@@ -212,9 +212,13 @@ def user_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -
 
 def print_summary(results: ResultsDocument, out: Path) -> None:
     """The few-shot tables and where the files are, once a run or benchmark has finished."""
-    from reml_core.results import few_shot_tables
+    from reml_core.results import SMOKE_WARNING, few_shot_tables, reference_lines
 
     print(few_shot_tables(results.labelled(results.tables), results.loss_name))
+    for line in reference_lines(results):  # what predicting 0 or the support mean scores on the same tasks
+        print(line)
+    if (results.preset or results.config.get("preset")) == "smoke":
+        print(SMOKE_WARNING.replace("`", "") + "\n")
     print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}")
 
 
