@@ -241,3 +241,38 @@ def test_the_training_bar_stops_at_its_total_when_the_backend_overshoots():
     for timesteps in (512, 1024, 1536, 2048):
         assert MetaTrainer.on_step(trainer, timesteps) is True
     assert trainer._bar.n == 2000 and trainer.env.training_progress == 1.0
+
+
+# -- the docs agree with each other ------------------------------------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def test_every_mention_of_a_smoke_runs_duration_agrees():
+    import re
+
+    from reml_core.cli.run import build_parser
+
+    help_text = " ".join(build_parser().format_help().split())
+    said = {"--help": re.search(r"smoke \(about ([^)]*?)\)", help_text).group(1)}
+    readme = (ROOT / "README.md").read_text()
+    said["README command"] = re.search(r"reml-run --plugin sine --preset smoke\s+# about ([a-z0-9 ]+?):", readme).group(1)
+    said["README presets"] = re.search(r"Presets `smoke` \(about ([a-z0-9 ]+?)[;)]", readme).group(1)
+    for path in (ROOT / "README.md", ROOT / "docs" / "index.md", ROOT / "docs" / "benchmark.md"):  # the newcomer's path
+        for line in path.read_text().splitlines():
+            if "smoke" in line and "reml-run" in line:
+                assert not re.search(r"\b\d+ ?s\b|seconds", line), f"{path.name}: {line}"
+    assert set(said.values()) == {"a minute"}, said
+
+
+def test_the_benchmark_docs_reproduce_command_makes_the_readme_table():
+    import re
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    made = shlex.split(re.search(r"Generated from `(reml-bench --plugin sine [^`]*)`", readme).group(1))
+    block = re.search(r"## Reproducing the README.*?```sh\n(.*?)```", (ROOT / "docs" / "benchmark.md").read_text(), re.S).group(1)
+    command = shlex.split(block.replace("\\\n", " ").splitlines()[0])
+    for flag in ("--plugin", "--seed", "--seeds", "--methods", "--encoder"):
+        assert flag in command and command[command.index(flag) + 1] == made[made.index(flag) + 1], flag
+    assert "--from" not in command  # reproducible from nothing
