@@ -120,7 +120,7 @@ def test_out_that_already_holds_a_run_or_other_files(tmp_path, capsys):
 def test_bench_rejects_unknown_methods_and_bad_lists(tmp_path, capsys):
     out = tmp_path / "out"
     _fails_cleanly(bench.main, ["--plugin", "sine", "--methods", "reml,mamI", "--out", str(out)],
-                   "--methods: unknown method 'mamI' (available: reml, maml, maml-select, reference, scratch)", capsys, out)
+                   "--methods: unknown method 'mamI' (available: reml, maml, maml-select, meta-sgd, reference, scratch)", capsys, out)
     _fails_cleanly(bench.main, ["--plugin", "sine", "--shots", "5,ten", "--out", str(out)], "expected comma-separated integers", capsys, out)
     _fails_cleanly(bench.main, ["--plugin", "sine", "--seeds", "0", "--out", str(out)], "argument --seeds: must be > 0", capsys, out)
     _fails_cleanly(bench.main, ["--plugin", "sine", "--shots", "5,11", "--out", str(out)], "eval.shots: K = 11 is more than the 10 support points", capsys, out)

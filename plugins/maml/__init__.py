@@ -1,4 +1,5 @@
-"""The ``maml`` baseline plugin: MAML (Finn et al. 2017) with a learn2learn or a torch.func backend."""
+"""The ``maml`` baseline plugin: MAML (Finn et al. 2017) with a learn2learn or a torch.func backend, and the
+baselines built on its machinery: ``maml-select`` and ``meta-sgd`` (Li et al. 2017, learned per-parameter rates)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from reml_core.interfaces import BuildContext
 from reml_core.specs import BaselineSpec
 from reml_plugins.maml.baseline import MAMLBaseline
 from reml_plugins.maml.config import MAMLConfig, MAMLSelectConfig
+from reml_plugins.maml.meta_sgd import MetaSGDBaseline, MetaSGDConfig
 from reml_plugins.maml.select import MAMLSelectBaseline
 
 # Meta-iterations per preset: smoke trains in seconds (eagerly: no compile warm-up); default and
@@ -30,6 +32,10 @@ def build_maml_select(config: MAMLSelectConfig, context: BuildContext) -> MAMLSe
     return MAMLSelectBaseline(config, context)
 
 
+def build_meta_sgd(config: MetaSGDConfig, context: BuildContext) -> MetaSGDBaseline:
+    return MetaSGDBaseline(config, context)
+
+
 @hookimpl
 def reml_baselines() -> Iterator[BaselineSpec]:
     yield BaselineSpec(
@@ -49,4 +55,14 @@ def reml_baselines() -> Iterator[BaselineSpec]:
         presets=PRESETS,  # MAML's budgets: smoke 300 eager, default and full 70 000 compiled (choice and meta-gradient)
         label="MAML-select",
         compare_in=(),  # a rival asked for by name (--methods/--baselines): it would add 1.45x MAML's time to every benchmark
+    )
+    yield BaselineSpec(
+        name="meta-sgd",
+        factory=build_meta_sgd,
+        config_model=MetaSGDConfig,
+        description="Meta-SGD (Li et al. 2017): MAML with per-parameter inner SGD rates learned with the initialisation; "
+        "reported at the protocol's rate and, as separate rows, at its learned rates; backends torch-func and learn2learn",
+        presets=PRESETS,  # MAML's budgets: smoke 300 eager, default and full 70 000 compiled
+        label="Meta-SGD",
+        compare_in=(),  # asked for by name (--methods/--baselines), as maml-select: it would add about MAML's time to every benchmark
     )
