@@ -1,7 +1,8 @@
 """REML: reinforcement meta-learning. An RL policy composes networks from a global layer pool.
 
-From Python: :func:`reml_core.run`, :func:`reml_core.bench` and :func:`reml_core.load`
-(:mod:`reml_core.api`) run an experiment, run a benchmark and load either back; an argument
+From Python: :func:`reml_core.run`, :func:`reml_core.bench`, :func:`reml_core.sweep` and
+:func:`reml_core.load` (:mod:`reml_core.api`) run an experiment, run a benchmark, search config
+values on Ray Tune and load a run or benchmark back; an argument
 of the wrong type raises :class:`reml_core.ArgumentError`, naming it, before anything is written.
 
 Plugin authors need ``hookimpl`` and the record types in :mod:`reml_core.specs`; the protocols
@@ -16,7 +17,7 @@ import types
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["run", "bench", "load", "Results", "ArgumentError", "Learner", "save_network", "hookimpl", "hookspec", "__version__"]
+__all__ = ["run", "bench", "sweep", "load", "Results", "SweepResults", "ArgumentError", "Learner", "save_network", "hookimpl", "hookspec", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -24,7 +25,7 @@ def __getattr__(name: str) -> Any:
         from reml_core import hookspecs
 
         return getattr(hookspecs, name)
-    if name in ("run", "bench", "load", "Results", "ArgumentError"):
+    if name in ("run", "bench", "sweep", "load", "Results", "SweepResults", "ArgumentError"):
         from reml_core import api
 
         return getattr(api, name)
@@ -41,13 +42,13 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """``reml_core.bench`` is the API function, also once the submodule of the same name
-    (:mod:`reml_core.bench`, reached through ``sys.modules``) has been imported: the import system
+    """``reml_core.bench`` (and ``reml_core.sweep``) is the API function, also once the submodule or
+    package of the same name (:mod:`reml_core.bench`, reached through ``sys.modules``) has been imported: the import system
     would otherwise bind the module over the function, and a second ``reml_core.bench(...)``
     would call a module."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("run", "bench", "load") and isinstance(value, types.ModuleType):
+        if name in ("run", "bench", "sweep", "load") and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 

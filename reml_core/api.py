@@ -1,4 +1,4 @@
-"""REML from Python: run an experiment, run a benchmark, load either back.
+"""REML from Python: run an experiment, run a benchmark, sweep config values, load a run or benchmark back.
 
 The same config model as the command-line tools (which are thin wrappers over these functions):
 a config given as a dict, or a TOML/YAML file path, with keyword settings on top::
@@ -7,6 +7,8 @@ a config given as a dict, or a TOML/YAML file path, with keyword settings on top
 
     run = reml_core.run(plugin="sine", preset="smoke", out="runs/mine")
     bench = reml_core.bench("bench.toml", seeds=3, methods=["reml", "maml"], executor="ray")
+    sweep = reml_core.sweep(plugin="sine", grid={"env.inner_adam_lr": [0.001, 0.003]}, seeds=2)
+    sweep.best["values"]          # the configuration with the lowest mean validation score
     again = reml_core.load("runs/mine")
     again.cell("reml", shots=5, steps=10).mean
     again.to_dataframe()          # needs pandas
@@ -62,6 +64,8 @@ from reml_core.results import CellResult, ResultsDocument, Table
 
 if TYPE_CHECKING:
     from reml_core.bench import BenchPlan
+    from reml_core.sweep.plan import SweepPlan
+    from reml_core.sweep.space import Dimension
     from reml_core.config import RunConfig
     from reml_core.registry import PluginRegistry
 
@@ -77,7 +81,7 @@ class ArgumentError(UserError, TypeError):
 
 
 _Function = TypeVar("_Function", bound=Callable[..., Any])
-_PUBLIC_NAMES = {"run": "reml_core.run", "bench": "reml_core.bench", "load": "reml_core.load"}
+_PUBLIC_NAMES = {"run": "reml_core.run", "bench": "reml_core.bench", "sweep": "reml_core.sweep", "load": "reml_core.load"}
 
 
 def _expected(annotation: Any) -> str:
@@ -116,7 +120,9 @@ def _checkers(function: Callable[..., Any]) -> tuple[inspect.Signature, dict[str
 
     from reml_core.registry import PluginRegistry
 
-    hints = typing.get_type_hints(function, localns={"PluginRegistry": PluginRegistry, "Results": Results})
+    from reml_core.sweep.space import Dimension
+
+    hints = typing.get_type_hints(function, localns={"PluginRegistry": PluginRegistry, "Results": Results, "Dimension": Dimension})
     signature = inspect.signature(function)
     config = ConfigDict(strict=True, arbitrary_types_allowed=True)
     checkers = {}
@@ -311,8 +317,9 @@ def load(folder: str | Path) -> Results:
 
 @check_arguments
 def user_settings(config: ConfigSource = None, overrides: Mapping[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
-    """One nested dict from a config (dict or file), keyword settings and dotted ``overrides``, in that order."""
-    from reml_core.config import deep_merge, load_config_file, parse_assignment
+    """One nested dict from a config (dict or file), keyword settings and dotted ``overrides``, in that order
+    (a later one's setting replaces an earlier one's under either name of a renamed setting)."""
+    from reml_core.config import deep_merge, load_config_file, parse_assignment, renamed_settings
     from reml_core.folders import check_path
 
     if config is None:
@@ -327,9 +334,10 @@ def user_settings(config: ConfigSource = None, overrides: Mapping[str, Any] | No
         for source in (data, settings):
             if isinstance(source.get(section), str):  # shorthand: policy = "ppo-lstm"
                 source[section] = {"name": source[section]}
-    merged = deep_merge(data, {key: value for key, value in settings.items() if value is not None})
+    renames = renamed_settings(_registry())
+    merged = deep_merge(data, {key: value for key, value in settings.items() if value is not None}, renames)
     for key, value in (overrides or {}).items():
-        merged = deep_merge(merged, parse_assignment(f"{key}={_yaml(value)}"))
+        merged = deep_merge(merged, parse_assignment(f"{key}={_yaml(value)}"), renames)
     return merged
 
 
@@ -603,10 +611,216 @@ def bench(
         release_all()
 
 
+# -- sweeps ------------------------------------------------------------------------------------
+
+#: Where a sweep given from Python names its swept keys in a message (the CLI's say --grid, --random).
+SWEEP_ORIGIN = "reml_core.sweep()"
+
+
+@dataclass(frozen=True)
+class SweepResults:
+    """A finished (or partly finished) sweep: its folder and its ``sweep.json`` (schema ``reml.sweep/1``, docs/sweep.md)."""
+
+    folder: Path
+    document: Mapping[str, Any]
+
+    @property
+    def status(self) -> str:
+        """``"finished"`` when every trial finished, else ``"incomplete"`` (``resume`` retries the rest)."""
+        return str(self.document["status"])
+
+    @property
+    def configurations(self) -> list[dict[str, Any]]:
+        """Every configuration: its id, swept ``values``, ``mean``/``std``/``min``/``max`` validation score over seeds, ..."""
+        return [dict(c) for c in self.document["configurations"]]
+
+    @property
+    def trials(self) -> list[dict[str, Any]]:
+        """Every trial (a configuration with a seed): its status, score, folder and log."""
+        return [dict(t) for t in self.document["trials"]]
+
+    @property
+    def unfinished(self) -> list[dict[str, Any]]:
+        """The trials that did not finish (failed, interrupted or never started)."""
+        return [t for t in self.trials if t["status"] != "finished"]
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The best configuration (lowest mean validation score; ``values``, ``mean``, ``std``, ...), or None if none scored."""
+        best = self.document.get("best")
+        return dict(best) if best is not None else None
+
+    @property
+    def best_config(self) -> Path | None:
+        """``best.toml``: the best configuration, complete (``reml_core.run(sweep.best_config)`` runs it)."""
+        return self.folder / "best.toml" if self.document.get("best") is not None else None
+
+    def summary(self) -> str:
+        """The table's rows and where the files are (what ``reml-sweep`` prints at the end)."""
+        from reml_core.sweep.collect import summary
+
+        return summary(self.document, self.folder)
+
+
+@dataclass
+class PreparedSweep:
+    """A sweep planned (every configuration of every seed checked), its ``out`` checked; nothing written yet."""
+
+    plan: SweepPlan
+    registry: PluginRegistry
+    out: Path
+    resuming: bool
+    started: str
+    force: bool = False
+    ray_address: str | None = None
+    #: The folder resolved, once claimed (a resumed sweep's is claimed while planning, a new one's by :meth:`execute`).
+    folder: Path | None = None
+
+    @check_arguments
+    def execute(self, command: str = "") -> SweepResults:
+        """Start (or join) Ray, claim the folder, run every unfinished trial on Ray Tune and write the sweep's
+        files; ``command`` is what ``sweep.json`` says started it. Ctrl-C or SIGTERM stops Tune, which saves
+        its experiment and lets the running trials checkpoint, and then raises ``KeyboardInterrupt`` or
+        :class:`reml_core.interrupts.Terminated` (``resume`` continues the sweep)."""
+        import os
+        import signal
+
+        from reml_core.distributed import cluster_cpus, ray_session
+        from reml_core.interrupts import Terminated, raise_if_interrupted, set_interrupt_hint
+        from reml_core.logs import log
+        from reml_core.sweep.collect import write_outputs
+        from reml_core.sweep.plan import claim_sweep_folder, write_plan
+        from reml_core.sweep.tune import run_tune
+
+        plan = self.plan
+        if not self.resuming and command:
+            plan.command = command
+        # A local Ray would SIGKILL a trial's reml-run when its worker ends; left alone, reml-run gets SIGTERM
+        # instead (the trainable asks for it) and checkpoints first, like a reml-run stopped by a scheduler
+        os.environ.setdefault("RAY_kill_child_processes_on_worker_exit", "0")
+        with ray_session("reml-sweep", address=self.ray_address) as ray:
+            # Ray's start-up puts a crash handler of its own on SIGTERM (it aborts the process); restore
+            # the caller's, so SIGTERM ends a sweep the way it ends reml-run (exit 143 with the resume hint)
+            try:
+                signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGTERM))
+            except ValueError:  # not the main thread: its signals are not ours to touch
+                pass
+            cpus = cluster_cpus(ray)
+            if plan.cpus_per_trial > cpus:
+                raise UserError(f"--cpus-per-trial {plan.cpus_per_trial:g}: the Ray cluster has only {cpus} CPUs, so no trial could start")
+            if self.folder is None:
+                self.folder = claim_sweep_folder(self.out, force=self.force)
+                write_plan(self.folder, plan)
+            folder = self.folder
+            set_interrupt_hint(f"the sweep can be continued with: reml-sweep --resume {self.out}")
+            raise_if_interrupted()
+            configurations, seeds, trials = len(plan.configurations), len(plan.seeds), len(plan.trials)
+            log(f"sweep of {configurations} configuration{'s' * (configurations != 1)} x {seeds} seed{'s' * (seeds != 1)} "
+                f"= {trials} trial{'s' * (trials != 1)} on Ray ({cpus} CPUs, {plan.cpus_per_trial:g} per trial, up to "
+                f"{int(cpus // plan.cpus_per_trial)} at a time){', resumed' if self.resuming else ''}; folder {self.out}")
+            stopped = run_tune(folder, plan, restore=self.resuming)
+        if stopped is not None:  # Tune saved the experiment and stopped the trials; end as reml-run does on a signal
+            raise KeyboardInterrupt if stopped == signal.SIGINT else Terminated
+        document = write_outputs(folder, plan, self.registry, command=command, started=self.started)
+        set_interrupt_hint(None)
+        return SweepResults(self.out, document)
+
+
+@check_arguments
+def prepare_sweep(
+    user: Mapping[str, Any] | None = None, *, grid: Sequence[Dimension] = (), random: Sequence[Dimension] = (),
+    samples: int | None = None, seeds: int | None = None, cpus_per_trial: float | None = None, out: str | Path | None = None,
+    force: bool = False, resume: str | Path | None = None, ray_address: str | None = None, source: str = "config",
+    registry: PluginRegistry | None = None,
+) -> PreparedSweep:
+    """Plan the sweep and check every configuration of every seed (and ``out``) before anything starts or is written.
+
+    ``grid`` and ``random`` are the swept keys (:class:`reml_core.sweep.space.Dimension`); a ``sweep``
+    table in ``user`` (a config file's ``[sweep]``, named ``source`` in messages) adds to them, and a key
+    given in both is the argument's. With ``resume``, the plan comes from the folder's ``sweep.json``:
+    only ``cpus_per_trial`` and ``ray_address`` may be given with it.
+    """
+    from reml_core.distributed import check_address, require_ray
+    from reml_core.folders import check_path
+    from reml_core.interrupts import raise_if_interrupted
+    from reml_core.sweep.plan import check_sweep_out, claim_sweep_to_resume, default_out, plan_from_sweep_json, plan_sweep
+    from reml_core.config import renamed_settings
+    from reml_core.sweep.space import combine_space, parse_file_sweep
+
+    label = "reml_core.api.prepare_sweep"
+    _at_least_one(seeds, label)
+    if samples is not None and samples < 1:
+        raise ArgumentError(f"{label}(): argument 'samples' must be at least 1, not {samples}")
+    if cpus_per_trial is not None and not (0 < cpus_per_trial < float("inf")):
+        raise ArgumentError(f"{label}(): argument 'cpus_per_trial' must be > 0, not {cpus_per_trial}")
+    given = [name for name, value in (("user", user), ("samples", samples), ("seeds", seeds), ("out", out)) if value is not None]
+    given += [name for name, value in (("grid", grid), ("random", random), ("force", force)) if value]
+    refuse_with_resume(resume, given, "sweep.json")
+    require_ray("reml-sweep")
+    if ray_address is not None:
+        check_address(ray_address)  # before the folder is claimed
+    registry = registry or _registry()
+    raise_if_interrupted()  # a Ctrl-C swallowed during the imports above
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if resume is not None:
+        folder, data = claim_sweep_to_resume(Path(resume))
+        plan = plan_from_sweep_json(data, folder)
+        started = str(data.get("started", started))
+        if cpus_per_trial is not None:
+            plan.cpus_per_trial = float(cpus_per_trial)
+        return PreparedSweep(plan, registry, Path(resume), True, started, ray_address=ray_address, folder=folder)
+    if out is not None:
+        check_path(Path(out), "--out")
+    user = dict(user or {})
+    file_sweep = parse_file_sweep(user.pop("sweep", None), source)
+    space = combine_space(file_sweep, grid, random, samples, renamed_settings(registry))
+    plan = plan_sweep(registry, user, space, seeds or file_sweep.seeds or 1, cpus_per_trial)
+    target = Path(out) if out is not None else default_out(plan)
+    check_sweep_out(target, force=force)
+    raise_if_interrupted()
+    return PreparedSweep(plan, registry, target, False, started, force, ray_address)
+
+
+@check_arguments
+def sweep(
+    config: ConfigSource = None, *, grid: Mapping[str, Sequence[Any]] | None = None, random: Mapping[str, str] | None = None,
+    samples: int | None = None, seeds: int | None = None, cpus_per_trial: float | None = None, out: str | Path | None = None,
+    force: bool = False, resume: str | Path | None = None, ray_address: str | None = None,
+    overrides: Mapping[str, Any] | None = None, **settings: Any,
+) -> SweepResults:
+    """Search config values on Ray Tune, every trial an ordinary run folder; write the sweep folder (``out``,
+    default ``runs/<plugin>-sweep-...``) and return its results, ranked by validation score (never test tasks).
+
+    ``grid`` maps dotted keys to the values to try (every combination runs); ``random`` maps keys to a
+    distribution (``"uniform:A:B"``, ``"loguniform:A:B"``, ``"randint:A:B"``, ``"choice:V1,V2"``), drawn
+    ``samples`` times; a ``[sweep]`` table in the config file adds to both. Each configuration runs once
+    per seed (``seeds``, default 1). ``resume`` continues the sweep in that folder (its ``sweep.json`` fixes
+    every setting: only ``cpus_per_trial`` and ``ray_address`` may be given with it). Needs Ray
+    (``pip install 'reml[ray]'``). Trials that did not finish are in :attr:`SweepResults.unfinished`.
+    """
+    from reml_core.folders import release_all
+    from reml_core.sweep.space import parse_sweep_table
+
+    _at_least_one(seeds, "reml_core.sweep")
+    given = [name for name, value in (("config", config), ("grid", grid), ("random", random), ("samples", samples), ("seeds", seeds),
+                                      ("out", out), ("overrides", overrides)) if value is not None]
+    refuse_with_resume(resume, given + (["force"] if force else []) + list(settings), "sweep.json")
+    swept = parse_sweep_table({"grid": dict(grid or {}), "random": dict(random or {})}, SWEEP_ORIGIN)
+    source = str(config) if isinstance(config, (str, Path)) else SWEEP_ORIGIN
+    try:
+        prepared = prepare_sweep(None if resume is not None else user_settings(config, overrides, **settings), grid=swept.grid,
+                                 random=swept.random, samples=samples, seeds=seeds, cpus_per_trial=cpus_per_trial, out=out,
+                                 force=force, resume=resume, ray_address=ray_address, source=source)
+        return prepared.execute()
+    finally:
+        release_all()
+
+
 def _inside(path: Path, folder: Path) -> bool:
     """True when ``path`` is ``folder`` or lies inside it (after resolving links)."""
     path, folder = path.expanduser().resolve(), folder.expanduser().resolve()
     return path == folder or folder in path.parents
 
 
-__all__ = ["run", "bench", "load", "Results", "CellResult", "ArgumentError", "prepare_run", "prepare_bench", "user_settings"]
+__all__ = ["run", "bench", "sweep", "load", "Results", "SweepResults", "CellResult", "ArgumentError", "prepare_run", "prepare_bench",
+           "prepare_sweep", "user_settings"]

@@ -37,14 +37,16 @@ from reml_core.settings import (  # re-exported: the settings models lived here 
     ExperimentConfig,
     StrictModel,
     TrainConfig,
+    renames_of,
 )
 
 __all__ = [  # the settings models, importable from here as before
     "CORE_PRESETS", "MAX_CONFIG_BYTES", "MAX_CONFIG_SETTINGS", "MAX_ITERATIONS", "MAX_STEPS", "MAX_TASKS",
     "EnvConfig", "EvalConfig", "ExperimentConfig", "StrictModel", "TrainConfig", "RunConfig", "Selected",
     "resolve_config", "load_resolved", "load_config_file", "parse_config_text", "parse_assignment", "deep_merge", "default_baselines",
+    "renamed_settings", "same_setting",
 ]
-from reml_core.specs import NAMED_SECTIONS, SECTIONS, TABLE_EACH_KINDS, ComponentSpec, Preset, TaskSamplerSpec
+from reml_core.specs import NAMED_SECTIONS, SECTIONS, SPEC_TYPES, TABLE_EACH_KINDS, ComponentSpec, Preset, TaskSamplerSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -200,41 +202,66 @@ def parse_config_text(text: str, fmt: str, source: str = "<config>") -> dict[str
     return data
 
 
-#: Settings renamed so that a learning rate's name says which optimiser it drives: new name -> former
-#: name, matched by key alone (``env.inner_adam_lr``, ``env.finetune_sgd_lr``, ``eval.curve_adam_lr``,
-#: ``baselines.maml.inner_sgd_lr``, ``baselines.maml.meta_adam_lr``). The models accept either name (:func:`reml_core.settings.renamed`);
-#: here a later layer (a flag over a file) that gives a setting under one name replaces an earlier
-#: layer's value under the other. Both names in one layer stay an error, the models' own.
-RENAMED_KEYS: dict[str, str] = {
-    "inner_adam_lr": "inner_lr", "finetune_sgd_lr": "finetune_lr", "inner_sgd_lr": "inner_lr", "meta_adam_lr": "meta_lr",
-    "curve_adam_lr": "curve_lr",
-}
-_OTHER_NAMES: dict[str, set[str]] = {
-    name: {b for a, b in RENAMED_KEYS.items() if a == name} | {a for a, b in RENAMED_KEYS.items() if b == name}
-    for name in {*RENAMED_KEYS, *RENAMED_KEYS.values()}
-}
+def renamed_settings(registry: PluginRegistry) -> dict[str, str]:
+    """Every renamed setting of a config: its former dotted key -> its dotted key now.
+
+    Read from the models' aliases (:func:`reml_core.settings.renamed`): the core's sections and every
+    registered plugin's config model, under its section (``encoder.``, ``baselines.NAME.``, ...), so a
+    plugin renames a setting of its own without the core naming it. Both names in one layer are the
+    model's error; :func:`deep_merge` uses this to let a later layer under either name replace an
+    earlier one.
+    """
+    table: dict[str, str] = {}
+    _add_renames(ExperimentConfig, "", table)
+    for kind, spec_type in SPEC_TYPES.items():
+        for name in registry.names(kind):
+            prefix = f"{spec_type.section}.{name}." if spec_type.table_each else f"{spec_type.section}."
+            _add_renames(registry.get(kind, name).spec.config_model, prefix, table)
+    return table
 
 
-def same_setting(a: str, b: str) -> bool:
+def _add_renames(model: type[BaseModel], prefix: str, table: dict[str, str]) -> None:
+    for new, former in renames_of(model).items():
+        for old in former:
+            table[prefix + old] = prefix + new
+    for name, info in model.model_fields.items():  # nested sections (the core's env, train, eval)
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            _add_renames(info.annotation, f"{prefix}{name}.", table)
+
+
+def same_setting(a: str, b: str, renames: Mapping[str, str] | None = None) -> bool:
     """Whether two dotted keys name the same setting: equal, or one under a renamed setting's former
-    name (``env.inner_lr`` and ``env.inner_adam_lr``)."""
-    parent_a, _, name_a = a.rpartition(".")
-    parent_b, _, name_b = b.rpartition(".")
-    return parent_a == parent_b and (name_a == name_b or name_b in _OTHER_NAMES.get(name_a, ()))
+    name (``env.inner_lr`` and ``env.inner_adam_lr``; ``renames`` from :func:`renamed_settings`)."""
+    renames = renames or {}
+    return a == b or renames.get(a, a) == renames.get(b, b)
 
 
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+def _other_names(renames: Mapping[str, str], at: str, key: str) -> set[str]:
+    """The other names (keys in the same table) of the setting ``key`` in the table at dotted path ``at``."""
+    if not renames:
+        return set()
+    prefix = f"{at}." if at else ""
+    full = prefix + key
+    now = renames.get(full, full)
+    names = {now, *(old for old, new in renames.items() if new == now)}
+    return {name[len(prefix):] for name in names if name != full and name.startswith(prefix) and "." not in name[len(prefix):]}
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any], renames: Mapping[str, str] | None = None, *,
+               at: str = "") -> dict[str, Any]:
     """``override`` on top of ``base``; nested mappings merge, anything else is replaced.
 
-    A renamed setting (:data:`RENAMED_KEYS`) in ``override`` replaces ``base``'s under either name.
+    With ``renames`` (:func:`renamed_settings`: dotted keys from the config's top; ``at`` is where
+    ``base`` and ``override`` sit in it), a renamed setting in ``override`` replaces ``base``'s under
+    either name.
     """
     merged = copy.deepcopy(dict(base))
     for key, value in override.items():
-        for other in _OTHER_NAMES.get(key, ()):
+        for other in _other_names(renames or {}, at, str(key)):
             if other not in override:
                 merged.pop(other, None)
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value, renames, at=f"{at}.{key}" if at else str(key))
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -468,14 +495,15 @@ def resolve_config(
     # where each costs far more): between the baseline's own preset and the user's options, and only
     # for baselines the run evaluates anyway.
     family_baselines = family_preset.pop("baselines", {})
+    renames = renamed_settings(registry)
     core_data = deep_merge(
-        deep_merge(CORE_PRESETS[preset], family_preset),
-        {"env": raw.env, "train": raw.train, "eval": raw.eval},
+        deep_merge(CORE_PRESETS[preset], family_preset, renames),
+        {"env": raw.env, "train": raw.train, "eval": raw.eval}, renames,
     )
     core_data.update(plugin=raw.plugin, preset=preset, seed=raw.seed)
     core = _validate(ExperimentConfig, core_data, (), problems)
 
-    task_config = _validate(task_spec.config_model, deep_merge(task_spec.presets.get(preset, {}), raw.task), ("task",), problems)
+    task_config = _validate(task_spec.config_model, deep_merge(task_spec.presets.get(preset, {}), raw.task, renames, at="task"), ("task",), problems)
     chosen: dict[str, Selected | None] = {}
     for section, kind in COMPONENT_SECTIONS.items():
         options = dict(getattr(raw, section))
@@ -483,7 +511,7 @@ def resolve_config(
         spec = _lookup(registry, kind, name, f"{section}.name", problems)
         chosen[section] = None
         if spec is not None:
-            config = _validate(spec.config_model, deep_merge(spec.presets.get(preset, {}), options), (section,), problems)
+            config = _validate(spec.config_model, deep_merge(spec.presets.get(preset, {}), options, renames, at=section), (section,), problems)
             if config is not None:
                 chosen[section] = Selected(name, spec, config)
 
@@ -493,8 +521,9 @@ def resolve_config(
         if spec is None:
             continue
         options = raw.baselines.get(name, {})
-        budget = deep_merge(spec.presets.get(preset, {}), family_baselines.get(name, {}))
-        config = _validate(spec.config_model, deep_merge(budget, options), ("baselines", name), problems)
+        at = f"baselines.{name}"
+        budget = deep_merge(spec.presets.get(preset, {}), family_baselines.get(name, {}), renames, at=at)
+        config = _validate(spec.config_model, deep_merge(budget, options, renames, at=at), ("baselines", name), problems)
         if config is not None:
             selected_baselines[name] = Selected(name, spec, config)
 

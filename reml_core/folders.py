@@ -1,8 +1,9 @@
 """Which folders are REML's, and one writer per folder.
 
 A folder REML writes into (a ``reml-run`` run, a ``reml-bench`` benchmark, a ``reml-sweep``
-sweep) holds a marker, ``.reml.json`` (``.reml-sweep.json`` for a sweep), written before anything
-else. It names the tool that made the folder. A folder is REML's only if that marker says so: a
+sweep) holds a marker, ``.reml.json``, written before anything else: one marker, read and written
+here for all three (a sweep written before they shared it has ``.reml-sweep.json``, still read).
+It names the tool that made the folder. A folder is REML's only if that marker says so: a
 stray ``config.json`` proves nothing. Beside it, the ledger ``.reml.files`` lists every file REML
 wrote there, at any depth, each noted *before* it is written (see :mod:`reml_core.storage`), so a
 killed process leaves nothing the ledger does not name. ``--force`` removes exactly the files the
@@ -45,19 +46,29 @@ from reml_core.storage import (
 
 MARKER = ".reml.json"
 LOCK = ".reml.lock"
-SWEEP_MARKER = ".reml-sweep.json"
+#: A sweep's marker before sweeps shared ``.reml.json`` (format ``reml.sweep-folder/1``): read, never written.
+LEGACY_SWEEP_MARKER = ".reml-sweep.json"
+LEGACY_SWEEP_FORMAT = "reml.sweep-folder/1"
 #: The files at the top of every REML folder that are REML's without being listed.
-FOLDER_FILES = (MARKER, SWEEP_MARKER, LOCK, LEDGER)
+FOLDER_FILES = (MARKER, LEGACY_SWEEP_MARKER, LOCK, LEDGER)
 MARKER_FORMAT = "reml.folder/1"
-FolderKind = Literal["run", "bench"]
+FolderKind = Literal["run", "bench", "sweep"]
 
 #: What each tool writes at the top of its folder (a benchmark adds one ``seed-N`` folder per seed), named in the
 #: marker for a reader; what ``--force`` may remove is the ledger's list, at every depth.
 OUTPUTS = ("config.json", "results.json", "report.md", "few_shot.png", "convergence.png")
 RUN_ENTRIES = (*OUTPUTS, "checkpoints", "logs")
 BENCH_ENTRIES = OUTPUTS
-KIND_TOOLS = {"run": "reml-run", "bench": "reml-bench"}
-KIND_NOUNS = {"run": "run", "bench": "benchmark"}
+SWEEP_ENTRIES = ("sweep.json", "sweep.md", "sweep.png", "best.toml", "configs", "trials", "logs", "tune")
+KIND_ENTRIES: dict[str, tuple[str, ...]] = {"run": RUN_ENTRIES, "bench": BENCH_ENTRIES, "sweep": SWEEP_ENTRIES}
+KIND_TOOLS = {"run": "reml-run", "bench": "reml-bench", "sweep": "reml-sweep"}
+KIND_NOUNS = {"run": "run", "bench": "benchmark", "sweep": "sweep"}
+#: What the message refusing a folder that already holds one of these says to do (without --force).
+_ALREADY_HOLDS = {
+    "run": "continue it with --resume {out}, or pass --force to overwrite it",
+    "bench": "pass --force to overwrite it, or choose another directory",
+    "sweep": "continue it with reml-sweep --resume {out}, or pass --force to overwrite it",
+}
 
 #: Conservative limits that hold on every common Linux/macOS file system.
 NAME_MAX_BYTES = 255
@@ -253,7 +264,7 @@ def read_marker(folder: Path) -> FolderMarker | None:
     """The folder's marker, or None when it has none; a marker that is not REML's is an error."""
     path = folder / MARKER
     if not (path.exists() or path.is_symlink()):
-        return None
+        return _read_legacy_sweep_marker(folder)
     if path.is_symlink():
         raise link_error(path, folder)
     data = read_json_file(path, "REML's folder marker", error=UserError)
@@ -261,6 +272,21 @@ def read_marker(folder: Path) -> FolderMarker | None:
     if kind != MARKER_FORMAT or tool not in KIND_TOOLS or not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
         raise UserError(f"{path} is not a marker REML wrote (expected format {MARKER_FORMAT!r}); leave the folder alone or remove it yourself")
     return FolderMarker(kind=tool, tool=str(data.get("tool", KIND_TOOLS[tool])), entries=tuple(entries), created=str(data.get("created", "")))
+
+
+def _read_legacy_sweep_marker(folder: Path) -> FolderMarker | None:
+    """The marker a sweep folder had before sweeps shared ``.reml.json``, as a sweep's marker; None when absent."""
+    path = folder / LEGACY_SWEEP_MARKER
+    if not (path.exists() or path.is_symlink()):
+        return None
+    if path.is_symlink():
+        raise link_error(path, folder)
+    data = read_json_file(path, "reml-sweep's folder marker", error=UserError)
+    entries = data.get("entries")
+    if data.get("format") != LEGACY_SWEEP_FORMAT or not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise UserError(f"{path} is not a marker reml-sweep wrote (expected format {LEGACY_SWEEP_FORMAT!r}); leave the folder alone "
+                        "or remove it yourself")
+    return FolderMarker(kind="sweep", tool="reml-sweep", entries=tuple(entries), created=str(data.get("created", "")))
 
 
 def write_marker(folder: Path, kind: FolderKind, entries: tuple[str, ...]) -> FolderMarker:
@@ -351,40 +377,53 @@ def _entries(folder: Path) -> list[str]:
         raise UserError(f"cannot read {folder}: {error.strerror or error}") from None
 
 
-def claim_new_folder(out: Path, *, kind: FolderKind, force: bool, flag: str = "--out", entries: tuple[str, ...] = ()) -> Path:
-    """Make ``out`` the folder of a new run or benchmark (call after every other check); return it resolved.
-
-    An empty or new folder is claimed. A folder holding a REML run or benchmark is refused unless
-    ``force``; then only what its marker names is removed, and anything else in it refuses the
-    claim. A non-empty folder without a marker is never touched. Takes the folder's writer lock.
-    """
+def check_new_folder(out: Path, *, kind: FolderKind, force: bool, flag: str = "--out") -> Path:
+    """Refuse an ``out`` the ``kind``'s tool may not make its new folder in, writing nothing (no lock either):
+    a file, a non-empty folder without a marker, a REML folder unless ``force``. :func:`claim_new_folder`
+    checks again under the lock; a tool that starts something slow before claiming (a sweep starts Ray)
+    calls this first, so a mistake costs nothing."""
     out = check_path(out, flag)
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out} exists and is not a directory")
     if out.is_dir():
-        present = [name for name in _entries(out) if name != LOCK]
-        if present and read_marker(out) is None:
-            raise UserError(
-                f"{flag} {out} already holds files that are not a REML run (no {MARKER} marker, e.g. {present[0]!r}); "
-                "choose an empty or new directory"
-            )
+        present = [name for name in _entries(out) if name not in (LOCK, LEDGER)]
+        if present:
+            _refuse_present(out, present, kind=kind, force=force, flag=flag)
+    return out
+
+
+def _refuse_present(out: Path, present: list[str], *, kind: FolderKind, force: bool, flag: str) -> FolderMarker:
+    """``out`` holds ``present``: refuse unless it is a REML folder and ``force`` replaces it; return its marker."""
+    marker = read_marker(out)
+    if marker is None:
+        raise UserError(
+            f"{flag} {out} already holds files that are not a REML {KIND_NOUNS[kind]} (no {MARKER} marker, e.g. {present[0]!r}); "
+            "choose an empty or new directory"
+        )
+    if not force:
+        raise UserError(f"{flag} {out} already holds a {KIND_NOUNS[marker.kind]}; {_ALREADY_HOLDS[marker.kind].format(out=out)}")
+    return marker
+
+
+def claim_new_folder(out: Path, *, kind: FolderKind, force: bool, flag: str = "--out", entries: tuple[str, ...] = ()) -> Path:
+    """Make ``out`` the folder of a new run, benchmark or sweep (call after every other check); return it resolved.
+
+    An empty or new folder is claimed. A folder holding a REML run, benchmark or sweep is refused
+    unless ``force``; then only what its ledger names is removed, and anything else in it refuses
+    the claim. A non-empty folder without a marker is never touched. Takes the folder's writer lock.
+    """
+    out = check_new_folder(out, kind=kind, force=force, flag=flag)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"{flag} {out} is not writable: {error.strerror or error}") from None
     lock_folder(out, flag)
-    present = [name for name in _entries(out) if name != LOCK]  # again, now that no one else can write
+    present = [name for name in _entries(out) if name not in (LOCK, LEDGER)]  # again, now that no one else can write
     if present:
-        marker = read_marker(out)
-        if marker is None:
-            raise UserError(f"{flag} {out} already holds files that are not a REML run (e.g. {present[0]!r}); choose an empty or new directory")
-        if not force:
-            if marker.kind == "run":
-                raise UserError(f"{flag} {out} already holds a run; continue it with --resume {out}, or pass --force to overwrite it")
-            raise UserError(f"{flag} {out} already holds a {KIND_NOUNS[marker.kind]}; pass --force to overwrite it, or choose another directory")
+        _refuse_present(out, present, kind=kind, force=force, flag=flag)
         clear_for_force(out, flag, keep=(MARKER, LOCK, LEDGER))
     start_ledger(out)  # a folder inside another REML folder is that one's only if it listed it first (a sweep's trials)
-    write_marker(out, kind, (*(RUN_ENTRIES if kind == "run" else BENCH_ENTRIES), *entries))
+    write_marker(out, kind, (*KIND_ENTRIES[kind], *entries))
     return out.resolve()
 
 
@@ -396,6 +435,11 @@ def claim_run_to_resume(folder: Path, *, flag: str = "--resume") -> Path:
 def claim_bench_to_resume(folder: Path, *, flag: str = "--resume") -> Path:
     """An existing ``reml-bench`` folder (with the plan it was started with), locked for this process."""
     return _claim_to_resume(folder, "bench", "bench-plan.json", flag)
+
+
+def claim_sweep_to_resume(folder: Path, *, flag: str = "--resume") -> Path:
+    """An existing ``reml-sweep`` folder (with its plan, ``sweep.json``), locked for this process."""
+    return _claim_to_resume(folder, "sweep", "sweep.json", flag)
 
 
 def _claim_to_resume(folder: Path, kind: FolderKind, needed: str, flag: str) -> Path:

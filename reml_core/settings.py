@@ -12,32 +12,71 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, PydanticUndefined
 
 from reml_core.device import check_device_name
 from reml_core.specs import Preset
 
 
-class StrictModel(BaseModel):
-    """Base for every config model: unknown keys are errors, numbers are finite, values are checked on assignment."""
+def renames_of(model: type[BaseModel]) -> dict[str, tuple[str, ...]]:
+    """The model's renamed settings (fields declared with :func:`renamed`): name -> its former names."""
+    found: dict[str, tuple[str, ...]] = {}
+    for name, info in model.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices) and alias.choices and alias.choices[0] == name:
+            former = tuple(choice for choice in alias.choices[1:] if isinstance(choice, str) and choice != name)
+            if former:
+                found[name] = former
+    return found
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+class RenamableModel(BaseModel):
+    """Base for a config model with renamed settings (:func:`renamed`): for each one, the model refuses
+    both names at once, and gets a read-only attribute of the former name (deprecated) that reads the
+    new one. A plugin's config model derives from it (or from :class:`StrictModel`) to rename a setting."""
 
     @model_validator(mode="before")
     @classmethod
     def _one_name_per_setting(cls, data: Any) -> Any:
         return one_name_per_setting(cls, data)
 
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        for new, former in renames_of(cls).items():
+            for old in former:
+                if old not in cls.__dict__:
+                    setattr(cls, old, _former_name(new))
 
-def renamed(new: str, old: str) -> AliasChoices:
-    """The ``validation_alias`` of a renamed setting: its name, and its former name, still accepted.
 
-    The resolved config (``model_dump``, ``config.json``) writes only the new name; a deprecated
-    attribute of the old name may read it (see :class:`EnvConfig`). Give the model
-    :func:`one_name_per_setting` as a before-validator (every :class:`StrictModel` has it) so that
-    both names at once are an error rather than one silently winning.
+def _former_name(new: str) -> property:
+    def read(self: BaseModel) -> Any:
+        return getattr(self, new)
+
+    return property(read, doc=f"Deprecated: the former name of :attr:`{new}`.")
+
+
+class StrictModel(RenamableModel):
+    """Base for every config model: unknown keys are errors, numbers are finite, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def renamed(new: str, old: str, default: Any = PydanticUndefined, *, description: str = "", **constraints: Any) -> Any:
+    """A renamed setting, declared once: ``inner_adam_lr: float = renamed("inner_adam_lr", "inner_lr", 0.005, gt=0, description=...)``.
+
+    A pydantic ``Field`` (``default``, ``description`` and the ``constraints`` as ``Field`` takes them)
+    that accepts the former name as well (its ``validation_alias``) and says so in its description.
+    The resolved config (``model_dump``, ``config.json``) writes only the new name. In a
+    :class:`RenamableModel` (every :class:`StrictModel` is one) both names at once are an error, and the
+    former name reads the setting as a deprecated attribute. Everything else that needs the rename
+    reads it from the alias (:func:`renames_of`; :func:`reml_core.config.renamed_settings` for a whole
+    config, plugins' sections included), so nothing else names it.
     """
-    return AliasChoices(new, old)
+    note = f"formerly {old}, still accepted"
+    return Field(default, validation_alias=AliasChoices(new, old), description=f"{description}; {note}" if description else note,
+                 **constraints)
+
 
 
 def one_name_per_setting(model: type[BaseModel], data: Any) -> Any:
@@ -94,10 +133,9 @@ class EnvConfig(StrictModel):
 
     depth: int = Field(5, ge=2, le=64, description="layers per network: input + (depth - 2) hidden + output")
     inner_steps: int = Field(30, ge=0, le=MAX_ITERATIONS, description="Adam steps on the task's training data at the end of an episode")
-    inner_adam_lr: float = Field(
-        0.005, gt=0, validation_alias=renamed("inner_adam_lr", "inner_lr"),
-        description="Adam learning rate of the episode's inner training (not an SGD step: see env.finetune_sgd_lr); "
-        "formerly env.inner_lr, still accepted",
+    inner_adam_lr: float = renamed(
+        "inner_adam_lr", "inner_lr", 0.005, gt=0,
+        description="Adam learning rate of the episode's inner training (not an SGD step: see env.finetune_sgd_lr)",
     )
     inner_batch: int = Field(100, gt=0, le=MAX_ITERATIONS, description="minibatch size of the inner training")
     shots: list[int] = Field([5, 10], min_length=1, description="K values an episode draws from for its support set")
@@ -106,10 +144,9 @@ class EnvConfig(StrictModel):
         description="SGD steps on the K support points for the 'finetuned' loss a reward may use; unless set, the "
         "evaluation protocol's longest fine-tuning (the largest of eval.steps), so the reward measures what is reported",
     )
-    finetune_sgd_lr: float = Field(
-        0.01, gt=0, validation_alias=renamed("finetune_sgd_lr", "finetune_lr"),
-        description="plain SGD learning rate of the 'finetuned' loss; unless set, eval.sgd_lr (the evaluation protocol's); "
-        "formerly env.finetune_lr, still accepted",
+    finetune_sgd_lr: float = renamed(
+        "finetune_sgd_lr", "finetune_lr", 0.01, gt=0,
+        description="plain SGD learning rate of the 'finetuned' loss; unless set, eval.sgd_lr (the evaluation protocol's)",
     )
     max_invalid_actions: int = Field(10, ge=0, le=MAX_ITERATIONS, description="invalid actions after which an episode is truncated")
     write_back_rate: float = Field(
@@ -170,16 +207,6 @@ class EnvConfig(StrictModel):
 
         return check_choose(value, cls.model_fields)
 
-    @property
-    def inner_lr(self) -> float:
-        """Deprecated: the former name of :attr:`inner_adam_lr`."""
-        return self.inner_adam_lr
-
-    @property
-    def finetune_lr(self) -> float:
-        """Deprecated: the former name of :attr:`finetune_sgd_lr`."""
-        return self.finetune_sgd_lr
-
 
 class TrainConfig(StrictModel):
     """Meta-training budget and bookkeeping."""
@@ -219,10 +246,7 @@ class EvalConfig(StrictModel):
     steps: list[int] = Field([0, 1, 10], min_length=1, description="SGD fine-tuning steps reported")
     sgd_lr: float = Field(0.01, gt=0, description="plain SGD learning rate of the fine-tuning")
     curve_steps: int = Field(100, ge=0, le=MAX_ITERATIONS, description="Adam steps of the convergence curve (0: no curve)")
-    curve_adam_lr: float = Field(
-        0.005, gt=0, validation_alias=renamed("curve_adam_lr", "curve_lr"),
-        description="Adam learning rate of the convergence curve; formerly eval.curve_lr, still accepted",
-    )
+    curve_adam_lr: float = renamed("curve_adam_lr", "curve_lr", 0.005, gt=0, description="Adam learning rate of the convergence curve")
     curve_tasks: int = Field(100, gt=0, le=MAX_TASKS, description="test tasks averaged in the convergence curve")
     pool_search: int = Field(
         0, ge=0, le=4096,
@@ -238,11 +262,6 @@ class EvalConfig(StrictModel):
         if info.field_name == "steps" and any(v > MAX_ITERATIONS for v in value):
             raise ValueError(f"fine-tuning steps must be at most {MAX_ITERATIONS}")
         return _distinct_sorted(value)
-
-    @property
-    def curve_lr(self) -> float:
-        """Deprecated: the former name of :attr:`curve_adam_lr`."""
-        return self.curve_adam_lr
 
 
 class ExperimentConfig(StrictModel):

@@ -18,7 +18,7 @@ from helpers.runs import TINY, cli, snapshot, start, tiny_run
 from reml_core.cli.bench import main as bench_main
 from reml_core.cli.run import main as run_main
 from reml_core.errors import UserError
-from reml_core.folders import LOCK, MARKER, SWEEP_MARKER, claim_new_folder, release_all
+from reml_core.folders import LOCK, MARKER, claim_new_folder, release_all
 from reml_core.storage import LEDGER, atomic_write_json, open_for_append
 from reml_core.sweep import SearchSpace, claim_sweep_folder, parse_grid_flag, plan_sweep, write_plan
 
@@ -145,7 +145,7 @@ def test_force_on_a_sweep_removes_its_files_its_trials_and_tune_s_state(sweep_fo
     sweep = _copy(sweep_folder, tmp_path)
     assert (sweep / "tune" / "trial_x" / "result.json").is_file() and len(list((sweep / "trials").iterdir())) == 1
     claim_sweep_folder(sweep, force=True)
-    assert sorted(os.listdir(sweep)) == sorted([LEDGER, SWEEP_MARKER, LOCK])
+    assert sorted(os.listdir(sweep)) == sorted([LEDGER, MARKER, LOCK])
 
 
 def test_a_copied_run_dropped_into_a_sweep_is_not_the_sweep_s(sweep_folder, finished_run, tmp_path):

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from reml_core.config import deep_merge, load_config_file, load_resolved, parse_assignment, resolve_config
+from reml_core.config import deep_merge, load_config_file, load_resolved, parse_assignment, renamed_settings, resolve_config
 from reml_core.errors import ConfigError
 
 #: (section path, former name, new name, a value other than the default)
@@ -92,7 +92,21 @@ def test_both_names_at_once_is_an_error_naming_both(installed_registry, section,
 def test_a_later_layer_under_either_name_replaces_an_earlier_one(installed_registry, section, old, new, value):
     """A file with the former name and ``--set`` with the new one (or the other way round): the flag wins, as for any key."""
     for first, second in ((old, new), (new, old)):
-        user = deep_merge(_user(section, {first: 0.123}), parse_assignment(f"{section}.{second}={value}"))
+        user = deep_merge(_user(section, {first: 0.123}), parse_assignment(f"{section}.{second}={value}"), renamed_settings(installed_registry))
+        assert _resolved_value(resolve_config(installed_registry, user), section, new) == value
+
+
+@pytest.mark.parametrize(("section", "old", "new", "value"), RENAMED, ids=IDS)
+def test_a_set_flag_under_either_name_replaces_the_config_file_s_setting(installed_registry, tmp_path, section, old, new, value):
+    """The command line's own layering (reml_core.cli.common.user_config): a file, then --set."""
+    from reml_core.cli import run
+    from reml_core.cli.common import user_config
+
+    for first, second in ((old, new), (new, old)):
+        file = tmp_path / f"{first}.toml"
+        file.write_text(f'plugin = "sine"\n[{section}]\n{first} = 0.123\n')
+        args = run.build_parser().parse_args(["--config", str(file), "--set", f"{section}.{second}={value}"])
+        user = user_config(args, registry=installed_registry)
         assert _resolved_value(resolve_config(installed_registry, user), section, new) == value
 
 
@@ -136,7 +150,7 @@ def test_reml_plugins_show_lists_the_new_names_and_mentions_the_former(capsys):
     assert main(["--show", "core"]) == 0
     core = capsys.readouterr().out
     assert "env.inner_adam_lr: float" in core and "env.finetune_sgd_lr: float" in core
-    assert "formerly env.inner_lr" in core and "formerly env.finetune_lr" in core
+    assert "formerly inner_lr" in core and "formerly finetune_lr" in core and "formerly curve_lr" in core
     assert main(["--show", "maml"]) == 0
     maml = capsys.readouterr().out
     assert "inner_sgd_lr: float" in maml and "meta_adam_lr: float" in maml
@@ -194,17 +208,18 @@ def test_a_config_json_with_the_former_names_loads_and_resumes(run_with_former_n
 
 
 @pytest.mark.parametrize(("section", "old", "new", "value"), RENAMED, ids=IDS)
-def test_a_sweep_takes_a_setting_once_whichever_name_it_is_swept_under(section, old, new, value):
+def test_a_sweep_takes_a_setting_once_whichever_name_it_is_swept_under(installed_registry, section, old, new, value):
     from reml_core.errors import UserError
     from reml_core.sweep import FileSweep, combine_space, parse_grid_flag
 
+    renames = renamed_settings(installed_registry)
     both = [parse_grid_flag(f"{section}.{old}=0.1,0.2"), parse_grid_flag(f"{section}.{new}=0.3")]
     with pytest.raises(UserError, match=f"given twice \\(the same setting as {section}.{old}"):
-        combine_space(FileSweep(), both, [], None)
+        combine_space(FileSweep(), both, [], None, renames)
     # a flag under the new name replaces the file's entry under the former name, and the reverse
     for file_key, flag_key in ((old, new), (new, old)):
         file = FileSweep(grid=[parse_grid_flag(f"{section}.{file_key}=0.1,0.2")])
-        space = combine_space(file, [parse_grid_flag(f"{section}.{flag_key}={value}")], [], None)
+        space = combine_space(file, [parse_grid_flag(f"{section}.{flag_key}={value}")], [], None, renames)
         assert [(d.key, d.values) for d in space.grid] == [(f"{section}.{flag_key}", (value,))]
-    unrelated = combine_space(FileSweep(), [parse_grid_flag(f"{section}.{new}=0.3"), parse_grid_flag("env.depth=3,4")], [], None)
+    unrelated = combine_space(FileSweep(), [parse_grid_flag(f"{section}.{new}=0.3"), parse_grid_flag("env.depth=3,4")], [], None, renames)
     assert len(unrelated.grid) == 2

@@ -21,9 +21,8 @@ import pytest
 from helpers.runs import TINY, snapshot
 from reml_core.cli.sweep import build_parser, main
 from reml_core.config import default_baselines, load_config_file, resolve_config
-from reml_core.folders import release_all
+from reml_core.folders import MARKER, release_all
 from reml_core.sweep import (
-    SWEEP_MARKER,
     SearchSpace,
     claim_sweep_folder,
     combine_space,
@@ -83,9 +82,13 @@ def test_a_config_files_sweep_table_is_read_and_flags_override_it(tmp_path, inst
     path.write_text('plugin = "sine"\npreset = "smoke"\n[env]\ndepth = 4\n[sweep]\nseeds = 2\n'
                     '[sweep.grid]\n"env.inner_lr" = [0.001, 0.003]\n"env.inner_steps" = [10, 20]\n')
     args = build_parser().parse_args(["--config", str(path), "--grid", "env.inner_steps=5"])
-    from reml_core.cli.sweep import _new_plan
+    from reml_core.api import prepare_sweep
+    from reml_core.cli.common import user_config
 
-    plan = _new_plan(args, installed_registry)
+    prepared = prepare_sweep(user_config(args), grid=[parse_grid_flag(text) for text in args.grid], source=str(path),
+                             out=tmp_path / "out", registry=installed_registry)
+    plan = prepared.plan
+    assert not (tmp_path / "out").exists()  # planned and checked; nothing written until it runs
     assert [c["values"] for c in plan.configurations] == [{"env.inner_lr": 0.001, "env.inner_steps": 5}, {"env.inner_lr": 0.003, "env.inner_steps": 5}]
     assert plan.seeds == [0, 1] and len(plan.trials) == 4
     assert plan.configurations[0]["config"]["env"]["depth"] == 4  # the rest of the file is the base config
@@ -152,7 +155,8 @@ def test_out_and_resume_folders_are_checked_before_anything_is_written(tmp_path,
     assert code == 2 and "not a REML sweep" in err and (stranger / "notes.txt").read_text() == "mine"
 
     code, err = _run_main(capsys, "--resume", str(stranger))
-    assert code == 2 and err.strip() == f"reml-sweep: error: --resume {stranger}: not a reml-sweep folder (no {SWEEP_MARKER} marker)"
+    assert code == 2 and err.strip() == (f"reml-sweep: error: --resume {stranger}: not a REML sweep directory (no {MARKER} marker; "
+                                         "only folders reml-sweep created can be resumed)")
     code, err = _run_main(capsys, "--resume", str(sweep), "--grid", "env.inner_lr=0.1")
     assert code == 2 and "--resume takes every setting from" in err
     assert sorted(p.name for p in stranger.iterdir()) == ["notes.txt"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from reml_core.settings import one_name_per_setting, renamed
+from reml_core.settings import RenamableModel, renamed
 
 Backend = Literal["torch-func", "learn2learn"]
 #: Beyond these sizes a run cannot be what anyone meant and would exhaust memory or time first.
@@ -14,7 +14,7 @@ MAX_WIDTH = 4096
 Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
 
 
-class MAMLConfig(BaseModel):
+class MAMLConfig(RenamableModel):
     """Everything that defines a MAML run except the seed, which comes from the run (``BuildContext.seed``)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -22,16 +22,10 @@ class MAMLConfig(BaseModel):
     backend: Backend = Field("torch-func", description="torch-func (batched, fast) or learn2learn (the reference library)")
     hidden: list[Width] = Field(default_factory=lambda: [40, 40], min_length=1, max_length=16, description="hidden layer widths (Finn et al.: 40, 40)")
     activation: Literal["relu", "tanh"] = "relu"
-    inner_sgd_lr: float = Field(
-        0.01, gt=0, validation_alias=renamed("inner_sgd_lr", "inner_lr"),
-        description="SGD step size of the inner loop (alpha); formerly inner_lr, still accepted",
-    )
+    inner_sgd_lr: float = renamed("inner_sgd_lr", "inner_lr", 0.01, gt=0, description="SGD step size of the inner loop (alpha)")
     inner_steps: int = Field(1, ge=1, le=1000, description="inner SGD steps per task during meta-training")
     first_order: bool = Field(False, description="drop the second-order terms of the meta-gradient (FOMAML)")
-    meta_adam_lr: float = Field(
-        0.001, gt=0, validation_alias=renamed("meta_adam_lr", "meta_lr"),
-        description="Adam learning rate of the outer loop (beta); formerly meta_lr, still accepted",
-    )
+    meta_adam_lr: float = renamed("meta_adam_lr", "meta_lr", 0.001, gt=0, description="Adam learning rate of the outer loop (beta)")
     meta_batch: int = Field(25, ge=1, le=100_000, description="tasks per meta-iteration")
     shots: int = Field(10, ge=1, le=100_000, description="K: points for the inner step(s), and as many other points for the outer loss")
     iterations: int = Field(70_000, ge=1, le=100_000_000, description="meta-iterations (Finn et al.: 50 000 to 70 000)")
@@ -45,21 +39,6 @@ class MAMLConfig(BaseModel):
         description="torch-func only: torch.compile the meta-gradient (same numbers, several times faster after a warm-up; "
         "needs a C++ compiler, else it warns and runs eagerly)",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_name_per_setting(cls, data: object) -> object:
-        return one_name_per_setting(cls, data)
-
-    @property
-    def inner_lr(self) -> float:
-        """Deprecated: the former name of :attr:`inner_sgd_lr`."""
-        return self.inner_sgd_lr
-
-    @property
-    def meta_lr(self) -> float:
-        """Deprecated: the former name of :attr:`meta_adam_lr`."""
-        return self.meta_adam_lr
 
 
 class MAMLSelectConfig(MAMLConfig):

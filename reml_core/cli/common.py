@@ -189,9 +189,10 @@ def add_experiment_flags(parser: argparse.ArgumentParser, *, several_encoders: b
     )
 
 
-def user_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config file (if any) with flags on top, as one nested dict."""
-    from reml_core.config import deep_merge, load_config_file, parse_assignment
+def user_config(args: argparse.Namespace, extra: dict[str, Any] | None = None, *, registry: PluginRegistry | None = None) -> dict[str, Any]:
+    """The config file (if any) with flags on top, as one nested dict (a later layer's setting replaces an
+    earlier one's under either name of a renamed setting: the plugins in ``registry`` say which are renamed)."""
+    from reml_core.config import deep_merge, load_config_file, parse_assignment, renamed_settings
     from reml_core.folders import check_path
 
     data: dict[str, Any] = load_config_file(check_path(args.config, "--config")) if args.config is not None else {}
@@ -204,9 +205,10 @@ def user_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -
             flags[section] = {"name": getattr(args, section)}
         if isinstance(data.get(section), str):  # shorthand in the file: policy = "ppo-lstm"
             data[section] = {"name": data[section]}
-    merged = deep_merge(data, deep_merge(flags, extra or {}))
+    renames = renamed_settings(registry or discover_plugins())
+    merged = deep_merge(data, deep_merge(flags, extra or {}, renames), renames)
     for assignment in args.assignments:
-        merged = deep_merge(merged, parse_assignment(assignment))
+        merged = deep_merge(merged, parse_assignment(assignment), renames)
     return merged
 
 

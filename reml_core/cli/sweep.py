@@ -1,32 +1,26 @@
-"""``reml-sweep``: a grid or random search over config values on Ray Tune; every trial is a reml-run folder."""
+"""``reml-sweep``: a grid or random search over config values on Ray Tune; every trial is a reml-run folder.
+
+A thin wrapper over :func:`reml_core.api.prepare_sweep` (the flags become its arguments) that
+prints the table at the end and names the trials that did not finish.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import time
+import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from reml_core.cli.common import (
     ArgumentParser,
-    Terminated,
     add_experiment_flags,
     discover_plugins,
     path_arg,
     positive_int,
-    raise_if_interrupted,
     run_main,
-    set_interrupt_hint,
     user_config,
 )
 from reml_core.errors import UserError
 from reml_core.specs import CHOICE_FLAGS
-
-if TYPE_CHECKING:
-    from reml_core.sweep import SweepPlan
 
 PROG = "reml-sweep"
 #: Flags that shape a new sweep; ``--resume`` takes all of them from the sweep's sweep.json.
@@ -74,47 +68,10 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def default_out(plan: SweepPlan) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    plugin = plan.configurations[0]["config"]["plugin"]
-    base = Path("runs") / f"{plugin}-sweep-s{plan.seeds[0]}-{stamp}"
-    candidate, suffix = base, 2
-    while candidate.exists():
-        candidate, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
-    return candidate
-
-
-def _new_plan(args: argparse.Namespace, registry: Any) -> SweepPlan:
-    from reml_core.pipeline import command_line
-    from reml_core.sweep import combine_space, parse_file_sweep, parse_grid_flag, parse_random_flag, plan_sweep
-
-    grid = [parse_grid_flag(text) for text in args.grid]
-    random = [parse_random_flag(text) for text in args.random]
-    user = user_config(args)
-    table = user.pop("sweep", None)
-    file_sweep = parse_file_sweep(table, str(args.config) if args.config is not None else "--set")
-    space = combine_space(file_sweep, grid, random, args.samples)
-    seeds = args.seeds or file_sweep.seeds or 1
-    return plan_sweep(registry, user, space, seeds, args.cpus_per_trial, command=command_line())
-
-
 def _body(argv: Sequence[str] | None) -> int:
-    import sys
-
-    from reml_core.distributed import check_address, cluster_cpus, ray_session, require_ray
-    from reml_core.folders import check_path
+    from reml_core.api import prepare_sweep
     from reml_core.pipeline import command_line
-    from reml_core.sweep import (
-        check_sweep_out,
-        claim_sweep_folder,
-        claim_sweep_to_resume,
-        plan_from_sweep_json,
-        run_tune,
-        summary,
-        write_outputs,
-        write_plan,
-    )
-    from reml_core.logs import log
+    from reml_core.sweep.space import parse_grid_flag, parse_random_flag
 
     args = build_parser().parse_args(argv)
     if args.resume is not None:
@@ -122,57 +79,21 @@ def _body(argv: Sequence[str] | None) -> int:
         given += [flag for flag, value in (("--set", args.assignments), ("--grid", args.grid), ("--random", args.random), ("--force", args.force)) if value]
         if given:
             raise UserError(f"--resume takes every setting from {args.resume}/sweep.json; drop {', '.join(given)}")
-    require_ray(PROG)
-    if args.ray_address is not None:
-        check_address(args.ray_address)  # before the folder is claimed
+    grid = [parse_grid_flag(text) for text in args.grid]
+    random = [parse_random_flag(text) for text in args.random]
     registry = discover_plugins()
-    raise_if_interrupted()  # a Ctrl-C swallowed during the imports above
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    if args.resume is not None:
-        shown = args.resume
-        out, data = claim_sweep_to_resume(args.resume)
-        plan = plan_from_sweep_json(data, out)
-        started = str(data.get("started", started))
-        if args.cpus_per_trial is not None:
-            plan.cpus_per_trial = float(args.cpus_per_trial)
-    else:
-        if args.out is not None:
-            check_path(args.out, "--out")
-        plan = _new_plan(args, registry)
-        shown = args.out if args.out is not None else default_out(plan)
-        check_sweep_out(shown, force=args.force)
-    raise_if_interrupted()
-    # A local Ray would SIGKILL a trial's reml-run when its worker ends; left alone, reml-run gets SIGTERM
-    # instead (the trainable asks for it) and checkpoints first, like a reml-run stopped by a scheduler
-    os.environ.setdefault("RAY_kill_child_processes_on_worker_exit", "0")
-    with ray_session(PROG, address=args.ray_address) as ray:
-        # Ray's start-up puts a crash handler of its own on SIGTERM (it aborts the process); restore
-        # the command's, so SIGTERM ends a sweep the way it ends reml-run (exit 143 with the resume hint)
-        signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGTERM))
-        cpus = cluster_cpus(ray)
-        if plan.cpus_per_trial > cpus:
-            raise UserError(f"--cpus-per-trial {plan.cpus_per_trial:g}: the Ray cluster has only {cpus} CPUs, so no trial could start")
-        if args.resume is None:
-            out = claim_sweep_folder(shown, force=args.force)
-            write_plan(out, plan)
-        set_interrupt_hint(f"the sweep can be continued with: reml-sweep --resume {shown}")
-        raise_if_interrupted()
-        configurations = len(plan.configurations)
-        log(f"sweep of {configurations} configuration{'s' * (configurations != 1)} x {len(plan.seeds)} seed{'s' * (len(plan.seeds) != 1)} "
-            f"= {len(plan.trials)} trial{'s' * (len(plan.trials) != 1)} on Ray ({cpus} CPUs, {plan.cpus_per_trial:g} per trial, up to {int(cpus // plan.cpus_per_trial)} at a time)"
-            f"{', resumed' if args.resume is not None else ''}; folder {shown}")
-        stopped = run_tune(out, plan, restore=args.resume is not None)
-    if stopped is not None:  # Tune saved the experiment and stopped the trials; end as reml-run does on a signal
-        raise KeyboardInterrupt if stopped == signal.SIGINT else Terminated
-    document = write_outputs(out, plan, registry, command=command_line(), started=started)
-    set_interrupt_hint(None)
-    print(summary(document, Path(shown)))
-    unfinished = [t for t in document["trials"] if t["status"] != "finished"]
+    user = None if args.resume is not None else user_config(args)
+    prepared = prepare_sweep(user, grid=grid, random=random, samples=args.samples, seeds=args.seeds, cpus_per_trial=args.cpus_per_trial,
+                             out=args.out, force=args.force, resume=args.resume, ray_address=args.ray_address,
+                             source=str(args.config) if args.config is not None else "--set", registry=registry)
+    result = prepared.execute(command_line())
+    print(result.summary())
+    unfinished = result.unfinished
     if unfinished:
         for trial in unfinished:
-            print(f"{PROG}: trial {trial['id']} {trial['status']}; log {Path(shown) / trial['log']}", file=sys.stderr)
-        print(f"{PROG}: {len(unfinished)} of {len(document['trials'])} trials did not finish; the table shows the others. "
-              f"Retry them with: reml-sweep --resume {shown}", file=sys.stderr)
+            print(f"{PROG}: trial {trial['id']} {trial['status']}; log {result.folder / trial['log']}", file=sys.stderr)
+        print(f"{PROG}: {len(unfinished)} of {len(result.trials)} trials did not finish; the table shows the others. "
+              f"Retry them with: reml-sweep --resume {result.folder}", file=sys.stderr)
         return EXIT_TRIALS_FAILED
     return 0
 
