@@ -63,10 +63,12 @@ class Components:
         )
 
     def make_vec_env(
-        self, n_envs: int, *, first_episodes: Sequence[int] | None = None, batched: bool = True
+        self, n_envs: int, *, first_episodes: Sequence[int] | None = None, batched: bool = True, workers: int | None = None
     ) -> CompositionVecEnv:
-        """``n_envs`` train-mode environments side by side; env i continues its own task stream at ``first_episodes[i]``."""
+        """``n_envs`` train-mode environments side by side; env i continues its own task stream at ``first_episodes[i]``;
+        their episode ends split across ``workers`` processes (default: ``train.workers`` resolved)."""
         from reml_core.vec_env import CompositionVecEnv, stream_seed  # imports stable-baselines3
+        from reml_core.workers import resolve_workers
 
         starts = list(first_episodes) if first_episodes is not None else [0] * n_envs
         if len(starts) != n_envs:
@@ -75,7 +77,8 @@ class Components:
             self.make_env(mode="train", seed=stream_seed(self.config.seed, index), first_episode=start)
             for index, start in enumerate(starts)
         ]
-        return CompositionVecEnv(envs, batched=batched)
+        count = resolve_workers(self.config.core.train.workers if workers is None else workers, n_envs)
+        return CompositionVecEnv(envs, batched=batched, workers=count)
 
     def make_train_env(self, first_episodes: int | Sequence[int] = 0) -> CompositionEnv | CompositionVecEnv:
         """The meta-training environment: one :class:`CompositionEnv` when ``train.n_envs`` is 1 (as before

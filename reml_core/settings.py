@@ -230,6 +230,14 @@ class TrainConfig(StrictModel):
         "~1400 env steps/s, 128 ~1800, 256 ~1900, one env ~490; 128 keeps 8 steps per env in a 1024-step rollout "
         "(docs/performance.md). Results depend on (seed, n_envs)",
     )
+    workers: int | None = Field(
+        None, ge=1, le=256,
+        description="processes that share a vector step's episode ends (train.n_envs > 1), forked at the first step "
+        "that ends two or more episodes; the pool reaches them in shared memory and its updates are merged in env "
+        "order by the run's process, which also gives the PPO update this many torch threads. Default: the CPUs "
+        "this process may use, at most 8 and at most train.n_envs; 1 is the single-process path. Results depend on "
+        "(seed, n_envs, workers) (docs/performance.md)",
+    )
 
 
     @field_validator("device")

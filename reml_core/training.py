@@ -31,6 +31,7 @@ from reml_core.pool_update import STATE_FILE as POOL_UPDATE_FILE
 from reml_core.methods import ReMLMethod
 from reml_core.results import format_stat, stat_label
 from reml_core.specs import KIND_LABELS
+from reml_core.workers import WorkerLost
 from reml_core.storage import (
     discard_partial_writes,
     latest_checkpoint,
@@ -173,8 +174,10 @@ class MetaTrainer:
         total = self.config.core.train.env_steps
         remaining = total - self.policy.num_timesteps
         if remaining > 0:
+            workers = getattr(self.env, "workers", None)
             log(f"meta-training {self.config.policy.name} for {remaining} env steps "
-                f"(encoder {self.config.encoder.name}, reward {self.config.reward.name})")
+                f"(encoder {self.config.encoder.name}, reward {self.config.reward.name}"
+                + (f"; episode ends in {workers.count} processes)" if workers is not None else ")"))
             # Only the main thread may set signal handlers: from any other thread (a notebook's
             # background job, a web server's worker) training runs without them, and the
             # embedding program keeps its own handling of Ctrl-C.
@@ -187,7 +190,12 @@ class MetaTrainer:
             try:
                 # the core draws the progress bar (on stderr, as every REML bar): a library writes nothing on stdout
                 self.policy.learn(remaining, callback=self.on_step, progress_bar=False)
+            except WorkerLost as error:
+                raise WorkerLost(f"{error}; {self._resume_hint()}") from None
             finally:
+                workers = getattr(self.env, "workers", None)
+                if workers is not None:  # train.workers: stop them (validation and evaluation run here)
+                    workers.close()
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)
                 self.state.seconds["training"] += time.perf_counter() - start
@@ -196,6 +204,12 @@ class MetaTrainer:
                 raise StopRequested(self.checkpoint(validate=False), self._stop_signal)
         if not self.state.history or self.state.history[-1]["timesteps"] != self.policy.num_timesteps:
             self.checkpoint()
+
+    def _resume_hint(self) -> str:
+        latest = latest_checkpoint(self.checkpoints)
+        if latest is None:
+            return "no checkpoint was written yet: start the run again"
+        return f"the last checkpoint ({latest.name}) is intact: continue with reml-run --resume {self.out}"
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         if self._stop:  # a second Ctrl-C or SIGTERM: stop now

@@ -27,6 +27,7 @@ import numpy as np
 from reml_core.batched import end_episodes, measure_networks
 from reml_core.compat import import_gym_quietly
 from reml_core.env import CompositionEnv
+from reml_core.workers import make_workers
 
 import_gym_quietly()
 
@@ -54,7 +55,7 @@ class CompositionVecEnv(DummyVecEnv):
 
     envs: list[CompositionEnv]  # type: ignore[assignment]
 
-    def __init__(self, envs: Sequence[CompositionEnv], *, batched: bool = True) -> None:
+    def __init__(self, envs: Sequence[CompositionEnv], *, batched: bool = True, workers: int = 1) -> None:
         if not envs:
             raise ValueError("a vector env needs at least one environment")
         first = envs[0]
@@ -69,6 +70,8 @@ class CompositionVecEnv(DummyVecEnv):
         self._returns = np.zeros(self.num_envs, dtype=np.float64)
         self._lengths = np.zeros(self.num_envs, dtype=np.int64)
         self._started = time.time()
+        # train.workers > 1: episode ends split across worker processes (reml_core.workers; started lazily)
+        self.workers = make_workers(first, workers) if workers > 1 else None
 
     # -- what the trainer reads and sets ---------------------------------------------------
 
@@ -91,6 +94,11 @@ class CompositionVecEnv(DummyVecEnv):
         return self.envs[0].write_back_rate
 
     # -- VecEnv API --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self.workers.close()
+        super().close()
 
     def seed(self, seed: int | None = None) -> Sequence[int | None]:
         """Seed the next reset: env i gets the task stream of ``stream_seed(seed, i)``."""
@@ -124,7 +132,8 @@ class CompositionVecEnv(DummyVecEnv):
         finished = [index for index, kind in enumerate(kinds) if kind == "complete"]
         results: list[Any] = [None] * self.num_envs
         if finished:
-            outcomes = end_episodes(
+            end = end_episodes if self.workers is None else self.workers.end_episodes
+            outcomes = end(
                 self.pool, [self.envs[index].episode_end() for index in finished],
                 loss_fn=first.task_sampler.loss, config=first.config, required=first.reward_function.required_losses,
                 write_back_rate=self.write_back_rate if self.mode == "train" else None, batched=self.batched,

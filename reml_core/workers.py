@@ -1,0 +1,543 @@
+"""``train.workers``: the vector env's episode ends, split across worker processes of one machine.
+
+On a vector step where several episodes finish, :func:`reml_core.batched.end_episodes` trains and
+measures their networks in groups (networks of one shape, stacked at most ``MAX_BATCH`` at a time)
+and then updates the pool in env-index order. With ``train.workers`` = W > 1 the groups are cut
+into W shares of about equal network counts, in env order (:func:`plan`); the process that owns
+the pool and the policy computes share 0 itself while W - 1 forked worker processes compute the
+others, and it then writes the trained networks back (or takes the protocol update's step)
+itself, in env-index order, exactly as with one worker. So:
+
+- the pool reaches the workers without a copy per step: its tensors are moved into shared memory
+  (``Tensor.share_memory_()``) once, before the workers are forked, and every later in-place update
+  of the pool (write-back, the protocol update's Adam step) is what the workers read next;
+- only the finished episodes (:class:`~reml_core.batched.EpisodeEnd` objects, whole, with their
+  tasks) travel to a worker, and their outcomes and trained networks travel back, pickled;
+- the results are a function of (seed, n_envs, workers): what ``workers`` changes is only how a
+  step's networks are cut into stacks (a group of 15 becomes stacks of 8 and 7 with two workers),
+  which is exact wherever a stacked and a single product round alike (this project's AMD CPU: bit
+  for bit, tested) and within Adam's reach elsewhere (docs/performance.md), plus the PPO update's
+  intra-op threads (see :class:`EpisodeWorkers.stepping`).
+
+The workers start lazily, on the first vector step that ends at least :data:`MIN_PARALLEL` episodes,
+so a run too small to profit never forks. A worker ignores Ctrl-C and SIGTERM (its parent stops
+it after checkpointing), dies with its parent (Linux's parent-death signal) and exits when its pipe
+closes; a worker that dies (killed, out of memory) ends the run with :class:`WorkerLost`, one line
+naming it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import pickle
+import signal
+import time
+from functools import partial
+from collections.abc import Callable, Sequence
+from multiprocessing import connection, get_context
+from typing import Any
+
+import torch
+
+from reml_core.errors import UserError
+
+#: Workers at most by default (beyond about 8 the serial part of a step dominates: docs/performance.md).
+DEFAULT_CAP = 8
+#: A vector step ends at least this many episodes before its work is split (and the workers started).
+MIN_PARALLEL = 2
+
+
+class WorkerLost(UserError):
+    """A worker process of ``train.workers`` died (killed, out of memory); the run stops with the last checkpoint intact.
+
+    One line on stderr as every UserError, but exit status 1: the run failed, the command was not misused."""
+
+    exit_code = 1
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(workers: int | None, n_envs: int) -> int:
+    """``train.workers`` as a number: the given count, or by default the available CPUs, at most
+    :data:`DEFAULT_CAP`; never more than ``n_envs`` (one env has nothing to split)."""
+    count = workers if workers is not None else min(available_cpus(), DEFAULT_CAP)
+    return max(1, min(count, n_envs))
+
+
+def chunks(count: int, shares: int) -> list[range]:
+    """Positions ``0..count-1`` cut into at most ``shares`` consecutive ranges of about equal length
+    (share s starts at ``round(s * count / shares)``; empty ones dropped): a pure function of its
+    arguments, so how a step's episodes are split depends only on (seed, n_envs, workers)."""
+    bounds = [round(s * count / shares) for s in range(shares + 1)]
+    return [range(bounds[s], bounds[s + 1]) for s in range(shares) if bounds[s + 1] > bounds[s]]
+
+
+class _RecordingPool:
+    """The pool as a share's ``end_episodes`` sees it: it builds from the real pool and records its
+    write-backs (with their trained networks) instead of applying them, for the owner to replay in
+    env order. Everything else, capabilities included, is the real pool's."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self.writes: list[tuple[Any, ...]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._pool, name)
+        if name == "write_back_batch":
+            def record(indices: Any, network: Any, rate: float, keep: Any) -> None:
+                self.writes.append(("batch", [list(chosen) for chosen in indices], network, rate, list(keep)))
+
+            return record
+        return value
+
+    def write_back(self, indices: Sequence[int], network: Any, rate: float = 1.0) -> None:
+        self.writes.append(("one", list(indices), network, rate))
+
+
+class _RecordingUpdate:
+    """The protocol update as a share's ``end_episodes`` sees it: it records which ends to keep; the
+    owner then takes the real update over all of the step's ends at once (exactly one process's step)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[bool], dict[str, Any]]] = []
+
+    def apply(self, ends: Sequence[Any], keep: Sequence[bool], **options: Any) -> list[float]:
+        self.calls.append((list(keep), options))
+        return []
+
+
+def replay(pool: Any, writes: Sequence[tuple[Any, ...]]) -> None:
+    """Apply recorded write-backs to the real pool, in their order."""
+    for write in writes:
+        if write[0] == "one":
+            _, indices, network, rate = write
+            pool.write_back(indices, network, rate=rate)
+        else:
+            _, indices, network, rate, keep = write
+            pool.write_back_batch(indices, network, rate, keep)
+
+
+def work(pool: Any, kind: str, ends: Sequence[Any], options: dict[str, Any], *, loss_fn: Any, config: Any, pool_update: Any) -> Any:
+    """A worker's (or the owner's) share of a step: ``end`` (:func:`end_share`) or ``grad`` (the protocol
+    update's :meth:`~reml_core.pool_update.ProtocolPoolUpdate.gradients` over the share's ends, all kept)."""
+    if kind == "grad":
+        return type(pool_update).gradients(pool_update, ends, [True] * len(ends), **options)
+    return end_share(pool, ends, options, loss_fn=loss_fn, config=config)
+
+
+def end_share(pool: Any, ends: Sequence[Any], options: dict[str, Any], *, loss_fn: Any, config: Any) -> tuple[Any, ...]:
+    """One share of a step's episode ends: :func:`reml_core.batched.end_episodes` on a recording pool
+    (and recording protocol update), so the share's outcomes, write-backs and update call come back
+    and the pool is left as it was."""
+    from reml_core.batched import end_episodes
+
+    options = dict(options)
+    recorder = _RecordingPool(pool)
+    update = _RecordingUpdate() if options.pop("protocol") else None
+    outcomes = end_episodes(recorder, ends, loss_fn=loss_fn, config=config, pool_update=update, **options)
+    return outcomes, recorder.writes, (update.calls if update is not None else [])
+
+
+def shared_tensors(pool: Any) -> list[torch.Tensor]:
+    """Every tensor the pool holds directly, in dicts, lists or tuples of its attributes, or as
+    ``parameters()`` (what ``build`` and ``build_batch`` read)."""
+    found: list[torch.Tensor] = []
+
+    def add(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                add(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                add(item)
+        elif isinstance(value, torch.nn.Module):
+            found.extend(value.parameters())
+            found.extend(value.buffers())
+
+    for value in vars(pool).values():
+        add(value)
+    seen: set[int] = set()
+    unique = []
+    for tensor in found:
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            unique.append(tensor)
+    return unique
+
+
+def _tensor(array: Any, requires_grad: bool, parameter: bool) -> torch.Tensor:
+    tensor = torch.from_numpy(array)
+    if parameter:
+        return torch.nn.Parameter(tensor, requires_grad=requires_grad)
+    return tensor.requires_grad_(requires_grad) if requires_grad else tensor
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles CPU tensors as NumPy arrays (their own elements only, out of band of torch's storage
+    pickling, which writes a view's whole storage through torch.save and costs far more per tensor)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if (kind is torch.Tensor or kind is torch.nn.Parameter) and obj.device.type == "cpu" and obj.layout == torch.strided \
+                and obj.dtype in _NUMPY_DTYPES and not obj.is_neg() and not obj.is_conj():
+            return _tensor, (obj.detach().numpy(), obj.requires_grad, kind is torch.nn.Parameter)
+        return NotImplemented
+
+
+_NUMPY_DTYPES = {torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int16, torch.int8,
+                 torch.uint8, torch.bool}
+
+
+def dumps(value: Any) -> bytes:
+    """``value`` pickled for a worker's pipe (see :class:`_Pickler`)."""
+    import io
+
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return buffer.getvalue()
+
+
+#: Bytes a worker's pipes buffer (Linux's F_SETPIPE_SZ; the unprivileged maximum by default): a step's
+#: ends and a share's trained networks fit, so neither side waits for the other to read.
+PIPE_BYTES = 1 << 20
+
+
+class _Channel:
+    """Two one-way pipes with large buffers, as one two-way connection (``connection.wait`` accepts it)."""
+
+    def __init__(self, reader: Any, writer: Any) -> None:
+        self.reader, self.writer = reader, writer
+        for end in (reader, writer):
+            try:
+                import fcntl
+
+                fcntl.fcntl(end.fileno(), 1031, PIPE_BYTES)  # F_SETPIPE_SZ
+            except (ImportError, OSError):
+                pass
+
+    def send_bytes(self, data: bytes) -> None:
+        self.writer.send_bytes(data)
+
+    def recv_bytes(self) -> bytes:
+        return self.reader.recv_bytes()
+
+    def poll(self) -> bool:
+        return self.reader.poll()
+
+    def fileno(self) -> int:
+        return self.reader.fileno()
+
+    def close(self) -> None:
+        for end in (self.reader, self.writer):
+            try:
+                end.close()
+            except OSError:
+                pass
+
+
+def _channels(context: Any) -> tuple[_Channel, _Channel]:
+    """The owner's and the worker's ends of a new worker's connection."""
+    to_worker_r, to_worker_w = context.Pipe(duplex=False)
+    to_owner_r, to_owner_w = context.Pipe(duplex=False)
+    return _Channel(to_owner_r, to_worker_w), _Channel(to_worker_r, to_owner_w)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the parent (the thread that forked it) ends, however it ends."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _serve(conn: Any, parent: int, pool: Any, work: Callable[..., Any], inherited: Sequence[Any]) -> None:
+    """A worker's loop: read a share, compute it, send the result; end when the pipe closes."""
+    for other in inherited:  # the owner's ends of the pipes, copied by fork: closed, so the owner's close reaches us
+        other.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent ended before the death signal was set
+        os._exit(0)
+    torch.set_num_threads(1)
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            break
+        request = pickle.loads(message)
+        if request is None:
+            break
+        try:
+            reply: Any = ("ok", work(pool, *request))
+        except Exception as error:  # the parent raises it, named; the worker stays usable
+            reply = ("error", f"{type(error).__name__}: {' '.join(str(error).split())[:500]}")
+        try:
+            conn.send_bytes(dumps(reply))
+        except (BrokenPipeError, OSError):
+            break
+    os._exit(0)
+
+
+class EpisodeWorkers:
+    """W - 1 worker processes (started lazily) and the calling process, splitting episode ends.
+
+    ``work(pool, *request)`` runs a share: in a worker on the pool's shared tensors, in the
+    calling process on the pool itself; its result must pickle.
+    """
+
+    def __init__(self, pool: Any, count: int, work: Callable[..., Any]) -> None:
+        self.pool = pool
+        self.count = count
+        self.work = work  # for end_episodes: functools.partial(end_share, loss_fn=..., config=...)
+        self._processes: list[Any] = []
+        self._connections: list[Any] = []
+        self._storages: list[int] = []
+
+    @property
+    def started(self) -> bool:
+        return bool(self._processes)
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self._processes]
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def _fingerprint(self) -> list[int]:
+        return [tensor.untyped_storage().data_ptr() for tensor in shared_tensors(self.pool)]
+
+    def start(self) -> None:
+        """Move the pool into shared memory and fork the workers."""
+        if self.started or self.count < 2:
+            return
+        tensors = shared_tensors(self.pool)
+        if not tensors or any(tensor.device.type != "cpu" for tensor in tensors):
+            self.count = 1  # nothing to share (or a GPU pool): every share stays in this process
+            return
+        for tensor in tensors:
+            tensor.share_memory_()
+        self._storages = self._fingerprint()
+        context = get_context("fork")
+        for index in range(1, self.count):
+            mine, theirs = _channels(context)
+            process = context.Process(target=_serve, args=(theirs, os.getpid(), self.pool, self.work, [*self._connections, mine]),
+                                      name=f"reml-worker-{index}", daemon=True)
+            process.start()
+            theirs.close()
+            self._processes.append(process)
+            self._connections.append(mine)
+
+    def close(self) -> None:
+        """Stop every worker (idempotent): close its pipe, then SIGTERM, then SIGKILL what is left."""
+        processes, self._processes = self._processes, []
+        connections, self._connections = self._connections, []
+        for conn in connections:
+            try:
+                conn.send_bytes(dumps(None))
+            except OSError:
+                pass
+            try:
+                conn.close()
+            except OSError:
+                pass
+        deadline = time.monotonic() + 2.0
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(1.0)
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
+
+    def __del__(self) -> None:  # a vector env dropped without close(): its workers go with it
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- work --------------------------------------------------------------------------------
+
+    def run(self, shares: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``work(pool, *share)`` for each share, share 0 here and share s in worker s; results in share order."""
+        if len(shares) > 1:
+            self.start()
+            if self.started and self._fingerprint() != self._storages:
+                # the pool's tensors were replaced (a checkpoint loaded, maintenance re-drawn): fork anew from them
+                self.close()
+                self.start()
+        if not self.started or len(shares) == 1:
+            return [self.work(self.pool, *share) for share in shares]
+        if len(shares) > self.count:
+            raise ValueError(f"{len(shares)} shares for {self.count} workers")
+        try:
+            for index, share in enumerate(shares[1:], start=1):
+                self._send(index, self._connections[index - 1], share)
+            results = [self.work(self.pool, *shares[0])]
+            for index in range(1, len(shares)):
+                results.append(self._receive(index))
+        except BaseException:  # a failure, or a second Ctrl-C: replies may be pending, so start afresh next time
+            self.close()
+            raise
+        return results
+
+    def end_episodes(self, pool: Any, ends: Sequence[Any], *, write_back_rate: float | None, pool_update: Any = None,
+                     **options: Any) -> list[Any]:
+        """:func:`reml_core.batched.end_episodes`, the ends split across the workers (same arguments).
+
+        Each share is ended on a recording pool; the owner (this process) then replays the
+        write-backs in share order, which is env-index order, or takes the protocol update over all
+        the step's ends at once. One share (too few ends, one worker) is the unsplit call itself.
+        """
+        from reml_core.batched import end_episodes
+
+        loss_fn, config = options.pop("loss_fn"), options.pop("config")
+        shares = chunks(len(ends), split_count(len(ends), self.count))
+        mine = getattr(self.work, "keywords", {})
+        if (len(shares) < 2 or pool is not self.pool or mine.get("loss_fn") != loss_fn or mine.get("config") is not config
+                or (pool_update is not None and pool_update is not mine.get("pool_update")) or not _pickles(options.get("appliers"))):
+            return end_episodes(pool, ends, loss_fn=loss_fn, config=config, write_back_rate=write_back_rate,
+                                pool_update=pool_update, **options)
+        protocol = pool_update is not None and write_back_rate is not None
+        common = {**options, "write_back_rate": write_back_rate, "protocol": protocol}
+        results = self.run([("end", tuple(ends[i] for i in share), common) for share in shares])
+        outcomes: list[Any] = []
+        writes: list[Any] = []
+        keep: list[bool] = []
+        update_options: dict[str, Any] = {}
+        for share_outcomes, share_writes, calls in results:
+            outcomes.extend(share_outcomes)
+            writes.extend(share_writes)
+            for flags, given in calls:
+                keep.extend(flags)
+                update_options = given
+        if protocol:
+            # the update's gradients split across the workers too (see protocol_gradients); its Adam step is taken here
+            pool_update.gradients = partial(self.protocol_gradients, pool_update)
+            try:
+                pool_update.apply(list(ends), keep, **update_options)
+            finally:
+                del pool_update.gradients
+        else:
+            replay(pool, writes)
+        return outcomes
+
+    def protocol_gradients(self, update: Any, ends: Sequence[Any], keep: Sequence[bool], **options: Any) -> tuple[list[float], Any]:
+        """:meth:`ProtocolPoolUpdate.gradients <reml_core.pool_update.ProtocolPoolUpdate.gradients>` with the kept
+        ends cut into one consecutive share per worker: each share's mean gradient comes back and they are
+        merged here, in share order, weighted by the networks each share counted (so the merge sums the
+        same contributions in another order than one process does: rounding-level differences)."""
+        chosen = [i for i, flag in enumerate(keep) if flag]
+        shares = chunks(len(chosen), split_count(len(chosen), self.count))
+        if len(shares) < 2 or not _pickles(options):
+            return type(update).gradients(update, ends, keep, **options)
+        requests = [("grad", tuple(ends[chosen[j]] for j in share), options) for share in shares]
+        results = self.run(requests)
+        losses = [math.nan] * len(ends)
+        counts = []
+        for share, (share_losses, _) in zip(shares, results):
+            counts.append(sum(math.isfinite(value) for value in share_losses))
+            for j, value in zip(share, share_losses):
+                losses[chosen[j]] = value
+        total = sum(counts)
+        if not total:
+            return losses, None
+        merged: list[torch.Tensor] | None = None
+        for count, (_, gradients) in zip(counts, results):
+            if gradients is None or not count:
+                continue
+            weight = count / total
+            if merged is None:
+                merged = [gradient.mul(weight) for gradient in gradients]
+            else:
+                for into, gradient in zip(merged, gradients):
+                    into.add_(gradient, alpha=weight)
+        return losses, merged
+
+    def _describe(self, index: int) -> str:
+        process = self._processes[index - 1]
+        code = process.exitcode
+        if code is not None and code < 0:
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+            how += " (out of memory?)" if code == -signal.SIGKILL else ""
+        elif code is not None:
+            how = f"exited with status {code}"
+        else:
+            how = "stopped answering"
+        return f"training worker {index} of {self.count} (pid {process.pid}) {how}"
+
+    def _lost(self, index: int) -> WorkerLost:
+        process = self._processes[index - 1]
+        process.join(1.0)
+        error = WorkerLost(self._describe(index))
+        self.close()
+        return error
+
+    def _send(self, index: int, conn: Any, share: tuple[Any, ...]) -> None:
+        try:
+            conn.send_bytes(dumps(share))
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            raise self._lost(index) from None
+
+    def _receive(self, index: int) -> Any:
+        conn = self._connections[index - 1]
+        process = self._processes[index - 1]
+        while True:
+            ready = connection.wait([conn, process.sentinel])
+            if conn in ready:
+                try:
+                    status, value = pickle.loads(conn.recv_bytes())
+                except (EOFError, OSError):
+                    raise self._lost(index) from None
+                if status == "error":
+                    raise RuntimeError(f"training worker {index}: {value}")
+                return value
+            if process.sentinel in ready and not conn.poll():
+                raise self._lost(index)
+
+
+def _pickles(value: Any) -> bool:
+    if not value:
+        return True
+    try:
+        pickle.dumps(value)
+    except Exception:
+        return False
+    return True
+
+
+def split_count(total: int, count: int) -> int:
+    """How many shares ``total`` ended episodes are cut into with ``count`` workers (1: no split)."""
+    if count < 2 or total < MIN_PARALLEL:
+        return 1
+    return min(count, total)
+
+
+def describe(workers: int, n_envs: int) -> str:
+    """A phrase for the log: how the episode ends of this run are computed."""
+    if workers <= 1:
+        return "one process"
+    return f"{workers} processes (started at the first step that ends {MIN_PARALLEL}+ of the {n_envs} envs' episodes)"
+
+
+
+
+def make_workers(env: Any, count: int) -> EpisodeWorkers:
+    """The workers of a vector env whose first environment is ``env`` (its pool, loss and settings)."""
+    return EpisodeWorkers(env.pool, count, partial(work, loss_fn=env.task_sampler.loss, config=env.config, pool_update=env.pool_update))

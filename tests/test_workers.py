@@ -1,0 +1,179 @@
+"""train.workers: episode ends split across forked worker processes (reml_core.workers).
+
+What is tested: the split is a pure function of (ends, workers); the thesis rule's pool is the
+one-process pool (bit for bit on this machine, within rounding anywhere: only the stacking of a
+step's networks changes), the protocol rule's within rounding of it, and either repeats exactly for
+the same workers; the workers start only when a step ends several episodes and stop with the
+vector env; a worker that dies ends reml-run with one line naming it, exit 1, no process left,
+and --resume finishes the run; Ctrl-C and SIGTERM leave no worker behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reml_core.workers import MIN_PARALLEL, chunks, resolve_workers, split_count
+
+BIN = Path(sys.executable).parent
+
+
+def test_the_split_is_consecutive_and_balanced():
+    assert chunks(15, 2) == [range(0, 8), range(8, 15)]
+    assert chunks(128, 4) == [range(0, 32), range(32, 64), range(64, 96), range(96, 128)]
+    assert chunks(1, 3) == [range(0, 1)]
+    assert split_count(MIN_PARALLEL - 1, 4) == 1 and split_count(3, 8) == 3 and split_count(100, 1) == 1
+
+
+def test_the_default_is_the_cpus_capped_by_n_envs():
+    cpus = len(os.sched_getaffinity(0))
+    assert resolve_workers(None, 128) == min(cpus, 8)
+    assert resolve_workers(None, 1) == 1
+    assert resolve_workers(4, 2) == 2 and resolve_workers(3, 128) == 3
+
+
+def _vector_run(pool_update: str, workers: int, steps: int = 12, n_envs: int = 24):
+    """Rewards of ``steps`` vector steps with mostly valid random actions, the pool after them, and
+    whether the workers had started."""
+    from reml_core.config import resolve_config
+    from reml_core.experiment import build_components
+    from reml_core.registry import PluginRegistry
+
+    config = resolve_config(PluginRegistry.discover(), {
+        "plugin": "sine", "preset": "smoke", "env": {"pool_update": pool_update}, "train": {"progress": False},
+    })
+    torch.manual_seed(0)
+    components = build_components(config)
+    env = components.make_vec_env(n_envs, workers=workers)
+    rng = np.random.default_rng(0)
+    env.seed(0)
+    env.reset()
+    rewards = []
+    try:
+        for _ in range(steps):
+            masks = env.env_method("action_masks")
+            actions = [rng.choice(np.flatnonzero(mask)) if rng.random() < 0.85 else 0 for mask in masks]
+            _, reward, _, _ = env.step(np.array(actions))
+            rewards.append(reward.copy())
+        started = env.workers is not None and env.workers.started
+        pids = env.workers.pids if env.workers is not None else []
+    finally:
+        env.close()
+    for pid in pids:  # close() reaped them
+        assert not Path(f"/proc/{pid}").exists()
+    state = {key: value.clone() for key, value in components.pool.state_dict().items()}
+    return np.array(rewards), state, started
+
+
+@pytest.mark.parametrize("pool_update", ["thesis", "protocol"])
+def test_two_workers_repeat_exactly_and_agree_with_one_within_rounding(pool_update):
+    one, pool_one, started_one = _vector_run(pool_update, 1)
+    two, pool_two, started_two = _vector_run(pool_update, 2)
+    again, pool_again, _ = _vector_run(pool_update, 2)
+    assert not started_one and started_two
+    assert np.array_equal(two, again) and all(torch.equal(pool_two[k], pool_again[k]) for k in pool_two)
+    if pool_update == "thesis":
+        # the write-backs are replayed in env order: only the stacks' rounding can differ (none on this CPU)
+        assert np.allclose(one, two, rtol=1e-5, atol=1e-6)
+        assert max(float((pool_one[k] - pool_two[k]).abs().max()) for k in pool_one) < 1e-4
+    else:
+        # gradients summed per share, then merged: another summation order, amplified by Adam's sign steps
+        assert max(float((pool_one[k] - pool_two[k]).abs().max()) for k in pool_one) < 0.05
+
+
+def test_workers_start_only_when_a_step_ends_several_episodes():
+    _, _, started = _vector_run("thesis", 2, steps=4)  # no episode ends before the 5th step (depth 5)
+    assert not started
+
+
+# -- faults and signals: a real reml-run with two workers ----------------------------------------
+
+RUN = ["--plugin", "sine", "--preset", "smoke", "--set", "train.env_steps=1500", "--set", "train.checkpoint_every=250",
+       "--set", "train.n_envs=8", "--set", "policy.n_steps=128", "--set", "train.progress=false", "--set", "train.workers=2"]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def _start_and_wait_for_worker(out: Path) -> tuple[subprocess.Popen[str], int]:
+    """A run with two workers, once it has a checkpoint and its worker is running."""
+    process = subprocess.Popen([str(BIN / "reml-run"), *RUN, "--out", str(out)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"run ended early: {process.stderr.read()[-2000:]}")
+        pointer = out / "checkpoints" / "latest"
+        workers = _children(process.pid)
+        if pointer.exists() and workers:
+            return process, workers[0]
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("no checkpoint and worker in time")
+
+
+def _gone(pids: list[int], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+@pytest.mark.slow
+def test_a_killed_worker_ends_the_run_in_one_line_and_resume_finishes_it(tmp_path):
+    out = tmp_path / "run"
+    process, worker = _start_and_wait_for_worker(out)
+    os.kill(worker, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)
+    lines = [line for line in stderr.strip().splitlines() if line.startswith("reml-run: error")]
+    assert process.returncode == 1, stderr[-2000:]
+    assert len(lines) == 1 and f"training worker 1 of 2 (pid {worker}) killed by SIGKILL" in lines[0], stderr[-2000:]
+    assert f"reml-run --resume {out}" in lines[0] and "Traceback" not in stderr
+    assert _gone([worker]) and not _children(process.pid)
+    resumed = subprocess.run([str(BIN / "reml-run"), "--resume", str(out)], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (out / "results.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_stop_every_worker(tmp_path, signum, code):
+    out = tmp_path / "run"
+    process, worker = _start_and_wait_for_worker(out)
+    workers = _children(process.pid)
+    if signum == signal.SIGINT:  # a terminal's Ctrl-C reaches the whole process group: workers ignore it
+        for pid in [process.pid, *workers]:
+            os.kill(pid, signum)
+    else:
+        os.kill(process.pid, signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert _gone(workers), [(pid, _state(pid)) for pid in workers]
