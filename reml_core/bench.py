@@ -38,10 +38,11 @@ from reml_core.jobs import (
     load_baseline,
     summary_line,
 )
-from reml_core.pipeline import load_reml
+from reml_core.pipeline import load_reml, own_rate_key
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.registry import PluginRegistry
 from reml_core.results import (
+    OWN_RATE_SUFFIX,
     EncoderInfo,
     ResultsDocument,
     aggregate_curves,
@@ -311,15 +312,24 @@ def _seed_document(plan: BenchPlan, seed: int, results: list[JobResult], command
     """One seed's numbers, every method's: what ``seed-<s>/results.json`` holds."""
     base = plan.base(seed)
     facts = plan.facts[plan.encoders[0]]
+    tables, timing, own_words = {}, {}, {}
+    for r in results:  # a method's own-rate rows (AdaptsItsOwnWay) right after its fixed-rate rows
+        tables[r.job.key] = table_of(r.table)
+        timing[f"training_{r.job.key}"] = r.training_seconds
+        timing[f"evaluation_{r.job.key}"] = r.evaluation_seconds
+        if r.own_table is not None:
+            own = own_rate_key(r.job.key)
+            tables[own] = table_of(r.own_table)
+            timing[f"evaluation_{own}"] = r.own_evaluation_seconds
+            own_words[own] = r.own_words or "own rate"
     return ResultsDocument(
         kind="seed", plugin=base.core.plugin, policy=base.policy.name, encoder=base.encoder.name,
         encoder_privileged=any(info.privileged for info in plan.encoder_infos.values()), seed=seed,
         test_tasks=base.core.eval.test_tasks,
-        tables={r.job.key: table_of(r.table) for r in results},
+        tables=tables,
         curves={r.job.key: [finite_or_none(v) for v in r.curve] for r in results},
-        timing={**{f"training_{r.job.key}": r.training_seconds for r in results},
-                **{f"evaluation_{r.job.key}": r.evaluation_seconds for r in results}},
-        config=base.to_dict(), command=command, loss_name=results[0].loss_name, labels=baseline_labels(base),
+        timing=timing,
+        config=base.to_dict(), command=command, loss_name=results[0].loss_name, labels={**baseline_labels(base), **own_words},
         components=facts.components, training={r.job.key: r.training for r in results if r.training is not None},
         encoders=dict(plan.encoder_infos), budgets={r.job.key: r.budget for r in results},
         sources={seed: {r.job.key: r.source for r in results}},
@@ -341,21 +351,23 @@ def _aggregate(plan: BenchPlan, documents: dict[int, ResultsDocument], seconds: 
     (standard deviation of the seed means)."""
     base = plan.base(plan.seeds[0])
     first = documents[plan.seeds[0]]
-    keys = first.methods
+    keys = first.methods  # with any own-rate keys, which have no training or curve of their own
     timing = {}
     for key in keys:
-        timing[f"training_{key}"] = float(sum(documents[s].timing[f"training_{key}"] for s in plan.seeds))
-        timing[f"evaluation_{key}"] = float(sum(documents[s].timing[f"evaluation_{key}"] for s in plan.seeds))
+        for phase in ("training", "evaluation"):
+            if f"{phase}_{key}" in first.timing:
+                timing[f"{phase}_{key}"] = float(sum(documents[s].timing[f"{phase}_{key}"] for s in plan.seeds))
     timing["total_this_invocation"] = seconds
     facts = plan.facts[plan.encoders[0]]
     return ResultsDocument(
         kind="bench", plugin=base.core.plugin, policy=base.policy.name, encoder=",".join(plan.encoders),
         encoder_privileged=first.encoder_privileged, seed=base.seed, test_tasks=base.core.eval.test_tasks,
         tables={key: aggregate_tables([documents[s].tables[key] for s in plan.seeds]) for key in keys},
-        curves={key: aggregate_curves([documents[s].curves[key] for s in plan.seeds]) for key in keys},
-        timing=timing, config=base.to_dict(), command=command, loss_name=facts.loss_name, labels=baseline_labels(base),
+        curves={key: aggregate_curves([documents[s].curves[key] for s in plan.seeds]) for key in first.curves},
+        timing=timing, config=base.to_dict(), command=command, loss_name=facts.loss_name,
+        labels={**baseline_labels(base), **{key: words for key, words in (first.labels or {}).items() if key.endswith(OWN_RATE_SUFFIX)}},
         components=facts.components, training=first.training, encoders=dict(plan.encoder_infos),
-        budgets={key: seed_budgets({s: documents[s].budgets.get(key, "") for s in plan.seeds}) for key in keys},
+        budgets={key: seed_budgets({s: documents[s].budgets.get(key, "") for s in plan.seeds}) for key in first.budgets},
         sources={s: documents[s].sources[s] for s in plan.seeds},
         seeds=list(plan.seeds), per_seed={s: documents[s].tables for s in plan.seeds}, preset=base.core.preset, executor=executor,
         references={name: aggregate_tables([documents[s].references[name] for s in plan.seeds]) for name in first.references

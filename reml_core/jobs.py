@@ -38,7 +38,7 @@ from reml_core.errors import CheckpointError, UserError, describe_error
 from reml_core.evaluation import FewShotTable
 from reml_core.experiment import Components, build_components, build_one
 from reml_core.interfaces import Describable
-from reml_core.pipeline import evaluate_methods, evaluate_references, load_reml, seed_everything, train_reml
+from reml_core.pipeline import evaluate_methods, evaluate_references, load_reml, own_rate_key, own_rate_labels, seed_everything, train_reml
 from reml_core.registry import PluginRegistry, disabled_plugins
 from reml_core.results import TrainingRecord
 from reml_core.storage import (
@@ -96,6 +96,11 @@ class JobResult:
     wall_seconds: float = 0.0
     artifacts: bytes = b""  # the job's folder, packed (Ray); empty when it was written in place
     loss_name: str = "MSE"
+    #: A method that adapts its own way (AdaptsItsOwnWay): its own-rate rows on the same tasks
+    #: (results key ``job.key + OWN_RATE_SUFFIX``), their evaluation time and the words that label them.
+    own_table: FewShotTable | None = None
+    own_evaluation_seconds: float = 0.0
+    own_words: str = ""
     #: What predictors that learn nothing score on the same test tasks (:func:`reml_core.pipeline.evaluate_references`).
     references: dict[str, FewShotTable] = field(default_factory=dict)
 
@@ -130,9 +135,12 @@ def run_job(job: BenchJob, workdir: Path, *, echo: bool = True) -> JobResult:
         references = evaluate_references(config, components)
     from reml_core.experiment import loss_name
 
+    own = own_rate_key(job.key)
     return JobResult(
         job=job, table=tables[job.key], curve=curves[job.key], evaluation_seconds=seconds[f"evaluation_{job.key}"],
-        wall_seconds=time.perf_counter() - start, loss_name=loss_name(components.task_sampler), references=references, **outcome,
+        wall_seconds=time.perf_counter() - start, loss_name=loss_name(components.task_sampler),
+        own_table=tables.get(own), own_evaluation_seconds=seconds.get(f"evaluation_{own}", 0.0),
+        own_words=own_rate_labels({job.key: provider}).get(own, ""), references=references, **outcome,
     )
 
 
@@ -155,7 +163,7 @@ def _reml(job: BenchJob, config: RunConfig, registry: PluginRegistry, workdir: P
     budget = (f"{trained.trained_steps} env steps of {config.policy.name}, reward {config.reward.name}, "
               f"pool {config.pool.name} ({components.pool.size} layers), depth {config.core.env.depth}, "
               f"pool update {config.core.env.pool_update}")
-    return components, trained.method().network_for, {
+    return components, trained.method(), {
         "training_seconds": seconds, "budget": budget, "source": origin, "training": trained.training_record(),
     }
 
@@ -193,7 +201,7 @@ def _baseline(job: BenchJob, config: RunConfig, workdir: Path) -> tuple[Componen
 
         atomic_write_json(workdir / BASELINE_RECORD, jsonable(record))
         origin = f"trained in {job.folder}"
-    return components, baseline.network_for, {"training_seconds": seconds, "budget": options, "source": origin}
+    return components, baseline, {"training_seconds": seconds, "budget": options, "source": origin}
 
 
 def load_baseline(baseline: Any, name: str, directory: Path) -> None:
@@ -380,3 +388,4 @@ def unpack_folder(data: bytes, target: Path) -> None:
 
 def disabled_names() -> tuple[str, ...]:
     return tuple(sorted(disabled_plugins()))
+

@@ -14,9 +14,9 @@ import torch
 
 from reml_core.config import RunConfig, load_resolved
 from reml_core.errors import CheckpointError, PluginError, UserError, describe_error
-from reml_core.evaluation import FewShotEvaluator, FewShotTable, NetworkProvider, trivial_references
+from reml_core.evaluation import OWN_RATE_SUFFIX, FewShotEvaluator, FewShotTable, NetworkProvider, trivial_references
 from reml_core.experiment import Components, baseline_labels, build_components, build_one, component_facts, loss_name
-from reml_core.interfaces import Baseline, FingerprintsData, MeasuresMetrics, ReportsStats
+from reml_core.interfaces import AdaptsItsOwnWay, Baseline, FingerprintsData, MeasuresMetrics, ReportsStats
 from reml_core.methods import SEARCH_KEY, PoolSearchMethod, ReMLMethod
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.results import ResultsDocument, SelectedCheckpoint, TrainingRecord, finite_or_none, render_run_report, table_of
@@ -55,10 +55,44 @@ def build_baselines(components: Components, names: list[str]) -> dict[str, Basel
     return {name: build_one(config.baselines[name], components.context) for name in names}
 
 
+#: What :func:`evaluate_methods` evaluates: a method object with ``network_for`` (a baseline, REML's
+#: :class:`ReMLMethod`), or a bare ``(task, K) -> network`` provider.
+Method = Any
+
+
+def provider_of(method: Method) -> NetworkProvider:
+    """``method.network_for`` of a method object, or the provider itself."""
+    network_for = getattr(method, "network_for", None)
+    return network_for if callable(network_for) else method
+
+
+def own_rate_key(name: str) -> str:
+    """The results key of a method's own-rate rows (``"meta-sgd@own-rate"``)."""
+    return name + OWN_RATE_SUFFIX
+
+
+def own_rate_labels(methods: Mapping[str, Method]) -> dict[str, str]:
+    """For each method that adapts its own way, the words its own-rate rows are labelled with
+    (its ``own_rate_words``, e.g. Meta-SGD's "learned rates"; else "own rate"), keyed by its own-rate key.
+
+    They are recorded under ``labels`` in ``results.json``; reports show them after the method's
+    name (``Meta-SGD (learned rates)``), see :meth:`reml_core.results.ResultsDocument.method_labels`.
+    """
+    return {own_rate_key(name): str(getattr(method, "own_rate_words", "") or "own rate")
+            for name, method in methods.items() if isinstance(method, AdaptsItsOwnWay)}
+
+
 def evaluate_methods(
-    config: RunConfig, components: Components, providers: Mapping[str, NetworkProvider]
+    config: RunConfig, components: Components, providers: Mapping[str, Method]
 ) -> tuple[dict[str, FewShotTable], dict[str, list[float]], dict[str, float]]:
-    """Every method on the same held-out test tasks, support and query points, and fine-tuning."""
+    """Every method on the same held-out test tasks, support and query points, and fine-tuning.
+
+    ``providers`` maps a method's key to the method (anything with ``network_for``) or to a bare
+    provider. A method that adapts its own way (:class:`reml_core.interfaces.AdaptsItsOwnWay`) is
+    measured twice on the same tasks: under its key at the protocol's fixed rate, and under
+    ``key + OWN_RATE_SUFFIX`` at its own rate(s) (a chosen number of steps in that column only).
+    The convergence curve (Adam on the training data) is the fixed-rate key's only.
+    """
     evaluation = config.core.eval
     tasks = components.task_sampler.test_tasks(evaluation.test_tasks)
     evaluator = FewShotEvaluator(
@@ -69,12 +103,19 @@ def evaluate_methods(
         metrics_fn=components.task_sampler.metrics if isinstance(components.task_sampler, MeasuresMetrics) else None,
     )
     tables, curves, seconds = {}, {}, {}
-    for name, provider in providers.items():
+    for name, method in providers.items():
+        provider = provider_of(method)
         log(f"evaluating {name} on {len(tasks)} held-out test tasks")
         start = time.perf_counter()
         tables[name] = evaluator.few_shot(provider, name)
         curves[name] = evaluator.curve(provider, name)
         seconds[f"evaluation_{name}"] = time.perf_counter() - start
+        if isinstance(method, AdaptsItsOwnWay):
+            key = own_rate_key(name)
+            log(f"evaluating {name} at its own adaptation rate on the same {len(tasks)} tasks")
+            start = time.perf_counter()
+            tables[key] = evaluator.few_shot(method.adapted_network_for, key, own=True)
+            seconds[f"evaluation_{key}"] = time.perf_counter() - start
     return tables, curves, seconds
 
 
@@ -181,9 +222,9 @@ def run_experiment(config: RunConfig, out: Path, *, resume: bool = False, trust_
         baseline.meta_train(components.task_sampler.train_stream(config.seed), progress=config.core.train.progress)
         timing[f"training_{name}"] = time.perf_counter() - start
     method = reml.method()
-    providers: dict[str, NetworkProvider] = {"reml": method.network_for}
+    providers: dict[str, Method] = {"reml": method}
     providers.update(pool_search_providers(config, components))
-    providers.update({name: baseline.network_for for name, baseline in baselines.items()})
+    providers.update(baselines)
     tables, curves, evaluation_seconds = evaluate_methods(config, components, providers)
     timing.update({f"{key}_reml": value for key, value in reml.trainer.state.seconds.items()})
     timing.update(evaluation_seconds)
@@ -195,7 +236,8 @@ def run_experiment(config: RunConfig, out: Path, *, resume: bool = False, trust_
         tables={name: table_of(table) for name, table in tables.items()},
         curves={name: [finite_or_none(v) for v in curve] for name, curve in curves.items()},
         timing=timing, config=config.to_dict(), command=command, loss_name=loss_name(components.task_sampler),
-        labels=baseline_labels(config), components=component_facts(components), training={"reml": reml.training_record()},
+        labels={**baseline_labels(config), **own_rate_labels(providers)}, components=component_facts(components),
+        training={"reml": reml.training_record()},
     )
     summary = method.choices_summary(getattr(components.task_sampler, "descriptor_names", ()))
     if summary is not None:

@@ -1,5 +1,4 @@
-"""Every figure REML draws: a run's few-shot error against fine-tuning steps and its convergence curve,
-and a sweep's scores per configuration."""
+"""The two figures of a run: few-shot error against fine-tuning steps, and the convergence curve."""
 
 from __future__ import annotations
 
@@ -9,8 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reml_core.results import METHOD_LABELS, Table, measure_label, table_measures
-from reml_core.results import describe_values as describe
+from reml_core.results import METHOD_LABELS, OWN_RATE_SUFFIX, Table, measure_label, table_measures
 from reml_core.storage import atomic_write_with
 
 
@@ -52,6 +50,9 @@ def plot_few_shot(
 
     Results averaged over several seeds (cells with a seed spread) also get a shaded band of
     +- the standard deviation between the seeds' means, so both kinds of uncertainty are visible.
+    Rows adapted at a method's own rate (keys ending in ``OWN_RATE_SUFFIX``) are dashed, so they
+    are not read as the protocol's fixed-rate lines; a row without some step count (a method that
+    chose its steps) is drawn at the step counts it has, each at its own place on the axis.
     """
     labels = {**METHOD_LABELS, **(labels or {})}
     shots = sorted({k for table in methods.values() for k in table})
@@ -61,15 +62,19 @@ def plot_few_shot(
     any_spread = any_diverged = False
     for axes_row, measure in zip(axes, measures):
         for axis, k in zip(axes_row, shots):
+            columns = sorted({s for table in methods.values() for s in table.get(k, {})})
+            place = {s: i for i, s in enumerate(columns)}
             for name, table in methods.items():
                 row = table.get(k, {})
                 steps = sorted(row)
-                measured = [(i, *row[s].measure(measure)) for i, s in enumerate(steps)]
+                measured = [(place[s], *row[s].measure(measure)) for s in steps]
                 points = [(i, mean, ci or 0.0, spread) for i, mean, ci, spread in measured if mean is not None]
                 if points:
                     xs, ys, es, spreads = zip(*points)
-                    line = axis.errorbar(xs, ys, yerr=es, marker="o", capsize=4, label=labels.get(name, name))
-                    for i, s in enumerate(steps):  # a mean over the tasks that did not diverge is marked, with the count
+                    style = "--" if name.endswith(OWN_RATE_SUFFIX) else "-"
+                    line = axis.errorbar(xs, ys, yerr=es, marker="o", capsize=4, linestyle=style, label=labels.get(name, name))
+                    for s in steps:  # a mean over the tasks that did not diverge is marked, with the count
+                        i = place[s]
                         mean = row[s].measure(measure)[0]
                         if row[s].nan_tasks and mean is not None:
                             any_diverged = True
@@ -79,7 +84,7 @@ def plot_few_shot(
                         any_spread = True
                         color = line.lines[0].get_color()
                         axis.fill_between(xs, [y - d for y, d in zip(ys, spreads)], [y + d for y, d in zip(ys, spreads)], color=color, alpha=0.18, linewidth=0)
-                axis.set_xticks(range(len(steps)), [str(s) for s in steps])
+            axis.set_xticks(range(len(columns)), [str(s) for s in columns])
             axis.set_title(f"K = {k}")
             axis.set_xlabel("SGD steps on the K support points")
             axis.set_ylabel(measure_label(measure, loss_name))
@@ -112,29 +117,6 @@ def plot_convergence(
     axis.grid(alpha=0.3, which="both")
     axis.legend()
     axis.set_title(title)
-    figure.tight_layout()
-    _save(figure, path)
-
-
-def plot_sweep(document: Mapping[str, Any], path: Path) -> None:
-    """sweep.png: each configuration's mean score, with bars from its lowest to highest seed and every seed as a dot."""
-    configurations = document["configurations"]
-    plt = _pyplot()
-    height = max(3.0, 0.45 * len(configurations) + 1.6)
-    figure, axis = plt.subplots(figsize=(8, height))
-    for row, c in enumerate(configurations):
-        scores = [t["score"] for t in document["trials"] if t["configuration"] == c["id"] and t["score"] is not None]
-        color = "tab:red" if c["best"] else "tab:blue"
-        if c["mean"] is not None:
-            axis.errorbar([c["mean"]], [row], xerr=[[c["mean"] - c["min"]], [c["max"] - c["mean"]]], fmt="o", color=color, capsize=4, markersize=7)
-        axis.scatter(scores, [row] * len(scores), color=color, alpha=0.45, s=16, zorder=3)
-    axis.set_yticks(range(len(configurations)), [f"{c['id']}: {describe(c['values'])}" + (" (best)" if c["best"] else "") for c in configurations],
-                    fontsize=8)
-    axis.invert_yaxis()
-    axis.set_xlabel("validation score (mean query loss on validation tasks; lower is better)")
-    axis.grid(alpha=0.3, axis="x")
-    axis.set_title(f"reml-sweep: {document.get('plugin')}, {len(document['seeds'])} seed(s) per configuration\n"
-                   "dot: mean over seeds; bar: lowest to highest seed; faint dots: each seed", fontsize=10)
     figure.tight_layout()
     _save(figure, path)
 

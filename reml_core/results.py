@@ -15,7 +15,7 @@ import importlib.metadata
 import json
 import math
 import platform
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -39,6 +39,11 @@ _V1_LABELS = {"maml": "MAML"}
 METHOD_LABELS = {"reml": "REML", "reml-search": "REML pool + search (no policy)"}
 #: The measure every cell holds: the family's query loss (named ``mse`` in the schema).
 LOSS = "mse"
+#: The suffix of a method key whose rows were adapted at the method's own rate (Meta-SGD's learned
+#: rates, a rate REML's policy chose), beside the key's fixed-rate rows: the same string as
+#: :data:`reml_core.evaluation.OWN_RATE_SUFFIX` (kept here so reading results needs no torch). Its
+#: ``labels`` entry holds the words that name the own rate ("learned rates"), see :meth:`ResultsDocument.method_labels`.
+OWN_RATE_SUFFIX = "@own-rate"
 
 #: Suffixes of diagnostic and statistic names whose values are fractions, shown as percentages.
 FRACTION_SUFFIXES = ("_units", "_rate", "_fraction")
@@ -272,8 +277,13 @@ def aggregate_cells(cells: Sequence[CellResult]) -> CellResult:
 
 
 def aggregate_tables(tables: Sequence[Table]) -> Table:
-    """Cell by cell over seeds (the tables have the same K and steps: the same protocol)."""
-    return {k: {s: aggregate_cells([table[k][s] for table in tables]) for s in row} for k, row in tables[0].items()}
+    """Cell by cell over seeds (the tables have the same K and steps: the same protocol).
+
+    A method that chooses its number of steps per task (own-rate rows) may leave a step column
+    empty in some seed; such a cell is left out (reports show "-"), never averaged over some seeds only.
+    """
+    return {k: {s: aggregate_cells([table[k][s] for table in tables]) for s in row if all(s in table.get(k, {}) for table in tables)}
+            for k, row in tables[0].items()}
 
 
 def aggregate_curves(curves: Sequence[Sequence[float | None]]) -> list[float | None]:
@@ -408,7 +418,31 @@ class ResultsDocument:
         encoders = self.encoders or {"reml": EncoderInfo(self.encoder, self.encoder_privileged)}
         reml = {key: reml_label(info.name, info.privileged) for key, info in encoders.items()}
         named = {**METHOD_LABELS, **(self.labels if self.labels is not None else _V1_LABELS)}
-        return {key: reml.get(key, named.get(key, key)) for key in self.tables}
+        labels = {}
+        for key in self.tables:
+            stem = key.removesuffix(OWN_RATE_SUFFIX)
+            name = reml.get(stem, named.get(stem, stem))
+            if key != stem:  # own-rate rows: "Meta-SGD (learned rates)"
+                name = f"{name} ({named.get(key) or 'own rate'})"
+            elif key + OWN_RATE_SUFFIX in self.tables:  # their fixed-rate twin: "Meta-SGD (protocol rate 0.01)"
+                name = f"{name} (protocol rate {self.protocol_rate()})"
+            labels[key] = name
+        return labels
+
+    def protocol_rate(self) -> str:
+        """The protocol's fixed SGD rate (``eval.sgd_lr``), as reports show it."""
+        rate = (self.config.get("eval") or {}).get("sgd_lr")
+        return f"{rate:g}" if isinstance(rate, (int, float)) else str(rate)
+
+    @property
+    def own_rate_methods(self) -> list[str]:
+        """Keys of the rows adapted at a method's own rate (see :data:`OWN_RATE_SUFFIX`)."""
+        return [key for key in self.tables if key.endswith(OWN_RATE_SUFFIX)]
+
+    def own_rate_labels(self) -> set[str]:
+        """Display names of the own-rate rows (tables show them unranked)."""
+        labels = self.method_labels()
+        return {labels[key] for key in self.own_rate_methods}
 
     def labelled(self, by_method: Mapping[str, Any]) -> dict[str, Any]:
         """``by_method`` keyed by display name instead."""
@@ -574,10 +608,11 @@ def measure_label(measure: str, loss_name: str = "MSE") -> str:
     return f"query {loss_name}" if measure == LOSS else f"query {measure.replace('_', ' ')}"
 
 
-def few_shot_tables(tables: Mapping[str, Table], loss_name: str = "MSE") -> str:
+def few_shot_tables(tables: Mapping[str, Table], loss_name: str = "MSE", unranked: Collection[str] = ()) -> str:
     """Markdown tables per K (rows: methods, by the names ``tables`` is keyed by; columns: SGD
     steps), first of the query loss (lowest bold), then of each family metric such as accuracy
-    (highest bold)."""
+    (highest bold). Rows named in ``unranked`` (own-rate rows) are shown but never bold, and do not
+    take the bold from the others."""
     shots = sorted({k for table in tables.values() for k in table})
     lines: list[str] = []
     for measure in table_measures(tables):
@@ -586,13 +621,14 @@ def few_shot_tables(tables: Mapping[str, Table], loss_name: str = "MSE") -> str:
             lines += [f"**K = {k}** ({measure_label(measure, loss_name)}, mean ± 95% CI over test tasks)", ""]
             lines.append("| method | " + " | ".join(f"{s} step{'s' if s != 1 else ''}" for s in steps) + " |")
             lines.append("|---|" + "---:|" * len(steps))
-            best = {s: column_best([table.get(k, {}).get(s) for table in tables.values()], measure) for s in steps}
+            ranked = [table for name, table in tables.items() if name not in unranked]
+            best = {s: column_best([table.get(k, {}).get(s) for table in ranked], measure) for s in steps}
             for name, table in tables.items():
                 row = table.get(k, {})
                 cells = []
                 for s in steps:
                     cell = row.get(s)
-                    cells.append(_format_cell(cell, is_column_best(cell, best[s], measure), measure) if cell else "-")
+                    cells.append(_format_cell(cell, name not in unranked and is_column_best(cell, best[s], measure), measure) if cell else "-")
                 lines.append(f"| {METHOD_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines)
@@ -608,6 +644,24 @@ def curve_table(curves: Mapping[str, Sequence[float | None]], points: Sequence[i
         cells = [("NaN" if curve[p] is None else f"{curve[p]:.3f}") if p < len(curve) else "-" for p in points]
         lines.append(f"| {METHOD_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def own_rate_note(results: ResultsDocument) -> list[str]:
+    """The report's sentence on own-rate rows (none when there are none)."""
+    own = results.own_rate_methods
+    if not own:
+        return []
+    labels = results.method_labels()
+    rate = results.protocol_rate()
+    named = ", ".join(labels[key] for key in own)
+    return [
+        f"Own-rate rows ({named}) adapt at the method's own rate (rates it learned, or a rate it chose per task), "
+        f"not at the protocol's fixed lr {rate}: the same test tasks, support points, query points and step counts, but they "
+        f"are not the protocol's fixed-rate comparison, which the rows marked \"protocol rate {rate}\" and every other row give, "
+        "and they are not ranked (never bold). A method that chooses its number of steps for a task is counted in that step "
+        "column only (and every task at 0 steps).",
+        "",
+    ]
 
 
 #: How a report names each trivial reference (:data:`ResultsDocument.references`).
@@ -702,8 +756,9 @@ def render_run_report(results: ResultsDocument) -> str:
         f"a deterministic rollout of the policy over the trained pool (checkpoint "
         f"`{selected.name if selected else 'none recorded'}`, chosen on validation tasks).",
         "",
-        few_shot_tables(results.labelled(results.tables), results.loss_name),
+        few_shot_tables(results.labelled(results.tables), results.loss_name, results.own_rate_labels()),
         *reference_lines(results),
+        *own_rate_note(results),
         "![few-shot](few_shot.png)",
         "",
         *choices_report_section(results.choices.get("reml")),
@@ -787,12 +842,15 @@ def render_bench_report(results: ResultsDocument) -> str:
     if len(seeds) > 1:
         lines += [f"Cells: mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
                   "\"seeds ±\" is the standard deviation between the seeds' means.", ""]
-    lines += [few_shot_tables(results.labelled(results.tables), results.loss_name), *reference_lines(results), "![few-shot](few_shot.png)", ""]
+    lines += [few_shot_tables(results.labelled(results.tables), results.loss_name, results.own_rate_labels()), *reference_lines(results), *own_rate_note(results),
+              "![few-shot](few_shot.png)", ""]
     lines += [f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {_curve_lr(evaluation)}, on each task's training data)", "",
               curve_table(results.labelled(results.curves)), "![convergence](convergence.png)", ""]
     lines += ["## Budgets and training time", "", "| method | budget | training wall time (s, all seeds) | source (first seed) |", "|---|---|---:|---|"]
     sources = results.sources.get(seeds[0], {})
     for key in results.tables:
+        if key.endswith(OWN_RATE_SUFFIX):
+            continue  # the same trained method as its fixed-rate row
         seconds = results.timing.get(f"training_{key}")
         lines.append(f"| {labels[key]} | {results.budgets.get(key, '')} | {'-' if seconds is None else f'{seconds:.1f}'} | {sources.get(key, '')} |")
     total = results.timing.get("total_this_invocation")
