@@ -1,29 +1,34 @@
 """``train.workers``: the vector env's episode ends, split across worker processes of one machine.
 
 On a vector step where several episodes finish, :func:`reml_core.batched.end_episodes` trains and
-measures their networks in groups (networks of one shape, stacked at most ``MAX_BATCH`` at a time)
-and then updates the pool in env-index order. With ``train.workers`` = W > 1 the groups are cut
-into W shares of about equal network counts, in env order (:func:`plan`); the process that owns
-the pool and the policy computes share 0 itself while W - 1 forked worker processes compute the
-others, and it then writes the trained networks back (or takes the protocol update's step)
-itself, in env-index order, exactly as with one worker. So:
+measures their networks (stacked by shape) and then updates the pool in env-index order. With
+``train.workers`` = W > 1 the step's ends are cut into W consecutive shares of about equal size
+(:func:`chunks`); the process that owns the pool and the policy ends share 0 itself while W - 1
+forked worker processes end the others, each through ``end_episodes`` on a recording pool
+(:class:`_RecordingPool`) that builds from the real pool and records the write-backs instead of
+applying them. The owner then replays every share's write-backs in share order, which is env-index
+order (the same lerps, in the same order, as one process makes), or, under the protocol rule, takes
+the update over all the step's ends with its gradients computed per share
+(:meth:`EpisodeWorkers.protocol_gradients`) and merged in share order. So:
 
 - the pool reaches the workers without a copy per step: its tensors are moved into shared memory
   (``Tensor.share_memory_()``) once, before the workers are forked, and every later in-place update
-  of the pool (write-back, the protocol update's Adam step) is what the workers read next;
+  of the pool (write-back, the protocol update's Adam step) is what the workers read next (a pool
+  whose tensors were replaced, e.g. by loading a checkpoint, gets its workers forked anew);
 - only the finished episodes (:class:`~reml_core.batched.EpisodeEnd` objects, whole, with their
-  tasks) travel to a worker, and their outcomes and trained networks travel back, pickled;
-- the results are a function of (seed, n_envs, workers): what ``workers`` changes is only how a
-  step's networks are cut into stacks (a group of 15 becomes stacks of 8 and 7 with two workers),
-  which is exact wherever a stacked and a single product round alike (this project's AMD CPU: bit
-  for bit, tested) and within Adam's reach elsewhere (docs/performance.md), plus the PPO update's
-  intra-op threads (see :class:`EpisodeWorkers.stepping`).
+  tasks and any fields they carry) travel to a worker, and their outcomes, trained networks or
+  gradients travel back, pickled (tensors as NumPy arrays) through pipes with 1 MiB buffers;
+- the results are a function of (seed, n_envs, workers); what ``workers`` changes is how a step's
+  networks are cut into stacks (a group of 15 becomes stacks of 8 and 7), which leaves the thesis
+  rule's numbers bit for bit where a stacked product rounds as a single one (this project's AMD
+  CPU; the fine-tuned loss's padded SGD to a share's own largest K: within rounding) and, under the
+  protocol rule, the order in which the networks' gradients are summed (rounding, which Adam's
+  sign steps can amplify): docs/performance.md.
 
 The workers start lazily, on the first vector step that ends at least :data:`MIN_PARALLEL` episodes,
-so a run too small to profit never forks. A worker ignores Ctrl-C and SIGTERM (its parent stops
-it after checkpointing), dies with its parent (Linux's parent-death signal) and exits when its pipe
-closes; a worker that dies (killed, out of memory) ends the run with :class:`WorkerLost`, one line
-naming it.
+so a run too small to profit never forks. A worker ignores Ctrl-C (its parent stops it after
+checkpointing), dies with its parent (Linux's parent-death signal) and exits when its pipe closes;
+a worker that dies (killed, out of memory) ends the run with :class:`WorkerLost`, one line naming it.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ import pickle
 import signal
 import time
 from functools import partial
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing import connection, get_context
 from typing import Any
 
@@ -540,4 +546,110 @@ def describe(workers: int, n_envs: int) -> str:
 
 def make_workers(env: Any, count: int) -> EpisodeWorkers:
     """The workers of a vector env whose first environment is ``env`` (its pool, loss and settings)."""
-    return EpisodeWorkers(env.pool, count, partial(work, loss_fn=env.task_sampler.loss, config=env.config, pool_update=env.pool_update))
+    share = partial(work, loss_fn=env.task_sampler.loss, config=env.config, pool_update=env.pool_update)
+    if _RAY:
+        return RayEpisodeWorkers(env.pool, count, share, _RAY["ray"], _RAY["config"])
+    return EpisodeWorkers(env.pool, count, share)
+
+
+# -- the same workers as Ray actors (reml-run --executor ray) -------------------------------------
+
+#: Set by :func:`ray_workers` for the length of a run: Ray, and the run's config the actors rebuild from.
+_RAY: dict[str, Any] = {}
+
+
+@contextmanager
+def ray_workers(config: Any, address: str | None = None) -> Iterator[None]:
+    """For the length of the block, a run's ``train.workers`` are Ray actors (on a local instance, or the
+    cluster at ``address``) instead of forked processes; ``config`` is the run's RunConfig."""
+    from reml_core.distributed import ray_session
+
+    with ray_session("--executor ray", address=address) as ray:
+        _RAY.update(ray=ray, config=config.to_dict(), disabled=getattr(config, "disabled", None))
+        try:
+            yield
+        finally:
+            _RAY.clear()
+
+
+class _RayWorker:
+    """A Ray actor holding its own copy of the run's components; each share arrives with the pool's state."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from reml_core.config import resolve_config
+        from reml_core.experiment import build_components
+        from reml_core.registry import PluginRegistry
+
+        torch.set_num_threads(1)
+        resolved = resolve_config(PluginRegistry.discover(), config)
+        components = build_components(resolved)
+        self.pool = components.pool
+        self.work = partial(work, loss_fn=components.task_sampler.loss, config=resolved.core.env, pool_update=components.pool_update)
+
+    def run(self, state: dict[str, torch.Tensor], share: bytes) -> bytes:
+        try:
+            self.pool.load_state_dict(state)
+            reply: Any = ("ok", self.work(self.pool, *pickle.loads(share)))
+        except Exception as error:
+            reply = ("error", f"{type(error).__name__}: {' '.join(str(error).split())[:500]}")
+        return dumps(reply)
+
+
+class RayEpisodeWorkers(EpisodeWorkers):
+    """:class:`EpisodeWorkers` whose W - 1 workers are Ray actors (one CPU each), possibly on other machines.
+
+    Nothing is shared in memory there: the pool's state goes to Ray's object store once per split
+    step (``ray.put``; actors on one node read the same copy) and each actor loads it before its
+    share. The split, the merge and the numbers are the forked workers' exactly.
+    """
+
+    def __init__(self, pool: Any, count: int, work: Callable[..., Any], ray: Any, config: dict[str, Any]) -> None:
+        super().__init__(pool, count, work)
+        self.ray = ray
+        self.config = config
+        self._actors: list[Any] = []
+
+    @property
+    def started(self) -> bool:
+        return bool(self._actors)
+
+    @property
+    def pids(self) -> list[int]:
+        return []
+
+    def start(self) -> None:
+        if self._actors or self.count < 2:
+            return
+        actor = self.ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(_RayWorker)
+        self._actors = [actor.remote(self.config) for _ in range(self.count - 1)]
+
+    def close(self) -> None:
+        actors, self._actors = self._actors, []
+        for actor in actors:
+            try:
+                self.ray.kill(actor)
+            except Exception:
+                pass
+
+    def run(self, shares: Sequence[tuple[Any, ...]]) -> list[Any]:
+        if len(shares) > 1:
+            self.start()
+        if not self._actors or len(shares) == 1:
+            return [self.work(self.pool, *share) for share in shares]
+        state = self.ray.put({key: value.contiguous() for key, value in self.pool.state_dict().items()})
+        refs = [actor.run.remote(state, dumps(share)) for actor, share in zip(self._actors, shares[1:])]
+        try:
+            results = [self.work(self.pool, *shares[0])]
+            for index, ref in enumerate(refs, start=1):
+                try:
+                    status, value = pickle.loads(self.ray.get(ref))
+                except self.ray.exceptions.RayActorError as error:
+                    reason = " ".join(str(error).split())[:200]
+                    raise WorkerLost(f"training worker {index} of {self.count} (a Ray actor) died: {reason}") from None
+                if status == "error":
+                    raise RuntimeError(f"training worker {index}: {value}")
+                results.append(value)
+        except BaseException:
+            self.close()
+            raise
+        return results

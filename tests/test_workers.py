@@ -40,7 +40,7 @@ def test_the_default_is_the_cpus_capped_by_n_envs():
     assert resolve_workers(4, 2) == 2 and resolve_workers(3, 128) == 3
 
 
-def _vector_run(pool_update: str, workers: int, steps: int = 12, n_envs: int = 24):
+def _vector_run(pool_update: str, workers: int, steps: int = 12, n_envs: int = 24, *, ray: bool = False):
     """Rewards of ``steps`` vector steps with mostly valid random actions, the pool after them, and
     whether the workers had started."""
     from reml_core.config import resolve_config
@@ -52,7 +52,21 @@ def _vector_run(pool_update: str, workers: int, steps: int = 12, n_envs: int = 2
     })
     torch.manual_seed(0)
     components = build_components(config)
+    if ray:
+        from reml_core.workers import ray_workers
+
+        with ray_workers(config):
+            env = components.make_vec_env(n_envs, workers=workers)
+            return (*_steps(env, steps, ray=True), components.pool)
     env = components.make_vec_env(n_envs, workers=workers)
+    rewards, started, pids = _steps(env, steps)
+    for pid in pids:  # close() reaped them
+        assert not Path(f"/proc/{pid}").exists()
+    state = {key: value.clone() for key, value in components.pool.state_dict().items()}
+    return rewards, state, started
+
+
+def _steps(env, steps: int, ray: bool = False):
     rng = np.random.default_rng(0)
     env.seed(0)
     env.reset()
@@ -65,12 +79,13 @@ def _vector_run(pool_update: str, workers: int, steps: int = 12, n_envs: int = 2
             rewards.append(reward.copy())
         started = env.workers is not None and env.workers.started
         pids = env.workers.pids if env.workers is not None else []
+        if ray:
+            from reml_core.workers import RayEpisodeWorkers
+
+            assert isinstance(env.workers, RayEpisodeWorkers)
     finally:
         env.close()
-    for pid in pids:  # close() reaped them
-        assert not Path(f"/proc/{pid}").exists()
-    state = {key: value.clone() for key, value in components.pool.state_dict().items()}
-    return np.array(rewards), state, started
+    return np.array(rewards), started, pids
 
 
 @pytest.mark.parametrize("pool_update", ["thesis", "protocol"])
@@ -92,6 +107,17 @@ def test_two_workers_repeat_exactly_and_agree_with_one_within_rounding(pool_upda
 def test_workers_start_only_when_a_step_ends_several_episodes():
     _, _, started = _vector_run("thesis", 2, steps=4)  # no episode ends before the 5th step (depth 5)
     assert not started
+
+
+@pytest.mark.slow
+def test_ray_actors_give_the_forked_workers_numbers():
+    """reml-run --executor ray: the same split and merge, the shares on Ray actors (a local instance here)."""
+    forked, pool_forked, _ = _vector_run("protocol", 2)
+    rewards, started, _, pool = _vector_run("protocol", 2, ray=True)
+    assert started
+    assert np.array_equal(forked, rewards)
+    state = pool.state_dict()
+    assert all(torch.equal(pool_forked[key], state[key]) for key in state)
 
 
 # -- faults and signals: a real reml-run with two workers ----------------------------------------

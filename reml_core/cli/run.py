@@ -45,6 +45,11 @@ def build_parser() -> ArgumentParser:
     output.add_argument("--out", type=path_arg, metavar="DIR", help="run directory (default: runs/<plugin>-<policy>-<encoder>-s<seed>-<time>)")
     output.add_argument("--force", action="store_true", help="replace the run already in --out")
     output.add_argument("--resume", type=path_arg, metavar="DIR", help="continue the interrupted run in DIR from its last checkpoint (its config.json fixes every setting)")
+    execution = parser.add_argument_group("execution")
+    execution.add_argument("--executor", choices=("local", "ray"), default="local",
+                           help="where train.workers run: local (default): processes forked on this machine; ray: Ray actors, on a "
+                           "local Ray instance or the cluster at --ray-address, so one run can use several machines' cores (needs reml[ray])")
+    execution.add_argument("--ray-address", metavar="ADDR", help="with --executor ray: the cluster to join (e.g. 10.0.0.1:6379); default: a local instance")
     output.add_argument("--trust-checkpoint", action="store_true", help="allow loading a stable-baselines3 policy.zip, whose loader can run code it carries; REML's own checkpoints never need this")
     return parser
 
@@ -81,18 +86,18 @@ def _body(argv: Sequence[str] | None) -> int:
         prepared = prepare_run(user_config(args), out=args.out, force=args.force, baselines=args.baselines,
                                trust_checkpoint=args.trust_checkpoint, registry=registry)
     out = prepared.out
-    set_interrupt_hint(f"the run can be continued with: reml-run --resume {out}")
-    raise_if_interrupted()
-    try:
-        results = prepared.execute(command=command_line()).document
-    except StopRequested as stop:
-        set_interrupt_hint(None)
-        print(f"{PROG}: {interruption_word(stop.signum)}; checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}",
-              file=sys.stderr, flush=True)
-        return EXIT_FOR_SIGNAL.get(stop.signum, 130)
-    set_interrupt_hint(None)
-    print_summary(results, out)
-    return 0
+    if args.ray_address and args.executor != "ray":
+        from reml_core.errors import UserError
+
+        raise UserError("--ray-address needs --executor ray")
+    if args.executor == "ray":  # train.workers as Ray actors (docs/scaling.md)
+        from reml_core.workers import ray_workers
+
+        with ray_workers(prepared.config, args.ray_address):
+            return execute_prepared(PROG, prepared, f"the run can be continued with: reml-run --resume {out}",
+                                    lambda stop: f"checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}")
+    return execute_prepared(PROG, prepared, f"the run can be continued with: reml-run --resume {out}",
+                            lambda stop: f"checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
