@@ -94,10 +94,28 @@ def _body(argv: Sequence[str] | None) -> int:
         from reml_core.workers import ray_workers
 
         with ray_workers(prepared.config, args.ray_address):
-            return execute_prepared(PROG, prepared, f"the run can be continued with: reml-run --resume {out}",
-                                    lambda stop: f"checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}")
-    return execute_prepared(PROG, prepared, f"the run can be continued with: reml-run --resume {out}",
-                            lambda stop: f"checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}")
+            return _execute(prepared, out)
+    return _execute(prepared, out)
+
+
+def _execute(prepared, out: Path) -> int:
+    import sys
+
+    from reml_core.pipeline import command_line
+    from reml_core.training import StopRequested
+
+    set_interrupt_hint(f"the run can be continued with: reml-run --resume {out}")
+    raise_if_interrupted()
+    try:
+        results = prepared.execute(command=command_line()).document
+    except StopRequested as stop:
+        set_interrupt_hint(None)
+        print(f"{PROG}: {interruption_word(stop.signum)}; checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}",
+              file=sys.stderr, flush=True)
+        return EXIT_FOR_SIGNAL.get(stop.signum, 130)
+    set_interrupt_hint(None)
+    print_summary(results, out)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
