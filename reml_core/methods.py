@@ -82,6 +82,9 @@ class ReMLMethod:
 class ChoosingReMLMethod(ReMLMethod):
     """REML whose policy chooses the adaptation's rate and/or steps: it also adapts its own way."""
 
+    #: How reports label its own-rate rows ("REML (...) (chosen rate)"), apart from its fixed-rate rows.
+    own_rate_words = "chosen rate"
+
     def adapted_network_for(self, task: Task, shots: int) -> tuple[nn.Module, OwnAdaptation]:
         """The same composition as :meth:`network_for`, with the rate (else ``env.finetune_sgd_lr``, the
         protocol's unless set) and the number of steps (else None: every step count) the policy chose."""
