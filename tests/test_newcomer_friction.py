@@ -276,3 +276,30 @@ def test_the_benchmark_docs_reproduce_command_makes_the_readme_table():
     for flag in ("--plugin", "--seed", "--seeds", "--methods", "--encoder"):
         assert flag in command and command[command.index(flag) + 1] == made[made.index(flag) + 1], flag
     assert "--from" not in command  # reproducible from nothing
+
+
+class _Terminal(__import__("io").StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_terminal_gets_a_first_line_before_torch_and_the_plugins_load(monkeypatch, tmp_path):
+    from reml_core.cli import bench as bench_cli
+
+    for main, prog in ((run_cli.main, "reml-run"), (bench_cli.main, "reml-bench")):
+        terminal = _Terminal()
+        monkeypatch.setattr("sys.stderr", terminal)
+        order = []
+        import reml_core.cli.common as common
+
+        real = common.discover_plugins
+        monkeypatch.setattr(f"reml_core.cli.{prog.split('-')[1]}.discover_plugins",
+                            lambda: order.append(terminal.getvalue()) or real())
+        assert main(["--plugin", "sine", "--set", "env.detph=4", "--out", str(tmp_path / prog)]) == 2
+        assert order and order[0] == f"{prog}: loading torch and the plugins...\n"  # printed before the imports began
+        assert terminal.getvalue().splitlines()[-1].startswith("env.detph: ")  # then the one error line
+
+
+def test_off_a_terminal_a_users_mistake_stays_one_line(tmp_path, capsys):
+    assert run_cli.main(["--plugin", "sine", "--set", "env.detph=4", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -5,19 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from reml_core.cli.common import (
-    interruption_word,
-    EXIT_FOR_SIGNAL,
     ArgumentParser,
     add_experiment_flags,
+    announce_loading,
     discover_plugins,
+    execute_prepared,
     int_list,
     name_list,
     path_arg,
     positive_int,
-    print_summary,
     raise_if_interrupted,
     run_main,
-    set_interrupt_hint,
     user_config,
 )
 from reml_core.specs import CHOICE_FLAGS
@@ -64,6 +62,7 @@ def _body(argv: Sequence[str] | None) -> int:
         given += ["--seeds"] if args.seeds != 1 else []
         given += ["--force"] if args.force else []
         refuse_with_resume(args.resume, given, PLAN_FILE, flag="--resume")
+        announce_loading(PROG)
         registry = discover_plugins()
         raise_if_interrupted()
         prepared = prepare_bench(resume=args.resume, executor=args.executor, ray_address=args.ray_address,
@@ -71,6 +70,7 @@ def _body(argv: Sequence[str] | None) -> int:
         return _run(prepared)
     if args.out is not None:
         check_path(args.out, "--out")
+    announce_loading(PROG)
     registry = discover_plugins()
     raise_if_interrupted()  # a Ctrl-C swallowed during the imports above
     encoders = name_list(args.encoder) if args.encoder else None
@@ -89,24 +89,10 @@ def _body(argv: Sequence[str] | None) -> int:
 
 
 def _run(prepared) -> int:
-    import sys
-
-    from reml_core.pipeline import command_line
-    from reml_core.training import StopRequested
-
     out = prepared.out
-    set_interrupt_hint(f"what finished is in {out}; continue with: reml-bench --resume {out}")
-    raise_if_interrupted()
-    try:
-        results = prepared.execute(command=command_line()).document
-    except StopRequested as stop:
-        set_interrupt_hint(None)
-        print(f"{PROG}: {interruption_word(stop.signum)}; the REML run being trained was checkpointed at {stop.checkpoint}; "
-              f"continue with: reml-bench --resume {out}", file=sys.stderr, flush=True)
-        return EXIT_FOR_SIGNAL.get(stop.signum, 130)
-    set_interrupt_hint(None)
-    print_summary(results, out)
-    return 0
+    return execute_prepared(PROG, prepared, f"what finished is in {out}; continue with: reml-bench --resume {out}",
+                            lambda stop: f"the REML run being trained was checkpointed at {stop.checkpoint}; "
+                                         f"continue with: reml-bench --resume {out}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

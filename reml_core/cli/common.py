@@ -224,6 +224,34 @@ def print_summary(results: ResultsDocument, out: Path) -> None:
     print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}")
 
 
+def announce_loading(prog: str) -> None:
+    """A first line at once for the person at a terminal, before the seconds that importing torch and
+    the plugins take (nothing when stderr is not a terminal: a user's mistake stays one line there)."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    if callable(isatty) and isatty():
+        print(f"{prog}: loading torch and the plugins...", file=sys.stderr, flush=True)
+
+
+def execute_prepared(prog: str, prepared: Any, hint: str, stopped: Callable[[Any], str]) -> int:
+    """The end every experiment command shares: run what was prepared (a Ctrl-C before or during it
+    answered with ``hint``), then print the summary. A stop requested during training (the run
+    checkpointed first) is one line, ``PROG: interrupted; <stopped(stop)>``, and the signal's exit code."""
+    from reml_core.pipeline import command_line
+    from reml_core.training import StopRequested
+
+    set_interrupt_hint(hint)
+    raise_if_interrupted()
+    try:
+        results = prepared.execute(command=command_line()).document
+    except StopRequested as stop:
+        set_interrupt_hint(None)
+        print(f"{prog}: {interruption_word(stop.signum)}; {stopped(stop)}", file=sys.stderr, flush=True)
+        return EXIT_FOR_SIGNAL.get(stop.signum, 130)
+    set_interrupt_hint(None)
+    print_summary(results, prepared.out)
+    return 0
+
+
 def discover_plugins() -> PluginRegistry:
     from reml_core.registry import PluginRegistry
 

@@ -7,17 +7,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reml_core.cli.common import (
-    interruption_word,
-    EXIT_FOR_SIGNAL,
     ArgumentParser,
     add_experiment_flags,
+    announce_loading,
     discover_plugins,
+    execute_prepared,
     name_list,
     path_arg,
-    print_summary,
     raise_if_interrupted,
     run_main,
-    set_interrupt_hint,
     user_config,
 )
 from reml_core.specs import CHOICE_FLAGS
@@ -66,14 +64,11 @@ def default_out(config: RunConfig, kind: str | None = None) -> Path:
 
 
 def _body(argv: Sequence[str] | None) -> int:
-    import sys
-
     from reml_core.api import prepare_run, refuse_with_resume
     from reml_core.folders import check_path
-    from reml_core.pipeline import command_line
-    from reml_core.training import StopRequested
 
     args = build_parser().parse_args(argv)
+    announce_loading(PROG)
     registry = discover_plugins()
     raise_if_interrupted()  # a Ctrl-C swallowed during the imports above
     if args.resume is not None:
@@ -94,28 +89,10 @@ def _body(argv: Sequence[str] | None) -> int:
         from reml_core.workers import ray_workers
 
         with ray_workers(prepared.config, args.ray_address):
-            return _execute(prepared, out)
-    return _execute(prepared, out)
-
-
-def _execute(prepared, out: Path) -> int:
-    import sys
-
-    from reml_core.pipeline import command_line
-    from reml_core.training import StopRequested
-
-    set_interrupt_hint(f"the run can be continued with: reml-run --resume {out}")
-    raise_if_interrupted()
-    try:
-        results = prepared.execute(command=command_line()).document
-    except StopRequested as stop:
-        set_interrupt_hint(None)
-        print(f"{PROG}: {interruption_word(stop.signum)}; checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}",
-              file=sys.stderr, flush=True)
-        return EXIT_FOR_SIGNAL.get(stop.signum, 130)
-    set_interrupt_hint(None)
-    print_summary(results, out)
-    return 0
+            return execute_prepared(PROG, prepared, f"the run can be continued with: reml-run --resume {out}",
+                                    lambda stop: f"checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}")
+    return execute_prepared(PROG, prepared, f"the run can be continued with: reml-run --resume {out}",
+                            lambda stop: f"checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
