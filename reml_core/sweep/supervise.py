@@ -2,8 +2,9 @@
 one SIGTERM when the Ray worker that started it goes, with Linux's parent-death signal (libc's
 ``prctl``), so a killed sweep's trials checkpoint instead of running on as orphans.
 
-``python -m reml_core.sweep.supervise guard COMMAND...`` is the guard (:func:`guard_main`); the
-Tune trainable calls :func:`run_trial_process`.
+``python -m reml_core.sweep guard COMMAND...`` (``reml_core/sweep/__main__.py``) is the guard
+(:func:`guard_main`), a command line the Ray watchdog (:mod:`reml_core.distributed`) recognises;
+the Tune trainable calls :func:`run_trial_process`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from reml_core.folders import LOCK
 from reml_core.storage import atomic_write_json, open_for_append
 from reml_core.sweep.trials import last_lines, read_record, record_seconds, run_finished, trial_objective
 
+#: The module ``python -m`` runs as a trial's guard: its command line is how the Ray watchdog tells a trial's session.
+GUARD_MODULE = "reml_core.sweep"
 #: How long a restarted trial waits for a killed predecessor's reml-run to checkpoint and let go of its folder.
 LOCK_WAIT_S = 120.0
 
@@ -110,7 +113,7 @@ def run_trial_process(root: Path, trial: Mapping[str, Any]) -> dict[str, Any]:
             log.flush()
             # reml-run runs under a guard (see guard_main) in a session of its own, so that when the worker
             # ends it gets one SIGTERM and checkpoints before it exits, instead of running on as an orphan
-            process = subprocess.Popen([sys.executable, "-m", "reml_core.sweep.supervise", "guard", *command], stdin=subprocess.DEVNULL,
+            process = subprocess.Popen([sys.executable, "-m", GUARD_MODULE, "guard", *command], stdin=subprocess.DEVNULL,
                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                        preexec_fn=_die_with_parent(os.getpid()))
             code = process.wait()
@@ -145,8 +148,3 @@ def guard_main(command: Sequence[str]) -> int:
     code = child.wait()
     return 128 - code if code < 0 else code
 
-
-if __name__ == "__main__":  # python -m reml_core.sweep.supervise guard COMMAND...: see guard_main
-    if len(sys.argv) < 3 or sys.argv[1] != "guard":
-        raise SystemExit("usage: python -m reml_core.sweep.supervise guard COMMAND [ARGS...] (reml-sweep starts this itself)")
-    raise SystemExit(guard_main(sys.argv[2:]))
