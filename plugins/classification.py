@@ -7,7 +7,7 @@ order, loss and metric, and the experiment presets whose K values fit such tasks
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from reml_core.interfaces import Task
+from reml_core.samplers import SPLIT_KEYS, SeededSplits, split_generator
 
-#: Independent random streams: the training stream, each held-out set and the class split.
-STREAM_KEYS = {"train": 0, "validation": 1, "test": 2, "split": 3}
+#: Independent random streams (reml_core.samplers): the training stream, each held-out set and the class split.
+STREAM_KEYS = {**SPLIT_KEYS, "split": 3}
 
 # K values per class: a task holds support_shots (default 5) support images per class, so the
 # core's default K of 5 and 10 would not fit. Budgets over the core's (reml_core.config.CORE_PRESETS).
@@ -58,10 +59,10 @@ EXPERIMENT_PRESETS: Mapping[str, Mapping[str, Any]] = {
 
 
 def stream_generator(entropy: int, stream: str) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy, spawn_key=(STREAM_KEYS[stream],))))
+    return split_generator(entropy, STREAM_KEYS[stream])
 
 
-class ImageTaskSampler:
+class ImageTaskSampler(SeededSplits):
     """Seeded N-way K-shot tasks from disjoint class splits; a family supplies the images.
 
     A subclass sets ``config`` (with ``ways``, ``train_per_class``, ``support_shots``,
@@ -73,6 +74,7 @@ class ImageTaskSampler:
     """
 
     loss_name = "cross-entropy"
+    stream_keys = STREAM_KEYS
     config: Any
     classes: dict[str, tuple[int, ...]]
     input_shape: tuple[int, ...]
@@ -94,23 +96,6 @@ class ImageTaskSampler:
             y = torch.from_numpy(np.tile(np.arange(ways, dtype=np.int64), int(stop - start)))
             parts += [x, y]
         return Task(task_id, split, tuple(float(cls) for cls in classes), *parts, ways=ways)
-
-    def train_stream(self, seed: int) -> Iterator[Task]:
-        rng = stream_generator(seed, "train")
-        index = 0
-        while True:
-            yield self._task(rng, f"train-s{seed}-{index}", "train")
-            index += 1
-
-    def _held_out(self, split: str, count: int) -> list[Task]:
-        rng = stream_generator(self.config.test_seed, split)
-        return [self._task(rng, f"{split}-{index}", split) for index in range(count)]
-
-    def validation_tasks(self, count: int) -> list[Task]:
-        return self._held_out("validation", count)
-
-    def test_tasks(self, count: int) -> list[Task]:
-        return self._held_out("test", count)
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(prediction, target)

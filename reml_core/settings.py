@@ -224,11 +224,10 @@ class TrainConfig(StrictModel):
     )
     n_envs: int = Field(
         128, ge=1, le=1024,
-        description="composition episodes run side by side (a vector env; 1: the single env). Networks finishing on "
-        "the same step train as one stacked computation, so the more envs, the larger those batches (a policy that "
-        "makes invalid actions spreads the finishes out): for ppo-mlp meta-training on 2 CPU cores 64 envs measured "
-        "~1400 env steps/s, 128 ~1800, 256 ~1900, one env ~490; 128 keeps 8 steps per env in a 1024-step rollout "
-        "(docs/performance.md). Results depend on (seed, n_envs)",
+        description="composition episodes run side by side as one vector env (1: the single env). Networks that finish "
+        "on the same step are trained as one stacked computation, so more envs give larger batches; each env takes "
+        "rollout length / n_envs steps of every rollout. Results depend on (seed, n_envs); docs/performance.md has "
+        "the measured throughput",
     )
     workers: int | None = Field(
         None, ge=1, le=256,

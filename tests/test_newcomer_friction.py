@@ -303,3 +303,58 @@ def test_a_terminal_gets_a_first_line_before_torch_and_the_plugins_load(monkeypa
 def test_off_a_terminal_a_users_mistake_stays_one_line(tmp_path, capsys):
     assert run_cli.main(["--plugin", "sine", "--set", "env.detph=4", "--out", str(tmp_path / "r")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+# -- one implementation of the pools' index bookkeeping and of the families' held-out splits ----
+
+
+def test_role_index_numbers_a_pools_layers_role_by_role():
+    from reml_core.interfaces import Role
+    from reml_core.pools import RoleIndex
+
+    index = RoleIndex({Role.INPUT: 2, Role.HIDDEN: 3, Role.OUTPUT: 1})
+    assert index.size == 6 and [index.locate(i) for i in (0, 1, 2, 4, 5)] == [
+        (Role.INPUT, 0), (Role.INPUT, 1), (Role.HIDDEN, 0), (Role.HIDDEN, 2), (Role.OUTPUT, 0)]
+    with pytest.raises(IndexError, match="outside 0..5"):
+        index.locate(6)
+    slots = index.slot_rows([[0, 2, 5], [1, 4, 5]])
+    assert [(role, rows.tolist()) for role, rows in slots] == [(Role.INPUT, [0, 1]), (Role.HIDDEN, [0, 2]), (Role.OUTPUT, [0, 0])]
+    for bad, message in (([[0, 2, 5], [1, 5]], "one depth"), ([[0, 2, 5], [2, 0, 5]], "one role per slot"), ([], "at least one")):
+        with pytest.raises(ValueError, match=message):
+            index.slot_rows(bad)
+
+
+def test_the_dense_and_conv_pools_share_the_role_index(installed_registry):
+    from reml_core.experiment import build_components
+    from reml_core.pools import RoleIndex
+
+    for family in ("sine", "digits"):
+        pool = build_components(resolve_config(installed_registry, {"plugin": family, "preset": "smoke"})).pool
+        assert isinstance(pool._index, RoleIndex) and pool.size == pool._index.size
+        assert [pool.locate(i) for i in range(pool.size)] == [pool._index.locate(i) for i in range(pool.size)]
+
+
+def test_sine_and_the_image_families_share_the_held_out_split(installed_registry):
+    from reml_core.experiment import build_components
+    from reml_core.samplers import SeededSplits
+
+    for family in ("sine", "digits"):
+        config = resolve_config(installed_registry, {"plugin": family, "preset": "smoke"})
+        sampler = build_components(config).task_sampler
+        assert isinstance(sampler, SeededSplits)
+        first, again = sampler.test_tasks(3), sampler.test_tasks(3)
+        assert [t.task_id for t in first] == ["test-0", "test-1", "test-2"]
+        assert all(np.array_equal(a.y_query, b.y_query) for a, b in zip(first, again))  # the config alone fixes them
+        train = next(iter(sampler.train_stream(0)))
+        assert train.task_id == "train-s0-0" and not any(np.array_equal(train.x_query, t.x_query) and
+                                                          np.array_equal(train.y_query, t.y_query) for t in first)
+
+
+def test_setting_descriptions_say_what_a_setting_does_not_what_it_measured():
+    import re
+
+    from reml_core.settings import EnvConfig, EvalConfig, TrainConfig
+
+    for model in (EnvConfig, TrainConfig, EvalConfig):
+        for name, info in model.model_fields.items():
+            assert not re.search(r"steps/s|~\d|\bmeasured \d", info.description or ""), f"{model.__name__}.{name}: {info.description}"

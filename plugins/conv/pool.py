@@ -57,6 +57,7 @@ from torch import nn
 
 from reml_core.errors import ComponentBuildError
 from reml_core.interfaces import Role, TaskContext
+from reml_core.pools import RoleIndex
 
 #: A pool larger than these cannot be what anyone meant: it would exhaust memory before training.
 MAX_LAYERS_PER_ROLE = 1000
@@ -306,9 +307,9 @@ class ConvLayerPool:
         for role, (count, _) in self._shapes.items():
             weight, bias = self._initial(role, count, generator)
             self.weights[role], self.biases[role] = weight.to(self.device), bias.to(self.device)
-        self.roles: list[Role] = [role for role, (count, _) in self._shapes.items() for _ in range(count)]
-        self.size = len(self.roles)
-        self._offsets = {Role.INPUT: 0, Role.HIDDEN: config.input_layers, Role.OUTPUT: config.input_layers + config.hidden_layers}
+        self._index = RoleIndex({role: shape[0] for role, shape in self._shapes.items()})  # global index <-> (role, row)
+        self.roles: list[Role] = self._index.roles
+        self.size = self._index.size
 
     def describe(self) -> str:
         c = self.config
@@ -338,10 +339,7 @@ class ConvLayerPool:
 
     def locate(self, index: int) -> tuple[Role, int]:
         """The role of a pool index and its position among that role's layers."""
-        if not 0 <= index < self.size:
-            raise IndexError(f"pool index {index} is outside 0..{self.size - 1}")
-        role = self.roles[index]
-        return role, index - self._offsets[role]
+        return self._index.locate(index)
 
     def count(self, role: Role) -> int:
         return self._shapes[role][0]
@@ -412,17 +410,7 @@ class ConvLayerPool:
 
     def _slot_rows(self, indices: Sequence[Sequence[int]]) -> list[tuple[Role, torch.Tensor]]:
         """Per slot: its role (every index list is checked in network order, so one role per slot) and the local rows."""
-        if not indices:
-            raise ValueError("a batch needs at least one network")
-        depths = {len(chosen) for chosen in indices}
-        if len(depths) != 1:
-            raise ValueError(f"networks of one batch must have one depth, got {sorted(depths)}")
-        located = [self._located(chosen) for chosen in indices]
-        slots = []
-        for slot in range(depths.pop()):
-            role = located[0][slot][0]
-            slots.append((role, torch.tensor([rows[slot][1] for rows in located], device=self.device)))
-        return slots
+        return self._index.slot_rows(indices, self._located, self.device)
 
     def build_batch(self, indices: Sequence[Sequence[int]]) -> BatchedConvNetwork:
         """Networks of copies of the given layers, stacked; row ``b`` equals ``build(indices[b])``.

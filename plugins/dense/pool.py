@@ -18,6 +18,7 @@ from torch import nn
 
 from reml_core.errors import ComponentBuildError
 from reml_core.interfaces import Role, TaskContext
+from reml_core.pools import RoleIndex
 
 ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh}
 
@@ -294,9 +295,9 @@ class DenseLayerPool:
         for role, (count, fan_out, fan_in) in self._shapes.items():
             weight, bias = self._initial(count, fan_out, fan_in, generator)
             self.weights[role], self.biases[role] = weight.to(self.device), bias.to(self.device)
-        self.roles: list[Role] = [role for role, (count, _, _) in self._shapes.items() for _ in range(count)]
-        self.size = len(self.roles)
-        self._offsets = {Role.INPUT: 0, Role.HIDDEN: config.input_layers, Role.OUTPUT: config.input_layers + config.hidden_layers}
+        self._index = RoleIndex({role: shape[0] for role, shape in self._shapes.items()})  # global index <-> (role, row)
+        self.roles: list[Role] = self._index.roles
+        self.size = self._index.size
 
     def describe(self) -> str:
         c = self.config
@@ -321,10 +322,7 @@ class DenseLayerPool:
 
     def locate(self, index: int) -> tuple[Role, int]:
         """The role of a pool index and its position among that role's layers."""
-        if not 0 <= index < self.size:
-            raise IndexError(f"pool index {index} is outside 0..{self.size - 1}")
-        role = self.roles[index]
-        return role, index - self._offsets[role]
+        return self._index.locate(index)
 
     # -- networks ----------------------------------------------------------------------------
 
@@ -370,17 +368,7 @@ class DenseLayerPool:
 
     def _slot_rows(self, indices: Sequence[Sequence[int]]) -> list[tuple[Role, torch.Tensor]]:
         """Per slot: its role (the same in every network, or the networks cannot be stacked) and the local rows."""
-        depths = {len(chosen) for chosen in indices}
-        if len(depths) != 1:
-            raise ValueError(f"networks of one batch must have one depth, got {sorted(depths)}")
-        slots = []
-        for slot in range(depths.pop()):
-            located = [self.locate(chosen[slot]) for chosen in indices]
-            roles = {role for role, _ in located}
-            if len(roles) != 1:
-                raise ValueError(f"slot {slot} holds layers of roles {sorted(r.value for r in roles)}; a batch needs one role per slot")
-            slots.append((roles.pop(), torch.tensor([local for _, local in located])))
-        return slots
+        return self._index.slot_rows(indices)
 
     def build_batch(self, indices: Sequence[Sequence[int]]) -> BatchedComposedNetwork:
         """Networks of copies of the given layers, stacked; row ``b`` equals ``build(indices[b])``."""

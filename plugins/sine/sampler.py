@@ -10,10 +10,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from reml_core.interfaces import Task, TaskBatch
+from reml_core.samplers import SPLIT_KEYS, SeededSplits
 
-# Independent random streams per split: held-out tasks never come out of the training stream.
-# "train-batches" is the batched training stream's own (same family, drawn in a vectorised order).
-_SPLIT_KEYS = {"train": 0, "validation": 1, "test": 2, "train-batches": 3}
+# Independent random streams per split (reml_core.samplers): held-out tasks never come out of the training
+# stream. "train-batches" is the batched training stream's own (same family, drawn in a vectorised order).
+_SPLIT_KEYS = {**SPLIT_KEYS, "train-batches": 3}
 
 
 #: Points per task beyond this would not fit in memory for hundreds of tasks; no protocol needs them.
@@ -45,8 +46,10 @@ class SineConfig(BaseModel):
         return self
 
 
-class SineTaskSampler:
-    """Seeded sinusoid tasks: a training stream and fixed validation and test sets."""
+class SineTaskSampler(SeededSplits):
+    """Seeded sinusoid tasks: a training stream and fixed validation and test sets (:class:`SeededSplits`)."""
+
+    stream_keys = _SPLIT_KEYS
 
     descriptor_names = ("amplitude", "phase")
     input_size = 1
@@ -71,9 +74,6 @@ class SineTaskSampler:
                 f"training points, up to {c.support_points} support points and {c.query_points} query points "
                 f"({'a uniform grid' if c.query_grid else 'uniform draws'}); loss: mean squared error.")
 
-    def _generator(self, entropy: int, split: str) -> np.random.Generator:
-        return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy, spawn_key=(_SPLIT_KEYS[split],))))
-
     def _task(self, rng: np.random.Generator, task_id: str, split: str) -> Task:
         c = self.config
         amplitude = float(rng.uniform(c.amplitude_low, c.amplitude_high))
@@ -88,13 +88,6 @@ class SineTaskSampler:
 
         return Task(task_id, split, (amplitude, phase), x_train, f(x_train), x_support, f(x_support), x_query, f(x_query))
 
-    def train_stream(self, seed: int) -> Iterator[Task]:
-        rng = self._generator(seed, "train")
-        index = 0
-        while True:
-            yield self._task(rng, f"train-s{seed}-{index}", "train")
-            index += 1
-
     def train_batches(self, seed: int, batch_size: int) -> Iterator[TaskBatch]:
         """Training tasks ``batch_size`` at a time, each batch from one vectorised draw (:class:`BatchedTaskSampler`).
 
@@ -104,7 +97,7 @@ class SineTaskSampler:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         c = self.config
-        rng = self._generator(seed, "train-batches")
+        rng = self._stream(seed, "train-batches")
         low = np.array([c.amplitude_low, c.phase_low])
         high = np.array([c.amplitude_high, c.phase_high])
         n_random = c.train_points + c.support_points + (0 if c.query_grid else c.query_points)
@@ -126,16 +119,6 @@ class SineTaskSampler:
                 x[:, support_end:], y[:, support_end:],
             )
             first += batch_size
-
-    def _held_out(self, split: str, count: int) -> list[Task]:
-        rng = self._generator(self.config.test_seed, split)
-        return [self._task(rng, f"{split}-{index}", split) for index in range(count)]
-
-    def validation_tasks(self, count: int) -> list[Task]:
-        return self._held_out("validation", count)
-
-    def test_tasks(self, count: int) -> list[Task]:
-        return self._held_out("test", count)
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.mean((prediction - target) ** 2)
