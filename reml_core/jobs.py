@@ -270,7 +270,7 @@ def summary_line(result: JobResult) -> str:
     cell = table[shots][steps]
     parts = [f"{result.loss_name} {cell.mse_mean:.4g}"]
     parts += [f"{name} {mean:.3f}" for name, (mean, _) in sorted(cell.metrics.items())]
-    return f"K={shots}, {steps} steps: " + ", ".join(parts)
+    return f"K={shots}, {steps} step{'' if steps == 1 else 's'}: " + ", ".join(parts)
 
 
 class LocalExecutor:

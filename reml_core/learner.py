@@ -376,7 +376,7 @@ class Learner:
         with torch.enable_grad():  # also when called under torch.no_grad()
             finished = finetune_sgd(network, x, y, self.loss_fn, steps=steps, lr=lr)
         if not finished:
-            warnings.warn(f"fine-tuning diverged (a loss or weight stopped being finite) within {steps} steps at lr {lr:g}; "
+            warnings.warn(f"fine-tuning diverged (a loss or weight stopped being finite) within {steps} step{'' if steps == 1 else 's'} at lr {lr:g}; "
                           "try fewer steps or a smaller lr", RuntimeWarning, stacklevel=3)
 
     def predict(self, x_support: Any, y_support: Any, x_query: Any, *, steps: int | None = None, lr: float | None = None) -> torch.Tensor:

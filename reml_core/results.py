@@ -51,6 +51,11 @@ FRACTION_SUFFIXES = ("_units", "_rate", "_fraction")
 Kind = Literal["run", "seed", "bench"]
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 step``, ``2 steps``, ``2,048 env steps``: a count and its noun, pluralised (nouns here take an s)."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
 def stat_label(key: str) -> str:
     """``pool/dead_hidden_units`` -> ``dead hidden units``: a component's number named for people."""
     return key.rpartition("/")[2].replace("_", " ")
@@ -570,7 +575,7 @@ def _format_cell(cell: CellResult, best: bool, measure: str = LOSS) -> str:
     """``mean ± CI``; with diverged tasks the mean is over the others and the count follows (``, 3 diverged``)."""
     mean, ci, spread = cell.measure(measure)
     if mean is None:
-        text = f"NaN ({cell.nan_tasks} tasks diverged)" if cell.nan_tasks else "NaN"
+        text = f"NaN ({plural(cell.nan_tasks, 'task')} diverged)" if cell.nan_tasks else "NaN"
     else:
         text = f"{mean:.3f} ± {ci:.3f}" if ci is not None else f"{mean:.3f}"
         if spread is not None:
@@ -639,7 +644,7 @@ def curve_table(curves: Mapping[str, Sequence[float | None]], points: Sequence[i
         return "(no convergence curve)\n"
     length = max(len(c) for c in curves.values())
     points = [p for p in points if p < length]
-    lines = ["| method | " + " | ".join(f"{p} steps" for p in points) + " |", "|---|" + "---:|" * len(points)]
+    lines = ["| method | " + " | ".join(plural(p, "step") for p in points) + " |", "|---|" + "---:|" * len(points)]
     for name, curve in curves.items():
         cells = [("NaN" if curve[p] is None else f"{curve[p]:.3f}") if p < len(curve) else "-" for p in points]
         lines.append(f"| {METHOD_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
@@ -772,7 +777,7 @@ def render_run_report(results: ResultsDocument) -> str:
         "## Training",
         "",
         f"{training.env_steps} env steps with `{results.policy}`, reward `{config['reward']['name']}`, "
-        f"pool `{config['pool']['name']}`; resumed {training.resumes} time(s)."
+        f"pool `{config['pool']['name']}`; resumed {plural(training.resumes, 'time')}."
         + (" The policy backend reports: " + ", ".join(f"{stat_label(key)} {format_stat(key, value)}" for key, value in training.policy_stats.items()) + "."
            + stat_meanings(training.policy_stats) if training.policy_stats else ""),
         "",
@@ -789,7 +794,7 @@ def render_run_report(results: ResultsDocument) -> str:
             "different tasks give a different number, so compare these only with each other). \"Gain from fine-tuning\" is the "
             f"validation loss before fine-tuning minus the loss after {longest} SGD steps: how much the K support points helped.",
             "",
-            f"| env steps | validation loss after {longest} steps | gain from fine-tuning | "
+            f"| env steps | validation loss after {plural(longest, 'step')} | gain from fine-tuning | "
             + " | ".join(f"pool: {stat_label(key)}" for key in pool_keys) + " |",
             "|---:|---:|---:|" + "---:|" * len(pool_keys),
         ]

@@ -29,7 +29,7 @@ from reml_core.interfaces import MaintainedLayerPool, PolicyBackend
 from reml_core.logs import log  # noqa: F401  (re-exported: reml_core.training.log is older than reml_core.logs)
 from reml_core.pool_update import STATE_FILE as POOL_UPDATE_FILE
 from reml_core.methods import ReMLMethod
-from reml_core.results import format_stat, stat_label
+from reml_core.results import format_stat, plural, stat_label
 from reml_core.specs import KIND_LABELS
 from reml_core.workers import WorkerLost
 from reml_core.storage import (
@@ -77,9 +77,6 @@ class StopRequested(BaseException):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def plural(count: int, noun: str) -> str:
-    """``1 step``, ``2 steps``: a count and its noun, pluralised."""
-    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 #: The widest a log line is made (``[reml 12:34:56] `` included), so lines do not wrap on a terminal.
@@ -175,7 +172,7 @@ class MetaTrainer:
         remaining = total - self.policy.num_timesteps
         if remaining > 0:
             workers = getattr(self.env, "workers", None)
-            log(f"meta-training {self.config.policy.name} for {remaining} env steps "
+            log(f"meta-training {self.config.policy.name} for {plural(remaining, 'env step')} "
                 f"(encoder {self.config.encoder.name}, reward {self.config.reward.name}"
                 + (f"; episode ends in {workers.count} processes)" if workers is not None else ")"))
             # Only the main thread may set signal handlers: from any other thread (a notebook's

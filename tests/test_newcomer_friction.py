@@ -358,3 +358,16 @@ def test_setting_descriptions_say_what_a_setting_does_not_what_it_measured():
     for model in (EnvConfig, TrainConfig, EvalConfig):
         for name, info in model.model_fields.items():
             assert not re.search(r"steps/s|~\d|\bmeasured \d", info.description or ""), f"{model.__name__}.{name}: {info.description}"
+
+
+def test_reports_never_say_1_steps():
+    from reml_core.results import CellResult, curve_table, render_run_report
+
+    table = curve_table({"reml": [3.0, 2.0, 1.5]})
+    assert "| 1 step |" in table and "1 steps" not in table
+    document = _run_document()
+    document.training["reml"] = __import__("dataclasses").replace(document.training["reml"], resumes=1)
+    document.tables["reml"][5][1] = CellResult(None, None, None, 1)
+    report = render_run_report(document)
+    assert "resumed 1 time." in report and "1 task diverged" in report
+    assert not __import__("re").search(r"\b1 (steps|tasks|times)\b", report)
