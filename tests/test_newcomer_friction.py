@@ -371,3 +371,33 @@ def test_reports_never_say_1_steps():
     report = render_run_report(document)
     assert "resumed 1 time." in report and "1 task diverged" in report
     assert not __import__("re").search(r"\b1 (steps|tasks|times)\b", report)
+
+
+def test_a_benchmark_reports_the_references_over_its_seeds(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "bench"
+    result = subprocess.run([str(Path(sys.executable).parent / "reml-bench"), "--plugin", "sine", "--preset", "smoke", "--methods", "scratch",
+                             "--seeds", "2", "--test-tasks", "5", "--set", "eval.curve_steps=2", "--set", "eval.curve_tasks=2",
+                             "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    seed = json.loads((out / "seed-0" / "results.json").read_text())["references"]
+    merged = json.loads((out / "results.json").read_text())["references"]
+    assert set(merged) == {"predict zero", "support mean"} and set(merged["predict zero"]) == {"5", "10"}
+    assert merged["predict zero"]["5"]["0"]["mse_mean"] == pytest.approx(seed["predict zero"]["5"]["0"]["mse_mean"])
+    assert merged["predict zero"]["5"]["0"]["seed_spread"] == 0.0  # the same test tasks for every seed
+    report = (out / "report.md").read_text()
+    assert "Trivial references on the same 5 test tasks" in report and "plumbing check" in report
+    assert "Trivial references" in result.stdout and "plumbing check" in result.stdout
+
+
+def test_every_progress_bar_is_tqdms():
+    """One kind of bar: training, evaluation and MAML draw tqdm's (on stderr); none draws rich's."""
+    for path in [*(ROOT / "reml_core").rglob("*.py"), *(ROOT / "plugins").rglob("*.py")]:
+        text = path.read_text()
+        assert "rich.progress" not in text and "progress_bar=True" not in text, path
+    from reml_core import evaluation, training
+
+    assert "tqdm" in __import__("inspect").getsource(training._progress_bar) and evaluation.tqdm.__module__.startswith("tqdm")
