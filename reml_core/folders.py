@@ -377,8 +377,8 @@ def _entries(folder: Path) -> list[str]:
         raise UserError(f"cannot read {folder}: {error.strerror or error}") from None
 
 
-def check_new_folder(out: Path, *, kind: FolderKind, force: bool, flag: str = "--out") -> Path:
-    """Refuse an ``out`` the ``kind``'s tool may not make its new folder in, writing nothing (no lock either):
+def check_new_folder(out: Path, *, force: bool, flag: str = "--out") -> Path:
+    """Refuse an ``out`` a new REML folder may not be made in, writing nothing (no lock either):
     a file, a non-empty folder without a marker, a REML folder unless ``force``. :func:`claim_new_folder`
     checks again under the lock; a tool that starts something slow before claiming (a sweep starts Ray)
     calls this first, so a mistake costs nothing."""
@@ -388,16 +388,16 @@ def check_new_folder(out: Path, *, kind: FolderKind, force: bool, flag: str = "-
     if out.is_dir():
         present = [name for name in _entries(out) if name not in (LOCK, LEDGER)]
         if present:
-            _refuse_present(out, present, kind=kind, force=force, flag=flag)
+            _refuse_present(out, present, force=force, flag=flag)
     return out
 
 
-def _refuse_present(out: Path, present: list[str], *, kind: FolderKind, force: bool, flag: str) -> FolderMarker:
+def _refuse_present(out: Path, present: list[str], *, force: bool, flag: str) -> FolderMarker:
     """``out`` holds ``present``: refuse unless it is a REML folder and ``force`` replaces it; return its marker."""
     marker = read_marker(out)
     if marker is None:
         raise UserError(
-            f"{flag} {out} already holds files that are not a REML {KIND_NOUNS[kind]} (no {MARKER} marker, e.g. {present[0]!r}); "
+            f"{flag} {out} already holds files that are not a REML run, benchmark or sweep (no {MARKER} marker, e.g. {present[0]!r}); "
             "choose an empty or new directory"
         )
     if not force:
@@ -412,7 +412,7 @@ def claim_new_folder(out: Path, *, kind: FolderKind, force: bool, flag: str = "-
     unless ``force``; then only what its ledger names is removed, and anything else in it refuses
     the claim. A non-empty folder without a marker is never touched. Takes the folder's writer lock.
     """
-    out = check_new_folder(out, kind=kind, force=force, flag=flag)
+    out = check_new_folder(out, force=force, flag=flag)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -420,7 +420,7 @@ def claim_new_folder(out: Path, *, kind: FolderKind, force: bool, flag: str = "-
     lock_folder(out, flag)
     present = [name for name in _entries(out) if name not in (LOCK, LEDGER)]  # again, now that no one else can write
     if present:
-        _refuse_present(out, present, kind=kind, force=force, flag=flag)
+        _refuse_present(out, present, force=force, flag=flag)
         clear_for_force(out, flag, keep=(MARKER, LOCK, LEDGER))
     start_ledger(out)  # a folder inside another REML folder is that one's only if it listed it first (a sweep's trials)
     write_marker(out, kind, (*KIND_ENTRIES[kind], *entries))

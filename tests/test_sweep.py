@@ -152,7 +152,7 @@ def test_out_and_resume_folders_are_checked_before_anything_is_written(tmp_path,
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
     code, err = _run_main(capsys, "--plugin", "sine", *GRID, "--out", str(stranger), "--force")
-    assert code == 2 and "not a REML sweep" in err and (stranger / "notes.txt").read_text() == "mine"
+    assert code == 2 and "not a REML run, benchmark or sweep" in err and (stranger / "notes.txt").read_text() == "mine"
 
     code, err = _run_main(capsys, "--resume", str(stranger))
     assert code == 2 and err.strip() == (f"reml-sweep: error: --resume {stranger}: not a REML sweep directory (no {MARKER} marker; "

@@ -219,7 +219,7 @@ def write_plan(out: Path, plan: SweepPlan) -> None:
 
 def check_sweep_out(out: Path, *, force: bool, flag: str = "--out") -> Path:
     """Refuse an ``--out`` reml-sweep may not write into, before anything is started or written."""
-    return check_new_folder(out, kind="sweep", force=force, flag=flag)
+    return check_new_folder(out, force=force, flag=flag)
 
 
 def claim_sweep_folder(out: Path, *, force: bool, flag: str = "--out") -> Path:
