@@ -1,4 +1,5 @@
-"""The two figures of a run: few-shot error against fine-tuning steps, and the convergence curve."""
+"""Every figure REML draws: a run's few-shot error against fine-tuning steps and its convergence curve,
+and a sweep's scores per configuration."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from reml_core.results import METHOD_LABELS, OWN_RATE_SUFFIX, Table, measure_label, table_measures
+from reml_core.results import describe_values as describe
 from reml_core.storage import atomic_write_with
 
 
@@ -117,6 +119,29 @@ def plot_convergence(
     axis.grid(alpha=0.3, which="both")
     axis.legend()
     axis.set_title(title)
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def plot_sweep(document: Mapping[str, Any], path: Path) -> None:
+    """sweep.png: each configuration's mean score, with bars from its lowest to highest seed and every seed as a dot."""
+    configurations = document["configurations"]
+    plt = _pyplot()
+    height = max(3.0, 0.45 * len(configurations) + 1.6)
+    figure, axis = plt.subplots(figsize=(8, height))
+    for row, c in enumerate(configurations):
+        scores = [t["score"] for t in document["trials"] if t["configuration"] == c["id"] and t["score"] is not None]
+        color = "tab:red" if c["best"] else "tab:blue"
+        if c["mean"] is not None:
+            axis.errorbar([c["mean"]], [row], xerr=[[c["mean"] - c["min"]], [c["max"] - c["mean"]]], fmt="o", color=color, capsize=4, markersize=7)
+        axis.scatter(scores, [row] * len(scores), color=color, alpha=0.45, s=16, zorder=3)
+    axis.set_yticks(range(len(configurations)), [f"{c['id']}: {describe(c['values'])}" + (" (best)" if c["best"] else "") for c in configurations],
+                    fontsize=8)
+    axis.invert_yaxis()
+    axis.set_xlabel("validation score (mean query loss on validation tasks; lower is better)")
+    axis.grid(alpha=0.3, axis="x")
+    axis.set_title(f"reml-sweep: {document.get('plugin')}, {len(document['seeds'])} seed(s) per configuration\n"
+                   "dot: mean over seeds; bar: lowest to highest seed; faint dots: each seed", fontsize=10)
     figure.tight_layout()
     _save(figure, path)
 
