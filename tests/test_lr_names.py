@@ -176,7 +176,7 @@ def run_with_former_names(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("lr-names") / "run"
     sets = [arg for section, old, _, value in RENAMED for arg in ("--set", f"{section}.{old}={value}")]
-    return tiny_run(out, *sets, "--set", "baselines.maml.iterations=3")
+    return tiny_run(out, *sets, "--baselines", "scratch,maml", "--set", "baselines.maml.iterations=3")  # options never add a baseline
 
 
 @pytest.mark.slow
