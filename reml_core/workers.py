@@ -25,7 +25,7 @@ the update over all the step's ends with its gradients computed per share
   protocol rule, the order in which the networks' gradients are summed (rounding, which Adam's
   sign steps can amplify): docs/performance.md.
 
-The workers start lazily, on the first vector step that ends at least :data:`MIN_PARALLEL` episodes,
+The workers start lazily, on the first vector step that ends at least 2 x :data:`MIN_SHARE` episodes,
 so a run too small to profit never forks. A worker ignores Ctrl-C (its parent stops it after
 checkpointing), dies with its parent (Linux's parent-death signal) and exits when its pipe closes;
 a worker that dies (killed, out of memory) ends the run with :class:`WorkerLost`, one line naming it.
@@ -51,8 +51,9 @@ from reml_core.errors import UserError
 
 #: Workers at most by default (beyond about 8 the serial part of a step dominates: docs/performance.md).
 DEFAULT_CAP = 8
-#: A vector step ends at least this many episodes before its work is split (and the workers started).
-MIN_PARALLEL = 2
+#: Episode ends per share at least: a step is split only when each share gets this many (and the
+#: workers start at the first such step, 2 x MIN_SHARE ends).
+MIN_SHARE = 8
 
 
 class WorkerLost(UserError):
@@ -529,17 +530,19 @@ def _pickles(value: Any) -> bool:
 
 
 def split_count(total: int, count: int) -> int:
-    """How many shares ``total`` ended episodes are cut into with ``count`` workers (1: no split)."""
-    if count < 2 or total < MIN_PARALLEL:
+    """How many shares ``total`` ended episodes are cut into with ``count`` workers (1: no split): at
+    least :data:`MIN_SHARE` ends per share, since a smaller stack pays the fixed cost of a stacked
+    step for too few networks, and sending it costs more than it saves (docs/performance.md)."""
+    if count < 2:
         return 1
-    return min(count, total)
+    return max(1, min(count, total // MIN_SHARE))
 
 
 def describe(workers: int, n_envs: int) -> str:
     """A phrase for the log: how the episode ends of this run are computed."""
     if workers <= 1:
         return "one process"
-    return f"{workers} processes (started at the first step that ends {MIN_PARALLEL}+ of the {n_envs} envs' episodes)"
+    return f"{workers} processes (started at the first step that ends {2 * MIN_SHARE}+ of the {n_envs} envs' episodes)"
 
 
 

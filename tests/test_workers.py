@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from reml_core.workers import MIN_PARALLEL, chunks, resolve_workers, split_count
+from reml_core.workers import MIN_SHARE, chunks, resolve_workers, split_count
 
 BIN = Path(sys.executable).parent
 
@@ -30,7 +30,8 @@ def test_the_split_is_consecutive_and_balanced():
     assert chunks(15, 2) == [range(0, 8), range(8, 15)]
     assert chunks(128, 4) == [range(0, 32), range(32, 64), range(64, 96), range(96, 128)]
     assert chunks(1, 3) == [range(0, 1)]
-    assert split_count(MIN_PARALLEL - 1, 4) == 1 and split_count(3, 8) == 3 and split_count(100, 1) == 1
+    assert split_count(2 * MIN_SHARE - 1, 4) == 1 and split_count(2 * MIN_SHARE, 4) == 2 and split_count(1000, 8) == 8
+    assert split_count(100, 1) == 1
 
 
 def test_the_default_is_the_cpus_capped_by_n_envs():
@@ -40,7 +41,7 @@ def test_the_default_is_the_cpus_capped_by_n_envs():
     assert resolve_workers(4, 2) == 2 and resolve_workers(3, 128) == 3
 
 
-def _vector_run(pool_update: str, workers: int, steps: int = 12, n_envs: int = 24, *, ray: bool = False):
+def _vector_run(pool_update: str, workers: int, steps: int = 12, n_envs: int = 48, *, ray: bool = False):
     """Rewards of ``steps`` vector steps with mostly valid random actions, the pool after them, and
     whether the workers had started."""
     from reml_core.config import resolve_config
@@ -74,7 +75,7 @@ def _steps(env, steps: int, ray: bool = False):
     try:
         for _ in range(steps):
             masks = env.env_method("action_masks")
-            actions = [rng.choice(np.flatnonzero(mask)) if rng.random() < 0.85 else 0 for mask in masks]
+            actions = [rng.choice(np.flatnonzero(mask)) if rng.random() < 0.9 else 0 for mask in masks]
             _, reward, _, _ = env.step(np.array(actions))
             rewards.append(reward.copy())
         started = env.workers is not None and env.workers.started
@@ -122,8 +123,8 @@ def test_ray_actors_give_the_forked_workers_numbers():
 
 # -- faults and signals: a real reml-run with two workers ----------------------------------------
 
-RUN = ["--plugin", "sine", "--preset", "smoke", "--set", "train.env_steps=1500", "--set", "train.checkpoint_every=250",
-       "--set", "train.n_envs=8", "--set", "policy.n_steps=128", "--set", "train.progress=false", "--set", "train.workers=2"]
+RUN = ["--plugin", "sine", "--preset", "smoke", "--set", "train.env_steps=3000", "--set", "train.checkpoint_every=512",
+       "--set", "train.n_envs=128", "--set", "policy.n_steps=256", "--set", "train.progress=false", "--set", "train.workers=2"]
 
 
 def _children(pid: int) -> list[int]:
