@@ -232,8 +232,8 @@ class TrainConfig(StrictModel):
     workers: int | None = Field(
         None, ge=1, le=256,
         description="processes that share a vector step's episode ends (train.n_envs > 1), forked at the first step "
-        "that ends two or more episodes; the pool reaches them in shared memory and its updates are merged in env "
-        "order by the run's process, which also gives the PPO update this many torch threads. Default: the CPUs "
+        "that ends 16 or more episodes (a step is split only when each share gets 8 or more); the pool reaches them in "
+        "shared memory and its updates are merged in env order by the run's process. Default: the CPUs "
         "this process may use, at most 8 and at most train.n_envs; 1 is the single-process path. Results depend on "
         "(seed, n_envs, workers) (docs/performance.md)",
     )
