@@ -41,16 +41,8 @@ from reml_core.jobs import (
 from reml_core.pipeline import load_reml, own_rate_key
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.registry import PluginRegistry
-from reml_core.results import (
-    OWN_RATE_SUFFIX,
-    EncoderInfo,
-    ResultsDocument,
-    aggregate_curves,
-    aggregate_tables,
-    finite_or_none,
-    render_bench_report,
-    table_of,
-)
+from reml_core.results import OWN_RATE_SUFFIX, EncoderInfo, ResultsDocument, aggregate_curves, aggregate_tables, finite_or_none, table_of
+from reml_core.reports import render_bench_report
 from reml_core.storage import atomic_write_json, atomic_write_text, read_json_file
 from reml_core.logs import log
 

@@ -19,7 +19,8 @@ from reml_core.experiment import Components, baseline_labels, build_components, 
 from reml_core.interfaces import AdaptsItsOwnWay, Baseline, FingerprintsData, MeasuresMetrics, ReportsStats
 from reml_core.methods import SEARCH_KEY, PoolSearchMethod, ReMLMethod
 from reml_core.plots import plot_convergence, plot_few_shot
-from reml_core.results import ResultsDocument, SelectedCheckpoint, TrainingRecord, finite_or_none, render_run_report, table_of
+from reml_core.results import ResultsDocument, SelectedCheckpoint, TrainingRecord, finite_or_none, table_of
+from reml_core.reports import render_run_report
 from reml_core.storage import (
     atomic_write_json,
     atomic_write_text,

@@ -29,7 +29,7 @@ from reml_core.interfaces import MaintainedLayerPool, PolicyBackend
 from reml_core.logs import log  # noqa: F401  (re-exported: reml_core.training.log is older than reml_core.logs)
 from reml_core.pool_update import STATE_FILE as POOL_UPDATE_FILE
 from reml_core.methods import ReMLMethod
-from reml_core.results import format_stat, plural, stat_label
+from reml_core.reports import format_stat, plural, stat_label
 from reml_core.specs import KIND_LABELS
 from reml_core.workers import WorkerLost
 from reml_core.storage import (

@@ -168,7 +168,8 @@ def _run_document(preset="smoke"):
 
 
 def test_reports_show_the_trivial_references_and_read_them_back(tmp_path):
-    from reml_core.results import ResultsDocument, render_run_report
+    from reml_core.results import ResultsDocument
+    from reml_core.reports import render_run_report
 
     document = _run_document()
     again = ResultsDocument.from_json(json.loads(json.dumps(document.to_json())))
@@ -180,14 +181,14 @@ def test_reports_show_the_trivial_references_and_read_them_back(tmp_path):
 
 
 def test_a_smoke_report_says_its_numbers_mean_nothing_and_others_do_not():
-    from reml_core.results import render_run_report
+    from reml_core.reports import render_run_report
 
     assert "plumbing check" in render_run_report(_run_document("smoke"))
     assert "plumbing check" not in render_run_report(_run_document("default"))
 
 
 def test_the_validation_numbers_say_what_they_are_measured_on_and_terms_are_explained():
-    from reml_core.results import render_run_report
+    from reml_core.reports import render_run_report
 
     report = render_run_report(_run_document())
     assert "on the 7 validation tasks that choose the checkpoint (not the test tasks" in report
@@ -361,7 +362,8 @@ def test_setting_descriptions_say_what_a_setting_does_not_what_it_measured():
 
 
 def test_reports_never_say_1_steps():
-    from reml_core.results import CellResult, curve_table, render_run_report
+    from reml_core.results import CellResult
+    from reml_core.reports import curve_table, render_run_report
 
     table = curve_table({"reml": [3.0, 2.0, 1.5]})
     assert "| 1 step |" in table and "1 steps" not in table

@@ -230,7 +230,8 @@ def test_reml_plugins_show_from_the_command_line():
 
 
 def test_pool_diagnostics_are_logged_and_reported_whatever_their_names():
-    from reml_core.results import ResultsDocument, format_stat, render_run_report, stat_label
+    from reml_core.results import ResultsDocument
+    from reml_core.reports import format_stat, render_run_report, stat_label
 
     assert (stat_label("pool/dead_hidden_units"), format_stat("pool/dead_hidden_units", 0.25)) == ("dead hidden units", "25%")
     assert format_stat("pool/spectral_norm", 3.14159) == "3.14" and format_stat("x", float("nan")) == "NaN"

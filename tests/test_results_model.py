@@ -10,20 +10,8 @@ import pytest
 import reml_core
 from reml_core.errors import UserError
 from reml_core.evaluation import Cell
-from reml_core.results import (
-    CellResult,
-    EncoderInfo,
-    ResultsDocument,
-    SelectedCheckpoint,
-    TrainingRecord,
-    aggregate_cells,
-    aggregate_curves,
-    aggregate_tables,
-    read_results,
-    render_bench_report,
-    render_run_report,
-    table_of,
-)
+from reml_core.results import CellResult, EncoderInfo, ResultsDocument, SelectedCheckpoint, TrainingRecord, aggregate_cells, aggregate_curves, aggregate_tables, read_results, table_of
+from reml_core.reports import render_bench_report, render_run_report
 
 CONFIG = {"plugin": "digits", "preset": "smoke", "seed": 3, "reward": {"name": "neg-mse"}, "pool": {"name": "conv"},
           "eval": {"sgd_lr": 0.01, "curve_steps": 2, "curve_lr": 0.005, "curve_tasks": 2, "steps": [0, 10]}}

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from reml_core.plots import plot_sweep
-from reml_core.results import describe_values as describe
-from reml_core.results import render_sweep_report
+from reml_core.reports import describe_values as describe
+from reml_core.reports import render_sweep_report
 from reml_core.storage import atomic_write_json, atomic_write_text
 from reml_core.sweep.plan import SCHEMA, SweepPlan, check_round_trip, plan_to_dict
 from reml_core.sweep.toml_writer import to_toml

@@ -17,8 +17,8 @@ from typing import Any
 from reml_core.errors import UserError
 from reml_core.folders import check_new_folder, claim_new_folder
 from reml_core.folders import claim_sweep_to_resume as _claim_sweep_folder_to_resume
-from reml_core.results import describe_values as describe
-from reml_core.results import show_value as show
+from reml_core.reports import describe_values as describe
+from reml_core.reports import show_value as show
 from reml_core.storage import atomic_write_json, atomic_write_text, read_json_file, record_written
 from reml_core.sweep.space import SearchSpace, config_id, configurations, nested
 from reml_core.sweep.toml_writer import read_toml_config, to_toml

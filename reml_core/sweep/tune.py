@@ -15,7 +15,7 @@ from typing import Any
 
 from reml_core.errors import UserError
 from reml_core.logs import log
-from reml_core.results import describe_values as describe
+from reml_core.reports import describe_values as describe
 from reml_core.sweep.plan import TUNE_NAME, SweepPlan
 from reml_core.sweep.supervise import run_trial_process
 from reml_core.sweep.trials import last_lines, read_record
