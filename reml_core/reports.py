@@ -126,6 +126,11 @@ def few_shot_tables(tables: Mapping[str, Table], loss_name: str = "MSE", unranke
     return "\n".join(lines)
 
 
+def document_tables(results: ResultsDocument) -> str:
+    """A results document's few-shot tables, labelled, its own-rate rows never ranked (reports, terminal, README)."""
+    return few_shot_tables(results.labelled(results.tables), results.loss_name, results.own_rate_labels())
+
+
 def curve_table(curves: Mapping[str, Sequence[float | None]], points: Sequence[int] = (0, 1, 5, 10, 30, 100)) -> str:
     if not curves or not any(curves.values()):
         return "(no convergence curve)\n"
@@ -243,7 +248,7 @@ def render_run_report(results: ResultsDocument) -> str:
         f"a deterministic rollout of the policy over the trained pool (checkpoint "
         f"`{selected.name if selected else 'none recorded'}`, chosen on validation tasks).",
         "",
-        few_shot_tables(results.labelled(results.tables), results.loss_name, results.own_rate_labels()),
+        document_tables(results),
         *reference_lines(results),
         *own_rate_note(results),
         "![few-shot](few_shot.png)",
@@ -329,7 +334,7 @@ def render_bench_report(results: ResultsDocument) -> str:
     if len(seeds) > 1:
         lines += [f"Cells: mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
                   "\"seeds ±\" is the standard deviation between the seeds' means.", ""]
-    lines += [few_shot_tables(results.labelled(results.tables), results.loss_name, results.own_rate_labels()), *reference_lines(results), *own_rate_note(results),
+    lines += [document_tables(results), *reference_lines(results), *own_rate_note(results),
               "![few-shot](few_shot.png)", ""]
     lines += [f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {_curve_lr(evaluation)}, on each task's training data)", "",
               curve_table(results.labelled(results.curves)), "![convergence](convergence.png)", ""]

@@ -303,6 +303,15 @@ def test_reports_label_own_rate_rows_apart_and_never_rank_them():
     assert "own rate" not in render_run_report(_document(tables={k: v for k, v in document.tables.items() if "@" not in k}))
 
 
+def test_the_terminal_summary_never_ranks_own_rate_rows_either(tmp_path, capsys):
+    from reml_core.cli.common import print_summary
+
+    print_summary(_document(), tmp_path)
+    printed = capsys.readouterr().out
+    assert "| Meta-SGD (learned rates) | 3.000 ± 0.100 | 0.400 ± 0.100 | 0.200 ± 0.100 |" in printed
+    assert "| Meta-SGD (protocol rate 0.01) | **3.000 ± 0.100** | **1.500 ± 0.100** | **0.500 ± 0.100** |" in printed
+
+
 def test_bench_report_and_aggregation_of_own_rate_rows_with_chosen_steps():
     chosen = {"reml": _table({0: 3.0, 10: 1.0}), "reml" + OWN_RATE_SUFFIX: _table({0: 3.0, 1: 2.0})}
     other = {"reml": _table({0: 2.0, 10: 2.0}), "reml" + OWN_RATE_SUFFIX: _table({0: 2.0, 10: 0.5})}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from reml_core.plots import plot_few_shot
 from reml_core.results import read_results
-from reml_core.reports import few_shot_tables, measure_label, table_measures
+from reml_core.reports import document_tables, measure_label, table_measures
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def section(run: Path) -> str:
     start, end = markers(results.plugin)
     loss = results.loss_name
     labels = results.method_labels()
-    tables = few_shot_tables(results.labelled(results.tables), loss)
+    tables = document_tables(results)
     measured = " and ".join([measure_label("mse", loss), *table_measures(results.tables)[1:]])
     encoders = []
     for info in results.encoders.values():

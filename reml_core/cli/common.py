@@ -214,9 +214,9 @@ def user_config(args: argparse.Namespace, extra: dict[str, Any] | None = None, *
 
 def print_summary(results: ResultsDocument, out: Path) -> None:
     """The few-shot tables and where the files are, once a run or benchmark has finished."""
-    from reml_core.reports import SMOKE_WARNING, few_shot_tables, reference_lines
+    from reml_core.reports import SMOKE_WARNING, document_tables, reference_lines
 
-    print(few_shot_tables(results.labelled(results.tables), results.loss_name))
+    print(document_tables(results))
     for line in reference_lines(results):  # what predicting 0 or the support mean scores on the same tasks
         print(line)
     if (results.preset or results.config.get("preset")) == "smoke":
