@@ -48,7 +48,9 @@ def time_single(components, steps: int, warmup: int) -> tuple[float, int]:
     return time.perf_counter() - start, episodes
 
 
-def time_vector(components, n_envs: int, steps: int, warmup: int, *, batched: bool, workers: int | None = None) -> tuple[float, int, int]:
+def time_vector(
+    components, n_envs: int, steps: int, warmup: int, *, batched: bool, workers: int | None = None
+) -> tuple[float, int, int]:
     """Seconds, episodes and env steps for about ``steps`` steps of ``n_envs`` environments.
 
     With valid actions only, every episode lasts ``depth`` steps and all envs finish together, so
@@ -82,11 +84,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5000, help="environment steps to time per variant (default 5000)")
     parser.add_argument("--warmup", type=int, default=250, help="untimed steps first (default 250)")
-    parser.add_argument("--n-envs", type=int, default=None, help="environments of the vector env (default: train.n_envs)")
-    parser.add_argument("--per-network", action="store_true", help="also time the vector env ending networks one by one")
+    parser.add_argument(
+        "--n-envs", type=int, default=None, help="environments of the vector env (default: train.n_envs)"
+    )
+    parser.add_argument(
+        "--per-network", action="store_true", help="also time the vector env ending networks one by one"
+    )
     parser.add_argument("--workers", default=None, help="comma-separated train.workers counts to compare, e.g. 1,2")
-    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. --set reward.loss_at=finetuned")
+    parser.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set reward.loss_at=finetuned",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -97,9 +109,11 @@ def main() -> None:
     n_envs = args.n_envs or config.core.train.n_envs
     env_config = config.core.env
     print(f"torch {torch.__version__}, python {platform.python_version()}, 1 thread")
-    print(f"pool {config.pool.name} {build_components(config).pool.size} layers, depth {env_config.depth}, "
-          f"inner Adam {env_config.inner_steps} steps, reward {config.reward.name} at {config.reward.config.loss_at}, "
-          f"encoder {config.encoder.name}; random valid actions")
+    print(
+        f"pool {config.pool.name} {build_components(config).pool.size} layers, depth {env_config.depth}, "
+        f"inner Adam {env_config.inner_steps} steps, reward {config.reward.name} at {config.reward.config.loss_at}, "
+        f"encoder {config.encoder.name}; random valid actions"
+    )
 
     print(f"env.pool_update {env_config.pool_update}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
@@ -110,8 +124,12 @@ def main() -> None:
     else:
         variants = [("single env", None, True, 1)]
         if args.per_network:
-            variants.append((f"vector env, {n_envs} envs, per-network, workers={default_workers}", n_envs, False, default_workers))
-        variants.append((f"vector env, {n_envs} envs, batched, workers={default_workers}", n_envs, True, default_workers))
+            variants.append(
+                (f"vector env, {n_envs} envs, per-network, workers={default_workers}", n_envs, False, default_workers)
+            )
+        variants.append(
+            (f"vector env, {n_envs} envs, batched, workers={default_workers}", n_envs, True, default_workers)
+        )
     rates = []
     for label, count, batched, workers in variants:
         components = build_components(config)  # a fresh pool for every variant
@@ -119,10 +137,14 @@ def main() -> None:
             elapsed, episodes = time_single(components, args.steps, args.warmup)
             steps = args.steps
         else:
-            elapsed, episodes, steps = time_vector(components, count, args.steps, args.warmup, batched=batched, workers=workers)
+            elapsed, episodes, steps = time_vector(
+                components, count, args.steps, args.warmup, batched=batched, workers=workers
+            )
         rates.append(steps / elapsed)
-        print(f"{label}: {steps} steps, {episodes} episodes in {elapsed:.2f} s: {rates[-1]:.1f} env steps/s, "
-              f"{episodes / elapsed:.1f} episodes/s")
+        print(
+            f"{label}: {steps} steps, {episodes} episodes in {elapsed:.2f} s: {rates[-1]:.1f} env steps/s, "
+            f"{episodes / elapsed:.1f} episodes/s"
+        )
     if args.workers:
         print(f"env_steps_per_s={rates[-1]:.1f} (workers={counts[-1]}), {rates[0]:.1f} (workers={counts[0]})")
         print(f"env_speedup={rates[-1] / rates[0]:.2f}")

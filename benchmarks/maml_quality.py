@@ -28,11 +28,23 @@ from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["torch-func", "learn2learn"], default="torch-func")
-    parser.add_argument("--preset", choices=["smoke", "default", "full"], default="default", help="meta-iteration budget (default: default, 10 000)")
+    parser.add_argument(
+        "--preset",
+        choices=["smoke", "default", "full"],
+        default="default",
+        help="meta-iteration budget (default: default, 10 000)",
+    )
     parser.add_argument("--iterations", type=int, help="override the preset's meta-iterations")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the torch-func meta-gradient (default: the preset's)")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the torch-func meta-gradient (default: the preset's)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest for a network this small)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: fastest for a network this small)"
+    )
     parser.add_argument("--test-tasks", type=int, default=600)
     parser.add_argument("--save", type=Path, metavar="DIR", help="save the meta-learned initialisation here")
     parser.add_argument("--load", type=Path, metavar="DIR", help="load an initialisation instead of meta-training")
@@ -71,20 +83,29 @@ def main() -> None:
         print(f"saved to {args.save}")
 
     start = time.perf_counter()
-    evaluator = FewShotEvaluator(sampler.test_tasks(args.test_tasks), sampler.loss, shots=[5, 10], steps=[0, 1, 10], lr=0.01)
+    evaluator = FewShotEvaluator(
+        sampler.test_tasks(args.test_tasks), sampler.loss, shots=[5, 10], steps=[0, 1, 10], lr=0.01
+    )
     table = evaluator.few_shot(baseline.network_for, f"maml-{args.backend}")
     print(f"evaluated on {args.test_tasks} held-out tasks in {time.perf_counter() - start:.1f} s")
     print(format_table(table))
     if args.json is not None:
         cells = {str(k): {str(s): vars(c) for s, c in row.items()} for k, row in table.items()}
-        args.json.write_text(json.dumps({"config": config.model_dump(mode="json"), "seed": args.seed, "training": summary, "query_mse": cells}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"config": config.model_dump(mode="json"), "seed": args.seed, "training": summary, "query_mse": cells},
+                indent=2,
+            )
+        )
 
 
 def format_table(table: FewShotTable) -> str:
     steps = sorted(next(iter(table.values())))
     lines = ["| K | " + " | ".join(f"{s} steps" for s in steps) + " |", "|---|" + "---|" * len(steps)]
     for shots, row in sorted(table.items()):
-        lines.append(f"| {shots} | " + " | ".join(f"{row[s].mse_mean:.3f} ± {row[s].mse_ci95:.3f}" for s in steps) + " |")
+        lines.append(
+            f"| {shots} | " + " | ".join(f"{row[s].mse_mean:.3f} ± {row[s].mse_ci95:.3f}" for s in steps) + " |"
+        )
     return "\n".join(lines)
 
 

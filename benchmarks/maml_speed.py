@@ -85,8 +85,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time torch-func under torch.compile and use it for the ratio (default: yes, if a C++ compiler is found)")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time torch-func under torch.compile and use it for the ratio (default: yes, if a C++ compiler is found)",
+    )
     args = parser.parse_args()
     if args.iterations < args.rounds or args.rounds < 1:
         parser.error("--iterations must be at least --rounds, and --rounds at least 1")
@@ -102,15 +106,23 @@ def main() -> None:
     if compiled:
         variants += [Variant("torch-func compiled", path, {"backend": "torch-func", "compile": True}) for path in PATHS]
 
-    print(f"torch {torch.__version__}, python {platform.python_version()}, {torch.get_num_threads()} thread(s), "
-          f"deterministic={torch.are_deterministic_algorithms_enabled()}")
-    print(f"network 1-{'-'.join(map(str, standard.hidden))}-1 {standard.activation}, meta-batch {standard.meta_batch} tasks, "
-          f"K = {standard.shots}, {standard.inner_steps} inner step(s) (lr {standard.inner_sgd_lr}), "
-          f"{'first' if standard.first_order else 'second'}-order, Adam lr {standard.meta_adam_lr}; seed {args.seed}")
-    print(f"{args.iterations} timed meta-iterations per variant in {args.rounds} interleaved rounds, after {WARMUP} untimed; "
-          "a meta-iteration = draw the meta-batch + meta-gradient + Adam step")
+    print(
+        f"torch {torch.__version__}, python {platform.python_version()}, {torch.get_num_threads()} thread(s), "
+        f"deterministic={torch.are_deterministic_algorithms_enabled()}"
+    )
+    print(
+        f"network 1-{'-'.join(map(str, standard.hidden))}-1 {standard.activation}, meta-batch {standard.meta_batch} tasks, "
+        f"K = {standard.shots}, {standard.inner_steps} inner step(s) (lr {standard.inner_sgd_lr}), "
+        f"{'first' if standard.first_order else 'second'}-order, Adam lr {standard.meta_adam_lr}; seed {args.seed}"
+    )
+    print(
+        f"{args.iterations} timed meta-iterations per variant in {args.rounds} interleaved rounds, after {WARMUP} untimed; "
+        "a meta-iteration = draw the meta-batch + meta-gradient + Adam step"
+    )
     print("tasks: per-task = 25 tasks one by one from train_stream (before); batched = one train_batches draw (after)")
-    print("torch-func eager (before): outer derivative through torch.func.grad_and_value; now plain autograd (same numbers)")
+    print(
+        "torch-func eager (before): outer derivative through torch.func.grad_and_value; now plain autograd (same numbers)"
+    )
 
     for variant in variants:
         throwaway, batches = build(variant, context, args.seed)
@@ -121,7 +133,9 @@ def main() -> None:
         variant.baseline, variant.batches = build(variant, context, args.seed)  # same seed: same initial parameters
 
     reference_params = list(variants[0].baseline.network.parameters())
-    same_init = all(all(torch.equal(a, b) for a, b in zip(reference_params, v.baseline.network.parameters())) for v in variants)
+    same_init = all(
+        all(torch.equal(a, b) for a, b in zip(reference_params, v.baseline.network.parameters())) for v in variants
+    )
     first_batch = {  # what each path's fresh stream yields first
         "per-task": draw_batch(sampler.train_stream(args.seed), standard.meta_batch, standard.shots),
         "batched": from_task_batch(next(sampler.train_batches(args.seed, standard.meta_batch)), standard.shots),
@@ -144,35 +158,54 @@ def main() -> None:
     step_only = {v.label: args.iterations / v.step_s for v in variants}
     print(f"same initial parameters: {same_init}")
     print()
-    print(f"{'backend, tasks':34s} {'it/s':>7s} {'x l2l':>6s} {'rounds (x l2l)':>25s} {'step-only it/s':>15s} {'x l2l':>6s} "
-          f"{'draw ms':>8s} {'warm-up':>8s}")
+    print(
+        f"{'backend, tasks':34s} {'it/s':>7s} {'x l2l':>6s} {'rounds (x l2l)':>25s} {'step-only it/s':>15s} {'x l2l':>6s} "
+        f"{'draw ms':>8s} {'warm-up':>8s}"
+    )
     for variant in variants:
         reference = by[(REFERENCE, variant.path)].label
-        spread = "" if variant.backend == REFERENCE else " ".join(f"{r[reference] / r[variant.label]:.1f}" for r in round_seconds)
-        print(f"{variant.label:34s} {whole[variant.label]:7.1f} {whole[variant.label] / whole[reference]:6.1f} {spread:>25s} "
-              f"{step_only[variant.label]:15.1f} {step_only[variant.label] / step_only[reference]:6.1f} "
-              f"{variant.draw_s / args.iterations * 1e3:8.3f} {variant.warmup_s:7.1f}s")
+        spread = (
+            ""
+            if variant.backend == REFERENCE
+            else " ".join(f"{r[reference] / r[variant.label]:.1f}" for r in round_seconds)
+        )
+        print(
+            f"{variant.label:34s} {whole[variant.label]:7.1f} {whole[variant.label] / whole[reference]:6.1f} {spread:>25s} "
+            f"{step_only[variant.label]:15.1f} {step_only[variant.label] / step_only[reference]:6.1f} "
+            f"{variant.draw_s / args.iterations * 1e3:8.3f} {variant.warmup_s:7.1f}s"
+        )
     print("(x l2l: against learn2learn on the same task path; step-only: without drawing the meta-batch)")
 
     print()
     print("before -> after (whole meta-iterations, it/s):")
-    pairs = [("learn2learn", ("learn2learn", "per-task"), ("learn2learn", "batched")),
-             ("torch-func eager", ("torch-func eager (before)", "per-task"), ("torch-func eager", "batched"))]
+    pairs = [
+        ("learn2learn", ("learn2learn", "per-task"), ("learn2learn", "batched")),
+        ("torch-func eager", ("torch-func eager (before)", "per-task"), ("torch-func eager", "batched")),
+    ]
     if compiled:
         pairs.append(("torch-func compiled", ("torch-func compiled", "per-task"), ("torch-func compiled", "batched")))
     for name, old, new in pairs:
         old_its, new_its = whole[by[old].label], whole[by[new].label]
         old_l2l, new_l2l = whole[by[("learn2learn", "per-task")].label], whole[by[("learn2learn", "batched")].label]
-        print(f"  {name:20s} {old_its:7.1f} -> {new_its:7.1f} ({new_its / old_its:.2f}x); "
-              f"vs learn2learn {old_its / old_l2l:.1f}x -> {new_its / new_l2l:.1f}x")
+        print(
+            f"  {name:20s} {old_its:7.1f} -> {new_its:7.1f} ({new_its / old_its:.2f}x); "
+            f"vs learn2learn {old_its / old_l2l:.1f}x -> {new_its / new_l2l:.1f}x"
+        )
     old_eager, new_eager = by[("torch-func eager (before)", "per-task")], by[("torch-func eager", "per-task")]
-    print(f"  torch-func eager meta-step alone (same per-task batches): {step_only[old_eager.label]:.1f} -> "
-          f"{step_only[new_eager.label]:.1f} it/s ({step_only[new_eager.label] / step_only[old_eager.label]:.2f}x), "
-          f"vs learn2learn {step_only[old_eager.label] / step_only[by[('learn2learn', 'per-task')].label]:.1f}x -> "
-          f"{step_only[new_eager.label] / step_only[by[('learn2learn', 'per-task')].label]:.1f}x")
-    draw = {path: sum(v.draw_s for v in variants if v.path == path) / sum(1 for v in variants if v.path == path) for path in PATHS}
-    print(f"  drawing a {standard.meta_batch}-task meta-batch: per-task {draw['per-task'] / args.iterations * 1e3:.3f} ms -> "
-          f"batched {draw['batched'] / args.iterations * 1e3:.3f} ms ({draw['per-task'] / draw['batched']:.1f}x less)")
+    print(
+        f"  torch-func eager meta-step alone (same per-task batches): {step_only[old_eager.label]:.1f} -> "
+        f"{step_only[new_eager.label]:.1f} it/s ({step_only[new_eager.label] / step_only[old_eager.label]:.2f}x), "
+        f"vs learn2learn {step_only[old_eager.label] / step_only[by[('learn2learn', 'per-task')].label]:.1f}x -> "
+        f"{step_only[new_eager.label] / step_only[by[('learn2learn', 'per-task')].label]:.1f}x"
+    )
+    draw = {
+        path: sum(v.draw_s for v in variants if v.path == path) / sum(1 for v in variants if v.path == path)
+        for path in PATHS
+    }
+    print(
+        f"  drawing a {standard.meta_batch}-task meta-batch: per-task {draw['per-task'] / args.iterations * 1e3:.3f} ms -> "
+        f"batched {draw['batched'] / args.iterations * 1e3:.3f} ms ({draw['per-task'] / draw['batched']:.1f}x less)"
+    )
 
     print()
     agree = same_init
@@ -192,10 +225,12 @@ def main() -> None:
         last_error = abs(last - reference_last) / reference_last
         ok = loss_error <= 1e-4 and grad_error <= 1e-4 and last_error <= 1e-2
         agree = agree and ok
-        print(f"{variant.label} vs learn2learn: first meta-loss rel. error {loss_error:.1e}, meta-gradient rel. error "
-              f"{grad_error:.1e}; over {args.iterations} iterations largest meta-loss difference {max(differences):.1e}"
-              f"{'' if parted is None else f' (above 1e-5 from iteration {parted + 1})'}, mean of the last {window} "
-              f"{last_error:.1e}: {'agree' if ok else 'DISAGREE'}")
+        print(
+            f"{variant.label} vs learn2learn: first meta-loss rel. error {loss_error:.1e}, meta-gradient rel. error "
+            f"{grad_error:.1e}; over {args.iterations} iterations largest meta-loss difference {max(differences):.1e}"
+            f"{'' if parted is None else f' (above 1e-5 from iteration {parted + 1})'}, mean of the last {window} "
+            f"{last_error:.1e}: {'agree' if ok else 'DISAGREE'}"
+        )
     print("final meta-loss: " + ", ".join(f"{v.label} {v.losses[-1]:.5f}" for v in variants))
     print(f"losses agree: {agree}")
     fastest = by[("torch-func compiled" if compiled else "torch-func eager", "batched")]

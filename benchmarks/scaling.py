@@ -56,11 +56,31 @@ def sweep_pair(trials: int, work: Path) -> tuple[float, float]:
     start = time.perf_counter()
     for lr in values:
         for seed in range(seeds):
-            timed([str(BIN / "reml-run"), *SMOKE, "--seed", str(seed), "--set", f"env.inner_adam_lr={lr}",
-                   "--out", str(work / f"runs-{trials}" / f"lr{lr}-s{seed}")])
+            timed(
+                [
+                    str(BIN / "reml-run"),
+                    *SMOKE,
+                    "--seed",
+                    str(seed),
+                    "--set",
+                    f"env.inner_adam_lr={lr}",
+                    "--out",
+                    str(work / f"runs-{trials}" / f"lr{lr}-s{seed}"),
+                ]
+            )
     t_local = time.perf_counter() - start
-    t_ray = timed([str(BIN / "reml-sweep"), *SMOKE, "--grid", f"env.inner_adam_lr={','.join(values)}", "--seeds", str(seeds),
-                   "--out", str(work / f"sweep-{trials}")])
+    t_ray = timed(
+        [
+            str(BIN / "reml-sweep"),
+            *SMOKE,
+            "--grid",
+            f"env.inner_adam_lr={','.join(values)}",
+            "--seeds",
+            str(seeds),
+            "--out",
+            str(work / f"sweep-{trials}"),
+        ]
+    )
     return t_local, t_ray
 
 
@@ -82,7 +102,9 @@ def main() -> None:
         for trials in args.trials:
             local, ray = sweep_pair(trials, work)
             rows.append((f"smoke sweep, {trials} trials", local, ray))
-            print(f"  sweep {trials} trials: one after another {local:.1f} s, reml-sweep on Ray {ray:.1f} s", flush=True)
+            print(
+                f"  sweep {trials} trials: one after another {local:.1f} s, reml-sweep on Ray {ray:.1f} s", flush=True
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print()

@@ -33,12 +33,20 @@ from reml_core.workers import resolve_workers
 
 
 def measure(
-    registry: PluginRegistry, user: dict, policy: str, n_envs: int, steps: int, log_dir: Path, workers: int | None = None
+    registry: PluginRegistry,
+    user: dict,
+    policy: str,
+    n_envs: int,
+    steps: int,
+    log_dir: Path,
+    workers: int | None = None,
 ) -> tuple[float, int, dict[str, float]]:
     """Env steps per second of ``learn`` for ``steps`` steps (after one untimed rollout), the rollout size,
     and the share of the time spent in the environment, in PPO updates, and in the rest (policy
     forward passes while collecting, SB3's buffers and callbacks)."""
-    user = deep_merge(user, {"policy": {"name": policy}, "train": {"n_envs": n_envs, **({"workers": workers} if workers else {})}})
+    user = deep_merge(
+        user, {"policy": {"name": policy}, "train": {"n_envs": n_envs, **({"workers": workers} if workers else {})}}
+    )
     config = resolve_config(registry, user)
     torch.manual_seed(config.seed)
     components = build_components(config)
@@ -78,16 +86,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8192, help="env steps to time per variant (default 8192)")
     parser.add_argument("--policies", default="ppo-mlp,ppo-lstm", help="comma-separated policy backends")
     parser.add_argument("--n-envs", default=None, help="comma-separated env counts (default: 1 and train.n_envs)")
-    parser.add_argument("--pool-updates", default=None, help="comma-separated env.pool_update rules to compare (default: the preset's)")
+    parser.add_argument(
+        "--pool-updates", default=None, help="comma-separated env.pool_update rules to compare (default: the preset's)"
+    )
     parser.add_argument("--workers", default=None, help="comma-separated train.workers counts to compare, e.g. 1,2")
-    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. --set env.depth=6")
+    parser.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set env.depth=6",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(1)
     default_n = TrainConfig().n_envs
-    counts = [int(n) for n in args.n_envs.split(",")] if args.n_envs else (
-        [default_n] if args.workers else sorted({1, default_n}))
+    counts = (
+        [int(n) for n in args.n_envs.split(",")]
+        if args.n_envs
+        else ([default_n] if args.workers else sorted({1, default_n}))
+    )
     worker_counts = [int(w) for w in args.workers.split(",")] if args.workers else [None]
     user: dict = {"plugin": "sine", "preset": "default", "train": {"progress": False}}
     for assignment in args.assignments:
@@ -96,11 +115,15 @@ def main() -> None:
     config = resolve_config(registry, user)
     env_config = config.core.env
     print(f"torch {torch.__version__}, python {platform.python_version()}, 1 thread")
-    print(f"pool {config.pool.name} {build_components(config).pool.size} layers, depth {env_config.depth}, "
-          f"inner Adam {env_config.inner_steps} steps, reward {config.reward.name} at {config.reward.config.loss_at}, "
-          f"encoder {config.encoder.name}; {args.steps} timed env steps per variant")
-    print(f"train.workers {args.workers or resolve_workers(config.core.train.workers, default_n)} at n_envs={default_n}; "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"pool {config.pool.name} {build_components(config).pool.size} layers, depth {env_config.depth}, "
+        f"inner Adam {env_config.inner_steps} steps, reward {config.reward.name} at {config.reward.config.loss_at}, "
+        f"encoder {config.encoder.name}; {args.steps} timed env steps per variant"
+    )
+    print(
+        f"train.workers {args.workers or resolve_workers(config.core.train.workers, default_n)} at n_envs={default_n}; "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     rules = args.pool_updates.split(",") if args.pool_updates else [env_config.pool_update]
     results: dict[tuple[str, str, int], float] = {}
     by_workers: dict[tuple[str, str, int, int], float] = {}
@@ -110,16 +133,24 @@ def main() -> None:
             for policy in args.policies.split(","):
                 for n_envs in counts:
                     for workers in worker_counts:
-                        rate, rollout, shares = measure(registry, ruled, policy, n_envs, args.steps, Path(scratch), workers)
+                        rate, rollout, shares = measure(
+                            registry, ruled, policy, n_envs, args.steps, Path(scratch), workers
+                        )
                         if workers is None:
                             results[(rule, policy, n_envs)] = rate
-                            speedup = f", {rate / results[(rule, policy, counts[0])]:.1f}x n_envs={counts[0]}" if n_envs != counts[0] else ""
+                            speedup = (
+                                f", {rate / results[(rule, policy, counts[0])]:.1f}x n_envs={counts[0]}"
+                                if n_envs != counts[0]
+                                else ""
+                            )
                         else:
                             by_workers[(rule, policy, n_envs, workers)] = rate
                             results.setdefault((rule, policy, n_envs), rate)
                             speedup = f", workers={workers}"
                         split = ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
-                        print(f"pool update {rule}: {policy} n_envs={n_envs} (rollout {rollout} steps): {rate:.1f} env steps/s{speedup}; time: {split}")
+                        print(
+                            f"pool update {rule}: {policy} n_envs={n_envs} (rollout {rollout} steps): {rate:.1f} env steps/s{speedup}; time: {split}"
+                        )
     if args.workers:
         ratios = []
         first, last = worker_counts[0], worker_counts[-1]
@@ -127,11 +158,15 @@ def main() -> None:
             if workers == last:
                 ratio = rate / by_workers[(rule, policy, n_envs, first)]
                 ratios.append(ratio)
-                print(f"pool update {rule}: {policy} n_envs={n_envs}: workers={last} {rate:.1f}, workers={first} "
-                      f"{by_workers[(rule, policy, n_envs, first)]:.1f} env steps/s: {ratio:.2f}x")
+                print(
+                    f"pool update {rule}: {policy} n_envs={n_envs}: workers={last} {rate:.1f}, workers={first} "
+                    f"{by_workers[(rule, policy, n_envs, first)]:.1f} env steps/s: {ratio:.2f}x"
+                )
         print(f"train_speedup={min(ratios):.2f}")
         return
-    main_key = ("ppo-mlp", default_n) if ("ppo-mlp", default_n) in {key[1:] for key in results} else next(iter(results))[1:]
+    main_key = (
+        ("ppo-mlp", default_n) if ("ppo-mlp", default_n) in {key[1:] for key in results} else next(iter(results))[1:]
+    )
     if len(rules) > 1:
         first, second = (results[(rule, *main_key)] for rule in rules[:2])
         print(f"train_steps_per_s={second:.1f} ({rules[1]}), {first:.1f} ({rules[0]})")

@@ -44,14 +44,24 @@ EXPERIMENT_PRESETS: Mapping[str, Mapping[str, Any]] = {
     },
     "default": {
         **_SHOTS,
-        "train": {"env_steps": 100_000, "checkpoint_every": 10_000, "validation_tasks": 100, "calibration_episodes": 200},
+        "train": {
+            "env_steps": 100_000,
+            "checkpoint_every": 10_000,
+            "validation_tasks": 100,
+            "calibration_episodes": 200,
+        },
         "eval": {"shots": [1, 5], "test_tasks": 600, "curve_steps": 100, "curve_tasks": 100, **_PROTOCOL},
         # A conv MAML iteration costs far more than a sine one: 10 000 took 34 minutes on digits (README).
         "baselines": {"maml": {"iterations": 10_000, **_MAML}},
     },
     "full": {
         **_SHOTS,
-        "train": {"env_steps": 1_000_000, "checkpoint_every": 100_000, "validation_tasks": 200, "calibration_episodes": 500},
+        "train": {
+            "env_steps": 1_000_000,
+            "checkpoint_every": 100_000,
+            "validation_tasks": 200,
+            "calibration_episodes": 500,
+        },
         "eval": {"shots": [1, 5], "test_tasks": 600, "curve_steps": 100, "curve_tasks": 600, **_PROTOCOL},
         "baselines": {"maml": dict(_MAML)},
     },

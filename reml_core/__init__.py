@@ -17,7 +17,20 @@ import types
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["run", "bench", "sweep", "load", "Results", "SweepResults", "ArgumentError", "Learner", "save_network", "hookimpl", "hookspec", "__version__"]
+__all__ = [
+    "run",
+    "bench",
+    "sweep",
+    "load",
+    "Results",
+    "SweepResults",
+    "ArgumentError",
+    "Learner",
+    "save_network",
+    "hookimpl",
+    "hookspec",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -81,7 +81,12 @@ class ArgumentError(UserError, TypeError):
 
 
 _Function = TypeVar("_Function", bound=Callable[..., Any])
-_PUBLIC_NAMES = {"run": "reml_core.run", "bench": "reml_core.bench", "sweep": "reml_core.sweep", "load": "reml_core.load"}
+_PUBLIC_NAMES = {
+    "run": "reml_core.run",
+    "bench": "reml_core.bench",
+    "sweep": "reml_core.sweep",
+    "load": "reml_core.load",
+}
 
 
 def _expected(annotation: Any) -> str:
@@ -122,7 +127,9 @@ def _checkers(function: Callable[..., Any]) -> tuple[inspect.Signature, dict[str
 
     from reml_core.sweep.space import Dimension
 
-    hints = typing.get_type_hints(function, localns={"PluginRegistry": PluginRegistry, "Results": Results, "Dimension": Dimension})
+    hints = typing.get_type_hints(
+        function, localns={"PluginRegistry": PluginRegistry, "Results": Results, "Dimension": Dimension}
+    )
     signature = inspect.signature(function)
     config = ConfigDict(strict=True, arbitrary_types_allowed=True)
     checkers = {}
@@ -157,11 +164,15 @@ def check_arguments(function: _Function) -> _Function:
             except ValidationError as error:
                 first = error.errors(include_url=False)[0]
                 if first["type"] == "sequence_str" or (isinstance(value, str) and "list of" in _expected(annotation)):
-                    raise ArgumentError(f"{label}(): argument {name!r} must be {_expected(annotation)}, not a str: "
-                                        f"{value!r} would be read letter by letter; give [{value!r}]") from None
+                    raise ArgumentError(
+                        f"{label}(): argument {name!r} must be {_expected(annotation)}, not a str: "
+                        f"{value!r} would be read letter by letter; give [{value!r}]"
+                    ) from None
                 where = "".join(f"[{part!r}]" for part in first["loc"] if isinstance(part, int))
                 inner = f" (its item {where} is {_shown(first['input'])})" if where else ""
-                raise ArgumentError(f"{label}(): argument {name!r} must be {_expected(annotation)}, not {_shown(value)}{inner}") from None
+                raise ArgumentError(
+                    f"{label}(): argument {name!r} must be {_expected(annotation)}, not {_shown(value)}{inner}"
+                ) from None
         return function(*args, **kwargs)
 
     return checked  # type: ignore[return-value]
@@ -183,7 +194,9 @@ def _nonempty(name: str, value: Sequence[str] | None, label: str) -> list[str] |
     if value is None:
         return None
     if not value:
-        raise ArgumentError(f"{label}(): argument {name!r} is empty; name at least one, or leave it out for the default")
+        raise ArgumentError(
+            f"{label}(): argument {name!r} is empty; name at least one, or leave it out for the default"
+        )
     return list(dict.fromkeys(value))
 
 
@@ -252,7 +265,9 @@ class Results:
         if shots not in table:
             raise KeyError(f"no K = {shots} in {method}'s results (K: {', '.join(map(str, sorted(table)))})")
         if steps not in table[shots]:
-            raise KeyError(f"no {steps} steps in {method}'s results at K = {shots} (steps: {', '.join(map(str, sorted(table[shots])))})")
+            raise KeyError(
+                f"no {steps} steps in {method}'s results at K = {shots} (steps: {', '.join(map(str, sorted(table[shots])))})"
+            )
         return table[shots][steps]
 
     def rows(self) -> list[dict[str, Any]]:
@@ -262,8 +277,16 @@ class Results:
         for method in self.methods:
             for shots, row in self.table(method).items():
                 for steps, cell in row.items():
-                    record = {"method": method, "label": labels.get(method, method), "shots": shots, "steps": steps,
-                              "loss": cell.mean, "loss_ci95": cell.ci95, "seed_spread": cell.seed_spread, "nan_tasks": cell.nan_tasks}
+                    record = {
+                        "method": method,
+                        "label": labels.get(method, method),
+                        "shots": shots,
+                        "steps": steps,
+                        "loss": cell.mean,
+                        "loss_ci95": cell.ci95,
+                        "seed_spread": cell.seed_spread,
+                        "nan_tasks": cell.nan_tasks,
+                    }
                     for name, (mean, ci) in cell.metrics.items():
                         record[name], record[f"{name}_ci95"] = mean, ci
                     records.append(record)
@@ -291,15 +314,23 @@ class Results:
         return path
 
     @check_arguments
-    def learner(self, method: str = "reml", *, seed: int | None = None, encoder: str | None = None,
-                trust_checkpoint: bool = False) -> Any:
+    def learner(
+        self,
+        method: str = "reml",
+        *,
+        seed: int | None = None,
+        encoder: str | None = None,
+        trust_checkpoint: bool = False,
+    ) -> Any:
         """A :class:`reml_core.learner.Learner`: ``method``'s networks for your own tasks (``"reml"``, or a
         baseline the folder trained, e.g. ``"maml"``, ``"scratch"``). In a benchmark, ``seed`` and
         ``encoder`` pick one REML (needed when there are several); a method, seed or encoder the folder
         does not hold is a :class:`reml_core.learner.UnavailableMethodError` naming what it holds."""
         from reml_core.learner import open_learner
 
-        return open_learner(self.folder, self.document, method, seed=seed, encoder=encoder, trust_checkpoint=trust_checkpoint)
+        return open_learner(
+            self.folder, self.document, method, seed=seed, encoder=encoder, trust_checkpoint=trust_checkpoint
+        )
 
 
 @check_arguments
@@ -316,7 +347,9 @@ def load(folder: str | Path) -> Results:
 
 
 @check_arguments
-def user_settings(config: ConfigSource = None, overrides: Mapping[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
+def user_settings(
+    config: ConfigSource = None, overrides: Mapping[str, Any] | None = None, **settings: Any
+) -> dict[str, Any]:
     """One nested dict from a config (dict or file), keyword settings and dotted ``overrides``, in that order
     (a later one's setting replaces an earlier one's under either name of a renamed setting)."""
     from reml_core.config import deep_merge, load_config_file, parse_assignment, renamed_settings
@@ -356,7 +389,9 @@ def _registry() -> PluginRegistry:
 def default_out(config: RunConfig, kind: str | None = None) -> Path:
     """A fresh directory under runs/, named after what runs there, never one that exists."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{config.task.name}-{kind or config.policy.name}-{config.encoder.name}-s{config.seed}-{stamp}"
+    base = (
+        Path("runs") / f"{config.task.name}-{kind or config.policy.name}-{config.encoder.name}-s{config.seed}-{stamp}"
+    )
     candidate, suffix = base, 2
     while candidate.exists():
         candidate, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
@@ -380,14 +415,21 @@ class PreparedRun:
         """Train, evaluate and write the run; ``command`` is what the report says started it."""
         from reml_core.pipeline import run_experiment
 
-        document = run_experiment(self.config, self.out, resume=self.resume, trust_checkpoint=self.trust_checkpoint, command=command)
+        document = run_experiment(
+            self.config, self.out, resume=self.resume, trust_checkpoint=self.trust_checkpoint, command=command
+        )
         return Results(self.out, document)
 
 
 @check_arguments
 def prepare_run(
-    user: Mapping[str, Any] | None = None, *, out: str | Path | None = None, force: bool = False,
-    baselines: Sequence[str] | None = None, resume: str | Path | None = None, trust_checkpoint: bool = False,
+    user: Mapping[str, Any] | None = None,
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    baselines: Sequence[str] | None = None,
+    resume: str | Path | None = None,
+    trust_checkpoint: bool = False,
     registry: PluginRegistry | None = None,
 ) -> PreparedRun:
     """Validate everything and claim the run folder (writing its ``config.json``); nothing trains yet.
@@ -429,8 +471,14 @@ def prepare_run(
 
 @check_arguments
 def run(
-    config: ConfigSource = None, *, out: str | Path | None = None, force: bool = False, baselines: Sequence[str] | None = None,
-    resume: str | Path | None = None, trust_checkpoint: bool = False, overrides: Mapping[str, Any] | None = None,
+    config: ConfigSource = None,
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    baselines: Sequence[str] | None = None,
+    resume: str | Path | None = None,
+    trust_checkpoint: bool = False,
+    overrides: Mapping[str, Any] | None = None,
     **settings: Any,
 ) -> Results:
     """Meta-train REML, pick the checkpoint best on validation tasks, evaluate it and the baselines
@@ -442,11 +490,21 @@ def run(
     """
     from reml_core.folders import release_all
 
-    given = [name for name, value in (("config", config), ("out", out), ("baselines", baselines), ("overrides", overrides)) if value is not None]
+    given = [
+        name
+        for name, value in (("config", config), ("out", out), ("baselines", baselines), ("overrides", overrides))
+        if value is not None
+    ]
     refuse_with_resume(resume, given + (["force"] if force else []) + list(settings), "config.json")
     try:
-        prepared = prepare_run(None if resume is not None else user_settings(config, overrides, **settings), out=out, force=force,
-                               baselines=baselines, resume=resume, trust_checkpoint=trust_checkpoint)
+        prepared = prepare_run(
+            None if resume is not None else user_settings(config, overrides, **settings),
+            out=out,
+            force=force,
+            baselines=baselines,
+            resume=resume,
+            trust_checkpoint=trust_checkpoint,
+        )
         return prepared.execute()
     finally:
         release_all()
@@ -476,17 +534,33 @@ class PreparedBench:
         from reml_core.jobs import LocalExecutor, RayExecutor
 
         executor = RayExecutor(self.ray_address) if self.executor == "ray" else LocalExecutor()
-        document = run_bench(self.plan, self.registry, self.out, executor=executor, trust_checkpoint=self.trust_checkpoint,
-                             command=command, resuming=self.resuming)
+        document = run_bench(
+            self.plan,
+            self.registry,
+            self.out,
+            executor=executor,
+            trust_checkpoint=self.trust_checkpoint,
+            command=command,
+            resuming=self.resuming,
+        )
         return Results(self.out, document)
 
 
 @check_arguments
 def prepare_bench(
-    user: Mapping[str, Any] | None = None, *, methods: Sequence[str] | None = None, encoders: Sequence[str] | None = None,
-    seeds: int | None = None, from_dir: str | Path | None = None, out: str | Path | None = None, force: bool = False,
-    resume: str | Path | None = None, executor: str = "local", ray_address: str | None = None,
-    trust_checkpoint: bool = False, registry: PluginRegistry | None = None,
+    user: Mapping[str, Any] | None = None,
+    *,
+    methods: Sequence[str] | None = None,
+    encoders: Sequence[str] | None = None,
+    seeds: int | None = None,
+    from_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    force: bool = False,
+    resume: str | Path | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    trust_checkpoint: bool = False,
+    registry: PluginRegistry | None = None,
 ) -> PreparedBench:
     """Validate every seed's config (and load what ``from_dir`` provides), then claim the folder.
 
@@ -501,8 +575,18 @@ def prepare_bench(
     label = "reml_core.api.prepare_bench"
     methods, encoders = _nonempty("methods", methods, label), _nonempty("encoders", encoders, label)
     _at_least_one(seeds, label)
-    given = [name for name, value in (("user", user), ("methods", methods), ("encoders", encoders), ("seeds", seeds),
-                                      ("from_dir", from_dir), ("out", out)) if value is not None]
+    given = [
+        name
+        for name, value in (
+            ("user", user),
+            ("methods", methods),
+            ("encoders", encoders),
+            ("seeds", seeds),
+            ("from_dir", from_dir),
+            ("out", out),
+        )
+        if value is not None
+    ]
     refuse_with_resume(resume, given + (["force"] if force else []), PLAN_FILE)
     if executor not in ("local", "ray"):
         raise UserError(f"executor: {executor!r} is not an executor (use 'local' or 'ray')")
@@ -520,28 +604,55 @@ def prepare_bench(
         saved = read_plan(folder)
         source = Path(saved.from_dir) if saved.from_dir else None
         try:
-            plan = plan_bench(registry, saved.user, methods=saved.methods, encoders=saved.encoders, seeds=saved.seeds,
-                              from_dir=source, trust_checkpoint=saved.trust_checkpoint)
+            plan = plan_bench(
+                registry,
+                saved.user,
+                methods=saved.methods,
+                encoders=saved.encoders,
+                seeds=saved.seeds,
+                from_dir=source,
+                trust_checkpoint=saved.trust_checkpoint,
+            )
         except ConfigError as error:  # the saved settings no longer resolve (a plugin changed, data moved, ...)
             raise ConfigError([f"{folder / PLAN_FILE}: {problem}" for problem in error.problems]) from None
-        return PreparedBench(plan, registry, folder, True, saved.trust_checkpoint or trust_checkpoint, executor, ray_address)
+        return PreparedBench(
+            plan, registry, folder, True, saved.trust_checkpoint or trust_checkpoint, executor, ray_address
+        )
     if out is not None:
         check_path(Path(out), "--out")
     user = dict(user or {})
     seeds = 1 if seeds is None else seeds
     chosen = methods if methods is not None else ["reml", *default_baselines(registry, user.get("plugin"), "bench")]
     source = Path(from_dir) if from_dir is not None else None
-    plan = plan_bench(registry, user, methods=chosen, encoders=encoders, seeds=seeds, from_dir=source, trust_checkpoint=trust_checkpoint)
+    plan = plan_bench(
+        registry,
+        user,
+        methods=chosen,
+        encoders=encoders,
+        seeds=seeds,
+        from_dir=source,
+        trust_checkpoint=trust_checkpoint,
+    )
     base = plan.base(plan.seeds[0])
     target = Path(out) if out is not None else default_out(base, "bench")
     if plan.from_dir is not None and _inside(target, plan.from_dir):
         raise UserError(f"--out {target} is --from {plan.from_dir} or inside it; write the benchmark somewhere else")
-    folder = claim_new_folder(target, kind="bench", force=force, entries=(PLAN_FILE, *(f"seed-{seed}" for seed in plan.seeds)))
+    folder = claim_new_folder(
+        target, kind="bench", force=force, entries=(PLAN_FILE, *(f"seed-{seed}" for seed in plan.seeds))
+    )
     atomic_write_json(folder / "config.json", base.to_dict())
-    atomic_write_json(folder / PLAN_FILE, {
-        "format": PLAN_FORMAT, "user": user, "methods": plan.methods, "encoders": encoders,
-        "seeds": seeds, "from_dir": str(plan.from_dir) if plan.from_dir is not None else None, "trust_checkpoint": trust_checkpoint,
-    })
+    atomic_write_json(
+        folder / PLAN_FILE,
+        {
+            "format": PLAN_FORMAT,
+            "user": user,
+            "methods": plan.methods,
+            "encoders": encoders,
+            "seeds": seeds,
+            "from_dir": str(plan.from_dir) if plan.from_dir is not None else None,
+            "trust_checkpoint": trust_checkpoint,
+        },
+    )
     return PreparedBench(plan, registry, folder, False, trust_checkpoint, executor, ray_address)
 
 
@@ -582,10 +693,20 @@ def read_plan(folder: Path) -> Any:
 
 @check_arguments
 def bench(
-    config: ConfigSource = None, *, methods: Sequence[str] | None = None, encoders: Sequence[str] | None = None, seeds: int | None = None,
-    from_dir: str | Path | None = None, out: str | Path | None = None, force: bool = False, resume: str | Path | None = None,
-    executor: str = "local", ray_address: str | None = None, trust_checkpoint: bool = False,
-    overrides: Mapping[str, Any] | None = None, **settings: Any,
+    config: ConfigSource = None,
+    *,
+    methods: Sequence[str] | None = None,
+    encoders: Sequence[str] | None = None,
+    seeds: int | None = None,
+    from_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    force: bool = False,
+    resume: str | Path | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    trust_checkpoint: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    **settings: Any,
 ) -> Results:
     """REML (once per encoder in ``encoders``) and the baselines in ``methods`` on the same held-out
     tasks, for ``seeds`` seeds (default 1), on ``executor`` ("local" or "ray"); write the benchmark folder and return its results.
@@ -597,15 +718,39 @@ def bench(
     """
     from reml_core.folders import release_all
 
-    methods, encoders = _nonempty("methods", methods, "reml_core.bench"), _nonempty("encoders", encoders, "reml_core.bench")
+    methods, encoders = (
+        _nonempty("methods", methods, "reml_core.bench"),
+        _nonempty("encoders", encoders, "reml_core.bench"),
+    )
     _at_least_one(seeds, "reml_core.bench")
-    given = [name for name, value in (("config", config), ("methods", methods), ("encoders", encoders), ("seeds", seeds),
-                                      ("from_dir", from_dir), ("out", out), ("overrides", overrides)) if value is not None]
+    given = [
+        name
+        for name, value in (
+            ("config", config),
+            ("methods", methods),
+            ("encoders", encoders),
+            ("seeds", seeds),
+            ("from_dir", from_dir),
+            ("out", out),
+            ("overrides", overrides),
+        )
+        if value is not None
+    ]
     refuse_with_resume(resume, given + (["force"] if force else []) + list(settings), PLAN_FILE)
     try:
-        prepared = prepare_bench(None if resume is not None else user_settings(config, overrides, **settings), methods=methods,
-                                 encoders=encoders, seeds=seeds, from_dir=from_dir, out=out, force=force, resume=resume,
-                                 executor=executor, ray_address=ray_address, trust_checkpoint=trust_checkpoint)
+        prepared = prepare_bench(
+            None if resume is not None else user_settings(config, overrides, **settings),
+            methods=methods,
+            encoders=encoders,
+            seeds=seeds,
+            from_dir=from_dir,
+            out=out,
+            force=force,
+            resume=resume,
+            executor=executor,
+            ray_address=ray_address,
+            trust_checkpoint=trust_checkpoint,
+        )
         return prepared.execute()
     finally:
         release_all()
@@ -707,7 +852,9 @@ class PreparedSweep:
                 pass
             cpus = cluster_cpus(ray)
             if plan.cpus_per_trial > cpus:
-                raise UserError(f"--cpus-per-trial {plan.cpus_per_trial:g}: the Ray cluster has only {cpus} CPUs, so no trial could start")
+                raise UserError(
+                    f"--cpus-per-trial {plan.cpus_per_trial:g}: the Ray cluster has only {cpus} CPUs, so no trial could start"
+                )
             if self.folder is None:
                 self.folder = claim_sweep_folder(self.out, force=self.force)
                 write_plan(self.folder, plan)
@@ -715,9 +862,11 @@ class PreparedSweep:
             set_interrupt_hint(f"the sweep can be continued with: reml-sweep --resume {self.out}")
             raise_if_interrupted()
             configurations, seeds, trials = len(plan.configurations), len(plan.seeds), len(plan.trials)
-            log(f"sweep of {configurations} configuration{'s' * (configurations != 1)} x {seeds} seed{'s' * (seeds != 1)} "
+            log(
+                f"sweep of {configurations} configuration{'s' * (configurations != 1)} x {seeds} seed{'s' * (seeds != 1)} "
                 f"= {trials} trial{'s' * (trials != 1)} on Ray ({cpus} CPUs, {plan.cpus_per_trial:g} per trial, up to "
-                f"{int(cpus // plan.cpus_per_trial)} at a time){', resumed' if self.resuming else ''}; folder {self.out}")
+                f"{int(cpus // plan.cpus_per_trial)} at a time){', resumed' if self.resuming else ''}; folder {self.out}"
+            )
             stopped = run_tune(folder, plan, restore=self.resuming)
         if stopped is not None:  # Tune saved the experiment and stopped the trials; end as reml-run does on a signal
             raise KeyboardInterrupt if stopped == signal.SIGINT else Terminated
@@ -728,9 +877,18 @@ class PreparedSweep:
 
 @check_arguments
 def prepare_sweep(
-    user: Mapping[str, Any] | None = None, *, grid: Sequence[Dimension] = (), random: Sequence[Dimension] = (),
-    samples: int | None = None, seeds: int | None = None, cpus_per_trial: float | None = None, out: str | Path | None = None,
-    force: bool = False, resume: str | Path | None = None, ray_address: str | None = None, source: str = "config",
+    user: Mapping[str, Any] | None = None,
+    *,
+    grid: Sequence[Dimension] = (),
+    random: Sequence[Dimension] = (),
+    samples: int | None = None,
+    seeds: int | None = None,
+    cpus_per_trial: float | None = None,
+    out: str | Path | None = None,
+    force: bool = False,
+    resume: str | Path | None = None,
+    ray_address: str | None = None,
+    source: str = "config",
     registry: PluginRegistry | None = None,
 ) -> PreparedSweep:
     """Plan the sweep and check every configuration of every seed (and ``out``) before anything starts or is written.
@@ -743,7 +901,13 @@ def prepare_sweep(
     from reml_core.distributed import check_address, require_ray
     from reml_core.folders import check_path
     from reml_core.interrupts import raise_if_interrupted
-    from reml_core.sweep.plan import check_sweep_out, claim_sweep_to_resume, default_out, plan_from_sweep_json, plan_sweep
+    from reml_core.sweep.plan import (
+        check_sweep_out,
+        claim_sweep_to_resume,
+        default_out,
+        plan_from_sweep_json,
+        plan_sweep,
+    )
     from reml_core.config import renamed_settings
     from reml_core.sweep.space import combine_space, parse_file_sweep
 
@@ -753,7 +917,11 @@ def prepare_sweep(
         raise ArgumentError(f"{label}(): argument 'samples' must be at least 1, not {samples}")
     if cpus_per_trial is not None and not (0 < cpus_per_trial < float("inf")):
         raise ArgumentError(f"{label}(): argument 'cpus_per_trial' must be > 0, not {cpus_per_trial}")
-    given = [name for name, value in (("user", user), ("samples", samples), ("seeds", seeds), ("out", out)) if value is not None]
+    given = [
+        name
+        for name, value in (("user", user), ("samples", samples), ("seeds", seeds), ("out", out))
+        if value is not None
+    ]
     given += [name for name, value in (("grid", grid), ("random", random), ("force", force)) if value]
     refuse_with_resume(resume, given, "sweep.json")
     require_ray("reml-sweep")
@@ -783,10 +951,19 @@ def prepare_sweep(
 
 @check_arguments
 def sweep(
-    config: ConfigSource = None, *, grid: Mapping[str, Sequence[Any]] | None = None, random: Mapping[str, str] | None = None,
-    samples: int | None = None, seeds: int | None = None, cpus_per_trial: float | None = None, out: str | Path | None = None,
-    force: bool = False, resume: str | Path | None = None, ray_address: str | None = None,
-    overrides: Mapping[str, Any] | None = None, **settings: Any,
+    config: ConfigSource = None,
+    *,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    random: Mapping[str, str] | None = None,
+    samples: int | None = None,
+    seeds: int | None = None,
+    cpus_per_trial: float | None = None,
+    out: str | Path | None = None,
+    force: bool = False,
+    resume: str | Path | None = None,
+    ray_address: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    **settings: Any,
 ) -> SweepResults:
     """Search config values on Ray Tune, every trial an ordinary run folder; write the sweep folder (``out``,
     default ``runs/<plugin>-sweep-...``) and return its results, ranked by validation score (never test tasks).
@@ -802,15 +979,36 @@ def sweep(
     from reml_core.sweep.space import parse_sweep_table
 
     _at_least_one(seeds, "reml_core.sweep")
-    given = [name for name, value in (("config", config), ("grid", grid), ("random", random), ("samples", samples), ("seeds", seeds),
-                                      ("out", out), ("overrides", overrides)) if value is not None]
+    given = [
+        name
+        for name, value in (
+            ("config", config),
+            ("grid", grid),
+            ("random", random),
+            ("samples", samples),
+            ("seeds", seeds),
+            ("out", out),
+            ("overrides", overrides),
+        )
+        if value is not None
+    ]
     refuse_with_resume(resume, given + (["force"] if force else []) + list(settings), "sweep.json")
     swept = parse_sweep_table({"grid": dict(grid or {}), "random": dict(random or {})}, SWEEP_ORIGIN)
     source = str(config) if isinstance(config, (str, Path)) else SWEEP_ORIGIN
     try:
-        prepared = prepare_sweep(None if resume is not None else user_settings(config, overrides, **settings), grid=swept.grid,
-                                 random=swept.random, samples=samples, seeds=seeds, cpus_per_trial=cpus_per_trial, out=out,
-                                 force=force, resume=resume, ray_address=ray_address, source=source)
+        prepared = prepare_sweep(
+            None if resume is not None else user_settings(config, overrides, **settings),
+            grid=swept.grid,
+            random=swept.random,
+            samples=samples,
+            seeds=seeds,
+            cpus_per_trial=cpus_per_trial,
+            out=out,
+            force=force,
+            resume=resume,
+            ray_address=ray_address,
+            source=source,
+        )
         return prepared.execute()
     finally:
         release_all()
@@ -822,5 +1020,17 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-__all__ = ["run", "bench", "sweep", "load", "Results", "SweepResults", "CellResult", "ArgumentError", "prepare_run", "prepare_bench",
-           "prepare_sweep", "user_settings"]
+__all__ = [
+    "run",
+    "bench",
+    "sweep",
+    "load",
+    "Results",
+    "SweepResults",
+    "CellResult",
+    "ArgumentError",
+    "prepare_run",
+    "prepare_bench",
+    "prepare_sweep",
+    "user_settings",
+]

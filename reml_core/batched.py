@@ -100,13 +100,19 @@ def measure_networks(
                     y = request.y.to(device)
                     prediction = network(request.x.to(device))
                     loss = float(loss_fn(prediction, y))
-                    scale = float(prediction.std(unbiased=False)) if prediction.numel() > 1 else float(prediction.abs().mean())
+                    scale = (
+                        float(prediction.std(unbiased=False))
+                        if prediction.numel() > 1
+                        else float(prediction.abs().mean())
+                    )
                     results[i] = (loss, scale)
                 continue
             network = pool.build_batch([list(requests[i].indices) for i in members])  # type: ignore[attr-defined]
             device = module_device(network)
             prediction = network(torch.stack([requests[i].x for i in members]).to(device))
-            losses = batched_loss(loss_fn)(prediction, torch.stack([requests[i].y for i in members]).to(device)).tolist()
+            losses = batched_loss(loss_fn)(
+                prediction, torch.stack([requests[i].y for i in members]).to(device)
+            ).tolist()
             flat = prediction.flatten(1)
             scales = (flat.std(dim=1, correction=0) if flat.shape[1] > 1 else flat.abs().mean(1)).tolist()
             for row, i in enumerate(members):
@@ -180,14 +186,26 @@ def _groups(ends: Sequence[EpisodeEnd], max_batch: int) -> list[list[int]]:
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, end in enumerate(ends):
         task = end.task
-        key = (len(end.indices), tuple(task.x_train.shape), tuple(task.y_train.shape),
-               tuple(task.x_query.shape), tuple(task.y_query.shape), end.choices)
+        key = (
+            len(end.indices),
+            tuple(task.x_train.shape),
+            tuple(task.y_train.shape),
+            tuple(task.x_query.shape),
+            tuple(task.y_query.shape),
+            end.choices,
+        )
         groups.setdefault(key, []).append(i)
-    return [members[start : start + max_batch] for members in groups.values() for start in range(0, len(members), max_batch)]
+    return [
+        members[start : start + max_batch] for members in groups.values() for start in range(0, len(members), max_batch)
+    ]
 
 
 def _one(
-    pool: LayerPool, end: EpisodeEnd, loss_fn: LossFn, config: EnvConfig, required: frozenset[str],
+    pool: LayerPool,
+    end: EpisodeEnd,
+    loss_fn: LossFn,
+    config: EnvConfig,
+    required: frozenset[str],
     appliers: Mapping[str, Callable[[Any, Any], None]] | None = None,
 ) -> tuple[EpisodeOutcome, Any]:
     """One network, exactly as a single environment has always ended its episodes."""
@@ -207,8 +225,14 @@ def _one(
     if "trained" in required:
         generator = torch.Generator().manual_seed(end.minibatch_seed)
         trained_ok = train_adam(
-            network, task.x_train, task.y_train, loss_fn,
-            steps=config.inner_steps, lr=config.inner_adam_lr, batch_size=config.inner_batch, generator=generator,
+            network,
+            task.x_train,
+            task.y_train,
+            loss_fn,
+            steps=config.inner_steps,
+            lr=config.inner_adam_lr,
+            batch_size=config.inner_batch,
+            generator=generator,
         )
         losses["trained"] = evaluate_loss(network, task.x_query, task.y_query, loss_fn) if trained_ok else math.nan
     return EpisodeOutcome(losses, not all(math.isfinite(value) for value in losses.values())), network
@@ -242,16 +266,31 @@ def _batch(
         x_support = torch.stack([_padded(x, longest) for x, _ in support])
         y_support = torch.stack([_padded(y, longest) for _, y in support])
         ok = finetune_sgd_batch(
-            tuned, x_support, y_support, _ragged_loss(loss_fn, counts), steps=config.finetune_steps, lr=config.finetune_sgd_lr
+            tuned,
+            x_support,
+            y_support,
+            _ragged_loss(loss_fn, counts),
+            steps=config.finetune_steps,
+            lr=config.finetune_sgd_lr,
         )
         values = evaluate_loss_batch(tuned, x_query, y_query, losses_fn)
         finetuned = torch.where(ok, values, torch.full_like(values, math.nan))
         columns["finetuned"] = finetuned
     if "trained" in required:
-        generators = [torch.Generator().manual_seed(end.minibatch_seed) for end in ends] if config.inner_batch < tasks[0].x_train.shape[0] else None
+        generators = (
+            [torch.Generator().manual_seed(end.minibatch_seed) for end in ends]
+            if config.inner_batch < tasks[0].x_train.shape[0]
+            else None
+        )
         trained_ok = train_adam_batch(
-            network, torch.stack([task.x_train for task in tasks]), torch.stack([task.y_train for task in tasks]), losses_fn,
-            steps=config.inner_steps, lr=config.inner_adam_lr, batch_size=config.inner_batch, generators=generators,
+            network,
+            torch.stack([task.x_train for task in tasks]),
+            torch.stack([task.y_train for task in tasks]),
+            losses_fn,
+            steps=config.inner_steps,
+            lr=config.inner_adam_lr,
+            batch_size=config.inner_batch,
+            generators=generators,
         )
         values = evaluate_loss_batch(network, x_query, y_query, losses_fn)
         columns["trained"] = torch.where(trained_ok, values, torch.full_like(values, math.nan))

@@ -23,7 +23,14 @@ from typing import Any
 from reml_core.config import RunConfig, deep_merge, load_resolved, resolve_config
 from reml_core.errors import UserError
 from reml_core.folders import check_path
-from reml_core.experiment import baseline_labels, build_components, build_one, check_policy_builds, component_facts, loss_name
+from reml_core.experiment import (
+    baseline_labels,
+    build_components,
+    build_one,
+    check_policy_builds,
+    component_facts,
+    loss_name,
+)
 from reml_core.jobs import (
     BASELINE_RECORD,
     JOB_LOG,
@@ -41,7 +48,15 @@ from reml_core.jobs import (
 from reml_core.pipeline import load_reml, own_rate_key
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.registry import PluginRegistry
-from reml_core.results import OWN_RATE_SUFFIX, EncoderInfo, ResultsDocument, aggregate_curves, aggregate_tables, finite_or_none, table_of
+from reml_core.results import (
+    OWN_RATE_SUFFIX,
+    EncoderInfo,
+    ResultsDocument,
+    aggregate_curves,
+    aggregate_tables,
+    finite_or_none,
+    table_of,
+)
 from reml_core.reports import render_bench_report
 from reml_core.storage import atomic_write_json, atomic_write_text, read_json_file
 from reml_core.logs import log
@@ -89,7 +104,9 @@ class BenchPlan:
         """REML's method keys and their encoders (none when REML is not compared)."""
         if "reml" not in self.methods:
             return {}
-        return {self.reml_key(encoder): EncoderInfo(encoder, self.facts[encoder].privileged) for encoder in self.encoders}
+        return {
+            self.reml_key(encoder): EncoderInfo(encoder, self.facts[encoder].privileged) for encoder in self.encoders
+        }
 
 
 #: More seeds than anyone trains; a larger --seeds is a typo, refused at once.
@@ -98,8 +115,14 @@ SEED_LIMIT = 2**32
 
 
 def plan_bench(
-    registry: PluginRegistry, user: Mapping[str, Any], *, methods: Sequence[str], encoders: Sequence[str] | None,
-    seeds: int, from_dir: Path | None, trust_checkpoint: bool = False,
+    registry: PluginRegistry,
+    user: Mapping[str, Any],
+    *,
+    methods: Sequence[str],
+    encoders: Sequence[str] | None,
+    seeds: int,
+    from_dir: Path | None,
+    trust_checkpoint: bool = False,
 ) -> BenchPlan:
     """Validate everything before anything runs: methods, encoders, seeds, every seed's config, --from.
 
@@ -116,7 +139,9 @@ def plan_bench(
     if seeds > MAX_SEEDS:
         raise UserError(f"--seeds: {seeds} seeds; the limit is {MAX_SEEDS}")
     if base_seed + seeds > SEED_LIMIT:
-        raise UserError(f"--seeds: seeds {base_seed}..{base_seed + seeds - 1} go past the largest seed, {SEED_LIMIT - 1}; lower --seed or --seeds")
+        raise UserError(
+            f"--seeds: seeds {base_seed}..{base_seed + seeds - 1} go past the largest seed, {SEED_LIMIT - 1}; lower --seed or --seeds"
+        )
     if from_dir is not None:
         from_dir = check_path(from_dir, "--from")
         if not from_dir.is_dir():
@@ -137,13 +162,18 @@ def plan_bench(
             components = build_components(config)  # cross-component checks
             if "reml" in methods:
                 check_policy_builds(components)
-            if not facts:  # the baselines train with the first encoder's components (a baseline that cannot be built fails now)
+            if (
+                not facts
+            ):  # the baselines train with the first encoder's components (a baseline that cannot be built fails now)
                 for name in baselines:
                     build_one(config.baselines[name], components.context)
             facts[config.encoder.name] = ComponentFacts(
-                component_facts(components), loss_name(components.task_sampler), bool(components.encoder.privileged))
+                component_facts(components), loss_name(components.task_sampler), bool(components.encoder.privileged)
+            )
     names = list(dict.fromkeys(encoder for _, encoder in configs))
-    plan = BenchPlan(list(methods), names, list(range(base_seed, base_seed + seeds)), configs, from_dir, inputs=inputs, facts=facts)
+    plan = BenchPlan(
+        list(methods), names, list(range(base_seed, base_seed + seeds)), configs, from_dir, inputs=inputs, facts=facts
+    )
     if from_dir is not None:
         plan.sources.update(_check_sources(plan, registry, trust_checkpoint))
     return plan
@@ -232,8 +262,12 @@ def bench_jobs(plan: BenchPlan, out: Path, *, trust_checkpoint: bool = False, re
     for seed in plan.seeds:
         wanted: list[tuple[str, str, str | None, dict[str, Any], str]] = []
         if "reml" in plan.methods:
-            wanted += [(plan.reml_key(e), "reml", e, plan.inputs[(seed, e)], f"seed-{seed}/reml-{e}") for e in plan.encoders]
-        wanted += [(name, name, None, plan.inputs[(seed, plan.encoders[0])], f"seed-{seed}/{name}") for name in plan.baselines]
+            wanted += [
+                (plan.reml_key(e), "reml", e, plan.inputs[(seed, e)], f"seed-{seed}/reml-{e}") for e in plan.encoders
+            ]
+        wanted += [
+            (name, name, None, plan.inputs[(seed, plan.encoders[0])], f"seed-{seed}/{name}") for name in plan.baselines
+        ]
         for key, method, encoder, config, folder in wanted:
             source = plan.sources.get((seed, key))
             resume = False
@@ -242,11 +276,22 @@ def bench_jobs(plan: BenchPlan, out: Path, *, trust_checkpoint: bool = False, re
                     source = out / folder
                 elif method == "reml" and interrupted_reml(out / folder):
                     resume = True
-            jobs.append(BenchJob(
-                seed=seed, key=key, method=method, encoder=encoder, config=config, baselines=tuple(plan.baselines), folder=folder,
-                source=str(source) if source is not None else None, resume=resume,
-                trust_checkpoint=trust_checkpoint, disabled=disabled, threads=plan.configs[(seed, plan.encoders[0])].core.train.threads,
-            ))
+            jobs.append(
+                BenchJob(
+                    seed=seed,
+                    key=key,
+                    method=method,
+                    encoder=encoder,
+                    config=config,
+                    baselines=tuple(plan.baselines),
+                    folder=folder,
+                    source=str(source) if source is not None else None,
+                    resume=resume,
+                    trust_checkpoint=trust_checkpoint,
+                    disabled=disabled,
+                    threads=plan.configs[(seed, plan.encoders[0])].core.train.threads,
+                )
+            )
     return jobs
 
 
@@ -257,8 +302,14 @@ class BenchJobsFailed(UserError):
 
 
 def run_bench(
-    plan: BenchPlan, registry: PluginRegistry, out: Path, *, executor: LocalExecutor | RayExecutor | None = None,
-    trust_checkpoint: bool = False, command: str = "", resuming: bool = False,
+    plan: BenchPlan,
+    registry: PluginRegistry,
+    out: Path,
+    *,
+    executor: LocalExecutor | RayExecutor | None = None,
+    trust_checkpoint: bool = False,
+    command: str = "",
+    resuming: bool = False,
 ) -> ResultsDocument:
     """Train or load every method for every seed (one job each, on ``executor``), evaluate all on
     the same tasks, write the files. Only this process (the driver) writes into ``out``."""
@@ -277,15 +328,25 @@ def run_bench(
             continue
         done[(job.seed, job.key)] = outcome
         logs = out / job.folder / JOB_LOG
-        where = f"; its log: {logs}" if job.source is None and logs.is_file() else f" (loaded from {job.source})" if job.source else ""
-        log(f"[{count}/{len(jobs)}] {job.label} finished in {outcome.wall_seconds:.1f} s, {summary_line(outcome)}{where}")
+        where = (
+            f"; its log: {logs}"
+            if job.source is None and logs.is_file()
+            else f" (loaded from {job.source})"
+            if job.source
+            else ""
+        )
+        log(
+            f"[{count}/{len(jobs)}] {job.label} finished in {outcome.wall_seconds:.1f} s, {summary_line(outcome)}{where}"
+        )
         seed_jobs = per_seed_jobs[job.seed]
         if all((j.seed, j.key) in done for j in seed_jobs):
             documents[job.seed] = _seed_document(plan, job.seed, [done[(j.seed, j.key)] for j in seed_jobs], command)
             (out / f"seed-{job.seed}").mkdir(parents=True, exist_ok=True)
             atomic_write_json(out / f"seed-{job.seed}" / "results.json", documents[job.seed].to_json())
     if failures:
-        lines = [f"{len(failures)} of {len(jobs)} jobs failed; the {len(jobs) - len(failures)} that finished are kept in {out}:"]
+        lines = [
+            f"{len(failures)} of {len(jobs)} jobs failed; the {len(jobs) - len(failures)} that finished are kept in {out}:"
+        ]
         lines += [f"  {failure.job.label}: {failure.error}" for failure in failures]
         lines.append(f"rerun only what is missing with: reml-bench --resume {out}")
         raise BenchJobsFailed("\n".join(lines))
@@ -315,15 +376,24 @@ def _seed_document(plan: BenchPlan, seed: int, results: list[JobResult], command
             timing[f"evaluation_{own}"] = r.own_evaluation_seconds
             own_words[own] = r.own_words or "own rate"
     return ResultsDocument(
-        kind="seed", plugin=base.core.plugin, policy=base.policy.name, encoder=base.encoder.name,
-        encoder_privileged=any(info.privileged for info in plan.encoder_infos.values()), seed=seed,
+        kind="seed",
+        plugin=base.core.plugin,
+        policy=base.policy.name,
+        encoder=base.encoder.name,
+        encoder_privileged=any(info.privileged for info in plan.encoder_infos.values()),
+        seed=seed,
         test_tasks=base.core.eval.test_tasks,
         tables=tables,
         curves={r.job.key: [finite_or_none(v) for v in r.curve] for r in results},
         timing=timing,
-        config=base.to_dict(), command=command, loss_name=results[0].loss_name, labels={**baseline_labels(base), **own_words},
-        components=facts.components, training={r.job.key: r.training for r in results if r.training is not None},
-        encoders=dict(plan.encoder_infos), budgets={r.job.key: r.budget for r in results},
+        config=base.to_dict(),
+        command=command,
+        loss_name=results[0].loss_name,
+        labels={**baseline_labels(base), **own_words},
+        components=facts.components,
+        training={r.job.key: r.training for r in results if r.training is not None},
+        encoders=dict(plan.encoder_infos),
+        budgets={r.job.key: r.budget for r in results},
         sources={seed: {r.job.key: r.source for r in results}},
         references={name: table_of(table) for name, table in results[0].references.items()},
     )
@@ -338,7 +408,9 @@ def seed_budgets(budgets: Mapping[int, str]) -> str:
     return "; ".join(f"seed {seed}: {budget}" for seed, budget in budgets.items())
 
 
-def _aggregate(plan: BenchPlan, documents: dict[int, ResultsDocument], seconds: float, command: str, executor: str) -> ResultsDocument:
+def _aggregate(
+    plan: BenchPlan, documents: dict[int, ResultsDocument], seconds: float, command: str, executor: str
+) -> ResultsDocument:
     """Every seed's numbers and the mean over seeds of each cell, with the spread between seeds
     (standard deviation of the seed means)."""
     base = plan.base(plan.seeds[0])
@@ -352,16 +424,37 @@ def _aggregate(plan: BenchPlan, documents: dict[int, ResultsDocument], seconds: 
     timing["total_this_invocation"] = seconds
     facts = plan.facts[plan.encoders[0]]
     return ResultsDocument(
-        kind="bench", plugin=base.core.plugin, policy=base.policy.name, encoder=",".join(plan.encoders),
-        encoder_privileged=first.encoder_privileged, seed=base.seed, test_tasks=base.core.eval.test_tasks,
+        kind="bench",
+        plugin=base.core.plugin,
+        policy=base.policy.name,
+        encoder=",".join(plan.encoders),
+        encoder_privileged=first.encoder_privileged,
+        seed=base.seed,
+        test_tasks=base.core.eval.test_tasks,
         tables={key: aggregate_tables([documents[s].tables[key] for s in plan.seeds]) for key in keys},
         curves={key: aggregate_curves([documents[s].curves[key] for s in plan.seeds]) for key in first.curves},
-        timing=timing, config=base.to_dict(), command=command, loss_name=facts.loss_name,
-        labels={**baseline_labels(base), **{key: words for key, words in (first.labels or {}).items() if key.endswith(OWN_RATE_SUFFIX)}},
-        components=facts.components, training=first.training, encoders=dict(plan.encoder_infos),
-        budgets={key: seed_budgets({s: documents[s].budgets.get(key, "") for s in plan.seeds}) for key in first.budgets},
+        timing=timing,
+        config=base.to_dict(),
+        command=command,
+        loss_name=facts.loss_name,
+        labels={
+            **baseline_labels(base),
+            **{key: words for key, words in (first.labels or {}).items() if key.endswith(OWN_RATE_SUFFIX)},
+        },
+        components=facts.components,
+        training=first.training,
+        encoders=dict(plan.encoder_infos),
+        budgets={
+            key: seed_budgets({s: documents[s].budgets.get(key, "") for s in plan.seeds}) for key in first.budgets
+        },
         sources={s: documents[s].sources[s] for s in plan.seeds},
-        seeds=list(plan.seeds), per_seed={s: documents[s].tables for s in plan.seeds}, preset=base.core.preset, executor=executor,
-        references={name: aggregate_tables([documents[s].references[name] for s in plan.seeds]) for name in first.references
-                    if all(name in documents[s].references for s in plan.seeds)},
+        seeds=list(plan.seeds),
+        per_seed={s: documents[s].tables for s in plan.seeds},
+        preset=base.core.preset,
+        executor=executor,
+        references={
+            name: aggregate_tables([documents[s].references[name] for s in plan.seeds])
+            for name in first.references
+            if all(name in documents[s].references for s in plan.seeds)
+        },
     )

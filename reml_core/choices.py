@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 #: What each of the core's own choosable hyperparameters drives when the policy chooses it.
 BUILTIN: dict[str, str] = {
     "finetune_sgd_lr": "the SGD rate of the episode's adaptation: the reward's fine-tuning, the protocol pool update's "
-                       "inner SGD, and REML's own-rate rows at evaluation",
+    "inner SGD, and REML's own-rate rows at evaluation",
     "finetune_steps": "the SGD steps of the episode's adaptation: the reward's fine-tuning, the protocol pool update "
-                      "(the query loss after that many steps), and REML's own-rate rows at evaluation (that column only)",
+    "(the query loss after that many steps), and REML's own-rate rows at evaluation (that column only)",
     "inner_adam_lr": "the Adam rate of the episode's inner training (the thesis rule, the 'trained' loss)",
     "inner_steps": "the Adam steps of the episode's inner training (the thesis rule, the 'trained' loss)",
 }
@@ -52,15 +52,19 @@ def check_choose(value: Any, fields: Mapping[str, Any]) -> Any:
     """``env.choose`` checked: a mapping of names to non-empty lists of distinct candidates; a built-in
     name's candidates each valid as that fixed setting is (``fields``: EnvConfig's model fields)."""
     if not isinstance(value, Mapping):
-        raise _problem("expected a table of hyperparameter names, each with a list of candidate values, "
-                       "e.g. env.choose.finetune_sgd_lr = [0.003, 0.01, 0.03, 0.1]")
+        raise _problem(
+            "expected a table of hyperparameter names, each with a list of candidate values, "
+            "e.g. env.choose.finetune_sgd_lr = [0.003, 0.01, 0.03, 0.1]"
+        )
     checked: dict[str, list[Any]] = {}
     for raw_name, candidates in value.items():
         name = _FORMER.get(str(raw_name), str(raw_name))
         where = f"env.choose.{raw_name}"
         if name == "stop":
-            raise _problem(f"{where}: a stop choice (ending the network before env.depth) is not implemented; "
-                           f"choosable: {', '.join(BUILTIN_CHOICES)} or a name a plugin declares")
+            raise _problem(
+                f"{where}: a stop choice (ending the network before env.depth) is not implemented; "
+                f"choosable: {', '.join(BUILTIN_CHOICES)} or a name a plugin declares"
+            )
         if name in checked:
             raise _problem(f"{where}: given twice (also under its other name)")
         if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence):
@@ -121,7 +125,10 @@ def run_choices(config: Any) -> dict[str, HyperparameterChoice]:
     return declared_choices(item.spec for item in selected if item is not None)
 
 
-def choice_steps(choose: Mapping[str, Sequence[Any]], declared: Mapping[str, HyperparameterChoice] | Iterable[HyperparameterChoice] = ()) -> list[ChoiceStep]:
+def choice_steps(
+    choose: Mapping[str, Sequence[Any]],
+    declared: Mapping[str, HyperparameterChoice] | Iterable[HyperparameterChoice] = (),
+) -> list[ChoiceStep]:
     """The episode's choice steps for ``env.choose``: built-in names first in :data:`BUILTIN`'s order,
     then plugin names sorted (an order that no config file's key order can change, so a checkpoint's
     action indices keep their meaning). An unknown name or a value a plugin does not offer is a
@@ -138,8 +145,10 @@ def choice_steps(choose: Mapping[str, Sequence[Any]], declared: Mapping[str, Hyp
             continue
         foreign = [value for value in choose[name] if value not in choice.values]
         if foreign:
-            problems.append(f"env.choose.{name}: {foreign[0]!r} is not one of its values {list(choice.values)!r} "
-                            f"({choice.description})")
+            problems.append(
+                f"env.choose.{name}: {foreign[0]!r} is not one of its values {list(choice.values)!r} "
+                f"({choice.description})"
+            )
             continue
         steps.append(ChoiceStep(name, tuple(choose[name]), choice.apply))
     if problems:
@@ -157,7 +166,9 @@ def settings_for(config: EnvConfig, chosen: Sequence[tuple[str, Any]]) -> EnvCon
     return config.model_copy(update=update)
 
 
-def apply_choices(network: Any, chosen: Sequence[tuple[str, Any]], appliers: Mapping[str, Callable[[Any, Any], None]]) -> Any:
+def apply_choices(
+    network: Any, chosen: Sequence[tuple[str, Any]], appliers: Mapping[str, Callable[[Any, Any], None]]
+) -> Any:
     """``network`` with each plugin-declared chosen value applied in place (built-in ones need nothing here)."""
     for name, value in chosen:
         apply = appliers.get(name)
@@ -183,7 +194,12 @@ class ChoiceRecord:
     values: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task_id": self.task_id, "shots": self.shots, "descriptor": list(self.descriptor), "values": dict(self.values)}
+        return {
+            "task_id": self.task_id,
+            "shots": self.shots,
+            "descriptor": list(self.descriptor),
+            "values": dict(self.values),
+        }
 
 
 def summarise(records: Sequence[ChoiceRecord], descriptor_names: Sequence[str] = ()) -> dict[str, Any]:
@@ -193,8 +209,10 @@ def summarise(records: Sequence[ChoiceRecord], descriptor_names: Sequence[str] =
     names = list(descriptor_names)
     for record in records:
         for name, value in record.values.items():
-            entry = per_shots.setdefault(str(record.shots), {}).setdefault(name, {}).setdefault(
-                _value_key(value), {"value": value, "count": 0, "_sums": [0.0] * len(record.descriptor)}
+            entry = (
+                per_shots.setdefault(str(record.shots), {})
+                .setdefault(name, {})
+                .setdefault(_value_key(value), {"value": value, "count": 0, "_sums": [0.0] * len(record.descriptor)})
             )
             entry["count"] += 1
             if len(entry["_sums"]) == len(record.descriptor):
@@ -216,9 +234,12 @@ def report_section(choices: Mapping[str, Any] | None) -> list[str]:
     """Markdown lines of the run report's "Hyperparameters the policy chose" section (none without choices)."""
     if not choices or not choices.get("summary"):
         return []
-    lines = ["## Hyperparameters the policy chose", "",
-             "Per test task and K, after composing the network (`env.choose`); mean task descriptor of the tasks that got each value.",
-             ""]
+    lines = [
+        "## Hyperparameters the policy chose",
+        "",
+        "Per test task and K, after composing the network (`env.choose`); mean task descriptor of the tasks that got each value.",
+        "",
+    ]
     for shots, by_name in sorted(choices["summary"].items(), key=lambda item: int(item[0])):
         for name, by_value in by_name.items():
             total = sum(entry["count"] for entry in by_value.values())
@@ -226,7 +247,10 @@ def report_section(choices: Mapping[str, Any] | None) -> list[str]:
             for key, entry in sorted(by_value.items(), key=lambda item: _sort_key(item[1]["value"])):
                 means = ", ".join(f"{label} {mean:.3g}" for label, mean in entry["mean_descriptor"].items())
                 share = 100.0 * entry["count"] / total if total else 0.0
-                lines.append(f"  - {key}: {entry['count']} of {total} tasks ({share:.0f}%)" + (f"; mean {means}" if means else ""))
+                lines.append(
+                    f"  - {key}: {entry['count']} of {total} tasks ({share:.0f}%)"
+                    + (f"; mean {means}" if means else "")
+                )
     lines.append("")
     return lines
 

@@ -41,12 +41,38 @@ from reml_core.settings import (  # re-exported: the settings models lived here 
 )
 
 __all__ = [  # the settings models, importable from here as before
-    "CORE_PRESETS", "MAX_CONFIG_BYTES", "MAX_CONFIG_SETTINGS", "MAX_ITERATIONS", "MAX_STEPS", "MAX_TASKS",
-    "EnvConfig", "EvalConfig", "ExperimentConfig", "StrictModel", "TrainConfig", "RunConfig", "Selected",
-    "resolve_config", "load_resolved", "load_config_file", "parse_config_text", "parse_assignment", "deep_merge", "default_baselines",
-    "renamed_settings", "same_setting",
+    "CORE_PRESETS",
+    "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_SETTINGS",
+    "MAX_ITERATIONS",
+    "MAX_STEPS",
+    "MAX_TASKS",
+    "EnvConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "StrictModel",
+    "TrainConfig",
+    "RunConfig",
+    "Selected",
+    "resolve_config",
+    "load_resolved",
+    "load_config_file",
+    "parse_config_text",
+    "parse_assignment",
+    "deep_merge",
+    "default_baselines",
+    "renamed_settings",
+    "same_setting",
 ]
-from reml_core.specs import NAMED_SECTIONS, SECTIONS, SPEC_TYPES, TABLE_EACH_KINDS, ComponentSpec, Preset, TaskSamplerSpec
+from reml_core.specs import (
+    NAMED_SECTIONS,
+    SECTIONS,
+    SPEC_TYPES,
+    TABLE_EACH_KINDS,
+    ComponentSpec,
+    Preset,
+    TaskSamplerSpec,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -69,7 +95,10 @@ class _RawCore(StrictModel):
     def _name_shorthand(cls, data: Any) -> Any:
         """``policy = "ppo-lstm"`` is short for ``[policy] name = "ppo-lstm"`` (every section chosen by name)."""
         if isinstance(data, Mapping):
-            data = {key: {"name": value} if key in NAMED_SECTIONS and isinstance(value, str) else value for key, value in data.items()}
+            data = {
+                key: {"name": value} if key in NAMED_SECTIONS and isinstance(value, str) else value
+                for key, value in data.items()
+            }
         return data
 
 
@@ -81,7 +110,10 @@ def _raw_section(kind: str) -> Any:
 
 #: The core's keys and every component kind's section (:data:`reml_core.specs.SECTIONS`), unresolved.
 _RawConfig: type[_RawCore] = create_model(  # type: ignore[call-overload]
-    "_RawConfig", __base__=_RawCore, __module__=__name__, **{section: _raw_section(kind) for kind, section in SECTIONS.items()}
+    "_RawConfig",
+    __base__=_RawCore,
+    __module__=__name__,
+    **{section: _raw_section(kind) for kind, section in SECTIONS.items()},
 )
 
 
@@ -148,7 +180,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
     try:
         size = path.stat().st_size
         if size > MAX_CONFIG_BYTES and path.is_file():
-            raise ConfigError([f"--config: {path} is {size:,} bytes; a REML config is a few KB (the limit is {MAX_CONFIG_BYTES:,})"])
+            raise ConfigError(
+                [f"--config: {path} is {size:,} bytes; a REML config is a few KB (the limit is {MAX_CONFIG_BYTES:,})"]
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"--config: file not found: {path}"]) from None
@@ -180,8 +214,10 @@ class _StrictYamlLoader(yaml.SafeLoader):
                 except TypeError:  # an unhashable key: construct_mapping reports it
                     continue
                 if duplicate:
-                    raise _DuplicateKey(f"the key {key!r} is given twice (line {key_node.start_mark.line + 1}); "
-                                        "YAML would keep only the last one")
+                    raise _DuplicateKey(
+                        f"the key {key!r} is given twice (line {key_node.start_mark.line + 1}); "
+                        "YAML would keep only the last one"
+                    )
         return super().construct_mapping(node, deep=deep)
 
 
@@ -198,7 +234,9 @@ def parse_config_text(text: str, fmt: str, source: str = "<config>") -> dict[str
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError([f"--config: {source}: the top level must be a table of settings, not a {type(data).__name__}"])
+        raise ConfigError(
+            [f"--config: {source}: the top level must be a table of settings, not a {type(data).__name__}"]
+        )
     return data
 
 
@@ -244,11 +282,16 @@ def _other_names(renames: Mapping[str, str], at: str, key: str) -> set[str]:
     full = prefix + key
     now = renames.get(full, full)
     names = {now, *(old for old, new in renames.items() if new == now)}
-    return {name[len(prefix):] for name in names if name != full and name.startswith(prefix) and "." not in name[len(prefix):]}
+    return {
+        name[len(prefix) :]
+        for name in names
+        if name != full and name.startswith(prefix) and "." not in name[len(prefix) :]
+    }
 
 
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any], renames: Mapping[str, str] | None = None, *,
-               at: str = "") -> dict[str, Any]:
+def deep_merge(
+    base: Mapping[str, Any], override: Mapping[str, Any], renames: Mapping[str, str] | None = None, *, at: str = ""
+) -> dict[str, Any]:
     """``override`` on top of ``base``; nested mappings merge, anything else is replaced.
 
     With ``renames`` (:func:`renamed_settings`: dotted keys from the config's top; ``at`` is where
@@ -271,8 +314,15 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any], renames: Ma
 #: (``&a x`` is ``x``), an alias, a tag (``!!str 5``), a directive or document marker, and a block
 #: mapping or list (``note: hi`` would be ``{note: hi}``).
 _REINTERPRETING_TOKENS = (
-    yaml.AnchorToken, yaml.AliasToken, yaml.TagToken, yaml.DirectiveToken, yaml.DocumentStartToken, yaml.DocumentEndToken,
-    yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.BlockEntryToken,
+    yaml.AnchorToken,
+    yaml.AliasToken,
+    yaml.TagToken,
+    yaml.DirectiveToken,
+    yaml.DocumentStartToken,
+    yaml.DocumentEndToken,
+    yaml.BlockMappingStartToken,
+    yaml.BlockSequenceStartToken,
+    yaml.BlockEntryToken,
 )
 #: YAML 1.1's other words for booleans; kept as text (pydantic reads them for a bool setting, and a
 #: string setting keeps the word, e.g. a name ``no`` or ``on``).
@@ -351,12 +401,14 @@ def _location(parts: Sequence[Any]) -> str:
 #: that takes a single configuration.
 _OTHER_TOOLS_KEYS = {
     ("sweep",): "the [sweep] table is reml-sweep's search space; this command runs one configuration: "
-                "run the sweep with reml-sweep --config FILE, or drop the table (reml-sweep writes each "
-                "configuration it tried, and best.toml, for reml-run)",
+    "run the sweep with reml-sweep --config FILE, or drop the table (reml-sweep writes each "
+    "configuration it tried, and best.toml, for reml-run)",
 }
 
 
-def _format_errors(error: ValidationError, prefix: Sequence[str | int] = (), model: type[BaseModel] | None = None) -> list[str]:
+def _format_errors(
+    error: ValidationError, prefix: Sequence[str | int] = (), model: type[BaseModel] | None = None
+) -> list[str]:
     lines = []
     for item in error.errors(include_url=False):
         location = _location((*prefix, *item["loc"]))
@@ -474,7 +526,9 @@ def resolve_config(
     problems: list[str] = []
     settings = count_settings(user)
     if settings > MAX_CONFIG_SETTINGS:
-        raise ConfigError([f"config: {settings:,} settings; a REML config has a few dozen (the limit is {MAX_CONFIG_SETTINGS:,})"])
+        raise ConfigError(
+            [f"config: {settings:,} settings; a REML config has a few dozen (the limit is {MAX_CONFIG_SETTINGS:,})"]
+        )
     raw_model = _validate(_RawConfig, dict(user), (), problems)
     if raw_model is None:
         raise ConfigError(problems)
@@ -498,12 +552,18 @@ def resolve_config(
     renames = renamed_settings(registry)
     core_data = deep_merge(
         deep_merge(CORE_PRESETS[preset], family_preset, renames),
-        {"env": raw.env, "train": raw.train, "eval": raw.eval}, renames,
+        {"env": raw.env, "train": raw.train, "eval": raw.eval},
+        renames,
     )
     core_data.update(plugin=raw.plugin, preset=preset, seed=raw.seed)
     core = _validate(ExperimentConfig, core_data, (), problems)
 
-    task_config = _validate(task_spec.config_model, deep_merge(task_spec.presets.get(preset, {}), raw.task, renames, at="task"), ("task",), problems)
+    task_config = _validate(
+        task_spec.config_model,
+        deep_merge(task_spec.presets.get(preset, {}), raw.task, renames, at="task"),
+        ("task",),
+        problems,
+    )
     chosen: dict[str, Selected | None] = {}
     for section, kind in COMPONENT_SECTIONS.items():
         options = dict(getattr(raw, section))
@@ -511,7 +571,12 @@ def resolve_config(
         spec = _lookup(registry, kind, name, f"{section}.name", problems)
         chosen[section] = None
         if spec is not None:
-            config = _validate(spec.config_model, deep_merge(spec.presets.get(preset, {}), options, renames, at=section), (section,), problems)
+            config = _validate(
+                spec.config_model,
+                deep_merge(spec.presets.get(preset, {}), options, renames, at=section),
+                (section,),
+                problems,
+            )
             if config is not None:
                 chosen[section] = Selected(name, spec, config)
 
@@ -523,7 +588,9 @@ def resolve_config(
         options = raw.baselines.get(name, {})
         at = f"baselines.{name}"
         budget = deep_merge(spec.presets.get(preset, {}), family_baselines.get(name, {}), renames, at=at)
-        config = _validate(spec.config_model, deep_merge(budget, options, renames, at=at), ("baselines", name), problems)
+        config = _validate(
+            spec.config_model, deep_merge(budget, options, renames, at=at), ("baselines", name), problems
+        )
         if config is not None:
             selected_baselines[name] = Selected(name, spec, config)
 
@@ -558,8 +625,11 @@ def default_baselines(registry: PluginRegistry, plugin: Any, command: Literal["r
     for name in recommended:
         if name not in installed:
             # A note for the person at the terminal (stderr, like the CLIs' warnings), not a log record.
-            print(f"reml-{command}: note: baseline {name!r}, recommended by {plugin!r}, is not installed (or disabled); "
-                  "comparing without it", file=sys.stderr)
+            print(
+                f"reml-{command}: note: baseline {name!r}, recommended by {plugin!r}, is not installed (or disabled); "
+                "comparing without it",
+                file=sys.stderr,
+            )
     return [name for name in recommended if name in installed]
 
 
@@ -576,8 +646,11 @@ def only_chosen_baselines(config: RunConfig, chosen: Sequence[str], prog: str, f
         return config
     names = ", ".join(f"baselines.{name}" for name in unused)
     add = ",".join(dict.fromkeys([*chosen, *unused]))
-    print(f"{prog}: note: {names} {'configures a baseline' if len(unused) == 1 else 'configure baselines'} this run does not "
-          f"evaluate; options never add a baseline (add it with {flag} {add})", file=sys.stderr)
+    print(
+        f"{prog}: note: {names} {'configures a baseline' if len(unused) == 1 else 'configure baselines'} this run does not "
+        f"evaluate; options never add a baseline (add it with {flag} {add})",
+        file=sys.stderr,
+    )
     return replace(config, baselines={name: one for name, one in config.baselines.items() if name in chosen})
 
 

@@ -41,16 +41,20 @@ def resolve_device(name: str, *, setting: str = "train.device") -> torch.device:
     if device.type == "cpu":
         return device
     if not torch.cuda.is_available():
-        raise ConfigError([
-            f"{setting}: {name!r} was asked for but this machine has no usable CUDA device "
-            f"(torch {torch.__version__}, torch.cuda.is_available() is False); use {setting}=cpu or run where a GPU is"
-        ])
+        raise ConfigError(
+            [
+                f"{setting}: {name!r} was asked for but this machine has no usable CUDA device "
+                f"(torch {torch.__version__}, torch.cuda.is_available() is False); use {setting}=cpu or run where a GPU is"
+            ]
+        )
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
-        raise ConfigError([
-            f"{setting}: {name!r} was asked for but this machine has {count} CUDA device(s) "
-            f"(cuda:0..cuda:{count - 1})"
-        ])
+        raise ConfigError(
+            [
+                f"{setting}: {name!r} was asked for but this machine has {count} CUDA device(s) "
+                f"(cuda:0..cuda:{count - 1})"
+            ]
+        )
     return device
 
 

@@ -57,8 +57,10 @@ def check_address(address: str) -> None:
     """A UserError at once when nothing answers at ``--ray-address`` (see :func:`unreachable`)."""
     why = unreachable(address)
     if why is not None:
-        raise UserError(f"--ray-address {address}: nothing answers there ({why}); start the cluster's head with "
-                        "'ray start --head' on that machine, or check the host and port")
+        raise UserError(
+            f"--ray-address {address}: nothing answers there ({why}); start the cluster's head with "
+            "'ray start --head' on that machine, or check the host and port"
+        )
 
 
 @contextmanager
@@ -146,8 +148,14 @@ def start_watchdog() -> Watchdog | None:
         return None
     marker = f"{os.getpid()}-{uuid.uuid4().hex}"
     try:
-        process = subprocess.Popen([sys.executable, "-m", "reml_core.distributed", "watchdog", marker], stdin=subprocess.PIPE,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reml_core.distributed", "watchdog", marker],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
     except OSError:
         return None
     previous = os.environ.get(SESSION_ENV_VAR)

@@ -97,7 +97,9 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self.encoder = encoder
         self.pool = pool
         self.reward_function = reward
-        self.pool_update = pool_update  # a ProtocolPoolUpdate (env.pool_update = "protocol") shared by every env of a run
+        self.pool_update = (
+            pool_update  # a ProtocolPoolUpdate (env.pool_update = "protocol") shared by every env of a run
+        )
         self.config = config
         self.mode = mode
         self.render_mode = render_mode
@@ -107,7 +109,9 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         # Hyperparameter choice steps (env.choose) follow the layer slots; their options are action
         # indices after the pool's: option j of choice step c is pool.size + offsets[c] + j.
         self.choice_steps: list[ChoiceStep] = choice_steps(config.choose, choices)
-        self._offsets = [pool.size + sum(len(step.values) for step in self.choice_steps[:c]) for c in range(len(self.choice_steps))]
+        self._offsets = [
+            pool.size + sum(len(step.values) for step in self.choice_steps[:c]) for c in range(len(self.choice_steps))
+        ]
         self.appliers = {step.name: step.apply for step in self.choice_steps if step.apply is not None}
         self.episode_steps = self.depth + len(self.choice_steps)  # valid steps of a complete episode
         self.action_space = spaces.Discrete(pool.size + sum(len(step.values) for step in self.choice_steps))
@@ -128,7 +132,9 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
 
     # -- gymnasium API -----------------------------------------------------------------------
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start an episode on the next training task, or on ``options["task"]`` with ``options["shots"]``.
 
         A ``seed`` restarts the training task stream from that seed. Everything random in an
@@ -157,15 +163,22 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         kind = self.apply(action)
         if kind == "measure":
-            self.record_measurement(*measure_networks(self.pool, [self.measurement_request()], self.task_sampler.loss)[0])
+            self.record_measurement(
+                *measure_networks(self.pool, [self.measurement_request()], self.task_sampler.loss)[0]
+            )
         if kind != "complete":
             return self.partial_result()
         if self.mode == "evaluate":
             return self.conclude(None)
         (outcome,) = end_episodes(
-            self.pool, [self.episode_end()], loss_fn=self.task_sampler.loss, config=self.config,
-            required=self.reward_function.required_losses, write_back_rate=self.write_back_rate if self.mode == "train" else None,
-            pool_update=self.pool_update, **({"appliers": self.appliers} if self.appliers else {}),
+            self.pool,
+            [self.episode_end()],
+            loss_fn=self.task_sampler.loss,
+            config=self.config,
+            required=self.reward_function.required_losses,
+            write_back_rate=self.write_back_rate if self.mode == "train" else None,
+            pool_update=self.pool_update,
+            **({"appliers": self.appliers} if self.appliers else {}),
         )
         return self.conclude(outcome)
 
@@ -210,15 +223,25 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         """The result of a step that did not complete the network."""
         if not self._last_valid:
             truncated = self._invalid > self.config.max_invalid_actions
-            return self._observation(), float(self.reward_function.invalid_action_penalty), False, truncated, self._info(valid=False)
+            return (
+                self._observation(),
+                float(self.reward_function.invalid_action_penalty),
+                False,
+                truncated,
+                self._info(valid=False),
+            )
         return self._observation(), 0.0, False, False, self._info(valid=True)
 
     def episode_end(self) -> EpisodeEnd:
         """The complete network of this episode, for :func:`reml_core.batched.end_episodes`."""
-        assert self.task is not None and len(self._chosen) == self.depth and len(self._options) == len(self.choice_steps)
+        assert (
+            self.task is not None and len(self._chosen) == self.depth and len(self._options) == len(self.choice_steps)
+        )
         if not self.choice_steps:
             return EpisodeEnd(self.task, tuple(self.chosen), self.shots, self._minibatch_seed)
-        return EpisodeEnd(self.task, tuple(self.chosen), self.shots, self._minibatch_seed, tuple(self.chosen_values.items()))
+        return EpisodeEnd(
+            self.task, tuple(self.chosen), self.shots, self._minibatch_seed, tuple(self.chosen_values.items())
+        )
 
     def conclude(self, outcome: EpisodeOutcome | None) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """The last step's result from the episode's outcome (None in evaluate mode: nothing is measured).
@@ -230,7 +253,11 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         if outcome is None:
             reward, details = 0.0, {"losses": {}, "numerical_fault": False}
         else:
-            reward = self.reward_function.worst_reward if outcome.fault else float(self.reward_function(outcome.losses, self.task))
+            reward = (
+                self.reward_function.worst_reward
+                if outcome.fault
+                else float(self.reward_function(outcome.losses, self.task))
+            )
             details = {"losses": outcome.losses, "numerical_fault": outcome.fault}
         info = self._info(valid=True)
         info.update(details)
@@ -310,7 +337,9 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
             observation[start + self.depth + chosen] = 1.0  # pool membership
         network = start + self.depth + self.pool.size
         observation[network : network + 4] = (
-            *self._network_features, float(count >= 2), self.shots / self.task_sampler.max_shots,
+            *self._network_features,
+            float(count >= 2),
+            self.shots / self.task_sampler.max_shots,
         )
         if count < self.depth:
             observation[network + 4 + count] = 1.0  # the slot being filled
@@ -338,4 +367,3 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
 
 def _log_feature(value: float) -> float:
     return math.log1p(value) if math.isfinite(value) and value >= 0 else OBSERVATION_BOUND
-

@@ -79,14 +79,22 @@ class ComponentBuildError(ConfigError, ValueError):
     """
 
     def __init__(
-        self, reason: str, *, setting: str | None = None, kind: str | None = None, name: str | None = None, section: str | None = None
+        self,
+        reason: str,
+        *,
+        setting: str | None = None,
+        kind: str | None = None,
+        name: str | None = None,
+        section: str | None = None,
     ) -> None:
         self.reason = " ".join(str(reason).split())
         self.setting, self.kind, self.name, self.section = setting, kind, name, section
         super().__init__([self._line()])
 
     def _line(self) -> str:
-        who = None if self.kind is None or self.name is None else f"{self.kind} {self.name!r} cannot be used in this run"
+        who = (
+            None if self.kind is None or self.name is None else f"{self.kind} {self.name!r} cannot be used in this run"
+        )
         if self.setting:
             return f"{self.setting}: {self.reason}" + (f"; {who}" if who else "")
         if who is None:
@@ -112,15 +120,20 @@ class DiskFullError(UserError, OSError):
 
     def __init__(self, path: object, reason: str = "no space left on device") -> None:
         self.path = str(path)
-        UserError.__init__(self, f"cannot write {self.path}: {reason}; free some space and continue with --resume "
-                                 "(everything written before it is complete)")
+        UserError.__init__(
+            self,
+            f"cannot write {self.path}: {reason}; free some space and continue with --resume "
+            "(everything written before it is complete)",
+        )
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
 
 #: The errnos that mean "out of room": disk full, quota exceeded, file larger than allowed.
-DISK_FULL_ERRNOS = frozenset(n for n in (getattr(__import__("errno"), name, None) for name in ("ENOSPC", "EDQUOT", "EFBIG")) if n is not None)
+DISK_FULL_ERRNOS = frozenset(
+    n for n in (getattr(__import__("errno"), name, None) for name in ("ENOSPC", "EDQUOT", "EFBIG")) if n is not None
+)
 #: How the Rust (safetensors) and C++ (torch.save) writers word the same failures.
 _DISK_FULL_WORDS = ("no space left", "storagefull", "disk quota", "quotaexceeded", "file too large", "filetoolarge")
 
@@ -140,8 +153,11 @@ def disk_full_reason(error: BaseException) -> str | None:
         text = " ".join(str(error).split()).lower()
         for words in _DISK_FULL_WORDS:
             if words in text:
-                return {"storagefull": "no space left on device", "quotaexceeded": "disk quota exceeded",
-                        "filetoolarge": "file too large"}.get(words, words if words != "no space left" else "no space left on device")
+                return {
+                    "storagefull": "no space left on device",
+                    "quotaexceeded": "disk quota exceeded",
+                    "filetoolarge": "file too large",
+                }.get(words, words if words != "no space left" else "no space left on device")
         if "pytorchstreamwriter failed writing" in text or "file write failed" in text or "unexpected pos" in text:
             return "the write failed (the disk is probably full)"
     return None

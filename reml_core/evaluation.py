@@ -142,7 +142,9 @@ class FewShotEvaluator:
         self.curve_tasks = self.tasks[: curve_tasks or len(self.tasks)]
         self.progress = progress
 
-    def few_shot(self, provider: NetworkProvider | AdaptedProvider, label: str = "", *, own: bool = False) -> FewShotTable:
+    def few_shot(
+        self, provider: NetworkProvider | AdaptedProvider, label: str = "", *, own: bool = False
+    ) -> FewShotTable:
         """Query MSE after each number of SGD steps, for each K, over all tasks.
 
         With ``own=True`` the provider returns ``(network, OwnAdaptation)`` and each network is
@@ -154,7 +156,9 @@ class FewShotEvaluator:
         for shots in self.shots:
             losses: dict[int, list[float]] = {s: [] for s in self.steps}
             metrics: dict[int, dict[str, list[float]]] = {s: {} for s in self.steps}
-            tasks = tqdm(self.tasks, desc=f"eval {label} K={shots}", disable=None if self.progress else True, leave=False)
+            tasks = tqdm(
+                self.tasks, desc=f"eval {label} K={shots}", disable=None if self.progress else True, leave=False
+            )
             for task in tasks:
                 if own:
                     network, adaptation = provider(task, shots)  # type: ignore[misc]
@@ -197,8 +201,10 @@ class FewShotEvaluator:
                 return
             with torch.no_grad():
                 prediction = network(task.x_query)
-                recorded[step] = (float(self.loss_fn(prediction, task.y_query)),
-                                  {name: float(value) for name, value in self.metrics_fn(prediction, task.y_query).items()})
+                recorded[step] = (
+                    float(self.loss_fn(prediction, task.y_query)),
+                    {name: float(value) for name, value in self.metrics_fn(prediction, task.y_query).items()},
+                )
 
         record(0)
         finished = finetune_sgd(network, x_support, y_support, self.loss_fn, steps=last, lr=lr, callback=record)
@@ -224,8 +230,14 @@ class FewShotEvaluator:
 
             record(0)
             train_adam(
-                network, task.x_train, task.y_train, self.loss_fn,
-                steps=self.curve_steps, lr=self.curve_lr, batch_size=len(task.x_train), callback=record,
+                network,
+                task.x_train,
+                task.y_train,
+                self.loss_fn,
+                steps=self.curve_steps,
+                lr=self.curve_lr,
+                batch_size=len(task.x_train),
+                callback=record,
             )
             totals += losses
         return [float(v) for v in totals / len(self.curve_tasks)]

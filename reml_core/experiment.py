@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 
 
 #: The context each kind of component's factory receives (see :class:`reml_core.interfaces.BuildContext`).
-STAGE_CONTEXTS: dict[str, type[BuildContext]] = {kind: getattr(interfaces, spec.context) for kind, spec in SPEC_TYPES.items()}
+STAGE_CONTEXTS: dict[str, type[BuildContext]] = {
+    kind: getattr(interfaces, spec.context) for kind, spec in SPEC_TYPES.items()
+}
 
 
 @dataclass
@@ -57,13 +59,25 @@ class Components:
 
     def make_env(self, *, mode: Mode = "train", seed: int | None = None, first_episode: int = 0) -> CompositionEnv:
         return CompositionEnv(
-            self.task_sampler, self.encoder, self.pool, self.reward, self.config.core.env,
-            seed=self.config.seed if seed is None else seed, mode=mode, first_episode=first_episode,
-            pool_update=self.pool_update if mode == "train" else None, choices=run_choices(self.config),
+            self.task_sampler,
+            self.encoder,
+            self.pool,
+            self.reward,
+            self.config.core.env,
+            seed=self.config.seed if seed is None else seed,
+            mode=mode,
+            first_episode=first_episode,
+            pool_update=self.pool_update if mode == "train" else None,
+            choices=run_choices(self.config),
         )
 
     def make_vec_env(
-        self, n_envs: int, *, first_episodes: Sequence[int] | None = None, batched: bool = True, workers: int | None = None
+        self,
+        n_envs: int,
+        *,
+        first_episodes: Sequence[int] | None = None,
+        batched: bool = True,
+        workers: int | None = None,
     ) -> CompositionVecEnv:
         """``n_envs`` train-mode environments side by side; env i continues its own task stream at ``first_episodes[i]``;
         their episode ends split across ``workers`` processes (default: ``train.workers`` resolved)."""
@@ -119,7 +133,9 @@ def build_one(selected: Selected, context: BuildContext, label: str | None = Non
     except UserError:
         raise
     except ValueError as error:
-        raise ConfigError([f"{section}: {kind} {selected.name!r} cannot be used in this run: {' '.join(str(error).split())}"]) from None
+        raise ConfigError(
+            [f"{section}: {kind} {selected.name!r} cannot be used in this run: {' '.join(str(error).split())}"]
+        ) from None
     except Exception as error:
         raise PluginError(f"{kind} {selected.name!r} failed to build: {describe_error(error)}") from error
 
@@ -154,7 +170,9 @@ def build_components(config: RunConfig) -> Components:
             "differentiable build_batch); use env.pool_update = 'thesis' or a pool that has them, e.g. 'dense'"
         )
     if not problems:
-        problems += check_encoder_output(encoder, sampler, config.encoder.name, sorted({*config.core.env.shots, *config.core.eval.shots}))
+        problems += check_encoder_output(
+            encoder, sampler, config.encoder.name, sorted({*config.core.env.shots, *config.core.eval.shots})
+        )
     if problems:
         raise ConfigError(problems)
     return Components(config, context, sampler, encoder, pool, reward)
@@ -166,7 +184,9 @@ def check_encoder_output(encoder: StateEncoder, sampler: TaskSampler, name: str,
     would be a broadcasting error deep inside the policy's rollout buffer."""
     declared = getattr(encoder, "observation_size", None)
     if isinstance(declared, bool) or not isinstance(declared, int) or declared < 0:
-        return [f"encoder.name: encoder {name!r} declares observation_size = {declared!r}; it must be a non-negative integer"]
+        return [
+            f"encoder.name: encoder {name!r} declares observation_size = {declared!r}; it must be a non-negative integer"
+        ]
     tasks = sampler.validation_tasks(1)
     if not tasks:
         return []
@@ -174,10 +194,14 @@ def check_encoder_output(encoder: StateEncoder, sampler: TaskSampler, name: str,
         try:
             output = np.asarray(encoder.encode(tasks[0], k), dtype=np.float32)
         except Exception as error:  # a plugin's own bug, reported as its own
-            return [f"encoder.name: encoder {name!r} failed to encode a task at K = {k}: {type(error).__name__}: {error}"]
+            return [
+                f"encoder.name: encoder {name!r} failed to encode a task at K = {k}: {type(error).__name__}: {error}"
+            ]
         if output.shape != (declared,):
-            return [f"encoder.name: encoder {name!r} declares observation_size = {declared} but encode() returned "
-                    f"shape {tuple(output.shape)} at K = {k}; they must agree (a flat vector of observation_size numbers)"]
+            return [
+                f"encoder.name: encoder {name!r} declares observation_size = {declared} but encode() returned "
+                f"shape {tuple(output.shape)} at K = {k}; they must agree (a flat vector of observation_size numbers)"
+            ]
         if not np.isfinite(output).all():
             return [f"encoder.name: encoder {name!r} returned non-finite values (NaN or inf) at K = {k}"]
     return []
@@ -186,7 +210,12 @@ def check_encoder_output(encoder: StateEncoder, sampler: TaskSampler, name: str,
 def component_facts(components: Components) -> dict[str, str]:
     """What each component says about itself for reports (those that implement ``describe()``)."""
     facts: dict[str, str] = {}
-    parts = (("task", components.task_sampler), ("encoder", components.encoder), ("pool", components.pool), ("reward", components.reward))
+    parts = (
+        ("task", components.task_sampler),
+        ("encoder", components.encoder),
+        ("pool", components.pool),
+        ("reward", components.reward),
+    )
     for section, component in parts:
         if isinstance(component, Describable):
             facts[section] = " ".join(str(component.describe()).split())
@@ -218,7 +247,9 @@ def check_policy_builds(components: Components) -> None:
             config.policy.spec.factory(config.policy.config, components.context.with_env(env, log_dir=None))
     except ValueError as error:  # a ComponentBuildError too; the policy's line has always led with "policy: <reason>"
         reason = error.reason if isinstance(error, ComponentBuildError) else str(error)
-        raise ComponentBuildError(reason, setting="policy", kind=KIND_LABELS["policy"], name=config.policy.name, section="policy") from None
+        raise ComponentBuildError(
+            reason, setting="policy", kind=KIND_LABELS["policy"], name=config.policy.name, section="policy"
+        ) from None
     except UserError:
         raise
     except Exception as error:

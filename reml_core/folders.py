@@ -86,7 +86,13 @@ class FolderMarker:
     created: str = ""
 
     def to_dict(self) -> dict[str, object]:
-        return {"format": MARKER_FORMAT, "kind": self.kind, "tool": self.tool, "created": self.created, "entries": list(self.entries)}
+        return {
+            "format": MARKER_FORMAT,
+            "kind": self.kind,
+            "tool": self.tool,
+            "created": self.created,
+            "entries": list(self.entries),
+        }
 
 
 # -- what REML wrote, at every depth ---------------------------------------------------------------
@@ -107,7 +113,7 @@ class Ledger:
         files, patterns, nested = set(), [], set()
         for line in lines:
             if line.startswith(PATTERN_PREFIX):
-                patterns.append(tuple(line[len(PATTERN_PREFIX):].split("/")))
+                patterns.append(tuple(line[len(PATTERN_PREFIX) :].split("/")))
             elif line.endswith("/"):
                 nested.add(tuple(line.rstrip("/").split("/")))
             else:
@@ -209,8 +215,10 @@ def refuse_links(folder: Path, flag: str) -> None:
         current = stack.pop()
         for entry in _scan(current, ()):
             if entry.is_symlink():
-                raise UserError(f"{flag} {folder}: {Path(entry.path).relative_to(folder)} is a symbolic link; REML never makes "
-                                "links and does not write through one (it could change files outside the folder): remove it")
+                raise UserError(
+                    f"{flag} {folder}: {Path(entry.path).relative_to(folder)} is a symbolic link; REML never makes "
+                    "links and does not write through one (it could change files outside the folder): remove it"
+                )
             if entry.is_dir(follow_symlinks=False):
                 stack.append(Path(entry.path))
 
@@ -246,11 +254,15 @@ def check_path(path: Path | str, flag: str) -> Path:
         encoded = text.encode("utf-8")
     except UnicodeEncodeError:
         shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        raise UserError(f"{flag}: the path {shown!r} is not valid UTF-8; REML records paths in UTF-8 files, so rename it") from None
+        raise UserError(
+            f"{flag}: the path {shown!r} is not valid UTF-8; REML records paths in UTF-8 files, so rename it"
+        ) from None
     for part in Path(text).parts:
         size = len(part.encode("utf-8"))
         if size > NAME_MAX_BYTES:
-            raise UserError(f"{flag}: a path component is {size} bytes long; the limit is {NAME_MAX_BYTES} ({part[:40]}...)")
+            raise UserError(
+                f"{flag}: a path component is {size} bytes long; the limit is {NAME_MAX_BYTES} ({part[:40]}...)"
+            )
     absolute = len(os.path.abspath(text).encode("utf-8"))
     if absolute > PATH_MAX_BYTES or len(encoded) > PATH_MAX_BYTES:
         raise UserError(f"{flag}: the path is {max(absolute, len(encoded))} bytes long; the limit is {PATH_MAX_BYTES}")
@@ -269,9 +281,21 @@ def read_marker(folder: Path) -> FolderMarker | None:
         raise link_error(path, folder)
     data = read_json_file(path, "REML's folder marker", error=UserError)
     kind, tool, entries = data.get("format"), data.get("kind"), data.get("entries")
-    if kind != MARKER_FORMAT or tool not in KIND_TOOLS or not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-        raise UserError(f"{path} is not a marker REML wrote (expected format {MARKER_FORMAT!r}); leave the folder alone or remove it yourself")
-    return FolderMarker(kind=tool, tool=str(data.get("tool", KIND_TOOLS[tool])), entries=tuple(entries), created=str(data.get("created", "")))
+    if (
+        kind != MARKER_FORMAT
+        or tool not in KIND_TOOLS
+        or not isinstance(entries, list)
+        or not all(isinstance(e, str) for e in entries)
+    ):
+        raise UserError(
+            f"{path} is not a marker REML wrote (expected format {MARKER_FORMAT!r}); leave the folder alone or remove it yourself"
+        )
+    return FolderMarker(
+        kind=tool,
+        tool=str(data.get("tool", KIND_TOOLS[tool])),
+        entries=tuple(entries),
+        created=str(data.get("created", "")),
+    )
 
 
 def _read_legacy_sweep_marker(folder: Path) -> FolderMarker | None:
@@ -283,14 +307,25 @@ def _read_legacy_sweep_marker(folder: Path) -> FolderMarker | None:
         raise link_error(path, folder)
     data = read_json_file(path, "reml-sweep's folder marker", error=UserError)
     entries = data.get("entries")
-    if data.get("format") != LEGACY_SWEEP_FORMAT or not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-        raise UserError(f"{path} is not a marker reml-sweep wrote (expected format {LEGACY_SWEEP_FORMAT!r}); leave the folder alone "
-                        "or remove it yourself")
+    if (
+        data.get("format") != LEGACY_SWEEP_FORMAT
+        or not isinstance(entries, list)
+        or not all(isinstance(e, str) for e in entries)
+    ):
+        raise UserError(
+            f"{path} is not a marker reml-sweep wrote (expected format {LEGACY_SWEEP_FORMAT!r}); leave the folder alone "
+            "or remove it yourself"
+        )
     return FolderMarker(kind="sweep", tool="reml-sweep", entries=tuple(entries), created=str(data.get("created", "")))
 
 
 def write_marker(folder: Path, kind: FolderKind, entries: tuple[str, ...]) -> FolderMarker:
-    marker = FolderMarker(kind=kind, tool=KIND_TOOLS[kind], entries=tuple(dict.fromkeys(entries)), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    marker = FolderMarker(
+        kind=kind,
+        tool=KIND_TOOLS[kind],
+        entries=tuple(dict.fromkeys(entries)),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
     atomic_write_json(folder / MARKER, marker.to_dict())
     return marker
 
@@ -324,13 +359,17 @@ def lock_folder(folder: Path, flag: str) -> FolderLock:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
     except OSError as error:
         if os.path.islink(path):
-            raise UserError(f"{flag} {folder}: {LOCK} is a symbolic link; REML does not write through links (it could change "
-                            "a file outside the folder), so remove it") from None
+            raise UserError(
+                f"{flag} {folder}: {LOCK} is a symbolic link; REML does not write through links (it could change "
+                "a file outside the folder), so remove it"
+            ) from None
         raise UserError(f"{flag} {folder} is not writable: {error.strerror or error}") from None
     if os.fstat(descriptor).st_nlink > 1:
         os.close(descriptor)
-        raise UserError(f"{flag} {folder}: {LOCK} has other hard links; REML does not write into a file shared with another "
-                        "path, so remove it")
+        raise UserError(
+            f"{flag} {folder}: {LOCK} has other hard links; REML does not write into a file shared with another "
+            "path, so remove it"
+        )
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
@@ -338,7 +377,9 @@ def lock_folder(folder: Path, flag: str) -> FolderLock:
         os.close(descriptor)
         if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             who = f"PID {holder}" if holder else "another process"
-            raise UserError(f"{flag} {folder} is in use by another REML process ({who}); wait for it to finish or stop it first") from None
+            raise UserError(
+                f"{flag} {folder} is in use by another REML process ({who}); wait for it to finish or stop it first"
+            ) from None
         raise UserError(f"{flag} {folder}: cannot lock it: {error.strerror or error}") from None
     try:
         os.ftruncate(descriptor, 0)
@@ -401,11 +442,15 @@ def _refuse_present(out: Path, present: list[str], *, force: bool, flag: str) ->
             "choose an empty or new directory"
         )
     if not force:
-        raise UserError(f"{flag} {out} already holds a {KIND_NOUNS[marker.kind]}; {_ALREADY_HOLDS[marker.kind].format(out=out)}")
+        raise UserError(
+            f"{flag} {out} already holds a {KIND_NOUNS[marker.kind]}; {_ALREADY_HOLDS[marker.kind].format(out=out)}"
+        )
     return marker
 
 
-def claim_new_folder(out: Path, *, kind: FolderKind, force: bool, flag: str = "--out", entries: tuple[str, ...] = ()) -> Path:
+def claim_new_folder(
+    out: Path, *, kind: FolderKind, force: bool, flag: str = "--out", entries: tuple[str, ...] = ()
+) -> Path:
     """Make ``out`` the folder of a new run, benchmark or sweep (call after every other check); return it resolved.
 
     An empty or new folder is claimed. A folder holding a REML run, benchmark or sweep is refused
@@ -449,9 +494,13 @@ def _claim_to_resume(folder: Path, kind: FolderKind, needed: str, flag: str) -> 
         raise UserError(f"{flag} {folder}: no such directory")
     marker = read_marker(folder)
     if marker is None:
-        raise UserError(f"{flag} {folder}: not a REML {noun} directory (no {MARKER} marker; only folders {tool} created can be resumed)")
+        raise UserError(
+            f"{flag} {folder}: not a REML {noun} directory (no {MARKER} marker; only folders {tool} created can be resumed)"
+        )
     if marker.kind != kind:
-        raise UserError(f"{flag} {folder} is a {KIND_TOOLS.get(marker.kind, marker.kind)} folder; {tool} --resume continues only {tool} {noun}s")
+        raise UserError(
+            f"{flag} {folder} is a {KIND_TOOLS.get(marker.kind, marker.kind)} folder; {tool} --resume continues only {tool} {noun}s"
+        )
     if not (folder / needed).is_file():
         raise UserError(f"{flag} {folder}: not a resumable {noun} directory (no {needed})")
     lock_folder(folder, flag)

@@ -68,8 +68,19 @@ def train_adam(
         with torch.no_grad():
             torch._foreach_add_(counts, 1)
             torch._fused_adam_(
-                params, list(grads), first, second, [], counts,
-                lr=lr, beta1=betas[0], beta2=betas[1], weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
+                params,
+                list(grads),
+                first,
+                second,
+                [],
+                counts,
+                lr=lr,
+                beta1=betas[0],
+                beta2=betas[1],
+                weight_decay=0.0,
+                eps=eps,
+                amsgrad=False,
+                maximize=False,
             )
         if callback is not None:
             callback(step)
@@ -93,7 +104,11 @@ def finetune_sgd(
     as Meta-SGD's). ``callback(step)`` runs after each update (step 1..steps).
     """
     params = list(network.parameters())
-    rates = None if isinstance(lr, (int, float)) else [rate.to(p.device, p.dtype) for rate, p in zip(lr, params, strict=True)]
+    rates = (
+        None
+        if isinstance(lr, (int, float))
+        else [rate.to(p.device, p.dtype) for rate, p in zip(lr, params, strict=True)]
+    )
     for step in range(1, steps + 1):
         loss, grads = value_and_grad(network, params, x, y, loss_fn)
         if not math.isfinite(loss.item()):
@@ -228,7 +243,9 @@ def train_adam_batch(
     # so the bits match train_adam's (vector and scalar code round differently, and Adam turns a
     # rounding difference in a near-zero gradient into a full step).
     param_rows, first_rows, second_rows = (_row_views(tensors) for tensors in (params, first, second))
-    count = torch.zeros((), dtype=torch.float32, device=x.device)  # every tensor's step count: one tensor, stepped once per step
+    count = torch.zeros(
+        (), dtype=torch.float32, device=x.device
+    )  # every tensor's step count: one tensor, stepped once per step
     counts = [count] * len(param_rows)
     grad_rows = _RowGradients(params)
     poison = torch.zeros(rows, device=x.device)  # stays 0 while every loss is finite (0 * inf and 0 * NaN are NaN)
@@ -246,8 +263,19 @@ def train_adam_batch(
             poison.add_(losses * 0)
             count.add_(1)
             torch._fused_adam_(
-                param_rows, grad_rows(grads), first_rows, second_rows, [], counts,
-                lr=lr, beta1=betas[0], beta2=betas[1], weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
+                param_rows,
+                grad_rows(grads),
+                first_rows,
+                second_rows,
+                [],
+                counts,
+                lr=lr,
+                beta1=betas[0],
+                beta2=betas[1],
+                weight_decay=0.0,
+                eps=eps,
+                amsgrad=False,
+                maximize=False,
             )
     return torch.isfinite(poison) & _rows_finite(params)
 

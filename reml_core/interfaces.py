@@ -60,7 +60,9 @@ class Task:
         """The K-shot support set: the first ``shots`` points (``shots`` of each class when ``ways`` > 1)."""
         count = shots * self.ways
         if not 1 <= count <= len(self.x_support):
-            raise ValueError(f"{shots}-shot support requested but task {self.task_id} holds {len(self.x_support)} support points")
+            raise ValueError(
+                f"{shots}-shot support requested but task {self.task_id} holds {len(self.x_support)} support points"
+            )
         return self.x_support[:count], self.y_support[:count]
 
 
@@ -79,7 +81,6 @@ class OwnAdaptation:
 
     lr: float | Sequence[torch.Tensor]
     steps: int | None = None
-
 
 
 @runtime_checkable
@@ -147,9 +148,16 @@ class TaskBatch:
     def task(self, index: int) -> Task:
         """Task ``index`` of the batch (its tensors are views into the batch's)."""
         return Task(
-            self.task_ids[index], self.split, tuple(self.descriptors[index].tolist()),
-            self.x_train[index], self.y_train[index], self.x_support[index], self.y_support[index],
-            self.x_query[index], self.y_query[index], self.ways,
+            self.task_ids[index],
+            self.split,
+            tuple(self.descriptors[index].tolist()),
+            self.x_train[index],
+            self.y_train[index],
+            self.x_support[index],
+            self.y_support[index],
+            self.x_query[index],
+            self.y_query[index],
+            self.ways,
         )
 
     def tasks(self) -> list[Task]:
@@ -337,7 +345,9 @@ class PolicyBackend(Protocol):
     recurrent: bool
     """True when the policy keeps a state across an episode's steps (an LSTM)."""
 
-    def learn(self, total_timesteps: int, callback: Callable[[int], bool] | None = None, progress_bar: bool = False) -> None:
+    def learn(
+        self, total_timesteps: int, callback: Callable[[int], bool] | None = None, progress_bar: bool = False
+    ) -> None:
         """Train for ``total_timesteps`` more steps; ``callback(num_timesteps)`` after each step, False stops."""
 
     def record(self, metrics: Mapping[str, float], step: int) -> None:

@@ -38,7 +38,15 @@ from reml_core.errors import CheckpointError, UserError, describe_error
 from reml_core.evaluation import FewShotTable
 from reml_core.experiment import Components, build_components, build_one
 from reml_core.interfaces import Describable
-from reml_core.pipeline import evaluate_methods, evaluate_references, load_reml, own_rate_key, own_rate_labels, seed_everything, train_reml
+from reml_core.pipeline import (
+    evaluate_methods,
+    evaluate_references,
+    load_reml,
+    own_rate_key,
+    own_rate_labels,
+    seed_everything,
+    train_reml,
+)
 from reml_core.registry import PluginRegistry, disabled_plugins
 from reml_core.results import TrainingRecord
 from reml_core.storage import (
@@ -137,14 +145,23 @@ def run_job(job: BenchJob, workdir: Path, *, echo: bool = True) -> JobResult:
 
     own = own_rate_key(job.key)
     return JobResult(
-        job=job, table=tables[job.key], curve=curves[job.key], evaluation_seconds=seconds[f"evaluation_{job.key}"],
-        wall_seconds=time.perf_counter() - start, loss_name=loss_name(components.task_sampler),
-        own_table=tables.get(own), own_evaluation_seconds=seconds.get(f"evaluation_{own}", 0.0),
-        own_words=own_rate_labels({job.key: provider}).get(own, ""), references=references, **outcome,
+        job=job,
+        table=tables[job.key],
+        curve=curves[job.key],
+        evaluation_seconds=seconds[f"evaluation_{job.key}"],
+        wall_seconds=time.perf_counter() - start,
+        loss_name=loss_name(components.task_sampler),
+        own_table=tables.get(own),
+        own_evaluation_seconds=seconds.get(f"evaluation_{own}", 0.0),
+        own_words=own_rate_labels({job.key: provider}).get(own, ""),
+        references=references,
+        **outcome,
     )
 
 
-def _reml(job: BenchJob, config: RunConfig, registry: PluginRegistry, workdir: Path) -> tuple[Components, Any, dict[str, Any]]:
+def _reml(
+    job: BenchJob, config: RunConfig, registry: PluginRegistry, workdir: Path
+) -> tuple[Components, Any, dict[str, Any]]:
     if job.source is not None:
         source = Path(job.source)
         log(f"loading REML ({job.encoder} encoder, seed {job.seed}) from {source}")
@@ -160,12 +177,21 @@ def _reml(job: BenchJob, config: RunConfig, registry: PluginRegistry, workdir: P
         trained = train_reml(config, components, workdir, resume=job.resume, trust_checkpoint=job.trust_checkpoint)
         origin = f"trained in {job.folder}"
     seconds = sum(trained.trainer.state.seconds.values())
-    budget = (f"{trained.trained_steps} env steps of {config.policy.name}, reward {config.reward.name}, "
-              f"pool {config.pool.name} ({components.pool.size} layers), depth {config.core.env.depth}, "
-              f"pool update {config.core.env.pool_update}")
-    return components, trained.method(), {
-        "training_seconds": seconds, "budget": budget, "source": origin, "training": trained.training_record(),
-    }
+    budget = (
+        f"{trained.trained_steps} env steps of {config.policy.name}, reward {config.reward.name}, "
+        f"pool {config.pool.name} ({components.pool.size} layers), depth {config.core.env.depth}, "
+        f"pool update {config.core.env.pool_update}"
+    )
+    return (
+        components,
+        trained.method(),
+        {
+            "training_seconds": seconds,
+            "budget": budget,
+            "source": origin,
+            "training": trained.training_record(),
+        },
+    )
 
 
 def _baseline(job: BenchJob, config: RunConfig, workdir: Path) -> tuple[Components, Any, dict[str, Any]]:
@@ -189,7 +215,9 @@ def _baseline(job: BenchJob, config: RunConfig, workdir: Path) -> tuple[Componen
     else:
         log(f"meta-training {job.method} (seed {job.seed})")
         start = time.perf_counter()
-        summary = baseline.meta_train(components.task_sampler.train_stream(job.seed), progress=config.core.train.progress)
+        summary = baseline.meta_train(
+            components.task_sampler.train_stream(job.seed), progress=config.core.train.progress
+        )
         seconds = time.perf_counter() - start
         baseline.save(workdir)
         for path in workdir.iterdir():
@@ -211,7 +239,9 @@ def load_baseline(baseline: Any, name: str, directory: Path) -> None:
     except UserError:
         raise
     except Exception as error:  # a plugin's loader on a damaged file: name it, no traceback
-        raise CheckpointError(f"cannot load {name} from {directory}: {type(error).__name__}: {' '.join(str(error).split())[:200]}") from None
+        raise CheckpointError(
+            f"cannot load {name} from {directory}: {type(error).__name__}: {' '.join(str(error).split())[:200]}"
+        ) from None
 
 
 def finished(job_dir: Path, method: str) -> bool:
@@ -329,7 +359,9 @@ class RayExecutor:
                 cpus = int(job.threads)
                 started = pack_folder(out / job.folder) if job.resume else b""  # the worker continues its checkpoints
                 pending[remote.options(num_cpus=cpus, max_retries=0).remote(job, started)] = job
-            log(f"{len(jobs)} jobs submitted to Ray ({cluster_cpus(ray)} CPUs{', at ' + self.address if self.address else ', local'})")
+            log(
+                f"{len(jobs)} jobs submitted to Ray ({cluster_cpus(ray)} CPUs{', at ' + self.address if self.address else ', local'})"
+            )
             try:
                 while pending:
                     done, _ = ray.wait(list(pending), num_returns=1)
@@ -339,7 +371,11 @@ class RayExecutor:
                             result = ray.get(ref)
                         except ray.exceptions.RayTaskError as error:
                             cause = error.cause if getattr(error, "cause", None) is not None else error
-                            text = str(cause) if isinstance(cause, UserError) else f"{type(cause).__name__}: {' '.join(str(cause).split())[:500]}"
+                            text = (
+                                str(cause)
+                                if isinstance(cause, UserError)
+                                else f"{type(cause).__name__}: {' '.join(str(cause).split())[:500]}"
+                            )
                             yield JobFailure(job, text)
                             continue
                         except ray.exceptions.RayError as error:  # the worker died, the node was lost, ...
@@ -372,7 +408,9 @@ def unpack_folder(data: bytes, target: Path) -> None:
             archive.extractall(incoming, filter="data")
         for path in [incoming, *incoming.rglob("*")]:
             if path.is_symlink():
-                raise UserError(f"the packed job folder for {target} holds a link ({path.relative_to(incoming)}); REML never makes links")
+                raise UserError(
+                    f"the packed job folder for {target} holds a link ({path.relative_to(incoming)}); REML never makes links"
+                )
             follow_umask(path, directory=path.is_dir())
             if path.is_file():
                 record_written(target / path.relative_to(incoming))
@@ -388,4 +426,3 @@ def unpack_folder(data: bytes, target: Path) -> None:
 
 def disabled_names() -> tuple[str, ...]:
     return tuple(sorted(disabled_plugins()))
-

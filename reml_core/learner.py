@@ -83,9 +83,18 @@ _LAYER_ARGUMENTS: dict[type[nn.Module], Callable[[Any], dict[str, Any]]] = {
     nn.ReLU: lambda m: {},
     nn.Tanh: lambda m: {},
     nn.Flatten: lambda m: {"start_dim": m.start_dim, "end_dim": m.end_dim},
-    nn.Conv2d: lambda m: {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": tuple(m.kernel_size),
-                          "padding": tuple(m.padding)},
-    nn.GroupNorm: lambda m: {"num_groups": m.num_groups, "num_channels": m.num_channels, "eps": m.eps, "affine": m.affine},
+    nn.Conv2d: lambda m: {
+        "in_channels": m.in_channels,
+        "out_channels": m.out_channels,
+        "kernel_size": tuple(m.kernel_size),
+        "padding": tuple(m.padding),
+    },
+    nn.GroupNorm: lambda m: {
+        "num_groups": m.num_groups,
+        "num_channels": m.num_channels,
+        "eps": m.eps,
+        "affine": m.affine,
+    },
     nn.MaxPool2d: lambda m: {"kernel_size": m.kernel_size},
     nn.AdaptiveAvgPool2d: lambda m: {"output_size": m.output_size},
 }
@@ -121,8 +130,14 @@ def save_network(network: nn.Module, path: str | Path) -> Path:
 
     path = Path(path)
     buffer = io.BytesIO()
-    torch.save({"format": NETWORK_FORMAT, "layers": layer_spec(network),
-                "state_dict": {name: tensor.detach().cpu().clone() for name, tensor in network.state_dict().items()}}, buffer)
+    torch.save(
+        {
+            "format": NETWORK_FORMAT,
+            "layers": layer_spec(network),
+            "state_dict": {name: tensor.detach().cpu().clone() for name, tensor in network.state_dict().items()},
+        },
+        buffer,
+    )
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
@@ -152,8 +167,14 @@ def _conv(network: Any) -> nn.Sequential:
     weights, biases = list(network.weights), list(network.biases)
     layers: list[nn.Module] = []
     for weight, bias, pooled in zip(weights[:-1], biases[:-1], network.pools):
-        conv = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), padding=(weight.shape[2] // 2, weight.shape[3] // 2),
-                         device=weight.device, dtype=weight.dtype)
+        conv = nn.Conv2d(
+            weight.shape[1],
+            weight.shape[0],
+            tuple(weight.shape[2:]),
+            padding=(weight.shape[2] // 2, weight.shape[3] // 2),
+            device=weight.device,
+            dtype=weight.dtype,
+        )
         with torch.no_grad():
             conv.weight.copy_(weight)
             conv.bias.copy_(bias)
@@ -178,25 +199,41 @@ def plain_network(network: nn.Module, probe: torch.Tensor | None = None) -> nn.S
         plain = copy.deepcopy(network)
     elif callable(getattr(network, "to_plain", None)):
         plain = network.to_plain()
-    elif hasattr(network, "weights") and hasattr(network, "biases") and hasattr(network, "pools") and hasattr(network, "input_shape"):
+    elif (
+        hasattr(network, "weights")
+        and hasattr(network, "biases")
+        and hasattr(network, "pools")
+        and hasattr(network, "input_shape")
+    ):
         plain = _conv(network)
-    elif hasattr(network, "weights") and hasattr(network, "biases") and getattr(network, "activation", None) in _ACTIVATION_LAYERS:
+    elif (
+        hasattr(network, "weights")
+        and hasattr(network, "biases")
+        and getattr(network, "activation", None) in _ACTIVATION_LAYERS
+    ):
         plain = _dense(list(network.weights), list(network.biases), network.activation)
-    elif isinstance(getattr(network, "layers", None), nn.ModuleList) and all(isinstance(m, nn.Linear) for m in network.layers) \
-            and getattr(getattr(network, "architecture", None), "activation", None) in _ACTIVATION_LAYERS:
+    elif (
+        isinstance(getattr(network, "layers", None), nn.ModuleList)
+        and all(isinstance(m, nn.Linear) for m in network.layers)
+        and getattr(getattr(network, "architecture", None), "activation", None) in _ACTIVATION_LAYERS
+    ):
         linears = list(network.layers)
         plain = _dense([m.weight for m in linears], [m.bias for m in linears], network.architecture.activation)
     else:
-        raise UserError(f"cannot turn a {type(network).__name__} into a plain PyTorch network: give its class a to_plain() "
-                        "method returning a torch.nn.Sequential of standard layers")
+        raise UserError(
+            f"cannot turn a {type(network).__name__} into a plain PyTorch network: give its class a to_plain() "
+            "method returning a torch.nn.Sequential of standard layers"
+        )
     layer_spec(plain)  # only standard layers
     if probe is not None:
         with torch.no_grad():
             expected, found = network(probe), plain(probe)
         scale = float(expected.abs().max()) if expected.numel() else 0.0
         if expected.shape != found.shape or not torch.allclose(found, expected, rtol=1e-4, atol=1e-5 * max(1.0, scale)):
-            raise UserError(f"the plain copy of a {type(network).__name__} does not compute what it computes; "
-                            "its layers are not the ones REML knows how to copy (give its class a to_plain() method)")
+            raise UserError(
+                f"the plain copy of a {type(network).__name__} does not compute what it computes; "
+                "its layers are not the ones REML knows how to copy (give its class a to_plain() method)"
+            )
     return plain
 
 
@@ -249,7 +286,9 @@ class Learner:
 
     @property
     def classification(self) -> bool:
-        return getattr(self.task_sampler, "loss_name", "") == "cross-entropy" or bool(getattr(self.task_sampler, "input_shape", None))
+        return getattr(self.task_sampler, "loss_name", "") == "cross-entropy" or bool(
+            getattr(self.task_sampler, "input_shape", None)
+        )
 
     @property
     def max_shots(self) -> int:
@@ -271,7 +310,9 @@ class Learner:
         if array.ndim != 1 + len(shape) or tuple(array.shape[1:]) != shape:
             want = ", ".join(map(str, shape))
             flat = f" (or [n, {math.prod(shape)}])" if len(shape) > 1 else (" (or [n])" if shape == (1,) else "")
-            raise InputDataError(f"{name} has shape {list(array.shape)}; the {self.plugin} family's inputs are [n, {want}]{flat}")
+            raise InputDataError(
+                f"{name} has shape {list(array.shape)}; the {self.plugin} family's inputs are [n, {want}]{flat}"
+            )
         if array.shape[0] == 0:
             raise InputDataError(f"{name} is empty: give at least one point")
         return torch.as_tensor(array, dtype=torch.float32)
@@ -287,19 +328,25 @@ class Learner:
                 raise InputDataError(f"{name} holds non-integer values; class labels are integers 0..{self.ways - 1}")
             labels = array.astype(np.int64)
             if labels.min() < 0 or labels.max() >= self.ways:
-                raise InputDataError(f"{name} holds labels from {labels.min()} to {labels.max()}; this run's tasks have "
-                                     f"{self.ways} classes, labelled 0..{self.ways - 1}")
+                raise InputDataError(
+                    f"{name} holds labels from {labels.min()} to {labels.max()}; this run's tasks have "
+                    f"{self.ways} classes, labelled 0..{self.ways - 1}"
+                )
             tensor = torch.as_tensor(labels)
         else:
             outputs = int(self.task_sampler.output_size)
             if array.ndim == 1 and outputs == 1:
                 array = array.reshape(-1, 1)
             if array.ndim != 2 or array.shape[1] != outputs:
-                raise InputDataError(f"{name} has shape {list(array.shape)}; the {self.plugin} family's targets are [n, {outputs}]"
-                                     + (" (or [n])" if outputs == 1 else ""))
+                raise InputDataError(
+                    f"{name} has shape {list(array.shape)}; the {self.plugin} family's targets are [n, {outputs}]"
+                    + (" (or [n])" if outputs == 1 else "")
+                )
             tensor = torch.as_tensor(array, dtype=torch.float32)
         if len(tensor) != count:
-            raise InputDataError(f"{name} holds {len(tensor)} points but x_support holds {count}; give one target per input")
+            raise InputDataError(
+                f"{name} holds {len(tensor)} points but x_support holds {count}; give one target per input"
+            )
         return tensor
 
     def support_task(self, x_support: Any, y_support: Any) -> tuple[Task, int]:
@@ -316,8 +363,10 @@ class Learner:
             counts = torch.bincount(y, minlength=ways)
             if not bool((counts == counts[0]).all()) or int(counts[0]) == 0:
                 shown = ", ".join(f"class {i}: {int(c)}" for i, c in enumerate(counts))
-                raise ClassBalanceError(f"a {ways}-way support set needs K examples of each class 0..{ways - 1}, the same K for "
-                                        f"every class; y_support holds {shown}")
+                raise ClassBalanceError(
+                    f"a {ways}-way support set needs K examples of each class 0..{ways - 1}, the same K for "
+                    f"every class; y_support holds {shown}"
+                )
             shots = int(counts[0])
             order = torch.stack([torch.nonzero(y == label).reshape(-1) for label in range(ways)], dim=1).reshape(-1)
             x, y = x[order], y[order]
@@ -327,11 +376,24 @@ class Learner:
             self._check_range("y_support", y, self.target_range, "targets")
         if not 1 <= shots <= self.max_shots:
             what = "examples of each class" if self.classification else "points"
-            raise ShotsError(f"the support set holds K = {shots} {what}; this run supports K from 1 to {self.max_shots} "
-                             f"(it was evaluated at K = {', '.join(map(str, self.shots))})")
+            raise ShotsError(
+                f"the support set holds K = {shots} {what}; this run supports K from 1 to {self.max_shots} "
+                f"(it was evaluated at K = {', '.join(map(str, self.shots))})"
+            )
         digest = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:16]
         descriptor = tuple(math.nan for _ in self.task_sampler.descriptor_names)
-        task = Task(f"user-{digest}", "user", descriptor, x[:0], y[:0], x, y, x[:0], y[:0], ways=ways if self.classification else 1)
+        task = Task(
+            f"user-{digest}",
+            "user",
+            descriptor,
+            x[:0],
+            y[:0],
+            x,
+            y,
+            x[:0],
+            y[:0],
+            ways=ways if self.classification else 1,
+        )
         return task, shots
 
     def check_query(self, x_query: Any) -> torch.Tensor:
@@ -342,9 +404,12 @@ class Learner:
 
     def _check_range(self, name: str, values: torch.Tensor, known: DataRange | None, what: str) -> None:
         if known is not None and not known.contains(values):
-            warnings.warn(f"{name} holds values in [{float(values.min()):g}, {float(values.max()):g}], outside {known}, the range of "
-                          f"the {what} the {self.plugin} family was meta-trained on; the network may predict poorly there",
-                          OutOfRangeWarning, stacklevel=4)
+            warnings.warn(
+                f"{name} holds values in [{float(values.min()):g}, {float(values.max()):g}], outside {known}, the range of "
+                f"the {what} the {self.plugin} family was meta-trained on; the network may predict poorly there",
+                OutOfRangeWarning,
+                stacklevel=4,
+            )
 
     # -- networks -----------------------------------------------------------------------------
 
@@ -358,7 +423,9 @@ class Learner:
         network = network.to("cpu")
         return plain_network(network, probe=task.x_support)
 
-    def adapt(self, network: nn.Module, x_support: Any, y_support: Any, *, steps: int | None = None, lr: float | None = None) -> nn.Module:
+    def adapt(
+        self, network: nn.Module, x_support: Any, y_support: Any, *, steps: int | None = None, lr: float | None = None
+    ) -> nn.Module:
         """A copy of ``network`` fine-tuned as the protocol does: ``steps`` (default: the run's largest
         ``eval.steps``) plain SGD steps at rate ``lr`` (default: ``eval.sgd_lr``) on all K support points."""
         if not isinstance(network, nn.Module):
@@ -376,10 +443,16 @@ class Learner:
         with torch.enable_grad():  # also when called under torch.no_grad()
             finished = finetune_sgd(network, x, y, self.loss_fn, steps=steps, lr=lr)
         if not finished:
-            warnings.warn(f"fine-tuning diverged (a loss or weight stopped being finite) within {steps} step{'' if steps == 1 else 's'} at lr {lr:g}; "
-                          "try fewer steps or a smaller lr", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"fine-tuning diverged (a loss or weight stopped being finite) within {steps} step{'' if steps == 1 else 's'} at lr {lr:g}; "
+                "try fewer steps or a smaller lr",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
-    def predict(self, x_support: Any, y_support: Any, x_query: Any, *, steps: int | None = None, lr: float | None = None) -> torch.Tensor:
+    def predict(
+        self, x_support: Any, y_support: Any, x_query: Any, *, steps: int | None = None, lr: float | None = None
+    ) -> torch.Tensor:
         """The query predictions of the method's network for this support set after the protocol's fine-tuning
         (targets ``[n, outputs]`` for regression, logits ``[n, classes]`` for classification)."""
         steps, lr = self._protocol(steps, lr)
@@ -410,19 +483,30 @@ def _numeric(name: str, value: Any) -> np.ndarray:
         except ValueError as error:  # ragged lists
             raise InputDataError(f"{name} is not a rectangular array of numbers ({error})") from None
     else:
-        raise InputDataError(f"{name} must be a numpy array, a torch tensor or a list of numbers, not {type(value).__name__}")
+        raise InputDataError(
+            f"{name} must be a numpy array, a torch tensor or a list of numbers, not {type(value).__name__}"
+        )
     if array.dtype == np.bool_ or array.dtype.kind not in "iuf":
         raise InputDataError(f"{name} holds {array.dtype} values; give numbers (floats, or integers)")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise InputDataError(f"{name} holds {int((~np.isfinite(array)).sum())} NaN or infinite values; give finite numbers")
+        raise InputDataError(
+            f"{name} holds {int((~np.isfinite(array)).sum())} NaN or infinite values; give finite numbers"
+        )
     return array
 
 
 # -- from a folder -----------------------------------------------------------------------------
 
 
-def open_learner(folder: Path, document: ResultsDocument, method: str = "reml", *, seed: int | None = None,
-                 encoder: str | None = None, trust_checkpoint: bool = False) -> Learner:
+def open_learner(
+    folder: Path,
+    document: ResultsDocument,
+    method: str = "reml",
+    *,
+    seed: int | None = None,
+    encoder: str | None = None,
+    trust_checkpoint: bool = False,
+) -> Learner:
     """The learner of ``method`` in a finished run, benchmark or benchmark seed folder (see :meth:`reml_core.api.Results.learner`)."""
     from reml_core.config import load_resolved, resolve_config
     from reml_core.experiment import build_components
@@ -437,31 +521,47 @@ def open_learner(folder: Path, document: ResultsDocument, method: str = "reml", 
         if run_folder is None:
             encoders = sorted(p.name.removeprefix("reml-") for p in seed_folder.glob("reml-*") if p.is_dir())  # type: ignore[union-attr]
             if not encoders:
-                raise UnavailableMethodError(f"{seed_folder} holds no trained REML (methods there: {', '.join(document.methods)})")
+                raise UnavailableMethodError(
+                    f"{seed_folder} holds no trained REML (methods there: {', '.join(document.methods)})"
+                )
             if encoder is None and len(encoders) > 1:
-                raise UnavailableMethodError(f"{folder} trained REML with encoders {', '.join(encoders)}; pick one with encoder=")
+                raise UnavailableMethodError(
+                    f"{folder} trained REML with encoders {', '.join(encoders)}; pick one with encoder="
+                )
             chosen = encoder or encoders[0]
             if chosen not in encoders:
-                raise UnavailableMethodError(f"{folder} holds no REML with encoder {chosen!r} (it has {', '.join(encoders)})")
+                raise UnavailableMethodError(
+                    f"{folder} holds no REML with encoder {chosen!r} (it has {', '.join(encoders)})"
+                )
             run_folder = seed_folder / f"reml-{chosen}"  # type: ignore[operator]
         config = load_resolved(run_folder / "config.json", registry)
         if encoder is not None and config.encoder.name != encoder:
-            raise UnavailableMethodError(f"the REML in {run_folder} used encoder {config.encoder.name!r}, not {encoder!r}")
+            raise UnavailableMethodError(
+                f"the REML in {run_folder} used encoder {config.encoder.name!r}, not {encoder!r}"
+            )
         components = build_components(config)
         provider = _reml_provider(config, components, run_folder, trust_checkpoint)
     else:
         if encoder is not None:
             raise UnavailableMethodError(f"encoder= picks a REML; {method} has no encoder")
         if method not in document.methods:
-            raise UnavailableMethodError(f"{folder} holds no method {method!r} (it holds {', '.join(document.methods)})")
-        if run_folder is not None:  # a run does not save its baselines: quick ones are meta-trained again, as the run did
+            raise UnavailableMethodError(
+                f"{folder} holds no method {method!r} (it holds {', '.join(document.methods)})"
+            )
+        if (
+            run_folder is not None
+        ):  # a run does not save its baselines: quick ones are meta-trained again, as the run did
             config = load_resolved(run_folder / "config.json", registry)
         else:
-            data = read_json_file(seed_folder.parent / "config.json", "a benchmark's config (a JSON object)", error=UserError)  # type: ignore[union-attr]
+            data = read_json_file(
+                seed_folder.parent / "config.json", "a benchmark's config (a JSON object)", error=UserError
+            )  # type: ignore[union-attr]
             data["seed"] = int(seed_folder.name.removeprefix("seed-"))  # type: ignore[union-attr]
             config = resolve_config(registry, data, baselines=[method] if method in registry.names("baseline") else [])
         if method not in config.baselines:
-            raise UnavailableMethodError(f"{folder} holds no method {method!r} (it holds {', '.join(document.methods)})")
+            raise UnavailableMethodError(
+                f"{folder} holds no method {method!r} (it holds {', '.join(document.methods)})"
+            )
         components = build_components(config)
         provider = _baseline_provider(config, components, method, run_folder, seed_folder)
     return _learner(method, folder, config, components, provider)
@@ -480,14 +580,18 @@ def _locate(folder: Path, document: ResultsDocument, seed: int | None) -> tuple[
     seeds = document.seed_list
     if seed is None:
         if len(seeds) > 1:
-            raise UnavailableMethodError(f"{folder} is a benchmark of seeds {', '.join(map(str, seeds))}; pick one with seed=")
+            raise UnavailableMethodError(
+                f"{folder} is a benchmark of seeds {', '.join(map(str, seeds))}; pick one with seed="
+            )
         seed = seeds[0]
     if seed not in seeds:
         raise UnavailableMethodError(f"{folder} holds no seed {seed} (its seeds: {', '.join(map(str, seeds))})")
     return None, folder / f"seed-{seed}"
 
 
-def _reml_provider(config: RunConfig, components: Components, out: Path, trust_checkpoint: bool) -> Callable[[Task, int], nn.Module]:
+def _reml_provider(
+    config: RunConfig, components: Components, out: Path, trust_checkpoint: bool
+) -> Callable[[Task, int], nn.Module]:
     """REML's deterministic rollout over the trained pool, from the checkpoint chosen on validation tasks."""
     from reml_core.methods import ReMLMethod
     from reml_core.pipeline import check_data, unfinished_training
@@ -497,7 +601,8 @@ def _reml_provider(config: RunConfig, components: Components, out: Path, trust_c
     if components.encoder.privileged:
         raise UnavailableMethodError(
             f"the REML in {out} was trained with the privileged encoder {config.encoder.name!r}, which reads a task's true "
-            "descriptor; your data has none. Use a run trained with a fair encoder (one that reads only the support set)")
+            "descriptor; your data has none. Use a run trained with a fair encoder (one that reads only the support set)"
+        )
     latest = latest_checkpoint(out / "checkpoints")
     if latest is None:
         raise CheckpointError(f"{out} holds no checkpoint: its training stopped before the first one")
@@ -506,7 +611,11 @@ def _reml_provider(config: RunConfig, components: Components, out: Path, trust_c
         raise CheckpointError(f"{out} holds an unfinished REML run: {unfinished}; finish it first")
     check_data(out, components, f"REML in {out}")
     best = out / "checkpoints" / "best"
-    chosen = best if best.is_dir() and read_trainer_state(latest / "trainer.json").best is not None else out / "checkpoints" / "final"
+    chosen = (
+        best
+        if best.is_dir() and read_trainer_state(latest / "trainer.json").best is not None
+        else out / "checkpoints" / "final"
+    )
     verify_checkpoint(chosen)
     load_components(components, chosen)
     env = components.make_env(mode="evaluate")
@@ -515,8 +624,9 @@ def _reml_provider(config: RunConfig, components: Components, out: Path, trust_c
     return ReMLMethod(policy, env).network_for
 
 
-def _baseline_provider(config: RunConfig, components: Components, name: str, run_folder: Path | None,
-                       seed_folder: Path | None) -> Callable[[Task, int], nn.Module]:
+def _baseline_provider(
+    config: RunConfig, components: Components, name: str, run_folder: Path | None, seed_folder: Path | None
+) -> Callable[[Task, int], nn.Module]:
     from reml_core.experiment import build_one
     from reml_core.jobs import BASELINE_RECORD, load_baseline
 
@@ -528,18 +638,29 @@ def _baseline_provider(config: RunConfig, components: Components, name: str, run
         load_baseline(baseline, name, saved)
     else:
         if "run" not in getattr(config.baselines[name].spec, "compare_in", ()):
-            raise UnavailableMethodError(f"a run does not save {name}'s training; train it with reml-bench --methods reml,{name}")
+            raise UnavailableMethodError(
+                f"a run does not save {name}'s training; train it with reml-bench --methods reml,{name}"
+            )
         baseline.meta_train(components.task_sampler.train_stream(config.seed), progress=False)
     return baseline.network_for
 
 
-def _learner(method: str, folder: Path, config: RunConfig, components: Components, provider: Callable[[Task, int], nn.Module]) -> Learner:
+def _learner(
+    method: str, folder: Path, config: RunConfig, components: Components, provider: Callable[[Task, int], nn.Module]
+) -> Learner:
     sampler = components.task_sampler
     classification = getattr(sampler, "loss_name", "") == "cross-entropy" or bool(getattr(sampler, "input_shape", None))
     evaluation = config.core.eval
     return Learner(
-        method=method, folder=folder, task_sampler=sampler, loss_fn=sampler.loss, provider=provider,
-        shots=tuple(evaluation.shots), steps=max(evaluation.steps), lr=evaluation.sgd_lr, plugin=config.task.name,
+        method=method,
+        folder=folder,
+        task_sampler=sampler,
+        loss_fn=sampler.loss,
+        provider=provider,
+        shots=tuple(evaluation.shots),
+        steps=max(evaluation.steps),
+        lr=evaluation.sgd_lr,
+        plugin=config.task.name,
         input_range=None if classification else family_range(sampler, "input"),
         target_range=None if classification else family_range(sampler, "target"),
     )
@@ -549,7 +670,11 @@ def family_range(sampler: TaskSampler, what: str) -> DataRange | None:
     """The range of a family's meta-training inputs or targets: its ``input_range``/``target_range``
     (low, high) if it declares one, else ``[-s, s]`` for its ``input_scale``/``target_scale`` s."""
     declared = getattr(sampler, f"{what}_range", None)
-    if isinstance(declared, (tuple, list)) and len(declared) == 2 and all(isinstance(v, (int, float)) for v in declared):
+    if (
+        isinstance(declared, (tuple, list))
+        and len(declared) == 2
+        and all(isinstance(v, (int, float)) for v in declared)
+    ):
         return DataRange(float(declared[0]), float(declared[1]))
     scale = getattr(sampler, f"{what}_scale", None)
     if isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale) and scale > 0:
@@ -585,7 +710,11 @@ def read_csv(path: str | Path, what: str = "data file") -> tuple[list[str] | Non
     except OSError as error:
         raise DataFileError(f"cannot read {what} {path}: {error.strerror or error}") from None
     try:
-        rows = [(number, row) for number, row in enumerate(csv.reader(text.splitlines()), start=1) if any(f.strip() for f in row)]
+        rows = [
+            (number, row)
+            for number, row in enumerate(csv.reader(text.splitlines()), start=1)
+            if any(f.strip() for f in row)
+        ]
     except csv.Error as error:
         raise DataFileError(f"{what} {path} is not a CSV file: {error}") from None
     if not rows:
@@ -600,13 +729,17 @@ def read_csv(path: str | Path, what: str = "data file") -> tuple[list[str] | Non
     values = np.empty((len(rows), width), dtype=np.float64)
     for index, (number, row) in enumerate(rows):
         if len(row) != width:
-            raise DataFileError(f"{what} {path}, line {number}: {len(row)} fields where the {'header' if header else 'first row'} has {width}")
+            raise DataFileError(
+                f"{what} {path}, line {number}: {len(row)} fields where the {'header' if header else 'first row'} has {width}"
+            )
         for column, field in enumerate(row):
             try:
                 value = float(field)
             except ValueError:
                 name = f"column {header[column]!r}" if header else f"column {column + 1}"
-                raise DataFileError(f"{what} {path}, line {number}, {name}: {field.strip()!r} is not a number") from None
+                raise DataFileError(
+                    f"{what} {path}, line {number}, {name}: {field.strip()!r} is not a number"
+                ) from None
             if not math.isfinite(value):
                 name = f"column {header[column]!r}" if header else f"column {column + 1}"
                 raise DataFileError(f"{what} {path}, line {number}, {name}: {field.strip()} is not a finite number")

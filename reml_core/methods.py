@@ -56,7 +56,11 @@ class ReMLMethod:
             if terminated:
                 values = dict(info.get("choices", {}))
                 if values:
-                    descriptor = tuple(float(v) for v in np.asarray(task.descriptor, dtype=np.float64).ravel()) if _numeric(task.descriptor) else ()
+                    descriptor = (
+                        tuple(float(v) for v in np.asarray(task.descriptor, dtype=np.float64).ravel())
+                        if _numeric(task.descriptor)
+                        else ()
+                    )
                     self.choices_made[(task.task_id, shots)] = ChoiceRecord(task.task_id, shots, descriptor, values)
                 return list(info["indices"]), values
             if truncated or not info["valid"]:
@@ -158,8 +162,12 @@ class PoolSearchMethod:
             for indices in compositions:
                 network = self.pool.build(indices)
                 device = module_device(network)
-                ok = finetune_sgd(network, x_support.to(device), y_support.to(device), self.loss_fn, steps=1, lr=self.lr)
-                losses.append(evaluate_loss(network, x_support.to(device), y_support.to(device), self.loss_fn) if ok else math.inf)
+                ok = finetune_sgd(
+                    network, x_support.to(device), y_support.to(device), self.loss_fn, steps=1, lr=self.lr
+                )
+                losses.append(
+                    evaluate_loss(network, x_support.to(device), y_support.to(device), self.loss_fn) if ok else math.inf
+                )
         scores = [value if math.isfinite(value) else math.inf for value in losses]
         return compositions[int(np.argmin(scores))]
 

@@ -35,10 +35,19 @@ from reml_core.training import MetaTrainer, read_trainer_state, resume_state
 
 #: Settings a resumed run may change after its last checkpoint: they affect neither what was
 #: trained nor how checkpoints are scored. ``train.env_steps`` may only grow.
-RESUME_MAY_CHANGE = frozenset({
-    "train.env_steps", "train.progress", "train.threads", "train.device", "train.checkpoint_every",
-    "eval.test_tasks", "eval.curve_steps", "eval.curve_adam_lr", "eval.curve_tasks",
-})
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "train.env_steps",
+        "train.progress",
+        "train.threads",
+        "train.device",
+        "train.checkpoint_every",
+        "eval.test_tasks",
+        "eval.curve_steps",
+        "eval.curve_adam_lr",
+        "eval.curve_tasks",
+    }
+)
 #: A run folder's record of the data its task sampler read when the run started (see :func:`record_data`).
 DATA_FILE = "data.json"
 DATA_FORMAT = "reml.data/1"
@@ -79,8 +88,11 @@ def own_rate_labels(methods: Mapping[str, Method]) -> dict[str, str]:
     They are recorded under ``labels`` in ``results.json``; reports show them after the method's
     name (``Meta-SGD (learned rates)``), see :meth:`reml_core.results.ResultsDocument.method_labels`.
     """
-    return {own_rate_key(name): str(getattr(method, "own_rate_words", "") or "own rate")
-            for name, method in methods.items() if isinstance(method, AdaptsItsOwnWay)}
+    return {
+        own_rate_key(name): str(getattr(method, "own_rate_words", "") or "own rate")
+        for name, method in methods.items()
+        if isinstance(method, AdaptsItsOwnWay)
+    }
 
 
 def evaluate_methods(
@@ -97,9 +109,14 @@ def evaluate_methods(
     evaluation = config.core.eval
     tasks = components.task_sampler.test_tasks(evaluation.test_tasks)
     evaluator = FewShotEvaluator(
-        tasks, components.task_sampler.loss,
-        shots=evaluation.shots, steps=evaluation.steps, lr=evaluation.sgd_lr,
-        curve_steps=evaluation.curve_steps, curve_lr=evaluation.curve_adam_lr, curve_tasks=evaluation.curve_tasks,
+        tasks,
+        components.task_sampler.loss,
+        shots=evaluation.shots,
+        steps=evaluation.steps,
+        lr=evaluation.sgd_lr,
+        curve_steps=evaluation.curve_steps,
+        curve_lr=evaluation.curve_adam_lr,
+        curve_tasks=evaluation.curve_tasks,
         progress=config.core.train.progress,
         metrics_fn=components.task_sampler.metrics if isinstance(components.task_sampler, MeasuresMetrics) else None,
     )
@@ -125,7 +142,10 @@ def evaluate_references(config: RunConfig, components: Components) -> dict[str, 
     for the reports (:func:`reml_core.evaluation.trivial_references`); draws no random numbers."""
     sampler = components.task_sampler
     return trivial_references(
-        sampler.test_tasks(config.core.eval.test_tasks), sampler.loss, config.core.eval.shots, sampler.output_size,
+        sampler.test_tasks(config.core.eval.test_tasks),
+        sampler.loss,
+        config.core.eval.shots,
+        sampler.output_size,
         sampler.metrics if isinstance(sampler, MeasuresMetrics) else None,
     )
 
@@ -136,8 +156,12 @@ def pool_search_providers(config: RunConfig, components: Components) -> dict[str
     if not candidates:
         return {}
     search = PoolSearchMethod(
-        components.pool, components.task_sampler.loss, depth=config.core.env.depth, candidates=candidates,
-        lr=config.core.eval.sgd_lr, seed=config.seed,
+        components.pool,
+        components.task_sampler.loss,
+        depth=config.core.env.depth,
+        candidates=candidates,
+        lr=config.core.eval.sgd_lr,
+        seed=config.seed,
     )
     return {SEARCH_KEY: search.network_for}
 
@@ -155,14 +179,21 @@ class TrainedReML:
 
     def training_record(self) -> TrainingRecord:
         policy = self.trainer.policy
-        selected = SelectedCheckpoint(str(self.selected["name"]), int(self.selected["timesteps"]), finite_or_none(self.selected["score"]))
+        selected = SelectedCheckpoint(
+            str(self.selected["name"]), int(self.selected["timesteps"]), finite_or_none(self.selected["score"])
+        )
         return TrainingRecord(
-            env_steps=self.trained_steps, resumes=self.trainer.state.resumes, selected_checkpoint=selected,
-            history=list(self.trainer.state.history), policy_stats=dict(policy.stats()) if isinstance(policy, ReportsStats) else {},
+            env_steps=self.trained_steps,
+            resumes=self.trainer.state.resumes,
+            selected_checkpoint=selected,
+            history=list(self.trainer.state.history),
+            policy_stats=dict(policy.stats()) if isinstance(policy, ReportsStats) else {},
         )
 
 
-def train_reml(config: RunConfig, components: Components, out: Path, *, resume: bool = False, trust_checkpoint: bool = False) -> TrainedReML:
+def train_reml(
+    config: RunConfig, components: Components, out: Path, *, resume: bool = False, trust_checkpoint: bool = False
+) -> TrainedReML:
     """Calibrate, meta-train (or continue) and load the best validation checkpoint; raises StopRequested on Ctrl-C.
 
     A new run records the fingerprint of its data (:data:`DATA_FILE`); a resumed one is refused if
@@ -185,13 +216,17 @@ def load_reml(config: RunConfig, components: Components, out: Path, *, trust_che
     """
     latest = latest_checkpoint(out / "checkpoints")
     if latest is None:
-        raise CheckpointError(f"{out} holds no checkpoint to load: its training stopped before the first one "
-                              f"(finish it with {_resume_command(out)}, or train it anew)")
+        raise CheckpointError(
+            f"{out} holds no checkpoint to load: its training stopped before the first one "
+            f"(finish it with {_resume_command(out)}, or train it anew)"
+        )
     verify_checkpoint(latest)
     unfinished = unfinished_training(out, config.core.train.env_steps)
     if unfinished is not None:
-        raise CheckpointError(f"{out} holds an unfinished REML run: {unfinished}; finish it with {_resume_command(out)}, "
-                              "or train it anew (a half-trained REML is not loaded as trained)")
+        raise CheckpointError(
+            f"{out} holds an unfinished REML run: {unfinished}; finish it with {_resume_command(out)}, "
+            "or train it anew (a half-trained REML is not loaded as trained)"
+        )
     check_data(out, components, f"REML in {out}")
     state = read_trainer_state(latest / "trainer.json")
     trainer = MetaTrainer(config, components, out, state=state, read_only=True)
@@ -209,7 +244,9 @@ def _select_best(trainer: MetaTrainer, out: Path) -> TrainedReML:
     return TrainedReML(trainer, trained_steps, selected)
 
 
-def run_experiment(config: RunConfig, out: Path, *, resume: bool = False, trust_checkpoint: bool = False, command: str = "") -> ResultsDocument:
+def run_experiment(
+    config: RunConfig, out: Path, *, resume: bool = False, trust_checkpoint: bool = False, command: str = ""
+) -> ResultsDocument:
     """Train, select, evaluate and report one run in ``out``; raises StopRequested on Ctrl-C."""
     started = time.perf_counter()
     seed_everything(config.seed, config.core.train.threads)
@@ -232,12 +269,21 @@ def run_experiment(config: RunConfig, out: Path, *, resume: bool = False, trust_
     timing["total_this_invocation"] = time.perf_counter() - started
 
     results = ResultsDocument(
-        kind="run", plugin=config.core.plugin, policy=config.policy.name, encoder=config.encoder.name,
-        encoder_privileged=bool(components.encoder.privileged), seed=config.seed, test_tasks=config.core.eval.test_tasks,
+        kind="run",
+        plugin=config.core.plugin,
+        policy=config.policy.name,
+        encoder=config.encoder.name,
+        encoder_privileged=bool(components.encoder.privileged),
+        seed=config.seed,
+        test_tasks=config.core.eval.test_tasks,
         tables={name: table_of(table) for name, table in tables.items()},
         curves={name: [finite_or_none(v) for v in curve] for name, curve in curves.items()},
-        timing=timing, config=config.to_dict(), command=command, loss_name=loss_name(components.task_sampler),
-        labels={**baseline_labels(config), **own_rate_labels(providers)}, components=component_facts(components),
+        timing=timing,
+        config=config.to_dict(),
+        command=command,
+        loss_name=loss_name(components.task_sampler),
+        labels={**baseline_labels(config), **own_rate_labels(providers)},
+        components=component_facts(components),
         training={"reml": reml.training_record()},
     )
     summary = method.choices_summary(getattr(components.task_sampler, "descriptor_names", ()))
@@ -248,7 +294,9 @@ def run_experiment(config: RunConfig, out: Path, *, resume: bool = False, trust_
     return results
 
 
-def _trainer(config: RunConfig, components: Components, out: Path, *, resume: bool, trust_checkpoint: bool) -> MetaTrainer:
+def _trainer(
+    config: RunConfig, components: Components, out: Path, *, resume: bool, trust_checkpoint: bool
+) -> MetaTrainer:
     if resume:
         found = resume_state(out)
         if found is not None:
@@ -282,8 +330,10 @@ def unfinished_training(out: Path, budget: int) -> str | None:
         return f"its training stopped at {latest_steps} of {budget} env steps (it has no final checkpoint)"
     final_steps = read_trainer_state(final / "trainer.json").timesteps
     if latest_steps > final_steps:
-        return (f"it was continued past its final checkpoint ({final_steps} env steps) and stopped at "
-                f"{latest_steps} of {budget} env steps")
+        return (
+            f"it was continued past its final checkpoint ({final_steps} env steps) and stopped at "
+            f"{latest_steps} of {budget} env steps"
+        )
     if final_steps < budget:
         return f"its final checkpoint holds {final_steps} of the {budget} env steps its config.json asks for"
     return None
@@ -320,9 +370,15 @@ def data_fingerprint(components: Components) -> dict[str, str] | None:
         raise
     except Exception as error:  # a plugin's bug, named as its own
         raise PluginError(f"task plugin {name!r} failed to fingerprint its data: {describe_error(error)}") from error
-    if not isinstance(found, Mapping) or not found or not all(isinstance(k, str) and isinstance(v, str) for k, v in found.items()):
-        raise PluginError(f"task plugin {name!r}: data_fingerprint() must return a non-empty mapping of names to strings, "
-                          f"not {type(found).__name__}")
+    if (
+        not isinstance(found, Mapping)
+        or not found
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in found.items())
+    ):
+        raise PluginError(
+            f"task plugin {name!r}: data_fingerprint() must return a non-empty mapping of names to strings, "
+            f"not {type(found).__name__}"
+        )
     return dict(found)
 
 
@@ -333,7 +389,9 @@ def record_data(out: Path, components: Components) -> None:
     if fingerprint is None:
         path.unlink(missing_ok=True)  # a stale record of an earlier start is no record of this one
         return
-    out.mkdir(parents=True, exist_ok=True)  # a run's folder may not exist yet when it is called directly (run_experiment)
+    out.mkdir(
+        parents=True, exist_ok=True
+    )  # a run's folder may not exist yet when it is called directly (run_experiment)
     atomic_write_json(path, {"format": DATA_FORMAT, "task": components.config.task.name, "fingerprint": fingerprint})
 
 
@@ -353,7 +411,9 @@ def check_data(out: Path, components: Components, what: str) -> None:
     current = data_fingerprint(components) or {}
     changed = [key for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
     if changed:
-        shown = "; ".join(f"{key}: {recorded.get(key, '(none)')} when it started, {current.get(key, '(none)')} now" for key in changed)
+        shown = "; ".join(
+            f"{key}: {recorded.get(key, '(none)')} when it started, {current.get(key, '(none)')} now" for key in changed
+        )
         raise UserError(
             f"{what}: the data of task {components.config.task.name!r} changed since the run started ({shown}); going on "
             "would train or evaluate on another class split, which can put test classes into training. Restore the data "
@@ -371,7 +431,9 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def check_resumable(config: RunConfig, out: Path, registry: PluginRegistry, components: Components | None = None) -> None:
+def check_resumable(
+    config: RunConfig, out: Path, registry: PluginRegistry, components: Components | None = None
+) -> None:
     """Refuse to resume when the folder's config no longer matches what its checkpoint was trained with.
 
     Seed, plugin, every component and every setting that shaped training must be the same;
@@ -389,11 +451,15 @@ def check_resumable(config: RunConfig, out: Path, registry: PluginRegistry, comp
     recorded = _flatten(recorded_config.to_dict())
     current = _flatten(config.to_dict())
     differing = [
-        key for key in sorted(set(recorded) | set(current))
+        key
+        for key in sorted(set(recorded) | set(current))
         if key not in RESUME_MAY_CHANGE and recorded.get(key, "(absent)") != current.get(key, "(absent)")
     ]
     if differing:
-        shown = ", ".join(f"{key} ({recorded.get(key, '(absent)')!r} in the checkpoint, {current.get(key, '(absent)')!r} now)" for key in differing[:5])
+        shown = ", ".join(
+            f"{key} ({recorded.get(key, '(absent)')!r} in the checkpoint, {current.get(key, '(absent)')!r} now)"
+            for key in differing[:5]
+        )
         more = f" and {len(differing) - 5} more" if len(differing) > 5 else ""
         raise UserError(
             f"--resume {out}: config.json no longer matches checkpoint {latest.name}: {shown}{more}; "

@@ -45,8 +45,11 @@ def _pyplot() -> Any:
 
 
 def plot_few_shot(
-    methods: Mapping[str, Table], path: Path, title: str,
-    labels: Mapping[str, str] | None = None, loss_name: str = "MSE",
+    methods: Mapping[str, Table],
+    path: Path,
+    title: str,
+    labels: Mapping[str, str] | None = None,
+    loss_name: str = "MSE",
 ) -> None:
     """Query loss against SGD steps, one panel per K, one line per method, 95% CI error bars; a
     second row of panels per family metric (e.g. accuracy) when the cells hold one.
@@ -75,18 +78,33 @@ def plot_few_shot(
                 if points:
                     xs, ys, es, spreads = zip(*points)
                     style = "--" if name.endswith(OWN_RATE_SUFFIX) else "-"
-                    line = axis.errorbar(xs, ys, yerr=es, marker="o", capsize=4, linestyle=style, label=labels.get(name, name))
+                    line = axis.errorbar(
+                        xs, ys, yerr=es, marker="o", capsize=4, linestyle=style, label=labels.get(name, name)
+                    )
                     for s in steps:  # a mean over the tasks that did not diverge is marked, with the count
                         i = place[s]
                         mean = row[s].measure(measure)[0]
                         if row[s].nan_tasks and mean is not None:
                             any_diverged = True
                             axis.plot([i], [mean], marker="x", markersize=12, color=line.lines[0].get_color())
-                            axis.annotate(f"{row[s].nan_tasks} diverged", (i, mean), textcoords="offset points", xytext=(6, 6), fontsize=8)
+                            axis.annotate(
+                                f"{row[s].nan_tasks} diverged",
+                                (i, mean),
+                                textcoords="offset points",
+                                xytext=(6, 6),
+                                fontsize=8,
+                            )
                     if all(spread is not None for spread in spreads):
                         any_spread = True
                         color = line.lines[0].get_color()
-                        axis.fill_between(xs, [y - d for y, d in zip(ys, spreads)], [y + d for y, d in zip(ys, spreads)], color=color, alpha=0.18, linewidth=0)
+                        axis.fill_between(
+                            xs,
+                            [y - d for y, d in zip(ys, spreads)],
+                            [y + d for y, d in zip(ys, spreads)],
+                            color=color,
+                            alpha=0.18,
+                            linewidth=0,
+                        )
             axis.set_xticks(range(len(columns)), [str(s) for s in columns])
             axis.set_title(f"K = {k}")
             axis.set_xlabel("SGD steps on the K support points")
@@ -94,15 +112,21 @@ def plot_few_shot(
             axis.grid(alpha=0.3)
     handles, names = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, names, loc="lower center", ncol=max(len(names), 1), frameon=False)
-    caption = ("bars: 95% CI over test tasks" + ("; bands: ± std between seeds" if any_spread else "")
-               + ("; x: mean over the tasks whose fine-tuning did not diverge" if any_diverged else ""))
+    caption = (
+        "bars: 95% CI over test tasks"
+        + ("; bands: ± std between seeds" if any_spread else "")
+        + ("; x: mean over the tasks whose fine-tuning did not diverge" if any_diverged else "")
+    )
     figure.suptitle(f"{title}\n{caption}", fontsize=10)
     figure.tight_layout(rect=(0, 0.08 / len(measures), 1, 1))
     _save(figure, path)
 
 
 def plot_convergence(
-    curves: Mapping[str, Sequence[float | None]], path: Path, title: str, labels: Mapping[str, str] | None = None,
+    curves: Mapping[str, Sequence[float | None]],
+    path: Path,
+    title: str,
+    labels: Mapping[str, str] | None = None,
     loss_name: str = "MSE",
 ) -> None:
     """Mean query loss after each Adam step on the task's training data, per method."""
@@ -134,15 +158,29 @@ def plot_sweep(document: Mapping[str, Any], path: Path) -> None:
         scores = [t["score"] for t in document["trials"] if t["configuration"] == c["id"] and t["score"] is not None]
         color = "tab:red" if c["best"] else "tab:blue"
         if c["mean"] is not None:
-            axis.errorbar([c["mean"]], [row], xerr=[[c["mean"] - c["min"]], [c["max"] - c["mean"]]], fmt="o", color=color, capsize=4, markersize=7)
+            axis.errorbar(
+                [c["mean"]],
+                [row],
+                xerr=[[c["mean"] - c["min"]], [c["max"] - c["mean"]]],
+                fmt="o",
+                color=color,
+                capsize=4,
+                markersize=7,
+            )
         axis.scatter(scores, [row] * len(scores), color=color, alpha=0.45, s=16, zorder=3)
-    axis.set_yticks(range(len(configurations)), [f"{c['id']}: {describe(c['values'])}" + (" (best)" if c["best"] else "") for c in configurations],
-                    fontsize=8)
+    axis.set_yticks(
+        range(len(configurations)),
+        [f"{c['id']}: {describe(c['values'])}" + (" (best)" if c["best"] else "") for c in configurations],
+        fontsize=8,
+    )
     axis.invert_yaxis()
     axis.set_xlabel("validation score (mean query loss on validation tasks; lower is better)")
     axis.grid(alpha=0.3, axis="x")
-    axis.set_title(f"reml-sweep: {document.get('plugin')}, {len(document['seeds'])} seed(s) per configuration\n"
-                   "dot: mean over seeds; bar: lowest to highest seed; faint dots: each seed", fontsize=10)
+    axis.set_title(
+        f"reml-sweep: {document.get('plugin')}, {len(document['seeds'])} seed(s) per configuration\n"
+        "dot: mean over seeds; bar: lowest to highest seed; faint dots: each seed",
+        fontsize=10,
+    )
     figure.tight_layout()
     _save(figure, path)
 

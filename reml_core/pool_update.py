@@ -53,7 +53,9 @@ class ProtocolPoolUpdate:
 
     def __init__(self, pool: LayerPool, config: EnvConfig, loss_fn: LossFn) -> None:
         if not isinstance(pool, MetaGradientLayerPool):
-            raise TypeError(f"{type(pool).__name__} has no meta-gradient capability (parameters(), a differentiable build_batch)")
+            raise TypeError(
+                f"{type(pool).__name__} has no meta-gradient capability (parameters(), a differentiable build_batch)"
+            )
         self.pool = pool
         self.loss_fn = loss_fn
         self.lr = config.finetune_sgd_lr
@@ -67,13 +69,20 @@ class ProtocolPoolUpdate:
     def describe(self) -> str:
         order = "second-order" if self.second_order else "first-order"
         steps = "/".join(str(s) for s in self.steps)
-        return (f"protocol-aligned: {order} meta-gradient of the query loss after {steps} SGD steps (lr {self.lr:g}) "
-                f"on the support set, Adam on the pool (lr {self.lr_base:g})")
+        return (
+            f"protocol-aligned: {order} meta-gradient of the query loss after {steps} SGD steps (lr {self.lr:g}) "
+            f"on the support set, Adam on the pool (lr {self.lr_base:g})"
+        )
 
     # -- the update --------------------------------------------------------------------------
 
     def apply(
-        self, ends: Sequence[Any], keep: Sequence[bool], *, batched: bool = True, lr_scale: float = 1.0,
+        self,
+        ends: Sequence[Any],
+        keep: Sequence[bool],
+        *,
+        batched: bool = True,
+        lr_scale: float = 1.0,
         appliers: Any = None,
     ) -> list[float]:
         """One Adam step of the pool on the mean meta-loss of the kept ``ends`` (:class:`~reml_core.batched.EpisodeEnd`).
@@ -156,7 +165,16 @@ class ProtocolPoolUpdate:
 
             lr, steps = self._adaptation(ends[0])
             meta = self._trajectory(
-                leaves, forward, x_support, y_support, x_query, y_query, support_losses, query_losses, lr=lr, steps=steps
+                leaves,
+                forward,
+                x_support,
+                y_support,
+                x_query,
+                y_query,
+                support_losses,
+                query_losses,
+                lr=lr,
+                steps=steps,
             )
             grads = torch.autograd.grad(meta.sum(), leaves, allow_unused=True)
             grads = [torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, grads)]
@@ -189,8 +207,16 @@ class ProtocolPoolUpdate:
 
             lr, steps = self._adaptation(end)
             meta = self._trajectory(
-                leaves, forward, x_support, y_support, end.task.x_query, end.task.y_query, self.loss_fn, self.loss_fn,
-                lr=lr, steps=steps,
+                leaves,
+                forward,
+                x_support,
+                y_support,
+                end.task.x_query,
+                end.task.y_query,
+                self.loss_fn,
+                self.loss_fn,
+                lr=lr,
+                steps=steps,
             )
             if not math.isfinite(float(meta.detach())):
                 return math.nan
@@ -257,7 +283,9 @@ class ProtocolPoolUpdate:
                 raise CheckpointError(f"{where} is incomplete for pool tensor {index}")
             step, exp_avg, exp_avg_sq = (state[key] for key in keys)
             if exp_avg.shape != parameter.shape or exp_avg_sq.shape != parameter.shape:
-                raise CheckpointError(f"{where}: pool tensor {index} has shape {tuple(parameter.shape)}, the state {tuple(exp_avg.shape)}")
+                raise CheckpointError(
+                    f"{where}: pool tensor {index} has shape {tuple(parameter.shape)}, the state {tuple(exp_avg.shape)}"
+                )
             self.optimizer.state[parameter] = {
                 "step": step.to(torch.float32).clone(),
                 "exp_avg": exp_avg.to(parameter.device, parameter.dtype).clone(),

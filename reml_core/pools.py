@@ -36,7 +36,9 @@ class RoleIndex:
         return role, index - self.offsets[role]
 
     def slot_rows(
-        self, indices: Sequence[Sequence[int]], locate: Callable[[Sequence[int]], list[tuple[Role, int]]] | None = None,
+        self,
+        indices: Sequence[Sequence[int]],
+        locate: Callable[[Sequence[int]], list[tuple[Role, int]]] | None = None,
         device: torch.device | str | None = None,
     ) -> list[tuple[Role, torch.Tensor]]:
         """Per slot of a batch of networks: its role (the same in every network, or they cannot be
@@ -47,11 +49,15 @@ class RoleIndex:
         depths = {len(chosen) for chosen in indices}
         if len(depths) != 1:
             raise ValueError(f"networks of one batch must have one depth, got {sorted(depths)}")
-        located = [locate(chosen) if locate is not None else [self.locate(index) for index in chosen] for chosen in indices]
+        located = [
+            locate(chosen) if locate is not None else [self.locate(index) for index in chosen] for chosen in indices
+        ]
         slots = []
         for slot in range(depths.pop()):
             roles = {rows[slot][0] for rows in located}
             if len(roles) != 1:
-                raise ValueError(f"slot {slot} holds layers of roles {sorted(r.value for r in roles)}; a batch needs one role per slot")
+                raise ValueError(
+                    f"slot {slot} holds layers of roles {sorted(r.value for r in roles)}; a batch needs one role per slot"
+                )
             slots.append((roles.pop(), torch.tensor([rows[slot][1] for rows in located], device=device)))
         return slots

@@ -75,8 +75,10 @@ class PluginRegistry:
         entry_points = sorted(importlib.metadata.entry_points(group=group), key=lambda ep: ep.name)
         known = {ep.name for ep in entry_points} | {ep.dist.name for ep in entry_points if ep.dist is not None}
         for name in sorted(self.disabled - known):
-            _warn(f"{DISABLE_ENV_VAR} names {name!r}, which is no installed plugin or distribution "
-                  f"(installed plugins: {', '.join(sorted(ep.name for ep in entry_points)) or 'none'})")
+            _warn(
+                f"{DISABLE_ENV_VAR} names {name!r}, which is no installed plugin or distribution "
+                f"(installed plugins: {', '.join(sorted(ep.name for ep in entry_points)) or 'none'})"
+            )
         for entry_point in entry_points:
             distribution = entry_point.dist.name if entry_point.dist is not None else "unknown"
             if entry_point.name in self.disabled or distribution in self.disabled:
@@ -84,7 +86,9 @@ class PluginRegistry:
             try:
                 plugin = entry_point.load()
             except Exception as error:  # a broken third-party plugin must not take REML down
-                _warn(f"plugin {entry_point.name!r} ({distribution}) failed to import and is skipped: {_describe(error)}")
+                _warn(
+                    f"plugin {entry_point.name!r} ({distribution}) failed to import and is skipped: {_describe(error)}"
+                )
                 continue
             self.register(plugin, name=entry_point.name, distribution=distribution)
 
@@ -105,7 +109,9 @@ class PluginRegistry:
             self.plugin_manager.check_pending()
         except pluggy.PluginValidationError as error:
             self.plugin_manager.unregister(name=name)
-            _warn(f"plugin {name!r} ({distribution}) has a hook REML does not define (misspelled?) and is skipped: {error}")
+            _warn(
+                f"plugin {name!r} ({distribution}) has a hook REML does not define (misspelled?) and is skipped: {error}"
+            )
             return False
         self._distributions[name] = distribution
         self._collect(plugin, name, distribution)
@@ -127,7 +133,9 @@ class PluginRegistry:
                 try:
                     records = list(_records(implementation.function(), kind))
                 except Exception as error:
-                    _warn(f"plugin {name!r} ({distribution}) failed in {caller.name}() and its {kind} components are skipped: {_describe(error)}")
+                    _warn(
+                        f"plugin {name!r} ({distribution}) failed in {caller.name}() and its {kind} components are skipped: {_describe(error)}"
+                    )
                     continue
                 for record in records:
                     self._add(record, name, distribution)

@@ -24,6 +24,7 @@ from reml_core.results import (
     TrainingRecord,
 )
 
+
 def plural(count: int, noun: str) -> str:
     """``1 step``, ``2 steps``, ``2,048 env steps``: a count and its noun, pluralised (nouns here take an s)."""
     return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
@@ -37,13 +38,17 @@ def stat_label(key: str) -> str:
 #: What a number a component reports means, in plain words, for the reports that show it.
 STAT_MEANINGS = {
     "invalid_argmax_rate": "the share of the policy's decisions on test tasks where the choice it rated most likely was "
-                           "not allowed (masked) and the best allowed one was taken instead",
+    "not allowed (masked) and the best allowed one was taken instead",
 }
 
 
 def stat_meanings(keys: Iterable[str]) -> str:
     """A sentence explaining the reported numbers that need it (empty when none does)."""
-    known = [f"{stat_label(key).capitalize()}: {STAT_MEANINGS[key.rpartition('/')[2]]}." for key in keys if key.rpartition("/")[2] in STAT_MEANINGS]
+    known = [
+        f"{stat_label(key).capitalize()}: {STAT_MEANINGS[key.rpartition('/')[2]]}."
+        for key in keys
+        if key.rpartition("/")[2] in STAT_MEANINGS
+    ]
     return (" " + " ".join(known)) if known else ""
 
 
@@ -120,7 +125,11 @@ def few_shot_tables(tables: Mapping[str, Table], loss_name: str = "MSE", unranke
                 cells = []
                 for s in steps:
                     cell = row.get(s)
-                    cells.append(_format_cell(cell, name not in unranked and is_column_best(cell, best[s], measure), measure) if cell else "-")
+                    cells.append(
+                        _format_cell(cell, name not in unranked and is_column_best(cell, best[s], measure), measure)
+                        if cell
+                        else "-"
+                    )
                 lines.append(f"| {METHOD_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines)
@@ -154,7 +163,7 @@ def own_rate_note(results: ResultsDocument) -> list[str]:
     return [
         f"Own-rate rows ({named}) adapt at the method's own rate (rates it learned, or a rate it chose per task), "
         f"not at the protocol's fixed lr {rate}: the same test tasks, support points, query points and step counts, but they "
-        f"are not the protocol's fixed-rate comparison, which the rows marked \"protocol rate {rate}\" and every other row give, "
+        f'are not the protocol\'s fixed-rate comparison, which the rows marked "protocol rate {rate}" and every other row give, '
         "and they are not ranked (never bold). A method that chooses its number of steps for a task is counted in that step "
         "column only (and every task at 0 steps).",
         "",
@@ -174,15 +183,20 @@ def reference_lines(results: ResultsDocument) -> list[str]:
     if not results.references:
         return []
     loss = measure_label(LOSS, results.loss_name)
-    lines = [f"Trivial references on the same {results.test_tasks} test tasks (no learning, no fine-tuning); "
-             "a method is useful only where it beats them:", ""]
+    lines = [
+        f"Trivial references on the same {results.test_tasks} test tasks (no learning, no fine-tuning); "
+        "a method is useful only where it beats them:",
+        "",
+    ]
     for name, table in results.references.items():
         parts = []
         for k, row in sorted(table.items()):
             cell = row.get(0)
             if cell is None:
                 continue
-            measures = [f"{loss} {_plain(cell.mean)}"] + [f"{metric} {_plain(mean)}" for metric, (mean, _) in cell.metrics.items()]
+            measures = [f"{loss} {_plain(cell.mean)}"] + [
+                f"{metric} {_plain(mean)}" for metric, (mean, _) in cell.metrics.items()
+            ]
             parts.append(f"K={k}: {', '.join(measures)}")
         if parts:
             lines.append(f"- {REFERENCE_WORDS.get(name, name)}: {'; '.join(parts)}")
@@ -201,8 +215,10 @@ def smoke_note(preset: str | None) -> list[str]:
 
 
 #: What a report and the terminal say about a smoke run's numbers.
-SMOKE_WARNING = ("Preset `smoke` is a plumbing check (a short training on a handful of tasks): its numbers say "
-                 "nothing about how well any method learns. Use the default or full preset for results.")
+SMOKE_WARNING = (
+    "Preset `smoke` is a plumbing check (a short training on a handful of tasks): its numbers say "
+    "nothing about how well any method learns. Use the default or full preset for results."
+)
 
 
 def component_lines(results: ResultsDocument) -> list[str]:
@@ -214,8 +230,10 @@ def component_lines(results: ResultsDocument) -> list[str]:
 
 def encoder_note(results: ResultsDocument) -> str:
     if results.encoder_privileged:
-        return (f"State encoder: `{results.encoder}`, which hands the policy privileged task information "
-                "(the task's true parameters). No baseline sees it: this is not a fair comparison.")
+        return (
+            f"State encoder: `{results.encoder}`, which hands the policy privileged task information "
+            "(the task's true parameters). No baseline sees it: this is not a fair comparison."
+        )
     return f"State encoder: `{results.encoder}`, which sees only the K support points (no privileged information)."
 
 
@@ -236,7 +254,8 @@ def render_run_report(results: ResultsDocument) -> str:
         f"# REML run: {results.plugin}, {results.policy}, encoder {results.encoder}",
         "",
         f"Command: `{results.command or 'reml-run'}`  ",
-        f"Seed {results.seed}, preset `{config['preset']}`, {results.test_tasks} held-out test tasks. " + encoder_note(results),
+        f"Seed {results.seed}, preset `{config['preset']}`, {results.test_tasks} held-out test tasks. "
+        + encoder_note(results),
         "",
         *smoke_note(config.get("preset")),
         *component_lines(results),
@@ -265,8 +284,14 @@ def render_run_report(results: ResultsDocument) -> str:
         "",
         f"{training.env_steps} env steps with `{results.policy}`, reward `{config['reward']['name']}`, "
         f"pool `{config['pool']['name']}`; resumed {plural(training.resumes, 'time')}."
-        + (" The policy backend reports: " + ", ".join(f"{stat_label(key)} {format_stat(key, value)}" for key, value in training.policy_stats.items()) + "."
-           + stat_meanings(training.policy_stats) if training.policy_stats else ""),
+        + (
+            " The policy backend reports: "
+            + ", ".join(f"{stat_label(key)} {format_stat(key, value)}" for key, value in training.policy_stats.items())
+            + "."
+            + stat_meanings(training.policy_stats)
+            if training.policy_stats
+            else ""
+        ),
         "",
     ]
     history = training.history
@@ -278,18 +303,20 @@ def render_run_report(results: ResultsDocument) -> str:
         on = f"the {validation_tasks} validation tasks" if validation_tasks else "the validation tasks"
         lines += [
             f"Validation, at each checkpoint, on {on} that choose the checkpoint (not the test tasks above: a few "
-            "different tasks give a different number, so compare these only with each other). \"Gain from fine-tuning\" is the "
+            'different tasks give a different number, so compare these only with each other). "Gain from fine-tuning" is the '
             f"validation loss before fine-tuning minus the loss after {longest} SGD steps: how much the K support points helped.",
             "",
             f"| env steps | validation loss after {plural(longest, 'step')} | gain from fine-tuning | "
-            + " | ".join(f"pool: {stat_label(key)}" for key in pool_keys) + " |",
+            + " | ".join(f"pool: {stat_label(key)}" for key in pool_keys)
+            + " |",
             "|---:|---:|---:|" + "---:|" * len(pool_keys),
         ]
         for record in history:
             cells = [format_stat(key, record[key]) if key in record else "" for key in pool_keys]
             lines.append(
                 f"| {record['timesteps']} | {_validation(record.get('validation/score'))} | {_validation(record.get('validation/finetune_gain'))} | "
-                + " | ".join(cells) + " |"
+                + " | ".join(cells)
+                + " |"
             )
         lines.append("")
     lines += ["## Wall time (seconds)", "", "| phase | seconds |", "|---|---:|"]
@@ -327,24 +354,47 @@ def render_bench_report(results: ResultsDocument) -> str:
         *component_lines(results),
     ]
     for key, info in results.encoders.items():
-        note = ("sees the true task parameters (privileged information no baseline gets)"
-                if info.privileged else "sees only the K support points, as the baselines do")
+        note = (
+            "sees the true task parameters (privileged information no baseline gets)"
+            if info.privileged
+            else "sees only the K support points, as the baselines do"
+        )
         lines.append(f"- {labels[key]}: state encoder `{info.name}`, which {note}.")
     lines += ["", "## Few-shot learning", ""]
     if len(seeds) > 1:
-        lines += [f"Cells: mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
-                  "\"seeds ±\" is the standard deviation between the seeds' means.", ""]
-    lines += [document_tables(results), *reference_lines(results), *own_rate_note(results),
-              "![few-shot](few_shot.png)", ""]
-    lines += [f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {_curve_lr(evaluation)}, on each task's training data)", "",
-              curve_table(results.labelled(results.curves)), "![convergence](convergence.png)", ""]
-    lines += ["## Budgets and training time", "", "| method | budget | training wall time (s, all seeds) | source (first seed) |", "|---|---|---:|---|"]
+        lines += [
+            f"Cells: mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
+            '"seeds ±" is the standard deviation between the seeds\' means.',
+            "",
+        ]
+    lines += [
+        document_tables(results),
+        *reference_lines(results),
+        *own_rate_note(results),
+        "![few-shot](few_shot.png)",
+        "",
+    ]
+    lines += [
+        f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {_curve_lr(evaluation)}, on each task's training data)",
+        "",
+        curve_table(results.labelled(results.curves)),
+        "![convergence](convergence.png)",
+        "",
+    ]
+    lines += [
+        "## Budgets and training time",
+        "",
+        "| method | budget | training wall time (s, all seeds) | source (first seed) |",
+        "|---|---|---:|---|",
+    ]
     sources = results.sources.get(seeds[0], {})
     for key in results.tables:
         if key.endswith(OWN_RATE_SUFFIX):
             continue  # the same trained method as its fixed-rate row
         seconds = results.timing.get(f"training_{key}")
-        lines.append(f"| {labels[key]} | {results.budgets.get(key, '')} | {'-' if seconds is None else f'{seconds:.1f}'} | {sources.get(key, '')} |")
+        lines.append(
+            f"| {labels[key]} | {results.budgets.get(key, '')} | {'-' if seconds is None else f'{seconds:.1f}'} | {sources.get(key, '')} |"
+        )
     total = results.timing.get("total_this_invocation")
     if total is not None:
         lines += ["", f"Total wall time of this invocation: {total:.0f} s."]
@@ -374,7 +424,9 @@ def render_sweep_report(document: Mapping[str, Any]) -> str:
     """``sweep.md`` of a ``reml-sweep`` (its ``sweep.json`` document): one row per configuration,
     best first marked, then the trials' folders."""
     keys = list(dict.fromkeys(key for c in document["configurations"] for key in c["values"]))
-    rows = sorted(document["configurations"], key=lambda c: (c["mean"] is None, c["mean"] if c["mean"] is not None else 0.0))
+    rows = sorted(
+        document["configurations"], key=lambda c: (c["mean"] is None, c["mean"] if c["mean"] is not None else 0.0)
+    )
     lines = [
         f"# REML sweep: {document.get('plugin')}",
         "",
@@ -386,23 +438,36 @@ def render_sweep_report(document: Mapping[str, Any]) -> str:
         "of the checkpoint each trial's trainer selected. Test tasks are not used. Spread: standard deviation "
         "between seeds, and the lowest and highest seed.",
         "",
-        "| | configuration | " + " | ".join(f"`{k}`" for k in keys) + " | mean validation score | std | min – max | seeds | mean time (s) |",
+        "| | configuration | "
+        + " | ".join(f"`{k}`" for k in keys)
+        + " | mean validation score | std | min – max | seeds | mean time (s) |",
         "|---|---|" + "---:|" * len(keys) + "---:|---:|---:|---:|---:|",
     ]
     for c in rows:
         spread = f"{_score(c['min'])} – {_score(c['max'])}" if c["min"] is not None else "—"
         seconds = f"{c['mean_seconds']:.1f}" if c["mean_seconds"] is not None else "—"
         lines.append(
-            f"| {'**best**' if c['best'] else ''} | {c['id']} | " + " | ".join(show_value(c["values"].get(k, "")) for k in keys)
+            f"| {'**best**' if c['best'] else ''} | {c['id']} | "
+            + " | ".join(show_value(c["values"].get(k, "")) for k in keys)
             + f" | {_score(c['mean'])} | {_score(c['std'])} | {spread} | {c['seeds_scored']}/{c['seeds']} | {seconds} |"
         )
     lines += ["", "![sweep](sweep.png)", ""]
     best = document.get("best")
     if best:
-        lines += [f"Best: `{best['configuration']}` ({describe_values(best['values'])}); its complete config is `best.toml` "
-                  "(`reml-run --config best.toml`).", ""]
-    lines += ["## Trials", "", "| trial | seed | validation score | status | time (s) | run folder |", "|---|---:|---:|---|---:|---|"]
+        lines += [
+            f"Best: `{best['configuration']}` ({describe_values(best['values'])}); its complete config is `best.toml` "
+            "(`reml-run --config best.toml`).",
+            "",
+        ]
+    lines += [
+        "## Trials",
+        "",
+        "| trial | seed | validation score | status | time (s) | run folder |",
+        "|---|---:|---:|---|---:|---|",
+    ]
     for t in document["trials"]:
-        lines.append(f"| {t['id']} | {t['seed']} | {_score(t['score'])} | {t['status']} | {t['seconds']:.1f} | `{t['folder']}` |")
+        lines.append(
+            f"| {t['id']} | {t['seed']} | {_score(t['score'])} | {t['status']} | {t['seconds']:.1f} | `{t['folder']}` |"
+        )
     lines += ["", *_versions_lines(document["versions"])]
     return "\n".join(lines)

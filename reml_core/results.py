@@ -67,7 +67,17 @@ def jsonable(value: Any) -> Any:
 def versions() -> dict[str, str]:
     """Versions of Python and of every package that shapes the numbers."""
     found = {"python": platform.python_version()}
-    for package in ("reml", "torch", "numpy", "gymnasium", "stable-baselines3", "sb3-contrib", "learn2learn", "pydantic", "pluggy"):
+    for package in (
+        "reml",
+        "torch",
+        "numpy",
+        "gymnasium",
+        "stable-baselines3",
+        "sb3-contrib",
+        "learn2learn",
+        "pydantic",
+        "pluggy",
+    ):
         try:
             found[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -99,8 +109,13 @@ class CellResult:
     @classmethod
     def of(cls, cell: Cell) -> CellResult:
         """The evaluator's cell as recorded (a non-finite number becomes None)."""
-        return cls(finite_or_none(cell.mse_mean), finite_or_none(cell.mse_ci95), None, cell.nan_tasks,
-                   {name: (finite_or_none(mean), finite_or_none(ci)) for name, (mean, ci) in cell.metrics.items()})
+        return cls(
+            finite_or_none(cell.mse_mean),
+            finite_or_none(cell.mse_ci95),
+            None,
+            cell.nan_tasks,
+            {name: (finite_or_none(mean), finite_or_none(ci)) for name, (mean, ci) in cell.metrics.items()},
+        )
 
     @property
     def measures(self) -> list[str]:
@@ -115,7 +130,11 @@ class CellResult:
         return mean, ci, self.metric_spreads.get(name)
 
     def to_json(self, *, spreads: bool = False) -> dict[str, Any]:
-        data: dict[str, Any] = {"mse_mean": finite_or_none(self.mean), "mse_ci95": finite_or_none(self.ci95), "nan_tasks": self.nan_tasks}
+        data: dict[str, Any] = {
+            "mse_mean": finite_or_none(self.mean),
+            "mse_ci95": finite_or_none(self.ci95),
+            "nan_tasks": self.nan_tasks,
+        }
         if spreads:
             data["seed_spread"] = finite_or_none(self.seed_spread)
         for name, (mean, ci) in self.metrics.items():
@@ -129,11 +148,22 @@ class CellResult:
         data = _mapping(data, where)
         metrics = [key[: -len("_mean")] for key in data if key.endswith("_mean") and key != "mse_mean"]
         return cls(
-            _number(data.get("mse_mean"), f"{where}.mse_mean"), _number(data.get("mse_ci95"), f"{where}.mse_ci95"),
-            _number(data.get("seed_spread"), f"{where}.seed_spread"), _count(data.get("nan_tasks", 0), f"{where}.nan_tasks"),
-            {name: (_number(data.get(f"{name}_mean"), f"{where}.{name}_mean"), _number(data.get(f"{name}_ci95"), f"{where}.{name}_ci95"))
-             for name in metrics},
-            {name: _number(data[f"{name}_seed_spread"], f"{where}.{name}_seed_spread") for name in metrics if f"{name}_seed_spread" in data},
+            _number(data.get("mse_mean"), f"{where}.mse_mean"),
+            _number(data.get("mse_ci95"), f"{where}.mse_ci95"),
+            _number(data.get("seed_spread"), f"{where}.seed_spread"),
+            _count(data.get("nan_tasks", 0), f"{where}.nan_tasks"),
+            {
+                name: (
+                    _number(data.get(f"{name}_mean"), f"{where}.{name}_mean"),
+                    _number(data.get(f"{name}_ci95"), f"{where}.{name}_ci95"),
+                )
+                for name in metrics
+            },
+            {
+                name: _number(data[f"{name}_seed_spread"], f"{where}.{name}_seed_spread")
+                for name in metrics
+                if f"{name}_seed_spread" in data
+            },
         )
 
 
@@ -147,7 +177,9 @@ def _number(value: Any, where: str = "value") -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{where}: {value!r} is not a number")
     if not math.isfinite(value):
-        raise ValueError(f"{where}: {value!r} is not a finite number (REML writes null for a number it could not measure)")
+        raise ValueError(
+            f"{where}: {value!r} is not a finite number (REML writes null for a number it could not measure)"
+        )
     return float(value)
 
 
@@ -213,9 +245,13 @@ def table_to_json(table: Table, *, spreads: bool = False) -> dict[str, dict[str,
 
 
 def table_from_json(data: Mapping[str, Mapping[str, Mapping[str, Any]]], where: str = "table") -> Table:
-    return {_key(k, f"{where}"): {_key(s, f"{where}.{k}"): CellResult.from_json(cell, f"{where}.{k}.{s}")
-                                  for s, cell in _mapping(row, f"{where}.{k}").items()}
-            for k, row in _mapping(data, where).items()}
+    return {
+        _key(k, f"{where}"): {
+            _key(s, f"{where}.{k}"): CellResult.from_json(cell, f"{where}.{k}.{s}")
+            for s, cell in _mapping(row, f"{where}.{k}").items()
+        }
+        for k, row in _mapping(data, where).items()
+    }
 
 
 def cell_to_json(cell: Cell) -> dict[str, Any]:
@@ -250,8 +286,14 @@ def aggregate_tables(tables: Sequence[Table]) -> Table:
     A method that chooses its number of steps per task (own-rate rows) may leave a step column
     empty in some seed; such a cell is left out (reports show "-"), never averaged over some seeds only.
     """
-    return {k: {s: aggregate_cells([table[k][s] for table in tables]) for s in row if all(s in table.get(k, {}) for table in tables)}
-            for k, row in tables[0].items()}
+    return {
+        k: {
+            s: aggregate_cells([table[k][s] for table in tables])
+            for s in row
+            if all(s in table.get(k, {}) for table in tables)
+        }
+        for k, row in tables[0].items()
+    }
 
 
 def aggregate_curves(curves: Sequence[Sequence[float | None]]) -> list[float | None]:
@@ -288,11 +330,17 @@ class TrainingRecord:
 
     def to_json(self) -> dict[str, Any]:
         selected = self.selected_checkpoint
-        return jsonable({
-            "env_steps": self.env_steps, "resumes": self.resumes,
-            "selected_checkpoint": None if selected is None else {"name": selected.name, "timesteps": selected.timesteps, "score": selected.score},
-            "history": [dict(record) for record in self.history], "policy_stats": dict(self.policy_stats),
-        })
+        return jsonable(
+            {
+                "env_steps": self.env_steps,
+                "resumes": self.resumes,
+                "selected_checkpoint": None
+                if selected is None
+                else {"name": selected.name, "timesteps": selected.timesteps, "score": selected.score},
+                "history": [dict(record) for record in self.history],
+                "policy_stats": dict(self.policy_stats),
+            }
+        )
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = "training") -> TrainingRecord:
@@ -309,12 +357,16 @@ class TrainingRecord:
             chosen: SelectedCheckpoint | None = SelectedCheckpoint(
                 _text(selected["name"], f"{where}.selected_checkpoint.name"),
                 _count(selected["timesteps"], f"{where}.selected_checkpoint.timesteps"),
-                _number(selected.get("score"), f"{where}.selected_checkpoint.score"))
+                _number(selected.get("score"), f"{where}.selected_checkpoint.score"),
+            )
         else:
             chosen = None
         return cls(
-            _count(data["env_steps"], f"{where}.env_steps"), _count(data.get("resumes") or 0, f"{where}.resumes"), chosen,
-            [dict(_mapping(record, f"{where}.history[{index}]")) for index, record in enumerate(history)], stats,
+            _count(data["env_steps"], f"{where}.env_steps"),
+            _count(data.get("resumes") or 0, f"{where}.resumes"),
+            chosen,
+            [dict(_mapping(record, f"{where}.history[{index}]")) for index, record in enumerate(history)],
+            stats,
         )
 
 
@@ -423,13 +475,21 @@ class ResultsDocument:
         """This document in the layout of ``reml.results/2`` (non-finite numbers as null)."""
         bench = self.kind == "bench"
         data: dict[str, Any] = {
-            "schema": SCHEMA, "plugin": self.plugin, "policy": self.policy, "encoder": self.encoder,
-            "encoder_privileged": self.encoder_privileged, "seed": self.seed, "test_tasks": self.test_tasks,
+            "schema": SCHEMA,
+            "plugin": self.plugin,
+            "policy": self.policy,
+            "encoder": self.encoder,
+            "encoder_privileged": self.encoder_privileged,
+            "seed": self.seed,
+            "test_tasks": self.test_tasks,
             "methods": {key: table_to_json(table, spreads=bench) for key, table in self.tables.items()},
             "curves": {key: [finite_or_none(v) for v in curve] for key, curve in self.curves.items()},
             "timing_s": {name: finite_or_none(round(seconds, 3)) for name, seconds in self.timing.items()},
-            "versions": dict(self.versions), "config": dict(self.config), "command": self.command,
-            "loss_name": self.loss_name, "components": dict(self.components),
+            "versions": dict(self.versions),
+            "config": dict(self.config),
+            "command": self.command,
+            "loss_name": self.loss_name,
+            "components": dict(self.components),
         }
         if self.labels is not None:
             data["labels"] = dict(self.labels)
@@ -441,14 +501,18 @@ class ResultsDocument:
             data["training"] = self.reml_training.to_json() if self.reml_training is not None else {}
             return data
         data["training"] = {key: record.to_json() for key, record in self.training.items()}
-        data["encoders"] = {key: {"name": info.name, "privileged": info.privileged} for key, info in self.encoders.items()}
+        data["encoders"] = {
+            key: {"name": info.name, "privileged": info.privileged} for key, info in self.encoders.items()
+        }
         data["budgets"] = dict(self.budgets)
         if not bench:
             data["sources"] = dict(self.sources.get(self.seed, {}))
             return data
         data["sources"] = {str(seed): dict(found) for seed, found in self.sources.items()}
-        data["seeds"] = {str(seed): {"methods": {key: table_to_json(table) for key, table in tables.items()}}
-                         for seed, tables in self.per_seed.items()}
+        data["seeds"] = {
+            str(seed): {"methods": {key: table_to_json(table) for key, table in tables.items()}}
+            for seed, tables in self.per_seed.items()
+        }
         data["seed_list"] = list(self.seeds)
         data["preset"] = self.preset
         data["executor"] = self.executor
@@ -463,8 +527,10 @@ class ResultsDocument:
         if schema is not None and schema not in READABLE_SCHEMAS:
             from reml_core import __version__
 
-            raise UserError(f"{where} holds results of schema {schema!r}, which REML {__version__} cannot read (it reads "
-                            f"{' and '.join(READABLE_SCHEMAS)}); read it with the REML that wrote it, or a newer one")
+            raise UserError(
+                f"{where} holds results of schema {schema!r}, which REML {__version__} cannot read (it reads "
+                f"{' and '.join(READABLE_SCHEMAS)}); read it with the REML that wrote it, or a newer one"
+            )
         try:
             return cls._read(data)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -475,8 +541,13 @@ class ResultsDocument:
     def _read(cls, data: Mapping[str, Any]) -> ResultsDocument:
         data = _mapping(data, "the file")
         kind: Kind = "bench" if "seed_list" in data else "seed" if "budgets" in data else "run"
-        config = dict(_mapping(data["config"], "config"))  # with "methods", what every results file holds; the rest has defaults
-        tables = {str(key): table_from_json(table, f"methods.{key}") for key, table in _mapping(data["methods"], "methods").items()}
+        config = dict(
+            _mapping(data["config"], "config")
+        )  # with "methods", what every results file holds; the rest has defaults
+        tables = {
+            str(key): table_from_json(table, f"methods.{key}")
+            for key, table in _mapping(data["methods"], "methods").items()
+        }
         seed = _integer(data.get("seed", config.get("seed", 0)), "seed")
         training = _mapping(data.get("training") or {}, "training")
         if kind == "run":
@@ -492,35 +563,63 @@ class ResultsDocument:
         per_seed = {}
         for s, held in _mapping(data.get("seeds") or {}, "seeds").items():
             methods = _mapping(_mapping(held, f"seeds.{s}")["methods"], f"seeds.{s}.methods")
-            per_seed[_key(str(s), "seeds")] = {str(key): table_from_json(table, f"seeds.{s}.methods.{key}") for key, table in methods.items()}
+            per_seed[_key(str(s), "seeds")] = {
+                str(key): table_from_json(table, f"seeds.{s}.methods.{key}") for key, table in methods.items()
+            }
         encoders = {}
         for key, info in _mapping(data.get("encoders") or {}, "encoders").items():
             info = _mapping(info, f"encoders.{key}")
-            encoders[str(key)] = EncoderInfo(_text(info["name"], f"encoders.{key}.name"), _flag(info["privileged"], f"encoders.{key}.privileged"))
+            encoders[str(key)] = EncoderInfo(
+                _text(info["name"], f"encoders.{key}.name"), _flag(info["privileged"], f"encoders.{key}.privileged")
+            )
         labels = data.get("labels")
         optional = {name: data.get(name) for name in ("preset", "executor")}
         for name, value in optional.items():
             if value is not None:
                 _text(value, name)
         return cls(
-            kind=kind, plugin=_text(data.get("plugin", config.get("plugin", "")), "plugin"), policy=_text(data.get("policy", ""), "policy"),
-            encoder=_text(data.get("encoder", ""), "encoder"), encoder_privileged=_flag(data.get("encoder_privileged", False), "encoder_privileged"),
-            seed=seed, test_tasks=_count(data.get("test_tasks", 0), "test_tasks"), tables=tables,
-            curves={str(key): _numbers(curve, f"curves.{key}") for key, curve in _mapping(data.get("curves") or {}, "curves").items()},
-            timing={str(key): seconds for key, value in _mapping(data.get("timing_s") or {}, "timing_s").items()
-                    if (seconds := _number(value, f"timing_s.{key}")) is not None},  # null: not measured (a loaded baseline's training)
-            config=config, versions=_texts(data.get("versions") or {}, "versions"), command=_text(data.get("command") or "", "command"),
+            kind=kind,
+            plugin=_text(data.get("plugin", config.get("plugin", "")), "plugin"),
+            policy=_text(data.get("policy", ""), "policy"),
+            encoder=_text(data.get("encoder", ""), "encoder"),
+            encoder_privileged=_flag(data.get("encoder_privileged", False), "encoder_privileged"),
+            seed=seed,
+            test_tasks=_count(data.get("test_tasks", 0), "test_tasks"),
+            tables=tables,
+            curves={
+                str(key): _numbers(curve, f"curves.{key}")
+                for key, curve in _mapping(data.get("curves") or {}, "curves").items()
+            },
+            timing={
+                str(key): seconds
+                for key, value in _mapping(data.get("timing_s") or {}, "timing_s").items()
+                if (seconds := _number(value, f"timing_s.{key}")) is not None
+            },  # null: not measured (a loaded baseline's training)
+            config=config,
+            versions=_texts(data.get("versions") or {}, "versions"),
+            command=_text(data.get("command") or "", "command"),
             loss_name=_text(data.get("loss_name") or "MSE", "loss_name"),
             labels=None if labels is None else _texts(labels, "labels"),
             components=_texts(data.get("components") or {}, "components"),
-            training={str(key): TrainingRecord.from_json(record, "training" if kind == "run" else f"training.{key}")
-                      for key, record in training.items()},
-            encoders=encoders, budgets=_texts(data.get("budgets") or {}, "budgets"), sources=sources,
+            training={
+                str(key): TrainingRecord.from_json(record, "training" if kind == "run" else f"training.{key}")
+                for key, record in training.items()
+            },
+            encoders=encoders,
+            budgets=_texts(data.get("budgets") or {}, "budgets"),
+            sources=sources,
             seeds=[_integer(s, f"seed_list[{index}]") for index, s in enumerate(seed_list)],
-            per_seed=per_seed, preset=optional["preset"], executor=optional["executor"],
-            choices={str(key): dict(_mapping(value, f"choices.{key}")) for key, value in _mapping(data.get("choices") or {}, "choices").items()},
-            references={str(name): table_from_json(table, f"references.{name}")
-                        for name, table in _mapping(data.get("references") or {}, "references").items()},
+            per_seed=per_seed,
+            preset=optional["preset"],
+            executor=optional["executor"],
+            choices={
+                str(key): dict(_mapping(value, f"choices.{key}"))
+                for key, value in _mapping(data.get("choices") or {}, "choices").items()
+            },
+            references={
+                str(name): table_from_json(table, f"references.{name}")
+                for name, table in _mapping(data.get("references") or {}, "references").items()
+            },
         )
 
 
@@ -528,7 +627,9 @@ def read_results(path: Any) -> ResultsDocument:
     """The ``results.json`` at ``path``, typed; a missing or damaged file is a :class:`UserError`."""
     from reml_core.storage import read_json_file
 
-    return ResultsDocument.from_json(read_json_file(path, "a REML results file (a JSON object)", error=UserError), str(path))
+    return ResultsDocument.from_json(
+        read_json_file(path, "a REML results file (a JSON object)", error=UserError), str(path)
+    )
 
 
 def reml_label(encoder: str, privileged: bool) -> str:

@@ -74,9 +74,12 @@ def renamed(new: str, old: str, default: Any = PydanticUndefined, *, description
     config, plugins' sections included), so nothing else names it.
     """
     note = f"formerly {old}, still accepted"
-    return Field(default, validation_alias=AliasChoices(new, old), description=f"{description}; {note}" if description else note,
-                 **constraints)
-
+    return Field(
+        default,
+        validation_alias=AliasChoices(new, old),
+        description=f"{description}; {note}" if description else note,
+        **constraints,
+    )
 
 
 def one_name_per_setting(model: type[BaseModel], data: Any) -> Any:
@@ -116,7 +119,12 @@ CORE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "default": {},
     "full": {
-        "train": {"env_steps": 1_000_000, "checkpoint_every": 100_000, "validation_tasks": 200, "calibration_episodes": 500},
+        "train": {
+            "env_steps": 1_000_000,
+            "checkpoint_every": 100_000,
+            "validation_tasks": 200,
+            "calibration_episodes": 500,
+        },
         "eval": {"test_tasks": 600, "curve_tasks": 600},
     },
 }
@@ -132,25 +140,39 @@ class EnvConfig(StrictModel):
     """The composition MDP: network depth, inner training, and the K-shot fine-tuning it can measure."""
 
     depth: int = Field(5, ge=2, le=64, description="layers per network: input + (depth - 2) hidden + output")
-    inner_steps: int = Field(30, ge=0, le=MAX_ITERATIONS, description="Adam steps on the task's training data at the end of an episode")
+    inner_steps: int = Field(
+        30, ge=0, le=MAX_ITERATIONS, description="Adam steps on the task's training data at the end of an episode"
+    )
     inner_adam_lr: float = renamed(
-        "inner_adam_lr", "inner_lr", 0.005, gt=0,
+        "inner_adam_lr",
+        "inner_lr",
+        0.005,
+        gt=0,
         description="Adam learning rate of the episode's inner training (not an SGD step: see env.finetune_sgd_lr)",
     )
     inner_batch: int = Field(100, gt=0, le=MAX_ITERATIONS, description="minibatch size of the inner training")
     shots: list[int] = Field([5, 10], min_length=1, description="K values an episode draws from for its support set")
     finetune_steps: int = Field(
-        10, ge=0, le=MAX_ITERATIONS,
+        10,
+        ge=0,
+        le=MAX_ITERATIONS,
         description="SGD steps on the K support points for the 'finetuned' loss a reward may use; unless set, the "
         "evaluation protocol's longest fine-tuning (the largest of eval.steps), so the reward measures what is reported",
     )
     finetune_sgd_lr: float = renamed(
-        "finetune_sgd_lr", "finetune_lr", 0.01, gt=0,
+        "finetune_sgd_lr",
+        "finetune_lr",
+        0.01,
+        gt=0,
         description="plain SGD learning rate of the 'finetuned' loss; unless set, eval.sgd_lr (the evaluation protocol's)",
     )
-    max_invalid_actions: int = Field(10, ge=0, le=MAX_ITERATIONS, description="invalid actions after which an episode is truncated")
+    max_invalid_actions: int = Field(
+        10, ge=0, le=MAX_ITERATIONS, description="invalid actions after which an episode is truncated"
+    )
     write_back_rate: float = Field(
-        0.1, gt=0, le=1,
+        0.1,
+        gt=0,
+        le=1,
         description="pool += rate * (trained - pool); 1 replaces the layers as the thesis did (the pool collapses, "
         "docs/pool-health.md), below 1 is a Reptile step",
     )
@@ -162,20 +184,25 @@ class EnvConfig(StrictModel):
         "docs/experiments.md compares them",
     )
     pool_adam_lr: float = Field(
-        0.003, gt=0, le=1,
+        0.003,
+        gt=0,
+        le=1,
         description="Adam learning rate of the pool under env.pool_update = 'protocol' (annealed by env.write_back_schedule)",
     )
     meta_steps: list[int] = Field(
-        [], description="SGD adaptation steps whose query losses the protocol update averages (each >= 0); unless set, "
+        [],
+        description="SGD adaptation steps whose query losses the protocol update averages (each >= 0); unless set, "
         "the evaluation's step counts other than 0 (eval.steps), so the pool trains for every adaptation that is reported",
     )
     meta_order: Literal["second", "first"] = Field(
-        "second", description="'second': the exact meta-gradient through the adaptation, as MAML; 'first': without "
+        "second",
+        description="'second': the exact meta-gradient through the adaptation, as MAML; 'first': without "
         "its second-order terms (cheaper)",
     )
     write_back_schedule: Literal["constant", "linear"] = Field(
-        "linear", description="'linear' anneals the pool's update to 0 over train.env_steps (the write-back rate, Reptile's schedule; or the "
-        "protocol update's Adam rate); 'constant' keeps it"
+        "linear",
+        description="'linear' anneals the pool's update to 0 over train.env_steps (the write-back rate, Reptile's schedule; or the "
+        "protocol update's Adam rate); 'constant' keeps it",
     )
     choose: dict[str, list[float | int | str]] = Field(
         {},
@@ -213,8 +240,12 @@ class TrainConfig(StrictModel):
 
     env_steps: int = Field(100_000, gt=0, le=MAX_STEPS, description="policy (environment) steps of meta-training")
     checkpoint_every: int = Field(10_000, gt=0, le=MAX_STEPS, description="env steps between checkpoints")
-    validation_tasks: int = Field(50, ge=0, le=MAX_TASKS, description="held-out validation tasks scored at each checkpoint (0: off)")
-    calibration_episodes: int = Field(200, gt=0, le=MAX_ITERATIONS, description="random episodes of the reward calibration pass")
+    validation_tasks: int = Field(
+        50, ge=0, le=MAX_TASKS, description="held-out validation tasks scored at each checkpoint (0: off)"
+    )
+    calibration_episodes: int = Field(
+        200, gt=0, le=MAX_ITERATIONS, description="random episodes of the reward calibration pass"
+    )
     progress: bool = Field(True, description="show progress bars")
     threads: int = Field(1, gt=0, le=1024, description="torch intra-op threads (tiny networks run fastest on one)")
     device: str = Field(
@@ -223,21 +254,24 @@ class TrainConfig(StrictModel):
         "'cuda:N' (refused when this machine has no such device); the policy always runs on the CPU",
     )
     n_envs: int = Field(
-        128, ge=1, le=1024,
+        128,
+        ge=1,
+        le=1024,
         description="composition episodes run side by side as one vector env (1: the single env). Networks that finish "
         "on the same step are trained as one stacked computation, so more envs give larger batches; each env takes "
         "rollout length / n_envs steps of every rollout. Results depend on (seed, n_envs); docs/performance.md has "
         "the measured throughput",
     )
     workers: int | None = Field(
-        None, ge=1, le=256,
+        None,
+        ge=1,
+        le=256,
         description="processes that share a vector step's episode ends (train.n_envs > 1), forked at the first step "
         "that ends 16 or more episodes (a step is split only when each share gets 8 or more); the pool reaches them in "
         "shared memory and its updates are merged in env order by the run's process. Default: the CPUs "
         "this process may use, at most 8 and at most train.n_envs; 1 is the single-process path. Results depend on "
         "(seed, n_envs, workers) (docs/performance.md)",
     )
-
 
     @field_validator("device")
     @classmethod
@@ -252,11 +286,17 @@ class EvalConfig(StrictModel):
     shots: list[int] = Field([5, 10], min_length=1, description="K support points per task")
     steps: list[int] = Field([0, 1, 10], min_length=1, description="SGD fine-tuning steps reported")
     sgd_lr: float = Field(0.01, gt=0, description="plain SGD learning rate of the fine-tuning")
-    curve_steps: int = Field(100, ge=0, le=MAX_ITERATIONS, description="Adam steps of the convergence curve (0: no curve)")
-    curve_adam_lr: float = renamed("curve_adam_lr", "curve_lr", 0.005, gt=0, description="Adam learning rate of the convergence curve")
+    curve_steps: int = Field(
+        100, ge=0, le=MAX_ITERATIONS, description="Adam steps of the convergence curve (0: no curve)"
+    )
+    curve_adam_lr: float = renamed(
+        "curve_adam_lr", "curve_lr", 0.005, gt=0, description="Adam learning rate of the convergence curve"
+    )
     curve_tasks: int = Field(100, gt=0, le=MAX_TASKS, description="test tasks averaged in the convergence curve")
     pool_search: int = Field(
-        0, ge=0, le=4096,
+        0,
+        ge=0,
+        le=4096,
         description="also evaluate REML's trained pool without its policy: per task, the best of this many random "
         "compositions by support loss after one SGD step (the 'REML pool + search' row; 0: off)",
     )

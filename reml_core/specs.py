@@ -60,7 +60,9 @@ class HyperparameterChoice:
             raise ValueError(f"HyperparameterChoice {self.name!r}: the name is the core's own")
         values = tuple(self.values) if not isinstance(self.values, (str, bytes)) else ()
         if not values or not all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in values):
-            raise ValueError(f"HyperparameterChoice {self.name!r}: values must be a non-empty tuple of numbers or strings")
+            raise ValueError(
+                f"HyperparameterChoice {self.name!r}: values must be a non-empty tuple of numbers or strings"
+            )
         if len(set(values)) != len(values):
             raise ValueError(f"HyperparameterChoice {self.name!r}: values must be distinct")
         object.__setattr__(self, "values", values)
@@ -105,13 +107,15 @@ class ComponentSpec:
     choices: tuple[HyperparameterChoice, ...] = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.choices, HyperparameterChoice) or not all(isinstance(c, HyperparameterChoice) for c in self.choices):
-            raise TypeError(f"{type(self).__name__} {self.name!r}: choices must be a tuple of HyperparameterChoice records")
+        if isinstance(self.choices, HyperparameterChoice) or not all(
+            isinstance(c, HyperparameterChoice) for c in self.choices
+        ):
+            raise TypeError(
+                f"{type(self).__name__} {self.name!r}: choices must be a tuple of HyperparameterChoice records"
+            )
         object.__setattr__(self, "choices", tuple(self.choices))
         if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ValueError(
-                f"{type(self).__name__}: name {self.name!r} must be lowercase letters, digits, '-' or '_'"
-            )
+            raise ValueError(f"{type(self).__name__}: name {self.name!r} must be lowercase letters, digits, '-' or '_'")
         if not callable(self.factory):
             raise TypeError(f"{type(self).__name__} {self.name!r}: factory is not callable")
         from pydantic import BaseModel  # here, not at the top: the command-line tools import this module early
@@ -188,8 +192,10 @@ class TaskSamplerSpec(ComponentSpec):
         for preset, sections in self.experiment_presets.items():
             extra = set(sections) - {"env", "train", "eval", "baselines"}
             if extra:
-                raise ValueError(f"TaskSamplerSpec {self.name!r}: experiment preset {preset!r} sets {sorted(extra)}; "
-                                 "it may set env, train, eval and baselines")
+                raise ValueError(
+                    f"TaskSamplerSpec {self.name!r}: experiment preset {preset!r} sets {sorted(extra)}; "
+                    "it may set env, train, eval and baselines"
+                )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -272,8 +278,7 @@ class BaselineSpec(ComponentSpec):
 
 #: The one list of component kinds: everything below is derived from it.
 SPEC_TYPES: dict[str, type[ComponentSpec]] = {
-    spec.kind: spec
-    for spec in (TaskSamplerSpec, StateEncoderSpec, LayerPoolSpec, RewardSpec, PolicySpec, BaselineSpec)
+    spec.kind: spec for spec in (TaskSamplerSpec, StateEncoderSpec, LayerPoolSpec, RewardSpec, PolicySpec, BaselineSpec)
 }
 KINDS: tuple[Kind, ...] = tuple(SPEC_TYPES)  # type: ignore[assignment]
 #: How messages name each kind ("layer pool").

@@ -59,7 +59,9 @@ def follow_umask(path: Path, *, directory: bool = False) -> None:
 # -- reading back what REML wrote -----------------------------------------------------------------
 
 
-def read_text_file(path: Path, what: str, *, error: type[UserError] = CheckpointError, limit: int = READ_LIMIT_BYTES) -> str:
+def read_text_file(
+    path: Path, what: str, *, error: type[UserError] = CheckpointError, limit: int = READ_LIMIT_BYTES
+) -> str:
     """The UTF-8 text of a file REML wrote earlier; any problem is one ``error`` naming ``what`` it should be."""
     path = Path(path)
     try:
@@ -100,8 +102,10 @@ def read_json_file(
 
 def link_error(link: Path, folder: Path | None = None) -> UserError:
     where = f" inside {folder}" if folder is not None else ""
-    return UserError(f"{link} is a symbolic link{where}; REML does not write through links (it could change files outside "
-                     "the folder), so remove the link and run again")
+    return UserError(
+        f"{link} is a symbolic link{where}; REML does not write through links (it could change files outside "
+        "the folder), so remove the link and run again"
+    )
 
 
 def owner_of(path: Path) -> Path | None:
@@ -150,7 +154,9 @@ def record_written(path: Path, *, pattern: str | None = None, folder: bool = Fal
     try:  # a line a killed process left unfinished is ended first (with NUL: no path has one, so it is dropped)
         size = os.fstat(descriptor).st_size
         torn = size > 0 and os.pread(descriptor, 1, size - 1) != b"\n"
-        _write_all(descriptor, (b"\x00\n" if torn else b"") + (line + "\n").encode("utf-8", "surrogateescape"), owner / LEDGER)
+        _write_all(
+            descriptor, (b"\x00\n" if torn else b"") + (line + "\n").encode("utf-8", "surrogateescape"), owner / LEDGER
+        )
     finally:
         os.close(descriptor)
     _RECORDED.add((owner, line))
@@ -175,7 +181,9 @@ def read_ledger_lines(folder: Path) -> list[str] | None:
         return None
     text = read_text_file(path, "REML's list of the files it wrote", error=UserError, limit=1 << 30)
     lines = text.split("\n")
-    return [line for line in lines[:-1] if line and "\x00" not in line]  # the part after the last newline is a torn write
+    return [
+        line for line in lines[:-1] if line and "\x00" not in line
+    ]  # the part after the last newline is a torn write
 
 
 def append_bytes(path: Path, data: bytes) -> None:
@@ -204,8 +212,10 @@ def open_for_append(path: Path) -> int:
         raise
     if os.fstat(descriptor).st_nlink > 1:
         os.close(descriptor)
-        raise UserError(f"{path} has other hard links; REML does not write into a file shared with another path, "
-                        "so remove it and run again")
+        raise UserError(
+            f"{path} has other hard links; REML does not write into a file shared with another path, "
+            "so remove it and run again"
+        )
     return descriptor
 
 
@@ -213,7 +223,7 @@ def _write_all(descriptor: int, data: bytes, path: Path) -> None:
     view = memoryview(data)
     try:
         while view:
-            view = view[os.write(descriptor, view):]
+            view = view[os.write(descriptor, view) :]
     except OSError as error:
         reason = disk_full_reason(error)
         if reason:
@@ -362,13 +372,17 @@ def verify_checkpoint(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {directory}: {problem.strerror or problem}") from None
     unlisted = sorted(present - set(files))
     if unlisted:
-        raise CheckpointError(f"checkpoint {directory} holds {unlisted[0]}, which its manifest does not list (altered or mixed checkpoint)")
+        raise CheckpointError(
+            f"checkpoint {directory} holds {unlisted[0]}, which its manifest does not list (altered or mixed checkpoint)"
+        )
     for name, digest in files.items():
         path = directory / name
         if not path.is_file():
             raise CheckpointError(f"checkpoint {directory} is missing {name}")
         if sha256(path) != digest:
-            raise CheckpointError(f"checkpoint {directory} is damaged: {name} does not match its manifest (truncated or altered)")
+            raise CheckpointError(
+                f"checkpoint {directory} is damaged: {name} does not match its manifest (truncated or altered)"
+            )
     return manifest
 
 

@@ -44,8 +44,6 @@ from reml_core.storage import (
 CALIBRATION_STREAM_OFFSET = 1_000_003  # calibration tasks: the training distribution, another stream
 
 
-
-
 @dataclass
 class TrainerState:
     """What a checkpoint needs besides the policy, pool and reward to continue a run."""
@@ -75,8 +73,6 @@ class StopRequested(BaseException):
 
 #: Signals that stop training gracefully: Ctrl-C, and SIGTERM (what a cluster scheduler sends).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
 
 
 #: The widest a log line is made (``[reml 12:34:56] `` included), so lines do not wrap on a terminal.
@@ -110,7 +106,13 @@ class MetaTrainer:
     """Trains one run's policy and pool, checkpointing into ``out/checkpoints``."""
 
     def __init__(
-        self, config: RunConfig, components: Components, out: Path, *, state: TrainerState | None = None, read_only: bool = False
+        self,
+        config: RunConfig,
+        components: Components,
+        out: Path,
+        *,
+        state: TrainerState | None = None,
+        read_only: bool = False,
     ) -> None:
         """``read_only``: only load checkpoints from ``out`` (as ``--from`` does); write no logs there."""
         self.config = config
@@ -127,8 +129,12 @@ class MetaTrainer:
         self.eval_env = components.make_env(mode="evaluate")
         context = components.context.with_env(self.env, log_dir=None if read_only else out / "logs")
         self.policy: PolicyBackend = config.policy.spec.factory(config.policy.config, context)
-        self.validation_tasks = components.task_sampler.validation_tasks(train.validation_tasks) if train.validation_tasks else []
-        probe_source = self.validation_tasks[0] if self.validation_tasks else components.task_sampler.validation_tasks(1)[0]  # never a test task
+        self.validation_tasks = (
+            components.task_sampler.validation_tasks(train.validation_tasks) if train.validation_tasks else []
+        )
+        probe_source = (
+            self.validation_tasks[0] if self.validation_tasks else components.task_sampler.validation_tasks(1)[0]
+        )  # never a test task
         self.probe = probe_source.x_query
         self._stop = False
         self._stop_signal: int = signal.SIGINT
@@ -172,9 +178,11 @@ class MetaTrainer:
         remaining = total - self.policy.num_timesteps
         if remaining > 0:
             workers = getattr(self.env, "workers", None)
-            log(f"meta-training {self.config.policy.name} for {plural(remaining, 'env step')} "
+            log(
+                f"meta-training {self.config.policy.name} for {plural(remaining, 'env step')} "
                 f"(encoder {self.config.encoder.name}, reward {self.config.reward.name}"
-                + (f"; episode ends in {workers.count} processes)" if workers is not None else ")"))
+                + (f"; episode ends in {workers.count} processes)" if workers is not None else ")")
+            )
             # Only the main thread may set signal handlers: from any other thread (a notebook's
             # background job, a web server's worker) training runs without them, and the
             # embedding program keeps its own handling of Ctrl-C.
@@ -240,8 +248,11 @@ class MetaTrainer:
             evaluation = self.config.core.eval
             longest = max(evaluation.steps)
             evaluator = FewShotEvaluator(
-                self.validation_tasks, self.components.task_sampler.loss,
-                shots=evaluation.shots, steps=sorted({0, longest}), lr=evaluation.sgd_lr,
+                self.validation_tasks,
+                self.components.task_sampler.loss,
+                shots=evaluation.shots,
+                steps=sorted({0, longest}),
+                lr=evaluation.sgd_lr,
             )
             table = evaluator.few_shot(ReMLMethod(self.policy, self.eval_env).network_for)
             scores = []
@@ -249,7 +260,9 @@ class MetaTrainer:
                 record[f"validation/mse_k{shots}_step0"] = row[0].mse_mean
                 record[f"validation/mse_k{shots}_step{longest}"] = row[longest].mse_mean
                 scores.append(row[longest].mse_mean)
-            record["validation/finetune_gain"] = float(np.mean([row[0].mse_mean - row[longest].mse_mean for row in table.values()]))
+            record["validation/finetune_gain"] = float(
+                np.mean([row[0].mse_mean - row[longest].mse_mean for row in table.values()])
+            )
             record["validation/score"] = float(np.mean(scores))
         for key, value in self.components.pool.diagnostics(self.probe).items():
             record[f"pool/{key}"] = value
@@ -281,13 +294,19 @@ class MetaTrainer:
 
     def _log_record(self, record: dict[str, float]) -> None:
         self.policy.record({key: value for key, value in record.items() if key != "timesteps"}, self.state.timesteps)
-        pool = [f"{stat_label(key)} {format_stat(key, value)}" for key, value in record.items() if key.startswith("pool/")]
+        pool = [
+            f"{stat_label(key)} {format_stat(key, value)}" for key, value in record.items() if key.startswith("pool/")
+        ]
         if "validation/score" in record:
             longest = max(self.config.core.eval.steps)
-            log(f"step {record['timesteps']}: validation loss {record['validation/score']:.3f} after {plural(longest, 'SGD step')} "
-                f"on {plural(len(self.validation_tasks), 'validation task')}")
-            log(f"step {record['timesteps']}: fine-tuning on the support points lowered the validation loss by "
-                f"{record['validation/finetune_gain']:.3f}")
+            log(
+                f"step {record['timesteps']}: validation loss {record['validation/score']:.3f} after {plural(longest, 'SGD step')} "
+                f"on {plural(len(self.validation_tasks), 'validation task')}"
+            )
+            log(
+                f"step {record['timesteps']}: fine-tuning on the support points lowered the validation loss by "
+                f"{record['validation/finetune_gain']:.3f}"
+            )
         for line in wrap_items(f"step {record['timesteps']}: pool: ", pool):
             log(line)
 
@@ -299,7 +318,10 @@ class MetaTrainer:
     def write_into(self, directory: Path) -> None:
         """The files of a checkpoint: policy, pool, reward calibration, trainer state, config."""
         self.policy.save(directory)
-        save_file({k: v.contiguous() for k, v in self.components.pool.state_dict().items()}, str(directory / "pool.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in self.components.pool.state_dict().items()},
+            str(directory / "pool.safetensors"),
+        )
         if self.components.pool_update is not None:
             save_file(self.components.pool_update.state_dict(), str(directory / POOL_UPDATE_FILE))
         (directory / "reward.json").write_text(json.dumps(self.components.reward.state_dict()))
@@ -321,8 +343,12 @@ def load_components(components: Components, directory: Path) -> TrainerState:
         components.pool.load_state_dict(load_file(str(directory / "pool.safetensors")))
         if components.pool_update is not None:
             if not (directory / POOL_UPDATE_FILE).is_file():
-                raise CheckpointError(f"checkpoint {directory} has no {POOL_UPDATE_FILE}: it was not trained with env.pool_update = 'protocol'")
-            components.pool_update.load_state_dict(load_file(str(directory / POOL_UPDATE_FILE)), f"{directory / POOL_UPDATE_FILE}")
+                raise CheckpointError(
+                    f"checkpoint {directory} has no {POOL_UPDATE_FILE}: it was not trained with env.pool_update = 'protocol'"
+                )
+            components.pool_update.load_state_dict(
+                load_file(str(directory / POOL_UPDATE_FILE)), f"{directory / POOL_UPDATE_FILE}"
+            )
         components.reward.load_state_dict(read_json_file(directory / "reward.json", "the reward's calibration"))
         return read_trainer_state(directory / "trainer.json")
     except (OSError, ValueError, TypeError, KeyError) as error:
@@ -352,4 +378,3 @@ def read_trainer_state(path: Path) -> TrainerState:
         first = error.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"]) or "state"
         raise CheckpointError(f"{path} is damaged: {where}: {first['msg']}") from None
-

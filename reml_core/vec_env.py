@@ -124,7 +124,9 @@ class CompositionVecEnv(DummyVecEnv):
         measured = [index for index, kind in enumerate(kinds) if kind == "measure"]
         if measured:
             features = measure_networks(
-                self.pool, [self.envs[index].measurement_request() for index in measured], first.task_sampler.loss,
+                self.pool,
+                [self.envs[index].measurement_request() for index in measured],
+                first.task_sampler.loss,
                 batched=self.batched,
             )
             for index, (loss, scale) in zip(measured, features):
@@ -134,10 +136,15 @@ class CompositionVecEnv(DummyVecEnv):
         if finished:
             end = end_episodes if self.workers is None else self.workers.end_episodes
             outcomes = end(
-                self.pool, [self.envs[index].episode_end() for index in finished],
-                loss_fn=first.task_sampler.loss, config=first.config, required=first.reward_function.required_losses,
-                write_back_rate=self.write_back_rate if self.mode == "train" else None, batched=self.batched,
-                pool_update=first.pool_update, **({"appliers": first.appliers} if first.appliers else {}),
+                self.pool,
+                [self.envs[index].episode_end() for index in finished],
+                loss_fn=first.task_sampler.loss,
+                config=first.config,
+                required=first.reward_function.required_losses,
+                write_back_rate=self.write_back_rate if self.mode == "train" else None,
+                batched=self.batched,
+                pool_update=first.pool_update,
+                **({"appliers": first.appliers} if first.appliers else {}),
             )
             for index, outcome in zip(finished, outcomes):
                 results[index] = self.envs[index].conclude(outcome)

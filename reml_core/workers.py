@@ -99,6 +99,7 @@ class _RecordingPool:
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._pool, name)
         if name == "write_back_batch":
+
             def record(indices: Any, network: Any, rate: float, keep: Any) -> None:
                 self.writes.append(("batch", [list(chosen) for chosen in indices], network, rate, list(keep)))
 
@@ -132,7 +133,9 @@ def replay(pool: Any, writes: Sequence[tuple[Any, ...]]) -> None:
             pool.write_back_batch(indices, network, rate, keep)
 
 
-def work(pool: Any, kind: str, ends: Sequence[Any], options: dict[str, Any], *, loss_fn: Any, config: Any, pool_update: Any) -> Any:
+def work(
+    pool: Any, kind: str, ends: Sequence[Any], options: dict[str, Any], *, loss_fn: Any, config: Any, pool_update: Any
+) -> Any:
     """A worker's (or the owner's) share of a step: ``end`` (:func:`end_share`) or ``grad`` (the protocol
     update's :meth:`~reml_core.pool_update.ProtocolPoolUpdate.gradients` over the share's ends, all kept)."""
     if kind == "grad":
@@ -195,14 +198,29 @@ class _Pickler(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
-        if (kind is torch.Tensor or kind is torch.nn.Parameter) and obj.device.type == "cpu" and obj.layout == torch.strided \
-                and obj.dtype in _NUMPY_DTYPES and not obj.is_neg() and not obj.is_conj():
+        if (
+            (kind is torch.Tensor or kind is torch.nn.Parameter)
+            and obj.device.type == "cpu"
+            and obj.layout == torch.strided
+            and obj.dtype in _NUMPY_DTYPES
+            and not obj.is_neg()
+            and not obj.is_conj()
+        ):
             return _tensor, (obj.detach().numpy(), obj.requires_grad, kind is torch.nn.Parameter)
         return NotImplemented
 
 
-_NUMPY_DTYPES = {torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int16, torch.int8,
-                 torch.uint8, torch.bool}
+_NUMPY_DTYPES = {
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+}
 
 
 def dumps(value: Any) -> bytes:
@@ -339,8 +357,12 @@ class EpisodeWorkers:
         context = get_context("fork")
         for index in range(1, self.count):
             mine, theirs = _channels(context)
-            process = context.Process(target=_serve, args=(theirs, os.getpid(), self.pool, self.work, [*self._connections, mine]),
-                                      name=f"reml-worker-{index}", daemon=True)
+            process = context.Process(
+                target=_serve,
+                args=(theirs, os.getpid(), self.pool, self.work, [*self._connections, mine]),
+                name=f"reml-worker-{index}",
+                daemon=True,
+            )
             process.start()
             theirs.close()
             self._processes.append(process)
@@ -401,8 +423,9 @@ class EpisodeWorkers:
             raise
         return results
 
-    def end_episodes(self, pool: Any, ends: Sequence[Any], *, write_back_rate: float | None, pool_update: Any = None,
-                     **options: Any) -> list[Any]:
+    def end_episodes(
+        self, pool: Any, ends: Sequence[Any], *, write_back_rate: float | None, pool_update: Any = None, **options: Any
+    ) -> list[Any]:
         """:func:`reml_core.batched.end_episodes`, the ends split across the workers (same arguments).
 
         Each share is ended on a recording pool; the owner (this process) then replays the
@@ -414,10 +437,23 @@ class EpisodeWorkers:
         loss_fn, config = options.pop("loss_fn"), options.pop("config")
         shares = chunks(len(ends), split_count(len(ends), self.count))
         mine = getattr(self.work, "keywords", {})
-        if (len(shares) < 2 or pool is not self.pool or mine.get("loss_fn") != loss_fn or mine.get("config") is not config
-                or (pool_update is not None and pool_update is not mine.get("pool_update")) or not _pickles(options.get("appliers"))):
-            return end_episodes(pool, ends, loss_fn=loss_fn, config=config, write_back_rate=write_back_rate,
-                                pool_update=pool_update, **options)
+        if (
+            len(shares) < 2
+            or pool is not self.pool
+            or mine.get("loss_fn") != loss_fn
+            or mine.get("config") is not config
+            or (pool_update is not None and pool_update is not mine.get("pool_update"))
+            or not _pickles(options.get("appliers"))
+        ):
+            return end_episodes(
+                pool,
+                ends,
+                loss_fn=loss_fn,
+                config=config,
+                write_back_rate=write_back_rate,
+                pool_update=pool_update,
+                **options,
+            )
         protocol = pool_update is not None and write_back_rate is not None
         common = {**options, "write_back_rate": write_back_rate, "protocol": protocol}
         results = self.run([("end", tuple(ends[i] for i in share), common) for share in shares])
@@ -442,7 +478,9 @@ class EpisodeWorkers:
             replay(pool, writes)
         return outcomes
 
-    def protocol_gradients(self, update: Any, ends: Sequence[Any], keep: Sequence[bool], **options: Any) -> tuple[list[float], Any]:
+    def protocol_gradients(
+        self, update: Any, ends: Sequence[Any], keep: Sequence[bool], **options: Any
+    ) -> tuple[list[float], Any]:
         """:meth:`ProtocolPoolUpdate.gradients <reml_core.pool_update.ProtocolPoolUpdate.gradients>` with the kept
         ends cut into one consecutive share per worker: each share's mean gradient comes back and they are
         merged here, in share order, weighted by the networks each share counted (so the merge sums the
@@ -545,8 +583,6 @@ def describe(workers: int, n_envs: int) -> str:
     return f"{workers} processes (started at the first step that ends {2 * MIN_SHARE}+ of the {n_envs} envs' episodes)"
 
 
-
-
 def make_workers(env: Any, count: int) -> EpisodeWorkers:
     """The workers of a vector env whose first environment is ``env`` (its pool, loss and settings)."""
     share = partial(work, loss_fn=env.task_sampler.loss, config=env.config, pool_update=env.pool_update)
@@ -587,7 +623,9 @@ class _RayWorker:
         resolved = resolve_config(PluginRegistry.discover(), config)
         components = build_components(resolved)
         self.pool = components.pool
-        self.work = partial(work, loss_fn=components.task_sampler.loss, config=resolved.core.env, pool_update=components.pool_update)
+        self.work = partial(
+            work, loss_fn=components.task_sampler.loss, config=resolved.core.env, pool_update=components.pool_update
+        )
 
     def run(self, state: dict[str, torch.Tensor], share: bytes) -> bytes:
         try:

@@ -36,7 +36,9 @@ def _write(path: Path, text: str) -> Path:
 
 def _good(tmp_path: Path) -> tuple[Path, Path]:
     x = np.linspace(-4, 4, 10)
-    support = _write(tmp_path / "support.csv", "x,y\n" + "".join(f"{float(a)!r},{float(2 * np.sin(a + 0.5))!r}\n" for a in x))
+    support = _write(
+        tmp_path / "support.csv", "x,y\n" + "".join(f"{float(a)!r},{float(2 * np.sin(a + 0.5))!r}\n" for a in x)
+    )
     query = _write(tmp_path / "query.csv", "x\n" + "".join(f"{float(a)!r}\n" for a in np.linspace(-5, 5, 7)))
     return support, query
 
@@ -44,8 +46,20 @@ def _good(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.mark.slow
 def test_predictions_and_the_exported_network_are_what_the_learner_gives(run_folder, tmp_path):
     support, query = _good(tmp_path)
-    result = cli("reml-adapt", str(run_folder), "--support", str(support), "--query", str(query), "--steps", "10",
-                 "--out", str(tmp_path / "predictions.csv"), "--export", str(tmp_path / "net.pt"))
+    result = cli(
+        "reml-adapt",
+        str(run_folder),
+        "--support",
+        str(support),
+        "--query",
+        str(query),
+        "--steps",
+        "10",
+        "--out",
+        str(tmp_path / "predictions.csv"),
+        "--export",
+        str(tmp_path / "net.pt"),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     lines = (tmp_path / "predictions.csv").read_text().splitlines()
@@ -59,7 +73,12 @@ def test_predictions_and_the_exported_network_are_what_the_learner_gives(run_fol
     network = torch.nn.Sequential(*(getattr(torch.nn, name)(**arguments) for name, arguments in saved["layers"]))
     network.load_state_dict(saved["state_dict"])
     with torch.no_grad():
-        np.testing.assert_allclose(network(torch.tensor(written[:, :1], dtype=torch.float32)).numpy().reshape(-1), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            network(torch.tensor(written[:, :1], dtype=torch.float32)).numpy().reshape(-1),
+            expected,
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 @pytest.mark.slow
@@ -79,7 +98,10 @@ def test_every_bad_file_is_one_line_and_exit_2_and_nothing_is_written(run_folder
         "nan": (_write(tmp_path / "nan.csv", "x,y\n1,2\n3,nan\n"), "line 3, column 'y': nan is not a finite number"),
         "ragged": (_write(tmp_path / "ragged.csv", "x,y\n1,2\n3\n"), "line 3: 1 fields where the header has 2"),
         "columns": (_write(tmp_path / "wide.csv", "x,y,z\n1,2,3\n"), "has 3 columns; this run's family needs 2"),
-        "K": (_write(tmp_path / "many.csv", "x,y\n" + "0.1,0.2\n" * 11), "K = 11 points; this run supports K from 1 to 10"),
+        "K": (
+            _write(tmp_path / "many.csv", "x,y\n" + "0.1,0.2\n" * 11),
+            "K = 11 points; this run supports K from 1 to 10",
+        ),
     }
     (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00x")
     if os.geteuid() != 0:  # root reads anything
@@ -89,11 +111,22 @@ def test_every_bad_file_is_one_line_and_exit_2_and_nothing_is_written(run_folder
         for flag, given in (("--support", path), ("--query", path)):
             if name in ("columns", "K") and flag == "--query":
                 continue
-            args = ["--support", str(given if flag == "--support" else support), "--query", str(given if flag == "--query" else query)]
-            code, stdout, stderr = _adapt(capsys, str(run_folder), *args, "--out", str(out), "--export", str(tmp_path / "net.pt"))
+            args = [
+                "--support",
+                str(given if flag == "--support" else support),
+                "--query",
+                str(given if flag == "--query" else query),
+            ]
+            code, stdout, stderr = _adapt(
+                capsys, str(run_folder), *args, "--out", str(out), "--export", str(tmp_path / "net.pt")
+            )
             assert code == 2 and stdout == "", (name, flag, stderr)
             lines = stderr.strip().splitlines()
-            assert len(lines) == 1 and lines[0].startswith("reml-adapt: error: ") and message in lines[0], (name, flag, lines)
+            assert len(lines) == 1 and lines[0].startswith("reml-adapt: error: ") and message in lines[0], (
+                name,
+                flag,
+                lines,
+            )
             assert flag in lines[0] or name == "K"
             assert not out.exists() and not (tmp_path / "net.pt").exists()
 
@@ -114,7 +147,16 @@ def test_outputs_are_refused_before_anything_runs(run_folder, tmp_path, capsys):
         code, _, stderr = _adapt(capsys, str(run_folder), "--support", str(support), "--query", str(query), *extra)
         assert code == 2 and len(stderr.strip().splitlines()) == 1 and message in stderr, (extra, stderr)
     assert existing.read_text() == "keep me\n"
-    code, _, stderr = _adapt(capsys, str(tmp_path / "no-run"), "--support", str(support), "--query", str(query), "--out", str(tmp_path / "p.csv"))
+    code, _, stderr = _adapt(
+        capsys,
+        str(tmp_path / "no-run"),
+        "--support",
+        str(support),
+        "--query",
+        str(query),
+        "--out",
+        str(tmp_path / "p.csv"),
+    )
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "results.json" in stderr, stderr
 
 
@@ -122,11 +164,15 @@ def test_outputs_are_refused_before_anything_runs(run_folder, tmp_path, capsys):
 def test_data_outside_the_trained_range_is_a_one_line_warning(run_folder, tmp_path, capsys):
     _, query = _good(tmp_path)
     support = _write(tmp_path / "far.csv", "x,y\n" + "".join(f"{float(a)!r},0.5\n" for a in np.linspace(-12, 12, 10)))
-    code, _, stderr = _adapt(capsys, str(run_folder), "--support", str(support), "--query", str(query), "--out", str(tmp_path / "p.csv"))
+    code, _, stderr = _adapt(
+        capsys, str(run_folder), "--support", str(support), "--query", str(query), "--out", str(tmp_path / "p.csv")
+    )
     assert code == 0, stderr
     warnings = [line for line in stderr.splitlines() if "warning" in line]
-    assert warnings == ["reml-adapt: warning: x_support holds values in [-12, 12], outside [-5, 5], the range of the inputs the sine "
-                        "family was meta-trained on; the network may predict poorly there"]
+    assert warnings == [
+        "reml-adapt: warning: x_support holds values in [-12, 12], outside [-5, 5], the range of the inputs the sine "
+        "family was meta-trained on; the network may predict poorly there"
+    ]
 
 
 def test_help_on_standard_output_that_cannot_be_written_is_one_line(tmp_path):
@@ -134,5 +180,6 @@ def test_help_on_standard_output_that_cannot_be_written_is_one_line(tmp_path):
 
     result = _with_full_stdout("reml-adapt", "--help", tmp_path=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["reml-adapt: error: cannot write standard output: file too large; the output is incomplete"]
-
+    assert result.stderr.strip().splitlines() == [
+        "reml-adapt: error: cannot write standard output: file too large; the output is incomplete"
+    ]

@@ -26,8 +26,12 @@ def _in_tmp(tmp_path, monkeypatch):
 
 def _results(tmp_path: Path) -> api.Results:
     data = {
-        "schema": "reml.results/2", "plugin": "sine", "config": {"seed": 0}, "loss_name": "MSE",
-        "methods": {"reml": {"5": {"0": {"mse_mean": 1.0, "mse_ci95": 0.1, "nan_tasks": 0}}}}, "curves": {"reml": [1.0]},
+        "schema": "reml.results/2",
+        "plugin": "sine",
+        "config": {"seed": 0},
+        "loss_name": "MSE",
+        "methods": {"reml": {"5": {"0": {"mse_mean": 1.0, "mse_ci95": 0.1, "nan_tasks": 0}}}},
+        "curves": {"reml": [1.0]},
     }
     folder = tmp_path / "loaded"
     folder.mkdir()
@@ -115,9 +119,14 @@ def test_the_signatures_stay_visible_through_the_checks():
 # -- resume takes every setting from the folder ------------------------------------------------------
 
 RUN_WITH_RESUME = [
-    ({"config": {"plugin": "sine"}}, "config"), ({"out": "elsewhere"}, "out"), ({"force": True}, "force"),
-    ({"baselines": ["scratch"]}, "baselines"), ({"overrides": {"train.env_steps": 10}}, "overrides"),
-    ({"plugin": "sine"}, "plugin"), ({"seed": 3}, "seed"), ({"preset": "smoke"}, "preset"),
+    ({"config": {"plugin": "sine"}}, "config"),
+    ({"out": "elsewhere"}, "out"),
+    ({"force": True}, "force"),
+    ({"baselines": ["scratch"]}, "baselines"),
+    ({"overrides": {"train.env_steps": 10}}, "overrides"),
+    ({"plugin": "sine"}, "plugin"),
+    ({"seed": 3}, "seed"),
+    ({"preset": "smoke"}, "preset"),
 ]
 
 
@@ -131,9 +140,15 @@ def test_run_with_resume_refuses_every_other_setting(given, name, tmp_path):
 
 
 BENCH_WITH_RESUME = [
-    ({"config": {"plugin": "sine"}}, "config"), ({"methods": ["reml"]}, "methods"), ({"encoders": ["oracle"]}, "encoders"),
-    ({"seeds": 1}, "seeds"), ({"from_dir": "x"}, "from_dir"), ({"out": "x"}, "out"), ({"force": True}, "force"),
-    ({"overrides": {"eval.test_tasks": 3}}, "overrides"), ({"plugin": "sine"}, "plugin"),
+    ({"config": {"plugin": "sine"}}, "config"),
+    ({"methods": ["reml"]}, "methods"),
+    ({"encoders": ["oracle"]}, "encoders"),
+    ({"seeds": 1}, "seeds"),
+    ({"from_dir": "x"}, "from_dir"),
+    ({"out": "x"}, "out"),
+    ({"force": True}, "force"),
+    ({"overrides": {"eval.test_tasks": 3}}, "overrides"),
+    ({"plugin": "sine"}, "plugin"),
 ]
 
 
@@ -153,9 +168,15 @@ def test_the_clis_use_the_api_s_check(tmp_path, capsys):
     from reml_core.cli import bench, run
 
     assert run.main(["--resume", str(tmp_path), "--seed", "3", "--force"]) == 2
-    assert capsys.readouterr().err.strip() == f"reml-run: error: --resume takes every setting from {tmp_path}/config.json; drop --seed, --force"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"reml-run: error: --resume takes every setting from {tmp_path}/config.json; drop --seed, --force"
+    )
     assert bench.main(["--resume", str(tmp_path), "--seeds", "2"]) == 2
-    assert capsys.readouterr().err.strip() == f"reml-bench: error: --resume takes every setting from {tmp_path}/bench-plan.json; drop --seeds"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"reml-bench: error: --resume takes every setting from {tmp_path}/bench-plan.json; drop --seeds"
+    )
 
 
 # -- a damaged bench-plan.json ------------------------------------------------------------------------
@@ -221,10 +242,17 @@ def test_saved_settings_that_no_longer_resolve_name_the_plan(planned_bench, tmp_
 
 def _results_file(tmp_path: Path, change) -> Path:
     data = {
-        "schema": "reml.results/2", "plugin": "sine", "config": {"seed": 0}, "seed": 0, "encoder_privileged": False,
+        "schema": "reml.results/2",
+        "plugin": "sine",
+        "config": {"seed": 0},
+        "seed": 0,
+        "encoder_privileged": False,
         "methods": {"reml": {"5": {"0": {"mse_mean": 1.0, "mse_ci95": 0.1, "nan_tasks": 0}}}},
-        "curves": {"reml": [1.0, 0.5]}, "timing_s": {"total_this_invocation": 1.0}, "budgets": {"reml": "400 env steps"},
-        "sources": {"reml": "trained"}, "training": {"reml": {"env_steps": 400}},
+        "curves": {"reml": [1.0, 0.5]},
+        "timing_s": {"total_this_invocation": 1.0},
+        "budgets": {"reml": "400 env steps"},
+        "sources": {"reml": "trained"},
+        "training": {"reml": {"env_steps": 400}},
     }
     change(data)
     folder = tmp_path / "results"
@@ -235,7 +263,10 @@ def _results_file(tmp_path: Path, change) -> Path:
 
 def test_an_unknown_schema_is_refused_by_name(tmp_path):
     folder = _results_file(tmp_path, lambda d: d.update(schema="reml.results/3"))
-    with pytest.raises(UserError, match=r"schema 'reml.results/3', which REML .* cannot read \(it reads reml.results/1 and reml.results/2\)"):
+    with pytest.raises(
+        UserError,
+        match=r"schema 'reml.results/3', which REML .* cannot read \(it reads reml.results/1 and reml.results/2\)",
+    ):
         reml_core.load(folder)
 
 
@@ -290,6 +321,8 @@ def test_the_local_executor_lets_a_stop_request_through(monkeypatch, tmp_path):
         raise StopRequested(workdir / "checkpoints" / "step-000000200")
 
     monkeypatch.setattr(jobs, "run_job", stopped)
-    job = jobs.BenchJob(seed=0, key="reml", method="reml", encoder="support-set", config={}, baselines=(), folder="seed-0/reml")
+    job = jobs.BenchJob(
+        seed=0, key="reml", method="reml", encoder="support-set", config={}, baselines=(), folder="seed-0/reml"
+    )
     with pytest.raises(StopRequested):
         list(jobs.LocalExecutor().run([job, job], tmp_path))

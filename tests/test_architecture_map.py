@@ -48,7 +48,7 @@ def module_map(markdown: str) -> list[str]:
         entries.append(path)
         if token.endswith("/"):
             stack.append((indent, path))
-        rest = line[indent + len(token):]
+        rest = line[indent + len(token) :]
         description_column = indent + len(token) + len(rest) - len(rest.lstrip()) if rest.strip() else None
     return entries
 
@@ -129,17 +129,33 @@ plugins/         built-in
 
 def test_the_map_reader_follows_packages_and_skips_continued_descriptions():
     assert module_map(SAMPLE) == [
-        "reml_core/", "reml_core/api.py", "reml_core/sweep/", "reml_core/sweep/plan.py",
-        "reml_core/sweep/supervise.py", "reml_core/cli/", "reml_core/cli/run.py", "reml_core/env.py",
-        "plugins/", "plugins/sine/",
+        "reml_core/",
+        "reml_core/api.py",
+        "reml_core/sweep/",
+        "reml_core/sweep/plan.py",
+        "reml_core/sweep/supervise.py",
+        "reml_core/cli/",
+        "reml_core/cli/run.py",
+        "reml_core/env.py",
+        "plugins/",
+        "plugins/sine/",
     ]
 
 
 def test_a_module_added_or_removed_on_disk_is_reported(tmp_path):
-    for path in ("reml_core/__init__.py", "reml_core/api.py", "reml_core/env.py", "reml_core/sweep/__init__.py",
-                 "reml_core/sweep/plan.py", "reml_core/sweep/supervise.py", "reml_core/cli/__init__.py",
-                 "reml_core/cli/run.py", "plugins/__init__.py", "plugins/sine/__init__.py",
-                 "plugins/sine/sampler.py"):
+    for path in (
+        "reml_core/__init__.py",
+        "reml_core/api.py",
+        "reml_core/env.py",
+        "reml_core/sweep/__init__.py",
+        "reml_core/sweep/plan.py",
+        "reml_core/sweep/supervise.py",
+        "reml_core/cli/__init__.py",
+        "reml_core/cli/run.py",
+        "plugins/__init__.py",
+        "plugins/sine/__init__.py",
+        "plugins/sine/sampler.py",
+    ):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("")
     entries = module_map(SAMPLE)

@@ -14,30 +14,53 @@ BAD_FILES = {
     "malformed.toml": ('plugin = "sine\n', "invalid TOML"),
     "malformed.yaml": ("plugin: sine\nenv: {depth: 5\n", "invalid YAML"),
     "unknown-key.toml": ('plugin = "sine"\nlearning_rate = 0.1\n', "learning_rate: Extra inputs are not permitted"),
-    "unknown-nested.yaml": ("plugin: sine\npolicy:\n  name: ppo-mlp\n  learning_rat: 0.1\n", "policy.learning_rat: Extra inputs are not permitted"),
+    "unknown-nested.yaml": (
+        "plugin: sine\npolicy:\n  name: ppo-mlp\n  learning_rat: 0.1\n",
+        "policy.learning_rat: Extra inputs are not permitted",
+    ),
     "wrong-type.toml": ('plugin = "sine"\nseed = "zero"\n', "seed: Input should be a valid integer"),
     "wrong-type-nested.yaml": ("plugin: sine\neval:\n  shots: five\n", "eval.shots: Input should be a valid list"),
     "top-level-list.yaml": ("- plugin\n- sine\n", "the top level must be a table of settings"),
-    "not-utf8.toml": (b"plugin = \"\xff\xfe\"\n", "cannot read"),
-    "bad-quantiles.toml": ('plugin = "sine"\n[reward]\nname = "neg-mse-minmax"\nlow_quantile = 0.9\nhigh_quantile = 0.1\n',
-                           "reward: Value error, low_quantile must be below high_quantile"),
+    "not-utf8.toml": (b'plugin = "\xff\xfe"\n', "cannot read"),
+    "bad-quantiles.toml": (
+        'plugin = "sine"\n[reward]\nname = "neg-mse-minmax"\nlow_quantile = 0.9\nhigh_quantile = 0.1\n',
+        "reward: Value error, low_quantile must be below high_quantile",
+    ),
 }
 
 BAD_FLAGS = [
-    (["--plugin", "nosuch"], "plugin: unknown task plugin 'nosuch' (available: digits, files, image-folder, omniglot, sine)"),
+    (
+        ["--plugin", "nosuch"],
+        "plugin: unknown task plugin 'nosuch' (available: digits, files, image-folder, omniglot, sine)",
+    ),
     (["--plugin", "sine", "--policy", "ppo-gpt"], "policy.name: unknown policy backend 'ppo-gpt'"),
     (["--plugin", "sine", "--encoder", "telepathy"], "encoder.name: unknown state encoder 'telepathy'"),
     (["--plugin", "sine", "--pool", "nosuch"], "pool.name: unknown layer pool 'nosuch'"),
-    (["--plugin", "sine", "--pool", "conv"], "pool: layer pool 'conv' cannot be used in this run: the conv pool needs a task sampler with input_shape"),
-    (["--plugin", "digits", "--encoder", "support-set"], "encoder: state encoder 'support-set' cannot be used in this run"),
+    (
+        ["--plugin", "sine", "--pool", "conv"],
+        "pool: layer pool 'conv' cannot be used in this run: the conv pool needs a task sampler with input_shape",
+    ),
+    (
+        ["--plugin", "digits", "--encoder", "support-set"],
+        "encoder: state encoder 'support-set' cannot be used in this run",
+    ),
     (["--plugin", "sine", "--reward", "pos-mse"], "reward.name: unknown reward function 'pos-mse'"),
-    (["--plugin", "sine", "--set", "pool.hidden_layers=-3"], "pool.hidden_layers: Input should be greater than 0 (got -3)"),
+    (
+        ["--plugin", "sine", "--set", "pool.hidden_layers=-3"],
+        "pool.hidden_layers: Input should be greater than 0 (got -3)",
+    ),
     (["--plugin", "sine", "--set", "pool.width=0"], "pool.width: Input should be greater than 0 (got 0)"),
     (["--plugin", "sine", "--set", "task.train_points=0"], "task.train_points: Input should be greater than 0 (got 0)"),
     (["--plugin", "sine", "--set", "eval.test_tasks=0"], "eval.test_tasks: Input should be greater than 0 (got 0)"),
     (["--plugin", "sine", "--set", "env.depth=1"], "env.depth: Input should be greater than or equal to 2 (got 1)"),
-    (["--plugin", "sine", "--set", "env.depth=40"], "env.depth: a depth-40 network needs 38 distinct hidden layer(s) but the pool has 30"),
-    (["--plugin", "sine", "--set", "eval.shots=[5, 50]"], "eval.shots: K = 50 is more than the 10 support points a 'sine' task holds"),
+    (
+        ["--plugin", "sine", "--set", "env.depth=40"],
+        "env.depth: a depth-40 network needs 38 distinct hidden layer(s) but the pool has 30",
+    ),
+    (
+        ["--plugin", "sine", "--set", "eval.shots=[5, 50]"],
+        "eval.shots: K = 50 is more than the 10 support points a 'sine' task holds",
+    ),
     (["--plugin", "sine", "--set", "env.shots=[20]"], "env.shots: K = 20 is more than the 10 support points"),
     (["--plugin", "sine", "--set", "env.inner_lr=-0.1"], "env.inner_lr: Input should be greater than 0 (got -0.1)"),
     (["--plugin", "sine", "--set", "env.detph=4"], "env.detph: Extra inputs are not permitted"),
@@ -79,17 +102,27 @@ def test_bad_flags(argv, expected, tmp_path, capsys):
 
 def test_missing_and_unreadable_config_files(tmp_path, capsys):
     out = tmp_path / "out"
-    _fails_cleanly(run.main, ["--config", str(tmp_path / "nope.toml"), "--out", str(out)], "--config: file not found", capsys, out)
+    _fails_cleanly(
+        run.main, ["--config", str(tmp_path / "nope.toml"), "--out", str(out)], "--config: file not found", capsys, out
+    )
     _fails_cleanly(run.main, ["--config", str(tmp_path), "--out", str(out)], "unsupported file type", capsys, out)
     (tmp_path / "dir.yaml").mkdir()
-    _fails_cleanly(run.main, ["--config", str(tmp_path / "dir.yaml"), "--out", str(out)], "is a directory, not a config file", capsys, out)
+    _fails_cleanly(
+        run.main,
+        ["--config", str(tmp_path / "dir.yaml"), "--out", str(out)],
+        "is a directory, not a config file",
+        capsys,
+        out,
+    )
 
 
 @pytest.mark.parametrize("target", ["/sys/reml-test-run", "file/run"])
 def test_unwritable_out(target, tmp_path, capsys):
     (tmp_path / "file").write_text("a file, not a directory")
     out = Path(target) if target.startswith("/") else tmp_path / target
-    _fails_cleanly(run.main, ["--plugin", "sine", "--preset", "smoke", "--out", str(out)], "is not writable", capsys, out)
+    _fails_cleanly(
+        run.main, ["--plugin", "sine", "--preset", "smoke", "--out", str(out)], "is not writable", capsys, out
+    )
 
 
 def test_out_that_already_holds_a_run_or_other_files(tmp_path, capsys):
@@ -119,14 +152,44 @@ def test_out_that_already_holds_a_run_or_other_files(tmp_path, capsys):
 
 def test_bench_rejects_unknown_methods_and_bad_lists(tmp_path, capsys):
     out = tmp_path / "out"
-    _fails_cleanly(bench.main, ["--plugin", "sine", "--methods", "reml,mamI", "--out", str(out)],
-                   "--methods: unknown method 'mamI' (available: reml, maml, maml-select, meta-sgd, reference, scratch)", capsys, out)
-    _fails_cleanly(bench.main, ["--plugin", "sine", "--shots", "5,ten", "--out", str(out)], "expected comma-separated integers", capsys, out)
-    _fails_cleanly(bench.main, ["--plugin", "sine", "--seeds", "0", "--out", str(out)], "argument --seeds: must be > 0", capsys, out)
-    _fails_cleanly(bench.main, ["--plugin", "sine", "--shots", "5,11", "--out", str(out)], "eval.shots: K = 11 is more than the 10 support points", capsys, out)
-    _fails_cleanly(bench.main, ["--plugin", "sine", "--encoder", "oracle,esp", "--out", str(out)], "encoder.name: unknown state encoder 'esp'", capsys, out)
-    _fails_cleanly(bench.main, ["--plugin", "sine", "--from", str(tmp_path / "missing"), "--out", str(out)], "--from", capsys, out)
-
+    _fails_cleanly(
+        bench.main,
+        ["--plugin", "sine", "--methods", "reml,mamI", "--out", str(out)],
+        "--methods: unknown method 'mamI' (available: reml, maml, maml-select, meta-sgd, reference, scratch)",
+        capsys,
+        out,
+    )
+    _fails_cleanly(
+        bench.main,
+        ["--plugin", "sine", "--shots", "5,ten", "--out", str(out)],
+        "expected comma-separated integers",
+        capsys,
+        out,
+    )
+    _fails_cleanly(
+        bench.main,
+        ["--plugin", "sine", "--seeds", "0", "--out", str(out)],
+        "argument --seeds: must be > 0",
+        capsys,
+        out,
+    )
+    _fails_cleanly(
+        bench.main,
+        ["--plugin", "sine", "--shots", "5,11", "--out", str(out)],
+        "eval.shots: K = 11 is more than the 10 support points",
+        capsys,
+        out,
+    )
+    _fails_cleanly(
+        bench.main,
+        ["--plugin", "sine", "--encoder", "oracle,esp", "--out", str(out)],
+        "encoder.name: unknown state encoder 'esp'",
+        capsys,
+        out,
+    )
+    _fails_cleanly(
+        bench.main, ["--plugin", "sine", "--from", str(tmp_path / "missing"), "--out", str(out)], "--from", capsys, out
+    )
 
 
 # -- numbers: no NaN or infinity gets past validation, in the core's sections or any plugin's ----------
@@ -136,7 +199,10 @@ NON_FINITE = [
     (["--set", "env.inner_lr=inf"], "env.inner_lr: Input should be a finite number"),
     (["--set", "eval.sgd_lr=.nan"], "eval.sgd_lr: Input should be a finite number"),
     (["--set", "reward.max_loss=.inf"], "reward.max_loss: Input should be a finite number"),
-    (["--set", "reward.invalid_action_penalty=-.inf"], "reward.invalid_action_penalty: Input should be a finite number"),
+    (
+        ["--set", "reward.invalid_action_penalty=-.inf"],
+        "reward.invalid_action_penalty: Input should be a finite number",
+    ),
     (["--set", "task.amplitude_high=.inf"], "task.amplitude_high: Input should be a finite number"),
     (["--set", "policy.clip_range=.inf"], "policy.clip_range: Input should be a finite number"),
     (["--set", "baselines.maml.meta_lr=.inf"], "baselines.maml.meta_lr: Input should be a finite number"),
@@ -152,11 +218,19 @@ def test_non_finite_numbers_are_refused_before_anything_is_written(main, argv, e
 
 def test_non_finite_numbers_in_config_files(tmp_path, capsys):
     out = tmp_path / "out"
-    for name, text in {"inf.toml": 'plugin = "sine"\n[env]\ninner_lr = inf\n',
-                       "nan.toml": 'plugin = "sine"\n[pool]\nname = "dense"\n[reward]\nmax_loss = nan\n',
-                       "inf.yaml": "plugin: sine\ntrain:\n  env_steps: 100\neval:\n  curve_lr: .inf\n"}.items():
+    for name, text in {
+        "inf.toml": 'plugin = "sine"\n[env]\ninner_lr = inf\n',
+        "nan.toml": 'plugin = "sine"\n[pool]\nname = "dense"\n[reward]\nmax_loss = nan\n',
+        "inf.yaml": "plugin: sine\ntrain:\n  env_steps: 100\neval:\n  curve_lr: .inf\n",
+    }.items():
         (tmp_path / name).write_text(text)
-        _fails_cleanly(run.main, ["--config", str(tmp_path / name), "--out", str(out)], "Input should be a finite number", capsys, out)
+        _fails_cleanly(
+            run.main,
+            ["--config", str(tmp_path / name), "--out", str(out)],
+            "Input should be a finite number",
+            capsys,
+            out,
+        )
 
 
 # -- sizes that cannot fit in memory (or finish) are refused before allocation, with the limit named --
@@ -169,11 +243,23 @@ TOO_LARGE = [
     (["--set", "policy.n_steps=100000000000"], "policy.n_steps: Input should be less than or equal to 65536"),
     (["--set", "eval.test_tasks=10000000000"], "eval.test_tasks: Input should be less than or equal to 100000"),
     (["--set", "eval.steps=[0, 10000000000]"], "fine-tuning steps must be at most"),
-    (["--set", "train.env_steps=1000000000000000"], "train.env_steps: Input should be less than or equal to 1000000000"),
+    (
+        ["--set", "train.env_steps=1000000000000000"],
+        "train.env_steps: Input should be less than or equal to 1000000000",
+    ),
     (["--set", "env.depth=100000"], "env.depth: Input should be less than or equal to 64"),
-    (["--policy", "ppo-lstm", "--set", "policy.lstm_hidden_size=1000000"], "policy.lstm_hidden_size: Input should be less than or equal to 4096"),
-    (["--set", "baselines.maml.hidden=[100000]"], "baselines.maml.hidden.0: Input should be less than or equal to 4096"),
-    (["--set", "baselines.maml.meta_batch=1000000000"], "baselines.maml.meta_batch: Input should be less than or equal to 100000"),
+    (
+        ["--policy", "ppo-lstm", "--set", "policy.lstm_hidden_size=1000000"],
+        "policy.lstm_hidden_size: Input should be less than or equal to 4096",
+    ),
+    (
+        ["--set", "baselines.maml.hidden=[100000]"],
+        "baselines.maml.hidden.0: Input should be less than or equal to 4096",
+    ),
+    (
+        ["--set", "baselines.maml.meta_batch=1000000000"],
+        "baselines.maml.meta_batch: Input should be less than or equal to 100000",
+    ),
     (["--set", "task.train_points=1000000000"], "task.train_points: Input should be less than or equal to 100000"),
 ]
 
@@ -189,12 +275,27 @@ def test_absurd_seed_counts_fail_at_once(tmp_path, capsys):
 
     out = tmp_path / "out"
     start = time.monotonic()
-    _fails_cleanly(bench.main, ["--plugin", "sine", "--preset", "smoke", "--seeds", "99999999999", "--out", str(out)],
-                   "--seeds: 99999999999 seeds; the limit is 1000", capsys, out)
-    _fails_cleanly(bench.main, ["--plugin", "sine", "--preset", "smoke", "--seed", "4294967295", "--seeds", "2", "--out", str(out)],
-                   "go past the largest seed, 4294967295", capsys, out)
-    _fails_cleanly(run.main, ["--plugin", "sine", "--preset", "smoke", "--seed", "4294967296", "--out", str(out)],
-                   "seed: Input should be less than 4294967296", capsys, out)
+    _fails_cleanly(
+        bench.main,
+        ["--plugin", "sine", "--preset", "smoke", "--seeds", "99999999999", "--out", str(out)],
+        "--seeds: 99999999999 seeds; the limit is 1000",
+        capsys,
+        out,
+    )
+    _fails_cleanly(
+        bench.main,
+        ["--plugin", "sine", "--preset", "smoke", "--seed", "4294967295", "--seeds", "2", "--out", str(out)],
+        "go past the largest seed, 4294967295",
+        capsys,
+        out,
+    )
+    _fails_cleanly(
+        run.main,
+        ["--plugin", "sine", "--preset", "smoke", "--seed", "4294967296", "--out", str(out)],
+        "seed: Input should be less than 4294967296",
+        capsys,
+        out,
+    )
     assert time.monotonic() - start < 60
 
 
@@ -221,11 +322,14 @@ def test_bad_paths_are_refused_and_leave_nothing_behind(flag, path, expected, tm
 @pytest.mark.parametrize("flag", ["--out", "--from"])
 def test_bench_paths_are_checked_too(flag, path, expected, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _fails_cleanly(bench.main, ["--plugin", "sine", "--preset", "smoke", flag, path], expected, capsys, tmp_path / "never")
+    _fails_cleanly(
+        bench.main, ["--plugin", "sine", "--preset", "smoke", flag, path], expected, capsys, tmp_path / "never"
+    )
     assert os.listdir(tmp_path) == []
 
 
 # -- config files too large to be a config --------------------------------------------------------
+
 
 def test_a_huge_config_is_refused_at_once_with_few_lines(tmp_path, capsys):
     out = tmp_path / "out"
@@ -250,6 +354,7 @@ def test_many_problems_are_capped_in_the_output(tmp_path, capsys):
 
 # -- a broken pipe is not a traceback ---------------------------------------------------------------
 
+
 def test_a_closed_stdout_is_one_line_not_a_traceback():
     import subprocess
     import sys
@@ -257,14 +362,23 @@ def test_a_closed_stdout_is_one_line_not_a_traceback():
     read, write = os.pipe()
     os.close(read)
     try:
-        result = subprocess.run([str(Path(sys.executable).parent / "reml-plugins"), "--json"], stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "reml-plugins"), "--json"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
     finally:
         os.close(write)
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
-    assert result.returncode == 2 and result.stderr.strip().splitlines() == ["reml-plugins: error: output closed before everything was written (broken pipe)"]
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "reml-plugins: error: output closed before everything was written (broken pipe)"
+    ]
 
 
 # -- only reml-run folders can be resumed ------------------------------------------------------------
+
 
 def test_resume_refuses_a_bench_folder_and_folders_reml_did_not_make(tmp_path, capsys):
     from helpers.runs import snapshot
@@ -278,8 +392,10 @@ def test_resume_refuses_a_bench_folder_and_folders_reml_did_not_make(tmp_path, c
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "config.json").write_text(json.dumps({"plugin": "sine"}))
-    for folder, expected in ((bench_folder, "is a reml-bench folder; reml-run --resume continues only reml-run runs"),
-                             (plain, "not a REML run directory")):
+    for folder, expected in (
+        (bench_folder, "is a reml-bench folder; reml-run --resume continues only reml-run runs"),
+        (plain, "not a REML run directory"),
+    ):
         before = snapshot(folder)
         code = run.main(["--resume", str(folder)])
         err = capsys.readouterr().err.strip()

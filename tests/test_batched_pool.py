@@ -80,14 +80,24 @@ def _random_ends(pool: LayerPool, count: int, seed: int, depth: int = 5) -> list
         for role in slot_roles(depth):
             options = [i for i, r in enumerate(pool.roles) if r == role and i not in chosen]
             chosen.append(int(rng.choice(options)))
-        ends.append(EpisodeEnd(next(tasks), tuple(network_order(chosen)), int(rng.choice([5, 10])), int(rng.integers(2**62))))
+        ends.append(
+            EpisodeEnd(next(tasks), tuple(network_order(chosen)), int(rng.choice([5, 10])), int(rng.integers(2**62)))
+        )
     return ends
 
 
 def _end(pool, ends, *, batched, config=None, min_batch=2):
     config = config or EnvConfig()
-    return end_episodes(pool, ends, loss_fn=_mse, config=config, required=ALL_LOSSES, write_back_rate=WRITE_BACK_RATE,
-                        batched=batched, min_batch=min_batch)
+    return end_episodes(
+        pool,
+        ends,
+        loss_fn=_mse,
+        config=config,
+        required=ALL_LOSSES,
+        write_back_rate=WRITE_BACK_RATE,
+        batched=batched,
+        min_batch=min_batch,
+    )
 
 
 def _max_pool_difference(a: LayerPool, b: LayerPool) -> float:
@@ -168,8 +178,10 @@ def test_the_typical_network_agrees_to_rounding_after_adam():
         reference = _end(reference_pool, ends, batched=False)
         batched = _end(batched_pool, ends, batched=True)
         _assert_same_outcomes(batched, reference)
-        differences += [_relative_difference(ours.losses["trained"], theirs.losses["trained"])
-                        for ours, theirs in zip(batched, reference)]
+        differences += [
+            _relative_difference(ours.losses["trained"], theirs.losses["trained"])
+            for ours, theirs in zip(batched, reference)
+        ]
     assert float(np.median(differences)) <= ROUNDING
     assert sum(difference > ROUNDING for difference in differences) <= len(differences) // 16, sorted(differences)[-5:]
 
@@ -213,8 +225,17 @@ def test_a_network_that_faults_is_left_out_of_the_write_back_and_only_that_one()
     task = ends[poisoned].task
     nan_targets = task.y_train.clone()
     nan_targets[3] = math.nan
-    bad_task = Task(task.task_id, task.split, task.descriptor, task.x_train, nan_targets, task.x_support, task.y_support,
-                    task.x_query, task.y_query)
+    bad_task = Task(
+        task.task_id,
+        task.split,
+        task.descriptor,
+        task.x_train,
+        nan_targets,
+        task.x_support,
+        task.y_support,
+        task.x_query,
+        task.y_query,
+    )
     ends[poisoned] = EpisodeEnd(bad_task, ends[poisoned].indices, ends[poisoned].shots, ends[poisoned].minibatch_seed)
 
     reference = _end(reference_pool, ends, batched=False)
@@ -251,7 +272,9 @@ def test_write_back_order_matters_and_is_kept_when_networks_share_a_layer():
 def pool_rows_reversed(stacked):
     from reml_plugins.dense.pool import BatchedComposedNetwork
 
-    return BatchedComposedNetwork([w.flip(0) for w in stacked.weights], [b.flip(0) for b in stacked.biases], stacked.activation)
+    return BatchedComposedNetwork(
+        [w.flip(0) for w in stacked.weights], [b.flip(0) for b in stacked.biases], stacked.activation
+    )
 
 
 def test_batched_measurements_match_single_ones():
@@ -262,7 +285,9 @@ def test_batched_measurements_match_single_ones():
     single = measure_networks(pool, requests, _mse, batched=False)
     assert len({len(request.x) for request in requests}) == 2  # K 5 and K 10: two stacked groups
     for (loss, scale), (reference_loss, reference_scale) in zip(batched, single):
-        assert loss == pytest.approx(reference_loss, rel=ROUNDING) and scale == pytest.approx(reference_scale, rel=ROUNDING)
+        assert loss == pytest.approx(reference_loss, rel=ROUNDING) and scale == pytest.approx(
+            reference_scale, rel=ROUNDING
+        )
 
 
 class _PlainPool:
@@ -314,8 +339,15 @@ def test_large_groups_are_stacked_in_chunks_in_order():
     reference_pool, chunked_pool = _pool(), _pool()
     ends = _random_ends(reference_pool, 11, seed=9)
     reference = _end(reference_pool, ends, batched=False)
-    chunked = end_episodes(chunked_pool, ends, loss_fn=_mse, config=EnvConfig(), required=ALL_LOSSES,
-                           write_back_rate=WRITE_BACK_RATE, max_batch=4)
+    chunked = end_episodes(
+        chunked_pool,
+        ends,
+        loss_fn=_mse,
+        config=EnvConfig(),
+        required=ALL_LOSSES,
+        write_back_rate=WRITE_BACK_RATE,
+        max_batch=4,
+    )
     _assert_same_outcomes(chunked, reference)
     assert _max_pool_difference(chunked_pool, reference_pool) <= POOL_REACH
 
@@ -345,10 +377,16 @@ def test_a_vector_env_meta_trains_to_the_end_on_a_pool_without_the_capability(in
     plugin = _PlainPoolPlugin()
     plugin.reml_layer_pools = hookimpl(_PlainPoolPlugin.reml_layer_pools)
     installed_registry.register(plugin, name="plain-pool", distribution="plain-pool-dist")
-    config = resolve_config(installed_registry, {
-        "plugin": "sine", "preset": "smoke", "pool": "plain-dense", "policy": "ppo-mlp-masked",
-        "train": {"n_envs": 4, "env_steps": 512, "checkpoint_every": 256, "validation_tasks": 3, "progress": False},
-    })
+    config = resolve_config(
+        installed_registry,
+        {
+            "plugin": "sine",
+            "preset": "smoke",
+            "pool": "plain-dense",
+            "policy": "ppo-mlp-masked",
+            "train": {"n_envs": 4, "env_steps": 512, "checkpoint_every": 256, "validation_tasks": 3, "progress": False},
+        },
+    )
     components = build_components(config)
     pool = components.pool
     assert isinstance(pool, _PlainPool) and not isinstance(pool, BatchedLayerPool)
@@ -370,8 +408,10 @@ def test_batched_ends_fine_tune_on_k_of_each_class_when_tasks_have_ways():
     import dataclasses
 
     reference_pool, batched_pool = _pool(), _pool()
-    ends = [dataclasses.replace(end, task=dataclasses.replace(end.task, ways=2), shots=shots)
-            for end, shots in zip(_random_ends(reference_pool, 6, seed=11), [1, 2, 5, 5, 2, 3])]
+    ends = [
+        dataclasses.replace(end, task=dataclasses.replace(end.task, ways=2), shots=shots)
+        for end, shots in zip(_random_ends(reference_pool, 6, seed=11), [1, 2, 5, 5, 2, 3])
+    ]
     assert [len(end.task.support(end.shots)[0]) for end in ends] == [2, 4, 10, 10, 4, 6]
     reference = _end(reference_pool, ends, batched=False)
     batched = _end(batched_pool, ends, batched=True, min_batch=1)

@@ -35,8 +35,15 @@ def test_smoke_bench_has_every_method_k_and_step(smoke_bench):
             assert all(cell["mse_mean"] is not None and cell["mse_ci95"] > 0 for cell in row.values())
     assert results["encoders"] == {"reml": {"name": "support-set", "privileged": False}}  # fair by default
     assert set(results["budgets"]) == {"reml", "maml", "scratch"} and "iterations=300" in results["budgets"]["maml"]
-    for name in ("report.md", "few_shot.png", "convergence.png", "config.json", "seed-0/results.json",
-                 "seed-0/maml/maml.safetensors", "seed-0/reml-support-set/checkpoints/best/manifest.json"):
+    for name in (
+        "report.md",
+        "few_shot.png",
+        "convergence.png",
+        "config.json",
+        "seed-0/results.json",
+        "seed-0/maml/maml.safetensors",
+        "seed-0/reml-support-set/checkpoints/best/manifest.json",
+    ):
         assert (smoke_bench / name).is_file(), name
 
 
@@ -49,7 +56,9 @@ def test_report_marks_the_best_and_states_encoder_and_budgets(smoke_bench):
 
 
 def test_from_reloads_trained_methods_and_reproduces_their_numbers(smoke_bench, tmp_path):
-    result = _bench("--plugin", "sine", "--preset", "smoke", "--from", str(smoke_bench), "--out", str(tmp_path / "again"))
+    result = _bench(
+        "--plugin", "sine", "--preset", "smoke", "--from", str(smoke_bench), "--out", str(tmp_path / "again")
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "meta-training" not in result.stderr  # nothing was trained again
     first = json.loads((smoke_bench / "results.json").read_text())
@@ -60,9 +69,26 @@ def test_from_reloads_trained_methods_and_reproduces_their_numbers(smoke_bench, 
 
 def test_several_seeds_and_encoders_report_the_spread(tmp_path):
     out = tmp_path / "seeds"
-    result = _bench("--plugin", "sine", "--preset", "smoke", "--methods", "reml,scratch", "--encoder", "oracle,support-set",
-                    "--seeds", "2", "--test-tasks", "10", "--set", "train.env_steps=512", "--set", "eval.curve_steps=5",
-                    "--out", str(out))
+    result = _bench(
+        "--plugin",
+        "sine",
+        "--preset",
+        "smoke",
+        "--methods",
+        "reml,scratch",
+        "--encoder",
+        "oracle,support-set",
+        "--seeds",
+        "2",
+        "--test-tasks",
+        "10",
+        "--set",
+        "train.env_steps=512",
+        "--set",
+        "eval.curve_steps=5",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {"reml:oracle", "reml:support-set", "scratch"}
@@ -125,10 +151,15 @@ def test_from_refuses_damaged_sources_before_writing_anything(smoke_bench, tmp_p
 
 def test_from_refuses_seeds_and_encoders_it_does_not_hold(smoke_bench, tmp_path):
     out = tmp_path / "out"
-    for extra, expected in ((["--seed", "5"], "holds no REML run for seed 5 with encoder 'support-set' (it holds: seed 0 (maml, reml-support-set, scratch)"),
-                            (["--seeds", "2"], "holds no REML run for seed 1"),
-                            (["--encoder", "oracle"], "with encoder 'oracle'"),
-                            (["--methods", "maml", "--seed", "3"], "holds nothing for seed 3")):
+    for extra, expected in (
+        (
+            ["--seed", "5"],
+            "holds no REML run for seed 5 with encoder 'support-set' (it holds: seed 0 (maml, reml-support-set, scratch)",
+        ),
+        (["--seeds", "2"], "holds no REML run for seed 1"),
+        (["--encoder", "oracle"], "with encoder 'oracle'"),
+        (["--methods", "maml", "--seed", "3"], "holds nothing for seed 3"),
+    ):
         result = _bench("--plugin", "sine", "--preset", "smoke", "--from", str(smoke_bench), "--out", str(out), *extra)
         assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
         assert "meta-training" not in result.stderr and not out.exists()
@@ -148,11 +179,28 @@ def test_from_a_run_trains_the_baselines_that_run_never_had_with_the_bench_s_set
     source = tiny_run(tmp_path / "run")
     assert "maml" not in json.loads((source / "config.json").read_text())["baselines"]
     out = tmp_path / "bench"
-    result = _bench("--plugin", "sine", "--preset", "smoke", "--methods", "reml,maml", "--from", str(source),
-                    "--set", "baselines.maml.iterations=7", "--set", "eval.test_tasks=5", "--set", "eval.curve_steps=0",
-                    "--out", str(out))
+    result = _bench(
+        "--plugin",
+        "sine",
+        "--preset",
+        "smoke",
+        "--methods",
+        "reml,maml",
+        "--from",
+        str(source),
+        "--set",
+        "baselines.maml.iterations=7",
+        "--set",
+        "eval.test_tasks=5",
+        "--set",
+        "eval.curve_steps=0",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {"reml", "maml"}
     assert "iterations=7" in results["budgets"]["maml"]
-    assert results["sources"]["0"]["reml"].startswith("loaded from") and results["sources"]["0"]["maml"].startswith("trained in")
+    assert results["sources"]["0"]["reml"].startswith("loaded from") and results["sources"]["0"]["maml"].startswith(
+        "trained in"
+    )

@@ -54,7 +54,9 @@ def _spied(selected: Selected, spies: list[Spy]) -> Selected:
 
 
 def _with_spies(config: RunConfig, spies: list[Spy]) -> RunConfig:
-    chosen = {section: _spied(getattr(config, section), spies) for section in ("task", "encoder", "pool", "reward", "policy")}
+    chosen = {
+        section: _spied(getattr(config, section), spies) for section in ("task", "encoder", "pool", "reward", "policy")
+    }
     baselines = {name: _spied(selected, spies) for name, selected in config.baselines.items()}
     return dataclasses.replace(config, **chosen, baselines=baselines)
 
@@ -94,8 +96,11 @@ def test_every_stage_gets_a_context_whose_fields_are_set(registry, family):
         if fam != family or not _builds(registry, family, SELECTED_BY_NAME[kind], name):
             continue
         spies: list[Spy] = []
-        config = resolve_config(registry, {"plugin": family, "preset": "smoke", SELECTED_BY_NAME[kind]: {"name": name}},
-                                baselines=registry.names("baseline"))
+        config = resolve_config(
+            registry,
+            {"plugin": family, "preset": "smoke", SELECTED_BY_NAME[kind]: {"name": name}},
+            baselines=registry.names("baseline"),
+        )
         config = _with_spies(config, spies)
         components = build_components(config)
         check_policy_builds(components)
@@ -104,7 +109,9 @@ def test_every_stage_gets_a_context_whose_fields_are_set(registry, family):
             for selected in config.baselines.values():
                 try:
                     build_one(selected, components.context)
-                except ComponentBuildError:  # a baseline that refuses this family (maml-select on images) says so cleanly
+                except (
+                    ComponentBuildError
+                ):  # a baseline that refuses this family (maml-select on images) says so cleanly
                     continue
         for spy in spies:
             for context in spy.contexts:
@@ -133,7 +140,14 @@ def test_stages_extend_one_another_and_an_earlier_stage_answers_none_for_later_f
     policy = baseline.with_env("env")
     assert isinstance(policy, BaselineContext) and isinstance(baseline, TaskContext) and isinstance(task, BuildContext)
     assert (policy.seed, policy.preset, policy.depth, policy.task_sampler, policy.pool, policy.env, policy.log_dir) == (
-        3, "smoke", 4, "sampler", "pool", "env", None)
+        3,
+        "smoke",
+        4,
+        "sampler",
+        "pool",
+        "env",
+        None,
+    )
     assert type(policy) is PolicyContext
     # A plugin written for the single context of old reads a later stage's field as None.
     assert base.task_sampler is None and task.pool is None and task.encoder is None and baseline.env is None
@@ -153,11 +167,19 @@ REFUSALS = [
     ("sine", {"pool": "conv"}, "layer pool", "conv", "the conv pool needs a task sampler with input_shape"),
     ("digits", {"pool": "dense"}, "layer pool", "dense", "take flat inputs"),
     ("digits", {"reward": "neg-mse-minmax"}, "reward function", "neg-mse-minmax", "class labels"),
-    ("digits", {"encoder": {"name": "prototypes", "grid": 9}}, "state encoder", "prototypes", "grid = 9 is larger than the 8x8 images"),
+    (
+        "digits",
+        {"encoder": {"name": "prototypes", "grid": 9}},
+        "state encoder",
+        "prototypes",
+        "grid = 9 is larger than the 8x8 images",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("family", "user", "kind", "name", "reason"), REFUSALS, ids=[f"{r[0]}-{r[3]}" for r in REFUSALS])
+@pytest.mark.parametrize(
+    ("family", "user", "kind", "name", "reason"), REFUSALS, ids=[f"{r[0]}-{r[3]}" for r in REFUSALS]
+)
 def test_a_built_in_refusal_is_a_component_build_error_naming_the_component(registry, family, user, kind, name, reason):
     config = resolve_config(registry, {"plugin": family, "preset": "smoke", **user})
     with pytest.raises(ComponentBuildError) as caught:
@@ -170,7 +192,9 @@ def test_a_built_in_refusal_is_a_component_build_error_naming_the_component(regi
 
 
 def test_a_baseline_refusal_is_one_too(registry):
-    config = resolve_config(registry, {"plugin": "digits", "preset": "smoke", "baselines": {"maml": {"shots": 10}}}, baselines=["maml"])
+    config = resolve_config(
+        registry, {"plugin": "digits", "preset": "smoke", "baselines": {"maml": {"shots": 10}}}, baselines=["maml"]
+    )
     components = build_components(config)
     with pytest.raises(ComponentBuildError) as caught:
         build_one(config.baselines["maml"], components.context)
@@ -183,12 +207,22 @@ def test_a_baseline_refusal_is_one_too(registry):
 
 
 def test_a_policy_refusal_leads_with_the_setting_and_names_the_backend(registry):
-    config = resolve_config(registry, {"plugin": "sine", "preset": "smoke", "encoder": "oracle", "policy": {"name": "ppo-mlp", "features": "point-set"}})
+    config = resolve_config(
+        registry,
+        {
+            "plugin": "sine",
+            "preset": "smoke",
+            "encoder": "oracle",
+            "policy": {"name": "ppo-mlp", "features": "point-set"},
+        },
+    )
     with pytest.raises(ComponentBuildError) as caught:
         check_policy_builds(build_components(config))
     assert (caught.value.kind, caught.value.name) == ("policy backend", "ppo-mlp")
     assert str(caught.value) == (f"policy: {caught.value.reason}; policy backend 'ppo-mlp' cannot be used in this run")
-    assert caught.value.reason.startswith("policy.features = 'point-set' needs a state encoder that declares a point set")
+    assert caught.value.reason.startswith(
+        "policy.features = 'point-set' needs a state encoder that declares a point set"
+    )
 
 
 def test_a_family_whose_data_does_not_fit_is_one_too(registry, tmp_path):
@@ -201,8 +235,15 @@ def test_a_family_whose_data_does_not_fit_is_one_too(registry, tmp_path):
 
 
 def test_a_reward_that_cannot_calibrate_on_what_the_run_gives_it_is_one_too(registry, tmp_path):
-    config = resolve_config(registry, {"plugin": "sine", "preset": "smoke", "reward": "neg-mse-minmax",
-                                       "train": {"calibration_episodes": 1, "progress": False}})
+    config = resolve_config(
+        registry,
+        {
+            "plugin": "sine",
+            "preset": "smoke",
+            "reward": "neg-mse-minmax",
+            "train": {"calibration_episodes": 1, "progress": False},
+        },
+    )
     trainer = MetaTrainer(config, build_components(config), tmp_path, read_only=True)
     with pytest.raises(ComponentBuildError) as caught:
         trainer.calibrate()
@@ -216,13 +257,16 @@ def test_the_core_names_a_refusal_after_the_record_whatever_the_class_calls_itse
     from reml_plugins.encoders.prototypes import PrototypesConfig, build_prototypes
 
     spec = StateEncoderSpec(name="my-protos", factory=build_prototypes, config_model=PrototypesConfig, description="d")
+
     def reml_state_encoders():
         return [spec]
 
     registry = PluginRegistry.discover(disabled=())
     registry.register(SimpleNamespace(reml_state_encoders=hookimpl(reml_state_encoders)), name="mine")
     config = resolve_config(registry, {"plugin": "sine", "preset": "smoke", "encoder": "my-protos"})
-    with pytest.raises(ComponentBuildError, match=r"^encoder: state encoder 'my-protos' cannot be used in this run: the prototypes"):
+    with pytest.raises(
+        ComponentBuildError, match=r"^encoder: state encoder 'my-protos' cannot be used in this run: the prototypes"
+    ):
         build_components(config)
 
 
@@ -237,7 +281,12 @@ def test_plain_value_errors_and_bugs_keep_their_handling(registry):
         raise KeyError("width")
 
     for name, factory, expected, line in (
-        ("old-style", refuses, ConfigError, "encoder: state encoder 'old-style' cannot be used in this run: not with this family"),
+        (
+            "old-style",
+            refuses,
+            ConfigError,
+            "encoder: state encoder 'old-style' cannot be used in this run: not with this family",
+        ),
         ("buggy", breaks, PluginError, "state encoder 'buggy' failed to build: KeyError: 'width'"),
     ):
         spec = StateEncoderSpec(name=name, factory=factory, config_model=_empty_model(), description="d")
@@ -270,11 +319,22 @@ def _empty_model():
 
 
 CLI_REFUSALS = [
-    (["--plugin", "digits", "--pool", "dense"], "pool: layer pool 'dense' cannot be used in this run: the dense pool's networks take flat inputs"),
-    (["--plugin", "digits", "--reward", "neg-mse-minmax"], "reward: reward function 'neg-mse-minmax' cannot be used in this run: it scales"),
-    (["--plugin", "sine", "--encoder", "prototypes"], "encoder: state encoder 'prototypes' cannot be used in this run: the prototypes encoder needs image inputs"),
-    (["--plugin", "digits", "--baselines", "maml", "--set", "baselines.maml.shots=10"],
-     "baselines.maml: baseline 'maml' cannot be used in this run: K = 10 per class"),
+    (
+        ["--plugin", "digits", "--pool", "dense"],
+        "pool: layer pool 'dense' cannot be used in this run: the dense pool's networks take flat inputs",
+    ),
+    (
+        ["--plugin", "digits", "--reward", "neg-mse-minmax"],
+        "reward: reward function 'neg-mse-minmax' cannot be used in this run: it scales",
+    ),
+    (
+        ["--plugin", "sine", "--encoder", "prototypes"],
+        "encoder: state encoder 'prototypes' cannot be used in this run: the prototypes encoder needs image inputs",
+    ),
+    (
+        ["--plugin", "digits", "--baselines", "maml", "--set", "baselines.maml.shots=10"],
+        "baselines.maml: baseline 'maml' cannot be used in this run: K = 10 per class",
+    ),
 ]
 
 
@@ -291,8 +351,12 @@ def test_a_refusal_is_one_line_and_exit_2_from_the_command_line(argv, expected, 
 
 def test_a_calibration_refusal_ends_the_run_with_one_line_and_exit_2(tmp_path):
     out = tmp_path / "out"
-    result = cli("reml-run", *TINY, "--reward", "neg-mse-minmax", "--set", "train.calibration_episodes=1", "--out", str(out))
+    result = cli(
+        "reml-run", *TINY, "--reward", "neg-mse-minmax", "--set", "train.calibration_episodes=1", "--out", str(out)
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("reward: reward function 'neg-mse-minmax' cannot be used in this run: reward calibration needs at least two")
+    assert last.startswith(
+        "reward: reward function 'neg-mse-minmax' cannot be used in this run: reward calibration needs at least two"
+    )

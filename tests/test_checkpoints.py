@@ -19,9 +19,28 @@ BIN = Path(sys.executable).parent
 def finished_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
     result = subprocess.run(
-        [str(BIN / "reml-run"), "--plugin", "sine", "--preset", "smoke", "--out", str(out), "--set", "train.env_steps=600",
-         "--set", "train.checkpoint_every=300", "--set", "eval.test_tasks=5", "--set", "eval.curve_steps=3", "--set", "train.progress=false"],
-        capture_output=True, text=True, timeout=300,
+        [
+            str(BIN / "reml-run"),
+            "--plugin",
+            "sine",
+            "--preset",
+            "smoke",
+            "--out",
+            str(out),
+            "--set",
+            "train.env_steps=600",
+            "--set",
+            "train.checkpoint_every=300",
+            "--set",
+            "eval.test_tasks=5",
+            "--set",
+            "eval.curve_steps=3",
+            "--set",
+            "train.progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return out
@@ -36,13 +55,22 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 
 
 def _resume(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "reml-run"), "--resume", str(out), *extra], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(BIN / "reml-run"), "--resume", str(out), *extra], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_checkpoints_are_sealed_with_a_manifest(finished_run):
     for name in ("best", "final", latest_checkpoint(finished_run / "checkpoints").name):
         manifest = verify_checkpoint(finished_run / "checkpoints" / name)
-        assert {"pool.safetensors", "policy.safetensors", "policy.zip", "reward.json", "trainer.json", "config.json"} <= set(manifest["files"])
+        assert {
+            "pool.safetensors",
+            "policy.safetensors",
+            "policy.zip",
+            "reward.json",
+            "trainer.json",
+            "config.json",
+        } <= set(manifest["files"])
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest"])
@@ -64,8 +92,12 @@ def test_a_damaged_checkpoint_is_a_clear_error(finished_run, tmp_path, damage):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("reml-run: error: ") and "Traceback" not in result.stderr
-    expected = {"truncate": "pool.safetensors does not match its manifest", "flip": "pool.safetensors does not match its manifest",
-                "delete": "is missing pool.safetensors", "manifest": "manifest.json is damaged"}[damage]
+    expected = {
+        "truncate": "pool.safetensors does not match its manifest",
+        "flip": "pool.safetensors does not match its manifest",
+        "delete": "is missing pool.safetensors",
+        "manifest": "manifest.json is damaged",
+    }[damage]
     assert expected in lines[-1]
 
 
@@ -125,7 +157,10 @@ def _refused(run: Path, expected: str) -> None:
     ("edit", "expected"),
     [
         ({"seed": 7}, "seed (0 in the checkpoint, 7 now)"),
-        ({"plugin": "sine", "policy": {"name": "ppo-mlp-masked"}}, "policy.name ('ppo-mlp' in the checkpoint, 'ppo-mlp-masked' now)"),
+        (
+            {"plugin": "sine", "policy": {"name": "ppo-mlp-masked"}},
+            "policy.name ('ppo-mlp' in the checkpoint, 'ppo-mlp-masked' now)",
+        ),
         ({"pool": {"width": 32}}, "pool.width (40 in the checkpoint, 32 now)"),
         ({"env": {"write_back_rate": 0.5}}, "env.write_back_rate"),
         ({"eval": {"sgd_lr": 0.1}}, "eval.sgd_lr"),
@@ -149,7 +184,9 @@ def test_resume_accepts_a_longer_budget_and_settings_that_do_not_shape_training(
 
     run = _copy(finished_run, tmp_path)
     config = json.loads((run / "config.json").read_text())
-    changed = deep_merge(config, {"train": {"env_steps": 5000, "progress": True}, "eval": {"test_tasks": 7, "curve_tasks": 3}})
+    changed = deep_merge(
+        config, {"train": {"env_steps": 5000, "progress": True}, "eval": {"test_tasks": 7, "curve_tasks": 3}}
+    )
     (run / "config.json").write_text(json.dumps(changed))
     registry = PluginRegistry.discover(disabled=())
     check_resumable(load_resolved(run / "config.json", registry), run, registry)  # no error
@@ -157,8 +194,17 @@ def test_resume_accepts_a_longer_budget_and_settings_that_do_not_shape_training(
 
 @pytest.mark.parametrize(
     "damage",
-    ["empty-manifest", "manifest-without-pool", "unlisted-file", "latest-not-utf8", "latest-is-a-folder", "latest-names-nothing",
-     "trainer-types", "trainer-not-an-object", "reward-not-json"],
+    [
+        "empty-manifest",
+        "manifest-without-pool",
+        "unlisted-file",
+        "latest-not-utf8",
+        "latest-is-a-folder",
+        "latest-names-nothing",
+        "trainer-types",
+        "trainer-not-an-object",
+        "reward-not-json",
+    ],
 )
 def test_damaged_checkpoint_files_are_one_clear_error(finished_run, tmp_path, damage):
     run = _copy(finished_run, tmp_path)
@@ -222,5 +268,11 @@ def test_a_resume_discards_every_half_written_leftover_and_nothing_else(tmp_path
     removed = discard_partial_writes(out)
     assert {p.name for p in removed} == {".step-000000512.k9e29d5b", ".latest.sbrbp7rq.tmp", ".results.json.abc123.tmp"}
     remaining = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
-    assert remaining == [".reml.json", "checkpoints", "checkpoints/latest", "checkpoints/step-000000256",
-                         "checkpoints/step-000000256/pool.safetensors", "config.json"]
+    assert remaining == [
+        ".reml.json",
+        "checkpoints",
+        "checkpoints/latest",
+        "checkpoints/step-000000256",
+        "checkpoints/step-000000256/pool.safetensors",
+        "config.json",
+    ]

@@ -54,7 +54,9 @@ def test_the_documented_set_syntax_and_a_toml_table_give_the_same_choices(sine_r
     flag = parse_assignment("env.choose.finetune_sgd_lr=[0.003,0.01,0.03,0.1]")
     assert flag == {"env": {"choose": {"finetune_sgd_lr": [0.003, 0.01, 0.03, 0.1]}}}
     assert _resolve(sine_registry, **flag).core.env.choose == {"finetune_sgd_lr": [0.003, 0.01, 0.03, 0.1]}
-    toml = parse_config_text("[env.choose]\nfinetune_sgd_lr = [0.003, 0.01, 0.03, 0.1]\nfinetune_steps = [1, 10]\n", "toml")
+    toml = parse_config_text(
+        "[env.choose]\nfinetune_sgd_lr = [0.003, 0.01, 0.03, 0.1]\nfinetune_steps = [1, 10]\n", "toml"
+    )
     choose = _resolve(sine_registry, **toml).core.env.choose
     assert choose == {"finetune_sgd_lr": [0.003, 0.01, 0.03, 0.1], "finetune_steps": [1, 10]}
     assert all(isinstance(steps, int) for steps in choose["finetune_steps"])
@@ -66,7 +68,10 @@ def test_the_documented_set_syntax_and_a_toml_table_give_the_same_choices(sine_r
     ("choose", "expected"),
     [
         ({"finetune_sgd_lr": []}, "env.choose.finetune_sgd_lr: the list of candidate values is empty"),
-        ({"finetune_sgd_lr": [0.01, 0]}, "env.choose.finetune_sgd_lr: 0 is not a valid finetune_sgd_lr: Input should be greater than 0"),
+        (
+            {"finetune_sgd_lr": [0.01, 0]},
+            "env.choose.finetune_sgd_lr: 0 is not a valid finetune_sgd_lr: Input should be greater than 0",
+        ),
         ({"finetune_steps": [1, -1]}, "env.choose.finetune_steps: -1 is not a valid finetune_steps"),
         ({"finetune_steps": [1.5]}, "env.choose.finetune_steps: 1.5 is not a valid finetune_steps"),
         ({"inner_steps": [10**10]}, "env.choose.inner_steps: 10000000000 is not a valid inner_steps"),
@@ -76,8 +81,18 @@ def test_the_documented_set_syntax_and_a_toml_table_give_the_same_choices(sine_r
         ({"stop": [0, 1]}, "env.choose.stop: a stop choice (ending the network before env.depth) is not implemented"),
         ({"finetune_lr": [0.1], "finetune_sgd_lr": [0.2]}, "given twice"),
     ],
-    ids=["empty", "lr-zero", "steps-negative", "steps-fraction", "steps-too-many", "not-a-number", "scalar", "duplicate",
-         "stop", "two-names"],
+    ids=[
+        "empty",
+        "lr-zero",
+        "steps-negative",
+        "steps-fraction",
+        "steps-too-many",
+        "not-a-number",
+        "scalar",
+        "duplicate",
+        "stop",
+        "two-names",
+    ],
 )
 def test_a_bad_choice_is_one_clear_config_error_naming_the_key(sine_registry, choose, expected):
     lines = _errors(sine_registry, choose)
@@ -88,8 +103,10 @@ def test_an_unknown_name_is_refused_when_the_run_is_built_listing_what_can_be_ch
     components = make_components(env={"choose": {"dropout": [0.1, 0.2]}})
     with pytest.raises(ConfigError) as caught:
         components.make_env()
-    assert str(caught.value) == ("env.choose.dropout: no such hyperparameter to choose; choosable in this run: "
-                                 "finetune_sgd_lr, finetune_steps, inner_adam_lr, inner_steps")
+    assert str(caught.value) == (
+        "env.choose.dropout: no such hyperparameter to choose; choosable in this run: "
+        "finetune_sgd_lr, finetune_steps, inner_adam_lr, inner_steps"
+    )
 
 
 def test_the_cli_refuses_an_unknown_choice_in_one_line_before_writing_anything(tmp_path):
@@ -98,8 +115,14 @@ def test_the_cli_refuses_an_unknown_choice_in_one_line_before_writing_anything(t
     out = tmp_path / "run"
     result = cli("reml-run", *TINY, "--out", str(out), "--set", "env.choose.dropout=[0.1]")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].endswith("env.choose.dropout: no such hyperparameter to choose; choosable in "
-                                                           "this run: finetune_sgd_lr, finetune_steps, inner_adam_lr, inner_steps")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "env.choose.dropout: no such hyperparameter to choose; choosable in "
+            "this run: finetune_sgd_lr, finetune_steps, inner_adam_lr, inner_steps"
+        )
+    )
     assert "Traceback" not in result.stderr and not (out / "results.json").exists()
 
 
@@ -179,7 +202,11 @@ def test_the_chosen_values_drive_the_episodes_reward(make_components):
     assert end.choices == (("finetune_sgd_lr", 0.003), ("finetune_steps", 10))
     fixed = env.config.model_copy(update={"finetune_sgd_lr": 0.003, "finetune_steps": 10, "choose": {}})
     plain = EpisodeEnd(end.task, end.indices, end.shots, end.minibatch_seed)
-    kwargs = dict(loss_fn=env.task_sampler.loss, required=env.reward_function.required_losses | {"finetuned"}, write_back_rate=None)
+    kwargs = dict(
+        loss_fn=env.task_sampler.loss,
+        required=env.reward_function.required_losses | {"finetuned"},
+        write_back_rate=None,
+    )
     (expected,) = end_episodes(env.pool, [plain], config=fixed, **kwargs)
     (chosen,) = end_episodes(env.pool, [end], config=env.config, **kwargs)
     (default,) = end_episodes(env.pool, [plain], config=env.config, **kwargs)
@@ -212,11 +239,20 @@ def _ends(pool, count, seed, choose):
         for role in slot_roles(5):
             chosen.append(int(rng.choice([i for i, r in enumerate(pool.roles) if r == role and i not in chosen])))
         values = tuple((name, values[int(rng.integers(len(values)))]) for name, values in choose.items())
-        ends.append(EpisodeEnd(next(tasks), tuple(network_order(chosen)), int(rng.choice([5, 10])), int(rng.integers(2**62)), values))
+        ends.append(
+            EpisodeEnd(
+                next(tasks), tuple(network_order(chosen)), int(rng.choice([5, 10])), int(rng.integers(2**62)), values
+            )
+        )
     return ends
 
 
-CHOOSE = {"finetune_sgd_lr": [0.003, 0.03, 0.1], "finetune_steps": [1, 5], "inner_adam_lr": [0.002, 0.01], "inner_steps": [5, 30]}
+CHOOSE = {
+    "finetune_sgd_lr": [0.003, 0.03, 0.1],
+    "finetune_steps": [1, 5],
+    "inner_adam_lr": [0.002, 0.01],
+    "inner_steps": [5, 30],
+}
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -233,7 +269,10 @@ def test_batched_ends_with_chosen_values_equal_the_per_network_path(seed):
             bound = ADAM_REACH if name == "trained" else ROUNDING
             assert abs(ours.losses[name] - value) <= bound * max(1.0, abs(value)), (name, ours.losses[name], value)
     state = batched_pool.state_dict()
-    assert max(float((state[key] - value).abs().max()) for key, value in reference_pool.state_dict().items()) <= 0.3 * ADAM_REACH
+    assert (
+        max(float((state[key] - value).abs().max()) for key, value in reference_pool.state_dict().items())
+        <= 0.3 * ADAM_REACH
+    )
 
 
 def test_an_end_with_chosen_values_is_the_end_under_those_fixed_settings():
@@ -263,8 +302,13 @@ def test_the_protocol_update_adapts_at_each_networks_chosen_rate_and_steps_in_bo
     # each end's meta-loss is the one under its values as fixed settings
     for end, loss in zip(ends, single_losses):
         values = dict(end.choices)
-        fixed = ProtocolPoolUpdate(pool, EnvConfig(pool_update="protocol", finetune_sgd_lr=values["finetune_sgd_lr"],
-                                                   meta_steps=[values["finetune_steps"]]), _mse)
+        fixed = ProtocolPoolUpdate(
+            pool,
+            EnvConfig(
+                pool_update="protocol", finetune_sgd_lr=values["finetune_sgd_lr"], meta_steps=[values["finetune_steps"]]
+            ),
+            _mse,
+        )
         plain = EpisodeEnd(end.task, end.indices, end.shots, end.minibatch_seed)
         (expected,), _ = fixed.gradients([plain], [True], batched=False)
         assert loss == pytest.approx(expected, rel=1e-6)
@@ -292,25 +336,38 @@ def test_reml_hands_out_the_chosen_rate_and_steps_with_the_same_composition(make
     for ours, theirs in zip(network.parameters(), fixed.parameters()):
         assert torch.equal(ours, theirs)
     summary = method.choices_summary(components.task_sampler.descriptor_names)
-    assert summary["tasks"] == [{"task_id": task.task_id, "shots": 5, "descriptor": list(task.descriptor),
-                                 "values": {"finetune_sgd_lr": 0.1, "finetune_steps": 10}}]
+    assert summary["tasks"] == [
+        {
+            "task_id": task.task_id,
+            "shots": 5,
+            "descriptor": list(task.descriptor),
+            "values": {"finetune_sgd_lr": 0.1, "finetune_steps": 10},
+        }
+    ]
     entry = summary["summary"]["5"]["finetune_sgd_lr"]["0.1"]
     assert entry["count"] == 1 and entry["mean_descriptor"]["amplitude"] == pytest.approx(task.descriptor[0])
 
 
 def test_reml_without_adaptation_choices_does_not_adapt_its_own_way(make_components):
     plain = ReMLMethod(LastValid(), make_components(env={"depth": 4}).make_env(mode="evaluate"))
-    inner = ReMLMethod(LastValid(), make_components(env={"depth": 4, "choose": {"inner_steps": [5, 30]}}).make_env(mode="evaluate"))
+    inner = ReMLMethod(
+        LastValid(), make_components(env={"depth": 4, "choose": {"inner_steps": [5, 30]}}).make_env(mode="evaluate")
+    )
     for method in (plain, inner):
         assert type(method) is ReMLMethod and not isinstance(method, AdaptsItsOwnWay)
     assert plain.choices_summary() is None
 
 
 def test_the_summary_and_the_report_section_say_which_values_went_to_which_tasks():
-    records = [ChoiceRecord(f"t{i}", 5, (float(i), 0.0), {"finetune_sgd_lr": lr}) for i, lr in enumerate([0.01, 0.1, 0.1])]
+    records = [
+        ChoiceRecord(f"t{i}", 5, (float(i), 0.0), {"finetune_sgd_lr": lr}) for i, lr in enumerate([0.01, 0.1, 0.1])
+    ]
     summary = summarise(records, ("amplitude", "phase"))
-    assert summary["summary"]["5"]["finetune_sgd_lr"]["0.1"] == {"value": 0.1, "count": 2,
-                                                                "mean_descriptor": {"amplitude": 1.5, "phase": 0.0}}
+    assert summary["summary"]["5"]["finetune_sgd_lr"]["0.1"] == {
+        "value": 0.1,
+        "count": 2,
+        "mean_descriptor": {"amplitude": 1.5, "phase": 0.0},
+    }
     lines = report_section(summary)
     assert lines[0] == "## Hyperparameters the policy chose"
     assert "  - 0.1: 2 of 3 tasks (67%); mean amplitude 1.5, phase 0" in lines

@@ -60,11 +60,17 @@ class LastValid:
 def test_the_pools_declared_choice_is_a_step_of_the_episode_and_applied_to_the_trained_network(cubic_registry):
     components = _components(cubic_registry, {"activation": ["tanh", "relu"], "finetune_sgd_lr": [0.01, 0.1]})
     env = components.make_env()
-    assert [step.name for step in env.choice_steps] == ["finetune_sgd_lr", "activation"]  # built-in first, then the plugin's
+    assert [step.name for step in env.choice_steps] == [
+        "finetune_sgd_lr",
+        "activation",
+    ]  # built-in first, then the plugin's
     assert env.action_space.n == env.pool.size + 4
     written: list[nn.Module] = []
     write_back = env.pool.write_back
-    env.pool.write_back = lambda indices, network, rate=1.0: (written.append(network), write_back(indices, network, rate))
+    env.pool.write_back = lambda indices, network, rate=1.0: (
+        written.append(network),
+        write_back(indices, network, rate),
+    )
     env.reset(seed=0)
     for _ in range(env.depth + 1):
         env.step(int(np.flatnonzero(env.action_masks())[0]))
@@ -73,7 +79,9 @@ def test_the_pools_declared_choice_is_a_step_of_the_episode_and_applied_to_the_t
     assert terminated and info["choices"] == {"finetune_sgd_lr": 0.01, "activation": "relu"}
     assert len(written) == 1
     kinds = {type(module) for module in written[0]}
-    assert nn.ReLU in kinds and nn.Tanh not in kinds  # the network that trained and went back to the pool was a ReLU one
+    assert (
+        nn.ReLU in kinds and nn.Tanh not in kinds
+    )  # the network that trained and went back to the pool was a ReLU one
 
 
 def test_reml_applies_the_chosen_value_to_the_network_it_hands_out(cubic_registry):
@@ -81,7 +89,9 @@ def test_reml_applies_the_chosen_value_to_the_network_it_hands_out(cubic_registr
     method = ReMLMethod(LastValid(), components.make_env(mode="evaluate"))
     task = components.task_sampler.test_tasks(1)[0]
     network = method.network_for(task, 5)
-    assert any(isinstance(module, nn.ReLU) for module in network) and not any(isinstance(module, nn.Tanh) for module in network)
+    assert any(isinstance(module, nn.ReLU) for module in network) and not any(
+        isinstance(module, nn.Tanh) for module in network
+    )
     assert method.choices_summary()["tasks"][0]["values"] == {"activation": "relu"}
     assert not hasattr(method, "adapted_network_for")  # the activation is not an adaptation rate
 
@@ -90,8 +100,10 @@ def test_a_value_the_plugin_does_not_offer_is_refused_naming_the_key(cubic_regis
     components = _components(cubic_registry, {"activation": ["tanh", "gelu"]})
     with pytest.raises(ConfigError) as caught:
         components.make_env()
-    assert str(caught.value) == ("env.choose.activation: 'gelu' is not one of its values ['tanh', 'relu', 'sigmoid'] "
-                                 "(the activation between the network's layers)")
+    assert str(caught.value) == (
+        "env.choose.activation: 'gelu' is not one of its values ['tanh', 'relu', 'sigmoid'] "
+        "(the activation between the network's layers)"
+    )
 
 
 def test_a_run_on_another_pool_cannot_choose_it(cubic_registry):
@@ -107,24 +119,71 @@ def test_a_smoke_run_with_the_installed_plugins_choice_chooses_records_and_repor
     build = tmp_path / "src"
     shutil.copytree(SOURCE, build)
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-                    "--no-build-isolation", "--target", str(site), str(build)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(build),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     environ = {key: value for key, value in os.environ.items() if key != "REML_DISABLE_PLUGINS"}
-    environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
-                   REML_DISABLE_PLUGINS="example-broken")
+    environ.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+        REML_DISABLE_PLUGINS="example-broken",
+    )
     out = tmp_path / "run"
-    args = ["--plugin", "cubic", "--preset", "smoke", "--out", str(out), "--set", "env.choose.activation=[tanh,relu,sigmoid]",
-            "--set", "train.env_steps=400", "--set", "train.checkpoint_every=200", "--set", "train.validation_tasks=3",
-            "--set", "train.calibration_episodes=5", "--set", "train.progress=false", "--set", "train.n_envs=4",
-            "--set", "eval.test_tasks=6", "--set", "eval.curve_steps=3", "--set", "eval.curve_tasks=2",
-            "--set", "policy.n_steps=64", "--set", "policy.batch_size=64"]
+    args = [
+        "--plugin",
+        "cubic",
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        "--set",
+        "env.choose.activation=[tanh,relu,sigmoid]",
+        "--set",
+        "train.env_steps=400",
+        "--set",
+        "train.checkpoint_every=200",
+        "--set",
+        "train.validation_tasks=3",
+        "--set",
+        "train.calibration_episodes=5",
+        "--set",
+        "train.progress=false",
+        "--set",
+        "train.n_envs=4",
+        "--set",
+        "eval.test_tasks=6",
+        "--set",
+        "eval.curve_steps=3",
+        "--set",
+        "eval.curve_tasks=2",
+        "--set",
+        "policy.n_steps=64",
+        "--set",
+        "policy.batch_size=64",
+    ]
     result = subprocess.run([str(BIN / "reml-run"), *args], capture_output=True, text=True, env=environ, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     choices = results["choices"]["reml"]
     assert len(choices["tasks"]) == 6 * 2  # every test task at K = 5 and 10
-    assert all(set(record["values"]) == {"activation"} and record["values"]["activation"] in {"tanh", "relu", "sigmoid"}
-               for record in choices["tasks"])
+    assert all(
+        set(record["values"]) == {"activation"} and record["values"]["activation"] in {"tanh", "relu", "sigmoid"}
+        for record in choices["tasks"]
+    )
     for shots in ("5", "10"):
         counts = choices["summary"][shots]["activation"]
         assert sum(entry["count"] for entry in counts.values()) == 6

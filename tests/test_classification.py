@@ -19,9 +19,30 @@ from reml_core.results import cell_to_json, table_from_json
 from reml_core.reports import few_shot_tables
 
 BIN = Path(sys.executable).parent
-TINY = ["--plugin", "digits", "--preset", "smoke", "--set", "train.env_steps=256", "--set", "train.checkpoint_every=128",
-        "--set", "train.n_envs=8", "--set", "policy.n_steps=128", "--set", "train.validation_tasks=3",
-        "--set", "eval.test_tasks=6", "--set", "eval.curve_steps=3", "--set", "eval.curve_tasks=2", "--set", "train.progress=false"]
+TINY = [
+    "--plugin",
+    "digits",
+    "--preset",
+    "smoke",
+    "--set",
+    "train.env_steps=256",
+    "--set",
+    "train.checkpoint_every=128",
+    "--set",
+    "train.n_envs=8",
+    "--set",
+    "policy.n_steps=128",
+    "--set",
+    "train.validation_tasks=3",
+    "--set",
+    "eval.test_tasks=6",
+    "--set",
+    "eval.curve_steps=3",
+    "--set",
+    "eval.curve_tasks=2",
+    "--set",
+    "train.progress=false",
+]
 
 
 def _task(ways: int, labels_query: list[int]) -> Task:
@@ -59,7 +80,7 @@ def test_the_evaluator_reports_each_metric_with_mean_and_ci_beside_the_loss():
     evaluator = FewShotEvaluator(tasks, nn.functional.cross_entropy, shots=[1], steps=[0], lr=0.0, metrics_fn=_accuracy)
     cell = evaluator.few_shot(lambda task, shots: _Fixed(2))[1][0]
     mean, ci = cell.metrics["accuracy"]
-    assert mean == pytest.approx(0.5) and ci == pytest.approx(1.96 * torch.tensor([0.75, 0.25]).std().item() / 2 ** 0.5)
+    assert mean == pytest.approx(0.5) and ci == pytest.approx(1.96 * torch.tensor([0.75, 0.25]).std().item() / 2**0.5)
     data = cell_to_json(cell)
     assert data["accuracy_mean"] == pytest.approx(0.5) and data["mse_mean"] > 0
     without = FewShotEvaluator(tasks, nn.functional.cross_entropy, shots=[1], steps=[0], lr=0.0)
@@ -68,8 +89,12 @@ def test_the_evaluator_reports_each_metric_with_mean_and_ci_beside_the_loss():
 
 def test_accuracy_tables_bold_the_highest_and_loss_tables_the_lowest():
     methods = {
-        "a": {"1": {"0": {"mse_mean": 1.0, "mse_ci95": 0.1, "nan_tasks": 0, "accuracy_mean": 0.9, "accuracy_ci95": 0.01}}},
-        "b": {"1": {"0": {"mse_mean": 0.5, "mse_ci95": 0.1, "nan_tasks": 0, "accuracy_mean": 0.4, "accuracy_ci95": 0.01}}},
+        "a": {
+            "1": {"0": {"mse_mean": 1.0, "mse_ci95": 0.1, "nan_tasks": 0, "accuracy_mean": 0.9, "accuracy_ci95": 0.01}}
+        },
+        "b": {
+            "1": {"0": {"mse_mean": 0.5, "mse_ci95": 0.1, "nan_tasks": 0, "accuracy_mean": 0.4, "accuracy_ci95": 0.01}}
+        },
     }
     text = few_shot_tables({name: table_from_json(table) for name, table in methods.items()}, "cross-entropy")
     loss, accuracy = text.split("(query accuracy")
@@ -79,9 +104,21 @@ def test_accuracy_tables_bold_the_highest_and_loss_tables_the_lowest():
 
 def test_digits_bench_reports_accuracy_for_every_method_over_seeds(tmp_path):
     out = tmp_path / "bench"
-    result = subprocess.run([str(BIN / "reml-bench"), *TINY, "--seeds", "2",  # the family's baselines: maml, scratch, reference
-                             "--set", "baselines.maml.iterations=5", "--out", str(out)],
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [
+            str(BIN / "reml-bench"),
+            *TINY,
+            "--seeds",
+            "2",  # the family's baselines: maml, scratch, reference
+            "--set",
+            "baselines.maml.iterations=5",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {"reml", "maml", "scratch", "reference"}

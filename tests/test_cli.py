@@ -40,8 +40,43 @@ def test_reml_plugins_json_has_all_six_kinds():
 @pytest.mark.parametrize(
     ("module", "flags"),
     [
-        (run, ["--plugin", "--policy", "--encoder", "--pool", "--reward", "--preset", "--config", "--seed", "--set", "--out", "--force", "--resume"]),
-        (bench, ["--plugin", "--methods", "--policy", "--encoder", "--shots", "--steps", "--test-tasks", "--preset", "--seeds", "--from", "--out", "--config", "--seed", "--set", "--force"]),
+        (
+            run,
+            [
+                "--plugin",
+                "--policy",
+                "--encoder",
+                "--pool",
+                "--reward",
+                "--preset",
+                "--config",
+                "--seed",
+                "--set",
+                "--out",
+                "--force",
+                "--resume",
+            ],
+        ),
+        (
+            bench,
+            [
+                "--plugin",
+                "--methods",
+                "--policy",
+                "--encoder",
+                "--shots",
+                "--steps",
+                "--test-tasks",
+                "--preset",
+                "--seeds",
+                "--from",
+                "--out",
+                "--config",
+                "--seed",
+                "--set",
+                "--force",
+            ],
+        ),
     ],
 )
 def test_help_documents_every_option(module, flags, capsys):
@@ -82,7 +117,14 @@ def test_bench_list_flags_are_checked(capsys):
 def test_plugins_text_listing(capsys):
     assert plugins.main([]) == 0
     out = capsys.readouterr().out
-    for heading in ("task plugins", "state encoders", "layer pools", "reward functions", "policy backends", "baselines"):
+    for heading in (
+        "task plugins",
+        "state encoders",
+        "layer pools",
+        "reward functions",
+        "policy backends",
+        "baselines",
+    ):
         assert heading in out
 
 
@@ -112,18 +154,30 @@ def _with_full_stdout(tool: str, *args: str, tmp_path: Path) -> subprocess.Compl
         resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
 
     with open(tmp_path / "stdout", "w") as stdout:
-        return subprocess.run([str(BIN / tool), *args], stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=no_room)
+        return subprocess.run(
+            [str(BIN / tool), *args], stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=no_room
+        )
 
 
-@pytest.mark.parametrize(("tool", "args"), [
-    ("reml-plugins", []), ("reml-plugins", ["--json"]), ("reml-plugins", ["--show", "core"]), ("reml-plugins", ["--help"]),
-    ("reml-run", ["--help"]), ("reml-bench", ["--help"]), ("reml-sweep", ["--help"]),
-])
+@pytest.mark.parametrize(
+    ("tool", "args"),
+    [
+        ("reml-plugins", []),
+        ("reml-plugins", ["--json"]),
+        ("reml-plugins", ["--show", "core"]),
+        ("reml-plugins", ["--help"]),
+        ("reml-run", ["--help"]),
+        ("reml-bench", ["--help"]),
+        ("reml-sweep", ["--help"]),
+    ],
+)
 def test_standard_output_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, tool, args):
     result = _with_full_stdout(tool, *args, tmp_path=tmp_path)
     assert result.returncode == 2, result.stderr  # never a silent exit 0 (argparse's --help swallows the error)
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
-    assert result.stderr.strip().splitlines() == [f"{tool}: error: cannot write standard output: file too large; the output is incomplete"]
+    assert result.stderr.strip().splitlines() == [
+        f"{tool}: error: cannot write standard output: file too large; the output is incomplete"
+    ]
 
 
 def test_a_failed_write_is_one_line_whether_raised_swallowed_or_buffered(capsys, monkeypatch):
@@ -159,12 +213,17 @@ def test_a_failed_write_is_one_line_whether_raised_swallowed_or_buffered(capsys,
             pass
         return 0
 
-    for body, fail_on, reason in ((loud, "write", "input/output error"), (swallowing, "write", "input/output error"),
-                                  (loud, "flush", "no space left on device")):
+    for body, fail_on, reason in (
+        (loud, "write", "input/output error"),
+        (swallowing, "write", "input/output error"),
+        (loud, "flush", "no space left on device"),
+    ):
         stream = Full(fail_on)
         monkeypatch.setattr(sys, "stdout", stream)
         assert run_main("reml-test", body, []) == 2
-        assert capsys.readouterr().err.splitlines() == [f"reml-test: error: cannot write standard output: {reason}; the output is incomplete"]
+        assert capsys.readouterr().err.splitlines() == [
+            f"reml-test: error: cannot write standard output: {reason}; the output is incomplete"
+        ]
         assert sys.stdout is stream  # the caller's own stream is back in place
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     assert run_main("reml-test", loud, []) == 0 and sys.stdout.getvalue() == "a table\n"

@@ -33,13 +33,27 @@ def test_a_second_writer_is_refused_and_the_first_finishes_undisturbed(tmp_path)
             "resume": start("reml-run", "--resume", str(out)),
             "force": start("reml-run", *TINY, "--out", str(out), "--force"),
             "new run": start("reml-run", *TINY, "--out", str(out)),
-            "bench force": start("reml-bench", "--plugin", "sine", "--preset", "smoke", "--methods", "scratch", "--out", str(out), "--force"),
+            "bench force": start(
+                "reml-bench",
+                "--plugin",
+                "sine",
+                "--preset",
+                "smoke",
+                "--methods",
+                "scratch",
+                "--out",
+                str(out),
+                "--force",
+            ),
         }
         refusals = {what: (p, *p.communicate(timeout=120)) for what, p in contenders.items()}
         for what, (process, _, stderr) in refusals.items():
             lines = stderr.strip().splitlines()
             assert process.returncode == 2, (what, stderr[-2000:])
-            assert len(lines) == 1 and f"is in use by another REML process (PID {holder.pid})" in lines[0], (what, lines)
+            assert len(lines) == 1 and f"is in use by another REML process (PID {holder.pid})" in lines[0], (
+                what,
+                lines,
+            )
         assert holder.poll() is None, "the running process was disturbed"
         _, stderr = holder.communicate(timeout=300)
     finally:
@@ -48,7 +62,9 @@ def test_a_second_writer_is_refused_and_the_first_finishes_undisturbed(tmp_path)
     assert holder.returncode == 0, stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["training"]["resumes"] == 0 and results["training"]["env_steps"] >= 8000
-    assert all(math.isfinite(c["mse_mean"]) for t in results["methods"].values() for r in t.values() for c in r.values())
+    assert all(
+        math.isfinite(c["mse_mean"]) for t in results["methods"].values() for r in t.values() for c in r.values()
+    )
     steps = [record["timesteps"] for record in results["training"]["history"]]
     assert steps == sorted(set(steps)), "checkpoints of two processes were mixed"
 
@@ -83,7 +99,9 @@ def test_a_bench_folder_in_use_is_refused_too(tmp_path):
         # The holder is still writing (checkpoints appear and are pruned), so a snapshot of the whole
         # folder would race with it: compare what it wrote once and never touches again.
         stable = {name: (out / name).read_bytes() for name in ("config.json", ".reml.json")}
-        result = cli("reml-bench", "--plugin", "sine", "--preset", "smoke", "--methods", "scratch", "--out", str(out), "--force")
+        result = cli(
+            "reml-bench", "--plugin", "sine", "--preset", "smoke", "--methods", "scratch", "--out", str(out), "--force"
+        )
         assert result.returncode == 2 and f"PID {holder.pid}" in result.stderr, result.stderr[-2000:]
         assert {name: (out / name).read_bytes() for name in stable} == stable
         assert (out / "seed-0").is_dir()

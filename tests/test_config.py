@@ -17,7 +17,10 @@ def _problems(registry, user, **kwargs) -> list[str]:
 def test_the_task_plugin_recommends_every_component(toy_registry):
     config = resolve_config(toy_registry, {"plugin": "toy"})
     assert (config.encoder.name, config.pool.name, config.reward.name, config.policy.name) == (
-        "toy-encoder", "toy-pool", "toy-reward", "toy-policy",
+        "toy-encoder",
+        "toy-pool",
+        "toy-reward",
+        "toy-policy",
     )
     assert config.core.preset == "default" and config.core.seed == 0
     assert config.pool.config.hidden_layers == 6
@@ -39,7 +42,9 @@ def test_layers_model_defaults_then_preset_then_user(toy_registry):
 
 
 def test_resolved_config_round_trips(toy_registry):
-    config = resolve_config(toy_registry, {"plugin": "toy", "policy": "toy-policy-2", "seed": 4}, baselines=["toy-baseline"])
+    config = resolve_config(
+        toy_registry, {"plugin": "toy", "policy": "toy-policy-2", "seed": 4}, baselines=["toy-baseline"]
+    )
     data = config.to_dict()
     assert data["policy"] == {"name": "toy-policy-2", "learning_rate": 3e-4, "n_steps": 64}
     assert set(data["baselines"]) == {"toy-baseline"}
@@ -93,9 +98,16 @@ def test_toml_and_yaml_files(tmp_path):
     toml.write_text('plugin = "toy"\nseed = 3\npolicy = "toy-policy-2"\n[pool]\nwidth = 4\n')
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text("plugin: toy\nseed: 3\npolicy: toy-policy-2\npool:\n  width: 4\n")
-    assert load_config_file(toml) == load_config_file(yaml_file) == {
-        "plugin": "toy", "seed": 3, "policy": "toy-policy-2", "pool": {"width": 4},
-    }
+    assert (
+        load_config_file(toml)
+        == load_config_file(yaml_file)
+        == {
+            "plugin": "toy",
+            "seed": 3,
+            "policy": "toy-policy-2",
+            "pool": {"width": 4},
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -140,30 +152,44 @@ def test_the_rewards_fine_tuning_follows_the_evaluation_protocol_unless_set(inst
     """env.finetune_lr/steps (what a reward measures) cannot drift from eval.sgd_lr/steps (what is reported) silently."""
     follow = resolve_config(installed_registry, {"plugin": "sine", "eval": {"sgd_lr": 0.02, "steps": [0, 5]}})
     assert (follow.core.env.finetune_lr, follow.core.env.finetune_steps) == (0.02, 5)
-    own = resolve_config(installed_registry, {"plugin": "sine", "eval": {"sgd_lr": 0.02}, "env": {"finetune_lr": 0.05, "finetune_steps": 3}})
+    own = resolve_config(
+        installed_registry,
+        {"plugin": "sine", "eval": {"sgd_lr": 0.02}, "env": {"finetune_lr": 0.05, "finetune_steps": 3}},
+    )
     assert (own.core.env.finetune_lr, own.core.env.finetune_steps) == (0.05, 3)
     again = resolve_config(installed_registry, follow.to_dict())  # a run's config.json reads back to the same values
     assert again.core.env == follow.core.env
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("/data/omni #2", "/data/omni #2"),  # YAML would drop " #2" as a comment
-    ("#2", "#2"),  # ... and read this as null
-    ("[5, 10] # the usual", "[5, 10] # the usual"),
-    ("&anchor value", "&anchor value"),  # YAML would drop the anchor
-    ("!!str 5", "!!str 5"),  # ... or the tag
-    ("*.png", "*.png"),  # an alias YAML cannot resolve
-    ("note: hi", "note: hi"),  # not a one-key mapping
-    ("- a", "- a"),  # not a one-item list
-    ("1:30", "1:30"),  # not YAML 1.1's sexagesimal 90
-    ("2024-01-01", "2024-01-01"),  # not a date object
-    ("no", "no"),  # a word (pydantic reads yes/no/on/off for a bool setting itself)
-    ("line one\nline two", "line one\nline two"),  # not folded into one line
-    ("  padded  ", "padded"),
-    # what YAML reads as written is still read as YAML
-    ("0.001", 0.001), ("-3", -3), ("true", True), ("null", None), ("[5, 10]", [5, 10]), ("{a: 1, b: [2]}", {"a": 1, "b": [2]}),
-    ("a#b", "a#b"), ("'quoted # kept'", "quoted # kept"), ("ppo-lstm", "ppo-lstm"), ("", ""),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("/data/omni #2", "/data/omni #2"),  # YAML would drop " #2" as a comment
+        ("#2", "#2"),  # ... and read this as null
+        ("[5, 10] # the usual", "[5, 10] # the usual"),
+        ("&anchor value", "&anchor value"),  # YAML would drop the anchor
+        ("!!str 5", "!!str 5"),  # ... or the tag
+        ("*.png", "*.png"),  # an alias YAML cannot resolve
+        ("note: hi", "note: hi"),  # not a one-key mapping
+        ("- a", "- a"),  # not a one-item list
+        ("1:30", "1:30"),  # not YAML 1.1's sexagesimal 90
+        ("2024-01-01", "2024-01-01"),  # not a date object
+        ("no", "no"),  # a word (pydantic reads yes/no/on/off for a bool setting itself)
+        ("line one\nline two", "line one\nline two"),  # not folded into one line
+        ("  padded  ", "padded"),
+        # what YAML reads as written is still read as YAML
+        ("0.001", 0.001),
+        ("-3", -3),
+        ("true", True),
+        ("null", None),
+        ("[5, 10]", [5, 10]),
+        ("{a: 1, b: [2]}", {"a": 1, "b": [2]}),
+        ("a#b", "a#b"),
+        ("'quoted # kept'", "quoted # kept"),
+        ("ppo-lstm", "ppo-lstm"),
+        ("", ""),
+    ],
+)
 def test_a_set_value_is_never_silently_truncated_or_changed(raw, expected):
     assert parse_assignment(f"task.root={raw}") == {"task": {"root": expected}}
 
@@ -174,7 +200,9 @@ def test_a_yaml_config_file_that_gives_a_key_twice_is_refused(tmp_path):
     path.write_text("plugin: sine\nenv:\n  depth: 3\n  inner_lr: 0.01\n  depth: 5\n")
     with pytest.raises(ConfigError) as raised:
         load_config_file(path)
-    assert raised.value.problems == [f"--config: {path}: invalid YAML: the key 'depth' is given twice (line 5); YAML would keep only the last one"]
+    assert raised.value.problems == [
+        f"--config: {path}: invalid YAML: the key 'depth' is given twice (line 5); YAML would keep only the last one"
+    ]
     # a merge key (<<: *base) with keys overriding it is not a repeat
     path.write_text("base: &b {depth: 3, inner_lr: 0.01}\nenv:\n  <<: *b\n  depth: 5\n")
     assert load_config_file(path)["env"] == {"depth": 5, "inner_lr": 0.01}

@@ -13,15 +13,58 @@ from reml_core.config import parse_assignment, parse_config_text, resolve_config
 from reml_core.errors import ConfigError
 
 # Real keys mixed with noise, so the fuzzer reaches deep into every section's model.
-KEYS = st.sampled_from([
-    "plugin", "preset", "seed", "env", "train", "eval", "task", "encoder", "pool", "reward", "policy", "baselines",
-    "name", "depth", "inner_lr", "inner_steps", "shots", "steps", "test_tasks", "hidden_layers", "width", "loss_at",
-    "n_steps", "learning_rate", "net_arch", "support_points", "amplitude_low", "maml", "scratch", "iterations",
-    "sine", "oracle", "ppo-mlp", "dense", "neg-mse", "smoke", "full",
-]) | st.text(max_size=8)
-SCALARS = (st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=True, allow_infinity=True)
-           | st.text(max_size=12) | st.sampled_from(["sine", "oracle", "support-set", "ppo-lstm", "dense", "smoke", "full", "maml"]))
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=5), max_leaves=25)
+KEYS = st.sampled_from(
+    [
+        "plugin",
+        "preset",
+        "seed",
+        "env",
+        "train",
+        "eval",
+        "task",
+        "encoder",
+        "pool",
+        "reward",
+        "policy",
+        "baselines",
+        "name",
+        "depth",
+        "inner_lr",
+        "inner_steps",
+        "shots",
+        "steps",
+        "test_tasks",
+        "hidden_layers",
+        "width",
+        "loss_at",
+        "n_steps",
+        "learning_rate",
+        "net_arch",
+        "support_points",
+        "amplitude_low",
+        "maml",
+        "scratch",
+        "iterations",
+        "sine",
+        "oracle",
+        "ppo-mlp",
+        "dense",
+        "neg-mse",
+        "smoke",
+        "full",
+    ]
+) | st.text(max_size=8)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**12), 10**12)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+    | st.sampled_from(["sine", "oracle", "support-set", "ppo-lstm", "dense", "smoke", "full", "maml"])
+)
+VALUES = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=5), max_leaves=25
+)
 CONFIGS = st.dictionaries(KEYS, VALUES, max_size=8)
 
 
@@ -72,7 +115,9 @@ def test_any_set_assignment_is_a_dict_or_a_clean_error(text):
         assert len(error.problems) == 1
 
 
-@pytest.mark.parametrize("text", ["[" * 5000, "a: " + "[" * 3000, "x = " + "[" * 3000, "&a [*a]", "!!python/object:os.system {}"])
+@pytest.mark.parametrize(
+    "text", ["[" * 5000, "a: " + "[" * 3000, "x = " + "[" * 3000, "&a [*a]", "!!python/object:os.system {}"]
+)
 def test_pathological_documents(text):
     for fmt in ("yaml", "toml"):
         try:

@@ -28,7 +28,9 @@ from reml_core.settings import EnvConfig
 from reml_plugins.conv.pool import BatchedConvNetwork, ConvLayerPool, ConvPoolConfig, pooling_plan
 from reml_plugins.digits.sampler import DigitsConfig, DigitsTaskSampler
 
-pytestmark = pytest.mark.numerics  # compares floats to rounding: also run under other CPU dispatches (make test-dispatch)
+pytestmark = (
+    pytest.mark.numerics
+)  # compares floats to rounding: also run under other CPU dispatches (make test-dispatch)
 
 ROW_RTOL, ROW_ATOL = 1e-5, 1e-6
 RTOL, ATOL = 1e-4, 1e-6
@@ -66,7 +68,10 @@ def _compositions(pool: ConvLayerPool, count: int, seed: int, depth: int = 4) ->
 def _ends(pool: ConvLayerPool, count: int, seed: int, depth: int = 4) -> list[EpisodeEnd]:
     tasks = _sampler().train_stream(seed)
     rng = np.random.default_rng(seed + 1000)
-    return [EpisodeEnd(next(tasks), tuple(indices), int(rng.choice([1, 3])), 0) for indices in _compositions(pool, count, seed, depth)]
+    return [
+        EpisodeEnd(next(tasks), tuple(indices), int(rng.choice([1, 3])), 0)
+        for indices in _compositions(pool, count, seed, depth)
+    ]
 
 
 def _close(actual, expected, rtol=RTOL, atol=ATOL) -> None:
@@ -81,7 +86,12 @@ def test_the_conv_pool_has_the_batched_and_meta_gradient_capabilities():
     pool = _pool()
     assert isinstance(pool, BatchedLayerPool) and isinstance(pool, MetaGradientLayerPool)
     assert [tuple(t.shape) for t in pool.parameters()] == [
-        (2, 4, 1, 3, 3), (3, 4, 4, 3, 3), (2, 3, 4), (2, 4), (3, 4), (2, 3)
+        (2, 4, 1, 3, 3),
+        (3, 4, 4, 3, 3),
+        (2, 3, 4),
+        (2, 4),
+        (3, 4),
+        (2, 3),
     ]
     assert all(a is b for a, b in zip(pool.parameters(), pool.parameters()))  # the same objects every call
 
@@ -149,7 +159,9 @@ def test_batched_sgd_fine_tuning_equals_the_single_networks():
     task = next(_sampler().train_stream(6))
     x, y = task.support(3)
     batched = pool.build_batch(compositions)
-    ok = finetune_sgd_batch(batched, x.expand(3, *x.shape), y.expand(3, *y.shape), batched_loss(F.cross_entropy), steps=3, lr=LR)
+    ok = finetune_sgd_batch(
+        batched, x.expand(3, *x.shape), y.expand(3, *y.shape), batched_loss(F.cross_entropy), steps=3, lr=LR
+    )
     assert ok.all()
     for row, indices in enumerate(compositions):
         single = pool.build(indices)
@@ -206,7 +218,9 @@ def test_build_batch_is_a_differentiable_gather_while_the_pool_requires_gradient
 def _reference_gradients(pool: ConvLayerPool, ends, *, lr: float, steps: list[int]):
     """The gradient of the mean meta-loss for every pool tensor, with torch.func transforms and plain conv ops."""
     roles = list(pool.weights)
-    start = {f"w.{r.value}": pool.weights[r].clone() for r in roles} | {f"b.{r.value}": pool.biases[r].clone() for r in roles}
+    start = {f"w.{r.value}": pool.weights[r].clone() for r in roles} | {
+        f"b.{r.value}": pool.biases[r].clone() for r in roles
+    }
     norm = pool.config.norm == "task"
 
     def forward(flat, x):
@@ -267,7 +281,9 @@ def test_batched_conv_update_equals_one_network_at_a_time_after_several_updates(
     updates = [ProtocolPoolUpdate(pool, _config(meta_steps=[1, 3]), F.cross_entropy) for pool in pools]
     for round_ in range(3):
         ends = _ends(pools[0], 6, seed=20 + round_)
-        results = [update.apply(ends, [True] * len(ends), batched=batched) for update, batched in zip(updates, (True, False))]
+        results = [
+            update.apply(ends, [True] * len(ends), batched=batched) for update, batched in zip(updates, (True, False))
+        ]
         _close([torch.tensor(results[0])], [torch.tensor(results[1])])
     _close(pools[0].parameters(), pools[1].parameters())
     assert not torch.equal(pools[0].weights[Role.HIDDEN], _pool(seed=12).weights[Role.HIDDEN])
@@ -283,9 +299,18 @@ def test_conv_episode_ends_batched_equal_per_network_under_both_rules():
         outcomes = []
         for pool, batched in zip(pools, (True, False)):
             update = ProtocolPoolUpdate(pool, settings, F.cross_entropy) if rule == "protocol" else None
-            outcomes.append(end_episodes(pool, ends, loss_fn=F.cross_entropy, config=settings,
-                                         required=frozenset({"composed", "finetuned"}), write_back_rate=0.5,
-                                         batched=batched, pool_update=update))
+            outcomes.append(
+                end_episodes(
+                    pool,
+                    ends,
+                    loss_fn=F.cross_entropy,
+                    config=settings,
+                    required=frozenset({"composed", "finetuned"}),
+                    write_back_rate=0.5,
+                    batched=batched,
+                    pool_update=update,
+                )
+            )
         for a, b in zip(*outcomes):
             assert not a.fault and not b.fault and set(a.losses) == set(b.losses)
             for name in a.losses:
@@ -306,15 +331,26 @@ def test_a_tiny_digits_run_trains_the_conv_pool_by_the_protocol_update(tmp_path)
     from reml_core.registry import PluginRegistry
 
     registry = PluginRegistry.discover(disabled=())
-    config = resolve_config(registry, {
-        "plugin": "digits", "preset": "smoke",
-        "env": {"pool_update": "protocol", "meta_steps": [1]},
-        "pool": {"input_layers": 2, "hidden_layers": 3, "output_layers": 2, "channels": 4},
-        "train": {"env_steps": 128, "checkpoint_every": 128, "validation_tasks": 2, "calibration_episodes": 4, "progress": False,
-                  "n_envs": 4},  # 32 steps per env: several episodes end, each step of them one update of the pool
-        "eval": {"test_tasks": 2, "steps": [0, 1], "curve_steps": 0},
-        "policy": {"n_steps": 64, "batch_size": 32},
-    }, baselines=[])
+    config = resolve_config(
+        registry,
+        {
+            "plugin": "digits",
+            "preset": "smoke",
+            "env": {"pool_update": "protocol", "meta_steps": [1]},
+            "pool": {"input_layers": 2, "hidden_layers": 3, "output_layers": 2, "channels": 4},
+            "train": {
+                "env_steps": 128,
+                "checkpoint_every": 128,
+                "validation_tasks": 2,
+                "calibration_episodes": 4,
+                "progress": False,
+                "n_envs": 4,
+            },  # 32 steps per env: several episodes end, each step of them one update of the pool
+            "eval": {"test_tasks": 2, "steps": [0, 1], "curve_steps": 0},
+            "policy": {"n_steps": 64, "batch_size": 32},
+        },
+        baselines=[],
+    )
     results = run_experiment(config, tmp_path).to_json()
     assert results["config"]["env"]["pool_update"] == "protocol"
     for k in ("1", "5"):

@@ -12,7 +12,9 @@ from reml_core.interfaces import BuildContext, LayerPool, Role, TaskContext
 from reml_core.specs import LayerPoolSpec
 from reml_plugins.conv.pool import ConvComposedNetwork, ConvLayerPool, ConvPoolConfig, build_conv_pool, pooling_plan
 
-pytestmark = pytest.mark.numerics  # compares floats exactly or to rounding: also run under other CPU dispatches (make test-dispatch)
+pytestmark = (
+    pytest.mark.numerics
+)  # compares floats exactly or to rounding: also run under other CPU dispatches (make test-dispatch)
 
 DIGITS = (1, 8, 8)
 OMNIGLOT = (1, 28, 28)
@@ -46,7 +48,9 @@ def pool() -> ConvLayerPool:
 def test_roles_size_and_protocol(pool):
     assert pool.size == 9
     assert pool.roles == [Role.INPUT] * 2 + [Role.HIDDEN] * 5 + [Role.OUTPUT] * 2
-    assert pool.locate(0) == (Role.INPUT, 0) and pool.locate(4) == (Role.HIDDEN, 2) and pool.locate(8) == (Role.OUTPUT, 1)
+    assert (
+        pool.locate(0) == (Role.INPUT, 0) and pool.locate(4) == (Role.HIDDEN, 2) and pool.locate(8) == (Role.OUTPUT, 1)
+    )
     with pytest.raises(IndexError):
         pool.locate(9)
     assert isinstance(pool, LayerPool)
@@ -146,10 +150,19 @@ def test_write_back_rate_one_replaces_and_half_blends(pool):
     state = pool.state_dict()
     for slot, (key, local) in enumerate([("input", 1), ("hidden", 1), ("hidden", 3), ("output", 1)]):
         for kind in ("weight", "bias"):
-            before, after = original[f"{key}.{kind}"][local], trained[f"{'biases' if kind == 'bias' else 'weights'}.{slot}"]
+            before, after = (
+                original[f"{key}.{kind}"][local],
+                trained[f"{'biases' if kind == 'bias' else 'weights'}.{slot}"],
+            )
             assert torch.equal(state[f"{key}.{kind}"][local], torch.lerp(before, after, 0.5))
             torch.testing.assert_close(state[f"{key}.{kind}"][local], before + 0.5 * (after - before))
-    untouched = [("input.weight", 0), ("hidden.weight", 0), ("hidden.weight", 2), ("hidden.bias", 4), ("output.weight", 0)]
+    untouched = [
+        ("input.weight", 0),
+        ("hidden.weight", 0),
+        ("hidden.weight", 2),
+        ("hidden.bias", 4),
+        ("output.weight", 0),
+    ]
     assert all(torch.equal(state[key][i], original[key][i]) for key, i in untouched)
     pool.write_back(indices, network, rate=1.0)
     state = pool.state_dict()
@@ -223,7 +236,13 @@ def test_diagnostics_keys_ranges_and_dead_layers(norm):
     pool = make_pool(norm=norm, input_layers=4)
     probe = torch.rand(20, *DIGITS)
     stats = pool.diagnostics(probe)
-    assert set(stats) == {"dead_input_units", "dead_hidden_units", "weight_norm_input", "weight_norm_hidden", "weight_norm_output"}
+    assert set(stats) == {
+        "dead_input_units",
+        "dead_hidden_units",
+        "weight_norm_input",
+        "weight_norm_hidden",
+        "weight_norm_output",
+    }
     assert all(isinstance(v, float) for v in stats.values())
     assert 0 <= stats["dead_input_units"] <= 1 and 0 <= stats["dead_hidden_units"] <= 1
     assert all(stats[f"weight_norm_{role}"] > 0 for role in ("input", "hidden", "output"))
@@ -245,15 +264,24 @@ def test_diagnostics_keys_ranges_and_dead_layers(norm):
 
 
 def test_config_limits_refuse_absurd_sizes():
-    for bad in ({"channels": 0}, {"channels": 10**6}, {"hidden_layers": 10**6}, {"input_layers": 0},
-                {"min_spatial": 0}, {"norm": "batch"}, {"widht": 3}):
+    for bad in (
+        {"channels": 0},
+        {"channels": 10**6},
+        {"hidden_layers": 10**6},
+        {"input_layers": 0},
+        {"min_spatial": 0},
+        {"norm": "batch"},
+        {"widht": 3},
+    ):
         with pytest.raises(ValidationError):
             ConvPoolConfig(**bad)
     with pytest.raises(ValidationError, match="parameters"):
         ConvPoolConfig(hidden_layers=1000, channels=1024)
     with pytest.raises(ValueError, match="parameters"):  # too big only once the real channels and classes are known
-        build_conv_pool(ConvPoolConfig(output_layers=1000, channels=1024, hidden_layers=1, input_layers=1),
-                        TaskContext(seed=0, task_sampler=FakeSampler(DIGITS, 10_000)))
+        build_conv_pool(
+            ConvPoolConfig(output_layers=1000, channels=1024, hidden_layers=1, input_layers=1),
+            TaskContext(seed=0, task_sampler=FakeSampler(DIGITS, 10_000)),
+        )
 
 
 def test_check_pool_fits(pool):
@@ -290,7 +318,9 @@ def test_core_inner_loop_trains_it_with_integer_targets():
     x, y = torch.randn(12, *DIGITS), torch.arange(3).repeat(4)
     network = pool.build(indices_for(pool, 3))
     before = evaluate_loss(network, x, y, F.cross_entropy)
-    assert train_adam(network, x, y, F.cross_entropy, steps=10, lr=0.01, batch_size=6, generator=torch.Generator().manual_seed(0))
+    assert train_adam(
+        network, x, y, F.cross_entropy, steps=10, lr=0.01, batch_size=6, generator=torch.Generator().manual_seed(0)
+    )
     assert finetune_sgd(network, x[:3], y[:3], F.cross_entropy, steps=2, lr=0.01)
     assert evaluate_loss(network, x, y, F.cross_entropy) < before
     pool.write_back(indices_for(pool, 3), network, rate=0.1)
@@ -316,8 +346,18 @@ def test_core_episode_end_trains_measures_and_writes_back_a_classifier(batched):
     pool = make_pool(seed=5)
     assert isinstance(pool, BatchedLayerPool)
     labels = torch.arange(3).repeat(4)
-    task = Task("t0", "train", (0.0,), torch.randn(12, *DIGITS), labels, torch.randn(12, *DIGITS), labels,
-                torch.randn(6, *DIGITS), torch.arange(3).repeat(2), ways=3)
+    task = Task(
+        "t0",
+        "train",
+        (0.0,),
+        torch.randn(12, *DIGITS),
+        labels,
+        torch.randn(12, *DIGITS),
+        labels,
+        torch.randn(6, *DIGITS),
+        torch.arange(3).repeat(2),
+        ways=3,
+    )
     indices = tuple(indices_for(pool, 4))
     x, y = task.support(2)
     ((loss, scale),) = measure_networks(pool, [MeasureRequest(indices, x, y)], F.cross_entropy)
@@ -325,8 +365,15 @@ def test_core_episode_end_trains_measures_and_writes_back_a_classifier(batched):
     before = pool.state_dict()
     config = EnvConfig(depth=4, inner_steps=3, inner_batch=6, finetune_steps=2, shots=[2])
     ends = [EpisodeEnd(task, indices, 2, 11), EpisodeEnd(task, indices, 2, 12)]
-    outcomes = end_episodes(pool, ends, loss_fn=F.cross_entropy, config=config,
-                            required=frozenset({"composed", "finetuned", "trained"}), write_back_rate=0.5, batched=batched)
+    outcomes = end_episodes(
+        pool,
+        ends,
+        loss_fn=F.cross_entropy,
+        config=config,
+        required=frozenset({"composed", "finetuned", "trained"}),
+        write_back_rate=0.5,
+        batched=batched,
+    )
     assert all(not o.fault and set(o.losses) == {"composed", "finetuned", "trained"} for o in outcomes)
     after = pool.state_dict()
     assert not torch.equal(after["input.weight"][0], before["input.weight"][0])

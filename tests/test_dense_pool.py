@@ -9,18 +9,25 @@ from reml_core.interfaces import Role, TaskContext
 from reml_plugins.dense.pool import DenseLayerPool, DensePoolConfig
 from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
 
-pytestmark = pytest.mark.numerics  # compares floats exactly or to rounding: also run under other CPU dispatches (make test-dispatch)
+pytestmark = (
+    pytest.mark.numerics
+)  # compares floats exactly or to rounding: also run under other CPU dispatches (make test-dispatch)
 
 
 @pytest.fixture
 def pool() -> DenseLayerPool:
-    return DenseLayerPool(DensePoolConfig(input_layers=2, hidden_layers=4, output_layers=2, width=8), TaskContext(seed=0, task_sampler=SineTaskSampler(SineConfig())))
+    return DenseLayerPool(
+        DensePoolConfig(input_layers=2, hidden_layers=4, output_layers=2, width=8),
+        TaskContext(seed=0, task_sampler=SineTaskSampler(SineConfig())),
+    )
 
 
 def test_roles_are_known_per_index(pool):
     assert pool.size == 8
     assert pool.roles == [Role.INPUT] * 2 + [Role.HIDDEN] * 4 + [Role.OUTPUT] * 2
-    assert pool.locate(0) == (Role.INPUT, 0) and pool.locate(5) == (Role.HIDDEN, 3) and pool.locate(7) == (Role.OUTPUT, 1)
+    assert (
+        pool.locate(0) == (Role.INPUT, 0) and pool.locate(5) == (Role.HIDDEN, 3) and pool.locate(7) == (Role.OUTPUT, 1)
+    )
     with pytest.raises(IndexError):
         pool.locate(8)
 
@@ -69,7 +76,10 @@ def test_state_round_trip_and_rejects_damaged_state(pool):
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_hand_written_gradients_match_autograd(activation):
-    pool = DenseLayerPool(DensePoolConfig(input_layers=1, hidden_layers=3, output_layers=1, width=16, activation=activation), TaskContext(seed=3, task_sampler=SineTaskSampler(SineConfig())))
+    pool = DenseLayerPool(
+        DensePoolConfig(input_layers=1, hidden_layers=3, output_layers=1, width=16, activation=activation),
+        TaskContext(seed=3, task_sampler=SineTaskSampler(SineConfig())),
+    )
     network = pool.build([0, 1, 2, 3, 4])
     params = list(network.parameters())
     x = torch.rand(50, 1) * 10 - 5
@@ -89,7 +99,13 @@ def test_hand_written_gradients_match_autograd(activation):
 def test_diagnostics_report_dead_units_and_norms(pool):
     probe = torch.linspace(-5, 5, 101).unsqueeze(1)
     stats = pool.diagnostics(probe)
-    assert set(stats) == {"dead_input_units", "dead_hidden_units", "weight_norm_input", "weight_norm_hidden", "weight_norm_output"}
+    assert set(stats) == {
+        "dead_input_units",
+        "dead_hidden_units",
+        "weight_norm_input",
+        "weight_norm_hidden",
+        "weight_norm_output",
+    }
     assert 0 <= stats["dead_input_units"] <= 1 and 0 <= stats["dead_hidden_units"] <= 1
     with torch.no_grad():
         pool.biases[Role.INPUT].fill_(-1e3)  # every input unit now negative everywhere

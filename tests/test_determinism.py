@@ -18,8 +18,22 @@ import pytest
 pytestmark = pytest.mark.numerics
 
 BIN = Path(sys.executable).parent
-SHORT = ["--plugin", "sine", "--preset", "smoke", "--set", "train.env_steps=1024", "--set", "train.checkpoint_every=512",
-         "--set", "eval.test_tasks=20", "--set", "eval.curve_steps=20", "--set", "train.progress=false"]
+SHORT = [
+    "--plugin",
+    "sine",
+    "--preset",
+    "smoke",
+    "--set",
+    "train.env_steps=1024",
+    "--set",
+    "train.checkpoint_every=512",
+    "--set",
+    "eval.test_tasks=20",
+    "--set",
+    "eval.curve_steps=20",
+    "--set",
+    "train.progress=false",
+]
 
 
 def _numbers(out: Path) -> dict:
@@ -28,7 +42,9 @@ def _numbers(out: Path) -> dict:
 
 
 def _run(out: Path, *extra: str) -> dict:
-    result = subprocess.run([str(BIN / "reml-run"), *SHORT, "--out", str(out), *extra], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(BIN / "reml-run"), *SHORT, "--out", str(out), *extra], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return _numbers(out)
 

@@ -36,7 +36,9 @@ def _refused(main, argv, capsys, out) -> str:
 
 @pytest.mark.parametrize("name", ["gpu", "CUDA", "cuda:x", "cuda:", "", "cuda:1:2", "tpu:0"])
 def test_a_device_name_that_is_no_device_is_refused_before_anything_is_written(name, tmp_path, capsys):
-    err = _refused(run.main, ["--plugin", "sine", "--preset", "smoke", "--set", f"train.device={name}"], capsys, tmp_path / "out")
+    err = _refused(
+        run.main, ["--plugin", "sine", "--preset", "smoke", "--set", f"train.device={name}"], capsys, tmp_path / "out"
+    )
     assert err.startswith("train.device:")
     # `cuda:` reads as a YAML mapping, so it is refused as "not a string"; every other spelling gets the fix.
     assert "'cpu', 'cuda' or 'cuda:N'" in err or (name == "cuda:" and "valid string" in err), err
@@ -53,14 +55,18 @@ def _missing_devices() -> list[str]:
 @pytest.mark.parametrize("plugin", ["sine", "digits"])
 def test_a_device_this_machine_lacks_is_refused_naming_it(main, plugin, tmp_path, capsys):
     for name in _missing_devices():
-        err = _refused(main, ["--plugin", plugin, "--preset", "smoke", "--set", f"train.device={name}"], capsys, tmp_path / "out")
+        err = _refused(
+            main, ["--plugin", plugin, "--preset", "smoke", "--set", f"train.device={name}"], capsys, tmp_path / "out"
+        )
         assert err.startswith("train.device:") and f"{name!r} was asked for" in err, err
 
 
 def test_the_cpu_is_always_there_and_cuda_only_when_torch_sees_it():
     assert resolve_device("cpu") == CPU
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="train.device: 'cuda' was asked for but this machine has no usable CUDA device"):
+        with pytest.raises(
+            ConfigError, match="train.device: 'cuda' was asked for but this machine has no usable CUDA device"
+        ):
             resolve_device("cuda")
 
 
@@ -85,7 +91,9 @@ def _on(tensors, device: torch.device) -> bool:
 @pytest.mark.parametrize("plugin", ["sine", "digits"])
 def test_the_run_s_device_reaches_the_pool_its_networks_and_every_baseline(plugin, on_meta):
     registry = PluginRegistry.discover(disabled=())
-    config = resolve_config(registry, {"plugin": plugin, "preset": "smoke", "train": {"device": "cuda:0"}}, baselines=["maml", "scratch"])
+    config = resolve_config(
+        registry, {"plugin": plugin, "preset": "smoke", "train": {"device": "cuda:0"}}, baselines=["maml", "scratch"]
+    )
     components = experiment.build_components(config)
     assert on_meta == ["cuda:0"] and components.context.device == "meta"
 
@@ -124,7 +132,11 @@ def test_task_on_moves_every_split_and_keeps_a_task_already_there(make_component
     task = make_components().task_sampler.test_tasks(1)[0]
     assert task_on(task, CPU) is task
     moved = task_on(task, META)
-    tensors = [getattr(moved, field.name) for field in dataclasses.fields(moved) if isinstance(getattr(moved, field.name), torch.Tensor)]
+    tensors = [
+        getattr(moved, field.name)
+        for field in dataclasses.fields(moved)
+        if isinstance(getattr(moved, field.name), torch.Tensor)
+    ]
     assert len(tensors) == 6 and _on(tensors, META)
     assert (moved.task_id, moved.descriptor, moved.ways) == (task.task_id, task.descriptor, task.ways)
 
@@ -149,6 +161,7 @@ def test_the_core_moves_each_task_to_its_network_s_device_to_train_and_measure_i
         def moved(task, device):
             calls.append((where, device))
             return task_on(task, device)
+
         return moved
 
     monkeypatch.setattr(batched, "task_on", spy("env"))
@@ -160,7 +173,15 @@ def test_the_core_moves_each_task_to_its_network_s_device_to_train_and_measure_i
     config = components.config.core.env
     for stacked in (True, False):
         calls.clear()
-        end_episodes(pool, ends, loss_fn=sampler.loss, config=config, required=frozenset({"trained"}), write_back_rate=None, batched=stacked)
+        end_episodes(
+            pool,
+            ends,
+            loss_fn=sampler.loss,
+            config=config,
+            required=frozenset({"trained"}),
+            write_back_rate=None,
+            batched=stacked,
+        )
         assert calls == [("env", CPU)] * len(ends)
     calls.clear()
     evaluator = FewShotEvaluator(tasks, sampler.loss, shots=[5], steps=[0, 1], lr=0.01, curve_steps=2, curve_tasks=2)

@@ -97,7 +97,11 @@ def test_tasks_are_well_formed(sampler):
     assert sampler.descriptor_low == (0.0,) * 5 and sampler.descriptor_high == (39.0,) * 5
     for task in [*_take(sampler.train_stream(3), 20), *sampler.validation_tasks(20), *sampler.test_tasks(20)]:
         assert task.ways == 5 and len(task.descriptor) == 5 and len(set(task.descriptor)) == 5
-        for x, y, per_class in ((task.x_train, task.y_train, 10), (task.x_support, task.y_support, 5), (task.x_query, task.y_query, 15)):
+        for x, y, per_class in (
+            (task.x_train, task.y_train, 10),
+            (task.x_support, task.y_support, 5),
+            (task.x_query, task.y_query, 15),
+        ):
             assert x.shape == (5 * per_class, 1, 8, 8) and x.dtype == torch.float32
             assert y.shape == (5 * per_class,) and y.dtype == torch.int64
             assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
@@ -161,7 +165,11 @@ def test_validation_and_test_tasks_differ(sampler):
 def test_other_sizes():
     s = DigitsTaskSampler(DigitsConfig(ways=8, support_shots=3, train_per_class=4, query_per_class=2))
     task = next(s.train_stream(0))
-    assert task.x_train.shape == (32, 1, 8, 8) and task.x_support.shape == (24, 1, 8, 8) and task.x_query.shape == (16, 1, 8, 8)
+    assert (
+        task.x_train.shape == (32, 1, 8, 8)
+        and task.x_support.shape == (24, 1, 8, 8)
+        and task.x_query.shape == (16, 1, 8, 8)
+    )
     assert s.train_points == 32 and s.max_shots == 3 and s.output_size == 8 and len(s.descriptor_names) == 8
     assert torch.bincount(task.support(2)[1]).tolist() == [2] * 8
     big = DigitsConfig(ways=2, support_shots=24, train_per_class=100, query_per_class=MIN_DIGIT_IMAGES - 124)
@@ -180,7 +188,10 @@ def test_other_sizes():
         ({"ways": 3, "rotations": False}, "ways = 3 does not fit the class split 6/2/2"),
         ({"rotations": False}, "at most 2 ways"),
         ({"ways": 1}, "greater than or equal to 2"),
-        ({"train_per_class": 100, "support_shots": 50, "query_per_class": 25}, "175 distinct images per class, but the rarest digit has only 174"),
+        (
+            {"train_per_class": 100, "support_shots": 50, "query_per_class": 25},
+            "175 distinct images per class, but the rarest digit has only 174",
+        ),
         ({"support_shots": 0}, "greater than or equal to 1"),
         ({"query_per_class": 500}, "less than or equal to 174"),
         ({"split_seed": -1}, "greater than or equal to 0"),
@@ -274,8 +285,15 @@ def test_the_record_recommends_prototypes_and_conv_and_presets_fit_k():
     (spec,) = digits_plugin.reml_task_samplers()
     assert spec.name == "digits" and spec.config_model is DigitsConfig and "\n" not in spec.description
     assert (spec.recommended.encoder, spec.recommended.pool, spec.recommended.reward, spec.recommended.policy) == (
-        "prototypes", "conv", "neg-mse", "ppo-mlp")
-    assert spec.recommended.baselines == ("maml", "scratch", "reference") and spec.recommended.run_baselines == ("scratch", "reference")
+        "prototypes",
+        "conv",
+        "neg-mse",
+        "ppo-mlp",
+    )
+    assert spec.recommended.baselines == ("maml", "scratch", "reference") and spec.recommended.run_baselines == (
+        "scratch",
+        "reference",
+    )
     for preset in ("smoke", "default", "full"):
         values = spec.experiment_presets[preset]
         assert values["env"]["shots"] == [1, 5] and values["eval"]["shots"] == [1, 5]
@@ -326,8 +344,14 @@ def test_prototypes_encoder_reads_only_the_k_shot_support_set(sampler):
     x_support = task.x_support.clone()
     x_support[ways * k :] = other.x_support[ways * k :]  # support images beyond the K-shot set
     changed = dataclasses.replace(
-        task, x_query=other.x_query, y_query=other.y_query, x_train=other.x_train, y_train=other.y_train,
-        x_support=x_support, descriptor=other.descriptor, task_id="changed",
+        task,
+        x_query=other.x_query,
+        y_query=other.y_query,
+        x_train=other.x_train,
+        y_train=other.y_train,
+        x_support=x_support,
+        descriptor=other.descriptor,
+        task_id="changed",
     )
     np.testing.assert_array_equal(encoder.encode(task, k), encoder.encode(changed, k))
     moved = dataclasses.replace(task, x_support=other.x_support)  # the K-shot set itself changed
@@ -368,12 +392,23 @@ def test_a_tiny_run_goes_through_with_the_recommended_components(registry, tmp_p
 
     baselines = default_baselines(registry, "digits", "run")  # what reml-run compares with: the recommendation
     assert baselines == ["scratch", "reference"]
-    config = resolve_config(registry, {
-        "plugin": "digits", "preset": "smoke",
-        "train": {"env_steps": 128, "checkpoint_every": 128, "validation_tasks": 3, "calibration_episodes": 4, "progress": False},
-        "eval": {"test_tasks": 4, "steps": [0, 2], "curve_steps": 2, "curve_tasks": 2},
-        "policy": {"n_steps": 64, "batch_size": 32},
-    }, baselines=baselines)
+    config = resolve_config(
+        registry,
+        {
+            "plugin": "digits",
+            "preset": "smoke",
+            "train": {
+                "env_steps": 128,
+                "checkpoint_every": 128,
+                "validation_tasks": 3,
+                "calibration_episodes": 4,
+                "progress": False,
+            },
+            "eval": {"test_tasks": 4, "steps": [0, 2], "curve_steps": 2, "curve_tasks": 2},
+            "policy": {"n_steps": 64, "batch_size": 32},
+        },
+        baselines=baselines,
+    )
     results = run_experiment(config, tmp_path).to_json()
     assert results["loss_name"] == "cross-entropy"
     for method in ("reml", "scratch", "reference"):
@@ -385,12 +420,15 @@ def test_a_tiny_run_goes_through_with_the_recommended_components(registry, tmp_p
     assert (tmp_path / "report.md").exists()
 
 
-
 @pytest.mark.parametrize("split_seed", [0, 1, 7])
 def test_splits_are_by_digit_so_no_held_out_class_is_a_rotated_training_class(split_seed):
     s = DigitsTaskSampler(DigitsConfig(split_seed=split_seed))
     digits = {split: {c % 10 for c in s.classes[split]} for split in ("train", "validation", "test")}
     assert [len(d) for d in digits.values()] == [6, 2, 2]
-    assert not (digits["train"] & digits["test"]) and not (digits["train"] & digits["validation"]) and not (digits["validation"] & digits["test"])
+    assert (
+        not (digits["train"] & digits["test"])
+        and not (digits["train"] & digits["validation"])
+        and not (digits["validation"] & digits["test"])
+    )
     for split, chosen in digits.items():  # every rotation of a split's digits belongs to that split
         assert set(s.classes[split]) == {d + 10 * turn for d in chosen for turn in range(4)}

@@ -24,11 +24,22 @@ from helpers.runs import TINY, cli, snapshot, tiny_run
 from reml_core.cli.common import run_main
 from reml_core.errors import DiskFullError, UserError
 from reml_core.folders import claim_new_folder, release_all
-from reml_core.storage import append_bytes, atomic_write_json, atomic_write_with, latest_checkpoint, new_checkpoint, verify_checkpoint
+from reml_core.storage import (
+    append_bytes,
+    atomic_write_json,
+    atomic_write_with,
+    latest_checkpoint,
+    new_checkpoint,
+    verify_checkpoint,
+)
 
 CORE = ("pool.safetensors", "reward.json", "trainer.json", "config.json")
-SAFETENSORS_FULL = 'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
-TORCH_FULL = "[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file data/0: file write failed"
+SAFETENSORS_FULL = (
+    'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+)
+TORCH_FULL = (
+    "[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file data/0: file write failed"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +61,10 @@ def test_an_atomic_write_on_a_full_disk_names_the_file_and_keeps_the_old_one(tmp
         temporary.write_bytes(b'{"half')
         raise OSError(number, os.strerror(number))
 
-    with pytest.raises(DiskFullError, match=f"cannot write {target}: {os.strerror(number).lower()}; free some space and continue with --resume"):
+    with pytest.raises(
+        DiskFullError,
+        match=f"cannot write {target}: {os.strerror(number).lower()}; free some space and continue with --resume",
+    ):
         atomic_write_with(target, full)
     assert json.loads(target.read_text()) == {"complete": True}
     assert not list(target.parent.glob(".*.tmp"))
@@ -76,7 +90,10 @@ def test_an_append_on_a_full_disk_is_a_disk_full_error(tmp_path, monkeypatch):
         append_bytes(tmp_path / "run" / "other.log", b"line\n")
 
 
-@pytest.mark.parametrize("error", [SafetensorError(SAFETENSORS_FULL), RuntimeError(TORCH_FULL), OSError(errno.ENOSPC, "No space left on device")])
+@pytest.mark.parametrize(
+    "error",
+    [SafetensorError(SAFETENSORS_FULL), RuntimeError(TORCH_FULL), OSError(errno.ENOSPC, "No space left on device")],
+)
 def test_a_checkpoint_on_a_full_disk_leaves_the_previous_one_complete_and_no_staging_folder(tmp_path, error):
     claim_new_folder(tmp_path / "run", kind="run", force=False)
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -84,7 +101,9 @@ def test_a_checkpoint_on_a_full_disk_leaves_the_previous_one_complete_and_no_sta
         for name in CORE:
             (staging / name).write_text("{}")
     before = snapshot(checkpoints)
-    with pytest.raises(DiskFullError, match=f"cannot write {checkpoints / 'step-2'}: .*free some space and continue with --resume"):
+    with pytest.raises(
+        DiskFullError, match=f"cannot write {checkpoints / 'step-2'}: .*free some space and continue with --resume"
+    ):
         with new_checkpoint(checkpoints, "step-2") as staging:
             (staging / "reward.json").write_text("{}")
             raise error
@@ -101,18 +120,23 @@ def test_other_write_failures_are_not_called_a_full_disk(tmp_path):
 
 def test_a_library_s_own_write_on_a_full_disk_is_one_line_from_the_command(capsys):
     def body(argv):
-        raise OSError(errno.ENOSPC, "No space left on device", "run/logs/progress.csv")  # what stable-baselines3's logger raises
+        raise OSError(
+            errno.ENOSPC, "No space left on device", "run/logs/progress.csv"
+        )  # what stable-baselines3's logger raises
 
     assert run_main("reml-run", body, []) == 2
     err = capsys.readouterr().err
-    assert err == ("reml-run: error: cannot write run/logs/progress.csv: no space left on device; free some space and continue "
-                   "with --resume (everything written before it is complete)\n")
+    assert err == (
+        "reml-run: error: cannot write run/logs/progress.csv: no space left on device; free some space and continue "
+        "with --resume (everything written before it is complete)\n"
+    )
 
 
 # -- whole runs: a checkpoint, results.json, the resume of a finished run ---------------------------
 
 
-_FILL = """
+_FILL = (
+    """
 import errno, pathlib, sys
 from safetensors import SafetensorError
 where, after = sys.argv[1], int(sys.argv[2])
@@ -136,11 +160,15 @@ else:  # the temporary copy of results.json: Python's write fails
     pathlib.Path.write_bytes = write_bytes
 from reml_core.cli.run import main
 sys.exit(main(sys.argv[3:]))
-""" % SAFETENSORS_FULL
+"""
+    % SAFETENSORS_FULL
+)
 
 
 def _full_disk_run(where: str, *args: str, after: int = 0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", _FILL, where, str(after), *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", _FILL, where, str(after), *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def _one_line(stderr: str) -> str:
@@ -155,7 +183,9 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_resume_finishes_the_run(tmp
     result = _full_disk_run("checkpoint", *TINY, "--out", str(out), after=1)
     assert result.returncode == 2, result.stderr[-3000:]
     line = _one_line(result.stderr)
-    assert line.startswith(f"reml-run: error: cannot write {out / 'checkpoints'}/") and "no space left on device" in line, line
+    assert (
+        line.startswith(f"reml-run: error: cannot write {out / 'checkpoints'}/") and "no space left on device" in line
+    ), line
     assert "--resume" in line
     checkpoints = out / "checkpoints"
     assert not [p for p in checkpoints.iterdir() if p.name.startswith(".")], "a staging folder was left behind"

@@ -30,7 +30,11 @@ def _tables(diverged_mean: float, nan_tasks: int) -> dict:
 
 def test_a_method_with_diverged_tasks_never_wins_its_column_but_its_mean_and_count_are_shown():
     markdown = few_shot_tables(_tables(0.3, 2))
-    row = {line.split("|")[1].strip(): line for line in markdown.splitlines() if line.startswith("| ") and "step" not in line}
+    row = {
+        line.split("|")[1].strip(): line
+        for line in markdown.splitlines()
+        if line.startswith("| ") and "step" not in line
+    }
     assert "0.300 ± 0.040 (2 diverged)" in row["maml"] and "**" not in row["maml"]
     assert "**0.500 ± 0.050**" in row["REML"]
     # without divergence the lower mean wins as always
@@ -39,8 +43,17 @@ def test_a_method_with_diverged_tasks_never_wins_its_column_but_its_mean_and_cou
 
 def test_results_json_keeps_the_mean_over_the_others_and_the_count():
     document = ResultsDocument(
-        kind="run", plugin="sine", policy="ppo-mlp", encoder="support-set", encoder_privileged=False, seed=0,
-        test_tasks=600, tables=_tables(0.3, 2), curves={}, timing={}, config={},
+        kind="run",
+        plugin="sine",
+        policy="ppo-mlp",
+        encoder="support-set",
+        encoder_privileged=False,
+        seed=0,
+        test_tasks=600,
+        tables=_tables(0.3, 2),
+        curves={},
+        timing={},
+        config={},
     )
     again = ResultsDocument.from_json(document.to_json())
     cell = again.tables["maml"][5][10]

@@ -26,7 +26,11 @@ def site(tmp_path_factory):
     site = tmp_path_factory.mktemp("docs") / "site"
     result = subprocess.run(
         [str(BIN / "mkdocs"), "build", "--strict", "--site-dir", str(site)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "WARNING" not in result.stderr, result.stderr[-3000:]
@@ -50,7 +54,9 @@ def test_the_api_pages_show_no_raw_sphinx_role_and_link_the_names_they_mention(s
         assert not raw, f"{page.relative_to(site)} shows {len(raw)} raw Sphinx roles, e.g. {raw[0]}"
     interfaces = (site / "api" / "interfaces" / "index.html").read_text()
     # TaskSampler's docstring says :class:`Describable`: a link to that protocol on the same page.
-    assert re.search(r'<a class="autorefs autorefs-internal"[^>]*href="#reml_core\.interfaces\.Describable"', interfaces)
+    assert re.search(
+        r'<a class="autorefs autorefs-internal"[^>]*href="#reml_core\.interfaces\.Describable"', interfaces
+    )
     python = (site / "api" / "python" / "index.html").read_text()
     # reml_core.api's docstrings name reml_core.errors.UserError (rendered on the same page).
     assert re.search(r'href="#reml_core\.errors\.UserError"', python)
@@ -61,28 +67,33 @@ def test_every_member_of_every_public_protocol_is_listed(site):
 
     html = (site / "api" / "interfaces" / "index.html").read_text()
     protocols = {
-        name: cls for name, cls in vars(interfaces).items()
-        if inspect.isclass(cls) and cls.__module__ == interfaces.__name__ and getattr(cls, "_is_protocol", False)
+        name: cls
+        for name, cls in vars(interfaces).items()
+        if inspect.isclass(cls)
+        and cls.__module__ == interfaces.__name__
+        and getattr(cls, "_is_protocol", False)
         and not name.startswith("_")
     }
     assert {"TaskSampler", "StateEncoder", "LayerPool", "RewardFunction", "PolicyBackend", "Baseline"} <= set(protocols)
     for name, cls in protocols.items():
-        members = [*cls.__dict__.get("__annotations__", {}),
-                   *(key for key, value in cls.__dict__.items() if inspect.isfunction(value) or isinstance(value, property))]
+        members = [
+            *cls.__dict__.get("__annotations__", {}),
+            *(key for key, value in cls.__dict__.items() if inspect.isfunction(value) or isinstance(value, property)),
+        ]
         members = [member for member in members if not member.startswith("_") or member == "__call__"]
         assert members, name
         missing = [member for member in members if f'id="reml_core.interfaces.{name}.{member}"' not in html]
         assert not missing, f"the API page does not list {name}'s {', '.join(missing)}"
     # The attributes a task family must have are described, not only named.
     start = html.index('id="reml_core.interfaces.TaskSampler.max_shots"')
-    assert "the largest K a run may use" in html[start:start + 3000]
+    assert "the largest K a run may use" in html[start : start + 3000]
 
 
 def test_a_long_signature_is_shown_one_parameter_per_line(site):
     html = (site / "api" / "python" / "index.html").read_text()
     start = html.index('id="reml_core.api.run"')
-    signature = html[html.index("doc-signature", start):]
-    text = re.sub(r"<[^>]+>", "", signature[:signature.index("</code>")])
+    signature = html[html.index("doc-signature", start) :]
+    text = re.sub(r"<[^>]+>", "", signature[: signature.index("</code>")])
     assert text.startswith('doc-signature highlight">run(\n') or "run(\n" in text, text[:300]
     assert "\n    out: str | Path | None = None,\n" in text.replace("&gt;", ">"), text[:600]
 
@@ -118,8 +129,11 @@ def test_an_outside_link_is_found(tmp_path):
     (tmp_path / "api").mkdir()
     (tmp_path / "a.md").write_text("[ok](b.md) [up](../README.md) `[not a link](../x.md)` [web](https://example.org)\n")
     (tmp_path / "api" / "c.md").write_text("[ok](../a.md#x) ![img](../../tools/x.png)\n\n[ref]: ../../pyproject.toml\n")
-    assert outside_links(tmp_path) == ["a.md -> ../README.md", "api/c.md -> ../../tools/x.png",
-                                       "api/c.md -> ../../pyproject.toml"]
+    assert outside_links(tmp_path) == [
+        "a.md -> ../README.md",
+        "api/c.md -> ../../tools/x.png",
+        "api/c.md -> ../../pyproject.toml",
+    ]
 
 
 def load_hook():
@@ -133,7 +147,9 @@ def test_sphinx_roles_become_cross_references_resolved_where_the_docstring_lives
     import griffe
 
     hook = load_hook()
-    package = griffe.load("reml_core", search_paths=[str(ROOT)], extensions=griffe.load_extensions(hook.SphinxRoles(str(DOCS / "api"))))
+    package = griffe.load(
+        "reml_core", search_paths=[str(ROOT)], extensions=griffe.load_extensions(hook.SphinxRoles(str(DOCS / "api")))
+    )
     collection = package.modules_collection
     modules = hook.rendered_modules(DOCS / "api")
     assert {"reml_core.api", "reml_core.interfaces", "reml_core.specs"} <= modules

@@ -20,11 +20,32 @@ from reml_core.cli import bench
 BIN = Path(sys.executable).parent
 FLAKY = Path(__file__).parent / "flaky_plugin"
 TINY = [
-    "--plugin", "sine", "--preset", "smoke",
-    "--set", "train.env_steps=400", "--set", "train.checkpoint_every=200", "--set", "train.validation_tasks=3",
-    "--set", "train.calibration_episodes=5", "--set", "train.progress=false",
-    "--set", "eval.test_tasks=5", "--set", "eval.curve_steps=3", "--set", "eval.curve_tasks=2",
-    "--set", "policy.n_steps=256", "--set", "policy.batch_size=128", "--set", "baselines.maml.iterations=20",
+    "--plugin",
+    "sine",
+    "--preset",
+    "smoke",
+    "--set",
+    "train.env_steps=400",
+    "--set",
+    "train.checkpoint_every=200",
+    "--set",
+    "train.validation_tasks=3",
+    "--set",
+    "train.calibration_episodes=5",
+    "--set",
+    "train.progress=false",
+    "--set",
+    "eval.test_tasks=5",
+    "--set",
+    "eval.curve_steps=3",
+    "--set",
+    "eval.curve_tasks=2",
+    "--set",
+    "policy.n_steps=256",
+    "--set",
+    "policy.batch_size=128",
+    "--set",
+    "baselines.maml.iterations=20",
 ]
 TIMEOUT = 300
 
@@ -35,8 +56,24 @@ def flaky_site(tmp_path_factory) -> Path:
     build = tmp_path_factory.mktemp("flaky-src")
     shutil.copytree(FLAKY, build / "src")
     target = tmp_path_factory.mktemp("flaky-site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(build / "src")], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(build / "src"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return target
 
 
@@ -45,7 +82,9 @@ def _bench(*args: str, site: Path | None = None, **env: str) -> subprocess.Compl
     if site is not None:
         environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     environ.update(env)
-    return subprocess.run([str(BIN / "reml-bench"), *args], capture_output=True, text=True, timeout=TIMEOUT, env=environ)
+    return subprocess.run(
+        [str(BIN / "reml-bench"), *args], capture_output=True, text=True, timeout=TIMEOUT, env=environ
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +104,17 @@ def test_ray_gives_the_numbers_the_local_executor_gives_for_the_same_seeds(local
     assert ray["executor"] == "ray" and local["executor"] == "local"
     assert ray["methods"] == local["methods"] and ray["seeds"] == local["seeds"] and ray["curves"] == local["curves"]
     for seed in (0, 1):
-        assert json.loads((out / f"seed-{seed}" / "results.json").read_text())["methods"] == \
-            json.loads((local_bench / f"seed-{seed}" / "results.json").read_text())["methods"]
+        assert (
+            json.loads((out / f"seed-{seed}" / "results.json").read_text())["methods"]
+            == json.loads((local_bench / f"seed-{seed}" / "results.json").read_text())["methods"]
+        )
     # The driver unpacked every job's folder whole: a REML run folder with its checkpoints, a saved MAML, logs.
-    for name in ("seed-1/reml-support-set/checkpoints/final", "seed-1/maml/maml.safetensors", "seed-0/scratch/bench.json",
-                 "seed-0/reml-support-set/job.log"):
+    for name in (
+        "seed-1/reml-support-set/checkpoints/final",
+        "seed-1/maml/maml.safetensors",
+        "seed-0/scratch/bench.json",
+        "seed-0/reml-support-set/job.log",
+    ):
         assert (out / name).exists(), name
     assert not list(out.rglob("*.tmp")), "a half-unpacked job folder was left behind"
     # One line per finished job, with its score, time and where its log is.
@@ -79,7 +124,9 @@ def test_ray_gives_the_numbers_the_local_executor_gives_for_the_same_seeds(local
 
 
 def _flaky_folders(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and "seed-0" in p.parts}
+    return {
+        str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and "seed-0" in p.parts
+    }
 
 
 @pytest.mark.slow
@@ -137,7 +184,9 @@ def test_without_ray_the_ray_executor_says_how_to_install_it(monkeypatch, tmp_pa
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "ray" else real(name, *a, **k))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a, **k: None if name == "ray" else real(name, *a, **k)
+    )
     out = tmp_path / "out"
     code = bench.main([*TINY, "--executor", "ray", "--out", str(out)])
     err = capsys.readouterr().err.strip()
@@ -166,7 +215,10 @@ def test_resume_continues_a_reml_job_stopped_part_way_from_its_checkpoints(local
     assert result.stderr.count("(loaded from ") == 5, result.stderr[-3000:]
     assert "continuing REML (support-set encoder, seed 1) from its last checkpoint" in (run / "job.log").read_text()
     assert (run / "checkpoints" / "final").is_dir()
-    assert json.loads((copy / "results.json").read_text())["methods"]["maml"] == json.loads((local_bench / "results.json").read_text())["methods"]["maml"]
+    assert (
+        json.loads((copy / "results.json").read_text())["methods"]["maml"]
+        == json.loads((local_bench / "results.json").read_text())["methods"]["maml"]
+    )
 
 
 @pytest.mark.parametrize("executor", ["local", "ray"])
@@ -174,13 +226,40 @@ def test_a_job_resolves_its_config_as_the_driver_did(executor, tmp_path):
     """MAML on an image family takes the largest K the family holds unless K was given: a job must
     see the user's settings, not a resolved config in which every value looks given."""
     out = tmp_path / "bench"
-    result = _bench("--plugin", "digits", "--preset", "smoke", "--methods", "maml", "--executor", executor,
-                    "--set", "baselines.maml.iterations=3", "--set", "eval.test_tasks=5", "--set", "eval.curve_steps=0",
-                    "--out", str(out))
+    result = _bench(
+        "--plugin",
+        "digits",
+        "--preset",
+        "smoke",
+        "--methods",
+        "maml",
+        "--executor",
+        executor,
+        "--set",
+        "baselines.maml.iterations=3",
+        "--set",
+        "eval.test_tasks=5",
+        "--set",
+        "eval.curve_steps=0",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert set(json.loads((out / "results.json").read_text())["methods"]) == {"maml"}
-    refused = _bench("--plugin", "digits", "--preset", "smoke", "--methods", "maml", "--executor", executor,
-                     "--set", "baselines.maml.shots=10", "--out", str(tmp_path / "refused"))
+    refused = _bench(
+        "--plugin",
+        "digits",
+        "--preset",
+        "smoke",
+        "--methods",
+        "maml",
+        "--executor",
+        executor,
+        "--set",
+        "baselines.maml.shots=10",
+        "--out",
+        str(tmp_path / "refused"),
+    )
     assert refused.returncode == 2 and "set baselines.maml.shots to at most 5" in refused.stderr, refused.stderr[-2000:]
 
 
@@ -198,7 +277,9 @@ def test_a_ray_address_where_nothing_listens_is_refused_before_ray_starts(tmp_pa
         server.bind(("127.0.0.1", 0))
         server.listen()
         assert unreachable(f"127.0.0.1:{server.getsockname()[1]}") is None
-    code = bench.main([*TINY, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "out")])
+    code = bench.main(
+        [*TINY, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "out")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and f"--ray-address 127.0.0.1:{port}: nothing answers there" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # refused before the folder is claimed

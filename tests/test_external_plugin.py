@@ -22,9 +22,22 @@ def plugin_site(tmp_path_factory) -> Path:
     shutil.copytree(SOURCE, build / "src")
     target = tmp_path_factory.mktemp("external-site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-         "--no-build-isolation", "--target", str(target), str(build / "src")],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(build / "src"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return target
 
@@ -41,8 +54,14 @@ def test_reml_plugins_lists_the_external_plugins_components(plugin_site):
     listing = json.loads(result.stdout)
     assert set(listing) == {"task_sampler", "state_encoder", "layer_pool", "reward", "policy", "baseline"}
     line = [item for item in listing["task_sampler"] if item["name"] == "line"]
-    assert line == [{"name": "line", "plugin": "reml-example-plugin", "entry_point": "example",
-                     "description": "Straight lines y = a*x + b with a, b uniform in [-1, 1] (example third-party plugin)."}]
+    assert line == [
+        {
+            "name": "line",
+            "plugin": "reml-example-plugin",
+            "entry_point": "example",
+            "description": "Straight lines y = a*x + b with a, b uniform in [-1, 1] (example third-party plugin).",
+        }
+    ]
     assert any(item["name"] == "support-moments" for item in listing["state_encoder"])
     # Its broken sibling is reported by name and takes nothing else down.
     assert "plugin 'example-broken' (reml-example-plugin) failed to import" in result.stderr
@@ -57,16 +76,34 @@ def test_disabled_external_plugins_are_not_loaded(plugin_site):
 
 
 def test_the_external_task_family_is_a_valid_plugin_choice(plugin_site):
-    result = _run("reml-run", "--plugin", "line", "--set", "task.support_points=0", site=plugin_site,
-                  REML_DISABLE_PLUGINS="example-broken")
+    result = _run(
+        "reml-run",
+        "--plugin",
+        "line",
+        "--set",
+        "task.support_points=0",
+        site=plugin_site,
+        REML_DISABLE_PLUGINS="example-broken",
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == "task.support_points: Input should be greater than 0 (got 0)"
 
 
 def test_the_external_task_family_runs_end_to_end(plugin_site, tmp_path):
     # Its own task sampler and encoder, REML's built-in pool, reward and policy: a full smoke run.
-    result = _run("reml-run", "--plugin", "line", "--preset", "smoke", "--out", str(tmp_path / "run"),
-                  "--set", "train.progress=false", site=plugin_site, REML_DISABLE_PLUGINS="example-broken")
+    result = _run(
+        "reml-run",
+        "--plugin",
+        "line",
+        "--preset",
+        "smoke",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "train.progress=false",
+        site=plugin_site,
+        REML_DISABLE_PLUGINS="example-broken",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert (results["plugin"], results["encoder"], results["encoder_privileged"]) == ("line", "support-moments", False)
@@ -78,8 +115,19 @@ def test_a_family_without_presets_and_a_pool_of_its_own_runs_smoke_quickly_to_th
     # conv), which reports diagnostics of its own: the core's smoke budget applies, the pool's numbers
     # are logged and reported, and nothing in the report names another family.
     out = tmp_path / "run"
-    result = _run("reml-run", "--plugin", "cubic", "--preset", "smoke", "--out", str(out), "--set", "train.progress=false",
-                  site=plugin_site, REML_DISABLE_PLUGINS="example-broken")
+    result = _run(
+        "reml-run",
+        "--plugin",
+        "cubic",
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        "--set",
+        "train.progress=false",
+        site=plugin_site,
+        REML_DISABLE_PLUGINS="example-broken",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     config = json.loads((out / "config.json").read_text())
     assert config["preset"] == "smoke" and config["pool"]["name"] == "tanh-pool"
@@ -87,7 +135,9 @@ def test_a_family_without_presets_and_a_pool_of_its_own_runs_smoke_quickly_to_th
     results = json.loads((out / "results.json").read_text())
     assert results["training"]["env_steps"] < 5000
     history = results["training"]["history"]
-    assert history and all("pool/saturated_input_units" in record and "pool/mean_abs_weight" in record for record in history)
+    assert history and all(
+        "pool/saturated_input_units" in record and "pool/mean_abs_weight" in record for record in history
+    )
     assert not any(key.startswith("pool/dead") for record in history for key in record)
     assert "saturated input units" in result.stderr  # logged at each checkpoint
     report = (out / "report.md").read_text()
@@ -98,8 +148,19 @@ def test_a_family_without_presets_and_a_pool_of_its_own_runs_smoke_quickly_to_th
 
 def test_an_encoder_that_breaks_its_declared_size_is_refused_before_anything_is_written(plugin_site, tmp_path):
     out = tmp_path / "run"
-    result = _run("reml-run", "--plugin", "cubic", "--encoder", "bad-moments", "--preset", "smoke", "--out", str(out),
-                  site=plugin_site, REML_DISABLE_PLUGINS="example-broken")
+    result = _run(
+        "reml-run",
+        "--plugin",
+        "cubic",
+        "--encoder",
+        "bad-moments",
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        site=plugin_site,
+        REML_DISABLE_PLUGINS="example-broken",
+    )
     assert result.returncode == 2
     assert "encoder 'bad-moments' declares observation_size = 3 but encode() returned shape (2,)" in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()

@@ -74,7 +74,9 @@ def test_force_refuses_a_run_folder_holding_anything_else(tmp_path, foreign):
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("mine")
     before = snapshot(folder)
-    shown = foreign if "/" not in foreign else Path(foreign).parts[0] + "/"  # a folder REML did not make is named as one
+    shown = (
+        foreign if "/" not in foreign else Path(foreign).parts[0] + "/"
+    )  # a folder REML did not make is named as one
     with pytest.raises(UserError, match=f"holds '{shown}', which REML did not write"):
         claim_new_folder(folder, kind="run", force=True)
     assert snapshot(folder) == before
@@ -84,13 +86,17 @@ def test_temporary_files_of_a_killed_write_are_reml_s(tmp_path):
     from reml_core.storage import record_written
 
     folder = _reml_folder(tmp_path / "run")
-    record_written(folder / "results.json")  # what an atomic write does first; killed before it renamed its temporary file:
+    record_written(
+        folder / "results.json"
+    )  # what an atomic write does first; killed before it renamed its temporary file:
     (folder / ".results.json.x1y2z3.tmp").write_text("half")
     claim_new_folder(folder, kind="run", force=True)
     assert sorted(os.listdir(folder)) == sorted([MARKER, LOCK, LEDGER])
 
 
-@pytest.mark.parametrize("content", [b"{}", b"[1, 2]", b"\xff\xfe", b'{"format": "other/1", "kind": "run", "entries": []}'])
+@pytest.mark.parametrize(
+    "content", [b"{}", b"[1, 2]", b"\xff\xfe", b'{"format": "other/1", "kind": "run", "entries": []}']
+)
 def test_a_marker_reml_did_not_write_protects_the_folder(tmp_path, content):
     folder = tmp_path / "run"
     folder.mkdir()
@@ -193,7 +199,10 @@ except UserError as error:
     print("refused", error, flush=True)
 """
     target = tmp_path / "contested"
-    processes = [subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     start = time.monotonic()
     outputs = [p.communicate(timeout=60)[0] for p in processes]
     assert time.monotonic() - start < 60
@@ -229,8 +238,16 @@ def test_the_ledger_lists_each_file_once_before_it_is_written_and_a_torn_last_li
     assert ledger.owns_file(("logs", "events.out.1")) and ledger.owns_folder(("logs",))
     assert not ledger.owns_file(("my-notes",)) and not ledger.owns_file(("logs", "notes"))
     release_all()
-    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from reml_core.storage import atomic_write_text; "
-                    "atomic_write_text(Path(sys.argv[1]) / 'report.md', '')", str(folder)], check=True)  # the next process's line
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from reml_core.storage import atomic_write_text; "
+            "atomic_write_text(Path(sys.argv[1]) / 'report.md', '')",
+            str(folder),
+        ],
+        check=True,
+    )  # the next process's line
     assert "report.md" in (folder / LEDGER).read_text().splitlines() and read_ledger(folder).owns_file(("report.md",))
     with pytest.raises(UserError, match="holds 'my-notes'"):
         claim_new_folder(folder, kind="run", force=True)

@@ -39,7 +39,9 @@ def finished_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def finished_bench(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("force") / "bench"
-    result = cli("reml-bench", *TINY, "--methods", "reml,maml", "--set", "baselines.maml.iterations=3", "--out", str(out))
+    result = cli(
+        "reml-bench", *TINY, "--methods", "reml,maml", "--set", "baselines.maml.iterations=3", "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -82,8 +84,17 @@ def _plant(folder: Path, foreign: str) -> None:
 # -- runs -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("foreign", ["my-notes.txt", "logs/my-notes.txt", "checkpoints/best/my-notes.txt",
-                                     "checkpoints/my-folder/", "logs/deeper/still/notes.txt", ".results.json.mine"])
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        "my-notes.txt",
+        "logs/my-notes.txt",
+        "checkpoints/best/my-notes.txt",
+        "checkpoints/my-folder/",
+        "logs/deeper/still/notes.txt",
+        ".results.json.mine",
+    ],
+)
 def test_force_on_a_run_refuses_a_file_of_someone_else_at_any_depth(finished_run, tmp_path, capsys, foreign):
     run = _copy(finished_run, tmp_path)
     _plant(run, foreign)
@@ -91,14 +102,18 @@ def test_force_on_a_run_refuses_a_file_of_someone_else_at_any_depth(finished_run
     shown = foreign if not foreign.startswith("logs/deeper") else "logs/deeper/"
     assert run_main([*TINY, "--out", str(run), "--force"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"reml-run: error: --out {run} holds {shown!r}, which REML did not write there; --force removes only "
-                   "REML's own files, so move it away or choose another directory")
+    assert err == (
+        f"reml-run: error: --out {run} holds {shown!r}, which REML did not write there; --force removes only "
+        "REML's own files, so move it away or choose another directory"
+    )
     assert snapshot(run) == before
 
 
 def test_force_on_a_finished_run_removes_every_file_it_wrote_at_every_depth(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path)
-    assert list((run / "logs").glob("events.out.tfevents.*")) and (run / "checkpoints" / "best" / "policy.zip").is_file()
+    assert (
+        list((run / "logs").glob("events.out.tfevents.*")) and (run / "checkpoints" / "best" / "policy.zip").is_file()
+    )
     claim_new_folder(run, kind="run", force=True)
     assert sorted(os.listdir(run)) == sorted(EMPTY_RUN)
     assert (run / LEDGER).read_text() == ".reml.json\n"  # a new list, of the new run's files
@@ -107,13 +122,24 @@ def test_force_on_a_finished_run_removes_every_file_it_wrote_at_every_depth(fini
 # -- benchmarks -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("foreign", ["notes.txt", "seed-0/notes.txt", "seed-0/maml/notes.txt",
-                                     "seed-0/reml-support-set/logs/notes.txt", "seed-0/reml-support-set/checkpoints/final/notes.txt"])
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        "notes.txt",
+        "seed-0/notes.txt",
+        "seed-0/maml/notes.txt",
+        "seed-0/reml-support-set/logs/notes.txt",
+        "seed-0/reml-support-set/checkpoints/final/notes.txt",
+    ],
+)
 def test_force_on_a_bench_refuses_a_file_of_someone_else_at_any_depth(finished_bench, tmp_path, capsys, foreign):
     bench = _copy(finished_bench, tmp_path)
     _plant(bench, foreign)
     before = snapshot(bench)
-    assert bench_main(["--plugin", "sine", "--preset", "smoke", "--methods", "scratch", "--out", str(bench), "--force"]) == 2
+    assert (
+        bench_main(["--plugin", "sine", "--preset", "smoke", "--methods", "scratch", "--out", str(bench), "--force"])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert f"holds {foreign!r}, which REML did not write there" in err and len(err.splitlines()) == 1
     assert snapshot(bench) == before
@@ -128,8 +154,18 @@ def test_force_on_a_finished_bench_removes_every_file_it_wrote(finished_bench, t
 # -- sweeps -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("foreign", ["notes.txt", "trials/notes.txt", "logs/notes.txt", "configs/mine.toml",
-                                     "trials/{trial}/notes.txt", "trials/{trial}/checkpoints/best/notes.txt", "trials/other-run/"])
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        "notes.txt",
+        "trials/notes.txt",
+        "logs/notes.txt",
+        "configs/mine.toml",
+        "trials/{trial}/notes.txt",
+        "trials/{trial}/checkpoints/best/notes.txt",
+        "trials/other-run/",
+    ],
+)
 def test_force_on_a_sweep_refuses_a_file_of_someone_else_at_any_depth(sweep_folder, tmp_path, foreign):
     sweep = _copy(sweep_folder, tmp_path)
     trial = next((sweep / "trials").iterdir()).name
@@ -175,7 +211,9 @@ with new_checkpoint(out / "checkpoints", "step-000000001") as staging:
 
 def test_leftovers_of_a_process_killed_mid_write_are_reml_s(tmp_path):
     out = tmp_path / "run"
-    process = subprocess.run([sys.executable, "-c", _KILLED_MID_CHECKPOINT, str(out)], capture_output=True, text=True, timeout=120)
+    process = subprocess.run(
+        [sys.executable, "-c", _KILLED_MID_CHECKPOINT, str(out)], capture_output=True, text=True, timeout=120
+    )
     assert process.returncode == -signal.SIGKILL, process.stderr
     leftovers = sorted(p.name for p in out.rglob(".*") if p.name not in EMPTY_RUN)
     assert len(leftovers) == 2 and any(name.startswith(".results.json.") for name in leftovers), leftovers

@@ -18,9 +18,18 @@ from reml_core.folders import release_all
 from reml_core.jobs import finished
 from reml_core.storage import MANIFEST, sha256
 
-TINY = {"train.env_steps": 400, "train.checkpoint_every": 200, "train.validation_tasks": 3, "train.calibration_episodes": 5,
-        "train.progress": False, "eval.test_tasks": 5, "eval.curve_steps": 3, "eval.curve_tasks": 2,
-        "policy.n_steps": 256, "policy.batch_size": 128}
+TINY = {
+    "train.env_steps": 400,
+    "train.checkpoint_every": 200,
+    "train.validation_tasks": 3,
+    "train.calibration_episodes": 5,
+    "train.progress": False,
+    "eval.test_tasks": 5,
+    "eval.curve_steps": 3,
+    "eval.curve_tasks": 2,
+    "policy.n_steps": 256,
+    "policy.batch_size": 128,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +78,10 @@ def _continued_past_final(run: Path) -> None:
 UNFINISHED = {
     "no-final-checkpoint": (_no_final, "no final checkpoint"),
     "budget-not-reached": (_budget_raised, "final checkpoint holds 512 of the 20000 env steps"),
-    "continued-past-final": (_continued_past_final, "continued past its final checkpoint (512 env steps) and stopped at 900 of 20000"),
+    "continued-past-final": (
+        _continued_past_final,
+        "continued past its final checkpoint (512 env steps) and stopped at 900 of 20000",
+    ),
 }
 
 
@@ -105,7 +117,9 @@ def test_from_refuses_a_baseline_whose_training_never_finished(finished_run, tmp
     (source / "seed-0" / "maml" / "job.log").write_text("meta-training maml (seed 0)\n")  # killed while training
     assert not finished(source / "seed-0" / "maml", "maml")
     with pytest.raises(UserError, match=r"maml for seed 0 in .*/seed-0/maml is unfinished \(no bench.json"):
-        api.prepare_bench({"plugin": "sine", "preset": "smoke"}, methods=["reml", "maml"], from_dir=source, out=tmp_path / "out")
+        api.prepare_bench(
+            {"plugin": "sine", "preset": "smoke"}, methods=["reml", "maml"], from_dir=source, out=tmp_path / "out"
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -113,8 +127,10 @@ def test_a_benchmark_reports_each_seed_s_own_budget():
     from reml_core.bench import seed_budgets
 
     assert seed_budgets({0: "512 env steps of ppo-mlp", 1: "512 env steps of ppo-mlp"}) == "512 env steps of ppo-mlp"
-    assert seed_budgets({0: "20480 env steps of ppo-mlp", 1: "640 env steps of ppo-mlp"}) == \
-        "seed 0: 20480 env steps of ppo-mlp; seed 1: 640 env steps of ppo-mlp"
+    assert (
+        seed_budgets({0: "20480 env steps of ppo-mlp", 1: "640 env steps of ppo-mlp"})
+        == "seed 0: 20480 env steps of ppo-mlp; seed 1: 640 env steps of ppo-mlp"
+    )
 
 
 # -- the data a run started on ---------------------------------------------------------------------
@@ -127,7 +143,10 @@ def test_the_image_families_fingerprint_their_data(tmp_path):
     from test_omniglot import make_omniglot
 
     digits = DigitsTaskSampler(DigitsConfig())
-    assert isinstance(digits, FingerprintsData) and digits.data_fingerprint() == DigitsTaskSampler(DigitsConfig()).data_fingerprint()
+    assert (
+        isinstance(digits, FingerprintsData)
+        and digits.data_fingerprint() == DigitsTaskSampler(DigitsConfig()).data_fingerprint()
+    )
     assert digits.data_fingerprint()["images"].startswith("1797 scikit-learn digits, sha256 ")
     root = make_omniglot(tmp_path / "omniglot", layout={"images_background": {"A": 5}}, drawings=16)
     first = OmniglotTaskSampler(OmniglotConfig(root=str(root), ways=2)).data_fingerprint()
@@ -144,10 +163,24 @@ def test_a_resumed_or_loaded_image_run_whose_data_changed_is_refused(tmp_path):
     root = make_omniglot(tmp_path / "omniglot")
     out = tmp_path / "run"
     reml_core.run(
-        plugin="omniglot", preset="smoke", task={"root": str(root), "image_size": 14}, baselines=[], out=out,
-        overrides={"train.env_steps": 64, "train.checkpoint_every": 64, "train.validation_tasks": 2, "train.calibration_episodes": 2,
-                   "train.progress": False, "eval.test_tasks": 2, "eval.steps": [0, 2], "eval.curve_steps": 2, "eval.curve_tasks": 1,
-                   "policy.n_steps": 32, "policy.batch_size": 32},
+        plugin="omniglot",
+        preset="smoke",
+        task={"root": str(root), "image_size": 14},
+        baselines=[],
+        out=out,
+        overrides={
+            "train.env_steps": 64,
+            "train.checkpoint_every": 64,
+            "train.validation_tasks": 2,
+            "train.calibration_episodes": 2,
+            "train.progress": False,
+            "eval.test_tasks": 2,
+            "eval.steps": [0, 2],
+            "eval.curve_steps": 2,
+            "eval.curve_tasks": 1,
+            "policy.n_steps": 32,
+            "policy.batch_size": 32,
+        },
     )
     record = json.loads((out / "data.json").read_text())
     assert record["task"] == "omniglot" and set(record["fingerprint"]) == {"characters", "drawings"}
@@ -157,20 +190,33 @@ def test_a_resumed_or_loaded_image_run_whose_data_changed_is_refused(tmp_path):
     # one drawing changed: the class split is the same, but not the images
     drawing = next((root / "images_evaluation").rglob("*.png"))
     drawing.write_bytes(drawing.read_bytes() + b"\0")
-    with pytest.raises(UserError, match=r"the data of task 'omniglot' changed since the run started \(drawings: ") as caught:
+    with pytest.raises(
+        UserError, match=r"the data of task 'omniglot' changed since the run started \(drawings: "
+    ) as caught:
         api.prepare_run(resume=out)
     assert "characters" not in str(caught.value)
     release_all()
 
     # a character added: another class split, which could put test classes into training
-    shutil.copytree(root / "images_evaluation" / "Gamma" / "character01", root / "images_evaluation" / "Gamma" / "character09")
-    with pytest.raises(UserError, match=rf"--resume {out}: the data of task 'omniglot' changed .*characters: 12 character folders, "
-                                        r"sha256 \w+ when it started, 13 character folders, sha256 \w+ now"):
+    shutil.copytree(
+        root / "images_evaluation" / "Gamma" / "character01", root / "images_evaluation" / "Gamma" / "character09"
+    )
+    with pytest.raises(
+        UserError,
+        match=rf"--resume {out}: the data of task 'omniglot' changed .*characters: 12 character folders, "
+        r"sha256 \w+ when it started, 13 character folders, sha256 \w+ now",
+    ):
         api.prepare_run(resume=out)
     release_all()
-    with pytest.raises(UserError, match=rf"REML in {out}: the data of task 'omniglot' changed"):  # --from loads it for evaluation
-        api.prepare_bench({"plugin": "omniglot", "preset": "smoke", "task": {"root": str(root), "image_size": 14}},
-                          methods=["reml"], from_dir=out, out=tmp_path / "bench")
+    with pytest.raises(
+        UserError, match=rf"REML in {out}: the data of task 'omniglot' changed"
+    ):  # --from loads it for evaluation
+        api.prepare_bench(
+            {"plugin": "omniglot", "preset": "smoke", "task": {"root": str(root), "image_size": 14}},
+            methods=["reml"],
+            from_dir=out,
+            out=tmp_path / "bench",
+        )
     assert not (tmp_path / "bench").exists()
 
 
@@ -183,8 +229,13 @@ def test_the_api_runs_from_a_worker_thread_and_writes_nothing_on_stdout(tmp_path
 
     def work():
         try:  # train.progress left on (the default): the bar, when drawn, goes to stderr
-            outcome["results"] = reml_core.run(plugin="sine", preset="smoke", baselines=[], out=tmp_path / "run",
-                                               overrides={key: value for key, value in TINY.items() if key != "train.progress"})
+            outcome["results"] = reml_core.run(
+                plugin="sine",
+                preset="smoke",
+                baselines=[],
+                out=tmp_path / "run",
+                overrides={key: value for key, value in TINY.items() if key != "train.progress"},
+            )
         except BaseException as error:  # noqa: BLE001  (reported below)
             outcome["error"] = error
 

@@ -39,8 +39,14 @@ def test_docstring_example_is_a_working_plugin(kind, hook_name, make_components,
     components = make_components()
     env = components.make_env(mode="train")
     for_baselines = with_sampler.with_pool_and_encoder(pool, components.encoder)
-    stages = {"task_sampler": base, "state_encoder": with_sampler, "layer_pool": with_sampler, "reward": with_sampler,
-              "baseline": for_baselines, "policy": for_baselines.with_env(env, log_dir=tmp_path / "logs")}
+    stages = {
+        "task_sampler": base,
+        "state_encoder": with_sampler,
+        "layer_pool": with_sampler,
+        "reward": with_sampler,
+        "baseline": for_baselines,
+        "policy": for_baselines.with_env(env, log_dir=tmp_path / "logs"),
+    }
     context = stages[kind]  # each example gets the context the core gives its kind, and no more
     assert type(context) is STAGE_CONTEXTS[kind]
     component = entry.spec.factory(entry.spec.config_model(), context)

@@ -13,7 +13,9 @@ from reml_core.interfaces import TaskContext
 from reml_plugins.dense.pool import DenseLayerPool, DensePoolConfig
 from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
 
-pytestmark = pytest.mark.numerics  # compares floats exactly or to rounding: also run under other CPU dispatches (make test-dispatch)
+pytestmark = (
+    pytest.mark.numerics
+)  # compares floats exactly or to rounding: also run under other CPU dispatches (make test-dispatch)
 
 
 def _mse(prediction, target):
@@ -26,7 +28,10 @@ def _data(n=100):
 
 
 def _networks():
-    pool = DenseLayerPool(DensePoolConfig(input_layers=1, hidden_layers=2, output_layers=1, width=12), TaskContext(seed=1, task_sampler=SineTaskSampler(SineConfig())))
+    pool = DenseLayerPool(
+        DensePoolConfig(input_layers=1, hidden_layers=2, output_layers=1, width=12),
+        TaskContext(seed=1, task_sampler=SineTaskSampler(SineConfig())),
+    )
     composed = pool.build([0, 1, 2, 3])
     plain = nn.Sequential(nn.Linear(1, 12), nn.ReLU(), nn.Linear(12, 1))  # no fast path: autograd
     return [composed, plain]

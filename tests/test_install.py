@@ -7,7 +7,9 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["torch", "learn2learn", "gymnasium", "stable_baselines3", "sb3_contrib", "pluggy", "pydantic"])
+@pytest.mark.parametrize(
+    "module", ["torch", "learn2learn", "gymnasium", "stable_baselines3", "sb3_contrib", "pluggy", "pydantic"]
+)
 def test_the_stack_imports(module):
     imported = importlib.import_module(module)
     assert imported.__name__ == module

@@ -20,13 +20,31 @@ BIN = Path(sys.executable).parent
 # and short rollouts, so steps (and checkpoints) come in small chunks and the kill-and-resume cycles
 # below cannot use up the whole budget before their last kill.
 BUDGET = 6000
-RUN = ["--plugin", "sine", "--preset", "smoke", "--set", f"train.env_steps={BUDGET}", "--set", "train.checkpoint_every=250",
-       "--set", "train.n_envs=8", "--set", "policy.n_steps=128", "--set", "train.progress=false"]
+RUN = [
+    "--plugin",
+    "sine",
+    "--preset",
+    "smoke",
+    "--set",
+    f"train.env_steps={BUDGET}",
+    "--set",
+    "train.checkpoint_every=250",
+    "--set",
+    "train.n_envs=8",
+    "--set",
+    "policy.n_steps=128",
+    "--set",
+    "train.progress=false",
+]
 
 
 def _start(out: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([str(BIN / "reml-run"), *RUN, "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [str(BIN / "reml-run"), *RUN, "--out", str(out), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for_checkpoint(out: Path, process: subprocess.Popen[str], minimum_step: int, timeout: float = 120) -> None:
@@ -49,7 +67,9 @@ def _assert_complete(out: Path, resumes: int) -> None:
     results = json.loads((out / "results.json").read_text())
     assert results["training"]["env_steps"] >= BUDGET
     assert results["training"]["resumes"] == resumes
-    assert all(math.isfinite(c["mse_mean"]) for t in results["methods"].values() for r in t.values() for c in r.values())
+    assert all(
+        math.isfinite(c["mse_mean"]) for t in results["methods"].values() for r in t.values() for c in r.values()
+    )
     steps = [record["timesteps"] for record in results["training"]["history"]]
     assert steps == sorted(steps) and steps[-1] >= BUDGET
 
@@ -68,7 +88,9 @@ def test_sigkill_at_any_moment_then_resume_finishes_the_run(tmp_path):
         assert latest is not None
         verify_checkpoint(latest)  # the checkpoint `latest` names is always complete
         before = int(latest.name.split("-")[1])
-        process = subprocess.Popen([str(BIN / "reml-run"), "--resume", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [str(BIN / "reml-run"), "--resume", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         _wait_for_checkpoint(out, process, before + 250)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -98,9 +120,14 @@ def test_ctrl_c_checkpoints_exits_130_and_says_how_to_resume(tmp_path):
 
 
 def test_resume_refuses_new_settings(tmp_path):
-    result = subprocess.run([str(BIN / "reml-run"), "--resume", str(tmp_path), "--seed", "3"], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(BIN / "reml-run"), "--resume", str(tmp_path), "--seed", "3"], capture_output=True, text=True
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == f"reml-run: error: --resume takes every setting from {tmp_path}/config.json; drop --seed"
+    assert (
+        result.stderr.strip()
+        == f"reml-run: error: --resume takes every setting from {tmp_path}/config.json; drop --seed"
+    )
     result = subprocess.run([str(BIN / "reml-run"), "--resume", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2
     assert "not a REML run directory (no .reml.json marker" in result.stderr
@@ -146,7 +173,11 @@ def _interrupt_when(process: subprocess.Popen[str], marker: str, signum: int, ti
 @pytest.mark.parametrize(
     ("phase", "marker", "extra"),
     [
-        ("calibration", "calibrating the reward", ["--reward", "neg-mse-minmax", "--set", "train.calibration_episodes=20000"]),
+        (
+            "calibration",
+            "calibrating the reward",
+            ["--reward", "neg-mse-minmax", "--set", "train.calibration_episodes=20000"],
+        ),
         ("evaluation", "evaluating reml", ["--set", "eval.test_tasks=4000", "--set", "eval.curve_tasks=2"]),
     ],
 )
@@ -161,7 +192,11 @@ def test_an_interrupt_outside_training_leaves_a_resumable_folder_and_the_hint(tm
     assert "Traceback" not in stderr, stderr[-2000:]
     assert stderr.strip().splitlines()[-1].endswith(f"the run can be continued with: reml-run --resume {out}")
     assert not (out / "results.json").exists()
-    assert not list(out.glob(".*.tmp")) and not list((out / "checkpoints").glob(".*")) if (out / "checkpoints").is_dir() else True
+    assert (
+        not list(out.glob(".*.tmp")) and not list((out / "checkpoints").glob(".*"))
+        if (out / "checkpoints").is_dir()
+        else True
+    )
     # The folder is resumable: --resume accepts it and carries on from where it was.
     resumed = start("reml-run", "--resume", str(out))
     _, stderr = _interrupt_when(resumed, marker, signal.SIGINT)
@@ -246,7 +281,9 @@ def _signals_across_start_up(tool: str, make_args, count: int, rounds: int = 2) 
 def _assert_ended_cleanly(tool: str, results: list[tuple[float, int, int, str]]) -> None:
     for delay, signum, code, stderr in results:
         where = f"{signal.Signals(signum).name} {delay:.3f} s into the start-up: exit {code}\n{stderr[-2500:]}"
-        assert code >= 0, where  # never killed by a signal: no SIGABRT from a C++ extension, no default SIGINT/SIGTERM death
+        assert code >= 0, (
+            where
+        )  # never killed by a signal: no SIGABRT from a C++ extension, no default SIGINT/SIGTERM death
         for text in ("Traceback", "Fatal Python error", "terminate called", "KeyboardInterrupt", "Exception ignored"):
             assert text not in stderr, where
         assert code in (0, EXIT_FOR[signum]), where
@@ -263,11 +300,15 @@ def test_a_signal_at_any_moment_of_reml_runs_start_up_ends_it_cleanly(tmp_path):
     whole start-up, measured here, each with both signals."""
     from helpers.runs import TINY
 
-    results = _signals_across_start_up("reml-run", lambda i: [*TINY, "--out", str(tmp_path / f"run-{i}")], count=10, rounds=2)
+    results = _signals_across_start_up(
+        "reml-run", lambda i: [*TINY, "--out", str(tmp_path / f"run-{i}")], count=10, rounds=2
+    )
     _assert_ended_cleanly("reml-run", results)
     for index, (_, signum, code, stderr) in enumerate(results, start=1):
         out = tmp_path / f"run-{index}"
-        if code == EXIT_FOR[signum] and (out / "config.json").is_file():  # the folder holds a run: say how to continue it
+        if (
+            code == EXIT_FOR[signum] and (out / "config.json").is_file()
+        ):  # the folder holds a run: say how to continue it
             # before training "the run can be continued with: ...", during it "checkpoint ... saved. Continue with: ..."
             hints = (f"continued with: reml-run --resume {out}", f"Continue with: reml-run --resume {out}")
             assert stderr.strip().splitlines()[-1].endswith(hints), stderr[-2000:]
@@ -275,14 +316,19 @@ def test_a_signal_at_any_moment_of_reml_runs_start_up_ends_it_cleanly(tmp_path):
     assert any(code == 130 and delay > 0 for delay, signum, code, _ in results if signum == signal.SIGINT)
 
 
-@pytest.mark.parametrize(("tool", "args"), [
-    ("reml-plugins", []),
-    ("reml-bench", ["--plugin", "sine", "--preset", "smoke", "--methods", "reml"]),
-])
+@pytest.mark.parametrize(
+    ("tool", "args"),
+    [
+        ("reml-plugins", []),
+        ("reml-bench", ["--plugin", "sine", "--preset", "smoke", "--methods", "reml"]),
+    ],
+)
 def test_a_signal_during_the_other_commands_start_up_ends_it_cleanly(tmp_path, tool, args):
     """The same for the other console scripts, at fewer moments."""
     with_out = tool != "reml-plugins"
-    results = _signals_across_start_up(tool, lambda i: [*args, *(["--out", str(tmp_path / f"out-{i}")] if with_out else [])], count=4)
+    results = _signals_across_start_up(
+        tool, lambda i: [*args, *(["--out", str(tmp_path / f"out-{i}")] if with_out else [])], count=4
+    )
     _assert_ended_cleanly(tool, results)
 
 

@@ -79,7 +79,8 @@ def test_a_flag_per_named_section_sets_its_name(tmp_path):
     (tmp_path / "c.toml").write_text("".join(f'{section} = "from-file-{section}"\n' for section in NAMED_SECTIONS))
     argv = ["--plugin", "sine", *(item for section in NAMED_SECTIONS for item in (f"--{section}", f"flag-{section}"))]
     assert user_config(run.build_parser().parse_args(argv)) == {
-        "plugin": "sine", **{section: {"name": f"flag-{section}"} for section in NAMED_SECTIONS},
+        "plugin": "sine",
+        **{section: {"name": f"flag-{section}"} for section in NAMED_SECTIONS},
     }
     from_file = user_config(run.build_parser().parse_args(["--config", str(tmp_path / "c.toml")]))
     assert from_file == {section: {"name": f"from-file-{section}"} for section in NAMED_SECTIONS}
@@ -113,7 +114,7 @@ def test_recommendation_names_one_component_per_named_section():
 
 def test_run_config_has_one_field_per_section_and_round_trips(toy_registry):
     assert [f.name for f in dataclasses.fields(RunConfig) if f.name != "core"] == list(SECTIONS.values())
-    assert list(_RawConfig.model_fields)[-len(SECTIONS):] == list(SECTIONS.values())
+    assert list(_RawConfig.model_fields)[-len(SECTIONS) :] == list(SECTIONS.values())
     config = resolve_config(toy_registry, {"plugin": "toy", "policy": "toy-policy-2"}, baselines=["toy-baseline"])
     data = config.to_dict()
     assert set(SECTIONS.values()) <= set(data)
@@ -134,8 +135,10 @@ def test_the_registry_and_reml_plugins_know_every_kind(installed_registry):
 
 def test_the_commands_build_their_flags_before_importing_pydantic():
     """specs.py imports only the standard library, so the tools handle Ctrl-C from the start."""
-    code = ("import sys; import reml_core.cli.run, reml_core.cli.bench, reml_core.cli.sweep, reml_core.cli.plugins; "
-            "from reml_core.cli import run; run.build_parser(); print(sorted(m for m in ('pydantic', 'torch', 'yaml') if m in sys.modules))")
+    code = (
+        "import sys; import reml_core.cli.run, reml_core.cli.bench, reml_core.cli.sweep, reml_core.cli.plugins; "
+        "from reml_core.cli import run; run.build_parser(); print(sorted(m for m in ('pydantic', 'torch', 'yaml') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

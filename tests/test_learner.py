@@ -49,8 +49,12 @@ def test_predict_reproduces_the_runs_reported_query_loss_on_its_test_tasks(run_f
     tasks = learner.task_sampler.test_tasks(5)
     for shots in (5, 10):
         for steps in (0, 1, 10):
-            losses = [float(torch.mean((learner.predict(*task.support(shots), task.x_query, steps=steps) - task.y_query) ** 2))
-                      for task in tasks]
+            losses = [
+                float(
+                    torch.mean((learner.predict(*task.support(shots), task.x_query, steps=steps) - task.y_query) ** 2)
+                )
+                for task in tasks
+            ]
             assert np.mean(losses) == pytest.approx(reported[str(shots)][str(steps)]["mse_mean"], rel=1e-5, abs=1e-6)
 
 
@@ -153,14 +157,28 @@ def test_plain_copies_of_the_pools_and_mamls_networks_compute_the_same():
     from reml_plugins.maml.network import Architecture, MetaNetwork
 
     generator = torch.Generator().manual_seed(0)
-    dense = ComposedNetwork([torch.randn(8, 2, generator=generator), torch.randn(3, 8, generator=generator)],
-                            [torch.randn(8, generator=generator), torch.randn(3, generator=generator)], "tanh")
+    dense = ComposedNetwork(
+        [torch.randn(8, 2, generator=generator), torch.randn(3, 8, generator=generator)],
+        [torch.randn(8, generator=generator), torch.randn(3, generator=generator)],
+        "tanh",
+    )
     maml = MetaNetwork(Architecture((2, 8, 3), "relu")).initialise(generator)
-    weights = [torch.randn(4, 1, 3, 3, generator=generator), torch.randn(4, 4, 3, 3, generator=generator), torch.randn(5, 4, generator=generator)]
-    biases = [torch.randn(4, generator=generator), torch.randn(4, generator=generator), torch.randn(5, generator=generator)]
+    weights = [
+        torch.randn(4, 1, 3, 3, generator=generator),
+        torch.randn(4, 4, 3, 3, generator=generator),
+        torch.randn(5, 4, generator=generator),
+    ]
+    biases = [
+        torch.randn(4, generator=generator),
+        torch.randn(4, generator=generator),
+        torch.randn(5, generator=generator),
+    ]
     conv = ConvComposedNetwork(weights, biases, pools=[True, False], norm=True, input_shape=(1, 8, 8))
-    for network, probe in ((dense, torch.randn(6, 2, generator=generator)), (maml, torch.randn(6, 2, generator=generator)),
-                           (conv, torch.rand(6, 1, 8, 8, generator=generator))):
+    for network, probe in (
+        (dense, torch.randn(6, 2, generator=generator)),
+        (maml, torch.randn(6, 2, generator=generator)),
+        (conv, torch.rand(6, 1, 8, 8, generator=generator)),
+    ):
         plain = plain_network(network, probe)
         assert type(plain) is torch.nn.Sequential
         with torch.no_grad():
@@ -180,8 +198,17 @@ def test_a_classification_support_set_needs_k_of_each_class():
         max_shots = 5
         descriptor_names = ()
 
-    learner = Learner("reml", Path("."), Images(), torch.nn.functional.cross_entropy, lambda task, shots: None,
-                      (1, 5), 10, 0.01, "images")
+    learner = Learner(
+        "reml",
+        Path("."),
+        Images(),
+        torch.nn.functional.cross_entropy,
+        lambda task, shots: None,
+        (1, 5),
+        10,
+        0.01,
+        "images",
+    )
     x = np.random.default_rng(0).random((6, 1, 4, 4))
     task, shots = learner.support_task(x, [2, 0, 1, 1, 0, 2])
     assert shots == 2 and task.y_support.tolist() == [0, 1, 2, 0, 1, 2]  # interleaved, as the families lay tasks out
@@ -198,8 +225,10 @@ def test_a_classification_support_set_needs_k_of_each_class():
 
 
 def test_the_learner_module_imports_nothing_of_training():
-    code = ("import sys, reml_core.learner; bad = [m for m in ('stable_baselines3', 'reml_core.training', 'reml_core.pipeline') "
-            "if m in sys.modules]; print(bad)")
+    code = (
+        "import sys, reml_core.learner; bad = [m for m in ('stable_baselines3', 'reml_core.training', 'reml_core.pipeline') "
+        "if m in sys.modules]; print(bad)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr
 
@@ -207,12 +236,29 @@ def test_the_learner_module_imports_nothing_of_training():
 @pytest.fixture(scope="module")
 def bench_folder(tmp_path_factory) -> Path:
     """A tiny benchmark: REML with a fair and a privileged encoder, and MAML, one seed."""
-    tiny = {"train.env_steps": 400, "train.checkpoint_every": 200, "train.validation_tasks": 3, "train.calibration_episodes": 5,
-            "train.progress": False, "eval.test_tasks": 5, "eval.curve_steps": 3, "eval.curve_tasks": 2, "policy.n_steps": 256,
-            "policy.batch_size": 128, "baselines.maml.iterations": 20}
+    tiny = {
+        "train.env_steps": 400,
+        "train.checkpoint_every": 200,
+        "train.validation_tasks": 3,
+        "train.calibration_episodes": 5,
+        "train.progress": False,
+        "eval.test_tasks": 5,
+        "eval.curve_steps": 3,
+        "eval.curve_tasks": 2,
+        "policy.n_steps": 256,
+        "policy.batch_size": 128,
+        "baselines.maml.iterations": 20,
+    }
     out = tmp_path_factory.mktemp("learner-bench") / "bench"
-    reml_core.bench(plugin="sine", preset="smoke", methods=["reml", "maml"], encoders=["support-set", "oracle"], seeds=1,
-                    overrides=tiny, out=out)
+    reml_core.bench(
+        plugin="sine",
+        preset="smoke",
+        methods=["reml", "maml"],
+        encoders=["support-set", "oracle"],
+        seeds=1,
+        overrides=tiny,
+        out=out,
+    )
     return out
 
 
@@ -226,36 +272,69 @@ def test_a_benchmarks_maml_and_reml_reproduce_its_numbers_and_choices_are_named(
         results.learner(encoder="oracle")
     with pytest.raises(UnavailableMethodError, match="no seed 4"):
         results.learner("maml", seed=4)
-    with pytest.raises(UnavailableMethodError, match=r"holds no method 'scratch' \(it holds reml:support-set, reml:oracle, maml\)"):
+    with pytest.raises(
+        UnavailableMethodError, match=r"holds no method 'scratch' \(it holds reml:support-set, reml:oracle, maml\)"
+    ):
         results.learner("scratch")
-    for key, learner in (("reml:support-set", results.learner(encoder="support-set")), ("maml", results.learner("maml")),
-                         ("maml", reml_core.load(bench_folder / "seed-0").learner("maml"))):
+    for key, learner in (
+        ("reml:support-set", results.learner(encoder="support-set")),
+        ("maml", results.learner("maml")),
+        ("maml", reml_core.load(bench_folder / "seed-0").learner("maml")),
+    ):
         tasks = learner.task_sampler.test_tasks(5)
         for shots in (5, 10):
-            losses = [float(torch.mean((learner.predict(*task.support(shots), task.x_query) - task.y_query) ** 2)) for task in tasks]
-            assert np.mean(losses) == pytest.approx(reported[key][str(shots)]["10"]["mse_mean"], rel=1e-5, abs=1e-6), key
-    assert [type(layer).__name__ for layer in results.learner("maml").network_for(*_support())] == ["Linear", "ReLU"] * 2 + ["Linear"]
+            losses = [
+                float(torch.mean((learner.predict(*task.support(shots), task.x_query) - task.y_query) ** 2))
+                for task in tasks
+            ]
+            assert np.mean(losses) == pytest.approx(reported[key][str(shots)]["10"]["mse_mean"], rel=1e-5, abs=1e-6), (
+                key
+            )
+    assert [type(layer).__name__ for layer in results.learner("maml").network_for(*_support())] == [
+        "Linear",
+        "ReLU",
+    ] * 2 + ["Linear"]
 
 
 @pytest.mark.slow
 def test_a_classification_runs_learner_reproduces_its_numbers_on_the_conv_pool(tmp_path):
-    tiny = {"train.env_steps": 300, "train.checkpoint_every": 150, "train.validation_tasks": 3, "train.calibration_episodes": 5,
-            "train.progress": False, "eval.test_tasks": 4, "eval.curve_steps": 2, "eval.curve_tasks": 2, "policy.n_steps": 128,
-            "policy.batch_size": 64, "train.n_envs": 4}
+    tiny = {
+        "train.env_steps": 300,
+        "train.checkpoint_every": 150,
+        "train.validation_tasks": 3,
+        "train.calibration_episodes": 5,
+        "train.progress": False,
+        "eval.test_tasks": 4,
+        "eval.curve_steps": 2,
+        "eval.curve_tasks": 2,
+        "policy.n_steps": 128,
+        "policy.batch_size": 64,
+        "train.n_envs": 4,
+    }
     run = reml_core.run(plugin="digits", preset="smoke", overrides=tiny, out=tmp_path / "digits")
     learner = run.learner()
     assert learner.classification and learner.input_shape == (1, 8, 8) and learner.ways == 5
     tasks = learner.task_sampler.test_tasks(4)
     for shots in (1, 5):
-        losses = [float(torch.nn.functional.cross_entropy(learner.predict(*task.support(shots), task.x_query), task.y_query))
-                  for task in tasks]
+        losses = [
+            float(torch.nn.functional.cross_entropy(learner.predict(*task.support(shots), task.x_query), task.y_query))
+            for task in tasks
+        ]
         assert np.mean(losses) == pytest.approx(run.cell("reml", shots, 10).mean, rel=1e-5)
     x, y = tasks[0].support(2)
     order = torch.argsort(y, stable=True)  # the user's order: grouped by class
     network = learner.network_for(x[order], y[order])
     same = learner.network_for(x, y)  # the family's interleaved order: the same support set, the same network
     assert all(torch.equal(a, b) for a, b in zip(network.parameters(), same.parameters()))
-    assert {type(layer).__name__ for layer in network} <= {"Conv2d", "GroupNorm", "ReLU", "MaxPool2d", "AdaptiveAvgPool2d", "Flatten", "Linear"}
+    assert {type(layer).__name__ for layer in network} <= {
+        "Conv2d",
+        "GroupNorm",
+        "ReLU",
+        "MaxPool2d",
+        "AdaptiveAvgPool2d",
+        "Flatten",
+        "Linear",
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.script(network)

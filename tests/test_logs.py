@@ -30,7 +30,9 @@ def test_configure_shows_what_the_command_line_tools_show_once(fresh_logger, cap
     logs.configure()  # idempotent: one line per message, not two
     logs.log("evaluating reml on 5 held-out test tasks")
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith("[reml ") and err[0].endswith("] evaluating reml on 5 held-out test tasks")
+    assert (
+        len(err) == 1 and err[0].startswith("[reml ") and err[0].endswith("] evaluating reml on 5 held-out test tasks")
+    )
 
 
 def test_a_handler_of_ones_own_redirects_the_messages(fresh_logger, capsys):
@@ -50,4 +52,6 @@ def test_the_command_line_tools_show_progress_on_stderr(tmp_path):
     from helpers.runs import TINY, cli
 
     result = cli("reml-run", *TINY, "--out", str(tmp_path / "run"))
-    assert result.returncode == 0 and "] evaluating reml on 5 held-out test tasks" in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 0 and "] evaluating reml on 5 held-out test tasks" in result.stderr, result.stderr[
+        -2000:
+    ]

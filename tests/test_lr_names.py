@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from reml_core.config import deep_merge, load_config_file, load_resolved, parse_assignment, renamed_settings, resolve_config
+from reml_core.config import (
+    deep_merge,
+    load_config_file,
+    load_resolved,
+    parse_assignment,
+    renamed_settings,
+    resolve_config,
+)
 from reml_core.errors import ConfigError
 
 #: (section path, former name, new name, a value other than the default)
@@ -59,7 +66,9 @@ def test_the_new_name_is_what_the_resolved_config_writes(installed_registry, sec
 
 
 @pytest.mark.parametrize(("section", "old", "new", "value"), RENAMED, ids=IDS)
-def test_the_former_name_is_accepted_from_a_dict_a_set_flag_a_file_and_the_api(installed_registry, tmp_path, section, old, new, value):
+def test_the_former_name_is_accepted_from_a_dict_a_set_flag_a_file_and_the_api(
+    installed_registry, tmp_path, section, old, new, value
+):
     from reml_core.api import user_settings
 
     expected = resolve_config(installed_registry, _user(section, {new: value})).to_dict()
@@ -71,7 +80,9 @@ def test_the_former_name_is_accepted_from_a_dict_a_set_flag_a_file_and_the_api(i
         "--set": deep_merge({"plugin": "sine"}, parse_assignment(f"{section}.{old}={value}")),
         "file": load_config_file(file),
         "overrides": user_settings(overrides={f"{section}.{old}": value}, plugin="sine"),
-        "keyword": user_settings(plugin="sine", **{head: _put(last.split("."), {old: value}) if last else {old: value}}),
+        "keyword": user_settings(
+            plugin="sine", **{head: _put(last.split("."), {old: value}) if last else {old: value}}
+        ),
     }
     for how, user in given.items():
         config = resolve_config(installed_registry, user)
@@ -92,12 +103,18 @@ def test_both_names_at_once_is_an_error_naming_both(installed_registry, section,
 def test_a_later_layer_under_either_name_replaces_an_earlier_one(installed_registry, section, old, new, value):
     """A file with the former name and ``--set`` with the new one (or the other way round): the flag wins, as for any key."""
     for first, second in ((old, new), (new, old)):
-        user = deep_merge(_user(section, {first: 0.123}), parse_assignment(f"{section}.{second}={value}"), renamed_settings(installed_registry))
+        user = deep_merge(
+            _user(section, {first: 0.123}),
+            parse_assignment(f"{section}.{second}={value}"),
+            renamed_settings(installed_registry),
+        )
         assert _resolved_value(resolve_config(installed_registry, user), section, new) == value
 
 
 @pytest.mark.parametrize(("section", "old", "new", "value"), RENAMED, ids=IDS)
-def test_a_set_flag_under_either_name_replaces_the_config_file_s_setting(installed_registry, tmp_path, section, old, new, value):
+def test_a_set_flag_under_either_name_replaces_the_config_file_s_setting(
+    installed_registry, tmp_path, section, old, new, value
+):
     """The command line's own layering (reml_core.cli.common.user_config): a file, then --set."""
     from reml_core.cli import run
     from reml_core.cli.common import user_config
@@ -118,7 +135,12 @@ def test_a_bad_value_under_the_former_name_is_reported_under_that_name(installed
 
 
 def test_unknown_keys_are_still_refused(installed_registry):
-    for section, key in (("env", "inner_sgd_lr"), ("env", "inner_lrx"), ("baselines.maml", "inner_adam_lr"), ("baselines.maml", "meta_sgd_lr")):
+    for section, key in (
+        ("env", "inner_sgd_lr"),
+        ("env", "inner_lrx"),
+        ("baselines.maml", "inner_adam_lr"),
+        ("baselines.maml", "meta_sgd_lr"),
+    ):
         with pytest.raises(ConfigError) as raised:
             resolve_config(installed_registry, _user(section, {key: 0.1}))
         [problem] = raised.value.problems  # the message may go on with "; did you mean ...?"
@@ -133,7 +155,9 @@ def test_the_former_attribute_names_still_read_the_settings():
     assert (env.inner_lr, env.inner_adam_lr, env.finetune_lr, env.finetune_sgd_lr) == (0.003, 0.003, 0.05, 0.05)
     maml = MAMLConfig(inner_lr=0.2, meta_adam_lr=0.002)
     assert (maml.inner_lr, maml.inner_sgd_lr, maml.meta_lr, maml.meta_adam_lr) == (0.2, 0.2, 0.002, 0.002)
-    assert set(maml.model_dump()) >= {"inner_sgd_lr", "meta_adam_lr"} and not {"inner_lr", "meta_lr"} & set(maml.model_dump())
+    assert set(maml.model_dump()) >= {"inner_sgd_lr", "meta_adam_lr"} and not {"inner_lr", "meta_lr"} & set(
+        maml.model_dump()
+    )
 
 
 def test_a_deliberate_finetune_rate_under_the_former_name_is_not_overridden_by_the_protocol(installed_registry):
@@ -176,7 +200,9 @@ def run_with_former_names(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("lr-names") / "run"
     sets = [arg for section, old, _, value in RENAMED for arg in ("--set", f"{section}.{old}={value}")]
-    return tiny_run(out, *sets, "--baselines", "scratch,maml", "--set", "baselines.maml.iterations=3")  # options never add a baseline
+    return tiny_run(
+        out, *sets, "--baselines", "scratch,maml", "--set", "baselines.maml.iterations=3"
+    )  # options never add a baseline
 
 
 @pytest.mark.slow
@@ -187,7 +213,9 @@ def test_a_run_writes_the_new_names_and_reads_its_config_back(run_with_former_na
         for section, old, new, value in RENAMED:
             table = _section(data, section)
             assert table[new] == value and old not in table, (path, section, new)
-    assert load_resolved(run / "config.json", installed_registry).to_dict() == json.loads((run / "config.json").read_text())
+    assert load_resolved(run / "config.json", installed_registry).to_dict() == json.loads(
+        (run / "config.json").read_text()
+    )
 
 
 @pytest.mark.slow
@@ -221,5 +249,7 @@ def test_a_sweep_takes_a_setting_once_whichever_name_it_is_swept_under(installed
         file = FileSweep(grid=[parse_grid_flag(f"{section}.{file_key}=0.1,0.2")])
         space = combine_space(file, [parse_grid_flag(f"{section}.{flag_key}={value}")], [], None, renames)
         assert [(d.key, d.values) for d in space.grid] == [(f"{section}.{flag_key}", (value,))]
-    unrelated = combine_space(FileSweep(), [parse_grid_flag(f"{section}.{new}=0.3"), parse_grid_flag("env.depth=3,4")], [], None, renames)
+    unrelated = combine_space(
+        FileSweep(), [parse_grid_flag(f"{section}.{new}=0.3"), parse_grid_flag("env.depth=3,4")], [], None, renames
+    )
     assert len(unrelated.grid) == 2

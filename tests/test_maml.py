@@ -55,7 +55,15 @@ class OneByOneSampler:
 
     def __init__(self, sampler: SineTaskSampler) -> None:
         self._sampler = sampler
-        for name in ("descriptor_names", "descriptor_low", "descriptor_high", "input_size", "output_size", "max_shots", "train_points"):
+        for name in (
+            "descriptor_names",
+            "descriptor_low",
+            "descriptor_high",
+            "input_size",
+            "output_size",
+            "max_shots",
+            "train_points",
+        ):
             setattr(self, name, getattr(sampler, name))
 
     def train_stream(self, seed):
@@ -121,11 +129,20 @@ def test_first_order_drops_terms_second_order_keeps(sampler, batch, inner_steps)
 def test_eager_outer_autograd_is_exactly_grad_and_value(sampler, batches, first_order, inner_steps):
     """The eager backend takes the outer derivative with plain autograd (faster); torch.func's own transform gives the same bits."""
     baseline = make(sampler, first_order=first_order, inner_steps=inner_steps)
-    task_loss = partial(_task_loss, loss_fn=sampler.loss, activation="relu", inner_lr=0.01, inner_steps=inner_steps, first_order=first_order)
+    task_loss = partial(
+        _task_loss,
+        loss_fn=sampler.loss,
+        activation="relu",
+        inner_lr=0.01,
+        inner_steps=inner_steps,
+        first_order=first_order,
+    )
     transform = grad_and_value(partial(_meta_loss, task_loss=task_loss))
     for batch in batches.values():
         loss, grads = meta_gradient(baseline, batch)
-        reference_grads, reference_loss = transform(tuple(p.detach() for p in baseline.network.parameters()), batch.as_tuple())
+        reference_grads, reference_loss = transform(
+            tuple(p.detach() for p in baseline.network.parameters()), batch.as_tuple()
+        )
         assert loss == float(reference_loss)
         assert all(torch.equal(a, b) for a, b in zip(grads, reference_grads, strict=True))
 
@@ -172,7 +189,9 @@ class CountingStream:
 def test_meta_training_lowers_the_meta_loss_and_reports(sampler, origin):
     """With a batched sampler MAML draws its meta-batches itself; otherwise it reads the stream it is given."""
     task_sampler = OneByOneSampler(sampler) if origin == "per-task (no train_batches)" else sampler
-    assert isinstance(task_sampler, TaskSampler) and isinstance(task_sampler, BatchedTaskSampler) == (task_sampler is sampler)
+    assert isinstance(task_sampler, TaskSampler) and isinstance(task_sampler, BatchedTaskSampler) == (
+        task_sampler is sampler
+    )
     baseline = make(task_sampler, seed=1, iterations=300, task_batches=origin != "per-task (task_batches=false)")
     held_out = stack_tasks(sampler.validation_tasks(50), 10)
     before = float(baseline.backend.meta_gradient(held_out))
@@ -204,7 +223,9 @@ def test_batched_meta_batches_are_the_samplers_batches_with_the_run_seed(sampler
 
 def test_batched_path_refuses_too_few_training_points():
     small = SineTaskSampler(SineConfig(train_points=15))
-    with pytest.raises(UserError, match="K = 10 needs 20 training points per task .* but a task of this sampler has 15"):
+    with pytest.raises(
+        UserError, match="K = 10 needs 20 training points per task .* but a task of this sampler has 15"
+    ):
         make(small, iterations=1).meta_train(small.train_stream(0), progress=False)
 
 
@@ -294,7 +315,13 @@ def test_config_rejects_bad_values(bad):
 
 def test_config_defaults_are_finn_et_al():
     config = MAMLConfig()
-    assert (config.backend, config.hidden, config.activation, config.inner_lr, config.inner_steps) == ("torch-func", [40, 40], "relu", 0.01, 1)
+    assert (config.backend, config.hidden, config.activation, config.inner_lr, config.inner_steps) == (
+        "torch-func",
+        [40, 40],
+        "relu",
+        0.01,
+        1,
+    )
     assert (config.first_order, config.meta_lr, config.meta_batch, config.shots) == (False, 0.001, 25, 10)
 
 
@@ -304,7 +331,9 @@ def test_plugin_registers_maml_with_valid_presets(sampler):
     spec = registry.get("baseline", "maml").spec
     budgets = {preset: spec.config_model(**spec.presets[preset]).iterations for preset in ("smoke", "default", "full")}
     assert budgets == {"smoke": 300, "default": 70_000, "full": 70_000}  # Finn et al.'s budget by default (issue 21)
-    baseline = spec.factory(spec.config_model(**spec.presets["smoke"]), TaskContext(seed=0, preset="smoke", task_sampler=sampler))
+    baseline = spec.factory(
+        spec.config_model(**spec.presets["smoke"]), TaskContext(seed=0, preset="smoke", task_sampler=sampler)
+    )
     assert isinstance(baseline, Baseline)
 
 
@@ -441,7 +470,9 @@ def test_damaged_checkpoints_are_refused_with_one_line(trained, sampler, tmp_pat
 
 def test_a_checkpoint_of_another_architecture_is_refused(trained, sampler, tmp_path):
     trained.save(tmp_path)
-    with pytest.raises(CheckpointError, match="holds a 1-40-40-1 relu network but this baseline is configured for 1-20-1 relu"):
+    with pytest.raises(
+        CheckpointError, match="holds a 1-40-40-1 relu network but this baseline is configured for 1-20-1 relu"
+    ):
         make(sampler, hidden=[20]).load(tmp_path)
 
 

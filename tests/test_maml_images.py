@@ -67,22 +67,33 @@ def test_the_registry_factory_builds_maml_on_the_pools_architecture(components):
     selected = config.baselines["maml"]
     baseline = selected.spec.factory(selected.config, built.context)
     assert isinstance(baseline, Baseline) and baseline.images
-    assert "shots" not in selected.config.model_fields_set and baseline.shots == built.task_sampler.max_shots == 5  # sine's K=10 does not fit
+    assert (
+        "shots" not in selected.config.model_fields_set and baseline.shots == built.task_sampler.max_shots == 5
+    )  # sine's K=10 does not fit
     pool, depth = built.context.pool, built.context.depth
     reference = pool.fresh_network(depth, torch.Generator().manual_seed(built.context.seed))
     assert type(baseline.network) is type(reference)
-    assert [(n, p.shape) for n, p in baseline.network.named_parameters()] == [(n, p.shape) for n, p in reference.named_parameters()]
-    assert all(torch.equal(a, b) for a, b in zip(baseline.network.parameters(), reference.parameters()))  # seeded by the run seed
+    assert [(n, p.shape) for n, p in baseline.network.named_parameters()] == [
+        (n, p.shape) for n, p in reference.named_parameters()
+    ]
+    assert all(
+        torch.equal(a, b) for a, b in zip(baseline.network.parameters(), reference.parameters())
+    )  # seeded by the run seed
 
 
 def test_without_a_pool_an_image_family_is_refused_clearly(context):
-    with pytest.raises(ValueError, match="meta-learns the layer pool's architecture on an image family .* without a layer pool"):
+    with pytest.raises(
+        ValueError, match="meta-learns the layer pool's architecture on an image family .* without a layer pool"
+    ):
         make(dataclasses.replace(context, pool=None))
 
 
 def test_more_shots_than_the_family_holds_is_refused_with_the_fix(context):
     assert make(context, shots=3).shots == 3
-    with pytest.raises(UserError, match="K = 10 per class .* holds only 5 support images per class; set baselines.maml.shots to at most 5"):
+    with pytest.raises(
+        UserError,
+        match="K = 10 per class .* holds only 5 support images per class; set baselines.maml.shots to at most 5",
+    ):
         make(context, shots=10)
 
 
@@ -99,7 +110,9 @@ def test_meta_batches_are_k_per_class_support_inside_training_points_outside(con
         x_support, y_support = task.support(SHOTS)
         assert torch.equal(batch.x_inner[i], x_support) and torch.equal(batch.y_inner[i], y_support)
         # digits interleaves its training points by class: the first N*K are K of each class
-        assert torch.equal(batch.x_outer[i], task.x_train[: ways * SHOTS]) and torch.equal(batch.y_outer[i], task.y_train[: ways * SHOTS])
+        assert torch.equal(batch.x_outer[i], task.x_train[: ways * SHOTS]) and torch.equal(
+            batch.y_outer[i], task.y_train[: ways * SHOTS]
+        )
         for labels in (batch.y_inner[i], batch.y_outer[i]):
             assert torch.bincount(labels, minlength=ways).tolist() == [SHOTS] * ways
 
@@ -200,8 +213,11 @@ def test_a_checkpoint_of_another_network_is_refused(context, trained, tmp_path):
     trained.save(tmp_path)
     shallower = make(dataclasses.replace(context, depth=context.depth - 1))
     before = [p.detach().clone() for p in shallower.network.parameters()]
-    with pytest.raises(CheckpointError, match="holds a ConvComposedNetwork \\(10 tensors, .* but this baseline is configured for "
-                       "ConvComposedNetwork \\(8 tensors, .*\\(tensor weights.3 is float32 \\(16, 16, 3, 3\\), expected float32 \\(5, 16\\)\\)") as caught:
+    with pytest.raises(
+        CheckpointError,
+        match="holds a ConvComposedNetwork \\(10 tensors, .* but this baseline is configured for "
+        "ConvComposedNetwork \\(8 tensors, .*\\(tensor weights.3 is float32 \\(16, 16, 3, 3\\), expected float32 \\(5, 16\\)\\)",
+    ) as caught:
         shallower.load(tmp_path)
     assert "\n" not in str(caught.value)
     assert all(torch.equal(a, b) for a, b in zip(before, shallower.network.parameters()))
@@ -222,7 +238,9 @@ def test_a_sine_checkpoint_is_refused_by_the_image_path_and_vice_versa(context, 
 
     sine = MAMLBaseline(MAMLConfig(), TaskContext(seed=0, task_sampler=SineTaskSampler(SineConfig())))
     sine.save(tmp_path / "sine")
-    with pytest.raises(CheckpointError, match="holds a 1-40-40-1 relu network but this baseline is configured for ConvComposedNetwork"):
+    with pytest.raises(
+        CheckpointError, match="holds a 1-40-40-1 relu network but this baseline is configured for ConvComposedNetwork"
+    ):
         make(context).load(tmp_path / "sine")
     trained.save(tmp_path / "conv")
     with pytest.raises(CheckpointError, match="holds a ConvComposedNetwork .* configured for 1-40-40-1 relu"):

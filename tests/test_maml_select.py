@@ -68,7 +68,11 @@ def test_one_initialisation_is_plain_maml(sampler):
 
 
 def test_initialisations_are_seeded_by_run_seed_and_index(sampler):
-    four, eight, other = make(sampler, seed=1, initialisations=4), make(sampler, seed=1, initialisations=8), make(sampler, seed=2, initialisations=4)
+    four, eight, other = (
+        make(sampler, seed=1, initialisations=4),
+        make(sampler, seed=1, initialisations=8),
+        make(sampler, seed=2, initialisations=4),
+    )
     for small, large, different in zip(four.stack.parameters(), eight.stack.parameters(), other.stack.parameters()):
         assert torch.equal(small, large[:4])  # initialisation m does not depend on M
         assert not torch.equal(small, different)
@@ -88,16 +92,21 @@ def brute_force_support_loss(baseline: MAMLSelectBaseline, index: int, x: torch.
 
 def test_the_choice_is_the_argmin_of_the_support_loss_after_one_step(trained, batch, sampler):
     losses = trained.backend.choice_loss(tuple(trained.stack.parameters()), batch.x_inner, batch.y_inner)
-    expected = torch.tensor([
-        [brute_force_support_loss(trained, m, batch.x_inner[t], batch.y_inner[t]) for m in range(4)] for t in range(batch.tasks)
-    ])
+    expected = torch.tensor(
+        [
+            [brute_force_support_loss(trained, m, batch.x_inner[t], batch.y_inner[t]) for m in range(4)]
+            for t in range(batch.tasks)
+        ]
+    )
     torch.testing.assert_close(losses, expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(trained.backend.choose(batch.x_inner, batch.y_inner), torch.argmin(expected, dim=1))
     assert len(set(torch.argmin(expected, dim=1).tolist())) > 1  # a test of a choice, not of a constant
     for task in sampler.test_tasks(6):  # network_for uses the same rule on the task's K-shot support set
         for shots in (5, 10):
             x, y = task.support(shots)
-            assert trained.choice_for(task, shots) == min(range(4), key=lambda m: brute_force_support_loss(trained, m, x, y))
+            assert trained.choice_for(task, shots) == min(
+                range(4), key=lambda m: brute_force_support_loss(trained, m, x, y)
+            )
 
 
 def test_choose_breaks_ties_low_and_never_picks_nan():
@@ -162,7 +171,9 @@ def test_save_load_round_trip_reproduces_network_for(trained, sampler, tmp_path)
     assert json.loads((tmp_path / METADATA).read_text())["config"]["initialisations"] == 4
     for task in sampler.test_tasks(5):
         for shots in (5, 10):
-            for a, b in zip(loaded.network_for(task, shots).parameters(), trained.network_for(task, shots).parameters()):
+            for a, b in zip(
+                loaded.network_for(task, shots).parameters(), trained.network_for(task, shots).parameters()
+            ):
                 assert torch.equal(a, b)
 
 
@@ -184,12 +195,16 @@ def test_a_damaged_checkpoint_is_one_checkpoint_error(trained, sampler, tmp_path
 
 def test_a_mismatched_checkpoint_is_refused(trained, sampler, tmp_path):
     trained.save(tmp_path / "four")
-    with pytest.raises(CheckpointError, match=r"tensor layers.0.weight is float32 \(4, 40, 1\), expected float32 \(8, 40, 1\)"):
+    with pytest.raises(
+        CheckpointError, match=r"tensor layers.0.weight is float32 \(4, 40, 1\), expected float32 \(8, 40, 1\)"
+    ):
         make(sampler, initialisations=8).load(tmp_path / "four")
     with pytest.raises(CheckpointError, match="holds relu initialisations but this baseline is configured for tanh"):
         make(sampler, initialisations=4, activation="tanh").load(tmp_path / "four")
     MAMLBaseline(MAMLConfig(), TaskContext(seed=0, task_sampler=sampler)).save(tmp_path / "maml")
-    with pytest.raises(CheckpointError, match="holds a 1-40-40-1 relu network but this baseline is configured for InitialisationStack"):
+    with pytest.raises(
+        CheckpointError, match="holds a 1-40-40-1 relu network but this baseline is configured for InitialisationStack"
+    ):
         make(sampler, initialisations=4).load(tmp_path / "maml")
 
 
@@ -207,7 +222,9 @@ def test_an_image_family_is_refused_at_build():
     class Images:
         input_shape = (1, 28, 28)
 
-    with pytest.raises(ComponentBuildError, match="maml-select meta-learns MLP initialisations for flat inputs") as error:
+    with pytest.raises(
+        ComponentBuildError, match="maml-select meta-learns MLP initialisations for flat inputs"
+    ) as error:
         MAMLSelectBaseline(MAMLSelectConfig(), TaskContext(seed=0, task_sampler=Images()))
     assert "\n" not in str(error.value)
 
@@ -217,7 +234,9 @@ def test_plugin_registers_maml_select_with_maml_s_presets(sampler):
     registry.register(reml_plugins.maml, name="maml", distribution="reml")
     spec = registry.get("baseline", "maml-select").spec
     assert spec.label == "MAML-select"
-    assert spec.presets == registry.get("baseline", "maml").spec.presets  # MAML's budgets, so the two compare at equal cost
+    assert (
+        spec.presets == registry.get("baseline", "maml").spec.presets
+    )  # MAML's budgets, so the two compare at equal cost
     configs = {preset: spec.config_model(**spec.presets[preset]) for preset in ("smoke", "default", "full")}
     assert (configs["smoke"].iterations, configs["smoke"].compile, configs["default"].compile) == (300, False, True)
     assert {config.initialisations for config in configs.values()} == {8}
@@ -228,9 +247,22 @@ def test_plugin_registers_maml_select_with_maml_s_presets(sampler):
 
 def test_learn2learn_from_the_command_line_is_one_line(tmp_path):
     result = subprocess.run(
-        [str(BIN / "reml-run"), "--plugin", "sine", "--preset", "smoke", "--baselines", "maml-select",
-         "--set", "baselines.maml-select.backend=learn2learn", "--out", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(BIN / "reml-run"),
+            "--plugin",
+            "sine",
+            "--preset",
+            "smoke",
+            "--baselines",
+            "maml-select",
+            "--set",
+            "baselines.maml-select.backend=learn2learn",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -242,12 +274,44 @@ def test_learn2learn_from_the_command_line_is_one_line(tmp_path):
 def test_reml_run_with_maml_select_and_scratch_end_to_end(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
-        [str(BIN / "reml-run"), "--plugin", "sine", "--preset", "smoke", "--baselines", "maml-select,scratch", "--out", str(out),
-         "--set", "train.env_steps=400", "--set", "train.checkpoint_every=200", "--set", "train.validation_tasks=3",
-         "--set", "train.calibration_episodes=5", "--set", "eval.test_tasks=5", "--set", "eval.curve_steps=3",
-         "--set", "eval.curve_tasks=2", "--set", "policy.n_steps=256", "--set", "policy.batch_size=128",
-         "--set", "train.progress=false", "--set", "baselines.maml-select.iterations=20", "--set", "baselines.maml-select.initialisations=3"],
-        capture_output=True, text=True, timeout=600,
+        [
+            str(BIN / "reml-run"),
+            "--plugin",
+            "sine",
+            "--preset",
+            "smoke",
+            "--baselines",
+            "maml-select,scratch",
+            "--out",
+            str(out),
+            "--set",
+            "train.env_steps=400",
+            "--set",
+            "train.checkpoint_every=200",
+            "--set",
+            "train.validation_tasks=3",
+            "--set",
+            "train.calibration_episodes=5",
+            "--set",
+            "eval.test_tasks=5",
+            "--set",
+            "eval.curve_steps=3",
+            "--set",
+            "eval.curve_tasks=2",
+            "--set",
+            "policy.n_steps=256",
+            "--set",
+            "policy.batch_size=128",
+            "--set",
+            "train.progress=false",
+            "--set",
+            "baselines.maml-select.iterations=20",
+            "--set",
+            "baselines.maml-select.initialisations=3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -265,8 +329,17 @@ def test_reml_bench_saves_maml_select_as_reml_s_files_and_reloads_it(tmp_path):
     """reml-bench trains and saves the baseline (every file in the folder's ledger); --from reloads it to the same numbers."""
     common = ("--plugin", "sine", "--preset", "smoke", "--set", "eval.test_tasks=5", "--set", "eval.curve_steps=0")
     out = tmp_path / "bench"
-    result = _bench(*common, "--methods", "maml-select", "--set", "baselines.maml-select.iterations=10",
-                    "--set", "baselines.maml-select.initialisations=3", "--out", str(out))
+    result = _bench(
+        *common,
+        "--methods",
+        "maml-select",
+        "--set",
+        "baselines.maml-select.iterations=10",
+        "--set",
+        "baselines.maml-select.initialisations=3",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = sorted(out.rglob(TENSORS)) + sorted(out.rglob(METADATA))
     assert len(saved) == 2, saved
@@ -274,13 +347,24 @@ def test_reml_bench_saves_maml_select_as_reml_s_files_and_reloads_it(tmp_path):
     for path in saved:
         assert path.relative_to(out).as_posix() in ledger
     again = tmp_path / "again"
-    result = _bench(*common, "--methods", "maml-select", "--set", "baselines.maml-select.initialisations=3",
-                    "--from", str(out), "--out", str(again))
+    result = _bench(
+        *common,
+        "--methods",
+        "maml-select",
+        "--set",
+        "baselines.maml-select.initialisations=3",
+        "--from",
+        str(out),
+        "--out",
+        str(again),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     first, second = (json.loads((folder / "results.json").read_text()) for folder in (out, again))
     assert second["sources"]["0"]["maml-select"].startswith("loaded from")
     assert second["methods"]["maml-select"] == first["methods"]["maml-select"]
-    wrong = _bench(*common, "--methods", "maml-select", "--from", str(out), "--out", str(tmp_path / "wrong"))  # M = 8 here
+    wrong = _bench(
+        *common, "--methods", "maml-select", "--from", str(out), "--out", str(tmp_path / "wrong")
+    )  # M = 8 here
     assert wrong.returncode == 2
     assert len(wrong.stderr.strip().splitlines()) == 1 and "expected float32 (8, 40, 1)" in wrong.stderr, wrong.stderr
 
@@ -292,7 +376,9 @@ def test_compile_without_a_compiler_warns_and_runs_eagerly(sampler, batch, monke
     with pytest.warns(CompileFallbackWarning, match="maml-select: compile=true but no C\\+\\+ compiler"):
         baseline = make(sampler, initialisations=3, compile=True)
     assert not baseline.backend.compiled
-    assert float(baseline.backend.meta_gradient(batch)) == float(make(sampler, initialisations=3).backend.meta_gradient(batch))
+    assert float(baseline.backend.meta_gradient(batch)) == float(
+        make(sampler, initialisations=3).backend.meta_gradient(batch)
+    )
 
 
 @pytest.mark.slow

@@ -41,7 +41,10 @@ def sampler() -> SineTaskSampler:
 
 @pytest.fixture(scope="module")
 def batches(sampler) -> dict[str, MetaBatch]:
-    return {"per-task": draw_batch(sampler.train_stream(0), 25, 10), "batched": from_task_batch(next(sampler.train_batches(0, 25)), 10)}
+    return {
+        "per-task": draw_batch(sampler.train_stream(0), 25, 10),
+        "batched": from_task_batch(next(sampler.train_batches(0, 25)), 10),
+    }
 
 
 def make(sampler: SineTaskSampler, seed: int = 0, **config) -> MetaSGDBaseline:
@@ -64,7 +67,9 @@ def names(baseline: MetaSGDBaseline) -> list[str]:
 @pytest.mark.parametrize("origin", ["per-task", "batched"])
 @pytest.mark.parametrize("first_order", [False, True], ids=["second-order", "first-order"])
 @pytest.mark.parametrize("inner_steps", [1, 2])
-def test_backends_give_the_same_meta_loss_and_meta_gradient_of_weights_and_rates(sampler, batches, origin, first_order, inner_steps):
+def test_backends_give_the_same_meta_loss_and_meta_gradient_of_weights_and_rates(
+    sampler, batches, origin, first_order, inner_steps
+):
     batch = batches[origin]
     options = {"first_order": first_order, "inner_steps": inner_steps}
     func = make(sampler, seed=3, backend="torch-func", **options)
@@ -137,8 +142,16 @@ def test_the_initialisation_is_maml_s_and_the_rates_start_in_the_configured_rang
 
 @pytest.mark.parametrize(
     "bad",
-    [{"inner_sgd_lr_low": 0.2, "inner_sgd_lr_high": 0.1}, {"inner_sgd_lr_low": 0}, {"inner_sgd_lr_high": -1.0},
-     {"inner_sgd_lr_high": math.inf}, {"inner_sgd_lr": 0.01}, {"backend": "jax"}, {"iterations": 0}, {"hidden": []}],
+    [
+        {"inner_sgd_lr_low": 0.2, "inner_sgd_lr_high": 0.1},
+        {"inner_sgd_lr_low": 0},
+        {"inner_sgd_lr_high": -1.0},
+        {"inner_sgd_lr_high": math.inf},
+        {"inner_sgd_lr": 0.01},
+        {"backend": "jax"},
+        {"iterations": 0},
+        {"hidden": []},
+    ],
 )
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValidationError):
@@ -148,9 +161,22 @@ def test_config_rejects_bad_values(bad):
 def test_a_bad_range_from_the_command_line_is_one_line(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
-        [str(BIN / "reml-run"), "--plugin", "sine", "--preset", "smoke", "--baselines", "meta-sgd",
-         "--set", "baselines.meta-sgd.inner_sgd_lr_low=0.5", "--out", str(out)],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(BIN / "reml-run"),
+            "--plugin",
+            "sine",
+            "--preset",
+            "smoke",
+            "--baselines",
+            "meta-sgd",
+            "--set",
+            "baselines.meta-sgd.inner_sgd_lr_low=0.5",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -162,20 +188,35 @@ def test_plugin_registers_meta_sgd_with_maml_s_budgets(sampler):
     registry = PluginRegistry.discover()
     spec = registry.get("baseline", "meta-sgd").spec
     assert spec.label == "Meta-SGD" and spec.compare_in == ()
-    assert spec.presets == registry.get("baseline", "maml").spec.presets  # MAML's budgets: the two compare at equal cost
+    assert (
+        spec.presets == registry.get("baseline", "maml").spec.presets
+    )  # MAML's budgets: the two compare at equal cost
     configs = {preset: spec.config_model(**spec.presets[preset]) for preset in ("smoke", "default", "full")}
-    assert (configs["smoke"].iterations, configs["default"].iterations, configs["default"].compile) == (300, 70_000, True)
+    assert (configs["smoke"].iterations, configs["default"].iterations, configs["default"].compile) == (
+        300,
+        70_000,
+        True,
+    )
     config = configs["default"]
     assert (config.inner_steps, config.shots, config.meta_batch, config.meta_adam_lr) == (1, 10, 25, 0.001)
     baseline = spec.factory(configs["smoke"], TaskContext(seed=0, preset="smoke", task_sampler=sampler))
-    assert isinstance(baseline, Baseline) and isinstance(baseline, Describable) and isinstance(baseline, AdaptsItsOwnWay)
+    assert (
+        isinstance(baseline, Baseline) and isinstance(baseline, Describable) and isinstance(baseline, AdaptsItsOwnWay)
+    )
     text = baseline.describe()
-    assert text.startswith("Meta-SGD:") and "uniform in [0.005, 0.1]" in text and "iterations=300" in text and "MLP 1-40-40-1" in text
+    assert (
+        text.startswith("Meta-SGD:")
+        and "uniform in [0.005, 0.1]" in text
+        and "iterations=300" in text
+        and "MLP 1-40-40-1" in text
+    )
 
 
 def test_divergence_names_meta_sgd_s_settings(sampler):
     baseline = make(sampler, iterations=3, inner_sgd_lr_low=9.0, inner_sgd_lr_high=10.0, meta_adam_lr=50.0)
-    with pytest.raises(UserError, match="meta-sgd: meta-training diverged at iteration .* baselines.meta-sgd.meta_adam_lr"):
+    with pytest.raises(
+        UserError, match="meta-sgd: meta-training diverged at iteration .* baselines.meta-sgd.meta_adam_lr"
+    ):
         baseline.meta_train(sampler.train_stream(0), progress=False)
 
 
@@ -196,7 +237,9 @@ def test_own_rate_rows_use_the_learned_rates_and_fixed_rows_the_protocol_s(train
     network, adaptation = trained.adapted_network_for(tasks[0], 5)
     assert isinstance(adaptation, OwnAdaptation) and adaptation.steps is None  # every step count of the protocol
     for rate, learned in zip(adaptation.lr, trained.learned.rates, strict=True):
-        assert torch.equal(rate, learned.detach()) and rate.data_ptr() != learned.data_ptr()  # a copy of the learned rates
+        assert (
+            torch.equal(rate, learned.detach()) and rate.data_ptr() != learned.data_ptr()
+        )  # a copy of the learned rates
     for a, b in zip(network.parameters(), trained.network.parameters(), strict=True):
         assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
 
@@ -224,7 +267,9 @@ def test_own_rate_rows_use_the_learned_rates_and_fixed_rows_the_protocol_s(train
         with torch.no_grad():
             for rate, value in zip(trained.learned.rates, saved):
                 rate.copy_(value)
-    assert {s: c.mse_mean for s, c in same[5].items()} == pytest.approx({s: c.mse_mean for s, c in fixed[5].items()}, rel=1e-6)
+    assert {s: c.mse_mean for s, c in same[5].items()} == pytest.approx(
+        {s: c.mse_mean for s, c in fixed[5].items()}, rel=1e-6
+    )
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -278,29 +323,54 @@ def _table(values: dict[int, float], shots=(5, 10)) -> dict[int, dict[int, CellR
 
 
 def _document(**changes) -> ResultsDocument:
-    tables = {"reml": _table({0: 3.0, 1: 2.0, 10: 1.0}), "meta-sgd": _table({0: 3.0, 1: 1.5, 10: 0.5}),
-              "meta-sgd" + OWN_RATE_SUFFIX: _table({0: 3.0, 1: 0.4, 10: 0.2}), "scratch": _table({0: 4.0, 1: 3.5, 10: 2.5})}
-    base = dict(kind="run", plugin="sine", policy="ppo-mlp", encoder="support-set", encoder_privileged=False, seed=0, test_tasks=5,
-                tables=tables, curves={"reml": [1.0], "meta-sgd": [1.0], "scratch": [2.0]}, timing={},
-                config={"eval": {"sgd_lr": 0.01, "curve_steps": 0, "curve_tasks": 1, "curve_adam_lr": 0.005, "steps": [0, 1, 10]},
-                        "preset": "smoke", "reward": {"name": "neg-mse"}, "pool": {"name": "dense"}},
-                labels={"meta-sgd": "Meta-SGD", "scratch": "scratch", "meta-sgd" + OWN_RATE_SUFFIX: "learned rates"})
+    tables = {
+        "reml": _table({0: 3.0, 1: 2.0, 10: 1.0}),
+        "meta-sgd": _table({0: 3.0, 1: 1.5, 10: 0.5}),
+        "meta-sgd" + OWN_RATE_SUFFIX: _table({0: 3.0, 1: 0.4, 10: 0.2}),
+        "scratch": _table({0: 4.0, 1: 3.5, 10: 2.5}),
+    }
+    base = dict(
+        kind="run",
+        plugin="sine",
+        policy="ppo-mlp",
+        encoder="support-set",
+        encoder_privileged=False,
+        seed=0,
+        test_tasks=5,
+        tables=tables,
+        curves={"reml": [1.0], "meta-sgd": [1.0], "scratch": [2.0]},
+        timing={},
+        config={
+            "eval": {"sgd_lr": 0.01, "curve_steps": 0, "curve_tasks": 1, "curve_adam_lr": 0.005, "steps": [0, 1, 10]},
+            "preset": "smoke",
+            "reward": {"name": "neg-mse"},
+            "pool": {"name": "dense"},
+        },
+        labels={"meta-sgd": "Meta-SGD", "scratch": "scratch", "meta-sgd" + OWN_RATE_SUFFIX: "learned rates"},
+    )
     return ResultsDocument(**{**base, **changes})
 
 
 def test_reports_label_own_rate_rows_apart_and_never_rank_them():
     document = _document()
     labels = document.method_labels()
-    assert labels["meta-sgd"] == "Meta-SGD (protocol rate 0.01)" and labels["meta-sgd@own-rate"] == "Meta-SGD (learned rates)"
+    assert (
+        labels["meta-sgd"] == "Meta-SGD (protocol rate 0.01)"
+        and labels["meta-sgd@own-rate"] == "Meta-SGD (learned rates)"
+    )
     assert labels["scratch"] == "scratch" and labels["reml"] == "REML (support-set)"  # no twin: no suffix
     report = render_run_report(document)
     assert "| Meta-SGD (protocol rate 0.01) | **3.000 ± 0.100** | **1.500 ± 0.100** | **0.500 ± 0.100** |" in report
-    assert "| Meta-SGD (learned rates) | 3.000 ± 0.100 | 0.400 ± 0.100 | 0.200 ± 0.100 |" in report  # lower, but not bold
+    assert (
+        "| Meta-SGD (learned rates) | 3.000 ± 0.100 | 0.400 ± 0.100 | 0.200 ± 0.100 |" in report
+    )  # lower, but not bold
     assert "Own-rate rows (Meta-SGD (learned rates)) adapt at the method's own rate" in report
     assert "not the protocol's fixed-rate comparison" in report
     again = ResultsDocument.from_json(json.loads(json.dumps(document.to_json())))
     assert again.method_labels() == labels
-    assert "own rate" not in render_run_report(_document(tables={k: v for k, v in document.tables.items() if "@" not in k}))
+    assert "own rate" not in render_run_report(
+        _document(tables={k: v for k, v in document.tables.items() if "@" not in k})
+    )
 
 
 def test_the_terminal_summary_never_ranks_own_rate_rows_either(tmp_path, capsys):
@@ -316,14 +386,28 @@ def test_bench_report_and_aggregation_of_own_rate_rows_with_chosen_steps():
     chosen = {"reml": _table({0: 3.0, 10: 1.0}), "reml" + OWN_RATE_SUFFIX: _table({0: 3.0, 1: 2.0})}
     other = {"reml": _table({0: 2.0, 10: 2.0}), "reml" + OWN_RATE_SUFFIX: _table({0: 2.0, 10: 0.5})}
     merged = {key: aggregate_tables([chosen[key], other[key]]) for key in chosen}
-    assert sorted(merged["reml@own-rate"][5]) == [0]  # a step column one seed did not fill is left out, not half-averaged
+    assert sorted(merged["reml@own-rate"][5]) == [
+        0
+    ]  # a step column one seed did not fill is left out, not half-averaged
     assert merged["reml@own-rate"][5][0].mean == 2.5
-    document = _document(kind="bench", tables=merged, curves={"reml": [1.0]}, labels={}, seeds=[0, 1], budgets={"reml": "512 env steps"},
-                         sources={0: {"reml": "trained"}})
+    document = _document(
+        kind="bench",
+        tables=merged,
+        curves={"reml": [1.0]},
+        labels={},
+        seeds=[0, 1],
+        budgets={"reml": "512 env steps"},
+        sources={0: {"reml": "trained"}},
+    )
     report = render_bench_report(document)
-    assert "| REML (support-set, own rate) |" not in report and "| REML (support-set) (own rate) | 2.500 ± 0.100 (seeds ±0.707) | - |" in report
+    assert (
+        "| REML (support-set, own rate) |" not in report
+        and "| REML (support-set) (own rate) | 2.500 ± 0.100 (seeds ±0.707) | - |" in report
+    )
     assert "| REML (support-set) (protocol rate 0.01) |" in report
-    assert report.count("| REML (support-set) (protocol rate 0.01) | 512 env steps |") == 1  # one budget row per trained method
+    assert (
+        report.count("| REML (support-set) (protocol rate 0.01) | 512 env steps |") == 1
+    )  # one budget row per trained method
 
 
 def test_plots_draw_own_rate_rows_and_rows_with_missing_step_counts(tmp_path):
@@ -341,8 +425,11 @@ def test_evaluate_methods_adds_own_rate_rows_for_any_method_with_the_capability(
     from reml_core.experiment import build_components
     from reml_core.pipeline import evaluate_methods, own_rate_labels
 
-    config = resolve_config(PluginRegistry.discover(), {"plugin": "sine", "preset": "smoke", "eval": {"test_tasks": 3, "curve_steps": 2, "curve_tasks": 1}},
-                            baselines=[])
+    config = resolve_config(
+        PluginRegistry.discover(),
+        {"plugin": "sine", "preset": "smoke", "eval": {"test_tasks": 3, "curve_steps": 2, "curve_tasks": 1}},
+        baselines=[],
+    )
     components = build_components(config)
 
     class Fixed:
@@ -368,17 +455,52 @@ def test_evaluate_methods_adds_own_rate_rows_for_any_method_with_the_capability(
 
 # -- end to end -------------------------------------------------------------------------------
 
-TINY = ["--set", "train.env_steps=256", "--set", "train.checkpoint_every=256", "--set", "train.validation_tasks=3",
-        "--set", "train.calibration_episodes=5", "--set", "eval.test_tasks=5", "--set", "eval.curve_steps=2", "--set", "eval.curve_tasks=1",
-        "--set", "policy.n_steps=128", "--set", "policy.batch_size=64", "--set", "train.progress=false",
-        "--set", "baselines.meta-sgd.iterations=10"]
+TINY = [
+    "--set",
+    "train.env_steps=256",
+    "--set",
+    "train.checkpoint_every=256",
+    "--set",
+    "train.validation_tasks=3",
+    "--set",
+    "train.calibration_episodes=5",
+    "--set",
+    "eval.test_tasks=5",
+    "--set",
+    "eval.curve_steps=2",
+    "--set",
+    "eval.curve_tasks=1",
+    "--set",
+    "policy.n_steps=128",
+    "--set",
+    "policy.batch_size=64",
+    "--set",
+    "train.progress=false",
+    "--set",
+    "baselines.meta-sgd.iterations=10",
+]
 
 
 @pytest.mark.slow
 def test_reml_run_reports_meta_sgd_at_both_rates(tmp_path):
     out = tmp_path / "run"
-    result = subprocess.run([str(BIN / "reml-run"), "--plugin", "sine", "--preset", "smoke", "--baselines", "meta-sgd", "--out", str(out), *TINY],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            str(BIN / "reml-run"),
+            "--plugin",
+            "sine",
+            "--preset",
+            "smoke",
+            "--baselines",
+            "meta-sgd",
+            "--out",
+            str(out),
+            *TINY,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert list(results["methods"]) == ["reml", "meta-sgd", "meta-sgd@own-rate"]
@@ -394,13 +516,29 @@ def test_reml_run_reports_meta_sgd_at_both_rates(tmp_path):
 @pytest.mark.slow
 def test_reml_bench_compares_reml_maml_meta_sgd_and_scratch_and_reloads_them(tmp_path):
     out = tmp_path / "bench"
-    common = ["--plugin", "sine", "--preset", "smoke", "--methods", "reml,maml,meta-sgd,scratch", "--seeds", "2",
-              *TINY, "--set", "baselines.maml.iterations=10"]
-    result = subprocess.run([str(BIN / "reml-bench"), *common, "--out", str(out)], capture_output=True, text=True, timeout=900)
+    common = [
+        "--plugin",
+        "sine",
+        "--preset",
+        "smoke",
+        "--methods",
+        "reml,maml,meta-sgd,scratch",
+        "--seeds",
+        "2",
+        *TINY,
+        "--set",
+        "baselines.maml.iterations=10",
+    ]
+    result = subprocess.run(
+        [str(BIN / "reml-bench"), *common, "--out", str(out)], capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert list(results["methods"]) == ["reml", "maml", "meta-sgd", "meta-sgd@own-rate", "scratch"]
-    assert set(results["budgets"]) == {"reml", "maml", "meta-sgd", "scratch"} and "rates start uniform in [0.005, 0.1]" in results["budgets"]["meta-sgd"]
+    assert (
+        set(results["budgets"]) == {"reml", "maml", "meta-sgd", "scratch"}
+        and "rates start uniform in [0.005, 0.1]" in results["budgets"]["meta-sgd"]
+    )
     assert "training_meta-sgd" in results["timing_s"] and "evaluation_meta-sgd@own-rate" in results["timing_s"]
     cell = results["methods"]["meta-sgd@own-rate"]["10"]["1"]
     per_seed = [results["seeds"][s]["methods"]["meta-sgd@own-rate"]["10"]["1"]["mse_mean"] for s in ("0", "1")]
@@ -408,13 +546,23 @@ def test_reml_bench_compares_reml_maml_meta_sgd_and_scratch_and_reloads_them(tmp
     seed = json.loads((out / "seed-0" / "results.json").read_text())
     assert seed["labels"]["meta-sgd@own-rate"] == "learned rates" and "meta-sgd@own-rate" in seed["methods"]
     report = (out / "report.md").read_text()
-    assert "| Meta-SGD (protocol rate 0.01) |" in report and "| Meta-SGD (learned rates) |" in report and "| MAML |" in report
+    assert (
+        "| Meta-SGD (protocol rate 0.01) |" in report
+        and "| Meta-SGD (learned rates) |" in report
+        and "| MAML |" in report
+    )
     assert "not the protocol's fixed-rate comparison" in report
-    again = subprocess.run([str(BIN / "reml-bench"), *common, "--from", str(out), "--out", str(tmp_path / "again")],
-                           capture_output=True, text=True, timeout=900)
+    again = subprocess.run(
+        [str(BIN / "reml-bench"), *common, "--from", str(out), "--out", str(tmp_path / "again")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     reloaded = json.loads((tmp_path / "again" / "results.json").read_text())
-    assert reloaded["methods"]["meta-sgd@own-rate"] == results["methods"]["meta-sgd@own-rate"]  # the learned rates were saved
+    assert (
+        reloaded["methods"]["meta-sgd@own-rate"] == results["methods"]["meta-sgd@own-rate"]
+    )  # the learned rates were saved
 
 
 @pytest.mark.numerics
@@ -428,7 +576,9 @@ def test_on_an_image_family_both_backends_learn_the_pool_network_s_weights_and_r
     chosen = config.baselines["meta-sgd"]
     learned = {}
     for backend in ("torch-func", "learn2learn"):
-        baseline = chosen.spec.factory(chosen.config.model_copy(update={"backend": backend, "iterations": 2, "meta_batch": 3}), components.context)
+        baseline = chosen.spec.factory(
+            chosen.config.model_copy(update={"backend": backend, "iterations": 2, "meta_batch": 3}), components.context
+        )
         assert baseline.images and baseline.shots == 5  # K per class, the largest digits holds
         baseline.meta_train(components.task_sampler.train_stream(0), progress=False)
         learned[backend] = [p.detach().clone() for p in baseline.learned.parameters()]

@@ -29,14 +29,26 @@ def test_dir_of_the_package_lists_its_public_api_for_tab_completion():
 # -- did you mean -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("user", "line"), [
-    ({"trian": {"env_steps": 5}}, "trian: Extra inputs are not permitted; did you mean 'train'?"),
-    ({"train": {"env_step": 5}}, "train.env_step: Extra inputs are not permitted; did you mean 'env_steps'?"),
-    ({"eval": {"shot": [5]}}, "eval.shot: Extra inputs are not permitted; did you mean 'shots'?"),
-    ({"pool": {"hiden_layers": 3}}, "pool.hiden_layers: Extra inputs are not permitted; did you mean 'hidden_layers'"),
-    ({"policy": {"learning_rat": 0.1}}, "policy.learning_rat: Extra inputs are not permitted; did you mean 'learning_rate'"),
-    ({"baselines": {"maml": {"iteratons": 3}}}, "baselines.maml.iteratons: Extra inputs are not permitted; did you mean 'iterations'?"),
-])
+@pytest.mark.parametrize(
+    ("user", "line"),
+    [
+        ({"trian": {"env_steps": 5}}, "trian: Extra inputs are not permitted; did you mean 'train'?"),
+        ({"train": {"env_step": 5}}, "train.env_step: Extra inputs are not permitted; did you mean 'env_steps'?"),
+        ({"eval": {"shot": [5]}}, "eval.shot: Extra inputs are not permitted; did you mean 'shots'?"),
+        (
+            {"pool": {"hiden_layers": 3}},
+            "pool.hiden_layers: Extra inputs are not permitted; did you mean 'hidden_layers'",
+        ),
+        (
+            {"policy": {"learning_rat": 0.1}},
+            "policy.learning_rat: Extra inputs are not permitted; did you mean 'learning_rate'",
+        ),
+        (
+            {"baselines": {"maml": {"iteratons": 3}}},
+            "baselines.maml.iteratons: Extra inputs are not permitted; did you mean 'iterations'?",
+        ),
+    ],
+)
 def test_a_misspelt_setting_is_answered_with_the_closest_valid_names(installed_registry, user, line):
     with pytest.raises(ConfigError) as raised:
         resolve_config(installed_registry, {"plugin": "sine", "preset": "smoke", **user}, baselines=["maml"])
@@ -50,12 +62,17 @@ def test_a_setting_with_no_close_name_gets_no_guess(installed_registry):
 
 
 def test_the_command_line_and_the_python_api_suggest_too(tmp_path, capsys):
-    assert run_cli.main(["--plugin", "sine", "--preset", "smoke", "--set", "env.detph=4", "--out", str(tmp_path / "r")]) == 2
+    assert (
+        run_cli.main(["--plugin", "sine", "--preset", "smoke", "--set", "env.detph=4", "--out", str(tmp_path / "r")])
+        == 2
+    )
     assert "env.detph: Extra inputs are not permitted; did you mean 'depth'?" in capsys.readouterr().err
     config = tmp_path / "c.toml"
     config.write_text('plugin = "sine"\n[task]\namplitude_hig = 3.0\n')
     assert run_cli.main(["--config", str(config), "--out", str(tmp_path / "r")]) == 2
-    assert "task.amplitude_hig: Extra inputs are not permitted; did you mean 'amplitude_high'" in capsys.readouterr().err
+    assert (
+        "task.amplitude_hig: Extra inputs are not permitted; did you mean 'amplitude_high'" in capsys.readouterr().err
+    )
     with pytest.raises(ConfigError, match="did you mean 'env_steps'"):
         reml_core.run(plugin="sine", preset="smoke", out=tmp_path / "api", train={"env_step": 5})
     assert not (tmp_path / "r").exists() and not (tmp_path / "api").exists()
@@ -71,7 +88,11 @@ def test_a_baselines_options_do_not_add_it_to_a_run(installed_registry, tmp_path
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert "maml" not in saved["baselines"]  # a --resume evaluates what the run did
     note = capsys.readouterr().err
-    assert "baselines.maml configures a baseline this run does not evaluate" in note and "--baselines" in note and "maml" in note
+    assert (
+        "baselines.maml configures a baseline this run does not evaluate" in note
+        and "--baselines" in note
+        and "maml" in note
+    )
 
     chosen = prepare_run(user, out=tmp_path / "with", baselines=["maml"], registry=installed_registry)
     assert set(chosen.config.baselines) == {"maml"} and chosen.config.baselines["maml"].config.iterations == 3
@@ -80,8 +101,11 @@ def test_a_baselines_options_do_not_add_it_to_a_run(installed_registry, tmp_path
 
 def test_a_misspelt_option_of_a_baseline_not_evaluated_is_still_refused(installed_registry, tmp_path):
     with pytest.raises(ConfigError, match="baselines.maml.iteratons"):
-        prepare_run({"plugin": "sine", "preset": "smoke", "baselines": {"maml": {"iteratons": 3}}}, out=tmp_path / "r",
-                    registry=installed_registry)
+        prepare_run(
+            {"plugin": "sine", "preset": "smoke", "baselines": {"maml": {"iteratons": 3}}},
+            out=tmp_path / "r",
+            registry=installed_registry,
+        )
     assert not (tmp_path / "r").exists()
 
 
@@ -100,8 +124,10 @@ def _files_family(root):
 def test_the_oracle_on_a_family_without_descriptors_is_one_config_error(tmp_path, capsys):
     _files_family(tmp_path / "data")
     config = tmp_path / "files.toml"
-    config.write_text(f'plugin = "files"\npreset = "smoke"\n[task]\nroot = "{tmp_path / "data"}"\ninputs = ["t"]\noutputs = ["y"]\n'
-                      'support_points = 5\nquery_points = 8\n[env]\nshots = [2, 5]\n[eval]\nshots = [2, 5]\n')
+    config.write_text(
+        f'plugin = "files"\npreset = "smoke"\n[task]\nroot = "{tmp_path / "data"}"\ninputs = ["t"]\noutputs = ["y"]\n'
+        "support_points = 5\nquery_points = 8\n[env]\nshots = [2, 5]\n[eval]\nshots = [2, 5]\n"
+    )
     code = run_cli.main(["--config", str(config), "--encoder", "oracle", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
@@ -130,7 +156,7 @@ def test_trivial_references_are_what_predicting_zero_and_the_support_mean_score(
     state = torch.random.get_rng_state()
     references = trivial_references(tasks, sampler.loss, [5, 10], sampler.output_size)
     assert torch.equal(state, torch.random.get_rng_state())  # draws nothing: no method's numbers move
-    zero = np.mean([float((task.y_query ** 2).mean()) for task in tasks])
+    zero = np.mean([float((task.y_query**2).mean()) for task in tasks])
     assert references[PREDICT_ZERO][5][0].mse_mean == pytest.approx(zero)
     for k in (5, 10):
         mean = np.mean([float(((task.y_query - task.support(k)[1].mean()) ** 2).mean()) for task in tasks])
@@ -154,15 +180,34 @@ def test_for_classification_the_reference_is_chance(installed_registry):
 def _run_document(preset="smoke"):
     from reml_core.results import CellResult, ResultsDocument, SelectedCheckpoint, TrainingRecord
 
-    config = {"plugin": "sine", "preset": preset, "seed": 0, "reward": {"name": "neg-mse"}, "pool": {"name": "dense"},
-              "train": {"validation_tasks": 7},
-              "eval": {"sgd_lr": 0.01, "curve_steps": 0, "curve_adam_lr": 0.005, "curve_tasks": 2, "steps": [0, 1, 10]}}
+    config = {
+        "plugin": "sine",
+        "preset": preset,
+        "seed": 0,
+        "reward": {"name": "neg-mse"},
+        "pool": {"name": "dense"},
+        "train": {"validation_tasks": 7},
+        "eval": {"sgd_lr": 0.01, "curve_steps": 0, "curve_adam_lr": 0.005, "curve_tasks": 2, "steps": [0, 1, 10]},
+    }
     history = [{"timesteps": 1024, "validation/score": 1.36, "validation/finetune_gain": 0.3}]
     return ResultsDocument(
-        kind="run", plugin="sine", policy="ppo-mlp", encoder="support-set", encoder_privileged=False, seed=0, test_tasks=50,
-        tables={"reml": {5: {0: CellResult(5.0, 1.0), 1: CellResult(4.9, 1.0), 10: CellResult(4.8, 1.0)}}}, curves={},
-        timing={}, config=config, loss_name="MSE",
-        training={"reml": TrainingRecord(1024, 0, SelectedCheckpoint("step-1024", 1024, 1.36), history, {"invalid_argmax_rate": 0.5})},
+        kind="run",
+        plugin="sine",
+        policy="ppo-mlp",
+        encoder="support-set",
+        encoder_privileged=False,
+        seed=0,
+        test_tasks=50,
+        tables={"reml": {5: {0: CellResult(5.0, 1.0), 1: CellResult(4.9, 1.0), 10: CellResult(4.8, 1.0)}}},
+        curves={},
+        timing={},
+        config=config,
+        loss_name="MSE",
+        training={
+            "reml": TrainingRecord(
+                1024, 0, SelectedCheckpoint("step-1024", 1024, 1.36), history, {"invalid_argmax_rate": 0.5}
+            )
+        },
         references={"predict zero": {5: {0: CellResult(4.94, 1.1)}}, "support mean": {5: {0: CellResult(5.43, 1.2)}}},
     )
 
@@ -192,7 +237,9 @@ def test_the_validation_numbers_say_what_they_are_measured_on_and_terms_are_expl
 
     report = render_run_report(_run_document())
     assert "on the 7 validation tasks that choose the checkpoint (not the test tasks" in report
-    assert "\"Gain from fine-tuning\" is the validation loss before fine-tuning minus the loss after 10 SGD steps" in report
+    assert (
+        '"Gain from fine-tuning" is the validation loss before fine-tuning minus the loss after 10 SGD steps' in report
+    )
     assert "Invalid argmax rate: the share of the policy's decisions" in report
 
 
@@ -237,8 +284,15 @@ def test_the_training_bar_stops_at_its_total_when_the_backend_overshoots():
             self.n += steps
 
     train = SimpleNamespace(env_steps=2000, checkpoint_every=10**9)
-    trainer = SimpleNamespace(_stop=False, _bar=Bar(), _bar_steps=0, _bar_end=2000, env=SimpleNamespace(training_progress=0.0),
-                              config=SimpleNamespace(core=SimpleNamespace(train=train)), state=SimpleNamespace(timesteps=0))
+    trainer = SimpleNamespace(
+        _stop=False,
+        _bar=Bar(),
+        _bar_steps=0,
+        _bar_end=2000,
+        env=SimpleNamespace(training_progress=0.0),
+        config=SimpleNamespace(core=SimpleNamespace(train=train)),
+        state=SimpleNamespace(timesteps=0),
+    )
     for timesteps in (512, 1024, 1536, 2048):
         assert MetaTrainer.on_step(trainer, timesteps) is True
     assert trainer._bar.n == 2000 and trainer.env.training_progress == 1.0
@@ -257,7 +311,9 @@ def test_every_mention_of_a_smoke_runs_duration_agrees():
     help_text = " ".join(build_parser().format_help().split())
     said = {"--help": re.search(r"smoke \(about ([^)]*?)\)", help_text).group(1)}
     readme = (ROOT / "README.md").read_text()
-    said["README command"] = re.search(r"reml-run --plugin sine --preset smoke\s+# about ([a-z0-9 ]+?):", readme).group(1)
+    said["README command"] = re.search(r"reml-run --plugin sine --preset smoke\s+# about ([a-z0-9 ]+?):", readme).group(
+        1
+    )
     said["README presets"] = re.search(r"Presets `smoke` \(about ([a-z0-9 ]+?)[;)]", readme).group(1)
     for path in (ROOT / "README.md", ROOT / "docs" / "index.md", ROOT / "docs" / "benchmark.md"):  # the newcomer's path
         for line in path.read_text().splitlines():
@@ -272,7 +328,9 @@ def test_the_benchmark_docs_reproduce_command_makes_the_readme_table():
 
     readme = (ROOT / "README.md").read_text()
     made = shlex.split(re.search(r"Generated from `(reml-bench --plugin sine [^`]*)`", readme).group(1))
-    block = re.search(r"## Reproducing the README.*?```sh\n(.*?)```", (ROOT / "docs" / "benchmark.md").read_text(), re.S).group(1)
+    block = re.search(
+        r"## Reproducing the README.*?```sh\n(.*?)```", (ROOT / "docs" / "benchmark.md").read_text(), re.S
+    ).group(1)
     command = shlex.split(block.replace("\\\n", " ").splitlines()[0])
     for flag in ("--plugin", "--seed", "--seeds", "--methods", "--encoder"):
         assert flag in command and command[command.index(flag) + 1] == made[made.index(flag) + 1], flag
@@ -294,8 +352,9 @@ def test_a_terminal_gets_a_first_line_before_torch_and_the_plugins_load(monkeypa
         import reml_core.cli.common as common
 
         real = common.discover_plugins
-        monkeypatch.setattr(f"reml_core.cli.{prog.split('-')[1]}.discover_plugins",
-                            lambda: order.append(terminal.getvalue()) or real())
+        monkeypatch.setattr(
+            f"reml_core.cli.{prog.split('-')[1]}.discover_plugins", lambda: order.append(terminal.getvalue()) or real()
+        )
         assert main(["--plugin", "sine", "--set", "env.detph=4", "--out", str(tmp_path / prog)]) == 2
         assert order and order[0] == f"{prog}: loading torch and the plugins...\n"  # printed before the imports began
         assert terminal.getvalue().splitlines()[-1].startswith("env.detph: ")  # then the one error line
@@ -315,12 +374,25 @@ def test_role_index_numbers_a_pools_layers_role_by_role():
 
     index = RoleIndex({Role.INPUT: 2, Role.HIDDEN: 3, Role.OUTPUT: 1})
     assert index.size == 6 and [index.locate(i) for i in (0, 1, 2, 4, 5)] == [
-        (Role.INPUT, 0), (Role.INPUT, 1), (Role.HIDDEN, 0), (Role.HIDDEN, 2), (Role.OUTPUT, 0)]
+        (Role.INPUT, 0),
+        (Role.INPUT, 1),
+        (Role.HIDDEN, 0),
+        (Role.HIDDEN, 2),
+        (Role.OUTPUT, 0),
+    ]
     with pytest.raises(IndexError, match="outside 0..5"):
         index.locate(6)
     slots = index.slot_rows([[0, 2, 5], [1, 4, 5]])
-    assert [(role, rows.tolist()) for role, rows in slots] == [(Role.INPUT, [0, 1]), (Role.HIDDEN, [0, 2]), (Role.OUTPUT, [0, 0])]
-    for bad, message in (([[0, 2, 5], [1, 5]], "one depth"), ([[0, 2, 5], [2, 0, 5]], "one role per slot"), ([], "at least one")):
+    assert [(role, rows.tolist()) for role, rows in slots] == [
+        (Role.INPUT, [0, 1]),
+        (Role.HIDDEN, [0, 2]),
+        (Role.OUTPUT, [0, 0]),
+    ]
+    for bad, message in (
+        ([[0, 2, 5], [1, 5]], "one depth"),
+        ([[0, 2, 5], [2, 0, 5]], "one role per slot"),
+        ([], "at least one"),
+    ):
         with pytest.raises(ValueError, match=message):
             index.slot_rows(bad)
 
@@ -347,8 +419,9 @@ def test_sine_and_the_image_families_share_the_held_out_split(installed_registry
         assert [t.task_id for t in first] == ["test-0", "test-1", "test-2"]
         assert all(np.array_equal(a.y_query, b.y_query) for a, b in zip(first, again))  # the config alone fixes them
         train = next(iter(sampler.train_stream(0)))
-        assert train.task_id == "train-s0-0" and not any(np.array_equal(train.x_query, t.x_query) and
-                                                          np.array_equal(train.y_query, t.y_query) for t in first)
+        assert train.task_id == "train-s0-0" and not any(
+            np.array_equal(train.x_query, t.x_query) and np.array_equal(train.y_query, t.y_query) for t in first
+        )
 
 
 def test_setting_descriptions_say_what_a_setting_does_not_what_it_measured():
@@ -358,7 +431,9 @@ def test_setting_descriptions_say_what_a_setting_does_not_what_it_measured():
 
     for model in (EnvConfig, TrainConfig, EvalConfig):
         for name, info in model.model_fields.items():
-            assert not re.search(r"steps/s|~\d|\bmeasured \d", info.description or ""), f"{model.__name__}.{name}: {info.description}"
+            assert not re.search(r"steps/s|~\d|\bmeasured \d", info.description or ""), (
+                f"{model.__name__}.{name}: {info.description}"
+            )
 
 
 def test_reports_never_say_1_steps():
@@ -381,9 +456,30 @@ def test_a_benchmark_reports_the_references_over_its_seeds(tmp_path):
     from pathlib import Path
 
     out = tmp_path / "bench"
-    result = subprocess.run([str(Path(sys.executable).parent / "reml-bench"), "--plugin", "sine", "--preset", "smoke", "--methods", "scratch",
-                             "--seeds", "2", "--test-tasks", "5", "--set", "eval.curve_steps=2", "--set", "eval.curve_tasks=2",
-                             "--out", str(out)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "reml-bench"),
+            "--plugin",
+            "sine",
+            "--preset",
+            "smoke",
+            "--methods",
+            "scratch",
+            "--seeds",
+            "2",
+            "--test-tasks",
+            "5",
+            "--set",
+            "eval.curve_steps=2",
+            "--set",
+            "eval.curve_tasks=2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     seed = json.loads((out / "seed-0" / "results.json").read_text())["references"]
     merged = json.loads((out / "results.json").read_text())["references"]
@@ -402,4 +498,6 @@ def test_every_progress_bar_is_tqdms():
         assert "rich.progress" not in text and "progress_bar=True" not in text, path
     from reml_core import evaluation, training
 
-    assert "tqdm" in __import__("inspect").getsource(training._progress_bar) and evaluation.tqdm.__module__.startswith("tqdm")
+    assert "tqdm" in __import__("inspect").getsource(training._progress_bar) and evaluation.tqdm.__module__.startswith(
+        "tqdm"
+    )

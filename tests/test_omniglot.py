@@ -76,9 +76,14 @@ def _copy(root: Path, tmp_path: Path) -> Path:
 def test_every_character_folder_is_found_in_both_subsets(sampler, root):
     names = [c.name for c in sampler.characters]
     assert len(names) == 12 and names == sorted(names)
-    assert names[0] == "images_background/Alpha_(one)/character01" and names[-1] == "images_evaluation/Gamma/character04"
+    assert (
+        names[0] == "images_background/Alpha_(one)/character01" and names[-1] == "images_evaluation/Gamma/character04"
+    )
     assert {c.alphabet for c in sampler.characters} == {
-        "images_background/Alpha_(one)", "images_background/Beta", "images_evaluation/Gamma"}
+        "images_background/Alpha_(one)",
+        "images_background/Beta",
+        "images_evaluation/Gamma",
+    }
     assert sampler.drawing_counts.tolist() == [20] * 12
     assert sampler.n_classes == 48 and sampler.descriptor_high == (47.0,) * 5
     assert sampler.class_name(13) == "images_background/Alpha_(one)/character02 @ 90deg"
@@ -87,14 +92,20 @@ def test_every_character_folder_is_found_in_both_subsets(sampler, root):
 def test_characters_split_disjointly_with_every_rotation_in_its_own_split(sampler, root):
     chars = {split: set(sampler.split_characters[split]) for split in ("train", "validation", "test")}
     assert [len(c) for c in chars.values()] == [7, 2, 3]  # round(12 * 0.6), round(12 * 0.2), the rest
-    assert not chars["train"] & chars["validation"] and not chars["train"] & chars["test"] and not chars["validation"] & chars["test"]
+    assert (
+        not chars["train"] & chars["validation"]
+        and not chars["train"] & chars["test"]
+        and not chars["validation"] & chars["test"]
+    )
     assert set().union(*chars.values()) == set(range(12))
     for split, chosen in chars.items():
         assert set(sampler.classes[split]) == {c + 12 * turn for c in chosen for turn in range(4)}
     assert OmniglotTaskSampler(OmniglotConfig(root=str(root))).classes == sampler.classes  # fixed by the config
     assert OmniglotTaskSampler(OmniglotConfig(root=str(root), test_seed=5)).classes == sampler.classes
     assert OmniglotTaskSampler(OmniglotConfig(root=str(root), split_seed=1)).classes != sampler.classes
-    other = OmniglotTaskSampler(OmniglotConfig(root=str(root), train_fraction=0.5, validation_fraction=0.25, ways=2, rotations=False))
+    other = OmniglotTaskSampler(
+        OmniglotConfig(root=str(root), train_fraction=0.5, validation_fraction=0.25, ways=2, rotations=False)
+    )
     assert [len(other.classes[s]) for s in ("train", "validation", "test")] == [6, 3, 3]
     assert set().union(*map(set, other.classes.values())) == set(range(12))
 
@@ -105,7 +116,9 @@ def test_either_subset_alone_is_enough(root, tmp_path):
     assert [c.name for c in s.characters] == [f"images_evaluation/Gamma/character0{i}" for i in range(1, 5)]
     assert [len(s.classes[split]) for split in ("train", "validation", "test")] == [8, 4, 4]
     assert next(s.train_stream(0)).x_query.shape == (20, 1, 28, 28)
-    with pytest.raises(OmniglotDataError, match=r"task.ways: ways = 5 does not fit the class split 8/4/4 .* at most 4 ways"):
+    with pytest.raises(
+        OmniglotDataError, match=r"task.ways: ways = 5 does not fit the class split 8/4/4 .* at most 4 ways"
+    ):
         OmniglotTaskSampler(OmniglotConfig(root=str(tmp_path)))
 
 
@@ -113,7 +126,9 @@ def test_test_classes_never_appear_in_training_or_validation_tasks(sampler):
     for seed in (0, 2017):  # 2017 is also the held-out seed: the streams stay apart
         seen = {c for task in _take(sampler.train_stream(seed), 300) for c in task.descriptor}
         assert seen == set(map(float, sampler.classes["train"]))
-    assert {c for t in sampler.validation_tasks(100) for c in t.descriptor} == set(map(float, sampler.classes["validation"]))
+    assert {c for t in sampler.validation_tasks(100) for c in t.descriptor} == set(
+        map(float, sampler.classes["validation"])
+    )
     assert {c for t in sampler.test_tasks(100) for c in t.descriptor} == set(map(float, sampler.classes["test"]))
 
 
@@ -161,10 +176,16 @@ def test_strokes_are_one_and_the_background_zero(sampler):
 
 
 def test_image_size_20(root):
-    s = OmniglotTaskSampler(OmniglotConfig(root=str(root), image_size=20, ways=3, support_shots=2, train_per_class=1, query_per_class=17))
+    s = OmniglotTaskSampler(
+        OmniglotConfig(root=str(root), image_size=20, ways=3, support_shots=2, train_per_class=1, query_per_class=17)
+    )
     assert s.input_shape == (1, 20, 20) and s.input_size == 400
     task = s.test_tasks(1)[0]
-    assert task.x_train.shape == (3, 1, 20, 20) and task.x_support.shape == (6, 1, 20, 20) and task.x_query.shape == (51, 1, 20, 20)
+    assert (
+        task.x_train.shape == (3, 1, 20, 20)
+        and task.x_support.shape == (6, 1, 20, 20)
+        and task.x_query.shape == (51, 1, 20, 20)
+    )
     assert task.x_query.dtype == torch.float32 and 0.0 <= float(task.x_query.min()) and float(task.x_query.max()) <= 1.0
     images = [*_images(task.x_train), *_images(task.x_support), *_images(task.x_query)]
     assert len(set(images)) == 60  # every drawing of the three classes, once
@@ -264,14 +285,19 @@ def test_root_is_required_in_the_options_listing(registry):
 
 
 def test_a_folder_without_characters_is_refused(registry, tmp_path):
-    with pytest.raises(OmniglotDataError, match="task.root: no character folders found .* neither images_background/ nor images_evaluation/") as caught:
+    with pytest.raises(
+        OmniglotDataError,
+        match="task.root: no character folders found .* neither images_background/ nor images_evaluation/",
+    ) as caught:
         OmniglotTaskSampler(OmniglotConfig(root=str(tmp_path)))
     assert DOWNLOAD_HINT in str(caught.value) and isinstance(caught.value, ValueError)
     (tmp_path / "images_background" / "Alphabet").mkdir(parents=True)
     with pytest.raises(OmniglotDataError, match=r"no character folders found .* \(in images_background/"):
         OmniglotTaskSampler(OmniglotConfig(root=str(tmp_path)))
     config = resolve_config(registry, {"plugin": "omniglot", "preset": "smoke", "task": {"root": str(tmp_path)}})
-    with pytest.raises(ConfigError, match="task.root: no character folders found"):  # a user error, not a plugin failure
+    with pytest.raises(
+        ConfigError, match="task.root: no character folders found"
+    ):  # a user error, not a plugin failure
         build_components(config)
 
 
@@ -288,15 +314,22 @@ def test_an_unreadable_image_is_named(root, tmp_path, damage):
 
 
 def test_too_few_drawings_per_class_is_refused(root, tmp_path):
-    with pytest.raises(OmniglotDataError, match=r"= 8 \+ 5 \+ 8 = 21 distinct drawings per class, but character folder .* holds only 20"):
+    with pytest.raises(
+        OmniglotDataError,
+        match=r"= 8 \+ 5 \+ 8 = 21 distinct drawings per class, but character folder .* holds only 20",
+    ):
         OmniglotTaskSampler(OmniglotConfig(root=str(root), train_per_class=8, query_per_class=8))
     copy = _copy(root, tmp_path)
     for path in sorted((copy / "images_background" / "Beta" / "character02").glob("*.png"))[9:]:
         path.unlink()
-    with pytest.raises(OmniglotDataError, match="character folder images_background/Beta/character02 under .* holds only 9 PNG files"):
+    with pytest.raises(
+        OmniglotDataError, match="character folder images_background/Beta/character02 under .* holds only 9 PNG files"
+    ):
         OmniglotTaskSampler(OmniglotConfig(root=str(copy)))
     s = OmniglotTaskSampler(OmniglotConfig(root=str(copy), support_shots=3, train_per_class=3, query_per_class=3))
-    assert s.drawing_counts.tolist().count(9) == 1 and len(s.test_tasks(2)) == 2  # 9 drawings are enough for 9 per class
+    assert (
+        s.drawing_counts.tolist().count(9) == 1 and len(s.test_tasks(2)) == 2
+    )  # 9 drawings are enough for 9 per class
 
 
 @pytest.mark.parametrize(
@@ -304,7 +337,10 @@ def test_too_few_drawings_per_class_is_refused(root, tmp_path):
     [
         ({"ways": 9}, r"task.ways: ways = 9 does not fit the class split 28/8/12 .* at most 8 ways"),
         ({"ways": 3, "rotations": False}, "does not fit the class split 7/2/3 .* rotations off.*at most 2 ways"),
-        ({"train_fraction": 0.9, "validation_fraction": 0.05}, r"split 11/1/0 .* every split needs at least one character"),
+        (
+            {"train_fraction": 0.9, "validation_fraction": 0.05},
+            r"split 11/1/0 .* every split needs at least one character",
+        ),
     ],
 )
 def test_splits_too_small_for_the_task_are_refused(root, values, message):
@@ -349,8 +385,20 @@ def test_loss_is_cross_entropy_and_accuracy_the_argmax_hit_rate(sampler):
 
 def test_describe_states_the_facts(sampler, root):
     text = sampler.describe()
-    for fact in ("5-way", "Omniglot", "12 characters of 3 alphabets", "48 classes", "28/8/12", "28x28", str(root),
-                 "5 training", "5 support", "5 query", "cross-entropy", "rotations"):
+    for fact in (
+        "5-way",
+        "Omniglot",
+        "12 characters of 3 alphabets",
+        "48 classes",
+        "28/8/12",
+        "28x28",
+        str(root),
+        "5 training",
+        "5 support",
+        "5 query",
+        "cross-entropy",
+        "rotations",
+    ):
         assert fact in text, fact
 
 
@@ -362,9 +410,19 @@ def test_the_record_recommends_prototypes_and_conv_and_presets_fit_k():
     assert spec.name == "omniglot" and spec.config_model is OmniglotConfig and "\n" not in spec.description
     r = spec.recommended
     assert (r.encoder, r.pool, r.reward, r.policy, r.baselines, r.run_baselines) == (
-        "prototypes", "conv", "neg-mse", "ppo-mlp", ("maml", "scratch", "reference"), ("scratch", "reference"))
+        "prototypes",
+        "conv",
+        "neg-mse",
+        "ppo-mlp",
+        ("maml", "scratch", "reference"),
+        ("scratch", "reference"),
+    )
     for preset in ("smoke", "default", "full"):
-        assert spec.experiment_presets[preset]["env"]["shots"] == [1, 5] == spec.experiment_presets[preset]["eval"]["shots"]
+        assert (
+            spec.experiment_presets[preset]["env"]["shots"]
+            == [1, 5]
+            == spec.experiment_presets[preset]["eval"]["shots"]
+        )
     assert spec.experiment_presets["smoke"]["train"]["env_steps"] == 2000
     assert spec.experiment_presets["smoke"]["eval"]["test_tasks"] == 50
 
@@ -400,12 +458,24 @@ def test_a_tiny_run_goes_through_with_the_recommended_components(registry, root,
 
     baselines = default_baselines(registry, "omniglot", "run")
     assert baselines == ["scratch", "reference"]
-    config = resolve_config(registry, {
-        "plugin": "omniglot", "preset": "smoke", "task": {"root": str(root), "image_size": 14},
-        "train": {"env_steps": 64, "checkpoint_every": 64, "validation_tasks": 2, "calibration_episodes": 2, "progress": False},
-        "eval": {"test_tasks": 2, "steps": [0, 2], "curve_steps": 2, "curve_tasks": 1},
-        "policy": {"n_steps": 32, "batch_size": 32},
-    }, baselines=baselines)
+    config = resolve_config(
+        registry,
+        {
+            "plugin": "omniglot",
+            "preset": "smoke",
+            "task": {"root": str(root), "image_size": 14},
+            "train": {
+                "env_steps": 64,
+                "checkpoint_every": 64,
+                "validation_tasks": 2,
+                "calibration_episodes": 2,
+                "progress": False,
+            },
+            "eval": {"test_tasks": 2, "steps": [0, 2], "curve_steps": 2, "curve_tasks": 1},
+            "policy": {"n_steps": 32, "batch_size": 32},
+        },
+        baselines=baselines,
+    )
     results = run_experiment(config, tmp_path / "run").to_json()
     assert results["loss_name"] == "cross-entropy"
     for method in ("reml", "scratch", "reference"):

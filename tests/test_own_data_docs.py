@@ -35,7 +35,10 @@ def test_the_own_data_page_runs_as_written_and_its_network_needs_only_torch(tmp_
     for block in python:
         if block is not plain[0]:
             exec(compile(block, f"{PAGE.name} block", "exec"), namespace)
-    assert sorted(p.name for p in (tmp_path / "oscillations" / "test").iterdir())[:2] == ["task-000.csv", "task-001.csv"]
+    assert sorted(p.name for p in (tmp_path / "oscillations" / "test").iterdir())[:2] == [
+        "task-000.csv",
+        "task-001.csv",
+    ]
     results = json.loads((tmp_path / "runs" / "oscillations" / "results.json").read_text())
     assert results["plugin"] == "files" and results["encoder"] == "support-points" and not results["encoder_privileged"]
 
@@ -52,11 +55,15 @@ def test_the_own_data_page_runs_as_written_and_its_network_needs_only_torch(tmp_
     # not on the path; only the folder holding torch (and numpy) is added
     (tmp_path / "use_network.py").write_text(plain[0])
     site = str(Path(torch.__file__).resolve().parent.parent)
-    code = ("import sys; sys.path.append(%r)\n"
-            "try:\n    import reml_core\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('reml_core is importable')\n"
-            "exec(compile(open('use_network.py').read(), 'use_network.py', 'exec'))\n"
-            "assert not any(name.startswith(('reml_core', 'reml_plugins')) for name in sys.modules)\n") % site
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    code = (
+        "import sys; sys.path.append(%r)\n"
+        "try:\n    import reml_core\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('reml_core is importable')\n"
+        "exec(compile(open('use_network.py').read(), 'use_network.py', 'exec'))\n"
+        "assert not any(name.startswith(('reml_core', 'reml_plugins')) for name in sys.modules)\n"
+    ) % site
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     printed = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
     np.testing.assert_allclose(printed, predictions, rtol=1e-6, atol=1e-7)

@@ -34,7 +34,9 @@ def _numbers(folder: Path) -> dict:
     return {
         "methods": results["methods"],
         "curves": results["curves"],
-        "validation": [{k: v for k, v in record.items() if k.startswith("validation/") or k == "timesteps"} for record in history],
+        "validation": [
+            {k: v for k, v in record.items() if k.startswith("validation/") or k == "timesteps"} for record in history
+        ],
         "selected_checkpoint": results["training"]["selected_checkpoint"],
     }
 

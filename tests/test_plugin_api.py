@@ -36,9 +36,13 @@ class _Empty(BaseModel):
 def _family(name: str, *, presets=None, recommendation=None):
     """A task family record reusing the sine sampler, with the presets and recommendation given."""
     return TaskSamplerSpec(
-        name=name, factory=lambda config, context: SineTaskSampler(SineConfig()), config_model=_Empty,
-        description="test family", experiment_presets=presets or {},
-        recommended=recommendation or Recommendation(encoder="support-set", pool="dense", reward="neg-mse", policy="toy-policy"),
+        name=name,
+        factory=lambda config, context: SineTaskSampler(SineConfig()),
+        config_model=_Empty,
+        description="test family",
+        experiment_presets=presets or {},
+        recommended=recommendation
+        or Recommendation(encoder="support-set", pool="dense", reward="neg-mse", policy="toy-policy"),
     )
 
 
@@ -72,7 +76,9 @@ def test_family_presets_override_the_cores_key_by_key_and_the_user_overrides_bot
     assert config.core.train.env_steps == 700
     assert config.core.train.checkpoint_every == CORE_PRESETS["smoke"]["train"]["checkpoint_every"]
     assert config.core.eval.test_tasks == CORE_PRESETS["smoke"]["eval"]["test_tasks"]
-    user = resolve_config(registry, {"plugin": "partial", "preset": "smoke", "train": {"env_steps": 300}, "eval": {"test_tasks": 7}})
+    user = resolve_config(
+        registry, {"plugin": "partial", "preset": "smoke", "train": {"env_steps": 300}, "eval": {"test_tasks": 7}}
+    )
     assert (user.core.train.env_steps, user.core.eval.test_tasks) == (300, 7)
 
 
@@ -88,9 +94,17 @@ def test_default_baselines_follow_each_baselines_own_offer(installed_registry):
 
 
 def test_a_familys_recommended_baselines_win_and_missing_ones_are_skipped_with_a_note(sine_registry, capsys):
-    family = _family("picky", recommendation=Recommendation(
-        encoder="support-set", pool="dense", reward="neg-mse", policy="toy-policy",
-        baselines=("not-installed", "scratch"), run_baselines=()))
+    family = _family(
+        "picky",
+        recommendation=Recommendation(
+            encoder="support-set",
+            pool="dense",
+            reward="neg-mse",
+            policy="toy-policy",
+            baselines=("not-installed", "scratch"),
+            run_baselines=(),
+        ),
+    )
     registry = _with(sine_registry, "picky", reml_task_samplers=[family])
     assert default_baselines(registry, "picky", "run") == []
     assert default_baselines(registry, "picky", "bench") == ["scratch"]
@@ -101,7 +115,9 @@ def test_a_baseline_record_checks_its_label_and_commands():
     spec = BaselineSpec(name="mine", factory=lambda c, x: None, config_model=_Empty, description="d")
     assert (spec.label, spec.compare_in) == ("mine", ("bench",))
     with pytest.raises(ValueError, match="compare_in"):
-        BaselineSpec(name="mine", factory=lambda c, x: None, config_model=_Empty, description="d", compare_in=("train",))
+        BaselineSpec(
+            name="mine", factory=lambda c, x: None, config_model=_Empty, description="d", compare_in=("train",)
+        )
     with pytest.raises(TypeError, match="tuple of baseline names"):
         Recommendation(encoder="e", pool="p", reward="r", policy="q", baselines="maml")
 
@@ -157,17 +173,26 @@ class _SizedEncoder:
         return self._output(shots)
 
 
-@pytest.mark.parametrize(("declared", "output", "message"), [
-    (3, lambda k: np.zeros(2, np.float32), "declares observation_size = 3 but encode() returned shape (2,)"),
-    (4, lambda k: np.zeros((2, 2), np.float32), "returned shape (2, 2)"),
-    (2, lambda k: np.zeros(2 if k == 5 else 3, np.float32), "at K = 10"),
-    (2, lambda k: np.array([0.0, np.nan], np.float32), "non-finite"),
-    (2, lambda k: ["a", "b"], "failed to encode"),
-    ("2", lambda k: np.zeros(2, np.float32), "must be a non-negative integer"),
-])
-def test_an_encoder_whose_output_breaks_its_declaration_is_a_config_error_naming_it(sine_registry, declared, output, message):
-    spec = StateEncoderSpec(name="liar", factory=lambda config, context: _SizedEncoder(declared, output),
-                            config_model=_Empty, description="d")
+@pytest.mark.parametrize(
+    ("declared", "output", "message"),
+    [
+        (3, lambda k: np.zeros(2, np.float32), "declares observation_size = 3 but encode() returned shape (2,)"),
+        (4, lambda k: np.zeros((2, 2), np.float32), "returned shape (2, 2)"),
+        (2, lambda k: np.zeros(2 if k == 5 else 3, np.float32), "at K = 10"),
+        (2, lambda k: np.array([0.0, np.nan], np.float32), "non-finite"),
+        (2, lambda k: ["a", "b"], "failed to encode"),
+        ("2", lambda k: np.zeros(2, np.float32), "must be a non-negative integer"),
+    ],
+)
+def test_an_encoder_whose_output_breaks_its_declaration_is_a_config_error_naming_it(
+    sine_registry, declared, output, message
+):
+    spec = StateEncoderSpec(
+        name="liar",
+        factory=lambda config, context: _SizedEncoder(declared, output),
+        config_model=_Empty,
+        description="d",
+    )
     registry = _with(sine_registry, "liar", reml_state_encoders=[spec])
     config = resolve_config(registry, {"plugin": "sine", "preset": "smoke", "encoder": "liar", "policy": "toy-policy"})
     with pytest.raises(ConfigError) as caught:
@@ -181,9 +206,13 @@ def test_a_factory_that_raises_is_a_plugin_error_naming_the_component(sine_regis
 
     spec = StateEncoderSpec(name="broken-enc", factory=broken, config_model=_Empty, description="d")
     registry = _with(sine_registry, "broken-enc", reml_state_encoders=[spec])
-    config = resolve_config(registry, {"plugin": "sine", "preset": "smoke", "encoder": "broken-enc", "policy": "toy-policy"})
+    config = resolve_config(
+        registry, {"plugin": "sine", "preset": "smoke", "encoder": "broken-enc", "policy": "toy-policy"}
+    )
     monkeypatch.delenv("REML_DEBUG", raising=False)
-    with pytest.raises(PluginError, match=r"state encoder 'broken-enc' failed to build: KeyError: 'width' \(set REML_DEBUG=1"):
+    with pytest.raises(
+        PluginError, match=r"state encoder 'broken-enc' failed to build: KeyError: 'width' \(set REML_DEBUG=1"
+    ):
         build_components(config)
     monkeypatch.setenv("REML_DEBUG", "1")
     with pytest.raises(PluginError) as caught:
@@ -219,30 +248,61 @@ def test_reml_plugins_show_lists_options_with_types_defaults_limits_and_descript
 
 
 def test_reml_plugins_show_from_the_command_line():
-    ok = subprocess.run([str(BIN / "reml-plugins"), "--show", "dense", "--json"], capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [str(BIN / "reml-plugins"), "--show", "dense", "--json"], capture_output=True, text=True, timeout=60
+    )
     assert ok.returncode == 0, ok.stderr
     [dense] = json.loads(ok.stdout)
     assert dense["kind"] == "layer_pool" and any(row["key"] == "width" for row in dense["options"])
     text = subprocess.run([str(BIN / "reml-plugins"), "--show", "dense"], capture_output=True, text=True, timeout=60)
     assert "options (config section [pool], or --set pool.KEY=VALUE):" in text.stdout
     missing = subprocess.run([str(BIN / "reml-plugins"), "--show", "nope"], capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 2 and "no component is named 'nope'" in missing.stderr and "Traceback" not in missing.stderr
+    assert (
+        missing.returncode == 2
+        and "no component is named 'nope'" in missing.stderr
+        and "Traceback" not in missing.stderr
+    )
 
 
 def test_pool_diagnostics_are_logged_and_reported_whatever_their_names():
     from reml_core.results import ResultsDocument
     from reml_core.reports import format_stat, render_run_report, stat_label
 
-    assert (stat_label("pool/dead_hidden_units"), format_stat("pool/dead_hidden_units", 0.25)) == ("dead hidden units", "25%")
+    assert (stat_label("pool/dead_hidden_units"), format_stat("pool/dead_hidden_units", 0.25)) == (
+        "dead hidden units",
+        "25%",
+    )
     assert format_stat("pool/spectral_norm", 3.14159) == "3.14" and format_stat("x", float("nan")) == "NaN"
     results = {
-        "plugin": "p", "policy": "q", "encoder": "e", "encoder_privileged": False, "seed": 0, "test_tasks": 1,
-        "methods": {}, "curves": {}, "timing_s": {}, "versions": {},
-        "config": {"preset": "smoke", "eval": {"sgd_lr": 0.01, "curve_steps": 1, "curve_lr": 0.1, "curve_tasks": 1, "steps": [0, 10]},
-                   "reward": {"name": "r"}, "pool": {"name": "mine"}},
-        "training": {"env_steps": 10, "history": [{"timesteps": 10, "validation/score": 1.0, "validation/finetune_gain": 0.5,
-                                                    "pool/spectral_norm": 2.5, "pool/frozen_fraction": 0.5}],
-                     "policy_stats": {"entropy": 0.7}},
+        "plugin": "p",
+        "policy": "q",
+        "encoder": "e",
+        "encoder_privileged": False,
+        "seed": 0,
+        "test_tasks": 1,
+        "methods": {},
+        "curves": {},
+        "timing_s": {},
+        "versions": {},
+        "config": {
+            "preset": "smoke",
+            "eval": {"sgd_lr": 0.01, "curve_steps": 1, "curve_lr": 0.1, "curve_tasks": 1, "steps": [0, 10]},
+            "reward": {"name": "r"},
+            "pool": {"name": "mine"},
+        },
+        "training": {
+            "env_steps": 10,
+            "history": [
+                {
+                    "timesteps": 10,
+                    "validation/score": 1.0,
+                    "validation/finetune_gain": 0.5,
+                    "pool/spectral_norm": 2.5,
+                    "pool/frozen_fraction": 0.5,
+                }
+            ],
+            "policy_stats": {"entropy": 0.7},
+        },
         "components": {"task": "facts the family states."},
     }
     report = render_run_report(ResultsDocument.from_json(results))
@@ -254,14 +314,39 @@ def test_pool_diagnostics_are_logged_and_reported_whatever_their_names():
 def test_reml_run_works_with_the_scratch_plugin_disabled(tmp_path):
     environ = {**os.environ, "REML_DISABLE_PLUGINS": "scratch"}
     result = subprocess.run(
-        [str(BIN / "reml-run"), "--plugin", "sine", "--preset", "smoke", "--out", str(tmp_path / "run"),
-         "--set", "train.env_steps=256", "--set", "train.n_envs=8", "--set", "policy.n_steps=128",
-         "--set", "eval.test_tasks=5", "--set", "train.progress=false"],
-        capture_output=True, text=True, env=environ, timeout=300)
+        [
+            str(BIN / "reml-run"),
+            "--plugin",
+            "sine",
+            "--preset",
+            "smoke",
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "train.env_steps=256",
+            "--set",
+            "train.n_envs=8",
+            "--set",
+            "policy.n_steps=128",
+            "--set",
+            "eval.test_tasks=5",
+            "--set",
+            "train.progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert list(results["methods"]) == ["reml"]
     assert "mean squared error" in results["components"]["task"]  # the family's own facts
-    refused = subprocess.run([str(BIN / "reml-run"), "--plugin", "sine", "--baselines", "scratch", "--out", str(tmp_path / "no")],
-                             capture_output=True, text=True, env=environ, timeout=120)
+    refused = subprocess.run(
+        [str(BIN / "reml-run"), "--plugin", "sine", "--baselines", "scratch", "--out", str(tmp_path / "no")],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=120,
+    )
     assert refused.returncode == 2 and "unknown baseline 'scratch'" in refused.stderr and not (tmp_path / "no").exists()

@@ -47,8 +47,24 @@ def guide_plugin_site(tmp_path_factory) -> Path:
         files += 1
     assert files == 2
     target = tmp_path_factory.mktemp("guide-site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(source)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return target
 
 
@@ -58,11 +74,36 @@ def test_the_guides_minimal_plugin_installs_and_runs(guide_plugin_site, tmp_path
     assert listing.returncode == 0, listing.stderr
     decay = [item for item in json.loads(listing.stdout)["task_sampler"] if item["name"] == "decay"]
     assert decay and decay[0]["plugin"] == "reml-decay"
-    result = _run("reml-run", "--plugin", "decay", "--preset", "smoke", "--out", str(tmp_path / "run"),
-                  "--set", "train.env_steps=400", "--set", "train.checkpoint_every=200", "--set", "train.validation_tasks=3",
-                  "--set", "train.calibration_episodes=5", "--set", "train.progress=false", "--set", "eval.test_tasks=5",
-                  "--set", "eval.curve_steps=3", "--set", "eval.curve_tasks=2", "--set", "policy.n_steps=256",
-                  "--set", "policy.batch_size=128", site=guide_plugin_site)
+    result = _run(
+        "reml-run",
+        "--plugin",
+        "decay",
+        "--preset",
+        "smoke",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "train.env_steps=400",
+        "--set",
+        "train.checkpoint_every=200",
+        "--set",
+        "train.validation_tasks=3",
+        "--set",
+        "train.calibration_episodes=5",
+        "--set",
+        "train.progress=false",
+        "--set",
+        "eval.test_tasks=5",
+        "--set",
+        "eval.curve_steps=3",
+        "--set",
+        "eval.curve_tasks=2",
+        "--set",
+        "policy.n_steps=256",
+        "--set",
+        "policy.batch_size=128",
+        site=guide_plugin_site,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["plugin"] == "decay" and results["methods"]["reml"]["10"]["10"]["mse_mean"] is not None

@@ -62,14 +62,28 @@ def test_a_layout_that_does_not_fit_is_refused():
 def test_an_encoder_without_a_point_set_is_a_config_error(tmp_path):
     out = tmp_path / "out"
     result = cli("reml-run", *TINY, "--encoder", "oracle", "--set", "policy.features=point-set", "--out", str(out))
-    assert result.returncode == 2 and "policy: policy.features = 'point-set' needs a state encoder that declares a point set" in result.stderr
+    assert (
+        result.returncode == 2
+        and "policy: policy.features = 'point-set' needs a state encoder that declares a point set" in result.stderr
+    )
     assert not out.exists()
 
 
 @pytest.mark.parametrize("policy", ["ppo-mlp", "ppo-lstm"])
 def test_training_with_the_set_network_runs_to_the_end(tmp_path, policy):
     out = tmp_path / "run"
-    result = cli("reml-run", *TINY, "--policy", policy, "--encoder", "support-set", "--set", "policy.features=point-set", "--out", str(out))
+    result = cli(
+        "reml-run",
+        *TINY,
+        "--policy",
+        policy,
+        "--encoder",
+        "support-set",
+        "--set",
+        "policy.features=point-set",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["policy"]["features"] == "point-set"

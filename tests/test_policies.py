@@ -75,7 +75,9 @@ def test_lstm_state_is_threaded_through_the_rollout(installed_registry, tmp_path
     states = []
     for _ in range(env.depth):
         ours, state = backend.act(observation, state, start, None)
-        reference, sb3_state = backend.model.predict(observation, state=sb3_state, episode_start=np.array([start]), deterministic=True)
+        reference, sb3_state = backend.model.predict(
+            observation, state=sb3_state, episode_start=np.array([start]), deterministic=True
+        )
         assert ours == int(reference)  # the same action SB3 takes with the same recurrent state
         torch.testing.assert_close(state[0], torch.as_tensor(sb3_state[0]))
         states.append(state[0].clone())
@@ -140,12 +142,21 @@ def test_the_lstm_minibatches_are_padded_as_sb3_contrib_pads_them():
 
     rng = np.random.default_rng(0)
     n_steps, n_envs, hidden = 12, 4, 3
-    buffer = RecurrentRolloutBuffer(n_steps, spaces.Box(-1, 1, (5,)), spaces.Discrete(7), (n_steps, 1, n_envs, hidden), "cpu", n_envs=n_envs)
+    buffer = RecurrentRolloutBuffer(
+        n_steps, spaces.Box(-1, 1, (5,)), spaces.Discrete(7), (n_steps, 1, n_envs, hidden), "cpu", n_envs=n_envs
+    )
     for step in range(n_steps):
         starts = rng.random(n_envs) < 0.3  # episodes of assorted lengths in every env
         states = RNNStates(*[(torch.randn(1, n_envs, hidden), torch.randn(1, n_envs, hidden)) for _ in range(2)])
-        buffer.add(rng.random((n_envs, 5)).astype(np.float32), rng.integers(7, size=(n_envs, 1)), rng.random(n_envs),
-                   starts.astype(np.float32), torch.randn(n_envs), torch.randn(n_envs), lstm_states=states)
+        buffer.add(
+            rng.random((n_envs, 5)).astype(np.float32),
+            rng.integers(7, size=(n_envs, 1)),
+            rng.random(n_envs),
+            starts.astype(np.float32),
+            torch.randn(n_envs),
+            torch.randn(n_envs),
+            lstm_states=states,
+        )
     buffer.compute_returns_and_advantage(torch.randn(n_envs), np.zeros(n_envs))
     next(buffer.get(16))  # flattens the buffer as training does
     env_change = buffer.swap_and_flatten(np.vstack([np.ones((1, n_envs)), np.zeros((n_steps - 1, n_envs))]))
@@ -153,7 +164,16 @@ def test_the_lstm_minibatches_are_padded_as_sb3_contrib_pads_them():
         batch = np.concatenate([np.arange(n_steps * n_envs)[start:], np.arange(start)])[:20]
         ours = GatherPaddedRolloutBuffer._get_samples(buffer, batch, env_change)
         theirs = RecurrentRolloutBuffer._get_samples(buffer, batch, env_change)
-        for field in ("observations", "actions", "old_values", "old_log_prob", "advantages", "returns", "episode_starts", "mask"):
+        for field in (
+            "observations",
+            "actions",
+            "old_values",
+            "old_log_prob",
+            "advantages",
+            "returns",
+            "episode_starts",
+            "mask",
+        ):
             assert torch.equal(getattr(ours, field), getattr(theirs, field)), field
         for ours_states, their_states in zip(ours.lstm_states, theirs.lstm_states):
             assert all(torch.equal(a, b) for a, b in zip(ours_states, their_states))

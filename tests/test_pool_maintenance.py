@@ -16,7 +16,10 @@ PROBE = torch.linspace(-5, 5, 100).unsqueeze(1)
 
 
 def _pool(**options) -> DenseLayerPool:
-    pool = DenseLayerPool(DensePoolConfig(input_layers=3, hidden_layers=4, output_layers=2, width=8, **options), TaskContext(seed=0, task_sampler=SineTaskSampler(SineConfig())))
+    pool = DenseLayerPool(
+        DensePoolConfig(input_layers=3, hidden_layers=4, output_layers=2, width=8, **options),
+        TaskContext(seed=0, task_sampler=SineTaskSampler(SineConfig())),
+    )
     pool.biases[Role.INPUT][1, 2] = -100.0  # input unit 2 of input layer 1: never positive over [-5, 5]
     pool.biases[Role.HIDDEN][3, 5] = -1000.0  # hidden unit 5 of hidden layer 3: dead for every representation
     return pool
@@ -28,7 +31,9 @@ def test_dead_units_are_revived_just_enough_and_live_ones_are_untouched():
     before = pool.state_dict()
     measured = pool.diagnostics(PROBE)
     assert measured["dead_input_units"] >= 1 / 24 and measured["dead_hidden_units"] >= 1 / 32
-    dead_inputs = ((PROBE @ pool.weights[Role.INPUT].transpose(1, 2)) + pool.biases[Role.INPUT][:, None, :]).amax(dim=1) <= 0
+    dead_inputs = ((PROBE @ pool.weights[Role.INPUT].transpose(1, 2)) + pool.biases[Role.INPUT][:, None, :]).amax(
+        dim=1
+    ) <= 0
     report = pool.maintain(PROBE)
     assert report["revived_input_units"] == pytest.approx(measured["dead_input_units"])
     health = pool.diagnostics(PROBE)

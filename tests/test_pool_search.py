@@ -19,7 +19,10 @@ def _mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def _setup(candidates: int = 12):
     sampler = SineTaskSampler(SineConfig())
-    pool = DenseLayerPool(DensePoolConfig(input_layers=3, hidden_layers=5, output_layers=3, width=16), TaskContext(seed=0, task_sampler=sampler))
+    pool = DenseLayerPool(
+        DensePoolConfig(input_layers=3, hidden_layers=5, output_layers=3, width=16),
+        TaskContext(seed=0, task_sampler=sampler),
+    )
     search = PoolSearchMethod(pool, _mse, depth=4, candidates=candidates, lr=0.01, seed=7)
     return sampler, pool, search
 

@@ -57,7 +57,9 @@ def _config(**settings) -> EnvConfig:
 def _reference_gradients(pool: DenseLayerPool, ends, *, lr: float, steps: list[int], second_order: bool = True):
     """The gradient of the mean meta-loss for every pool tensor, with torch.func transforms only."""
     roles = list(pool.weights)
-    start = {f"w.{r.value}": pool.weights[r].clone() for r in roles} | {f"b.{r.value}": pool.biases[r].clone() for r in roles}
+    start = {f"w.{r.value}": pool.weights[r].clone() for r in roles} | {
+        f"b.{r.value}": pool.biases[r].clone() for r in roles
+    }
 
     def forward(layers, x):
         for i, (w, b) in enumerate(layers):
@@ -84,7 +86,9 @@ def _reference_gradients(pool: DenseLayerPool, ends, *, lr: float, steps: list[i
                     grads = [g.detach() for g in grads]
                 flat = [p - lr * g for p, g in zip(flat, grads)]
                 if step in steps:
-                    collected.append(_mse(forward(list(zip(flat[0::2], flat[1::2])), end.task.x_query), end.task.y_query))
+                    collected.append(
+                        _mse(forward(list(zip(flat[0::2], flat[1::2])), end.task.x_query), end.task.y_query)
+                    )
             total = total + torch.stack(collected).mean()
         return total / len(ends)
 
@@ -175,7 +179,10 @@ def test_a_network_that_diverges_contributes_nothing_and_only_it():
     pool = _pool()
     ends = _ends(pool, 3, seed=4)
     huge = EpisodeEnd(
-        type(ends[1].task)(**{**ends[1].task.__dict__, "y_support": ends[1].task.y_support * 1e30}), ends[1].indices, ends[1].shots, 0
+        type(ends[1].task)(**{**ends[1].task.__dict__, "y_support": ends[1].task.y_support * 1e30}),
+        ends[1].indices,
+        ends[1].shots,
+        0,
     )
     update = ProtocolPoolUpdate(pool, _config(meta_steps=[10]), _mse)
     losses, gradients = update.gradients([ends[0], huge, ends[2]], [True] * 3)
@@ -192,13 +199,28 @@ def test_episode_ends_under_the_protocol_rule_skip_the_adam_training_and_step_th
     update = make_pool_update(pool, config, _mse)
     assert update is not None
     ends = _ends(pool, 5, seed=5)
-    outcomes = end_episodes(pool, ends, loss_fn=_mse, config=config, required=frozenset({"finetuned"}),
-                            write_back_rate=0.1, pool_update=update)
+    outcomes = end_episodes(
+        pool,
+        ends,
+        loss_fn=_mse,
+        config=config,
+        required=frozenset({"finetuned"}),
+        write_back_rate=0.1,
+        pool_update=update,
+    )
     assert all(set(outcome.losses) == {"finetuned"} for outcome in outcomes)
     assert update.updates == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, pool.parameters()))
     # Evaluation (no write-back rate) leaves the pool alone even with an update object.
     now = [p.clone() for p in pool.parameters()]
-    end_episodes(pool, ends, loss_fn=_mse, config=config, required=frozenset({"finetuned"}), write_back_rate=None, pool_update=update)
+    end_episodes(
+        pool,
+        ends,
+        loss_fn=_mse,
+        config=config,
+        required=frozenset({"finetuned"}),
+        write_back_rate=None,
+        pool_update=update,
+    )
     assert all(torch.equal(a, b) for a, b in zip(now, pool.parameters()))
     assert make_pool_update(pool, EnvConfig(), _mse) is None

@@ -29,7 +29,9 @@ def digits() -> DigitsTaskSampler:
 def test_the_plugin_record():
     (spec,) = list(reml_baselines())
     assert spec.name == "reference" and spec.config_model is ReferenceConfig and "\n" not in spec.description
-    assert spec.compare_in == ()  # offered where a family recommends it (or the user names it): sine's tables are unchanged
+    assert (
+        spec.compare_in == ()
+    )  # offered where a family recommends it (or the user names it): sine's tables are unchanged
     assert isinstance(_baseline(), Baseline)
 
 
@@ -60,7 +62,9 @@ def test_a_nearest_class_mean_is_nearest_on_a_hand_made_set():
 def test_it_is_far_above_chance_on_digits_and_the_evaluator_fine_tunes_it(digits):
     """Nearest class mean is a strong no-training classifier on 8x8 digits; the evaluator treats it as any method."""
     tasks = digits.test_tasks(20)
-    evaluator = FewShotEvaluator(tasks, digits.loss, shots=[1, 5], steps=[0, 1, 3], lr=IMAGE_SGD_LR, metrics_fn=digits.metrics)
+    evaluator = FewShotEvaluator(
+        tasks, digits.loss, shots=[1, 5], steps=[0, 1, 3], lr=IMAGE_SGD_LR, metrics_fn=digits.metrics
+    )
     table = evaluator.few_shot(_baseline().network_for)
     for shots, chance in ((1, 0.2), (5, 0.2)):
         accuracy = table[shots][0].metrics["accuracy"][0]
@@ -112,8 +116,11 @@ def test_image_presets_declare_their_protocol_and_everything_follows_it(registry
     if preset == "default":
         assert config.baselines["maml"].config.iterations == 10_000  # the family's MAML budget stays
     # The user still decides: an explicit rate wins for the evaluation, the reward's fine-tuning and MAML.
-    mine = resolve_config(registry, {"plugin": "digits", "preset": preset, "eval": {"sgd_lr": 0.1},
-                                     "baselines": {"maml": {"inner_sgd_lr": 0.2}}}, baselines=["maml"])
+    mine = resolve_config(
+        registry,
+        {"plugin": "digits", "preset": preset, "eval": {"sgd_lr": 0.1}, "baselines": {"maml": {"inner_sgd_lr": 0.2}}},
+        baselines=["maml"],
+    )
     assert mine.core.eval.sgd_lr == 0.1 and mine.core.env.finetune_sgd_lr == 0.1
     assert mine.baselines["maml"].config.inner_sgd_lr == 0.2
     # The sine family keeps the sine protocol.

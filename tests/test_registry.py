@@ -22,7 +22,9 @@ def _plugin(**hooks) -> types.SimpleNamespace:
 
 
 def _reward(name: str) -> RewardSpec:
-    return RewardSpec(name=name, factory=lambda config, context: None, config_model=_Empty, description=f"{name} reward.")
+    return RewardSpec(
+        name=name, factory=lambda config, context: None, config_model=_Empty, description=f"{name} reward."
+    )
 
 
 def test_components_are_indexed_by_kind_and_name(toy_registry):
@@ -30,7 +32,12 @@ def test_components_are_indexed_by_kind_and_name(toy_registry):
     assert entry.plugin == "toy" and entry.distribution == "toy-dist"
     assert toy_registry.names("policy") == ["toy-policy", "toy-policy-2"]
     assert {kind: len(toy_registry.names(kind)) for kind in KINDS} == {
-        "task_sampler": 1, "state_encoder": 1, "layer_pool": 1, "reward": 1, "policy": 2, "baseline": 1,
+        "task_sampler": 1,
+        "state_encoder": 1,
+        "layer_pool": 1,
+        "reward": 1,
+        "policy": 2,
+        "baseline": 1,
     }
     # the same name under another kind is a different component
     toy_registry.register(_plugin(reml_rewards=lambda: [_reward("toy-policy")]), name="other")
@@ -38,12 +45,16 @@ def test_components_are_indexed_by_kind_and_name(toy_registry):
 
 
 def test_unknown_name_lists_what_is_available(toy_registry):
-    with pytest.raises(UnknownComponentError, match=r"unknown policy backend 'nope' \(available: toy-policy, toy-policy-2\)"):
+    with pytest.raises(
+        UnknownComponentError, match=r"unknown policy backend 'nope' \(available: toy-policy, toy-policy-2\)"
+    ):
         toy_registry.get("policy", "nope")
 
 
 def test_two_plugins_claiming_one_name_is_an_error_naming_both(toy_registry):
-    clash = _plugin(reml_policies=lambda: [PolicySpec(name="toy-policy", factory=print, config_model=_Empty, description="Clash.")])
+    clash = _plugin(
+        reml_policies=lambda: [PolicySpec(name="toy-policy", factory=print, config_model=_Empty, description="Clash.")]
+    )
     with pytest.raises(PluginConflictError) as raised:
         toy_registry.register(clash, name="clash", distribution="clash-dist")
     message = str(raised.value)
@@ -54,8 +65,12 @@ def test_a_plugin_that_raises_in_its_hook_is_reported_and_the_others_keep_workin
     def broken():
         raise RuntimeError("database unreachable")
 
-    with pytest.warns(PluginWarning, match=r"plugin 'broken' \(broken-dist\) failed in reml_rewards\(\).*database unreachable"):
-        toy_registry.register(_plugin(reml_rewards=broken, reml_baselines=lambda: []), name="broken", distribution="broken-dist")
+    with pytest.warns(
+        PluginWarning, match=r"plugin 'broken' \(broken-dist\) failed in reml_rewards\(\).*database unreachable"
+    ):
+        toy_registry.register(
+            _plugin(reml_rewards=broken, reml_baselines=lambda: []), name="broken", distribution="broken-dist"
+        )
     assert toy_registry.names("reward") == ["toy-reward"]
     assert toy_registry.get("task_sampler", "toy").plugin == "toy"
 
@@ -66,7 +81,10 @@ def test_a_plugin_that_raises_in_its_hook_is_reported_and_the_others_keep_workin
         (None, "expected an iterable of RewardSpec, got NoneType"),
         ("neg-mse", "expected an iterable of RewardSpec, got str"),
         ([{"name": "dict-record"}], "expected RewardSpec records, got dict"),
-        ([PolicySpec(name="wrong-kind", factory=print, config_model=_Empty, description="x")], "expected RewardSpec records, got PolicySpec"),
+        (
+            [PolicySpec(name="wrong-kind", factory=print, config_model=_Empty, description="x")],
+            "expected RewardSpec records, got PolicySpec",
+        ),
     ],
 )
 def test_malformed_records_are_reported_by_plugin_name_and_skipped(empty_registry, returned, complaint):

@@ -88,7 +88,8 @@ def test_without_the_plugin_its_former_name_means_nothing_to_the_core(installed_
     """The table comes from the registered models: without the widget plugin, its keys are not renames."""
     assert not any("widget" in key for key in renamed_settings(installed_registry))
     assert deep_merge({"a": {"step_lr": 1}}, {"a": {"step_sgd_lr": 2}}, renamed_settings(installed_registry)) == {
-        "a": {"step_lr": 1, "step_sgd_lr": 2}}
+        "a": {"step_lr": 1, "step_sgd_lr": 2}
+    }
 
 
 def test_no_plugin_s_setting_names_appear_in_the_core():
@@ -107,7 +108,11 @@ def test_no_module_outside_the_command_line_imports_it():
         if path.is_relative_to(CORE / "cli"):
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            assert not any(name == "reml_core.cli" or name.startswith("reml_core.cli.") for name in names), \
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
+            assert not any(name == "reml_core.cli" or name.startswith("reml_core.cli.") for name in names), (
                 f"{path.relative_to(CORE.parent)} imports {names}"
+            )

@@ -10,11 +10,28 @@ import pytest
 import reml_core
 from reml_core.errors import UserError
 from reml_core.evaluation import Cell
-from reml_core.results import CellResult, EncoderInfo, ResultsDocument, SelectedCheckpoint, TrainingRecord, aggregate_cells, aggregate_curves, aggregate_tables, read_results, table_of
+from reml_core.results import (
+    CellResult,
+    EncoderInfo,
+    ResultsDocument,
+    SelectedCheckpoint,
+    TrainingRecord,
+    aggregate_cells,
+    aggregate_curves,
+    aggregate_tables,
+    read_results,
+    table_of,
+)
 from reml_core.reports import render_bench_report, render_run_report
 
-CONFIG = {"plugin": "digits", "preset": "smoke", "seed": 3, "reward": {"name": "neg-mse"}, "pool": {"name": "conv"},
-          "eval": {"sgd_lr": 0.01, "curve_steps": 2, "curve_lr": 0.005, "curve_tasks": 2, "steps": [0, 10]}}
+CONFIG = {
+    "plugin": "digits",
+    "preset": "smoke",
+    "seed": 3,
+    "reward": {"name": "neg-mse"},
+    "pool": {"name": "conv"},
+    "eval": {"sgd_lr": 0.01, "curve_steps": 2, "curve_lr": 0.005, "curve_tasks": 2, "steps": [0, 10]},
+}
 
 
 def _cell(mean, ci=0.1, accuracy=None, nan_tasks=0):
@@ -23,29 +40,70 @@ def _cell(mean, ci=0.1, accuracy=None, nan_tasks=0):
 
 
 def _document(kind: str) -> ResultsDocument:
-    tables = {"reml:prototypes": {1: {0: _cell(1.5, accuracy=0.4), 10: _cell(None, None, 0.5, nan_tasks=2)}},
-              "maml": {1: {0: _cell(1.2, accuracy=0.45), 10: _cell(0.9, accuracy=0.6)}}}
+    tables = {
+        "reml:prototypes": {1: {0: _cell(1.5, accuracy=0.4), 10: _cell(None, None, 0.5, nan_tasks=2)}},
+        "maml": {1: {0: _cell(1.2, accuracy=0.45), 10: _cell(0.9, accuracy=0.6)}},
+    }
     bench = kind == "bench"
     if bench:
-        tables = {key: {k: {s: CellResult(c.mean, c.ci95, 0.01 if c.mean is not None else None, c.nan_tasks, c.metrics,
-                                          {name: 0.002 for name in c.metrics}) for s, c in row.items()} for k, row in table.items()}
-                  for key, table in tables.items()}
+        tables = {
+            key: {
+                k: {
+                    s: CellResult(
+                        c.mean,
+                        c.ci95,
+                        0.01 if c.mean is not None else None,
+                        c.nan_tasks,
+                        c.metrics,
+                        {name: 0.002 for name in c.metrics},
+                    )
+                    for s, c in row.items()
+                }
+                for k, row in table.items()
+            }
+            for key, table in tables.items()
+        }
     return ResultsDocument(
-        kind=kind, plugin="digits", policy="ppo-mlp", encoder="prototypes", encoder_privileged=False, seed=3, test_tasks=7,
-        tables=tables, curves={"reml:prototypes": [2.0, None, 1.0], "maml": [1.5, 1.2, 1.1]},
-        timing={"training_maml": 1.25, "total_this_invocation": 3.5}, config=dict(CONFIG), versions={"python": "3.11"},
-        command="reml-bench --plugin digits", loss_name="cross-entropy", labels={"maml": "MAML"},
+        kind=kind,
+        plugin="digits",
+        policy="ppo-mlp",
+        encoder="prototypes",
+        encoder_privileged=False,
+        seed=3,
+        test_tasks=7,
+        tables=tables,
+        curves={"reml:prototypes": [2.0, None, 1.0], "maml": [1.5, 1.2, 1.1]},
+        timing={"training_maml": 1.25, "total_this_invocation": 3.5},
+        config=dict(CONFIG),
+        versions={"python": "3.11"},
+        command="reml-bench --plugin digits",
+        loss_name="cross-entropy",
+        labels={"maml": "MAML"},
         components={"pool": "conv blocks"},
-        training={"reml:prototypes": TrainingRecord(10)} if kind != "run"
-        else {"reml": TrainingRecord(10, 1, SelectedCheckpoint("step-10", 10, 0.5), [{"timesteps": 10, "validation/score": 0.5}],
-                                     {"entropy": 0.7})},
+        training={"reml:prototypes": TrainingRecord(10)}
+        if kind != "run"
+        else {
+            "reml": TrainingRecord(
+                10,
+                1,
+                SelectedCheckpoint("step-10", 10, 0.5),
+                [{"timesteps": 10, "validation/score": 0.5}],
+                {"entropy": 0.7},
+            )
+        },
         encoders={"reml:prototypes": EncoderInfo("prototypes", False)} if kind != "run" else {},
         budgets={"maml": "iterations=5", "reml:prototypes": "10 env steps"} if kind != "run" else {},
-        sources=({3: {"maml": "trained in seed-3/maml"}} if kind == "seed" else
-                 {3: {"maml": "trained"}, 4: {"maml": "trained"}} if bench else {}),
+        sources=(
+            {3: {"maml": "trained in seed-3/maml"}}
+            if kind == "seed"
+            else {3: {"maml": "trained"}, 4: {"maml": "trained"}}
+            if bench
+            else {}
+        ),
         seeds=[3, 4] if bench else [],
         per_seed={3: {"maml": {1: {0: _cell(1.1)}}}, 4: {"maml": {1: {0: _cell(1.3)}}}} if bench else {},
-        preset="smoke" if bench else None, executor="local" if bench else None,
+        preset="smoke" if bench else None,
+        executor="local" if bench else None,
     )
 
 
@@ -56,8 +114,14 @@ def test_every_kind_of_results_file_reads_back_as_it_was_written(kind, tmp_path)
     again = ResultsDocument.from_json(written)
     assert again.kind == kind
     assert again.to_json() == written
-    assert (again.tables, again.curves, again.encoders, again.sources, again.per_seed, again.training) == \
-        (document.tables, document.curves, document.encoders, document.sources, document.per_seed, document.training)
+    assert (again.tables, again.curves, again.encoders, again.sources, again.per_seed, again.training) == (
+        document.tables,
+        document.curves,
+        document.encoders,
+        document.sources,
+        document.per_seed,
+        document.training,
+    )
     (tmp_path / "results.json").write_text(json.dumps(written))
     loaded = reml_core.load(tmp_path)
     assert loaded.document == again and loaded.cell("maml", 1, 10) == document.tables["maml"][1][10]
@@ -66,7 +130,13 @@ def test_every_kind_of_results_file_reads_back_as_it_was_written(kind, tmp_path)
 def test_the_layout_is_the_schema_s():
     run = _document("run").to_json()
     assert run["schema"] == "reml.results/2" and run["training"]["selected_checkpoint"]["name"] == "step-10"
-    assert run["methods"]["maml"]["1"]["10"] == {"mse_mean": 0.9, "mse_ci95": 0.1, "nan_tasks": 0, "accuracy_mean": 0.6, "accuracy_ci95": 0.02}
+    assert run["methods"]["maml"]["1"]["10"] == {
+        "mse_mean": 0.9,
+        "mse_ci95": 0.1,
+        "nan_tasks": 0,
+        "accuracy_mean": 0.6,
+        "accuracy_ci95": 0.02,
+    }
     assert run["methods"]["reml:prototypes"]["1"]["10"]["mse_mean"] is None  # a diverged cell is null, never dropped
     bench = _document("bench").to_json()
     cell = bench["methods"]["maml"]["1"]["0"]
@@ -84,10 +154,17 @@ def test_the_evaluator_s_cells_are_recorded_with_nan_as_none():
 
 
 def test_cells_over_seeds_are_the_mean_of_means_with_the_spread_between_them():
-    cells = [CellResult(1.0, 0.2, None, 0, {"accuracy": (0.5, 0.1)}), CellResult(3.0, 0.4, None, 0, {"accuracy": (0.7, 0.3)})]
+    cells = [
+        CellResult(1.0, 0.2, None, 0, {"accuracy": (0.5, 0.1)}),
+        CellResult(3.0, 0.4, None, 0, {"accuracy": (0.7, 0.3)}),
+    ]
     merged = aggregate_cells(cells)
-    assert merged.mean == 2.0 and merged.ci95 == pytest.approx(0.3) and merged.seed_spread == pytest.approx(math.sqrt(2))
-    assert merged.metrics["accuracy"] == pytest.approx((0.6, 0.2)) and merged.metric_spreads["accuracy"] == pytest.approx(math.sqrt(0.02))
+    assert (
+        merged.mean == 2.0 and merged.ci95 == pytest.approx(0.3) and merged.seed_spread == pytest.approx(math.sqrt(2))
+    )
+    assert merged.metrics["accuracy"] == pytest.approx((0.6, 0.2)) and merged.metric_spreads[
+        "accuracy"
+    ] == pytest.approx(math.sqrt(0.02))
     one = aggregate_cells(cells[:1])
     assert one.mean == 1.0 and one.seed_spread is None  # one seed: no spread to speak of
     diverged = aggregate_cells([cells[0], CellResult(None, None, None, 3, {"accuracy": (None, None)})])
@@ -108,15 +185,18 @@ def test_reports_render_from_the_typed_document_without_placeholders():
     assert "| MAML | iterations=5 | 1.2 | trained |" in bench
 
 
-@pytest.mark.parametrize("damage", [
-    lambda d: d.pop("methods"),
-    lambda d: d.pop("config"),
-    lambda d: d["methods"]["maml"]["1"]["0"].update(mse_mean="fast"),
-    lambda d: d["methods"].update(maml=[1, 2]),
-    lambda d: d["encoders"]["reml:prototypes"].pop("privileged"),
-    lambda d: d.update(seed="zero"),
-    lambda d: d.update(seeds={"3": {}}),
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: d.pop("methods"),
+        lambda d: d.pop("config"),
+        lambda d: d["methods"]["maml"]["1"]["0"].update(mse_mean="fast"),
+        lambda d: d["methods"].update(maml=[1, 2]),
+        lambda d: d["encoders"]["reml:prototypes"].pop("privileged"),
+        lambda d: d.update(seed="zero"),
+        lambda d: d.update(seeds={"3": {}}),
+    ],
+)
 def test_a_damaged_results_file_is_one_error_naming_it(damage, tmp_path):
     data = _document("bench").to_json()
     damage(data)

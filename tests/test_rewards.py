@@ -21,7 +21,11 @@ def _task(amplitude: float) -> Task:
     return Task("t", "train", (amplitude, 0.0), x, y, x[:10], y[:10], x, y)
 
 
-@pytest.mark.parametrize("reward", [NegMSEReward(NegMSEConfig(loss_at="trained")), MinMaxReward(MinMaxConfig(loss_at="trained"))], ids=["neg-mse", "neg-mse-minmax"])
+@pytest.mark.parametrize(
+    "reward",
+    [NegMSEReward(NegMSEConfig(loss_at="trained")), MinMaxReward(MinMaxConfig(loss_at="trained"))],
+    ids=["neg-mse", "neg-mse-minmax"],
+)
 @pytest.mark.parametrize("amplitude", [0.1, 1.0, 5.0])
 def test_rewards_are_finite_and_monotone_in_the_loss(reward, amplitude):
     task = _task(amplitude)
@@ -50,7 +54,9 @@ def test_minmax_calibration_maps_quantiles_to_zero_and_minus_one():
     samples = [(task, {"trained": variance * f}) for f in np.linspace(0.2, 0.8, 7)]
     samples.append((task, {"trained": math.nan}))  # ignored
     reward.calibrate(samples)
-    assert reward.calibrated and reward.low == pytest.approx(0.2, rel=1e-4) and reward.high == pytest.approx(0.8, rel=1e-4)
+    assert (
+        reward.calibrated and reward.low == pytest.approx(0.2, rel=1e-4) and reward.high == pytest.approx(0.8, rel=1e-4)
+    )
     assert reward({"trained": variance * 0.2}, task) == pytest.approx(0.0, abs=1e-5)
     assert reward({"trained": variance * 0.8}, task) == pytest.approx(-1.0, rel=1e-4)
     restored = MinMaxReward(MinMaxConfig(loss_at="trained"))

@@ -49,7 +49,12 @@ def test_results_follow_the_documented_schema(smoke_run):
     policy, out, result, _ = smoke_run
     results = json.loads((out / "results.json").read_text())
     assert results["schema"] == SCHEMA
-    assert (results["plugin"], results["policy"], results["encoder"], results["seed"]) == ("sine", policy, "support-set", 0)
+    assert (results["plugin"], results["policy"], results["encoder"], results["seed"]) == (
+        "sine",
+        policy,
+        "support-set",
+        0,
+    )
     assert results["encoder_privileged"] is False  # fair by default: the policy sees only the K support points
     assert results["test_tasks"] == 50
     assert set(results["methods"]) == {"reml", "scratch"}
@@ -71,7 +76,12 @@ def test_report_states_the_encoder_and_the_tables(smoke_run):
     report = (out / "report.md").read_text()
     assert "encoder: `support-set`, which sees only the K support points" in report
     assert ", privileged)" not in report and "not a fair comparison" not in report
-    assert "**K = 5**" in report and "**K = 10**" in report and "| REML (support-set) |" in report and "| scratch |" in report
+    assert (
+        "**K = 5**" in report
+        and "**K = 10**" in report
+        and "| REML (support-set) |" in report
+        and "| scratch |" in report
+    )
     assert "Wall time" in report
 
 

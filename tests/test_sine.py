@@ -91,7 +91,15 @@ def _batches(sampler, seed, size, n):
 
 
 def _tensors(batch: TaskBatch) -> list[torch.Tensor]:
-    return [batch.descriptors, batch.x_train, batch.y_train, batch.x_support, batch.y_support, batch.x_query, batch.y_query]
+    return [
+        batch.descriptors,
+        batch.x_train,
+        batch.y_train,
+        batch.x_support,
+        batch.y_support,
+        batch.x_query,
+        batch.y_query,
+    ]
 
 
 def test_sine_sampler_declares_batched_sampling(sampler):
@@ -135,7 +143,9 @@ def test_train_batches_follow_finn_et_al(sampler):
             torch.testing.assert_close(y.double(), amplitude * torch.sin(x.double() + phase), rtol=1e-5, atol=1e-5)
         assert torch.equal(b.x_query, torch.linspace(-5, 5, 100).expand(25, 100).unsqueeze(-1))
     # training and support points are independent draws, different from task to task
-    assert not torch.equal(batch.x_train[0], batch.x_train[1]) and not torch.equal(batch.x_train[0, :10], batch.x_support[0])
+    assert not torch.equal(batch.x_train[0], batch.x_train[1]) and not torch.equal(
+        batch.x_train[0, :10], batch.x_support[0]
+    )
 
 
 def test_a_batch_unpacks_into_tasks_like_the_stream(sampler):
@@ -155,10 +165,28 @@ def test_a_batch_unpacks_into_tasks_like_the_stream(sampler):
 
 
 def test_train_batches_follow_the_config():
-    config = SineConfig(amplitude_low=1.0, amplitude_high=2.0, phase_low=0.5, phase_high=0.6, x_low=0.0, x_high=1.0,
-                        train_points=7, support_points=3, query_points=5, query_grid=False)
+    config = SineConfig(
+        amplitude_low=1.0,
+        amplitude_high=2.0,
+        phase_low=0.5,
+        phase_high=0.6,
+        x_low=0.0,
+        x_high=1.0,
+        train_points=7,
+        support_points=3,
+        query_points=5,
+        query_grid=False,
+    )
     batch = next(SineTaskSampler(config).train_batches(0, 6))
-    assert [tuple(t.shape) for t in _tensors(batch)] == [(6, 2), (6, 7, 1), (6, 7, 1), (6, 3, 1), (6, 3, 1), (6, 5, 1), (6, 5, 1)]
+    assert [tuple(t.shape) for t in _tensors(batch)] == [
+        (6, 2),
+        (6, 7, 1),
+        (6, 7, 1),
+        (6, 3, 1),
+        (6, 3, 1),
+        (6, 5, 1),
+        (6, 5, 1),
+    ]
     assert bool((batch.descriptors[:, 0] >= 1).all() and (batch.descriptors[:, 0] <= 2).all())
     assert bool((batch.descriptors[:, 1] >= 0.5).all() and (batch.descriptors[:, 1] <= 0.6).all())
     points = torch.cat([batch.x_train, batch.x_support, batch.x_query], dim=1)
@@ -203,8 +231,17 @@ def test_support_set_encoder_sees_only_the_k_points(sampler):
     assert np.all(five[5:10] == 0) and np.all(five[15:20] == 0)
     # Shuffling the support points or changing data the encoder may not see changes nothing.
     order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
-    shuffled = type(task)(task.task_id, task.split, (0.0, 0.0), task.x_train * 0, task.y_train * 0,
-                          task.x_support[order], task.y_support[order], task.x_query * 0, task.y_query * 0)
+    shuffled = type(task)(
+        task.task_id,
+        task.split,
+        (0.0, 0.0),
+        task.x_train * 0,
+        task.y_train * 0,
+        task.x_support[order],
+        task.y_support[order],
+        task.x_query * 0,
+        task.y_query * 0,
+    )
     np.testing.assert_array_equal(encoder.encode(shuffled, 10), ten)
     x, y = task.support(10)
     assert ten[0] == pytest.approx(float(x.min()) / 5) and np.all(np.diff(ten[:10]) >= 0)

@@ -50,25 +50,42 @@ def test_a_wrong_type_is_an_argument_error_naming_the_function():
         reml_core.sweep(plugin="sine", random={"env.depth": "randint:3:5"}, samples=2.5)
 
 
-def test_the_api_plans_what_the_flags_plan_and_names_its_own_arguments_in_messages(tmp_path, installed_registry, capsys):
+def test_the_api_plans_what_the_flags_plan_and_names_its_own_arguments_in_messages(
+    tmp_path, installed_registry, capsys
+):
     from reml_core.sweep.space import parse_sweep_table
 
     user = {"plugin": "sine", "preset": "smoke"}
-    by_api = prepare_sweep(user, grid=parse_sweep_table({"grid": {"env.inner_adam_lr": [0.001, 0.02]}}, "reml_core.sweep()").grid,
-                           seeds=2, out=tmp_path / "a", registry=installed_registry)
-    by_flag = prepare_sweep(user, grid=[parse_grid_flag("env.inner_adam_lr=0.001,0.02")], seeds=2, out=tmp_path / "b",
-                            registry=installed_registry)
+    by_api = prepare_sweep(
+        user,
+        grid=parse_sweep_table({"grid": {"env.inner_adam_lr": [0.001, 0.02]}}, "reml_core.sweep()").grid,
+        seeds=2,
+        out=tmp_path / "a",
+        registry=installed_registry,
+    )
+    by_flag = prepare_sweep(
+        user,
+        grid=[parse_grid_flag("env.inner_adam_lr=0.001,0.02")],
+        seeds=2,
+        out=tmp_path / "b",
+        registry=installed_registry,
+    )
     assert by_api.plan.trial_configs == by_flag.plan.trial_configs and len(by_api.plan.trials) == 4
     assert not (tmp_path / "a").exists() and capsys.readouterr().out == ""
     bad = parse_sweep_table({"grid": {"env.inner_adam_lr": [0.001, -1]}}, "reml_core.sweep()").grid
-    with pytest.raises(UserError, match=r"^reml_core.sweep\(\) env.inner_adam_lr=-1: env.inner_adam_lr: Input should be greater than 0"):
+    with pytest.raises(
+        UserError, match=r"^reml_core.sweep\(\) env.inner_adam_lr=-1: env.inner_adam_lr: Input should be greater than 0"
+    ):
         prepare_sweep(user, grid=bad, out=tmp_path / "c", registry=installed_registry)
 
 
 def test_sweep_results_read_sweep_json(tmp_path):
-    document = {"status": "incomplete", "configurations": [{"id": "abc", "mean": 1.0}],
-                "trials": [{"id": "abc-s0", "status": "finished"}, {"id": "abc-s1", "status": "failed"}],
-                "best": {"configuration": "abc", "values": {"env.depth": 3}, "mean": 1.0}}
+    document = {
+        "status": "incomplete",
+        "configurations": [{"id": "abc", "mean": 1.0}],
+        "trials": [{"id": "abc-s0", "status": "finished"}, {"id": "abc-s1", "status": "failed"}],
+        "best": {"configuration": "abc", "values": {"env.depth": 3}, "mean": 1.0},
+    }
     result = SweepResults(tmp_path, document)
     assert result.status == "incomplete" and [t["id"] for t in result.unfinished] == ["abc-s1"]
     assert result.best["values"] == {"env.depth": 3} and result.best_config == tmp_path / "best.toml"
@@ -78,7 +95,9 @@ def test_sweep_results_read_sweep_json(tmp_path):
 def test_a_sweep_folder_has_the_same_marker_as_a_run_s(tmp_path):
     sweep = claim_sweep_folder(tmp_path / "sweep", force=False)
     marker = read_marker(sweep)
-    assert marker is not None and (marker.kind, marker.tool) == ("sweep", "reml-sweep") and "sweep.json" in marker.entries
+    assert (
+        marker is not None and (marker.kind, marker.tool) == ("sweep", "reml-sweep") and "sweep.json" in marker.entries
+    )
     assert sorted(os.listdir(sweep)) == sorted([MARKER, LOCK, LEDGER])
     release_all()
     # reml-run refuses it (naming what it is), and reml-sweep refuses a run folder for --resume
@@ -94,8 +113,9 @@ def test_a_sweep_written_with_the_former_marker_is_still_a_sweep(tmp_path):
     """Before sweeps shared .reml.json they had .reml-sweep.json: such a folder is resumed and --forced as a sweep."""
     old = tmp_path / "old"
     old.mkdir()
-    (old / LEGACY_SWEEP_MARKER).write_text(json.dumps({"format": "reml.sweep-folder/1", "tool": "reml-sweep", "created": "",
-                                                       "entries": ["sweep.json"]}))
+    (old / LEGACY_SWEEP_MARKER).write_text(
+        json.dumps({"format": "reml.sweep-folder/1", "tool": "reml-sweep", "created": "", "entries": ["sweep.json"]})
+    )
     (old / LEDGER).write_text("sweep.json\n")
     atomic_write_json(old / "sweep.json", {"schema": SCHEMA})
     assert read_marker(old).kind == "sweep"

@@ -151,8 +151,18 @@ def test_a_link_anywhere_inside_is_refused_by_every_claim_and_nothing_outside_ch
 # -- a link at each place a run writes, met by reml-run --resume and --force ---------------------
 
 
-PLACES = ["results.json", "report.md", "config.json", MARKER, "checkpoints/latest", "logs/progress.csv", "logs", "checkpoints",
-          "checkpoints/best", "checkpoints/best/pool.safetensors"]
+PLACES = [
+    "results.json",
+    "report.md",
+    "config.json",
+    MARKER,
+    "checkpoints/latest",
+    "logs/progress.csv",
+    "logs",
+    "checkpoints",
+    "checkpoints/best",
+    "checkpoints/best/pool.safetensors",
+]
 
 
 @pytest.mark.parametrize("place", PLACES)

@@ -35,7 +35,9 @@ def _trace(env: CompositionVecEnv, steps: int, seed: int = 0, invalid_every: int
         records.append((observations.tobytes(), rewards.tobytes(), dones.tobytes()))
         for info in infos:
             if "episode" in info:
-                records.append((info["task_id"], info["shots"], tuple(info["indices"]), tuple(sorted(info["losses"].items()))))
+                records.append(
+                    (info["task_id"], info["shots"], tuple(info["indices"]), tuple(sorted(info["losses"].items())))
+                )
     return records
 
 
@@ -161,7 +163,9 @@ def test_the_training_progress_anneals_every_envs_write_back(make_components):
 
 
 def _backend(installed_registry, policy, n_envs, tmp_path):
-    config = resolve_config(installed_registry, {"plugin": "sine", "preset": "smoke", "policy": policy, "train": {"n_envs": n_envs}})
+    config = resolve_config(
+        installed_registry, {"plugin": "sine", "preset": "smoke", "policy": policy, "train": {"n_envs": n_envs}}
+    )
     components = build_components(config)
     env = components.make_train_env()
     context = components.context.with_env(env, log_dir=tmp_path / f"logs-{policy}")

@@ -48,9 +48,15 @@ def _vector_run(pool_update: str, workers: int, steps: int = 12, n_envs: int = 4
     from reml_core.experiment import build_components
     from reml_core.registry import PluginRegistry
 
-    config = resolve_config(PluginRegistry.discover(), {
-        "plugin": "sine", "preset": "smoke", "env": {"pool_update": pool_update}, "train": {"progress": False},
-    })
+    config = resolve_config(
+        PluginRegistry.discover(),
+        {
+            "plugin": "sine",
+            "preset": "smoke",
+            "env": {"pool_update": pool_update},
+            "train": {"progress": False},
+        },
+    )
     torch.manual_seed(0)
     components = build_components(config)
     if ray:
@@ -123,8 +129,24 @@ def test_ray_actors_give_the_forked_workers_numbers():
 
 # -- faults and signals: a real reml-run with two workers ----------------------------------------
 
-RUN = ["--plugin", "sine", "--preset", "smoke", "--set", "train.env_steps=3000", "--set", "train.checkpoint_every=512",
-       "--set", "train.n_envs=128", "--set", "policy.n_steps=256", "--set", "train.progress=false", "--set", "train.workers=2"]
+RUN = [
+    "--plugin",
+    "sine",
+    "--preset",
+    "smoke",
+    "--set",
+    "train.env_steps=3000",
+    "--set",
+    "train.checkpoint_every=512",
+    "--set",
+    "train.n_envs=128",
+    "--set",
+    "policy.n_steps=256",
+    "--set",
+    "train.progress=false",
+    "--set",
+    "train.workers=2",
+]
 
 
 def _children(pid: int) -> list[int]:
@@ -142,8 +164,9 @@ def _children(pid: int) -> list[int]:
 
 def _start_and_wait_for_worker(out: Path) -> tuple[subprocess.Popen[str], int]:
     """A run with two workers, once it has a checkpoint and its worker is running."""
-    process = subprocess.Popen([str(BIN / "reml-run"), *RUN, "--out", str(out)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [str(BIN / "reml-run"), *RUN, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:

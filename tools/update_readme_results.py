@@ -37,30 +37,43 @@ def section(run: Path) -> str:
     measured = " and ".join([measure_label("mse", loss), *table_measures(results.tables)[1:]])
     encoders = []
     for info in results.encoders.values():
-        kind = "privileged: the task's true parameters" if info.privileged else "only the K-shot support set, like the baselines"
+        kind = (
+            "privileged: the task's true parameters"
+            if info.privileged
+            else "only the K-shot support set, like the baselines"
+        )
         encoders.append(f"`{info.name}` ({kind})")
     budgets = "; ".join(f"{labels.get(k, k)}: {v}" for k, v in results.budgets.items())
     timing = results.timing
-    training = ", ".join(f"{labels.get(k.removeprefix('training_'), k)} {v / 60:.1f} min" for k, v in timing.items() if k.startswith("training_"))
+    training = ", ".join(
+        f"{labels.get(k.removeprefix('training_'), k)} {v / 60:.1f} min"
+        for k, v in timing.items()
+        if k.startswith("training_")
+    )
     seeds = results.seed_list
-    spread = (f" Each cell is the mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
-              "\"seeds ±\" is the standard deviation between the seeds' means, the band in the figure."
-              if len(seeds) > 1 else "")
+    spread = (
+        f" Each cell is the mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
+        '"seeds ±" is the standard deviation between the seeds\' means, the band in the figure.'
+        if len(seeds) > 1
+        else ""
+    )
     sgd_lr = results.config["eval"]["sgd_lr"]
-    return "\n".join([
-        start,
-        f"Generated from `{results.command}` (preset `{results.preset}`, seed(s) "
-        f"{', '.join(map(str, seeds))}, {results.test_tasks} held-out test tasks) "
-        f"by `python tools/update_readme_results.py {run}`. REML state encoders: {', '.join(encoders)}. "
-        f"{measured[0].upper() + measured[1:]} after fine-tuning with plain SGD (lr {sgd_lr:g}) on the K-shot support set; "
-        f"mean ± 95% CI over tasks; best per column in bold.{spread}",
-        "",
-        tables,
-        f"![{results.plugin}: few-shot results against fine-tuning steps]({figure(results.plugin)})",
-        "",
-        f"Budgets: {budgets}. Training time (all seeds): {training}; whole benchmark {timing['total_this_invocation'] / 60:.0f} min on a 2-core CPU.",
-        end,
-    ])
+    return "\n".join(
+        [
+            start,
+            f"Generated from `{results.command}` (preset `{results.preset}`, seed(s) "
+            f"{', '.join(map(str, seeds))}, {results.test_tasks} held-out test tasks) "
+            f"by `python tools/update_readme_results.py {run}`. REML state encoders: {', '.join(encoders)}. "
+            f"{measured[0].upper() + measured[1:]} after fine-tuning with plain SGD (lr {sgd_lr:g}) on the K-shot support set; "
+            f"mean ± 95% CI over tasks; best per column in bold.{spread}",
+            "",
+            tables,
+            f"![{results.plugin}: few-shot results against fine-tuning steps]({figure(results.plugin)})",
+            "",
+            f"Budgets: {budgets}. Training time (all seeds): {training}; whole benchmark {timing['total_this_invocation'] / 60:.0f} min on a 2-core CPU.",
+            end,
+        ]
+    )
 
 
 def main() -> None:
@@ -77,9 +90,13 @@ def main() -> None:
     before, rest = text.split(start, 1)
     _, after = rest.split(end, 1)
     readme.write_text(before + section(run) + after)
-    plot_few_shot(results.tables, ROOT / figure(plugin),
-                  f"{plugin}: query {results.loss_name} after SGD fine-tuning ({results.test_tasks} test tasks)",
-                  results.method_labels(), results.loss_name)
+    plot_few_shot(
+        results.tables,
+        ROOT / figure(plugin),
+        f"{plugin}: query {results.loss_name} after SGD fine-tuning ({results.test_tasks} test tasks)",
+        results.method_labels(),
+        results.loss_name,
+    )
     print(f"README.md {plugin} results section and {figure(plugin)} updated from {run}")
 
 

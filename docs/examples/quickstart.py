@@ -15,9 +15,17 @@ import reml_core
 
 folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="reml-quickstart-"))
 tiny = {
-    "train.env_steps": 400, "train.checkpoint_every": 200, "train.validation_tasks": 3, "train.calibration_episodes": 5,
-    "train.progress": False, "eval.test_tasks": 5, "eval.curve_steps": 3, "eval.curve_tasks": 2,
-    "policy.n_steps": 256, "policy.batch_size": 128, "baselines.maml.iterations": 20,
+    "train.env_steps": 400,
+    "train.checkpoint_every": 200,
+    "train.validation_tasks": 3,
+    "train.calibration_episodes": 5,
+    "train.progress": False,
+    "eval.test_tasks": 5,
+    "eval.curve_steps": 3,
+    "eval.curve_tasks": 2,
+    "policy.n_steps": 256,
+    "policy.batch_size": 128,
+    "baselines.maml.iterations": 20,
 }
 
 # 1. One run: REML meta-trained on sine regression, evaluated beside its quick baselines.
@@ -26,8 +34,9 @@ print(run.kind, run.methods, run.folder)
 print("REML, K=5, 10 steps:", run.cell("reml", shots=5, steps=10))
 
 # 2. A benchmark: REML against MAML and scratch, two seeds (executor="ray" runs the jobs on Ray).
-bench = reml_core.bench(plugin="sine", preset="smoke", methods=["reml", "maml", "scratch"], seeds=2,
-                        overrides=tiny, out=folder / "bench")
+bench = reml_core.bench(
+    plugin="sine", preset="smoke", methods=["reml", "maml", "scratch"], seeds=2, overrides=tiny, out=folder / "bench"
+)
 for method in bench.methods:
     cell = bench.cell(method, shots=10, steps=10)
     print(f"{bench.labels[method]:>20}: {cell.mean:.3f} ± {cell.ci95:.3f} (seeds ± {cell.seed_spread:.3f})")

@@ -45,7 +45,7 @@ def is_public_in(path: str, modules: set[str]) -> bool:
         if path == module:
             return True
         if path.startswith(module + "."):
-            rest = path[len(module) + 1:].split(".")
+            rest = path[len(module) + 1 :].split(".")
             return not any(part.startswith("_") for part in rest)
     return False
 
@@ -78,8 +78,10 @@ def resolve(owner: Any, name: str, collection: Any) -> str:
             root = lookup(collection, package)
             if root is not None and "." not in member:
                 definers = [
-                    module for module in root.modules.values()
-                    if member in module.members and not module.members[member].is_alias
+                    module
+                    for module in root.modules.values()
+                    if member in module.members
+                    and not module.members[member].is_alias
                     and not module.members[member].is_module
                 ]
                 if len(definers) == 1:

@@ -74,7 +74,9 @@ HIDDEN_PROBE_IMAGES = 32
 NORM_EPS = 1e-5
 
 
-def _parameter_count(input_layers: int, hidden_layers: int, output_layers: int, channels: int, in_channels: int, classes: int) -> int:
+def _parameter_count(
+    input_layers: int, hidden_layers: int, output_layers: int, channels: int, in_channels: int, classes: int
+) -> int:
     k = KERNEL * KERNEL
     return (
         input_layers * (channels * in_channels * k + channels)
@@ -88,9 +90,13 @@ class ConvPoolConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input_layers: int = Field(8, gt=0, le=MAX_LAYERS_PER_ROLE, description="conv blocks that map the image's C_in channels to C")
+    input_layers: int = Field(
+        8, gt=0, le=MAX_LAYERS_PER_ROLE, description="conv blocks that map the image's C_in channels to C"
+    )
     hidden_layers: int = Field(16, gt=0, le=MAX_LAYERS_PER_ROLE, description="conv blocks that map C channels to C")
-    output_layers: int = Field(8, gt=0, le=MAX_LAYERS_PER_ROLE, description="heads: global average pooling, then linear C -> N classes")
+    output_layers: int = Field(
+        8, gt=0, le=MAX_LAYERS_PER_ROLE, description="heads: global average pooling, then linear C -> N classes"
+    )
     channels: int = Field(32, gt=0, le=MAX_CHANNELS, description="C, the channels of every feature map")
     norm: Literal["none", "task"] = Field(
         "task",
@@ -98,7 +104,9 @@ class ConvPoolConfig(BaseModel):
         "'none': no normalisation",
     )
     min_spatial: int = Field(
-        2, ge=1, le=MAX_MIN_SPATIAL,
+        2,
+        ge=1,
+        le=MAX_MIN_SPATIAL,
         description="a slot before the head max-pools 2x2 iff its feature map stays at least this high and wide afterwards",
     )
 
@@ -176,7 +184,9 @@ class ConvComposedNetwork(nn.Module):
         if x.dim() == 2:
             x = x.reshape(x.shape[0], *self.input_shape)
         if x.dim() != 4:
-            raise ValueError(f"a conv network takes images [n, C, H, W] (or flat [n, C*H*W]), got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"a conv network takes images [n, C, H, W] (or flat [n, C*H*W]), got shape {tuple(x.shape)}"
+            )
         last = len(self.weights) - 1
         for i in range(last):
             x = _block(x, self.weights[i], self.biases[i], self.norm, self.pools[i])
@@ -220,8 +230,10 @@ class BatchedConvNetwork:
         if x.dim() == 3:
             x = x.reshape(x.shape[0], x.shape[1], *self.input_shape)
         if x.dim() != 5 or x.shape[0] != rows:
-            raise ValueError(f"{rows} stacked conv networks take images [{rows}, n, C, H, W] (or flat [{rows}, n, C*H*W]), "
-                             f"got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"{rows} stacked conv networks take images [{rows}, n, C, H, W] (or flat [{rows}, n, C*H*W]), "
+                f"got shape {tuple(x.shape)}"
+            )
         n = x.shape[1]
         # [B, n, C, H, W] -> [n, B * C, H, W]: network b's channels are the b-th group of C.
         h = x.transpose(0, 1).reshape(n, rows * x.shape[2], x.shape[3], x.shape[4])
@@ -241,12 +253,19 @@ class BatchedConvNetwork:
     def with_parameters(self, params: Sequence[torch.Tensor]) -> BatchedConvNetwork:
         """The same networks computing with ``params`` (stacked as :meth:`parameters`) instead of their own."""
         depth = len(self.weights)
-        return BatchedConvNetwork(params[:depth], params[depth:], pools=self.pools, norm=self.norm, input_shape=self.input_shape)
+        return BatchedConvNetwork(
+            params[:depth], params[depth:], pools=self.pools, norm=self.norm, input_shape=self.input_shape
+        )
 
     def network(self, row: int) -> ConvComposedNetwork:
         """A copy of network ``row`` as a single :class:`ConvComposedNetwork`."""
-        return ConvComposedNetwork([w[row].detach().clone() for w in self.weights], [b[row].detach().clone() for b in self.biases],
-                                   pools=self.pools, norm=self.norm, input_shape=self.input_shape)  # type: ignore[arg-type]
+        return ConvComposedNetwork(
+            [w[row].detach().clone() for w in self.weights],
+            [b[row].detach().clone() for b in self.biases],
+            pools=self.pools,
+            norm=self.norm,
+            input_shape=self.input_shape,
+        )  # type: ignore[arg-type]
 
     def value_and_grad(
         self,
@@ -280,16 +299,26 @@ class ConvLayerPool:
         except (TypeError, ValueError):
             raise ComponentBuildError(f"the task sampler's input_shape must be (C_in, H, W), got {shape!r}") from None
         if len(shape) != 3 or min(shape) < 1:
-            raise ComponentBuildError(f"the task sampler's input_shape must be three positive sizes (C_in, H, W), got {shape}")
+            raise ComponentBuildError(
+                f"the task sampler's input_shape must be three positive sizes (C_in, H, W), got {shape}"
+            )
         if shape[0] > MAX_INPUT_CHANNELS:
-            raise ComponentBuildError(f"the task sampler's input_shape {shape} has {shape[0]} channels; the conv pool takes at most {MAX_INPUT_CHANNELS}")
+            raise ComponentBuildError(
+                f"the task sampler's input_shape {shape} has {shape[0]} channels; the conv pool takes at most {MAX_INPUT_CHANNELS}"
+            )
         classes = int(getattr(sampler, "output_size", 0) or 0)
         if not 1 <= classes <= MAX_CLASSES:
-            raise ComponentBuildError(f"the task sampler's output_size (N classes) must be 1..{MAX_CLASSES}, got {classes}")
-        parameters = _parameter_count(config.input_layers, config.hidden_layers, config.output_layers, config.channels, shape[0], classes)
+            raise ComponentBuildError(
+                f"the task sampler's output_size (N classes) must be 1..{MAX_CLASSES}, got {classes}"
+            )
+        parameters = _parameter_count(
+            config.input_layers, config.hidden_layers, config.output_layers, config.channels, shape[0], classes
+        )
         if parameters > MAX_PARAMETERS:
-            raise ComponentBuildError(f"this conv pool would hold {parameters:,} parameters for input {shape} and {classes} classes; "
-                             f"the limit is {MAX_PARAMETERS:,} (200 MB)")
+            raise ComponentBuildError(
+                f"this conv pool would hold {parameters:,} parameters for input {shape} and {classes} classes; "
+                f"the limit is {MAX_PARAMETERS:,} (200 MB)"
+            )
         self.config = config
         self.input_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
         self.in_channels = shape[0]
@@ -307,7 +336,9 @@ class ConvLayerPool:
         for role, (count, _) in self._shapes.items():
             weight, bias = self._initial(role, count, generator)
             self.weights[role], self.biases[role] = weight.to(self.device), bias.to(self.device)
-        self._index = RoleIndex({role: shape[0] for role, shape in self._shapes.items()})  # global index <-> (role, row)
+        self._index = RoleIndex(
+            {role: shape[0] for role, shape in self._shapes.items()}
+        )  # global index <-> (role, row)
         self.roles: list[Role] = self._index.roles
         self.size = self._index.size
 
@@ -315,10 +346,12 @@ class ConvLayerPool:
         c = self.config
         shape = "x".join(str(v) for v in self.input_shape)
         norm = "group norm (one group, no parameters), " if c.norm == "task" else ""
-        return (f"{c.input_layers} input, {c.hidden_layers} hidden and {c.output_layers} output conv layers of {c.channels} channels "
-                f"(3x3 conv, {norm}ReLU, 2x2 max-pool in every slot whose map stays at least {c.min_spatial} wide; "
-                f"head: global average pooling and a linear layer) mapping {shape} images to {self.classes} logits; "
-                f"write-back blends trained layers into the pool.")
+        return (
+            f"{c.input_layers} input, {c.hidden_layers} hidden and {c.output_layers} output conv layers of {c.channels} channels "
+            f"(3x3 conv, {norm}ReLU, 2x2 max-pool in every slot whose map stays at least {c.min_spatial} wide; "
+            f"head: global average pooling and a linear layer) mapping {shape} images to {self.classes} logits; "
+            f"write-back blends trained layers into the pool."
+        )
 
     # -- initialisation ----------------------------------------------------------------------
 
@@ -352,8 +385,10 @@ class ConvLayerPool:
         expected = [Role.INPUT, *([Role.HIDDEN] * (len(indices) - 2)), Role.OUTPUT]
         for slot, ((role, _), wanted) in enumerate(zip(located, expected)):
             if role is not wanted:
-                raise ValueError(f"slot {slot} of a {len(indices)}-layer network needs a {wanted.value} layer; "
-                                 f"pool index {indices[slot]} is a {role.value} layer")
+                raise ValueError(
+                    f"slot {slot} of a {len(indices)}-layer network needs a {wanted.value} layer; "
+                    f"pool index {indices[slot]} is a {role.value} layer"
+                )
         return located
 
     def spatial_sizes(self, depth: int) -> list[tuple[int, int]]:
@@ -368,7 +403,9 @@ class ConvLayerPool:
 
     def _network(self, weights: list[torch.Tensor], biases: list[torch.Tensor]) -> ConvComposedNetwork:
         pools, _ = pooling_plan(self.input_shape[1:], len(weights), self.config.min_spatial)  # type: ignore[arg-type]
-        return ConvComposedNetwork(weights, biases, pools=pools, norm=self.config.norm == "task", input_shape=self.input_shape)
+        return ConvComposedNetwork(
+            weights, biases, pools=pools, norm=self.config.norm == "task", input_shape=self.input_shape
+        )
 
     def build(self, indices: Sequence[int]) -> ConvComposedNetwork:
         """A network of copies of the given layers, in network order (input, hidden..., output)."""
@@ -423,7 +460,9 @@ class ConvLayerPool:
         weights = [self.weights[role].index_select(0, rows) for role, rows in slots]
         biases = [self.biases[role].index_select(0, rows) for role, rows in slots]
         pools, _ = pooling_plan(self.input_shape[1:], len(slots), self.config.min_spatial)  # type: ignore[arg-type]
-        return BatchedConvNetwork(weights, biases, pools=pools, norm=self.config.norm == "task", input_shape=self.input_shape)
+        return BatchedConvNetwork(
+            weights, biases, pools=pools, norm=self.config.norm == "task", input_shape=self.input_shape
+        )
 
     @torch.no_grad()
     def write_back_batch(
@@ -433,7 +472,9 @@ class ConvLayerPool:
         several networks chose moves towards each of them in turn, as sequential write-backs move it
         (the same in-place ``lerp_`` on the same slices, so the same bits)."""
         if not isinstance(network, BatchedConvNetwork):
-            raise TypeError("write_back_batch needs the BatchedConvNetwork that build_batch() returned for these indices")
+            raise TypeError(
+                "write_back_batch needs the BatchedConvNetwork that build_batch() returned for these indices"
+            )
         if len(keep) != len(indices) or len(network) != len(indices):
             raise ValueError("write_back_batch needs one keep flag and one network row per index list")
         slots = self._slot_rows(indices)
@@ -457,8 +498,11 @@ class ConvLayerPool:
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        expected = {f"{role.value}.{kind}": tensor for role in self._shapes
-                    for kind, tensor in (("weight", self.weights[role]), ("bias", self.biases[role]))}
+        expected = {
+            f"{role.value}.{kind}": tensor
+            for role in self._shapes
+            for kind, tensor in (("weight", self.weights[role]), ("bias", self.biases[role]))
+        }
         if set(state) != set(expected):
             raise ValueError(f"conv pool state has keys {sorted(state)}, expected {sorted(expected)}")
         for key, tensor in expected.items():

@@ -36,10 +36,14 @@ class DensePoolConfig(BaseModel):
 
     input_layers: int = Field(10, gt=0, le=MAX_LAYERS_PER_ROLE, description="layers that map the task input to H units")
     hidden_layers: int = Field(30, gt=0, le=MAX_LAYERS_PER_ROLE, description="layers that map H units to H units")
-    output_layers: int = Field(10, gt=0, le=MAX_LAYERS_PER_ROLE, description="layers that map H units to the task output")
+    output_layers: int = Field(
+        10, gt=0, le=MAX_LAYERS_PER_ROLE, description="layers that map H units to the task output"
+    )
     width: int = Field(40, gt=0, le=MAX_WIDTH, description="H, the width of every hidden representation")
     activation: Literal["relu", "tanh"] = "relu"
-    init: Literal["xavier_uniform", "xavier_normal"] = Field("xavier_uniform", description="weight init (thesis: Xavier)")
+    init: Literal["xavier_uniform", "xavier_normal"] = Field(
+        "xavier_uniform", description="weight init (thesis: Xavier)"
+    )
     bias_init: Literal["uniform", "zeros"] = Field(
         "uniform", description="uniform(+-1/sqrt(fan_in)) as torch.nn.Linear does, or zeros"
     )
@@ -48,13 +52,17 @@ class DensePoolConfig(BaseModel):
         description="at every checkpoint, lift the bias of each dead ReLU unit (never positive over the task domain) "
         "just enough that it fires again on part of it; networks change little, and the unit can learn again",
     )
-    revival_margin: float = Field(0.1, gt=0, le=10, description="pre-activation a revived unit reaches at its best probe point")
+    revival_margin: float = Field(
+        0.1, gt=0, le=10, description="pre-activation a revived unit reaches at its best probe point"
+    )
 
     @model_validator(mode="after")
     def _fits_in_memory(self) -> DensePoolConfig:
         """Refuse a pool too large to hold, before a single tensor is allocated (inputs/outputs of size 1 assumed)."""
         width = self.width
-        parameters = self.input_layers * 2 * width + self.hidden_layers * (width + 1) * width + self.output_layers * (width + 1)
+        parameters = (
+            self.input_layers * 2 * width + self.hidden_layers * (width + 1) * width + self.output_layers * (width + 1)
+        )
         if parameters > MAX_PARAMETERS:
             raise ValueError(
                 f"a pool of {self.input_layers}/{self.hidden_layers}/{self.output_layers} layers of width {width} holds "
@@ -123,7 +131,9 @@ class ComposedNetwork(nn.Module):
                 if i > 0:
                     delta = delta @ weights[i]
                     activated = outputs[i - 1]
-                    delta = delta * (activated > 0) if self.activation == "relu" else delta * (1 - activated * activated)
+                    delta = (
+                        delta * (activated > 0) if self.activation == "relu" else delta * (1 - activated * activated)
+                    )
         return loss.detach(), [*grad_w, *grad_b]
 
 
@@ -220,7 +230,9 @@ class BatchedComposedNetwork:
 
     def network(self, row: int) -> ComposedNetwork:
         """A copy of network ``row`` as a single :class:`ComposedNetwork`."""
-        return ComposedNetwork([w[row].clone() for w in self.weights], [b[row].clone() for b in self.biases], self.activation)
+        return ComposedNetwork(
+            [w[row].clone() for w in self.weights], [b[row].clone() for b in self.biases], self.activation
+        )
 
     def value_and_grad(
         self,
@@ -260,7 +272,11 @@ class BatchedComposedNetwork:
                     delta = _input_grad(delta, weights[i])
                     activated = outputs[i - 1]
                     # ReLU's backward as one kernel (what autograd runs): delta where the unit was active, else 0.
-                    delta = torch.ops.aten.threshold_backward(delta, activated, 0) if relu else delta * (1 - activated * activated)
+                    delta = (
+                        torch.ops.aten.threshold_backward(delta, activated, 0)
+                        if relu
+                        else delta * (1 - activated * activated)
+                    )
         return losses.detach(), [*grad_w, *grad_b]
 
 
@@ -295,18 +311,24 @@ class DenseLayerPool:
         for role, (count, fan_out, fan_in) in self._shapes.items():
             weight, bias = self._initial(count, fan_out, fan_in, generator)
             self.weights[role], self.biases[role] = weight.to(self.device), bias.to(self.device)
-        self._index = RoleIndex({role: shape[0] for role, shape in self._shapes.items()})  # global index <-> (role, row)
+        self._index = RoleIndex(
+            {role: shape[0] for role, shape in self._shapes.items()}
+        )  # global index <-> (role, row)
         self.roles: list[Role] = self._index.roles
         self.size = self._index.size
 
     def describe(self) -> str:
         c = self.config
-        return (f"{c.input_layers} input, {c.hidden_layers} hidden and {c.output_layers} output dense layers of width "
-                f"{c.width}, {c.activation}; write-back blends trained layers into the pool.")
+        return (
+            f"{c.input_layers} input, {c.hidden_layers} hidden and {c.output_layers} output dense layers of width "
+            f"{c.width}, {c.activation}; write-back blends trained layers into the pool."
+        )
 
     # -- initialisation ----------------------------------------------------------------------
 
-    def _initial(self, count: int, fan_out: int, fan_in: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _initial(
+        self, count: int, fan_out: int, fan_in: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.init == "xavier_uniform":
             bound = math.sqrt(6.0 / (fan_in + fan_out))
             weight = (torch.rand(count, fan_out, fan_in, generator=generator) * 2 - 1) * bound
@@ -440,13 +462,15 @@ class DenseLayerPool:
         pre_input = torch.einsum("pi,lhi->lph", probe, self.weights[Role.INPUT]) + self.biases[Role.INPUT][:, None, :]
         dead_input = (pre_input <= 0).all(dim=1).float().mean().item()
         representations = act(pre_input).reshape(-1, self.config.width)
-        pre_hidden = torch.einsum("pi,lhi->lph", representations, self.weights[Role.HIDDEN]) + self.biases[Role.HIDDEN][:, None, :]
+        pre_hidden = (
+            torch.einsum("pi,lhi->lph", representations, self.weights[Role.HIDDEN])
+            + self.biases[Role.HIDDEN][:, None, :]
+        )
         dead_hidden = (pre_hidden <= 0).all(dim=1).float().mean().item()
         stats = {"dead_input_units": dead_input, "dead_hidden_units": dead_hidden}
         for role in self._shapes:
             stats[f"weight_norm_{role.value}"] = self.weights[role].flatten(1).norm(dim=1).mean().item()
         return stats
-
 
     @torch.no_grad()
     def maintain(self, probe: torch.Tensor) -> dict[str, float]:
@@ -467,11 +491,17 @@ class DenseLayerPool:
         self.biases[Role.INPUT] += torch.where(dead_input, margin - best_input, torch.zeros_like(best_input))
         pre_input = torch.einsum("pi,lhi->lph", probe, self.weights[Role.INPUT]) + self.biases[Role.INPUT][:, None, :]
         representations = pre_input.clamp_min(0).reshape(-1, self.config.width)
-        pre_hidden = torch.einsum("pi,lhi->lph", representations, self.weights[Role.HIDDEN]) + self.biases[Role.HIDDEN][:, None, :]
+        pre_hidden = (
+            torch.einsum("pi,lhi->lph", representations, self.weights[Role.HIDDEN])
+            + self.biases[Role.HIDDEN][:, None, :]
+        )
         best_hidden = pre_hidden.max(dim=1).values
         dead_hidden = best_hidden <= 0
         self.biases[Role.HIDDEN] += torch.where(dead_hidden, margin - best_hidden, torch.zeros_like(best_hidden))
-        return {"revived_input_units": dead_input.float().mean().item(), "revived_hidden_units": dead_hidden.float().mean().item()}
+        return {
+            "revived_input_units": dead_input.float().mean().item(),
+            "revived_hidden_units": dead_hidden.float().mean().item(),
+        }
 
 
 def build_dense_pool(config: DensePoolConfig, context: TaskContext) -> DenseLayerPool:

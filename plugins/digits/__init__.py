@@ -19,9 +19,13 @@ def reml_task_samplers():
         config_model=DigitsConfig,
         description="Few-shot N-way K-shot classification of scikit-learn's 8x8 digits, rotations as extra classes (40), disjoint class splits.",
         recommended=Recommendation(
-            encoder="prototypes", pool="conv", reward="neg-mse", policy="ppo-mlp",
+            encoder="prototypes",
+            pool="conv",
+            reward="neg-mse",
+            policy="ppo-mlp",
             # reference: the nearest class mean of the support images, no training (what meta-learning adds)
-            baselines=("maml", "scratch", "reference"), run_baselines=("scratch", "reference"),
+            baselines=("maml", "scratch", "reference"),
+            run_baselines=("scratch", "reference"),
         ),
         experiment_presets=EXPERIMENT_PRESETS,
     )

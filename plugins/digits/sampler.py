@@ -53,13 +53,31 @@ class DigitsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ways: int = Field(5, ge=2, le=class_count(True), description="N, the classes of a task (at most the test classes: 8, or 2 without rotations)")
-    support_shots: int = Field(5, ge=1, le=MIN_DIGIT_IMAGES, description="support images per class; the K-shot set is the first K of each class")
+    ways: int = Field(
+        5,
+        ge=2,
+        le=class_count(True),
+        description="N, the classes of a task (at most the test classes: 8, or 2 without rotations)",
+    )
+    support_shots: int = Field(
+        5,
+        ge=1,
+        le=MIN_DIGIT_IMAGES,
+        description="support images per class; the K-shot set is the first K of each class",
+    )
     train_per_class: int = Field(10, ge=1, le=MIN_DIGIT_IMAGES, description="inner-training images per class")
-    query_per_class: int = Field(15, ge=1, le=MIN_DIGIT_IMAGES, description="query images per class, measuring the loss and accuracy")
-    rotations: bool = Field(True, description="rotations by 0/90/180/270 degrees are extra classes (40 classes; else the 10 digits)")
-    split_seed: int = Field(0, ge=0, description="seed of the meta-train/validation/test class split (independent of the run seed)")
-    test_seed: int = Field(2017, ge=0, description="seed of the held-out validation and test tasks (independent of the run seed)")
+    query_per_class: int = Field(
+        15, ge=1, le=MIN_DIGIT_IMAGES, description="query images per class, measuring the loss and accuracy"
+    )
+    rotations: bool = Field(
+        True, description="rotations by 0/90/180/270 degrees are extra classes (40 classes; else the 10 digits)"
+    )
+    split_seed: int = Field(
+        0, ge=0, description="seed of the meta-train/validation/test class split (independent of the run seed)"
+    )
+    test_seed: int = Field(
+        2017, ge=0, description="seed of the held-out validation and test tasks (independent of the run seed)"
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> DigitsConfig:
@@ -110,7 +128,9 @@ class DigitsTaskSampler(ImageTaskSampler):
         per_class = config.train_per_class + config.support_shots + config.query_per_class
         rarest = min(len(indices) for indices in self.digit_images)
         if per_class > rarest:  # the validator's bound, checked against the data actually installed
-            raise ComponentBuildError(f"a task needs {per_class} distinct images per class but the rarest digit has {rarest}")
+            raise ComponentBuildError(
+                f"a task needs {per_class} distinct images per class but the rarest digit has {rarest}"
+            )
         ways = config.ways
         self.ways = ways
         self.output_size = ways
@@ -126,9 +146,14 @@ class DigitsTaskSampler(ImageTaskSampler):
         digits = stream_generator(config.split_seed, "split").permutation(DIGITS)
         n_train, n_validation, _ = (size // (self.n_classes // DIGITS) for size in split_sizes(config.rotations))
         turns = range(self.n_classes // DIGITS)
-        parts = {"train": digits[:n_train], "validation": digits[n_train : n_train + n_validation], "test": digits[n_train + n_validation :]}
+        parts = {
+            "train": digits[:n_train],
+            "validation": digits[n_train : n_train + n_validation],
+            "test": digits[n_train + n_validation :],
+        }
         self.classes: dict[str, tuple[int, ...]] = {
-            split: tuple(sorted(int(digit) + DIGITS * turn for digit in chosen for turn in turns)) for split, chosen in parts.items()
+            split: tuple(sorted(int(digit) + DIGITS * turn for digit in chosen for turn in turns))
+            for split, chosen in parts.items()
         }
 
     def data_fingerprint(self) -> dict[str, str]:
@@ -144,13 +169,20 @@ class DigitsTaskSampler(ImageTaskSampler):
     def describe(self) -> str:
         c = self.config
         train, validation, test = (len(self.classes[s]) for s in ("train", "validation", "test"))
-        kind = (f"{self.n_classes} classes (10 digits x rotations by 0/90/180/270 degrees)" if c.rotations
-                else f"{self.n_classes} classes (the digits, no rotations)")
-        return (f"{c.ways}-way few-shot classification of scikit-learn's 8x8 digits, {kind} split {train}/{validation}/{test} "
-                f"into disjoint meta-train/validation/test classes; each task has {c.train_per_class} training, up to "
-                f"{c.support_shots} support (K-shot: K per class) and {c.query_per_class} query images per class; "
-                f"loss: cross-entropy (metric: accuracy).")
+        kind = (
+            f"{self.n_classes} classes (10 digits x rotations by 0/90/180/270 degrees)"
+            if c.rotations
+            else f"{self.n_classes} classes (the digits, no rotations)"
+        )
+        return (
+            f"{c.ways}-way few-shot classification of scikit-learn's 8x8 digits, {kind} split {train}/{validation}/{test} "
+            f"into disjoint meta-train/validation/test classes; each task has {c.train_per_class} training, up to "
+            f"{c.support_shots} support (K-shot: K per class) and {c.query_per_class} query images per class; "
+            f"loss: cross-entropy (metric: accuracy)."
+        )
 
     def _draw_images(self, rng: np.random.Generator, classes: np.ndarray, per_class: int) -> np.ndarray:
-        chosen = np.stack([rng.choice(self.digit_images[int(cls) % DIGITS], size=per_class, replace=False) for cls in classes])
+        chosen = np.stack(
+            [rng.choice(self.digit_images[int(cls) % DIGITS], size=per_class, replace=False) for cls in classes]
+        )
         return self.images[(classes // DIGITS)[:, None], chosen]  # [ways, per_class, 1, 8, 8]

@@ -42,10 +42,14 @@ class OracleEncoder:
 class SupportSetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     x_scale: float | None = Field(
-        None, gt=0, description="inputs are divided by this (default: the family's input_scale, else the largest |x| of its validation tasks)"
+        None,
+        gt=0,
+        description="inputs are divided by this (default: the family's input_scale, else the largest |x| of its validation tasks)",
     )
     y_scale: float | None = Field(
-        None, gt=0, description="targets are divided by this (default: the family's target_scale, else the largest |y| of its validation tasks)"
+        None,
+        gt=0,
+        description="targets are divided by this (default: the family's target_scale, else the largest |y| of its validation tasks)",
     )
 
 
@@ -81,8 +85,10 @@ class SupportSetEncoder:
         self.point_set = PointSetLayout(offset=0, points=self.max_shots, channels=2)  # x and y, then the mask
 
     def describe(self) -> str:
-        return (f"only the K support points, sorted by x, x / {self.x_scale:g} and y / {self.y_scale:g}, "
-                f"padded to {self.max_shots} with a mask, then mean and spread of y and K / {self.max_shots}.")
+        return (
+            f"only the K support points, sorted by x, x / {self.x_scale:g} and y / {self.y_scale:g}, "
+            f"padded to {self.max_shots} with a mask, then mean and spread of y and K / {self.max_shots}."
+        )
 
     def encode(self, task: Task, shots: int) -> np.ndarray:
         x, y = task.support(shots)

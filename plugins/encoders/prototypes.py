@@ -18,7 +18,9 @@ from reml_core.interfaces import Task, TaskContext, TaskSampler
 
 class PrototypesConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    grid: int = Field(4, ge=1, le=64, description="each class's mean support image is average-pooled to grid x grid per channel")
+    grid: int = Field(
+        4, ge=1, le=64, description="each class's mean support image is average-pooled to grid x grid per channel"
+    )
 
 
 class PrototypesEncoder:
@@ -57,15 +59,19 @@ class PrototypesEncoder:
 
     def describe(self) -> str:
         c, h, w = self.input_shape
-        return (f"only the K-shot support set: each of the {self.ways} classes' mean support image ({c}x{h}x{w}) "
-                f"average-pooled to {self.grid}x{self.grid} per channel ({self.features} numbers per class), then K / {self.max_shots}.")
+        return (
+            f"only the K-shot support set: each of the {self.ways} classes' mean support image ({c}x{h}x{w}) "
+            f"average-pooled to {self.grid}x{self.grid} per channel ({self.features} numbers per class), then K / {self.max_shots}."
+        )
 
     def encode(self, task: Task, shots: int) -> np.ndarray:
         if task.ways != self.ways:
             raise ValueError(f"task {task.task_id} has {task.ways} classes but the encoder was built for {self.ways}")
         x, y = task.support(shots)
         x = x.reshape(-1, *self.input_shape).to(torch.float32)
-        pooled = F.adaptive_avg_pool2d(x, self.grid).flatten(1)  # pooling is linear: pool of the mean = mean of the pools
+        pooled = F.adaptive_avg_pool2d(x, self.grid).flatten(
+            1
+        )  # pooling is linear: pool of the mean = mean of the pools
         labels = y.reshape(-1).to(torch.int64)
         sums = torch.zeros(self.ways, self.features, dtype=torch.float32).index_add_(0, labels, pooled)
         counts = torch.bincount(labels, minlength=self.ways)[: self.ways].clamp(min=1).to(torch.float32)
@@ -75,4 +81,3 @@ class PrototypesEncoder:
 
 def build_prototypes(config: PrototypesConfig, context: TaskContext) -> PrototypesEncoder:
     return PrototypesEncoder(context.task_sampler, config)
-

@@ -30,7 +30,9 @@ def _scales(sampler: TaskSampler, name: str, width: int) -> np.ndarray:
         values = np.asarray(declared, dtype=np.float64)
     else:
         single = getattr(sampler, f"{name}_scale", None)
-        values = np.full(width, float(single) if isinstance(single, (int, float)) and math.isfinite(single) and single > 0 else 1.0)
+        values = np.full(
+            width, float(single) if isinstance(single, (int, float)) and math.isfinite(single) and single > 0 else 1.0
+        )
     return np.where(np.isfinite(values) & (values > 0), values, 1.0)
 
 
@@ -50,9 +52,11 @@ class SupportPointsEncoder:
         self.point_set = PointSetLayout(offset=0, points=self.max_shots, channels=channels)
 
     def describe(self) -> str:
-        return (f"only the K support points ({self.inputs} inputs and {self.outputs} targets each, every column divided by the "
-                f"family's scale for it), sorted by the first input, padded to {self.max_shots} with a mask, then each target's "
-                f"mean and spread and K / {self.max_shots}.")
+        return (
+            f"only the K support points ({self.inputs} inputs and {self.outputs} targets each, every column divided by the "
+            f"family's scale for it), sorted by the first input, padded to {self.max_shots} with a mask, then each target's "
+            f"mean and spread and K / {self.max_shots}."
+        )
 
     def encode(self, task: Task, shots: int) -> np.ndarray:
         x, y = task.support(shots)
@@ -75,6 +79,11 @@ class SupportPointsEncoder:
 
 def build_support_points(config: SupportPointsConfig, context: TaskContext) -> SupportPointsEncoder:
     sampler = context.task_sampler
-    if len(tuple(getattr(sampler, "input_shape", ()) or ())) > 1 or getattr(sampler, "loss_name", "") == "cross-entropy":
-        raise ComponentBuildError("the support-points encoder reads regression points; for images use the prototypes encoder")
+    if (
+        len(tuple(getattr(sampler, "input_shape", ()) or ())) > 1
+        or getattr(sampler, "loss_name", "") == "cross-entropy"
+    ):
+        raise ComponentBuildError(
+            "the support-points encoder reads regression points; for images use the prototypes encoder"
+        )
     return SupportPointsEncoder(sampler)

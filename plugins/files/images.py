@@ -27,7 +27,9 @@ SPLITS = ("train", "validation", "test")
 class ImageFolderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    root: str | None = Field(None, description="the folder with one subfolder of images per class (or train/ validation/ test/ of them)")
+    root: str | None = Field(
+        None, description="the folder with one subfolder of images per class (or train/ validation/ test/ of them)"
+    )
     ways: int = Field(5, ge=2, le=100, description="N, classes per task")
     train_per_class: int = Field(2, ge=1, description="inner-training images per class of a task")
     support_shots: int = Field(5, ge=1, description="support images per class; the K-shot set is the first K of each")
@@ -49,7 +51,9 @@ def _read_image(path: Path, size: int, color: bool) -> np.ndarray:
             image = image.convert("RGB" if color else "L").resize((size, size))
             array = np.asarray(image, dtype=np.float32) / 255.0
     except (OSError, UnidentifiedImageError) as error:
-        raise ComponentBuildError(f"task.root: cannot read image {path}: {' '.join(str(error).split())[:150]}") from None
+        raise ComponentBuildError(
+            f"task.root: cannot read image {path}: {' '.join(str(error).split())[:150]}"
+        ) from None
     return array.transpose(2, 0, 1) if color else array[None]
 
 
@@ -65,29 +69,39 @@ class ImageFolderTaskSampler(ImageTaskSampler):
         self.config = config
         by_folders = config.split == "folders" or (config.split == "auto" and (root / "train").is_dir())
         if by_folders:
-            folders = {split: sorted(p for p in (root / split).iterdir() if p.is_dir()) if (root / split).is_dir() else [] for split in SPLITS}
+            folders = {
+                split: sorted(p for p in (root / split).iterdir() if p.is_dir()) if (root / split).is_dir() else []
+                for split in SPLITS
+            }
         else:
             found = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
             order = stream_generator(config.split_seed, "split").permutation(len(found))
             n_validation = max(config.ways, round(config.validation_fraction * len(found)))
             n_test = max(config.ways, round(config.test_fraction * len(found)))
             chosen = [found[i] for i in order]
-            folders = {"validation": chosen[:n_validation], "test": chosen[n_validation:n_validation + n_test],
-                       "train": chosen[n_validation + n_test:]}
+            folders = {
+                "validation": chosen[:n_validation],
+                "test": chosen[n_validation : n_validation + n_test],
+                "train": chosen[n_validation + n_test :],
+            }
         per_class = config.train_per_class + config.support_shots + config.query_per_class
         self.class_images: list[np.ndarray] = []
         self.class_names: list[str] = []
         self.classes: dict[str, tuple[int, ...]] = {}
         for split in SPLITS:
             if len(folders[split]) < config.ways:
-                raise ComponentBuildError(f"task.root: {len(folders[split])} {split} classes in {root}; a {config.ways}-way task needs "
-                                          f"at least {config.ways}")
+                raise ComponentBuildError(
+                    f"task.root: {len(folders[split])} {split} classes in {root}; a {config.ways}-way task needs "
+                    f"at least {config.ways}"
+                )
             ids = []
             for folder in folders[split]:
                 files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
                 if len(files) < per_class:
-                    raise ComponentBuildError(f"task.root: class {folder} holds {len(files)} images; a task needs {per_class} of each "
-                                              "class (train_per_class + support_shots + query_per_class)")
+                    raise ComponentBuildError(
+                        f"task.root: class {folder} holds {len(files)} images; a task needs {per_class} of each "
+                        "class (train_per_class + support_shots + query_per_class)"
+                    )
                 ids.append(len(self.class_images))
                 self.class_images.append(np.stack([_read_image(p, config.image_size, config.color) for p in files]))
                 self.class_names.append(str(folder.relative_to(root)))
@@ -105,20 +119,28 @@ class ImageFolderTaskSampler(ImageTaskSampler):
     def describe(self) -> str:
         c = self.config
         counts = "/".join(str(len(self.classes[s])) for s in SPLITS)
-        return (f"{c.ways}-way few-shot classification of the images in {c.root}, classes split {counts} into meta-train/"
-                f"validation/test; each task has {c.train_per_class} training, up to {c.support_shots} support (K-shot: K per class) "
-                f"and {c.query_per_class} query images per class, {c.image_size}x{c.image_size}; loss: cross-entropy (metric: accuracy).")
+        return (
+            f"{c.ways}-way few-shot classification of the images in {c.root}, classes split {counts} into meta-train/"
+            f"validation/test; each task has {c.train_per_class} training, up to {c.support_shots} support (K-shot: K per class) "
+            f"and {c.query_per_class} query images per class, {c.image_size}x{c.image_size}; loss: cross-entropy (metric: accuracy)."
+        )
 
     def data_fingerprint(self) -> dict[str, str]:
         digest = hashlib.sha256()
         for name, images in zip(self.class_names, self.class_images):
             digest.update(name.encode())
             digest.update(images.tobytes())
-        return {"images": f"{len(self.class_images)} class folders, {sum(len(i) for i in self.class_images)} images, sha256 {digest.hexdigest()[:12]}"}
+        return {
+            "images": f"{len(self.class_images)} class folders, {sum(len(i) for i in self.class_images)} images, sha256 {digest.hexdigest()[:12]}"
+        }
 
     def _draw_images(self, rng: np.random.Generator, classes: np.ndarray, per_class: int) -> np.ndarray:
-        return np.stack([self.class_images[int(c)][rng.choice(len(self.class_images[int(c)]), size=per_class, replace=False)]
-                         for c in classes])
+        return np.stack(
+            [
+                self.class_images[int(c)][rng.choice(len(self.class_images[int(c)]), size=per_class, replace=False)]
+                for c in classes
+            ]
+        )
 
 
 IMAGE_FOLDER_SPEC = TaskSamplerSpec(
@@ -126,7 +148,13 @@ IMAGE_FOLDER_SPEC = TaskSamplerSpec(
     factory=lambda config, context: ImageFolderTaskSampler(config),
     config_model=ImageFolderConfig,
     description="Your own few-shot image classification: a folder with one subfolder of images per class (task.root).",
-    recommended=Recommendation(encoder="prototypes", pool="conv", reward="neg-mse", policy="ppo-mlp",
-                               baselines=("maml", "scratch"), run_baselines=("scratch",)),
+    recommended=Recommendation(
+        encoder="prototypes",
+        pool="conv",
+        reward="neg-mse",
+        policy="ppo-mlp",
+        baselines=("maml", "scratch"),
+        run_baselines=("scratch",),
+    ),
     experiment_presets=EXPERIMENT_PRESETS,
 )

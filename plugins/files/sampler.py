@@ -34,25 +34,38 @@ class FilesConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    root: str | None = Field(None, description="the folder of task files (CSV or NPZ), or of train/ validation/ test/ subfolders of them")
-    inputs: list[str] = Field(default_factory=lambda: ["x"], min_length=1,
-                              description="input columns (CSV header names, or NPZ array names; an [n, d] array is d columns)")
+    root: str | None = Field(
+        None, description="the folder of task files (CSV or NPZ), or of train/ validation/ test/ subfolders of them"
+    )
+    inputs: list[str] = Field(
+        default_factory=lambda: ["x"],
+        min_length=1,
+        description="input columns (CSV header names, or NPZ array names; an [n, d] array is d columns)",
+    )
     outputs: list[str] = Field(default_factory=lambda: ["y"], min_length=1, description="target columns, as inputs")
-    support_points: int = Field(10, gt=0, le=10_000, description="support points per task; the K-shot set is their first K")
+    support_points: int = Field(
+        10, gt=0, le=10_000, description="support points per task; the K-shot set is their first K"
+    )
     query_points: int = Field(20, gt=0, le=100_000, description="query points per task (fewer if a file is short)")
     min_train_points: int = Field(1, ge=1, description="a file must leave at least this many rows for inner training")
     split: Literal["auto", "folders", "seeded"] = Field(
-        "auto", description="folders: root/train, root/validation, root/test; seeded: a seeded split of the files in root; "
-        "auto: folders if root/train exists")
+        "auto",
+        description="folders: root/train, root/validation, root/test; seeded: a seeded split of the files in root; "
+        "auto: folders if root/train exists",
+    )
     validation_fraction: float = Field(0.2, ge=0, lt=1, description="share of the files for validation (seeded split)")
     test_fraction: float = Field(0.2, ge=0, lt=1, description="share of the files for testing (seeded split)")
     split_seed: int = Field(0, ge=0, description="seed of the seeded split of the files")
-    test_seed: int = Field(2017, ge=0, description="seed of the held-out tasks' row shuffles (independent of the run seed)")
+    test_seed: int = Field(
+        2017, ge=0, description="seed of the held-out tasks' row shuffles (independent of the run seed)"
+    )
 
     @model_validator(mode="after")
     def _fractions(self) -> FilesConfig:
         if self.validation_fraction + self.test_fraction >= 1:
-            raise ValueError("validation_fraction + test_fraction must leave files for meta-training (their sum is at least 1)")
+            raise ValueError(
+                "validation_fraction + test_fraction must leave files for meta-training (their sum is at least 1)"
+            )
         if set(self.inputs) & set(self.outputs):
             raise ValueError(f"columns {sorted(set(self.inputs) & set(self.outputs))} are both inputs and outputs")
         return self
@@ -74,28 +87,40 @@ def read_columns(path: Path, names: Sequence[str], what: str) -> np.ndarray:
     if path.suffix.lower() == ".csv":
         header, values = read_csv(path, "task file")
         if header is None:
-            raise DataFileError(f"task file {path} has no header line; its first line must name the columns ({', '.join(names)})")
+            raise DataFileError(
+                f"task file {path} has no header line; its first line must name the columns ({', '.join(names)})"
+            )
         missing = [name for name in names if name not in header]
         if missing:
-            raise DataFileError(f"task file {path} has no {what} column {missing[0]!r} (its columns: {', '.join(header)})")
+            raise DataFileError(
+                f"task file {path} has no {what} column {missing[0]!r} (its columns: {', '.join(header)})"
+            )
         return values[:, [header.index(name) for name in names]]
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [name for name in names if name not in archive.files]
             if missing:
-                raise DataFileError(f"task file {path} has no {what} array {missing[0]!r} (its arrays: {', '.join(archive.files)})")
+                raise DataFileError(
+                    f"task file {path} has no {what} array {missing[0]!r} (its arrays: {', '.join(archive.files)})"
+                )
             arrays = [np.asarray(archive[name]) for name in names]
     except DataFileError:
         raise
     except (OSError, ValueError) as error:
-        raise DataFileError(f"task file {path} is not a readable NPZ file: {' '.join(str(error).split())[:200]}") from None
+        raise DataFileError(
+            f"task file {path} is not a readable NPZ file: {' '.join(str(error).split())[:200]}"
+        ) from None
     columns = []
     for name, array in zip(names, arrays):
         if array.dtype.kind not in "iuf" or array.ndim not in (1, 2):
-            raise DataFileError(f"task file {path}: array {name!r} must be numbers of shape [n] or [n, d], not {array.dtype} {list(array.shape)}")
+            raise DataFileError(
+                f"task file {path}: array {name!r} must be numbers of shape [n] or [n, d], not {array.dtype} {list(array.shape)}"
+            )
         columns.append(array.reshape(len(array), -1).astype(np.float64))
     if len({len(c) for c in columns}) > 1:
-        raise DataFileError(f"task file {path}: arrays {', '.join(names)} have different lengths ({', '.join(str(len(c)) for c in columns)})")
+        raise DataFileError(
+            f"task file {path}: arrays {', '.join(names)} have different lengths ({', '.join(str(len(c)) for c in columns)})"
+        )
     values = np.concatenate(columns, axis=1)
     if not np.isfinite(values).all():
         raise DataFileError(f"task file {path}: {what} arrays hold NaN or infinite values")
@@ -104,7 +129,9 @@ def read_columns(path: Path, names: Sequence[str], what: str) -> np.ndarray:
 
 def task_files(folder: Path) -> list[Path]:
     """The CSV and NPZ files directly in ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def _generator(entropy: int, key: str, *more: int) -> np.random.Generator:
@@ -125,14 +152,19 @@ class FileTaskSampler:
         self.source = source
         for split in SPLITS:
             if not splits.get(split):
-                raise ComponentBuildError(f"task.root: no {split} tasks" + (f" in {source}" if source else "")
-                                          + (" (put files in train/, validation/ and test/, or use split = 'seeded' with more files)"))
+                raise ComponentBuildError(
+                    f"task.root: no {split} tasks"
+                    + (f" in {source}" if source else "")
+                    + (" (put files in train/, validation/ and test/, or use split = 'seeded' with more files)")
+                )
         need = config.support_points + 1 + config.min_train_points
         for split, tasks in splits.items():
             for task in tasks:
                 if len(task.x) < need:
-                    raise ComponentBuildError(f"task.root: task {task.name} holds {len(task.x)} rows; each needs at least {need} "
-                                              f"({config.support_points} support, 1 query, {config.min_train_points} training)")
+                    raise ComponentBuildError(
+                        f"task.root: task {task.name} holds {len(task.x)} rows; each needs at least {need} "
+                        f"({config.support_points} support, 1 query, {config.min_train_points} training)"
+                    )
         first = splits["train"][0]
         self.input_size = int(first.x.shape[1])
         self.output_size = int(first.y.shape[1])
@@ -164,13 +196,18 @@ class FileTaskSampler:
         else:
             files = task_files(root)
             if len(files) < 3:
-                raise ComponentBuildError(f"task.root: {root} holds {len(files)} CSV/NPZ files; a seeded split needs at least 3")
+                raise ComponentBuildError(
+                    f"task.root: {root} holds {len(files)} CSV/NPZ files; a seeded split needs at least 3"
+                )
             order = _generator(config.split_seed, "split").permutation(len(files))
             n_validation = max(1, round(config.validation_fraction * len(files)))
             n_test = max(1, round(config.test_fraction * len(files)))
             chosen = [files[i] for i in order]
-            paths = {"validation": sorted(chosen[:n_validation]), "test": sorted(chosen[n_validation:n_validation + n_test]),
-                     "train": sorted(chosen[n_validation + n_test:])}
+            paths = {
+                "validation": sorted(chosen[:n_validation]),
+                "test": sorted(chosen[n_validation : n_validation + n_test]),
+                "train": sorted(chosen[n_validation + n_test :]),
+            }
         if sum(len(p) for p in paths.values()) > MAX_FILES:
             raise ComponentBuildError(f"task.root: more than {MAX_FILES:,} task files")
         splits = {split: [cls._read(path, config) for path in files] for split, files in paths.items()}
@@ -179,7 +216,9 @@ class FileTaskSampler:
         return sampler
 
     @classmethod
-    def from_arrays(cls, config: FilesConfig, tasks: dict[str, Sequence[tuple[np.ndarray, np.ndarray]]]) -> FileTaskSampler:
+    def from_arrays(
+        cls, config: FilesConfig, tasks: dict[str, Sequence[tuple[np.ndarray, np.ndarray]]]
+    ) -> FileTaskSampler:
         """From arrays: ``{"train": [(x, y), ...], "validation": [...], "test": [...]}``, ``x`` ``[n, d]`` and ``y`` ``[n, m]``."""
         splits = {}
         for split in SPLITS:
@@ -193,10 +232,17 @@ class FileTaskSampler:
         return cls(config, splits)
 
     @classmethod
-    def from_dataset(cls, config: FilesConfig, datasets: dict[str, Sequence[torch.utils.data.Dataset]]) -> FileTaskSampler:
+    def from_dataset(
+        cls, config: FilesConfig, datasets: dict[str, Sequence[torch.utils.data.Dataset]]
+    ) -> FileTaskSampler:
         """From torch Datasets, one per task, each item an ``(x, y)`` pair: ``{"train": [dataset, ...], ...}``."""
-        return cls.from_arrays(config, {split: [_pair(d, f"{split} dataset {i}") for i, d in enumerate(datasets.get(split, []))]
-                                        for split in SPLITS})
+        return cls.from_arrays(
+            config,
+            {
+                split: [_pair(d, f"{split} dataset {i}") for i, d in enumerate(datasets.get(split, []))]
+                for split in SPLITS
+            },
+        )
 
     @staticmethod
     def _read(path: Path, config: FilesConfig) -> TaskData:
@@ -208,9 +254,11 @@ class FileTaskSampler:
 
     def describe(self) -> str:
         counts = ", ".join(f"{len(self.splits[s])} {s}" for s in SPLITS)
-        return (f"regression tasks from files ({counts}){' in ' + self.source if self.source else ''}: {self.input_size} input and "
-                f"{self.output_size} target columns; each task's rows shuffled, then up to {self.config.support_points} support, "
-                f"up to {self.config.query_points} query and the rest for inner training; loss: mean squared error.")
+        return (
+            f"regression tasks from files ({counts}){' in ' + self.source if self.source else ''}: {self.input_size} input and "
+            f"{self.output_size} target columns; each task's rows shuffled, then up to {self.config.support_points} support, "
+            f"up to {self.config.query_points} query and the rest for inner training; loss: mean squared error."
+        )
 
     def data_fingerprint(self) -> dict[str, str]:
         found = {}
@@ -230,7 +278,17 @@ class FileTaskSampler:
         support = c.support_points
         query = min(c.query_points, max(1, (len(x) - support) // 2))
         query_end = support + query
-        return Task(task_id, split, (), x[query_end:], y[query_end:], x[:support], y[:support], x[support:query_end], y[support:query_end])
+        return Task(
+            task_id,
+            split,
+            (),
+            x[query_end:],
+            y[query_end:],
+            x[:support],
+            y[:support],
+            x[support:query_end],
+            y[support:query_end],
+        )
 
     def train_stream(self, seed: int) -> Iterator[Task]:
         rng = _generator(seed, "train")
@@ -245,8 +303,15 @@ class FileTaskSampler:
         """Task i is file ``i % files`` (in name order), its rows shuffled by (test_seed, split, i): more tasks than
         files reuse each file with another shuffle."""
         files = self.splits[split]
-        return [self._task(files[i % len(files)], _generator(self.config.test_seed, split, i), f"{split}-{i}-{files[i % len(files)].name}", split)
-                for i in range(count)]
+        return [
+            self._task(
+                files[i % len(files)],
+                _generator(self.config.test_seed, split, i),
+                f"{split}-{i}-{files[i % len(files)].name}",
+                split,
+            )
+            for i in range(count)
+        ]
 
     def validation_tasks(self, count: int) -> list[Task]:
         return self._held_out("validation", count)
@@ -265,10 +330,15 @@ def _pair(item: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
         x = np.stack([np.asarray(a, dtype=np.float64).reshape(-1) for a, _ in pairs]) if pairs else np.zeros((0, 1))
         y = np.stack([np.asarray(b, dtype=np.float64).reshape(-1) for _, b in pairs]) if pairs else np.zeros((0, 1))
     elif isinstance(item, (tuple, list)) and len(item) == 2:
-        x, y = (np.asarray(part.detach().cpu() if isinstance(part, torch.Tensor) else part, dtype=np.float64) for part in item)
+        x, y = (
+            np.asarray(part.detach().cpu() if isinstance(part, torch.Tensor) else part, dtype=np.float64)
+            for part in item
+        )
         x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
     else:
-        raise UserError(f"{where}: a task is an (x, y) pair of arrays or a torch Dataset of (x, y) items, not {type(item).__name__}")
+        raise UserError(
+            f"{where}: a task is an (x, y) pair of arrays or a torch Dataset of (x, y) items, not {type(item).__name__}"
+        )
     if len(x) != len(y) or not len(x):
         raise UserError(f"{where}: {len(x)} inputs and {len(y)} targets; a task needs as many of each, at least one")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
@@ -296,7 +366,9 @@ def save_tasks(root: str | Path, tasks: Mapping[str, Sequence[Any]]) -> dict[str
     unknown = set(tasks) - set(SPLITS)
     if unknown:
         raise UserError(f"save_tasks: unknown splits {sorted(unknown)} (use train, validation, test)")
-    arrays = {split: [_pair(item, f"save_tasks: {split} task {i}") for i, item in enumerate(tasks[split])] for split in SPLITS}
+    arrays = {
+        split: [_pair(item, f"save_tasks: {split} task {i}") for i, item in enumerate(tasks[split])] for split in SPLITS
+    }
     for split, pairs in arrays.items():
         (root / split).mkdir(parents=True, exist_ok=True)
         for i, (x, y) in enumerate(pairs):

@@ -29,7 +29,13 @@ from tqdm.auto import tqdm
 
 from reml_core.errors import ComponentBuildError, UserError
 from reml_core.interfaces import BatchedTaskSampler, BuildContext, LossFn, Task, TaskSampler
-from reml_plugins.maml.batches import MetaBatch, check_training_points, draw_batch, from_task_batch, stack_classification_tasks
+from reml_plugins.maml.batches import (
+    MetaBatch,
+    check_training_points,
+    draw_batch,
+    from_task_batch,
+    stack_classification_tasks,
+)
 from reml_plugins.maml.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from reml_plugins.maml.config import MAMLConfig
 from reml_plugins.maml.network import Architecture, MetaNetwork, ModuleArchitecture
@@ -91,7 +97,9 @@ class MAMLBaseline:
         else:
             inputs, outputs = (sampler.input_size, sampler.output_size) if sampler is not None else (1, 1)
             self.architecture = Architecture((inputs, *config.hidden, outputs), config.activation)
-            self.network = MetaNetwork(self.architecture).initialise(torch.Generator().manual_seed(context.seed)).to(self.device)
+            self.network = (
+                MetaNetwork(self.architecture).initialise(torch.Generator().manual_seed(context.seed)).to(self.device)
+            )
         self.backend = build_backend(self.network, config, self.loss_fn)
         self.optimizer = self._new_optimizer()
         self.iterations_done = 0
@@ -125,11 +133,16 @@ class MAMLBaseline:
             if self.uses_task_batches():
                 batches = self.task_sampler.train_batches(self.seed, config.meta_batch)
                 return (stack_classification_tasks(batch.tasks(), self.shots) for batch in batches)
-            return (draw_batch(tasks, config.meta_batch, self.shots, stack_classification_tasks) for _ in itertools.repeat(None))
+            return (
+                draw_batch(tasks, config.meta_batch, self.shots, stack_classification_tasks)
+                for _ in itertools.repeat(None)
+            )
         if self.uses_task_batches():
             sampler = self.task_sampler
             check_training_points(config.shots, sampler.train_points, "a task of this sampler")
-            return (from_task_batch(batch, config.shots) for batch in sampler.train_batches(self.seed, config.meta_batch))
+            return (
+                from_task_batch(batch, config.shots) for batch in sampler.train_batches(self.seed, config.meta_batch)
+            )
         return (draw_batch(tasks, config.meta_batch, config.shots) for _ in itertools.repeat(None))
 
     def meta_train(self, tasks: Iterator[Task], progress: bool = True) -> dict[str, float]:
@@ -143,7 +156,9 @@ class MAMLBaseline:
         task_seconds = 0.0
         batched = self.uses_task_batches()
         batches = self.meta_batches(tasks)
-        bar = tqdm(total=config.iterations, desc=f"maml ({config.backend})", disable=None if progress else True, leave=False)
+        bar = tqdm(
+            total=config.iterations, desc=f"maml ({config.backend})", disable=None if progress else True, leave=False
+        )
         start = time.perf_counter()
         try:
             for iteration in range(config.iterations):
@@ -226,7 +241,9 @@ def pool_network(context: BuildContext, shape: tuple[int, ...]) -> nn.Module:
         )
     network = pool.fresh_network(context.depth, torch.Generator().manual_seed(context.seed))
     if not isinstance(network, nn.Module) or not any(True for _ in network.parameters()):
-        raise ComponentBuildError(f"the maml baseline needs an nn.Module with parameters from pool.fresh_network; got {type(network).__name__}")
+        raise ComponentBuildError(
+            f"the maml baseline needs an nn.Module with parameters from pool.fresh_network; got {type(network).__name__}"
+        )
     network = network.to(torch.device(context.device))  # a pool that ignores the device still trains there
     for param in network.parameters():
         param.requires_grad_(True)

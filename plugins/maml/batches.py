@@ -65,14 +65,18 @@ def stack_tasks(tasks: list[Task], shots: int) -> MetaBatch:
     return MetaBatch(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:])
 
 
-def draw_batch(tasks: Iterator[Task], size: int, shots: int, stack: Callable[[list[Task], int], MetaBatch] = stack_tasks) -> MetaBatch:
+def draw_batch(
+    tasks: Iterator[Task], size: int, shots: int, stack: Callable[[list[Task], int], MetaBatch] = stack_tasks
+) -> MetaBatch:
     """The next ``size`` tasks of the stream as one meta-batch (stacked by ``stack``)."""
     chosen = []
     for _ in range(size):
         try:
             chosen.append(next(tasks))
         except StopIteration:
-            raise ValueError(f"maml: the task stream ran out after {len(chosen)} tasks of a {size}-task meta-batch") from None
+            raise ValueError(
+                f"maml: the task stream ran out after {len(chosen)} tasks of a {size}-task meta-batch"
+            ) from None
     return stack(chosen, shots)
 
 
@@ -81,7 +85,10 @@ def from_task_batch(batch: TaskBatch, shots: int) -> MetaBatch:
     check_training_points(shots, batch.x_train.shape[1], f"task {batch.task_ids[0]}")
     x, y = batch.x_train, batch.y_train
     return MetaBatch(
-        x[:, :shots].contiguous(), y[:, :shots].contiguous(), x[:, shots : 2 * shots].contiguous(), y[:, shots : 2 * shots].contiguous()
+        x[:, :shots].contiguous(),
+        y[:, :shots].contiguous(),
+        x[:, shots : 2 * shots].contiguous(),
+        y[:, shots : 2 * shots].contiguous(),
     )
 
 
@@ -126,6 +133,8 @@ def stack_classification_tasks(tasks: list[Task], shots: int) -> MetaBatch:
         index = balanced_training_indices(task, shots)
         outer.append((task.x_train[index], task.y_train[index]))
     return MetaBatch(
-        torch.stack([x for x, _ in inner]), torch.stack([y for _, y in inner]),
-        torch.stack([x for x, _ in outer]), torch.stack([y for _, y in outer]),
+        torch.stack([x for x, _ in inner]),
+        torch.stack([y for _, y in inner]),
+        torch.stack([x for x, _ in outer]),
+        torch.stack([y for _, y in outer]),
     )

@@ -70,7 +70,9 @@ def load_checkpoint(directory: Path, expected: Architecture | ModuleArchitecture
     except OSError as error:
         raise CheckpointError(f"{tensors_path}: cannot be read ({error.strerror or error})") from None
     if hashlib.sha256(data).hexdigest() != metadata["sha256"]:
-        raise CheckpointError(f"{tensors_path}: contents do not match the SHA-256 recorded in {METADATA} (truncated or modified)")
+        raise CheckpointError(
+            f"{tensors_path}: contents do not match the SHA-256 recorded in {METADATA} (truncated or modified)"
+        )
     architecture = _architecture(metadata["architecture"])
     if architecture != expected:
         raise CheckpointError(
@@ -84,15 +86,21 @@ def load_checkpoint(directory: Path, expected: Architecture | ModuleArchitecture
     shapes = expected.parameter_shapes
     dtypes = expected.dtypes if isinstance(expected, ModuleArchitecture) else dict.fromkeys(shapes, "float32")
     if set(tensors) != set(shapes):
-        raise CheckpointError(f"{tensors_path}: holds tensors {sorted(tensors)} but the architecture needs {sorted(shapes)}")
+        raise CheckpointError(
+            f"{tensors_path}: holds tensors {sorted(tensors)} but the architecture needs {sorted(shapes)}"
+        )
     for name, shape in shapes.items():
         tensor = tensors[name]
         dtype = str(tensor.dtype).removeprefix("torch.")
         if tuple(tensor.shape) != shape or dtype != dtypes[name]:
-            raise CheckpointError(f"{tensors_path}: tensor {name} is {dtype} {tuple(tensor.shape)}, expected {dtypes[name]} {shape}")
+            raise CheckpointError(
+                f"{tensors_path}: tensor {name} is {dtype} {tuple(tensor.shape)}, expected {dtypes[name]} {shape}"
+            )
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"{tensors_path}: tensor {name} holds non-finite values")
-    return Checkpoint({name: tensors[name] for name in shapes}, architecture, metadata["config"], metadata["iterations"])
+    return Checkpoint(
+        {name: tensors[name] for name in shapes}, architecture, metadata["config"], metadata["iterations"]
+    )
 
 
 def _read_metadata(path: Path) -> dict[str, Any]:
@@ -138,17 +146,25 @@ def _is_mlp(architecture: Any) -> bool:
 
 def _is_module(architecture: Any) -> bool:
     """A :class:`ModuleArchitecture` as ``to_dict`` writes it: a class name and a non-empty list of named tensors."""
-    if not (isinstance(architecture, dict) and isinstance(architecture.get("module"), str) and isinstance(architecture.get("state"), list)):
+    if not (
+        isinstance(architecture, dict)
+        and isinstance(architecture.get("module"), str)
+        and isinstance(architecture.get("state"), list)
+    ):
         return False
     entries = architecture["state"]
-    return bool(entries) and all(
-        isinstance(e, dict)
-        and isinstance(e.get("name"), str)
-        and isinstance(e.get("dtype"), str)
-        and isinstance(e.get("shape"), list)
-        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in e["shape"])
-        for e in entries
-    ) and len({e["name"] for e in entries}) == len(entries)
+    return (
+        bool(entries)
+        and all(
+            isinstance(e, dict)
+            and isinstance(e.get("name"), str)
+            and isinstance(e.get("dtype"), str)
+            and isinstance(e.get("shape"), list)
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in e["shape"])
+            for e in entries
+        )
+        and len({e["name"] for e in entries}) == len(entries)
+    )
 
 
 def _architecture(data: dict[str, Any]) -> Architecture | ModuleArchitecture:
@@ -177,5 +193,3 @@ def _difference(found: Architecture | ModuleArchitecture, expected: Architecture
             return f" (tensor {name} is {found.dtypes[name]} {theirs[name]}, expected {expected.dtypes[name]} {ours[name]})"
     extra = sorted(set(theirs) - set(ours))
     return f" (it has extra tensor {extra[0]})" if extra else ""
-
-

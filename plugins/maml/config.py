@@ -19,15 +19,28 @@ class MAMLConfig(RenamableModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    backend: Backend = Field("torch-func", description="torch-func (batched, fast) or learn2learn (the reference library)")
-    hidden: list[Width] = Field(default_factory=lambda: [40, 40], min_length=1, max_length=16, description="hidden layer widths (Finn et al.: 40, 40)")
+    backend: Backend = Field(
+        "torch-func", description="torch-func (batched, fast) or learn2learn (the reference library)"
+    )
+    hidden: list[Width] = Field(
+        default_factory=lambda: [40, 40],
+        min_length=1,
+        max_length=16,
+        description="hidden layer widths (Finn et al.: 40, 40)",
+    )
     activation: Literal["relu", "tanh"] = "relu"
-    inner_sgd_lr: float = renamed("inner_sgd_lr", "inner_lr", 0.01, gt=0, description="SGD step size of the inner loop (alpha)")
+    inner_sgd_lr: float = renamed(
+        "inner_sgd_lr", "inner_lr", 0.01, gt=0, description="SGD step size of the inner loop (alpha)"
+    )
     inner_steps: int = Field(1, ge=1, le=1000, description="inner SGD steps per task during meta-training")
     first_order: bool = Field(False, description="drop the second-order terms of the meta-gradient (FOMAML)")
-    meta_adam_lr: float = renamed("meta_adam_lr", "meta_lr", 0.001, gt=0, description="Adam learning rate of the outer loop (beta)")
+    meta_adam_lr: float = renamed(
+        "meta_adam_lr", "meta_lr", 0.001, gt=0, description="Adam learning rate of the outer loop (beta)"
+    )
     meta_batch: int = Field(25, ge=1, le=100_000, description="tasks per meta-iteration")
-    shots: int = Field(10, ge=1, le=100_000, description="K: points for the inner step(s), and as many other points for the outer loss")
+    shots: int = Field(
+        10, ge=1, le=100_000, description="K: points for the inner step(s), and as many other points for the outer loss"
+    )
     iterations: int = Field(70_000, ge=1, le=100_000_000, description="meta-iterations (Finn et al.: 50 000 to 70 000)")
     task_batches: bool = Field(
         True,
@@ -49,7 +62,9 @@ class MAMLSelectConfig(MAMLConfig):
     """
 
     initialisations: int = Field(
-        8, ge=1, le=1024,
+        8,
+        ge=1,
+        le=1024,
         description="M: initialisations meta-learned side by side; each task takes the one with the lowest support loss "
         "after one SGD step (M = 1 is plain MAML)",
     )

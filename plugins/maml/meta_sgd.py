@@ -74,19 +74,46 @@ class MetaSGDConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    backend: Backend = Field("torch-func", description="torch-func (batched, fast) or learn2learn (learn2learn.algorithms.MetaSGD, the reference)")
-    hidden: list[Width] = Field(default_factory=lambda: [40, 40], min_length=1, max_length=16, description="hidden layer widths (Li et al., as Finn et al.: 40, 40)")
+    backend: Backend = Field(
+        "torch-func",
+        description="torch-func (batched, fast) or learn2learn (learn2learn.algorithms.MetaSGD, the reference)",
+    )
+    hidden: list[Width] = Field(
+        default_factory=lambda: [40, 40],
+        min_length=1,
+        max_length=16,
+        description="hidden layer widths (Li et al., as Finn et al.: 40, 40)",
+    )
     activation: Literal["relu", "tanh"] = "relu"
-    inner_sgd_lr_low: float = Field(0.005, gt=0, le=10, description="the learned per-parameter inner SGD rates start uniform in [low, high] (Li et al.: 0.005)")
-    inner_sgd_lr_high: float = Field(0.1, gt=0, le=10, description="the upper end of the rates' starting range (Li et al.: 0.1)")
-    inner_steps: int = Field(1, ge=1, le=1000, description="inner SGD steps per task during meta-training (Li et al.: 1)")
-    first_order: bool = Field(False, description="drop the second-order terms of the meta-gradient (the rates are learned either way)")
-    meta_adam_lr: float = Field(0.001, gt=0, description="Adam learning rate of the outer loop, for the initialisation and the rates")
+    inner_sgd_lr_low: float = Field(
+        0.005,
+        gt=0,
+        le=10,
+        description="the learned per-parameter inner SGD rates start uniform in [low, high] (Li et al.: 0.005)",
+    )
+    inner_sgd_lr_high: float = Field(
+        0.1, gt=0, le=10, description="the upper end of the rates' starting range (Li et al.: 0.1)"
+    )
+    inner_steps: int = Field(
+        1, ge=1, le=1000, description="inner SGD steps per task during meta-training (Li et al.: 1)"
+    )
+    first_order: bool = Field(
+        False, description="drop the second-order terms of the meta-gradient (the rates are learned either way)"
+    )
+    meta_adam_lr: float = Field(
+        0.001, gt=0, description="Adam learning rate of the outer loop, for the initialisation and the rates"
+    )
     meta_batch: int = Field(25, ge=1, le=100_000, description="tasks per meta-iteration")
-    shots: int = Field(10, ge=1, le=100_000, description="K: points for the inner step(s), and as many other points for the outer loss")
+    shots: int = Field(
+        10, ge=1, le=100_000, description="K: points for the inner step(s), and as many other points for the outer loss"
+    )
     iterations: int = Field(70_000, ge=1, le=100_000_000, description="meta-iterations (MAML's budget)")
-    task_batches: bool = Field(True, description="draw each meta-batch in one vectorised call when the task sampler can (as MAML's)")
-    compile: bool = Field(False, description="torch-func only: torch.compile the meta-gradient (same numbers, faster after a warm-up)")
+    task_batches: bool = Field(
+        True, description="draw each meta-batch in one vectorised call when the task sampler can (as MAML's)"
+    )
+    compile: bool = Field(
+        False, description="torch-func only: torch.compile the meta-gradient (same numbers, faster after a warm-up)"
+    )
 
     @model_validator(mode="after")
     def _a_range(self) -> MetaSGDConfig:
@@ -128,8 +155,17 @@ class MetaSGDParameters(nn.Module):
 
 
 def _task_loss(
-    params: Params, rates: Params, x_inner: torch.Tensor, y_inner: torch.Tensor, x_outer: torch.Tensor, y_outer: torch.Tensor,
-    *, loss_fn: LossFn, apply: Callable[[Params, torch.Tensor], torch.Tensor], inner_steps: int, first_order: bool,
+    params: Params,
+    rates: Params,
+    x_inner: torch.Tensor,
+    y_inner: torch.Tensor,
+    x_outer: torch.Tensor,
+    y_outer: torch.Tensor,
+    *,
+    loss_fn: LossFn,
+    apply: Callable[[Params, torch.Tensor], torch.Tensor],
+    inner_steps: int,
+    first_order: bool,
 ) -> torch.Tensor:
     """One task's outer loss after ``inner_steps`` steps ``p - rate * grad`` on its inner points."""
 
@@ -145,7 +181,9 @@ def _task_loss(
     return loss_fn(apply(adapted, x_outer), y_outer)
 
 
-def _meta_loss(leaves: Params, batch: tuple[torch.Tensor, ...], *, count: int, task_loss: Callable[..., torch.Tensor]) -> torch.Tensor:
+def _meta_loss(
+    leaves: Params, batch: tuple[torch.Tensor, ...], *, count: int, task_loss: Callable[..., torch.Tensor]
+) -> torch.Tensor:
     """Mean outer loss over a meta-batch's tasks; ``leaves`` are the network's ``count`` parameters, then their rates."""
     params, rates = tuple(leaves[:count]), tuple(leaves[count:])
     return vmap(task_loss, in_dims=(None, None, 0, 0, 0, 0))(params, rates, *batch).mean()
@@ -167,7 +205,9 @@ class TorchFuncMetaSGD(TorchFuncMAML):
                 return forward(params, x, activation)
         else:
             apply = module_forward(network)
-        task_loss = partial(_task_loss, loss_fn=loss_fn, apply=apply, inner_steps=config.inner_steps, first_order=config.first_order)
+        task_loss = partial(
+            _task_loss, loss_fn=loss_fn, apply=apply, inner_steps=config.inner_steps, first_order=config.first_order
+        )
         self.meta_loss = meta_loss = partial(_meta_loss, count=learned.count, task_loss=task_loss)
         self._eager, self._gradient, self.compiled = meta_gradient_functions(meta_loss, config.compile, "meta-sgd")
         self._first_call = self.compiled
@@ -185,8 +225,12 @@ class Learn2LearnMetaSGD:
         try:
             learn2learn = import_learn2learn()
         except UserError as error:  # MAML's hint, naming this baseline's setting
-            raise UserError(str(error).replace("maml:", "meta-sgd:", 1).replace("baselines.maml.", "baselines.meta-sgd.")) from None
-        self.meta_sgd = learn2learn.algorithms.MetaSGD(learned.network, lrs=learned.rates, first_order=config.first_order)
+            raise UserError(
+                str(error).replace("maml:", "meta-sgd:", 1).replace("baselines.maml.", "baselines.meta-sgd.")
+            ) from None
+        self.meta_sgd = learn2learn.algorithms.MetaSGD(
+            learned.network, lrs=learned.rates, first_order=config.first_order
+        )
         self.params = list(learned.parameters())
         self.inner_steps = config.inner_steps
         self.loss_fn = loss_fn
@@ -204,7 +248,9 @@ class Learn2LearnMetaSGD:
             outer.backward()
             total += outer.detach()
         for param in self.params:
-            if param.grad is None:  # a parameter the loss does not reach (none in an MLP): a zero gradient, as torch-func gives
+            if (
+                param.grad is None
+            ):  # a parameter the loss does not reach (none in an MLP): a zero gradient, as torch-func gives
                 param.grad = torch.zeros_like(param)
             param.grad.div_(batch.tasks)
         return total / batch.tasks
@@ -247,7 +293,11 @@ class MetaSGDBaseline(MAMLBaseline):
             architecture = Architecture((inputs, *config.hidden, outputs), config.activation)
             network = MetaNetwork(architecture).initialise(torch.Generator().manual_seed(context.seed))
         rates = torch.Generator().manual_seed(context.seed + RATE_SEED_OFFSET)
-        self.learned = MetaSGDParameters(network).initialise_rates(config.inner_sgd_lr_low, config.inner_sgd_lr_high, rates).to(self.device)
+        self.learned = (
+            MetaSGDParameters(network)
+            .initialise_rates(config.inner_sgd_lr_low, config.inner_sgd_lr_high, rates)
+            .to(self.device)
+        )
         self.network = self.learned.network
         self.architecture = ModuleArchitecture.of(self.network) if self.images else self.network.architecture
         self.backend = build_meta_sgd_backend(self.learned, config, self.loss_fn)
@@ -300,7 +350,15 @@ class MetaSGDBaseline(MAMLBaseline):
     def save(self, directory: Path) -> None:
         """The network and the rates in MAML's checkpoint files, as one module (``network.*``, ``rates.*``)."""
         parameters = {name: tensor.detach().cpu() for name, tensor in self.learned.state_dict().items()}
-        save_checkpoint(Path(directory), Checkpoint(parameters, ModuleArchitecture.of(self.learned), self.config.model_dump(mode="json"), self.iterations_done))
+        save_checkpoint(
+            Path(directory),
+            Checkpoint(
+                parameters,
+                ModuleArchitecture.of(self.learned),
+                self.config.model_dump(mode="json"),
+                self.iterations_done,
+            ),
+        )
 
     def load(self, directory: Path) -> None:
         """Restore a saved initialisation and rates; meta-training after a load starts a fresh Adam state."""
@@ -318,7 +376,9 @@ class MetaSGDBaseline(MAMLBaseline):
         self.optimizer = self._new_optimizer()
 
 
-def build_meta_sgd_backend(learned: MetaSGDParameters, config: MetaSGDConfig, loss_fn: LossFn) -> TorchFuncMetaSGD | Learn2LearnMetaSGD:
+def build_meta_sgd_backend(
+    learned: MetaSGDParameters, config: MetaSGDConfig, loss_fn: LossFn
+) -> TorchFuncMetaSGD | Learn2LearnMetaSGD:
     """The configured backend; learn2learn is imported only when it is the one asked for."""
     if config.backend == "learn2learn":
         return Learn2LearnMetaSGD(learned, config, loss_fn)
@@ -329,6 +389,8 @@ def rate_summary(rates: Sequence[torch.Tensor]) -> dict[str, float]:
     """Mean, smallest and largest learned rate, and the share of negative ones: what a summary reports of them."""
     flat = torch.cat([rate.detach().reshape(-1).cpu() for rate in rates])
     return {
-        "rate_mean": float(flat.mean()), "rate_min": float(flat.min()), "rate_max": float(flat.max()),
+        "rate_mean": float(flat.mean()),
+        "rate_min": float(flat.min()),
+        "rate_max": float(flat.max()),
         "negative_rate_fraction": float((flat < 0).double().mean()),
     }

@@ -98,7 +98,9 @@ class ModuleArchitecture:
     @classmethod
     def of(cls, network: nn.Module) -> ModuleArchitecture:
         kind = type(network)
-        state = tuple((name, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in network.state_dict().items())
+        state = tuple(
+            (name, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in network.state_dict().items()
+        )
         return cls(f"{kind.__module__}.{kind.__qualname__}", state)
 
     @property

@@ -42,7 +42,13 @@ from reml_plugins.maml.batches import MetaBatch
 from reml_plugins.maml.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from reml_plugins.maml.config import MAMLSelectConfig
 from reml_plugins.maml.network import Architecture, MetaNetwork, ModuleArchitecture
-from reml_plugins.maml.torch_func import CompileFallbackWarning, Params, TorchFuncMAML, _task_loss, meta_gradient_functions
+from reml_plugins.maml.torch_func import (
+    CompileFallbackWarning,
+    Params,
+    TorchFuncMAML,
+    _task_loss,
+    meta_gradient_functions,
+)
 
 
 class InitialisationStack(nn.Module):
@@ -91,7 +97,9 @@ def support_loss_after_one_step(
     The choice rule's criterion (no gradient is kept). MAML's own task loss with the support points as
     both the inner and the outer points, one step, first order (the same value; nothing to differentiate).
     """
-    one_step = partial(_task_loss, loss_fn=loss_fn, activation=activation, inner_lr=inner_lr, inner_steps=1, first_order=True)
+    one_step = partial(
+        _task_loss, loss_fn=loss_fn, activation=activation, inner_lr=inner_lr, inner_steps=1, first_order=True
+    )
     over_initialisations = vmap(one_step, in_dims=(0, None, None, None, None))
     with torch.no_grad():
         return vmap(over_initialisations, in_dims=(None, 0, 0, 0, 0))(tuple(p.detach() for p in stacked), x, y, x, y)
@@ -131,16 +139,24 @@ class SelectMAML(TorchFuncMAML):
     def __init__(self, stack: InitialisationStack, config: MAMLSelectConfig, loss_fn: LossFn) -> None:
         self.params = list(stack.parameters())
         activation = stack.architecture.activation
-        self.choice_loss = partial(support_loss_after_one_step, loss_fn=loss_fn, activation=activation, inner_lr=config.inner_sgd_lr)
+        self.choice_loss = partial(
+            support_loss_after_one_step, loss_fn=loss_fn, activation=activation, inner_lr=config.inner_sgd_lr
+        )
         task_loss = partial(
-            _task_loss, loss_fn=loss_fn, activation=activation,
-            inner_lr=config.inner_sgd_lr, inner_steps=config.inner_steps, first_order=config.first_order,
+            _task_loss,
+            loss_fn=loss_fn,
+            activation=activation,
+            inner_lr=config.inner_sgd_lr,
+            inner_steps=config.inner_steps,
+            first_order=config.first_order,
         )
         self.meta_loss = meta_loss = partial(_select_meta_loss, task_loss=task_loss)
         self._eager, self._gradient, self.compiled = meta_gradient_functions(meta_loss, config.compile, "maml-select")
         self._first_call = self.compiled
         # the meta-batches' choice is compiled too (about 4x faster); network_for's (one task, any K) stays eager
-        self._batch_choice_loss = torch.compile(self.choice_loss, fullgraph=True, dynamic=False) if self.compiled else self.choice_loss
+        self._batch_choice_loss = (
+            torch.compile(self.choice_loss, fullgraph=True, dynamic=False) if self.compiled else self.choice_loss
+        )
         self._first_choice = self.compiled
         self.last_choice: torch.Tensor | None = None
 
@@ -152,11 +168,14 @@ class SelectMAML(TorchFuncMAML):
         self._first_choice = False
         try:
             return choose(self._batch_choice_loss(params, x, y))
-        except Exception as error:  # an internal torch.compile failure must not stop the run: eager is the same computation
+        except (
+            Exception
+        ) as error:  # an internal torch.compile failure must not stop the run: eager is the same computation
             lines = str(error).strip().splitlines()
             warnings.warn(
                 f"maml-select: torch.compile of the choice failed ({lines[0] if lines else type(error).__name__}); choosing eagerly (slower)",
-                CompileFallbackWarning, stacklevel=3,
+                CompileFallbackWarning,
+                stacklevel=3,
             )
             self._batch_choice_loss = self.choice_loss
             return choose(self._batch_choice_loss(params, x, y))
@@ -186,7 +205,9 @@ class MAMLSelectBaseline(MAMLBaseline):
         self.shots = config.shots
         inputs, outputs = (sampler.input_size, sampler.output_size) if sampler is not None else (1, 1)
         self.architecture = Architecture((inputs, *config.hidden, outputs), config.activation)
-        self.stack = InitialisationStack(self.architecture, config.initialisations).initialise(context.seed).to(self.device)
+        self.stack = (
+            InitialisationStack(self.architecture, config.initialisations).initialise(context.seed).to(self.device)
+        )
         self.network = self.stack  # what MAMLBaseline's optimiser steps
         self.backend = SelectMAML(self.stack, config, self.loss_fn)
         self.optimizer = self._new_optimizer()
@@ -233,7 +254,9 @@ class MAMLSelectBaseline(MAMLBaseline):
     def choice_for(self, task: Task, shots: int) -> int:
         """The initialisation ``task`` takes: the lowest loss on ``task.support(shots)`` after one SGD step."""
         x, y = task.support(shots)
-        losses = self.backend.choice_loss(tuple(self.stack.parameters()), x.to(self.device)[None], y.to(self.device)[None])
+        losses = self.backend.choice_loss(
+            tuple(self.stack.parameters()), x.to(self.device)[None], y.to(self.device)[None]
+        )
         return int(choose(losses)[0])
 
     def network_for(self, task: Task, shots: int) -> nn.Module:
@@ -243,7 +266,12 @@ class MAMLSelectBaseline(MAMLBaseline):
     def save(self, directory: Path) -> None:
         """MAML's checkpoint files (``maml.safetensors``, ``maml.json``) holding the stack (tensors ``[M, ...]``)."""
         parameters = {name: param.detach().cpu() for name, param in self.stack.named_parameters()}
-        save_checkpoint(Path(directory), Checkpoint(parameters, self._checkpoint_architecture(), self.config.model_dump(mode="json"), self.iterations_done))
+        save_checkpoint(
+            Path(directory),
+            Checkpoint(
+                parameters, self._checkpoint_architecture(), self.config.model_dump(mode="json"), self.iterations_done
+            ),
+        )
 
     def load(self, directory: Path) -> None:
         """Restore a saved stack (same M, sizes and activation); meta-training after a load starts a fresh Adam state."""

@@ -36,8 +36,17 @@ Params = tuple[torch.Tensor, ...]
 
 
 def _task_loss(
-    params: Params, x_inner: torch.Tensor, y_inner: torch.Tensor, x_outer: torch.Tensor, y_outer: torch.Tensor,
-    *, loss_fn: LossFn, activation: str, inner_lr: float, inner_steps: int, first_order: bool,
+    params: Params,
+    x_inner: torch.Tensor,
+    y_inner: torch.Tensor,
+    x_outer: torch.Tensor,
+    y_outer: torch.Tensor,
+    *,
+    loss_fn: LossFn,
+    activation: str,
+    inner_lr: float,
+    inner_steps: int,
+    first_order: bool,
 ) -> torch.Tensor:
     """One task's outer loss after ``inner_steps`` SGD steps on its inner points."""
 
@@ -54,8 +63,17 @@ def _task_loss(
 
 
 def _module_task_loss(
-    params: Params, x_inner: torch.Tensor, y_inner: torch.Tensor, x_outer: torch.Tensor, y_outer: torch.Tensor,
-    *, loss_fn: LossFn, apply: Callable[[Params, torch.Tensor], torch.Tensor], inner_lr: float, inner_steps: int, first_order: bool,
+    params: Params,
+    x_inner: torch.Tensor,
+    y_inner: torch.Tensor,
+    x_outer: torch.Tensor,
+    y_outer: torch.Tensor,
+    *,
+    loss_fn: LossFn,
+    apply: Callable[[Params, torch.Tensor], torch.Tensor],
+    inner_lr: float,
+    inner_steps: int,
+    first_order: bool,
 ) -> torch.Tensor:
     """:func:`_task_loss` for any module: ``apply(params, x)`` is its forward on explicit parameters."""
 
@@ -81,7 +99,9 @@ def module_forward(network: nn.Module) -> Callable[[Params, torch.Tensor], torch
     return apply
 
 
-def _meta_loss(params: Params, batch: tuple[torch.Tensor, ...], *, task_loss: Callable[..., torch.Tensor]) -> torch.Tensor:
+def _meta_loss(
+    params: Params, batch: tuple[torch.Tensor, ...], *, task_loss: Callable[..., torch.Tensor]
+) -> torch.Tensor:
     """Mean outer loss over the tasks of a meta-batch, all tasks at once."""
     return vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(params, *batch).mean()
 
@@ -112,7 +132,8 @@ def meta_gradient_functions(
     if not cxx_compiler_available():
         warnings.warn(
             f"{name}: compile=true but no C++ compiler (g++, or $CXX) was found; running torch-func eagerly (slower, same numbers)",
-            CompileFallbackWarning, stacklevel=3,
+            CompileFallbackWarning,
+            stacklevel=3,
         )
         return eager, eager, False
     return eager, torch.compile(grad_and_value(meta_loss), fullgraph=True, dynamic=False), True
@@ -131,13 +152,21 @@ class TorchFuncMAML:
         self.params: list[torch.Tensor] = list(network.parameters())
         if isinstance(network, MetaNetwork):
             task_loss = partial(
-                _task_loss, loss_fn=loss_fn, activation=network.architecture.activation,
-                inner_lr=config.inner_sgd_lr, inner_steps=config.inner_steps, first_order=config.first_order,
+                _task_loss,
+                loss_fn=loss_fn,
+                activation=network.architecture.activation,
+                inner_lr=config.inner_sgd_lr,
+                inner_steps=config.inner_steps,
+                first_order=config.first_order,
             )
         else:
             task_loss = partial(
-                _module_task_loss, loss_fn=loss_fn, apply=module_forward(network),
-                inner_lr=config.inner_sgd_lr, inner_steps=config.inner_steps, first_order=config.first_order,
+                _module_task_loss,
+                loss_fn=loss_fn,
+                apply=module_forward(network),
+                inner_lr=config.inner_sgd_lr,
+                inner_steps=config.inner_steps,
+                first_order=config.first_order,
             )
         self.meta_loss = meta_loss = partial(_meta_loss, task_loss=task_loss)  # (params, batch) -> mean outer loss
         self._eager, self._gradient, self.compiled = meta_gradient_functions(meta_loss, config.compile, "maml")
@@ -158,11 +187,14 @@ class TorchFuncMAML:
         self._first_call = False
         try:
             return self._gradient(params, batch)
-        except Exception as error:  # an internal torch.compile failure must not stop the run: eager is the same computation
+        except (
+            Exception
+        ) as error:  # an internal torch.compile failure must not stop the run: eager is the same computation
             lines = str(error).strip().splitlines()
             warnings.warn(
                 f"maml: torch.compile failed ({lines[0] if lines else type(error).__name__}); running torch-func eagerly (slower, same numbers)",
-                CompileFallbackWarning, stacklevel=3,
+                CompileFallbackWarning,
+                stacklevel=3,
             )
             self._gradient, self.compiled = self._eager, False
             return self._gradient(params, batch)

@@ -18,13 +18,19 @@ def reml_task_samplers():
         name="omniglot",
         factory=lambda config, context: OmniglotTaskSampler(config),
         config_model=OmniglotConfig,
-        description=("Few-shot N-way K-shot classification of Omniglot from a local folder (task.root, the standard "
-                     "images_background/images_evaluation layout; nothing is downloaded), rotations as extra classes, "
-                     "disjoint class splits by character."),
+        description=(
+            "Few-shot N-way K-shot classification of Omniglot from a local folder (task.root, the standard "
+            "images_background/images_evaluation layout; nothing is downloaded), rotations as extra classes, "
+            "disjoint class splits by character."
+        ),
         recommended=Recommendation(
-            encoder="prototypes", pool="conv", reward="neg-mse", policy="ppo-mlp",
+            encoder="prototypes",
+            pool="conv",
+            reward="neg-mse",
+            policy="ppo-mlp",
             # reference: the nearest class mean of the support images, no training (what meta-learning adds)
-            baselines=("maml", "scratch", "reference"), run_baselines=("scratch", "reference"),
+            baselines=("maml", "scratch", "reference"),
+            run_baselines=("scratch", "reference"),
         ),
         experiment_presets=EXPERIMENT_PRESETS,
     )

@@ -72,16 +72,26 @@ class OmniglotConfig(BaseModel):
         description="the Omniglot folder, holding images_background/ and/or images_evaluation/ (nothing is downloaded; "
         "to get them: " + DOWNLOAD_HINT + ")",
     )
-    image_size: int = Field(28, ge=4, le=ORIGINAL_SIZE, description="drawings are resized to image_size x image_size (Lanczos)")
+    image_size: int = Field(
+        28, ge=4, le=ORIGINAL_SIZE, description="drawings are resized to image_size x image_size (Lanczos)"
+    )
     ways: int = Field(5, ge=2, description="N, the classes of a task (at most the smallest split's classes)")
-    support_shots: int = Field(5, ge=1, description="support images per class; the K-shot set is the first K of each class")
+    support_shots: int = Field(
+        5, ge=1, description="support images per class; the K-shot set is the first K of each class"
+    )
     train_per_class: int = Field(5, ge=1, description="inner-training images per class")
     query_per_class: int = Field(5, ge=1, description="query images per class, measuring the loss and accuracy")
     rotations: bool = Field(True, description="rotations by 0/90/180/270 degrees are extra classes (4 per character)")
     train_fraction: float = Field(0.6, gt=0.0, lt=1.0, description="fraction of the characters used for meta-training")
-    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="fraction of the characters for validation (the rest: test)")
-    split_seed: int = Field(0, ge=0, description="seed of the meta-train/validation/test character split (independent of the run seed)")
-    test_seed: int = Field(2017, ge=0, description="seed of the held-out validation and test tasks (independent of the run seed)")
+    validation_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="fraction of the characters for validation (the rest: test)"
+    )
+    split_seed: int = Field(
+        0, ge=0, description="seed of the meta-train/validation/test character split (independent of the run seed)"
+    )
+    test_seed: int = Field(
+        2017, ge=0, description="seed of the held-out validation and test tasks (independent of the run seed)"
+    )
 
     @model_validator(mode="wrap")
     @classmethod
@@ -99,9 +109,13 @@ class OmniglotConfig(BaseModel):
                     message = f"required: the Omniglot folder; {DOWNLOAD_HINT}"
                 else:
                     message = item["msg"]
-                details.append(InitErrorDetails(
-                    type=PydanticCustomError(item["type"], "{message}", {"message": message}), loc=tuple(item["loc"]), input=item["input"],
-                ))
+                details.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError(item["type"], "{message}", {"message": message}),
+                        loc=tuple(item["loc"]),
+                        input=item["input"],
+                    )
+                )
             raise ValidationError.from_exception_data(error.title, details) from None
 
     @field_validator("root")
@@ -159,11 +173,14 @@ def scan(root: Path) -> tuple[Character, ...]:
         raise OmniglotDataError("root", problem)
     subsets = [name for name in SUBSETS if (root / name).is_dir()]
     if not subsets:
-        raise OmniglotDataError("root", (
-            f"no character folders found under {str(root)!r}: it holds neither images_background/ nor images_evaluation/ "
-            f"(the layout is ROOT/images_background/ALPHABET/CHARACTER/*.png; if you named one of those two folders, pass "
-            f"its parent); {DOWNLOAD_HINT}"
-        ))
+        raise OmniglotDataError(
+            "root",
+            (
+                f"no character folders found under {str(root)!r}: it holds neither images_background/ nor images_evaluation/ "
+                f"(the layout is ROOT/images_background/ALPHABET/CHARACTER/*.png; if you named one of those two folders, pass "
+                f"its parent); {DOWNLOAD_HINT}"
+            ),
+        )
     characters = []
     try:
         for subset in subsets:
@@ -171,21 +188,32 @@ def scan(root: Path) -> tuple[Character, ...]:
                 for character in _subfolders(Path(alphabet.path)):
                     with os.scandir(character.path) as entries:
                         files = sorted(
-                            (e for e in entries if e.name.lower().endswith(".png") and not e.name.startswith(".") and e.is_file()),
+                            (
+                                e
+                                for e in entries
+                                if e.name.lower().endswith(".png") and not e.name.startswith(".") and e.is_file()
+                            ),
                             key=lambda e: e.name,
                         )
                         signature = tuple((e.name, (s := e.stat()).st_size, s.st_mtime_ns) for e in files)
-                    characters.append(Character(
-                        f"{subset}/{alphabet.name}/{character.name}", f"{subset}/{alphabet.name}",
-                        tuple(e.path for e in files), signature,
-                    ))
+                    characters.append(
+                        Character(
+                            f"{subset}/{alphabet.name}/{character.name}",
+                            f"{subset}/{alphabet.name}",
+                            tuple(e.path for e in files),
+                            signature,
+                        )
+                    )
     except OSError as error:
         raise OmniglotDataError("root", f"cannot list {error.filename or root}: {error.strerror or error}") from None
     if not characters:
-        raise OmniglotDataError("root", (
-            f"no character folders found under {str(root)!r} (in {' and '.join(f'{s}/' for s in subsets)}: the layout is "
-            f"ROOT/images_background/ALPHABET/CHARACTER/*.png); {DOWNLOAD_HINT}"
-        ))
+        raise OmniglotDataError(
+            "root",
+            (
+                f"no character folders found under {str(root)!r} (in {' and '.join(f'{s}/' for s in subsets)}: the layout is "
+                f"ROOT/images_background/ALPHABET/CHARACTER/*.png); {DOWNLOAD_HINT}"
+            ),
+        )
     return tuple(characters)
 
 
@@ -231,7 +259,6 @@ def _decoded(root: Path, characters: tuple[Character, ...], size: int) -> np.nda
 class OmniglotTaskSampler(ImageTaskSampler):
     """Seeded N-way K-shot Omniglot tasks from disjoint class splits."""
 
-
     def __init__(self, config: OmniglotConfig) -> None:
         self.config = config
         self.root = Path(config.root).expanduser().resolve()
@@ -242,11 +269,14 @@ class OmniglotTaskSampler(ImageTaskSampler):
         per_class = config.train_per_class + config.support_shots + config.query_per_class
         smallest = int(np.argmin(counts))
         if per_class > counts[smallest]:
-            raise OmniglotDataError(None, (
-                f"a task needs train_per_class + support_shots + query_per_class = {config.train_per_class} + "
-                f"{config.support_shots} + {config.query_per_class} = {per_class} distinct drawings per class, but character "
-                f"folder {self.characters[smallest].name} under {self.root} holds only {counts[smallest]} PNG files"
-            ))
+            raise OmniglotDataError(
+                None,
+                (
+                    f"a task needs train_per_class + support_shots + query_per_class = {config.train_per_class} + "
+                    f"{config.support_shots} + {config.query_per_class} = {per_class} distinct drawings per class, but character "
+                    f"folder {self.characters[smallest].name} under {self.root} holds only {counts[smallest]} PNG files"
+                ),
+            )
         n_characters = len(self.characters)
         self.n_characters = n_characters
         self.turns = ROTATIONS if config.rotations else 1
@@ -268,25 +298,37 @@ class OmniglotTaskSampler(ImageTaskSampler):
         n_validation = round(n_characters * config.validation_fraction)
         n_test = n_characters - n_train - n_validation
         if min(n_train, n_validation, n_test) < 1:
-            raise OmniglotDataError("train_fraction", (
-                f"the {n_characters} characters under {self.root} split {n_train}/{n_validation}/{n_test} "
-                f"(train_fraction {config.train_fraction}, validation_fraction {config.validation_fraction}, the rest test): "
-                "every split needs at least one character"
-            ))
+            raise OmniglotDataError(
+                "train_fraction",
+                (
+                    f"the {n_characters} characters under {self.root} split {n_train}/{n_validation}/{n_test} "
+                    f"(train_fraction {config.train_fraction}, validation_fraction {config.validation_fraction}, the rest test): "
+                    "every split needs at least one character"
+                ),
+            )
         order = stream_generator(config.split_seed, "split").permutation(n_characters)
-        parts = {"train": order[:n_train], "validation": order[n_train : n_train + n_validation], "test": order[n_train + n_validation :]}
-        self.split_characters: dict[str, tuple[int, ...]] = {split: tuple(sorted(int(c) for c in chosen)) for split, chosen in parts.items()}
+        parts = {
+            "train": order[:n_train],
+            "validation": order[n_train : n_train + n_validation],
+            "test": order[n_train + n_validation :],
+        }
+        self.split_characters: dict[str, tuple[int, ...]] = {
+            split: tuple(sorted(int(c) for c in chosen)) for split, chosen in parts.items()
+        }
         self.classes: dict[str, tuple[int, ...]] = {
             split: tuple(sorted(c + n_characters * turn for c in chosen for turn in range(self.turns)))
             for split, chosen in self.split_characters.items()
         }
         sizes = {split: len(classes) for split, classes in self.classes.items()}
         if ways > min(sizes.values()):
-            raise OmniglotDataError("ways", (
-                f"ways = {ways} does not fit the class split {sizes['train']}/{sizes['validation']}/{sizes['test']} "
-                f"(meta-train/validation/test classes of the {n_characters} characters under {self.root}"
-                f"{', rotations off' if not config.rotations else ''}): at most {min(sizes.values())} ways"
-            ))
+            raise OmniglotDataError(
+                "ways",
+                (
+                    f"ways = {ways} does not fit the class split {sizes['train']}/{sizes['validation']}/{sizes['test']} "
+                    f"(meta-train/validation/test classes of the {n_characters} characters under {self.root}"
+                    f"{', rotations off' if not config.rotations else ''}): at most {min(sizes.values())} ways"
+                ),
+            )
         self._images: np.ndarray | None = None  # decoded on the first task, once
 
     # -- data -----------------------------------------------------------------------------------------
@@ -324,23 +366,30 @@ class OmniglotTaskSampler(ImageTaskSampler):
         train, validation, test = (len(self.classes[s]) for s in ("train", "validation", "test"))
         alphabets = len({ch.alphabet for ch in self.characters})
         subsets = sorted({ch.name.split("/", 1)[0] for ch in self.characters})
-        kind = (f"{self.n_classes} classes ({self.n_characters} characters x rotations by 0/90/180/270 degrees)" if c.rotations
-                else f"{self.n_classes} classes (the characters, no rotations)")
-        return (f"{c.ways}-way few-shot classification of Omniglot ({self.n_characters} characters of {alphabets} alphabets "
-                f"in {' and '.join(subsets)} under {self.root}), {kind} split {train}/{validation}/{test} into disjoint "
-                f"meta-train/validation/test classes by character; drawings resized to {c.image_size}x{c.image_size}, strokes 1; "
-                f"each task has {c.train_per_class} training, up to {c.support_shots} support (K-shot: K per class) and "
-                f"{c.query_per_class} query images per class; loss: cross-entropy (metric: accuracy).")
+        kind = (
+            f"{self.n_classes} classes ({self.n_characters} characters x rotations by 0/90/180/270 degrees)"
+            if c.rotations
+            else f"{self.n_classes} classes (the characters, no rotations)"
+        )
+        return (
+            f"{c.ways}-way few-shot classification of Omniglot ({self.n_characters} characters of {alphabets} alphabets "
+            f"in {' and '.join(subsets)} under {self.root}), {kind} split {train}/{validation}/{test} into disjoint "
+            f"meta-train/validation/test classes by character; drawings resized to {c.image_size}x{c.image_size}, strokes 1; "
+            f"each task has {c.train_per_class} training, up to {c.support_shots} support (K-shot: K per class) and "
+            f"{c.query_per_class} query images per class; loss: cross-entropy (metric: accuracy)."
+        )
 
     # -- tasks ----------------------------------------------------------------------------------------
 
     def _draw_images(self, rng: np.random.Generator, classes: np.ndarray, per_class: int) -> np.ndarray:
         images = self.images
         characters = classes % self.n_characters
-        chosen = np.stack([
-            self.offsets[ch] + rng.choice(self.drawing_counts[ch], size=per_class, replace=False) for ch in characters
-        ])
-        picked = np.stack([  # [ways, per_class, size, size], each class at its own rotation
-            np.rot90(images[rows], int(cls) // self.n_characters, axes=(1, 2)) for rows, cls in zip(chosen, classes)
-        ])
+        chosen = np.stack(
+            [self.offsets[ch] + rng.choice(self.drawing_counts[ch], size=per_class, replace=False) for ch in characters]
+        )
+        picked = np.stack(
+            [  # [ways, per_class, size, size], each class at its own rotation
+                np.rot90(images[rows], int(cls) // self.n_characters, axes=(1, 2)) for rows, cls in zip(chosen, classes)
+            ]
+        )
         return picked[:, :, None].astype(np.float32) / np.float32(255.0)  # [ways, per_class, 1, size, size]

@@ -24,12 +24,22 @@ SMOKE = {"n_steps": 256, "batch_size": 64, "n_epochs": 4}
 
 BACKENDS = (
     ("ppo-mlp", PPOConfig, "PPO with an MLP policy (stable-baselines3); invalid actions are penalised."),
-    ("ppo-lstm", RecurrentPPOConfig, "RecurrentPPO with an LSTM policy (sb3-contrib): the order of chosen layers is a sequence."),
-    ("ppo-mlp-masked", PPOConfig, "MaskablePPO with an MLP policy (sb3-contrib): only layers that fit the slot are ever chosen."),
+    (
+        "ppo-lstm",
+        RecurrentPPOConfig,
+        "RecurrentPPO with an LSTM policy (sb3-contrib): the order of chosen layers is a sequence.",
+    ),
+    (
+        "ppo-mlp-masked",
+        PPOConfig,
+        "MaskablePPO with an MLP policy (sb3-contrib): only layers that fit the slot are ever chosen.",
+    ),
 )
 
 
 @hookimpl
 def reml_policies():
     for name, config_model, description in BACKENDS:
-        yield PolicySpec(name=name, factory=build(name), config_model=config_model, description=description, presets={"smoke": SMOKE})
+        yield PolicySpec(
+            name=name, factory=build(name), config_model=config_model, description=description, presets={"smoke": SMOKE}
+        )

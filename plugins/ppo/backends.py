@@ -62,7 +62,10 @@ class SequenceLstmPolicy(RecurrentActorCriticPolicy):
 
     @staticmethod
     def _process_sequence(
-        features: torch.Tensor, lstm_states: tuple[torch.Tensor, torch.Tensor], episode_starts: torch.Tensor, lstm: torch.nn.LSTM
+        features: torch.Tensor,
+        lstm_states: tuple[torch.Tensor, torch.Tensor],
+        episode_starts: torch.Tensor,
+        lstm: torch.nn.LSTM,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         n_seq = lstm_states[0].shape[1]
         starts = episode_starts.reshape((n_seq, -1)).swapaxes(0, 1)
@@ -173,7 +176,9 @@ class SB3PolicyBackend:
         if config.features == "point-set":
             layout = getattr(context.encoder, "point_set", None)
             if layout is None:
-                raise ComponentBuildError("policy.features = 'point-set' needs a state encoder that declares a point set (e.g. support-set)")
+                raise ComponentBuildError(
+                    "policy.features = 'point-set' needs a state encoder that declares a point set (e.g. support-set)"
+                )
             policy_kwargs.update(point_set_kwargs(layout, config.point_set_hidden, config.point_set_embedding))
         self.n_envs = int(getattr(self.env, "num_envs", 1))
         with warnings.catch_warnings():
@@ -221,7 +226,9 @@ class SB3PolicyBackend:
     def num_timesteps(self) -> int:
         return int(self.model.num_timesteps)
 
-    def learn(self, total_timesteps: int, callback: Callable[[int], bool] | None = None, progress_bar: bool = False) -> None:
+    def learn(
+        self, total_timesteps: int, callback: Callable[[int], bool] | None = None, progress_bar: bool = False
+    ) -> None:
         """Train for ``total_timesteps`` more env steps (continuing the step count on resume)."""
         wrapped = _StepCallback(callback) if callback is not None else None
         self.model.learn(total_timesteps, callback=wrapped, progress_bar=progress_bar, reset_num_timesteps=False)
@@ -232,7 +239,9 @@ class SB3PolicyBackend:
         self.model.logger.dump(step)
 
     @torch.no_grad()
-    def act(self, observation: np.ndarray, state: Any, episode_start: bool, action_mask: np.ndarray | None) -> tuple[int, Any]:
+    def act(
+        self, observation: np.ndarray, state: Any, episode_start: bool, action_mask: np.ndarray | None
+    ) -> tuple[int, Any]:
         """The most probable action (among the valid ones when a mask is given); threads LSTM state."""
         policy = self.model.policy
         policy.set_training_mode(False)
@@ -269,7 +278,10 @@ class SB3PolicyBackend:
         weights = {key: value.detach().contiguous().clone() for key, value in self.model.policy.state_dict().items()}
         save_file(weights, str(directory / "policy.safetensors"))
         torch.save(self.model.policy.optimizer.state_dict(), directory / "policy_optimizer.pt")
-        progress = {"num_timesteps": int(self.model.num_timesteps), "n_updates": int(getattr(self.model, "_n_updates", 0))}
+        progress = {
+            "num_timesteps": int(self.model.num_timesteps),
+            "n_updates": int(getattr(self.model, "_n_updates", 0)),
+        }
         (directory / "policy_progress.json").write_text(json.dumps(progress))
 
     def load(self, directory: Path, *, trust_pickle: bool = False) -> None:

@@ -21,10 +21,14 @@ class PPOConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     learning_rate: float = Field(
-        3e-4, gt=0, description="Adam learning rate of the policy and value networks (stable-baselines3's name for it)",
+        3e-4,
+        gt=0,
+        description="Adam learning rate of the policy and value networks (stable-baselines3's name for it)",
     )
     n_steps: int = Field(
-        1024, gt=1, le=MAX_ROLLOUT_STEPS,
+        1024,
+        gt=1,
+        le=MAX_ROLLOUT_STEPS,
         description="env steps per rollout, over all train.n_envs envs (each collects n_steps / n_envs, rounded up)",
     )
     batch_size: int = Field(128, gt=1, le=MAX_ROLLOUT_STEPS)
@@ -35,15 +39,21 @@ class PPOConfig(BaseModel):
     ent_coef: float = Field(0.01, ge=0)
     vf_coef: float = Field(0.5, ge=0)
     max_grad_norm: float = Field(0.5, gt=0)
-    net_arch: list[Width] = Field([64, 64], max_length=MAX_LAYERS, description="hidden layer sizes of the policy and value networks")
+    net_arch: list[Width] = Field(
+        [64, 64], max_length=MAX_LAYERS, description="hidden layer sizes of the policy and value networks"
+    )
     activation: Literal["tanh", "relu"] = "tanh"
     features: Literal["flat", "point-set"] = Field(
         "flat",
         description="'flat': the policy sees the observation as one vector; 'point-set': the support points the state "
         "encoder declares (e.g. support-set) are embedded by a permutation-invariant set network trained with the policy",
     )
-    point_set_hidden: int = Field(64, gt=0, le=MAX_WIDTH, description="hidden width of the set network's per-point embedding")
-    point_set_embedding: int = Field(32, gt=0, le=MAX_WIDTH, description="size of each point's embedding (mean and max pooled)")
+    point_set_hidden: int = Field(
+        64, gt=0, le=MAX_WIDTH, description="hidden width of the set network's per-point embedding"
+    )
+    point_set_embedding: int = Field(
+        32, gt=0, le=MAX_WIDTH, description="size of each point's embedding (mean and max pooled)"
+    )
 
 
 class RecurrentPPOConfig(PPOConfig):

@@ -25,11 +25,22 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor  # noqa:
 class PointSetExtractor(BaseFeaturesExtractor):
     """DeepSets over the declared point set, concatenated with the rest of the observation."""
 
-    def __init__(self, observation_space: gym.spaces.Box, *, offset: int, points: int, channels: int, hidden: int = 64, embedding: int = 32) -> None:
+    def __init__(
+        self,
+        observation_space: gym.spaces.Box,
+        *,
+        offset: int,
+        points: int,
+        channels: int,
+        hidden: int = 64,
+        embedding: int = 32,
+    ) -> None:
         size = int(observation_space.shape[0])
         block = points * (channels + 1)
         if offset < 0 or offset + block > size:
-            raise ValueError(f"a point set of {points} points x {channels} channels at offset {offset} does not fit an observation of {size}")
+            raise ValueError(
+                f"a point set of {points} points x {channels} channels at offset {offset} does not fit an observation of {size}"
+            )
         super().__init__(observation_space, features_dim=2 * embedding + size - block)
         self.offset, self.points, self.channels = offset, points, channels
         self.embed = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, embedding), nn.ReLU())
@@ -49,5 +60,11 @@ def point_set_kwargs(layout: PointSetLayout, hidden: int, embedding: int) -> dic
     """``policy_kwargs`` entries that put a :class:`PointSetExtractor` in front of the policy and value networks."""
     return {
         "features_extractor_class": PointSetExtractor,
-        "features_extractor_kwargs": {"offset": layout.offset, "points": layout.points, "channels": layout.channels, "hidden": hidden, "embedding": embedding},
+        "features_extractor_kwargs": {
+            "offset": layout.offset,
+            "points": layout.points,
+            "channels": layout.channels,
+            "hidden": hidden,
+            "embedding": embedding,
+        },
     }

@@ -67,7 +67,9 @@ def support_mean(x: torch.Tensor, y: torch.Tensor) -> FlatLinear:
     targets = y.to(torch.float32)
     out_shape = tuple(targets.shape[1:])
     mean = targets.mean(0).reshape(-1)
-    return FlatLinear(torch.zeros(mean.numel(), x.flatten(1).shape[1], dtype=mean.dtype, device=mean.device), mean, out_shape)
+    return FlatLinear(
+        torch.zeros(mean.numel(), x.flatten(1).shape[1], dtype=mean.dtype, device=mean.device), mean, out_shape
+    )
 
 
 class ReferenceBaseline:
@@ -77,8 +79,10 @@ class ReferenceBaseline:
         self.device = torch.device(context.device)
 
     def describe(self) -> str:
-        return ("no training: classification, the nearest class mean of the K support images (a linear layer on the "
-                "flattened image, weights 2*mu_c, bias -||mu_c||^2); regression, the mean support target (a constant)")
+        return (
+            "no training: classification, the nearest class mean of the K support images (a linear layer on the "
+            "flattened image, weights 2*mu_c, bias -||mu_c||^2); regression, the mean support target (a constant)"
+        )
 
     def meta_train(self, tasks: Iterator[Task], progress: bool = True) -> dict[str, float]:
         return {}  # nothing is learned across tasks

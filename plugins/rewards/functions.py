@@ -131,8 +131,10 @@ class MinMaxReward:
         self.calibrated = False
 
     def describe(self) -> str:
-        return (f"the task loss {_moment(self.config)} over the variance of the query targets, mapped by calibrated "
-                f"quantiles to [-1, 0] (log-growing penalty beyond).")
+        return (
+            f"the task loss {_moment(self.config)} over the variance of the query targets, mapped by calibrated "
+            f"quantiles to [-1, 0] (log-growing penalty beyond)."
+        )
 
     @staticmethod
     def normalised(loss: float, task: Task) -> float:

@@ -17,7 +17,9 @@ from reml_core.specs import BaselineSpec
 
 class ScratchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    depth: int | None = Field(None, ge=2, description="layers per network (default: the run's env.depth, REML's architecture)")
+    depth: int | None = Field(
+        None, ge=2, description="layers per network (default: the run's env.depth, REML's architecture)"
+    )
 
 
 class ScratchBaseline:

@@ -17,12 +17,22 @@ EXPERIMENT_PRESETS = {
         # env steps, in less time (docs/experiments.md), with a constant pool Adam rate (chosen on validation tasks);
         # smoke keeps the thesis rule, whose numbers are pinned.
         "env": {"pool_update": "protocol", "write_back_schedule": "constant"},
-        "train": {"env_steps": 400_000, "checkpoint_every": 40_000, "validation_tasks": 100, "calibration_episodes": 200},
+        "train": {
+            "env_steps": 400_000,
+            "checkpoint_every": 40_000,
+            "validation_tasks": 100,
+            "calibration_episodes": 200,
+        },
         "eval": {"test_tasks": 600, "curve_steps": 100, "curve_tasks": 100},
     },
     "full": {
         "env": {"pool_update": "protocol", "write_back_schedule": "constant"},
-        "train": {"env_steps": 4_000_000, "checkpoint_every": 200_000, "validation_tasks": 200, "calibration_episodes": 500},
+        "train": {
+            "env_steps": 4_000_000,
+            "checkpoint_every": 200_000,
+            "validation_tasks": 200,
+            "calibration_episodes": 500,
+        },
         "eval": {"test_tasks": 600, "curve_steps": 100, "curve_tasks": 600},
     },
 }

@@ -32,11 +32,19 @@ class SineConfig(BaseModel):
     phase_high: float = math.pi
     x_low: float = -5.0
     x_high: float = 5.0
-    train_points: int = Field(100, gt=0, le=MAX_POINTS, description="points of a task's inner-training data (thesis: 100)")
-    support_points: int = Field(10, gt=0, le=MAX_POINTS, description="support points per task; the K-shot set is their first K")
+    train_points: int = Field(
+        100, gt=0, le=MAX_POINTS, description="points of a task's inner-training data (thesis: 100)"
+    )
+    support_points: int = Field(
+        10, gt=0, le=MAX_POINTS, description="support points per task; the K-shot set is their first K"
+    )
     query_points: int = Field(100, gt=0, le=MAX_POINTS, description="query points measuring the error")
-    query_grid: bool = Field(True, description="query points on a uniform grid over [x_low, x_high] (else uniform draws)")
-    test_seed: int = Field(2017, ge=0, description="seed of the held-out validation and test sets (independent of the run seed)")
+    query_grid: bool = Field(
+        True, description="query points on a uniform grid over [x_low, x_high] (else uniform draws)"
+    )
+    test_seed: int = Field(
+        2017, ge=0, description="seed of the held-out validation and test sets (independent of the run seed)"
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> SineConfig:
@@ -69,10 +77,12 @@ class SineTaskSampler(SeededSplits):
 
     def describe(self) -> str:
         c = self.config
-        return (f"sinusoids A sin(x + phase), A in [{c.amplitude_low:g}, {c.amplitude_high:g}], phase in "
-                f"[{c.phase_low:.3g}, {c.phase_high:.3g}], x in [{c.x_low:g}, {c.x_high:g}]; each task has {c.train_points} "
-                f"training points, up to {c.support_points} support points and {c.query_points} query points "
-                f"({'a uniform grid' if c.query_grid else 'uniform draws'}); loss: mean squared error.")
+        return (
+            f"sinusoids A sin(x + phase), A in [{c.amplitude_low:g}, {c.amplitude_high:g}], phase in "
+            f"[{c.phase_low:.3g}, {c.phase_high:.3g}], x in [{c.x_low:g}, {c.x_high:g}]; each task has {c.train_points} "
+            f"training points, up to {c.support_points} support points and {c.query_points} query points "
+            f"({'a uniform grid' if c.query_grid else 'uniform draws'}); loss: mean squared error."
+        )
 
     def _task(self, rng: np.random.Generator, task_id: str, split: str) -> Task:
         c = self.config
@@ -86,7 +96,9 @@ class SineTaskSampler(SeededSplits):
         def f(inputs: torch.Tensor) -> torch.Tensor:
             return amplitude * torch.sin(inputs + phase)
 
-        return Task(task_id, split, (amplitude, phase), x_train, f(x_train), x_support, f(x_support), x_query, f(x_query))
+        return Task(
+            task_id, split, (amplitude, phase), x_train, f(x_train), x_support, f(x_support), x_query, f(x_query)
+        )
 
     def train_batches(self, seed: int, batch_size: int) -> Iterator[TaskBatch]:
         """Training tasks ``batch_size`` at a time, each batch from one vectorised draw (:class:`BatchedTaskSampler`).
@@ -113,10 +125,15 @@ class SineTaskSampler(SeededSplits):
             y = amplitude.unsqueeze(-1) * torch.sin(x + phase.unsqueeze(-1))
             support_end = c.train_points + c.support_points
             yield TaskBatch(
-                "train", tuple(f"train-s{seed}-b{batch_size}-{first + i}" for i in range(batch_size)), descriptors,
-                x[:, : c.train_points], y[:, : c.train_points],
-                x[:, c.train_points : support_end], y[:, c.train_points : support_end],
-                x[:, support_end:], y[:, support_end:],
+                "train",
+                tuple(f"train-s{seed}-b{batch_size}-{first + i}" for i in range(batch_size)),
+                descriptors,
+                x[:, : c.train_points],
+                y[:, : c.train_points],
+                x[:, c.train_points : support_end],
+                y[:, c.train_points : support_end],
+                x[:, support_end:],
+                y[:, support_end:],
             )
             first += batch_size
 

@@ -40,21 +40,53 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("folder", type=path_arg, metavar="RUN", help="a finished reml-run or reml-bench folder")
     data = parser.add_argument_group("data")
-    data.add_argument("--support", type=path_arg, required=True, metavar="CSV",
-                      help="the support set: one row per point, the family's input columns then its target columns "
-                      "(classification: the flattened image, then the class label); an optional header line")
-    data.add_argument("--query", type=path_arg, required=True, metavar="CSV",
-                      help="the query points: the input columns (target columns after them are ignored)")
+    data.add_argument(
+        "--support",
+        type=path_arg,
+        required=True,
+        metavar="CSV",
+        help="the support set: one row per point, the family's input columns then its target columns "
+        "(classification: the flattened image, then the class label); an optional header line",
+    )
+    data.add_argument(
+        "--query",
+        type=path_arg,
+        required=True,
+        metavar="CSV",
+        help="the query points: the input columns (target columns after them are ignored)",
+    )
     method = parser.add_argument_group("method")
-    method.add_argument("--method", default="reml", metavar="NAME", help="reml (default) or a baseline the folder trained (maml, scratch)")
-    method.add_argument("--seed", type=non_negative_int, metavar="S", help="the benchmark seed whose method to use (needed with several)")
+    method.add_argument(
+        "--method",
+        default="reml",
+        metavar="NAME",
+        help="reml (default) or a baseline the folder trained (maml, scratch)",
+    )
+    method.add_argument(
+        "--seed",
+        type=non_negative_int,
+        metavar="S",
+        help="the benchmark seed whose method to use (needed with several)",
+    )
     method.add_argument("--encoder", metavar="NAME", help="the REML encoder to use in a benchmark of several")
-    method.add_argument("--steps", type=non_negative_int, metavar="N", help="SGD steps on the support set (default: the run's largest eval.steps)")
+    method.add_argument(
+        "--steps",
+        type=non_negative_int,
+        metavar="N",
+        help="SGD steps on the support set (default: the run's largest eval.steps)",
+    )
     method.add_argument("--lr", type=_positive_float, metavar="LR", help="SGD rate (default: the run's eval.sgd_lr)")
-    method.add_argument("--trust-checkpoint", action="store_true", help="allow loading a stable-baselines3 policy.zip (it can run code)")
+    method.add_argument(
+        "--trust-checkpoint", action="store_true", help="allow loading a stable-baselines3 policy.zip (it can run code)"
+    )
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=path_arg, required=True, metavar="CSV", help="where to write the predictions")
-    output.add_argument("--export", type=path_arg, metavar="PT", help="also write the adapted network (torch.load(..., weights_only=True))")
+    output.add_argument(
+        "--export",
+        type=path_arg,
+        metavar="PT",
+        help="also write the adapted network (torch.load(..., weights_only=True))",
+    )
     output.add_argument("--force", action="store_true", help="replace --out and --export if they exist")
     return parser
 
@@ -78,9 +110,12 @@ def _split(values: Any, inputs: int, outputs: int, path: Path, what: str, *, tar
     allowed = [inputs, inputs + outputs] if targets_optional else [inputs + outputs]
     if columns not in allowed:
         want = " or ".join(str(n) for n in allowed)
-        raise DataFileError(f"{what} {path} has {columns} columns; this run's family needs {want} "
-                            f"({inputs} input{'s' if inputs != 1 else ''}" + (f", then {outputs} target{'s' if outputs != 1 else ''})" if outputs else ")"))
-    return values[:, :inputs], values[:, inputs:inputs + outputs]
+        raise DataFileError(
+            f"{what} {path} has {columns} columns; this run's family needs {want} "
+            f"({inputs} input{'s' if inputs != 1 else ''}"
+            + (f", then {outputs} target{'s' if outputs != 1 else ''})" if outputs else ")")
+        )
+    return values[:, :inputs], values[:, inputs : inputs + outputs]
 
 
 def _body(argv: Sequence[str] | None) -> int:
@@ -110,7 +145,9 @@ def _body(argv: Sequence[str] | None) -> int:
     from reml_core.learner import save_network
     from reml_core.storage import atomic_write_text
 
-    learner = reml_core.load(args.folder).learner(args.method, seed=args.seed, encoder=args.encoder, trust_checkpoint=args.trust_checkpoint)
+    learner = reml_core.load(args.folder).learner(
+        args.method, seed=args.seed, encoder=args.encoder, trust_checkpoint=args.trust_checkpoint
+    )
     inputs = math.prod(learner.input_shape)
     outputs = 1 if learner.classification else int(learner.task_sampler.output_size)
     x_support, y_support = _split(support, inputs, outputs, args.support, "--support", targets_optional=False)
@@ -132,7 +169,11 @@ def _body(argv: Sequence[str] | None) -> int:
         rows = np.concatenate([prediction.argmax(axis=1, keepdims=True), prediction], axis=1)
         lines = [",".join(names)] + [",".join([str(int(row[0])), *(_number(v) for v in row[1:])]) for row in rows]
     else:
-        input_names = query_header[:inputs] if query_header else (support_header[:inputs] if support_header else [f"x{i}" for i in range(inputs)])
+        input_names = (
+            query_header[:inputs]
+            if query_header
+            else (support_header[:inputs] if support_header else [f"x{i}" for i in range(inputs)])
+        )
         target_names = support_header[inputs:] if support_header else [f"y{i}" for i in range(outputs)]
         names = [*input_names, *(f"predicted_{name}" for name in target_names)]
         rows = np.concatenate([x_query, prediction], axis=1)
@@ -140,7 +181,11 @@ def _body(argv: Sequence[str] | None) -> int:
     if args.export is not None:
         save_network(network, args.export)
     atomic_write_text(args.out, "\n".join(lines) + "\n")
-    print(f"{PROG}: wrote {len(rows)} predictions to {args.out}" + (f" and the network to {args.export}" if args.export else ""), file=sys.stderr)
+    print(
+        f"{PROG}: wrote {len(rows)} predictions to {args.out}"
+        + (f" and the network to {args.export}" if args.export else ""),
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -30,20 +30,64 @@ def build_parser() -> ArgumentParser:
     )
     add_experiment_flags(parser, several_encoders=True)
     protocol = parser.add_argument_group("protocol")
-    protocol.add_argument("--methods", type=name_list, metavar="A,B", help="methods to compare: 'reml' and baseline names (default: reml and the baselines the task family recommends, else every installed baseline that offers itself for benchmarks: maml,scratch with the built-in plugins)")
+    protocol.add_argument(
+        "--methods",
+        type=name_list,
+        metavar="A,B",
+        help="methods to compare: 'reml' and baseline names (default: reml and the baselines the task family recommends, else every installed baseline that offers itself for benchmarks: maml,scratch with the built-in plugins)",
+    )
     protocol.add_argument("--shots", type=int_list, metavar="K,K", help="support-set sizes (default: 5,10)")
-    protocol.add_argument("--steps", type=int_list, metavar="S,S", help="SGD fine-tuning steps reported (default: 0,1,10)")
-    protocol.add_argument("--test-tasks", type=positive_int, metavar="N", help="held-out test tasks (default: the preset's; 600 in full)")
-    protocol.add_argument("--seeds", type=positive_int, default=1, metavar="N", help="train every method with N seeds (seed, seed+1, ...) and report the spread (default 1)")
+    protocol.add_argument(
+        "--steps", type=int_list, metavar="S,S", help="SGD fine-tuning steps reported (default: 0,1,10)"
+    )
+    protocol.add_argument(
+        "--test-tasks", type=positive_int, metavar="N", help="held-out test tasks (default: the preset's; 600 in full)"
+    )
+    protocol.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="train every method with N seeds (seed, seed+1, ...) and report the spread (default 1)",
+    )
     output = parser.add_argument_group("output")
-    output.add_argument("--from", dest="from_dir", type=path_arg, metavar="DIR", help="load trained methods from an earlier reml-run / reml-bench directory instead of training")
-    output.add_argument("--out", type=path_arg, metavar="DIR", help="output directory (default: runs/<plugin>-bench-<encoder>-s<seed>-<time>)")
+    output.add_argument(
+        "--from",
+        dest="from_dir",
+        type=path_arg,
+        metavar="DIR",
+        help="load trained methods from an earlier reml-run / reml-bench directory instead of training",
+    )
+    output.add_argument(
+        "--out",
+        type=path_arg,
+        metavar="DIR",
+        help="output directory (default: runs/<plugin>-bench-<encoder>-s<seed>-<time>)",
+    )
     output.add_argument("--force", action="store_true", help="overwrite results already in --out")
-    output.add_argument("--trust-checkpoint", action="store_true", help="allow loading stable-baselines3 policy.zip files from --from (their loader can run code)")
-    output.add_argument("--resume", type=path_arg, metavar="DIR", help="continue the benchmark in DIR: keep every finished job, continue interrupted REML runs from their checkpoints, rerun the rest (its bench-plan.json fixes every setting)")
+    output.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow loading stable-baselines3 policy.zip files from --from (their loader can run code)",
+    )
+    output.add_argument(
+        "--resume",
+        type=path_arg,
+        metavar="DIR",
+        help="continue the benchmark in DIR: keep every finished job, continue interrupted REML runs from their checkpoints, rerun the rest (its bench-plan.json fixes every setting)",
+    )
     execution = parser.add_argument_group("execution")
-    execution.add_argument("--executor", choices=("local", "ray"), default="local", help="local: every job one after another in this process (default); ray: each (method, encoder, seed) job as one Ray task, on a local Ray instance or the cluster at --ray-address (needs reml[ray])")
-    execution.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster to run on (e.g. 10.0.0.1:6379 after 'ray start --head' there); default: start a local instance with this machine's CPUs")
+    execution.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: every job one after another in this process (default); ray: each (method, encoder, seed) job as one Ray task, on a local Ray instance or the cluster at --ray-address (needs reml[ray])",
+    )
+    execution.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="the Ray cluster to run on (e.g. 10.0.0.1:6379 after 'ray start --head' there); default: start a local instance with this machine's CPUs",
+    )
     return parser
 
 
@@ -52,7 +96,11 @@ PLAN_FLAGS = (*CHOICE_FLAGS, "preset", "config", "seed", "methods", "shots", "st
 
 
 def _body(argv: Sequence[str] | None) -> int:
-    from reml_core.api import PLAN_FILE, prepare_bench, refuse_with_resume  # prepare_bench checks --executor and --ray-address
+    from reml_core.api import (
+        PLAN_FILE,
+        prepare_bench,
+        refuse_with_resume,
+    )  # prepare_bench checks --executor and --ray-address
     from reml_core.folders import check_path
 
     args = build_parser().parse_args(argv)
@@ -65,8 +113,13 @@ def _body(argv: Sequence[str] | None) -> int:
         announce_loading(PROG)
         registry = discover_plugins()
         raise_if_interrupted()
-        prepared = prepare_bench(resume=args.resume, executor=args.executor, ray_address=args.ray_address,
-                                 trust_checkpoint=args.trust_checkpoint, registry=registry)
+        prepared = prepare_bench(
+            resume=args.resume,
+            executor=args.executor,
+            ray_address=args.ray_address,
+            trust_checkpoint=args.trust_checkpoint,
+            registry=registry,
+        )
         return _run(prepared)
     if args.out is not None:
         check_path(args.out, "--out")
@@ -82,17 +135,33 @@ def _body(argv: Sequence[str] | None) -> int:
         extra["eval"]["steps"] = args.steps
     if args.test_tasks is not None:
         extra["eval"]["test_tasks"] = args.test_tasks
-    prepared = prepare_bench(user_config(args, extra), methods=args.methods, encoders=encoders, seeds=args.seeds,
-                             from_dir=args.from_dir, out=args.out, force=args.force, executor=args.executor,
-                             ray_address=args.ray_address, trust_checkpoint=args.trust_checkpoint, registry=registry)
+    prepared = prepare_bench(
+        user_config(args, extra),
+        methods=args.methods,
+        encoders=encoders,
+        seeds=args.seeds,
+        from_dir=args.from_dir,
+        out=args.out,
+        force=args.force,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        trust_checkpoint=args.trust_checkpoint,
+        registry=registry,
+    )
     return _run(prepared)
 
 
 def _run(prepared) -> int:
     out = prepared.out
-    return execute_prepared(PROG, prepared, f"what finished is in {out}; continue with: reml-bench --resume {out}",
-                            lambda stop: f"the REML run being trained was checkpointed at {stop.checkpoint}; "
-                                         f"continue with: reml-bench --resume {out}")
+    return execute_prepared(
+        PROG,
+        prepared,
+        f"what finished is in {out}; continue with: reml-bench --resume {out}",
+        lambda stop: (
+            f"the REML run being trained was checkpointed at {stop.checkpoint}; "
+            f"continue with: reml-bench --resume {out}"
+        ),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,7 +45,9 @@ HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: into Python: a KeyboardInterrupt raised in one of those callbacks cannot unwind through the C++
 #: frames and ends in std::terminate (the process aborts, SIGABRT, with a native stack). Every module
 #: of these packages, and every extension module of any package, is imported with the signals held.
-NATIVE_PACKAGES = frozenset({"torch", "numpy", "scipy", "sklearn", "matplotlib", "pandas", "PIL", "ray", "pyarrow", "grpc"})
+NATIVE_PACKAGES = frozenset(
+    {"torch", "numpy", "scipy", "sklearn", "matplotlib", "pandas", "PIL", "ray", "pyarrow", "grpc"}
+)
 
 
 @contextmanager
@@ -103,8 +105,15 @@ class NativeImportGuard(importlib.abc.MetaPathFinder):
                 break
         else:
             return None
-        native = fullname.partition(".")[0] in NATIVE_PACKAGES or isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
-        if native and spec.has_location and hasattr(spec.loader, "exec_module") and not isinstance(spec.loader, _HeldLoader):
+        native = fullname.partition(".")[0] in NATIVE_PACKAGES or isinstance(
+            spec.loader, importlib.machinery.ExtensionFileLoader
+        )
+        if (
+            native
+            and spec.has_location
+            and hasattr(spec.loader, "exec_module")
+            and not isinstance(spec.loader, _HeldLoader)
+        ):
             spec.loader = _HeldLoader(spec.loader)
         return spec
 
@@ -164,8 +173,10 @@ def choice_flag_help(kind: str, *, several: bool = False) -> str:
     spec = SPEC_TYPES[kind]
     default = " (default: the task plugin's choice)" if spec.chosen_by_name else ""
     if several:
-        return (f"REML's {spec.flag_help}(s), comma-separated: REML is trained once per {spec.section}{default}, "
-                f"e.g. {','.join(spec.flag_examples)}")
+        return (
+            f"REML's {spec.flag_help}(s), comma-separated: REML is trained once per {spec.section}{default}, "
+            f"e.g. {','.join(spec.flag_examples)}"
+        )
     return f"{spec.flag_help}{default}, e.g. {', '.join(spec.flag_examples)}"
 
 
@@ -179,17 +190,29 @@ def add_experiment_flags(parser: argparse.ArgumentParser, *, several_encoders: b
     group = parser.add_argument_group("experiment")
     for flag, kind in CHOICE_FLAGS.items():
         several = several_encoders and kind == StateEncoderSpec.kind
-        group.add_argument(f"--{flag}", metavar="A,B" if several else "NAME", help=choice_flag_help(kind, several=several))
-    group.add_argument("--preset", choices=PRESETS, help="budget preset: smoke (about a minute), default, full (the thesis' scale); default: default")
+        group.add_argument(
+            f"--{flag}", metavar="A,B" if several else "NAME", help=choice_flag_help(kind, several=several)
+        )
+    group.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="budget preset: smoke (about a minute), default, full (the thesis' scale); default: default",
+    )
     group.add_argument("--config", metavar="FILE", type=path_arg, help="TOML or YAML config file; flags override it")
     group.add_argument("--seed", type=non_negative_int, metavar="N", help="seed fixing every random number (default 0)")
     group.add_argument(
-        "--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one config value, e.g. --set env.inner_adam_lr=0.001 or --set policy.n_steps=512 (repeatable)",
     )
 
 
-def user_config(args: argparse.Namespace, extra: dict[str, Any] | None = None, *, registry: PluginRegistry | None = None) -> dict[str, Any]:
+def user_config(
+    args: argparse.Namespace, extra: dict[str, Any] | None = None, *, registry: PluginRegistry | None = None
+) -> dict[str, Any]:
     """The config file (if any) with flags on top, as one nested dict (a later layer's setting replaces an
     earlier one's under either name of a renamed setting: the plugins in ``registry`` say which are renamed)."""
     from reml_core.config import deep_merge, load_config_file, parse_assignment, renamed_settings
@@ -258,7 +281,9 @@ def discover_plugins() -> PluginRegistry:
     return PluginRegistry.discover()
 
 
-def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+def _show_warning(
+    message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
     from reml_core.registry import PluginWarning
 
     stream = file or sys.stderr
@@ -467,7 +492,9 @@ def _run_command(prog: str, body: Callable[[Sequence[str] | None], int], argv: S
 
         reason = disk_full_reason(error)  # a full disk met by a library's own writer (a training log): one line too
         if reason:
-            print(f"{prog}: error: {DiskFullError(getattr(error, 'filename', None) or 'a file', reason)}", file=sys.stderr)
+            print(
+                f"{prog}: error: {DiskFullError(getattr(error, 'filename', None) or 'a file', reason)}", file=sys.stderr
+            )
             return EXIT_USER_ERROR
         raise
     finally:

@@ -26,7 +26,12 @@ def listing(registry: PluginRegistry) -> dict[str, list[dict[str, str]]]:
 
     return {
         kind: [
-            {"name": entry.name, "plugin": entry.distribution, "entry_point": entry.plugin, "description": entry.spec.description}
+            {
+                "name": entry.name,
+                "plugin": entry.distribution,
+                "entry_point": entry.plugin,
+                "description": entry.spec.description,
+            }
             for entry in registry.components(kind)
         ]
         for kind in KINDS
@@ -71,14 +76,16 @@ def options(model: Any, prefix: str = "") -> list[dict[str, Any]]:
         else:
             default = None
         constraints = [_constraint(item) for item in info.metadata]
-        rows.append({
-            "key": f"{prefix}{name}",
-            "type": _type_name(annotation),
-            "default": default if isinstance(default, (str, int, float, bool, list, type(None))) else str(default),
-            "constraints": constraints,
-            "description": info.description or "",
-            "required": info.is_required(),
-        })
+        rows.append(
+            {
+                "key": f"{prefix}{name}",
+                "type": _type_name(annotation),
+                "default": default if isinstance(default, (str, int, float, bool, list, type(None))) else str(default),
+                "constraints": constraints,
+                "description": info.description or "",
+                "required": info.is_required(),
+            }
+        )
     return rows
 
 
@@ -93,8 +100,15 @@ def show(registry: PluginRegistry, name: str) -> list[dict[str, Any]]:
         rows = []
         for section, model in (("env", EnvConfig), ("train", TrainConfig), ("eval", EvalConfig)):
             rows += options(model, f"{section}.")
-        return [{"kind": "core", "name": "core", "description": "the experiment's own sections (every family)",
-                 "options": rows, "presets": CORE_PRESETS}]
+        return [
+            {
+                "kind": "core",
+                "name": "core",
+                "description": "the experiment's own sections (every family)",
+                "options": rows,
+                "presets": CORE_PRESETS,
+            }
+        ]
     found = []
     for kind in KINDS:
         for entry in registry.components(kind):
@@ -102,8 +116,13 @@ def show(registry: PluginRegistry, name: str) -> list[dict[str, Any]]:
                 continue
             spec = entry.spec
             item: dict[str, Any] = {
-                "kind": kind, "name": entry.name, "plugin": entry.distribution, "entry_point": entry.plugin,
-                "description": spec.description, "options": options(spec.config_model), "presets": dict(spec.presets),
+                "kind": kind,
+                "name": entry.name,
+                "plugin": entry.distribution,
+                "entry_point": entry.plugin,
+                "description": spec.description,
+                "options": options(spec.config_model),
+                "presets": dict(spec.presets),
             }
             if isinstance(spec, TaskSamplerSpec):
                 item["recommended"] = {k: v for k, v in vars(spec.recommended).items()}
@@ -124,7 +143,9 @@ def _print_shown(items: list[dict[str, Any]]) -> None:
         print(f"{title}: {item['description']}{origin}")
         section = SECTIONS.get(item["kind"])
         section = f"{section}.{item['name']}" if item["kind"] in TABLE_EACH_KINDS else section
-        print(f"options{f' (config section [{section}], or --set {section}.KEY=VALUE)' if section else ' (--set KEY=VALUE)'}:")
+        print(
+            f"options{f' (config section [{section}], or --set {section}.KEY=VALUE)' if section else ' (--set KEY=VALUE)'}:"
+        )
         if not item["options"]:
             print("  (none)")
         for row in item["options"]:
@@ -135,7 +156,10 @@ def _print_shown(items: list[dict[str, Any]]) -> None:
                 print(f"      {row['description']}")
         if item.get("recommended"):
             print("recommended: " + ", ".join(f"{k} {v}" for k, v in item["recommended"].items() if v is not None))
-        for label, presets in (("presets", item.get("presets")), ("experiment presets", item.get("experiment_presets"))):
+        for label, presets in (
+            ("presets", item.get("presets")),
+            ("experiment presets", item.get("experiment_presets")),
+        ):
             if presets:
                 print(f"{label}: " + "; ".join(f"{preset} {json.dumps(values)}" for preset, values in presets.items()))
         print()
@@ -148,8 +172,12 @@ def _body(argv: Sequence[str] | None) -> int:
         "(comma-separated plugin or distribution names, as shown in brackets) are not loaded.",
     )
     parser.add_argument("--json", action="store_true", help="print JSON: {kind: [{name, plugin, description}]}")
-    parser.add_argument("--show", metavar="NAME", help="print the options of the component(s) called NAME (types, defaults, "
-                        "limits, descriptions) and their presets; 'core' shows the experiment's own env/train/eval options")
+    parser.add_argument(
+        "--show",
+        metavar="NAME",
+        help="print the options of the component(s) called NAME (types, defaults, "
+        "limits, descriptions) and their presets; 'core' shows the experiment's own env/train/eval options",
+    )
     args = parser.parse_args(argv)
     from reml_core.specs import KIND_LABELS, KINDS
 
@@ -170,7 +198,9 @@ def _body(argv: Sequence[str] | None) -> int:
             print("  (none)")
         width = max((len(item["name"]) for item in data[kind]), default=0)
         for item in data[kind]:
-            print(f"  {item['name']:<{width}}  {item['description']}  [plugin {item['entry_point']} from {item['plugin']}]")
+            print(
+                f"  {item['name']:<{width}}  {item['description']}  [plugin {item['entry_point']} from {item['plugin']}]"
+            )
     return 0
 
 

@@ -36,19 +36,45 @@ def build_parser() -> ArgumentParser:
         "convergence.png, logs/ and checkpoints/ into the run directory.",
     )
     add_experiment_flags(parser)
-    parser.add_argument("--baselines", type=_baseline_list, metavar="A,B",
-                        help="baselines evaluated beside REML, or 'none' (default: those the task family recommends "
-                        "for a run, else every installed baseline quick enough for one, e.g. scratch; see reml-plugins)")
+    parser.add_argument(
+        "--baselines",
+        type=_baseline_list,
+        metavar="A,B",
+        help="baselines evaluated beside REML, or 'none' (default: those the task family recommends "
+        "for a run, else every installed baseline quick enough for one, e.g. scratch; see reml-plugins)",
+    )
     output = parser.add_argument_group("output")
-    output.add_argument("--out", type=path_arg, metavar="DIR", help="run directory (default: runs/<plugin>-<policy>-<encoder>-s<seed>-<time>)")
+    output.add_argument(
+        "--out",
+        type=path_arg,
+        metavar="DIR",
+        help="run directory (default: runs/<plugin>-<policy>-<encoder>-s<seed>-<time>)",
+    )
     output.add_argument("--force", action="store_true", help="replace the run already in --out")
-    output.add_argument("--resume", type=path_arg, metavar="DIR", help="continue the interrupted run in DIR from its last checkpoint (its config.json fixes every setting)")
+    output.add_argument(
+        "--resume",
+        type=path_arg,
+        metavar="DIR",
+        help="continue the interrupted run in DIR from its last checkpoint (its config.json fixes every setting)",
+    )
     execution = parser.add_argument_group("execution")
-    execution.add_argument("--executor", choices=("local", "ray"), default="local",
-                           help="where train.workers run: local (default): processes forked on this machine; ray: Ray actors, on a "
-                           "local Ray instance or the cluster at --ray-address, so one run can use several machines' cores (needs reml[ray])")
-    execution.add_argument("--ray-address", metavar="ADDR", help="with --executor ray: the cluster to join (e.g. 10.0.0.1:6379); default: a local instance")
-    output.add_argument("--trust-checkpoint", action="store_true", help="allow loading a stable-baselines3 policy.zip, whose loader can run code it carries; REML's own checkpoints never need this")
+    execution.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where train.workers run: local (default): processes forked on this machine; ray: Ray actors, on a "
+        "local Ray instance or the cluster at --ray-address, so one run can use several machines' cores (needs reml[ray])",
+    )
+    execution.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="with --executor ray: the cluster to join (e.g. 10.0.0.1:6379); default: a local instance",
+    )
+    output.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow loading a stable-baselines3 policy.zip, whose loader can run code it carries; REML's own checkpoints never need this",
+    )
     return parser
 
 
@@ -72,14 +98,22 @@ def _body(argv: Sequence[str] | None) -> int:
     registry = discover_plugins()
     raise_if_interrupted()  # a Ctrl-C swallowed during the imports above
     if args.resume is not None:
-        given = [f"--{name}" for name in EXPERIMENT_FLAGS if getattr(args, name) is not None] + (["--set"] if args.assignments else [])
+        given = [f"--{name}" for name in EXPERIMENT_FLAGS if getattr(args, name) is not None] + (
+            ["--set"] if args.assignments else []
+        )
         refuse_with_resume(args.resume, given + (["--force"] if args.force else []), "config.json", flag="--resume")
         prepared = prepare_run(resume=args.resume, trust_checkpoint=args.trust_checkpoint, registry=registry)
     else:
         if args.out is not None:
             check_path(args.out, "--out")
-        prepared = prepare_run(user_config(args), out=args.out, force=args.force, baselines=args.baselines,
-                               trust_checkpoint=args.trust_checkpoint, registry=registry)
+        prepared = prepare_run(
+            user_config(args),
+            out=args.out,
+            force=args.force,
+            baselines=args.baselines,
+            trust_checkpoint=args.trust_checkpoint,
+            registry=registry,
+        )
     out = prepared.out
     if args.ray_address and args.executor != "ray":
         from reml_core.errors import UserError
@@ -89,10 +123,18 @@ def _body(argv: Sequence[str] | None) -> int:
         from reml_core.workers import ray_workers
 
         with ray_workers(prepared.config, args.ray_address):
-            return execute_prepared(PROG, prepared, f"the run can be continued with: reml-run --resume {out}",
-                                    lambda stop: f"checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}")
-    return execute_prepared(PROG, prepared, f"the run can be continued with: reml-run --resume {out}",
-                            lambda stop: f"checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}")
+            return execute_prepared(
+                PROG,
+                prepared,
+                f"the run can be continued with: reml-run --resume {out}",
+                lambda stop: f"checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}",
+            )
+    return execute_prepared(
+        PROG,
+        prepared,
+        f"the run can be continued with: reml-run --resume {out}",
+        lambda stop: f"checkpoint {stop.checkpoint.name} saved. Continue with: reml-run --resume {out}",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

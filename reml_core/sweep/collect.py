@@ -32,12 +32,22 @@ def collect(out: Path, plan: SweepPlan) -> dict[str, Any]:
     for trial in plan.trials:
         folder = out / trial.folder
         record = read_record(out / trial.record)
-        entry: dict[str, Any] = {**trial.to_dict(), "status": "pending", "score": None, "seconds": round(record_seconds(record), 3),
-                                 "invocations": len(record["invocations"])}
+        entry: dict[str, Any] = {
+            **trial.to_dict(),
+            "status": "pending",
+            "score": None,
+            "seconds": round(record_seconds(record), 3),
+            "invocations": len(record["invocations"]),
+        }
         if run_finished(folder):
             objective = trial_objective(folder)
-            entry.update(status="finished", score=objective["score"], checkpoint=objective["checkpoint"],
-                         checkpoint_timesteps=objective["timesteps"], env_steps=objective["env_steps"])
+            entry.update(
+                status="finished",
+                score=objective["score"],
+                checkpoint=objective["checkpoint"],
+                checkpoint_timesteps=objective["timesteps"],
+                env_steps=objective["env_steps"],
+            )
         elif any(i.get("exit") not in (None, 0) for i in record["invocations"][-1:]):
             entry["status"] = "failed"
         elif (folder / "config.json").is_file():
@@ -49,13 +59,27 @@ def collect(out: Path, plan: SweepPlan) -> dict[str, Any]:
         scores = [t["score"] for t in mine if t["score"] is not None]
         times = [t["seconds"] for t in mine if t["status"] == "finished" and t["seconds"]]
         mean = float(sum(scores) / len(scores)) if scores else None
-        std = float(math.sqrt(sum((s - mean) ** 2 for s in scores) / (len(scores) - 1))) if len(scores) > 1 and mean is not None else None
-        configurations.append({
-            "id": configuration["id"], "values": configuration["values"], "trials": [t["id"] for t in mine],
-            "seeds_finished": sum(t["status"] == "finished" for t in mine), "seeds_scored": len(scores), "seeds": len(mine),
-            "mean": mean, "std": std, "min": min(scores) if scores else None, "max": max(scores) if scores else None,
-            "mean_seconds": float(sum(times) / len(times)) if times else None, "config": configuration["config"],
-        })
+        std = (
+            float(math.sqrt(sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)))
+            if len(scores) > 1 and mean is not None
+            else None
+        )
+        configurations.append(
+            {
+                "id": configuration["id"],
+                "values": configuration["values"],
+                "trials": [t["id"] for t in mine],
+                "seeds_finished": sum(t["status"] == "finished" for t in mine),
+                "seeds_scored": len(scores),
+                "seeds": len(mine),
+                "mean": mean,
+                "std": std,
+                "min": min(scores) if scores else None,
+                "max": max(scores) if scores else None,
+                "mean_seconds": float(sum(times) / len(times)) if times else None,
+                "config": configuration["config"],
+            }
+        )
     complete = [c for c in configurations if c["mean"] is not None and c["seeds_scored"] == c["seeds"]]
     best = min(complete or [c for c in configurations if c["mean"] is not None], key=lambda c: c["mean"], default=None)
     for configuration in configurations:
@@ -80,22 +104,38 @@ def write_outputs(out: Path, plan: SweepPlan, registry: Any, *, command: str, st
     document = {
         "schema": SCHEMA,
         "status": "finished" if not unfinished else "incomplete",
-        "command": plan.command, "last_command": command, "started": started, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": plan.command,
+        "last_command": command,
+        "started": started,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "plugin": (plan.configurations[0]["config"] or {}).get("plugin"),
-        "objective": {"metric": OBJECTIVE, "mode": "min",
-                      "source": "results.json training.selected_checkpoint.score: the validation score of the checkpoint the "
-                                "trainer selected (mean query loss on validation tasks, never test tasks)"},
+        "objective": {
+            "metric": OBJECTIVE,
+            "mode": "min",
+            "source": "results.json training.selected_checkpoint.score: the validation score of the checkpoint the "
+            "trainer selected (mean query loss on validation tasks, never test tasks)",
+        },
         **plan_to_dict(plan),
         "configurations": collected["configurations"],
         "trials": collected["trials"],
-        "best": None if best is None else {"configuration": best["id"], "values": best["values"], "mean": best["mean"],
-                                           "std": best["std"], "seeds_scored": best["seeds_scored"], "config_file": "best.toml"},
+        "best": None
+        if best is None
+        else {
+            "configuration": best["id"],
+            "values": best["values"],
+            "mean": best["mean"],
+            "std": best["std"],
+            "seeds_scored": best["seeds_scored"],
+            "config_file": "best.toml",
+        },
         "versions": found_versions,
     }
     if best is not None:
-        header = [f"reml-sweep best configuration {best['id']}: {describe(best['values'])}",
-                  f"mean validation score {best['mean']:.6g} over {best['seeds_scored']} seed(s); sweep {out}",
-                  "Run it with: reml-run --config best.toml"]
+        header = [
+            f"reml-sweep best configuration {best['id']}: {describe(best['values'])}",
+            f"mean validation score {best['mean']:.6g} over {best['seeds_scored']} seed(s); sweep {out}",
+            "Run it with: reml-run --config best.toml",
+        ]
         text = to_toml(best["config"], header=header)
         check_round_trip(registry, text, best["config"], f"best configuration {describe(best['values'])}")
         atomic_write_text(out / "best.toml", text)
@@ -104,11 +144,23 @@ def write_outputs(out: Path, plan: SweepPlan, registry: Any, *, command: str, st
     plot_sweep(document, out / "sweep.png")
     return document
 
+
 def summary(document: Mapping[str, Any], out: Path) -> str:
     """What the command prints on stdout at the end: the table's rows and where the files are."""
     table = render_sweep_report(document)
     body = table.split("## Trials")[0].split("\n")
     rows = [line for line in body if line.startswith("|")]
-    return "\n".join([*rows, "", f"sweep:  {out / 'sweep.json'}", f"table:  {out / 'sweep.md'}", f"plot:   {out / 'sweep.png'}",
-                      *([f"best:   {out / 'best.toml'}  (reml-run --config {out / 'best.toml'})"] if document.get("best") else [])])
-
+    return "\n".join(
+        [
+            *rows,
+            "",
+            f"sweep:  {out / 'sweep.json'}",
+            f"table:  {out / 'sweep.md'}",
+            f"plot:   {out / 'sweep.png'}",
+            *(
+                [f"best:   {out / 'best.toml'}  (reml-run --config {out / 'best.toml'})"]
+                if document.get("best")
+                else []
+            ),
+        ]
+    )

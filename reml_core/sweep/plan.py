@@ -56,8 +56,15 @@ class Trial:
         return f"logs/{self.id}.json"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "configuration": self.configuration, "values": self.values, "seed": self.seed,
-                "folder": self.folder, "config_file": self.config_file, "log": self.log}
+        return {
+            "id": self.id,
+            "configuration": self.configuration,
+            "values": self.values,
+            "seed": self.seed,
+            "folder": self.folder,
+            "config_file": self.config_file,
+            "log": self.log,
+        }
 
 
 @dataclass
@@ -74,8 +81,15 @@ class SweepPlan:
     command: str = ""
 
 
-def plan_sweep(registry: Any, user: Mapping[str, Any], space: SearchSpace, seeds: int, cpus_per_trial: float | None,
-               *, command: str = "") -> SweepPlan:
+def plan_sweep(
+    registry: Any,
+    user: Mapping[str, Any],
+    space: SearchSpace,
+    seeds: int,
+    cpus_per_trial: float | None,
+    *,
+    command: str = "",
+) -> SweepPlan:
     """Draw every configuration and check each, for each seed, the way ``reml-run`` checks its flags.
 
     A problem with a swept value is one UserError naming the flag, key and value; any other
@@ -92,7 +106,9 @@ def plan_sweep(registry: Any, user: Mapping[str, Any], space: SearchSpace, seeds
     seed_list = list(range(base_seed, base_seed + seeds))
     points = configurations(space, base_seed)
     if len(points) * seeds > MAX_TRIALS:
-        raise UserError(f"the sweep has {len(points)} configurations x {seeds} seeds = {len(points) * seeds:,} trials; the limit is {MAX_TRIALS:,}")
+        raise UserError(
+            f"the sweep has {len(points)} configurations x {seeds} seeds = {len(points) * seeds:,} trials; the limit is {MAX_TRIALS:,}"
+        )
     keys = space.keys()
     renames = renamed_settings(registry)
     plan_configurations: list[dict[str, Any]] = []
@@ -109,7 +125,9 @@ def plan_sweep(registry: Any, user: Mapping[str, Any], space: SearchSpace, seeds
         for seed in seed_list:
             seeded = {**point_user, "seed": seed}
             try:
-                config = resolve_config(registry, seeded, baselines=default_baselines(registry, seeded.get("plugin"), "run"))
+                config = resolve_config(
+                    registry, seeded, baselines=default_baselines(registry, seeded.get("plugin"), "run")
+                )
             except ConfigError as error:
                 raise _sweep_problem(error, keys, values, space) from None
             resolved = config.to_dict()
@@ -117,29 +135,47 @@ def plan_sweep(registry: Any, user: Mapping[str, Any], space: SearchSpace, seeds
                 resolved_first = resolved
                 core = config.core
                 if core.train.validation_tasks == 0:
-                    raise UserError(f"configuration {label}: train.validation_tasks is 0, so the trainer computes no validation score, "
-                                    "which is what the sweep minimises; set it above 0")
+                    raise UserError(
+                        f"configuration {label}: train.validation_tasks is 0, so the trainer computes no validation score, "
+                        "which is what the sweep minimises; set it above 0"
+                    )
                 if core.train.device != "cpu":
-                    raise UserError(f"configuration {label}: train.device is {core.train.device!r}; reml-sweep asks Ray for CPUs only, "
-                                    "so its trials run on the CPU (set train.device=cpu, or use reml-run for GPU runs)")
+                    raise UserError(
+                        f"configuration {label}: train.device is {core.train.device!r}; reml-sweep asks Ray for CPUs only, "
+                        "so its trials run on the CPU (set train.device=cpu, or use reml-run for GPU runs)"
+                    )
                 threads = max(threads, core.train.threads)
                 try:
                     check_policy_builds(build_components(config))  # cross-component checks, as reml-run makes them
                 except ConfigError as error:
-                    raise UserError(f"configuration {label}: {error.problems[0] if error.problems else error}") from None
+                    raise UserError(
+                        f"configuration {label}: {error.problems[0] if error.problems else error}"
+                    ) from None
                 except UserError as error:
                     raise UserError(f"configuration {label}: {' '.join(str(error).split())}") from None
             trial = Trial(id=f"{cid}-s{seed}", configuration=cid, values=values, seed=seed)
             trial_user = deep_merge(resolved, {"train": {"progress": False}})  # nobody watches a trial's terminal
-            text = to_toml(trial_user, header=[f"reml-sweep trial {trial.id}: {label}, seed {seed}",
-                                               "reml-run --config takes this file; it is the trial's complete config."])
+            text = to_toml(
+                trial_user,
+                header=[
+                    f"reml-sweep trial {trial.id}: {label}, seed {seed}",
+                    "reml-run --config takes this file; it is the trial's complete config.",
+                ],
+            )
             check_round_trip(registry, text, trial_user, f"configuration {label}")
             trials.append(trial)
             trial_configs[trial.id] = text
         plan_configurations.append({"id": cid, "values": values, "config": resolved_first})
-    return SweepPlan(user_config=dict(user), space=space.to_dict(), seeds=seed_list,
-                     cpus_per_trial=float(cpus_per_trial if cpus_per_trial is not None else threads),
-                     configurations=plan_configurations, trials=trials, trial_configs=trial_configs, command=command)
+    return SweepPlan(
+        user_config=dict(user),
+        space=space.to_dict(),
+        seeds=seed_list,
+        cpus_per_trial=float(cpus_per_trial if cpus_per_trial is not None else threads),
+        configurations=plan_configurations,
+        trials=trials,
+        trial_configs=trial_configs,
+        command=command,
+    )
 
 
 def _sweep_problem(error: Any, keys: Sequence[str], values: Mapping[str, Any], space: SearchSpace) -> UserError:
@@ -160,11 +196,15 @@ def check_round_trip(registry: Any, text: str, expected: Mapping[str, Any], wher
 
     data = read_toml_config(text, where)
     try:
-        again = resolve_config(registry, data, baselines=default_baselines(registry, data.get("plugin"), "run")).to_dict()
+        again = resolve_config(
+            registry, data, baselines=default_baselines(registry, data.get("plugin"), "run")
+        ).to_dict()
     except ConfigError as error:
         raise UserError(f"{where}: its config does not survive being written as TOML: {error.problems[0]}") from None
     if again != dict(expected):
-        raise UserError(f"{where}: its config does not survive being written as TOML (a setting set to null whose default is not null?)")
+        raise UserError(
+            f"{where}: its config does not survive being written as TOML (a setting set to null whose default is not null?)"
+        )
 
 
 def plan_to_dict(plan: SweepPlan) -> dict[str, Any]:
@@ -181,14 +221,24 @@ def plan_to_dict(plan: SweepPlan) -> dict[str, Any]:
 def plan_from_sweep_json(data: Mapping[str, Any], out: Path) -> SweepPlan:
     """The plan a sweep folder's sweep.json recorded, for ``--resume``."""
     try:
-        trials = [Trial(id=t["id"], configuration=t["configuration"], values=dict(t["values"]), seed=int(t["seed"])) for t in data["trials"]]
+        trials = [
+            Trial(id=t["id"], configuration=t["configuration"], values=dict(t["values"]), seed=int(t["seed"]))
+            for t in data["trials"]
+        ]
         plan = SweepPlan(
-            user_config=dict(data["user_config"]), space=dict(data["search_space"]), seeds=[int(s) for s in data["seeds"]],
-            cpus_per_trial=float(data["cpus_per_trial"]), configurations=[dict(c) for c in data["configurations"]],
-            trials=trials, trial_configs={}, command=str(data.get("command", "")),
+            user_config=dict(data["user_config"]),
+            space=dict(data["search_space"]),
+            seeds=[int(s) for s in data["seeds"]],
+            cpus_per_trial=float(data["cpus_per_trial"]),
+            configurations=[dict(c) for c in data["configurations"]],
+            trials=trials,
+            trial_configs={},
+            command=str(data.get("command", "")),
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise UserError(f"--resume {out}: sweep.json is damaged ({type(error).__name__}: {error}); it is not a plan reml-sweep wrote") from None
+        raise UserError(
+            f"--resume {out}: sweep.json is damaged ({type(error).__name__}: {error}); it is not a plan reml-sweep wrote"
+        ) from None
     for trial in plan.trials:
         if not re.fullmatch(r"[0-9a-f]{8}-s[0-9]+", trial.id):
             raise UserError(f"--resume {out}: sweep.json names a trial {trial.id[:40]!r} reml-sweep would not name")
@@ -209,9 +259,16 @@ def write_plan(out: Path, plan: SweepPlan) -> None:
     (out / "logs").mkdir(exist_ok=True)
     for trial_id, text in plan.trial_configs.items():
         atomic_write_text(out / "configs" / f"{trial_id}.toml", text)
-    atomic_write_json(out / "sweep.json", {"schema": SCHEMA, "status": "running", "command": plan.command,
-                                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **plan_to_dict(plan)})
-
+    atomic_write_json(
+        out / "sweep.json",
+        {
+            "schema": SCHEMA,
+            "status": "running",
+            "command": plan.command,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **plan_to_dict(plan),
+        },
+    )
 
 
 # -- the sweep folder ----------------------------------------------------------------------------

@@ -56,7 +56,9 @@ def _check_key(key: str, origin: str) -> str:
     if not key or not all(part.strip() for part in parts):
         raise UserError(f"{origin}: expected KEY.PATH=..., got an empty or malformed key {key!r}")
     if key == "seed":
-        raise UserError(f"{origin} seed: sweep seeds with --seeds N (seeds --seed .. --seed+N-1), not as a config value")
+        raise UserError(
+            f"{origin} seed: sweep seeds with --seeds N (seeds --seed .. --seed+N-1), not as a config value"
+        )
     return key
 
 
@@ -93,7 +95,9 @@ def parse_random_flag(text: str) -> Dimension:
     """``--random env.inner_adam_lr=loguniform:1e-4:1e-2``."""
     key, sep, raw = text.partition("=")
     if not sep:
-        raise UserError(f"--random: expected KEY=DISTRIBUTION (e.g. env.inner_adam_lr=loguniform:1e-4:1e-2), got {text!r} (no '=')")
+        raise UserError(
+            f"--random: expected KEY=DISTRIBUTION (e.g. env.inner_adam_lr=loguniform:1e-4:1e-2), got {text!r} (no '=')"
+        )
     key = _check_key(key, "--random")
     return Dimension(key, "--random", spec=check_random_spec(raw.strip(), "--random", key))
 
@@ -104,7 +108,9 @@ def check_random_spec(spec: str, origin: str, key: str) -> str:
     kind = kind.strip().lower()
     where = f"{origin} {key}={spec}"
     if kind not in RANDOM_KINDS:
-        raise UserError(f"{where}: unknown distribution {kind!r}; use one of {', '.join(k + ':...' for k in RANDOM_KINDS)}")
+        raise UserError(
+            f"{where}: unknown distribution {kind!r}; use one of {', '.join(k + ':...' for k in RANDOM_KINDS)}"
+        )
     if kind == "choice":
         parse_values(rest, origin, key)
         return f"choice:{rest}"
@@ -113,7 +119,9 @@ def check_random_spec(spec: str, origin: str, key: str) -> str:
         low, high = (int(b) for b in bounds) if kind == "randint" else (float(b) for b in bounds)
     except ValueError:
         example = "randint:1:8" if kind == "randint" else f"{kind}:1e-4:1e-2"
-        raise UserError(f"{where}: expected {kind}:LOW:HIGH with {'integer' if kind == 'randint' else 'number'} bounds, e.g. {example}") from None
+        raise UserError(
+            f"{where}: expected {kind}:LOW:HIGH with {'integer' if kind == 'randint' else 'number'} bounds, e.g. {example}"
+        ) from None
     if not (math.isfinite(low) and math.isfinite(high)) or low > high or (kind != "randint" and low == high):
         raise UserError(f"{where}: LOW must be below HIGH (got {low} and {high})")
     if kind == "loguniform" and low <= 0:
@@ -188,7 +196,9 @@ def parse_sweep_table(table: Any, origin: str) -> FileSweep:
             key = _check_key(key, f"{origin} {section}")
             if section == "grid":
                 if not isinstance(value, (list, tuple)):
-                    raise UserError(f"{origin}: grid {key} must be a list of values, e.g. [0.001, 0.003] (got {value!r})")
+                    raise UserError(
+                        f"{origin}: grid {key} must be a list of values, e.g. [0.001, 0.003] (got {value!r})"
+                    )
                 if not value:
                     raise UserError(f"{origin}: grid {key} is empty; give at least one value")
                 unique = []
@@ -198,13 +208,20 @@ def parse_sweep_table(table: Any, origin: str) -> FileSweep:
                 found.grid.append(Dimension(key, origin, values=tuple(unique)))
             else:
                 if not isinstance(value, str):
-                    raise UserError(f"{origin}: random {key} must be a string like \"loguniform:1e-4:1e-2\" (got {value!r})")
+                    raise UserError(
+                        f'{origin}: random {key} must be a string like "loguniform:1e-4:1e-2" (got {value!r})'
+                    )
                 found.random.append(Dimension(key, origin, spec=check_random_spec(value.strip(), origin, key)))
     return found
 
 
-def combine_space(file: FileSweep, grid: Sequence[Dimension], random: Sequence[Dimension], samples: int | None,
-                  renames: Mapping[str, str] | None = None) -> SearchSpace:
+def combine_space(
+    file: FileSweep,
+    grid: Sequence[Dimension],
+    random: Sequence[Dimension],
+    samples: int | None,
+    renames: Mapping[str, str] | None = None,
+) -> SearchSpace:
     """Flags on top of the file: a key given by a flag replaces the file's entry for it (under either name of a
     renamed setting: ``renames`` from :func:`reml_core.config.renamed_settings`)."""
     from reml_core.config import same_setting
@@ -216,7 +233,9 @@ def combine_space(file: FileSweep, grid: Sequence[Dimension], random: Sequence[D
             also = "" if twin == dimension.key else f" (the same setting as {twin}, under its former name)"
             raise UserError(f"{dimension.origin} {dimension.key}: given twice{also}; sweep each key once")
         flagged[dimension.key] = dimension
-    chosen = {d.key: d for d in (*file.grid, *file.random) if not any(same_setting(d.key, key, renames) for key in flagged)}
+    chosen = {
+        d.key: d for d in (*file.grid, *file.random) if not any(same_setting(d.key, key, renames) for key in flagged)
+    }
     chosen.update(flagged)
     grid_dims = tuple(d for d in chosen.values() if not d.random)
     random_dims = tuple(d for d in chosen.values() if d.random)
@@ -224,10 +243,14 @@ def combine_space(file: FileSweep, grid: Sequence[Dimension], random: Sequence[D
     if random_dims and samples is None:
         raise UserError("--random needs --samples N: how many configurations to draw")
     if samples is not None and not random_dims:
-        raise UserError("--samples N draws random configurations; give --random KEY=DISTRIBUTION too (a grid's points run once each)")
+        raise UserError(
+            "--samples N draws random configurations; give --random KEY=DISTRIBUTION too (a grid's points run once each)"
+        )
     if not grid_dims and not random_dims:
-        raise UserError("nothing to sweep: give --grid KEY=V1,V2 (repeatable), --random KEY=DIST with --samples N, "
-                        "or a [sweep] table in the --config file")
+        raise UserError(
+            "nothing to sweep: give --grid KEY=V1,V2 (repeatable), --random KEY=DIST with --samples N, "
+            "or a [sweep] table in the --config file"
+        )
     return SearchSpace(grid=grid_dims, random=random_dims, samples=samples or 1)
 
 
@@ -238,7 +261,9 @@ def configurations(space: SearchSpace, seed: int) -> list[dict[str, Any]]:
     """
     import numpy as np
 
-    grid_points = [dict(zip([d.key for d in space.grid], combo)) for combo in itertools.product(*(d.values for d in space.grid))]
+    grid_points = [
+        dict(zip([d.key for d in space.grid], combo)) for combo in itertools.product(*(d.values for d in space.grid))
+    ]
     rng = np.random.default_rng([seed, 0x5EE9])
     draws = [{d.key: draw(d.spec, rng) for d in space.random} for _ in range(space.samples)] if space.random else [{}]
     found: dict[str, dict[str, Any]] = {}
@@ -264,4 +289,3 @@ def nested(key: str, value: Any) -> dict[str, Any]:
         cursor = cursor.setdefault(part, {})
     cursor[parts[-1]] = value
     return result
-

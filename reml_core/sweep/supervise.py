@@ -98,13 +98,26 @@ def run_trial_process(root: Path, trial: Mapping[str, Any]) -> dict[str, Any]:
         if (folder / "config.json").is_file():
             command = [*reml_run_command(), "--resume", str(folder)]
         else:
-            force = ["--force"] if folder.is_dir() and any(folder.iterdir()) else []  # killed between claiming and config.json
+            force = (
+                ["--force"] if folder.is_dir() and any(folder.iterdir()) else []
+            )  # killed between claiming and config.json
             command = [*reml_run_command(), "--config", str(root / trial["config_file"]), "--out", str(folder), *force]
         for earlier in record["invocations"]:  # killed with the sweep: it ran until its log was last written
-            if earlier.get("seconds") is None and isinstance(earlier.get("started_at"), (int, float)) and log_path.is_file():
-                earlier.update(seconds=round(max(log_path.stat().st_mtime - earlier["started_at"], 0.0), 3), estimated=True)
-        invocation = {"command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "started_at": time.time(),
-                      "seconds": None, "exit": None}
+            if (
+                earlier.get("seconds") is None
+                and isinstance(earlier.get("started_at"), (int, float))
+                and log_path.is_file()
+            ):
+                earlier.update(
+                    seconds=round(max(log_path.stat().st_mtime - earlier["started_at"], 0.0), 3), estimated=True
+                )
+        invocation = {
+            "command": command,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "started_at": time.time(),
+            "seconds": None,
+            "exit": None,
+        }
         record["invocations"].append(invocation)
         atomic_write_json(record_path, record)
         start = time.perf_counter()
@@ -113,17 +126,27 @@ def run_trial_process(root: Path, trial: Mapping[str, Any]) -> dict[str, Any]:
             log.flush()
             # reml-run runs under a guard (see guard_main) in a session of its own, so that when the worker
             # ends it gets one SIGTERM and checkpoints before it exits, instead of running on as an orphan
-            process = subprocess.Popen([sys.executable, "-m", GUARD_MODULE, "guard", *command], stdin=subprocess.DEVNULL,
-                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                       preexec_fn=_die_with_parent(os.getpid()))
+            process = subprocess.Popen(
+                [sys.executable, "-m", GUARD_MODULE, "guard", *command],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
             code = process.wait()
         invocation.update(seconds=round(time.perf_counter() - start, 3), exit=code)
         atomic_write_json(record_path, record)
         if code != 0:
             raise RuntimeError(f"reml-run exited with code {code}: {last_lines(log_path)} (log: {log_path})")
     objective = trial_objective(folder)
-    return {"score": math.nan if objective["score"] is None else objective["score"], "seconds": record_seconds(record),
-            "reused": reused, "invocations": len(record["invocations"]), "checkpoint": objective["checkpoint"] or ""}
+    return {
+        "score": math.nan if objective["score"] is None else objective["score"],
+        "seconds": record_seconds(record),
+        "reused": reused,
+        "invocations": len(record["invocations"]),
+        "checkpoint": objective["checkpoint"] or "",
+    }
 
 
 def guard_main(command: Sequence[str]) -> int:
@@ -147,4 +170,3 @@ def guard_main(command: Sequence[str]) -> int:
         signal.signal(signum, forward)
     code = child.wait()
     return 128 - code if code < 0 else code
-

@@ -44,7 +44,11 @@ def _toml_value(value: Any, where: str) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(item, where) for item in value) + "]"
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{_toml_key(str(k))} = {_toml_value(v, where)}" for k, v in value.items() if v is not None) + "}"
+        return (
+            "{"
+            + ", ".join(f"{_toml_key(str(k))} = {_toml_value(v, where)}" for k, v in value.items() if v is not None)
+            + "}"
+        )
     raise UserError(f"{where}: a {type(value).__name__} value cannot be written to TOML")
 
 

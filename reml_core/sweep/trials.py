@@ -25,8 +25,18 @@ def trial_objective(folder: Path) -> dict[str, Any]:
     training = read_results(folder / "results.json").reml_training
     selected = training.selected_checkpoint if training is not None else None
     if selected is None:
-        return {"score": None, "checkpoint": None, "timesteps": None, "env_steps": training.env_steps if training is not None else None}
-    return {"score": selected.score, "checkpoint": selected.name, "timesteps": selected.timesteps, "env_steps": training.env_steps}
+        return {
+            "score": None,
+            "checkpoint": None,
+            "timesteps": None,
+            "env_steps": training.env_steps if training is not None else None,
+        }
+    return {
+        "score": selected.score,
+        "checkpoint": selected.name,
+        "timesteps": selected.timesteps,
+        "env_steps": training.env_steps,
+    }
 
 
 def read_record(path: Path) -> dict[str, Any]:
@@ -43,8 +53,9 @@ def record_seconds(record: Mapping[str, Any]) -> float:
 
 def last_lines(path: Path, count: int = 3) -> str:
     try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        lines = [
+            line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()
+        ]
     except OSError:
         return "(no log)"
     return " | ".join(lines[-count:])[-600:]
-

@@ -51,19 +51,31 @@ def _progress_callback(root: Path, total: int) -> Any:
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             spec, result = trial.config["trial"], trial.last_result or {}
             score = result.get("score")
-            shown = f"{score:.4f}" if isinstance(score, float) and math.isfinite(score) else "none (no finite validation score)"
+            shown = (
+                f"{score:.4f}"
+                if isinstance(score, float) and math.isfinite(score)
+                else "none (no finite validation score)"
+            )
             how = "already finished, not rerun" if result.get("reused") else f"{result.get('seconds', 0.0):.1f} s"
-            log(f"trial {self._done(trials, trial)}/{self.total} {spec['id']} ({describe(spec['values'])}, seed {spec['seed']}): "
-                f"validation score {shown}, {how}; run {Path(self.root) / spec['folder']}, log {Path(self.root) / spec['log']}")
+            log(
+                f"trial {self._done(trials, trial)}/{self.total} {spec['id']} ({describe(spec['values'])}, seed {spec['seed']}): "
+                f"validation score {shown}, {how}; run {Path(self.root) / spec['folder']}, log {Path(self.root) / spec['log']}"
+            )
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             spec = trial.config["trial"]
             log_path = Path(self.root) / spec["log"]
             invocations = read_record(Path(self.root) / spec["log"].replace(".log", ".json"))["invocations"]
             code = invocations[-1].get("exit") if invocations else None
-            why = f"reml-run exited with code {code}: {last_lines(log_path, 1)}" if code not in (None, 0) else "its worker died"
-            log(f"trial {spec['id']} ({describe(spec['values'])}, seed {spec['seed']}) failed ({why}); "
-                f"run {Path(self.root) / spec['folder']}, log {log_path}")
+            why = (
+                f"reml-run exited with code {code}: {last_lines(log_path, 1)}"
+                if code not in (None, 0)
+                else "its worker died"
+            )
+            log(
+                f"trial {spec['id']} ({describe(spec['values'])}, seed {spec['seed']}) failed ({why}); "
+                f"run {Path(self.root) / spec['folder']}, log {log_path}"
+            )
 
     return SweepProgress()
 
@@ -81,7 +93,9 @@ def run_tune(out: Path, plan: SweepPlan, *, restore: bool) -> int | None:
     # that a restored trial has no result file of its own (the sweep reads the trial folders)
     for name in ("ray.tune.analysis.experiment_analysis", "ray.tune.tune"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    controller = logging.getLogger("ray.tune.execution.tune_controller")  # a failed trial: our line names it and its log
+    controller = logging.getLogger(
+        "ray.tune.execution.tune_controller"
+    )  # a failed trial: our line names it and its log
     if not any(isinstance(f, _DropTrialTracebacks) for f in controller.filters):
         controller.addFilter(_DropTrialTracebacks())
     try:
@@ -89,7 +103,9 @@ def run_tune(out: Path, plan: SweepPlan, *, restore: bool) -> int | None:
     except ImportError as error:
         from reml_core.distributed import INSTALL_HINT
 
-        raise UserError(f"reml-sweep needs Ray Tune, which cannot be imported ({error}); install it with: {INSTALL_HINT}") from None
+        raise UserError(
+            f"reml-sweep needs Ray Tune, which cannot be imported ({error}); install it with: {INSTALL_HINT}"
+        ) from None
 
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, root=str(out)), {"cpu": plan.cpus_per_trial})
     tune_path = out / TUNE_NAME
@@ -97,13 +113,20 @@ def run_tune(out: Path, plan: SweepPlan, *, restore: bool) -> int | None:
         tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         if tune_path.exists():
-            shutil.rmtree(tune_path)  # an experiment killed before Tune saved its state: start it again (finished trials are read, not rerun)
+            shutil.rmtree(
+                tune_path
+            )  # an experiment killed before Tune saved its state: start it again (finished trials are read, not rerun)
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search([t.to_dict() for t in plan.trials])},
-            tune_config=tune.TuneConfig(num_samples=1, reuse_actors=False, trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+            tune_config=tune.TuneConfig(
+                num_samples=1, reuse_actors=False, trial_name_creator=trial_name, trial_dirname_creator=trial_name
+            ),
             run_config=tune.RunConfig(
-                name=TUNE_NAME, storage_path=str(out), verbose=0, log_to_file=False,
+                name=TUNE_NAME,
+                storage_path=str(out),
+                verbose=0,
+                log_to_file=False,
                 callbacks=[_progress_callback(out, len(plan.trials))],
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
@@ -137,14 +160,16 @@ def _graceful_stop(stopped: list[int]) -> Any:
     Raising from a handler while Ray waits inside its C++ core turns into ``SystemExit(1)``, so the
     first signal only sets Tune's flag and the caller reports the signal after ``fit`` returns.
     """
+
     def handle(signum: int, frame: Any) -> None:
         tune_stop = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
         if stopped or not callable(tune_stop):
             raise KeyboardInterrupt
         stopped.append(signum)
-        log(f"{'interrupt' if signum == signal.SIGINT else 'SIGTERM'} received: stopping the sweep; running trials "
-            "checkpoint before they end (Ctrl-C again to stop at once)")
+        log(
+            f"{'interrupt' if signum == signal.SIGINT else 'SIGTERM'} received: stopping the sweep; running trials "
+            "checkpoint before they end (Ctrl-C again to stop at once)"
+        )
         tune_stop(signum, frame)
 
     return handle
-

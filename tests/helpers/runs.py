@@ -10,11 +10,30 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 TINY = [
-    "--plugin", "sine", "--preset", "smoke",
-    "--set", "train.env_steps=400", "--set", "train.checkpoint_every=200", "--set", "train.validation_tasks=3",
-    "--set", "train.calibration_episodes=5", "--set", "train.progress=false",
-    "--set", "eval.test_tasks=5", "--set", "eval.curve_steps=3", "--set", "eval.curve_tasks=2",
-    "--set", "policy.n_steps=256", "--set", "policy.batch_size=128",
+    "--plugin",
+    "sine",
+    "--preset",
+    "smoke",
+    "--set",
+    "train.env_steps=400",
+    "--set",
+    "train.checkpoint_every=200",
+    "--set",
+    "train.validation_tasks=3",
+    "--set",
+    "train.calibration_episodes=5",
+    "--set",
+    "train.progress=false",
+    "--set",
+    "eval.test_tasks=5",
+    "--set",
+    "eval.curve_steps=3",
+    "--set",
+    "eval.curve_tasks=2",
+    "--set",
+    "policy.n_steps=256",
+    "--set",
+    "policy.batch_size=128",
 ]
 
 
@@ -25,7 +44,9 @@ def cli(tool: str, *args: str, timeout: float = 300, **kwargs) -> subprocess.Com
 
 def start(tool: str, *args: str, **kwargs) -> subprocess.Popen[str]:
     """Start one of REML's console scripts in the background."""
-    return subprocess.Popen([str(BIN / tool), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [str(BIN / tool), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 def tiny_run(out: Path, *extra: str) -> Path:

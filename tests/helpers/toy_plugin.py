@@ -60,13 +60,18 @@ def reml_task_samplers():
 
 @hookimpl
 def reml_state_encoders():
-    yield StateEncoderSpec(name="toy-encoder", factory=_unused_factory, config_model=EmptyConfig, description="Toy encoder.")
+    yield StateEncoderSpec(
+        name="toy-encoder", factory=_unused_factory, config_model=EmptyConfig, description="Toy encoder."
+    )
 
 
 @hookimpl
 def reml_layer_pools():
     yield LayerPoolSpec(
-        name="toy-pool", factory=_unused_factory, config_model=ToyPoolConfig, description="Toy pool.",
+        name="toy-pool",
+        factory=_unused_factory,
+        config_model=ToyPoolConfig,
+        description="Toy pool.",
         presets={"smoke": {"hidden_layers": 2}},
     )
 
@@ -78,10 +83,16 @@ def reml_rewards():
 
 @hookimpl
 def reml_policies():
-    yield PolicySpec(name="toy-policy", factory=_unused_factory, config_model=ToyPolicyConfig, description="Toy policy.")
-    yield PolicySpec(name="toy-policy-2", factory=_unused_factory, config_model=ToyPolicyConfig, description="Another toy policy.")
+    yield PolicySpec(
+        name="toy-policy", factory=_unused_factory, config_model=ToyPolicyConfig, description="Toy policy."
+    )
+    yield PolicySpec(
+        name="toy-policy-2", factory=_unused_factory, config_model=ToyPolicyConfig, description="Another toy policy."
+    )
 
 
 @hookimpl
 def reml_baselines():
-    yield BaselineSpec(name="toy-baseline", factory=_unused_factory, config_model=EmptyConfig, description="Toy baseline.")
+    yield BaselineSpec(
+        name="toy-baseline", factory=_unused_factory, config_model=EmptyConfig, description="Toy baseline."
+    )

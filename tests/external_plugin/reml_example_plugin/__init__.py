@@ -35,7 +35,7 @@ class LineSampler:
         n, k, q = self.train_points, self.max_shots, self.config.query_points
         x = torch.rand(n + k + q, 1, generator=generator) * 10 - 5
         y = slope * x + bias
-        return Task(task_id, split, (slope, bias), x[:n], y[:n], x[n:n + k], y[n:n + k], x[n + k:], y[n + k:])
+        return Task(task_id, split, (slope, bias), x[:n], y[:n], x[n : n + k], y[n : n + k], x[n + k :], y[n + k :])
 
     def train_stream(self, seed: int):
         generator = torch.Generator().manual_seed(seed)
@@ -82,8 +82,10 @@ def reml_task_samplers():
         description="Straight lines y = a*x + b with a, b uniform in [-1, 1] (example third-party plugin).",
         recommended=Recommendation(encoder="support-moments", pool="dense", reward="neg-mse", policy="ppo-mlp"),
         experiment_presets={
-            "smoke": {"train": {"env_steps": 256, "checkpoint_every": 128, "validation_tasks": 4, "calibration_episodes": 8},
-                      "eval": {"test_tasks": 10, "curve_steps": 10, "curve_tasks": 5}},
+            "smoke": {
+                "train": {"env_steps": 256, "checkpoint_every": 128, "validation_tasks": 4, "calibration_episodes": 8},
+                "eval": {"test_tasks": 10, "curve_steps": 10, "curve_tasks": 5},
+            },
         },
     )
 

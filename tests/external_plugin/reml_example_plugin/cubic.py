@@ -40,7 +40,7 @@ class CubicSampler:
         n, k = self.train_points, self.max_shots
         x = torch.rand(n + k + 30, 1, generator=generator) * 2 - 1
         y = a * x**3 + b * x
-        return Task(task_id, split, (a, b), x[:n], y[:n], x[n:n + k], y[n:n + k], x[n + k:], y[n + k:])
+        return Task(task_id, split, (a, b), x[:n], y[:n], x[n : n + k], y[n : n + k], x[n + k :], y[n + k :])
 
     def train_stream(self, seed: int):
         generator, index = torch.Generator().manual_seed(seed), 0
@@ -115,10 +115,17 @@ class TanhPool:
         linears = [m for m in network if isinstance(m, nn.Linear)]
         for index, linear in zip(indices, linears):
             weight, bias = self.layers[index]
-            self.layers[index] = (weight + rate * (linear.weight.detach() - weight), bias + rate * (linear.bias.detach() - bias))
+            self.layers[index] = (
+                weight + rate * (linear.weight.detach() - weight),
+                bias + rate * (linear.bias.detach() - bias),
+            )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"{kind}.{i}": tensor.clone() for i, layer in enumerate(self.layers) for kind, tensor in zip(("w", "b"), layer)}
+        return {
+            f"{kind}.{i}": tensor.clone()
+            for i, layer in enumerate(self.layers)
+            for kind, tensor in zip(("w", "b"), layer)
+        }
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         self.layers = [(state[f"w.{i}"].clone(), state[f"b.{i}"].clone()) for i in range(self.size)]
@@ -183,10 +190,14 @@ def reml_layer_pools():
         config_model=TanhPoolConfig,
         description="Tanh layers in a plain list, with diagnostics of its own (example third-party pool).",
         # A hyperparameter of its own the policy may choose per task: env.choose.activation = ["tanh", "relu"].
-        choices=(HyperparameterChoice(
-            name="activation", values=tuple(ACTIVATIONS), apply=set_activation,
-            description="the activation between the network's layers",
-        ),),
+        choices=(
+            HyperparameterChoice(
+                name="activation",
+                values=tuple(ACTIVATIONS),
+                apply=set_activation,
+                description="the activation between the network's layers",
+            ),
+        ),
     )
 
 

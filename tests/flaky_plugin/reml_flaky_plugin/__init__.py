@@ -46,5 +46,10 @@ class FlakyBaseline:
 
 @hookimpl
 def reml_baselines():
-    yield BaselineSpec(name="flaky", factory=FlakyBaseline, config_model=FlakyConfig,
-                       description="test only: scratch that fails for REML_TEST_FLAKY_SEED", compare_in=())
+    yield BaselineSpec(
+        name="flaky",
+        factory=FlakyBaseline,
+        config_model=FlakyConfig,
+        description="test only: scratch that fails for REML_TEST_FLAKY_SEED",
+        compare_in=(),
+    )
