@@ -64,10 +64,10 @@ from reml_core.results import CellResult, ResultsDocument, Table
 
 if TYPE_CHECKING:
     from reml_core.bench import BenchPlan
-    from reml_core.sweep.plan import SweepPlan
-    from reml_core.sweep.space import Dimension
     from reml_core.config import RunConfig
     from reml_core.registry import PluginRegistry
+    from reml_core.sweep.plan import SweepPlan
+    from reml_core.sweep.space import Dimension
 
 ConfigSource = Mapping[str, Any] | str | Path | None
 
@@ -124,7 +124,6 @@ def _checkers(function: Callable[..., Any]) -> tuple[inspect.Signature, dict[str
     from pydantic import ConfigDict, TypeAdapter
 
     from reml_core.registry import PluginRegistry
-
     from reml_core.sweep.space import Dimension
 
     hints = typing.get_type_hints(
@@ -898,6 +897,7 @@ def prepare_sweep(
     given in both is the argument's. With ``resume``, the plan comes from the folder's ``sweep.json``:
     only ``cpus_per_trial`` and ``ray_address`` may be given with it.
     """
+    from reml_core.config import renamed_settings
     from reml_core.distributed import check_address, require_ray
     from reml_core.folders import check_path
     from reml_core.interrupts import raise_if_interrupted
@@ -908,7 +908,6 @@ def prepare_sweep(
         plan_from_sweep_json,
         plan_sweep,
     )
-    from reml_core.config import renamed_settings
     from reml_core.sweep.space import combine_space, parse_file_sweep
 
     label = "reml_core.api.prepare_sweep"

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from reml_core.settings import EnvConfig
 from reml_core.choices import apply_choices, has_plugin_choice, settings_for
 from reml_core.device import module_device, task_on
 from reml_core.inner_loop import (
@@ -40,7 +39,7 @@ from reml_core.inner_loop import (
     train_adam_batch,
 )
 from reml_core.interfaces import BatchedLayerPool, LayerPool, Task
-
+from reml_core.settings import EnvConfig
 
 # Networks stacked per computation at most: beyond about 32 of the thesis-scale networks (1-40-40-40-40-1,
 # 100 points) their activations outgrow the CPU cache and each costs more (docs/performance.md).

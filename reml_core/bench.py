@@ -22,7 +22,6 @@ from typing import Any
 
 from reml_core.config import RunConfig, deep_merge, load_resolved, resolve_config
 from reml_core.errors import UserError
-from reml_core.folders import check_path
 from reml_core.experiment import (
     baseline_labels,
     build_components,
@@ -31,6 +30,7 @@ from reml_core.experiment import (
     component_facts,
     loss_name,
 )
+from reml_core.folders import check_path
 from reml_core.jobs import (
     BASELINE_RECORD,
     JOB_LOG,
@@ -45,9 +45,11 @@ from reml_core.jobs import (
     load_baseline,
     summary_line,
 )
+from reml_core.logs import log
 from reml_core.pipeline import load_reml, own_rate_key
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.registry import PluginRegistry
+from reml_core.reports import render_bench_report
 from reml_core.results import (
     OWN_RATE_SUFFIX,
     EncoderInfo,
@@ -57,9 +59,7 @@ from reml_core.results import (
     finite_or_none,
     table_of,
 )
-from reml_core.reports import render_bench_report
 from reml_core.storage import atomic_write_json, atomic_write_text, read_json_file
-from reml_core.logs import log
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from reml_core.errors import UserError

@@ -26,10 +26,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from reml_core.settings import EnvConfig
-from reml_core.choices import ChoiceStep, apply_choices, choice_steps
 from reml_core.batched import EpisodeEnd, EpisodeOutcome, MeasureRequest, end_episodes, measure_networks
+from reml_core.choices import ChoiceStep, apply_choices, choice_steps
 from reml_core.interfaces import LayerPool, RewardFunction, Role, StateEncoder, Task, TaskSampler
+from reml_core.settings import EnvConfig
 
 Mode = Literal["train", "calibrate", "evaluate"]
 StepKind = Literal["invalid", "partial", "measure", "complete"]

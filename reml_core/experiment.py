@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from reml_core import interfaces
 from reml_core.choices import run_choices
 from reml_core.config import RunConfig, Selected
 from reml_core.device import resolve_device
 from reml_core.env import CompositionEnv, Mode, check_pool_fits
-from reml_core.pool_update import ProtocolPoolUpdate, make_pool_update
 from reml_core.errors import ComponentBuildError, ConfigError, PluginError, UserError, describe_error
-from reml_core import interfaces
 from reml_core.interfaces import (
     BaselineContext,
     BuildContext,
@@ -25,6 +24,7 @@ from reml_core.interfaces import (
     StateEncoder,
     TaskSampler,
 )
+from reml_core.pool_update import ProtocolPoolUpdate, make_pool_update
 from reml_core.specs import KIND_LABELS, SECTIONS, SPEC_TYPES, TABLE_EACH_KINDS
 
 if TYPE_CHECKING:

@@ -40,7 +40,6 @@ from reml_core.storage import (
     raise_if_disk_full,
     read_json_file,
     read_ledger_lines,
-    record_written,
     start_ledger,
 )
 

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-
 #: A family's loss: ``loss(prediction, target)`` -> a scalar tensor (``TaskSampler.loss``).
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: A family's metrics: ``metrics(prediction, target)`` -> named numbers (``MeasuresMetrics.metrics``).

@@ -38,6 +38,7 @@ from reml_core.errors import CheckpointError, UserError, describe_error
 from reml_core.evaluation import FewShotTable
 from reml_core.experiment import Components, build_components, build_one
 from reml_core.interfaces import Describable
+from reml_core.logs import log
 from reml_core.pipeline import (
     evaluate_methods,
     evaluate_references,
@@ -58,7 +59,6 @@ from reml_core.storage import (
     read_json_file,
     record_written,
 )
-from reml_core.logs import log
 
 #: The file in each job's folder that holds what the job printed.
 JOB_LOG = "job.log"

@@ -17,10 +17,12 @@ from reml_core.errors import CheckpointError, PluginError, UserError, describe_e
 from reml_core.evaluation import OWN_RATE_SUFFIX, FewShotEvaluator, FewShotTable, NetworkProvider, trivial_references
 from reml_core.experiment import Components, baseline_labels, build_components, build_one, component_facts, loss_name
 from reml_core.interfaces import AdaptsItsOwnWay, Baseline, FingerprintsData, MeasuresMetrics, ReportsStats
+from reml_core.logs import log
 from reml_core.methods import SEARCH_KEY, PoolSearchMethod, ReMLMethod
 from reml_core.plots import plot_convergence, plot_few_shot
-from reml_core.results import ResultsDocument, SelectedCheckpoint, TrainingRecord, finite_or_none, table_of
+from reml_core.registry import PluginRegistry
 from reml_core.reports import render_run_report
+from reml_core.results import ResultsDocument, SelectedCheckpoint, TrainingRecord, finite_or_none, table_of
 from reml_core.storage import (
     atomic_write_json,
     atomic_write_text,
@@ -29,8 +31,6 @@ from reml_core.storage import (
     read_json_file,
     verify_checkpoint,
 )
-from reml_core.registry import PluginRegistry
-from reml_core.logs import log
 from reml_core.training import MetaTrainer, read_trainer_state, resume_state
 
 #: Settings a resumed run may change after its last checkpoint: they affect neither what was

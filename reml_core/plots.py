@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reml_core.results import METHOD_LABELS, OWN_RATE_SUFFIX, Table
-from reml_core.reports import measure_label, table_measures
 from reml_core.reports import describe_values as describe
+from reml_core.reports import measure_label, table_measures
+from reml_core.results import METHOD_LABELS, OWN_RATE_SUFFIX, Table
 from reml_core.storage import atomic_write_with
 
 

@@ -27,11 +27,10 @@ from reml_core.evaluation import FewShotEvaluator
 from reml_core.experiment import Components
 from reml_core.interfaces import MaintainedLayerPool, PolicyBackend
 from reml_core.logs import log  # noqa: F401  (re-exported: reml_core.training.log is older than reml_core.logs)
-from reml_core.pool_update import STATE_FILE as POOL_UPDATE_FILE
 from reml_core.methods import ReMLMethod
+from reml_core.pool_update import STATE_FILE as POOL_UPDATE_FILE
 from reml_core.reports import format_stat, plural, stat_label
 from reml_core.specs import KIND_LABELS
-from reml_core.workers import WorkerLost
 from reml_core.storage import (
     discard_partial_writes,
     latest_checkpoint,
@@ -40,6 +39,7 @@ from reml_core.storage import (
     read_json_file,
     verify_checkpoint,
 )
+from reml_core.workers import WorkerLost
 
 CALIBRATION_STREAM_OFFSET = 1_000_003  # calibration tasks: the training distribution, another stream
 

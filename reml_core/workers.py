@@ -39,9 +39,9 @@ import os
 import pickle
 import signal
 import time
-from functools import partial
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from multiprocessing import connection, get_context
 from typing import Any
 

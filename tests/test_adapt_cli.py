@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.runs import cli, tiny_run
 
 import reml_core
-from helpers.runs import cli, tiny_run
 from reml_core.cli.adapt import main
 
 

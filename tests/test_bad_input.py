@@ -382,6 +382,7 @@ def test_a_closed_stdout_is_one_line_not_a_traceback():
 
 def test_resume_refuses_a_bench_folder_and_folders_reml_did_not_make(tmp_path, capsys):
     from helpers.runs import snapshot
+
     from reml_core.folders import claim_new_folder, release_all
 
     bench_folder = tmp_path / "bench"

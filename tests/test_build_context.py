@@ -13,8 +13,8 @@ import warnings
 from types import SimpleNamespace
 
 import pytest
-
 from helpers.runs import TINY, cli
+
 from reml_core import hookimpl
 from reml_core.config import RunConfig, Selected, resolve_config
 from reml_core.errors import ComponentBuildError, ConfigError, PluginError, UserError

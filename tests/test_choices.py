@@ -15,13 +15,12 @@ from reml_core.choices import ChoiceRecord, report_section, settings_for, summar
 from reml_core.config import parse_assignment, parse_config_text, resolve_config
 from reml_core.env import network_order, slot_roles
 from reml_core.errors import ConfigError
-from reml_core.interfaces import AdaptsItsOwnWay, OwnAdaptation
+from reml_core.interfaces import AdaptsItsOwnWay, OwnAdaptation, TaskContext
 from reml_core.methods import ChoosingReMLMethod, ReMLMethod
 from reml_core.pool_update import ProtocolPoolUpdate
 from reml_core.settings import EnvConfig
 from reml_plugins.dense.pool import DenseLayerPool, DensePoolConfig
 from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
-from reml_core.interfaces import TaskContext
 
 LR = [0.003, 0.01, 0.1]
 STEPS = [1, 10]

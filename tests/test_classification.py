@@ -15,8 +15,8 @@ from torch import nn
 
 from reml_core.evaluation import FewShotEvaluator
 from reml_core.interfaces import Task
-from reml_core.results import cell_to_json, table_from_json
 from reml_core.reports import few_shot_tables
+from reml_core.results import cell_to_json, table_from_json
 
 BIN = Path(sys.executable).parent
 TINY = [

@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from helpers.runs import TINY, cli, snapshot, tiny_run
 from safetensors import SafetensorError
 
-from helpers.runs import TINY, cli, snapshot, tiny_run
 from reml_core.cli.common import run_main
 from reml_core.errors import DiskFullError, UserError
 from reml_core.folders import claim_new_folder, release_all

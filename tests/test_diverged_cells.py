@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from reml_core.evaluation import Cell
-from reml_core.results import CellResult, ResultsDocument, aggregate_cells, table_of
 from reml_core.reports import few_shot_tables
+from reml_core.results import CellResult, ResultsDocument, aggregate_cells, table_of
 
 
 def test_a_cell_averages_the_tasks_that_did_not_diverge_and_counts_the_others():

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers.runs import snapshot
+
 from reml_core.errors import UserError
 from reml_core.folders import LOCK, MARKER, check_path, claim_new_folder, claim_run_to_resume, read_marker, release_all
 from reml_core.storage import LEDGER, atomic_write_text

@@ -137,10 +137,11 @@ def test_a_benchmark_reports_each_seed_s_own_budget():
 
 
 def test_the_image_families_fingerprint_their_data(tmp_path):
+    from test_omniglot import make_omniglot
+
     from reml_core.interfaces import FingerprintsData
     from reml_plugins.digits.sampler import DigitsConfig, DigitsTaskSampler
     from reml_plugins.omniglot.sampler import OmniglotConfig, OmniglotTaskSampler
-    from test_omniglot import make_omniglot
 
     digits = DigitsTaskSampler(DigitsConfig())
     assert (

@@ -25,8 +25,9 @@ def test_plugins_import_only_under_their_prefix(tmp_path):
 def test_every_package_on_disk_is_in_the_distribution():
     # pyproject.toml names its packages one by one: a new subpackage left out of the list works in the
     # editable checkout and is missing from a wheel or a non-editable install.
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parents[1]
     project = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]

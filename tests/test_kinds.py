@@ -18,7 +18,7 @@ import pytest
 from reml_core import hookspecs, specs
 from reml_core.cli import bench, plugins, run, sweep
 from reml_core.cli.common import user_config
-from reml_core.config import _RawConfig, RunConfig, resolve_config
+from reml_core.config import RunConfig, _RawConfig, resolve_config
 from reml_core.specs import CHOICE_FLAGS, KINDS, NAMED_SECTIONS, SECTIONS, SPEC_TYPES, Recommendation
 
 #: The kinds no flag picks by name: a run may compare several baselines (--baselines, --methods).

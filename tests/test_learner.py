@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.runs import tiny_run
 
 import reml_core
 from reml_core.errors import UserError
@@ -25,7 +26,6 @@ from reml_core.learner import (
     plain_network,
     save_network,
 )
-from helpers.runs import tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import reml_plugins.maml
 from reml_core.errors import CheckpointError, UserError
 from reml_core.evaluation import FewShotEvaluator
 from reml_core.inner_loop import finetune_sgd
-from reml_core.interfaces import BatchedTaskSampler, Baseline, BuildContext, TaskContext, TaskSampler
+from reml_core.interfaces import Baseline, BatchedTaskSampler, BuildContext, TaskContext, TaskSampler
 from reml_core.registry import PluginRegistry
 from reml_plugins.maml.baseline import MAMLBaseline
 from reml_plugins.maml.batches import MetaBatch, draw_batch, from_task_batch, stack_tasks

@@ -12,10 +12,10 @@ import json
 import pytest
 import torch
 
+from reml_core.config import resolve_config
 from reml_core.errors import CheckpointError, UserError
 from reml_core.experiment import build_components
 from reml_core.interfaces import Baseline
-from reml_core.config import resolve_config
 from reml_core.registry import PluginRegistry
 from reml_plugins.maml.baseline import MAMLBaseline
 from reml_plugins.maml.batches import MetaBatch, balanced_training_indices, draw_batch, stack_classification_tasks

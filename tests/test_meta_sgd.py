@@ -19,9 +19,9 @@ from reml_core.evaluation import OWN_RATE_SUFFIX, FewShotEvaluator
 from reml_core.inner_loop import finetune_sgd
 from reml_core.interfaces import AdaptsItsOwnWay, Baseline, Describable, OwnAdaptation, TaskContext
 from reml_core.registry import PluginRegistry
+from reml_core.reports import render_bench_report, render_run_report
 from reml_core.results import OWN_RATE_SUFFIX as RESULTS_OWN_RATE_SUFFIX
 from reml_core.results import CellResult, ResultsDocument, aggregate_tables
-from reml_core.reports import render_bench_report, render_run_report
 from reml_plugins.maml.baseline import MAMLBaseline
 from reml_plugins.maml.batches import MetaBatch, draw_batch, from_task_batch
 from reml_plugins.maml.config import MAMLConfig

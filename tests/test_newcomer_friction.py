@@ -14,7 +14,6 @@ from reml_core.cli import run as run_cli
 from reml_core.config import resolve_config
 from reml_core.errors import ConfigError
 
-
 # -- dir(reml_core) ---------------------------------------------------------------------------
 
 
@@ -213,8 +212,8 @@ def _run_document(preset="smoke"):
 
 
 def test_reports_show_the_trivial_references_and_read_them_back(tmp_path):
-    from reml_core.results import ResultsDocument
     from reml_core.reports import render_run_report
+    from reml_core.results import ResultsDocument
 
     document = _run_document()
     again = ResultsDocument.from_json(json.loads(json.dumps(document.to_json())))
@@ -437,8 +436,8 @@ def test_setting_descriptions_say_what_a_setting_does_not_what_it_measured():
 
 
 def test_reports_never_say_1_steps():
-    from reml_core.results import CellResult
     from reml_core.reports import curve_table, render_run_report
+    from reml_core.results import CellResult
 
     table = curve_table({"reml": [3.0, 2.0, 1.5]})
     assert "| 1 step |" in table and "1 steps" not in table

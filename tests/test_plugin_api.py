@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from pydantic import BaseModel, ConfigDict
 
 from reml_core import hookimpl
@@ -265,8 +264,8 @@ def test_reml_plugins_show_from_the_command_line():
 
 
 def test_pool_diagnostics_are_logged_and_reported_whatever_their_names():
-    from reml_core.results import ResultsDocument
     from reml_core.reports import format_stat, render_run_report, stat_label
+    from reml_core.results import ResultsDocument
 
     assert (stat_label("pool/dead_hidden_units"), format_stat("pool/dead_hidden_units", 0.25)) == (
         "dead hidden units",

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_external_plugin import _run
 
 from reml_core.interfaces import TaskSampler
-from test_external_plugin import _run
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
 

@@ -7,9 +7,9 @@ import json
 import gymnasium as gym
 import pytest
 import torch
+from helpers.runs import TINY, cli
 from safetensors.torch import load_file
 
-from helpers.runs import TINY, cli
 from reml_plugins.ppo.extractors import PointSetExtractor
 
 POINTS, CHANNELS, REST = 10, 2, 40

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from helpers.runs import TINY, cli
+
 from reml_core.interfaces import MaintainedLayerPool, Role, TaskContext
 from reml_plugins.dense.pool import DenseLayerPool, DensePoolConfig
 from reml_plugins.sine.sampler import SineConfig, SineTaskSampler

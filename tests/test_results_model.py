@@ -10,6 +10,7 @@ import pytest
 import reml_core
 from reml_core.errors import UserError
 from reml_core.evaluation import Cell
+from reml_core.reports import render_bench_report, render_run_report
 from reml_core.results import (
     CellResult,
     EncoderInfo,
@@ -22,7 +23,6 @@ from reml_core.results import (
     read_results,
     table_of,
 )
-from reml_core.reports import render_bench_report, render_run_report
 
 CONFIG = {
     "plugin": "digits",

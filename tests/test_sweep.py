@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers.runs import TINY, snapshot
+
 from reml_core.cli.sweep import build_parser, main
 from reml_core.config import default_baselines, load_config_file, resolve_config
 from reml_core.folders import MARKER, release_all
@@ -529,11 +529,9 @@ def test_a_sigkilled_sweep_takes_its_ray_instance_and_trials_with_it(tmp_path):
             time.sleep(0.2)
         running = _processes_with("REML_TEST_SWEEP", marker)
         commands = " ".join(
-            (
-                Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-                for pid in running
-                if Path(f"/proc/{pid}/cmdline").exists()
-            )
+            Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            for pid in running
+            if Path(f"/proc/{pid}/cmdline").exists()
         )
         assert "raylet" in commands and "reml-run" in commands, commands  # the marker does find the session's processes
     finally:

@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from helpers.runs import TINY, cli, snapshot, tiny_run
+
 from reml_core.cli.bench import main as bench_main
 from reml_core.cli.run import main as run_main
 from reml_core.errors import UserError

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from reml_core.plots import plot_few_shot
-from reml_core.results import read_results
 from reml_core.reports import document_tables, measure_label, table_measures
+from reml_core.results import read_results
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from reml_core.errors import ComponentBuildError
 from reml_plugins.classification import ImageTaskSampler, stream_generator
 
-
 DIGITS = 10
 ROTATIONS = 4  # quarter turns: 0, 90, 180, 270 degrees
 #: Images of the rarest digit in scikit-learn's bundled set (digit 8: 174 of 1797); a class

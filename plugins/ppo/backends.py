@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from reml_core.compat import import_gym_quietly
-from reml_core.errors import CheckpointError
-from reml_core.errors import ComponentBuildError
+from reml_core.errors import CheckpointError, ComponentBuildError
 from reml_core.interfaces import PolicyContext
 from reml_plugins.ppo.config import PPOConfig, RecurrentPPOConfig
 from reml_plugins.ppo.extractors import point_set_kwargs
 
 import_gym_quietly()
 
+from safetensors.torch import load_file, save_file  # noqa: E402
 from sb3_contrib import MaskablePPO, RecurrentPPO  # noqa: E402
 from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer  # noqa: E402
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy  # noqa: E402
@@ -35,7 +35,6 @@ from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.base_class import BaseAlgorithm  # noqa: E402
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.logger import configure  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
 
 
 class _StepCallback(BaseCallback):

@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
 #: Sizes beyond these cannot be what anyone meant, and would exhaust memory before training starts.
 MAX_WIDTH = 4096
 MAX_LAYERS = 16

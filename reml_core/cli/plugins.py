@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-
 from typing import TYPE_CHECKING, Any
 
 from reml_core.cli.common import ArgumentParser, discover_plugins, run_main
@@ -92,8 +91,8 @@ def options(model: Any, prefix: str = "") -> list[dict[str, Any]]:
 def show(registry: PluginRegistry, name: str) -> list[dict[str, Any]]:
     """What ``--show NAME`` prints: every component called NAME (any kind), or ``core`` (the
     experiment's own env/train/eval options and the core's budgets per preset)."""
-    from reml_core.settings import CORE_PRESETS, EnvConfig, EvalConfig, TrainConfig
     from reml_core.errors import UserError
+    from reml_core.settings import CORE_PRESETS, EnvConfig, EvalConfig, TrainConfig
     from reml_core.specs import KINDS, TaskSamplerSpec
 
     if name == "core":
