@@ -129,7 +129,8 @@ def build_one(selected: Selected, context: BuildContext, label: str | None = Non
     try:
         return selected.spec.factory(selected.config, context)
     except ComponentBuildError as error:
-        raise error.identify(kind, selected.name, section)
+        error.identify(kind, selected.name, section)  # the same error, now naming its component
+        raise
     except UserError:
         raise
     except ValueError as error:

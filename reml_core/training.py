@@ -163,7 +163,8 @@ class MetaTrainer:
         try:
             reward.calibrate(samples)
         except ComponentBuildError as error:  # the reward refusing what this run gave it to calibrate on
-            raise error.identify(KIND_LABELS["reward"], self.config.reward.name, "reward")
+            error.identify(KIND_LABELS["reward"], self.config.reward.name, "reward")  # the same error, named
+            raise
         self.state.calibrated = True
         self.state.seconds["calibration"] += time.perf_counter() - start
 

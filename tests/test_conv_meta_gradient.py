@@ -242,8 +242,8 @@ def _reference_gradients(pool: ConvLayerPool, ends, *, lr: float, steps: list[in
             flat = [t for r, k in located for t in (tensors[f"w.{r.value}"][k], tensors[f"b.{r.value}"][k])]
             x_s, y_s = end.task.support(end.shots)
 
-            def support_loss(params):
-                return F.cross_entropy(forward(params, x_s), y_s)
+            def support_loss(params):  # called within this iteration only
+                return F.cross_entropy(forward(params, x_s), y_s)  # noqa: B023
 
             collected = []
             for step in range(1, max(steps) + 1):

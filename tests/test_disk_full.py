@@ -159,7 +159,7 @@ else:  # the temporary copy of results.json: Python's write fails
     pathlib.Path.write_bytes = write_bytes
 from reml_core.cli.run import main
 sys.exit(main(sys.argv[3:]))
-"""
+"""  # noqa: UP031 - a script template, filled with %r
     % SAFETENSORS_FULL
 )
 

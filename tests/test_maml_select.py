@@ -57,7 +57,7 @@ def test_one_initialisation_is_plain_maml(sampler):
     for mine, theirs in zip(rows(select, 0), maml.network.parameters()):
         assert torch.equal(mine, theirs.detach())
     maml_batches, select_batches = maml.meta_batches(iter(())), select.meta_batches(iter(()))
-    for iteration in range(6):
+    for _ in range(6):
         maml_loss, select_loss = maml.meta_step(next(maml_batches)), select.meta_step(next(select_batches))
         assert select_loss == pytest.approx(maml_loss, rel=1e-6)
         for mine, theirs in zip(select.stack.parameters(), maml.network.parameters()):

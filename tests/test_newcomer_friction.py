@@ -352,7 +352,8 @@ def test_a_terminal_gets_a_first_line_before_torch_and_the_plugins_load(monkeypa
 
         real = common.discover_plugins
         monkeypatch.setattr(
-            f"reml_core.cli.{prog.split('-')[1]}.discover_plugins", lambda: order.append(terminal.getvalue()) or real()
+            f"reml_core.cli.{prog.split('-')[1]}.discover_plugins",
+            lambda: order.append(terminal.getvalue()) or real(),  # noqa: B023 - runs within this iteration
         )
         assert main(["--plugin", "sine", "--set", "env.detph=4", "--out", str(tmp_path / prog)]) == 2
         assert order and order[0] == f"{prog}: loading torch and the plugins...\n"  # printed before the imports began

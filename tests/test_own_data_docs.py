@@ -55,7 +55,7 @@ def test_the_own_data_page_runs_as_written_and_its_network_needs_only_torch(tmp_
     # not on the path; only the folder holding torch (and numpy) is added
     (tmp_path / "use_network.py").write_text(plain[0])
     site = str(Path(torch.__file__).resolve().parent.parent)
-    code = (
+    code = (  # noqa: UP031 - a script template, filled with %r
         "import sys; sys.path.append(%r)\n"
         "try:\n    import reml_core\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('reml_core is importable')\n"
         "exec(compile(open('use_network.py').read(), 'use_network.py', 'exec'))\n"

@@ -145,7 +145,7 @@ def test_the_lstm_minibatches_are_padded_as_sb3_contrib_pads_them():
     buffer = RecurrentRolloutBuffer(
         n_steps, spaces.Box(-1, 1, (5,)), spaces.Discrete(7), (n_steps, 1, n_envs, hidden), "cpu", n_envs=n_envs
     )
-    for step in range(n_steps):
+    for _ in range(n_steps):
         starts = rng.random(n_envs) < 0.3  # episodes of assorted lengths in every env
         states = RNNStates(*[(torch.randn(1, n_envs, hidden), torch.randn(1, n_envs, hidden)) for _ in range(2)])
         buffer.add(

@@ -75,8 +75,8 @@ def _reference_gradients(pool: DenseLayerPool, ends, *, lr: float, steps: list[i
             layers = [(tensors[f"w.{r.value}"][k], tensors[f"b.{r.value}"][k]) for r, k in located]
             x_s, y_s = end.task.support(end.shots)
 
-            def support_loss(flat):
-                return _mse(forward(list(zip(flat[0::2], flat[1::2])), x_s), y_s)
+            def support_loss(flat):  # called within this iteration only
+                return _mse(forward(list(zip(flat[0::2], flat[1::2])), x_s), y_s)  # noqa: B023
 
             flat = [t for pair in layers for t in pair]
             collected = []
@@ -146,7 +146,7 @@ def test_batched_equals_one_network_at_a_time_after_several_updates():
     updates = [ProtocolPoolUpdate(pool, _config(meta_steps=[1, 10]), _mse) for pool in pools]
     for round_ in range(3):
         ends = _ends(pools[0], 8, seed=10 + round_)
-        for pool, update, batched in zip(pools, updates, (True, False)):
+        for update, batched in zip(updates, (True, False)):
             update.apply(ends, [True] * len(ends), batched=batched)
     _close(pools[0].parameters(), pools[1].parameters())
     assert not torch.equal(pools[0].weights[Role.HIDDEN], _pool().weights[Role.HIDDEN])

@@ -47,7 +47,7 @@ def test_steps_reset_finished_envs_and_report_episodes_as_sb3_expects(make_compo
     observations = env.reset()
     assert observations.shape == (3, *env.observation_space.shape) and observations.dtype == np.float32
     rng = np.random.default_rng(0)
-    for step in range(1, components.config.core.env.depth + 1):
+    for _ in range(1, components.config.core.env.depth + 1):
         observations, rewards, dones, infos = env.step(_random_valid_actions(env, rng))
         assert rewards.dtype == np.float32 and dones.dtype == bool
         assert all(env.observation_space.contains(row) for row in observations)

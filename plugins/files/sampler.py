@@ -158,7 +158,7 @@ class FileTaskSampler:
                     + (" (put files in train/, validation/ and test/, or use split = 'seeded' with more files)")
                 )
         need = config.support_points + 1 + config.min_train_points
-        for split, tasks in splits.items():
+        for tasks in splits.values():
             for task in tasks:
                 if len(task.x) < need:
                     raise ComponentBuildError(
