@@ -89,7 +89,10 @@ def main() -> None:
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also time torch-func under torch.compile and use it for the ratio (default: yes, if a C++ compiler is found)",
+        help=(
+            "also time torch-func under torch.compile and use it for the ratio (default: yes, if a C++ compiler is "
+            "found)"
+        ),
     )
     args = parser.parse_args()
     if args.iterations < args.rounds or args.rounds < 1:
@@ -111,17 +114,20 @@ def main() -> None:
         f"deterministic={torch.are_deterministic_algorithms_enabled()}"
     )
     print(
-        f"network 1-{'-'.join(map(str, standard.hidden))}-1 {standard.activation}, meta-batch {standard.meta_batch} tasks, "
+        f"network 1-{'-'.join(map(str, standard.hidden))}-1 {standard.activation}, meta-batch {standard.meta_batch} "
+        "tasks, "
         f"K = {standard.shots}, {standard.inner_steps} inner step(s) (lr {standard.inner_sgd_lr}), "
         f"{'first' if standard.first_order else 'second'}-order, Adam lr {standard.meta_adam_lr}; seed {args.seed}"
     )
     print(
-        f"{args.iterations} timed meta-iterations per variant in {args.rounds} interleaved rounds, after {WARMUP} untimed; "
+        f"{args.iterations} timed meta-iterations per variant in {args.rounds} interleaved rounds, after {WARMUP} "
+        "untimed; "
         "a meta-iteration = draw the meta-batch + meta-gradient + Adam step"
     )
     print("tasks: per-task = 25 tasks one by one from train_stream (before); batched = one train_batches draw (after)")
     print(
-        "torch-func eager (before): outer derivative through torch.func.grad_and_value; now plain autograd (same numbers)"
+        "torch-func eager (before): outer derivative through torch.func.grad_and_value; now plain autograd (same "
+        "numbers)"
     )
 
     for variant in variants:
@@ -159,7 +165,8 @@ def main() -> None:
     print(f"same initial parameters: {same_init}")
     print()
     print(
-        f"{'backend, tasks':34s} {'it/s':>7s} {'x l2l':>6s} {'rounds (x l2l)':>25s} {'step-only it/s':>15s} {'x l2l':>6s} "
+        f"{'backend, tasks':34s} {'it/s':>7s} {'x l2l':>6s} {'rounds (x l2l)':>25s} {'step-only it/s':>15s} "
+        f"{'x l2l':>6s} "
         f"{'draw ms':>8s} {'warm-up':>8s}"
     )
     for variant in variants:
@@ -170,7 +177,8 @@ def main() -> None:
             else " ".join(f"{r[reference] / r[variant.label]:.1f}" for r in round_seconds)
         )
         print(
-            f"{variant.label:34s} {whole[variant.label]:7.1f} {whole[variant.label] / whole[reference]:6.1f} {spread:>25s} "
+            f"{variant.label:34s} {whole[variant.label]:7.1f} {whole[variant.label] / whole[reference]:6.1f} "
+            f"{spread:>25s} "
             f"{step_only[variant.label]:15.1f} {step_only[variant.label] / step_only[reference]:6.1f} "
             f"{variant.draw_s / args.iterations * 1e3:8.3f} {variant.warmup_s:7.1f}s"
         )
@@ -203,7 +211,8 @@ def main() -> None:
         for path in PATHS
     }
     print(
-        f"  drawing a {standard.meta_batch}-task meta-batch: per-task {draw['per-task'] / args.iterations * 1e3:.3f} ms -> "
+        f"  drawing a {standard.meta_batch}-task meta-batch: per-task {draw['per-task'] / args.iterations * 1e3:.3f} "
+        "ms -> "
         f"batched {draw['batched'] / args.iterations * 1e3:.3f} ms ({draw['per-task'] / draw['batched']:.1f}x less)"
     )
 

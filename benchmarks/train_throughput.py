@@ -149,7 +149,8 @@ def main() -> None:
                             speedup = f", workers={workers}"
                         split = ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
                         print(
-                            f"pool update {rule}: {policy} n_envs={n_envs} (rollout {rollout} steps): {rate:.1f} env steps/s{speedup}; time: {split}"
+                            f"pool update {rule}: {policy} n_envs={n_envs} (rollout {rollout} steps): {rate:.1f} env "
+                            f"steps/s{speedup}; time: {split}"
                         )
     if args.workers:
         ratios = []

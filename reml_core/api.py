@@ -265,7 +265,8 @@ class Results:
             raise KeyError(f"no K = {shots} in {method}'s results (K: {', '.join(map(str, sorted(table)))})")
         if steps not in table[shots]:
             raise KeyError(
-                f"no {steps} steps in {method}'s results at K = {shots} (steps: {', '.join(map(str, sorted(table[shots])))})"
+                f"no {steps} steps in {method}'s results at K = {shots} (steps: "
+                f"{', '.join(map(str, sorted(table[shots])))})"
             )
         return table[shots][steps]
 
@@ -852,7 +853,8 @@ class PreparedSweep:
             cpus = cluster_cpus(ray)
             if plan.cpus_per_trial > cpus:
                 raise UserError(
-                    f"--cpus-per-trial {plan.cpus_per_trial:g}: the Ray cluster has only {cpus} CPUs, so no trial could start"
+                    f"--cpus-per-trial {plan.cpus_per_trial:g}: the Ray cluster has only {cpus} CPUs, so no trial "
+                    "could start"
                 )
             if self.folder is None:
                 self.folder = claim_sweep_folder(self.out, force=self.force)
@@ -862,9 +864,11 @@ class PreparedSweep:
             raise_if_interrupted()
             configurations, seeds, trials = len(plan.configurations), len(plan.seeds), len(plan.trials)
             log(
-                f"sweep of {configurations} configuration{'s' * (configurations != 1)} x {seeds} seed{'s' * (seeds != 1)} "
+                f"sweep of {configurations} configuration{'s' * (configurations != 1)} x {seeds} "
+                f"seed{'s' * (seeds != 1)} "
                 f"= {trials} trial{'s' * (trials != 1)} on Ray ({cpus} CPUs, {plan.cpus_per_trial:g} per trial, up to "
-                f"{int(cpus // plan.cpus_per_trial)} at a time){', resumed' if self.resuming else ''}; folder {self.out}"
+                f"{int(cpus // plan.cpus_per_trial)} at a time){', resumed' if self.resuming else ''}; folder "
+                f"{self.out}"
             )
             stopped = run_tune(folder, plan, restore=self.resuming)
         if stopped is not None:  # Tune saved the experiment and stopped the trials; end as reml-run does on a signal

@@ -140,7 +140,8 @@ def plan_bench(
         raise UserError(f"--seeds: {seeds} seeds; the limit is {MAX_SEEDS}")
     if base_seed + seeds > SEED_LIMIT:
         raise UserError(
-            f"--seeds: seeds {base_seed}..{base_seed + seeds - 1} go past the largest seed, {SEED_LIMIT - 1}; lower --seed or --seeds"
+            f"--seeds: seeds {base_seed}..{base_seed + seeds - 1} go past the largest seed, {SEED_LIMIT - 1}; lower "
+            "--seed or --seeds"
         )
     if from_dir is not None:
         from_dir = check_path(from_dir, "--from")
@@ -191,7 +192,8 @@ def _check_sources(plan: BenchPlan, registry: PluginRegistry, trust: bool) -> di
                 if source is None:
                     raise UserError(
                         f"--from {plan.from_dir} holds no REML run for seed {seed} with encoder {encoder!r} "
-                        f"(it holds: {_describe_sources(plan.from_dir)}); match --seed/--seeds/--encoder to it, or drop --from to train"
+                        f"(it holds: {_describe_sources(plan.from_dir)}); match --seed/--seeds/--encoder to it, or "
+                        "drop --from to train"
                     )
                 config = load_resolved(source / "config.json", registry)
                 load_reml(config, build_components(config), source, trust_checkpoint=trust)
@@ -203,8 +205,10 @@ def _check_sources(plan: BenchPlan, registry: PluginRegistry, trust: bool) -> di
                 continue  # trained, and the report says so
             if not (directory / BASELINE_RECORD).is_file():  # written last: without it, training never finished
                 raise UserError(
-                    f"--from {plan.from_dir}: {name} for seed {seed} in {directory} is unfinished (no {BASELINE_RECORD}: its "
-                    f"training was interrupted); finish it with reml-bench --resume {plan.from_dir}, or drop --from to train it"
+                    f"--from {plan.from_dir}: {name} for seed {seed} in {directory} is unfinished (no "
+                    f"{BASELINE_RECORD}: its "
+                    f"training was interrupted); finish it with reml-bench --resume {plan.from_dir}, or drop --from to "
+                    "train it"
                 )
             read_json_file(directory / BASELINE_RECORD, f"{name}'s training record", error=UserError)
             config = plan.base(seed)
@@ -336,7 +340,8 @@ def run_bench(
             else ""
         )
         log(
-            f"[{count}/{len(jobs)}] {job.label} finished in {outcome.wall_seconds:.1f} s, {summary_line(outcome)}{where}"
+            f"[{count}/{len(jobs)}] {job.label} finished in {outcome.wall_seconds:.1f} s, "
+            f"{summary_line(outcome)}{where}"
         )
         seed_jobs = per_seed_jobs[job.seed]
         if all((j.seed, j.key) in done for j in seed_jobs):
@@ -345,7 +350,8 @@ def run_bench(
             atomic_write_json(out / f"seed-{job.seed}" / "results.json", documents[job.seed].to_json())
     if failures:
         lines = [
-            f"{len(failures)} of {len(jobs)} jobs failed; the {len(jobs) - len(failures)} that finished are kept in {out}:"
+            f"{len(failures)} of {len(jobs)} jobs failed; the {len(jobs) - len(failures)} that finished are kept in "
+            f"{out}:"
         ]
         lines += [f"  {failure.job.label}: {failure.error}" for failure in failures]
         lines.append(f"rerun only what is missing with: reml-bench --resume {out}")

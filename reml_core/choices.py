@@ -237,7 +237,8 @@ def report_section(choices: Mapping[str, Any] | None) -> list[str]:
     lines = [
         "## Hyperparameters the policy chose",
         "",
-        "Per test task and K, after composing the network (`env.choose`); mean task descriptor of the tasks that got each value.",
+        "Per test task and K, after composing the network (`env.choose`); mean task descriptor of the tasks that got "
+        "each value.",
         "",
     ]
     for shots, by_name in sorted(choices["summary"].items(), key=lambda item: int(item[0])):

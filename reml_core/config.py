@@ -647,7 +647,8 @@ def only_chosen_baselines(config: RunConfig, chosen: Sequence[str], prog: str, f
     names = ", ".join(f"baselines.{name}" for name in unused)
     add = ",".join(dict.fromkeys([*chosen, *unused]))
     print(
-        f"{prog}: note: {names} {'configures a baseline' if len(unused) == 1 else 'configure baselines'} this run does not "
+        f"{prog}: note: {names} {'configures a baseline' if len(unused) == 1 else 'configure baselines'} this run does "
+        "not "
         f"evaluate; options never add a baseline (add it with {flag} {add})",
         file=sys.stderr,
     )

@@ -44,7 +44,8 @@ def resolve_device(name: str, *, setting: str = "train.device") -> torch.device:
         raise ConfigError(
             [
                 f"{setting}: {name!r} was asked for but this machine has no usable CUDA device "
-                f"(torch {torch.__version__}, torch.cuda.is_available() is False); use {setting}=cpu or run where a GPU is"
+                f"(torch {torch.__version__}, torch.cuda.is_available() is False); use {setting}=cpu or run where a "
+                "GPU is"
             ]
         )
     count = torch.cuda.device_count()

@@ -167,7 +167,8 @@ def build_components(config: RunConfig) -> Components:
         problems.append(f"env.depth: {problem} (pool {config.pool.name!r}: make it larger or the network shallower)")
     if config.core.env.pool_update == "protocol" and not isinstance(pool, interfaces.MetaGradientLayerPool):
         problems.append(
-            f"env.pool_update: pool {config.pool.name!r} cannot be trained by meta-gradients (it lacks parameters() and a "
+            f"env.pool_update: pool {config.pool.name!r} cannot be trained by meta-gradients (it lacks parameters() "
+            "and a "
             "differentiable build_batch); use env.pool_update = 'thesis' or a pool that has them, e.g. 'dense'"
         )
     if not problems:
@@ -186,7 +187,8 @@ def check_encoder_output(encoder: StateEncoder, sampler: TaskSampler, name: str,
     declared = getattr(encoder, "observation_size", None)
     if isinstance(declared, bool) or not isinstance(declared, int) or declared < 0:
         return [
-            f"encoder.name: encoder {name!r} declares observation_size = {declared!r}; it must be a non-negative integer"
+            f"encoder.name: encoder {name!r} declares observation_size = {declared!r}; it must be a non-negative "
+            "integer"
         ]
     tasks = sampler.validation_tasks(1)
     if not tasks:

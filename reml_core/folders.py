@@ -227,7 +227,8 @@ def clear_for_force(out: Path, flag: str, *, keep: tuple[str, ...]) -> None:
     ledger = read_ledger(out)
     if ledger is None:
         raise UserError(
-            f"{flag} {out} was written by an older REML that did not list the files it wrote ({LEDGER}), so --force cannot "
+            f"{flag} {out} was written by an older REML that did not list the files it wrote ({LEDGER}), so --force "
+            "cannot "
             "tell its files from yours; remove the folder yourself or choose another directory"
         )
     foreign = foreign_file(out, ledger)
@@ -287,7 +288,8 @@ def read_marker(folder: Path) -> FolderMarker | None:
         or not all(isinstance(e, str) for e in entries)
     ):
         raise UserError(
-            f"{path} is not a marker REML wrote (expected format {MARKER_FORMAT!r}); leave the folder alone or remove it yourself"
+            f"{path} is not a marker REML wrote (expected format {MARKER_FORMAT!r}); leave the folder alone or remove "
+            "it yourself"
         )
     return FolderMarker(
         kind=tool,
@@ -312,7 +314,8 @@ def _read_legacy_sweep_marker(folder: Path) -> FolderMarker | None:
         or not all(isinstance(e, str) for e in entries)
     ):
         raise UserError(
-            f"{path} is not a marker reml-sweep wrote (expected format {LEGACY_SWEEP_FORMAT!r}); leave the folder alone "
+            f"{path} is not a marker reml-sweep wrote (expected format {LEGACY_SWEEP_FORMAT!r}); leave the folder "
+            "alone "
             "or remove it yourself"
         )
     return FolderMarker(kind="sweep", tool="reml-sweep", entries=tuple(entries), created=str(data.get("created", "")))
@@ -437,7 +440,8 @@ def _refuse_present(out: Path, present: list[str], *, force: bool, flag: str) ->
     marker = read_marker(out)
     if marker is None:
         raise UserError(
-            f"{flag} {out} already holds files that are not a REML run, benchmark or sweep (no {MARKER} marker, e.g. {present[0]!r}); "
+            f"{flag} {out} already holds files that are not a REML run, benchmark or sweep (no {MARKER} marker, e.g. "
+            f"{present[0]!r}); "
             "choose an empty or new directory"
         )
     if not force:
@@ -494,11 +498,13 @@ def _claim_to_resume(folder: Path, kind: FolderKind, needed: str, flag: str) -> 
     marker = read_marker(folder)
     if marker is None:
         raise UserError(
-            f"{flag} {folder}: not a REML {noun} directory (no {MARKER} marker; only folders {tool} created can be resumed)"
+            f"{flag} {folder}: not a REML {noun} directory (no {MARKER} marker; only folders {tool} created can be "
+            "resumed)"
         )
     if marker.kind != kind:
         raise UserError(
-            f"{flag} {folder} is a {KIND_TOOLS.get(marker.kind, marker.kind)} folder; {tool} --resume continues only {tool} {noun}s"
+            f"{flag} {folder} is a {KIND_TOOLS.get(marker.kind, marker.kind)} folder; {tool} --resume continues only "
+            f"{tool} {noun}s"
         )
     if not (folder / needed).is_file():
         raise UserError(f"{flag} {folder}: not a resumable {noun} directory (no {needed})")

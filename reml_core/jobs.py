@@ -360,7 +360,8 @@ class RayExecutor:
                 started = pack_folder(out / job.folder) if job.resume else b""  # the worker continues its checkpoints
                 pending[remote.options(num_cpus=cpus, max_retries=0).remote(job, started)] = job
             log(
-                f"{len(jobs)} jobs submitted to Ray ({cluster_cpus(ray)} CPUs{', at ' + self.address if self.address else ', local'})"
+                f"{len(jobs)} jobs submitted to Ray ({cluster_cpus(ray)} "
+                f"CPUs{', at ' + self.address if self.address else ', local'})"
             )
             try:
                 while pending:
@@ -409,7 +410,8 @@ def unpack_folder(data: bytes, target: Path) -> None:
         for path in [incoming, *incoming.rglob("*")]:
             if path.is_symlink():
                 raise UserError(
-                    f"the packed job folder for {target} holds a link ({path.relative_to(incoming)}); REML never makes links"
+                    f"the packed job folder for {target} holds a link ({path.relative_to(incoming)}); REML never makes "
+                    "links"
                 )
             follow_umask(path, directory=path.is_dir())
             if path.is_file():

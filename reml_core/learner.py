@@ -405,7 +405,8 @@ class Learner:
     def _check_range(self, name: str, values: torch.Tensor, known: DataRange | None, what: str) -> None:
         if known is not None and not known.contains(values):
             warnings.warn(
-                f"{name} holds values in [{float(values.min()):g}, {float(values.max()):g}], outside {known}, the range of "
+                f"{name} holds values in [{float(values.min()):g}, {float(values.max()):g}], outside {known}, the "
+                "range of "
                 f"the {what} the {self.plugin} family was meta-trained on; the network may predict poorly there",
                 OutOfRangeWarning,
                 stacklevel=4,
@@ -444,7 +445,8 @@ class Learner:
             finished = finetune_sgd(network, x, y, self.loss_fn, steps=steps, lr=lr)
         if not finished:
             warnings.warn(
-                f"fine-tuning diverged (a loss or weight stopped being finite) within {steps} step{'' if steps == 1 else 's'} at lr {lr:g}; "
+                f"fine-tuning diverged (a loss or weight stopped being finite) within {steps} "
+                f"step{'' if steps == 1 else 's'} at lr {lr:g}; "
                 "try fewer steps or a smaller lr",
                 RuntimeWarning,
                 stacklevel=3,
@@ -600,8 +602,10 @@ def _reml_provider(
 
     if components.encoder.privileged:
         raise UnavailableMethodError(
-            f"the REML in {out} was trained with the privileged encoder {config.encoder.name!r}, which reads a task's true "
-            "descriptor; your data has none. Use a run trained with a fair encoder (one that reads only the support set)"
+            f"the REML in {out} was trained with the privileged encoder {config.encoder.name!r}, which reads a task's "
+            "true "
+            "descriptor; your data has none. Use a run trained with a fair encoder (one that reads only the support "
+            "set)"
         )
     latest = latest_checkpoint(out / "checkpoints")
     if latest is None:
@@ -730,7 +734,8 @@ def read_csv(path: str | Path, what: str = "data file") -> tuple[list[str] | Non
     for index, (number, row) in enumerate(rows):
         if len(row) != width:
             raise DataFileError(
-                f"{what} {path}, line {number}: {len(row)} fields where the {'header' if header else 'first row'} has {width}"
+                f"{what} {path}, line {number}: {len(row)} fields where the {'header' if header else 'first row'} has "
+                f"{width}"
             )
         for column, field in enumerate(row):
             try:

@@ -415,8 +415,10 @@ def check_data(out: Path, components: Components, what: str) -> None:
             f"{key}: {recorded.get(key, '(none)')} when it started, {current.get(key, '(none)')} now" for key in changed
         )
         raise UserError(
-            f"{what}: the data of task {components.config.task.name!r} changed since the run started ({shown}); going on "
-            "would train or evaluate on another class split, which can put test classes into training. Restore the data "
+            f"{what}: the data of task {components.config.task.name!r} changed since the run started ({shown}); going "
+            "on "
+            "would train or evaluate on another class split, which can put test classes into training. Restore the "
+            "data "
             "the run started on, or start a new run"
         )
 
@@ -470,7 +472,8 @@ def check_resumable(
     # only a budget lowered below both the recorded one and the steps done goes back on training.
     if budget < state.timesteps and budget < recorded_config.core.train.env_steps:
         raise UserError(
-            f"--resume {out}: train.env_steps is {config.core.train.env_steps} but checkpoint {latest.name} has already "
+            f"--resume {out}: train.env_steps is {config.core.train.env_steps} but checkpoint {latest.name} has "
+            "already "
             f"trained {state.timesteps} env steps; a resumed run can only train longer"
         )
 

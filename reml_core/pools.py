@@ -57,7 +57,8 @@ class RoleIndex:
             roles = {rows[slot][0] for rows in located}
             if len(roles) != 1:
                 raise ValueError(
-                    f"slot {slot} holds layers of roles {sorted(r.value for r in roles)}; a batch needs one role per slot"
+                    f"slot {slot} holds layers of roles {sorted(r.value for r in roles)}; a batch needs one role per "
+                    "slot"
                 )
             slots.append((roles.pop(), torch.tensor([rows[slot][1] for rows in located], device=device)))
         return slots

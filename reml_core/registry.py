@@ -110,7 +110,8 @@ class PluginRegistry:
         except pluggy.PluginValidationError as error:
             self.plugin_manager.unregister(name=name)
             _warn(
-                f"plugin {name!r} ({distribution}) has a hook REML does not define (misspelled?) and is skipped: {error}"
+                f"plugin {name!r} ({distribution}) has a hook REML does not define (misspelled?) and is skipped: "
+                f"{error}"
             )
             return False
         self._distributions[name] = distribution
@@ -134,7 +135,8 @@ class PluginRegistry:
                     records = list(_records(implementation.function(), kind))
                 except Exception as error:
                     _warn(
-                        f"plugin {name!r} ({distribution}) failed in {caller.name}() and its {kind} components are skipped: {_describe(error)}"
+                        f"plugin {name!r} ({distribution}) failed in {caller.name}() and its {kind} components are "
+                        f"skipped: {_describe(error)}"
                     )
                     continue
                 for record in records:

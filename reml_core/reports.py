@@ -162,9 +162,12 @@ def own_rate_note(results: ResultsDocument) -> list[str]:
     named = ", ".join(labels[key] for key in own)
     return [
         f"Own-rate rows ({named}) adapt at the method's own rate (rates it learned, or a rate it chose per task), "
-        f"not at the protocol's fixed lr {rate}: the same test tasks, support points, query points and step counts, but they "
-        f'are not the protocol\'s fixed-rate comparison, which the rows marked "protocol rate {rate}" and every other row give, '
-        "and they are not ranked (never bold). A method that chooses its number of steps for a task is counted in that step "
+        f"not at the protocol's fixed lr {rate}: the same test tasks, support points, query points and step counts, "
+        "but they "
+        f'are not the protocol\'s fixed-rate comparison, which the rows marked "protocol rate {rate}" and every other '
+        "row give, "
+        "and they are not ranked (never bold). A method that chooses its number of steps for a task is counted in that "
+        "step "
         "column only (and every task at 0 steps).",
         "",
     ]
@@ -273,7 +276,8 @@ def render_run_report(results: ResultsDocument) -> str:
         "![few-shot](few_shot.png)",
         "",
         *choices_report_section(results.choices.get("reml")),
-        f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {_curve_lr(evaluation)}, on each task's training data)",
+        f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {_curve_lr(evaluation)}, on each task's training "
+        "data)",
         "",
         f"Mean query loss over {evaluation['curve_tasks']} test tasks after n steps:",
         "",
@@ -303,8 +307,10 @@ def render_run_report(results: ResultsDocument) -> str:
         on = f"the {validation_tasks} validation tasks" if validation_tasks else "the validation tasks"
         lines += [
             f"Validation, at each checkpoint, on {on} that choose the checkpoint (not the test tasks above: a few "
-            'different tasks give a different number, so compare these only with each other). "Gain from fine-tuning" is the '
-            f"validation loss before fine-tuning minus the loss after {longest} SGD steps: how much the K support points helped.",
+            'different tasks give a different number, so compare these only with each other). "Gain from fine-tuning" '
+            "is the "
+            f"validation loss before fine-tuning minus the loss after {longest} SGD steps: how much the K support "
+            "points helped.",
             "",
             f"| env steps | validation loss after {plural(longest, 'step')} | gain from fine-tuning | "
             + " | ".join(f"pool: {stat_label(key)}" for key in pool_keys)
@@ -314,9 +320,8 @@ def render_run_report(results: ResultsDocument) -> str:
         for record in history:
             cells = [format_stat(key, record[key]) if key in record else "" for key in pool_keys]
             lines.append(
-                f"| {record['timesteps']} | {_validation(record.get('validation/score'))} | {_validation(record.get('validation/finetune_gain'))} | "
-                + " | ".join(cells)
-                + " |"
+                f"| {record['timesteps']} | {_validation(record.get('validation/score'))} | "
+                f"{_validation(record.get('validation/finetune_gain'))} | " + " | ".join(cells) + " |"
             )
         lines.append("")
     lines += ["## Wall time (seconds)", "", "| phase | seconds |", "|---|---:|"]
@@ -347,7 +352,8 @@ def render_bench_report(results: ResultsDocument) -> str:
         f"Command: `{results.command or 'reml-bench'}`  ",
         f"Preset `{results.preset or results.config['preset']}`; seeds {', '.join(map(str, seeds))}; "
         f"{results.test_tasks} held-out test tasks, the same tasks, support points and query points for every method. "
-        f"Every method's starting network is fine-tuned with plain SGD (lr {evaluation['sgd_lr']}) on the K support points "
+        f"Every method's starting network is fine-tuned with plain SGD (lr {evaluation['sgd_lr']}) on the K support "
+        "points "
         "and measured on the task's separate query points.",
         "",
         *smoke_note(results.preset or results.config.get("preset")),
@@ -375,7 +381,8 @@ def render_bench_report(results: ResultsDocument) -> str:
         "",
     ]
     lines += [
-        f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {_curve_lr(evaluation)}, on each task's training data)",
+        f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {_curve_lr(evaluation)}, on each task's training "
+        "data)",
         "",
         curve_table(results.labelled(results.curves)),
         "![convergence](convergence.png)",
@@ -393,7 +400,8 @@ def render_bench_report(results: ResultsDocument) -> str:
             continue  # the same trained method as its fixed-rate row
         seconds = results.timing.get(f"training_{key}")
         lines.append(
-            f"| {labels[key]} | {results.budgets.get(key, '')} | {'-' if seconds is None else f'{seconds:.1f}'} | {sources.get(key, '')} |"
+            f"| {labels[key]} | {results.budgets.get(key, '')} | {'-' if seconds is None else f'{seconds:.1f}'} | "
+            f"{sources.get(key, '')} |"
         )
     total = results.timing.get("total_this_invocation")
     if total is not None:
@@ -432,7 +440,8 @@ def render_sweep_report(document: Mapping[str, Any]) -> str:
         "",
         f"Command: `{document.get('command') or 'reml-sweep'}`  ",
         f"{len(document['configurations'])} configurations x {len(document['seeds'])} seed(s) "
-        f"({', '.join(str(s) for s in document['seeds'])}) = {len(document['trials'])} trials; status: {document['status']}.",
+        f"({', '.join(str(s) for s in document['seeds'])}) = {len(document['trials'])} trials; status: "
+        f"{document['status']}.",
         "",
         "Objective: the validation score (mean query loss on the validation tasks after fine-tuning; lower is better) "
         "of the checkpoint each trial's trainer selected. Test tasks are not used. Spread: standard deviation "

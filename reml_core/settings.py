@@ -164,7 +164,9 @@ class EnvConfig(StrictModel):
         "finetune_lr",
         0.01,
         gt=0,
-        description="plain SGD learning rate of the 'finetuned' loss; unless set, eval.sgd_lr (the evaluation protocol's)",
+        description=(
+            "plain SGD learning rate of the 'finetuned' loss; unless set, eval.sgd_lr (the evaluation protocol's)"
+        ),
     )
     max_invalid_actions: int = Field(
         10, ge=0, le=MAX_ITERATIONS, description="invalid actions after which an episode is truncated"
@@ -187,12 +189,15 @@ class EnvConfig(StrictModel):
         0.003,
         gt=0,
         le=1,
-        description="Adam learning rate of the pool under env.pool_update = 'protocol' (annealed by env.write_back_schedule)",
+        description=(
+            "Adam learning rate of the pool under env.pool_update = 'protocol' (annealed by env.write_back_schedule)"
+        ),
     )
     meta_steps: list[int] = Field(
         [],
         description="SGD adaptation steps whose query losses the protocol update averages (each >= 0); unless set, "
-        "the evaluation's step counts other than 0 (eval.steps), so the pool trains for every adaptation that is reported",
+        "the evaluation's step counts other than 0 (eval.steps), so the pool trains for every adaptation that is "
+        "reported",
     )
     meta_order: Literal["second", "first"] = Field(
         "second",

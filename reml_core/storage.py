@@ -373,7 +373,8 @@ def verify_checkpoint(directory: Path) -> dict[str, Any]:
     unlisted = sorted(present - set(files))
     if unlisted:
         raise CheckpointError(
-            f"checkpoint {directory} holds {unlisted[0]}, which its manifest does not list (altered or mixed checkpoint)"
+            f"checkpoint {directory} holds {unlisted[0]}, which its manifest does not list (altered or mixed "
+            "checkpoint)"
         )
     for name, digest in files.items():
         path = directory / name

@@ -301,7 +301,8 @@ class MetaTrainer:
         if "validation/score" in record:
             longest = max(self.config.core.eval.steps)
             log(
-                f"step {record['timesteps']}: validation loss {record['validation/score']:.3f} after {plural(longest, 'SGD step')} "
+                f"step {record['timesteps']}: validation loss {record['validation/score']:.3f} after "
+                f"{plural(longest, 'SGD step')} "
                 f"on {plural(len(self.validation_tasks), 'validation task')}"
             )
             log(
@@ -345,7 +346,8 @@ def load_components(components: Components, directory: Path) -> TrainerState:
         if components.pool_update is not None:
             if not (directory / POOL_UPDATE_FILE).is_file():
                 raise CheckpointError(
-                    f"checkpoint {directory} has no {POOL_UPDATE_FILE}: it was not trained with env.pool_update = 'protocol'"
+                    f"checkpoint {directory} has no {POOL_UPDATE_FILE}: it was not trained with env.pool_update = "
+                    "'protocol'"
                 )
             components.pool_update.load_state_dict(
                 load_file(str(directory / POOL_UPDATE_FILE)), f"{directory / POOL_UPDATE_FILE}"

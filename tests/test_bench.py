@@ -154,7 +154,8 @@ def test_from_refuses_seeds_and_encoders_it_does_not_hold(smoke_bench, tmp_path)
     for extra, expected in (
         (
             ["--seed", "5"],
-            "holds no REML run for seed 5 with encoder 'support-set' (it holds: seed 0 (maml, reml-support-set, scratch)",
+            "holds no REML run for seed 5 with encoder 'support-set' (it holds: seed 0 (maml, reml-support-set, "
+            "scratch)",
         ),
         (["--seeds", "2"], "holds no REML run for seed 1"),
         (["--encoder", "oracle"], "with encoder 'oracle'"),

@@ -18,7 +18,8 @@ def test_a_pool_too_small_for_the_depth(make_components):
     with pytest.raises(ConfigError) as raised:
         make_components(env={"depth": 6}, pool={"hidden_layers": 3})
     assert raised.value.problems == [
-        "env.depth: a depth-6 network needs 4 distinct hidden layer(s) but the pool has 3 (pool 'dense': make it larger or the network shallower)"
+        "env.depth: a depth-6 network needs 4 distinct hidden layer(s) but the pool has 3 (pool 'dense': make it "
+        "larger or the network shallower)"
     ]
 
 

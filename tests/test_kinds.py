@@ -137,7 +137,8 @@ def test_the_commands_build_their_flags_before_importing_pydantic():
     """specs.py imports only the standard library, so the tools handle Ctrl-C from the start."""
     code = (
         "import sys; import reml_core.cli.run, reml_core.cli.bench, reml_core.cli.sweep, reml_core.cli.plugins; "
-        "from reml_core.cli import run; run.build_parser(); print(sorted(m for m in ('pydantic', 'torch', 'yaml') if m in sys.modules))"
+        "from reml_core.cli import run; run.build_parser(); print(sorted(m for m in ('pydantic', 'torch', 'yaml') if m "
+        "in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

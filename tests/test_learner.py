@@ -226,7 +226,8 @@ def test_a_classification_support_set_needs_k_of_each_class():
 
 def test_the_learner_module_imports_nothing_of_training():
     code = (
-        "import sys, reml_core.learner; bad = [m for m in ('stable_baselines3', 'reml_core.training', 'reml_core.pipeline') "
+        "import sys, reml_core.learner; bad = [m for m in ('stable_baselines3', 'reml_core.training', "
+        "'reml_core.pipeline') "
         "if m in sys.modules]; print(bad)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

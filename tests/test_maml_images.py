@@ -216,7 +216,8 @@ def test_a_checkpoint_of_another_network_is_refused(context, trained, tmp_path):
     with pytest.raises(
         CheckpointError,
         match="holds a ConvComposedNetwork \\(10 tensors, .* but this baseline is configured for "
-        "ConvComposedNetwork \\(8 tensors, .*\\(tensor weights.3 is float32 \\(16, 16, 3, 3\\), expected float32 \\(5, 16\\)\\)",
+        "ConvComposedNetwork \\(8 tensors, .*\\(tensor weights.3 is float32 \\(16, 16, 3, 3\\), expected float32 \\(5, "
+        "16\\)\\)",
     ) as caught:
         shallower.load(tmp_path)
     assert "\n" not in str(caught.value)

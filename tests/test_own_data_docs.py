@@ -57,7 +57,8 @@ def test_the_own_data_page_runs_as_written_and_its_network_needs_only_torch(tmp_
     site = str(Path(torch.__file__).resolve().parent.parent)
     code = (  # noqa: UP031 - a script template, filled with %r
         "import sys; sys.path.append(%r)\n"
-        "try:\n    import reml_core\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('reml_core is importable')\n"
+        "try:\n    import reml_core\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('reml_core is "
+        "importable')\n"
         "exec(compile(open('use_network.py').read(), 'use_network.py', 'exec'))\n"
         "assert not any(name.startswith(('reml_core', 'reml_plugins')) for name in sys.modules)\n"
     ) % site

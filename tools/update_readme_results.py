@@ -64,13 +64,15 @@ def section(run: Path) -> str:
             f"Generated from `{results.command}` (preset `{results.preset}`, seed(s) "
             f"{', '.join(map(str, seeds))}, {results.test_tasks} held-out test tasks) "
             f"by `python tools/update_readme_results.py {run}`. REML state encoders: {', '.join(encoders)}. "
-            f"{measured[0].upper() + measured[1:]} after fine-tuning with plain SGD (lr {sgd_lr:g}) on the K-shot support set; "
+            f"{measured[0].upper() + measured[1:]} after fine-tuning with plain SGD (lr {sgd_lr:g}) on the K-shot "
+            "support set; "
             f"mean ± 95% CI over tasks; best per column in bold.{spread}",
             "",
             tables,
             f"![{results.plugin}: few-shot results against fine-tuning steps]({figure(results.plugin)})",
             "",
-            f"Budgets: {budgets}. Training time (all seeds): {training}; whole benchmark {timing['total_this_invocation'] / 60:.0f} min on a 2-core CPU.",
+            f"Budgets: {budgets}. Training time (all seeds): {training}; whole benchmark "
+            f"{timing['total_this_invocation'] / 60:.0f} min on a 2-core CPU.",
             end,
         ]
     )

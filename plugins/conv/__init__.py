@@ -13,6 +13,9 @@ def reml_layer_pools():
         name="conv",
         factory=build_conv_pool,
         config_model=ConvPoolConfig,
-        description="Conv blocks (3x3 conv, task norm, ReLU, 2x2 max-pool) and average-pool + linear heads for N-way image classification; 8/16/8 layers, 32 channels.",
+        description=(
+            "Conv blocks (3x3 conv, task norm, ReLU, 2x2 max-pool) and average-pool + linear heads for N-way image "
+            "classification; 8/16/8 layers, 32 channels."
+        ),
         presets={"smoke": {"input_layers": 4, "hidden_layers": 6, "output_layers": 4, "channels": 16}},
     )

@@ -107,7 +107,9 @@ class ConvPoolConfig(BaseModel):
         2,
         ge=1,
         le=MAX_MIN_SPATIAL,
-        description="a slot before the head max-pools 2x2 iff its feature map stays at least this high and wide afterwards",
+        description=(
+            "a slot before the head max-pools 2x2 iff its feature map stays at least this high and wide afterwards"
+        ),
     )
 
     @model_validator(mode="after")
@@ -116,7 +118,8 @@ class ConvPoolConfig(BaseModel):
         parameters = _parameter_count(self.input_layers, self.hidden_layers, self.output_layers, self.channels, 1, 1)
         if parameters > MAX_PARAMETERS:
             raise ValueError(
-                f"a pool of {self.input_layers}/{self.hidden_layers}/{self.output_layers} conv layers of {self.channels} "
+                f"a pool of {self.input_layers}/{self.hidden_layers}/{self.output_layers} conv layers of "
+                f"{self.channels} "
                 f"channels holds {parameters:,} parameters; the limit is {MAX_PARAMETERS:,} (200 MB)"
             )
         return self
@@ -304,7 +307,8 @@ class ConvLayerPool:
             )
         if shape[0] > MAX_INPUT_CHANNELS:
             raise ComponentBuildError(
-                f"the task sampler's input_shape {shape} has {shape[0]} channels; the conv pool takes at most {MAX_INPUT_CHANNELS}"
+                f"the task sampler's input_shape {shape} has {shape[0]} channels; the conv pool takes at most "
+                f"{MAX_INPUT_CHANNELS}"
             )
         classes = int(getattr(sampler, "output_size", 0) or 0)
         if not 1 <= classes <= MAX_CLASSES:
@@ -347,7 +351,8 @@ class ConvLayerPool:
         shape = "x".join(str(v) for v in self.input_shape)
         norm = "group norm (one group, no parameters), " if c.norm == "task" else ""
         return (
-            f"{c.input_layers} input, {c.hidden_layers} hidden and {c.output_layers} output conv layers of {c.channels} channels "
+            f"{c.input_layers} input, {c.hidden_layers} hidden and {c.output_layers} output conv layers of "
+            f"{c.channels} channels "
             f"(3x3 conv, {norm}ReLU, 2x2 max-pool in every slot whose map stays at least {c.min_spatial} wide; "
             f"head: global average pooling and a linear layer) mapping {shape} images to {self.classes} logits; "
             f"write-back blends trained layers into the pool."

@@ -13,6 +13,8 @@ def reml_layer_pools():
         name="dense",
         factory=build_dense_pool,
         config_model=DensePoolConfig,
-        description="Dense layers (input 1->H, hidden H->H, output H->1) with Xavier init; thesis scale 10/30/10, H = 40.",
+        description=(
+            "Dense layers (input 1->H, hidden H->H, output H->1) with Xavier init; thesis scale 10/30/10, H = 40."
+        ),
         presets={"smoke": {"input_layers": 4, "hidden_layers": 8, "output_layers": 4}},
     )

@@ -65,7 +65,8 @@ class DensePoolConfig(BaseModel):
         )
         if parameters > MAX_PARAMETERS:
             raise ValueError(
-                f"a pool of {self.input_layers}/{self.hidden_layers}/{self.output_layers} layers of width {width} holds "
+                f"a pool of {self.input_layers}/{self.hidden_layers}/{self.output_layers} layers of width {width} "
+                "holds "
                 f"{parameters:,} parameters; the limit is {MAX_PARAMETERS:,} (200 MB)"
             )
         return self
@@ -292,7 +293,8 @@ class DenseLayerPool:
         shape = tuple(getattr(sampler, "input_shape", ()) or ())
         if len(shape) > 1:
             raise ComponentBuildError(
-                f"the dense pool's networks take flat inputs of input_size numbers; this family's inputs have shape {shape} "
+                "the dense pool's networks take flat inputs of input_size numbers; this family's inputs have shape "
+                f"{shape} "
                 "(for images use the conv pool)"
             )
         self.config = config

@@ -17,7 +17,10 @@ def reml_task_samplers():
         name="digits",
         factory=lambda config, context: DigitsTaskSampler(config),
         config_model=DigitsConfig,
-        description="Few-shot N-way K-shot classification of scikit-learn's 8x8 digits, rotations as extra classes (40), disjoint class splits.",
+        description=(
+            "Few-shot N-way K-shot classification of scikit-learn's 8x8 digits, rotations as extra classes (40), "
+            "disjoint class splits."
+        ),
         recommended=Recommendation(
             encoder="prototypes",
             pool="conv",

@@ -84,7 +84,8 @@ class DigitsConfig(BaseModel):
         if per_class > MIN_DIGIT_IMAGES:
             raise ValueError(
                 f"a task needs train_per_class + support_shots + query_per_class = {self.train_per_class} + "
-                f"{self.support_shots} + {self.query_per_class} = {per_class} distinct images per class, but the rarest "
+                f"{self.support_shots} + {self.query_per_class} = {per_class} distinct images per class, but the "
+                "rarest "
                 f"digit has only {MIN_DIGIT_IMAGES}"
             )
         train, validation, test = split_sizes(self.rotations)
@@ -92,7 +93,8 @@ class DigitsConfig(BaseModel):
         if self.ways > smallest:
             raise ValueError(
                 f"ways = {self.ways} does not fit the class split {train}/{validation}/{test} "
-                f"(meta-train/validation/test{', rotations off' if not self.rotations else ''}): at most {smallest} ways"
+                f"(meta-train/validation/test{', rotations off' if not self.rotations else ''}): at most {smallest} "
+                "ways"
             )
         return self
 
@@ -174,7 +176,8 @@ class DigitsTaskSampler(ImageTaskSampler):
             else f"{self.n_classes} classes (the digits, no rotations)"
         )
         return (
-            f"{c.ways}-way few-shot classification of scikit-learn's 8x8 digits, {kind} split {train}/{validation}/{test} "
+            f"{c.ways}-way few-shot classification of scikit-learn's 8x8 digits, {kind} split "
+            f"{train}/{validation}/{test} "
             f"into disjoint meta-train/validation/test classes; each task has {c.train_per_class} training, up to "
             f"{c.support_shots} support (K-shot: K per class) and {c.query_per_class} query images per class; "
             f"loss: cross-entropy (metric: accuracy)."

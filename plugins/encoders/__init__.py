@@ -20,17 +20,26 @@ def reml_state_encoders():
         name="oracle",
         factory=build_oracle,
         config_model=OracleConfig,
-        description="The task's true descriptor (e.g. a sinusoid's amplitude and phase), as in the thesis; privileged information.",
+        description=(
+            "The task's true descriptor (e.g. a sinusoid's amplitude and phase), as in the thesis; privileged "
+            "information."
+        ),
     )
     yield StateEncoderSpec(
-        name="support-set",
+        name=("support-set"),
         factory=build_support_set,
         config_model=SupportSetConfig,
-        description="Only the K support points (1-D x and y), sorted, scaled by the family's ranges and padded with a mask; no privileged information.",
+        description=(
+            "Only the K support points (1-D x and y), sorted, scaled by the family's ranges and padded with a mask; no "
+            "privileged information."
+        ),
     )
     yield StateEncoderSpec(
         name="prototypes",
         factory=build_prototypes,
         config_model=PrototypesConfig,
-        description="Only the K-shot support images of a classification task: each class's mean image pooled to a small grid, then K; not privileged.",
+        description=(
+            "Only the K-shot support images of a classification task: each class's mean image pooled to a small grid, "
+            "then K; not privileged."
+        ),
     )

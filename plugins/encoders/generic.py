@@ -44,12 +44,18 @@ class SupportSetConfig(BaseModel):
     x_scale: float | None = Field(
         None,
         gt=0,
-        description="inputs are divided by this (default: the family's input_scale, else the largest |x| of its validation tasks)",
+        description=(
+            "inputs are divided by this (default: the family's input_scale, else the largest |x| of its validation "
+            "tasks)"
+        ),
     )
     y_scale: float | None = Field(
         None,
         gt=0,
-        description="targets are divided by this (default: the family's target_scale, else the largest |y| of its validation tasks)",
+        description=(
+            "targets are divided by this (default: the family's target_scale, else the largest |y| of its validation "
+            "tasks)"
+        ),
     )
 
 
@@ -115,7 +121,8 @@ def build_oracle(config: OracleConfig, context: TaskContext) -> OracleEncoder:
     sampler = context.task_sampler
     if not tuple(getattr(sampler, "descriptor_names", ()) or ()):
         raise ComponentBuildError(
-            f"the task family {_family(sampler)!r} declares no task descriptor (its descriptor_names is empty), so the oracle would read nothing; "
+            f"the task family {_family(sampler)!r} declares no task descriptor (its descriptor_names is empty), so the "
+            "oracle would read nothing; "
             "use an encoder that reads the support set (support-set for 1-D regression, prototypes for classification)"
         )
     return OracleEncoder(sampler)
@@ -126,7 +133,8 @@ def build_support_set(config: SupportSetConfig, context: TaskContext) -> Support
     shape = tuple(getattr(sampler, "input_shape", ()) or ())
     if len(shape) > 1 or sampler.input_size != 1 or sampler.output_size != 1:
         raise ComponentBuildError(
-            f"the support-set encoder reads 1-D inputs and targets; this family's inputs are {shape or sampler.input_size} "
+            "the support-set encoder reads 1-D inputs and targets; this family's inputs are "
+            f"{shape or sampler.input_size} "
             f"and its outputs {sampler.output_size} (for classification use the prototypes encoder)"
         )
     return SupportSetEncoder(context.task_sampler, config)

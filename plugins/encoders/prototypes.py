@@ -37,7 +37,8 @@ class PrototypesEncoder:
         shape = getattr(sampler, "input_shape", None)
         if shape is None:
             raise ComponentBuildError(
-                f"the {name} encoder needs image inputs: the task sampler declares no input_shape (channels, height, width)"
+                f"the {name} encoder needs image inputs: the task sampler declares no input_shape (channels, height, "
+                "width)"
             )
         shape = tuple(int(v) for v in shape)
         if len(shape) != 3 or min(shape) < 1:
@@ -45,7 +46,8 @@ class PrototypesEncoder:
         ways = getattr(sampler, "output_size", None)
         if not isinstance(ways, int) or ways < 2:
             raise ComponentBuildError(
-                f"the {name} encoder needs a classification family: output_size (the classes of a task) must be at least 2, got {ways!r}"
+                f"the {name} encoder needs a classification family: output_size (the classes of a task) must be at "
+                f"least 2, got {ways!r}"
             )
         channels, height, width = shape
         if config.grid > min(height, width):
@@ -61,7 +63,8 @@ class PrototypesEncoder:
         c, h, w = self.input_shape
         return (
             f"only the K-shot support set: each of the {self.ways} classes' mean support image ({c}x{h}x{w}) "
-            f"average-pooled to {self.grid}x{self.grid} per channel ({self.features} numbers per class), then K / {self.max_shots}."
+            f"average-pooled to {self.grid}x{self.grid} per channel ({self.features} numbers per class), then K / "
+            f"{self.max_shots}."
         )
 
     def encode(self, task: Task, shots: int) -> np.ndarray:

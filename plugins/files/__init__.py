@@ -31,7 +31,10 @@ def reml_task_samplers():
         name="files",
         factory=lambda config, context: read_or_refuse(config),
         config_model=FilesConfig,
-        description="Your own regression tasks: one per CSV or NPZ file in task.root (columns named by task.inputs and task.outputs).",
+        description=(
+            "Your own regression tasks: one per CSV or NPZ file in task.root (columns named by task.inputs and "
+            "task.outputs)."
+        ),
         recommended=Recommendation(encoder="support-points", pool="dense", reward="neg-mse", policy="ppo-mlp"),
     )
     from reml_plugins.files.images import IMAGE_FOLDER_SPEC

@@ -53,8 +53,10 @@ class SupportPointsEncoder:
 
     def describe(self) -> str:
         return (
-            f"only the K support points ({self.inputs} inputs and {self.outputs} targets each, every column divided by the "
-            f"family's scale for it), sorted by the first input, padded to {self.max_shots} with a mask, then each target's "
+            f"only the K support points ({self.inputs} inputs and {self.outputs} targets each, every column divided by "
+            "the "
+            f"family's scale for it), sorted by the first input, padded to {self.max_shots} with a mask, then each "
+            "target's "
             f"mean and spread and K / {self.max_shots}."
         )
 

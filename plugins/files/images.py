@@ -121,8 +121,10 @@ class ImageFolderTaskSampler(ImageTaskSampler):
         counts = "/".join(str(len(self.classes[s])) for s in SPLITS)
         return (
             f"{c.ways}-way few-shot classification of the images in {c.root}, classes split {counts} into meta-train/"
-            f"validation/test; each task has {c.train_per_class} training, up to {c.support_shots} support (K-shot: K per class) "
-            f"and {c.query_per_class} query images per class, {c.image_size}x{c.image_size}; loss: cross-entropy (metric: accuracy)."
+            f"validation/test; each task has {c.train_per_class} training, up to {c.support_shots} support (K-shot: K "
+            "per class) "
+            f"and {c.query_per_class} query images per class, {c.image_size}x{c.image_size}; loss: cross-entropy "
+            "(metric: accuracy)."
         )
 
     def data_fingerprint(self) -> dict[str, str]:

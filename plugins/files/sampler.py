@@ -114,12 +114,14 @@ def read_columns(path: Path, names: Sequence[str], what: str) -> np.ndarray:
     for name, array in zip(names, arrays):
         if array.dtype.kind not in "iuf" or array.ndim not in (1, 2):
             raise DataFileError(
-                f"task file {path}: array {name!r} must be numbers of shape [n] or [n, d], not {array.dtype} {list(array.shape)}"
+                f"task file {path}: array {name!r} must be numbers of shape [n] or [n, d], not {array.dtype} "
+                f"{list(array.shape)}"
             )
         columns.append(array.reshape(len(array), -1).astype(np.float64))
     if len({len(c) for c in columns}) > 1:
         raise DataFileError(
-            f"task file {path}: arrays {', '.join(names)} have different lengths ({', '.join(str(len(c)) for c in columns)})"
+            f"task file {path}: arrays {', '.join(names)} have different lengths "
+            f"({', '.join(str(len(c)) for c in columns)})"
         )
     values = np.concatenate(columns, axis=1)
     if not np.isfinite(values).all():
@@ -255,8 +257,10 @@ class FileTaskSampler:
     def describe(self) -> str:
         counts = ", ".join(f"{len(self.splits[s])} {s}" for s in SPLITS)
         return (
-            f"regression tasks from files ({counts}){' in ' + self.source if self.source else ''}: {self.input_size} input and "
-            f"{self.output_size} target columns; each task's rows shuffled, then up to {self.config.support_points} support, "
+            f"regression tasks from files ({counts}){' in ' + self.source if self.source else ''}: {self.input_size} "
+            "input and "
+            f"{self.output_size} target columns; each task's rows shuffled, then up to {self.config.support_points} "
+            "support, "
             f"up to {self.config.query_points} query and the rest for inner training; loss: mean squared error."
         )
 

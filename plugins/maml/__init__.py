@@ -42,7 +42,10 @@ def reml_baselines() -> Iterator[BaselineSpec]:
         name="maml",
         factory=build_maml,
         config_model=MAMLConfig,
-        description="MAML (Finn et al. 2017): a meta-learned initialisation; backends torch-func (fast) and learn2learn (reference).",
+        description=(
+            "MAML (Finn et al. 2017): a meta-learned initialisation; backends torch-func (fast) and learn2learn "
+            "(reference)."
+        ),
         presets=PRESETS,
         label="MAML",
     )
@@ -61,7 +64,8 @@ def reml_baselines() -> Iterator[BaselineSpec]:
         factory=build_meta_sgd,
         config_model=MetaSGDConfig,
         description="Meta-SGD (Li et al. 2017): MAML with per-parameter inner SGD rates learned with the initialisation; "
-        "reported at the protocol's rate and, as separate rows, at its learned rates; backends torch-func and learn2learn",
+        "reported at the protocol's rate and, as separate rows, at its learned rates; backends torch-func and "
+        "learn2learn",
         presets=PRESETS,  # MAML's budgets: smoke 300 eager, default and full 70 000 compiled
         label="Meta-SGD",
         compare_in=(),  # asked for by name (--methods/--baselines), as maml-select: it would add about MAML's time to every benchmark

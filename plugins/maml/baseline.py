@@ -90,7 +90,8 @@ class MAMLBaseline:
             elif sampler.max_shots < config.shots:
                 raise ComponentBuildError(
                     f"K = {config.shots} per class (baselines.maml.shots) but a task of this family holds only "
-                    f"{sampler.max_shots} support images per class; set baselines.maml.shots to at most {sampler.max_shots}"
+                    f"{sampler.max_shots} support images per class; set baselines.maml.shots to at most "
+                    f"{sampler.max_shots}"
                 )
             self.network = pool_network(context, tuple(shape))
             self.architecture = ModuleArchitecture.of(self.network)
@@ -190,7 +191,8 @@ class MAMLBaseline:
         if not math.isfinite(loss):
             raise UserError(
                 f"maml: meta-training diverged at iteration {self.iterations_done + 1} (meta-loss {loss}); "
-                "lower baselines.maml.meta_adam_lr (the outer Adam rate) or baselines.maml.inner_sgd_lr (the inner SGD step)"
+                "lower baselines.maml.meta_adam_lr (the outer Adam rate) or baselines.maml.inner_sgd_lr (the inner SGD "
+                "step)"
             )
         self.optimizer.step()
         self.iterations_done += 1
@@ -236,13 +238,15 @@ def pool_network(context: BuildContext, shape: tuple[int, ...]) -> nn.Module:
     pool = context.pool
     if pool is None or not callable(getattr(pool, "fresh_network", None)):
         raise ComponentBuildError(
-            f"the maml baseline meta-learns the layer pool's architecture on an image family (inputs of shape {shape}), "
+            "the maml baseline meta-learns the layer pool's architecture on an image family (inputs of shape "
+            f"{shape}), "
             "but it was built without a layer pool that has fresh_network(depth, generator)"
         )
     network = pool.fresh_network(context.depth, torch.Generator().manual_seed(context.seed))
     if not isinstance(network, nn.Module) or not any(True for _ in network.parameters()):
         raise ComponentBuildError(
-            f"the maml baseline needs an nn.Module with parameters from pool.fresh_network; got {type(network).__name__}"
+            "the maml baseline needs an nn.Module with parameters from pool.fresh_network; got "
+            f"{type(network).__name__}"
         )
     network = network.to(torch.device(context.device))  # a pool that ignores the device still trains there
     for param in network.parameters():

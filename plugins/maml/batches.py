@@ -110,7 +110,8 @@ def balanced_training_indices(task: Task, shots: int) -> torch.Tensor:
     counts = torch.bincount(labels, minlength=ways)
     if len(counts) > ways or int(counts.min()) < shots:
         raise UserError(
-            f"maml: K = {shots} per class needs {shots} training points of each of the {ways} classes for the outer loss "
+            f"maml: K = {shots} per class needs {shots} training points of each of the {ways} classes for the outer "
+            "loss "
             f"but task {task.task_id} has {counts.tolist()}; lower baselines.maml.shots"
         )
     order = torch.argsort(labels, stable=True)  # grouped by class, each class in x_train order

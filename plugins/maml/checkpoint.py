@@ -76,8 +76,8 @@ def load_checkpoint(directory: Path, expected: Architecture | ModuleArchitecture
     architecture = _architecture(metadata["architecture"])
     if architecture != expected:
         raise CheckpointError(
-            f"{metadata_path}: holds a {_describe(architecture)} network but this baseline is configured for {_describe(expected)}"
-            + _difference(architecture, expected)
+            f"{metadata_path}: holds a {_describe(architecture)} network but this baseline is configured for "
+            f"{_describe(expected)}" + _difference(architecture, expected)
         )
     try:
         tensors = load_tensors(data)

@@ -45,7 +45,8 @@ class MAMLConfig(RenamableModel):
     task_batches: bool = Field(
         True,
         description="draw each meta-batch in one vectorised call when the task sampler can (BatchedTaskSampler.train_batches "
-        "with the run's seed; the task stream meta_train is handed is then not read); false: take tasks one by one from that stream",
+        "with the run's seed; the task stream meta_train is handed is then not read); false: take tasks one by one "
+        "from that stream",
     )
     compile: bool = Field(
         False,
@@ -74,6 +75,7 @@ class MAMLSelectConfig(MAMLConfig):
     def _torch_func_only(cls, backend: str) -> str:
         if backend != "torch-func":
             raise ValueError(
-                f"maml-select implements the torch-func backend only, not {backend}; set backend=torch-func (the default)"
+                f"maml-select implements the torch-func backend only, not {backend}; set backend=torch-func (the "
+                "default)"
             )
         return backend

@@ -119,7 +119,8 @@ class MetaSGDConfig(BaseModel):
     def _a_range(self) -> MetaSGDConfig:
         if self.inner_sgd_lr_low > self.inner_sgd_lr_high:
             raise ValueError(
-                f"inner_sgd_lr_low ({self.inner_sgd_lr_low:g}) is above inner_sgd_lr_high ({self.inner_sgd_lr_high:g}); "
+                f"inner_sgd_lr_low ({self.inner_sgd_lr_low:g}) is above inner_sgd_lr_high "
+                f"({self.inner_sgd_lr_high:g}); "
                 "the rates start uniform in [low, high] (set both to one value to start every rate there)"
             )
         return self
@@ -285,7 +286,8 @@ class MetaSGDBaseline(MAMLBaseline):
             elif sampler.max_shots < config.shots:
                 raise ComponentBuildError(
                     f"K = {config.shots} per class (baselines.meta-sgd.shots) but a task of this family holds only "
-                    f"{sampler.max_shots} support images per class; set baselines.meta-sgd.shots to at most {sampler.max_shots}"
+                    f"{sampler.max_shots} support images per class; set baselines.meta-sgd.shots to at most "
+                    f"{sampler.max_shots}"
                 )
             network = pool_network(context, tuple(shape))
         else:
@@ -367,7 +369,8 @@ class MetaSGDBaseline(MAMLBaseline):
             saved = checkpoint.config.get("activation")
             if saved != self.config.activation:
                 raise CheckpointError(
-                    f"{Path(directory) / METADATA}: holds a {saved} network but this baseline is configured for {self.config.activation}"
+                    f"{Path(directory) / METADATA}: holds a {saved} network but this baseline is configured for "
+                    f"{self.config.activation}"
                 )
         with torch.no_grad():
             for name, tensor in self.learned.state_dict().items():  # state_dict tensors share the module's storage

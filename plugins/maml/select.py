@@ -173,7 +173,8 @@ class SelectMAML(TorchFuncMAML):
         ) as error:  # an internal torch.compile failure must not stop the run: eager is the same computation
             lines = str(error).strip().splitlines()
             warnings.warn(
-                f"maml-select: torch.compile of the choice failed ({lines[0] if lines else type(error).__name__}); choosing eagerly (slower)",
+                f"maml-select: torch.compile of the choice failed ({lines[0] if lines else type(error).__name__}); "
+                "choosing eagerly (slower)",
                 CompileFallbackWarning,
                 stacklevel=3,
             )
@@ -194,7 +195,8 @@ class MAMLSelectBaseline(MAMLBaseline):
         shape = getattr(sampler, "input_shape", None)
         if shape is not None and len(tuple(shape)) > 1:
             raise ComponentBuildError(
-                f"maml-select meta-learns MLP initialisations for flat inputs; this task family's inputs have shape {tuple(shape)} (use maml on images)"
+                "maml-select meta-learns MLP initialisations for flat inputs; this task family's inputs have shape "
+                f"{tuple(shape)} (use maml on images)"
             )
         self.images = False
         self.config = config
@@ -219,7 +221,8 @@ class MAMLSelectBaseline(MAMLBaseline):
         options = self.config.model_dump(mode="json")
         options["network"] = self.architecture.describe()
         head = (
-            f"M={self.config.initialisations} MAML initialisations, each task taking the one with the lowest support loss "
+            f"M={self.config.initialisations} MAML initialisations, each task taking the one with the lowest support "
+            "loss "
             f"after one SGD step (lr {self.config.inner_sgd_lr})"
         )
         return head + "; " + ", ".join(f"{key}={value}" for key, value in options.items())
@@ -241,7 +244,8 @@ class MAMLSelectBaseline(MAMLBaseline):
         if not math.isfinite(loss):
             raise UserError(
                 f"maml-select: meta-training diverged at iteration {self.iterations_done + 1} (meta-loss {loss}); "
-                "lower baselines.maml-select.meta_adam_lr (the outer Adam rate) or baselines.maml-select.inner_sgd_lr (the inner SGD step)"
+                "lower baselines.maml-select.meta_adam_lr (the outer Adam rate) or baselines.maml-select.inner_sgd_lr "
+                "(the inner SGD step)"
             )
         self.optimizer.step()
         self.iterations_done += 1
@@ -279,7 +283,8 @@ class MAMLSelectBaseline(MAMLBaseline):
         saved = checkpoint.config.get("activation")
         if saved != self.config.activation:
             raise CheckpointError(
-                f"{Path(directory) / 'maml.json'}: holds {saved} initialisations but this baseline is configured for {self.config.activation}"
+                f"{Path(directory) / 'maml.json'}: holds {saved} initialisations but this baseline is configured for "
+                f"{self.config.activation}"
             )
         with torch.no_grad():
             for name, param in self.stack.named_parameters():

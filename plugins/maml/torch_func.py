@@ -131,7 +131,8 @@ def meta_gradient_functions(
         return eager, eager, False
     if not cxx_compiler_available():
         warnings.warn(
-            f"{name}: compile=true but no C++ compiler (g++, or $CXX) was found; running torch-func eagerly (slower, same numbers)",
+            f"{name}: compile=true but no C++ compiler (g++, or $CXX) was found; running torch-func eagerly (slower, "
+            "same numbers)",
             CompileFallbackWarning,
             stacklevel=3,
         )
@@ -192,7 +193,8 @@ class TorchFuncMAML:
         ) as error:  # an internal torch.compile failure must not stop the run: eager is the same computation
             lines = str(error).strip().splitlines()
             warnings.warn(
-                f"maml: torch.compile failed ({lines[0] if lines else type(error).__name__}); running torch-func eagerly (slower, same numbers)",
+                f"maml: torch.compile failed ({lines[0] if lines else type(error).__name__}); running torch-func "
+                "eagerly (slower, same numbers)",
                 CompileFallbackWarning,
                 stacklevel=3,
             )

@@ -133,7 +133,8 @@ class OmniglotConfig(BaseModel):
     def _fits(self) -> OmniglotConfig:
         if self.train_fraction + self.validation_fraction >= 1.0:
             raise ValueError(
-                f"train_fraction + validation_fraction = {self.train_fraction} + {self.validation_fraction} leaves no test "
+                f"train_fraction + validation_fraction = {self.train_fraction} + {self.validation_fraction} leaves no "
+                "test "
                 "characters: their sum must be below 1 (the rest are the test characters)"
             )
         return self
@@ -176,8 +177,10 @@ def scan(root: Path) -> tuple[Character, ...]:
         raise OmniglotDataError(
             "root",
             (
-                f"no character folders found under {str(root)!r}: it holds neither images_background/ nor images_evaluation/ "
-                f"(the layout is ROOT/images_background/ALPHABET/CHARACTER/*.png; if you named one of those two folders, pass "
+                f"no character folders found under {str(root)!r}: it holds neither images_background/ nor "
+                "images_evaluation/ "
+                "(the layout is ROOT/images_background/ALPHABET/CHARACTER/*.png; if you named one of those two "
+                "folders, pass "
                 f"its parent); {DOWNLOAD_HINT}"
             ),
         )
@@ -210,7 +213,8 @@ def scan(root: Path) -> tuple[Character, ...]:
         raise OmniglotDataError(
             "root",
             (
-                f"no character folders found under {str(root)!r} (in {' and '.join(f'{s}/' for s in subsets)}: the layout is "
+                f"no character folders found under {str(root)!r} (in {' and '.join(f'{s}/' for s in subsets)}: the "
+                "layout is "
                 f"ROOT/images_background/ALPHABET/CHARACTER/*.png); {DOWNLOAD_HINT}"
             ),
         )
@@ -273,7 +277,8 @@ class OmniglotTaskSampler(ImageTaskSampler):
                 None,
                 (
                     f"a task needs train_per_class + support_shots + query_per_class = {config.train_per_class} + "
-                    f"{config.support_shots} + {config.query_per_class} = {per_class} distinct drawings per class, but character "
+                    f"{config.support_shots} + {config.query_per_class} = {per_class} distinct drawings per class, but "
+                    "character "
                     f"folder {self.characters[smallest].name} under {self.root} holds only {counts[smallest]} PNG files"
                 ),
             )
@@ -302,7 +307,8 @@ class OmniglotTaskSampler(ImageTaskSampler):
                 "train_fraction",
                 (
                     f"the {n_characters} characters under {self.root} split {n_train}/{n_validation}/{n_test} "
-                    f"(train_fraction {config.train_fraction}, validation_fraction {config.validation_fraction}, the rest test): "
+                    f"(train_fraction {config.train_fraction}, validation_fraction {config.validation_fraction}, the "
+                    "rest test): "
                     "every split needs at least one character"
                 ),
             )
@@ -324,7 +330,8 @@ class OmniglotTaskSampler(ImageTaskSampler):
             raise OmniglotDataError(
                 "ways",
                 (
-                    f"ways = {ways} does not fit the class split {sizes['train']}/{sizes['validation']}/{sizes['test']} "
+                    f"ways = {ways} does not fit the class split "
+                    f"{sizes['train']}/{sizes['validation']}/{sizes['test']} "
                     f"(meta-train/validation/test classes of the {n_characters} characters under {self.root}"
                     f"{', rotations off' if not config.rotations else ''}): at most {min(sizes.values())} ways"
                 ),
@@ -372,9 +379,11 @@ class OmniglotTaskSampler(ImageTaskSampler):
             else f"{self.n_classes} classes (the characters, no rotations)"
         )
         return (
-            f"{c.ways}-way few-shot classification of Omniglot ({self.n_characters} characters of {alphabets} alphabets "
+            f"{c.ways}-way few-shot classification of Omniglot ({self.n_characters} characters of {alphabets} "
+            "alphabets "
             f"in {' and '.join(subsets)} under {self.root}), {kind} split {train}/{validation}/{test} into disjoint "
-            f"meta-train/validation/test classes by character; drawings resized to {c.image_size}x{c.image_size}, strokes 1; "
+            f"meta-train/validation/test classes by character; drawings resized to {c.image_size}x{c.image_size}, "
+            "strokes 1; "
             f"each task has {c.train_per_class} training, up to {c.support_shots} support (K-shot: K per class) and "
             f"{c.query_per_class} query images per class; loss: cross-entropy (metric: accuracy)."
         )

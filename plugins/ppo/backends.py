@@ -318,5 +318,6 @@ class SB3PolicyBackend:
             self.model._n_updates = int(progress["n_updates"])
         except Exception as error:
             raise CheckpointError(
-                f"cannot restore the policy from {directory}: {type(error).__name__}: {' '.join(str(error).split())[:300]}"
+                f"cannot restore the policy from {directory}: {type(error).__name__}: "
+                f"{' '.join(str(error).split())[:300]}"
             ) from None

@@ -45,7 +45,8 @@ class PPOConfig(BaseModel):
     features: Literal["flat", "point-set"] = Field(
         "flat",
         description="'flat': the policy sees the observation as one vector; 'point-set': the support points the state "
-        "encoder declares (e.g. support-set) are embedded by a permutation-invariant set network trained with the policy",
+        "encoder declares (e.g. support-set) are embedded by a permutation-invariant set network trained with the "
+        "policy",
     )
     point_set_hidden: int = Field(
         64, gt=0, le=MAX_WIDTH, description="hidden width of the set network's per-point embedding"

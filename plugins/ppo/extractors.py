@@ -39,7 +39,8 @@ class PointSetExtractor(BaseFeaturesExtractor):
         block = points * (channels + 1)
         if offset < 0 or offset + block > size:
             raise ValueError(
-                f"a point set of {points} points x {channels} channels at offset {offset} does not fit an observation of {size}"
+                f"a point set of {points} points x {channels} channels at offset {offset} does not fit an observation "
+                f"of {size}"
             )
         super().__init__(observation_space, features_dim=2 * embedding + size - block)
         self.offset, self.points, self.channels = offset, points, channels

@@ -19,5 +19,7 @@ def reml_rewards():
         name="neg-mse-minmax",
         factory=build_minmax,
         config_model=MinMaxConfig,
-        description="Minus the MSE scaled per task and min-max calibrated (the thesis' reward, made safe for fresh tasks).",
+        description=(
+            "Minus the MSE scaled per task and min-max calibrated (the thesis' reward, made safe for fresh tasks)."
+        ),
     )

@@ -153,8 +153,10 @@ class MinMaxReward:
         finite = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
         if finite.size < 2:
             raise ComponentBuildError(
-                f"reward calibration needs at least two finite losses, but only {finite.size} of {len(values)} calibration "
-                "episodes ended with a finite loss (raise train.calibration_episodes, or use the neg-mse reward, which needs no calibration)"
+                f"reward calibration needs at least two finite losses, but only {finite.size} of {len(values)} "
+                "calibration "
+                "episodes ended with a finite loss (raise train.calibration_episodes, or use the neg-mse reward, which "
+                "needs no calibration)"
             )
         low, high = np.quantile(finite, [self.config.low_quantile, self.config.high_quantile])
         if not high > low:  # every calibration network scored the same: keep a unit range

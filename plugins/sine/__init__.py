@@ -44,7 +44,10 @@ def reml_task_samplers():
         name="sine",
         factory=lambda config, context: SineTaskSampler(config),
         config_model=SineConfig,
-        description="Sinusoid regression y = A sin(x + phase), A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5] (Finn et al. 2017).",
+        description=(
+            "Sinusoid regression y = A sin(x + phase), A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5] (Finn et al. "
+            "2017)."
+        ),
         recommended=Recommendation(encoder="support-set", pool="dense", reward="neg-mse", policy="ppo-mlp"),
         experiment_presets=EXPERIMENT_PRESETS,
     )

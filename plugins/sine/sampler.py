@@ -79,7 +79,8 @@ class SineTaskSampler(SeededSplits):
         c = self.config
         return (
             f"sinusoids A sin(x + phase), A in [{c.amplitude_low:g}, {c.amplitude_high:g}], phase in "
-            f"[{c.phase_low:.3g}, {c.phase_high:.3g}], x in [{c.x_low:g}, {c.x_high:g}]; each task has {c.train_points} "
+            f"[{c.phase_low:.3g}, {c.phase_high:.3g}], x in [{c.x_low:g}, {c.x_high:g}]; each task has "
+            f"{c.train_points} "
             f"training points, up to {c.support_points} support points and {c.query_points} query points "
             f"({'a uniform grid' if c.query_grid else 'uniform draws'}); loss: mean squared error."
         )

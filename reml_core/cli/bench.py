@@ -26,7 +26,10 @@ PROG = "reml-bench"
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
-        description="Train REML and its baselines (or load them with --from) and evaluate all of them on the same held-out tasks.",
+        description=(
+            "Train REML and its baselines (or load them with --from) and evaluate all of them on the same held-out "
+            "tasks."
+        ),
     )
     add_experiment_flags(parser, several_encoders=True)
     protocol = parser.add_argument_group("protocol")
@@ -34,7 +37,11 @@ def build_parser() -> ArgumentParser:
         "--methods",
         type=name_list,
         metavar="A,B",
-        help="methods to compare: 'reml' and baseline names (default: reml and the baselines the task family recommends, else every installed baseline that offers itself for benchmarks: maml,scratch with the built-in plugins)",
+        help=(
+            "methods to compare: 'reml' and baseline names (default: reml and the baselines the task family "
+            "recommends, else every installed baseline that offers itself for benchmarks: maml,scratch with the "
+            "built-in plugins)"
+        ),
     )
     protocol.add_argument("--shots", type=int_list, metavar="K,K", help="support-set sizes (default: 5,10)")
     protocol.add_argument(
@@ -74,19 +81,28 @@ def build_parser() -> ArgumentParser:
         "--resume",
         type=path_arg,
         metavar="DIR",
-        help="continue the benchmark in DIR: keep every finished job, continue interrupted REML runs from their checkpoints, rerun the rest (its bench-plan.json fixes every setting)",
+        help=(
+            "continue the benchmark in DIR: keep every finished job, continue interrupted REML runs from their "
+            "checkpoints, rerun the rest (its bench-plan.json fixes every setting)"
+        ),
     )
     execution = parser.add_argument_group("execution")
     execution.add_argument(
         "--executor",
         choices=("local", "ray"),
         default="local",
-        help="local: every job one after another in this process (default); ray: each (method, encoder, seed) job as one Ray task, on a local Ray instance or the cluster at --ray-address (needs reml[ray])",
+        help=(
+            "local: every job one after another in this process (default); ray: each (method, encoder, seed) job as "
+            "one Ray task, on a local Ray instance or the cluster at --ray-address (needs reml[ray])"
+        ),
     )
     execution.add_argument(
         "--ray-address",
         metavar="ADDR",
-        help="the Ray cluster to run on (e.g. 10.0.0.1:6379 after 'ray start --head' there); default: start a local instance with this machine's CPUs",
+        help=(
+            "the Ray cluster to run on (e.g. 10.0.0.1:6379 after 'ray start --head' there); default: start a local "
+            "instance with this machine's CPUs"
+        ),
     )
     return parser
 

@@ -198,7 +198,8 @@ def _body(argv: Sequence[str] | None) -> int:
         width = max((len(item["name"]) for item in data[kind]), default=0)
         for item in data[kind]:
             print(
-                f"  {item['name']:<{width}}  {item['description']}  [plugin {item['entry_point']} from {item['plugin']}]"
+                f"  {item['name']:<{width}}  {item['description']}  [plugin {item['entry_point']} from "
+                f"{item['plugin']}]"
             )
     return 0
 

@@ -32,7 +32,8 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
         description="Meta-train REML's policy and layer pool on a task family, then evaluate it and a "
-        "baselines (by default the task family's quick ones, e.g. from-scratch training) on held-out tasks. Writes results.json, report.md, few_shot.png, "
+        "baselines (by default the task family's quick ones, e.g. from-scratch training) on held-out tasks. Writes "
+        "results.json, report.md, few_shot.png, "
         "convergence.png, logs/ and checkpoints/ into the run directory.",
     )
     add_experiment_flags(parser)
@@ -63,7 +64,8 @@ def build_parser() -> ArgumentParser:
         choices=("local", "ray"),
         default="local",
         help="where train.workers run: local (default): processes forked on this machine; ray: Ray actors, on a "
-        "local Ray instance or the cluster at --ray-address, so one run can use several machines' cores (needs reml[ray])",
+        "local Ray instance or the cluster at --ray-address, so one run can use several machines' cores (needs "
+        "reml[ray])",
     )
     execution.add_argument(
         "--ray-address",
@@ -73,7 +75,10 @@ def build_parser() -> ArgumentParser:
     output.add_argument(
         "--trust-checkpoint",
         action="store_true",
-        help="allow loading a stable-baselines3 policy.zip, whose loader can run code it carries; REML's own checkpoints never need this",
+        help=(
+            "allow loading a stable-baselines3 policy.zip, whose loader can run code it carries; REML's own "
+            "checkpoints never need this"
+        ),
     )
     return parser
 

@@ -107,7 +107,8 @@ def plan_sweep(
     points = configurations(space, base_seed)
     if len(points) * seeds > MAX_TRIALS:
         raise UserError(
-            f"the sweep has {len(points)} configurations x {seeds} seeds = {len(points) * seeds:,} trials; the limit is {MAX_TRIALS:,}"
+            f"the sweep has {len(points)} configurations x {seeds} seeds = {len(points) * seeds:,} trials; the limit "
+            f"is {MAX_TRIALS:,}"
         )
     keys = space.keys()
     renames = renamed_settings(registry)
@@ -136,12 +137,14 @@ def plan_sweep(
                 core = config.core
                 if core.train.validation_tasks == 0:
                     raise UserError(
-                        f"configuration {label}: train.validation_tasks is 0, so the trainer computes no validation score, "
+                        f"configuration {label}: train.validation_tasks is 0, so the trainer computes no validation "
+                        "score, "
                         "which is what the sweep minimises; set it above 0"
                     )
                 if core.train.device != "cpu":
                     raise UserError(
-                        f"configuration {label}: train.device is {core.train.device!r}; reml-sweep asks Ray for CPUs only, "
+                        f"configuration {label}: train.device is {core.train.device!r}; reml-sweep asks Ray for CPUs "
+                        "only, "
                         "so its trials run on the CPU (set train.device=cpu, or use reml-run for GPU runs)"
                     )
                 threads = max(threads, core.train.threads)
@@ -203,7 +206,8 @@ def check_round_trip(registry: Any, text: str, expected: Mapping[str, Any], wher
         raise UserError(f"{where}: its config does not survive being written as TOML: {error.problems[0]}") from None
     if again != dict(expected):
         raise UserError(
-            f"{where}: its config does not survive being written as TOML (a setting set to null whose default is not null?)"
+            f"{where}: its config does not survive being written as TOML (a setting set to null whose default is not "
+            "null?)"
         )
 
 
@@ -237,7 +241,8 @@ def plan_from_sweep_json(data: Mapping[str, Any], out: Path) -> SweepPlan:
         )
     except (KeyError, TypeError, ValueError) as error:
         raise UserError(
-            f"--resume {out}: sweep.json is damaged ({type(error).__name__}: {error}); it is not a plan reml-sweep wrote"
+            f"--resume {out}: sweep.json is damaged ({type(error).__name__}: {error}); it is not a plan reml-sweep "
+            "wrote"
         ) from None
     for trial in plan.trials:
         if not re.fullmatch(r"[0-9a-f]{8}-s[0-9]+", trial.id):

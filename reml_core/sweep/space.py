@@ -120,7 +120,8 @@ def check_random_spec(spec: str, origin: str, key: str) -> str:
     except ValueError:
         example = "randint:1:8" if kind == "randint" else f"{kind}:1e-4:1e-2"
         raise UserError(
-            f"{where}: expected {kind}:LOW:HIGH with {'integer' if kind == 'randint' else 'number'} bounds, e.g. {example}"
+            f"{where}: expected {kind}:LOW:HIGH with {'integer' if kind == 'randint' else 'number'} bounds, e.g. "
+            f"{example}"
         ) from None
     if not (math.isfinite(low) and math.isfinite(high)) or low > high or (kind != "randint" and low == high):
         raise UserError(f"{where}: LOW must be below HIGH (got {low} and {high})")
@@ -244,7 +245,8 @@ def combine_space(
         raise UserError("--random needs --samples N: how many configurations to draw")
     if samples is not None and not random_dims:
         raise UserError(
-            "--samples N draws random configurations; give --random KEY=DISTRIBUTION too (a grid's points run once each)"
+            "--samples N draws random configurations; give --random KEY=DISTRIBUTION too (a grid's points run once "
+            "each)"
         )
     if not grid_dims and not random_dims:
         raise UserError(

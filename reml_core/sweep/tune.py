@@ -58,8 +58,10 @@ def _progress_callback(root: Path, total: int) -> Any:
             )
             how = "already finished, not rerun" if result.get("reused") else f"{result.get('seconds', 0.0):.1f} s"
             log(
-                f"trial {self._done(trials, trial)}/{self.total} {spec['id']} ({describe(spec['values'])}, seed {spec['seed']}): "
-                f"validation score {shown}, {how}; run {Path(self.root) / spec['folder']}, log {Path(self.root) / spec['log']}"
+                f"trial {self._done(trials, trial)}/{self.total} {spec['id']} ({describe(spec['values'])}, seed "
+                f"{spec['seed']}): "
+                f"validation score {shown}, {how}; run {Path(self.root) / spec['folder']}, log "
+                f"{Path(self.root) / spec['log']}"
             )
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
