@@ -206,8 +206,11 @@ class EnvConfig(StrictModel):
     )
     write_back_schedule: Literal["constant", "linear"] = Field(
         "linear",
-        description="'linear' anneals the pool's update to 0 over train.env_steps (the write-back rate, Reptile's schedule; or the "
-        "protocol update's Adam rate); 'constant' keeps it",
+        description=(
+            "'linear' anneals the pool's update to 0 over train.env_steps (the write-back rate, Reptile's schedule; or "
+            "the "
+            "protocol update's Adam rate); 'constant' keeps it"
+        ),
     )
     choose: dict[str, list[float | int | str]] = Field(
         {},

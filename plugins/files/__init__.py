@@ -48,6 +48,9 @@ def reml_state_encoders():
         name="support-points",
         factory=build_support_points,
         config_model=SupportPointsConfig,
-        description="Only the K support points of a regression task with any number of inputs and targets, scaled per column by "
-        "the family's meta-training scales, sorted and padded with a mask; no privileged information.",
+        description=(
+            "Only the K support points of a regression task with any number of inputs and targets, scaled per column "
+            "by "
+            "the family's meta-training scales, sorted and padded with a mask; no privileged information."
+        ),
     )

@@ -53,8 +53,11 @@ def reml_baselines() -> Iterator[BaselineSpec]:
         name="maml-select",
         factory=build_maml_select,
         config_model=MAMLSelectConfig,
-        description="M MAML initialisations (initialisations, 8), each task taking the one with the lowest support loss after "
-        "one SGD step: the simplest rival of REML's composition (issue 21, item 4a); torch-func, flat-input families",
+        description=(
+            "M MAML initialisations (initialisations, 8), each task taking the one with the lowest support loss after "
+            "one SGD step: the simplest rival of REML's composition (issue 21, item 4a); torch-func, flat-input "
+            "families"
+        ),
         presets=PRESETS,  # MAML's budgets: smoke 300 eager, default and full 70 000 compiled (choice and meta-gradient)
         label="MAML-select",
         compare_in=(),  # a rival asked for by name (--methods/--baselines): it would add 1.45x MAML's time to every benchmark
@@ -63,9 +66,11 @@ def reml_baselines() -> Iterator[BaselineSpec]:
         name="meta-sgd",
         factory=build_meta_sgd,
         config_model=MetaSGDConfig,
-        description="Meta-SGD (Li et al. 2017): MAML with per-parameter inner SGD rates learned with the initialisation; "
-        "reported at the protocol's rate and, as separate rows, at its learned rates; backends torch-func and "
-        "learn2learn",
+        description=(
+            "Meta-SGD (Li et al. 2017): MAML with per-parameter inner SGD rates learned with the initialisation; "
+            "reported at the protocol's rate and, as separate rows, at its learned rates; backends torch-func and "
+            "learn2learn"
+        ),
         presets=PRESETS,  # MAML's budgets: smoke 300 eager, default and full 70 000 compiled
         label="Meta-SGD",
         compare_in=(),  # asked for by name (--methods/--baselines), as maml-select: it would add about MAML's time to every benchmark

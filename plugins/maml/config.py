@@ -44,14 +44,18 @@ class MAMLConfig(RenamableModel):
     iterations: int = Field(70_000, ge=1, le=100_000_000, description="meta-iterations (Finn et al.: 50 000 to 70 000)")
     task_batches: bool = Field(
         True,
-        description="draw each meta-batch in one vectorised call when the task sampler can (BatchedTaskSampler.train_batches "
-        "with the run's seed; the task stream meta_train is handed is then not read); false: take tasks one by one "
-        "from that stream",
+        description=(
+            "draw each meta-batch in one vectorised call when the task sampler can (BatchedTaskSampler.train_batches "
+            "with the run's seed; the task stream meta_train is handed is then not read); false: take tasks one by one "
+            "from that stream"
+        ),
     )
     compile: bool = Field(
         False,
-        description="torch-func only: torch.compile the meta-gradient (same numbers, several times faster after a warm-up; "
-        "needs a C++ compiler, else it warns and runs eagerly)",
+        description=(
+            "torch-func only: torch.compile the meta-gradient (same numbers, several times faster after a warm-up; "
+            "needs a C++ compiler, else it warns and runs eagerly)"
+        ),
     )
 
 
@@ -66,8 +70,10 @@ class MAMLSelectConfig(MAMLConfig):
         8,
         ge=1,
         le=1024,
-        description="M: initialisations meta-learned side by side; each task takes the one with the lowest support loss "
-        "after one SGD step (M = 1 is plain MAML)",
+        description=(
+            "M: initialisations meta-learned side by side; each task takes the one with the lowest support loss "
+            "after one SGD step (M = 1 is plain MAML)"
+        ),
     )
 
     @field_validator("backend")

@@ -42,10 +42,14 @@ def positive_number(text: str) -> float:
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
-        description="Search config values on Ray Tune: every configuration of a grid (--grid) or random draws (--random), "
-        "once per seed, each trial an ordinary reml-run folder. Trials are ranked by the validation score the trainer "
-        "computes (never by test tasks). Writes sweep.json, sweep.md (a table of every configuration), sweep.png and "
-        "best.toml (the best configuration, for reml-run --config) into the sweep directory. See docs/sweep.md.",
+        description=(
+            "Search config values on Ray Tune: every configuration of a grid (--grid) or random draws (--random), "
+            "once per seed, each trial an ordinary reml-run folder. Trials are ranked by the validation score the "
+            "trainer "
+            "computes (never by test tasks). Writes sweep.json, sweep.md (a table of every configuration), sweep.png "
+            "and "
+            "best.toml (the best configuration, for reml-run --config) into the sweep directory. See docs/sweep.md."
+        ),
     )
     add_experiment_flags(parser)
     search = parser.add_argument_group("search")
@@ -54,8 +58,11 @@ def build_parser() -> ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=V1,V2",
-        help="values of one config key, comma-separated, each read like a --set value (e.g. --grid env.inner_adam_lr=0.001,0.003, "
-        "--grid env.shots=[5],[5,10]); repeatable: the sweep runs every combination",
+        help=(
+            "values of one config key, comma-separated, each read like a --set value (e.g. --grid "
+            "env.inner_adam_lr=0.001,0.003, "
+            "--grid env.shots=[5],[5,10]); repeatable: the sweep runs every combination"
+        ),
     )
     search.add_argument(
         "--random",
