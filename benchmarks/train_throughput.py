@@ -12,7 +12,8 @@ With ``--workers 1,2`` every policy is measured at the default n_envs (or each `
 ``train.workers`` count, each figure and each policy's ratio (last count over first) printed, and the
 last line is the smallest of those ratios, ``train_speedup=<ratio>``. Without it the runs use
 ``train.workers`` as a run resolves it (printed).
-Usage: python benchmarks/train_throughput.py [--steps N] [--policies ppo-mlp,ppo-lstm] [--n-envs 1,16] [--pool-updates thesis,protocol] [--workers 1,2]
+Usage: python benchmarks/train_throughput.py [--steps N] [--policies ppo-mlp,ppo-lstm] [--n-envs 1,16]
+       [--pool-updates thesis,protocol] [--workers 1,2]
 """
 
 from __future__ import annotations

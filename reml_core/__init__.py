@@ -56,7 +56,8 @@ def __dir__() -> list[str]:
 
 class _Package(types.ModuleType):
     """``reml_core.bench`` (and ``reml_core.sweep``) is the API function, also once the submodule or
-    package of the same name (:mod:`reml_core.bench`, reached through ``sys.modules``) has been imported: the import system
+    package of the same name (:mod:`reml_core.bench`, reached through ``sys.modules``) has been imported: the import
+    system
     would otherwise bind the module over the function, and a second ``reml_core.bench(...)``
     would call a module."""
 

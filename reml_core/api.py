@@ -259,7 +259,8 @@ class Results:
 
     @check_arguments
     def cell(self, method: str, shots: int, steps: int) -> CellResult:
-        """One method's cell at K = ``shots`` after ``steps`` SGD steps (a ``KeyError`` naming what there is, otherwise)."""
+        """One method's cell at K = ``shots`` after ``steps`` SGD steps (a ``KeyError`` naming what there is,
+        otherwise)."""
         table = self.table(method)
         if shots not in table:
             raise KeyError(f"no K = {shots} in {method}'s results (K: {', '.join(map(str, sorted(table)))})")
@@ -709,7 +710,8 @@ def bench(
     **settings: Any,
 ) -> Results:
     """REML (once per encoder in ``encoders``) and the baselines in ``methods`` on the same held-out
-    tasks, for ``seeds`` seeds (default 1), on ``executor`` ("local" or "ray"); write the benchmark folder and return its results.
+    tasks, for ``seeds`` seeds (default 1), on ``executor`` ("local" or "ray"); write the benchmark folder and return
+    its results.
 
     ``from_dir`` loads trained methods from an earlier run or benchmark (a method whose training did
     not finish is refused); ``resume`` continues the benchmark in that folder, rerunning only what is
@@ -764,7 +766,8 @@ SWEEP_ORIGIN = "reml_core.sweep()"
 
 @dataclass(frozen=True)
 class SweepResults:
-    """A finished (or partly finished) sweep: its folder and its ``sweep.json`` (schema ``reml.sweep/1``, docs/sweep.md)."""
+    """A finished (or partly finished) sweep: its folder and its ``sweep.json`` (schema ``reml.sweep/1``,
+    docs/sweep.md)."""
 
     folder: Path
     document: Mapping[str, Any]
@@ -776,7 +779,8 @@ class SweepResults:
 
     @property
     def configurations(self) -> list[dict[str, Any]]:
-        """Every configuration: its id, swept ``values``, ``mean``/``std``/``min``/``max`` validation score over seeds, ..."""
+        """Every configuration: its id, swept ``values``, ``mean``/``std``/``min``/``max`` validation score over seeds,
+        ..."""
         return [dict(c) for c in self.document["configurations"]]
 
     @property
@@ -791,7 +795,8 @@ class SweepResults:
 
     @property
     def best(self) -> dict[str, Any] | None:
-        """The best configuration (lowest mean validation score; ``values``, ``mean``, ``std``, ...), or None if none scored."""
+        """The best configuration (lowest mean validation score; ``values``, ``mean``, ``std``, ...), or None if none
+        scored."""
         best = self.document.get("best")
         return dict(best) if best is not None else None
 

@@ -133,7 +133,8 @@ def end_episodes(
     pool_update: Any = None,
     appliers: Mapping[str, Callable[[Any, Any], None]] | None = None,
 ) -> list[EpisodeOutcome]:
-    """Train and measure every finished network; update the pool (``write_back_rate`` not None) from all but faulted ones.
+    """Train and measure every finished network; update the pool (``write_back_rate`` not None) from all but faulted
+    ones.
 
     The update is the thesis' write-back of the Adam-trained networks, in order, or, given a
     ``pool_update`` (:class:`reml_core.pool_update.ProtocolPoolUpdate`), its meta-gradient step;
@@ -167,7 +168,8 @@ def end_episodes(
                 outcomes[i] = results[row]
                 trained[i] = (network, row, members)
     if protocol:
-        # write_back_rate is the configured rate as the schedule has annealed it so far: the same fraction scales the Adam rate.
+        # write_back_rate is the configured rate as the schedule has annealed it so far: the same fraction scales the
+        # Adam rate.
         scale = write_back_rate / config.write_back_rate  # type: ignore[operator]
         keep = [not outcome.fault for outcome in outcomes]
         if appliers:
@@ -240,7 +242,8 @@ def _one(
 def _batch(
     pool: BatchedLayerPool, ends: Sequence[EpisodeEnd], loss_fn: LossFn, config: EnvConfig, required: frozenset[str]
 ) -> tuple[list[EpisodeOutcome], Any]:
-    """Networks of one shape, stacked: the same measurements as :func:`_one` for each row (all chose the same values)."""
+    """Networks of one shape, stacked: the same measurements as :func:`_one` for each row (all chose the same
+    values)."""
     config = settings_for(config, ends[0].choices)
     losses_fn = batched_loss(loss_fn)
     indices = [list(end.indices) for end in ends]

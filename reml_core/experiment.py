@@ -54,7 +54,8 @@ class Components:
 
     @cached_property
     def pool_update(self) -> ProtocolPoolUpdate | None:
-        """The run's one protocol-aligned pool update (its optimiser state is checkpointed), or None for the thesis rule."""
+        """The run's one protocol-aligned pool update (its optimiser state is checkpointed), or None for the thesis
+        rule."""
         return make_pool_update(self.pool, self.config.core.env, self.task_sampler.loss)
 
     def make_env(self, *, mode: Mode = "train", seed: int | None = None, first_episode: int = 0) -> CompositionEnv:
@@ -79,7 +80,8 @@ class Components:
         batched: bool = True,
         workers: int | None = None,
     ) -> CompositionVecEnv:
-        """``n_envs`` train-mode environments side by side; env i continues its own task stream at ``first_episodes[i]``;
+        """``n_envs`` train-mode environments side by side; env i continues its own task stream at
+        ``first_episodes[i]``;
         their episode ends split across ``workers`` processes (default: ``train.workers`` resolved)."""
         from reml_core.vec_env import CompositionVecEnv, stream_seed  # imports stable-baselines3
         from reml_core.workers import resolve_workers

@@ -304,7 +304,8 @@ def reml_baselines() -> Iterable[BaselineSpec]:
     stream, then hands the evaluator a starting network per task, which the evaluator fine-tunes
     exactly as it fine-tunes every other method. Its factory gets a
     :class:`reml_core.interfaces.BaselineContext`: ``context.pool`` is the run's layer pool
-    (``pool.fresh_network(context.depth, generator)`` is a network of REML's architecture). Example (the all-zero network: a floor)::
+    (``pool.fresh_network(context.depth, generator)`` is a network of REML's architecture). Example (the all-zero
+    network: a floor)::
 
         import torch
         from pydantic import BaseModel, ConfigDict

@@ -509,7 +509,8 @@ def open_learner(
     encoder: str | None = None,
     trust_checkpoint: bool = False,
 ) -> Learner:
-    """The learner of ``method`` in a finished run, benchmark or benchmark seed folder (see :meth:`reml_core.api.Results.learner`)."""
+    """The learner of ``method`` in a finished run, benchmark or benchmark seed folder (see
+    :meth:`reml_core.api.Results.learner`)."""
     from reml_core.config import load_resolved, resolve_config
     from reml_core.experiment import build_components
     from reml_core.registry import PluginRegistry
@@ -694,7 +695,8 @@ class DataFileError(UserError):
 
 
 def read_csv(path: str | Path, what: str = "data file") -> tuple[list[str] | None, np.ndarray]:
-    """A CSV file of numbers: (its header's column names, or None without a header) and a float64 array ``[rows, columns]``.
+    """A CSV file of numbers: (its header's column names, or None without a header) and a float64 array ``[rows,
+    columns]``.
 
     A first line that is not all numbers is the header. Every row must have the header's (or the
     first row's) number of fields, every field a finite number; anything else is one

@@ -151,7 +151,8 @@ def evaluate_references(config: RunConfig, components: Components) -> dict[str, 
 
 
 def pool_search_providers(config: RunConfig, components: Components) -> dict[str, NetworkProvider]:
-    """REML's trained pool without the policy (``eval.pool_search`` candidates per task; none when 0), keyed ``reml-search``."""
+    """REML's trained pool without the policy (``eval.pool_search`` candidates per task; none when 0), keyed
+    ``reml-search``."""
     candidates = config.core.eval.pool_search
     if not candidates:
         return {}

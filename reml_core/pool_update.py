@@ -85,7 +85,8 @@ class ProtocolPoolUpdate:
         lr_scale: float = 1.0,
         appliers: Any = None,
     ) -> list[float]:
-        """One Adam step of the pool on the mean meta-loss of the kept ``ends`` (:class:`~reml_core.batched.EpisodeEnd`).
+        """One Adam step of the pool on the mean meta-loss of the kept ``ends``
+        (:class:`~reml_core.batched.EpisodeEnd`).
 
         The step's learning rate is ``env.pool_adam_lr * lr_scale`` (the environment anneals it with
         ``env.write_back_schedule``, as it anneals the thesis rule's write-back rate).

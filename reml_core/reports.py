@@ -37,8 +37,10 @@ def stat_label(key: str) -> str:
 
 #: What a number a component reports means, in plain words, for the reports that show it.
 STAT_MEANINGS = {
-    "invalid_argmax_rate": "the share of the policy's decisions on test tasks where the choice it rated most likely was "
-    "not allowed (masked) and the best allowed one was taken instead",
+    "invalid_argmax_rate": (
+        "the share of the policy's decisions on test tasks where the choice it rated most likely was "
+        "not allowed (masked) and the best allowed one was taken instead"
+    ),
 }
 
 
@@ -175,7 +177,9 @@ def own_rate_note(results: ResultsDocument) -> list[str]:
 
 #: How a report names each trivial reference (:data:`ResultsDocument.references`).
 REFERENCE_WORDS = {
-    "predict zero": "predicting 0 for every query point (for classification: the same score for every class, i.e. chance)",
+    "predict zero": (
+        "predicting 0 for every query point (for classification: the same score for every class, i.e. chance)"
+    ),
     "support mean": "predicting the mean of the K support targets for every query point",
 }
 

@@ -415,8 +415,10 @@ class ResultsDocument:
     executor: str | None = None
     #: What a method's policy chose on the test tasks (env.choose), by method key: reml_core.choices.summarise's dict.
     choices: dict[str, Any] = field(default_factory=dict)
-    #: What predictors that learn nothing score on the same test tasks (:func:`reml_core.evaluation.trivial_references`):
-    #: ``"predict zero"`` and ``"support mean"``, each a table with one column (0 steps). Not methods: never ranked or plotted.
+    #: What predictors that learn nothing score on the same test tasks
+    #: (:func:`reml_core.evaluation.trivial_references`):
+    #: ``"predict zero"`` and ``"support mean"``, each a table with one column (0 steps). Not methods: never ranked or
+    #: plotted.
     references: dict[str, Table] = field(default_factory=dict)
 
     @property

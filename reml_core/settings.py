@@ -63,7 +63,8 @@ class StrictModel(RenamableModel):
 
 
 def renamed(new: str, old: str, default: Any = PydanticUndefined, *, description: str = "", **constraints: Any) -> Any:
-    """A renamed setting, declared once: ``inner_adam_lr: float = renamed("inner_adam_lr", "inner_lr", 0.005, gt=0, description=...)``.
+    """A renamed setting, declared once: ``inner_adam_lr: float = renamed("inner_adam_lr", "inner_lr", 0.005, gt=0,
+    description=...)``.
 
     A pydantic ``Field`` (``default``, ``description`` and the ``constraints`` as ``Field`` takes them)
     that accepts the former name as well (its ``validation_alias``) and says so in its description.
@@ -156,8 +157,11 @@ class EnvConfig(StrictModel):
         10,
         ge=0,
         le=MAX_ITERATIONS,
-        description="SGD steps on the K support points for the 'finetuned' loss a reward may use; unless set, the "
-        "evaluation protocol's longest fine-tuning (the largest of eval.steps), so the reward measures what is reported",
+        description=(
+            "SGD steps on the K support points for the 'finetuned' loss a reward may use; unless set, the "
+            "evaluation protocol's longest fine-tuning (the largest of eval.steps), so the reward measures what is "
+            "reported"
+        ),
     )
     finetune_sgd_lr: float = renamed(
         "finetune_sgd_lr",

@@ -57,7 +57,8 @@ MIN_SHARE = 8
 
 
 class WorkerLost(UserError):
-    """A worker process of ``train.workers`` died (killed, out of memory); the run stops with the last checkpoint intact.
+    """A worker process of ``train.workers`` died (killed, out of memory); the run stops with the last checkpoint
+    intact.
 
     One line on stderr as every UserError, but exit status 1: the run failed, the command was not misused."""
 

@@ -149,7 +149,8 @@ def test_set_assignments_and_merging():
 
 
 def test_the_rewards_fine_tuning_follows_the_evaluation_protocol_unless_set(installed_registry):
-    """env.finetune_lr/steps (what a reward measures) cannot drift from eval.sgd_lr/steps (what is reported) silently."""
+    """env.finetune_lr/steps (what a reward measures) cannot drift from eval.sgd_lr/steps (what is reported)
+    silently."""
     follow = resolve_config(installed_registry, {"plugin": "sine", "eval": {"sgd_lr": 0.02, "steps": [0, 5]}})
     assert (follow.core.env.finetune_lr, follow.core.env.finetune_steps) == (0.02, 5)
     own = resolve_config(

@@ -325,7 +325,8 @@ def test_conv_episode_ends_batched_equal_per_network_under_both_rules():
 
 @pytest.mark.slow
 def test_a_tiny_digits_run_trains_the_conv_pool_by_the_protocol_update(tmp_path):
-    """End to end: env.pool_update = "protocol" is accepted with the conv pool, steps it, and checkpoints its Adam state."""
+    """End to end: env.pool_update = "protocol" is accepted with the conv pool, steps it, and checkpoints its Adam
+    state."""
     from reml_core.config import resolve_config
     from reml_core.pipeline import run_experiment
     from reml_core.registry import PluginRegistry

@@ -241,7 +241,8 @@ def test_loss_works_row_by_row_as_the_core_batches_it(sampler):
 
 
 def test_a_small_network_learns_the_training_classes_in_seconds(sampler):
-    """The data carry signal: a linear classifier fitted on a task's training images beats chance on its query images."""
+    """The data carry signal: a linear classifier fitted on a task's training images beats chance on its query
+    images."""
     accuracies = []
     for task in sampler.test_tasks(10):
         torch.manual_seed(0)
@@ -267,7 +268,8 @@ def test_describe_states_the_facts(sampler):
 
 @pytest.fixture
 def registry() -> PluginRegistry:
-    """The installed plugins, plus digits (and the conv pool, if present) registered in-process until their entry points exist."""
+    """The installed plugins, plus digits (and the conv pool, if present) registered in-process until their entry points
+    exist."""
     registry = PluginRegistry.discover(disabled=())
     if "digits" not in registry.names("task_sampler"):
         registry.register(digits_plugin, name="digits", distribution="reml")
@@ -374,7 +376,8 @@ def test_prototypes_encoder_is_registered_beside_the_others():
 
 
 def test_components_build_with_the_recommended_components(registry):
-    """The core's own checks (K fits the support set, the encoder's output at every K) pass for digits' recommendation."""
+    """The core's own checks (K fits the support set, the encoder's output at every K) pass for digits'
+    recommendation."""
     if "conv" not in registry.names("layer_pool"):
         pytest.skip("the conv pool is not available")
     config = resolve_config(registry, {"plugin": "digits", "preset": "smoke"})

@@ -1,4 +1,5 @@
-"""The ``files`` plugin (issue 22): your own regression tasks from CSV/NPZ files and classification from image folders."""
+"""The ``files`` plugin (issue 22): your own regression tasks from CSV/NPZ files and classification from image
+folders."""
 
 from __future__ import annotations
 

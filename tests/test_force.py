@@ -48,7 +48,8 @@ def finished_bench(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sweep_folder(tmp_path_factory, finished_run) -> Path:
-    """A sweep's folder as reml-sweep leaves it (its plan, a trial's reml-run folder, log and record, Tune's state), without Ray."""
+    """A sweep's folder as reml-sweep leaves it (its plan, a trial's reml-run folder, log and record, Tune's state),
+    without Ray."""
     from reml_core.registry import PluginRegistry
 
     out = tmp_path_factory.mktemp("force") / "sweep"

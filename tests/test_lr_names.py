@@ -101,7 +101,8 @@ def test_both_names_at_once_is_an_error_naming_both(installed_registry, section,
 
 @pytest.mark.parametrize(("section", "old", "new", "value"), RENAMED, ids=IDS)
 def test_a_later_layer_under_either_name_replaces_an_earlier_one(installed_registry, section, old, new, value):
-    """A file with the former name and ``--set`` with the new one (or the other way round): the flag wins, as for any key."""
+    """A file with the former name and ``--set`` with the new one (or the other way round): the flag wins, as for any
+    key."""
     for first, second in ((old, new), (new, old)):
         user = deep_merge(
             _user(section, {first: 0.123}),
@@ -161,7 +162,8 @@ def test_the_former_attribute_names_still_read_the_settings():
 
 
 def test_a_deliberate_finetune_rate_under_the_former_name_is_not_overridden_by_the_protocol(installed_registry):
-    """ExperimentConfig makes env.finetune_sgd_lr follow eval.sgd_lr unless it was set; set under its former name counts."""
+    """ExperimentConfig makes env.finetune_sgd_lr follow eval.sgd_lr unless it was set; set under its former name
+    counts."""
     follow = resolve_config(installed_registry, {"plugin": "sine", "eval": {"sgd_lr": 0.02}})
     assert follow.core.env.finetune_sgd_lr == 0.02
     own = resolve_config(installed_registry, {"plugin": "sine", "eval": {"sgd_lr": 0.02}, "env": {"finetune_lr": 0.05}})

@@ -127,7 +127,8 @@ def test_first_order_drops_terms_second_order_keeps(sampler, batch, inner_steps)
 @pytest.mark.parametrize("first_order", [False, True], ids=["second-order", "first-order"])
 @pytest.mark.parametrize("inner_steps", [1, 2])
 def test_eager_outer_autograd_is_exactly_grad_and_value(sampler, batches, first_order, inner_steps):
-    """The eager backend takes the outer derivative with plain autograd (faster); torch.func's own transform gives the same bits."""
+    """The eager backend takes the outer derivative with plain autograd (faster); torch.func's own transform gives the
+    same bits."""
     baseline = make(sampler, first_order=first_order, inner_steps=inner_steps)
     task_loss = partial(
         _task_loss,

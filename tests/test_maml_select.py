@@ -1,4 +1,5 @@
-"""The maml-select baseline: M MAML initialisations, each task taking the one with the lowest support loss after one SGD step."""
+"""The maml-select baseline: M MAML initialisations, each task taking the one with the lowest support loss after one SGD
+step."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def trained(sampler) -> MAMLSelectBaseline:
 
 
 def test_one_initialisation_is_plain_maml(sampler):
-    """M = 1, same seed: MAML's initialisation, meta-gradient and, after several Adam steps, parameters (float rounding apart)."""
+    """M = 1, same seed: MAML's initialisation, meta-gradient and, after several Adam steps, parameters (float rounding
+    apart)."""
     maml = MAMLBaseline(MAMLConfig(), TaskContext(seed=5, task_sampler=sampler))
     select = make(sampler, seed=5, initialisations=1)
     for mine, theirs in zip(rows(select, 0), maml.network.parameters()):
@@ -114,7 +116,8 @@ def test_choose_breaks_ties_low_and_never_picks_nan():
 
 
 def test_gradient_reaches_only_the_chosen_initialisations_and_is_maml_s_per_task(trained, batch, sampler):
-    """Each initialisation's gradient is the sum over the tasks that chose it of MAML's meta-gradient from it, / tasks."""
+    """Each initialisation's gradient is the sum over the tasks that chose it of MAML's meta-gradient from it, /
+    tasks."""
     two = MetaBatch(*(t[:2] for t in batch.as_tuple()))
     loss = trained.backend.meta_gradient(two)
     choice = trained.backend.last_choice.tolist()
@@ -326,7 +329,8 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_reml_bench_saves_maml_select_as_reml_s_files_and_reloads_it(tmp_path):
-    """reml-bench trains and saves the baseline (every file in the folder's ledger); --from reloads it to the same numbers."""
+    """reml-bench trains and saves the baseline (every file in the folder's ledger); --from reloads it to the same
+    numbers."""
     common = ("--plugin", "sine", "--preset", "smoke", "--set", "eval.test_tasks=5", "--set", "eval.curve_steps=0")
     out = tmp_path / "bench"
     result = _bench(

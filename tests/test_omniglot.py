@@ -133,7 +133,8 @@ def test_test_classes_never_appear_in_training_or_validation_tasks(sampler):
 
 
 def test_images_are_their_classes_drawings_rotated_resized_and_inverted(sampler):
-    """Checked against the files, decoded here independently: every image of a task is a drawing of its class's character at its rotation."""
+    """Checked against the files, decoded here independently: every image of a task is a drawing of its class's
+    character at its rotation."""
     by_image = {}
     for index, character in enumerate(sampler.characters):
         for path in character.files:

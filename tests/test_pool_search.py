@@ -39,7 +39,8 @@ def test_it_hands_out_the_candidate_with_the_lowest_support_loss_after_one_step(
                 scores.append(evaluate_loss(network, x, y, _mse))
             chosen = search.indices_for(task, shots)
             best = min(scores)
-            # the stacked search may round differently from one network at a time: any candidate within rounding of the best
+            # the stacked search may round differently from one network at a time: any candidate within rounding of the
+            # best
             assert scores[search._compositions(task, shots).index(chosen)] <= best * (1 + 1e-5) + 1e-7
 
 

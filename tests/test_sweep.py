@@ -451,8 +451,8 @@ def test_a_failing_trial_is_named_with_its_log_and_the_others_finish(tmp_path):
         "reml-run exited with code 2" in failed and "notes.txt" in failed and str(out / "logs" / f"{bad}.log") in failed
     )
     assert (
-        err.strip().splitlines()[-1]
-        == f"reml-sweep: 1 of 2 trials did not finish; the table shows the others. Retry them with: reml-sweep --resume {out}"
+        err.strip().splitlines()[-1] == "reml-sweep: 1 of 2 trials did not finish; the table shows the others. "
+        f"Retry them with: reml-sweep --resume {out}"
     )
     document = json.loads((out / "sweep.json").read_text())
     assert document["status"] == "incomplete"

@@ -114,7 +114,8 @@ class ConvPoolConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fits_in_memory(self) -> ConvPoolConfig:
-        """Refuse a pool too large to hold, before a single tensor is allocated (1 input channel and 1 class assumed)."""
+        """Refuse a pool too large to hold, before a single tensor is allocated (1 input channel and 1 class
+        assumed)."""
         parameters = _parameter_count(self.input_layers, self.hidden_layers, self.output_layers, self.channels, 1, 1)
         if parameters > MAX_PARAMETERS:
             raise ValueError(
@@ -421,7 +422,8 @@ class ConvLayerPool:
         return self._network(weights, biases)
 
     def fresh_network(self, depth: int, generator: torch.Generator) -> ConvComposedNetwork:
-        """The architecture ``build`` gives for ``depth`` layers, freshly initialised from ``generator`` (for scratch)."""
+        """The architecture ``build`` gives for ``depth`` layers, freshly initialised from ``generator`` (for
+        scratch)."""
         if depth < 2:
             raise ValueError(f"a conv network needs at least 2 layers, got depth {depth}")
         weights, biases = [], []
@@ -451,7 +453,8 @@ class ConvLayerPool:
     # -- many networks at once (the BatchedLayerPool capability) ---------------------------------
 
     def _slot_rows(self, indices: Sequence[Sequence[int]]) -> list[tuple[Role, torch.Tensor]]:
-        """Per slot: its role (every index list is checked in network order, so one role per slot) and the local rows."""
+        """Per slot: its role (every index list is checked in network order, so one role per slot) and the local
+        rows."""
         return self._index.slot_rows(indices, self._located, self.device)
 
     def build_batch(self, indices: Sequence[Sequence[int]]) -> BatchedConvNetwork:

@@ -133,7 +133,10 @@ class ImageFolderTaskSampler(ImageTaskSampler):
             digest.update(name.encode())
             digest.update(images.tobytes())
         return {
-            "images": f"{len(self.class_images)} class folders, {sum(len(i) for i in self.class_images)} images, sha256 {digest.hexdigest()[:12]}"
+            "images": (
+                f"{len(self.class_images)} class folders, {sum(len(i) for i in self.class_images)} images, "
+                f"sha256 {digest.hexdigest()[:12]}"
+            )
         }
 
     def _draw_images(self, rng: np.random.Generator, classes: np.ndarray, per_class: int) -> np.ndarray:

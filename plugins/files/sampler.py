@@ -221,7 +221,8 @@ class FileTaskSampler:
     def from_arrays(
         cls, config: FilesConfig, tasks: dict[str, Sequence[tuple[np.ndarray, np.ndarray]]]
     ) -> FileTaskSampler:
-        """From arrays: ``{"train": [(x, y), ...], "validation": [...], "test": [...]}``, ``x`` ``[n, d]`` and ``y`` ``[n, m]``."""
+        """From arrays: ``{"train": [(x, y), ...], "validation": [...], "test": [...]}``, ``x`` ``[n, d]`` and ``y``
+        ``[n, m]``."""
         splits = {}
         for split in SPLITS:
             splits[split] = []

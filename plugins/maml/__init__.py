@@ -60,7 +60,8 @@ def reml_baselines() -> Iterator[BaselineSpec]:
         ),
         presets=PRESETS,  # MAML's budgets: smoke 300 eager, default and full 70 000 compiled (choice and meta-gradient)
         label="MAML-select",
-        compare_in=(),  # a rival asked for by name (--methods/--baselines): it would add 1.45x MAML's time to every benchmark
+        # a rival asked for by name (--methods/--baselines): it would add 1.45x MAML's time to every benchmark
+        compare_in=(),
     )
     yield BaselineSpec(
         name="meta-sgd",
@@ -73,5 +74,6 @@ def reml_baselines() -> Iterator[BaselineSpec]:
         ),
         presets=PRESETS,  # MAML's budgets: smoke 300 eager, default and full 70 000 compiled
         label="Meta-SGD",
-        compare_in=(),  # asked for by name (--methods/--baselines), as maml-select: it would add about MAML's time to every benchmark
+        # asked for by name (--methods/--baselines), as maml-select: it would add about MAML's time to every benchmark
+        compare_in=(),
     )

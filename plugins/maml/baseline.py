@@ -234,7 +234,8 @@ class MAMLBaseline:
 
 
 def pool_network(context: BuildContext, shape: tuple[int, ...]) -> nn.Module:
-    """The image path's initial network: the architecture REML composes, from the run's layer pool, seeded by the run seed."""
+    """The image path's initial network: the architecture REML composes, from the run's layer pool, seeded by the run
+    seed."""
     pool = context.pool
     if pool is None or not callable(getattr(pool, "fresh_network", None)):
         raise ComponentBuildError(

@@ -81,7 +81,8 @@ def draw_batch(
 
 
 def from_task_batch(batch: TaskBatch, shots: int) -> MetaBatch:
-    """:func:`stack_tasks` of a batch's tasks, cut straight out of its stacked tensors (contiguous, as stacking gives)."""
+    """:func:`stack_tasks` of a batch's tasks, cut straight out of its stacked tensors (contiguous, as stacking
+    gives)."""
     check_training_points(shots, batch.x_train.shape[1], f"task {batch.task_ids[0]}")
     x, y = batch.x_train, batch.y_train
     return MetaBatch(

@@ -190,6 +190,9 @@ def _difference(found: Architecture | ModuleArchitecture, expected: Architecture
         if name not in theirs:
             return f" (it lacks tensor {name})"
         if theirs[name] != ours[name] or found.dtypes[name] != expected.dtypes[name]:
-            return f" (tensor {name} is {found.dtypes[name]} {theirs[name]}, expected {expected.dtypes[name]} {ours[name]})"
+            return (
+                f" (tensor {name} is {found.dtypes[name]} {theirs[name]}, "
+                f"expected {expected.dtypes[name]} {ours[name]})"
+            )
     extra = sorted(set(theirs) - set(ours))
     return f" (it has extra tensor {extra[0]})" if extra else ""

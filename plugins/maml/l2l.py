@@ -42,7 +42,8 @@ class Learn2LearnMAML:
     """Meta-gradients of a network's parameters through ``learn2learn.algorithms.MAML``.
 
     The network is the sine path's :class:`MetaNetwork` or the image path's pool-built module:
-    ``MAML`` wraps any module (its ``clone``/``adapt`` rewrite the module's parameters). Runs eagerly, as the library is meant to be used; the ``compile`` setting concerns torch-func only.
+    ``MAML`` wraps any module (its ``clone``/``adapt`` rewrite the module's parameters). Runs eagerly, as the library is
+    meant to be used; the ``compile`` setting concerns torch-func only.
     """
 
     name = "learn2learn"

@@ -1,4 +1,5 @@
-"""The ``meta-sgd`` baseline: Meta-SGD (Li et al. 2017), MAML whose inner SGD rate is learned, one rate per parameter entry.
+"""The ``meta-sgd`` baseline: Meta-SGD (Li et al. 2017), MAML whose inner SGD rate is learned, one rate per parameter
+entry.
 
 Meta-SGD meta-learns two things together: the initialisation theta (as MAML does) and a tensor
 of inner-loop rates alpha of theta's shape. A task's adapted parameters after one inner step are
@@ -65,7 +66,8 @@ RATE_SEED_OFFSET = 7919
 
 
 class MetaSGDConfig(BaseModel):
-    """The ``meta-sgd`` baseline (Li et al. 2017): MAML's options, except that the inner SGD rate is learned per parameter.
+    """The ``meta-sgd`` baseline (Li et al. 2017): MAML's options, except that the inner SGD rate is learned per
+    parameter.
 
     The rates start uniform in [``inner_sgd_lr_low``, ``inner_sgd_lr_high``] (Li et al.'s [0.005, 0.1]
     for regression; equal bounds start every rate at that value) and are meta-learned with the
@@ -127,7 +129,8 @@ class MetaSGDConfig(BaseModel):
 
 
 class MetaSGDParameters(nn.Module):
-    """What Meta-SGD meta-learns: ``network`` (the initialisation) and ``rates``, one tensor per parameter of the network.
+    """What Meta-SGD meta-learns: ``network`` (the initialisation) and ``rates``, one tensor per parameter of the
+    network.
 
     ``parameters()`` yields the network's parameters first, then the rates in the same order:
     the order both backends, the optimiser and the checkpoint use.
@@ -185,7 +188,8 @@ def _task_loss(
 def _meta_loss(
     leaves: Params, batch: tuple[torch.Tensor, ...], *, count: int, task_loss: Callable[..., torch.Tensor]
 ) -> torch.Tensor:
-    """Mean outer loss over a meta-batch's tasks; ``leaves`` are the network's ``count`` parameters, then their rates."""
+    """Mean outer loss over a meta-batch's tasks; ``leaves`` are the network's ``count`` parameters, then their
+    rates."""
     params, rates = tuple(leaves[:count]), tuple(leaves[count:])
     return vmap(task_loss, in_dims=(None, None, 0, 0, 0, 0))(params, rates, *batch).mean()
 
@@ -218,7 +222,8 @@ class TorchFuncMetaSGD(TorchFuncMAML):
 
 
 class Learn2LearnMetaSGD:
-    """Meta-gradients through ``learn2learn.algorithms.MetaSGD`` (its ``lrs`` are this baseline's rates, shared, not copied)."""
+    """Meta-gradients through ``learn2learn.algorithms.MetaSGD`` (its ``lrs`` are this baseline's rates, shared, not
+    copied)."""
 
     name = "learn2learn"
 

@@ -1,4 +1,5 @@
-"""The ``maml-select`` baseline: M MAML-trained initialisations, each task taking the one that fits its support set best.
+"""The ``maml-select`` baseline: M MAML-trained initialisations, each task taking the one that fits its support set
+best.
 
 The simplest rival of REML (issue 21, item 4a): no policy and no composition, only a per-task
 choice among M initialisations of MAML's MLP. The choice rule is the same in meta-training and at
@@ -92,7 +93,8 @@ class InitialisationStack(nn.Module):
 def support_loss_after_one_step(
     stacked: Params, x: torch.Tensor, y: torch.Tensor, *, loss_fn: LossFn, activation: str, inner_lr: float
 ) -> torch.Tensor:
-    """``[tasks, M]``: each task's loss on its points ``x, y`` ``[tasks, K, in]`` after one SGD step on them, from each initialisation.
+    """``[tasks, M]``: each task's loss on its points ``x, y`` ``[tasks, K, in]`` after one SGD step on them, from each
+    initialisation.
 
     The choice rule's criterion (no gradient is kept). MAML's own task loss with the support points as
     both the inner and the outer points, one step, first order (the same value; nothing to differentiate).
@@ -106,7 +108,8 @@ def support_loss_after_one_step(
 
 
 def choose(losses: torch.Tensor) -> torch.Tensor:
-    """The chosen initialisation per row of ``losses`` ``[tasks, M]``: the lowest (ties: the lower index; NaN never wins)."""
+    """The chosen initialisation per row of ``losses`` ``[tasks, M]``: the lowest (ties: the lower index; NaN never
+    wins)."""
     return torch.argmin(torch.nan_to_num(losses, nan=math.inf), dim=-1)
 
 
@@ -129,7 +132,8 @@ class ChosenBatch:
 
 
 class SelectMAML(TorchFuncMAML):
-    """The torch-func backend on a stack of initialisations: choose per task, then MAML's meta-gradient through the gather.
+    """The torch-func backend on a stack of initialisations: choose per task, then MAML's meta-gradient through the
+    gather.
 
     Its meta-gradient, compile and compile fallback are :class:`TorchFuncMAML`'s; only the loss differs.
     """
@@ -182,7 +186,8 @@ class SelectMAML(TorchFuncMAML):
             return choose(self._batch_choice_loss(params, x, y))
 
     def meta_gradient(self, batch: MetaBatch) -> torch.Tensor:
-        """Choose per task, then the meta-loss; its gradient (zero for initialisations no task chose) is left in ``.grad``."""
+        """Choose per task, then the meta-loss; its gradient (zero for initialisations no task chose) is left in
+        ``.grad``."""
         self.last_choice = self.choose(batch.x_inner, batch.y_inner)
         return super().meta_gradient(ChosenBatch(self.last_choice, batch))
 
@@ -228,7 +233,8 @@ class MAMLSelectBaseline(MAMLBaseline):
         return head + "; " + ", ".join(f"{key}={value}" for key, value in options.items())
 
     def meta_train(self, tasks, progress: bool = True) -> dict[str, float]:
-        """MAML's loop; the summary adds how many initialisations tasks chose over the run and in its last 100 iterations."""
+        """MAML's loop; the summary adds how many initialisations tasks chose over the run and in its last 100
+        iterations."""
         self.chosen.zero_()
         self._recent.clear()
         summary = super().meta_train(tasks, progress)
@@ -278,7 +284,8 @@ class MAMLSelectBaseline(MAMLBaseline):
         )
 
     def load(self, directory: Path) -> None:
-        """Restore a saved stack (same M, sizes and activation); meta-training after a load starts a fresh Adam state."""
+        """Restore a saved stack (same M, sizes and activation); meta-training after a load starts a fresh Adam
+        state."""
         checkpoint = load_checkpoint(Path(directory), self._checkpoint_architecture())
         saved = checkpoint.config.get("activation")
         if saved != self.config.activation:

@@ -109,7 +109,8 @@ def _meta_loss(
 def _autograd_meta_gradient(
     params: Params, batch: tuple[torch.Tensor, ...], *, meta_loss: Callable[..., torch.Tensor]
 ) -> tuple[Params, torch.Tensor]:
-    """``grad_and_value(meta_loss)(params, batch)`` with the outer derivative taken by plain autograd (the eager path)."""
+    """``grad_and_value(meta_loss)(params, batch)`` with the outer derivative taken by plain autograd (the eager
+    path)."""
     leaves = tuple(p.detach().requires_grad_() for p in params)
     loss = meta_loss(leaves, batch)
     return torch.autograd.grad(loss, leaves), loss.detach()

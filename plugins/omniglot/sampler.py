@@ -96,7 +96,8 @@ class OmniglotConfig(BaseModel):
     @model_validator(mode="wrap")
     @classmethod
     def _say_how_to_get_the_data(cls, data: Any, handler: Any) -> OmniglotConfig:
-        """A missing ``root`` is reported as ``task.root: required: ... how to get the data``, beside any other problem."""
+        """A missing ``root`` is reported as ``task.root: required: ... how to get the data``, beside any other
+        problem."""
         try:
             return handler(data)
         except ValidationError as error:
@@ -153,7 +154,8 @@ def _root_problem(root: Path) -> str | None:
 
 @dataclass(frozen=True)
 class Character:
-    """One character folder: its path relative to the root (``images_background/Alphabet/character01``) and its drawings."""
+    """One character folder: its path relative to the root (``images_background/Alphabet/character01``) and its
+    drawings."""
 
     name: str
     alphabet: str

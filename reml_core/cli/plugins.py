@@ -142,9 +142,8 @@ def _print_shown(items: list[dict[str, Any]]) -> None:
         print(f"{title}: {item['description']}{origin}")
         section = SECTIONS.get(item["kind"])
         section = f"{section}.{item['name']}" if item["kind"] in TABLE_EACH_KINDS else section
-        print(
-            f"options{f' (config section [{section}], or --set {section}.KEY=VALUE)' if section else ' (--set KEY=VALUE)'}:"
-        )
+        where = f" (config section [{section}], or --set {section}.KEY=VALUE)" if section else " (--set KEY=VALUE)"
+        print(f"options{where}:")
         if not item["options"]:
             print("  (none)")
         for row in item["options"]:

@@ -2,7 +2,8 @@
 
 Output layout::
 
-    OUT/.reml.json                the folder's marker, kind "sweep" (reml_core.folders: one for runs, benchmarks, sweeps)
+    OUT/.reml.json                the folder's marker, kind "sweep" (reml_core.folders: one kind of marker
+                                  for runs, benchmarks, sweeps)
     OUT/sweep.json                the plan (search space, every trial), then every score (schema reml.sweep/1)
     OUT/sweep.md, sweep.png       a table and a plot of every configuration: mean and spread over seeds
     OUT/best.toml                 the best configuration, complete: ``reml-run --config OUT/best.toml``
@@ -37,7 +38,8 @@ The package, one job per module:
 - :mod:`~reml_core.sweep.trials`: what a trial leaves behind (finished?, its objective, its record and log)
 - :mod:`~reml_core.sweep.supervise`: one trial's reml-run, under a guard that passes it one SIGTERM
 - :mod:`~reml_core.sweep.tune`: the plan run on Ray Tune, with progress lines and a graceful stop
-- :mod:`~reml_core.sweep.collect`: the scores collected and ``sweep.json``, ``sweep.md``, ``sweep.png``, ``best.toml`` written
+- :mod:`~reml_core.sweep.collect`: the scores collected and ``sweep.json``, ``sweep.md``, ``sweep.png``, ``best.toml``
+written
 """
 
 from reml_core.sweep.collect import OBJECTIVE, collect, summary, write_outputs

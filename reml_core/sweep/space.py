@@ -103,7 +103,8 @@ def parse_random_flag(text: str) -> Dimension:
 
 
 def check_random_spec(spec: str, origin: str, key: str) -> str:
-    """A distribution: ``uniform:A:B``, ``loguniform:A:B`` (0 < A < B), ``randint:A:B`` (A..B inclusive), ``choice:V1,V2``."""
+    """A distribution: ``uniform:A:B``, ``loguniform:A:B`` (0 < A < B), ``randint:A:B`` (A..B inclusive),
+    ``choice:V1,V2``."""
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
     where = f"{origin} {key}={spec}"
@@ -146,7 +147,8 @@ def draw(spec: str, rng: Any) -> Any:
 
 
 def _flatten_keys(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"env": {"inner_adam_lr": [...]}}`` and ``{"env.inner_adam_lr": [...]}`` both give ``{"env.inner_adam_lr": [...]}``."""
+    """``{"env": {"inner_adam_lr": [...]}}`` and ``{"env.inner_adam_lr": [...]}`` both give ``{"env.inner_adam_lr":
+    [...]}``."""
     flat: dict[str, Any] = {}
     for key, value in table.items():
         if isinstance(value, Mapping):
