@@ -35,15 +35,15 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in ("hookimpl", "hookspec"):
-        from reml_core import hookspecs
+        from reml_core import hookspecs  # noqa: PLC0415 - lazy: attribute imported on first use (start-up time; Ctrl-C at start-up)
 
         return getattr(hookspecs, name)
     if name in ("run", "bench", "sweep", "load", "Results", "SweepResults", "ArgumentError"):
-        from reml_core import api
+        from reml_core import api  # noqa: PLC0415 - lazy: attribute imported on first use (start-up time; Ctrl-C at start-up)
 
         return getattr(api, name)
     if name in ("Learner", "save_network"):
-        from reml_core import learner
+        from reml_core import learner  # noqa: PLC0415 - lazy: attribute imported on first use (start-up time; Ctrl-C at start-up)
 
         return getattr(learner, name)
     raise AttributeError(f"module 'reml_core' has no attribute {name!r}")

@@ -51,16 +51,25 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
+import os
+import signal
 import time
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from reml_core.distributed import check_address, cluster_cpus, ray_session, require_ray
 from reml_core.errors import ConfigError, UserError
-from reml_core.results import CellResult, ResultsDocument, Table
+from reml_core.folders import check_path, claim_bench_to_resume, claim_new_folder, claim_run_to_resume, release_all
+from reml_core.interrupts import Terminated, raise_if_interrupted, set_interrupt_hint
+from reml_core.logs import log
+from reml_core.results import CellResult, ResultsDocument, Table, read_results
+from reml_core.specs import NAMED_SECTIONS
+from reml_core.storage import atomic_write_json, read_json_file
 
 if TYPE_CHECKING:
     from reml_core.bench import BenchPlan
@@ -121,10 +130,10 @@ def _shown(value: Any) -> str:
 @functools.cache
 def _checkers(function: Callable[..., Any]) -> tuple[inspect.Signature, dict[str, tuple[Any, Any]]]:
     """The function's signature and, per annotated parameter, its annotation and a strict pydantic validator."""
-    from pydantic import ConfigDict, TypeAdapter
+    from pydantic import ConfigDict, TypeAdapter  # noqa: PLC0415 - lazy: start-up time: pydantic
 
-    from reml_core.registry import PluginRegistry
-    from reml_core.sweep.space import Dimension
+    from reml_core.registry import PluginRegistry  # noqa: PLC0415 - lazy: start-up time: reml_core.registry imports pluggy
+    from reml_core.sweep.space import Dimension  # noqa: PLC0415 - lazy: start-up time: reml_core.sweep.space imports pydantic
 
     hints = typing.get_type_hints(
         function, localns={"PluginRegistry": PluginRegistry, "Results": Results, "Dimension": Dimension}
@@ -147,7 +156,7 @@ def check_arguments(function: _Function) -> _Function:
 
     @functools.wraps(function)
     def checked(*args: Any, **kwargs: Any) -> Any:
-        from pydantic import ValidationError
+        from pydantic import ValidationError  # noqa: PLC0415 - lazy: start-up time: pydantic
 
         signature, checkers = _checkers(function)
         try:
@@ -296,7 +305,7 @@ class Results:
     def to_dataframe(self) -> Any:
         """:meth:`rows` as a pandas DataFrame (pandas is not a dependency of REML: install it to use this)."""
         try:
-            import pandas
+            import pandas  # noqa: PLC0415 - lazy: optional dependency pandas, for to_dataframe only
         except ImportError:
             raise ImportError("Results.to_dataframe needs pandas: pip install pandas") from None
         return pandas.DataFrame(self.rows())
@@ -304,7 +313,7 @@ class Results:
     @check_arguments
     def plot(self, path: str | Path, *, curves: bool = False) -> Path:
         """Draw the few-shot figure (or, with ``curves``, the convergence figure) into the PNG ``path``."""
-        from reml_core.plots import plot_convergence, plot_few_shot
+        from reml_core.plots import plot_convergence, plot_few_shot  # noqa: PLC0415 - lazy: start-up time: reml_core.plots imports pydantic
 
         path = Path(path)
         title = f"{self.document.plugin}: " + ", ".join(self.labels.values())
@@ -327,7 +336,7 @@ class Results:
         baseline the folder trained, e.g. ``"maml"``, ``"scratch"``). In a benchmark, ``seed`` and
         ``encoder`` pick one REML (needed when there are several); a method, seed or encoder the folder
         does not hold is a :class:`reml_core.learner.UnavailableMethodError` naming what it holds."""
-        from reml_core.learner import open_learner
+        from reml_core.learner import open_learner  # noqa: PLC0415 - lazy: start-up time: reml_core.learner imports torch
 
         return open_learner(
             self.folder, self.document, method, seed=seed, encoder=encoder, trust_checkpoint=trust_checkpoint
@@ -338,8 +347,6 @@ class Results:
 def load(folder: str | Path) -> Results:
     """A finished ``reml-run`` or ``reml-bench`` folder's results (a damaged ``results.json``, or one of
     a schema this REML cannot read, is a :class:`~reml_core.errors.UserError` naming it)."""
-    from reml_core.results import read_results
-
     folder = Path(folder)
     return Results(folder, read_results(folder / "results.json"))
 
@@ -353,8 +360,7 @@ def user_settings(
 ) -> dict[str, Any]:
     """One nested dict from a config (dict or file), keyword settings and dotted ``overrides``, in that order
     (a later one's setting replaces an earlier one's under either name of a renamed setting)."""
-    from reml_core.config import deep_merge, load_config_file, parse_assignment, renamed_settings
-    from reml_core.folders import check_path
+    from reml_core.config import deep_merge, load_config_file, parse_assignment, renamed_settings  # noqa: PLC0415 - lazy: start-up time: reml_core.config imports torch
 
     if config is None:
         data: dict[str, Any] = {}
@@ -362,7 +368,6 @@ def user_settings(
         data = dict(config)
     else:
         data = load_config_file(check_path(Path(config), "config"))
-    from reml_core.specs import NAMED_SECTIONS
 
     for section in NAMED_SECTIONS:
         for source in (data, settings):
@@ -376,13 +381,11 @@ def user_settings(
 
 
 def _yaml(value: Any) -> str:
-    import json
-
     return json.dumps(value) if not isinstance(value, str) else value
 
 
 def _registry() -> PluginRegistry:
-    from reml_core.registry import PluginRegistry
+    from reml_core.registry import PluginRegistry  # noqa: PLC0415 - lazy: start-up time: reml_core.registry imports pluggy
 
     return PluginRegistry.discover()
 
@@ -414,7 +417,7 @@ class PreparedRun:
     @check_arguments
     def execute(self, command: str = "") -> Results:
         """Train, evaluate and write the run; ``command`` is what the report says started it."""
-        from reml_core.pipeline import run_experiment
+        from reml_core.pipeline import run_experiment  # noqa: PLC0415 - lazy: start-up time: reml_core.pipeline imports torch
 
         document = run_experiment(
             self.config, self.out, resume=self.resume, trust_checkpoint=self.trust_checkpoint, command=command
@@ -437,11 +440,9 @@ def prepare_run(
 
     With ``resume``, everything comes from the folder: ``user``, ``out``, ``force`` and ``baselines`` are refused.
     """
-    from reml_core.config import default_baselines, load_resolved, only_chosen_baselines, resolve_config
-    from reml_core.experiment import build_components, build_one, check_policy_builds
-    from reml_core.folders import check_path, claim_new_folder, claim_run_to_resume
-    from reml_core.pipeline import check_resumable
-    from reml_core.storage import atomic_write_json
+    from reml_core.config import default_baselines, load_resolved, only_chosen_baselines, resolve_config  # noqa: PLC0415 - lazy: start-up time: reml_core.config imports torch
+    from reml_core.experiment import build_components, build_one, check_policy_builds  # noqa: PLC0415 - lazy: start-up time: reml_core.experiment imports torch
+    from reml_core.pipeline import check_resumable  # noqa: PLC0415 - lazy: start-up time: reml_core.pipeline imports torch
 
     given = [name for name, value in (("user", user), ("out", out), ("baselines", baselines)) if value is not None]
     refuse_with_resume(resume, given + (["force"] if force else []), "config.json")
@@ -461,7 +462,6 @@ def prepare_run(
     check_policy_builds(components)  # cross-component checks, before anything is written
     for name in config.baselines:  # a baseline that cannot be built for this run is refused now, too
         build_one(config.baselines[name], components.context)
-    from reml_core.interrupts import raise_if_interrupted
 
     raise_if_interrupted()
     claimed = claim_new_folder(Path(out) if out is not None else default_out(config), kind="run", force=force)
@@ -489,8 +489,6 @@ def run(
     so ``config``, ``out``, ``force``, ``baselines``, ``overrides`` and keyword settings are refused with it).
     ``baselines``: those evaluated beside REML (default: the task family's choice for a run).
     """
-    from reml_core.folders import release_all
-
     given = [
         name
         for name, value in (("config", config), ("out", out), ("baselines", baselines), ("overrides", overrides))
@@ -531,8 +529,8 @@ class PreparedBench:
     @check_arguments
     def execute(self, command: str = "") -> Results:
         """Run (or load) every job, evaluate, write the benchmark; ``command`` is what the report says started it."""
-        from reml_core.bench import run_bench
-        from reml_core.jobs import LocalExecutor, RayExecutor
+        from reml_core.bench import run_bench  # noqa: PLC0415 - lazy: start-up time: reml_core.bench imports torch
+        from reml_core.jobs import LocalExecutor, RayExecutor  # noqa: PLC0415 - lazy: start-up time: reml_core.jobs imports torch
 
         executor = RayExecutor(self.ray_address) if self.executor == "ray" else LocalExecutor()
         document = run_bench(
@@ -568,10 +566,8 @@ def prepare_bench(
     With ``resume``, the plan comes from the folder's ``bench-plan.json``: ``user``, ``methods``,
     ``encoders``, ``seeds``, ``from_dir``, ``out`` and ``force`` are refused.
     """
-    from reml_core.bench import plan_bench
-    from reml_core.config import default_baselines
-    from reml_core.folders import check_path, claim_bench_to_resume, claim_new_folder
-    from reml_core.storage import atomic_write_json
+    from reml_core.bench import plan_bench  # noqa: PLC0415 - lazy: start-up time: reml_core.bench imports torch
+    from reml_core.config import default_baselines  # noqa: PLC0415 - lazy: start-up time: reml_core.config imports torch
 
     label = "reml_core.api.prepare_bench"
     methods, encoders = _nonempty("methods", methods, label), _nonempty("encoders", encoders, label)
@@ -594,8 +590,6 @@ def prepare_bench(
     if ray_address is not None and executor != "ray":
         raise UserError("--ray-address needs --executor ray")
     if executor == "ray":
-        from reml_core.distributed import check_address, require_ray
-
         require_ray("--executor ray")
         if ray_address is not None:
             check_address(ray_address)  # before the folder is claimed
@@ -663,11 +657,7 @@ PLAN_FORMAT = "reml.bench-plan/1"
 def read_plan(folder: Path) -> Any:
     """A benchmark folder's ``bench-plan.json``, every field checked against its type (a damaged one is
     one :class:`~reml_core.errors.UserError` naming the file and the field)."""
-    from typing import Literal
-
-    from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-    from reml_core.storage import read_json_file
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError  # noqa: PLC0415 - lazy: start-up time: pydantic
 
     class SavedPlan(BaseModel):
         """What ``bench-plan.json`` holds (written by :func:`prepare_bench`)."""
@@ -718,8 +708,6 @@ def bench(
     missing (its ``bench-plan.json`` fixes every setting: only ``executor``, ``ray_address`` and
     ``trust_checkpoint`` may be given with it).
     """
-    from reml_core.folders import release_all
-
     methods, encoders = (
         _nonempty("methods", methods, "reml_core.bench"),
         _nonempty("encoders", encoders, "reml_core.bench"),
@@ -807,7 +795,7 @@ class SweepResults:
 
     def summary(self) -> str:
         """The table's rows and where the files are (what ``reml-sweep`` prints at the end)."""
-        from reml_core.sweep.collect import summary
+        from reml_core.sweep.collect import summary  # noqa: PLC0415 - lazy: start-up time: reml_core.sweep.collect imports pydantic
 
         return summary(self.document, self.folder)
 
@@ -832,15 +820,10 @@ class PreparedSweep:
         files; ``command`` is what ``sweep.json`` says started it. Ctrl-C or SIGTERM stops Tune, which saves
         its experiment and lets the running trials checkpoint, and then raises ``KeyboardInterrupt`` or
         :class:`reml_core.interrupts.Terminated` (``resume`` continues the sweep)."""
-        import os
-        import signal
 
-        from reml_core.distributed import cluster_cpus, ray_session
-        from reml_core.interrupts import Terminated, raise_if_interrupted, set_interrupt_hint
-        from reml_core.logs import log
-        from reml_core.sweep.collect import write_outputs
-        from reml_core.sweep.plan import claim_sweep_folder, write_plan
-        from reml_core.sweep.tune import run_tune
+        from reml_core.sweep.collect import write_outputs  # noqa: PLC0415 - lazy: start-up time: reml_core.sweep.collect imports pydantic
+        from reml_core.sweep.plan import claim_sweep_folder, write_plan  # noqa: PLC0415 - lazy: start-up time: reml_core.sweep.plan imports pydantic
+        from reml_core.sweep.tune import run_tune  # noqa: PLC0415 - lazy: start-up time: reml_core.sweep.tune imports pydantic
 
         plan = self.plan
         if not self.resuming and command:
@@ -906,18 +889,15 @@ def prepare_sweep(
     given in both is the argument's. With ``resume``, the plan comes from the folder's ``sweep.json``:
     only ``cpus_per_trial`` and ``ray_address`` may be given with it.
     """
-    from reml_core.config import renamed_settings
-    from reml_core.distributed import check_address, require_ray
-    from reml_core.folders import check_path
-    from reml_core.interrupts import raise_if_interrupted
-    from reml_core.sweep.plan import (
+    from reml_core.config import renamed_settings  # noqa: PLC0415 - lazy: start-up time: reml_core.config imports torch
+    from reml_core.sweep.plan import (  # noqa: PLC0415 - lazy: start-up time: reml_core.sweep.plan imports pydantic
         check_sweep_out,
         claim_sweep_to_resume,
         default_out,
         plan_from_sweep_json,
         plan_sweep,
     )
-    from reml_core.sweep.space import combine_space, parse_file_sweep
+    from reml_core.sweep.space import combine_space, parse_file_sweep  # noqa: PLC0415 - lazy: start-up time: reml_core.sweep.space imports pydantic
 
     label = "reml_core.api.prepare_sweep"
     _at_least_one(seeds, label)
@@ -983,8 +963,7 @@ def sweep(
     every setting: only ``cpus_per_trial`` and ``ray_address`` may be given with it). Needs Ray
     (``pip install 'reml[ray]'``). Trials that did not finish are in :attr:`SweepResults.unfinished`.
     """
-    from reml_core.folders import release_all
-    from reml_core.sweep.space import parse_sweep_table
+    from reml_core.sweep.space import parse_sweep_table  # noqa: PLC0415 - lazy: start-up time: reml_core.sweep.space imports pydantic
 
     _at_least_one(seeds, "reml_core.sweep")
     given = [

@@ -17,4 +17,4 @@ def import_gym_quietly() -> None:
     if importlib.util.find_spec("gym") is None:
         return
     with contextlib.redirect_stderr(io.StringIO()):
-        import gym  # noqa: F401
+        import gym  # noqa: F401, PLC0415 - lazy: optional: only to silence gym_notices when gym is installed

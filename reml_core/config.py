@@ -39,6 +39,7 @@ from reml_core.settings import (  # re-exported: the settings models lived here 
     TrainConfig,
     renames_of,
 )
+from reml_core.storage import read_json_file
 
 __all__ = [  # the settings models, importable from here as before
     "CORE_PRESETS",
@@ -657,7 +658,5 @@ def only_chosen_baselines(config: RunConfig, chosen: Sequence[str], prog: str, f
 
 def load_resolved(path: Path, registry: PluginRegistry) -> RunConfig:
     """Re-resolve a run's ``config.json`` (for ``--resume`` and ``--from``)."""
-    from reml_core.storage import read_json_file  # storage imports nothing of the config
-
     data = read_json_file(Path(path), "a run's config (a JSON object)", error=UserError)
     return resolve_config(registry, data)

@@ -31,7 +31,7 @@ def require_ray(what: str) -> Any:
     """The ``ray`` module, or a UserError naming ``what`` needed it and how to install it."""
     if importlib.util.find_spec("ray") is None:
         raise UserError(f"{what} needs Ray, which is not installed; install it with: {INSTALL_HINT}")
-    import ray
+    import ray  # noqa: PLC0415 - lazy: optional dependency ray (reml[ray])
 
     return ray
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,6 +27,7 @@ from reml_core.interfaces import (
 )
 from reml_core.pool_update import ProtocolPoolUpdate, make_pool_update
 from reml_core.specs import KIND_LABELS, SECTIONS, SPEC_TYPES, TABLE_EACH_KINDS
+from reml_core.workers import resolve_workers
 
 if TYPE_CHECKING:
     from reml_core.vec_env import CompositionVecEnv
@@ -83,8 +85,7 @@ class Components:
         """``n_envs`` train-mode environments side by side; env i continues its own task stream at
         ``first_episodes[i]``;
         their episode ends split across ``workers`` processes (default: ``train.workers`` resolved)."""
-        from reml_core.vec_env import CompositionVecEnv, stream_seed  # imports stable-baselines3
-        from reml_core.workers import resolve_workers
+        from reml_core.vec_env import CompositionVecEnv, stream_seed  # noqa: PLC0415 - lazy: start-up time: reml_core.vec_env imports stable_baselines3
 
         starts = list(first_episodes) if first_episodes is not None else [0] * n_envs
         if len(starts) != n_envs:
@@ -242,8 +243,6 @@ def check_policy_builds(components: Components) -> None:
     """Build the policy once on a throwaway training env, so a policy that cannot be built for these
     components (e.g. a set network without an encoder that declares a point set) is a config error
     before anything is written, not a traceback in the middle of a run."""
-    import warnings
-
     config = components.config
     env = components.make_train_env()
     try:

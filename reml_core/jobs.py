@@ -34,22 +34,25 @@ from pathlib import Path
 from typing import Any
 
 from reml_core.config import RunConfig, load_resolved, resolve_config
+from reml_core.distributed import cluster_cpus, ray_session
 from reml_core.errors import CheckpointError, UserError, describe_error
 from reml_core.evaluation import FewShotTable
-from reml_core.experiment import Components, build_components, build_one
+from reml_core.experiment import Components, build_components, build_one, loss_name
 from reml_core.interfaces import Describable
-from reml_core.logs import log
+from reml_core.logs import configure, log
 from reml_core.pipeline import (
     evaluate_methods,
     evaluate_references,
+    folder_budget,
     load_reml,
     own_rate_key,
     own_rate_labels,
     seed_everything,
     train_reml,
+    unfinished_training,
 )
 from reml_core.registry import PluginRegistry, disabled_plugins
-from reml_core.results import TrainingRecord
+from reml_core.results import TrainingRecord, jsonable
 from reml_core.storage import (
     atomic_write_json,
     follow_umask,
@@ -59,6 +62,7 @@ from reml_core.storage import (
     read_json_file,
     record_written,
 )
+from reml_core.training import StopRequested
 
 #: The file in each job's folder that holds what the job printed.
 JOB_LOG = "job.log"
@@ -141,7 +145,6 @@ def run_job(job: BenchJob, workdir: Path, *, echo: bool = True) -> JobResult:
             components, provider, outcome = _baseline(job, config, workdir)
         tables, curves, seconds = evaluate_methods(config, components, {job.key: provider})
         references = evaluate_references(config, components)
-    from reml_core.experiment import loss_name
 
     own = own_rate_key(job.key)
     return JobResult(
@@ -225,7 +228,6 @@ def _baseline(job: BenchJob, config: RunConfig, workdir: Path) -> tuple[Componen
                 record_written(path)  # a baseline's own files (MAML's are listed as it writes them)
                 follow_umask(path)
         record = {"training_seconds": seconds, "summary": summary, "config": chosen.config.model_dump(mode="json")}
-        from reml_core.results import jsonable
 
         atomic_write_json(workdir / BASELINE_RECORD, jsonable(record))
         origin = f"trained in {job.folder}"
@@ -253,7 +255,6 @@ def finished(job_dir: Path, method: str) -> bool:
     if method == "reml":
         if not ((job_dir / "config.json").is_file() and (job_dir / "checkpoints" / "final").is_dir()):
             return False
-        from reml_core.pipeline import folder_budget, unfinished_training
 
         budget = folder_budget(job_dir)
         return budget is not None and unfinished_training(job_dir, budget) is None
@@ -309,8 +310,6 @@ class LocalExecutor:
     name = "local"
 
     def run(self, jobs: Sequence[BenchJob], out: Path) -> Iterator[JobResult | JobFailure]:
-        from reml_core.training import StopRequested
-
         for job in jobs:
             try:
                 yield run_job(job, out / job.folder)
@@ -327,8 +326,6 @@ def _ray_job(job: BenchJob, started: bytes = b"") -> JobResult:
 
     ``started`` is the packed folder of an interrupted REML job, which the worker continues.
     """
-    from reml_core.logs import configure
-
     configure()  # a worker process: its messages go to the job's log
     with tempfile.TemporaryDirectory(prefix="reml-job-") as temporary:
         workdir = Path(temporary) / "job"
@@ -350,8 +347,6 @@ class RayExecutor:
         self.num_cpus = num_cpus
 
     def run(self, jobs: Sequence[BenchJob], out: Path) -> Iterator[JobResult | JobFailure]:
-        from reml_core.distributed import cluster_cpus, ray_session
-
         with ray_session("--executor ray", address=self.address, num_cpus=self.num_cpus) as ray:
             remote = ray.remote(_ray_job)
             pending: dict[Any, BenchJob] = {}

@@ -24,7 +24,9 @@ Nothing here trains a policy, prints or exits: the folder is only read.
 from __future__ import annotations
 
 import copy
+import csv
 import hashlib
+import io
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -37,7 +39,9 @@ import torch
 from torch import nn
 
 from reml_core.errors import CheckpointError, UserError
+from reml_core.inner_loop import finetune_sgd
 from reml_core.interfaces import LossFn, Task, TaskSampler
+from reml_core.storage import atomic_write_bytes, latest_checkpoint, read_json_file, verify_checkpoint
 
 if TYPE_CHECKING:
     from reml_core.config import RunConfig
@@ -124,10 +128,6 @@ def save_network(network: nn.Module, path: str | Path) -> Path:
         network = torch.nn.Sequential(*(getattr(torch.nn, name)(**arguments) for name, arguments in saved["layers"]))
         network.load_state_dict(saved["state_dict"])
     """
-    import io
-
-    from reml_core.storage import atomic_write_bytes
-
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(
@@ -438,8 +438,6 @@ class Learner:
         return adapted
 
     def _finetune(self, network: nn.Module, task: Task, shots: int, steps: int, lr: float) -> None:
-        from reml_core.inner_loop import finetune_sgd
-
         x, y = task.support(shots)
         with torch.enable_grad():  # also when called under torch.no_grad()
             finished = finetune_sgd(network, x, y, self.loss_fn, steps=steps, lr=lr)
@@ -511,10 +509,9 @@ def open_learner(
 ) -> Learner:
     """The learner of ``method`` in a finished run, benchmark or benchmark seed folder (see
     :meth:`reml_core.api.Results.learner`)."""
-    from reml_core.config import load_resolved, resolve_config
-    from reml_core.experiment import build_components
-    from reml_core.registry import PluginRegistry
-    from reml_core.storage import read_json_file
+    from reml_core.config import load_resolved, resolve_config  # noqa: PLC0415 - lazy: start-up time: reml_core.config imports pydantic
+    from reml_core.experiment import build_components  # noqa: PLC0415 - lazy: start-up time: reml_core.experiment imports gymnasium
+    from reml_core.registry import PluginRegistry  # noqa: PLC0415 - lazy: start-up time: reml_core.registry imports pluggy
 
     if method.startswith("reml:"):
         method, encoder = "reml", encoder or method.partition(":")[2]
@@ -596,10 +593,9 @@ def _reml_provider(
     config: RunConfig, components: Components, out: Path, trust_checkpoint: bool
 ) -> Callable[[Task, int], nn.Module]:
     """REML's deterministic rollout over the trained pool, from the checkpoint chosen on validation tasks."""
-    from reml_core.methods import ReMLMethod
-    from reml_core.pipeline import check_data, unfinished_training
-    from reml_core.storage import latest_checkpoint, verify_checkpoint
-    from reml_core.training import load_components, read_trainer_state
+    from reml_core.methods import ReMLMethod  # noqa: PLC0415 - lazy: start-up time: reml_core.methods imports gymnasium
+    from reml_core.pipeline import check_data, unfinished_training  # noqa: PLC0415 - lazy: start-up time: reml_core.pipeline imports gymnasium
+    from reml_core.training import load_components, read_trainer_state  # noqa: PLC0415 - lazy: start-up time: reml_core.training imports gymnasium
 
     if components.encoder.privileged:
         raise UnavailableMethodError(
@@ -632,8 +628,8 @@ def _reml_provider(
 def _baseline_provider(
     config: RunConfig, components: Components, name: str, run_folder: Path | None, seed_folder: Path | None
 ) -> Callable[[Task, int], nn.Module]:
-    from reml_core.experiment import build_one
-    from reml_core.jobs import BASELINE_RECORD, load_baseline
+    from reml_core.experiment import build_one  # noqa: PLC0415 - lazy: start-up time: reml_core.experiment imports gymnasium
+    from reml_core.jobs import BASELINE_RECORD, load_baseline  # noqa: PLC0415 - lazy: start-up time: reml_core.jobs imports gymnasium
 
     baseline = build_one(config.baselines[name], components.context)
     if seed_folder is not None:
@@ -702,8 +698,6 @@ def read_csv(path: str | Path, what: str = "data file") -> tuple[list[str] | Non
     first row's) number of fields, every field a finite number; anything else is one
     :class:`DataFileError` naming the file, the line and the column.
     """
-    import csv
-
     path = Path(path)
     if not path.exists():
         raise DataFileError(f"{what} {path} does not exist")

@@ -36,10 +36,10 @@ def _pyplot() -> Any:
     """
     if "MPLCONFIGDIR" not in os.environ and not _config_dir_writable():
         os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="reml-matplotlib-")
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - lazy: start-up time: matplotlib, for plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - lazy: start-up time: matplotlib, for plots only
 
     return plt
 

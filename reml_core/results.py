@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from reml_core import __version__
 from reml_core.errors import UserError
+from reml_core.storage import read_json_file
 
 if TYPE_CHECKING:  # the evaluator needs torch; reading and reporting results does not
     from reml_core.evaluation import Cell, FewShotTable
@@ -527,8 +529,6 @@ class ResultsDocument:
         :class:`UserError` naming ``where`` (and the field)."""
         schema = data.get("schema") if isinstance(data, Mapping) else None
         if schema is not None and schema not in READABLE_SCHEMAS:
-            from reml_core import __version__
-
             raise UserError(
                 f"{where} holds results of schema {schema!r}, which REML {__version__} cannot read (it reads "
                 f"{' and '.join(READABLE_SCHEMAS)}); read it with the REML that wrote it, or a newer one"
@@ -627,8 +627,6 @@ class ResultsDocument:
 
 def read_results(path: Any) -> ResultsDocument:
     """The ``results.json`` at ``path``, typed; a missing or damaged file is a :class:`UserError`."""
-    from reml_core.storage import read_json_file
-
     return ResultsDocument.from_json(
         read_json_file(path, "a REML results file (a JSON object)", error=UserError), str(path)
     )

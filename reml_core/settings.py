@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
+from reml_core.choices import check_choose
 from reml_core.device import check_device_name
 from reml_core.specs import Preset
 
@@ -242,8 +243,6 @@ class EnvConfig(StrictModel):
     @field_validator("choose", mode="before")
     @classmethod
     def _choose_candidates(cls, value: Any) -> Any:
-        from reml_core.choices import check_choose  # a settings model may check names the core declares
-
         return check_choose(value, cls.model_fields)
 
 

@@ -118,7 +118,7 @@ class ComponentSpec:
             raise ValueError(f"{type(self).__name__}: name {self.name!r} must be lowercase letters, digits, '-' or '_'")
         if not callable(self.factory):
             raise TypeError(f"{type(self).__name__} {self.name!r}: factory is not callable")
-        from pydantic import BaseModel  # here, not at the top: the command-line tools import this module early
+        from pydantic import BaseModel  # noqa: PLC0415 - lazy: start-up time: pydantic (the command-line tools import this module early)
 
         if not (isinstance(self.config_model, type) and issubclass(self.config_model, BaseModel)):
             raise TypeError(f"{type(self).__name__} {self.name!r}: config_model must be a pydantic model class")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from reml_core.config import RunConfig
 from reml_core.errors import CheckpointError, ComponentBuildError
@@ -97,8 +98,6 @@ def wrap_items(head: str, items: list[str], width: int = LOG_WIDTH - len("[reml 
 def _progress_bar(total: int, show: bool) -> Any:
     """The training progress bar: tqdm's, on stderr (shown only on a terminal or in a notebook), as the
     evaluation's and MAML's bars are; ``show=False`` (``train.progress = false``) draws none."""
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc="meta-training", unit="step", disable=None if show else True, leave=False)
 
 

@@ -34,6 +34,7 @@ a worker that dies (killed, out of memory) ends the run with :class:`WorkerLost`
 from __future__ import annotations
 
 import ctypes
+import io
 import math
 import os
 import pickle
@@ -47,6 +48,7 @@ from typing import Any
 
 import torch
 
+from reml_core.distributed import ray_session
 from reml_core.errors import UserError
 
 #: Workers at most by default (beyond about 8 the serial part of a step dominates: docs/performance.md).
@@ -148,7 +150,7 @@ def end_share(pool: Any, ends: Sequence[Any], options: dict[str, Any], *, loss_f
     """One share of a step's episode ends: :func:`reml_core.batched.end_episodes` on a recording pool
     (and recording protocol update), so the share's outcomes, write-backs and update call come back
     and the pool is left as it was."""
-    from reml_core.batched import end_episodes
+    from reml_core.batched import end_episodes  # noqa: PLC0415 - lazy: start-up time: reml_core.batched imports numpy
 
     options = dict(options)
     recorder = _RecordingPool(pool)
@@ -226,8 +228,6 @@ _NUMPY_DTYPES = {
 
 def dumps(value: Any) -> bytes:
     """``value`` pickled for a worker's pipe (see :class:`_Pickler`)."""
-    import io
-
     buffer = io.BytesIO()
     _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
     return buffer.getvalue()
@@ -245,7 +245,7 @@ class _Channel:
         self.reader, self.writer = reader, writer
         for end in (reader, writer):
             try:
-                import fcntl
+                import fcntl  # noqa: PLC0415 - lazy: Unix only (F_SETPIPE_SZ), inside the try that tolerates its absence
 
                 fcntl.fcntl(end.fileno(), 1031, PIPE_BYTES)  # F_SETPIPE_SZ
             except (ImportError, OSError):
@@ -433,7 +433,7 @@ class EpisodeWorkers:
         write-backs in share order, which is env-index order, or takes the protocol update over all
         the step's ends at once. One share (too few ends, one worker) is the unsplit call itself.
         """
-        from reml_core.batched import end_episodes
+        from reml_core.batched import end_episodes  # noqa: PLC0415 - lazy: start-up time: reml_core.batched imports numpy
 
         loss_fn, config = options.pop("loss_fn"), options.pop("config")
         shares = chunks(len(ends), split_count(len(ends), self.count))
@@ -602,8 +602,6 @@ _RAY: dict[str, Any] = {}
 def ray_workers(config: Any, address: str | None = None) -> Iterator[None]:
     """For the length of the block, a run's ``train.workers`` are Ray actors (on a local instance, or the
     cluster at ``address``) instead of forked processes; ``config`` is the run's RunConfig."""
-    from reml_core.distributed import ray_session
-
     with ray_session("--executor ray", address=address) as ray:
         _RAY.update(ray=ray, config=config.to_dict(), disabled=getattr(config, "disabled", None))
         try:
@@ -616,9 +614,9 @@ class _RayWorker:
     """A Ray actor holding its own copy of the run's components; each share arrives with the pool's state."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        from reml_core.config import resolve_config
-        from reml_core.experiment import build_components
-        from reml_core.registry import PluginRegistry
+        from reml_core.config import resolve_config  # noqa: PLC0415 - lazy: start-up time: reml_core.config imports numpy
+        from reml_core.experiment import build_components  # noqa: PLC0415 - lazy: start-up time: reml_core.experiment imports gymnasium
+        from reml_core.registry import PluginRegistry  # noqa: PLC0415 - lazy: start-up time: reml_core.registry imports pluggy
 
         torch.set_num_threads(1)
         resolved = resolve_config(PluginRegistry.discover(), config)

@@ -18,6 +18,7 @@ K-shot set the core takes, hold K images of each class.
 from __future__ import annotations
 
 import functools
+import hashlib
 
 import numpy as np
 import torch
@@ -121,7 +122,7 @@ class DigitsTaskSampler(ImageTaskSampler):
 
     def __init__(self, config: DigitsConfig) -> None:
         try:
-            from sklearn.datasets import load_digits
+            from sklearn.datasets import load_digits  # noqa: PLC0415 - lazy: start-up time: scikit-learn, for digits only
         except ImportError as error:
             raise ImportError("the digits family needs scikit-learn: pip install scikit-learn") from error
         self.config = config
@@ -160,8 +161,6 @@ class DigitsTaskSampler(ImageTaskSampler):
     def data_fingerprint(self) -> dict[str, str]:
         """The images scikit-learn installed (:class:`reml_core.interfaces.FingerprintsData`): a
         different version of its bundled digits would draw other tasks."""
-        import hashlib
-
         digest = hashlib.sha256(np.ascontiguousarray(self.images[0]).tobytes())
         for indices in self.digit_images:
             digest.update(np.asarray(indices, dtype=np.int64).tobytes())

@@ -37,7 +37,7 @@ def reml_task_samplers():
         ),
         recommended=Recommendation(encoder="support-points", pool="dense", reward="neg-mse", policy="ppo-mlp"),
     )
-    from reml_plugins.files.images import IMAGE_FOLDER_SPEC
+    from reml_plugins.files.images import IMAGE_FOLDER_SPEC  # noqa: PLC0415 - lazy: import cycle: reml_plugins.files.images imports this module
 
     yield IMAGE_FOLDER_SPEC
 

@@ -44,7 +44,7 @@ class ImageFolderConfig(BaseModel):
 
 
 def _read_image(path: Path, size: int, color: bool) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - lazy: start-up time: PIL, for image files only
 
     try:
         with Image.open(path) as image:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from reml_core.errors import ComponentBuildError, UserError
 from reml_core.interfaces import Task
+from reml_core.learner import DataFileError, read_csv
 
 SPLITS = ("train", "validation", "test")
 _STREAM_KEYS = {"train": 0, "validation": 1, "test": 2, "split": 3}
@@ -82,8 +83,6 @@ class TaskData:
 
 def read_columns(path: Path, names: Sequence[str], what: str) -> np.ndarray:
     """The named columns of a CSV (by header) or an NPZ file (by array name), as float64 ``[n, columns]``."""
-    from reml_core.learner import DataFileError, read_csv
-
     if path.suffix.lower() == ".csv":
         header, values = read_csv(path, "task file")
         if header is None:
@@ -383,8 +382,6 @@ def save_tasks(root: str | Path, tasks: Mapping[str, Sequence[Any]]) -> dict[str
 
 def read_or_refuse(config: FilesConfig) -> FileTaskSampler:
     """The sampler of ``config.root``; an unreadable file is a ComponentBuildError naming it (one line, exit 2)."""
-    from reml_core.learner import DataFileError
-
     try:
         return FileTaskSampler.from_folder(config)
     except DataFileError as error:

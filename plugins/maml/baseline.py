@@ -59,10 +59,10 @@ def mean_squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.
 def build_backend(network: nn.Module, config: MAMLConfig, loss_fn: LossFn) -> MetaGradientBackend:
     """The configured backend; learn2learn is imported only when it is the one asked for."""
     if config.backend == "learn2learn":
-        from reml_plugins.maml.l2l import Learn2LearnMAML
+        from reml_plugins.maml.l2l import Learn2LearnMAML  # noqa: PLC0415 - lazy: import cycle: reml_plugins.maml.l2l imports this module
 
         return Learn2LearnMAML(network, config, loss_fn)
-    from reml_plugins.maml.torch_func import TorchFuncMAML
+    from reml_plugins.maml.torch_func import TorchFuncMAML  # noqa: PLC0415 - lazy: import cycle: reml_plugins.maml.torch_func imports this module
 
     return TorchFuncMAML(network, config, loss_fn)
 

@@ -32,7 +32,7 @@ def import_learn2learn() -> ModuleType:
     """learn2learn, imported on first use; its ``gym`` dependency's deprecation notice is silenced."""
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # gym prints a multi-line notice on import
-            import learn2learn
+            import learn2learn  # noqa: PLC0415 - lazy: optional dependency learn2learn
     except ImportError as error:
         raise UserError(f"{INSTALL_HINT} ({error})") from None
     return learn2learn

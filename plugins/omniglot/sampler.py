@@ -28,6 +28,7 @@ K-shot set the core takes, hold K images of each class.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -225,7 +226,7 @@ def scan(root: Path) -> tuple[Character, ...]:
 
 def decode(path: str, size: int) -> np.ndarray:
     """One drawing, resized to ``size`` x ``size`` and inverted (strokes 255, background 0), uint8."""
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415 - lazy: start-up time: PIL, for image files only
 
     try:
         with Image.open(path) as image:
@@ -352,8 +353,6 @@ class OmniglotTaskSampler(ImageTaskSampler):
     def data_fingerprint(self) -> dict[str, str]:
         """What the folder holds (:class:`reml_core.interfaces.FingerprintsData`): the character folders,
         which number the classes and decide the split, and their drawings (file names and sizes)."""
-        import hashlib
-
         names = hashlib.sha256("\n".join(c.name for c in self.characters).encode()).hexdigest()[:12]
         drawings = hashlib.sha256()
         for character in self.characters:

@@ -21,6 +21,7 @@ import torch
 from reml_core.compat import import_gym_quietly
 from reml_core.errors import CheckpointError, ComponentBuildError
 from reml_core.interfaces import PolicyContext
+from reml_core.storage import link_error, record_written
 from reml_plugins.ppo.config import PPOConfig, RecurrentPPOConfig
 from reml_plugins.ppo.extractors import point_set_kwargs
 
@@ -212,7 +213,6 @@ class SB3PolicyBackend:
         if self.log_dir is not None:
             # stable-baselines3 opens these itself (progress.csv in place): note them in the run's list of
             # what REML wrote first, and refuse a link where it would write (it would follow it out of the folder)
-            from reml_core.storage import link_error, record_written
 
             for path in (self.log_dir, self.log_dir / "progress.csv"):
                 if path.is_symlink():

@@ -9,18 +9,23 @@ class and its logits). ``--export`` also writes the adapted network, which loads
 
 from __future__ import annotations
 
+import argparse
+import math
+import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import reml_core
 from reml_core.cli.common import ArgumentParser, non_negative_int, path_arg, raise_if_interrupted, run_main
+from reml_core.errors import UserError
+from reml_core.storage import atomic_write_text
 
 PROG = "reml-adapt"
 
 
 def _positive_float(text: str) -> float:
-    import argparse
-    import math
 
     try:
         value = float(text)
@@ -92,8 +97,6 @@ def build_parser() -> ArgumentParser:
 
 
 def _check_output(path: Path, flag: str, force: bool) -> None:
-    from reml_core.errors import UserError
-
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; name a file")
     if path.exists() and not force:
@@ -104,7 +107,7 @@ def _check_output(path: Path, flag: str, force: bool) -> None:
 
 def _split(values: Any, inputs: int, outputs: int, path: Path, what: str, *, targets_optional: bool) -> tuple[Any, Any]:
     """The input and target columns of a table read from ``path`` (the targets empty when the file has none)."""
-    from reml_core.learner import DataFileError
+    from reml_core.learner import DataFileError  # noqa: PLC0415 - lazy: start-up time: reml_core.learner imports torch; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
     columns = values.shape[1]
     allowed = [inputs, inputs + outputs] if targets_optional else [inputs + outputs]
@@ -120,9 +123,6 @@ def _split(values: Any, inputs: int, outputs: int, path: Path, what: str, *, tar
 
 def _body(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    import math
-
-    from reml_core.errors import UserError
 
     for flag, path in (("--out", args.out), ("--export", args.export)):
         if path is not None:
@@ -130,20 +130,15 @@ def _body(argv: Sequence[str] | None) -> int:
     if args.export is not None and args.export.resolve() == args.out.resolve():
         raise UserError("--export and --out name the same file")
 
-    from reml_core.learner import read_csv
+    from reml_core.learner import read_csv  # noqa: PLC0415 - lazy: start-up time: reml_core.learner imports torch; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
     support_header, support = read_csv(args.support, "--support")
     query_header, query = read_csv(args.query, "--query")
     raise_if_interrupted()
 
-    import sys
-    import warnings
+    import numpy as np  # noqa: PLC0415 - lazy: start-up time: numpy; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
-    import numpy as np
-
-    import reml_core
-    from reml_core.learner import save_network
-    from reml_core.storage import atomic_write_text
+    from reml_core.learner import save_network  # noqa: PLC0415 - lazy: start-up time: reml_core.learner imports torch; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
     learner = reml_core.load(args.folder).learner(
         args.method, seed=args.seed, encoder=args.encoder, trust_checkpoint=args.trust_checkpoint
@@ -153,7 +148,7 @@ def _body(argv: Sequence[str] | None) -> int:
     x_support, y_support = _split(support, inputs, outputs, args.support, "--support", targets_optional=False)
     x_query, _ = _split(query, inputs, outputs, args.query, "--query", targets_optional=True)
     raise_if_interrupted()
-    import torch
+    import torch  # noqa: PLC0415 - lazy: start-up time: torch; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -18,6 +18,7 @@ from reml_core.cli.common import (
     run_main,
     user_config,
 )
+from reml_core.folders import check_path
 from reml_core.specs import CHOICE_FLAGS
 
 PROG = "reml-bench"
@@ -112,12 +113,8 @@ PLAN_FLAGS = (*CHOICE_FLAGS, "preset", "config", "seed", "methods", "shots", "st
 
 
 def _body(argv: Sequence[str] | None) -> int:
-    from reml_core.api import (
-        PLAN_FILE,
-        prepare_bench,
-        refuse_with_resume,
-    )  # prepare_bench checks --executor and --ray-address
-    from reml_core.folders import check_path
+    # prepare_bench checks --executor and --ray-address
+    from reml_core.api import PLAN_FILE, prepare_bench, refuse_with_resume  # noqa: PLC0415 - lazy: start-up time: reml_core.api imports numpy; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
     args = build_parser().parse_args(argv)
     if args.resume is not None:

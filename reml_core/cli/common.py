@@ -9,6 +9,7 @@ as one at any later moment.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.abc
 import importlib.machinery
 import os
@@ -20,7 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from reml_core.errors import ConfigError, UserError
+from reml_core.errors import ConfigError, DiskFullError, UserError, disk_full_reason
+from reml_core.folders import check_path, release_all
 from reml_core.interrupts import Interrupts as _Interrupts  # the state is the library's; the handlers below set it
 from reml_core.interrupts import Terminated, raise_if_interrupted, set_interrupt_hint  # noqa: F401  (re-exported for the tools)
 from reml_core.interrupts import unraisable_hook as _unraisable
@@ -215,8 +217,7 @@ def user_config(
 ) -> dict[str, Any]:
     """The config file (if any) with flags on top, as one nested dict (a later layer's setting replaces an
     earlier one's under either name of a renamed setting: the plugins in ``registry`` say which are renamed)."""
-    from reml_core.config import deep_merge, load_config_file, parse_assignment, renamed_settings
-    from reml_core.folders import check_path
+    from reml_core.config import deep_merge, load_config_file, parse_assignment, renamed_settings  # noqa: PLC0415 - lazy: start-up time: reml_core.config imports torch; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
     data: dict[str, Any] = load_config_file(check_path(args.config, "--config")) if args.config is not None else {}
     flags: dict[str, Any] = {}
@@ -237,7 +238,7 @@ def user_config(
 
 def print_summary(results: ResultsDocument, out: Path) -> None:
     """The few-shot tables and where the files are, once a run or benchmark has finished."""
-    from reml_core.reports import SMOKE_WARNING, document_tables, reference_lines
+    from reml_core.reports import SMOKE_WARNING, document_tables, reference_lines  # noqa: PLC0415 - lazy: start-up time: reml_core.reports imports numpy; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
     print(document_tables(results))
     for line in reference_lines(results):  # what predicting 0 or the support mean scores on the same tasks
@@ -259,8 +260,8 @@ def execute_prepared(prog: str, prepared: Any, hint: str, stopped: Callable[[Any
     """The end every experiment command shares: run what was prepared (a Ctrl-C before or during it
     answered with ``hint``), then print the summary. A stop requested during training (the run
     checkpointed first) is one line, ``PROG: interrupted; <stopped(stop)>``, and the signal's exit code."""
-    from reml_core.pipeline import command_line
-    from reml_core.training import StopRequested
+    from reml_core.pipeline import command_line  # noqa: PLC0415 - lazy: start-up time: reml_core.pipeline imports torch; Ctrl-C at start-up, see cli/common.NativeImportGuard
+    from reml_core.training import StopRequested  # noqa: PLC0415 - lazy: start-up time: reml_core.training imports torch; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
     set_interrupt_hint(hint)
     raise_if_interrupted()
@@ -276,7 +277,7 @@ def execute_prepared(prog: str, prepared: Any, hint: str, stopped: Callable[[Any
 
 
 def discover_plugins() -> PluginRegistry:
-    from reml_core.registry import PluginRegistry
+    from reml_core.registry import PluginRegistry  # noqa: PLC0415 - lazy: start-up time: reml_core.registry imports pluggy; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
     return PluginRegistry.discover()
 
@@ -284,7 +285,7 @@ def discover_plugins() -> PluginRegistry:
 def _show_warning(
     message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
 ) -> None:
-    from reml_core.registry import PluginWarning
+    from reml_core.registry import PluginWarning  # noqa: PLC0415 - lazy: start-up time: reml_core.registry imports pluggy; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
     stream = file or sys.stderr
     if issubclass(category, PluginWarning):
@@ -388,8 +389,6 @@ def _silence(stream: Any) -> None:
 
 def _output_failed(prog: str, failure: OutputError, stdout: Any, stderr: Any) -> int:
     """One line on stderr (if stderr itself can still be written) and exit 2."""
-    import errno
-
     if failure.error.errno == errno.EPIPE:
         what = "output closed before everything was written (broken pipe)"
     else:
@@ -488,7 +487,6 @@ def _run_command(prog: str, body: Callable[[Sequence[str] | None], int], argv: S
     except Exception as error:
         if _Interrupts.received is not None or _Interrupts.pending:  # the interrupt's consequence, not a bug
             return _interrupted(prog, EXIT_TERMINATED if _Interrupts.received == signal.SIGTERM else EXIT_INTERRUPTED)
-        from reml_core.errors import DiskFullError, disk_full_reason
 
         reason = disk_full_reason(error)  # a full disk met by a library's own writer (a training log): one line too
         if reason:
@@ -510,6 +508,5 @@ def _run_command(prog: str, body: Callable[[Sequence[str] | None], int], argv: S
         if previous_term is not None:
             signal.signal(signal.SIGTERM, signal.SIG_IGN if console else previous_term)
         _Interrupts.hint = None
-        from reml_core.folders import release_all
 
         release_all()

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from reml_core.cli.common import ArgumentParser, discover_plugins, run_main
+from reml_core.errors import UserError
+from reml_core.specs import KIND_LABELS, KINDS, SECTIONS, TABLE_EACH_KINDS, TaskSamplerSpec
 
 if TYPE_CHECKING:
     from reml_core.registry import PluginRegistry
@@ -21,8 +23,6 @@ def listing(registry: PluginRegistry) -> dict[str, list[dict[str, str]]]:
     ``plugin`` is the distribution that installed the component, ``entry_point`` the plugin's
     name in the ``reml.plugins`` group; ``REML_DISABLE_PLUGINS`` takes either.
     """
-    from reml_core.specs import KINDS
-
     return {
         kind: [
             {
@@ -59,8 +59,8 @@ def options(model: Any, prefix: str = "") -> list[dict[str, Any]]:
     """Every option of a pydantic config model: dotted key, type, default, constraints, description.
 
     Nested models (the core's ``env``/``train``/``eval``) are listed field by field."""
-    from pydantic import BaseModel
-    from pydantic_core import PydanticUndefined
+    from pydantic import BaseModel  # noqa: PLC0415 - lazy: start-up time: pydantic; Ctrl-C at start-up, see cli/common.NativeImportGuard
+    from pydantic_core import PydanticUndefined  # noqa: PLC0415 - lazy: start-up time: pydantic; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
     rows: list[dict[str, Any]] = []
     for name, info in model.model_fields.items():
@@ -91,9 +91,7 @@ def options(model: Any, prefix: str = "") -> list[dict[str, Any]]:
 def show(registry: PluginRegistry, name: str) -> list[dict[str, Any]]:
     """What ``--show NAME`` prints: every component called NAME (any kind), or ``core`` (the
     experiment's own env/train/eval options and the core's budgets per preset)."""
-    from reml_core.errors import UserError
-    from reml_core.settings import CORE_PRESETS, EnvConfig, EvalConfig, TrainConfig
-    from reml_core.specs import KINDS, TaskSamplerSpec
+    from reml_core.settings import CORE_PRESETS, EnvConfig, EvalConfig, TrainConfig  # noqa: PLC0415 - lazy: start-up time: reml_core.settings imports torch; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
     if name == "core":
         rows = []
@@ -134,8 +132,6 @@ def show(registry: PluginRegistry, name: str) -> list[dict[str, Any]]:
 
 
 def _print_shown(items: list[dict[str, Any]]) -> None:
-    from reml_core.specs import KIND_LABELS, SECTIONS, TABLE_EACH_KINDS
-
     for item in items:
         origin = f" [plugin {item['entry_point']} from {item['plugin']}]" if "plugin" in item else ""
         title = "core" if item["kind"] == "core" else f"{KIND_LABELS[item['kind']]} {item['name']}"
@@ -177,7 +173,6 @@ def _body(argv: Sequence[str] | None) -> int:
         "limits, descriptions) and their presets; 'core' shows the experiment's own env/train/eval options",
     )
     args = parser.parse_args(argv)
-    from reml_core.specs import KIND_LABELS, KINDS
 
     if args.show is not None:
         shown = show(discover_plugins(), args.show)

@@ -18,6 +18,8 @@ from reml_core.cli.common import (
     run_main,
     user_config,
 )
+from reml_core.errors import UserError
+from reml_core.folders import check_path
 from reml_core.specs import CHOICE_FLAGS
 
 if TYPE_CHECKING:
@@ -89,14 +91,13 @@ def _baseline_list(text: str) -> list[str]:
 
 def default_out(config: RunConfig, kind: str | None = None) -> Path:
     """A fresh directory under runs/ (see :func:`reml_core.api.default_out`)."""
-    from reml_core.api import default_out as fresh
+    from reml_core.api import default_out as fresh  # noqa: PLC0415 - lazy: start-up time: reml_core.api imports numpy; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
     return fresh(config, kind)
 
 
 def _body(argv: Sequence[str] | None) -> int:
-    from reml_core.api import prepare_run, refuse_with_resume
-    from reml_core.folders import check_path
+    from reml_core.api import prepare_run, refuse_with_resume  # noqa: PLC0415 - lazy: start-up time: reml_core.api imports numpy; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
     args = build_parser().parse_args(argv)
     announce_loading(PROG)
@@ -121,11 +122,9 @@ def _body(argv: Sequence[str] | None) -> int:
         )
     out = prepared.out
     if args.ray_address and args.executor != "ray":
-        from reml_core.errors import UserError
-
         raise UserError("--ray-address needs --executor ray")
     if args.executor == "ray":  # train.workers as Ray actors (docs/scaling.md)
-        from reml_core.workers import ray_workers
+        from reml_core.workers import ray_workers  # noqa: PLC0415 - lazy: start-up time: reml_core.workers imports torch; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
         with ray_workers(prepared.config, args.ray_address):
             return execute_prepared(

@@ -112,9 +112,9 @@ def build_parser() -> ArgumentParser:
 
 
 def _body(argv: Sequence[str] | None) -> int:
-    from reml_core.api import prepare_sweep
-    from reml_core.pipeline import command_line
-    from reml_core.sweep.space import parse_grid_flag, parse_random_flag
+    from reml_core.api import prepare_sweep  # noqa: PLC0415 - lazy: start-up time: reml_core.api imports numpy; Ctrl-C at start-up, see cli/common.NativeImportGuard
+    from reml_core.pipeline import command_line  # noqa: PLC0415 - lazy: start-up time: reml_core.pipeline imports torch; Ctrl-C at start-up, see cli/common.NativeImportGuard
+    from reml_core.sweep.space import parse_grid_flag, parse_random_flag  # noqa: PLC0415 - lazy: start-up time: reml_core.sweep.space imports numpy; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
     args = build_parser().parse_args(argv)
     if args.resume is not None:

@@ -18,6 +18,7 @@ from typing import Any
 from reml_core.plots import plot_sweep
 from reml_core.reports import describe_values as describe
 from reml_core.reports import render_sweep_report
+from reml_core.results import versions
 from reml_core.storage import atomic_write_json, atomic_write_text
 from reml_core.sweep.plan import SCHEMA, SweepPlan, check_round_trip, plan_to_dict
 from reml_core.sweep.toml_writer import to_toml
@@ -89,14 +90,12 @@ def collect(out: Path, plan: SweepPlan) -> dict[str, Any]:
 
 def write_outputs(out: Path, plan: SweepPlan, registry: Any, *, command: str, started: str) -> dict[str, Any]:
     """sweep.json, sweep.md, sweep.png and best.toml, each written atomically; returns sweep.json's content."""
-    from reml_core.results import versions
-
     collected = collect(out, plan)
     best = collected["best"]
     unfinished = [t for t in collected["trials"] if t["status"] != "finished"]
     found_versions = versions()
     try:
-        import ray
+        import ray  # noqa: PLC0415 - lazy: optional dependency ray (reml[ray])
 
         found_versions["ray"] = ray.__version__
     except ImportError:

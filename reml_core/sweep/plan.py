@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reml_core.errors import UserError
+from reml_core.errors import ConfigError, UserError
 from reml_core.folders import check_new_folder, claim_new_folder
 from reml_core.folders import claim_sweep_to_resume as _claim_sweep_folder_to_resume
 from reml_core.reports import describe_values as describe
@@ -95,9 +95,8 @@ def plan_sweep(
     A problem with a swept value is one UserError naming the flag, key and value; any other
     config problem is the ConfigError ``reml-run`` would give. Nothing is written.
     """
-    from reml_core.config import deep_merge, default_baselines, renamed_settings, resolve_config
-    from reml_core.errors import ConfigError
-    from reml_core.experiment import build_components, check_policy_builds
+    from reml_core.config import deep_merge, default_baselines, renamed_settings, resolve_config  # noqa: PLC0415 - lazy: start-up time: reml_core.config imports torch
+    from reml_core.experiment import build_components, check_policy_builds  # noqa: PLC0415 - lazy: start-up time: reml_core.experiment imports torch
 
     base_seed = user.get("seed", 0)
     if isinstance(base_seed, bool) or not isinstance(base_seed, int) or base_seed < 0:
@@ -194,8 +193,7 @@ def _sweep_problem(error: Any, keys: Sequence[str], values: Mapping[str, Any], s
 
 
 def check_round_trip(registry: Any, text: str, expected: Mapping[str, Any], where: str) -> None:
-    from reml_core.config import default_baselines, resolve_config
-    from reml_core.errors import ConfigError
+    from reml_core.config import default_baselines, resolve_config  # noqa: PLC0415 - lazy: start-up time: reml_core.config imports torch
 
     data = read_toml_config(text, where)
     try:

@@ -69,7 +69,7 @@ def parse_values(text: str, origin: str, key: str) -> tuple[Any, ...]:
     """
     if not text.strip():
         raise UserError(f"{origin} {key}: no values; give them comma-separated, e.g. {origin} {key}=0.001,0.003")
-    from reml_core.config import assignment_value
+    from reml_core.config import assignment_value  # noqa: PLC0415 - lazy: start-up time: reml_core.config imports torch
 
     # Read as one YAML list where YAML reads all of it as written; else value by value, each taken
     # literally where YAML would drop or change part of it (a comment: /data/a #1, an anchor, ...).
@@ -227,7 +227,7 @@ def combine_space(
 ) -> SearchSpace:
     """Flags on top of the file: a key given by a flag replaces the file's entry for it (under either name of a
     renamed setting: ``renames`` from :func:`reml_core.config.renamed_settings`)."""
-    from reml_core.config import same_setting
+    from reml_core.config import same_setting  # noqa: PLC0415 - lazy: start-up time: reml_core.config imports torch
 
     flagged: dict[str, Dimension] = {}
     for dimension in (*grid, *random):
@@ -263,7 +263,7 @@ def configurations(space: SearchSpace, seed: int) -> list[dict[str, Any]]:
 
     Random draws come from a generator seeded with ``seed``, so a sweep's plan is reproducible.
     """
-    import numpy as np
+    import numpy as np  # noqa: PLC0415 - lazy: start-up time: numpy
 
     grid_points = [
         dict(zip([d.key for d in space.grid], combo)) for combo in itertools.product(*(d.values for d in space.grid))

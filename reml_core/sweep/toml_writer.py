@@ -85,6 +85,6 @@ def to_toml(data: Mapping[str, Any], header: Sequence[str] = ()) -> str:
 
 
 def read_toml_config(text: str, source: str) -> dict[str, Any]:
-    from reml_core.config import parse_config_text
+    from reml_core.config import parse_config_text  # noqa: PLC0415 - lazy: start-up time: reml_core.config imports torch
 
     return parse_config_text(text, "toml", source=source)

@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from reml_core.distributed import INSTALL_HINT
 from reml_core.errors import UserError
 from reml_core.logs import log
 from reml_core.reports import describe_values as describe
@@ -23,7 +24,7 @@ from reml_core.sweep.trials import last_lines, read_record
 
 def tune_trainable(config: dict[str, Any], root: str) -> None:
     """The Ray Tune function trainable: one trial, reported once to Tune."""
-    from ray import tune
+    from ray import tune  # noqa: PLC0415 - lazy: optional dependency ray (reml[ray])
 
     tune.report(run_trial_process(Path(root), config["trial"]))
 
@@ -37,7 +38,7 @@ def trial_name(trial: Any) -> str:
 
 def _progress_callback(root: Path, total: int) -> Any:
     """A Tune callback printing one line per finished or failed trial (on the driver's stderr)."""
-    from ray import tune
+    from ray import tune  # noqa: PLC0415 - lazy: optional dependency ray (reml[ray])
 
     class SweepProgress(tune.Callback):
         def __init__(self) -> None:
@@ -101,10 +102,8 @@ def run_tune(out: Path, plan: SweepPlan, *, restore: bool) -> int | None:
     if not any(isinstance(f, _DropTrialTracebacks) for f in controller.filters):
         controller.addFilter(_DropTrialTracebacks())
     try:
-        from ray import tune
+        from ray import tune  # noqa: PLC0415 - lazy: optional dependency ray (reml[ray])
     except ImportError as error:
-        from reml_core.distributed import INSTALL_HINT
-
         raise UserError(
             f"reml-sweep needs Ray Tune, which cannot be imported ({error}); install it with: {INSTALL_HINT}"
         ) from None
