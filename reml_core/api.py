@@ -663,7 +663,7 @@ def read_plan(folder: Path) -> Any:
         """What ``bench-plan.json`` holds (written by :func:`prepare_bench`)."""
 
         model_config = ConfigDict(extra="forbid", strict=True)
-        format: Literal["reml.bench-plan/1"] = PLAN_FORMAT
+        format: Literal["reml.bench-plan/1"] = "reml.bench-plan/1"  # PLAN_FORMAT
         user: dict[str, Any]
         methods: list[str] = Field(min_length=1)
         encoders: list[str] | None = Field(None, min_length=1)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -171,11 +171,11 @@ def end_episodes(
         # write_back_rate is the configured rate as the schedule has annealed it so far: the same fraction scales the
         # Adam rate.
         scale = write_back_rate / config.write_back_rate  # type: ignore[operator]
-        keep = [not outcome.fault for outcome in outcomes]
+        keep = [not outcome.fault for outcome in cast("list[EpisodeOutcome]", outcomes)]  # every end has one now
         if appliers:
-            pool_update.apply(ends, keep, batched=batched, lr_scale=scale, appliers=appliers)  # type: ignore[union-attr]
+            pool_update.apply(ends, keep, batched=batched, lr_scale=scale, appliers=appliers)
         else:
-            pool_update.apply(ends, keep, batched=batched, lr_scale=scale)  # type: ignore[union-attr]
+            pool_update.apply(ends, keep, batched=batched, lr_scale=scale)
     elif write_back_rate is not None:
         _write_back(pool, ends, outcomes, trained, write_back_rate)  # type: ignore[arg-type]
     return outcomes  # type: ignore[return-value]

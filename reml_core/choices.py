@@ -14,6 +14,7 @@ policy chose on the test tasks (``results.json``'s ``choices``, the report's sec
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
@@ -82,7 +83,9 @@ def check_choose(value: Any, fields: Mapping[str, Any]) -> Any:
             raise _problem(f"{where}: candidate values must be distinct (got {candidates!r})")
         if name in BUILTIN_CHOICES:
             field = fields[name]
-            adapter = TypeAdapter(Annotated[(field.annotation, *field.metadata)])
+            # Annotated[annotation, *metadata], built at run time (the star form needs Python 3.11)
+            annotated: Any = operator.getitem(Annotated, (field.annotation, *field.metadata))
+            adapter: TypeAdapter[Any] = TypeAdapter(annotated)
             values = []
             for candidate in candidates:
                 if isinstance(candidate, str):

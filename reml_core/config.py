@@ -110,7 +110,7 @@ def _raw_section(kind: str) -> Any:
 
 
 #: The core's keys and every component kind's section (:data:`reml_core.specs.SECTIONS`), unresolved.
-_RawConfig: type[_RawCore] = create_model(  # type: ignore[call-overload]
+_RawConfig: type[_RawCore] = create_model(
     "_RawConfig",
     __base__=_RawCore,
     __module__=__name__,
@@ -400,7 +400,7 @@ def _location(parts: Sequence[Any]) -> str:
 
 #: Top-level tables a config file may hold for another tool, and what to say when one reaches a tool
 #: that takes a single configuration.
-_OTHER_TOOLS_KEYS = {
+_OTHER_TOOLS_KEYS: dict[tuple[int | str, ...], str] = {
     ("sweep",): "the [sweep] table is reml-sweep's search space; this command runs one configuration: "
     "run the sweep with reml-sweep --config FILE, or drop the table (reml-sweep writes each "
     "configuration it tried, and best.toml, for reml-run)",

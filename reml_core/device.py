@@ -64,8 +64,8 @@ def module_device(module: nn.Module | object) -> torch.device:
     if isinstance(module, nn.Module):
         for tensor in module.parameters():
             return tensor.device
-        for tensor in module.buffers():
-            return tensor.device
+        for buffer in module.buffers():
+            return buffer.device
     parameters = getattr(module, "parameters", None)  # e.g. a batched network that is not an nn.Module
     if callable(parameters):
         for tensor in parameters():

@@ -70,6 +70,9 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
     per choice step its chosen option / (options - 1) and a chosen flag.
     """
 
+    action_space: spaces.Discrete
+    observation_space: spaces.Box
+
     metadata = {"render_modes": ["ansi"]}
 
     def __init__(
@@ -157,7 +160,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self._invalid = 0
         self._task_features = np.asarray(self.encoder.encode(self.task, self.shots), dtype=np.float32)
         self._network_features = (0.0, 0.0)
-        self._current_loss: float | None = None
+        self._current_loss = None
         return self._observation(), self._info(valid=True)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -170,6 +173,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
             return self.partial_result()
         if self.mode == "evaluate":
             return self.conclude(None)
+        extra: dict[str, Any] = {"appliers": self.appliers} if self.appliers else {}
         (outcome,) = end_episodes(
             self.pool,
             [self.episode_end()],
@@ -178,7 +182,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
             required=self.reward_function.required_losses,
             write_back_rate=self.write_back_rate if self.mode == "train" else None,
             pool_update=self.pool_update,
-            **({"appliers": self.appliers} if self.appliers else {}),
+            **extra,
         )
         return self.conclude(outcome)
 

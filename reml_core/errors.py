@@ -147,7 +147,7 @@ def disk_full_reason(error: BaseException) -> str | None:
     """
     if isinstance(error, DiskFullError):
         return None
-    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+    if isinstance(error, OSError) and error.errno is not None and error.errno in DISK_FULL_ERRNOS:
         return os.strerror(error.errno).lower()
     if isinstance(error, (OSError, RuntimeError)) or type(error).__name__ == "SafetensorError":
         text = " ".join(str(error).split()).lower()

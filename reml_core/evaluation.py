@@ -12,7 +12,7 @@ on a method's own state.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +34,7 @@ AdaptedProvider = Callable[[Task, int], tuple[nn.Module, OwnAdaptation]]
 OWN_RATE_SUFFIX = "@own-rate"
 
 
-def _mean_ci(values: Sequence[float]) -> tuple[float, float]:
+def _mean_ci(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
     array = np.asarray(values, dtype=np.float64)
     if array.size == 0 or not np.isfinite(array).all():
         return math.nan, math.nan
@@ -61,7 +61,7 @@ class Cell:
     metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @classmethod
-    def from_losses(cls, losses: Sequence[float], metrics: dict[str, Sequence[float]] | None = None) -> Cell:
+    def from_losses(cls, losses: Sequence[float], metrics: Mapping[str, Sequence[float]] | None = None) -> Cell:
         values = np.asarray(losses, dtype=np.float64)
         finite = np.isfinite(values)
         nan_tasks = int((~finite).sum())

@@ -13,10 +13,13 @@ from reml_core.interfaces import LossFn
 
 __all__ = ["LossFn"]  # defined in reml_core.interfaces; imported here by older code
 
+#: Gradients as value_and_grad gives them: what torch.autograd.grad returns, or a network's own list.
+Grads = list[torch.Tensor] | tuple[torch.Tensor, ...]
+
 
 def value_and_grad(
     network: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
-) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
+) -> tuple[torch.Tensor, Grads]:
     """Loss and gradients (``params`` is ``list(network.parameters())``).
 
     A network may offer a faster ``value_and_grad(params, x, y, loss_fn)`` of its own; it is used when present.
@@ -51,7 +54,7 @@ def train_adam(
     on networks this small the optimizer object's per-step overhead costs more than the
     arithmetic (tests check that both give the same parameters).
     """
-    params = list(network.parameters())
+    params: list[torch.Tensor] = list(network.parameters())
     first = [torch.zeros_like(p) for p in params]
     second = [torch.zeros_like(p) for p in params]
     counts = [torch.zeros((), dtype=torch.float32, device=p.device) for p in params]
@@ -103,7 +106,7 @@ def finetune_sgd(
     in ``network.parameters()`` order and of each parameter's shape (a learned per-parameter rate,
     as Meta-SGD's). ``callback(step)`` runs after each update (step 1..steps).
     """
-    params = list(network.parameters())
+    params: list[torch.Tensor] = list(network.parameters())
     rates = (
         None
         if isinstance(lr, (int, float))
@@ -145,7 +148,7 @@ def batched_loss(loss_fn: LossFn) -> BatchedLossFn:
 
 def value_and_grad_batch(
     network: Any, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, losses_fn: BatchedLossFn
-) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
+) -> tuple[torch.Tensor, Grads]:
     """The ``[B]`` losses and the gradients of their sum (row b of a gradient is network b's own).
 
     A batched network may offer a faster ``value_and_grad(params, x, y, losses_fn)``; it is used when present.
@@ -234,7 +237,7 @@ def train_adam_batch(
     With ``batch_size`` < n, network b draws its minibatches with ``generators[b]``, exactly as
     :func:`train_adam` draws them with one generator.
     """
-    params = list(network.parameters())
+    params: list[torch.Tensor] = list(network.parameters())
     first = [torch.zeros_like(p) for p in params]
     second = [torch.zeros_like(p) for p in params]
     rows, n = x.shape[0], x.shape[1]
@@ -289,7 +292,7 @@ def finetune_sgd_batch(
     ``reml_core.batched``). Unlike Adam, plain SGD moves a parameter in proportion to its gradient,
     so rounding differences stay rounding-sized and need no network-by-network update.
     """
-    params = list(network.parameters())
+    params: list[torch.Tensor] = list(network.parameters())
     poison = torch.zeros(x.shape[0], device=x.device)
     for _ in range(steps):
         losses, grads = value_and_grad_batch(network, params, x, y, losses_fn)

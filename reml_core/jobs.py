@@ -227,9 +227,13 @@ def _baseline(job: BenchJob, config: RunConfig, workdir: Path) -> tuple[Componen
             if path.is_file():
                 record_written(path)  # a baseline's own files (MAML's are listed as it writes them)
                 follow_umask(path)
-        record = {"training_seconds": seconds, "summary": summary, "config": chosen.config.model_dump(mode="json")}
+        trained_record = {
+            "training_seconds": seconds,
+            "summary": summary,
+            "config": chosen.config.model_dump(mode="json"),
+        }
 
-        atomic_write_json(workdir / BASELINE_RECORD, jsonable(record))
+        atomic_write_json(workdir / BASELINE_RECORD, jsonable(trained_record))
         origin = f"trained in {job.folder}"
     return components, baseline, {"training_seconds": seconds, "budget": options, "source": origin}
 

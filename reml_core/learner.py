@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -177,7 +177,7 @@ def _conv(network: Any) -> nn.Sequential:
         )
         with torch.no_grad():
             conv.weight.copy_(weight)
-            conv.bias.copy_(bias)
+            cast(torch.Tensor, conv.bias).copy_(bias)  # bias=True: never None
         layers.append(conv)
         if network.norm:
             layers.append(nn.GroupNorm(1, weight.shape[0], eps=1e-5, affine=False))
@@ -195,10 +195,11 @@ def plain_network(network: nn.Module, probe: torch.Tensor | None = None) -> nn.S
     and any module with a ``to_plain()`` method returning such a sequential (a third-party pool's way in).
     With a ``probe`` input both are run on it and must agree (within float rounding).
     """
+    duck: Any = network  # the branches below recognise a network by its attributes
     if type(network) is nn.Sequential:
         plain = copy.deepcopy(network)
     elif callable(getattr(network, "to_plain", None)):
-        plain = network.to_plain()
+        plain = duck.to_plain()
     elif (
         hasattr(network, "weights")
         and hasattr(network, "biases")
@@ -211,14 +212,14 @@ def plain_network(network: nn.Module, probe: torch.Tensor | None = None) -> nn.S
         and hasattr(network, "biases")
         and getattr(network, "activation", None) in _ACTIVATION_LAYERS
     ):
-        plain = _dense(list(network.weights), list(network.biases), network.activation)
+        plain = _dense(list(duck.weights), list(duck.biases), duck.activation)
     elif (
         isinstance(getattr(network, "layers", None), nn.ModuleList)
-        and all(isinstance(m, nn.Linear) for m in network.layers)
+        and all(isinstance(m, nn.Linear) for m in duck.layers)
         and getattr(getattr(network, "architecture", None), "activation", None) in _ACTIVATION_LAYERS
     ):
-        linears = list(network.layers)
-        plain = _dense([m.weight for m in linears], [m.bias for m in linears], network.architecture.activation)
+        linears = list(duck.layers)
+        plain = _dense([m.weight for m in linears], [m.bias for m in linears], duck.architecture.activation)
     else:
         raise UserError(
             f"cannot turn a {type(network).__name__} into a plain PyTorch network: give its class a to_plain() "
@@ -548,14 +549,15 @@ def open_learner(
             raise UnavailableMethodError(
                 f"{folder} holds no method {method!r} (it holds {', '.join(document.methods)})"
             )
-        if (
-            run_folder is not None
-        ):  # a run does not save its baselines: quick ones are meta-trained again, as the run did
+        # a run does not save its baselines: quick ones are meta-trained again, as the run did
+        if run_folder is not None:
             config = load_resolved(run_folder / "config.json", registry)
         else:
             data = read_json_file(
-                seed_folder.parent / "config.json", "a benchmark's config (a JSON object)", error=UserError
-            )  # type: ignore[union-attr]
+                seed_folder.parent / "config.json",  # type: ignore[union-attr]
+                "a benchmark's config (a JSON object)",
+                error=UserError,
+            )
             data["seed"] = int(seed_folder.name.removeprefix("seed-"))  # type: ignore[union-attr]
             config = resolve_config(registry, data, baselines=[method] if method in registry.names("baseline") else [])
         if method not in config.baselines:

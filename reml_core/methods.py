@@ -160,13 +160,11 @@ class PoolSearchMethod:
         else:
             losses = []
             for indices in compositions:
-                network = self.pool.build(indices)
-                device = module_device(network)
-                ok = finetune_sgd(
-                    network, x_support.to(device), y_support.to(device), self.loss_fn, steps=1, lr=self.lr
-                )
+                single = self.pool.build(indices)
+                device = module_device(single)
+                ok = finetune_sgd(single, x_support.to(device), y_support.to(device), self.loss_fn, steps=1, lr=self.lr)
                 losses.append(
-                    evaluate_loss(network, x_support.to(device), y_support.to(device), self.loss_fn) if ok else math.inf
+                    evaluate_loss(single, x_support.to(device), y_support.to(device), self.loss_fn) if ok else math.inf
                 )
         scores = [value if math.isfinite(value) else math.inf for value in losses]
         return compositions[int(np.argmin(scores))]

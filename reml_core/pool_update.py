@@ -148,7 +148,8 @@ class ProtocolPoolUpdate:
         """Networks of one shape as one stacked computation; their gradients pushed into the pool together."""
         indices = [list(end.indices) for end in ends]
         with torch.enable_grad():
-            gathered = self.pool.build_batch(indices)
+            # a MetaGradientLayerPool's batch also offers with_parameters (see its docstring)
+            gathered: Any = self.pool.build_batch(indices)
             starts = gathered.parameters()
             leaves = [tensor.detach().requires_grad_(True) for tensor in starts]
             supports = [end.task.support(end.shots) for end in ends]
@@ -177,7 +178,7 @@ class ProtocolPoolUpdate:
                 lr=lr,
                 steps=steps,
             )
-            grads = torch.autograd.grad(meta.sum(), leaves, allow_unused=True)
+            grads: Sequence[torch.Tensor] = torch.autograd.grad(meta.sum(), leaves, allow_unused=True)
             grads = [torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, grads)]
             usable = torch.isfinite(meta) & _rows_finite(grads)
             grads = [torch.where(_broadcast(usable, grad), grad, torch.zeros_like(grad)) for grad in grads]
@@ -221,7 +222,7 @@ class ProtocolPoolUpdate:
             )
             if not math.isfinite(float(meta.detach())):
                 return math.nan
-            grads = torch.autograd.grad(meta, leaves, allow_unused=True)
+            grads: Sequence[torch.Tensor] = torch.autograd.grad(meta, leaves, allow_unused=True)
             grads = [torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, grads)]
             if not all(bool(torch.isfinite(grad).all()) for grad in grads):
                 return math.nan

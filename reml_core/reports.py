@@ -84,8 +84,8 @@ def column_best(cells: Sequence[CellResult | None], measure: str = LOSS) -> floa
     a method whose fine-tuning diverged on some tasks never wins its column, whatever its mean over the rest."""
     pick = min if measure == LOSS else max
     means = [cell.measure(measure)[0] for cell in cells if cell is not None and not cell.nan_tasks]
-    means = [mean for mean in means if mean is not None]
-    return pick(means) if means else None
+    known = [mean for mean in means if mean is not None]
+    return pick(known) if known else None
 
 
 def is_column_best(cell: CellResult | None, best: float | None, measure: str = LOSS) -> bool:

@@ -15,7 +15,7 @@ import math
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -270,9 +270,10 @@ def aggregate_cells(cells: Sequence[CellResult]) -> CellResult:
         cis = [cell.measure(measure)[1] for cell in cells]
         if any(mean is None for mean in means):
             return None, None, None
-        ci = float(np.mean(cis)) if all(c is not None for c in cis) else None
-        spread = float(np.std(means, ddof=1)) if len(means) > 1 else None
-        return float(np.mean(means)), ci, spread
+        known = cast("list[float]", means)  # none is None (above)
+        ci = float(np.mean(cast("list[float]", cis))) if all(c is not None for c in cis) else None
+        spread = float(np.std(known, ddof=1)) if len(known) > 1 else None
+        return float(np.mean(known)), ci, spread
 
     mean, ci, spread = over(LOSS)
     metrics, spreads = {}, {}

@@ -336,7 +336,7 @@ class ExperimentConfig(StrictModel):
     def _finetuning_follows_the_protocol(self) -> ExperimentConfig:
         """The reward's fine-tuning and the protocol update's adaptations are the evaluation's unless deliberately
         set: what is trained for, rewarded and reported cannot drift apart silently."""
-        follow = {}
+        follow: dict[str, Any] = {}
         if "finetune_sgd_lr" not in self.env.model_fields_set and self.env.finetune_sgd_lr != self.eval.sgd_lr:
             follow["finetune_sgd_lr"] = self.eval.sgd_lr
         if "finetune_steps" not in self.env.model_fields_set and self.env.finetune_steps != max(self.eval.steps):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -280,7 +280,7 @@ class BaselineSpec(ComponentSpec):
 SPEC_TYPES: dict[str, type[ComponentSpec]] = {
     spec.kind: spec for spec in (TaskSamplerSpec, StateEncoderSpec, LayerPoolSpec, RewardSpec, PolicySpec, BaselineSpec)
 }
-KINDS: tuple[Kind, ...] = tuple(SPEC_TYPES)  # type: ignore[assignment]
+KINDS = cast("tuple[Kind, ...]", tuple(SPEC_TYPES))  # each key is a spec's kind, a Kind
 #: How messages name each kind ("layer pool").
 KIND_LABELS: dict[str, str] = {kind: spec.kind_label for kind, spec in SPEC_TYPES.items()}
 #: The hook each kind's records come from.

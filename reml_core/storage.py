@@ -259,7 +259,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
-def atomic_write_with(path: Path, writer: Callable[[Path], None], *, record: bool = True) -> None:
+def atomic_write_with(path: Path, writer: Callable[[Path], object], *, record: bool = True) -> None:
     """Let ``writer`` produce a file at a temporary path, then move it atomically onto ``path``.
 
     ``path`` is first listed in its REML folder's ledger (unless not ``record``: the ledger itself).

@@ -13,9 +13,10 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
@@ -26,7 +27,7 @@ from reml_core.config import RunConfig
 from reml_core.errors import CheckpointError, ComponentBuildError
 from reml_core.evaluation import FewShotEvaluator
 from reml_core.experiment import Components
-from reml_core.interfaces import MaintainedLayerPool, PolicyBackend
+from reml_core.interfaces import MaintainedLayerPool, PolicyBackend, Task
 from reml_core.logs import log  # noqa: F401  (re-exported: reml_core.training.log is older than reml_core.logs)
 from reml_core.methods import ReMLMethod
 from reml_core.pool_update import STATE_FILE as POOL_UPDATE_FILE
@@ -152,13 +153,13 @@ class MetaTrainer:
         start = time.perf_counter()
         env = self.components.make_env(mode="calibrate", seed=self.config.seed + CALIBRATION_STREAM_OFFSET)
         rng = np.random.default_rng(self.config.seed + CALIBRATION_STREAM_OFFSET)
-        samples = []
+        samples: list[tuple[Task, Mapping[str, float]]] = []
         for _ in range(episodes):
             env.reset()
-            terminated, info = False, {}
+            terminated, info = False, dict[str, Any]()
             while not terminated:
                 _, _, terminated, _, info = env.step(int(rng.choice(np.flatnonzero(env.action_masks()))))
-            samples.append((env.task, info["losses"]))
+            samples.append((cast(Task, env.task), info["losses"]))  # reset() drew the task
         try:
             reward.calibrate(samples)
         except ComponentBuildError as error:  # the reward refusing what this run gave it to calibrate on

@@ -19,10 +19,11 @@ their info), and report ``episode`` statistics the way SB3's ``Monitor`` does.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 
 from reml_core.batched import end_episodes, measure_networks
 from reml_core.compat import import_gym_quietly
@@ -46,6 +47,11 @@ def stream_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence(entropy=int(seed), spawn_key=(int(index),)).generate_state(1, np.uint64)[0] >> 1)
 
 
+def _returning(env: CompositionEnv) -> Callable[[], CompositionEnv]:
+    """DummyVecEnv's environment factory for an environment that already exists."""
+    return lambda: env
+
+
 class CompositionVecEnv(DummyVecEnv):
     """N :class:`CompositionEnv` sharing one pool, stepped together; see the module docstring.
 
@@ -54,6 +60,7 @@ class CompositionVecEnv(DummyVecEnv):
     """
 
     envs: list[CompositionEnv]  # type: ignore[assignment]
+    observation_space: spaces.Box
 
     def __init__(self, envs: Sequence[CompositionEnv], *, batched: bool = True, workers: int = 1) -> None:
         if not envs:
@@ -63,7 +70,7 @@ class CompositionVecEnv(DummyVecEnv):
             raise ValueError("the environments of a vector env must share one layer pool")
         if any(env.mode != first.mode for env in envs) or first.mode == "evaluate":
             raise ValueError("a vector env runs train- or calibrate-mode environments, all in one mode")
-        super().__init__([lambda env=env: env for env in envs])
+        super().__init__([_returning(env) for env in envs])
         self.pool = first.pool
         self.mode = first.mode
         self.batched = batched
@@ -135,6 +142,7 @@ class CompositionVecEnv(DummyVecEnv):
         results: list[Any] = [None] * self.num_envs
         if finished:
             end = end_episodes if self.workers is None else self.workers.end_episodes
+            extra: dict[str, Any] = {"appliers": first.appliers} if first.appliers else {}
             outcomes = end(
                 self.pool,
                 [self.envs[index].episode_end() for index in finished],
@@ -144,7 +152,7 @@ class CompositionVecEnv(DummyVecEnv):
                 write_back_rate=self.write_back_rate if self.mode == "train" else None,
                 batched=self.batched,
                 pool_update=first.pool_update,
-                **({"appliers": first.appliers} if first.appliers else {}),
+                **extra,
             )
             for index, outcome in zip(finished, outcomes):
                 results[index] = self.envs[index].conclude(outcome)

@@ -468,7 +468,7 @@ class EpisodeWorkers:
             for flags, given in calls:
                 keep.extend(flags)
                 update_options = given
-        if protocol:
+        if protocol and pool_update is not None:
             # the update's gradients split across the workers too (see protocol_gradients); its Adam step is taken here
             pool_update.gradients = partial(self.protocol_gradients, pool_update)
             try:

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -182,7 +182,7 @@ class ConvComposedNetwork(nn.Module):
         self.biases = nn.ParameterList([nn.Parameter(b) for b in biases])
         self.pools = tuple(bool(p) for p in pools)
         self.norm = norm
-        self.input_shape = tuple(input_shape)
+        self.input_shape = cast("tuple[int, int, int]", tuple(input_shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
@@ -220,7 +220,7 @@ class BatchedConvNetwork:
         self.biases = list(biases)
         self.pools = tuple(bool(p) for p in pools)
         self.norm = norm
-        self.input_shape = tuple(input_shape)
+        self.input_shape = cast("tuple[int, int, int]", tuple(input_shape))
 
     def __len__(self) -> int:
         return self.weights[0].shape[0]
@@ -269,7 +269,7 @@ class BatchedConvNetwork:
             pools=self.pools,
             norm=self.norm,
             input_shape=self.input_shape,
-        )  # type: ignore[arg-type]
+        )
 
     def value_and_grad(
         self,
@@ -325,7 +325,7 @@ class ConvLayerPool:
                 f"the limit is {MAX_PARAMETERS:,} (200 MB)"
             )
         self.config = config
-        self.input_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
+        self.input_shape: tuple[int, int, int] = shape
         self.in_channels = shape[0]
         self.classes = classes
         c = config.channels
@@ -399,7 +399,7 @@ class ConvLayerPool:
 
     def spatial_sizes(self, depth: int) -> list[tuple[int, int]]:
         """The (height, width) each slot before the head outputs in a ``depth``-layer network."""
-        return pooling_plan(self.input_shape[1:], depth, self.config.min_spatial)[1]  # type: ignore[arg-type]
+        return pooling_plan(self.input_shape[1:], depth, self.config.min_spatial)[1]
 
     def output_spatial(self, hidden: int) -> tuple[int, int]:
         """The (height, width) of the feature map the head averages, with ``hidden`` hidden layers."""
@@ -408,7 +408,7 @@ class ConvLayerPool:
     # -- networks ----------------------------------------------------------------------------
 
     def _network(self, weights: list[torch.Tensor], biases: list[torch.Tensor]) -> ConvComposedNetwork:
-        pools, _ = pooling_plan(self.input_shape[1:], len(weights), self.config.min_spatial)  # type: ignore[arg-type]
+        pools, _ = pooling_plan(self.input_shape[1:], len(weights), self.config.min_spatial)
         return ConvComposedNetwork(
             weights, biases, pools=pools, norm=self.config.norm == "task", input_shape=self.input_shape
         )
@@ -467,7 +467,7 @@ class ConvLayerPool:
         slots = self._slot_rows(indices)
         weights = [self.weights[role].index_select(0, rows) for role, rows in slots]
         biases = [self.biases[role].index_select(0, rows) for role, rows in slots]
-        pools, _ = pooling_plan(self.input_shape[1:], len(slots), self.config.min_spatial)  # type: ignore[arg-type]
+        pools, _ = pooling_plan(self.input_shape[1:], len(slots), self.config.min_spatial)
         return BatchedConvNetwork(
             weights, biases, pools=pools, norm=self.config.norm == "task", input_shape=self.input_shape
         )
@@ -543,7 +543,7 @@ class ConvLayerPool:
             probe = probe.reshape(probe.shape[0], *self.input_shape)
         probe = probe.to(self.device, self.weights[Role.INPUT].dtype)
         norm = self.config.norm == "task"
-        pools, _ = pooling_plan(self.input_shape[1:], 2, self.config.min_spatial)  # type: ignore[arg-type]
+        pools, _ = pooling_plan(self.input_shape[1:], 2, self.config.min_spatial)
         dead_input, representations = [], []
         for layer in range(self.count(Role.INPUT)):
             pre = _pre_activation(probe, self.weights[Role.INPUT][layer], self.biases[Role.INPUT][layer], norm)

@@ -24,7 +24,7 @@ def trial_objective(folder: Path) -> dict[str, Any]:
     """
     training = read_results(folder / "results.json").reml_training
     selected = training.selected_checkpoint if training is not None else None
-    if selected is None:
+    if training is None or selected is None:
         return {
             "score": None,
             "checkpoint": None,
