@@ -105,7 +105,9 @@ class ImageTaskSampler(SeededSplits):
             x = torch.from_numpy(np.ascontiguousarray(interleaved[start:stop]).reshape(-1, *self.input_shape))
             y = torch.from_numpy(np.tile(np.arange(ways, dtype=np.int64), int(stop - start)))
             parts += [x, y]
-        return Task(task_id, split, tuple(float(cls) for cls in classes), *parts, ways=ways)
+        x_train, y_train, x_support, y_support, x_query, y_query = parts
+        descriptor = tuple(float(cls) for cls in classes)
+        return Task(task_id, split, descriptor, x_train, y_train, x_support, y_support, x_query, y_query, ways=ways)
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(prediction, target)

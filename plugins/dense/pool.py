@@ -20,7 +20,7 @@ from reml_core.errors import ComponentBuildError
 from reml_core.interfaces import Role, TaskContext
 from reml_core.pools import RoleIndex
 
-ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh}
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "tanh": torch.tanh}
 
 
 #: A pool larger than these cannot be what anyone meant: it would exhaust memory before training.

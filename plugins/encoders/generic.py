@@ -97,9 +97,9 @@ class SupportSetEncoder:
         )
 
     def encode(self, task: Task, shots: int) -> np.ndarray:
-        x, y = task.support(shots)
-        x = x.reshape(-1).double().numpy() / self.x_scale
-        y = y.reshape(-1).double().numpy() / self.y_scale
+        x_support, y_support = task.support(shots)
+        x = x_support.reshape(-1).double().numpy() / self.x_scale
+        y = y_support.reshape(-1).double().numpy() / self.y_scale
         order = np.argsort(x, kind="stable")
         m = self.max_shots
         out = np.zeros(self.observation_size, dtype=np.float64)

@@ -146,6 +146,7 @@ class FileTaskSampler:
     descriptor_names: tuple[str, ...] = ()
     descriptor_low: tuple[float, ...] = ()
     descriptor_high: tuple[float, ...] = ()
+    _paths: dict[str, list[Path]]  # each split's files, when read from a folder (tests check the split)
 
     def __init__(self, config: FilesConfig, splits: dict[str, list[TaskData]], source: str = "") -> None:
         self.config = config
@@ -222,7 +223,7 @@ class FileTaskSampler:
     ) -> FileTaskSampler:
         """From arrays: ``{"train": [(x, y), ...], "validation": [...], "test": [...]}``, ``x`` ``[n, d]`` and ``y``
         ``[n, m]``."""
-        splits = {}
+        splits: dict[str, list[TaskData]] = {}
         for split in SPLITS:
             splits[split] = []
             for index, (x, y) in enumerate(tasks.get(split, [])):

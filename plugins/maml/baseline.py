@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -72,7 +72,7 @@ class MAMLBaseline:
 
     def __init__(self, config: MAMLConfig, context: BuildContext) -> None:
         sampler = context.task_sampler
-        shape = getattr(sampler, "input_shape", None)
+        shape: Any = getattr(sampler, "input_shape", None)
         self.images = shape is not None and len(tuple(shape)) > 1
         self.config = config
         self.seed = context.seed
@@ -120,7 +120,13 @@ class MAMLBaseline:
 
     def uses_task_batches(self) -> bool:
         """Whether meta-batches come from the sampler's ``train_batches`` (it has one, and ``task_batches`` is on)."""
-        return self.config.task_batches and isinstance(self.task_sampler, BatchedTaskSampler)
+        return self._batched_sampler() is not None
+
+    def _batched_sampler(self) -> BatchedTaskSampler | None:
+        """The sampler, when meta-batches come from its ``train_batches``; else None."""
+        if self.config.task_batches and isinstance(self.task_sampler, BatchedTaskSampler):
+            return self.task_sampler
+        return None
 
     def meta_batches(self, tasks: Iterator[Task]) -> Iterator[MetaBatch]:
         """The meta-batches ``meta_train`` trains on, from the sampler's batched stream or else from ``tasks``.
@@ -130,19 +136,20 @@ class MAMLBaseline:
         ``train_stream(seed)``; ``tasks`` is then not read.
         """
         config = self.config
+        batched = self._batched_sampler()
         if self.images:  # K per class: support set inside, K training points per class outside
-            if self.uses_task_batches():
-                batches = self.task_sampler.train_batches(self.seed, config.meta_batch)
+            if batched is not None:
+                batches = batched.train_batches(self.seed, config.meta_batch)
                 return (stack_classification_tasks(batch.tasks(), self.shots) for batch in batches)
             return (
                 draw_batch(tasks, config.meta_batch, self.shots, stack_classification_tasks)
                 for _ in itertools.repeat(None)
             )
-        if self.uses_task_batches():
-            sampler = self.task_sampler
+        if batched is not None:
+            sampler = cast(TaskSampler, batched)  # a TaskSampler that also draws batches
             check_training_points(config.shots, sampler.train_points, "a task of this sampler")
             return (
-                from_task_batch(batch, config.shots) for batch in sampler.train_batches(self.seed, config.meta_batch)
+                from_task_batch(batch, config.shots) for batch in batched.train_batches(self.seed, config.meta_batch)
             )
         return (draw_batch(tasks, config.meta_batch, config.shots) for _ in itertools.repeat(None))
 
@@ -205,7 +212,7 @@ class MAMLBaseline:
         """
         if self.images:
             return copy.deepcopy(self.network)
-        network = MetaNetwork(self.architecture).to(self.device)
+        network = MetaNetwork(cast(Architecture, self.architecture)).to(self.device)  # flat inputs: an MLP
         with torch.no_grad():
             for target, source in zip(network.parameters(), self.network.parameters()):
                 target.copy_(source)

@@ -40,10 +40,10 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -136,6 +136,9 @@ class MetaSGDParameters(nn.Module):
     the order both backends, the optimiser and the checkpoint use.
     """
 
+    network: nn.Module
+    rates: nn.ParameterList
+
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
@@ -203,6 +206,7 @@ class TorchFuncMetaSGD(TorchFuncMAML):
     def __init__(self, learned: MetaSGDParameters, config: MetaSGDConfig, loss_fn: LossFn) -> None:
         network = learned.network
         self.params = list(learned.parameters())  # the network's, then the rates
+        apply: Callable[[Params, torch.Tensor], torch.Tensor]
         if isinstance(network, MetaNetwork):
             activation = network.architecture.activation
 
@@ -254,9 +258,8 @@ class Learn2LearnMetaSGD:
             outer.backward()
             total += outer.detach()
         for param in self.params:
-            if (
-                param.grad is None
-            ):  # a parameter the loss does not reach (none in an MLP): a zero gradient, as torch-func gives
+            # a parameter the loss does not reach (none in an MLP): a zero gradient, as torch-func gives
+            if param.grad is None:
                 param.grad = torch.zeros_like(param)
             param.grad.div_(batch.tasks)
         return total / batch.tasks
@@ -274,10 +277,13 @@ class MetaSGDBaseline(MAMLBaseline):
 
     #: How a report names the rows adapted at the learned rates (``"Meta-SGD (learned rates)"``).
     own_rate_words = "learned rates"
+    # MAML's options in a model of its own (no inner_sgd_lr: the rates are learned), not a MAMLConfig subclass;
+    # MAMLBaseline reads only the options the two share.
+    config: MetaSGDConfig  # type: ignore[assignment]
 
     def __init__(self, config: MetaSGDConfig, context: BuildContext) -> None:
         sampler = context.task_sampler
-        shape = getattr(sampler, "input_shape", None)
+        shape: Any = getattr(sampler, "input_shape", None)
         self.images = shape is not None and len(tuple(shape)) > 1
         self.config = config
         self.seed = context.seed
@@ -306,7 +312,9 @@ class MetaSGDBaseline(MAMLBaseline):
             .to(self.device)
         )
         self.network = self.learned.network
-        self.architecture = ModuleArchitecture.of(self.network) if self.images else self.network.architecture
+        self.architecture = (
+            ModuleArchitecture.of(self.network) if self.images else cast(MetaNetwork, self.network).architecture
+        )
         self.backend = build_meta_sgd_backend(self.learned, config, self.loss_fn)
         self.optimizer = self._new_optimizer()
         self.iterations_done = 0
@@ -393,7 +401,7 @@ def build_meta_sgd_backend(
     return TorchFuncMetaSGD(learned, config, loss_fn)
 
 
-def rate_summary(rates: Sequence[torch.Tensor]) -> dict[str, float]:
+def rate_summary(rates: Iterable[torch.Tensor]) -> dict[str, float]:
     """Mean, smallest and largest learned rate, and the share of negative ones: what a summary reports of them."""
     flat = torch.cat([rate.detach().reshape(-1).cpu() for rate in rates])
     return {

@@ -8,15 +8,15 @@ The equality test checks that both backends, one on each form, give the same met
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh}
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "tanh": torch.tanh}
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,8 @@ class Architecture:
 class MetaNetwork(nn.Module):
     """Linear, activation, ..., linear: ``forward(x: [N, in]) -> [N, out]``."""
 
+    layers: nn.ModuleList
+
     def __init__(self, architecture: Architecture) -> None:
         super().__init__()
         self.architecture = architecture
@@ -63,7 +65,7 @@ class MetaNetwork(nn.Module):
     @torch.no_grad()
     def initialise(self, generator: torch.Generator) -> MetaNetwork:
         """Xavier-uniform weights and uniform(+-1/sqrt(fan_in)) biases: the dense pool's init family."""
-        for layer in self.layers:
+        for layer in cast("list[nn.Linear]", list(self.layers)):
             fan_out, fan_in = layer.weight.shape
             bound = math.sqrt(6.0 / (fan_in + fan_out))
             layer.weight.copy_((torch.rand(layer.weight.shape, generator=generator) * 2 - 1) * bound)

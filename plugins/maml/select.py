@@ -31,6 +31,7 @@ import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -172,9 +173,8 @@ class SelectMAML(TorchFuncMAML):
         self._first_choice = False
         try:
             return choose(self._batch_choice_loss(params, x, y))
-        except (
-            Exception
-        ) as error:  # an internal torch.compile failure must not stop the run: eager is the same computation
+        # an internal torch.compile failure must not stop the run: eager is the same computation
+        except Exception as error:
             lines = str(error).strip().splitlines()
             warnings.warn(
                 f"maml-select: torch.compile of the choice failed ({lines[0] if lines else type(error).__name__}); "
@@ -189,11 +189,14 @@ class SelectMAML(TorchFuncMAML):
         """Choose per task, then the meta-loss; its gradient (zero for initialisations no task chose) is left in
         ``.grad``."""
         self.last_choice = self.choose(batch.x_inner, batch.y_inner)
-        return super().meta_gradient(ChosenBatch(self.last_choice, batch))
+        return self._meta_gradient(ChosenBatch(self.last_choice, batch).as_tuple())
 
 
 class MAMLSelectBaseline(MAMLBaseline):
     """M MAML initialisations, each task taking the one with the lowest support loss after one SGD step."""
+
+    config: MAMLSelectConfig
+    backend: SelectMAML
 
     def __init__(self, config: MAMLSelectConfig, context: BuildContext) -> None:
         sampler = context.task_sampler
@@ -255,7 +258,7 @@ class MAMLSelectBaseline(MAMLBaseline):
             )
         self.optimizer.step()
         self.iterations_done += 1
-        choice = self.backend.last_choice.cpu()
+        choice = cast(torch.Tensor, self.backend.last_choice).cpu()  # meta_gradient just chose
         self.chosen += torch.bincount(choice, minlength=self.config.initialisations)
         self._recent.append(choice)
         del self._recent[:-100]

@@ -176,11 +176,15 @@ class TorchFuncMAML:
 
     def meta_gradient(self, batch: MetaBatch) -> torch.Tensor:
         """The meta-loss of ``batch``; its gradient is left in each parameter's ``.grad``."""
+        return self._meta_gradient(batch.as_tuple())
+
+    def _meta_gradient(self, tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The meta-loss of a batch's tensors (in the meta-loss's argument order); gradients into ``.grad``."""
         params = tuple(p.detach() for p in self.params)
         if self._first_call:
-            gradients, loss = self._compile_once(params, batch.as_tuple())
+            gradients, loss = self._compile_once(params, tensors)
         else:
-            gradients, loss = self._gradient(params, batch.as_tuple())
+            gradients, loss = self._gradient(params, tensors)
         for param, gradient in zip(self.params, gradients):
             param.grad = gradient
         return loss
@@ -189,9 +193,8 @@ class TorchFuncMAML:
         self._first_call = False
         try:
             return self._gradient(params, batch)
-        except (
-            Exception
-        ) as error:  # an internal torch.compile failure must not stop the run: eager is the same computation
+        # an internal torch.compile failure must not stop the run: eager is the same computation
+        except Exception as error:
             lines = str(error).strip().splitlines()
             warnings.warn(
                 f"maml: torch.compile failed ({lines[0] if lines else type(error).__name__}); running torch-func "

@@ -60,8 +60,9 @@ class SequenceLstmPolicy(RecurrentActorCriticPolicy):
     of the update's cost. Any other pattern of starts takes sb3-contrib's loop.
     """
 
+    # sb3-contrib annotates _process_sequence as returning tuple[Tensor, Tensor]; it returns (output, (h, c))
     @staticmethod
-    def _process_sequence(
+    def _process_sequence(  # type: ignore[override]
         features: torch.Tensor,
         lstm_states: tuple[torch.Tensor, torch.Tensor],
         episode_starts: torch.Tensor,
@@ -74,7 +75,10 @@ class SequenceLstmPolicy(RecurrentActorCriticPolicy):
             sequence = features.reshape((n_seq, -1, lstm.input_size)).swapaxes(0, 1)
             output, states = lstm(sequence, (keep * lstm_states[0], keep * lstm_states[1]))
             return torch.flatten(output.transpose(0, 1), start_dim=0, end_dim=1), states
-        return RecurrentActorCriticPolicy._process_sequence(features, lstm_states, episode_starts, lstm)
+        # its annotation is wrong (see above): it returns (output, (h, c))
+        return RecurrentActorCriticPolicy._process_sequence(  # type: ignore[return-value]
+            features, lstm_states, episode_starts, lstm
+        )
 
 
 class GatherPaddedRolloutBuffer(RecurrentRolloutBuffer):
@@ -87,7 +91,8 @@ class GatherPaddedRolloutBuffer(RecurrentRolloutBuffer):
     the same layout and values (tested against sb3-contrib's buffer).
     """
 
-    def _get_samples(
+    # sb3-contrib's own signature, itself incompatible with SB3's RolloutBuffer._get_samples
+    def _get_samples(  # type: ignore[override]
         self, batch_inds: np.ndarray, env_change: np.ndarray, env: Any = None
     ) -> RecurrentRolloutBufferSamples:
         opens = np.logical_or(self.episode_starts[batch_inds], env_change[batch_inds]).flatten()
@@ -134,7 +139,7 @@ class SequenceRecurrentPPO(RecurrentPPO):
             self.rollout_buffer.__class__ = GatherPaddedRolloutBuffer  # same state, faster minibatches
 
 
-ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], str | type]] = {
+ALGORITHMS: dict[str, tuple[type[PPO] | type[RecurrentPPO] | type[MaskablePPO], str | type]] = {
     "ppo-mlp": (PPO, "MlpPolicy"),
     "ppo-lstm": (SequenceRecurrentPPO, SequenceLstmPolicy),
     "ppo-mlp-masked": (MaskablePPO, "MlpPolicy"),
@@ -242,7 +247,7 @@ class SB3PolicyBackend:
         self, observation: np.ndarray, state: Any, episode_start: bool, action_mask: np.ndarray | None
     ) -> tuple[int, Any]:
         """The most probable action (among the valid ones when a mask is given); threads LSTM state."""
-        policy = self.model.policy
+        policy: Any = self.model.policy  # ActorCriticPolicy or its recurrent kind (an LSTM state in and out)
         policy.set_training_mode(False)
         obs = torch.as_tensor(observation, dtype=torch.float32).reshape(1, -1)
         if self.recurrent:
@@ -267,7 +272,8 @@ class SB3PolicyBackend:
 
     def _initial_lstm_state(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero (hidden, cell) state of the actor's LSTM, for one environment."""
-        layers, _, hidden = self.model.policy.lstm_hidden_state_shape
+        policy: Any = self.model.policy  # a RecurrentActorCriticPolicy here
+        layers, _, hidden = policy.lstm_hidden_state_shape
         return torch.zeros(layers, 1, hidden), torch.zeros(layers, 1, hidden)
 
     def save(self, directory: Path) -> None:
