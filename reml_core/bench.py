@@ -163,9 +163,8 @@ def plan_bench(
             components = build_components(config)  # cross-component checks
             if "reml" in methods:
                 check_policy_builds(components)
-            if (
-                not facts
-            ):  # the baselines train with the first encoder's components (a baseline that cannot be built fails now)
+            # the baselines train with the first encoder's components (a baseline that cannot be built fails now)
+            if not facts:
                 for name in baselines:
                     build_one(config.baselines[name], components.context)
             facts[config.encoder.name] = ComponentFacts(

@@ -109,9 +109,8 @@ def test_every_stage_gets_a_context_whose_fields_are_set(registry, family):
             for selected in config.baselines.values():
                 try:
                     build_one(selected, components.context)
-                except (
-                    ComponentBuildError
-                ):  # a baseline that refuses this family (maml-select on images) says so cleanly
+                # a baseline that refuses this family (maml-select on images) says so cleanly
+                except ComponentBuildError:
                     continue
         for spy in spies:
             for context in spy.contexts:

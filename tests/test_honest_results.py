@@ -209,9 +209,8 @@ def test_a_resumed_or_loaded_image_run_whose_data_changed_is_refused(tmp_path):
     ):
         api.prepare_run(resume=out)
     release_all()
-    with pytest.raises(
-        UserError, match=rf"REML in {out}: the data of task 'omniglot' changed"
-    ):  # --from loads it for evaluation
+    # --from loads it for evaluation
+    with pytest.raises(UserError, match=rf"REML in {out}: the data of task 'omniglot' changed"):
         api.prepare_bench(
             {"plugin": "omniglot", "preset": "smoke", "task": {"root": str(root), "image_size": 14}},
             methods=["reml"],

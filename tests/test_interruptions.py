@@ -306,9 +306,8 @@ def test_a_signal_at_any_moment_of_reml_runs_start_up_ends_it_cleanly(tmp_path):
     _assert_ended_cleanly("reml-run", results)
     for index, (_, signum, code, stderr) in enumerate(results, start=1):
         out = tmp_path / f"run-{index}"
-        if (
-            code == EXIT_FOR[signum] and (out / "config.json").is_file()
-        ):  # the folder holds a run: say how to continue it
+        # the folder holds a run: say how to continue it
+        if code == EXIT_FOR[signum] and (out / "config.json").is_file():
             # before training "the run can be continued with: ...", during it "checkpoint ... saved. Continue with: ..."
             hints = (f"continued with: reml-run --resume {out}", f"Continue with: reml-run --resume {out}")
             assert stderr.strip().splitlines()[-1].endswith(hints), stderr[-2000:]

@@ -296,9 +296,8 @@ def test_a_folder_without_characters_is_refused(registry, tmp_path):
     with pytest.raises(OmniglotDataError, match=r"no character folders found .* \(in images_background/"):
         OmniglotTaskSampler(OmniglotConfig(root=str(tmp_path)))
     config = resolve_config(registry, {"plugin": "omniglot", "preset": "smoke", "task": {"root": str(tmp_path)}})
-    with pytest.raises(
-        ConfigError, match="task.root: no character folders found"
-    ):  # a user error, not a plugin failure
+    # a user error, not a plugin failure
+    with pytest.raises(ConfigError, match="task.root: no character folders found"):
         build_components(config)
 
 
