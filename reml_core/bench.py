@@ -31,6 +31,7 @@ from reml_core.experiment import (
     loss_name,
 )
 from reml_core.folders import check_path
+from reml_core.choices import merge as merge_choices
 from reml_core.jobs import (
     BASELINE_RECORD,
     JOB_LOG,
@@ -401,6 +402,7 @@ def _seed_document(plan: BenchPlan, seed: int, results: list[JobResult], command
         budgets={r.job.key: r.budget for r in results},
         sources={seed: {r.job.key: r.source for r in results}},
         references={name: table_of(table) for name, table in results[0].references.items()},
+        choices={r.job.key: r.choices for r in results if r.choices},
     )
 
 
@@ -461,5 +463,9 @@ def _aggregate(
             name: aggregate_tables([documents[s].references[name] for s in plan.seeds])
             for name in first.references
             if all(name in documents[s].references for s in plan.seeds)
+        },
+        choices={  # what each REML's policy chose, over every seed's test tasks
+            key: merge_choices([documents[s].choices[key] for s in plan.seeds if key in documents[s].choices])
+            for key in dict.fromkeys(key for s in plan.seeds for key in documents[s].choices)
         },
     )

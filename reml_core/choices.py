@@ -229,16 +229,34 @@ def summarise(records: Sequence[ChoiceRecord], descriptor_names: Sequence[str] =
     return {"summary": per_shots, "tasks": [record.to_dict() for record in records]}
 
 
+def merge(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Several runs' :func:`summarise` dicts (a benchmark's seeds) as one: every task record of every
+    run, summarised again (a task chosen for by three seeds counts three times)."""
+    records = [
+        ChoiceRecord(str(t["task_id"]), int(t["shots"]), tuple(float(v) for v in t["descriptor"]), dict(t["values"]))
+        for summary in summaries
+        for t in summary.get("tasks", ())
+    ]
+    names: list[str] = []
+    for summary in summaries:  # the descriptor's names, as the runs' summaries recorded them
+        for by_name in summary.get("summary", {}).values():
+            for by_value in by_name.values():
+                for entry in by_value.values():
+                    names = names or [n for n in entry.get("mean_descriptor", {}) if not n.startswith("descriptor_")]
+    return summarise(records, names)
+
+
 def _value_key(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def report_section(choices: Mapping[str, Any] | None) -> list[str]:
-    """Markdown lines of the run report's "Hyperparameters the policy chose" section (none without choices)."""
+def report_section(choices: Mapping[str, Any] | None, method: str = "") -> list[str]:
+    """Markdown lines of a report's "Hyperparameters the policy chose" section (none without choices);
+    ``method`` names whose choices they are when a report holds several (a benchmark's REML rows)."""
     if not choices or not choices.get("summary"):
         return []
     lines = [
-        "## Hyperparameters the policy chose",
+        "## Hyperparameters the policy chose" + (f": {method}" if method else ""),
         "",
         "Per test task and K, after composing the network (`env.choose`); mean task descriptor of the tasks that got "
         "each value.",

@@ -115,6 +115,8 @@ class JobResult:
     own_words: str = ""
     #: What predictors that learn nothing score on the same test tasks (:func:`reml_core.pipeline.evaluate_references`).
     references: dict[str, FewShotTable] = field(default_factory=dict)
+    #: What REML's policy chose on the test tasks (``env.choose``; :func:`reml_core.choices.summarise`), else None.
+    choices: dict[str, Any] | None = None
 
 
 @dataclass
@@ -145,6 +147,8 @@ def run_job(job: BenchJob, workdir: Path, *, echo: bool = True) -> JobResult:
             components, provider, outcome = _baseline(job, config, workdir)
         tables, curves, seconds = evaluate_methods(config, components, {job.key: provider})
         references = evaluate_references(config, components)
+        summarise_choices = getattr(provider, "choices_summary", None)  # REML's, when its policy chose hyperparameters
+        choices = summarise_choices(getattr(components.task_sampler, "descriptor_names", ())) if summarise_choices else None
 
     own = own_rate_key(job.key)
     return JobResult(
@@ -158,6 +162,7 @@ def run_job(job: BenchJob, workdir: Path, *, echo: bool = True) -> JobResult:
         own_evaluation_seconds=seconds.get(f"evaluation_{own}", 0.0),
         own_words=own_rate_labels({job.key: provider}).get(own, ""),
         references=references,
+        choices=choices,
         **outcome,
     )
 

@@ -65,15 +65,20 @@ def format_stat(key: str, value: Any) -> str:
     return f"{value:.3g}"
 
 
+def _figure(value: float) -> str:
+    """Three decimals; a number too large for them (an adaptation that blew up) in scientific notation."""
+    return f"{value:.3f}" if abs(value) < 1e6 else f"{value:.3g}"
+
+
 def _format_cell(cell: CellResult, best: bool, measure: str = LOSS) -> str:
     """``mean ± CI``; with diverged tasks the mean is over the others and the count follows (``, 3 diverged``)."""
     mean, ci, spread = cell.measure(measure)
     if mean is None:
         text = f"NaN ({plural(cell.nan_tasks, 'task')} diverged)" if cell.nan_tasks else "NaN"
     else:
-        text = f"{mean:.3f} ± {ci:.3f}" if ci is not None else f"{mean:.3f}"
+        text = f"{_figure(mean)} ± {_figure(ci)}" if ci is not None else _figure(mean)
         if spread is not None:
-            text += f" (seeds ±{spread:.3f})"
+            text += f" (seeds ±{_figure(spread)})"
         if cell.nan_tasks:
             text += f" ({cell.nan_tasks} diverged)"
     return f"**{text}**" if best else text
@@ -384,6 +389,8 @@ def render_bench_report(results: ResultsDocument) -> str:
         "![few-shot](few_shot.png)",
         "",
     ]
+    for key, choices in results.choices.items():  # what each REML's policy chose (env.choose), over the seeds
+        lines += choices_report_section(choices, labels.get(key, key))
     lines += [
         f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {_curve_lr(evaluation)}, on each task's training "
         "data)",

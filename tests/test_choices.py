@@ -407,3 +407,41 @@ def test_a_run_that_chooses_its_rate_resumes_with_its_choices_and_refuses_other_
     results = json.loads((out / "results.json").read_text())
     assert results["training"]["env_steps"] >= 800 and results["training"]["resumes"] == 1
     assert len(results["choices"]["reml"]["tasks"]) == 10
+
+
+def test_a_benchmarks_seeds_are_merged_into_one_summary_of_what_was_chosen():
+    from reml_core.choices import merge
+
+    first = summarise([ChoiceRecord("a", 5, (1.0, 0.0), {"finetune_sgd_lr": 0.01})], ["amplitude", "phase"])
+    second = summarise(
+        [ChoiceRecord("a", 5, (1.0, 0.0), {"finetune_sgd_lr": 0.03}), ChoiceRecord("b", 5, (3.0, 1.0), {"finetune_sgd_lr": 0.03})],
+        ["amplitude", "phase"],
+    )
+    merged = merge([first, second])
+    by_value = merged["summary"]["5"]["finetune_sgd_lr"]
+    assert by_value["0.01"]["count"] == 1 and by_value["0.03"]["count"] == 2
+    assert by_value["0.03"]["mean_descriptor"] == {"amplitude": 2.0, "phase": 0.5}
+    assert len(merged["tasks"]) == 3
+
+
+@pytest.mark.slow
+def test_a_benchmark_records_and_reports_what_reml_chose_per_seed_and_over_seeds(tmp_path):
+    import json
+
+    from helpers.runs import TINY, cli
+
+    out = tmp_path / "bench"
+    result = cli(
+        "reml-bench", *TINY, "--seeds", "2", "--methods", "reml", "--out", str(out),
+        "--set", "env.choose.finetune_sgd_lr=[0.01,0.03]",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for seed_file in sorted(out.glob("seed-*/results.json")):
+        seed = json.loads(seed_file.read_text())
+        assert len(seed["choices"]["reml"]["tasks"]) == 5 * 2  # 5 test tasks at each K
+    merged = json.loads((out / "results.json").read_text())["choices"]["reml"]
+    assert len(merged["tasks"]) == 2 * 5 * 2
+    assert sum(entry["count"] for entry in merged["summary"]["5"]["finetune_sgd_lr"].values()) == 10
+    report = (out / "report.md").read_text()
+    assert "## Hyperparameters the policy chose: REML (support-set)" in report
+    assert "(chosen rate)" in report
