@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reml_core.choices import merge as merge_choices
 from reml_core.config import RunConfig, deep_merge, load_resolved, resolve_config
 from reml_core.errors import UserError
 from reml_core.experiment import (
@@ -31,7 +32,6 @@ from reml_core.experiment import (
     loss_name,
 )
 from reml_core.folders import check_path
-from reml_core.choices import merge as merge_choices
 from reml_core.jobs import (
     BASELINE_RECORD,
     JOB_LOG,

@@ -148,7 +148,8 @@ def run_job(job: BenchJob, workdir: Path, *, echo: bool = True) -> JobResult:
         tables, curves, seconds = evaluate_methods(config, components, {job.key: provider})
         references = evaluate_references(config, components)
         summarise_choices = getattr(provider, "choices_summary", None)  # REML's, when its policy chose hyperparameters
-        choices = summarise_choices(getattr(components.task_sampler, "descriptor_names", ())) if summarise_choices else None
+        names = getattr(components.task_sampler, "descriptor_names", ())
+        choices = summarise_choices(names) if summarise_choices else None
 
     own = own_rate_key(job.key)
     return JobResult(

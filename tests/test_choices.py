@@ -414,7 +414,10 @@ def test_a_benchmarks_seeds_are_merged_into_one_summary_of_what_was_chosen():
 
     first = summarise([ChoiceRecord("a", 5, (1.0, 0.0), {"finetune_sgd_lr": 0.01})], ["amplitude", "phase"])
     second = summarise(
-        [ChoiceRecord("a", 5, (1.0, 0.0), {"finetune_sgd_lr": 0.03}), ChoiceRecord("b", 5, (3.0, 1.0), {"finetune_sgd_lr": 0.03})],
+        [
+            ChoiceRecord("a", 5, (1.0, 0.0), {"finetune_sgd_lr": 0.03}),
+            ChoiceRecord("b", 5, (3.0, 1.0), {"finetune_sgd_lr": 0.03}),
+        ],
         ["amplitude", "phase"],
     )
     merged = merge([first, second])
@@ -432,8 +435,16 @@ def test_a_benchmark_records_and_reports_what_reml_chose_per_seed_and_over_seeds
 
     out = tmp_path / "bench"
     result = cli(
-        "reml-bench", *TINY, "--seeds", "2", "--methods", "reml", "--out", str(out),
-        "--set", "env.choose.finetune_sgd_lr=[0.01,0.03]",
+        "reml-bench",
+        *TINY,
+        "--seeds",
+        "2",
+        "--methods",
+        "reml",
+        "--out",
+        str(out),
+        "--set",
+        "env.choose.finetune_sgd_lr=[0.01,0.03]",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for seed_file in sorted(out.glob("seed-*/results.json")):
