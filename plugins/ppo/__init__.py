@@ -12,7 +12,7 @@ def build(name: str):
     """A factory for one backend; stable-baselines3 is imported only when a policy is built."""
 
     def factory(config: PPOConfig, context: PolicyContext):
-        from reml_plugins.ppo.backends import SB3PolicyBackend  # noqa: PLC0415 - lazy: import cycle: reml_plugins.ppo.backends imports this module
+        from reml_plugins.ppo.backends import SB3PolicyBackend  # noqa: PLC0415 - lazy: start-up time: stable-baselines3 (and an import cycle: backends imports this module)
 
         return SB3PolicyBackend(name, config, context)
 
