@@ -390,7 +390,7 @@ def render_bench_report(results: ResultsDocument) -> str:
         "",
     ]
     for key, choices in results.choices.items():  # what each REML's policy chose (env.choose), over the seeds
-        lines += choices_report_section(choices, labels.get(key, key))
+        lines += choices_report_section(choices, results.method_name(key))
     lines += [
         f"## Convergence ({evaluation['curve_steps']} Adam steps, lr {_curve_lr(evaluation)}, on each task's training "
         "data)",

@@ -440,19 +440,25 @@ class ResultsDocument:
 
     def method_labels(self) -> dict[str, str]:
         """Display names of the methods; REML's say which encoder, and whether it is privileged."""
-        encoders = self.encoders or {"reml": EncoderInfo(self.encoder, self.encoder_privileged)}
-        reml = {key: reml_label(info.name, info.privileged) for key, info in encoders.items()}
         named = {**METHOD_LABELS, **(self.labels if self.labels is not None else _V1_LABELS)}
         labels = {}
         for key in self.tables:
             stem = key.removesuffix(OWN_RATE_SUFFIX)
-            name = reml.get(stem, named.get(stem, stem))
+            name = self.method_name(stem)
             if key != stem:  # own-rate rows: "Meta-SGD (learned rates)"
                 name = f"{name} ({named.get(key) or 'own rate'})"
             elif key + OWN_RATE_SUFFIX in self.tables:  # their fixed-rate twin: "Meta-SGD (protocol rate 0.01)"
                 name = f"{name} (protocol rate {self.protocol_rate()})"
             labels[key] = name
         return labels
+
+    def method_name(self, key: str) -> str:
+        """A method's name without the words telling its fixed-rate and own-rate rows apart ("REML (support-set)")."""
+        encoders = self.encoders or {"reml": EncoderInfo(self.encoder, self.encoder_privileged)}
+        if key in encoders:
+            return reml_label(encoders[key].name, encoders[key].privileged)
+        named = {**METHOD_LABELS, **(self.labels if self.labels is not None else _V1_LABELS)}
+        return named.get(key, key)
 
     def protocol_rate(self) -> str:
         """The protocol's fixed SGD rate (``eval.sgd_lr``), as reports show it."""

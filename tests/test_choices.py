@@ -454,5 +454,5 @@ def test_a_benchmark_records_and_reports_what_reml_chose_per_seed_and_over_seeds
     assert len(merged["tasks"]) == 2 * 5 * 2
     assert sum(entry["count"] for entry in merged["summary"]["5"]["finetune_sgd_lr"].values()) == 10
     report = (out / "report.md").read_text()
-    assert "## Hyperparameters the policy chose: REML (support-set)" in report
+    assert "## Hyperparameters the policy chose: REML (support-set)\n" in report
     assert "(chosen rate)" in report
