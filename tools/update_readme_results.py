@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from reml_core.plots import plot_few_shot
-from reml_core.reports import document_tables, measure_label, table_measures
+from reml_core.reports import document_tables, measure_label, own_rate_note, table_measures
 from reml_core.results import read_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,6 @@ def section(run: Path) -> str:
     results = read_results(run / "results.json")
     start, end = markers(results.plugin)
     loss = results.loss_name
-    labels = results.method_labels()
     tables = document_tables(results)
     measured = " and ".join([measure_label("mse", loss), *table_measures(results.tables)[1:]])
     encoders = []
@@ -43,10 +42,10 @@ def section(run: Path) -> str:
             else "only the K-shot support set, like the baselines"
         )
         encoders.append(f"`{info.name}` ({kind})")
-    budgets = "; ".join(f"{labels.get(k, k)}: {v}" for k, v in results.budgets.items())
+    budgets = "; ".join(f"{results.method_name(k)}: {v}" for k, v in results.budgets.items())
     timing = results.timing
     training = ", ".join(
-        f"{labels.get(k.removeprefix('training_'), k)} {v / 60:.1f} min"
+        f"{results.method_name(k.removeprefix('training_'))} {v / 60:.1f} min"
         for k, v in timing.items()
         if k.startswith("training_")
     )
@@ -69,6 +68,7 @@ def section(run: Path) -> str:
             f"mean ± 95% CI over tasks; best per column in bold.{spread}",
             "",
             tables,
+            *own_rate_note(results),
             f"![{results.plugin}: few-shot results against fine-tuning steps]({figure(results.plugin)})",
             "",
             f"Budgets: {budgets}. Training time (all seeds): {training}; whole benchmark "
