@@ -30,7 +30,7 @@ import torch
 from reml_core.config import TrainConfig, deep_merge, parse_assignment, resolve_config
 from reml_core.experiment import build_components
 from reml_core.registry import PluginRegistry
-from reml_core.workers import resolve_workers
+from reml_core.settings import resolve_workers
 
 
 def measure(

@@ -38,6 +38,7 @@ from reml_core.settings import (  # re-exported: the settings models lived here 
     StrictModel,
     TrainConfig,
     renames_of,
+    resolve_workers,
 )
 from reml_core.storage import read_json_file
 
@@ -597,9 +598,11 @@ def resolve_config(
 
     if problems:
         raise ConfigError(problems)
-    assert core is not None and task_config is not None
+    assert isinstance(core, ExperimentConfig) and task_config is not None
+    if core.train.workers is None:  # recorded as a number, so config.json (--resume, --from) repeats the run's split
+        core.train.workers = resolve_workers(None, core.train.n_envs)
     return RunConfig(
-        core=core,  # type: ignore[arg-type]
+        core=core,
         task=Selected(raw.plugin, task_spec, task_config),
         baselines=selected_baselines,
         **chosen,  # type: ignore[arg-type]
@@ -659,4 +662,7 @@ def only_chosen_baselines(config: RunConfig, chosen: Sequence[str], prog: str, f
 def load_resolved(path: Path, registry: PluginRegistry) -> RunConfig:
     """Re-resolve a run's ``config.json`` (for ``--resume`` and ``--from``)."""
     data = read_json_file(Path(path), "a run's config (a JSON object)", error=UserError)
+    train = data.get("train") if isinstance(data, dict) else None
+    if isinstance(train, dict) and "workers" not in train:
+        train["workers"] = 1  # recorded before train.workers existed: the run was made in one process
     return resolve_config(registry, data)

@@ -26,8 +26,8 @@ from reml_core.interfaces import (
     TaskSampler,
 )
 from reml_core.pool_update import ProtocolPoolUpdate, make_pool_update
+from reml_core.settings import resolve_workers
 from reml_core.specs import KIND_LABELS, SECTIONS, SPEC_TYPES, TABLE_EACH_KINDS
-from reml_core.workers import resolve_workers
 
 if TYPE_CHECKING:
     from reml_core.vec_env import CompositionVecEnv

@@ -8,6 +8,7 @@ depend only on these settings and on :mod:`reml_core.interfaces`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -109,6 +110,25 @@ MAX_ITERATIONS = 1_000_000
 #: A config file larger than this, or with more settings than this, is not a REML config.
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_CONFIG_SETTINGS = 10_000
+
+
+#: ``train.workers`` at most by default (beyond about 8 the serial part of a step dominates: docs/performance.md).
+DEFAULT_CAP = 8
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(workers: int | None, n_envs: int) -> int:
+    """``train.workers`` as a number: the given count, or by default the available CPUs, at most
+    :data:`DEFAULT_CAP`; never more than ``n_envs`` (one env has nothing to split)."""
+    count = workers if workers is not None else min(available_cpus(), DEFAULT_CAP)
+    return max(1, min(count, n_envs))
 
 
 #: The core's budgets of its own sections for each preset, used under a task plugin's
@@ -280,8 +300,8 @@ class TrainConfig(StrictModel):
         description="processes that share a vector step's episode ends (train.n_envs > 1), forked at the first step "
         "that ends 16 or more episodes (a step is split only when each share gets 8 or more); the pool reaches them in "
         "shared memory and its updates are merged in env order by the run's process. Default: the CPUs "
-        "this process may use, at most 8 and at most train.n_envs; 1 is the single-process path. Results depend on "
-        "(seed, n_envs, workers) (docs/performance.md)",
+        "this process may use, at most 8 and at most train.n_envs, recorded in config.json as the number used; "
+        "1 is the single-process path. Results depend on (seed, n_envs, workers) (docs/performance.md)",
     )
 
     @field_validator("device")

@@ -51,8 +51,6 @@ import torch
 from reml_core.distributed import ray_session
 from reml_core.errors import UserError
 
-#: Workers at most by default (beyond about 8 the serial part of a step dominates: docs/performance.md).
-DEFAULT_CAP = 8
 #: Episode ends per share at least: a step is split only when each share gets this many (and the
 #: workers start at the first such step, 2 x MIN_SHARE ends).
 MIN_SHARE = 8
@@ -65,21 +63,6 @@ class WorkerLost(UserError):
     One line on stderr as every UserError, but exit status 1: the run failed, the command was not misused."""
 
     exit_code = 1
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
-
-
-def resolve_workers(workers: int | None, n_envs: int) -> int:
-    """``train.workers`` as a number: the given count, or by default the available CPUs, at most
-    :data:`DEFAULT_CAP`; never more than ``n_envs`` (one env has nothing to split)."""
-    count = workers if workers is not None else min(available_cpus(), DEFAULT_CAP)
-    return max(1, min(count, n_envs))
 
 
 def chunks(count: int, shares: int) -> list[range]:

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from reml_core.workers import MIN_SHARE, chunks, resolve_workers, split_count
+from reml_core.settings import resolve_workers
+from reml_core.workers import MIN_SHARE, chunks, split_count
 
 BIN = Path(sys.executable).parent
 
@@ -39,6 +40,25 @@ def test_the_default_is_the_cpus_capped_by_n_envs():
     assert resolve_workers(None, 128) == min(cpus, 8)
     assert resolve_workers(None, 1) == 1
     assert resolve_workers(4, 2) == 2 and resolve_workers(3, 128) == 3
+
+
+def test_the_resolved_count_is_recorded_so_a_resume_elsewhere_repeats_the_split(tmp_path, sine_registry):
+    # Results depend on (seed, n_envs, workers): a run records the count it used, not "the machine's
+    # CPUs", so --resume or --from on a machine with other CPUs repeats the same split.
+    import json
+
+    from reml_core.config import load_resolved, resolve_config
+
+    config = resolve_config(sine_registry, {"plugin": "sine", "preset": "smoke"})
+    assert config.core.train.workers == resolve_workers(None, config.core.train.n_envs)
+    assert config.to_dict()["train"]["workers"] == config.core.train.workers
+    chosen = resolve_config(sine_registry, {"plugin": "sine", "preset": "smoke", "train": {"workers": 1}})
+    assert chosen.core.train.workers == 1
+
+    recorded = config.to_dict()
+    del recorded["train"]["workers"]  # a config.json written before train.workers existed: made in one process
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    assert load_resolved(tmp_path / "config.json", sine_registry).core.train.workers == 1
 
 
 def _vector_run(pool_update: str, workers: int, steps: int = 12, n_envs: int = 48, *, ray: bool = False):
