@@ -598,7 +598,7 @@ class _RayWorker:
 
     def __init__(self, config: dict[str, Any]) -> None:
         from reml_core.config import resolve_config  # noqa: PLC0415 - lazy: start-up time: reml_core.config imports numpy
-        from reml_core.experiment import build_components  # noqa: PLC0415 - lazy: start-up time: reml_core.experiment imports gymnasium
+        from reml_core.experiment import build_components  # noqa: PLC0415 - lazy: import cycle (experiment -> vec_env -> workers)
         from reml_core.registry import PluginRegistry  # noqa: PLC0415 - lazy: start-up time: reml_core.registry imports pluggy
 
         torch.set_num_threads(1)
