@@ -456,3 +456,26 @@ def test_a_benchmark_records_and_reports_what_reml_chose_per_seed_and_over_seeds
     report = (out / "report.md").read_text()
     assert "## Hyperparameters the policy chose: REML (support-set)\n" in report
     assert "(chosen rate)" in report
+
+
+def test_the_dense_pool_offers_its_activation_and_reml_hands_out_the_chosen_one(make_components):
+    # The built-in dense pool's structural choice (env.choose.activation), declared on its record.
+    components = make_components(env={"depth": 4, "choose": {"activation": ["relu", "tanh"]}})
+    env = components.make_env(mode="evaluate")
+    assert [step.name for step in env.choice_steps] == ["activation"]
+    method = ReMLMethod(LastValid(), env)  # the last valid option: tanh
+    assert type(method) is ReMLMethod  # a structural choice is not an adaptation of its own
+    task = components.task_sampler.test_tasks(1)[0]
+    network = method.network_for(task, 5)
+    assert network.activation == "tanh"
+    x = torch.linspace(-5, 5, 7).unsqueeze(1)
+    relu = env.build_network(method.indices_for(task, 5), {"activation": "relu"})
+    assert relu.activation == "relu" and not torch.allclose(network(x), relu(x))
+    summary = method.choices_summary(components.task_sampler.descriptor_names)
+    assert summary["tasks"][0]["values"] == {"activation": "tanh"}
+
+
+def test_the_dense_pool_refuses_an_activation_it_does_not_have(make_components):
+    components = make_components(env={"depth": 4, "choose": {"activation": ["relu", "gelu"]}})
+    with pytest.raises(ConfigError, match=r"env.choose.activation: 'gelu' is not one of its values \['relu', 'tanh'\]"):
+        components.make_env()

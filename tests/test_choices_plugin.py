@@ -106,10 +106,18 @@ def test_a_value_the_plugin_does_not_offer_is_refused_naming_the_key(cubic_regis
     )
 
 
-def test_a_run_on_another_pool_cannot_choose_it(cubic_registry):
-    user = {"plugin": "sine", "policy": "toy-policy", "preset": "smoke", "env": {"choose": {"activation": ["relu"]}}}
+def test_a_run_on_another_pool_gets_that_pools_choice_not_the_plugins(cubic_registry):
+    # The built-in dense pool declares an activation choice of its own (relu, tanh): a run on it is
+    # offered the dense pool's values, never the tanh-pool's (sigmoid is only the plugin's).
+    user = {"plugin": "sine", "policy": "toy-policy", "preset": "smoke", "env": {"choose": {"activation": ["sigmoid"]}}}
     components = build_components(resolve_config(cubic_registry, user))
-    with pytest.raises(ConfigError, match="env.choose.activation: no such hyperparameter to choose"):
+    with pytest.raises(
+        ConfigError, match=r"env.choose.activation: 'sigmoid' is not one of its values \['relu', 'tanh'\]"
+    ):
+        components.make_env()
+    user["env"] = {"choose": {"no_such_choice": [1, 2]}}
+    components = build_components(resolve_config(cubic_registry, user))
+    with pytest.raises(ConfigError, match="env.choose.no_such_choice: no such hyperparameter to choose"):
         components.make_env()
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from reml_core import hookimpl
-from reml_core.specs import LayerPoolSpec
-from reml_plugins.dense.pool import DensePoolConfig, build_dense_pool
+from reml_core.specs import HyperparameterChoice, LayerPoolSpec
+from reml_plugins.dense.pool import ACTIVATIONS, DensePoolConfig, build_dense_pool, set_activation
 
 
 @hookimpl
@@ -17,4 +17,13 @@ def reml_layer_pools():
             "Dense layers (input 1->H, hidden H->H, output H->1) with Xavier init; thesis scale 10/30/10, H = 40."
         ),
         presets={"smoke": {"input_layers": 4, "hidden_layers": 8, "output_layers": 4}},
+        # A structural hyperparameter the policy may choose per task: env.choose.activation = ["relu", "tanh"].
+        choices=(
+            HyperparameterChoice(
+                name="activation",
+                values=tuple(ACTIVATIONS),
+                apply=set_activation,
+                description="the activation between the composed network's layers (in place of dense.activation)",
+            ),
+        ),
     )

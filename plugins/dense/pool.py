@@ -72,6 +72,14 @@ class DensePoolConfig(BaseModel):
         return self
 
 
+def set_activation(network: Any, name: str) -> None:
+    """The dense pool's structural choice (``env.choose.activation``): the activation between a built
+    network's layers becomes ``name``; its weights, the pool's, are untouched."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; the dense pool offers {', '.join(ACTIVATIONS)}")
+    network.activation = name
+
+
 class ComposedNetwork(nn.Module):
     """A feed-forward network built from pool layers: linear, activation, ..., linear.
 
@@ -323,7 +331,7 @@ class DenseLayerPool:
         c = self.config
         return (
             f"{c.input_layers} input, {c.hidden_layers} hidden and {c.output_layers} output dense layers of width "
-            f"{c.width}, {c.activation}; write-back blends trained layers into the pool."
+            f"{c.width}, {c.activation} between them (or as the policy chooses, env.choose.activation)."
         )
 
     # -- initialisation ----------------------------------------------------------------------
