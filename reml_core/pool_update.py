@@ -61,6 +61,7 @@ class ProtocolPoolUpdate:
         self.lr = config.finetune_sgd_lr
         self.steps = meta_steps(config)
         self.second_order = config.meta_order == "second"
+        self.follows_choices = config.pool_follows_choices
         self.parameters = list(pool.parameters())
         self.lr_base = config.pool_adam_lr
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.pool_adam_lr)
@@ -186,8 +187,9 @@ class ProtocolPoolUpdate:
         return [float(value) if ok else math.nan for value, ok in zip(meta.detach().tolist(), usable.tolist())]
 
     def _adaptation(self, end: Any) -> tuple[float, list[int]]:
-        """The SGD rate and the step counts of ``end``'s adaptation: the ones its policy chose, else the run's."""
-        chosen = dict(getattr(end, "choices", ()))
+        """The SGD rate and the step counts of ``end``'s adaptation: the ones its policy chose, else (or with
+        ``env.pool_follows_choices`` false) the run's."""
+        chosen = dict(getattr(end, "choices", ())) if self.follows_choices else {}
         lr = float(chosen.get("finetune_sgd_lr", self.lr))
         steps = [int(chosen["finetune_steps"])] if "finetune_steps" in chosen else self.steps
         return lr, steps

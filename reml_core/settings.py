@@ -245,6 +245,13 @@ class EnvConfig(StrictModel):
         "Empty (the default): the episode chooses layers only and every hyperparameter is the fixed setting "
         "(docs/architecture.md, the MDP)",
     )
+    pool_follows_choices: bool = Field(
+        True,
+        description="under env.pool_update = 'protocol', whether the pool's meta-gradient adapts each network at the "
+        "rate and steps its policy chose (env.choose.finetune_sgd_lr / finetune_steps); false: at the fixed "
+        "env.finetune_sgd_lr and env.meta_steps, so the pool is trained for the protocol while the choice only "
+        "drives the reward (docs/experiments.md)",
+    )
 
     @field_validator("shots")
     @classmethod

@@ -313,6 +313,21 @@ def test_the_protocol_update_adapts_at_each_networks_chosen_rate_and_steps_in_bo
         assert loss == pytest.approx(expected, rel=1e-6)
 
 
+def test_a_pool_that_does_not_follow_the_choices_is_trained_at_the_fixed_rate_and_steps():
+    pool = _pool()
+    ends = _ends(pool, 6, 3, {"finetune_sgd_lr": [0.003, 0.1], "finetune_steps": [1, 3]})
+    plain = [EpisodeEnd(end.task, end.indices, end.shots, end.minibatch_seed) for end in ends]
+    config = EnvConfig(pool_update="protocol", meta_steps=[1, 10], pool_follows_choices=False)
+    keep = [True] * len(ends)
+    chosen_losses, chosen_grads = ProtocolPoolUpdate(pool, config, _mse).gradients(ends, keep, batched=False)
+    fixed_losses, fixed_grads = ProtocolPoolUpdate(pool, config, _mse).gradients(plain, keep, batched=False)
+    assert chosen_losses == fixed_losses
+    for ours, theirs in zip(chosen_grads, fixed_grads):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    following = ProtocolPoolUpdate(pool, config.model_copy(update={"pool_follows_choices": True}), _mse)
+    assert following.gradients(ends, keep, batched=False)[0] != fixed_losses
+
+
 # -- REML as a method ------------------------------------------------------------------------------------
 
 
