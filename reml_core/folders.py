@@ -445,10 +445,39 @@ def _refuse_present(out: Path, present: list[str], *, force: bool, flag: str) ->
             "choose an empty or new directory"
         )
     if not force:
+        holder = _writer_of(out)
+        if holder is not None and holder != os.getpid() and out.resolve() not in _HELD:
+            # "continue it with --resume" would only be refused: say what is going on
+            who = f"PID {holder}" if holder else "another process"
+            raise UserError(
+                f"{flag} {out} is in use by another REML process ({who}); wait for it to finish or stop it first"
+            )
         raise UserError(
             f"{flag} {out} already holds a {KIND_NOUNS[marker.kind]}; {_ALREADY_HOLDS[marker.kind].format(out=out)}"
         )
     return marker
+
+
+def _writer_of(folder: Path) -> int | None:
+    """The PID of the process writing ``folder`` (0 when its PID is unreadable), or None when no one holds its lock.
+
+    Only probes: the lock is taken and dropped at once when free, and nothing is created."""
+    path = folder / LOCK
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None  # no lock file (or a link, which claiming refuses by name): no writer
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return _read_pid(descriptor) or 0
+        return None
+    else:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(descriptor)
 
 
 def claim_new_folder(

@@ -104,7 +104,7 @@ def test_an_unknown_name_is_refused_when_the_run_is_built_listing_what_can_be_ch
         components.make_env()
     assert str(caught.value) == (
         "env.choose.dropout: no such hyperparameter to choose; choosable in this run: "
-        "finetune_sgd_lr, finetune_steps, inner_adam_lr, inner_steps"
+        "finetune_sgd_lr, finetune_steps, inner_adam_lr, inner_steps, activation"  # the last, the dense pool's
     )
 
 
@@ -119,7 +119,7 @@ def test_the_cli_refuses_an_unknown_choice_in_one_line_before_writing_anything(t
         .splitlines()[-1]
         .endswith(
             "env.choose.dropout: no such hyperparameter to choose; choosable in "
-            "this run: finetune_sgd_lr, finetune_steps, inner_adam_lr, inner_steps"
+            "this run: finetune_sgd_lr, finetune_steps, inner_adam_lr, inner_steps, activation"
         )
     )
     assert "Traceback" not in result.stderr and not (out / "results.json").exists()

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from helpers.runs import TINY, cli, start
 
-LONGER = [*TINY, "--set", "train.env_steps=8000", "--set", "train.checkpoint_every=1000"]
+# Long enough that the holder is still training while four contenders start (each imports torch:
+# seconds) on a fast, quiet machine; a shorter budget raced them there.
+LONGER = [*TINY, "--set", "train.env_steps=40000", "--set", "train.checkpoint_every=1000"]
 
 
 def _wait_for(path: Path, process, timeout: float = 120) -> None:
@@ -93,7 +95,9 @@ def test_two_runs_started_on_one_new_folder_let_exactly_one_write(tmp_path):
 
 def test_a_bench_folder_in_use_is_refused_too(tmp_path):
     out = tmp_path / "bench"
-    holder = start("reml-bench", *TINY, "--methods", "reml,scratch", "--set", "train.env_steps=3000", "--out", str(out))
+    holder = start(
+        "reml-bench", *TINY, "--methods", "reml,scratch", "--set", "train.env_steps=40000", "--out", str(out)
+    )
     try:
         _wait_for(out / "config.json", holder)
         # The holder is still writing (checkpoints appear and are pruned), so a snapshot of the whole
@@ -109,3 +113,21 @@ def test_a_bench_folder_in_use_is_refused_too(tmp_path):
         holder.send_signal(signal.SIGTERM)
         _, stderr = holder.communicate(timeout=120)
     assert holder.returncode == 143 and "Traceback" not in stderr, stderr[-2000:]
+
+
+def test_a_new_run_on_a_folder_being_written_is_told_it_is_in_use_not_to_resume_it(tmp_path):
+    # Without --force, a folder that holds a run would be answered "continue it with --resume"; while
+    # another process writes it, that advice would only be refused, so the refusal names the writer.
+    out = tmp_path / "run"
+    holder = start("reml-run", *LONGER, "--out", str(out))
+    try:
+        _wait_for(out / "checkpoints" / "latest", holder)
+        result = cli("reml-run", *TINY, "--out", str(out))
+        assert result.returncode == 2
+        assert f"is in use by another REML process (PID {holder.pid})" in result.stderr, result.stderr[-2000:]
+        assert "--resume" not in result.stderr
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        holder.communicate(timeout=120)
+    result = cli("reml-run", *TINY, "--out", str(out))  # once it has stopped: the folder holds a run to resume
+    assert result.returncode == 2 and "already holds a run" in result.stderr and "--resume" in result.stderr
