@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -105,7 +106,8 @@ def ray_session(what: str, *, address: str | None = None, num_cpus: int | None =
 # -- the local instance dies with the driver ----------------------------------------------------
 
 #: Set in the environment of a local Ray instance's every process (GCS, raylet, agents, workers and
-#: what they start): the watchdog finds them by it, and by nothing else, so no other Ray is touched.
+#: what they start): the watchdog finds them by it and by descent from them (see :func:`session_family`),
+#: so no other Ray is touched.
 SESSION_ENV_VAR = "REML_RAY_SESSION"
 #: How long the watchdog lets Ray's processes end on SIGTERM before it SIGKILLs them.
 GRACE_S = 1.0
@@ -119,8 +121,9 @@ class Watchdog:
     Ray ties only the processes it starts itself to the driver; its workers and agents notice a
     SIGKILLed driver late (minutes, on a busy machine). The watchdog waits on a pipe from the driver:
     when it reads end-of-file (the driver ended, however it ended, even SIGKILLed) it ends every
-    process carrying this instance's :data:`SESSION_ENV_VAR`. A sweep trial's ``reml-run`` is left to
-    its guard (which stops it with one SIGTERM, so it checkpoints first; see reml_core.sweep.guard_main).
+    process carrying this instance's :data:`SESSION_ENV_VAR` and every descendant of one it saw. A
+    sweep trial's ``reml-run`` is left to its guard (which stops it with one SIGTERM, so it
+    checkpoints first; see reml_core.sweep.guard_main).
     """
 
     def __init__(self, marker: str, process: subprocess.Popen[bytes], previous: str | None) -> None:
@@ -183,6 +186,48 @@ def session_processes(marker: str) -> list[int]:
     return found
 
 
+def _started(pid: int) -> str | None:
+    """A process's start time (/proc/PID/stat field 22): with the PID, names one process even if the PID is reused."""
+    try:
+        return _stat(pid)[19]
+    except (OSError, IndexError):
+        return None
+
+
+def session_family(marker: str, known: dict[int, str]) -> list[int]:
+    """The processes carrying ``marker`` and every descendant of them, adding each to ``known`` (PID -> start time).
+
+    A process found by its environment alone is not enough: Ray's agents (``ray::DashboardAgent``,
+    ``ray::RuntimeEnvAgent``) retitle themselves over the memory /proc shows as their environment, so
+    the marker is gone from it. They are the raylet's children, so they are found through it, while
+    the raylet is alive; ``known`` remembers them for when it is not. Returns the PIDs of ``known``
+    still running (same start time), found now or before."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    todo, seen = session_processes(marker), set()
+    while todo:
+        pid = todo.pop()
+        started = _started(pid)
+        if pid == os.getpid() or pid in seen or started is None:
+            continue
+        seen.add(pid)
+        known[pid] = started
+        todo.extend(children.get(pid, []))
+    return [pid for pid, started in known.items() if _started(pid) == started and _stat_state(pid) != "Z"]
+
+
+def _stat_state(pid: int) -> str:
+    try:
+        return _stat(pid)[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
 def _trial_sessions(pids: list[int]) -> set[int]:
     """The sessions led by a sweep trial's guard (``python -m reml_core.sweep guard``)."""
     sessions = set()
@@ -196,8 +241,8 @@ def _trial_sessions(pids: list[int]) -> set[int]:
     return sessions
 
 
-def _to_end(marker: str) -> list[int]:
-    pids = session_processes(marker)
+def _to_end(marker: str, known: dict[int, str]) -> list[int]:
+    pids = session_family(marker, known)
     trials = _trial_sessions(pids)
     ending = []
     for pid in pids:
@@ -217,22 +262,33 @@ def _signal_all(pids: list[int], signum: int) -> None:
             pass
 
 
+#: How often the watchdog looks for the instance's processes while the driver lives (see :func:`session_family`).
+LOOK_EVERY_S = 2.0
+
+
 def watchdog_main(marker: str) -> int:
-    """The watchdog's process: wait for the driver's pipe to close, then end the instance's processes."""
+    """The watchdog's process: note the instance's processes while the driver lives; once its pipe
+    closes, end them."""
     for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):  # only the driver's end matters
         signal.signal(signum, signal.SIG_IGN)
+    known: dict[int, str] = {}
     try:
-        while sys.stdin.buffer.read(4096):
-            pass
+        while True:
+            ready, _, _ = select.select([sys.stdin.buffer], [], [], LOOK_EVERY_S)
+            if ready:
+                if not os.read(sys.stdin.buffer.fileno(), 4096):
+                    break
+            else:
+                session_family(marker, known)
     except OSError:
         pass
-    _signal_all(_to_end(marker), signal.SIGTERM)
+    _signal_all(_to_end(marker, known), signal.SIGTERM)
     deadline = time.monotonic() + SWEEP_S
     grace = time.monotonic() + GRACE_S
     quiet = 0
     while time.monotonic() < deadline:
         time.sleep(0.2)
-        left = _to_end(marker)
+        left = _to_end(marker, known)
         quiet = 0 if left else quiet + 1
         if quiet >= 5:  # nothing left for a second
             break
