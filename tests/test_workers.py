@@ -155,7 +155,9 @@ RUN = [
     "--preset",
     "smoke",
     "--set",
-    "train.env_steps=3000",
+    # long enough that a signal sent once the first checkpoint exists lands while the workers are still in use,
+    # even on a fast machine (3 000 steps took about 2 s after that checkpoint, and one CI run's kill came too late)
+    "train.env_steps=30000",
     "--set",
     "train.checkpoint_every=512",
     "--set",
