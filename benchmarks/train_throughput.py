@@ -11,7 +11,10 @@ preset's own otherwise), and the last line is the second rule's rate over the fi
 With ``--workers 1,2`` every policy is measured at the default n_envs (or each ``--n-envs``) once per
 ``train.workers`` count, each figure and each policy's ratio (last count over first) printed, and the
 last line is the smallest of those ratios, ``train_speedup=<ratio>``. Without it the runs use
-``train.workers`` as a run resolves it (printed).
+``train.workers`` as a run resolves it (printed). Under ``train.overlap_update`` (the default) one
+of 2 or more workers runs PPO's update beside the next rollout; each line says whether it did, and
+the time it splits is then the rollouts' wait for the update (``--set train.overlap_update=false``:
+every worker shares episode ends).
 Usage: python benchmarks/train_throughput.py [--steps N] [--policies ppo-mlp,ppo-lstm] [--n-envs 1,16]
        [--pool-updates thesis,protocol] [--workers 1,2]
 """
@@ -30,7 +33,7 @@ import torch
 from reml_core.config import TrainConfig, deep_merge, parse_assignment, resolve_config
 from reml_core.experiment import build_components
 from reml_core.registry import PluginRegistry
-from reml_core.settings import resolve_workers
+from reml_core.settings import overlaps_update, resolve_workers
 
 
 def measure(
@@ -41,7 +44,7 @@ def measure(
     steps: int,
     log_dir: Path,
     workers: int | None = None,
-) -> tuple[float, int, dict[str, float]]:
+) -> tuple[float, int, dict[str, float], bool]:
     """Env steps per second of ``learn`` for ``steps`` steps (after one untimed rollout), the rollout size,
     and the share of the time spent in the environment, in PPO updates, and in the rest (policy
     forward passes while collecting, SB3's buffers and callbacks)."""
@@ -51,8 +54,12 @@ def measure(
     config = resolve_config(registry, user)
     torch.manual_seed(config.seed)
     components = build_components(config)
+    train = config.core.train
+    overlapped = overlaps_update(resolve_workers(train.workers, n_envs), train.overlap_update)
     env = components.make_train_env()
-    context = components.context.with_env(env, log_dir=log_dir / f"{policy}-{n_envs}-{workers}")
+    context = components.context.with_env(
+        env, log_dir=log_dir / f"{policy}-{n_envs}-{workers}", overlap_update=overlapped
+    )
     backend = config.policy.spec.factory(config.policy.config, context)
     model = backend.model
     rollout = model.n_steps * model.n_envs
@@ -79,7 +86,9 @@ def measure(
     shares = {"env": spent["env"] / elapsed, "update": spent["update"] / elapsed}
     shares["policy and SB3"] = 1.0 - shares["env"] - shares["update"]
     env.close()
-    return (backend.num_timesteps - start_steps) / elapsed, rollout, shares
+    if overlapped:  # the update runs in its own process: what the rollouts spend is the wait for it
+        shares = {("waiting for the update" if key == "update" else key): share for key, share in shares.items()}
+    return (backend.num_timesteps - start_steps) / elapsed, rollout, shares, overlapped
 
 
 def main() -> None:
@@ -134,7 +143,7 @@ def main() -> None:
             for policy in args.policies.split(","):
                 for n_envs in counts:
                     for workers in worker_counts:
-                        rate, rollout, shares = measure(
+                        rate, rollout, shares, overlapped = measure(
                             registry, ruled, policy, n_envs, args.steps, Path(scratch), workers
                         )
                         if workers is None:
@@ -147,7 +156,7 @@ def main() -> None:
                         else:
                             by_workers[(rule, policy, n_envs, workers)] = rate
                             results.setdefault((rule, policy, n_envs), rate)
-                            speedup = f", workers={workers}"
+                            speedup = f", workers={workers}, overlap_update {'on' if overlapped else 'off'}"
                         split = ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
                         print(
                             f"pool update {rule}: {policy} n_envs={n_envs} (rollout {rollout} steps): {rate:.1f} env "

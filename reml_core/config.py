@@ -665,4 +665,6 @@ def load_resolved(path: Path, registry: PluginRegistry) -> RunConfig:
     train = data.get("train") if isinstance(data, dict) else None
     if isinstance(train, dict) and "workers" not in train:
         train["workers"] = 1  # recorded before train.workers existed: the run was made in one process
+    if isinstance(train, dict) and "overlap_update" not in train:
+        train["overlap_update"] = False  # recorded before train.overlap_update existed: each update was waited for
     return resolve_config(registry, data)

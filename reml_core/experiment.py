@@ -26,7 +26,7 @@ from reml_core.interfaces import (
     TaskSampler,
 )
 from reml_core.pool_update import ProtocolPoolUpdate, make_pool_update
-from reml_core.settings import resolve_workers
+from reml_core.settings import episode_processes, resolve_workers
 from reml_core.specs import KIND_LABELS, SECTIONS, SPEC_TYPES, TABLE_EACH_KINDS
 
 if TYPE_CHECKING:
@@ -84,7 +84,8 @@ class Components:
     ) -> CompositionVecEnv:
         """``n_envs`` train-mode environments side by side; env i continues its own task stream at
         ``first_episodes[i]``;
-        their episode ends split across ``workers`` processes (default: ``train.workers`` resolved)."""
+        their episode ends split across ``workers`` processes (default: ``train.workers`` resolved, less the one
+        that runs the policy's update under ``train.overlap_update``)."""
         from reml_core.vec_env import CompositionVecEnv, stream_seed  # noqa: PLC0415 - lazy: start-up time: reml_core.vec_env imports stable_baselines3
 
         starts = list(first_episodes) if first_episodes is not None else [0] * n_envs
@@ -94,8 +95,10 @@ class Components:
             self.make_env(mode="train", seed=stream_seed(self.config.seed, index), first_episode=start)
             for index, start in enumerate(starts)
         ]
-        count = resolve_workers(self.config.core.train.workers if workers is None else workers, n_envs)
-        return CompositionVecEnv(envs, batched=batched, workers=count)
+        if workers is None:
+            train = self.config.core.train
+            workers = episode_processes(resolve_workers(train.workers, n_envs), train.overlap_update)
+        return CompositionVecEnv(envs, batched=batched, workers=resolve_workers(workers, n_envs))
 
     def make_train_env(self, first_episodes: int | Sequence[int] = 0) -> CompositionEnv | CompositionVecEnv:
         """The meta-training environment: one :class:`CompositionEnv` when ``train.n_envs`` is 1 (as before

@@ -450,7 +450,7 @@ class ReportsStats(Protocol):
 
 
 #: The fields of later stages, which a context of an earlier stage answers with None (see :class:`BuildContext`).
-_LATER_FIELDS = frozenset({"task_sampler", "pool", "encoder", "env", "log_dir"})
+_LATER_FIELDS = frozenset({"task_sampler", "pool", "encoder", "env", "log_dir", "overlap_update"})
 _Context = TypeVar("_Context", bound="BuildContext")
 
 
@@ -525,9 +525,10 @@ class BaselineContext(TaskContext):
     pool: LayerPool
     encoder: StateEncoder
 
-    def with_env(self, env: Any, log_dir: Path | None = None) -> PolicyContext:
-        """The context of policy backends: this one, the environment and the folder of the training log."""
-        return self._stage(PolicyContext, env=env, log_dir=log_dir)
+    def with_env(self, env: Any, log_dir: Path | None = None, *, overlap_update: bool = False) -> PolicyContext:
+        """The context of policy backends: this one, the environment, the folder of the training log and
+        whether the backend may update beside the next rollout."""
+        return self._stage(PolicyContext, env=env, log_dir=log_dir, overlap_update=overlap_update)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -537,8 +538,12 @@ class PolicyContext(BaselineContext):
     ``env`` is a ``CompositionEnv``, or with ``train.n_envs`` > 1 a ``CompositionVecEnv`` (a
     stable-baselines3 ``VecEnv``). ``log_dir`` is the folder for the backend's training log
     (CSV/TensorBoard); None means write none (a build that only checks the policy can be built,
-    or a run read back with ``--from``).
+    or a run read back with ``--from``). ``overlap_update`` (``train.overlap_update``) asks the
+    backend to run its update in another process while the next rollout is collected, acting one
+    update behind (the PPO backends do: ``reml_plugins/ppo/overlap.py``); a backend that cannot,
+    updates as before, and whatever it saves, evaluates or hands out must include every update made.
     """
 
     env: Any
     log_dir: Path | None = None
+    overlap_update: bool = False

@@ -131,6 +131,17 @@ def resolve_workers(workers: int | None, n_envs: int) -> int:
     return max(1, min(count, n_envs))
 
 
+def overlaps_update(workers: int, overlap_update: bool) -> bool:
+    """Whether one of a run's ``workers`` processes runs the policy's update (``train.overlap_update``)."""
+    return overlap_update and workers > 1
+
+
+def episode_processes(workers: int, overlap_update: bool) -> int:
+    """How many of a run's ``workers`` processes share a vector step's episode ends: all of them, or all
+    but the one that runs the policy's update (:func:`overlaps_update`)."""
+    return workers - 1 if overlaps_update(workers, overlap_update) else workers
+
+
 #: The core's budgets of its own sections for each preset, used under a task plugin's
 #: ``experiment_presets`` (which override them key by key): a family that declares no presets still
 #: gets a quick ``smoke`` and a thorough ``full``. ``default`` is the models' own defaults.
@@ -309,6 +320,13 @@ class TrainConfig(StrictModel):
         "shared memory and its updates are merged in env order by the run's process. Default: the CPUs "
         "this process may use, at most 8 and at most train.n_envs, recorded in config.json as the number used; "
         "1 is the single-process path. Results depend on (seed, n_envs, workers) (docs/performance.md)",
+    )
+    overlap_update: bool = Field(
+        True,
+        description="with train.workers >= 2, one of the workers runs the policy's update (PPO's epochs over a "
+        "rollout) while the others, the run's own process included, collect the next rollout and share its episode "
+        "ends; each rollout then acts with the policy one update behind. false: every worker shares episode ends and "
+        "each update is waited for. Results depend on it as on workers (docs/performance.md)",
     )
 
     @field_validator("device")

@@ -32,6 +32,7 @@ from reml_core.logs import log  # noqa: F401  (re-exported: reml_core.training.l
 from reml_core.methods import ReMLMethod
 from reml_core.pool_update import STATE_FILE as POOL_UPDATE_FILE
 from reml_core.reports import format_stat, plural, stat_label
+from reml_core.settings import overlaps_update, resolve_workers
 from reml_core.specs import KIND_LABELS
 from reml_core.storage import (
     discard_partial_writes,
@@ -127,7 +128,12 @@ class MetaTrainer:
             raise CheckpointError(f"cannot continue this run: {error}") from None
         self.env.training_progress = min(self.state.timesteps / train.env_steps, 1.0)
         self.eval_env = components.make_env(mode="evaluate")
-        context = components.context.with_env(self.env, log_dir=None if read_only else out / "logs")
+        self.overlapped = not read_only and overlaps_update(
+            resolve_workers(train.workers, train.n_envs), train.overlap_update
+        )
+        context = components.context.with_env(
+            self.env, log_dir=None if read_only else out / "logs", overlap_update=self.overlapped
+        )
         self.policy: PolicyBackend = config.policy.spec.factory(config.policy.config, context)
         self.validation_tasks = (
             components.task_sampler.validation_tasks(train.validation_tasks) if train.validation_tasks else []
@@ -182,7 +188,8 @@ class MetaTrainer:
             log(
                 f"meta-training {self.config.policy.name} for {plural(remaining, 'env step')} "
                 f"(encoder {self.config.encoder.name}, reward {self.config.reward.name}"
-                + (f"; episode ends in {workers.count} processes)" if workers is not None else ")")
+                + (f"; episode ends in {workers.count} processes" if workers is not None else "")
+                + ("; the policy's update in its own process, beside the next rollout)" if self.overlapped else ")")
             )
             # Only the main thread may set signal handlers: from any other thread (a notebook's
             # background job, a web server's worker) training runs without them, and the

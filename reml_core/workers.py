@@ -261,7 +261,7 @@ def _channels(context: Any) -> tuple[_Channel, _Channel]:
     return _Channel(to_owner_r, to_worker_w), _Channel(to_worker_r, to_owner_w)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: SIGKILL this process when the parent (the thread that forked it) ends, however it ends."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -276,7 +276,7 @@ def _serve(conn: Any, parent: int, pool: Any, work: Callable[..., Any], inherite
         other.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent()
+    die_with_parent()
     if os.getppid() != parent:  # the parent ended before the death signal was set
         os._exit(0)
     torch.set_num_threads(1)

@@ -55,12 +55,29 @@ def _close(a, b, where: str = "") -> list[str]:
     return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
 
-def test_a_seed_gives_the_pinned_numbers(tmp_path):
+#: Each pinned run names its train.workers, so the pins hold on a machine of any number of CPUs (the
+#: default is the CPUs): one process, and two, where the policy's update runs beside the next rollout
+#: (train.overlap_update; a step of this small run never ends enough episodes to split them).
+PINS = {
+    "one process": (PIN, ["--set", "train.workers=1"]),
+    "update overlapped": (HERE / "data" / "pinned_smoke_run_overlap.json", ["--set", "train.workers=2"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINS))
+def test_a_seed_gives_the_pinned_numbers(tmp_path, name):
     from helpers.runs import tiny_run
 
-    numbers = _numbers(tiny_run(tmp_path / "run"))
-    problems = _close(numbers, json.loads(PIN.read_text()))
-    assert not problems, "the pinned smoke run changed:\n" + "\n".join(problems[:20])
+    pin, extra = PINS[name]
+    numbers = _numbers(tiny_run(tmp_path / "run", *extra))
+    problems = _close(numbers, json.loads(pin.read_text()))
+    assert not problems, f"the pinned smoke run ({name}) changed:\n" + "\n".join(problems[:20])
+
+
+def test_the_two_pinned_runs_differ():
+    """The overlapped run acts one update behind: were its pin equal to the other, it would pin nothing new."""
+    one, overlapped = (json.loads(pin.read_text()) for pin, _ in PINS.values())
+    assert one["methods"] != overlapped["methods"]
 
 
 if __name__ == "__main__":
@@ -69,6 +86,9 @@ if __name__ == "__main__":
     sys.path.insert(0, str(HERE))
     from helpers.runs import tiny_run
 
-    with tempfile.TemporaryDirectory() as folder:
-        PIN.write_text(json.dumps(_numbers(tiny_run(Path(folder) / "run")), indent=1, sort_keys=True) + "\n")
-    print(f"wrote {PIN}")
+    for pin, extra in PINS.values():
+        with tempfile.TemporaryDirectory() as folder:
+            pin.write_text(
+                json.dumps(_numbers(tiny_run(Path(folder) / "run", *extra)), indent=1, sort_keys=True) + "\n"
+            )
+        print(f"wrote {pin}")

@@ -184,10 +184,21 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _start_and_wait_for_worker(out: Path) -> tuple[subprocess.Popen[str], int]:
+#: The two kinds of worker a run with train.workers = 2 forks: one that shares the episode ends (with
+#: train.overlap_update off), or the one that runs the policy's update beside the next rollout (the default).
+KINDS = {
+    "episode-ends": (["--set", "train.overlap_update=false"], "training worker 1 of 2 (pid {pid}) killed by SIGKILL"),
+    "update": ([], "the policy's update process (pid {pid}, train.overlap_update) killed by SIGKILL"),
+}
+
+
+def _start_and_wait_for_worker(out: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
     """A run with two workers, once it has a checkpoint and its worker is running."""
     process = subprocess.Popen(
-        [str(BIN / "reml-run"), *RUN, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [str(BIN / "reml-run"), *RUN, *extra, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -219,14 +230,16 @@ def _state(pid: int) -> str:
 
 
 @pytest.mark.slow
-def test_a_killed_worker_ends_the_run_in_one_line_and_resume_finishes_it(tmp_path):
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_killed_worker_ends_the_run_in_one_line_and_resume_finishes_it(tmp_path, kind):
+    extra, message = KINDS[kind]
     out = tmp_path / "run"
-    process, worker = _start_and_wait_for_worker(out)
+    process, worker = _start_and_wait_for_worker(out, *extra)
     os.kill(worker, signal.SIGKILL)
     _, stderr = process.communicate(timeout=120)
     lines = [line for line in stderr.strip().splitlines() if line.startswith("reml-run: error")]
     assert process.returncode == 1, stderr[-2000:]
-    assert len(lines) == 1 and f"training worker 1 of 2 (pid {worker}) killed by SIGKILL" in lines[0], stderr[-2000:]
+    assert len(lines) == 1 and message.format(pid=worker) in lines[0], stderr[-2000:]
     assert f"reml-run --resume {out}" in lines[0] and "Traceback" not in stderr
     assert _gone([worker]) and not _children(process.pid)
     resumed = subprocess.run([str(BIN / "reml-run"), "--resume", str(out)], capture_output=True, text=True, timeout=300)
@@ -235,10 +248,11 @@ def test_a_killed_worker_ends_the_run_in_one_line_and_resume_finishes_it(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_and_sigterm_stop_every_worker(tmp_path, signum, code):
+def test_ctrl_c_and_sigterm_stop_every_worker(tmp_path, signum, code, kind):
     out = tmp_path / "run"
-    process, worker = _start_and_wait_for_worker(out)
+    process, worker = _start_and_wait_for_worker(out, *KINDS[kind][0])
     workers = _children(process.pid)
     if signum == signal.SIGINT:  # a terminal's Ctrl-C reaches the whole process group: workers ignore it
         for pid in [process.pid, *workers]:

@@ -24,6 +24,7 @@ from reml_core.interfaces import PolicyContext
 from reml_core.storage import link_error, record_written
 from reml_plugins.ppo.config import PPOConfig, RecurrentPPOConfig
 from reml_plugins.ppo.extractors import point_set_kwargs
+from reml_plugins.ppo.overlap import OverlappedUpdate
 
 import_gym_quietly()
 
@@ -211,8 +212,26 @@ class SB3PolicyBackend:
                 verbose=0,
             )
         self._configure_logger()
+        self.overlap_update = bool(context.overlap_update)
+        self.overlap: OverlappedUpdate | None = None
+        self._bind_overlap()
         self.invalid_argmax = 0
         self.decisions = 0
+
+    def _bind_overlap(self) -> None:
+        """With ``train.overlap_update``, the model's update runs in a learner process (reml_plugins/ppo/overlap.py)."""
+        if self.overlap is not None:
+            self.overlap.close()
+            self.overlap = None
+        if self.overlap_update:
+            model: Any = self.model  # an on-policy algorithm (PPO and its kinds), whose learn loop calls train()
+            self.overlap = OverlappedUpdate(model, type(model).train)
+            model.train = self.overlap.submit
+
+    def _settled(self) -> None:
+        """Every update submitted so far is in the model (before it is saved, evaluated or handed out)."""
+        if self.overlap is not None:
+            self.overlap.settle()
 
     def _configure_logger(self) -> None:
         if self.log_dir is not None:
@@ -235,7 +254,12 @@ class SB3PolicyBackend:
     ) -> None:
         """Train for ``total_timesteps`` more env steps (continuing the step count on resume)."""
         wrapped = _StepCallback(callback) if callback is not None else None
-        self.model.learn(total_timesteps, callback=wrapped, progress_bar=progress_bar, reset_num_timesteps=False)
+        try:
+            self.model.learn(total_timesteps, callback=wrapped, progress_bar=progress_bar, reset_num_timesteps=False)
+            self._settled()
+        finally:
+            if self.overlap is not None:
+                self.overlap.close()
 
     def record(self, metrics: Mapping[str, float], step: int) -> None:
         for key, value in metrics.items():
@@ -247,6 +271,7 @@ class SB3PolicyBackend:
         self, observation: np.ndarray, state: Any, episode_start: bool, action_mask: np.ndarray | None
     ) -> tuple[int, Any]:
         """The most probable action (among the valid ones when a mask is given); threads LSTM state."""
+        self._settled()
         policy: Any = self.model.policy  # ActorCriticPolicy or its recurrent kind (an LSTM state in and out)
         policy.set_training_mode(False)
         obs = torch.as_tensor(observation, dtype=torch.float32).reshape(1, -1)
@@ -279,7 +304,13 @@ class SB3PolicyBackend:
     def save(self, directory: Path) -> None:
         """Write the policy: ``policy.zip`` (stable-baselines3's own format, for SB3 tools) and the
         weights, optimizer state and step count as safetensors / tensors-only files REML loads back."""
-        self.model.save(directory / "policy.zip")
+        self._settled()
+        overlapped = self.model.__dict__.pop("train", None)  # the learner's hook is not the model's to save
+        try:
+            self.model.save(directory / "policy.zip")
+        finally:
+            if overlapped is not None:
+                self.model.__dict__["train"] = overlapped
         weights = {key: value.detach().contiguous().clone() for key, value in self.model.policy.state_dict().items()}
         save_file(weights, str(directory / "policy.safetensors"))
         torch.save(self.model.policy.optimizer.state_dict(), directory / "policy_optimizer.pt")
@@ -295,6 +326,8 @@ class SB3PolicyBackend:
         A directory holding only a stable-baselines3 ``policy.zip`` is refused unless
         ``trust_pickle``: SB3's loader unpickles parts of the zip, which can run code.
         """
+        if self.overlap is not None:  # an update in flight belongs to the policy being replaced
+            self.overlap.close()
         weights_file = directory / "policy.safetensors"
         if weights_file.exists():
             self._load_weights(directory)
@@ -312,6 +345,7 @@ class SB3PolicyBackend:
         except Exception as error:  # a truncated or foreign zip
             raise CheckpointError(f"cannot load policy {archive}: {type(error).__name__}: {error}") from None
         self._configure_logger()
+        self._bind_overlap()
 
     def _load_weights(self, directory: Path) -> None:
         try:

@@ -1,0 +1,208 @@
+"""``train.overlap_update``: PPO's update in a second process, beside the next rollout.
+
+stable-baselines3's PPO alternates: collect a rollout, then update the policy on it (``n_epochs``
+passes of minibatches), during which the environment waits, and the update waits for the next
+rollout. With the overlap, the update on rollout t runs in a forked *learner* process while the
+run's process collects rollout t + 1 with the policy it has, the one before that update:
+
+    rollout 0 (policy 0) | rollout 1 (policy 0)   | rollout 2 (policy 1)   | ...
+                         | update 0 -> policy 1   | update 1 -> policy 2   | ...
+
+so each rollout acts with the policy one update behind (PPO's ratio is still taken against the
+log-probabilities of the policy that collected the data; asynchronous actor-learner methods such as
+IMPALA and APPO run with such a lag). The order of everything is fixed, whatever the scheduling:
+the learner is forked at the first update, receives rollout t, and its result is loaded before
+rollout t + 1 is handed over, so the same (seed, n_envs, workers) give the same numbers.
+
+After each update the learner sends back the policy's weights, its optimizer's state, the update
+count and what the update logged, so the run's process is exactly the learner's state once a
+result is in. :meth:`OverlappedUpdate.settle` waits for the update in flight and loads it: before
+the policy is saved, evaluated or validated, and at the end of ``learn``; a checkpoint therefore
+holds the policy after every update submitted so far, and ``--resume`` starts from it (the learner
+is forked anew). A learner that dies (killed, out of memory) ends the run with
+:class:`~reml_core.workers.WorkerLost`, one line naming it, as a dead episode worker does.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import time
+from multiprocessing import connection, get_context
+from typing import Any
+
+import numpy as np
+import torch
+
+from reml_core.workers import WorkerLost, die_with_parent
+
+#: What the learner's update recorded, kept apart from the run's own records: (key, value, exclude).
+LogRecord = tuple[str, Any, Any]
+
+
+def buffer_state(buffer: Any) -> dict[str, Any]:
+    """A rollout buffer's data (every array, and where it stands): what the learner's buffer takes over."""
+    state: dict[str, Any] = {key: value for key, value in vars(buffer).items() if isinstance(value, np.ndarray)}
+    state.update(full=buffer.full, pos=buffer.pos, generator_ready=buffer.generator_ready)
+    return state
+
+
+def _learn(model: Any, update: Any, state: dict[str, Any], progress: float) -> dict[str, Any]:
+    """The learner's side of one update: take the rollout, run PPO's update, return the new state."""
+    for key, value in state.items():
+        setattr(model.rollout_buffer, key, value)
+    model._current_progress_remaining = progress
+    logger = model.logger
+    logger.name_to_value.clear()
+    logger.name_to_count.clear()
+    logger.name_to_excluded.clear()
+    update(model)
+    records = [(key, value, logger.name_to_excluded.get(key)) for key, value in logger.name_to_value.items()]
+    logger.name_to_value.clear()
+    logger.name_to_count.clear()
+    logger.name_to_excluded.clear()
+    return {
+        "weights": {key: value.detach().clone() for key, value in model.policy.state_dict().items()},
+        "optimizer": model.policy.optimizer.state_dict(),
+        "n_updates": int(getattr(model, "_n_updates", 0)),
+        "records": records,
+    }
+
+
+def _serve(conn: Any, parent: int, model: Any, update: Any) -> None:
+    """The learner's loop: an update per rollout received, until the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent()
+    if os.getppid() != parent:  # the parent ended before the death signal was set
+        os._exit(0)
+    torch.set_num_threads(1)
+    while True:
+        try:
+            request = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            break
+        if request is None:
+            break
+        try:
+            reply: Any = ("ok", _learn(model, update, *request))
+        except Exception as error:  # the parent raises it, named
+            reply = ("error", f"{type(error).__name__}: {' '.join(str(error).split())[:500]}")
+        try:
+            conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+        except (BrokenPipeError, OSError):
+            break
+    os._exit(0)  # never run the finalizers of what was inherited (the vector env's workers are the parent's)
+
+
+class OverlappedUpdate:
+    """The learner process of one stable-baselines3 on-policy model (see the module's docstring).
+
+    ``update(model)`` is the algorithm's own update (``PPO.train``); :meth:`submit` replaces the
+    model's ``train`` so that its ``learn`` loop runs unchanged.
+    """
+
+    def __init__(self, model: Any, update: Any) -> None:
+        self.model = model
+        self.update = update
+        self._process: Any = None
+        self._conn: Any = None
+        self.pending = False
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def _start(self) -> None:
+        context = get_context("fork")
+        mine, theirs = context.Pipe(duplex=True)
+        process = context.Process(
+            target=_serve, args=(theirs, os.getpid(), self.model, self.update), name="reml-learner", daemon=True
+        )
+        process.start()
+        theirs.close()
+        self._process, self._conn = process, mine
+
+    def submit(self) -> None:
+        """In place of the model's update: load the update in flight, then hand the new rollout to the learner."""
+        self.settle()
+        if self._process is None:
+            self._start()
+        request = (buffer_state(self.model.rollout_buffer), float(self.model._current_progress_remaining))
+        try:
+            self._conn.send_bytes(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            raise self._lost() from None
+        self.pending = True
+
+    def settle(self) -> None:
+        """Wait for the update in flight, if any, and load its result into the model."""
+        if not self.pending:
+            return
+        self.pending = False
+        result = self._receive()
+        policy = self.model.policy
+        policy.load_state_dict(result["weights"])
+        policy.optimizer.load_state_dict(result["optimizer"])
+        self.model._n_updates = result["n_updates"]
+        for key, value, exclude in result["records"]:
+            self.model.logger.record(key, value, exclude=exclude)
+
+    def _receive(self) -> dict[str, Any]:
+        while True:
+            ready = connection.wait([self._conn, self._process.sentinel])
+            if self._conn in ready:
+                try:
+                    status, value = pickle.loads(self._conn.recv_bytes())
+                except (EOFError, OSError):
+                    raise self._lost() from None
+                if status == "error":
+                    self.close()
+                    raise RuntimeError(f"the policy's update process: {value}")
+                return value
+            if self._process.sentinel in ready and not self._conn.poll():
+                raise self._lost()
+
+    def _lost(self) -> WorkerLost:
+        process = self._process
+        process.join(1.0)
+        code = process.exitcode
+        if code is not None and code < 0:
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+            how += " (out of memory?)" if code == -signal.SIGKILL else ""
+        elif code is not None:
+            how = f"exited with status {code}"
+        else:
+            how = "stopped answering"
+        self.close()
+        return WorkerLost(f"the policy's update process (pid {process.pid}, train.overlap_update) {how}")
+
+    def close(self) -> None:
+        """Stop the learner (idempotent); an update in flight is dropped."""
+        process, conn = self._process, self._conn
+        self._process, self._conn, self.pending = None, None, False
+        if process is None:
+            return
+        try:
+            conn.send_bytes(pickle.dumps(None))
+        except OSError:
+            pass
+        conn.close()
+        deadline = time.monotonic() + 2.0
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.terminate()
+            process.join(1.0)
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
