@@ -43,7 +43,7 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
-@pytest.mark.parametrize("policy", ["ppo-mlp", "ppo-lstm"])
+@pytest.mark.parametrize("policy", ["ppo-mlp", "ppo-lstm", "ppo-mlp-masked"])
 def test_one_rollout_overlapped_is_ppos_own_update_bit_for_bit(sine_registry, policy):
     """After one rollout the learner has made the same update the run's process would have: the rollout,
     the schedule's progress, the optimizer state and the update count all reach it and come back exactly."""
@@ -144,3 +144,21 @@ def test_the_vector_env_leaves_a_core_to_the_update(sine_registry):
             assert (env.workers.count if env.workers is not None else None) == expected
         finally:
             env.close()
+
+
+@pytest.mark.parametrize("policy", ["ppo-mlp", "ppo-lstm", "ppo-mlp-masked"])
+def test_the_decoupled_update_reads_the_rollout_as_its_policy_collected_it(sine_registry, policy):
+    """On a rollout the current policy collected itself, the proximal log-probabilities recomputed from the
+    buffer (an LSTM's from the states each step was collected in) are the ones stored, and every weight is 1."""
+    from reml_plugins.ppo.overlap import decouple
+
+    backend, env = _backend(sine_registry, policy, False)
+    model = backend.model
+    model.train = lambda: None  # keep the collected rollout as it is
+    backend.learn(model.n_steps * model.n_envs)
+    env.close()
+    stored = model.rollout_buffer.log_probs.copy()
+    advantages = model.rollout_buffer.advantages.copy()
+    assert decouple(model) == pytest.approx(1.0, abs=1e-5)
+    assert abs(model.rollout_buffer.log_probs - stored).max() < 1e-4
+    assert abs(model.rollout_buffer.advantages - advantages).max() < 1e-3 * max(1.0, abs(advantages).max())

@@ -48,17 +48,67 @@ def buffer_state(buffer: Any) -> dict[str, Any]:
     return state
 
 
-def _learn(model: Any, update: Any, state: dict[str, Any], progress: float) -> dict[str, Any]:
+#: Importance weights of the decoupled update are truncated here (V-trace's rho-bar; Espeholt et al. 2018).
+WEIGHT_CAP = 1.0
+
+
+@torch.no_grad()
+def decouple(model: Any) -> float:
+    """Make PPO's update on a rollout collected by an older policy start from the current one.
+
+    PPO's ratio pi_new / pi_old is clipped to [1 - eps, 1 + eps]. On data collected one update
+    ago, the ratio of the policy the update starts from is already away from 1 on many samples,
+    so they start clipped and the update learns less from them (measured: a default run learned
+    markedly slower). The decoupled objective (Hilton et al., "Batch size-invariance for policy
+    optimization", 2021) separates the two roles of the old policy: the ratio is taken against
+    the *proximal* policy (the learner's current one), and the advantages are weighted by the
+    importance weight proximal / behaviour (truncated at :data:`WEIGHT_CAP`), which keeps the
+    estimate honest to the policy that collected the data. In the buffer: ``log_probs`` become the
+    proximal policy's and ``advantages`` are multiplied by the weights. Returns the mean weight.
+    """
+    buffer = model.rollout_buffer
+    policy = model.policy
+    count = buffer.buffer_size * buffer.n_envs
+    observations = torch.as_tensor(buffer.observations.reshape(count, *buffer.obs_shape))
+    actions = torch.as_tensor(buffer.actions.reshape(count, -1)).long().flatten()
+    policy.set_training_mode(False)
+    if hasattr(buffer, "hidden_states_pi"):  # an LSTM: each step from the state it was collected in, one step each
+
+        def states(name: str) -> torch.Tensor:
+            array = torch.as_tensor(getattr(buffer, name))  # (steps, layers, envs, hidden)
+            return array.permute(1, 0, 2, 3).reshape(array.shape[1], count, array.shape[3])
+
+        starts = torch.as_tensor(buffer.episode_starts.reshape(count))
+        distribution, _ = policy.get_distribution(
+            observations, (states("hidden_states_pi"), states("cell_states_pi")), starts
+        )
+        log_prob = distribution.log_prob(actions)
+    elif hasattr(buffer, "action_masks"):
+        masks = torch.as_tensor(buffer.action_masks.reshape(count, -1))
+        _, log_prob, _ = policy.evaluate_actions(observations, actions, action_masks=masks)
+    else:
+        _, log_prob, _ = policy.evaluate_actions(observations, actions)
+    behaviour = torch.as_tensor(buffer.log_probs.reshape(count))
+    weight = torch.exp(log_prob - behaviour).clamp(max=WEIGHT_CAP)
+    buffer.advantages = (buffer.advantages.reshape(count) * weight.numpy()).reshape(buffer.advantages.shape)
+    buffer.log_probs = log_prob.numpy().astype(buffer.log_probs.dtype).reshape(buffer.log_probs.shape)
+    return float(weight.mean())
+
+
+def _learn(model: Any, update: Any, state: dict[str, Any], progress: float, lagged: bool) -> dict[str, Any]:
     """The learner's side of one update: take the rollout, run PPO's update, return the new state."""
     for key, value in state.items():
         setattr(model.rollout_buffer, key, value)
     model._current_progress_remaining = progress
+    weight = decouple(model) if lagged else None
     logger = model.logger
     logger.name_to_value.clear()
     logger.name_to_count.clear()
     logger.name_to_excluded.clear()
     update(model)
     records = [(key, value, logger.name_to_excluded.get(key)) for key, value in logger.name_to_value.items()]
+    if weight is not None:
+        records.append(("train/importance_weight", weight, None))
     logger.name_to_value.clear()
     logger.name_to_count.clear()
     logger.name_to_excluded.clear()
@@ -109,6 +159,7 @@ class OverlappedUpdate:
         self._process: Any = None
         self._conn: Any = None
         self.pending = False
+        self._updated = False  # an update was loaded since the last rollout was handed over
 
     @property
     def pid(self) -> int | None:
@@ -129,7 +180,13 @@ class OverlappedUpdate:
         self.settle()
         if self._process is None:
             self._start()
-        request = (buffer_state(self.model.rollout_buffer), float(self.model._current_progress_remaining))
+        # a rollout collected (wholly or in part) before the policy's last update is corrected for it
+        request = (
+            buffer_state(self.model.rollout_buffer),
+            float(self.model._current_progress_remaining),
+            self._updated,
+        )
+        self._updated = False
         try:
             self._conn.send_bytes(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
         except (BrokenPipeError, ConnectionResetError, OSError):
@@ -146,6 +203,7 @@ class OverlappedUpdate:
         policy.load_state_dict(result["weights"])
         policy.optimizer.load_state_dict(result["optimizer"])
         self.model._n_updates = result["n_updates"]
+        self._updated = True
         for key, value, exclude in result["records"]:
             self.model.logger.record(key, value, exclude=exclude)
 
