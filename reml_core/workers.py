@@ -270,16 +270,49 @@ def die_with_parent() -> None:
         pass
 
 
-def _serve(conn: Any, parent: int, pool: Any, work: Callable[..., Any], inherited: Sequence[Any]) -> None:
-    """A worker's loop: read a share, compute it, send the result; end when the pipe closes."""
-    for other in inherited:  # the owner's ends of the pipes, copied by fork: closed, so the owner's close reaches us
-        other.close()
+def how_it_ended(process: Any) -> str:
+    """How a worker process (``multiprocessing.Process``) ended, for the one line that names it."""
+    code = process.exitcode
+    if code is not None and code < 0:
+        try:
+            how = f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"killed by signal {-code}"
+        return how + (" (out of memory?)" if code == -signal.SIGKILL else "")
+    if code is not None:
+        return f"exited with status {code}"
+    return "stopped answering"
+
+
+def stop_processes(processes: Sequence[Any]) -> None:
+    """After their pipes were closed: give the processes 2 s to exit, then SIGTERM, then SIGKILL what is left."""
+    deadline = time.monotonic() + 2.0
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+            process.join(1.0)
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
+
+
+def become_worker(parent: int) -> None:
+    """What a forked worker does first: leave Ctrl-C to its parent, die with it, compute on one thread."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent()
     if os.getppid() != parent:  # the parent ended before the death signal was set
         os._exit(0)
     torch.set_num_threads(1)
+
+
+def _serve(conn: Any, parent: int, pool: Any, work: Callable[..., Any], inherited: Sequence[Any]) -> None:
+    """A worker's loop: read a share, compute it, send the result; end when the pipe closes."""
+    for other in inherited:  # the owner's ends of the pipes, copied by fork: closed, so the owner's close reaches us
+        other.close()
+    become_worker(parent)
     while True:
         try:
             message = conn.recv_bytes()
@@ -365,16 +398,7 @@ class EpisodeWorkers:
                 conn.close()
             except OSError:
                 pass
-        deadline = time.monotonic() + 2.0
-        for process in processes:
-            process.join(max(0.0, deadline - time.monotonic()))
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(1.0)
-            if process.is_alive():
-                process.kill()
-                process.join(1.0)
+        stop_processes(processes)
 
     def __del__(self) -> None:  # a vector env dropped without close(): its workers go with it
         try:
@@ -498,18 +522,7 @@ class EpisodeWorkers:
 
     def _describe(self, index: int) -> str:
         process = self._processes[index - 1]
-        code = process.exitcode
-        if code is not None and code < 0:
-            try:
-                how = f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"killed by signal {-code}"
-            how += " (out of memory?)" if code == -signal.SIGKILL else ""
-        elif code is not None:
-            how = f"exited with status {code}"
-        else:
-            how = "stopped answering"
-        return f"training worker {index} of {self.count} (pid {process.pid}) {how}"
+        return f"training worker {index} of {self.count} (pid {process.pid}) {how_it_ended(process)}"
 
     def _lost(self, index: int) -> WorkerLost:
         process = self._processes[index - 1]

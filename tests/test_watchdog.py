@@ -44,6 +44,17 @@ def _family(marker: str) -> tuple[subprocess.Popen[str], int]:
     return parent, int(parent.stdout.readline())
 
 
+def _end(pid: int, *processes: subprocess.Popen) -> None:
+    """End what a test started, whatever the test left running."""
+    for process in processes:
+        process.kill()
+        process.wait()
+    try:
+        os.kill(pid, 9)
+    except OSError:
+        pass
+
+
 def _wait_gone(pids: list[int], timeout: float = 15) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -66,13 +77,7 @@ def test_the_family_of_a_marked_process_is_remembered_after_its_parent_dies():
         assert distributed.session_family(marker, known) == [child]
         assert bystander.pid not in known
     finally:
-        for process in (parent, bystander):
-            process.kill()
-            process.wait()
-        try:
-            os.kill(child, 9)
-        except OSError:
-            pass
+        _end(child, parent, bystander)
 
 
 def test_the_watchdog_ends_the_instance_and_its_unmarked_children_when_the_driver_goes():
@@ -91,10 +96,4 @@ def test_the_watchdog_ends_the_instance_and_its_unmarked_children_when_the_drive
         assert bystander.poll() is None, "the watchdog ended a process that was not the instance's"
         assert watchdog.wait(timeout=30) == 0
     finally:
-        for process in (parent, bystander, watchdog):
-            process.kill()
-            process.wait()
-        try:
-            os.kill(child, 9)
-        except OSError:
-            pass
+        _end(child, parent, bystander, watchdog)

@@ -8,9 +8,11 @@ run's process collects rollout t + 1 with the policy it has, the one before that
     rollout 0 (policy 0) | rollout 1 (policy 0)   | rollout 2 (policy 1)   | ...
                          | update 0 -> policy 1   | update 1 -> policy 2   | ...
 
-so each rollout acts with the policy one update behind (PPO's ratio is still taken against the
-log-probabilities of the policy that collected the data; asynchronous actor-learner methods such as
-IMPALA and APPO run with such a lag). The order of everything is fixed, whatever the scheduling:
+so each rollout acts with the policy one update behind, as in asynchronous actor-learner methods
+(IMPALA, APPO). The learner's update on such a rollout is PPO's, decoupled (:func:`decouple`): the
+clipped ratio is taken against the policy the update starts from, and each sample's advantage is
+weighted by how much more likely its action is under that policy than under the one that
+collected it (truncated at 1). The order of everything is fixed, whatever the scheduling:
 the learner is forked at the first update, receives rollout t, and its result is loaded before
 rollout t + 1 is handed over, so the same (seed, n_envs, workers) give the same numbers.
 
@@ -27,15 +29,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import signal
-import time
 from multiprocessing import connection, get_context
 from typing import Any
 
 import numpy as np
 import torch
 
-from reml_core.workers import WorkerLost, die_with_parent
+from reml_core.workers import WorkerLost, become_worker, how_it_ended, stop_processes
 
 #: What the learner's update recorded, kept apart from the run's own records: (key, value, exclude).
 LogRecord = tuple[str, Any, Any]
@@ -122,12 +122,7 @@ def _learn(model: Any, update: Any, state: dict[str, Any], progress: float, lagg
 
 def _serve(conn: Any, parent: int, model: Any, update: Any) -> None:
     """The learner's loop: an update per rollout received, until the pipe closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    die_with_parent()
-    if os.getppid() != parent:  # the parent ended before the death signal was set
-        os._exit(0)
-    torch.set_num_threads(1)
+    become_worker(parent)
     while True:
         try:
             request = pickle.loads(conn.recv_bytes())
@@ -225,17 +220,7 @@ class OverlappedUpdate:
     def _lost(self) -> WorkerLost:
         process = self._process
         process.join(1.0)
-        code = process.exitcode
-        if code is not None and code < 0:
-            try:
-                how = f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"killed by signal {-code}"
-            how += " (out of memory?)" if code == -signal.SIGKILL else ""
-        elif code is not None:
-            how = f"exited with status {code}"
-        else:
-            how = "stopped answering"
+        how = how_it_ended(process)
         self.close()
         return WorkerLost(f"the policy's update process (pid {process.pid}, train.overlap_update) {how}")
 
@@ -250,14 +235,7 @@ class OverlappedUpdate:
         except OSError:
             pass
         conn.close()
-        deadline = time.monotonic() + 2.0
-        process.join(max(0.0, deadline - time.monotonic()))
-        if process.is_alive():
-            process.terminate()
-            process.join(1.0)
-        if process.is_alive():
-            process.kill()
-            process.join(1.0)
+        stop_processes([process])
 
     def __del__(self) -> None:
         try:
