@@ -14,39 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import runs
 
 from reml_core.cli import bench
 
 BIN = Path(sys.executable).parent
 FLAKY = Path(__file__).parent / "flaky_plugin"
-TINY = [
-    "--plugin",
-    "sine",
-    "--preset",
-    "smoke",
-    "--set",
-    "train.env_steps=400",
-    "--set",
-    "train.checkpoint_every=200",
-    "--set",
-    "train.validation_tasks=3",
-    "--set",
-    "train.calibration_episodes=5",
-    "--set",
-    "train.progress=false",
-    "--set",
-    "eval.test_tasks=5",
-    "--set",
-    "eval.curve_steps=3",
-    "--set",
-    "eval.curve_tasks=2",
-    "--set",
-    "policy.n_steps=256",
-    "--set",
-    "policy.batch_size=128",
-    "--set",
-    "baselines.maml.iterations=20",
-]
+TINY = [*runs.TINY, "--set", "baselines.maml.iterations=20"]
 TIMEOUT = 300
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.runs import TINY
 from pydantic import ValidationError
 
 import reml_plugins.maml
@@ -279,34 +280,11 @@ def test_reml_run_with_maml_select_and_scratch_end_to_end(tmp_path):
     result = subprocess.run(
         [
             str(BIN / "reml-run"),
-            "--plugin",
-            "sine",
-            "--preset",
-            "smoke",
+            *TINY,
             "--baselines",
             "maml-select,scratch",
             "--out",
             str(out),
-            "--set",
-            "train.env_steps=400",
-            "--set",
-            "train.checkpoint_every=200",
-            "--set",
-            "train.validation_tasks=3",
-            "--set",
-            "train.calibration_episodes=5",
-            "--set",
-            "eval.test_tasks=5",
-            "--set",
-            "eval.curve_steps=3",
-            "--set",
-            "eval.curve_tasks=2",
-            "--set",
-            "policy.n_steps=256",
-            "--set",
-            "policy.batch_size=128",
-            "--set",
-            "train.progress=false",
             "--set",
             "baselines.maml-select.iterations=20",
             "--set",

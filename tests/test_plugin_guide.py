@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.runs import TINY_SETTINGS
 from test_external_plugin import _run
 
 from reml_core.interfaces import TaskSampler
@@ -82,26 +83,7 @@ def test_the_guides_minimal_plugin_installs_and_runs(guide_plugin_site, tmp_path
         "smoke",
         "--out",
         str(tmp_path / "run"),
-        "--set",
-        "train.env_steps=400",
-        "--set",
-        "train.checkpoint_every=200",
-        "--set",
-        "train.validation_tasks=3",
-        "--set",
-        "train.calibration_episodes=5",
-        "--set",
-        "train.progress=false",
-        "--set",
-        "eval.test_tasks=5",
-        "--set",
-        "eval.curve_steps=3",
-        "--set",
-        "eval.curve_tasks=2",
-        "--set",
-        "policy.n_steps=256",
-        "--set",
-        "policy.batch_size=128",
+        *TINY_SETTINGS,
         site=guide_plugin_site,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -9,11 +9,8 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 
-TINY = [
-    "--plugin",
-    "sine",
-    "--preset",
-    "smoke",
+#: The budgets of a tiny run as ``--set`` flags, for any task family whose ``smoke`` preset they fit.
+TINY_SETTINGS = [
     "--set",
     "train.env_steps=400",
     "--set",
@@ -35,6 +32,7 @@ TINY = [
     "--set",
     "policy.batch_size=128",
 ]
+TINY = ["--plugin", "sine", "--preset", "smoke", *TINY_SETTINGS]
 
 
 def cli(tool: str, *args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess[str]:
