@@ -118,6 +118,28 @@ def test_a_config_files_sweep_table_is_read_and_flags_override_it(tmp_path, inst
     assert resolve_config(installed_registry, load_config_file(plain)).to_dict()["env"]["depth"] == 4
 
 
+@pytest.mark.parametrize(
+    "user, cpus, expected",
+    [
+        ({}, None, 1),  # Ray reserves train.threads (1) CPU per trial by default
+        ({}, 2.0, 2),
+        ({}, 1.5, 1),  # whole CPUs
+        ({"train": {"workers": 3}}, 1.0, 3),  # what the sweep sets is kept
+    ],
+)
+def test_a_trial_trains_with_the_cpus_ray_reserves_for_it(installed_registry, user, cpus, expected):
+    """train.workers defaults to the driver's CPUs; a trial has only the CPUs Ray gives it, and a process more
+    (an episode worker, the update's process) on each of several trials at once would oversubscribe them."""
+    space = SearchSpace(grid=(parse_grid_flag("env.shots=[5],[5,10]"),), samples=1)
+    plan = plan_sweep(installed_registry, {"plugin": "sine", "preset": "smoke", **user}, space, 1, cpus)
+    for configuration, trial in zip(plan.configurations, plan.trials):
+        assert configuration["config"]["train"]["workers"] == expected
+        assert f"workers = {expected}" in plan.trial_configs[trial.id]
+    swept = SearchSpace(grid=(parse_grid_flag("train.workers=2,3"),), samples=1)
+    plan = plan_sweep(installed_registry, {"plugin": "sine", "preset": "smoke"}, swept, 1, 1.0)
+    assert [c["config"]["train"]["workers"] for c in plan.configurations] == [2, 3]
+
+
 def test_trial_configs_are_toml_that_reml_runs_loader_reads_back_to_the_same_config(tmp_path, installed_registry):
     space = SearchSpace(grid=(parse_grid_flag("env.shots=[5],[5,10]"),), samples=1)
     plan = plan_sweep(

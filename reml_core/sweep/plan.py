@@ -131,6 +131,9 @@ def plan_sweep(
             except ConfigError as error:
                 raise _sweep_problem(error, keys, values, space) from None
             resolved = config.to_dict()
+            if not isinstance(point_user.get("train"), Mapping) or "workers" not in point_user["train"]:
+                # a trial has the CPUs Ray reserves for it, not the driver's: train.workers would fork more processes
+                resolved["train"]["workers"] = trial_workers(cpus_per_trial, config.core.train.threads)
             if resolved_first is None:
                 resolved_first = resolved
                 core = config.core
@@ -178,6 +181,12 @@ def plan_sweep(
         trial_configs=trial_configs,
         command=command,
     )
+
+
+def trial_workers(cpus_per_trial: float | None, threads: int) -> int:
+    """A trial's ``train.workers`` when the sweep does not set it: the whole CPUs Ray reserves for the trial
+    (``--cpus-per-trial``, else ``train.threads``), at least 1."""
+    return max(1, int(cpus_per_trial if cpus_per_trial is not None else threads))
 
 
 def _sweep_problem(error: Any, keys: Sequence[str], values: Mapping[str, Any], space: SearchSpace) -> UserError:
