@@ -8,6 +8,7 @@ depend only on these settings and on :mod:`reml_core.interfaces`.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -132,8 +133,9 @@ def resolve_workers(workers: int | None, n_envs: int) -> int:
 
 
 def overlaps_update(workers: int, overlap_update: bool) -> bool:
-    """Whether one of a run's ``workers`` processes runs the policy's update (``train.overlap_update``)."""
-    return overlap_update and workers > 1
+    """Whether one of a run's ``workers`` processes runs the policy's update (``train.overlap_update``): the
+    learner is forked, so where processes cannot fork (Windows) each update is waited for instead."""
+    return overlap_update and workers > 1 and "fork" in multiprocessing.get_all_start_methods()
 
 
 def episode_processes(workers: int, overlap_update: bool) -> int:
