@@ -133,16 +133,21 @@ def plot_convergence(
     labels = {**METHOD_LABELS, **(labels or {})}
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
+    plotted = False
     for name, curve in curves.items():
         points = [(i, v) for i, v in enumerate(curve) if v is not None]
         if points:
             xs, ys = zip(*points)
             axis.plot(xs, ys, label=labels.get(name, name))
-    axis.set_yscale("log")
+            plotted = True
     axis.set_xlabel("Adam steps on the task's training data")
     axis.set_ylabel(f"query {loss_name} (mean over test tasks)")
-    axis.grid(alpha=0.3, which="both")
-    axis.legend()
+    if plotted:
+        axis.set_yscale("log")
+        axis.grid(alpha=0.3, which="both")
+        axis.legend()
+    else:  # eval.curve_steps = 0, or no method had a finite value: say so rather than draw empty axes
+        axis.text(0.5, 0.5, "no convergence curve to show", ha="center", va="center", transform=axis.transAxes)
     axis.set_title(title)
     figure.tight_layout()
     _save(figure, path)

@@ -78,3 +78,17 @@ def test_the_plot_marks_a_mean_over_the_others(tmp_path):
     path = tmp_path / "few_shot.png"
     plot_few_shot(_tables(0.3, 2), path, "title")
     assert path.stat().st_size > 0
+
+
+def test_a_convergence_plot_with_nothing_finite_says_so_instead_of_warning(tmp_path):
+    """Every method's curve diverged (or none was measured): the figure is still written, without
+    matplotlib's 'no artists with labels' warning on the run's stderr."""
+    import warnings
+
+    from reml_core.plots import plot_convergence
+
+    path = tmp_path / "convergence.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_convergence({"reml": [None, None], "scratch": []}, path, "title")
+    assert path.stat().st_size > 0
