@@ -37,9 +37,6 @@ import torch
 
 from reml_core.workers import WorkerLost, become_worker, how_it_ended, stop_processes
 
-#: What the learner's update recorded, kept apart from the run's own records: (key, value, exclude).
-LogRecord = tuple[str, Any, Any]
-
 
 def buffer_state(buffer: Any) -> dict[str, Any]:
     """A rollout buffer's data (every array, and where it stands): what the learner's buffer takes over."""
