@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
+import torch
 from torch import nn
 
 from reml_core.choices import ADAPTATION, ChoiceRecord, summarise
 from reml_core.device import module_device
-from reml_core.env import CompositionEnv, network_order
+from reml_core.env import CompositionEnv
 from reml_core.inner_loop import batched_loss, evaluate_loss, evaluate_loss_batch, finetune_sgd, finetune_sgd_batch
 from reml_core.interfaces import BatchedLayerPool, LayerPool, LossFn, OwnAdaptation, PolicyBackend, Role, Task
 
@@ -109,6 +111,8 @@ def _numeric(descriptor: Any) -> bool:
 #: The key of the pool-search rival in results (its label: :data:`SEARCH_LABEL`).
 SEARCH_KEY = "reml-search"
 SEARCH_LABEL = "REML pool + search"
+#: Candidate networks fine-tuned in one stacked computation at most (bounds the search's memory).
+SEARCH_ROWS = 2048
 
 
 class PoolSearchMethod:
@@ -136,38 +140,71 @@ class PoolSearchMethod:
         self._by_role = {role: np.flatnonzero(roles == role.value) for role in set(pool.roles)}
 
     def _compositions(self, task: Task, shots: int) -> list[list[int]]:
+        """The task's ``candidates`` compositions in network order: per candidate an input and an output layer
+        drawn uniformly and ``depth - 2`` distinct hidden layers in random order (one vectorised draw per role)."""
         generator = np.random.default_rng([self.seed, zlib.crc32(task.task_id.encode("utf-8")), shots])
-        compositions = []
-        for _ in range(self.candidates):
-            chosen: list[int] = []
-            for role, count in ((Role.INPUT, 1), (Role.OUTPUT, 1), (Role.HIDDEN, self.depth - 2)):
-                chosen.extend(int(i) for i in generator.choice(self._by_role[role], size=count, replace=False))
-            compositions.append(network_order(chosen))
-        return compositions
+        inputs = generator.choice(self._by_role[Role.INPUT], size=self.candidates)
+        outputs = generator.choice(self._by_role[Role.OUTPUT], size=self.candidates)
+        hidden = self._by_role[Role.HIDDEN]
+        order = generator.random((self.candidates, len(hidden))).argsort(axis=1)[:, : self.depth - 2]
+        return np.column_stack([inputs, hidden[order], outputs]).tolist()
 
     def indices_for(self, task: Task, shots: int) -> list[int]:
         """The composition whose support loss after one SGD step is lowest (the first such, on a tie)."""
-        compositions = self._compositions(task, shots)
-        x_support, y_support = task.support(shots)
-        if isinstance(self.pool, BatchedLayerPool):
-            network = self.pool.build_batch(compositions)
+        return self.choose_many([task], [shots])[0]
+
+    def choose_many(self, tasks: Sequence[Task], shots: Sequence[int]) -> list[list[int]]:
+        """:meth:`indices_for` of every ``(tasks[i], shots[i])``; on a batched pool the candidates of all the
+        tasks of one K are fine-tuned as stacked computations of at most :data:`SEARCH_ROWS` networks (the
+        ``pool-search`` baseline chooses for a whole meta-batch at once)."""
+        if len(tasks) != len(shots):
+            raise ValueError("choose_many needs one K per task")
+        chosen: list[list[int]] = [[] for _ in tasks]
+        by_shots: dict[int, list[int]] = {}
+        for position, k in enumerate(shots):
+            by_shots.setdefault(int(k), []).append(position)
+        for k, members in by_shots.items():
+            candidates = [self._compositions(tasks[i], k) for i in members]
+            supports = [tasks[i].support(k) for i in members]
+            if isinstance(self.pool, BatchedLayerPool):
+                losses = self._stacked_losses(candidates, supports)
+            else:
+                losses = [self._one_by_one_losses(c, x, y) for c, (x, y) in zip(candidates, supports)]
+            for i, compositions, scores in zip(members, candidates, losses):
+                finite = [value if math.isfinite(value) else math.inf for value in scores]
+                chosen[i] = compositions[int(np.argmin(finite))]
+        return chosen
+
+    def _stacked_losses(
+        self, candidates: Sequence[list[list[int]]], supports: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    ) -> list[list[float]]:
+        """Each task's candidates' support losses after one SGD step, stacked (tasks of one K)."""
+        pool = cast(BatchedLayerPool, self.pool)
+        rows = [(task, composition) for task, compositions in enumerate(candidates) for composition in compositions]
+        losses_fn = batched_loss(self.loss_fn)
+        flat: list[float] = []
+        for start in range(0, len(rows), SEARCH_ROWS):
+            part = rows[start : start + SEARCH_ROWS]
+            network = pool.build_batch([composition for _, composition in part])
             device = module_device(network)
-            x = x_support.to(device).expand(len(compositions), *x_support.shape)
-            y = y_support.to(device).expand(len(compositions), *y_support.shape)
-            losses_fn = batched_loss(self.loss_fn)
+            x = torch.stack([supports[task][0] for task, _ in part]).to(device)
+            y = torch.stack([supports[task][1] for task, _ in part]).to(device)
             finetune_sgd_batch(network, x, y, losses_fn, steps=1, lr=self.lr)
-            losses = evaluate_loss_batch(network, x, y, losses_fn).tolist()
-        else:
-            losses = []
-            for indices in compositions:
-                single = self.pool.build(indices)
-                device = module_device(single)
-                ok = finetune_sgd(single, x_support.to(device), y_support.to(device), self.loss_fn, steps=1, lr=self.lr)
-                losses.append(
-                    evaluate_loss(single, x_support.to(device), y_support.to(device), self.loss_fn) if ok else math.inf
-                )
-        scores = [value if math.isfinite(value) else math.inf for value in losses]
-        return compositions[int(np.argmin(scores))]
+            flat.extend(evaluate_loss_batch(network, x, y, losses_fn).tolist())
+        per_task, offset = [], 0
+        for compositions in candidates:
+            per_task.append(flat[offset : offset + len(compositions)])
+            offset += len(compositions)
+        return per_task
+
+    def _one_by_one_losses(self, compositions: list[list[int]], x: torch.Tensor, y: torch.Tensor) -> list[float]:
+        losses = []
+        for indices in compositions:
+            single = self.pool.build(indices)
+            device = module_device(single)
+            ok = finetune_sgd(single, x.to(device), y.to(device), self.loss_fn, steps=1, lr=self.lr)
+            losses.append(evaluate_loss(single, x.to(device), y.to(device), self.loss_fn) if ok else math.inf)
+        return losses
 
     def network_for(self, task: Task, shots: int) -> nn.Module:
         return self.pool.build(self.indices_for(task, shots))
