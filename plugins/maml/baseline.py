@@ -19,7 +19,7 @@ import copy
 import itertools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -65,6 +65,40 @@ def build_backend(network: nn.Module, config: MAMLConfig, loss_fn: LossFn) -> Me
     from reml_plugins.maml.torch_func import TorchFuncMAML  # noqa: PLC0415 - lazy: import cycle: reml_plugins.maml.torch_func imports this module
 
     return TorchFuncMAML(network, config, loss_fn)
+
+
+def run_meta_iterations(
+    batches: Iterator[Any], step: Callable[[Any], float], iterations: int, label: str, progress: bool
+) -> dict[str, float]:
+    """The meta-training loop of MAML and the baselines built on its machinery: ``iterations`` times, the next batch
+    and one ``step`` on it (which returns the meta-loss), under a progress bar on stderr (``label``; none unless
+    ``progress``). Returns the summary numbers every such baseline reports."""
+    losses: list[float] = []
+    task_seconds = 0.0
+    bar = tqdm(total=iterations, desc=label, disable=None if progress else True, leave=False)
+    start = time.perf_counter()
+    try:
+        for iteration in range(iterations):
+            drawn = time.perf_counter()
+            batch = next(batches)
+            task_seconds += time.perf_counter() - drawn
+            losses.append(step(batch))
+            if (iteration + 1) % PROGRESS_EVERY == 0:
+                bar.update(PROGRESS_EVERY)
+                bar.set_postfix(meta_loss=f"{sum(losses[-PROGRESS_EVERY:]) / PROGRESS_EVERY:.3f}", refresh=False)
+        bar.update(iterations - bar.n)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    window = min(SUMMARY_WINDOW, len(losses))
+    return {
+        "iterations": float(len(losses)),
+        "seconds": seconds,
+        "iterations_per_s": len(losses) / seconds,
+        "task_seconds": task_seconds,
+        "initial_meta_loss": sum(losses[:window]) / window,
+        "final_meta_loss": sum(losses[-window:]) / window,
+    }
 
 
 class MAMLBaseline:
@@ -160,37 +194,11 @@ class MAMLBaseline:
         whole batches (see :meth:`meta_batches`): then from its ``train_batches`` with the run's seed.
         """
         config = self.config
-        losses: list[float] = []
-        task_seconds = 0.0
-        batched = self.uses_task_batches()
-        batches = self.meta_batches(tasks)
-        bar = tqdm(
-            total=config.iterations, desc=f"maml ({config.backend})", disable=None if progress else True, leave=False
+        summary = run_meta_iterations(
+            self.meta_batches(tasks), self.meta_step, config.iterations, f"maml ({config.backend})", progress
         )
-        start = time.perf_counter()
-        try:
-            for iteration in range(config.iterations):
-                drawn = time.perf_counter()
-                batch = next(batches)
-                task_seconds += time.perf_counter() - drawn
-                losses.append(self.meta_step(batch))
-                if (iteration + 1) % PROGRESS_EVERY == 0:
-                    bar.update(PROGRESS_EVERY)
-                    bar.set_postfix(meta_loss=f"{sum(losses[-PROGRESS_EVERY:]) / PROGRESS_EVERY:.3f}", refresh=False)
-            bar.update(config.iterations - bar.n)
-        finally:
-            bar.close()
-        seconds = time.perf_counter() - start
-        window = min(SUMMARY_WINDOW, len(losses))
-        return {
-            "iterations": float(len(losses)),
-            "seconds": seconds,
-            "iterations_per_s": len(losses) / seconds,
-            "task_seconds": task_seconds,
-            "task_batches": float(batched),
-            "initial_meta_loss": sum(losses[:window]) / window,
-            "final_meta_loss": sum(losses[-window:]) / window,
-        }
+        summary["task_batches"] = float(self.uses_task_batches())
+        return summary
 
     def meta_step(self, batch: MetaBatch) -> float:
         """One meta-iteration on a ready batch: meta-gradient, then Adam. Returns the meta-loss before the step."""

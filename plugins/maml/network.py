@@ -8,7 +8,7 @@ The equality test checks that both backends, one on each form, give the same met
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -99,11 +99,14 @@ class ModuleArchitecture:
 
     @classmethod
     def of(cls, network: nn.Module) -> ModuleArchitecture:
-        kind = type(network)
-        state = tuple(
-            (name, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in network.state_dict().items()
-        )
-        return cls(f"{kind.__module__}.{kind.__qualname__}", state)
+        return cls.of_state(type(network), network.state_dict())
+
+    @classmethod
+    def of_state(cls, kind: type, state: Mapping[str, torch.Tensor]) -> ModuleArchitecture:
+        """The identity of an object that is not a module but has a ``state_dict`` (a layer pool): its class and
+        that state's names, shapes and dtypes."""
+        entries = tuple((name, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in state.items())
+        return cls(f"{kind.__module__}.{kind.__qualname__}", entries)
 
     @property
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
