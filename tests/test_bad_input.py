@@ -155,7 +155,8 @@ def test_bench_rejects_unknown_methods_and_bad_lists(tmp_path, capsys):
     _fails_cleanly(
         bench.main,
         ["--plugin", "sine", "--methods", "reml,mamI", "--out", str(out)],
-        "--methods: unknown method 'mamI' (available: reml, maml, maml-select, meta-sgd, reference, scratch)",
+        "--methods: unknown method 'mamI' (available: reml, maml, maml-select, meta-sgd, pool-search, reference, "
+        "scratch)",
         capsys,
         out,
     )

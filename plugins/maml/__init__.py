@@ -11,6 +11,7 @@ from reml_core.specs import BaselineSpec
 from reml_plugins.maml.baseline import MAMLBaseline
 from reml_plugins.maml.config import MAMLConfig, MAMLSelectConfig
 from reml_plugins.maml.meta_sgd import MetaSGDBaseline, MetaSGDConfig
+from reml_plugins.maml.pool_search import PoolSearchBaseline, PoolSearchConfig
 from reml_plugins.maml.select import MAMLSelectBaseline
 
 # Meta-iterations per preset: smoke trains in seconds (eagerly: no compile warm-up); default and
@@ -23,6 +24,9 @@ PRESETS = {
     "full": {"iterations": 70_000, "compile": True},
 }
 
+# pool-search's meta-iterations: smoke in seconds; default and full TBD
+POOL_SEARCH_PRESETS = {"smoke": {"iterations": 30}, "default": {"iterations": 10_000}, "full": {"iterations": 10_000}}
+
 
 def build_maml(config: MAMLConfig, context: BuildContext) -> MAMLBaseline:
     return MAMLBaseline(config, context)
@@ -30,6 +34,10 @@ def build_maml(config: MAMLConfig, context: BuildContext) -> MAMLBaseline:
 
 def build_maml_select(config: MAMLSelectConfig, context: BuildContext) -> MAMLSelectBaseline:
     return MAMLSelectBaseline(config, context)
+
+
+def build_pool_search(config: PoolSearchConfig, context: BuildContext) -> PoolSearchBaseline:
+    return PoolSearchBaseline(config, context)
 
 
 def build_meta_sgd(config: MetaSGDConfig, context: BuildContext) -> MetaSGDBaseline:
@@ -76,4 +84,17 @@ def reml_baselines() -> Iterator[BaselineSpec]:
         label="Meta-SGD",
         # asked for by name (--methods/--baselines), as maml-select: it would add about MAML's time to every benchmark
         compare_in=(),
+    )
+    yield BaselineSpec(
+        name="pool-search",
+        factory=build_pool_search,
+        config_model=PoolSearchConfig,
+        description=(
+            "The run's layer pool without a policy: each task composed by the best of N random compositions by support "
+            "loss after one SGD step, the pool trained through those compositions with the protocol rule (issue 21, "
+            "item 4b)"
+        ),
+        presets=POOL_SEARCH_PRESETS,
+        label="pool-search",
+        compare_in=(),  # asked for by name (--methods/--baselines), as maml-select
     )
