@@ -61,7 +61,7 @@ class PoolSearchConfig(RenamableModel):
         le=4096,
         description="N: random compositions per task; the one with the lowest support loss after one SGD step is taken",
     )
-    iterations: int = Field(10_000, ge=1, le=100_000_000, description="meta-iterations (one pool Adam step each)")
+    iterations: int = Field(2_500, ge=1, le=100_000_000, description="meta-iterations (one pool Adam step each)")
     meta_batch: int = Field(25, ge=1, le=10_000, description="tasks per meta-iteration")
     shots: list[int] = Field(
         default_factory=lambda: [5, 10], min_length=1, description="the K each training task draws its support set with"
