@@ -263,3 +263,84 @@ def test_ctrl_c_and_sigterm_stop_every_worker(tmp_path, signum, code, kind):
     assert process.returncode == code, stderr[-2000:]
     assert "Traceback" not in stderr
     assert _gone(workers), [(pid, _state(pid)) for pid in workers]
+
+
+# -- a spare process (the policy's learner under train.overlap_update) ends a share while it is idle ----------------
+
+
+class _InProcessSpare:
+    """A spare process played in this process (``serve_share`` is what the learner runs on a lent share)."""
+
+    def __init__(self, idle: bool = True, dies: bool = False) -> None:
+        self.before_fork: list = []
+        self._idle, self._dies = idle, dies
+        self.reply: bytes | None = None
+        self.abandoned = False
+
+    def fork(self) -> None:
+        for prepare in self.before_fork:
+            prepare()
+
+    def idle(self) -> bool:
+        return self._idle
+
+    def lend(self, request: bytes) -> None:
+        from reml_core.workers import serve_share
+
+        self.reply = serve_share(request)
+
+    def returned(self) -> bytes:
+        from reml_core.workers import WorkerLost
+
+        if self._dies:
+            raise WorkerLost("the policy's update process (pid 1, train.overlap_update) killed by SIGKILL")
+        assert self.reply is not None
+        return self.reply
+
+    def abandon(self) -> None:
+        self.abandoned = True
+
+
+def _spare_run(pool_update: str, spare: _InProcessSpare, *, replace_pool: bool = False, steps: int = 12):
+    from reml_core.config import resolve_config
+    from reml_core.experiment import build_components
+    from reml_core.registry import PluginRegistry
+
+    config = resolve_config(
+        PluginRegistry.discover(),
+        {"plugin": "sine", "preset": "smoke", "env": {"pool_update": pool_update}, "train": {"progress": False}},
+    )
+    torch.manual_seed(0)
+    components = build_components(config)
+    env = components.make_vec_env(48, workers=1)
+    assert env.accept_spare(spare) and env.workers is not None and env.workers.capacity == 2
+    spare.fork()
+    if replace_pool:  # e.g. a pool whose tensors a load replaced after the spare forked: its copy is stale
+        pool = components.pool
+        for role in list(pool.weights):
+            pool.weights[role] = pool.weights[role].clone()
+    workers = env.workers
+    rewards, _, _ = _steps(env, steps)
+    return rewards, {key: value.clone() for key, value in components.pool.state_dict().items()}, workers.lent
+
+
+@pytest.mark.parametrize("pool_update", ["thesis", "protocol"])
+def test_a_spare_process_ends_one_share_while_idle_and_changes_no_number(pool_update):
+    busy, pool_busy, lent_busy = _spare_run(pool_update, _InProcessSpare(idle=False))
+    idle, pool_idle, lent_idle = _spare_run(pool_update, _InProcessSpare(idle=True))
+    assert lent_busy == 0 and lent_idle > 0
+    assert np.array_equal(busy, idle) and all(torch.equal(pool_busy[k], pool_idle[k]) for k in pool_busy)
+
+
+def test_a_spare_whose_copy_of_the_pool_is_stale_is_not_lent_a_share():
+    _, _, lent = _spare_run("thesis", _InProcessSpare(idle=True), replace_pool=True)
+    assert lent == 0
+
+
+def test_a_spare_that_dies_holding_a_share_ends_the_step_naming_it():
+    from reml_core.workers import WorkerLost
+
+    spare = _InProcessSpare(idle=True, dies=True)
+    with pytest.raises(WorkerLost, match="the policy's update process .* killed by SIGKILL"):
+        _spare_run("thesis", spare)
+    assert spare.abandoned
