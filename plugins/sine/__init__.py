@@ -10,16 +10,15 @@ from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
 # Budgets per preset for the experiment's own sections, over the core's (reml_core.config.CORE_PRESETS,
 # whose smoke budget sine uses as it is); the components carry their own presets.
 EXPERIMENT_PRESETS = {
-    # default: what fits in about 6 minutes of meta-training on 2 CPU cores with the vector env and its default
-    # train.workers (800 000 steps since the update runs beside the rollout, issue 24: the validation loss kept
-    # falling past 400 000, docs/experiments.md); full: about an hour (docs/performance.md).
+    # default: what fits in about 6 minutes of meta-training on 2 CPU cores with the vector env
+    # (100 000 steps took as long before it); full: about an hour (docs/performance.md).
     "default": {
         # The protocol-aligned pool update (issue 21): on sine it beats the thesis rule after adaptation at the same
         # env steps, in less time (docs/experiments.md), with a constant pool Adam rate (chosen on validation tasks);
         # smoke keeps the thesis rule, whose numbers are pinned.
         "env": {"pool_update": "protocol", "write_back_schedule": "constant"},
         "train": {
-            "env_steps": 800_000,
+            "env_steps": 400_000,
             "checkpoint_every": 40_000,
             "validation_tasks": 100,
             "calibration_episodes": 200,
