@@ -24,8 +24,9 @@ PRESETS = {
     "full": {"iterations": 70_000, "compile": True},
 }
 
-# pool-search's meta-iterations: smoke in seconds; default about the wall time of a default REML run here (about 110 ms
-# per iteration of 25 tasks x 64 candidates on one core), full ten times that.
+# pool-search's meta-iterations: smoke in seconds; default about the CPU time of a default REML run here (two
+# processes for about 140 s; pool-search takes about 110 ms per iteration of 25 tasks x 64 candidates on one), full ten
+# times that.
 POOL_SEARCH_PRESETS = {"smoke": {"iterations": 30}, "default": {"iterations": 2_500}, "full": {"iterations": 25_000}}
 
 
