@@ -301,7 +301,9 @@ class _InProcessSpare:
         self.abandoned = True
 
 
-def _spare_run(pool_update: str, spare: _InProcessSpare, *, replace_pool: bool = False, steps: int = 12):
+def _spare_run(
+    pool_update: str, spare: _InProcessSpare, *, replace_pool: bool = False, steps: int = 12, workers: int = 1
+):
     from reml_core.config import resolve_config
     from reml_core.experiment import build_components
     from reml_core.registry import PluginRegistry
@@ -312,8 +314,8 @@ def _spare_run(pool_update: str, spare: _InProcessSpare, *, replace_pool: bool =
     )
     torch.manual_seed(0)
     components = build_components(config)
-    env = components.make_vec_env(48, workers=1)
-    assert env.accept_spare(spare) and env.workers is not None and env.workers.capacity == 2
+    env = components.make_vec_env(48, workers=workers)
+    assert env.accept_spare(spare) and env.workers is not None and env.workers.capacity == workers + 1
     spare.fork()
     if replace_pool:  # e.g. a pool whose tensors a load replaced after the spare forked: its copy is stale
         pool = components.pool
@@ -324,10 +326,11 @@ def _spare_run(pool_update: str, spare: _InProcessSpare, *, replace_pool: bool =
     return rewards, {key: value.clone() for key, value in components.pool.state_dict().items()}, workers.lent
 
 
-@pytest.mark.parametrize("pool_update", ["thesis", "protocol"])
-def test_a_spare_process_ends_one_share_while_idle_and_changes_no_number(pool_update):
-    busy, pool_busy, lent_busy = _spare_run(pool_update, _InProcessSpare(idle=False))
-    idle, pool_idle, lent_idle = _spare_run(pool_update, _InProcessSpare(idle=True))
+@pytest.mark.parametrize("pool_update, workers", [("thesis", 1), ("protocol", 1), ("protocol", 2)])
+def test_a_spare_process_ends_one_share_while_idle_and_changes_no_number(pool_update, workers):
+    """With one process or beside forked workers (a share each, and one more for the spare)."""
+    busy, pool_busy, lent_busy = _spare_run(pool_update, _InProcessSpare(idle=False), workers=workers)
+    idle, pool_idle, lent_idle = _spare_run(pool_update, _InProcessSpare(idle=True), workers=workers)
     assert lent_busy == 0 and lent_idle > 0
     assert np.array_equal(busy, idle) and all(torch.equal(pool_busy[k], pool_idle[k]) for k in pool_busy)
 
