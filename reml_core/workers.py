@@ -492,6 +492,8 @@ class EpisodeWorkers:
 
     def close(self) -> None:
         """Stop every worker (idempotent): close its pipe, then SIGTERM, then SIGKILL what is left."""
+        if _LENDER.get("workers") is self:  # a spare already forked keeps its own reference; the next fork sets it
+            _LENDER.clear()
         processes, self._processes = self._processes, []
         connections, self._connections = self._connections, []
         for conn in connections:
