@@ -291,7 +291,8 @@ def how_it_ended(process: Any) -> str:
 
 
 def stop_processes(processes: Sequence[Any]) -> None:
-    """After their pipes were closed: give the processes 2 s to exit, then SIGTERM, then SIGKILL what is left."""
+    """After their pipes were closed: give the processes 2 s to exit, then SIGTERM (which REML's own workers ignore:
+    :func:`become_worker`), then SIGKILL what is left."""
     deadline = time.monotonic() + 2.0
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
@@ -305,9 +306,14 @@ def stop_processes(processes: Sequence[Any]) -> None:
 
 
 def become_worker(parent: int) -> None:
-    """What a forked worker does first: leave Ctrl-C to its parent, die with it, compute on one thread."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """What a forked worker does first: leave Ctrl-C and SIGTERM to its parent, die with it, compute on one thread.
+
+    Both signals may reach the whole process group (a terminal's Ctrl-C; the SIGTERM of a scheduler or a service
+    manager, which signal every process of a job): the parent then checkpoints and stops its workers itself (their
+    pipes close; :func:`stop_processes` ends any that lingers with SIGKILL). A worker that died of the signal
+    first would instead end the run as a lost worker, without the checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent()
     if os.getppid() != parent:  # the parent ended before the death signal was set
         os._exit(0)

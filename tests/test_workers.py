@@ -254,11 +254,11 @@ def test_ctrl_c_and_sigterm_stop_every_worker(tmp_path, signum, code, kind):
     out = tmp_path / "run"
     process, worker = _start_and_wait_for_worker(out, *KINDS[kind][0])
     workers = _children(process.pid)
-    if signum == signal.SIGINT:  # a terminal's Ctrl-C reaches the whole process group: workers ignore it
-        for pid in [process.pid, *workers]:
-            os.kill(pid, signum)
-    else:
-        os.kill(process.pid, signum)
+    # A terminal's Ctrl-C reaches the whole process group, and so does the SIGTERM of a scheduler or service manager
+    # (Slurm's scancel, systemd's stop): the workers, sent theirs first here, ignore it and the run checkpoints and
+    # stops as when only it was signalled.
+    for pid in [*workers, process.pid]:
+        os.kill(pid, signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == code, stderr[-2000:]
     assert "Traceback" not in stderr
