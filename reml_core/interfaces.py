@@ -542,8 +542,6 @@ class PolicyContext(BaselineContext):
     backend to run its update in another process while the next rollout is collected, acting one
     update behind (the PPO backends do: ``reml_plugins/ppo/overlap.py``); a backend that cannot,
     updates as before, and whatever it saves, evaluates or hands out must include every update made.
-    Such a process idles between its updates: a backend may offer it to the vector env
-    (``env.accept_spare``, :class:`reml_core.workers.SpareProcess`) to end episodes meanwhile.
     """
 
     env: Any

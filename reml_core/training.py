@@ -185,14 +185,11 @@ class MetaTrainer:
         remaining = total - self.policy.num_timesteps
         if remaining > 0:
             workers = getattr(self.env, "workers", None)
-            spare = workers is not None and getattr(workers, "spare", None) is not None
             where = ""
             if workers is not None and workers.count > 1:
                 where = f"; episode ends in {workers.count} processes"
             if self.overlapped:
-                where += "; the policy's update in its own process, beside the next rollout" + (
-                    ", which ends episodes between updates" if spare else ""
-                )
+                where += "; the policy's update in its own process, beside the next rollout"
             log(
                 f"meta-training {self.config.policy.name} for {plural(remaining, 'env step')} "
                 f"(encoder {self.config.encoder.name}, reward {self.config.reward.name}{where})"

@@ -28,7 +28,7 @@ from gymnasium import spaces
 from reml_core.batched import end_episodes, measure_networks
 from reml_core.compat import import_gym_quietly
 from reml_core.env import CompositionEnv
-from reml_core.workers import SpareProcess, make_workers
+from reml_core.workers import make_workers
 
 import_gym_quietly()
 
@@ -99,19 +99,6 @@ class CompositionVecEnv(DummyVecEnv):
     @property
     def write_back_rate(self) -> float:
         return self.envs[0].write_back_rate
-
-    def accept_spare(self, spare: SpareProcess) -> bool:
-        """Let ``spare`` (another process of the run, busy part of the time: the policy's learner under
-        ``train.overlap_update``) end a share of the steps where many episodes end, while it is idle
-        (:class:`reml_core.workers.SpareProcess`). Each such step is then cut into one share more, whoever ends
-        it. False (and nothing changes) when the pool cannot be shared with another process."""
-        if self.mode != "train":
-            return False
-        workers = self.workers if self.workers is not None else make_workers(self.envs[0], 1)
-        if not workers.accept_spare(spare):
-            return False
-        self.workers = workers
-        return True
 
     # -- VecEnv API --------------------------------------------------------------------------
 

@@ -25,12 +25,6 @@ the update over all the step's ends with its gradients computed per share
   protocol rule, the order in which the networks' gradients are summed (rounding, which Adam's
   sign steps can amplify): docs/performance.md.
 
-A spare process of the run (:class:`SpareProcess`: under ``train.overlap_update``, the policy's learner,
-which idles once its update is made) can take one share more: each split step is then cut into one share
-more than there are worker processes, and that share goes to the spare when it is idle at that moment,
-else is ended here, the same way (one thread, from the same pickled bytes), so the timing decides only who
-ends it, never a number.
-
 The workers start lazily, on the first vector step that ends at least 2 x :data:`MIN_SHARE` episodes,
 so a run too small to profit never forks. A worker ignores Ctrl-C (its parent stops it after
 checkpointing), dies with its parent (Linux's parent-death signal) and exits when its pipe closes;
@@ -50,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from multiprocessing import connection, get_context
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any
 
 import torch
 
@@ -344,69 +338,6 @@ def _serve(conn: Any, parent: int, pool: Any, work: Callable[..., Any], inherite
     os._exit(0)
 
 
-@runtime_checkable
-class SpareProcess(Protocol):
-    """A process of the run that is busy with other work part of the time and may end one share of a step's
-    episodes while it is idle: the policy's learner under ``train.overlap_update`` (``reml_plugins.ppo.overlap``).
-
-    Its owner offers it to the vector env (:meth:`CompositionVecEnv.accept_spare
-    <reml_core.vec_env.CompositionVecEnv.accept_spare>`); the episode workers then cut every split step into
-    one share more than they have processes, and the last share goes to the spare when :meth:`idle` says it
-    is free at that moment, else is ended here. Which process ends it never changes a number (see
-    :meth:`EpisodeWorkers.run`). The spare calls every one of ``before_fork`` just before it forks (so the
-    pool is in shared memory when it does) and, in its own loop, answers a ``bytes`` request with
-    :func:`serve_share`.
-    """
-
-    before_fork: list[Callable[[], None]]
-
-    def idle(self) -> bool:
-        """Whether a share sent now would be ended at once (never waits)."""
-        ...
-
-    def lend(self, request: bytes) -> None:
-        """Send one share (raises :class:`WorkerLost` if the process is gone)."""
-        ...
-
-    def returned(self) -> bytes:
-        """Wait for the lent share's reply (raises :class:`WorkerLost` if the process died meanwhile)."""
-        ...
-
-    def abandon(self) -> None:
-        """A lent share's reply will never be read (the step failed): stop the process."""
-        ...
-
-
-#: The episode workers whose pool the spare process serves: set just before it forks, inherited by it.
-_LENDER: dict[str, EpisodeWorkers] = {}
-
-
-def serve_share(request: bytes) -> bytes:
-    """In the spare process: end the share ``request`` as a worker does, on the inherited (shared) pool; the reply
-    pickled as a worker's."""
-    workers = _LENDER.get("workers")
-    try:
-        if workers is None:
-            raise RuntimeError("this process was forked without episode workers to serve")
-        reply: Any = ("ok", workers.work(workers.pool, *pickle.loads(request)))
-    except Exception as error:  # the owner raises it, named
-        reply = ("error", f"{type(error).__name__}: {' '.join(str(error).split())[:500]}")
-    return dumps(reply)
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Compute on one thread meanwhile, as a worker does (a share's numbers must not depend on who ends it)."""
-    threads = torch.get_num_threads()
-    if threads != 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if threads != 1:
-            torch.set_num_threads(threads)
-
-
 class EpisodeWorkers:
     """W - 1 worker processes (started lazily) and the calling process, splitting episode ends.
 
@@ -421,9 +352,6 @@ class EpisodeWorkers:
         self._processes: list[Any] = []
         self._connections: list[Any] = []
         self._storages: list[int] = []
-        self.spare: SpareProcess | None = None
-        self._spare_storages: list[int] | None = None  # the pool's storages when the spare forked
-        self.lent = 0  # shares the spare ended (the others it could have taken were ended here)
 
     @property
     def started(self) -> bool:
@@ -438,49 +366,16 @@ class EpisodeWorkers:
     def _fingerprint(self) -> list[int]:
         return [tensor.untyped_storage().data_ptr() for tensor in shared_tensors(self.pool)]
 
-    @property
-    def capacity(self) -> int:
-        """The shares a split step is cut into at most: one per process, and one more for a spare."""
-        return self.count + (self.spare is not None)
-
-    def _shareable(self) -> bool:
-        """Move the pool's tensors into shared memory; False when there is nothing to share or it is not on the
-        CPU (then every share stays in this process)."""
-        tensors = shared_tensors(self.pool)
-        if not tensors or any(tensor.device.type != "cpu" for tensor in tensors):
-            return False
-        for tensor in tensors:
-            tensor.share_memory_()
-        return True
-
-    def accept_spare(self, spare: SpareProcess) -> bool:
-        """Let ``spare`` end a share of each split step while it is idle (see :class:`SpareProcess`); False when
-        this pool cannot be shared with another process."""
-        if not self._shareable():
-            return False
-        self.spare = spare
-        spare.before_fork.append(self._before_spare_fork)
-        return True
-
-    def _before_spare_fork(self) -> None:
-        if self._shareable():  # tensors replaced since (a checkpoint loaded): shared anew
-            _LENDER["workers"] = self
-            self._spare_storages = self._fingerprint()
-        else:
-            self._spare_storages = None
-
-    def _spare_sees_the_pool(self) -> bool:
-        """The spare forked while the pool's tensors were the shared ones it still has (else it would end a share
-        on a stale copy)."""
-        return self._spare_storages is not None and self._fingerprint() == self._spare_storages
-
     def start(self) -> None:
         """Move the pool into shared memory and fork the workers."""
         if self.started or self.count < 2:
             return
-        if not self._shareable():
+        tensors = shared_tensors(self.pool)
+        if not tensors or any(tensor.device.type != "cpu" for tensor in tensors):
             self.count = 1  # nothing to share (or a GPU pool): every share stays in this process
             return
+        for tensor in tensors:
+            tensor.share_memory_()
         self._storages = self._fingerprint()
         context = get_context("fork")
         for index in range(1, self.count):
@@ -498,8 +393,6 @@ class EpisodeWorkers:
 
     def close(self) -> None:
         """Stop every worker (idempotent): close its pipe, then SIGTERM, then SIGKILL what is left."""
-        if _LENDER.get("workers") is self:  # a spare already forked keeps its own reference; the next fork sets it
-            _LENDER.clear()
         processes, self._processes = self._processes, []
         connections, self._connections = self._connections, []
         for conn in connections:
@@ -522,57 +415,27 @@ class EpisodeWorkers:
     # -- work --------------------------------------------------------------------------------
 
     def run(self, shares: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """``work(pool, *share)`` for each share, share 0 here and share s in worker s; results in share order.
-
-        A share beyond the processes' (index ``count``, with a spare) goes to the spare when it is idle at this
-        moment and saw this pool when it forked, else it is ended here. It is the same share either way and is
-        ended the same way (one thread, from its pickled bytes, as the spare receives it), so which process
-        ends it, which depends on timing, changes no number.
-        """
-        if len(shares) > self.capacity:
-            raise ValueError(f"{len(shares)} shares for {self.capacity} processes")
-        own, extra = list(shares[: self.count]), (shares[self.count] if len(shares) > self.count else None)
-        if len(own) > 1:
+        """``work(pool, *share)`` for each share, share 0 here and share s in worker s; results in share order."""
+        if len(shares) > 1:
             self.start()
             if self.started and self._fingerprint() != self._storages:
                 # the pool's tensors were replaced (a checkpoint loaded, maintenance re-drawn): fork anew from them
                 self.close()
                 self.start()
-        request = dumps(extra) if extra is not None else None
-        spare = self.spare if request is not None and self._spare_sees_the_pool() else None
-        lent = spare is not None and spare.idle()
+        if not self.started or len(shares) == 1:
+            return [self.work(self.pool, *share) for share in shares]
+        if len(shares) > self.count:
+            raise ValueError(f"{len(shares)} shares for {self.count} workers")
         try:
-            if lent:
-                cast(SpareProcess, spare).lend(cast(bytes, request))
-            if not self.started or len(own) == 1:
-                results = [self.work(self.pool, *share) for share in own]
-            else:
-                for index, share in enumerate(own[1:], start=1):
-                    self._send(index, self._connections[index - 1], share)
-                results = [self.work(self.pool, *own[0])]
-                for index in range(1, len(own)):
-                    results.append(self._receive(index))
-            if request is not None:
-                results.append(self._from_spare(cast(SpareProcess, spare)) if lent else self._as_spare(request))
-                lent = False
+            for index, share in enumerate(shares[1:], start=1):
+                self._send(index, self._connections[index - 1], share)
+            results = [self.work(self.pool, *shares[0])]
+            for index in range(1, len(shares)):
+                results.append(self._receive(index))
         except BaseException:  # a failure, or a second Ctrl-C: replies may be pending, so start afresh next time
-            if lent:
-                cast(SpareProcess, spare).abandon()
             self.close()
             raise
         return results
-
-    def _as_spare(self, request: bytes) -> Any:
-        """The spare's share ended here, exactly as the spare would end it."""
-        with _one_thread():
-            return self.work(self.pool, *pickle.loads(request))
-
-    def _from_spare(self, spare: SpareProcess) -> Any:
-        status, value = pickle.loads(spare.returned())
-        if status == "error":
-            raise RuntimeError(f"the spare process ending episodes: {value}")
-        self.lent += 1
-        return value
 
     def end_episodes(
         self, pool: Any, ends: Sequence[Any], *, write_back_rate: float | None, pool_update: Any = None, **options: Any
@@ -586,7 +449,7 @@ class EpisodeWorkers:
         from reml_core.batched import end_episodes  # noqa: PLC0415 - lazy: start-up time: reml_core.batched imports numpy
 
         loss_fn, config = options.pop("loss_fn"), options.pop("config")
-        shares = chunks(len(ends), split_count(len(ends), self.capacity))
+        shares = chunks(len(ends), split_count(len(ends), self.count))
         mine = getattr(self.work, "keywords", {})
         if (
             len(shares) < 2
@@ -637,7 +500,7 @@ class EpisodeWorkers:
         merged here, in share order, weighted by the networks each share counted (so the merge sums the
         same contributions in another order than one process does: rounding-level differences)."""
         chosen = [i for i, flag in enumerate(keep) if flag]
-        shares = chunks(len(chosen), split_count(len(chosen), self.capacity))
+        shares = chunks(len(chosen), split_count(len(chosen), self.count))
         if len(shares) < 2 or not _pickles(options):
             return type(update).gradients(update, ends, keep, **options)
         requests = [("grad", tuple(ends[chosen[j]] for j in share), options) for share in shares]
@@ -795,10 +658,6 @@ class RayEpisodeWorkers(EpisodeWorkers):
     @property
     def pids(self) -> list[int]:
         return []
-
-    def accept_spare(self, spare: SpareProcess) -> bool:
-        """Not on Ray: the actors hold no memory in common with a spare process."""
-        return False
 
     def start(self) -> None:
         if self._actors or self.count < 2:

@@ -10,32 +10,27 @@ import json
 import pytest
 import torch
 
-from reml_core.config import deep_merge, load_resolved, resolve_config
+from reml_core.config import load_resolved, resolve_config
 from reml_core.experiment import build_components
 from reml_core.settings import episode_processes, overlaps_update
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def _backend(
-    sine_registry, policy: str, overlap: bool, tmp_path=None, seed: int = 0, *, lend: bool = False, settings=None
-):
-    """A policy backend on a small vector env (``settings`` merged over its config); unless ``lend``, the learner
-    is not offered episode ends (so an overlapped run's env work is the one-process run's, and only the update is
-    compared)."""
-    base = {
-        "plugin": "sine",
-        "preset": "smoke",
-        "seed": seed,
-        "train": {"n_envs": 16, "workers": 1, "progress": False},
-        "policy": {"name": policy, "n_steps": 64, "batch_size": 32, "n_epochs": 2},
-    }
-    config = resolve_config(sine_registry, deep_merge(base, settings or {}))
+def _backend(sine_registry, policy: str, overlap: bool, tmp_path=None, seed: int = 0):
+    config = resolve_config(
+        sine_registry,
+        {
+            "plugin": "sine",
+            "preset": "smoke",
+            "seed": seed,
+            "train": {"n_envs": 16, "workers": 1, "progress": False},
+            "policy": {"name": policy, "n_steps": 64, "batch_size": 32, "n_epochs": 2},
+        },
+    )
     torch.manual_seed(config.seed)
     components = build_components(config)
     env = components.make_train_env()
-    if not lend:
-        env.accept_spare = lambda spare: False
     context = components.context.with_env(env, log_dir=tmp_path, overlap_update=overlap)
     return config.policy.spec.factory(config.policy.config, context), env
 
@@ -167,44 +162,3 @@ def test_the_decoupled_update_reads_the_rollout_as_its_policy_collected_it(sine_
     assert decouple(model) == pytest.approx(1.0, abs=1e-5)
     assert abs(model.rollout_buffer.log_probs - stored).max() < 1e-4
     assert abs(model.rollout_buffer.advantages - advantages).max() < 1e-3 * max(1.0, abs(advantages).max())
-
-
-@pytest.mark.parametrize("pool_update", ["thesis", "protocol"])
-def test_between_updates_the_learner_ends_episodes_and_changes_no_number(sine_registry, pool_update):
-    """The learner, idle once its update is made, ends one share of the steps where many episodes end
-    (reml_core.workers.SpareProcess). Which process ends it depends on timing, so the numbers must not: a
-    learner never lent a share, one lent every share it could take and one left to the timing give the same
-    policy and pool."""
-    runs = {}
-    for mode in ("never", "always", "timing"):
-        backend, env = _backend(
-            sine_registry,
-            "ppo-mlp",
-            True,
-            lend=True,
-            settings={
-                "env": {"pool_update": pool_update, "depth": 3},  # short episodes: many end at once
-                "train": {"n_envs": 128},
-                "policy": {"n_steps": 512, "batch_size": 256},
-            },
-        )
-        learner = backend.overlap
-        if mode == "never":
-            learner.idle = lambda: False
-        elif mode == "always":  # wait for the update in flight, then take the share
-
-            def always(learner=learner) -> bool:
-                if learner._process is None:
-                    return False
-                if learner.pending and learner._result is None:
-                    learner._result = learner._receive()
-                return True
-
-            learner.idle = always
-        backend.learn(8 * backend.model.n_steps * backend.model.n_envs)
-        runs[mode] = (_weights(backend), {k: v.clone() for k, v in env.pool.state_dict().items()}, env.workers.lent)
-        env.close()
-    (never, pool_never, lent_never), lent_always = runs["never"], runs["always"][2]
-    assert lent_never == 0 and lent_always > 0
-    for weights, pool, _ in runs.values():
-        assert _equal(weights, never) and _equal(pool, pool_never)

@@ -227,10 +227,6 @@ class SB3PolicyBackend:
             model: Any = self.model  # an on-policy algorithm (PPO and its kinds), whose learn loop calls train()
             self.overlap = OverlappedUpdate(model, type(model).train)
             model.train = self.overlap.submit
-            # while the learner waits for the next rollout, it ends a share of the episodes (reml_core.workers)
-            accept = getattr(self.env, "accept_spare", None)
-            if callable(accept):
-                accept(self.overlap)
 
     def _settled(self) -> None:
         """Every update submitted so far is in the model (before it is saved, evaluated or handed out)."""

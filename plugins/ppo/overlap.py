@@ -21,14 +21,7 @@ count and what the update logged, so the run's process is exactly the learner's 
 result is in. :meth:`OverlappedUpdate.settle` waits for the update in flight and loads it: before
 the policy is saved, evaluated or validated, and at the end of ``learn``; a checkpoint therefore
 holds the policy after every update submitted so far, and ``--resume`` starts from it (the learner
-is forked anew).
-
-Once its update is made, the learner would idle until the next rollout is handed over (for ppo-mlp,
-most of the rollout). It is offered to the vector env as a spare process
-(:class:`reml_core.workers.SpareProcess`): on a step where many episodes end, the env cuts their ends
-into one share more and lends that share to the learner if it is idle (its update's result, if it
-arrived, is kept aside for :meth:`OverlappedUpdate.settle`: the policy acting in the rollout does not
-change), else ends it itself, the same way; so the numbers do not depend on the timing. A learner that dies (killed, out of memory) ends the run with
+is forked anew). A learner that dies (killed, out of memory) ends the run with
 :class:`~reml_core.workers.WorkerLost`, one line naming it, as a dead episode worker does.
 """
 
@@ -42,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reml_core.workers import WorkerLost, become_worker, how_it_ended, serve_share, stop_processes
+from reml_core.workers import WorkerLost, become_worker, how_it_ended, stop_processes
 
 
 def buffer_state(buffer: Any) -> dict[str, Any]:
@@ -125,8 +118,7 @@ def _learn(model: Any, update: Any, state: dict[str, Any], progress: float, lagg
 
 
 def _serve(conn: Any, parent: int, model: Any, update: Any) -> None:
-    """The learner's loop: an update per rollout received, and between them the shares of episode ends the run's
-    process lends it (a request of bytes: :func:`reml_core.workers.serve_share`), until the pipe closes."""
+    """The learner's loop: an update per rollout received, until the pipe closes."""
     become_worker(parent)
     while True:
         try:
@@ -135,16 +127,12 @@ def _serve(conn: Any, parent: int, model: Any, update: Any) -> None:
             break
         if request is None:
             break
-        if isinstance(request, bytes):
-            answer = serve_share(request)
-        else:
-            try:
-                reply: Any = ("ok", _learn(model, update, *request))
-            except Exception as error:  # the parent raises it, named
-                reply = ("error", f"{type(error).__name__}: {' '.join(str(error).split())[:500]}")
-            answer = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            conn.send_bytes(answer)
+            reply: Any = ("ok", _learn(model, update, *request))
+        except Exception as error:  # the parent raises it, named
+            reply = ("error", f"{type(error).__name__}: {' '.join(str(error).split())[:500]}")
+        try:
+            conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
         except (BrokenPipeError, OSError):
             break
     os._exit(0)  # never run the finalizers of what was inherited (the vector env's workers are the parent's)
@@ -163,17 +151,13 @@ class OverlappedUpdate:
         self._process: Any = None
         self._conn: Any = None
         self.pending = False
-        self._result: dict[str, Any] | None = None  # the update in flight's result, received early by idle()
         self._updated = False  # an update was loaded since the last rollout was handed over
-        self.before_fork: list[Any] = []  # called just before the learner forks (reml_core.workers.SpareProcess)
 
     @property
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
     def _start(self) -> None:
-        for prepare in self.before_fork:
-            prepare()
         context = get_context("fork")
         mine, theirs = context.Pipe(duplex=True)
         process = context.Process(
@@ -205,8 +189,8 @@ class OverlappedUpdate:
         """Wait for the update in flight, if any, and load its result into the model."""
         if not self.pending:
             return
-        result = self._result if self._result is not None else self._receive()
-        self.pending, self._result = False, None
+        self.pending = False
+        result = self._receive()
         policy = self.model.policy
         policy.load_state_dict(result["weights"])
         policy.optimizer.load_state_dict(result["optimizer"])
@@ -214,40 +198,6 @@ class OverlappedUpdate:
         self._updated = True
         for key, value, exclude in result["records"]:
             self.model.logger.record(key, value, exclude=exclude)
-
-    # -- between updates, a spare process for the vector env (reml_core.workers.SpareProcess) ------------
-
-    def idle(self) -> bool:
-        """The learner has no update to make now (its result, if one was in flight, is kept for :meth:`settle`:
-        the policy acting in this rollout does not change)."""
-        if self._process is None:
-            return False
-        if self.pending and self._result is None:
-            if not self._conn.poll():
-                return False
-            self._result = self._receive()
-        return True
-
-    def lend(self, request: bytes) -> None:
-        try:
-            self._conn.send_bytes(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            raise self._lost() from None
-
-    def returned(self) -> bytes:
-        while True:
-            ready = connection.wait([self._conn, self._process.sentinel])
-            if self._conn in ready:
-                try:
-                    return self._conn.recv_bytes()
-                except (EOFError, OSError):
-                    raise self._lost() from None
-            if self._process.sentinel in ready and not self._conn.poll():
-                raise self._lost()
-
-    def abandon(self) -> None:
-        """A lent share's reply would be read as the next update's: the learner is stopped (the run is failing)."""
-        self.close()
 
     def _receive(self) -> dict[str, Any]:
         while True:
@@ -274,7 +224,7 @@ class OverlappedUpdate:
     def close(self) -> None:
         """Stop the learner (idempotent); an update in flight is dropped."""
         process, conn = self._process, self._conn
-        self._process, self._conn, self.pending, self._result = None, None, False, None
+        self._process, self._conn, self.pending = None, None, False
         if process is None:
             return
         try:
