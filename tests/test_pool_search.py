@@ -5,12 +5,10 @@ from __future__ import annotations
 import copy
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.runs import cli
 from pydantic import ValidationError
 
 from reml_core.batched import EpisodeEnd
@@ -22,8 +20,6 @@ from reml_core.pool_update import ProtocolPoolUpdate
 from reml_plugins.dense.pool import DenseLayerPool, DensePoolConfig
 from reml_plugins.maml.pool_search import PoolSearchBaseline, PoolSearchConfig
 from reml_plugins.sine.sampler import SineConfig, SineTaskSampler
-
-BIN = Path(sys.executable).parent
 
 
 def _mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -220,29 +216,19 @@ def test_it_refuses_what_it_cannot_train_by_name():
 def test_reml_bench_trains_saves_and_reloads_pool_search_to_the_same_numbers(tmp_path):
     common = ("--plugin", "sine", "--preset", "smoke", "--set", "eval.test_tasks=5", "--set", "eval.curve_steps=0")
     settings = ("--set", "baselines.pool-search.iterations=3", "--set", "baselines.pool-search.candidates=4")
-    out = tmp_path / "bench"
-    first = subprocess.run(
-        [str(BIN / "reml-bench"), *common, *settings, "--methods", "pool-search", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    out, again = tmp_path / "bench", tmp_path / "again"
+    first = cli("reml-bench", *common, *settings, "--methods", "pool-search", "--out", str(out), timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
-    again = tmp_path / "again"
-    second = subprocess.run(
-        [
-            str(BIN / "reml-bench"),
-            *common,
-            *settings,
-            "--methods",
-            "pool-search",
-            "--from",
-            str(out),
-            "--out",
-            str(again),
-        ],
-        capture_output=True,
-        text=True,
+    second = cli(
+        "reml-bench",
+        *common,
+        *settings,
+        "--methods",
+        "pool-search",
+        "--from",
+        str(out),
+        "--out",
+        str(again),
         timeout=600,
     )
     assert second.returncode == 0, second.stderr[-3000:]
