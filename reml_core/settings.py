@@ -171,6 +171,20 @@ def _distinct_sorted(values: list[int]) -> list[int]:
     return sorted(values)
 
 
+def check_shots(value: list[int]) -> list[int]:
+    """A list of K values (``env.shots``, a baseline's): each positive, distinct; sorted."""
+    if any(k <= 0 for k in value):
+        raise ValueError("every K must be positive")
+    return _distinct_sorted(value)
+
+
+def check_step_counts(value: list[int]) -> list[int]:
+    """A list of SGD adaptation step counts (``env.meta_steps``, a baseline's): each in 0..1000, distinct; sorted."""
+    if any(s < 0 or s > 1000 for s in value):
+        raise ValueError("each adaptation step count must be in 0..1000")
+    return _distinct_sorted(value)
+
+
 class EnvConfig(StrictModel):
     """The composition MDP: network depth, inner training, and the K-shot fine-tuning it can measure."""
 
@@ -269,16 +283,12 @@ class EnvConfig(StrictModel):
     @field_validator("shots")
     @classmethod
     def _shots_positive(cls, value: list[int]) -> list[int]:
-        if any(k <= 0 for k in value):
-            raise ValueError("every K must be positive")
-        return _distinct_sorted(value)
+        return check_shots(value)
 
     @field_validator("meta_steps")
     @classmethod
     def _meta_steps(cls, value: list[int]) -> list[int]:
-        if any(s < 0 or s > 1000 for s in value):
-            raise ValueError("each adaptation step count must be in 0..1000")
-        return _distinct_sorted(value)
+        return check_step_counts(value)
 
     @field_validator("choose", mode="before")
     @classmethod

@@ -285,15 +285,12 @@ def how_it_ended(process: Any) -> str:
 
 
 def stop_processes(processes: Sequence[Any]) -> None:
-    """After their pipes were closed: give the processes 2 s to exit, then SIGTERM (which REML's own workers ignore:
-    :func:`become_worker`), then SIGKILL what is left."""
+    """After their pipes were closed: give the processes 2 s to exit, then SIGKILL what is left (not SIGTERM first:
+    REML's workers ignore it, :func:`become_worker`)."""
     deadline = time.monotonic() + 2.0
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
     for process in processes:
-        if process.is_alive():
-            process.terminate()
-            process.join(1.0)
         if process.is_alive():
             process.kill()
             process.join(1.0)

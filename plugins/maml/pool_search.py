@@ -41,7 +41,7 @@ from reml_core.errors import CheckpointError, ComponentBuildError, UserError
 from reml_core.interfaces import BatchedLayerPool, BuildContext, LayerPool, MetaGradientLayerPool, Task
 from reml_core.methods import PoolSearchMethod
 from reml_core.pool_update import ProtocolPoolUpdate
-from reml_core.settings import EnvConfig, RenamableModel
+from reml_core.settings import EnvConfig, RenamableModel, check_shots, check_step_counts
 from reml_plugins.maml.baseline import run_meta_iterations
 from reml_plugins.maml.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from reml_plugins.maml.network import ModuleArchitecture
@@ -80,15 +80,12 @@ class PoolSearchConfig(RenamableModel):
     @field_validator("shots")
     @classmethod
     def _positive_shots(cls, value: list[int]) -> list[int]:
-        if any(k < 1 for k in value):
-            raise ValueError(f"every K must be at least 1, got {value}")
-        return value
+        return check_shots(value)
 
     @field_validator("meta_steps")
     @classmethod
     def _meta_steps(cls, value: list[int]) -> list[int]:
-        if any(step < 0 for step in value) or len(set(value)) != len(value):
-            raise ValueError(f"meta_steps must be distinct step counts >= 0, got {value}")
+        value = check_step_counts(value)
         if max(value) == 0:
             raise ValueError("meta_steps needs at least one adaptation step (> 0): the pool trains for the adaptation")
         return value
