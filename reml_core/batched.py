@@ -119,6 +119,58 @@ def measure_networks(
     return results  # type: ignore[return-value]
 
 
+#: Networks fine-tuned in one stacked computation at most by :func:`support_losses` (bounds its memory).
+SUPPORT_ROWS = 2048
+
+
+def support_losses(
+    pool: LayerPool,
+    requests: Sequence[MeasureRequest],
+    loss_fn: LossFn,
+    *,
+    steps: int = 0,
+    lr: float = 0.0,
+    batched: bool = True,
+    max_rows: int = SUPPORT_ROWS,
+) -> list[float]:
+    """Each network's loss on its own points after ``steps`` plain SGD steps at ``lr`` on them (0: as composed);
+    ``inf`` for one that went non-finite. The pool is never changed (networks are copies of its layers).
+
+    On a batched pool the networks of one depth and data shape are fine-tuned as stacked computations
+    of at most ``max_rows`` networks, in the order given; otherwise one by one, with
+    :mod:`reml_core.inner_loop`'s single-network functions (the same numbers within rounding).
+    """
+    results = [math.inf] * len(requests)
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, request in enumerate(requests):
+        groups.setdefault((len(request.indices), tuple(request.x.shape), tuple(request.y.shape)), []).append(i)
+    if not (batched and isinstance(pool, BatchedLayerPool)):
+        for i, request in enumerate(requests):
+            network = pool.build(list(request.indices))
+            device = module_device(network)
+            x, y = request.x.to(device), request.y.to(device)
+            if steps and not finetune_sgd(network, x, y, loss_fn, steps=steps, lr=lr):
+                continue
+            loss = evaluate_loss(network, x, y, loss_fn)
+            results[i] = loss if math.isfinite(loss) else math.inf
+        return results
+    losses_fn = batched_loss(loss_fn)
+    for members in groups.values():
+        for start in range(0, len(members), max_rows):
+            part = members[start : start + max_rows]
+            network = pool.build_batch([list(requests[i].indices) for i in part])
+            device = module_device(network)
+            x = torch.stack([requests[i].x for i in part]).to(device)
+            y = torch.stack([requests[i].y for i in part]).to(device)
+            if steps:
+                finetune_sgd_batch(network, x, y, losses_fn, steps=steps, lr=lr)
+            with torch.no_grad():
+                values = evaluate_loss_batch(network, x, y, losses_fn).tolist()
+            for i, value in zip(part, values):
+                results[i] = value if math.isfinite(value) else math.inf
+    return results
+
+
 def end_episodes(
     pool: LayerPool,
     ends: Sequence[EpisodeEnd],

@@ -3,20 +3,17 @@ and its pool without the policy (a search by support loss), the rival that tells
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
+from reml_core.batched import MeasureRequest, support_losses
 from reml_core.choices import ADAPTATION, ChoiceRecord, summarise
-from reml_core.device import module_device
 from reml_core.env import CompositionEnv
-from reml_core.inner_loop import batched_loss, evaluate_loss, evaluate_loss_batch, finetune_sgd, finetune_sgd_batch
-from reml_core.interfaces import BatchedLayerPool, LayerPool, LossFn, OwnAdaptation, PolicyBackend, Role, Task
+from reml_core.interfaces import LayerPool, LossFn, OwnAdaptation, PolicyBackend, Role, Task
 
 
 class ReMLMethod:
@@ -165,46 +162,15 @@ class PoolSearchMethod:
             by_shots.setdefault(int(k), []).append(position)
         for k, members in by_shots.items():
             candidates = [self._compositions(tasks[i], k) for i in members]
-            supports = [tasks[i].support(k) for i in members]
-            if isinstance(self.pool, BatchedLayerPool):
-                losses = self._stacked_losses(candidates, supports)
-            else:
-                losses = [self._one_by_one_losses(c, x, y) for c, (x, y) in zip(candidates, supports)]
-            for i, compositions, scores in zip(members, candidates, losses):
-                finite = [value if math.isfinite(value) else math.inf for value in scores]
-                chosen[i] = compositions[int(np.argmin(finite))]
+            requests = []
+            for i, compositions in zip(members, candidates):
+                x, y = tasks[i].support(k)
+                requests.extend(MeasureRequest(tuple(composition), x, y) for composition in compositions)
+            losses = support_losses(self.pool, requests, self.loss_fn, steps=1, lr=self.lr, max_rows=SEARCH_ROWS)
+            for position, (i, compositions) in enumerate(zip(members, candidates)):
+                scores = losses[position * self.candidates : (position + 1) * self.candidates]
+                chosen[i] = compositions[int(np.argmin(scores))]
         return chosen
-
-    def _stacked_losses(
-        self, candidates: Sequence[list[list[int]]], supports: Sequence[tuple[torch.Tensor, torch.Tensor]]
-    ) -> list[list[float]]:
-        """Each task's candidates' support losses after one SGD step, stacked (tasks of one K)."""
-        pool = cast(BatchedLayerPool, self.pool)
-        rows = [(task, composition) for task, compositions in enumerate(candidates) for composition in compositions]
-        losses_fn = batched_loss(self.loss_fn)
-        flat: list[float] = []
-        for start in range(0, len(rows), SEARCH_ROWS):
-            part = rows[start : start + SEARCH_ROWS]
-            network = pool.build_batch([composition for _, composition in part])
-            device = module_device(network)
-            x = torch.stack([supports[task][0] for task, _ in part]).to(device)
-            y = torch.stack([supports[task][1] for task, _ in part]).to(device)
-            finetune_sgd_batch(network, x, y, losses_fn, steps=1, lr=self.lr)
-            flat.extend(evaluate_loss_batch(network, x, y, losses_fn).tolist())
-        per_task, offset = [], 0
-        for compositions in candidates:
-            per_task.append(flat[offset : offset + len(compositions)])
-            offset += len(compositions)
-        return per_task
-
-    def _one_by_one_losses(self, compositions: list[list[int]], x: torch.Tensor, y: torch.Tensor) -> list[float]:
-        losses = []
-        for indices in compositions:
-            single = self.pool.build(indices)
-            device = module_device(single)
-            ok = finetune_sgd(single, x.to(device), y.to(device), self.loss_fn, steps=1, lr=self.lr)
-            losses.append(evaluate_loss(single, x.to(device), y.to(device), self.loss_fn) if ok else math.inf)
-        return losses
 
     def network_for(self, task: Task, shots: int) -> nn.Module:
         return self.pool.build(self.indices_for(task, shots))
