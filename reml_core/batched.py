@@ -151,21 +151,22 @@ def support_losses(
             x, y = request.x.to(device), request.y.to(device)
             if steps and not finetune_sgd(network, x, y, loss_fn, steps=steps, lr=lr):
                 continue
-            loss = evaluate_loss(network, x, y, loss_fn)
+            with torch.no_grad():
+                loss = evaluate_loss(network, x, y, loss_fn)
             results[i] = loss if math.isfinite(loss) else math.inf
         return results
     losses_fn = batched_loss(loss_fn)
     for members in groups.values():
         for start in range(0, len(members), max_rows):
             part = members[start : start + max_rows]
-            network = pool.build_batch([list(requests[i].indices) for i in part])
-            device = module_device(network)
+            stacked = pool.build_batch([list(requests[i].indices) for i in part])
+            device = module_device(stacked)
             x = torch.stack([requests[i].x for i in part]).to(device)
             y = torch.stack([requests[i].y for i in part]).to(device)
             if steps:
-                finetune_sgd_batch(network, x, y, losses_fn, steps=steps, lr=lr)
+                finetune_sgd_batch(stacked, x, y, losses_fn, steps=steps, lr=lr)
             with torch.no_grad():
-                values = evaluate_loss_batch(network, x, y, losses_fn).tolist()
+                values = evaluate_loss_batch(stacked, x, y, losses_fn).tolist()
             for i, value in zip(part, values):
                 results[i] = value if math.isfinite(value) else math.inf
     return results

@@ -20,13 +20,21 @@ options are action indices after the pool's (see :mod:`reml_core.choices` and do
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from reml_core.batched import EpisodeEnd, EpisodeOutcome, MeasureRequest, end_episodes, measure_networks
+from reml_core.batched import (
+    EpisodeEnd,
+    EpisodeOutcome,
+    MeasureRequest,
+    end_episodes,
+    measure_networks,
+    support_losses,
+)
 from reml_core.choices import ChoiceStep, apply_choices, choice_steps
 from reml_core.interfaces import LayerPool, RewardFunction, Role, StateEncoder, Task, TaskSampler
 from reml_core.settings import EnvConfig
@@ -67,7 +75,9 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
     points; log(1 + std of its predictions there); 1 if the network is complete (input and
     output chosen); K / max K; a one-hot of the slot being filled. With choice steps
     (``env.choose``): the one-hot continues with one entry per choice step (the step's kind), then
-    per choice step its chosen option / (options - 1) and a chosen flag.
+    per choice step its chosen option / (options - 1) and a chosen flag. With ``env.candidate_loss``:
+    one score per pool layer, nonzero for the layers that may fill the slot being filled (see
+    :func:`candidate_scores`).
     """
 
     action_space: spaces.Discrete
@@ -118,7 +128,9 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self.appliers = {step.name: step.apply for step in self.choice_steps if step.apply is not None}
         self.episode_steps = self.depth + len(self.choice_steps)  # valid steps of a complete episode
         self.action_space = spaces.Discrete(pool.size + sum(len(step.values) for step in self.choice_steps))
+        self.scores_candidates = config.candidate_loss != "none"
         size = encoder.observation_size + self.depth + pool.size + 4 + self.depth + 3 * len(self.choice_steps)
+        size += pool.size if self.scores_candidates else 0
         self.observation_space = spaces.Box(-OBSERVATION_BOUND, OBSERVATION_BOUND, shape=(size,), dtype=np.float32)
         self._first_episode = first_episode
         self.training_progress = 0.0  # fraction of meta-training done; set by the trainer
@@ -131,6 +143,8 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self._task_features = np.zeros(encoder.observation_size, dtype=np.float32)
         self._network_features = (0.0, 0.0)
         self._current_loss: float | None = None
+        self._candidate_scores = np.zeros(pool.size, dtype=np.float32)
+        self._candidates: list[int] = []  # the pool layers candidate_requests() asked about, in its order
         self._last_valid = True
 
     # -- gymnasium API -----------------------------------------------------------------------
@@ -161,14 +175,13 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self._task_features = np.asarray(self.encoder.encode(self.task, self.shots), dtype=np.float32)
         self._network_features = (0.0, 0.0)
         self._current_loss = None
+        self._candidate_scores[:] = 0.0  # no network exists before the input layer, so no candidate is scored
         return self._observation(), self._info(valid=True)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         kind = self.apply(action)
         if kind == "measure":
-            self.record_measurement(
-                *measure_networks(self.pool, [self.measurement_request()], self.task_sampler.loss)[0]
-            )
+            measure([self])
         if kind != "complete":
             return self.partial_result()
         if self.mode == "evaluate":
@@ -192,8 +205,8 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         """Apply ``action`` to the network; what the step still needs before its result.
 
         ``invalid`` and ``partial``: nothing, :meth:`partial_result` is the result. ``measure``:
-        the incomplete network's features (:meth:`measurement_request`, then
-        :meth:`record_measurement`), then :meth:`partial_result`. ``complete``: the episode's end
+        what the observation shows of the network so far (:func:`measure`), then
+        :meth:`partial_result`. ``complete``: the episode's end
         (:meth:`episode_end`, then :meth:`conclude`, which gives the result).
         """
         assert self.task is not None, "call reset() before step()"
@@ -206,17 +219,40 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         if len(self._chosen) < self.depth:
             self._chosen.append(action)
             if len(self._chosen) >= self.depth:
+                self._candidate_scores[:] = 0.0  # no layer slot is left to score candidates for
                 # with choice steps to come, the complete network is measured so the policy sees its support loss
                 return "measure" if self.choice_steps else "complete"
-            return "measure" if len(self._chosen) >= 2 else "partial"
+            return "measure" if len(self._chosen) >= 2 or self.scores_candidates else "partial"
         self._options.append(action - self._offsets[len(self._options)])
         return "complete" if len(self._options) >= len(self.choice_steps) else "partial"
 
-    def measurement_request(self) -> MeasureRequest:
-        """The network so far and the K support points it is measured on (all a few-shot method may see)."""
+    def measurement_request(self) -> MeasureRequest | None:
+        """The network so far and the K support points it is measured on (all a few-shot method may see);
+        None before it is a network (input and output chosen)."""
         assert self.task is not None
+        if len(self._chosen) < 2:
+            return None
         x, y = self.task.support(self.shots)
         return MeasureRequest(tuple(self.chosen), x, y)
+
+    def candidate_requests(self) -> list[MeasureRequest]:
+        """With ``env.candidate_loss``: per layer that may fill the next slot, the network so far with that layer
+        there, on the K support points (none from a complete network, or without ``env.candidate_loss``)."""
+        assert self.task is not None
+        if not self.scores_candidates or not 1 <= len(self._chosen) < self.depth:
+            self._candidates = []
+            return []
+        role = self.slot_roles[len(self._chosen)].value
+        self._candidates = [i for i in np.flatnonzero(self._roles == role).tolist() if i not in self._chosen]
+        x, y = self.task.support(self.shots)
+        return [MeasureRequest(tuple(network_order([*self._chosen, i])), x, y) for i in self._candidates]
+
+    def record_candidates(self, losses: Sequence[float]) -> None:
+        """The candidates' support losses, in :meth:`candidate_requests`' order, as the observation scores them."""
+        if len(losses) != len(self._candidates):
+            raise ValueError(f"{len(losses)} candidate losses for {len(self._candidates)} candidates")
+        self._candidate_scores[:] = 0.0
+        self._candidate_scores[self._candidates] = candidate_scores(losses)
 
     def record_measurement(self, loss: float, scale: float) -> None:
         """The loss and prediction scale of the network so far, as the observation shows them."""
@@ -355,6 +391,8 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
                 options = len(self.choice_steps[c].values)
                 observation[values + 2 * c] = option / (options - 1) if options > 1 else 0.0
                 observation[values + 2 * c + 1] = 1.0
+        if self.scores_candidates:
+            observation[-self.pool.size :] = self._candidate_scores
         np.nan_to_num(observation, copy=False, nan=OBSERVATION_BOUND)
         return np.clip(observation, -OBSERVATION_BOUND, OBSERVATION_BOUND, out=observation)
 
@@ -367,6 +405,45 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
             "shots": self.shots,
             **({"choices": self.chosen_values} if self.choice_steps else {}),
         }
+
+
+def measure(envs: Sequence[CompositionEnv], *, batched: bool = True) -> None:
+    """Measure what the observations of ``envs`` (one pool, one config) show after a ``measure`` step: each
+    network so far (one stacked forward pass) and, with ``env.candidate_loss``, every candidate's network
+    (stacked computations); a lone network exactly as a single environment measures it."""
+    first = envs[0]
+    loss_fn = first.task_sampler.loss
+    networks = [(env, request) for env in envs if (request := env.measurement_request()) is not None]
+    if networks:
+        features = measure_networks(first.pool, [request for _, request in networks], loss_fn, batched=batched)
+        for (env, _), (loss, scale) in zip(networks, features):
+            env.record_measurement(loss, scale)
+    asked = [(env, env.candidate_requests()) for env in envs]
+    flat = [request for _, requests in asked for request in requests]
+    if not flat:
+        return
+    steps = 1 if first.config.candidate_loss == "adapted" else 0
+    losses = support_losses(first.pool, flat, loss_fn, steps=steps, lr=first.config.finetune_sgd_lr, batched=batched)
+    offset = 0
+    for env, requests in asked:
+        if requests:
+            env.record_candidates(losses[offset : offset + len(requests)])
+            offset += len(requests)
+
+
+def candidate_scores(losses: Sequence[float]) -> np.ndarray:
+    """The observation's score of each candidate from its support loss: how many standard deviations its
+    log(1 + loss) is below the mean of the slot's candidates (higher is better; 0 when they all agree).
+    A non-finite loss scores as the worst finite one plus one (log scale); all non-finite: all 0."""
+    values = np.log1p(np.maximum(np.asarray(losses, dtype=np.float64), 0.0))
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(len(values), dtype=np.float32)
+    values = np.where(finite, values, values[finite].max() + 1.0)
+    spread = values.std()
+    if spread < 1e-8:
+        return np.zeros(len(values), dtype=np.float32)
+    return ((values.mean() - values) / spread).astype(np.float32)
 
 
 def _log_feature(value: float) -> float:

@@ -162,7 +162,7 @@ class PoolSearchMethod:
             by_shots.setdefault(int(k), []).append(position)
         for k, members in by_shots.items():
             candidates = [self._compositions(tasks[i], k) for i in members]
-            requests = []
+            requests: list[MeasureRequest] = []
             for i, compositions in zip(members, candidates):
                 x, y = tasks[i].support(k)
                 requests.extend(MeasureRequest(tuple(composition), x, y) for composition in compositions)

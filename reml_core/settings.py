@@ -280,6 +280,14 @@ class EnvConfig(StrictModel):
         "drives the reward (docs/experiments.md)",
     )
 
+    candidate_loss: Literal["none", "composed", "adapted"] = Field(
+        "none",
+        description="what the observation tells the policy about each layer it may choose next: 'none' nothing; "
+        "'composed' the support loss of the network with that layer in the next slot; 'adapted' that network's "
+        "support loss after one SGD step at env.finetune_sgd_lr (how maml-select and pool-search choose). Each as a "
+        "score against the slot's other candidates; the support set only, so as fair as MAML (docs/architecture.md)",
+    )
+
     @field_validator("shots")
     @classmethod
     def _shots_positive(cls, value: list[int]) -> list[int]:

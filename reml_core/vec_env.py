@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from reml_core.batched import end_episodes, measure_networks
+from reml_core.batched import end_episodes
 from reml_core.compat import import_gym_quietly
-from reml_core.env import CompositionEnv
+from reml_core.env import CompositionEnv, measure
 from reml_core.workers import make_workers
 
 import_gym_quietly()
@@ -128,16 +128,9 @@ class CompositionVecEnv(DummyVecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         first = self.envs[0]
         kinds = [env.apply(action) for env, action in zip(self.envs, self.actions)]
-        measured = [index for index, kind in enumerate(kinds) if kind == "measure"]
+        measured = [self.envs[index] for index, kind in enumerate(kinds) if kind == "measure"]
         if measured:
-            features = measure_networks(
-                self.pool,
-                [self.envs[index].measurement_request() for index in measured],
-                first.task_sampler.loss,
-                batched=self.batched,
-            )
-            for index, (loss, scale) in zip(measured, features):
-                self.envs[index].record_measurement(loss, scale)
+            measure(measured, batched=self.batched)
         finished = [index for index, kind in enumerate(kinds) if kind == "complete"]
         results: list[Any] = [None] * self.num_envs
         if finished:
