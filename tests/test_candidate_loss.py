@@ -1,0 +1,153 @@
+"""env.candidate_loss: the observation scores each layer that may fill the next slot by its support loss."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from reml_core.config import ConfigError, resolve_config
+from reml_core.env import candidate_scores, network_order
+from reml_core.inner_loop import evaluate_loss, finetune_sgd
+from reml_core.interfaces import Role
+from reml_core.vec_env import stream_seed
+
+
+def _pool_state(pool) -> dict[str, torch.Tensor]:
+    return {key: value.clone() for key, value in pool.state_dict().items()}
+
+
+def _scores(observation, pool_size: int) -> np.ndarray:
+    return observation[-pool_size:]
+
+
+def _direct_losses(env, layers: list[int], candidates: list[int], steps: int) -> list[float]:
+    """Each candidate's support loss computed here, network by network, from the pool as it is."""
+    x, y = env.task.support(env.shots)
+    losses = []
+    for candidate in candidates:
+        network = env.pool.build(network_order([*layers, candidate]))
+        if steps and not finetune_sgd(network, x, y, env.task_sampler.loss, steps=steps, lr=env.config.finetune_sgd_lr):
+            losses.append(math.inf)
+            continue
+        losses.append(evaluate_loss(network, x, y, env.task_sampler.loss))
+    return losses
+
+
+def _candidates(env, layers: list[int]) -> list[int]:
+    role = [Role.INPUT, Role.OUTPUT, *([Role.HIDDEN] * (env.depth - 2))][len(layers)]
+    return [i for i, r in enumerate(env.pool.roles) if r == role and i not in layers]
+
+
+@pytest.mark.parametrize("kind, steps", [("composed", 0), ("adapted", 1)])
+def test_each_slot_scores_exactly_its_candidates_by_their_own_support_loss(make_components, kind, steps):
+    components = make_components(env={"depth": 4, "candidate_loss": kind})
+    env = components.make_env()
+    size = components.pool.size
+    plain = make_components(env={"depth": 4}).make_env()
+    assert env.observation_space.shape[0] == plain.observation_space.shape[0] + size
+    observation, _ = env.reset(seed=2)
+    assert not _scores(observation, size).any()  # before the input layer there is no network to score a layer in
+    rng = np.random.default_rng(0)
+    layers: list[int] = []
+    for _ in range(env.depth - 1):
+        layers.append(int(rng.choice(np.flatnonzero(env.action_masks()))))
+        observation, *_ = env.step(layers[-1])
+        scores = _scores(observation, size)
+        candidates = _candidates(env, layers)
+        assert set(np.flatnonzero(scores).tolist()) <= set(candidates)  # only layers that may fill the next slot
+        assert set(candidates) == set(np.flatnonzero(env.action_masks()).tolist())
+        expected = candidate_scores(_direct_losses(env, layers, candidates, steps))
+        np.testing.assert_allclose(scores[candidates], expected, atol=1e-4)
+        best = candidates[int(np.argmin(_direct_losses(env, layers, candidates, steps)))]
+        assert scores.argmax() == best  # the highest score is the candidate with the lowest support loss
+    observation, _, terminated, _, _ = env.step(int(np.flatnonzero(env.action_masks())[0]))
+    assert terminated and not _scores(observation, size).any()  # no slot is left to choose for
+    assert env.observation_space.contains(observation)
+
+
+def test_scores_read_the_support_set_only_and_never_change_the_pool(make_components):
+    components = make_components(env={"depth": 4, "candidate_loss": "adapted"})
+    env = components.make_env(mode="evaluate")
+    task = components.task_sampler.test_tasks(1)[0]
+    # Query and training data a few-shot method must not see, replaced by garbage: the scores cannot change.
+    hidden = dataclasses.replace(
+        task,
+        x_query=torch.full_like(task.x_query, float("nan")),
+        y_query=torch.full_like(task.y_query, 1e9),
+        x_train=torch.full_like(task.x_train, float("nan")),
+        y_train=torch.full_like(task.y_train, 1e9),
+    )
+    before = _pool_state(env.pool)
+    traces = []
+    for variant in (task, hidden):
+        observation, _ = env.reset(options={"task": variant, "shots": 5})
+        trace = [observation]
+        for _ in range(env.depth - 1):
+            observation, *_ = env.step(int(np.flatnonzero(env.action_masks())[0]))
+            trace.append(observation)
+        traces.append(np.stack(trace))
+    np.testing.assert_array_equal(traces[0], traces[1])
+    assert all(torch.equal(before[k], v) for k, v in _pool_state(env.pool).items())
+
+
+def test_the_vector_env_scores_as_each_env_alone(make_components):
+    components = make_components(env={"depth": 4, "candidate_loss": "adapted"})
+    vector = components.make_vec_env(4)
+    vector.seed(5)
+    batched = [vector.reset()]
+    singles = [components.make_env() for _ in range(4)]
+    alone = [[env.reset(seed=stream_seed(5, index))[0]] for index, env in enumerate(singles)]
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        actions = np.array([rng.choice(np.flatnonzero(env.action_masks())) for env in vector.envs])
+        batched.append(vector.step(actions)[0])
+        for index, env in enumerate(singles):
+            alone[index].append(env.step(actions[index])[0])
+    size = components.pool.size
+    for step, observations in enumerate(batched):
+        for index in range(4):
+            scores, expected = _scores(observations[index], size), _scores(alone[index][step], size)
+            np.testing.assert_allclose(scores, expected, atol=1e-3)
+            assert scores.argmax() == expected.argmax()
+
+
+def test_scores_rank_the_candidates_and_survive_non_finite_losses():
+    scores = candidate_scores([0.5, 2.0, 0.1, 8.0])
+    assert list(np.argsort(-scores)) == [2, 0, 1, 3]
+    assert scores.mean() == pytest.approx(0.0, abs=1e-6) and scores.std() == pytest.approx(1.0, rel=1e-5)
+    diverged = candidate_scores([0.5, math.inf, float("nan"), 0.2])
+    assert np.isfinite(diverged).all() and diverged[3] > diverged[0] > diverged[1] and diverged[1] == diverged[2]
+    assert not candidate_scores([1.0, 1.0, 1.0]).any()  # all alike: nothing to tell apart
+    assert not candidate_scores([math.inf, math.nan]).any()
+    assert not candidate_scores([3.0]).any()
+
+
+def test_a_policy_trains_and_evaluates_with_the_scores(tmp_path):
+    from helpers.runs import cli
+
+    result = cli(
+        "reml-run",
+        "--plugin",
+        "sine",
+        "--preset",
+        "smoke",
+        "--baselines",
+        "none",
+        "--set",
+        "env.candidate_loss=composed",
+        "--set",
+        "train.env_steps=512",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"candidate_loss": "composed"' in (tmp_path / "run" / "config.json").read_text()
+
+
+def test_an_unknown_kind_is_refused_by_name(sine_registry):
+    with pytest.raises(ConfigError, match="candidate_loss"):
+        resolve_config(sine_registry, {"plugin": "sine", "env": {"candidate_loss": "query"}})
