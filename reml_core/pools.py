@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from reml_core.interfaces import Role
@@ -22,6 +23,8 @@ class RoleIndex:
     def __init__(self, counts: Mapping[Role, int]) -> None:
         self.roles: list[Role] = [role for role, count in counts.items() for _ in range(count)]
         self.size = len(self.roles)
+        self._role_order: list[Role] = list(counts)
+        self._role_codes = np.array([self._role_order.index(role) for role in self.roles], dtype=np.int64)
         self.offsets: dict[Role, int] = {}
         start = 0
         for role, count in counts.items():
@@ -49,9 +52,9 @@ class RoleIndex:
         depths = {len(chosen) for chosen in indices}
         if len(depths) != 1:
             raise ValueError(f"networks of one batch must have one depth, got {sorted(depths)}")
-        located = [
-            locate(chosen) if locate is not None else [self.locate(index) for index in chosen] for chosen in indices
-        ]
+        if locate is None:
+            return self._slot_rows_of(indices, device)
+        located = [locate(chosen) for chosen in indices]
         slots = []
         for slot in range(depths.pop()):
             roles = {rows[slot][0] for rows in located}
@@ -61,4 +64,24 @@ class RoleIndex:
                     "slot"
                 )
             slots.append((roles.pop(), torch.tensor([rows[slot][1] for rows in located], device=device)))
+        return slots
+
+    def _slot_rows_of(
+        self, indices: Sequence[Sequence[int]], device: torch.device | str | None
+    ) -> list[tuple[Role, torch.Tensor]]:
+        """:meth:`slot_rows` with :meth:`locate` on each index, for the whole batch at once (the candidate scores
+        of ``env.candidate_loss`` lay out thousands of networks per step)."""
+        table = np.asarray(indices, dtype=np.int64)
+        outside = (table < 0) | (table >= self.size)
+        if outside.any():
+            raise IndexError(f"pool index {int(table[outside][0])} is outside 0..{self.size - 1}")
+        roles = self._role_codes[table]
+        slots = []
+        for slot in range(table.shape[1]):
+            codes = np.unique(roles[:, slot])
+            if len(codes) != 1:
+                names = sorted(self._role_order[code].value for code in codes)
+                raise ValueError(f"slot {slot} holds layers of roles {names}; a batch needs one role per slot")
+            role = self._role_order[int(codes[0])]
+            slots.append((role, torch.as_tensor(table[:, slot] - self.offsets[role], device=device)))
         return slots
