@@ -190,6 +190,11 @@ def _reml(
         f"{trained.trained_steps} env steps of {config.policy.name}, reward {config.reward.name}, "
         f"pool {config.pool.name} ({components.pool.size} layers), depth {config.core.env.depth}, "
         f"pool update {config.core.env.pool_update}"
+        + (
+            f", candidate scores by {config.core.env.candidate_loss} support loss"
+            if config.core.env.candidate_loss != "none"
+            else ""
+        )
     )
     return (
         components,
