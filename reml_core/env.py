@@ -407,10 +407,11 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         }
 
 
-def measure(envs: Sequence[CompositionEnv], *, batched: bool = True) -> None:
+def measure(envs: Sequence[CompositionEnv], *, batched: bool = True, workers: Any = None) -> None:
     """Measure what the observations of ``envs`` (one pool, one config) show after a ``measure`` step: each
     network so far (one stacked forward pass) and, with ``env.candidate_loss``, every candidate's network
-    (stacked computations); a lone network exactly as a single environment measures it."""
+    (stacked computations, cut into shares across the vector env's ``workers`` when it has them); a lone
+    network exactly as a single environment measures it."""
     first = envs[0]
     loss_fn = first.task_sampler.loss
     networks = [(env, request) for env in envs if (request := env.measurement_request()) is not None]
@@ -423,7 +424,8 @@ def measure(envs: Sequence[CompositionEnv], *, batched: bool = True) -> None:
     if not flat:
         return
     steps = 1 if first.config.candidate_loss == "adapted" else 0
-    losses = support_losses(first.pool, flat, loss_fn, steps=steps, lr=first.config.finetune_sgd_lr, batched=batched)
+    scorer = support_losses if workers is None else workers.support_losses
+    losses = scorer(first.pool, flat, loss_fn, steps=steps, lr=first.config.finetune_sgd_lr, batched=batched)
     offset = 0
     for env, requests in asked:
         if requests:

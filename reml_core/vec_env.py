@@ -130,7 +130,7 @@ class CompositionVecEnv(DummyVecEnv):
         kinds = [env.apply(action) for env, action in zip(self.envs, self.actions)]
         measured = [self.envs[index] for index, kind in enumerate(kinds) if kind == "measure"]
         if measured:
-            measure(measured, batched=self.batched)
+            measure(measured, batched=self.batched, workers=self.workers)
         finished = [index for index, kind in enumerate(kinds) if kind == "complete"]
         results: list[Any] = [None] * self.num_envs
         if finished:

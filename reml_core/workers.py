@@ -122,10 +122,15 @@ def replay(pool: Any, writes: Sequence[tuple[Any, ...]]) -> None:
 def work(
     pool: Any, kind: str, ends: Sequence[Any], options: dict[str, Any], *, loss_fn: Any, config: Any, pool_update: Any
 ) -> Any:
-    """A worker's (or the owner's) share of a step: ``end`` (:func:`end_share`) or ``grad`` (the protocol
-    update's :meth:`~reml_core.pool_update.ProtocolPoolUpdate.gradients` over the share's ends, all kept)."""
+    """A worker's (or the owner's) share of a step: ``end`` (:func:`end_share`), ``grad`` (the protocol
+    update's :meth:`~reml_core.pool_update.ProtocolPoolUpdate.gradients` over the share's ends, all kept)
+    or ``losses`` (:func:`~reml_core.batched.support_losses` of the share's candidate networks)."""
     if kind == "grad":
         return type(pool_update).gradients(pool_update, ends, [True] * len(ends), **options)
+    if kind == "losses":  # here ``ends`` are MeasureRequests: env.candidate_loss's candidates
+        from reml_core.batched import support_losses  # noqa: PLC0415 - lazy, as end_share's import
+
+        return support_losses(pool, ends, loss_fn, **options)
     return end_share(pool, ends, options, loss_fn=loss_fn, config=config)
 
 
@@ -488,6 +493,19 @@ class EpisodeWorkers:
         else:
             replay(pool, writes)
         return outcomes
+
+    def support_losses(self, pool: Any, requests: Sequence[Any], loss_fn: Any, **options: Any) -> list[float]:
+        """:func:`reml_core.batched.support_losses` (same arguments) with the networks cut into one consecutive
+        share per worker (at least :data:`MIN_SHARE` x 16 networks each), the losses back in their order; each
+        share is stacked on its own, so a loss can differ from the unsplit call's by rounding."""
+        from reml_core.batched import support_losses  # noqa: PLC0415 - lazy: start-up time: reml_core.batched imports numpy
+
+        shares = chunks(len(requests), split_count(len(requests) // 16, self.count))
+        mine = getattr(self.work, "keywords", {})
+        if len(shares) < 2 or pool is not self.pool or mine.get("loss_fn") != loss_fn:
+            return support_losses(pool, requests, loss_fn, **options)
+        results = self.run([("losses", tuple(requests[i] for i in share), options) for share in shares])
+        return [loss for share in results for loss in share]
 
     def protocol_gradients(
         self, update: Any, ends: Sequence[Any], keep: Sequence[bool], **options: Any

@@ -115,6 +115,26 @@ def test_the_vector_env_scores_as_each_env_alone(make_components):
             assert scores.argmax() == expected.argmax()
 
 
+def test_workers_score_shares_of_the_candidates_to_the_same_numbers(make_components):
+    components = make_components(env={"depth": 5, "candidate_loss": "composed"})
+    traces = []
+    for workers in (1, 2):
+        vector = components.make_vec_env(64, workers=workers)
+        try:
+            vector.seed(3)
+            trace = [vector.reset()]
+            rng = np.random.default_rng(4)
+            for _ in range(4):
+                actions = np.array([rng.choice(np.flatnonzero(env.action_masks())) for env in vector.envs])
+                trace.append(vector.step(actions)[0])
+            if workers == 2:
+                assert vector.workers.started  # hundreds of candidates a step: the second process scored its share
+            traces.append(np.stack(trace))
+        finally:
+            vector.close()
+    np.testing.assert_allclose(traces[1], traces[0], atol=1e-4)
+
+
 def test_scores_rank_the_candidates_and_survive_non_finite_losses():
     scores = candidate_scores([0.5, 2.0, 0.1, 8.0])
     assert list(np.argsort(-scores)) == [2, 0, 1, 3]
