@@ -42,12 +42,13 @@ def _candidates(env, layers: list[int]) -> list[int]:
     return [i for i, r in enumerate(env.pool.roles) if r == role and i not in layers]
 
 
+@pytest.mark.parametrize("plugin", ["sine", "digits"])  # a dense pool and a conv pool
 @pytest.mark.parametrize("kind, steps", [("composed", 0), ("adapted", 1)])
-def test_each_slot_scores_exactly_its_candidates_by_their_own_support_loss(make_components, kind, steps):
-    components = make_components(env={"depth": 4, "candidate_loss": kind})
+def test_each_slot_scores_exactly_its_candidates_by_their_own_support_loss(make_components, plugin, kind, steps):
+    components = make_components(plugin=plugin, env={"depth": 4, "candidate_loss": kind})
     env = components.make_env()
     size = components.pool.size
-    plain = make_components(env={"depth": 4}).make_env()
+    plain = make_components(plugin=plugin, env={"depth": 4}).make_env()
     assert env.observation_space.shape[0] == plain.observation_space.shape[0] + size
     observation, _ = env.reset(seed=2)
     assert not _scores(observation, size).any()  # before the input layer there is no network to score a layer in
