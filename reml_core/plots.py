@@ -3,14 +3,15 @@ and a sweep's scores per configuration."""
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from reml_core.reports import LOSS, measure_label, table_measures
 from reml_core.reports import describe_values as describe
-from reml_core.reports import measure_label, table_measures
 from reml_core.results import METHOD_LABELS, OWN_RATE_SUFFIX, Table
 from reml_core.storage import atomic_write_with
 
@@ -59,7 +60,27 @@ def plot_few_shot(
     Rows adapted at a method's own rate (keys ending in ``OWN_RATE_SUFFIX``) are dashed, so they
     are not read as the protocol's fixed-rate lines; a row without some step count (a method that
     chose its steps) is drawn at the step counts it has, each at its own place on the axis.
+    A loss panel whose means span more than a factor :data:`LOG_SPAN` is drawn on a log scale, and
+    one whose largest mean exceeds :data:`OFF_SCALE` times its median is cut there: a mean above
+    the cut (a method that blew up) is drawn as a triangle at the top edge, labelled with its value,
+    so the other methods stay readable.
     """
+    _save(few_shot_figure(methods, title, labels, loss_name), path)
+
+
+#: A loss panel whose means span more than this factor is drawn on a log scale.
+LOG_SPAN = 10.0
+#: A loss panel's y axis ends at this many times the median of its means when a mean lies beyond.
+OFF_SCALE = 100.0
+
+
+def few_shot_figure(
+    methods: Mapping[str, Table],
+    title: str,
+    labels: Mapping[str, str] | None = None,
+    loss_name: str = "MSE",
+) -> Any:
+    """The figure :func:`plot_few_shot` saves (a matplotlib Figure)."""
     labels = {**METHOD_LABELS, **(labels or {})}
     shots = sorted({k for table in methods.values() for k in table})
     measures = table_measures(methods)
@@ -69,6 +90,7 @@ def plot_few_shot(
     for axes_row, measure in zip(axes, measures):
         for axis, k in zip(axes_row, shots):
             columns = sorted({s for table in methods.values() for s in table.get(k, {})})
+            data_lines = []  # each method's line of means (not its error bars' caps)
             place = {s: i for i, s in enumerate(columns)}
             for name, table in methods.items():
                 row = table.get(k, {})
@@ -81,6 +103,7 @@ def plot_few_shot(
                     line = axis.errorbar(
                         xs, ys, yerr=es, marker="o", capsize=4, linestyle=style, label=labels.get(name, name)
                     )
+                    data_lines.append(line.lines[0])
                     for s in steps:  # a mean over the tasks that did not diverge is marked, with the count
                         i = place[s]
                         mean = row[s].measure(measure)[0]
@@ -105,21 +128,52 @@ def plot_few_shot(
                             alpha=0.18,
                             linewidth=0,
                         )
+            if measure == LOSS:
+                _loss_scale(axis, data_lines)
             axis.set_xticks(range(len(columns)), [str(s) for s in columns])
             axis.set_title(f"K = {k}")
             axis.set_xlabel("SGD steps on the K support points")
             axis.set_ylabel(measure_label(measure, loss_name))
             axis.grid(alpha=0.3)
     handles, names = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, names, loc="lower center", ncol=max(len(names), 1), frameon=False)
+    per_row = max(1, min(len(names), LEGEND_COLUMNS))
+    figure.legend(handles, names, loc="lower center", ncol=per_row, frameon=False)
     caption = (
         "bars: 95% CI over test tasks"
         + ("; bands: ± std between seeds" if any_spread else "")
         + ("; x: mean over the tasks whose fine-tuning did not diverge" if any_diverged else "")
     )
     figure.suptitle(f"{title}\n{caption}", fontsize=10)
-    figure.tight_layout(rect=(0, 0.08 / len(measures), 1, 1))
-    _save(figure, path)
+    legend_rows = -(-len(names) // per_row)  # ceiling
+    figure.tight_layout(rect=(0, (0.15 + 0.3 * legend_rows) / figure.get_figheight(), 1, 1))
+    return figure
+
+
+#: Methods per row of a few-shot figure's legend (more would run off a two-panel figure).
+LEGEND_COLUMNS = 4
+
+
+def _loss_scale(axis: Any, data_lines: Sequence[Any]) -> None:
+    """Log scale for a loss panel whose means span more than LOG_SPAN; cut at OFF_SCALE x their median, the means
+    beyond marked at the top edge with their values (``data_lines``: each method's line of means)."""
+    points = [(x, y) for line in data_lines for x, y in zip(line.get_xdata(), line.get_ydata())]
+    values = sorted(float(y) for _, y in points if math.isfinite(y) and y > 0)
+    if not values:
+        return
+    if values[-1] / values[0] > LOG_SPAN:
+        axis.set_yscale("log", nonpositive="clip")
+    ceiling = OFF_SCALE * values[len(values) // 2]
+    if values[-1] <= ceiling:
+        return
+    shown = [y for y in values if y <= ceiling]
+    axis.set_ylim(top=ceiling, bottom=min(shown) / 2 if axis.get_yscale() == "log" else 0.0)
+    for line in data_lines:
+        for x, y in zip(line.get_xdata(), line.get_ydata()):
+            if y > ceiling:
+                axis.plot([x], [ceiling], marker="^", markersize=10, color=line.get_color(), clip_on=False)
+                axis.annotate(
+                    f"off scale: {y:.3g}", (x, ceiling), textcoords="offset points", xytext=(-70, -14), fontsize=8
+                )
 
 
 def plot_convergence(

@@ -92,3 +92,26 @@ def test_a_convergence_plot_with_nothing_finite_says_so_instead_of_warning(tmp_p
         warnings.simplefilter("error")
         plot_convergence({"reml": [None, None], "scratch": []}, path, "title")
     assert path.stat().st_size > 0
+
+
+def test_a_method_that_blew_up_is_marked_off_scale_and_the_others_stay_readable():
+    """One method's mean at 1e32 (finite: not counted as diverged) must not flatten every other line to 0."""
+    from reml_core.plots import few_shot_figure
+
+    steps = {0: 3.0, 1: 0.6, 10: 0.3}
+    tables = {
+        f"method-{i}": {5: {s: CellResult(v * (1 + i / 10), 0.05, None, 0) for s, v in steps.items()}} for i in range(6)
+    }
+    tables["blown"] = {
+        5: {0: CellResult(3.0, 0.1, None, 0), 1: CellResult(0.4, 0.1, None, 0), 10: CellResult(1e32, 1e32, None, 0)}
+    }
+    figure = few_shot_figure(tables, "title")
+    axis = figure.axes[0]
+    low, high = axis.get_ylim()
+    assert axis.get_yscale() == "log" and high <= 1000 and low < 0.3  # every ordinary mean is inside the axis
+    notes = [text.get_text() for text in axis.texts]
+    assert notes == ["off scale: 1e+32"]
+    figure.canvas.draw()
+    box, legend = figure.bbox, figure.legends[0].get_window_extent()
+    assert box.x0 <= legend.x0 and legend.x1 <= box.x1  # seven methods: the legend wraps inside the figure
+    assert all(not legend.overlaps(a.get_window_extent()) for a in figure.axes)
