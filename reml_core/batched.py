@@ -141,9 +141,6 @@ def support_losses(
     :mod:`reml_core.inner_loop`'s single-network functions (the same numbers within rounding).
     """
     results = [math.inf] * len(requests)
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, request in enumerate(requests):
-        groups.setdefault((len(request.indices), tuple(request.x.shape), tuple(request.y.shape)), []).append(i)
     if not (batched and isinstance(pool, BatchedLayerPool)):
         for i, request in enumerate(requests):
             network = pool.build(list(request.indices))
@@ -155,20 +152,57 @@ def support_losses(
                 loss = evaluate_loss(network, x, y, loss_fn)
             results[i] = loss if math.isfinite(loss) else math.inf
         return results
+    for positions, indices, x, y in stacked_requests(requests):
+        values = stacked_support_losses(pool, indices, x, y, loss_fn, steps=steps, lr=lr, max_rows=max_rows)
+        for i, value in zip(positions, values):
+            results[i] = value
+    return results
+
+
+def stacked_requests(
+    requests: Sequence[MeasureRequest],
+) -> list[tuple[list[int], list[list[int]], torch.Tensor, torch.Tensor]]:
+    """The requests grouped by network depth and data shapes, in order of first appearance: per group the
+    positions of its requests, their index lists, and their points stacked (``x`` ``[n, ...]``, ``y`` ``[n, ...]``)."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, request in enumerate(requests):
+        groups.setdefault((len(request.indices), tuple(request.x.shape), tuple(request.y.shape)), []).append(i)
+    return [
+        (
+            members,
+            [list(requests[i].indices) for i in members],
+            torch.stack([requests[i].x for i in members]),
+            torch.stack([requests[i].y for i in members]),
+        )
+        for members in groups.values()
+    ]
+
+
+def stacked_support_losses(
+    pool: LayerPool,
+    indices: Sequence[Sequence[int]],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    *,
+    steps: int = 0,
+    lr: float = 0.0,
+    max_rows: int = SUPPORT_ROWS,
+) -> list[float]:
+    """:func:`support_losses` of networks of one depth on stacked points of one shape (a batched pool's), as
+    stacked computations of at most ``max_rows`` networks in order; ``inf`` for a non-finite loss."""
     losses_fn = batched_loss(loss_fn)
-    for members in groups.values():
-        for start in range(0, len(members), max_rows):
-            part = members[start : start + max_rows]
-            stacked = pool.build_batch([list(requests[i].indices) for i in part])
-            device = module_device(stacked)
-            x = torch.stack([requests[i].x for i in part]).to(device)
-            y = torch.stack([requests[i].y for i in part]).to(device)
-            if steps:
-                finetune_sgd_batch(stacked, x, y, losses_fn, steps=steps, lr=lr)
-            with torch.no_grad():
-                values = evaluate_loss_batch(stacked, x, y, losses_fn).tolist()
-            for i, value in zip(part, values):
-                results[i] = value if math.isfinite(value) else math.inf
+    results: list[float] = []
+    batched = cast(BatchedLayerPool, pool)
+    for start in range(0, len(indices), max_rows):
+        stacked = batched.build_batch(indices[start : start + max_rows])
+        device = module_device(stacked)
+        rows_x, rows_y = x[start : start + max_rows].to(device), y[start : start + max_rows].to(device)
+        if steps:
+            finetune_sgd_batch(stacked, rows_x, rows_y, losses_fn, steps=steps, lr=lr)
+        with torch.no_grad():
+            values = evaluate_loss_batch(stacked, rows_x, rows_y, losses_fn).tolist()
+        results.extend(value if math.isfinite(value) else math.inf for value in values)
     return results
 
 

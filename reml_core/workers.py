@@ -50,6 +50,7 @@ import torch
 
 from reml_core.distributed import ray_session
 from reml_core.errors import UserError
+from reml_core.interfaces import BatchedLayerPool
 
 #: Episode ends per share at least: a step is split only when each share gets this many (and the
 #: workers start at the first such step, 2 x MIN_SHARE ends).
@@ -127,10 +128,10 @@ def work(
     or ``losses`` (:func:`~reml_core.batched.support_losses` of the share's candidate networks)."""
     if kind == "grad":
         return type(pool_update).gradients(pool_update, ends, [True] * len(ends), **options)
-    if kind == "losses":  # here ``ends`` are MeasureRequests: env.candidate_loss's candidates
-        from reml_core.batched import support_losses  # noqa: PLC0415 - lazy, as end_share's import
+    if kind == "losses":  # here ``ends`` are groups of stacked candidate networks (EpisodeWorkers.support_losses)
+        from reml_core.batched import stacked_support_losses  # noqa: PLC0415 - lazy, as end_share's import
 
-        return support_losses(pool, ends, loss_fn, **options)
+        return [stacked_support_losses(pool, i, x, y, loss_fn, **options) if len(i) else [] for i, x, y in ends]
     return end_share(pool, ends, options, loss_fn=loss_fn, config=config)
 
 
@@ -494,18 +495,41 @@ class EpisodeWorkers:
             replay(pool, writes)
         return outcomes
 
-    def support_losses(self, pool: Any, requests: Sequence[Any], loss_fn: Any, **options: Any) -> list[float]:
-        """:func:`reml_core.batched.support_losses` (same arguments) with the networks cut into one consecutive
-        share per worker (at least :data:`MIN_SHARE` x 16 networks each), the losses back in their order; each
-        share is stacked on its own, so a loss can differ from the unsplit call's by rounding."""
-        from reml_core.batched import support_losses  # noqa: PLC0415 - lazy: start-up time: reml_core.batched imports numpy
+    def support_losses(
+        self, pool: Any, requests: Sequence[Any], loss_fn: Any, *, batched: bool = True, **options: Any
+    ) -> list[float]:
+        """:func:`reml_core.batched.support_losses` (same arguments) with the networks cut into one share per worker
+        (at least :data:`MIN_SHARE` x 16 networks each): each group of stackable networks is stacked here and its
+        rows cut into consecutive shares, which travel as arrays (an index table and the stacked points), and the
+        losses come back in order. Each share is stacked on its own, so a loss can differ from the unsplit call's
+        by rounding."""
+        from reml_core.batched import stacked_requests, support_losses  # noqa: PLC0415 - lazy: start-up time
 
-        shares = chunks(len(requests), split_count(len(requests) // 16, self.count))
+        count = split_count(len(requests) // 16, self.count)
         mine = getattr(self.work, "keywords", {})
-        if len(shares) < 2 or pool is not self.pool or mine.get("loss_fn") != loss_fn:
-            return support_losses(pool, requests, loss_fn, **options)
-        results = self.run([("losses", tuple(requests[i] for i in share), options) for share in shares])
-        return [loss for share in results for loss in share]
+        if (
+            count < 2
+            or not batched
+            or not isinstance(pool, BatchedLayerPool)
+            or pool is not self.pool
+            or mine.get("loss_fn") != loss_fn
+        ):
+            return support_losses(pool, requests, loss_fn, batched=batched, **options)
+        groups = stacked_requests(requests)
+        shares = []
+        for share in range(count):
+            parts = []
+            for _, indices, x, y in groups:
+                rows = slice(round(share * len(indices) / count), round((share + 1) * len(indices) / count))
+                parts.append((indices[rows], x[rows], y[rows]))
+            shares.append(("losses", tuple(parts), options))
+        results = self.run(shares)
+        losses = [math.inf] * len(requests)
+        for number, (positions, *_) in enumerate(groups):
+            values = [value for share in results for value in share[number]]
+            for i, value in zip(positions, values):
+                losses[i] = value
+        return losses
 
     def protocol_gradients(
         self, update: Any, ends: Sequence[Any], keep: Sequence[bool], **options: Any
