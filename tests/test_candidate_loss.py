@@ -42,6 +42,7 @@ def _candidates(env, layers: list[int]) -> list[int]:
     return [i for i, r in enumerate(env.pool.roles) if r == role and i not in layers]
 
 
+@pytest.mark.numerics  # compared within rounding: also run under other CPU dispatches
 @pytest.mark.parametrize("plugin", ["sine", "digits"])  # a dense pool and a conv pool
 @pytest.mark.parametrize("kind, steps", [("composed", 0), ("adapted", 1)])
 def test_each_slot_scores_exactly_its_candidates_by_their_own_support_loss(make_components, plugin, kind, steps):
@@ -95,6 +96,7 @@ def test_scores_read_the_support_set_only_and_never_change_the_pool(make_compone
     assert all(torch.equal(before[k], v) for k, v in _pool_state(env.pool).items())
 
 
+@pytest.mark.numerics  # compared within rounding: also run under other CPU dispatches
 def test_the_vector_env_scores_as_each_env_alone(make_components):
     components = make_components(env={"depth": 4, "candidate_loss": "adapted"})
     vector = components.make_vec_env(4)
@@ -116,6 +118,7 @@ def test_the_vector_env_scores_as_each_env_alone(make_components):
             assert scores.argmax() == expected.argmax()
 
 
+@pytest.mark.numerics  # compared within rounding: also run under other CPU dispatches
 def test_workers_score_shares_of_the_candidates_to_the_same_numbers(make_components):
     components = make_components(env={"depth": 5, "candidate_loss": "composed"})
     traces = []
