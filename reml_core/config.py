@@ -667,4 +667,7 @@ def load_resolved(path: Path, registry: PluginRegistry) -> RunConfig:
         train["workers"] = 1  # recorded before train.workers existed: the run was made in one process
     if isinstance(train, dict) and "overlap_update" not in train:
         train["overlap_update"] = False  # recorded before train.overlap_update existed: each update was waited for
+    env = data.get("env") if isinstance(data, dict) else None
+    if isinstance(env, dict) and "candidate_loss" not in env:
+        env["candidate_loss"] = "none"  # recorded before env.candidate_loss existed: the policy saw no scores
     return resolve_config(registry, data)

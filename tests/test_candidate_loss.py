@@ -175,3 +175,21 @@ def test_a_policy_trains_and_evaluates_with_the_scores(tmp_path):
 def test_an_unknown_kind_is_refused_by_name(sine_registry):
     with pytest.raises(ConfigError, match="candidate_loss"):
         resolve_config(sine_registry, {"plugin": "sine", "env": {"candidate_loss": "query"}})
+
+
+def test_a_run_recorded_before_the_scores_existed_loads_without_them(sine_registry, tmp_path):
+    """sine's default preset scores candidates now; a config.json written before env.candidate_loss existed
+    records a policy that never saw the scores, and must resolve (for --resume, --from, reml-adapt) as made."""
+    import json
+
+    from reml_core.config import load_resolved
+
+    config = resolve_config(sine_registry, {"plugin": "sine", "preset": "default"})
+    assert config.core.env.candidate_loss == "composed"
+    recorded = config.to_dict()
+    assert recorded["env"]["candidate_loss"] == "composed"
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    assert load_resolved(tmp_path / "config.json", sine_registry).core.env.candidate_loss == "composed"
+    del recorded["env"]["candidate_loss"]
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    assert load_resolved(tmp_path / "config.json", sine_registry).core.env.candidate_loss == "none"
