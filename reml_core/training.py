@@ -185,9 +185,11 @@ class MetaTrainer:
         remaining = total - self.policy.num_timesteps
         if remaining > 0:
             workers = getattr(self.env, "workers", None)
-            where = ""
+            scores = self.config.core.env.candidate_loss
+            where = f", candidate layers scored by their {scores} support loss" if scores != "none" else ""
             if workers is not None and workers.count > 1:
-                where = f"; episode ends in {workers.count} processes"
+                shared = "episode ends and candidate scores" if scores != "none" else "episode ends"
+                where += f"; {shared} in {workers.count} processes"
             if self.overlapped:
                 where += "; the policy's update in its own process, beside the next rollout"
             log(
