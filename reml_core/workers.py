@@ -125,7 +125,8 @@ def work(
 ) -> Any:
     """A worker's (or the owner's) share of a step: ``end`` (:func:`end_share`), ``grad`` (the protocol
     update's :meth:`~reml_core.pool_update.ProtocolPoolUpdate.gradients` over the share's ends, all kept)
-    or ``losses`` (:func:`~reml_core.batched.support_losses` of the share's candidate networks)."""
+    or ``losses`` (:func:`~reml_core.batched.stacked_support_losses` of each group of the share's candidate
+    networks: their index lists and stacked points)."""
     if kind == "grad":
         return type(pool_update).gradients(pool_update, ends, [True] * len(ends), **options)
     if kind == "losses":  # here ``ends`` are groups of stacked candidate networks (EpisodeWorkers.support_losses)
@@ -500,9 +501,9 @@ class EpisodeWorkers:
     ) -> list[float]:
         """:func:`reml_core.batched.support_losses` (same arguments) with the networks cut into one share per worker
         (at least :data:`MIN_SHARE` x 16 networks each): each group of stackable networks is stacked here and its
-        rows cut into consecutive shares, which travel as arrays (an index table and the stacked points), and the
-        losses come back in order. Each share is stacked on its own, so a loss can differ from the unsplit call's
-        by rounding."""
+        rows cut into consecutive shares, which travel as index lists and stacked points (not as request objects),
+        and the losses come back in order. Each share is stacked on its own, so a loss can differ from the unsplit
+        call's by rounding."""
         from reml_core.batched import stacked_requests, support_losses  # noqa: PLC0415 - lazy: start-up time
 
         count = split_count(len(requests) // 16, self.count)
