@@ -85,20 +85,16 @@ def measure_networks(
     has the BatchedLayerPool capability; a lone one exactly as a single environment measures it.
     """
     results: list[tuple[float, float] | None] = [None] * len(requests)
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, request in enumerate(requests):
-        groups.setdefault((len(request.indices), tuple(request.x.shape), tuple(request.y.shape)), []).append(i)
     use_batches = batched and isinstance(pool, BatchedLayerPool)
     with torch.no_grad():
-        for members in groups.values():
+        for members, indices, x, y in stacked_requests(requests):
             if len(members) == 1 or not use_batches:
                 for i in members:
                     request = requests[i]
                     network = pool.build(list(request.indices))
                     device = module_device(network)
-                    y = request.y.to(device)
                     prediction = network(request.x.to(device))
-                    loss = float(loss_fn(prediction, y))
+                    loss = float(loss_fn(prediction, request.y.to(device)))
                     scale = (
                         float(prediction.std(unbiased=False))
                         if prediction.numel() > 1
@@ -106,12 +102,10 @@ def measure_networks(
                     )
                     results[i] = (loss, scale)
                 continue
-            network = pool.build_batch([list(requests[i].indices) for i in members])  # type: ignore[attr-defined]
+            network = pool.build_batch(indices)  # type: ignore[attr-defined]
             device = module_device(network)
-            prediction = network(torch.stack([requests[i].x for i in members]).to(device))
-            losses = batched_loss(loss_fn)(
-                prediction, torch.stack([requests[i].y for i in members]).to(device)
-            ).tolist()
+            prediction = network(x.to(device))
+            losses = batched_loss(loss_fn)(prediction, y.to(device)).tolist()
             flat = prediction.flatten(1)
             scales = (flat.std(dim=1, correction=0) if flat.shape[1] > 1 else flat.abs().mean(1)).tolist()
             for row, i in enumerate(members):
