@@ -12,7 +12,7 @@ Two rules, chosen by ``env.pool_update``:
   MAML's; ``env.meta_order = "first"`` drops the second-order terms) flows back to the pool layers
   the network was built from. Networks that share a layer add their gradients; the pool then takes
   one Adam step (``env.pool_adam_lr``, annealed by ``env.write_back_schedule``) on the mean over
-  the networks of that step. The optimiser's
+  the networks of that step (or one step per ``env.pool_batch`` of them, in order). The optimiser's
   state is saved with every checkpoint (``pool_update.safetensors``), so a resume continues exactly.
 
 The meta-gradient needs the :class:`~reml_core.interfaces.MetaGradientLayerPool` capability: the
@@ -64,15 +64,17 @@ class ProtocolPoolUpdate:
         self.follows_choices = config.pool_follows_choices
         self.parameters = list(pool.parameters())
         self.lr_base = config.pool_adam_lr
+        self.batch = config.pool_batch
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.pool_adam_lr)
         self.updates = 0
 
     def describe(self) -> str:
         order = "second-order" if self.second_order else "first-order"
         steps = "/".join(str(s) for s in self.steps)
+        per = f", one step per {self.batch} networks" if self.batch else ""
         return (
             f"protocol-aligned: {order} meta-gradient of the query loss after {steps} SGD steps (lr {self.lr:g}) "
-            f"on the support set, Adam on the pool (lr {self.lr_base:g})"
+            f"on the support set, Adam on the pool (lr {self.lr_base:g}{per})"
         )
 
     # -- the update --------------------------------------------------------------------------
@@ -87,7 +89,8 @@ class ProtocolPoolUpdate:
         appliers: Any = None,
     ) -> list[float]:
         """One Adam step of the pool on the mean meta-loss of the kept ``ends``
-        (:class:`~reml_core.batched.EpisodeEnd`).
+        (:class:`~reml_core.batched.EpisodeEnd`), or with ``env.pool_batch`` = B one step per
+        consecutive B kept ends, in order, each taken on the pool the previous one left.
 
         The step's learning rate is ``env.pool_adam_lr * lr_scale`` (the environment anneals it with
         ``env.write_back_schedule``, as it anneals the thesis rule's write-back rate).
@@ -100,16 +103,27 @@ class ProtocolPoolUpdate:
         ``env.finetune_sgd_lr`` and ``env.meta_steps`` for its network; ``appliers`` apply a plugin's
         chosen values to the network (such networks take the one-at-a-time path).
         """
-        losses, gradients = self.gradients(ends, keep, batched=batched, appliers=appliers)
-        if gradients is not None:
-            for parameter, gradient in zip(self.parameters, gradients):
-                parameter.grad = gradient
-            self.optimizer.param_groups[0]["lr"] = self.lr_base * lr_scale
-            self.optimizer.step()
-            self.updates += 1
-            for parameter in self.parameters:
-                parameter.grad = None
+        chosen = [i for i, flag in enumerate(keep) if flag]
+        size = self.batch or max(len(chosen), 1)
+        losses = [math.nan] * len(ends)
+        for start in range(0, len(chosen), size):
+            batch = set(chosen[start : start + size])
+            mask = [i in batch for i in range(len(ends))]
+            part, gradients = self.gradients(ends, mask, batched=batched, appliers=appliers)
+            for i in batch:
+                losses[i] = part[i]
+            if gradients is not None:
+                self._step(gradients, lr_scale)
         return losses
+
+    def _step(self, gradients: Sequence[torch.Tensor], lr_scale: float) -> None:
+        for parameter, gradient in zip(self.parameters, gradients):
+            parameter.grad = gradient
+        self.optimizer.param_groups[0]["lr"] = self.lr_base * lr_scale
+        self.optimizer.step()
+        self.updates += 1
+        for parameter in self.parameters:
+            parameter.grad = None
 
     def gradients(
         self, ends: Sequence[Any], keep: Sequence[bool], *, batched: bool = True, appliers: Any = None

@@ -245,6 +245,14 @@ class EnvConfig(StrictModel):
             "Adam learning rate of the pool under env.pool_update = 'protocol' (annealed by env.write_back_schedule)"
         ),
     )
+    pool_batch: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="under env.pool_update = 'protocol', how many finished networks make one Adam step of the pool: "
+        "an environment step's finished networks are cut, in environment order, into consecutive batches of at most "
+        "this many, each its own step on the pool the previous one left; 0 (the default): one step on all of them",
+    )
     meta_steps: list[int] = Field(
         [],
         description="SGD adaptation steps whose query losses the protocol update averages (each >= 0); unless set, "

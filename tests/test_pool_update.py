@@ -152,6 +152,27 @@ def test_batched_equals_one_network_at_a_time_after_several_updates():
     assert not torch.equal(pools[0].weights[Role.HIDDEN], _pool().weights[Role.HIDDEN])
 
 
+def test_pool_batch_takes_one_adam_step_per_batch_in_order_on_the_pool_the_last_one_left():
+    pools = [_pool(), _pool(), _pool()]
+    ends = _ends(pools[0], 7, seed=40)
+    keep = [True, False, True, True, True, True, True]  # the second end faulted: batches are of kept ends
+    batched = ProtocolPoolUpdate(pools[0], _config(meta_steps=[1], pool_batch=3), _mse)
+    losses = batched.apply(ends, keep)
+    assert batched.updates == 2 and math.isnan(losses[1]) and sum(math.isfinite(v) for v in losses) == 6
+    # the same as applying the kept ends 3 at a time by hand, one Adam step each
+    by_hand = ProtocolPoolUpdate(pools[1], _config(meta_steps=[1]), _mse)
+    kept = [end for end, flag in zip(ends, keep) if flag]
+    by_hand.apply(kept[:3], [True] * 3)
+    by_hand.apply(kept[3:], [True] * 3)
+    _close(pools[0].parameters(), pools[1].parameters())
+    # and not the same as one step on all six (the default, 0)
+    whole = ProtocolPoolUpdate(pools[2], _config(meta_steps=[1]), _mse)
+    whole.apply(ends, keep)
+    assert whole.updates == 1
+    assert not torch.allclose(pools[0].weights[Role.HIDDEN], pools[2].weights[Role.HIDDEN])
+    assert "one step per 3 networks" in batched.describe()
+
+
 def test_checkpoint_and_resume_continue_exactly():
     pool = _pool()
     update = ProtocolPoolUpdate(pool, _config(meta_steps=[1]), _mse)
