@@ -73,7 +73,10 @@ def _vector_run(pool_update: str, workers: int, steps: int = 12, n_envs: int = 4
         {
             "plugin": "sine",
             "preset": "smoke",
-            "env": {"pool_update": pool_update},
+            # "protocol-batch": the protocol rule with one pool step per 12 networks (each batch split across workers)
+            "env": {"pool_update": "protocol", "pool_batch": 12}
+            if pool_update == "protocol-batch"
+            else {"pool_update": pool_update},
             "train": {"progress": False},
         },
     )
@@ -115,7 +118,7 @@ def _steps(env, steps: int, ray: bool = False):
     return np.array(rewards), started, pids
 
 
-@pytest.mark.parametrize("pool_update", ["thesis", "protocol"])
+@pytest.mark.parametrize("pool_update", ["thesis", "protocol", "protocol-batch"])
 def test_two_workers_repeat_exactly_and_agree_with_one_within_rounding(pool_update):
     one, pool_one, started_one = _vector_run(pool_update, 1)
     two, pool_two, started_two = _vector_run(pool_update, 2)
