@@ -670,4 +670,7 @@ def load_resolved(path: Path, registry: PluginRegistry) -> RunConfig:
     env = data.get("env") if isinstance(data, dict) else None
     if isinstance(env, dict) and "candidate_loss" not in env:
         env["candidate_loss"] = "none"  # recorded before env.candidate_loss existed: the policy saw no scores
+    evaluation = data.get("eval") if isinstance(data, dict) else None
+    if isinstance(evaluation, dict) and "reml_rollouts" not in evaluation:
+        evaluation["reml_rollouts"] = 1  # recorded before eval.reml_rollouts existed: one deterministic rollout
     return resolve_config(registry, data)

@@ -366,6 +366,21 @@ class PolicyBackend(Protocol):
 
 
 @runtime_checkable
+class SamplesActions(Protocol):
+    """Optional for a policy backend: what it would choose, as probabilities, so a rollout can also be sampled
+    (``eval.reml_rollouts`` > 1 draws compositions from the policy and keeps the best by support loss).
+
+    ``action_probabilities`` returns one probability per action (zero for the invalid ones when
+    ``action_mask`` is given, summing to 1) and the next recurrent state, as :meth:`PolicyBackend.act`
+    threads it.
+    """
+
+    def action_probabilities(
+        self, observation: np.ndarray, state: Any, episode_start: bool, action_mask: np.ndarray | None
+    ) -> tuple[np.ndarray, Any]: ...
+
+
+@runtime_checkable
 class Baseline(Protocol):
     """A method REML is compared with: meta-train once, then hand out a starting network per task."""
 

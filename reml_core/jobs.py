@@ -40,6 +40,7 @@ from reml_core.evaluation import FewShotTable
 from reml_core.experiment import Components, build_components, build_one, loss_name
 from reml_core.interfaces import Describable
 from reml_core.logs import configure, log
+from reml_core.methods import ReMLMethod
 from reml_core.pipeline import (
     evaluate_methods,
     evaluate_references,
@@ -171,6 +172,7 @@ def run_job(job: BenchJob, workdir: Path, *, echo: bool = True) -> JobResult:
 def _reml(
     job: BenchJob, config: RunConfig, registry: PluginRegistry, workdir: Path
 ) -> tuple[Components, Any, dict[str, Any]]:
+    evaluation = config  # how its test tasks' networks are chosen (eval.reml_rollouts) is the benchmark's setting
     if job.source is not None:
         source = Path(job.source)
         log(f"loading REML ({job.encoder} encoder, seed {job.seed}) from {source}")
@@ -186,6 +188,7 @@ def _reml(
         trained = train_reml(config, components, workdir, resume=job.resume, trust_checkpoint=job.trust_checkpoint)
         origin = f"trained in {job.folder}"
     seconds = sum(trained.trainer.state.seconds.values())
+    method = ReMLMethod.for_run(trained.trainer.policy, trained.trainer.eval_env, evaluation)
     budget = (
         f"{trained.trained_steps} env steps of {config.policy.name}, reward {config.reward.name}, "
         f"pool {config.pool.name} ({components.pool.size} layers), depth {config.core.env.depth}, "
@@ -195,10 +198,11 @@ def _reml(
             if config.core.env.candidate_loss != "none"
             else ""
         )
+        + (f"; each test task's network the {method.describe()}" if method.rollouts > 1 else "")
     )
     return (
         components,
-        trained.method(),
+        method,
         {
             "training_seconds": seconds,
             "budget": budget,

@@ -594,7 +594,8 @@ def _locate(folder: Path, document: ResultsDocument, seed: int | None) -> tuple[
 def _reml_provider(
     config: RunConfig, components: Components, out: Path, trust_checkpoint: bool
 ) -> Callable[[Task, int], nn.Module]:
-    """REML's deterministic rollout over the trained pool, from the checkpoint chosen on validation tasks."""
+    """REML's rollout (or best of ``eval.reml_rollouts``) over the trained pool, from the checkpoint chosen on
+    validation tasks."""
     from reml_core.methods import ReMLMethod  # noqa: PLC0415 - lazy: start-up time: reml_core.methods imports gymnasium
     from reml_core.pipeline import check_data, unfinished_training  # noqa: PLC0415 - lazy: start-up time: reml_core.pipeline imports gymnasium
     from reml_core.training import load_components, read_trainer_state  # noqa: PLC0415 - lazy: start-up time: reml_core.training imports gymnasium
@@ -624,7 +625,7 @@ def _reml_provider(
     env = components.make_env(mode="evaluate")
     policy = config.policy.spec.factory(config.policy.config, components.context.with_env(env, log_dir=None))
     policy.load(chosen, trust_pickle=trust_checkpoint)
-    return ReMLMethod(policy, env).network_for
+    return ReMLMethod.for_run(policy, env, config).network_for
 
 
 def _baseline_provider(

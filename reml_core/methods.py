@@ -3,9 +3,10 @@ and its pool without the policy (a search by support loss), the rival that tells
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from torch import nn
@@ -13,7 +14,7 @@ from torch import nn
 from reml_core.batched import MeasureRequest, support_losses
 from reml_core.choices import ADAPTATION, ChoiceRecord, summarise
 from reml_core.env import CompositionEnv
-from reml_core.interfaces import LayerPool, LossFn, OwnAdaptation, PolicyBackend, Role, Task
+from reml_core.interfaces import LayerPool, LossFn, OwnAdaptation, PolicyBackend, Role, SamplesActions, Task
 
 
 class ReMLMethod:
@@ -30,26 +31,68 @@ class ReMLMethod:
     ``adapted_network_for`` (the :class:`~reml_core.interfaces.AdaptsItsOwnWay` capability).
     """
 
-    def __new__(cls, policy: PolicyBackend, env: CompositionEnv) -> ReMLMethod:
+    def __new__(cls, policy: PolicyBackend, env: CompositionEnv, **options: Any) -> ReMLMethod:
         if cls is ReMLMethod and any(step.name in ADAPTATION for step in getattr(env, "choice_steps", ())):
             cls = ChoosingReMLMethod
         return super().__new__(cls)
 
-    def __init__(self, policy: PolicyBackend, env: CompositionEnv) -> None:
+    def __init__(
+        self,
+        policy: PolicyBackend,
+        env: CompositionEnv,
+        *,
+        rollouts: int = 1,
+        lr: float | None = None,
+        seed: int = 0,
+        loss_fn: LossFn | None = None,
+    ) -> None:
+        """``rollouts`` > 1 (``eval.reml_rollouts``): per task, the most probable composition and ``rollouts - 1``
+        sampled from the policy (a generator seeded by ``seed``, the task and K), the one whose support loss after
+        one SGD step at ``lr`` (default ``env.finetune_sgd_lr``) is lowest handed out; ``loss_fn`` defaults to the
+        task family's loss."""
         if env.mode != "evaluate":
             raise ValueError("REML rollouts need an evaluate-mode environment")
+        if rollouts < 1:
+            raise ValueError("REML needs at least one rollout per task")
+        if rollouts > 1 and not isinstance(policy, SamplesActions):
+            raise ValueError(
+                f"{type(policy).__name__} cannot sample a rollout (no action_probabilities): use eval.reml_rollouts = 1"
+            )
+        if rollouts > 1 and env.choice_steps:
+            raise ValueError("best-of-N rollouts compare compositions only: not with env.choose")
         self.policy = policy
         self.env = env
         self.pool: LayerPool = env.pool
         self.choices_made: dict[tuple[str, int], ChoiceRecord] = {}
+        self.rollouts = rollouts
+        self.lr = float(env.config.finetune_sgd_lr if lr is None else lr)
+        self.seed = seed
+        self.loss_fn: LossFn = loss_fn if loss_fn is not None else env.task_sampler.loss
 
-    def rollout(self, task: Task, shots: int) -> tuple[list[int], dict[str, Any]]:
+    @classmethod
+    def for_run(cls, policy: PolicyBackend, env: CompositionEnv, config: Any) -> ReMLMethod:
+        """The method a run's config (:class:`reml_core.config.RunConfig`) asks for: ``eval.reml_rollouts``
+        rollouts per task, compared after one SGD step at ``eval.sgd_lr``, seeded by the run's seed."""
+        evaluation = config.core.eval
+        return cls(policy, env, rollouts=evaluation.reml_rollouts, lr=evaluation.sgd_lr, seed=config.seed)
+
+    def rollout(
+        self, task: Task, shots: int, generator: np.random.Generator | None = None
+    ) -> tuple[list[int], dict[str, Any]]:
         """The pool indices (network order) and the hyperparameter values the policy chooses for ``task``
-        given its K support points (no values without ``env.choose``)."""
+        given its K support points (no values without ``env.choose``): its most probable action at every
+        step, or, given a ``generator``, an action drawn from its probabilities (:class:`SamplesActions`)."""
         observation, _ = self.env.reset(options={"task": task, "shots": shots})
         state, start = None, True
         for _ in range(getattr(self.env, "episode_steps", self.env.depth)):
-            action, state = self.policy.act(observation, state, start, self.env.action_masks())
+            mask = self.env.action_masks()
+            if generator is None:
+                action, state = self.policy.act(observation, state, start, mask)
+            else:
+                probabilities, state = cast("SamplesActions", self.policy).action_probabilities(
+                    observation, state, start, mask
+                )
+                action = int(generator.choice(len(probabilities), p=probabilities))
             start = False
             observation, _, terminated, truncated, info = self.env.step(action)
             if terminated:
@@ -67,13 +110,46 @@ class ReMLMethod:
         raise RuntimeError(f"the masked rollout for task {task.task_id} did not finish a network")
 
     def indices_for(self, task: Task, shots: int) -> list[int]:
-        """The pool indices (network order) the policy chooses for ``task`` given its K support points."""
-        return self.rollout(task, shots)[0]
+        """The pool indices (network order) the policy chooses for ``task`` given its K support points (the best
+        of ``rollouts`` compositions by support loss after one SGD step, when more than one)."""
+        if self.rollouts == 1:
+            return self.rollout(task, shots)[0]
+        return self.compositions(task, shots)[self.best_of(task, shots)[0]]
+
+    def compositions(self, task: Task, shots: int) -> list[list[int]]:
+        """The ``rollouts`` compositions tried for ``task``: the most probable first, then the sampled ones."""
+        compositions = [self.rollout(task, shots)[0]]
+        generator = np.random.default_rng([self.seed, zlib.crc32(task.task_id.encode("utf-8")), shots])
+        compositions += [self.rollout(task, shots, generator)[0] for _ in range(self.rollouts - 1)]
+        return compositions
+
+    def best_of(
+        self, task: Task, shots: int, compositions: Sequence[Sequence[int]] | None = None
+    ) -> tuple[int, list[float]]:
+        """Which of ``compositions`` (default :meth:`compositions`) has the lowest support loss after one SGD
+        step (the first such on a tie; a diverged one never wins), and every one's loss."""
+        compositions = self.compositions(task, shots) if compositions is None else compositions
+        x, y = task.support(shots)
+        requests = [MeasureRequest(tuple(c), x, y) for c in compositions]
+        losses = support_losses(self.pool, requests, self.loss_fn, steps=1, lr=self.lr)
+        ranked = [loss if math.isfinite(loss) else math.inf for loss in losses]
+        return int(np.argmin(ranked)), losses
 
     def network_for(self, task: Task, shots: int) -> nn.Module:
         """The composed network (a copy of pool layers), with any plugin-declared chosen values applied."""
+        if self.rollouts > 1:
+            return self.pool.build(self.indices_for(task, shots))
         indices, values = self.rollout(task, shots)
         return self.env.build_network(indices, values) if values else self.pool.build(indices)
+
+    def describe(self) -> str:
+        """How a task's network is chosen, for a report's budget line."""
+        if self.rollouts == 1:
+            return "the policy's most probable composition"
+        return (
+            f"best of {self.rollouts} policy rollouts (the most probable and {self.rollouts - 1} sampled) by support "
+            f"loss after one SGD step (lr {self.lr:g})"
+        )
 
     def choices_summary(self, descriptor_names: Any = ()) -> dict[str, Any] | None:
         """What the policy chose on the tasks rolled out so far (for results.json), or None without choices."""

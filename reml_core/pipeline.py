@@ -176,7 +176,7 @@ class TrainedReML:
     selected: dict[str, Any]
 
     def method(self) -> ReMLMethod:
-        return ReMLMethod(self.trainer.policy, self.trainer.eval_env)
+        return ReMLMethod.for_run(self.trainer.policy, self.trainer.eval_env, self.trainer.config)
 
     def training_record(self) -> TrainingRecord:
         policy = self.trainer.policy

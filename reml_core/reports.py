@@ -275,9 +275,8 @@ def render_run_report(results: ResultsDocument) -> str:
         "",
         f"Each method hands out a starting network per test task; it is fine-tuned with plain SGD "
         f"(lr {evaluation['sgd_lr']}) on the same K support points, and the error is measured on "
-        f"the task's separate query points. REML's network comes from "
-        f"a deterministic rollout of the policy over the trained pool (checkpoint "
-        f"`{selected.name if selected else 'none recorded'}`, chosen on validation tasks).",
+        f"the task's separate query points. REML's network comes from {_rollouts_words(evaluation)} over the "
+        f"trained pool (checkpoint `{selected.name if selected else 'none recorded'}`, chosen on validation tasks).",
         "",
         document_tables(results),
         *reference_lines(results),
@@ -419,6 +418,17 @@ def render_bench_report(results: ResultsDocument) -> str:
         lines += ["", f"Total wall time of this invocation: {total:.0f} s."]
     lines += ["", *_versions_lines(results.versions)]
     return "\n".join(lines)
+
+
+def _rollouts_words(evaluation: Mapping[str, Any]) -> str:
+    """How a run's REML chose each test task's network (``eval.reml_rollouts``; 1 in configs recorded before it)."""
+    rollouts = int(evaluation.get("reml_rollouts", 1))
+    if rollouts == 1:
+        return "a deterministic rollout of the policy"
+    return (
+        f"the best of {rollouts} rollouts of the policy (its most probable composition and {rollouts - 1} sampled "
+        f"ones), by support loss after one SGD step at lr {evaluation['sgd_lr']}"
+    )
 
 
 def describe_values(values: Mapping[str, Any]) -> str:

@@ -385,6 +385,16 @@ class EvalConfig(StrictModel):
         "compositions by support loss after one SGD step (the 'REML pool + search' row; 0: off)",
     )
 
+    reml_rollouts: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="REML's rollouts per test task: 1, the policy's most probable composition; N > 1 adds N - 1 "
+        "compositions sampled from the policy (seeded by the run's seed, the task and K) and hands out the one whose "
+        "support loss after one SGD step at eval.sgd_lr is lowest (only the support set decides; N times the "
+        "rollout's test-time cost)",
+    )
+
     @field_validator("shots", "steps")
     @classmethod
     def _non_negative(cls, value: list[int], info: Any) -> list[int]:
@@ -404,6 +414,16 @@ class ExperimentConfig(StrictModel):
     env: EnvConfig = Field(default_factory=EnvConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _rollouts_compare_compositions_only(self) -> ExperimentConfig:
+        if self.eval.reml_rollouts > 1 and self.env.choose:
+            raise ValueError(
+                "eval.reml_rollouts > 1 compares compositions by their support loss, and cannot weigh the "
+                f"hyperparameters env.choose lets the policy pick ({', '.join(sorted(self.env.choose))}): "
+                "set eval.reml_rollouts = 1 or leave env.choose empty"
+            )
+        return self
 
     @model_validator(mode="after")
     def _finetuning_follows_the_protocol(self) -> ExperimentConfig:

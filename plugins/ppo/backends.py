@@ -271,6 +271,32 @@ class SB3PolicyBackend:
         self, observation: np.ndarray, state: Any, episode_start: bool, action_mask: np.ndarray | None
     ) -> tuple[int, Any]:
         """The most probable action (among the valid ones when a mask is given); threads LSTM state."""
+        probabilities, state = self._probabilities(observation, state, episode_start)
+        self.decisions += 1
+        preferred = int(np.argmax(probabilities))
+        if action_mask is not None:
+            if not action_mask[preferred]:
+                self.invalid_argmax += 1
+            probabilities[~action_mask] = -1.0
+        return int(np.argmax(probabilities)), state
+
+    @torch.no_grad()
+    def action_probabilities(
+        self, observation: np.ndarray, state: Any, episode_start: bool, action_mask: np.ndarray | None
+    ) -> tuple[np.ndarray, Any]:
+        """The policy's probability of each action, renormalised over the valid ones when a mask is given
+        (:class:`reml_core.interfaces.SamplesActions`); threads LSTM state as :meth:`act` does."""
+        probabilities, state = self._probabilities(observation, state, episode_start)
+        probabilities = probabilities.astype(np.float64)
+        if action_mask is not None:
+            probabilities[~np.asarray(action_mask, dtype=bool)] = 0.0
+        total = probabilities.sum()
+        if not total > 0:  # every valid action at probability 0 (or not finite): uniform over the valid ones
+            probabilities = np.ones_like(probabilities) if action_mask is None else np.asarray(action_mask, float)
+            total = probabilities.sum()
+        return probabilities / total, state
+
+    def _probabilities(self, observation: np.ndarray, state: Any, episode_start: bool) -> tuple[np.ndarray, Any]:
         self._settled()
         policy: Any = self.model.policy  # ActorCriticPolicy or its recurrent kind (an LSTM state in and out)
         policy.set_training_mode(False)
@@ -282,14 +308,7 @@ class SB3PolicyBackend:
             distribution, state = policy.get_distribution(obs, state, starts)
         else:
             distribution = policy.get_distribution(obs)
-        probabilities = distribution.distribution.probs[0].numpy().copy()
-        self.decisions += 1
-        preferred = int(np.argmax(probabilities))
-        if action_mask is not None:
-            if not action_mask[preferred]:
-                self.invalid_argmax += 1
-            probabilities[~action_mask] = -1.0
-        return int(np.argmax(probabilities)), state
+        return distribution.distribution.probs[0].numpy().copy(), state
 
     def stats(self) -> dict[str, float]:
         """How often, at evaluation, the unmasked most probable action of :meth:`act` would have been invalid."""

@@ -1,0 +1,169 @@
+"""``eval.reml_rollouts``: REML's network for a test task as the best of N policy rollouts.
+
+N = 1 is the policy's most probable composition, as always. N > 1 adds N - 1 compositions sampled
+from the policy's masked probabilities, with a generator seeded by (seed, task, K), and hands out
+the one whose support loss after one SGD step is lowest: only the support set decides, the pool is
+never changed, the same seed gives the same networks, and a recorded run made before the setting
+existed is evaluated as it was (one rollout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from reml_core.batched import MeasureRequest, support_losses
+from reml_core.config import load_resolved, resolve_config
+from reml_core.errors import ConfigError
+from reml_core.experiment import build_components
+from reml_core.methods import ReMLMethod
+
+
+def _method(installed_registry, tmp_path, *, policy: str = "ppo-mlp", rollouts: int = 8, seed: int = 0, **user):
+    config = resolve_config(
+        installed_registry,
+        {
+            "plugin": "sine",
+            "preset": "smoke",
+            "policy": policy,
+            "seed": seed,
+            "eval": {"reml_rollouts": rollouts},
+            **user,
+        },
+    )
+    components = build_components(config)
+    env = components.make_env()
+    context = components.context.with_env(env, log_dir=tmp_path / f"logs-{policy}-{seed}")
+    backend = config.policy.spec.factory(config.policy.config, context)
+    return ReMLMethod.for_run(backend, components.make_env(mode="evaluate"), config), components, config
+
+
+@pytest.mark.parametrize("policy", ["ppo-mlp", "ppo-lstm"])
+def test_the_network_is_the_lowest_one_step_support_loss_among_the_policys_compositions(
+    installed_registry, tmp_path, policy
+):
+    method, components, config = _method(installed_registry, tmp_path, policy=policy)
+    single, _, _ = _method(installed_registry, tmp_path, policy=policy, rollouts=1)
+    before = {key: value.clone() for key, value in components.pool.state_dict().items()}
+    improved = 0
+    for task in components.task_sampler.test_tasks(6):
+        compositions = method.compositions(task, 5)
+        assert len(compositions) == 8
+        assert compositions[0] == single.indices_for(task, 5)  # the most probable one is always a candidate
+        for indices in compositions:
+            roles = [components.pool.roles[i].value for i in indices]
+            assert roles == ["input"] + ["hidden"] * (len(indices) - 2) + ["output"]
+            assert len(set(indices)) == len(indices)
+        x, y = task.support(5)
+        losses = support_losses(
+            components.pool,
+            [MeasureRequest(tuple(c), x, y) for c in compositions],
+            components.task_sampler.loss,
+            steps=1,
+            lr=config.core.eval.sgd_lr,
+        )
+        chosen = method.indices_for(task, 5)
+        assert chosen == compositions[int(np.argmin(losses))]
+        assert losses[compositions.index(chosen)] <= losses[0]
+        improved += chosen != compositions[0]
+        network = method.network_for(task, 5)
+        rebuilt = components.pool.build(chosen)
+        for a, b in zip(network.parameters(), rebuilt.parameters(), strict=True):
+            assert torch.equal(a, b)
+    assert improved > 0  # an untrained policy's most probable composition is not always the best of eight
+    for key, value in components.pool.state_dict().items():
+        assert torch.equal(value, before[key])  # choosing never changes the pool
+
+
+def test_the_same_seed_gives_the_same_compositions_and_another_seed_others(installed_registry, tmp_path):
+    method, components, _ = _method(installed_registry, tmp_path)
+    tasks = components.task_sampler.test_tasks(4)
+    first = [method.compositions(task, 10) for task in tasks]
+    assert first == [method.compositions(task, 10) for task in tasks]
+    other = ReMLMethod(method.policy, method.env, rollouts=8, seed=1)
+    assert [other.compositions(task, 10)[0] for task in tasks] == [c[0] for c in first]
+    assert [other.compositions(task, 10) for task in tasks] != first
+
+
+def test_only_the_support_set_decides(installed_registry, tmp_path):
+    method, components, _ = _method(installed_registry, tmp_path)
+    for task in components.task_sampler.test_tasks(4):
+        garbage = dataclasses.replace(
+            task,
+            x_query=torch.full_like(task.x_query, 1e6),
+            y_query=torch.full_like(task.y_query, -1e6),
+            x_train=torch.zeros_like(task.x_train),
+            y_train=torch.full_like(task.y_train, 1e6),
+        )
+        assert method.indices_for(garbage, 5) == method.indices_for(task, 5)
+
+
+def test_a_diverged_composition_never_wins(installed_registry, tmp_path):
+    method, components, _ = _method(installed_registry, tmp_path)
+    task = components.task_sampler.test_tasks(1)[0]
+    compositions = method.compositions(task, 5)
+    huge = dataclasses.replace(task, y_support=task.y_support * 1e30)  # every loss overflows
+    best, losses = method.best_of(huge, 5, compositions)
+    assert best == 0 and all(not math.isfinite(loss) for loss in losses)
+
+
+def test_sampled_probabilities_are_masked_and_sum_to_one(installed_registry, tmp_path):
+    method, components, _ = _method(installed_registry, tmp_path, policy="ppo-lstm")
+    env = method.env
+    observation, _ = env.reset(options={"task": components.task_sampler.test_tasks(1)[0], "shots": 5})
+    mask = env.action_masks()
+    probabilities, state = method.policy.action_probabilities(observation, None, True, mask)
+    assert probabilities.shape == mask.shape and math.isclose(probabilities.sum(), 1.0, rel_tol=1e-9)
+    assert np.all(probabilities[~mask] == 0) and np.all(probabilities[mask] > 0)
+    action, act_state = method.policy.act(observation, None, True, mask)
+    assert action == int(np.argmax(probabilities))  # the rollout's action is the most probable valid one
+    torch.testing.assert_close(state[0], act_state[0])
+
+
+def test_a_report_and_a_budget_line_say_how_the_network_was_chosen(installed_registry, tmp_path):
+    method, _, _ = _method(installed_registry, tmp_path, rollouts=4)
+    assert "best of 4 policy rollouts" in method.describe() and "one SGD step (lr 0.01)" in method.describe()
+    from reml_core.reports import _rollouts_words
+
+    assert "best of 4 rollouts" in _rollouts_words({"reml_rollouts": 4, "sgd_lr": 0.01})
+    assert _rollouts_words({"sgd_lr": 0.01}) == "a deterministic rollout of the policy"
+
+
+@pytest.mark.parametrize(
+    ("user", "words"),
+    [
+        ({"eval": {"reml_rollouts": 0}}, "eval.reml_rollouts"),
+        ({"eval": {"reml_rollouts": "many"}}, "eval.reml_rollouts"),
+        ({"eval": {"reml_rollouts": 4}, "env": {"choose": {"finetune_sgd_lr": [0.01, 0.1]}}}, "env.choose"),
+    ],
+)
+def test_a_bad_setting_is_refused_by_name(installed_registry, user, words):
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        resolve_config(installed_registry, {"plugin": "sine", "preset": "smoke", **user})
+
+
+def test_a_policy_that_cannot_sample_is_refused_when_rollouts_ask_for_it(installed_registry, tmp_path):
+    method, _, _ = _method(installed_registry, tmp_path, rollouts=1)
+
+    class ArgmaxOnly:
+        recurrent = False
+
+        def act(self, observation, state, episode_start, action_mask):
+            return int(np.flatnonzero(action_mask)[0]), state
+
+    with pytest.raises(ValueError, match="cannot sample a rollout"):
+        ReMLMethod(ArgmaxOnly(), method.env, rollouts=2)  # type: ignore[arg-type]
+    assert ReMLMethod(ArgmaxOnly(), method.env).rollouts == 1  # type: ignore[arg-type]
+
+
+def test_a_run_recorded_before_the_setting_is_evaluated_with_one_rollout(installed_registry, tmp_path):
+    config = resolve_config(installed_registry, {"plugin": "sine", "preset": "smoke", "eval": {"reml_rollouts": 8}})
+    recorded = config.to_dict()
+    del recorded["eval"]["reml_rollouts"]
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    assert load_resolved(tmp_path / "config.json", installed_registry).core.eval.reml_rollouts == 1
