@@ -162,7 +162,8 @@ def test_a_policy_that_cannot_sample_is_refused_when_rollouts_ask_for_it(install
 
 
 def test_a_run_recorded_before_the_setting_is_evaluated_with_one_rollout(installed_registry, tmp_path):
-    config = resolve_config(installed_registry, {"plugin": "sine", "preset": "smoke", "eval": {"reml_rollouts": 8}})
+    config = resolve_config(installed_registry, {"plugin": "sine", "preset": "default"})
+    assert config.core.eval.reml_rollouts == 8  # sine's default preset's own setting
     recorded = config.to_dict()
     del recorded["eval"]["reml_rollouts"]
     (tmp_path / "config.json").write_text(json.dumps(recorded))
