@@ -114,7 +114,8 @@ class ReMLMethod:
         of ``rollouts`` compositions by support loss after one SGD step, when more than one)."""
         if self.rollouts == 1:
             return self.rollout(task, shots)[0]
-        return self.compositions(task, shots)[self.best_of(task, shots)[0]]
+        compositions = self.compositions(task, shots)
+        return compositions[self.best_of(task, shots, compositions)[0]]
 
     def compositions(self, task: Task, shots: int) -> list[list[int]]:
         """The ``rollouts`` compositions tried for ``task``: the most probable first, then the sampled ones."""

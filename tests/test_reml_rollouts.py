@@ -168,3 +168,23 @@ def test_a_run_recorded_before_the_setting_is_evaluated_with_one_rollout(install
     del recorded["eval"]["reml_rollouts"]
     (tmp_path / "config.json").write_text(json.dumps(recorded))
     assert load_resolved(tmp_path / "config.json", installed_registry).core.eval.reml_rollouts == 1
+
+
+def test_each_test_task_costs_n_rollouts_not_more(installed_registry, tmp_path):
+    method, components, _ = _method(installed_registry, tmp_path, rollouts=4)
+    calls = {"act": 0, "sample": 0}
+    policy = method.policy
+    act, probabilities = policy.act, policy.action_probabilities
+
+    def counted_act(*args):
+        calls["act"] += 1
+        return act(*args)
+
+    def counted_probabilities(*args):
+        calls["sample"] += 1
+        return probabilities(*args)
+
+    policy.act, policy.action_probabilities = counted_act, counted_probabilities
+    method.network_for(components.task_sampler.test_tasks(1)[0], 5)
+    depth = method.env.depth
+    assert calls == {"act": depth, "sample": 3 * depth}  # one most probable rollout, three sampled
