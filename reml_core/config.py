@@ -662,15 +662,17 @@ def only_chosen_baselines(config: RunConfig, chosen: Sequence[str], prog: str, f
 def load_resolved(path: Path, registry: PluginRegistry) -> RunConfig:
     """Re-resolve a run's ``config.json`` (for ``--resume`` and ``--from``)."""
     data = read_json_file(Path(path), "a run's config (a JSON object)", error=UserError)
-    train = data.get("train") if isinstance(data, dict) else None
-    if isinstance(train, dict) and "workers" not in train:
-        train["workers"] = 1  # recorded before train.workers existed: the run was made in one process
-    if isinstance(train, dict) and "overlap_update" not in train:
-        train["overlap_update"] = False  # recorded before train.overlap_update existed: each update was waited for
-    env = data.get("env") if isinstance(data, dict) else None
-    if isinstance(env, dict) and "candidate_loss" not in env:
-        env["candidate_loss"] = "none"  # recorded before env.candidate_loss existed: the policy saw no scores
-    evaluation = data.get("eval") if isinstance(data, dict) else None
-    if isinstance(evaluation, dict) and "reml_rollouts" not in evaluation:
-        evaluation["reml_rollouts"] = 1  # recorded before eval.reml_rollouts existed: one deterministic rollout
+    for (section, key), value in RECORDED_BEFORE.items():
+        part = data.get(section) if isinstance(data, dict) else None
+        if isinstance(part, dict) and key not in part:
+            part[key] = value
     return resolve_config(registry, data)
+
+
+#: What a run recorded before a setting existed did, where a preset's default is now something else.
+RECORDED_BEFORE: dict[tuple[str, str], Any] = {
+    ("train", "workers"): 1,  # the run was made in one process
+    ("train", "overlap_update"): False,  # each policy update was waited for
+    ("env", "candidate_loss"): "none",  # the policy saw no candidate scores
+    ("eval", "reml_rollouts"): 1,  # one deterministic rollout per test task
+}

@@ -3,7 +3,6 @@ and its pool without the policy (a search by support loss), the rival that tells
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Sequence
 from typing import Any, cast
@@ -15,6 +14,11 @@ from reml_core.batched import MeasureRequest, support_losses
 from reml_core.choices import ADAPTATION, ChoiceRecord, summarise
 from reml_core.env import CompositionEnv
 from reml_core.interfaces import LayerPool, LossFn, OwnAdaptation, PolicyBackend, Role, SamplesActions, Task
+
+
+def task_generator(seed: int, task: Task, shots: int) -> np.random.Generator:
+    """The random stream of one (seed, task, K): what a method draws per test task, the same on every run."""
+    return np.random.default_rng([seed, zlib.crc32(task.task_id.encode("utf-8")), shots])
 
 
 class ReMLMethod:
@@ -120,21 +124,18 @@ class ReMLMethod:
     def compositions(self, task: Task, shots: int) -> list[list[int]]:
         """The ``rollouts`` compositions tried for ``task``: the most probable first, then the sampled ones."""
         compositions = [self.rollout(task, shots)[0]]
-        generator = np.random.default_rng([self.seed, zlib.crc32(task.task_id.encode("utf-8")), shots])
+        generator = task_generator(self.seed, task, shots)
         compositions += [self.rollout(task, shots, generator)[0] for _ in range(self.rollouts - 1)]
         return compositions
 
-    def best_of(
-        self, task: Task, shots: int, compositions: Sequence[Sequence[int]] | None = None
-    ) -> tuple[int, list[float]]:
-        """Which of ``compositions`` (default :meth:`compositions`) has the lowest support loss after one SGD
-        step (the first such on a tie; a diverged one never wins), and every one's loss."""
-        compositions = self.compositions(task, shots) if compositions is None else compositions
+    def best_of(self, task: Task, shots: int, compositions: Sequence[Sequence[int]]) -> tuple[int, list[float]]:
+        """Which of ``compositions`` has the lowest support loss after one SGD step (the first such on a tie; a
+        diverged one, whose loss :func:`~reml_core.batched.support_losses` makes ``inf``, never wins), and every
+        one's loss."""
         x, y = task.support(shots)
         requests = [MeasureRequest(tuple(c), x, y) for c in compositions]
         losses = support_losses(self.pool, requests, self.loss_fn, steps=1, lr=self.lr)
-        ranked = [loss if math.isfinite(loss) else math.inf for loss in losses]
-        return int(np.argmin(ranked)), losses
+        return int(np.argmin(losses)), losses
 
     def network_for(self, task: Task, shots: int) -> nn.Module:
         """The composed network (a copy of pool layers), with any plugin-declared chosen values applied."""
@@ -216,7 +217,7 @@ class PoolSearchMethod:
     def _compositions(self, task: Task, shots: int) -> list[list[int]]:
         """The task's ``candidates`` compositions in network order: per candidate an input and an output layer
         drawn uniformly and ``depth - 2`` distinct hidden layers in random order (one vectorised draw per role)."""
-        generator = np.random.default_rng([self.seed, zlib.crc32(task.task_id.encode("utf-8")), shots])
+        generator = task_generator(self.seed, task, shots)
         inputs = generator.choice(self._by_role[Role.INPUT], size=self.candidates)
         outputs = generator.choice(self._by_role[Role.OUTPUT], size=self.candidates)
         hidden = self._by_role[Role.HIDDEN]
