@@ -20,7 +20,8 @@ options are action indices after the pool's (see :mod:`reml_core.choices` and do
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -146,6 +147,8 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self._candidate_scores = np.zeros(pool.size, dtype=np.float32)
         self._candidates: list[int] = []  # the pool layers candidate_requests() asked about, in its order
         self._last_valid = True
+        # what each network prefix measured, while remembering_measurements() is open (evaluate mode only)
+        self._remembered: dict[tuple[Any, ...], tuple[float | None, tuple[float, float], np.ndarray]] | None = None
 
     # -- gymnasium API -----------------------------------------------------------------------
 
@@ -181,7 +184,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         kind = self.apply(action)
         if kind == "measure":
-            measure([self])
+            self._measure_once()
         if kind != "complete":
             return self.partial_result()
         if self.mode == "evaluate":
@@ -198,6 +201,38 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
             **extra,
         )
         return self.conclude(outcome)
+
+    @contextmanager
+    def remembering_measurements(self) -> Iterator[None]:
+        """Within it, a network prefix already measured on the same task and K is not measured again: its loss,
+        scale and candidate scores are taken from the first time (evaluate mode, whose pool never changes, only).
+
+        For many rollouts of one task (``eval.reml_rollouts``): rollouts that share their first layers share that
+        work, and every observation is the one a fresh measurement gives. Forgotten when the block ends.
+        """
+        if self.mode != "evaluate":
+            raise RuntimeError("measurements are remembered in evaluate mode only (training changes the pool)")
+        self._remembered = {}
+        try:
+            yield
+        finally:
+            self._remembered = None
+
+    def _measure_once(self) -> None:
+        """What a ``measure`` step observes: :func:`measure`, or what the same prefix observed before (see
+        :meth:`remembering_measurements`)."""
+        if self._remembered is None:
+            measure([self])
+            return
+        assert self.task is not None
+        key = (id(self.task), self.task.task_id, self.shots, tuple(self._chosen))
+        seen = self._remembered.get(key)
+        if seen is None:
+            measure([self])
+            self._remembered[key] = (self._current_loss, self._network_features, self._candidate_scores.copy())
+        else:
+            self._current_loss, self._network_features, scores = seen
+            self._candidate_scores[:] = scores
 
     # -- a step in parts (the vector env measures and ends many networks together between them) --
 

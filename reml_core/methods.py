@@ -81,23 +81,36 @@ class ReMLMethod:
         return cls(policy, env, rollouts=evaluation.reml_rollouts, lr=evaluation.sgd_lr, seed=config.seed)
 
     def rollout(
-        self, task: Task, shots: int, generator: np.random.Generator | None = None
+        self,
+        task: Task,
+        shots: int,
+        generator: np.random.Generator | None = None,
+        seen: dict[tuple[int, ...], tuple[np.ndarray, Any]] | None = None,
     ) -> tuple[list[int], dict[str, Any]]:
         """The pool indices (network order) and the hyperparameter values the policy chooses for ``task``
         given its K support points (no values without ``env.choose``): its most probable action at every
-        step, or, given a ``generator``, an action drawn from its probabilities (:class:`SamplesActions`)."""
+        step, or, given a ``generator``, an action drawn from its probabilities (:class:`SamplesActions`).
+
+        ``seen`` (with a generator) keeps the policy's probabilities and state after each sequence of actions
+        of this task and K, for the next rollout that takes the same first actions (the policy is deterministic
+        given them)."""
         observation, _ = self.env.reset(options={"task": task, "shots": shots})
         state, start = None, True
+        taken: tuple[int, ...] = ()
         for _ in range(getattr(self.env, "episode_steps", self.env.depth)):
             mask = self.env.action_masks()
             if generator is None:
                 action, state = self.policy.act(observation, state, start, mask)
             else:
-                probabilities, state = cast("SamplesActions", self.policy).action_probabilities(
-                    observation, state, start, mask
-                )
+                known = None if seen is None else seen.get(taken)
+                if known is None:
+                    known = cast("SamplesActions", self.policy).action_probabilities(observation, state, start, mask)
+                    if seen is not None:
+                        seen[taken] = known
+                probabilities, state = known
                 action = int(generator.choice(len(probabilities), p=probabilities))
             start = False
+            taken = (*taken, action)
             observation, _, terminated, truncated, info = self.env.step(action)
             if terminated:
                 values = dict(info.get("choices", {}))
@@ -122,19 +135,27 @@ class ReMLMethod:
         return compositions[self.best_of(task, shots, compositions)[0]]
 
     def compositions(self, task: Task, shots: int) -> list[list[int]]:
-        """The ``rollouts`` compositions tried for ``task``: the most probable first, then the sampled ones."""
-        compositions = [self.rollout(task, shots)[0]]
-        generator = task_generator(self.seed, task, shots)
-        compositions += [self.rollout(task, shots, generator)[0] for _ in range(self.rollouts - 1)]
+        """The ``rollouts`` compositions tried for ``task``: the most probable first, then the sampled ones.
+
+        Rollouts that begin with the same layers share that work: the environment measures a network prefix
+        once and the policy is asked once per sequence of actions (the same compositions as rolling each out
+        afresh, at the cost of the distinct prefixes)."""
+        seen: dict[tuple[int, ...], tuple[np.ndarray, Any]] = {}
+        with self.env.remembering_measurements():
+            compositions = [self.rollout(task, shots)[0]]
+            generator = task_generator(self.seed, task, shots)
+            compositions += [self.rollout(task, shots, generator, seen)[0] for _ in range(self.rollouts - 1)]
         return compositions
 
     def best_of(self, task: Task, shots: int, compositions: Sequence[Sequence[int]]) -> tuple[int, list[float]]:
         """Which of ``compositions`` has the lowest support loss after one SGD step (the first such on a tie; a
         diverged one, whose loss :func:`~reml_core.batched.support_losses` makes ``inf``, never wins), and every
-        one's loss."""
+        one's loss). A composition tried more than once is fine-tuned once."""
         x, y = task.support(shots)
-        requests = [MeasureRequest(tuple(c), x, y) for c in compositions]
-        losses = support_losses(self.pool, requests, self.loss_fn, steps=1, lr=self.lr)
+        distinct = list(dict.fromkeys(tuple(c) for c in compositions))
+        requests = [MeasureRequest(c, x, y) for c in distinct]
+        measured = dict(zip(distinct, support_losses(self.pool, requests, self.loss_fn, steps=1, lr=self.lr)))
+        losses = [measured[tuple(c)] for c in compositions]
         return int(np.argmin(losses)), losses
 
     def network_for(self, task: Task, shots: int) -> nn.Module:

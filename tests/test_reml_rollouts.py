@@ -17,11 +17,16 @@ import numpy as np
 import pytest
 import torch
 
+from reml_core import env as env_module
+from reml_core import methods as methods_module
 from reml_core.batched import MeasureRequest, support_losses
 from reml_core.config import load_resolved, resolve_config
 from reml_core.errors import ConfigError
 from reml_core.experiment import build_components
-from reml_core.methods import ReMLMethod
+from reml_core.methods import ReMLMethod, task_generator
+
+#: The policy sees each candidate layer's support loss (as sine's default does): most of what a step measures.
+SCORES = {"candidate_loss": "composed"}
 
 
 def _method(installed_registry, tmp_path, *, policy: str = "ppo-mlp", rollouts: int = 8, seed: int = 0, **user):
@@ -170,9 +175,11 @@ def test_a_run_recorded_before_the_setting_is_evaluated_with_one_rollout(install
     assert load_resolved(tmp_path / "config.json", installed_registry).core.eval.reml_rollouts == 1
 
 
-def test_each_test_task_costs_n_rollouts_not_more(installed_registry, tmp_path):
-    method, components, _ = _method(installed_registry, tmp_path, rollouts=4)
-    calls = {"act": 0, "sample": 0}
+def test_each_test_task_costs_at_most_n_rollouts_and_shared_first_steps_are_done_once(
+    installed_registry, tmp_path, monkeypatch
+):
+    method, components, _ = _method(installed_registry, tmp_path, rollouts=6, env=SCORES)
+    calls = {"act": 0, "sample": 0, "measure": 0}
     policy = method.policy
     act, probabilities = policy.act, policy.action_probabilities
 
@@ -184,7 +191,81 @@ def test_each_test_task_costs_n_rollouts_not_more(installed_registry, tmp_path):
         calls["sample"] += 1
         return probabilities(*args)
 
+    measure = env_module.measure
+
+    def counted_measure(envs, **options):
+        calls["measure"] += 1
+        return measure(envs, **options)
+
     policy.act, policy.action_probabilities = counted_act, counted_probabilities
-    method.network_for(components.task_sampler.test_tasks(1)[0], 5)
+    monkeypatch.setattr(env_module, "measure", counted_measure)
+    task = components.task_sampler.test_tasks(1)[0]
+    compositions = method.compositions(task, 5)
+    finetuned = []
+    monkeypatch.setattr(
+        methods_module,
+        "support_losses",
+        lambda pool, requests, *a, **k: finetuned.extend(requests) or [1.0] * len(requests),
+    )
+    method.best_of(task, 5, compositions + compositions[:2])
+    assert sorted(r.indices for r in finetuned) == sorted({tuple(c) for c in compositions})  # each composition once
     depth = method.env.depth
-    assert calls == {"act": depth, "sample": 3 * depth}  # one most probable rollout, three sampled
+    # the order actions were taken in (input, output, hidden...) from the network order the rollouts return
+    taken = [(c[0], c[-1], *c[1:-1]) for c in compositions]
+    sampled_prefixes = {a[:n] for a in taken[1:] for n in range(depth)}
+    measured_prefixes = {a[:n] for a in taken for n in range(1, depth)}  # every step before the last measures
+    assert calls["act"] == depth  # the most probable rollout
+    assert calls["sample"] == len(sampled_prefixes) < 5 * depth  # the first step at least is shared by all five
+    assert calls["measure"] == len(measured_prefixes) < 6 * (depth - 1)
+
+
+@pytest.mark.parametrize("policy", ["ppo-mlp", "ppo-lstm"])
+def test_shared_first_steps_give_the_compositions_of_rollouts_run_afresh(installed_registry, tmp_path, policy):
+    method, components, _ = _method(installed_registry, tmp_path, policy=policy, env=SCORES)
+    for task in components.task_sampler.test_tasks(3):
+        for shots in (5, 10):
+            generator = task_generator(method.seed, task, shots)
+            afresh = [method.rollout(task, shots)[0]]
+            afresh += [method.rollout(task, shots, generator)[0] for _ in range(method.rollouts - 1)]
+            assert method.compositions(task, shots) == afresh
+
+
+def test_remembered_measurements_give_the_observations_of_fresh_ones(installed_registry, tmp_path):
+    _, components, _ = _method(installed_registry, tmp_path, env=SCORES)
+    env = components.make_env(mode="evaluate")
+    assert env.scores_candidates  # the candidate scores are part of what is remembered
+    rng = np.random.default_rng(0)
+    task = components.task_sampler.test_tasks(1)[0]
+    paths = []
+    for _ in range(6):  # random valid compositions, several sharing their first layers
+        env.reset(options={"task": task, "shots": 5})
+        path = []
+        for _ in range(env.depth):
+            action = int(rng.choice(np.flatnonzero(env.action_masks())))
+            path.append(action)
+            env.step(action)
+        paths.append(path if len(paths) % 2 == 0 else paths[-1][:2] + path[2:])
+
+    def observations(path, shots=5):
+        seen = [env.reset(options={"task": task, "shots": shots})[0]]
+        for action in path:
+            if not env.action_masks()[action]:  # a spliced path may repeat a layer: stop where it would
+                break
+            seen.append(env.step(action)[0])
+        return seen
+
+    fresh = [observations(path) for path in paths] + [observations(paths[0], shots=10)]
+    with env.remembering_measurements():
+        # the same layers on another K are measured again, not taken from K = 5
+        remembered = [observations(path) for path in paths] + [observations(paths[0], shots=10)]
+    assert not np.array_equal(fresh[0][-2], fresh[-1][-2])  # K shows in what was measured
+    for a, b in zip(fresh, remembered, strict=True):
+        assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert env._remembered is None  # forgotten when the block ends
+
+
+def test_only_an_evaluating_environment_remembers_measurements(installed_registry, tmp_path):
+    _, components, _ = _method(installed_registry, tmp_path)
+    with pytest.raises(RuntimeError, match="evaluate mode"):
+        with components.make_env().remembering_measurements():
+            pass
