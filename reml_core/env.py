@@ -22,10 +22,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium import spaces
 
 from reml_core.batched import (
@@ -37,7 +38,15 @@ from reml_core.batched import (
     support_losses,
 )
 from reml_core.choices import ChoiceStep, apply_choices, choice_steps
-from reml_core.interfaces import LayerPool, RewardFunction, Role, StateEncoder, Task, TaskSampler
+from reml_core.interfaces import (
+    LayerPool,
+    RewardFunction,
+    Role,
+    ScoresSlotCandidates,
+    StateEncoder,
+    Task,
+    TaskSampler,
+)
 from reml_core.settings import EnvConfig
 
 Mode = Literal["train", "calibrate", "evaluate"]
@@ -273,14 +282,26 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
     def candidate_requests(self) -> list[MeasureRequest]:
         """With ``env.candidate_loss``: per layer that may fill the next slot, the network so far with that layer
         there, on the K support points (none from a complete network, or without ``env.candidate_loss``)."""
+        asked = self.candidate_slot()
+        if asked is None:
+            return []
+        template, slot, candidates, x, y = asked
+        return [MeasureRequest((*template[:slot], i, *template[slot + 1 :]), x, y) for i in candidates]
+
+    def candidate_slot(self) -> tuple[tuple[int, ...], int, list[int], Any, Any] | None:
+        """What :meth:`candidate_requests` asks, as one template: the network so far with the next slot's
+        position held by the first candidate, that position (network order), the candidates and the K support
+        points; None where nothing is asked."""
         assert self.task is not None
         if not self.scores_candidates or not 1 <= len(self._chosen) < self.depth:
             self._candidates = []
-            return []
+            return None
         role = self.slot_roles[len(self._chosen)].value
         self._candidates = [i for i in np.flatnonzero(self._roles == role).tolist() if i not in self._chosen]
         x, y = self.task.support(self.shots)
-        return [MeasureRequest(tuple(network_order([*self._chosen, i])), x, y) for i in self._candidates]
+        template = tuple(network_order([*self._chosen, self._candidates[0]]))
+        slot = len(self._chosen) - 1 if len(self._chosen) >= 2 else 1  # hidden layers fill from the input side
+        return template, slot, list(self._candidates), x, y
 
     def record_candidates(self, losses: Sequence[float]) -> None:
         """The candidates' support losses, in :meth:`candidate_requests`' order, as the observation scores them."""
@@ -454,11 +475,14 @@ def measure(envs: Sequence[CompositionEnv], *, batched: bool = True, workers: An
         features = measure_networks(first.pool, [request for _, request in networks], loss_fn, batched=batched)
         for (env, _), (loss, scale) in zip(networks, features):
             env.record_measurement(loss, scale)
+    steps = 1 if first.config.candidate_loss == "adapted" else 0
+    if steps == 0 and batched and isinstance(first.pool, ScoresSlotCandidates):
+        _score_slots(envs)
+        return
     asked = [(env, env.candidate_requests()) for env in envs]
     flat = [request for _, requests in asked for request in requests]
     if not flat:
         return
-    steps = 1 if first.config.candidate_loss == "adapted" else 0
     scorer = support_losses if workers is None else workers.support_losses
     losses = scorer(first.pool, flat, loss_fn, steps=steps, lr=first.config.finetune_sgd_lr, batched=batched)
     offset = 0
@@ -466,6 +490,30 @@ def measure(envs: Sequence[CompositionEnv], *, batched: bool = True, workers: An
         if requests:
             env.record_candidates(losses[offset : offset + len(requests)])
             offset += len(requests)
+
+
+def _score_slots(envs: Sequence[CompositionEnv]) -> None:
+    """The composed candidate losses of ``envs`` from a pool that scores a slot's candidates itself
+    (:class:`~reml_core.interfaces.ScoresSlotCandidates`): one call per group of envs whose networks and
+    points stack (the prefix before the slot runs once per env, not once per candidate)."""
+    groups: dict[tuple[Any, ...], list[tuple[CompositionEnv, tuple[tuple[int, ...], int, list[int], Any, Any]]]] = {}
+    for env in envs:
+        asked = env.candidate_slot()
+        if asked is not None:
+            template, slot, _, x, y = asked
+            groups.setdefault((len(template), slot, tuple(x.shape), tuple(y.shape)), []).append((env, asked))
+    for (_, slot, _, _), members in groups.items():
+        pool = cast("ScoresSlotCandidates", members[0][0].pool)
+        losses = pool.slot_losses(
+            [asked[0] for _, asked in members],
+            slot,
+            [asked[2] for _, asked in members],
+            torch.stack([asked[3] for _, asked in members]),
+            torch.stack([asked[4] for _, asked in members]),
+            members[0][0].task_sampler.loss,
+        )
+        for (env, _), values in zip(members, losses, strict=True):
+            env.record_candidates(values)
 
 
 def candidate_scores(losses: Sequence[float]) -> np.ndarray:

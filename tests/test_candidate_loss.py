@@ -120,7 +120,9 @@ def test_the_vector_env_scores_as_each_env_alone(make_components):
 
 @pytest.mark.numerics  # compared within rounding: also run under other CPU dispatches
 def test_workers_score_shares_of_the_candidates_to_the_same_numbers(make_components):
-    components = make_components(env={"depth": 5, "candidate_loss": "composed"})
+    # "adapted": candidates fine-tuned a step each, split across the workers (the dense pool scores "composed"
+    # candidates itself, in the collector, far cheaper than shipping them)
+    components = make_components(env={"depth": 5, "candidate_loss": "adapted"})
     traces = []
     for workers in (1, 2):
         vector = components.make_vec_env(64, workers=workers)
@@ -193,3 +195,51 @@ def test_a_run_recorded_before_the_scores_existed_loads_without_them(sine_regist
     del recorded["env"]["candidate_loss"]
     (tmp_path / "config.json").write_text(json.dumps(recorded))
     assert load_resolved(tmp_path / "config.json", sine_registry).core.env.candidate_loss == "none"
+
+
+def _random_templates(pool, rng, count: int, depth: int, slot: int) -> tuple[list[list[int]], list[list[int]]]:
+    by_role = {role: [i for i, r in enumerate(pool.roles) if r == role] for role in Role}
+    roles = [Role.INPUT, *([Role.HIDDEN] * (depth - 2)), Role.OUTPUT]
+    templates, candidates = [], []
+    for _ in range(count):
+        hidden = [int(i) for i in rng.choice(by_role[Role.HIDDEN], size=depth - 2, replace=False)]
+        templates.append([int(rng.choice(by_role[Role.INPUT])), *hidden, int(rng.choice(by_role[Role.OUTPUT]))])
+        others = [i for i in by_role[roles[slot]] if i not in templates[-1]]
+        candidates.append([int(i) for i in rng.choice(others, size=min(4, len(others)), replace=False)])
+    return templates, candidates
+
+
+@pytest.mark.numerics  # compared within rounding: also run under other CPU dispatches
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("depth", [2, 3, 5])
+def test_the_dense_pool_scores_a_slot_as_each_network_alone(make_components, activation, depth):
+    """The shared-prefix computation (the layers before the slot once per template, every layer of the role in
+    one product) gives each candidate network's own composed support loss."""
+    components = make_components(pool={"activation": activation})
+    pool = components.pool
+    rng = np.random.default_rng(depth)
+    tasks = components.task_sampler.test_tasks(3)
+    x = torch.stack([task.support(5)[0] for task in tasks])
+    y = torch.stack([task.support(5)[1] for task in tasks])
+    for slot in range(depth):
+        templates, candidates = _random_templates(pool, rng, 3, depth, slot)
+        got = pool.slot_losses(templates, slot, candidates, x, y, components.task_sampler.loss)
+        for e, template in enumerate(templates):
+            expected = []
+            for candidate in candidates[e]:
+                network = pool.build([*template[:slot], candidate, *template[slot + 1 :]])
+                assert network.activation == activation
+                expected.append(evaluate_loss(network, x[e], y[e], components.task_sampler.loss))
+            np.testing.assert_allclose(got[e], expected, rtol=1e-5)
+
+
+def test_the_dense_pool_refuses_a_candidate_of_another_role_and_reports_overflow_as_inf(make_components):
+    components = make_components()
+    pool = components.pool
+    task = components.task_sampler.test_tasks(1)[0]
+    x, y = (value.unsqueeze(0) for value in task.support(5))
+    templates, candidates = _random_templates(pool, np.random.default_rng(0), 1, 4, 1)
+    with pytest.raises(ValueError, match="cannot fill slot 1"):
+        pool.slot_losses(templates, 1, [[templates[0][0]]], x, y, components.task_sampler.loss)
+    losses = pool.slot_losses(templates, 1, candidates, x, y * 1e30, components.task_sampler.loss)
+    assert losses[0] and all(value == math.inf for value in losses[0])

@@ -412,6 +412,62 @@ class DenseLayerPool:
         return BatchedComposedNetwork(weights, biases, self.config.activation)
 
     @torch.no_grad()
+    def slot_losses(
+        self,
+        templates: Sequence[Sequence[int]],
+        slot: int,
+        candidates: Sequence[Sequence[int]],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> list[list[float]]:
+        """The composed support loss of each template with each of its candidates at ``slot``
+        (:class:`reml_core.interfaces.ScoresSlotCandidates`).
+
+        The layers before the slot run once per template; every layer of the slot's role then runs
+        on that activation in one matrix product (``[E * n, in] @ [in, layers * out]``), and the
+        layers after the slot on each result; a template's candidates are picked from its row.
+        """
+        depth = len(templates[0])
+        if any(len(template) != depth for template in templates) or not 0 <= slot < depth:
+            raise ValueError("slot_losses needs templates of one depth and a slot inside them")
+        if len(candidates) != len(templates):
+            raise ValueError("slot_losses needs one candidate list per template")
+        role = Role.INPUT if slot == 0 else Role.OUTPUT if slot == depth - 1 else Role.HIDDEN
+        wrong = [c for chosen in candidates for c in chosen if self.locate(c)[0] is not role]
+        if wrong:
+            raise ValueError(f"pool layer {wrong[0]} cannot fill slot {slot} of a {depth}-layer network ({role.value})")
+        act = ACTIVATIONS[self.config.activation]
+
+        def stacked(position: int) -> tuple[torch.Tensor, torch.Tensor]:
+            located = [self.locate(template[position]) for template in templates]
+            rows = torch.tensor([local for _, local in located], device=self.device)
+            layer_role = located[0][0]
+            return self.weights[layer_role].index_select(0, rows), self.biases[layer_role].index_select(0, rows)
+
+        h = x.to(self.device)
+        for position in range(slot):
+            h = act(_affine(h, *stacked(position)))
+        count, fan_out, fan_in = self.weights[role].shape
+        templates_n, points = h.shape[0], h.shape[1]
+        # every layer of the role on every template's activation: [E * n, in] @ [in, layers * out]
+        every = h.reshape(-1, fan_in) @ self.weights[role].permute(2, 0, 1).reshape(fan_in, count * fan_out)
+        h = every.reshape(templates_n, points, count, fan_out).transpose(1, 2) + self.biases[role][None, :, None, :]
+        for position in range(slot + 1, depth):
+            h = act(h)
+            weight, bias = stacked(position)
+            h = _affine(h.reshape(templates_n, count * points, -1), weight, bias).reshape(
+                templates_n, count, points, -1
+            )
+        targets = y.to(self.device)
+        losses = torch.func.vmap(loss_fn)(
+            h.reshape(templates_n * count, points, -1),
+            targets.unsqueeze(1).expand(templates_n, count, *targets.shape[1:]).reshape(-1, *targets.shape[1:]),
+        ).reshape(templates_n, count)
+        rows = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, math.inf)).tolist()
+        return [[rows[e][self.locate(c)[1]] for c in chosen] for e, chosen in enumerate(candidates)]
+
+    @torch.no_grad()
     def write_back_batch(
         self, indices: Sequence[Sequence[int]], network: BatchedComposedNetwork, rate: float, keep: Sequence[bool]
     ) -> None:
