@@ -434,7 +434,9 @@ class DenseLayerPool:
         if len(candidates) != len(templates):
             raise ValueError("slot_losses needs one candidate list per template")
         role = Role.INPUT if slot == 0 else Role.OUTPUT if slot == depth - 1 else Role.HIDDEN
-        wrong = [c for chosen in candidates for c in chosen if self.locate(c)[0] is not role]
+        offset, count = self._index.offsets[role], self._shapes[role][0]
+        rows = [[c - offset for c in chosen] for chosen in candidates]  # each candidate's row among the role's layers
+        wrong = [c for chosen in candidates for c in chosen if not 0 <= c - offset < count]
         if wrong:
             raise ValueError(f"pool layer {wrong[0]} cannot fill slot {slot} of a {depth}-layer network ({role.value})")
         act = ACTIVATIONS[self.config.activation]
@@ -448,7 +450,7 @@ class DenseLayerPool:
         h = x.to(self.device)
         for position in range(slot):
             h = act(_affine(h, *stacked(position)))
-        count, fan_out, fan_in = self.weights[role].shape
+        _, fan_out, fan_in = self.weights[role].shape
         templates_n, points = h.shape[0], h.shape[1]
         # every layer of the role on every template's activation: [E * n, in] @ [in, layers * out]
         every = h.reshape(-1, fan_in) @ self.weights[role].permute(2, 0, 1).reshape(fan_in, count * fan_out)
@@ -464,8 +466,8 @@ class DenseLayerPool:
             h.reshape(templates_n * count, points, -1),
             targets.unsqueeze(1).expand(templates_n, count, *targets.shape[1:]).reshape(-1, *targets.shape[1:]),
         ).reshape(templates_n, count)
-        rows = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, math.inf)).tolist()
-        return [[rows[e][self.locate(c)[1]] for c in chosen] for e, chosen in enumerate(candidates)]
+        values = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, math.inf)).tolist()
+        return [[values[e][row] for row in chosen] for e, chosen in enumerate(rows)]
 
     @torch.no_grad()
     def write_back_batch(
