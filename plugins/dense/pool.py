@@ -443,9 +443,9 @@ class DenseLayerPool:
 
         def stacked(position: int) -> tuple[torch.Tensor, torch.Tensor]:
             located = [self.locate(template[position]) for template in templates]
-            rows = torch.tensor([local for _, local in located], device=self.device)
+            local = torch.tensor([row for _, row in located], device=self.device)
             layer_role = located[0][0]
-            return self.weights[layer_role].index_select(0, rows), self.biases[layer_role].index_select(0, rows)
+            return self.weights[layer_role].index_select(0, local), self.biases[layer_role].index_select(0, local)
 
         h = x.to(self.device)
         for position in range(slot):
