@@ -19,7 +19,8 @@ DEFAULT_ENV = {
 ROLLOUTS = 8
 EXPERIMENT_PRESETS = {
     # default: what fits in about 6 minutes of meta-training on 2 CPU cores with the vector env
-    # (100 000 steps took as long before it); full: about an hour (docs/performance.md).
+    # (100 000 steps took as long before it); full: 4 000 000 steps, about a quarter of an hour at the throughput
+    # docs/performance.md measures (not timed whole).
     "default": {
         # The protocol-aligned pool update (issue 21): on sine it beats the thesis rule after adaptation at the same
         # env steps, in less time (docs/experiments.md), with a constant pool Adam rate (chosen on validation tasks);
