@@ -150,7 +150,7 @@ class ReMLMethod:
     def best_of(self, task: Task, shots: int, compositions: Sequence[Sequence[int]]) -> tuple[int, list[float]]:
         """Which of ``compositions`` has the lowest support loss after one SGD step (the first such on a tie; a
         diverged one, whose loss :func:`~reml_core.batched.support_losses` makes ``inf``, never wins), and every
-        one's loss). A composition tried more than once is fine-tuned once."""
+        one's loss. A composition tried more than once is fine-tuned once."""
         x, y = task.support(shots)
         distinct = list(dict.fromkeys(tuple(c) for c in compositions))
         requests = [MeasureRequest(c, x, y) for c in distinct]

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from reml_core.errors import ComponentBuildError
+from reml_core.inner_loop import batched_loss
 from reml_core.interfaces import Role, TaskContext
 from reml_core.pools import RoleIndex
 
@@ -462,7 +463,7 @@ class DenseLayerPool:
                 templates_n, count, points, -1
             )
         targets = y.to(self.device)
-        losses = torch.func.vmap(loss_fn)(
+        losses = batched_loss(loss_fn)(
             h.reshape(templates_n * count, points, -1),
             targets.unsqueeze(1).expand(templates_n, count, *targets.shape[1:]).reshape(-1, *targets.shape[1:]),
         ).reshape(templates_n, count)
