@@ -376,6 +376,7 @@ def _seed_document(plan: BenchPlan, seed: int, results: list[JobResult], command
         tables[r.job.key] = table_of(r.table)
         timing[f"training_{r.job.key}"] = r.training_seconds
         timing[f"evaluation_{r.job.key}"] = r.evaluation_seconds
+        timing[f"choosing_{r.job.key}"] = r.choosing_seconds
         if r.own_table is not None:
             own = own_rate_key(r.job.key)
             tables[own] = table_of(r.own_table)
@@ -425,7 +426,7 @@ def _aggregate(
     keys = first.methods  # with any own-rate keys, which have no training or curve of their own
     timing = {}
     for key in keys:
-        for phase in ("training", "evaluation"):
+        for phase in ("training", "evaluation", "choosing"):
             if f"{phase}_{key}" in first.timing:
                 timing[f"{phase}_{key}"] = float(sum(documents[s].timing[f"{phase}_{key}"] for s in plan.seeds))
     timing["total_this_invocation"] = seconds

@@ -19,6 +19,7 @@ options are action indices after the pool's (see :mod:`reml_core.choices` and do
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -158,6 +159,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self._last_valid = True
         # what each network prefix measured, while remembering_measurements() is open (evaluate mode only)
         self._remembered: dict[tuple[Any, ...], tuple[float | None, tuple[float, float], np.ndarray]] | None = None
+        self._encodings: dict[tuple[Any, ...], np.ndarray] | None = None  # the task features, likewise
 
     # -- gymnasium API -----------------------------------------------------------------------
 
@@ -184,7 +186,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self._chosen = []
         self._options = []
         self._invalid = 0
-        self._task_features = np.asarray(self.encoder.encode(self.task, self.shots), dtype=np.float32)
+        self._task_features = self._encoded()
         self._network_features = (0.0, 0.0)
         self._current_loss = None
         self._candidate_scores[:] = 0.0  # no network exists before the input layer, so no candidate is scored
@@ -214,34 +216,73 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
     @contextmanager
     def remembering_measurements(self) -> Iterator[None]:
         """Within it, a network prefix already measured on the same task and K is not measured again: its loss,
-        scale and candidate scores are taken from the first time (evaluate mode, whose pool never changes, only).
+        scale and candidate scores are taken from the first time, and so are the state encoder's task features
+        (evaluate mode, whose pool never changes, only).
 
         For many rollouts of one task (``eval.reml_rollouts``): rollouts that share their first layers share that
         work, and every observation is the one a fresh measurement gives. Forgotten when the block ends.
         """
         if self.mode != "evaluate":
             raise RuntimeError("measurements are remembered in evaluate mode only (training changes the pool)")
-        self._remembered = {}
+        self._remembered, self._encodings = {}, {}
         try:
             yield
         finally:
-            self._remembered = None
+            self._remembered = self._encodings = None
 
     def _measure_once(self) -> None:
         """What a ``measure`` step observes: :func:`measure`, or what the same prefix observed before (see
         :meth:`remembering_measurements`)."""
-        if self._remembered is None:
+        if not self.recall_measurement():
             measure([self])
-            return
+            self.remember_measurement()
+
+    def _encoded(self) -> np.ndarray:
+        """The state encoder's features of the episode's task and K (remembered, as measurements are)."""
         assert self.task is not None
-        key = (id(self.task), self.task.task_id, self.shots, tuple(self._chosen))
-        seen = self._remembered.get(key)
+        key = (id(self.task), self.task.task_id, self.shots)
+        if self._encodings is not None and key in self._encodings:
+            return self._encodings[key]
+        features = np.asarray(self.encoder.encode(self.task, self.shots), dtype=np.float32)
+        if self._encodings is not None:
+            self._encodings[key] = features
+        return features
+
+    def _prefix_key(self) -> tuple[Any, ...]:
+        assert self.task is not None
+        return (id(self.task), self.task.task_id, self.shots, tuple(self._chosen))
+
+    def recall_measurement(self) -> bool:
+        """Within :meth:`remembering_measurements`: take what this network prefix (task, K, layers) observed
+        before, if it was measured; True when it was (nothing to measure), False otherwise."""
+        seen = None if self._remembered is None else self._remembered.get(self._prefix_key())
         if seen is None:
-            measure([self])
-            self._remembered[key] = (self._current_loss, self._network_features, self._candidate_scores.copy())
-        else:
-            self._current_loss, self._network_features, scores = seen
-            self._candidate_scores[:] = scores
+            return False
+        self._current_loss, self._network_features, scores = seen
+        self._candidate_scores[:] = scores
+        return True
+
+    def remember_measurement(self) -> None:
+        """Within :meth:`remembering_measurements`: keep what this prefix just measured (else nothing)."""
+        if self._remembered is not None:
+            self._remembered[self._prefix_key()] = (
+                self._current_loss,
+                self._network_features,
+                self._candidate_scores.copy(),
+            )
+
+    def twin(self) -> CompositionEnv:
+        """Another evaluate-mode environment like this one (the same pool, task family, encoder, reward and
+        config) with an episode of its own: for rolling many test tasks out side by side
+        (:meth:`reml_core.methods.ReMLMethod.networks_for`). Nothing is remembered in it."""
+        if self.mode != "evaluate":
+            raise RuntimeError("only an evaluate-mode environment is twinned (a training env owns a task stream)")
+        twin = copy.copy(self)
+        twin.task = None
+        twin._chosen, twin._options, twin._candidates = [], [], []
+        twin._candidate_scores = np.zeros_like(self._candidate_scores)
+        twin._remembered = twin._encodings = None
+        return twin
 
     # -- a step in parts (the vector env measures and ends many networks together between them) --
 
@@ -449,8 +490,9 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
                 observation[values + 2 * c + 1] = 1.0
         if self.scores_candidates:
             observation[-self.pool.size :] = self._candidate_scores
-        np.nan_to_num(observation, copy=False, nan=OBSERVATION_BOUND)
-        return np.clip(observation, -OBSERVATION_BOUND, OBSERVATION_BOUND, out=observation)
+        np.clip(observation, -OBSERVATION_BOUND, OBSERVATION_BOUND, out=observation)  # +-inf to the bounds
+        np.copyto(observation, OBSERVATION_BOUND, where=np.isnan(observation))  # (cheaper than np.nan_to_num)
+        return observation
 
     def _info(self, *, valid: bool) -> dict[str, Any]:
         return {

@@ -12,8 +12,10 @@ on a method's own state.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -25,6 +27,11 @@ from reml_core.inner_loop import evaluate_loss, finetune_sgd, train_adam
 from reml_core.interfaces import LossFn, MetricsFn, OwnAdaptation, Task
 
 NetworkProvider = Callable[[Task, int], nn.Module]
+#: A method that hands out many tasks' networks at once (``networks_for``, :class:`ChoosesForMany`).
+ManyProvider = Callable[[Sequence[Task], int], Sequence[nn.Module]]
+#: Tasks per :class:`ManyProvider` call: a batch of rollouts as large as the default vector env's (``train.n_envs``),
+#: whose stacked measurements meta-training already holds in memory.
+CHOOSE_CHUNK = 128
 
 
 #: A method that adapts its networks its own way: ``(task, K) -> (network, adaptation)``.
@@ -141,9 +148,16 @@ class FewShotEvaluator:
         self.curve_lr = curve_lr
         self.curve_tasks = self.tasks[: curve_tasks or len(self.tasks)]
         self.progress = progress
+        #: Seconds each method (by label) spent handing out its networks in :meth:`few_shot`.
+        self.choosing_seconds: dict[str, float] = {}
 
     def few_shot(
-        self, provider: NetworkProvider | AdaptedProvider, label: str = "", *, own: bool = False
+        self,
+        provider: NetworkProvider | AdaptedProvider,
+        label: str = "",
+        *,
+        own: bool = False,
+        many: ManyProvider | None = None,
     ) -> FewShotTable:
         """Query MSE after each number of SGD steps, for each K, over all tasks.
 
@@ -151,25 +165,53 @@ class FewShotEvaluator:
         adapted at its own rate (see :class:`OwnAdaptation`); a chosen number of steps ``s`` puts
         the task in column ``s`` only (a task whose ``s`` is not one of the protocol's step counts
         is measured nowhere but at 0 steps).
+
+        ``many`` (a method's ``networks_for``, :class:`~reml_core.interfaces.ChoosesForMany`) hands out the
+        networks of :data:`CHOOSE_CHUNK` tasks at a time instead of ``provider``'s one by one; every network is
+        fine-tuned and measured the same way. The seconds spent obtaining the networks (the method's test-time
+        cost of choosing them, apart from the protocol's fine-tuning) add up in :attr:`choosing_seconds` under
+        ``label``.
         """
         table: FewShotTable = {}
+        spent = 0.0
+        batched = many is not None and not own
+        size = CHOOSE_CHUNK if batched else 1
         for shots in self.shots:
             losses: dict[int, list[float]] = {s: [] for s in self.steps}
             metrics: dict[int, dict[str, list[float]]] = {s: {} for s in self.steps}
-            tasks = tqdm(
-                self.tasks, desc=f"eval {label} K={shots}", disable=None if self.progress else True, leave=False
+            bar = tqdm(
+                total=len(self.tasks),
+                desc=f"eval {label} K={shots}",
+                disable=None if self.progress else True,
+                leave=False,
             )
-            for task in tasks:
-                if own:
-                    network, adaptation = provider(task, shots)  # type: ignore[misc]
-                    adapted = self.measured_adaptation(network, task, shots, adaptation=adaptation)
-                else:
-                    adapted = self.measured_adaptation(provider(task, shots), task, shots)  # type: ignore[arg-type]
-                for step, (loss, measured) in adapted.items():
-                    losses[step].append(loss)
-                    for name, value in measured.items():
-                        metrics[step].setdefault(name, []).append(value)
+            with bar:
+                for first in range(0, len(self.tasks), size):
+                    chunk = self.tasks[first : first + size]
+                    start = time.perf_counter()
+                    handed: list[Any]
+                    if batched:
+                        handed = list(cast("ManyProvider", many)(chunk, shots))
+                        if len(handed) != len(chunk):
+                            raise RuntimeError(
+                                f"{label or 'a method'} handed out {len(handed)} networks for {len(chunk)} tasks"
+                            )
+                    else:
+                        handed = [provider(task, shots) for task in chunk]
+                    spent += time.perf_counter() - start
+                    for task, given in zip(chunk, handed):
+                        if own:
+                            network, adaptation = given
+                            adapted = self.measured_adaptation(network, task, shots, adaptation=adaptation)
+                        else:
+                            adapted = self.measured_adaptation(given, task, shots)
+                        for step, (loss, measured) in adapted.items():
+                            losses[step].append(loss)
+                            for name, value in measured.items():
+                                metrics[step].setdefault(name, []).append(value)
+                    bar.update(len(chunk))
             table[shots] = {step: Cell.from_losses(values, metrics[step]) for step, values in losses.items() if values}
+        self.choosing_seconds[label] = self.choosing_seconds.get(label, 0.0) + spent
         return table
 
     def adaptation(self, network: nn.Module, task: Task, shots: int) -> dict[int, float]:

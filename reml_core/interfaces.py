@@ -406,6 +406,28 @@ class SamplesActions(Protocol):
 
 
 @runtime_checkable
+class ActsInBatches(Protocol):
+    """Optional for a policy backend: :meth:`PolicyBackend.act` and :meth:`SamplesActions.action_probabilities`
+    for many environments in one forward pass, so REML rolls out many test tasks side by side
+    (:meth:`reml_core.methods.ReMLMethod.networks_for`).
+
+    ``observations`` has one row per environment, ``episode_starts`` and ``action_masks`` one entry
+    (row) each; ``state`` is the whole batch's recurrent state (None at the start), returned for the
+    next step. ``act_batch`` returns each row's most probable valid action, ``action_probabilities_batch``
+    each row's probabilities renormalised over its valid actions; row for row what the one-env methods
+    return, up to floating-point rounding.
+    """
+
+    def act_batch(
+        self, observations: np.ndarray, state: Any, episode_starts: np.ndarray, action_masks: np.ndarray
+    ) -> tuple[np.ndarray, Any]: ...
+
+    def action_probabilities_batch(
+        self, observations: np.ndarray, state: Any, episode_starts: np.ndarray, action_masks: np.ndarray
+    ) -> tuple[np.ndarray, Any]: ...
+
+
+@runtime_checkable
 class Baseline(Protocol):
     """A method REML is compared with: meta-train once, then hand out a starting network per task."""
 
@@ -416,6 +438,19 @@ class Baseline(Protocol):
     def save(self, directory: Path) -> None: ...
 
     def load(self, directory: Path) -> None: ...
+
+
+@runtime_checkable
+class ChoosesForMany(Protocol):
+    """Optional for a baseline or method: the starting networks of many test tasks at once, each the one
+    ``network_for(task, K)`` hands out (up to floating-point rounding where a choice is computed in a batch).
+
+    The evaluator asks for the tasks of one K a chunk at a time (:data:`reml_core.evaluation.CHOOSE_CHUNK`), so a
+    method that chooses by computation (a policy's rollouts, a search by support loss) does it for the chunk in
+    stacked passes rather than task by task.
+    """
+
+    def networks_for(self, tasks: Sequence[Task], shots: int) -> list[nn.Module]: ...
 
 
 @runtime_checkable

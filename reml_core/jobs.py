@@ -113,6 +113,8 @@ class JobResult:
     #: (results key ``job.key + OWN_RATE_SUFFIX``), their evaluation time and the words that label them.
     own_table: FewShotTable | None = None
     own_evaluation_seconds: float = 0.0
+    #: The part of ``evaluation_seconds`` spent handing out the networks (the method's test-time choosing cost).
+    choosing_seconds: float = 0.0
     own_words: str = ""
     #: What predictors that learn nothing score on the same test tasks (:func:`reml_core.pipeline.evaluate_references`).
     references: dict[str, FewShotTable] = field(default_factory=dict)
@@ -158,6 +160,7 @@ def run_job(job: BenchJob, workdir: Path, *, echo: bool = True) -> JobResult:
         table=tables[job.key],
         curve=curves[job.key],
         evaluation_seconds=seconds[f"evaluation_{job.key}"],
+        choosing_seconds=seconds.get(f"choosing_{job.key}", 0.0),
         wall_seconds=time.perf_counter() - start,
         loss_name=loss_name(components.task_sampler),
         own_table=tables.get(own),

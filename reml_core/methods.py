@@ -3,6 +3,7 @@ and its pool without the policy (a search by support loss), the rival that tells
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from collections.abc import Sequence
 from typing import Any, cast
@@ -12,8 +13,17 @@ from torch import nn
 
 from reml_core.batched import MeasureRequest, support_losses
 from reml_core.choices import ADAPTATION, ChoiceRecord, summarise
-from reml_core.env import CompositionEnv
-from reml_core.interfaces import LayerPool, LossFn, OwnAdaptation, PolicyBackend, Role, SamplesActions, Task
+from reml_core.env import CompositionEnv, measure
+from reml_core.interfaces import (
+    ActsInBatches,
+    LayerPool,
+    LossFn,
+    OwnAdaptation,
+    PolicyBackend,
+    Role,
+    SamplesActions,
+    Task,
+)
 
 
 def task_generator(seed: int, task: Task, shots: int) -> np.random.Generator:
@@ -165,6 +175,91 @@ class ReMLMethod:
         indices, values = self.rollout(task, shots)
         return self.env.build_network(indices, values) if values else self.pool.build(indices)
 
+    def networks_for(self, tasks: Sequence[Task], shots: int) -> list[nn.Module]:
+        """:meth:`network_for` of every task (:class:`~reml_core.interfaces.ChoosesForMany`): with a policy that
+        acts in batches (:class:`~reml_core.interfaces.ActsInBatches`) the tasks are rolled out side by side,
+        see :meth:`indices_for_many`; task by task otherwise, and when the episodes choose hyperparameters."""
+        if self.env.choice_steps or not isinstance(self.policy, ActsInBatches):
+            return [self.network_for(task, shots) for task in tasks]
+        return [self.pool.build(indices) for indices in self.indices_for_many(tasks, shots)]
+
+    def indices_for_many(self, tasks: Sequence[Task], shots: int) -> list[list[int]]:
+        """:meth:`indices_for` of every task, the tasks rolled out side by side: one environment per task
+        (:meth:`CompositionEnv.twin`), one policy pass and one stacked measurement per step for all of them.
+
+        With ``rollouts`` > 1 the rollouts follow one another (the most probable, then each sampled one, a
+        task's draws from its own generator in the same order as :meth:`compositions`); a task's
+        environment remembers what its prefixes measured across them, and one stacked support-loss
+        computation compares every task's distinct compositions. The same compositions as task by task,
+        up to floating-point rounding (a near-tie between two actions or two candidates can differ).
+        """
+        if not tasks:
+            return []
+        envs = [self.env.twin() for _ in tasks]
+        policy = cast("ActsInBatches", self.policy)
+        with contextlib.ExitStack() as stack:
+            for env in envs:
+                stack.enter_context(env.remembering_measurements())
+            tried = [self._rollouts_side_by_side(envs, tasks, shots, policy, None)]
+            generators = [task_generator(self.seed, task, shots) for task in tasks]
+            tried += [
+                self._rollouts_side_by_side(envs, tasks, shots, policy, generators) for _ in range(1, self.rollouts)
+            ]
+        compositions = [[rollout[i] for rollout in tried] for i in range(len(tasks))]
+        if self.rollouts == 1:
+            return [options[0] for options in compositions]
+        requests: list[MeasureRequest] = []
+        spans: list[tuple[int, list[tuple[int, ...]]]] = []
+        for task, options in zip(tasks, compositions):
+            x, y = task.support(shots)
+            distinct = list(dict.fromkeys(tuple(c) for c in options))
+            spans.append((len(requests), distinct))
+            requests += [MeasureRequest(c, x, y) for c in distinct]
+        losses = support_losses(self.pool, requests, self.loss_fn, steps=1, lr=self.lr, max_rows=SEARCH_ROWS)
+        chosen = []
+        for (start, distinct), options in zip(spans, compositions):
+            measured = dict(zip(distinct, losses[start : start + len(distinct)]))
+            chosen.append(options[int(np.argmin([measured[tuple(c)] for c in options]))])
+        return chosen
+
+    def _rollouts_side_by_side(
+        self,
+        envs: Sequence[CompositionEnv],
+        tasks: Sequence[Task],
+        shots: int,
+        policy: ActsInBatches,
+        generators: Sequence[np.random.Generator] | None,
+    ) -> list[list[int]]:
+        """One rollout of each task in its own environment, all stepped together: the most probable actions,
+        or, given a generator per task, actions drawn from the policy's probabilities."""
+        observations = np.stack(
+            [env.reset(options={"task": task, "shots": shots})[0] for env, task in zip(envs, tasks)]
+        )
+        starts = np.ones(len(envs), dtype=bool)
+        state = None
+        for step in range(self.env.depth):
+            masks = np.stack([env.action_masks() for env in envs])
+            if generators is None:
+                greedy, state = policy.act_batch(observations, state, starts, masks)
+                actions = [int(action) for action in greedy]
+            else:
+                probabilities, state = policy.action_probabilities_batch(observations, state, starts, masks)
+                actions = [int(g.choice(len(p), p=p)) for g, p in zip(generators, probabilities)]
+            starts[:] = False
+            kinds = [env.apply(action) for env, action in zip(envs, actions)]
+            if any(kind == "invalid" for kind in kinds):
+                raise RuntimeError("a masked rollout took an invalid action")
+            pending = [env for env, kind in zip(envs, kinds) if kind == "measure" and not env.recall_measurement()]
+            if pending:
+                measure(pending)
+                for env in pending:
+                    env.remember_measurement()
+            if step < self.env.depth - 1:
+                observations = np.stack([env.partial_result()[0] for env in envs])
+        if any(len(env.chosen) != env.depth for env in envs):
+            raise RuntimeError("a masked rollout did not finish a network")
+        return [env.chosen for env in envs]
+
     def describe(self) -> str:
         """How a task's network is chosen, for a report's budget line."""
         if self.rollouts == 1:
@@ -272,4 +367,6 @@ class PoolSearchMethod:
         return chosen
 
     def network_for(self, task: Task, shots: int) -> nn.Module:
+        """A copy of the composition :meth:`indices_for` chooses. (The evaluator asks task by task: a task's
+        candidates already stack into one computation, and stacking many tasks' was measured no faster.)"""
         return self.pool.build(self.indices_for(task, shots))

@@ -16,7 +16,14 @@ from reml_core.config import RunConfig, load_resolved
 from reml_core.errors import CheckpointError, PluginError, UserError, describe_error
 from reml_core.evaluation import OWN_RATE_SUFFIX, FewShotEvaluator, FewShotTable, NetworkProvider, trivial_references
 from reml_core.experiment import Components, baseline_labels, build_components, build_one, component_facts, loss_name
-from reml_core.interfaces import AdaptsItsOwnWay, Baseline, FingerprintsData, MeasuresMetrics, ReportsStats
+from reml_core.interfaces import (
+    AdaptsItsOwnWay,
+    Baseline,
+    ChoosesForMany,
+    FingerprintsData,
+    MeasuresMetrics,
+    ReportsStats,
+)
 from reml_core.logs import log
 from reml_core.methods import SEARCH_KEY, PoolSearchMethod, ReMLMethod
 from reml_core.plots import plot_convergence, plot_few_shot
@@ -104,7 +111,11 @@ def evaluate_methods(
     provider. A method that adapts its own way (:class:`reml_core.interfaces.AdaptsItsOwnWay`) is
     measured twice on the same tasks: under its key at the protocol's fixed rate, and under
     ``key + OWN_RATE_SUFFIX`` at its own rate(s) (a chosen number of steps in that column only).
-    The convergence curve (Adam on the training data) is the fixed-rate key's only.
+    The convergence curve (Adam on the training data) is the fixed-rate key's only. A method that
+    chooses for many tasks at once (:class:`reml_core.interfaces.ChoosesForMany`) is asked for a chunk
+    of tasks at a time. The seconds: ``evaluation_<key>`` per key, and ``choosing_<key>``, the part of
+    the fixed-rate evaluation spent handing out the networks (the method's own test-time cost, apart
+    from the protocol's fine-tuning).
     """
     evaluation = config.core.eval
     tasks = components.task_sampler.test_tasks(evaluation.test_tasks)
@@ -125,9 +136,11 @@ def evaluate_methods(
         provider = provider_of(method)
         log(f"evaluating {name} on {len(tasks)} held-out test tasks")
         start = time.perf_counter()
-        tables[name] = evaluator.few_shot(provider, name)
+        many = method.networks_for if isinstance(method, ChoosesForMany) else None
+        tables[name] = evaluator.few_shot(provider, name, many=many)
         curves[name] = evaluator.curve(provider, name)
         seconds[f"evaluation_{name}"] = time.perf_counter() - start
+        seconds[f"choosing_{name}"] = evaluator.choosing_seconds[name]
         if isinstance(method, AdaptsItsOwnWay):
             key = own_rate_key(name)
             log(f"evaluating {name} at its own adaptation rate on the same {len(tasks)} tasks")
@@ -150,7 +163,7 @@ def evaluate_references(config: RunConfig, components: Components) -> dict[str, 
     )
 
 
-def pool_search_providers(config: RunConfig, components: Components) -> dict[str, NetworkProvider]:
+def pool_search_providers(config: RunConfig, components: Components) -> dict[str, Method]:
     """REML's trained pool without the policy (``eval.pool_search`` candidates per task; none when 0), keyed
     ``reml-search``."""
     candidates = config.core.eval.pool_search
@@ -164,7 +177,7 @@ def pool_search_providers(config: RunConfig, components: Components) -> dict[str
         lr=config.core.eval.sgd_lr,
         seed=config.seed,
     )
-    return {SEARCH_KEY: search.network_for}
+    return {SEARCH_KEY: search}
 
 
 @dataclass

@@ -267,7 +267,8 @@ class MetaTrainer:
                 steps=sorted({0, longest}),
                 lr=evaluation.sgd_lr,
             )
-            table = evaluator.few_shot(ReMLMethod(self.policy, self.eval_env).network_for)
+            method = ReMLMethod(self.policy, self.eval_env)
+            table = evaluator.few_shot(method.network_for, many=method.networks_for)
             scores = []
             for shots, row in table.items():
                 record[f"validation/mse_k{shots}_step0"] = row[0].mse_mean

@@ -376,3 +376,14 @@ def test_compiled_choice_and_meta_gradient_equal_eager(sampler, batch):
     assert float(compiled_loss) == pytest.approx(float(eager_loss), rel=1e-5)
     for a, b in zip(compiled.stack.parameters(), eager.stack.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_networks_for_many_tasks_take_the_initialisations_each_would_take_alone(trained, sampler):
+    tasks = sampler.test_tasks(12)
+    for shots in (5, 10):
+        networks = trained.networks_for(tasks, shots)
+        assert len(networks) == len(tasks)
+        for task, network in zip(tasks, networks):
+            for mine, source in zip(network.parameters(), rows(trained, trained.choice_for(task, shots))):
+                assert torch.equal(mine.detach(), source)
+    assert trained.networks_for([], 5) == []

@@ -66,6 +66,9 @@ def test_results_follow_the_documented_schema(smoke_run):
                 assert math.isfinite(cell["mse_mean"]) and cell["mse_ci95"] > 0 and cell["nan_tasks"] == 0
     assert set(results["curves"]) == {"reml", "scratch"} and all(len(c) == 101 for c in results["curves"].values())
     assert {"training_reml", "evaluation_reml", "evaluation_scratch"} <= set(results["timing_s"])
+    # what handing out the networks cost each method, a part of its evaluation
+    for method in ("reml", "scratch"):
+        assert 0 <= results["timing_s"][f"choosing_{method}"] <= results["timing_s"][f"evaluation_{method}"]
     assert {"python", "torch", "stable-baselines3", "sb3-contrib", "gymnasium"} <= set(results["versions"])
     assert results["training"]["env_steps"] >= 2000
     assert results["config"] == json.loads((out / "config.json").read_text())

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -275,6 +276,22 @@ class MAMLSelectBaseline(MAMLBaseline):
     def network_for(self, task: Task, shots: int) -> nn.Module:
         """A fresh :class:`MetaNetwork` copy of the initialisation the task's K-shot support set chooses."""
         return self.stack.network(self.choice_for(task, shots))
+
+    def networks_for(self, tasks: Sequence[Task], shots: int) -> list[nn.Module]:
+        """:meth:`network_for` of every task, the choices of tasks whose support sets have one shape computed
+        together (:class:`~reml_core.interfaces.ChoosesForMany`)."""
+        supports = [task.support(shots) for task in tasks]
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, (x, y) in enumerate(supports):
+            groups.setdefault((tuple(x.shape), tuple(y.shape)), []).append(i)
+        choices = [0] * len(tasks)
+        params = tuple(self.stack.parameters())
+        for members in groups.values():
+            x = torch.stack([supports[i][0] for i in members]).to(self.device)
+            y = torch.stack([supports[i][1] for i in members]).to(self.device)
+            for i, choice in zip(members, choose(self.backend.choice_loss(params, x, y)).tolist()):
+                choices[i] = int(choice)
+        return [self.stack.network(choice) for choice in choices]
 
     def save(self, directory: Path) -> None:
         """MAML's checkpoint files (``maml.safetensors``, ``maml.json``) holding the stack (tensors ``[M, ...]``)."""

@@ -287,38 +287,63 @@ class SB3PolicyBackend:
         """The policy's probability of each action, renormalised over the valid ones when a mask is given
         (:class:`reml_core.interfaces.SamplesActions`); threads LSTM state as :meth:`act` does."""
         probabilities, state = self._probabilities(observation, state, episode_start)
-        probabilities = probabilities.astype(np.float64)
-        if action_mask is not None:
-            probabilities[~np.asarray(action_mask, dtype=bool)] = 0.0
-        total = probabilities.sum()
-        if not total > 0:  # every valid action at probability 0 (or not finite): uniform over the valid ones
-            probabilities = np.ones_like(probabilities) if action_mask is None else np.asarray(action_mask, float)
-            total = probabilities.sum()
-        return probabilities / total, state
+        return _masked(probabilities, action_mask), state
+
+    @torch.no_grad()
+    def act_batch(
+        self, observations: np.ndarray, state: Any, episode_starts: np.ndarray, action_masks: np.ndarray
+    ) -> tuple[np.ndarray, Any]:
+        """:meth:`act` for a batch of environments in one forward pass (``observations`` one row per env, the
+        LSTM state of the batch threaded as a whole; :class:`reml_core.interfaces.ActsInBatches`)."""
+        probabilities, state = self._batch_probabilities(observations, state, episode_starts)
+        masks = np.asarray(action_masks, dtype=bool)
+        rows = np.arange(len(probabilities))
+        self.decisions += len(probabilities)
+        self.invalid_argmax += int((~masks[rows, probabilities.argmax(axis=1)]).sum())
+        probabilities[~masks] = -1.0
+        return probabilities.argmax(axis=1), state
+
+    @torch.no_grad()
+    def action_probabilities_batch(
+        self, observations: np.ndarray, state: Any, episode_starts: np.ndarray, action_masks: np.ndarray
+    ) -> tuple[np.ndarray, Any]:
+        """:meth:`action_probabilities` for a batch of environments in one forward pass (one row per env)."""
+        probabilities, state = self._batch_probabilities(observations, state, episode_starts)
+        return np.stack([_masked(row, mask) for row, mask in zip(probabilities, action_masks)]), state
 
     def _probabilities(self, observation: np.ndarray, state: Any, episode_start: bool) -> tuple[np.ndarray, Any]:
+        probabilities, state = self._batch_probabilities(
+            np.asarray(observation).reshape(1, -1), state, np.array([episode_start])
+        )
+        return probabilities[0], state
+
+    def _batch_probabilities(
+        self, observations: np.ndarray, state: Any, episode_starts: np.ndarray
+    ) -> tuple[np.ndarray, Any]:
+        """Each row's action probabilities and, for an LSTM, the batch's next (hidden, cell) state (zeros when
+        ``state`` is None)."""
         self._settled()
         policy: Any = self.model.policy  # ActorCriticPolicy or its recurrent kind (an LSTM state in and out)
         policy.set_training_mode(False)
-        obs = torch.as_tensor(observation, dtype=torch.float32).reshape(1, -1)
+        obs = torch.as_tensor(np.asarray(observations), dtype=torch.float32).reshape(len(observations), -1)
         if self.recurrent:
             if state is None:
-                state = self._initial_lstm_state()
-            starts = torch.tensor([float(episode_start)])
+                state = self._initial_lstm_state(len(obs))
+            starts = torch.as_tensor(np.asarray(episode_starts, dtype=np.float32))
             distribution, state = policy.get_distribution(obs, state, starts)
         else:
             distribution = policy.get_distribution(obs)
-        return distribution.distribution.probs[0].numpy().copy(), state
+        return distribution.distribution.probs.numpy().copy(), state
 
     def stats(self) -> dict[str, float]:
         """How often, at evaluation, the unmasked most probable action of :meth:`act` would have been invalid."""
         return {"invalid_argmax_rate": self.invalid_argmax / max(self.decisions, 1)}
 
-    def _initial_lstm_state(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zero (hidden, cell) state of the actor's LSTM, for one environment."""
+    def _initial_lstm_state(self, envs: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero (hidden, cell) state of the actor's LSTM, for ``envs`` environments."""
         policy: Any = self.model.policy  # a RecurrentActorCriticPolicy here
         layers, _, hidden = policy.lstm_hidden_state_shape
-        return torch.zeros(layers, 1, hidden), torch.zeros(layers, 1, hidden)
+        return torch.zeros(layers, envs, hidden), torch.zeros(layers, envs, hidden)
 
     def save(self, directory: Path) -> None:
         """Write the policy: ``policy.zip`` (stable-baselines3's own format, for SB3 tools) and the
@@ -380,3 +405,16 @@ class SB3PolicyBackend:
                 f"cannot restore the policy from {directory}: {type(error).__name__}: "
                 f"{' '.join(str(error).split())[:300]}"
             ) from None
+
+
+def _masked(probabilities: np.ndarray, action_mask: np.ndarray | None) -> np.ndarray:
+    """``probabilities`` (float64) renormalised over the valid actions of ``action_mask`` (invalid ones 0);
+    uniform over the valid ones when they all have probability 0 (or a value is not finite)."""
+    probabilities = probabilities.astype(np.float64)
+    if action_mask is not None:
+        probabilities[~np.asarray(action_mask, dtype=bool)] = 0.0
+    total = probabilities.sum()
+    if not total > 0:
+        probabilities = np.ones_like(probabilities) if action_mask is None else np.asarray(action_mask, float)
+        total = probabilities.sum()
+    return probabilities / total
