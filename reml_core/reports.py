@@ -399,20 +399,28 @@ def render_bench_report(results: ResultsDocument) -> str:
         "",
     ]
     lines += [
-        "## Budgets and training time",
+        "## Budgets, training time and test-time cost",
         "",
-        "| method | budget | training wall time (s, all seeds) | source (first seed) |",
-        "|---|---|---:|---|",
+        "| method | budget | training wall time (s, all seeds) | choosing the test networks (s, all seeds) | "
+        "source (first seed) |",
+        "|---|---|---:|---:|---|",
     ]
     sources = results.sources.get(seeds[0], {})
     for key in results.tables:
         if key.endswith(OWN_RATE_SUFFIX):
             continue  # the same trained method as its fixed-rate row
         seconds = results.timing.get(f"training_{key}")
+        choosing = results.timing.get(f"choosing_{key}")
         lines.append(
             f"| {labels[key]} | {results.budgets.get(key, '')} | {'-' if seconds is None else f'{seconds:.1f}'} | "
-            f"{sources.get(key, '')} |"
+            f"{'-' if choosing is None else f'{choosing:.1f}'} | {sources.get(key, '')} |"
         )
+    lines += [
+        "",
+        "Choosing the test networks: the part of a method's evaluation spent handing out each test task's starting "
+        "network (a policy's rollouts, a search, a copy of an initialisation), apart from the protocol's fine-tuning, "
+        "which every method gets alike: its test-time cost.",
+    ]
     total = results.timing.get("total_this_invocation")
     if total is not None:
         lines += ["", f"Total wall time of this invocation: {total:.0f} s."]

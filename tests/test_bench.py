@@ -52,7 +52,8 @@ def test_report_marks_the_best_and_states_encoder_and_budgets(smoke_bench):
     assert "| REML (support-set) |" in report and "| MAML |" in report and "| scratch |" in report
     assert "state encoder `support-set`, which sees only the K support points" in report and "privileged" not in report
     assert report.count("**") >= 2 * 2 * 3  # one bold (best) cell per K and step
-    assert "Budgets and training time" in report and "env steps of ppo-mlp" in report
+    assert "Budgets, training time and test-time cost" in report and "env steps of ppo-mlp" in report
+    assert "choosing the test networks (s, all seeds)" in report
 
 
 def test_from_reloads_trained_methods_and_reproduces_their_numbers(smoke_bench, tmp_path):

@@ -49,6 +49,17 @@ def section(run: Path) -> str:
         for k, v in timing.items()
         if k.startswith("training_")
     )
+    choosing = ", ".join(
+        f"{results.method_name(k.removeprefix('choosing_'))} {v:.1f} s"
+        for k, v in timing.items()
+        if k.startswith("choosing_")
+    )
+    choosing_words = (
+        f" Test-time cost, the seconds spent choosing the test tasks' starting networks before the fine-tuning every "
+        f"method gets (all seeds): {choosing}."
+        if choosing
+        else ""
+    )
     seeds = results.seed_list
     spread = (
         f" Each cell is the mean over {len(seeds)} seeds of the per-seed mean ± the mean 95% CI over tasks; "
@@ -72,7 +83,7 @@ def section(run: Path) -> str:
             f"![{results.plugin}: few-shot results against fine-tuning steps]({figure(results.plugin)})",
             "",
             f"Budgets: {budgets}. Training time (all seeds): {training}; whole benchmark "
-            f"{timing['total_this_invocation'] / 60:.0f} min on a 2-core CPU.",
+            f"{timing['total_this_invocation'] / 60:.0f} min on a 2-core CPU.{choosing_words}",
             end,
         ]
     )
