@@ -73,7 +73,7 @@ def _document(kind: str) -> ResultsDocument:
         test_tasks=7,
         tables=tables,
         curves={"reml:prototypes": [2.0, None, 1.0], "maml": [1.5, 1.2, 1.1]},
-        timing={"training_maml": 1.25, "total_this_invocation": 3.5},
+        timing={"training_maml": 1.25, "choosing_maml": 0.4, "total_this_invocation": 3.5},
         config=dict(CONFIG),
         versions={"python": "3.11"},
         command="reml-bench --plugin digits",
@@ -182,7 +182,8 @@ def test_reports_render_from_the_typed_document_without_placeholders():
     bench = render_bench_report(_document("bench"))
     assert "REML (prototypes)" in bench and "MAML" in bench and "seeds 3, 4" in bench
     assert "NaN (2 tasks diverged)" in bench and "(seeds ±0.010)" in bench and "query accuracy" in bench
-    assert "| MAML | iterations=5 | 1.2 | trained |" in bench
+    assert "| MAML | iterations=5 | 1.2 | 0.4 | trained |" in bench  # training, then choosing the test networks
+    assert "| REML (prototypes) | 10 env steps | - | - |" in bench  # no seconds recorded: dashes
 
 
 @pytest.mark.parametrize(
