@@ -130,6 +130,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self.depth = config.depth
         self.slot_roles = slot_roles(config.depth)
         self._roles = np.array([role.value for role in pool.roles])
+        self._by_role = {value: np.flatnonzero(self._roles == value).tolist() for value in set(self._roles.tolist())}
         # Hyperparameter choice steps (env.choose) follow the layer slots; their options are action
         # indices after the pool's: option j of choice step c is pool.size + offsets[c] + j.
         self.choice_steps: list[ChoiceStep] = choice_steps(config.choose, choices)
@@ -181,6 +182,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         self.shots = int(options["shots"]) if "shots" in options else int(episode_rng.choice(self.config.shots))
         if not 1 <= self.shots <= self.task_sampler.max_shots:
             raise ValueError(f"K = {self.shots} is outside 1..{self.task_sampler.max_shots}")
+        self._support = self.task.support(self.shots)  # the K points every measurement of the episode uses
         self._minibatch_seed = int(episode_rng.integers(2**62))
         self.episodes += 1
         self._chosen = []
@@ -317,7 +319,7 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         assert self.task is not None
         if len(self._chosen) < 2:
             return None
-        x, y = self.task.support(self.shots)
+        x, y = self._support
         return MeasureRequest(tuple(self.chosen), x, y)
 
     def candidate_requests(self) -> list[MeasureRequest]:
@@ -338,8 +340,8 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
             self._candidates = []
             return None
         role = self.slot_roles[len(self._chosen)].value
-        self._candidates = [i for i in np.flatnonzero(self._roles == role).tolist() if i not in self._chosen]
-        x, y = self.task.support(self.shots)
+        self._candidates = [i for i in self._by_role.get(role, []) if i not in self._chosen]
+        x, y = self._support
         template = tuple(network_order([*self._chosen, self._candidates[0]]))
         slot = len(self._chosen) - 1 if len(self._chosen) >= 2 else 1  # hidden layers fill from the input side
         return template, slot, list(self._candidates), x, y
