@@ -142,3 +142,17 @@ def test_digits_recommends_its_own_baselines(tmp_path):
     registry = PluginRegistry.discover(disabled=())
     assert default_baselines(registry, "digits", "bench") == ["maml", "scratch", "reference"]
     assert default_baselines(registry, "digits", "run") == ["scratch", "reference"]
+
+
+@pytest.mark.parametrize("preset", ["smoke", "default", "full"])
+def test_image_families_share_episode_ends_between_their_processes(installed_registry, preset):
+    """A conv episode end is nearly all of a step, so both of two workers train networks (none waits beside
+    PPO's update, the sine default); a user's own setting still wins. (Omniglot has the same presets.)"""
+    family = "digits"
+    from reml_core.config import resolve_config
+    from reml_core.settings import episode_processes
+
+    train = resolve_config(installed_registry, {"plugin": family, "preset": preset}).core.train
+    assert train.overlap_update is False and episode_processes(2, train.overlap_update) == 2
+    mine = {"plugin": family, "preset": preset, "train": {"overlap_update": True}}
+    assert resolve_config(installed_registry, mine).core.train.overlap_update is True
