@@ -161,12 +161,26 @@ class ReMLMethod:
         """Which of ``compositions`` has the lowest support loss after one SGD step (the first such on a tie; a
         diverged one, whose loss :func:`~reml_core.batched.support_losses` makes ``inf``, never wins), and every
         one's loss. A composition tried more than once is fine-tuned once."""
-        x, y = task.support(shots)
-        distinct = list(dict.fromkeys(tuple(c) for c in compositions))
-        requests = [MeasureRequest(c, x, y) for c in distinct]
-        measured = dict(zip(distinct, support_losses(self.pool, requests, self.loss_fn, steps=1, lr=self.lr)))
-        losses = [measured[tuple(c)] for c in compositions]
-        return int(np.argmin(losses)), losses
+        return self.best_of_many([task], shots, [compositions])[0]
+
+    def best_of_many(
+        self, tasks: Sequence[Task], shots: int, compositions: Sequence[Sequence[Sequence[int]]]
+    ) -> list[tuple[int, list[float]]]:
+        """:meth:`best_of` of every task and its compositions, all fine-tuned in stacked computations."""
+        requests: list[MeasureRequest] = []
+        spans: list[tuple[int, list[tuple[int, ...]]]] = []
+        for task, options in zip(tasks, compositions, strict=True):
+            x, y = task.support(shots)
+            distinct = list(dict.fromkeys(tuple(c) for c in options))
+            spans.append((len(requests), distinct))
+            requests += [MeasureRequest(c, x, y) for c in distinct]
+        losses = support_losses(self.pool, requests, self.loss_fn, steps=1, lr=self.lr, max_rows=SEARCH_ROWS)
+        best = []
+        for (start, distinct), options in zip(spans, compositions):
+            measured = dict(zip(distinct, losses[start : start + len(distinct)]))
+            every = [measured[tuple(c)] for c in options]
+            best.append((int(np.argmin(every)), every))
+        return best
 
     def network_for(self, task: Task, shots: int) -> nn.Module:
         """The composed network (a copy of pool layers), with any plugin-declared chosen values applied."""
@@ -208,19 +222,8 @@ class ReMLMethod:
         compositions = [[rollout[i] for rollout in tried] for i in range(len(tasks))]
         if self.rollouts == 1:
             return [options[0] for options in compositions]
-        requests: list[MeasureRequest] = []
-        spans: list[tuple[int, list[tuple[int, ...]]]] = []
-        for task, options in zip(tasks, compositions):
-            x, y = task.support(shots)
-            distinct = list(dict.fromkeys(tuple(c) for c in options))
-            spans.append((len(requests), distinct))
-            requests += [MeasureRequest(c, x, y) for c in distinct]
-        losses = support_losses(self.pool, requests, self.loss_fn, steps=1, lr=self.lr, max_rows=SEARCH_ROWS)
-        chosen = []
-        for (start, distinct), options in zip(spans, compositions):
-            measured = dict(zip(distinct, losses[start : start + len(distinct)]))
-            chosen.append(options[int(np.argmin([measured[tuple(c)] for c in options]))])
-        return chosen
+        best = self.best_of_many(tasks, shots, compositions)
+        return [options[index] for options, (index, _) in zip(compositions, best)]
 
     def _rollouts_side_by_side(
         self,
