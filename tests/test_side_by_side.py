@@ -46,6 +46,7 @@ def _assert_same(network, expected) -> None:
         assert torch.equal(mine, theirs)
 
 
+@pytest.mark.numerics  # compared within rounding: also run under other CPU dispatches
 @pytest.mark.parametrize("policy", ["ppo-mlp", "ppo-lstm"])
 @pytest.mark.parametrize("rollouts", [1, 4])
 def test_side_by_side_rollouts_choose_what_task_by_task_rollouts_choose(installed_registry, tmp_path, policy, rollouts):
@@ -83,6 +84,7 @@ def test_without_batched_acting_the_tasks_are_rolled_out_one_by_one(installed_re
         _assert_same(network, components.pool.build(method.indices_for(task, 5)))
 
 
+@pytest.mark.numerics  # compared within rounding: also run under other CPU dispatches
 @pytest.mark.parametrize("policy", ["ppo-mlp", "ppo-lstm"])
 def test_a_batch_of_observations_acts_as_each_row_alone(installed_registry, tmp_path, policy):
     method, components = _method(installed_registry, tmp_path, policy=policy)
