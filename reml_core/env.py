@@ -54,6 +54,46 @@ Mode = Literal["train", "calibrate", "evaluate"]
 StepKind = Literal["invalid", "partial", "measure", "complete"]
 OBSERVATION_BOUND = 10.0
 
+#: What stepping and resetting change in a training env (:meth:`CompositionEnv.shard_state`).
+_STEP_STATE = (
+    "task",
+    "shots",
+    "_support",
+    "_minibatch_seed",
+    "episodes",
+    "_chosen",
+    "_options",
+    "_invalid",
+    "_task_features",
+    "_network_features",
+    "_current_loss",
+    "_candidate_scores",
+    "_candidates",
+    "_last_valid",
+    "_seed",
+    "_first_episode",
+    "_drawn",
+    "training_progress",
+    "_np_random",
+    "_np_random_seed",
+)
+
+
+class _LazyStream:
+    """An env's task stream after :meth:`CompositionEnv.load_shard_state`: rebuilt at its position when first drawn
+    from (a run's training envs are rarely reset again after their shards stop)."""
+
+    def __init__(self, env: CompositionEnv) -> None:
+        self.env = env
+
+    def __iter__(self) -> _LazyStream:
+        return self
+
+    def __next__(self) -> Task:
+        tasks = self.env._stream_at(self.env._drawn)
+        self.env._tasks = tasks
+        return next(tasks)
+
 
 def slot_roles(depth: int) -> list[Role]:
     """The role of each slot, in the order slots are filled."""
@@ -178,7 +218,11 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
             self._restart_stream(seed)
         options = options or {}
         episode_rng = np.random.default_rng([self._seed, self.episodes])
-        self.task = options["task"] if "task" in options else next(self._tasks)
+        if "task" in options:
+            self.task = options["task"]
+        else:
+            self.task = next(self._tasks)
+            self._drawn += 1
         self.shots = int(options["shots"]) if "shots" in options else int(episode_rng.choice(self.config.shots))
         if not 1 <= self.shots <= self.task_sampler.max_shots:
             raise ValueError(f"K = {self.shots} is outside 1..{self.task_sampler.max_shots}")
@@ -405,10 +449,31 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
     def _restart_stream(self, seed: int) -> None:
         """Training tasks from ``seed``'s stream, starting at ``first_episode`` (past tasks a resumed run saw)."""
         self._seed = seed
-        self._tasks = self.task_sampler.train_stream(seed)
-        for _ in range(self._first_episode):
-            next(self._tasks)
+        self._tasks = self._stream_at(self._first_episode)
+        self._drawn = self._first_episode  # tasks taken from the stream so far (its position)
         self.episodes = self._first_episode
+
+    def _stream_at(self, position: int) -> Iterator[Task]:
+        tasks = self.task_sampler.train_stream(self._seed)
+        for _ in range(position):
+            next(tasks)
+        return tasks
+
+    def shard_state(self) -> dict[str, Any]:
+        """What stepping changes in this env (its episode, its place in the task stream; not its components):
+        what a vector env's shard process sends back when it stops, for :meth:`load_shard_state`."""
+        return {name: getattr(self, name) for name in _STEP_STATE if hasattr(self, name)}
+
+    def load_shard_state(self, state: dict[str, Any]) -> None:
+        """Continue from another process's copy of this env (:meth:`shard_state`): its episode, and its task
+        stream from the same position (rebuilt at the next reset that draws a task)."""
+        moved = state.get("_drawn") != getattr(self, "_drawn", None) or state.get("_seed") != getattr(
+            self, "_seed", None
+        )
+        for name, value in state.items():
+            setattr(self, name, value)
+        if moved:
+            self._tasks = _LazyStream(self)
 
     def action_masks(self) -> np.ndarray:
         """True for each action valid at this step (for maskable policies): the pool indices that fit the

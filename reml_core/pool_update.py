@@ -113,10 +113,11 @@ class ProtocolPoolUpdate:
             for i in batch:
                 losses[i] = part[i]
             if gradients is not None:
-                self._step(gradients, lr_scale)
+                self.step(gradients, lr_scale)
         return losses
 
-    def _step(self, gradients: Sequence[torch.Tensor], lr_scale: float) -> None:
+    def step(self, gradients: Sequence[torch.Tensor], lr_scale: float) -> None:
+        """One Adam step of the pool on ``gradients`` (one per pool tensor, as :meth:`gradients` returns them)."""
         for parameter, gradient in zip(self.parameters, gradients):
             parameter.grad = gradient
         self.optimizer.param_groups[0]["lr"] = self.lr_base * lr_scale

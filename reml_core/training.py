@@ -211,9 +211,8 @@ class MetaTrainer:
             except WorkerLost as error:
                 raise WorkerLost(f"{error}; {self._resume_hint()}") from None
             finally:
-                workers = getattr(self.env, "workers", None)
-                if workers is not None:  # train.workers: stop them (validation and evaluation run here)
-                    workers.close()
+                if hasattr(self.env, "stop_workers"):  # train.workers: stop them (validation and evaluation run here)
+                    self.env.stop_workers()
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)
                 self.state.seconds["training"] += time.perf_counter() - start

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,8 @@ from gymnasium import spaces
 from reml_core.batched import end_episodes
 from reml_core.compat import import_gym_quietly
 from reml_core.env import CompositionEnv, measure
-from reml_core.workers import make_workers
+from reml_core.shards import shard_ranges
+from reml_core.workers import make_workers, merge_gradients, replay
 
 import_gym_quietly()
 
@@ -77,8 +79,14 @@ class CompositionVecEnv(DummyVecEnv):
         self._returns = np.zeros(self.num_envs, dtype=np.float64)
         self._lengths = np.zeros(self.num_envs, dtype=np.int64)
         self._started = time.time()
-        # train.workers > 1: episode ends split across worker processes (reml_core.workers; started lazily)
-        self.workers = make_workers(first, workers) if workers > 1 else None
+        # train.workers > 1: each process steps a shard of the envs (reml_core.shards) where the workers can own envs
+        # and there are enough of them; otherwise only the episode ends are split (reml_core.workers); started lazily
+        self.workers = make_workers(self.envs, workers) if workers > 1 else None
+        shards = shard_ranges(self.num_envs, workers) if self.workers is not None and self.workers.owns_envs else []
+        self.shards = shards if len(shards) > 1 else None
+        self._sharded = False  # whether the shards' workers have stepped their envs (ours are then stale)
+        self._masks: np.ndarray | None = None  # the envs' action masks after the last sharded step, when asked for
+        self._masks_wanted = False
 
     # -- what the trainer reads and sets ---------------------------------------------------
 
@@ -103,9 +111,47 @@ class CompositionVecEnv(DummyVecEnv):
     # -- VecEnv API --------------------------------------------------------------------------
 
     def close(self) -> None:
-        if self.workers is not None:
-            self.workers.close()
+        self.stop_workers()
         super().close()
+
+    def stop_workers(self) -> None:
+        """Stop the worker processes (they start again at the next step that needs them), first bringing back the
+        state of the envs they stepped, so this process's envs continue where the shards were."""
+        if self.workers is None:
+            return
+        if self._sharded and self.workers.started:
+            assert self.shards is not None
+            shares = [("state", (share.start, share.stop), {}) for share in self.shards]
+            states = self.workers.run(shares, check_pool=False)
+            for share, shard_states in zip(self.shards[1:], states[1:]):
+                for index, state in zip(share, shard_states):
+                    self.envs[index].load_shard_state(state)
+        self._sharded = False
+        self._masks = None
+        self.workers.close()
+
+    def env_method(self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any) -> list[Any]:
+        if method_name == "action_masks" and not method_args and not method_kwargs:
+            self._masks_wanted = True  # from now on each sharded step brings the masks back
+            if self._sharded:
+                if self._masks is None:
+                    assert self.shards is not None and self.workers is not None
+                    shares = [("masks", (share.start, share.stop), {}) for share in self.shards]
+                    self._masks = np.concatenate(self.workers.run(shares, check_pool=False))
+                return [self._masks[i] for i in self._get_indices(indices)]
+        elif self._sharded:
+            self.stop_workers()  # anything else a caller asks of the envs: ours must be current
+        return super().env_method(method_name, *method_args, indices=indices, **method_kwargs)
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        if self._sharded:
+            self.stop_workers()
+        return super().get_attr(attr_name, indices)
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        if self._sharded:
+            self.stop_workers()
+        super().set_attr(attr_name, value, indices)
 
     def seed(self, seed: int | None = None) -> Sequence[int | None]:
         """Seed the next reset: env i gets the task stream of ``stream_seed(seed, i)``."""
@@ -116,9 +162,25 @@ class CompositionVecEnv(DummyVecEnv):
 
     def reset(self) -> VecEnvObs:
         observations = np.empty((self.num_envs, *self.observation_space.shape), dtype=np.float32)
-        for index, env in enumerate(self.envs):
-            options = {"options": self._options[index]} if self._options[index] else {}
-            observations[index], self.reset_infos[index] = env.reset(seed=self._seeds[index], **options)
+        if self._sharded:  # the shards' envs reset where they are
+            assert self.shards is not None and self.workers is not None
+            shares = [
+                ("reset", (r.start, r.stop, self._seeds[r.start : r.stop], self._options[r.start : r.stop]), {})
+                for r in self.shards
+            ]
+            replies = []
+            for share, (pairs, episodes) in zip(self.shards, self.workers.run(shares, check_pool=False)):
+                replies.extend(pairs)
+                for index, count in zip(share, episodes):
+                    self.envs[index].episodes = count
+            self._masks = None
+        else:
+            replies = []
+            for index, env in enumerate(self.envs):
+                options = {"options": self._options[index]} if self._options[index] else {}
+                replies.append(env.reset(seed=self._seeds[index], **options))
+        for index, (observation, info) in enumerate(replies):
+            observations[index], self.reset_infos[index] = observation, info
         self._reset_seeds()
         self._reset_options()
         self._returns[:] = 0.0
@@ -126,6 +188,8 @@ class CompositionVecEnv(DummyVecEnv):
         return observations
 
     def step_wait(self) -> VecEnvStepReturn:
+        if self.shards is not None:
+            return self._finish(*self._step_shards())
         first = self.envs[0]
         kinds = [env.apply(action) for env, action in zip(self.envs, self.actions)]
         measured = [self.envs[index] for index, kind in enumerate(kinds) if kind == "measure"]
@@ -152,6 +216,60 @@ class CompositionVecEnv(DummyVecEnv):
         for index, env in enumerate(self.envs):
             if results[index] is None:
                 results[index] = env.partial_result()
+        return self._finish(results, None)
+
+    def _step_shards(self) -> tuple[list[Any], dict[int, Any]]:
+        """One vector step, each shard's envs stepped by the process that owns them (reml_core.shards); the pool
+        then updated here from the shards' write-backs or gradients, in shard order (env order)."""
+        assert self.shards is not None and self.workers is not None
+        first = self.envs[0]
+        rate = self.write_back_rate if self.mode == "train" else None
+        options = {
+            "progress": self.training_progress,
+            "write_back_rate": rate,
+            "batched": self.batched,
+            "required": first.reward_function.required_losses,
+            "masks": self._masks_wanted,
+        }
+        if self.workers.pool_replaced():  # forked anew from the new tensors, with the envs as the shards left them
+            self.stop_workers()
+        actions = np.asarray(self.actions)
+        replies = self.workers.run(
+            [("step", (r.start, r.stop, actions[r.start : r.stop]), options) for r in self.shards]
+        )
+        self._sharded = True
+        results: list[Any] = []
+        resets: dict[int, Any] = {}
+        for share, reply in zip(self.shards, replies):
+            results.extend(reply["results"])
+            resets.update({share.start + i: pair for i, pair in reply["resets"].items()})
+            for index, episodes in zip(share, reply["episodes"]):
+                self.envs[index].episodes = episodes  # what a checkpoint records, current for every shard
+        self._masks = np.concatenate([reply["masks"] for reply in replies]) if self._masks_wanted else None
+        pool_update = first.pool_update
+        if pool_update is None or rate is None:
+            for reply in replies:
+                replay(self.pool, reply["writes"])
+        elif any(reply["keep"] for reply in replies):
+            update_options = next(reply["update_options"] for reply in replies if reply["keep"])
+            if not pool_update.batch:  # one Adam step on the shards' gradients, merged in shard order
+                parts = [reply["gradient"] or ([], None, 0) for reply in replies]
+                gradient = merge_gradients([count for _, _, count in parts], [grads for _, grads, _ in parts])
+                if gradient is not None:
+                    pool_update.step(gradient, update_options.get("lr_scale", 1.0))
+            else:  # several steps on consecutive ends: the ends came back, their gradients split as end splits are
+                ends = [end for reply in replies for end in (reply["ends"] or [])]
+                keep = [flag for reply in replies for flag in reply["keep"]]
+                pool_update.gradients = partial(self.workers.protocol_gradients, pool_update)
+                try:
+                    pool_update.apply(ends, keep, **update_options)
+                finally:
+                    del pool_update.gradients
+        return results, resets
+
+    def _finish(self, results: list[Any], resets: dict[int, Any] | None) -> VecEnvStepReturn:
+        """SB3's step return from each env's result (Monitor's episode statistics; finished envs reset here, or by
+        their shard: ``resets``)."""
         observations = np.empty((self.num_envs, *self.observation_space.shape), dtype=np.float32)
         rewards = np.empty(self.num_envs, dtype=np.float32)
         dones = np.empty(self.num_envs, dtype=bool)
@@ -170,7 +288,8 @@ class CompositionVecEnv(DummyVecEnv):
                 }
                 self._returns[index] = 0.0
                 self._lengths[index] = 0
-                observation, self.reset_infos[index] = self.envs[index].reset()
+                reset = self.envs[index].reset() if resets is None else resets[index]
+                observation, self.reset_infos[index] = reset
             observations[index] = observation
             rewards[index] = reward
             dones[index] = done

@@ -5,7 +5,7 @@ measures their networks (stacked by shape) and then updates the pool in env-inde
 ``train.workers`` = W > 1 the step's ends are cut into W consecutive shares of about equal size
 (:func:`chunks`); the process that owns the pool and the policy ends share 0 itself while W - 1
 forked worker processes end the others, each through ``end_episodes`` on a recording pool
-(:class:`_RecordingPool`) that builds from the real pool and records the write-backs instead of
+(:class:`RecordingPool`) that builds from the real pool and records the write-backs instead of
 applying them. The owner then replays every share's write-backs in share order, which is env-index
 order (the same lerps, in the same order, as one process makes), or, under the protocol rule, takes
 the update over all the step's ends with its gradients computed per share
@@ -74,7 +74,7 @@ def chunks(count: int, shares: int) -> list[range]:
     return [range(bounds[s], bounds[s + 1]) for s in range(shares) if bounds[s + 1] > bounds[s]]
 
 
-class _RecordingPool:
+class RecordingPool:
     """The pool as a share's ``end_episodes`` sees it: it builds from the real pool and records its
     write-backs (with their trained networks) instead of applying them, for the owner to replay in
     env order. Everything else, capabilities included, is the real pool's."""
@@ -97,7 +97,7 @@ class _RecordingPool:
         self.writes.append(("one", list(indices), network, rate))
 
 
-class _RecordingUpdate:
+class RecordingUpdate:
     """The protocol update as a share's ``end_episodes`` sees it: it records which ends to keep; the
     owner then takes the real update over all of the step's ends at once (exactly one process's step)."""
 
@@ -121,12 +121,26 @@ def replay(pool: Any, writes: Sequence[tuple[Any, ...]]) -> None:
 
 
 def work(
-    pool: Any, kind: str, ends: Sequence[Any], options: dict[str, Any], *, loss_fn: Any, config: Any, pool_update: Any
+    pool: Any,
+    kind: str,
+    ends: Sequence[Any],
+    options: dict[str, Any],
+    *,
+    loss_fn: Any,
+    config: Any,
+    pool_update: Any,
+    envs: Sequence[Any] = (),
 ) -> Any:
     """A worker's (or the owner's) share of a step: ``end`` (:func:`end_share`), ``grad`` (the protocol
-    update's :meth:`~reml_core.pool_update.ProtocolPoolUpdate.gradients` over the share's ends, all kept)
-    or ``losses`` (:func:`~reml_core.batched.stacked_support_losses` of each group of the share's candidate
-    networks: their index lists and stacked points)."""
+    update's :meth:`~reml_core.pool_update.ProtocolPoolUpdate.gradients` over the share's ends, all kept),
+    ``losses`` (:func:`~reml_core.batched.stacked_support_losses` of each group of the share's candidate
+    networks: their index lists and stacked points), or a request on the vector env's ``envs`` that this
+    process owns (``step``, ``reset``, ``masks``, ``state``: :func:`reml_core.shards.shard_work`)."""
+    if kind in ("step", "reset", "masks", "state"):
+        from reml_core.shards import shard_work  # noqa: PLC0415 - lazy: import cycle (shards -> workers)
+
+        end = {"loss_fn": loss_fn, "config": config, "pool_update": pool_update}
+        return shard_work(kind, envs, ends, options, pool=pool, end=end)
     if kind == "grad":
         return type(pool_update).gradients(pool_update, ends, [True] * len(ends), **options)
     if kind == "losses":  # here ``ends`` are groups of stacked candidate networks (EpisodeWorkers.support_losses)
@@ -143,8 +157,8 @@ def end_share(pool: Any, ends: Sequence[Any], options: dict[str, Any], *, loss_f
     from reml_core.batched import end_episodes  # noqa: PLC0415 - lazy: start-up time: reml_core.batched imports numpy
 
     options = dict(options)
-    recorder = _RecordingPool(pool)
-    update = _RecordingUpdate() if options.pop("protocol") else None
+    recorder = RecordingPool(pool)
+    update = RecordingUpdate() if options.pop("protocol") else None
     outcomes = end_episodes(recorder, ends, loss_fn=loss_fn, config=config, pool_update=update, **options)
     return outcomes, recorder.writes, (update.calls if update is not None else [])
 
@@ -349,6 +363,9 @@ class EpisodeWorkers:
     calling process on the pool itself; its result must pickle.
     """
 
+    #: Whether the workers hold the vector env's envs (forked from its process) and can step a shard of them.
+    owns_envs = True
+
     def __init__(self, pool: Any, count: int, work: Callable[..., Any]) -> None:
         self.pool = pool
         self.count = count
@@ -418,11 +435,18 @@ class EpisodeWorkers:
 
     # -- work --------------------------------------------------------------------------------
 
-    def run(self, shares: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """``work(pool, *share)`` for each share, share 0 here and share s in worker s; results in share order."""
+    def pool_replaced(self) -> bool:
+        """Whether the pool's tensors were replaced since the workers were forked (a checkpoint loaded into new
+        tensors): they then read stale ones."""
+        return self.started and self._fingerprint() != self._storages
+
+    def run(self, shares: Sequence[tuple[Any, ...]], *, check_pool: bool = True) -> list[Any]:
+        """``work(pool, *share)`` for each share, share 0 here and share s in worker s; results in share order.
+        Workers whose pool was replaced are forked anew first, unless ``check_pool`` is False (a request that
+        reads no pool tensor)."""
         if len(shares) > 1:
             self.start()
-            if self.started and self._fingerprint() != self._storages:
+            if check_pool and self.pool_replaced():
                 # the pool's tensors were replaced (a checkpoint loaded, maintenance re-drawn): fork anew from them
                 self.close()
                 self.start()
@@ -551,20 +575,7 @@ class EpisodeWorkers:
             counts.append(sum(math.isfinite(value) for value in share_losses))
             for j, value in zip(share, share_losses):
                 losses[chosen[j]] = value
-        total = sum(counts)
-        if not total:
-            return losses, None
-        merged: list[torch.Tensor] | None = None
-        for count, (_, gradients) in zip(counts, results):
-            if gradients is None or not count:
-                continue
-            weight = count / total
-            if merged is None:
-                merged = [gradient.mul(weight) for gradient in gradients]
-            else:
-                for into, gradient in zip(merged, gradients):
-                    into.add_(gradient, alpha=weight)
-        return losses, merged
+        return losses, merge_gradients(counts, [gradients for _, gradients in results])
 
     def _describe(self, index: int) -> str:
         process = self._processes[index - 1]
@@ -600,6 +611,27 @@ class EpisodeWorkers:
                 raise self._lost(index)
 
 
+def merge_gradients(
+    counts: Sequence[int], gradients: Sequence[Sequence[torch.Tensor] | None]
+) -> list[torch.Tensor] | None:
+    """The mean gradient over all shares from each share's mean and the count of networks it averages,
+    summed in share order (None when no network counted)."""
+    total = sum(counts)
+    if not total:
+        return None
+    merged: list[torch.Tensor] | None = None
+    for count, parts in zip(counts, gradients):
+        if parts is None or not count:
+            continue
+        weight = count / total
+        if merged is None:
+            merged = [gradient.mul(weight) for gradient in parts]
+        else:
+            for into, gradient in zip(merged, parts):
+                into.add_(gradient, alpha=weight)
+    return merged
+
+
 def _pickles(value: Any) -> bool:
     if not value:
         return True
@@ -626,11 +658,14 @@ def describe(workers: int, n_envs: int) -> str:
     return f"{workers} processes (started at the first step that ends {2 * MIN_SHARE}+ of the {n_envs} envs' episodes)"
 
 
-def make_workers(env: Any, count: int) -> EpisodeWorkers:
-    """The workers of a vector env whose first environment is ``env`` (its pool, loss and settings)."""
-    share = partial(work, loss_fn=env.task_sampler.loss, config=env.config, pool_update=env.pool_update)
+def make_workers(envs: Sequence[Any], count: int) -> EpisodeWorkers:
+    """The workers of a vector env of ``envs`` (their pool, loss and settings are the first one's)."""
+    env = envs[0]
     if _RAY:
+        share = partial(work, loss_fn=env.task_sampler.loss, config=env.config, pool_update=env.pool_update)
         return RayEpisodeWorkers(env.pool, count, share, _RAY["ray"], _RAY["config"])
+    # forked workers inherit every env: they can own a shard of them (reml_core.shards)
+    share = partial(work, loss_fn=env.task_sampler.loss, config=env.config, pool_update=env.pool_update, envs=envs)
     return EpisodeWorkers(env.pool, count, share)
 
 
@@ -685,6 +720,8 @@ class RayEpisodeWorkers(EpisodeWorkers):
     share. The split, the merge and the numbers are the forked workers' exactly.
     """
 
+    owns_envs = False  # an actor rebuilds the run's components, not the envs: it ends episodes only
+
     def __init__(self, pool: Any, count: int, work: Callable[..., Any], ray: Any, config: dict[str, Any]) -> None:
         super().__init__(pool, count, work)
         self.ray = ray
@@ -713,7 +750,7 @@ class RayEpisodeWorkers(EpisodeWorkers):
             except Exception:
                 pass
 
-    def run(self, shares: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def run(self, shares: Sequence[tuple[Any, ...]], *, check_pool: bool = True) -> list[Any]:
         if len(shares) > 1:
             self.start()
         if not self._actors or len(shares) == 1:

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from reml_core.settings import resolve_workers
+from reml_core.shards import MIN_SHARD
 from reml_core.workers import MIN_SHARE, chunks, split_count
 
 BIN = Path(sys.executable).parent
@@ -135,8 +136,99 @@ def test_two_workers_repeat_exactly_and_agree_with_one_within_rounding(pool_upda
 
 
 def test_workers_start_only_when_a_step_ends_several_episodes():
-    _, _, started = _vector_run("thesis", 2, steps=4)  # no episode ends before the 5th step (depth 5)
+    # fewer than 2 x MIN_SHARD envs: no shards; only the episode ends are split, none before the 5th step (depth 5)
+    _, _, started = _vector_run("thesis", 2, steps=4, n_envs=2 * MIN_SHARD - 1)
     assert not started
+
+
+def _vector_env(pool_update: str, n_envs: int, workers: int):
+    from reml_core.config import resolve_config
+    from reml_core.experiment import build_components
+    from reml_core.registry import PluginRegistry
+
+    config = resolve_config(
+        PluginRegistry.discover(),
+        {"plugin": "sine", "preset": "smoke", "env": {"pool_update": pool_update}, "train": {"progress": False}},
+    )
+    torch.manual_seed(0)
+    components = build_components(config)
+    return components.make_vec_env(n_envs, workers=workers), components.pool
+
+
+def _random_steps(env, rng, steps: int) -> list[tuple[np.ndarray, ...]]:
+    seen = []
+    for _ in range(steps):
+        masks = env.env_method("action_masks")
+        actions = [rng.choice(np.flatnonzero(mask)) if rng.random() < 0.9 else 0 for mask in masks]
+        observations, rewards, dones, _ = env.step(np.array(actions))
+        seen.append((observations.copy(), rewards.copy(), dones.copy(), np.stack(masks)))
+    return seen
+
+
+def test_each_process_steps_a_shard_of_the_envs_from_the_first_step():
+    env, _ = _vector_env("thesis", 48, 2)
+    try:
+        assert env.shards == [range(0, 24), range(24, 48)]
+        env.seed(0)
+        env.reset()
+        _random_steps(env, np.random.default_rng(0), 1)
+        assert env.workers.started  # no episode has ended yet: the whole step is what is split
+    finally:
+        env.close()
+    small, _ = _vector_env("thesis", 2 * MIN_SHARD - 1, 2)
+    assert small.shards is None  # too few envs for two shards of MIN_SHARD: episode ends are split instead
+    small.close()
+
+
+@pytest.mark.parametrize("pool_update", ["thesis", "protocol"])
+def test_workers_stopped_midway_hand_their_envs_back_exactly(pool_update):
+    """Stopping the workers (end of learn, a validation) brings the shards' envs back: stepping on, with workers
+    forked anew from them, gives every number an uninterrupted run gives, and the envs' own masks, episode counts
+    and task streams are the shards' (what a checkpoint records and a reset continues)."""
+    straight, straight_pool = _vector_env(pool_update, 32, 2)
+    paused, paused_pool = _vector_env(pool_update, 32, 2)
+    try:
+        for env in (straight, paused):
+            env.seed(3)
+            env.reset()
+        first = _random_steps(straight, np.random.default_rng(1), 14)
+        rng = np.random.default_rng(1)
+        second = _random_steps(paused, rng, 7)
+        episodes, masks = paused.episodes, np.stack(paused.env_method("action_masks"))  # as the shards sent them
+        paused.stop_workers()
+        assert not paused.workers.started and paused.episodes == episodes
+        assert np.array_equal(np.stack([env.action_masks() for env in paused.envs]), masks)
+        second += _random_steps(paused, rng, 7)
+        for a, b in zip(first, second):
+            assert all(np.array_equal(x, y) for x, y in zip(a, b))
+        assert straight.episodes == paused.episodes
+        assert all(torch.equal(straight_pool.state_dict()[k], v) for k, v in paused_pool.state_dict().items())
+        # a reset reaches the shards, and a reset with a seed restarts every env's stream as one process does
+        for env in (straight, paused):
+            env.seed(5)
+        again = straight.reset()
+        paused.stop_workers()
+        assert np.array_equal(again, paused.reset())
+    finally:
+        straight.close()
+        paused.close()
+
+
+def test_a_reset_after_sharded_steps_continues_each_envs_task_stream():
+    sharded, _ = _vector_env("thesis", 32, 2)
+    alone, _ = _vector_env("thesis", 32, 1)
+    try:
+        for env in (sharded, alone):
+            env.seed(7)
+            env.reset()
+            _random_steps(env, np.random.default_rng(2), 9)
+        assert sharded.workers.started
+        # no seed: every env draws its next task from where its stream stands (in its shard's process)
+        assert np.allclose(sharded.reset(), alone.reset(), atol=1e-6)
+        assert sharded.episodes == alone.episodes
+    finally:
+        sharded.close()
+        alone.close()
 
 
 @pytest.mark.slow
