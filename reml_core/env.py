@@ -394,8 +394,14 @@ class CompositionEnv(gym.Env[np.ndarray, np.int64]):
         """The candidates' support losses, in :meth:`candidate_requests`' order, as the observation scores them."""
         if len(losses) != len(self._candidates):
             raise ValueError(f"{len(losses)} candidate losses for {len(self._candidates)} candidates")
+        self.record_scores(candidate_scores(losses))
+
+    def record_scores(self, scores: np.ndarray) -> None:
+        """The candidates' scores (:func:`candidate_scores` of their losses), in :meth:`candidate_requests`' order."""
+        if len(scores) != len(self._candidates):
+            raise ValueError(f"{len(scores)} candidate scores for {len(self._candidates)} candidates")
         self._candidate_scores[:] = 0.0
-        self._candidate_scores[self._candidates] = candidate_scores(losses)
+        self._candidate_scores[self._candidates] = scores
 
     def record_measurement(self, loss: float, scale: float) -> None:
         """The loss and prediction scale of the network so far, as the observation shows them."""
@@ -621,23 +627,33 @@ def _score_slots(envs: Sequence[CompositionEnv]) -> None:
             torch.stack([asked[4] for _, asked in members]),
             members[0][0].task_sampler.loss,
         )
-        for (env, _), values in zip(members, losses, strict=True):
-            env.record_candidates(values)
+        if len({len(values) for values in losses}) == 1:  # one slot, as many candidates each: scored as one array
+            for (env, _), scores in zip(members, candidate_score_rows(np.asarray(losses, dtype=np.float64))):
+                env.record_scores(scores)
+        else:
+            for (env, _), values in zip(members, losses, strict=True):
+                env.record_candidates(values)
 
 
 def candidate_scores(losses: Sequence[float]) -> np.ndarray:
     """The observation's score of each candidate from its support loss: how many standard deviations its
     log(1 + loss) is below the mean of the slot's candidates (higher is better; 0 when they all agree).
     A non-finite loss scores as the worst finite one plus one (log scale); all non-finite: all 0."""
-    values = np.log1p(np.maximum(np.asarray(losses, dtype=np.float64), 0.0))
+    return candidate_score_rows(np.asarray(losses, dtype=np.float64).reshape(1, -1))[0]
+
+
+def candidate_score_rows(losses: np.ndarray) -> np.ndarray:
+    """:func:`candidate_scores` of each row of ``losses`` (envs x candidates), the same numbers row by row (each
+    row's mean and spread reduced along it, as for a lone row)."""
+    values = np.log1p(np.maximum(losses, 0.0))
     finite = np.isfinite(values)
-    if not finite.any():
-        return np.zeros(len(values), dtype=np.float32)
-    values = np.where(finite, values, values[finite].max() + 1.0)
-    spread = values.std()
-    if spread < 1e-8:
-        return np.zeros(len(values), dtype=np.float32)
-    return ((values.mean() - values) / spread).astype(np.float32)
+    worst = np.where(finite, values, -np.inf).max(axis=1, keepdims=True)
+    values = np.where(finite, values, worst + 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = values.std(axis=1, keepdims=True)
+        scores = (values.mean(axis=1, keepdims=True) - values) / spread
+    scores[~finite.any(axis=1) | ~(spread[:, 0] >= 1e-8)] = 0.0
+    return scores.astype(np.float32)
 
 
 def _log_feature(value: float) -> float:

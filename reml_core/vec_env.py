@@ -61,7 +61,7 @@ class CompositionVecEnv(DummyVecEnv):
     stack them (same numbers within 1e-5; for tests and benchmarks).
     """
 
-    envs: list[CompositionEnv]  # type: ignore[assignment]
+    _envs: list[CompositionEnv]
     observation_space: spaces.Box
 
     def __init__(self, envs: Sequence[CompositionEnv], *, batched: bool = True, workers: int = 1) -> None:
@@ -72,7 +72,10 @@ class CompositionVecEnv(DummyVecEnv):
             raise ValueError("the environments of a vector env must share one layer pool")
         if any(env.mode != first.mode for env in envs) or first.mode == "evaluate":
             raise ValueError("a vector env runs train- or calibrate-mode environments, all in one mode")
-        super().__init__([_returning(env) for env in envs])
+        self._sharded = False  # whether the shards' workers have stepped their envs (ours are then stale)
+        self._masks: np.ndarray | None = None  # the envs' action masks after the last sharded step, when asked for
+        self._masks_wanted = False
+        super().__init__([_returning(env) for env in envs])  # (it reads attributes of the envs through get_attr)
         self.pool = first.pool
         self.mode = first.mode
         self.batched = batched
@@ -81,32 +84,41 @@ class CompositionVecEnv(DummyVecEnv):
         self._started = time.time()
         # train.workers > 1: each process steps a shard of the envs (reml_core.shards) where the workers can own envs
         # and there are enough of them; otherwise only the episode ends are split (reml_core.workers); started lazily
-        self.workers = make_workers(self.envs, workers) if workers > 1 else None
+        self.workers = make_workers(self._envs, workers) if workers > 1 else None
         shards = shard_ranges(self.num_envs, workers) if self.workers is not None and self.workers.owns_envs else []
         self.shards = shards if len(shards) > 1 else None
-        self._sharded = False  # whether the shards' workers have stepped their envs (ours are then stale)
-        self._masks: np.ndarray | None = None  # the envs' action masks after the last sharded step, when asked for
-        self._masks_wanted = False
+
+    @property  # type: ignore[override]
+    def envs(self) -> list[CompositionEnv]:
+        """The environments, current: while the workers step shards of them, reading them stops the workers
+        first (:meth:`stop_workers`; they start again at the next step), so nothing reads a stale copy."""
+        if self._sharded:
+            self.stop_workers()
+        return self._envs
+
+    @envs.setter
+    def envs(self, value: list[CompositionEnv]) -> None:
+        self._envs = value
 
     # -- what the trainer reads and sets ---------------------------------------------------
 
     @property
     def episodes(self) -> list[int]:
         """Episodes started so far by each env (its position in its own task stream)."""
-        return [env.episodes for env in self.envs]
+        return [env.episodes for env in self._envs]
 
     @property
     def training_progress(self) -> float:
-        return self.envs[0].training_progress
+        return self._envs[0].training_progress
 
     @training_progress.setter
     def training_progress(self, value: float) -> None:
-        for env in self.envs:
+        for env in self._envs:
             env.training_progress = value
 
     @property
     def write_back_rate(self) -> float:
-        return self.envs[0].write_back_rate
+        return self._envs[0].write_back_rate
 
     # -- VecEnv API --------------------------------------------------------------------------
 
@@ -121,11 +133,11 @@ class CompositionVecEnv(DummyVecEnv):
             return
         if self._sharded and self.workers.started:
             assert self.shards is not None
-            shares = [("state", (share.start, share.stop), {}) for share in self.shards]
+            shares: list[tuple[Any, ...]] = [("state", (share.start, share.stop), {}) for share in self.shards]
             states = self.workers.run(shares, check_pool=False)
             for share, shard_states in zip(self.shards[1:], states[1:]):
                 for index, state in zip(share, shard_states):
-                    self.envs[index].load_shard_state(state)
+                    self._envs[index].load_shard_state(state)
         self._sharded = False
         self._masks = None
         self.workers.close()
@@ -136,22 +148,10 @@ class CompositionVecEnv(DummyVecEnv):
             if self._sharded:
                 if self._masks is None:
                     assert self.shards is not None and self.workers is not None
-                    shares = [("masks", (share.start, share.stop), {}) for share in self.shards]
+                    shares: list[tuple[Any, ...]] = [("masks", (share.start, share.stop), {}) for share in self.shards]
                     self._masks = np.concatenate(self.workers.run(shares, check_pool=False))
                 return [self._masks[i] for i in self._get_indices(indices)]
-        elif self._sharded:
-            self.stop_workers()  # anything else a caller asks of the envs: ours must be current
-        return super().env_method(method_name, *method_args, indices=indices, **method_kwargs)
-
-    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
-        if self._sharded:
-            self.stop_workers()
-        return super().get_attr(attr_name, indices)
-
-    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
-        if self._sharded:
-            self.stop_workers()
-        super().set_attr(attr_name, value, indices)
+        return super().env_method(method_name, *method_args, indices=indices, **method_kwargs)  # (envs: current)
 
     def seed(self, seed: int | None = None) -> Sequence[int | None]:
         """Seed the next reset: env i gets the task stream of ``stream_seed(seed, i)``."""
@@ -164,7 +164,7 @@ class CompositionVecEnv(DummyVecEnv):
         observations = np.empty((self.num_envs, *self.observation_space.shape), dtype=np.float32)
         if self._sharded:  # the shards' envs reset where they are
             assert self.shards is not None and self.workers is not None
-            shares = [
+            shares: list[tuple[Any, ...]] = [
                 ("reset", (r.start, r.stop, self._seeds[r.start : r.stop], self._options[r.start : r.stop]), {})
                 for r in self.shards
             ]
@@ -172,11 +172,11 @@ class CompositionVecEnv(DummyVecEnv):
             for share, (pairs, episodes) in zip(self.shards, self.workers.run(shares, check_pool=False)):
                 replies.extend(pairs)
                 for index, count in zip(share, episodes):
-                    self.envs[index].episodes = count
+                    self._envs[index].episodes = count
             self._masks = None
         else:
             replies = []
-            for index, env in enumerate(self.envs):
+            for index, env in enumerate(self._envs):
                 options = {"options": self._options[index]} if self._options[index] else {}
                 replies.append(env.reset(seed=self._seeds[index], **options))
         for index, (observation, info) in enumerate(replies):
@@ -190,9 +190,9 @@ class CompositionVecEnv(DummyVecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         if self.shards is not None:
             return self._finish(*self._step_shards())
-        first = self.envs[0]
-        kinds = [env.apply(action) for env, action in zip(self.envs, self.actions)]
-        measured = [self.envs[index] for index, kind in enumerate(kinds) if kind == "measure"]
+        first = self._envs[0]
+        kinds = [env.apply(action) for env, action in zip(self._envs, self.actions)]
+        measured = [self._envs[index] for index, kind in enumerate(kinds) if kind == "measure"]
         if measured:
             measure(measured, batched=self.batched, workers=self.workers)
         finished = [index for index, kind in enumerate(kinds) if kind == "complete"]
@@ -202,7 +202,7 @@ class CompositionVecEnv(DummyVecEnv):
             extra: dict[str, Any] = {"appliers": first.appliers} if first.appliers else {}
             outcomes = end(
                 self.pool,
-                [self.envs[index].episode_end() for index in finished],
+                [self._envs[index].episode_end() for index in finished],
                 loss_fn=first.task_sampler.loss,
                 config=first.config,
                 required=first.reward_function.required_losses,
@@ -212,8 +212,8 @@ class CompositionVecEnv(DummyVecEnv):
                 **extra,
             )
             for index, outcome in zip(finished, outcomes):
-                results[index] = self.envs[index].conclude(outcome)
-        for index, env in enumerate(self.envs):
+                results[index] = self._envs[index].conclude(outcome)
+        for index, env in enumerate(self._envs):
             if results[index] is None:
                 results[index] = env.partial_result()
         return self._finish(results, None)
@@ -222,7 +222,7 @@ class CompositionVecEnv(DummyVecEnv):
         """One vector step, each shard's envs stepped by the process that owns them (reml_core.shards); the pool
         then updated here from the shards' write-backs or gradients, in shard order (env order)."""
         assert self.shards is not None and self.workers is not None
-        first = self.envs[0]
+        first = self._envs[0]
         rate = self.write_back_rate if self.mode == "train" else None
         options = {
             "progress": self.training_progress,
@@ -244,7 +244,7 @@ class CompositionVecEnv(DummyVecEnv):
             results.extend(reply["results"])
             resets.update({share.start + i: pair for i, pair in reply["resets"].items()})
             for index, episodes in zip(share, reply["episodes"]):
-                self.envs[index].episodes = episodes  # what a checkpoint records, current for every shard
+                self._envs[index].episodes = episodes  # what a checkpoint records, current for every shard
         self._masks = np.concatenate([reply["masks"] for reply in replies]) if self._masks_wanted else None
         pool_update = first.pool_update
         if pool_update is None or rate is None:
@@ -253,7 +253,7 @@ class CompositionVecEnv(DummyVecEnv):
         elif any(reply["keep"] for reply in replies):
             update_options = next(reply["update_options"] for reply in replies if reply["keep"])
             if not pool_update.batch:  # one Adam step on the shards' gradients, merged in shard order
-                parts = [reply["gradient"] or ([], None, 0) for reply in replies]
+                parts: list[tuple[Any, Any, int]] = [reply["gradient"] or ([], None, 0) for reply in replies]
                 gradient = merge_gradients([count for _, _, count in parts], [grads for _, grads, _ in parts])
                 if gradient is not None:
                     pool_update.step(gradient, update_options.get("lr_scale", 1.0))
@@ -288,7 +288,7 @@ class CompositionVecEnv(DummyVecEnv):
                 }
                 self._returns[index] = 0.0
                 self._lengths[index] = 0
-                reset = self.envs[index].reset() if resets is None else resets[index]
+                reset = self._envs[index].reset() if resets is None else resets[index]
                 observation, self.reset_infos[index] = reset
             observations[index] = observation
             rewards[index] = reward

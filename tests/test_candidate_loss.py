@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from reml_core.config import ConfigError, resolve_config
-from reml_core.env import candidate_scores, network_order
+from reml_core.env import candidate_score_rows, candidate_scores, network_order
 from reml_core.inner_loop import evaluate_loss, finetune_sgd
 from reml_core.interfaces import Role
 from reml_core.vec_env import stream_seed
@@ -150,6 +150,32 @@ def test_scores_rank_the_candidates_and_survive_non_finite_losses():
     assert not candidate_scores([1.0, 1.0, 1.0]).any()  # all alike: nothing to tell apart
     assert not candidate_scores([math.inf, math.nan]).any()
     assert not candidate_scores([3.0]).any()
+
+
+def _one_row_scores(losses: np.ndarray) -> np.ndarray:
+    """The scores as defined, for one env's candidates on their own (the reference)."""
+    values = np.log1p(np.maximum(losses, 0.0))
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(len(values), dtype=np.float32)
+    values = np.where(finite, values, values[finite].max() + 1.0)
+    spread = values.std()
+    return (
+        np.zeros(len(values), np.float32) if spread < 1e-8 else ((values.mean() - values) / spread).astype(np.float32)
+    )
+
+
+def test_scoring_every_envs_candidates_as_one_array_gives_each_envs_own_scores_exactly():
+    # the vector env scores a slot's candidates for all its envs at once: an observation must not depend on that
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        losses = np.exp(rng.normal(0.0, 3.0, size=(int(rng.integers(1, 130)), int(rng.integers(1, 40)))))
+        losses[rng.random(losses.shape) < 0.05 * (trial % 3)] = math.inf
+        losses[rng.random(losses.shape) < 0.03 * (trial % 2)] = math.nan
+        losses[0] = 1.5 if trial % 4 == 0 else losses[0]  # a row whose candidates all agree
+        rows = candidate_score_rows(losses)
+        for row, expected in zip(rows, (_one_row_scores(values) for values in losses)):
+            assert np.array_equal(row, expected)
 
 
 def test_a_policy_trains_and_evaluates_with_the_scores(tmp_path):
