@@ -1,4 +1,9 @@
-"""``train.workers``: the vector env's episode ends, split across worker processes of one machine.
+"""``train.workers``: worker processes of one machine (or Ray actors), the pool shared with them.
+
+A vector env of at least 2 x :data:`reml_core.shards.MIN_SHARD` envs gives each process a shard of
+its envs to step whole (:mod:`reml_core.shards`: observations, measurements and episode ends); the
+processes, the pool in shared memory, the recording pool and the merge in env order are this
+module's. A smaller vector env splits only each step's episode ends, as follows.
 
 On a vector step where several episodes finish, :func:`reml_core.batched.end_episodes` trains and
 measures their networks (stacked by shape) and then updates the pool in env-index order. With
@@ -120,6 +125,10 @@ def replay(pool: Any, writes: Sequence[tuple[Any, ...]]) -> None:
             pool.write_back_batch(indices, network, rate, keep)
 
 
+#: The requests on a shard of the vector env's envs (reml_core.shards) rather than on episode ends.
+SHARD_REQUESTS = ("step", "reset", "masks", "state")
+
+
 def work(
     pool: Any,
     kind: str,
@@ -136,7 +145,7 @@ def work(
     ``losses`` (:func:`~reml_core.batched.stacked_support_losses` of each group of the share's candidate
     networks: their index lists and stacked points), or a request on the vector env's ``envs`` that this
     process owns (``step``, ``reset``, ``masks``, ``state``: :func:`reml_core.shards.shard_work`)."""
-    if kind in ("step", "reset", "masks", "state"):
+    if kind in SHARD_REQUESTS:
         from reml_core.shards import shard_work  # noqa: PLC0415 - lazy: import cycle (shards -> workers)
 
         end = {"loss_fn": loss_fn, "config": config, "pool_update": pool_update}
@@ -362,9 +371,6 @@ class EpisodeWorkers:
     ``work(pool, *request)`` runs a share: in a worker on the pool's shared tensors, in the
     calling process on the pool itself; its result must pickle.
     """
-
-    #: Whether the workers hold the vector env's envs (forked from its process) and can step a shard of them.
-    owns_envs = True
 
     def __init__(self, pool: Any, count: int, work: Callable[..., Any]) -> None:
         self.pool = pool
@@ -661,11 +667,10 @@ def describe(workers: int, n_envs: int) -> str:
 def make_workers(envs: Sequence[Any], count: int) -> EpisodeWorkers:
     """The workers of a vector env of ``envs`` (their pool, loss and settings are the first one's)."""
     env = envs[0]
-    if _RAY:
-        share = partial(work, loss_fn=env.task_sampler.loss, config=env.config, pool_update=env.pool_update)
-        return RayEpisodeWorkers(env.pool, count, share, _RAY["ray"], _RAY["config"])
-    # forked workers inherit every env: they can own a shard of them (reml_core.shards)
+    # forked workers inherit every env, Ray actors rebuild theirs: either can own a shard of them (reml_core.shards)
     share = partial(work, loss_fn=env.task_sampler.loss, config=env.config, pool_update=env.pool_update, envs=envs)
+    if _RAY:
+        return RayEpisodeWorkers(env.pool, count, share, _RAY["ray"], _RAY["config"])
     return EpisodeWorkers(env.pool, count, share)
 
 
@@ -697,11 +702,28 @@ class _RayWorker:
 
         torch.set_num_threads(1)
         resolved = resolve_config(PluginRegistry.discover(), config)
-        components = build_components(resolved)
-        self.pool = components.pool
+        self.components = build_components(resolved)
+        self.pool = self.components.pool
+        self.envs: list[Any] = []
         self.work = partial(
-            work, loss_fn=components.task_sampler.loss, config=resolved.core.env, pool_update=components.pool_update
+            work,
+            loss_fn=self.components.task_sampler.loss,
+            config=resolved.core.env,
+            pool_update=self.components.pool_update,
+            envs=self.envs,
         )
+
+    def adopt(self, start: int, states: bytes) -> None:
+        """Take over the vector env's envs ``start``, ``start + 1``, ... (their :meth:`shard_state`): a shard of them
+        is this actor's to step from now on (:mod:`reml_core.shards`)."""
+        from reml_core.vec_env import stream_seed  # noqa: PLC0415 - lazy: import cycle (vec_env -> workers)
+
+        taken = pickle.loads(states)
+        self.envs[:] = [None] * (start + len(taken))
+        for index, state in enumerate(taken, start=start):
+            env = self.components.make_env(mode="train", seed=stream_seed(self.components.config.seed, index))
+            env.load_shard_state(state)
+            self.envs[index] = env
 
     def run(self, state: dict[str, torch.Tensor], share: bytes) -> bytes:
         try:
@@ -716,17 +738,19 @@ class RayEpisodeWorkers(EpisodeWorkers):
     """:class:`EpisodeWorkers` whose W - 1 workers are Ray actors (one CPU each), possibly on other machines.
 
     Nothing is shared in memory there: the pool's state goes to Ray's object store once per split
-    step (``ray.put``; actors on one node read the same copy) and each actor loads it before its
-    share. The split, the merge and the numbers are the forked workers' exactly.
+    step, or per step when the actors step shards of the envs (``ray.put``; actors on one node read
+    the same copy) and each actor loads it before its share. An actor rebuilds the run's components
+    from its config and, the first time it steps a shard, that shard's envs from the state they
+    have in this process (:meth:`~reml_core.env.CompositionEnv.shard_state`). The split, the merge
+    and the numbers are the forked workers' exactly.
     """
-
-    owns_envs = False  # an actor rebuilds the run's components, not the envs: it ends episodes only
 
     def __init__(self, pool: Any, count: int, work: Callable[..., Any], ray: Any, config: dict[str, Any]) -> None:
         super().__init__(pool, count, work)
         self.ray = ray
         self.config = config
         self._actors: list[Any] = []
+        self._adopted: set[int] = set()  # the actors that hold their shard's envs
 
     @property
     def started(self) -> bool:
@@ -742,7 +766,11 @@ class RayEpisodeWorkers(EpisodeWorkers):
         actor = self.ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(_RayWorker)
         self._actors = [actor.remote(self.config) for _ in range(self.count - 1)]
 
+    def pool_replaced(self) -> bool:
+        return False  # the pool's state travels with every request
+
     def close(self) -> None:
+        self._adopted = set()
         actors, self._actors = self._actors, []
         for actor in actors:
             try:
@@ -755,6 +783,12 @@ class RayEpisodeWorkers(EpisodeWorkers):
             self.start()
         if not self._actors or len(shares) == 1:
             return [self.work(self.pool, *share) for share in shares]
+        for index, (actor, share) in enumerate(zip(self._actors, shares[1:]), start=1):
+            if share[0] in SHARD_REQUESTS and index not in self._adopted:  # its envs, as this process has them now
+                start, stop = share[1][:2]
+                envs = self.work.keywords["envs"][start:stop]  # type: ignore[attr-defined]
+                self.ray.get(actor.adopt.remote(start, dumps([env.shard_state() for env in envs])))
+                self._adopted.add(index)
         state = self.ray.put({key: value.contiguous() for key, value in self.pool.state_dict().items()})
         refs = [actor.run.remote(state, dumps(share)) for actor, share in zip(self._actors, shares[1:])]
         try:
