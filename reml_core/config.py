@@ -673,6 +673,7 @@ def load_resolved(path: Path, registry: PluginRegistry) -> RunConfig:
 RECORDED_BEFORE: dict[tuple[str, str], Any] = {
     ("train", "workers"): 1,  # the run was made in one process
     ("train", "overlap_update"): False,  # each policy update was waited for
+    ("train", "split"): "ends",  # its workers shared each step's finished networks only
     ("env", "candidate_loss"): "none",  # the policy saw no candidate scores
     ("eval", "reml_rollouts"): 1,  # one deterministic rollout per test task
 }

@@ -84,8 +84,9 @@ class Components:
     ) -> CompositionVecEnv:
         """``n_envs`` train-mode environments side by side; env i continues its own task stream at
         ``first_episodes[i]``;
-        their episode ends split across ``workers`` processes (default: ``train.workers`` resolved, less the one
-        that runs the policy's update under ``train.overlap_update``)."""
+        stepped by ``workers`` processes, each a shard of the envs, or sharing each step's finished networks only
+        (``train.split``; default count: ``train.workers`` resolved, less the one that runs the policy's update under
+        ``train.overlap_update``)."""
         from reml_core.vec_env import CompositionVecEnv, stream_seed  # noqa: PLC0415 - lazy: start-up time: reml_core.vec_env imports stable_baselines3
 
         starts = list(first_episodes) if first_episodes is not None else [0] * n_envs
@@ -95,10 +96,12 @@ class Components:
             self.make_env(mode="train", seed=stream_seed(self.config.seed, index), first_episode=start)
             for index, start in enumerate(starts)
         ]
+        train = self.config.core.train
         if workers is None:
-            train = self.config.core.train
             workers = episode_processes(resolve_workers(train.workers, n_envs), train.overlap_update)
-        return CompositionVecEnv(envs, batched=batched, workers=resolve_workers(workers, n_envs))
+        return CompositionVecEnv(
+            envs, batched=batched, workers=resolve_workers(workers, n_envs), shards=train.split == "envs"
+        )
 
     def make_train_env(self, first_episodes: int | Sequence[int] = 0) -> CompositionEnv | CompositionVecEnv:
         """The meta-training environment: one :class:`CompositionEnv` when ``train.n_envs`` is 1 (as before

@@ -343,8 +343,8 @@ class TrainConfig(StrictModel):
         None,
         ge=1,
         le=256,
-        description="processes that share a vector step's episode ends (train.n_envs > 1), forked at the first step "
-        "that ends 16 or more episodes (a step is split only when each share gets 8 or more); the pool reaches them in "
+        description="processes that share the vector env's work (train.n_envs > 1; what they share: train.split), "
+        "forked at the first step that needs them; the pool reaches them in "
         "shared memory and its updates are merged in env order by the run's process. Default: the CPUs "
         "this process may use, at most 8 and at most train.n_envs, recorded in config.json as the number used; "
         "1 is the single-process path. Results depend on (seed, n_envs, workers) (docs/performance.md)",
@@ -352,9 +352,17 @@ class TrainConfig(StrictModel):
     overlap_update: bool = Field(
         True,
         description="with train.workers >= 2, one of the workers runs the policy's update (PPO's epochs over a "
-        "rollout) while the others, the run's own process included, collect the next rollout and share its episode "
-        "ends; each rollout then acts with the policy one update behind. false: every worker shares episode ends and "
-        "each update is waited for. Results depend on it as on workers (docs/performance.md)",
+        "rollout) while the others, the run's own process included, collect the next rollout and share its work "
+        "(train.split); each rollout then acts with the policy one update behind. false: every worker shares the "
+        "rollout's work and each update is waited for. Results depend on it as on workers (docs/performance.md)",
+    )
+    split: Literal["envs", "ends"] = Field(
+        "envs",
+        description="what the processes of train.workers share: 'envs': each steps a consecutive shard of at least "
+        "8 of the vector env's envs whole (actions, measurements, candidate scores, finished networks; a vector env of "
+        "fewer than 16 envs splits 'ends'); 'ends': the run's process steps every env and only each step's finished "
+        "networks are split, in equal shares (better balanced where a finished network is nearly all of a step, as "
+        "with conv pools: the image families' presets). Results depend on it as on workers (docs/performance.md)",
     )
 
     @field_validator("device")

@@ -58,13 +58,16 @@ class CompositionVecEnv(DummyVecEnv):
     """N :class:`CompositionEnv` sharing one pool, stepped together; see the module docstring.
 
     ``batched=False`` ends finished episodes one network at a time even when the pool could
-    stack them (same numbers within 1e-5; for tests and benchmarks).
+    stack them (same numbers within 1e-5; for tests and benchmarks). ``shards=False`` (``train.split =
+    "ends"``): the ``workers`` share each step's finished networks only, never shards of the envs.
     """
 
     _envs: list[CompositionEnv]
     observation_space: spaces.Box
 
-    def __init__(self, envs: Sequence[CompositionEnv], *, batched: bool = True, workers: int = 1) -> None:
+    def __init__(
+        self, envs: Sequence[CompositionEnv], *, batched: bool = True, workers: int = 1, shards: bool = True
+    ) -> None:
         if not envs:
             raise ValueError("a vector env needs at least one environment")
         first = envs[0]
@@ -82,11 +85,11 @@ class CompositionVecEnv(DummyVecEnv):
         self._returns = np.zeros(self.num_envs, dtype=np.float64)
         self._lengths = np.zeros(self.num_envs, dtype=np.int64)
         self._started = time.time()
-        # train.workers > 1: each process steps a shard of the envs (reml_core.shards) where the workers can own envs
-        # and there are enough of them; otherwise only the episode ends are split (reml_core.workers); started lazily
+        # train.workers > 1: each process steps a shard of the envs (reml_core.shards) where there are enough envs
+        # (MIN_SHARD each); otherwise only a step's episode ends are split (reml_core.workers); started lazily
         self.workers = make_workers(self._envs, workers) if workers > 1 else None
-        shards = shard_ranges(self.num_envs, workers) if self.workers is not None and self.workers.owns_envs else []
-        self.shards = shards if len(shards) > 1 else None
+        ranges = shard_ranges(self.num_envs, workers) if self.workers is not None and shards else []
+        self.shards = ranges if len(ranges) > 1 else None
 
     @property  # type: ignore[override]
     def envs(self) -> list[CompositionEnv]:

@@ -154,5 +154,8 @@ def test_image_families_share_episode_ends_between_their_processes(installed_reg
 
     train = resolve_config(installed_registry, {"plugin": family, "preset": preset}).core.train
     assert train.overlap_update is False and episode_processes(2, train.overlap_update) == 2
-    mine = {"plugin": family, "preset": preset, "train": {"overlap_update": True}}
+    # the finished networks in equal shares, not shards of the envs whose finished networks differ in number
+    assert train.split == "ends"
+    mine = {"plugin": family, "preset": preset, "train": {"overlap_update": True, "split": "envs"}}
     assert resolve_config(installed_registry, mine).core.train.overlap_update is True
+    assert resolve_config(installed_registry, mine).core.train.split == "envs"

@@ -60,6 +60,10 @@ def test_the_resolved_count_is_recorded_so_a_resume_elsewhere_repeats_the_split(
     del recorded["train"]["workers"]  # a config.json written before train.workers existed: made in one process
     (tmp_path / "config.json").write_text(json.dumps(recorded))
     assert load_resolved(tmp_path / "config.json", sine_registry).core.train.workers == 1
+    assert config.core.train.split == "envs"
+    del recorded["train"]["split"]  # written before train.split existed: its workers shared the finished networks
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    assert load_resolved(tmp_path / "config.json", sine_registry).core.train.split == "ends"
 
 
 def _vector_run(pool_update: str, workers: int, steps: int = 12, n_envs: int = 48, *, ray: bool = False):
@@ -141,14 +145,19 @@ def test_workers_start_only_when_a_step_ends_several_episodes():
     assert not started
 
 
-def _vector_env(pool_update: str, n_envs: int, workers: int):
+def _vector_env(pool_update: str, n_envs: int, workers: int, split: str = "envs"):
     from reml_core.config import resolve_config
     from reml_core.experiment import build_components
     from reml_core.registry import PluginRegistry
 
     config = resolve_config(
         PluginRegistry.discover(),
-        {"plugin": "sine", "preset": "smoke", "env": {"pool_update": pool_update}, "train": {"progress": False}},
+        {
+            "plugin": "sine",
+            "preset": "smoke",
+            "env": {"pool_update": pool_update},
+            "train": {"progress": False, "split": split},
+        },
     )
     torch.manual_seed(0)
     components = build_components(config)
@@ -178,6 +187,9 @@ def test_each_process_steps_a_shard_of_the_envs_from_the_first_step():
     small, _ = _vector_env("thesis", 2 * MIN_SHARD - 1, 2)
     assert small.shards is None  # too few envs for two shards of MIN_SHARD: episode ends are split instead
     small.close()
+    ends, _ = _vector_env("thesis", 48, 2, split="ends")
+    assert ends.shards is None and ends.workers is not None  # train.split = "ends": the finished networks only
+    ends.close()
 
 
 @pytest.mark.parametrize("pool_update", ["thesis", "protocol"])
