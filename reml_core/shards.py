@@ -6,7 +6,8 @@ incomplete networks and the candidate scores, more than half of a sine step. Her
 processes makes the *whole* step of its envs (:func:`step_shard`): apply the actions, measure,
 train and measure the finished networks on a recording pool, conclude, reset the finished envs
 (a reset reads no pool tensor). The process that owns the pool and the policy steps shard 0
-itself; forked workers, which inherited every env when they were forked, step the others, so
+itself; forked workers, which inherited every env when they were forked (Ray actors rebuild
+theirs from :meth:`~reml_core.env.CompositionEnv.shard_state` the first time), step the others, so
 only the actions go out and only the results come back (observations, rewards, infos, the
 recorded write-backs or the protocol update's per-shard gradient). The owner then updates the
 pool exactly as :func:`reml_core.batched.end_episodes` does for one process: the write-backs
@@ -14,15 +15,16 @@ replayed in shard order, which is env order, or one Adam step on the shards' gra
 shard order, weighted by the networks each counted.
 
 So the pool every env reads during a step is the pool before that step's update, as in one
-process, and results are a function of (seed, n_envs, workers); what ``workers`` changes is how
+process, and results are a function of (seed, n_envs, workers, ``train.split``); what ``workers`` changes is how
 a step's networks are cut into stacks and, under the protocol rule, the order the gradients are
 summed in (rounding: docs/performance.md).
 
 The owner keeps its copies of the other shards' envs; they are stale while the workers run.
 What the trainer reads of them is kept current each step (each env's episode count, for the
-checkpoint; the action masks MaskablePPO asks for); :func:`shard_state` and
-:func:`load_shard_state` bring the envs' whole state back when the workers stop (end of
-``learn``), so the vector env continues exactly where its shards were.
+checkpoint; the action masks MaskablePPO asks for); reading ``vec_env.envs`` (or stopping the
+workers, as the trainer does at the end of ``learn``) first brings every env's whole state back
+(:meth:`~reml_core.env.CompositionEnv.shard_state`, ``load_shard_state``), so the vector env
+continues exactly where its shards were and nothing reads a stale copy.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 
 from reml_core.workers import RecordingPool, RecordingUpdate, chunks
 
-#: Envs per shard at least: a vector env of fewer than 2 x MIN_SHARD envs is stepped in one process.
+#: Envs per shard at least: a vector env of fewer than 2 x MIN_SHARD envs splits only its episode ends.
 MIN_SHARD = 8
 
 

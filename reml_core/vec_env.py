@@ -29,7 +29,7 @@ from gymnasium import spaces
 from reml_core.batched import end_episodes
 from reml_core.compat import import_gym_quietly
 from reml_core.env import CompositionEnv, measure
-from reml_core.shards import shard_ranges
+from reml_core.shards import shard_ranges, shard_work
 from reml_core.workers import make_workers, merge_gradients, replay
 
 import_gym_quietly()
@@ -87,7 +87,7 @@ class CompositionVecEnv(DummyVecEnv):
         self._started = time.time()
         # train.workers > 1: each process steps a shard of the envs (reml_core.shards) where there are enough envs
         # (MIN_SHARD each); otherwise only a step's episode ends are split (reml_core.workers); started lazily
-        self.workers = make_workers(self._envs, workers) if workers > 1 else None
+        self.workers = make_workers(self._envs, workers, serve=shard_work) if workers > 1 else None
         ranges = shard_ranges(self.num_envs, workers) if self.workers is not None and shards else []
         self.shards = ranges if len(ranges) > 1 else None
 

@@ -139,17 +139,19 @@ def work(
     config: Any,
     pool_update: Any,
     envs: Sequence[Any] = (),
+    serve: Callable[..., Any] | None = None,
 ) -> Any:
     """A worker's (or the owner's) share of a step: ``end`` (:func:`end_share`), ``grad`` (the protocol
     update's :meth:`~reml_core.pool_update.ProtocolPoolUpdate.gradients` over the share's ends, all kept),
     ``losses`` (:func:`~reml_core.batched.stacked_support_losses` of each group of the share's candidate
     networks: their index lists and stacked points), or a request on the vector env's ``envs`` that this
-    process owns (``step``, ``reset``, ``masks``, ``state``: :func:`reml_core.shards.shard_work`)."""
+    process owns (``step``, ``reset``, ``masks``, ``state``: ``serve``, the vector env's
+    :func:`reml_core.shards.shard_work`)."""
     if kind in SHARD_REQUESTS:
-        from reml_core.shards import shard_work  # noqa: PLC0415 - lazy: import cycle (shards -> workers)
-
+        if serve is None:
+            raise ValueError(f"a {kind!r} request to workers that hold no envs")
         end = {"loss_fn": loss_fn, "config": config, "pool_update": pool_update}
-        return shard_work(kind, envs, ends, options, pool=pool, end=end)
+        return serve(kind, envs, ends, options, pool=pool, end=end)
     if kind == "grad":
         return type(pool_update).gradients(pool_update, ends, [True] * len(ends), **options)
     if kind == "losses":  # here ``ends`` are groups of stacked candidate networks (EpisodeWorkers.support_losses)
@@ -664,11 +666,19 @@ def describe(workers: int, n_envs: int) -> str:
     return f"{workers} processes (started at the first step that ends {2 * MIN_SHARE}+ of the {n_envs} envs' episodes)"
 
 
-def make_workers(envs: Sequence[Any], count: int) -> EpisodeWorkers:
-    """The workers of a vector env of ``envs`` (their pool, loss and settings are the first one's)."""
+def make_workers(envs: Sequence[Any], count: int, serve: Callable[..., Any] | None = None) -> EpisodeWorkers:
+    """The workers of a vector env of ``envs`` (their pool, loss and settings are the first one's); ``serve``
+    answers the requests on a shard of the envs (:data:`SHARD_REQUESTS`; the vector env's
+    :func:`reml_core.shards.shard_work`). Forked workers inherit every env, Ray actors rebuild theirs."""
     env = envs[0]
-    # forked workers inherit every env, Ray actors rebuild theirs: either can own a shard of them (reml_core.shards)
-    share = partial(work, loss_fn=env.task_sampler.loss, config=env.config, pool_update=env.pool_update, envs=envs)
+    share = partial(
+        work,
+        loss_fn=env.task_sampler.loss,
+        config=env.config,
+        pool_update=env.pool_update,
+        envs=envs,
+        serve=serve,
+    )
     if _RAY:
         return RayEpisodeWorkers(env.pool, count, share, _RAY["ray"], _RAY["config"])
     return EpisodeWorkers(env.pool, count, share)
@@ -695,7 +705,7 @@ def ray_workers(config: Any, address: str | None = None) -> Iterator[None]:
 class _RayWorker:
     """A Ray actor holding its own copy of the run's components; each share arrives with the pool's state."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], serve: Callable[..., Any] | None = None) -> None:
         from reml_core.config import resolve_config  # noqa: PLC0415 - lazy: start-up time: reml_core.config imports numpy
         from reml_core.experiment import build_components  # noqa: PLC0415 - lazy: import cycle (experiment -> vec_env -> workers)
         from reml_core.registry import PluginRegistry  # noqa: PLC0415 - lazy: start-up time: reml_core.registry imports pluggy
@@ -711,17 +721,16 @@ class _RayWorker:
             config=resolved.core.env,
             pool_update=self.components.pool_update,
             envs=self.envs,
+            serve=serve,
         )
 
     def adopt(self, start: int, states: bytes) -> None:
         """Take over the vector env's envs ``start``, ``start + 1``, ... (their :meth:`shard_state`): a shard of them
         is this actor's to step from now on (:mod:`reml_core.shards`)."""
-        from reml_core.vec_env import stream_seed  # noqa: PLC0415 - lazy: import cycle (vec_env -> workers)
-
         taken = pickle.loads(states)
         self.envs[:] = [None] * (start + len(taken))
         for index, state in enumerate(taken, start=start):
-            env = self.components.make_env(mode="train", seed=stream_seed(self.components.config.seed, index))
+            env = self.components.make_env(mode="train", seed=state["_seed"])  # its own task stream's seed
             env.load_shard_state(state)
             self.envs[index] = env
 
@@ -764,7 +773,8 @@ class RayEpisodeWorkers(EpisodeWorkers):
         if self._actors or self.count < 2:
             return
         actor = self.ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(_RayWorker)
-        self._actors = [actor.remote(self.config) for _ in range(self.count - 1)]
+        serve = getattr(self.work, "keywords", {}).get("serve")
+        self._actors = [actor.remote(self.config, serve) for _ in range(self.count - 1)]
 
     def pool_replaced(self) -> bool:
         return False  # the pool's state travels with every request
