@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from reml_core.workers import RecordingPool, RecordingUpdate, chunks
+from reml_core.workers import chunks, end_share
 
 #: Envs per shard at least: a vector env of fewer than 2 x MIN_SHARD envs splits only its episode ends.
 MIN_SHARD = 8
@@ -63,7 +63,6 @@ def step_shard(
     either the gradient of the shard's kept ends (``gradient``: its losses, mean gradient and the count of
     networks it averages) or, when the update takes several steps a vector step (``env.pool_batch``), the
     ends themselves for the owner to update with."""
-    from reml_core.batched import end_episodes  # noqa: PLC0415 - lazy: start-up time: reml_core.batched imports numpy
     from reml_core.env import measure  # noqa: PLC0415 - lazy: import cycle (env -> batched -> workers)
 
     for env in envs:
@@ -80,23 +79,11 @@ def step_shard(
         ends = [envs[i].episode_end() for i in finished]
         rate = options["write_back_rate"]
         protocol = pool_update is not None and rate is not None
-        recorder = RecordingPool(pool)
-        update = RecordingUpdate() if protocol else None
         extra: dict[str, Any] = {"appliers": envs[0].appliers} if envs[0].appliers else {}
-        outcomes = end_episodes(
-            recorder,
-            ends,
-            loss_fn=loss_fn,
-            config=config,
-            required=options["required"],
-            write_back_rate=rate,
-            batched=batched,
-            pool_update=update,
-            **extra,
-        )
-        reply["writes"] = recorder.writes
-        if update is not None:
-            ((keep, update_options),) = update.calls
+        given = {"required": options["required"], "write_back_rate": rate, "batched": batched, "protocol": protocol}
+        outcomes, reply["writes"], calls = end_share(pool, ends, {**given, **extra}, loss_fn=loss_fn, config=config)
+        if protocol:
+            ((keep, update_options),) = calls
             reply["keep"], reply["update_options"] = keep, update_options
             if not pool_update.batch:  # one Adam step on all the step's ends: its gradient is the shards' merged
                 gradient_options = {key: value for key, value in update_options.items() if key != "lr_scale"}

@@ -187,7 +187,9 @@ class MetaTrainer:
             workers = getattr(self.env, "workers", None)
             scores = self.config.core.env.candidate_loss
             where = f", candidate layers scored by their {scores} support loss" if scores != "none" else ""
-            if workers is not None and workers.count > 1:
+            if workers is not None and workers.count > 1 and getattr(self.env, "shards", None):
+                where += f"; the envs stepped in {workers.count} processes, a shard each"
+            elif workers is not None and workers.count > 1:
                 shared = "episode ends and candidate scores" if scores != "none" else "episode ends"
                 where += f"; {shared} in {workers.count} processes"
             if self.overlapped:

@@ -237,8 +237,8 @@ class CompositionVecEnv(DummyVecEnv):
         if self.workers.pool_replaced():  # forked anew from the new tensors, with the envs as the shards left them
             self.stop_workers()
         actions = np.asarray(self.actions)
-        replies = self.workers.run(
-            [("step", (r.start, r.stop, actions[r.start : r.stop]), options) for r in self.shards]
+        replies = self.workers.run(  # (the pool was checked just above)
+            [("step", (r.start, r.stop, actions[r.start : r.stop]), options) for r in self.shards], check_pool=False
         )
         self._sharded = True
         results: list[Any] = []

@@ -659,13 +659,6 @@ def split_count(total: int, count: int) -> int:
     return max(1, min(count, total // MIN_SHARE))
 
 
-def describe(workers: int, n_envs: int) -> str:
-    """A phrase for the log: how the episode ends of this run are computed."""
-    if workers <= 1:
-        return "one process"
-    return f"{workers} processes (started at the first step that ends {2 * MIN_SHARE}+ of the {n_envs} envs' episodes)"
-
-
 def make_workers(envs: Sequence[Any], count: int, serve: Callable[..., Any] | None = None) -> EpisodeWorkers:
     """The workers of a vector env of ``envs`` (their pool, loss and settings are the first one's); ``serve``
     answers the requests on a shard of the envs (:data:`SHARD_REQUESTS`; the vector env's
