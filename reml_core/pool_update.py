@@ -35,6 +35,7 @@ import torch
 from reml_core.batched import MAX_BATCH, _groups, _padded, _ragged_loss
 from reml_core.choices import apply_choices, has_plugin_choice
 from reml_core.errors import CheckpointError
+from reml_core.inner_loop import batched_loss
 from reml_core.interfaces import LayerPool, LossFn, MetaGradientLayerPool
 from reml_core.settings import EnvConfig
 
@@ -176,7 +177,7 @@ class ProtocolPoolUpdate:
             x_query = torch.stack([end.task.x_query for end in ends])
             y_query = torch.stack([end.task.y_query for end in ends])
             support_losses = _ragged_loss(self.loss_fn, counts)
-            query_losses = torch.func.vmap(self.loss_fn)
+            query_losses = batched_loss(self.loss_fn)
 
             def forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
                 return gathered.with_parameters(params)(x)

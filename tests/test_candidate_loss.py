@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -240,16 +241,20 @@ def _random_templates(pool, rng, count: int, depth: int, slot: int) -> tuple[lis
 @pytest.mark.parametrize("depth", [2, 3, 5])
 def test_the_dense_pool_scores_a_slot_as_each_network_alone(make_components, activation, depth):
     """The shared-prefix computation (the layers before the slot once per template, every layer of the role in
-    one product) gives each candidate network's own composed support loss."""
+    one product) gives each candidate network's own composed support loss, in each template's candidate order,
+    whether every template has as many candidates or not."""
     components = make_components(pool={"activation": activation})
     pool = components.pool
     rng = np.random.default_rng(depth)
     tasks = components.task_sampler.test_tasks(3)
     x = torch.stack([task.support(5)[0] for task in tasks])
     y = torch.stack([task.support(5)[1] for task in tasks])
-    for slot in range(depth):
+    for slot, ragged in itertools.product(range(depth), (False, True)):
         templates, candidates = _random_templates(pool, rng, 3, depth, slot)
+        if ragged:  # templates with different numbers of candidates (a pool whose roles are unevenly stocked)
+            candidates = [chosen[: e + 1] for e, chosen in enumerate(candidates)]
         got = pool.slot_losses(templates, slot, candidates, x, y, components.task_sampler.loss)
+        assert [len(values) for values in got] == [len(chosen) for chosen in candidates]
         for e, template in enumerate(templates):
             expected = []
             for candidate in candidates[e]:
@@ -265,7 +270,17 @@ def test_the_dense_pool_refuses_a_candidate_of_another_role_and_reports_overflow
     task = components.task_sampler.test_tasks(1)[0]
     x, y = (value.unsqueeze(0) for value in task.support(5))
     templates, candidates = _random_templates(pool, np.random.default_rng(0), 1, 4, 1)
-    with pytest.raises(ValueError, match="cannot fill slot 1"):
+    with pytest.raises(ValueError, match=f"pool layer {templates[0][0]} cannot fill slot 1"):
         pool.slot_losses(templates, 1, [[templates[0][0]]], x, y, components.task_sampler.loss)
+    two = [templates[0], templates[0]]  # candidate lists of different lengths: the same check
+    with pytest.raises(ValueError, match=f"pool layer {templates[0][0]} cannot fill slot 1"):
+        pool.slot_losses(
+            two,
+            1,
+            [candidates[0], [*candidates[0][:1], templates[0][0]]],
+            x.expand(2, -1, -1),
+            y.expand(2, -1, -1),
+            components.task_sampler.loss,
+        )
     losses = pool.slot_losses(templates, 1, candidates, x, y * 1e30, components.task_sampler.loss)
     assert losses[0] and all(value == math.inf for value in losses[0])

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -436,10 +437,20 @@ class DenseLayerPool:
             raise ValueError("slot_losses needs one candidate list per template")
         role = Role.INPUT if slot == 0 else Role.OUTPUT if slot == depth - 1 else Role.HIDDEN
         offset, count = self._index.offsets[role], self._shapes[role][0]
-        rows = [[c - offset for c in chosen] for chosen in candidates]  # each candidate's row among the role's layers
-        wrong = [c for chosen in candidates for c in chosen if not 0 <= c - offset < count]
-        if wrong:
-            raise ValueError(f"pool layer {wrong[0]} cannot fill slot {slot} of a {depth}-layer network ({role.value})")
+        lengths = {len(chosen) for chosen in candidates}
+        # each candidate's row among the role's layers: one array when every template has as many (the usual case)
+        rows: np.ndarray | list[np.ndarray]
+        if len(lengths) == 1:
+            rows = np.asarray(candidates, dtype=np.int64).reshape(len(candidates), -1) - offset
+            flat = rows.reshape(-1)
+        else:
+            rows = [np.asarray(chosen, dtype=np.int64) - offset for chosen in candidates]
+            flat = np.concatenate(rows)
+        wrong = flat[(flat < 0) | (flat >= count)]
+        if len(wrong):
+            raise ValueError(
+                f"pool layer {int(wrong[0]) + offset} cannot fill slot {slot} of a {depth}-layer network ({role.value})"
+            )
         act = ACTIVATIONS[self.config.activation]
 
         def stacked(position: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -467,8 +478,10 @@ class DenseLayerPool:
             h.reshape(templates_n * count, points, -1),
             targets.unsqueeze(1).expand(templates_n, count, *targets.shape[1:]).reshape(-1, *targets.shape[1:]),
         ).reshape(templates_n, count)
-        values = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, math.inf)).tolist()
-        return [[values[e][row] for row in chosen] for e, chosen in enumerate(rows)]
+        values = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, math.inf)).cpu().numpy()
+        if isinstance(rows, np.ndarray):
+            return np.take_along_axis(values, rows, axis=1).tolist()  # type: ignore[no-any-return]
+        return [values[e][chosen].tolist() for e, chosen in enumerate(rows)]
 
     @torch.no_grad()
     def write_back_batch(

@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from reml_core.errors import ComponentBuildError, UserError
+from reml_core.inner_loop import mean_squared_error, mean_squared_error_rows, row_wise
 from reml_core.interfaces import Task
 from reml_core.learner import DataFileError, read_csv
 
@@ -324,8 +325,9 @@ class FileTaskSampler:
     def test_tasks(self, count: int) -> list[Task]:
         return self._held_out("test", count)
 
+    @row_wise(mean_squared_error_rows)
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.mean((prediction - target) ** 2)
+        return mean_squared_error(prediction, target)
 
 
 def _pair(item: Any, where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from reml_core.errors import ComponentBuildError, UserError
+from reml_core.inner_loop import mean_squared_error
 from reml_core.interfaces import BatchedTaskSampler, BuildContext, LossFn, Task, TaskSampler
 from reml_plugins.maml.batches import (
     MetaBatch,
@@ -50,10 +51,6 @@ class MetaGradientBackend(Protocol):
     name: str
 
     def meta_gradient(self, batch: MetaBatch) -> torch.Tensor: ...
-
-
-def mean_squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.mean((prediction - target) ** 2)
 
 
 def build_backend(network: nn.Module, config: MAMLConfig, loss_fn: LossFn) -> MetaGradientBackend:

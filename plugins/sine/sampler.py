@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from reml_core.inner_loop import mean_squared_error, mean_squared_error_rows, row_wise
 from reml_core.interfaces import Task, TaskBatch
 from reml_core.samplers import SPLIT_KEYS, SeededSplits
 
@@ -138,5 +139,6 @@ class SineTaskSampler(SeededSplits):
             )
             first += batch_size
 
+    @row_wise(mean_squared_error_rows)
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.mean((prediction - target) ** 2)
+        return mean_squared_error(prediction, target)
