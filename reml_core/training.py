@@ -207,11 +207,18 @@ class MetaTrainer:
             self._bar_steps = self.policy.num_timesteps
             self._bar_end = total  # a backend may overshoot (PPO collects whole rollouts): the bar stops at its total
             start = time.perf_counter()
+            lost_while_stopping: StopRequested | None = None
             try:
                 # the core draws the progress bar (on stderr, as every REML bar): a library writes nothing on stdout
                 self.policy.learn(remaining, callback=self.on_step, progress_bar=False)
             except WorkerLost as error:
-                raise WorkerLost(f"{error}; {self._resume_hint()}") from None
+                latest = latest_checkpoint(self.checkpoints)
+                if not self._stop or latest is None:
+                    raise WorkerLost(f"{error}; {self._resume_hint()}") from None
+                # A stop was asked and a worker ended before the step in flight finished (the same scheduler's
+                # kill, the OOM killer): the run stops as asked, at its last checkpoint (that step is not saved).
+                log(f"{error}, during the stop: the run stops at its last checkpoint")
+                lost_while_stopping = StopRequested(latest, self._stop_signal)
             finally:
                 if hasattr(self.env, "stop_workers"):  # train.workers: stop them (validation and evaluation run here)
                     self.env.stop_workers()
@@ -219,6 +226,8 @@ class MetaTrainer:
                     signal.signal(signum, handler)
                 self.state.seconds["training"] += time.perf_counter() - start
                 self._bar.close()
+            if lost_while_stopping is not None:
+                raise lost_while_stopping
             if self._stop:
                 raise StopRequested(self.checkpoint(validate=False), self._stop_signal)
         if not self.state.history or self.state.history[-1]["timesteps"] != self.policy.num_timesteps:

@@ -415,3 +415,64 @@ def test_an_error_that_follows_a_swallowed_ctrl_c_ends_the_command_as_interrupte
 
     with pytest.raises(AttributeError, match="a real bug"):
         run_main("reml-test", buggy, [])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_worker_lost_during_a_stop_ends_the_run_as_the_stop_at_its_last_checkpoint(
+    tmp_path, monkeypatch, capsys, signum
+):
+    """Ctrl-C or SIGTERM, then a worker ends before the step in flight finishes (the scheduler that sent SIGTERM
+    kills the whole job, the OOM killer): the run stops as asked, with the signal's exit code (so reml-bench stops
+    too, not going on to its next job), its last checkpoint intact, and --resume finishes it."""
+    from reml_core import training
+    from reml_core.cli import run as run_cli
+    from reml_core.workers import WorkerLost
+
+    real = training.MetaTrainer.on_step
+
+    def on_step(self, timesteps):
+        if timesteps >= 500 and latest_checkpoint(self.checkpoints) is not None:
+            self._request_stop(signum, None)  # what the handler does on the signal
+            raise WorkerLost("training worker 2 of 2 (pid 12345) was killed by SIGKILL")  # while stepping
+        return real(self, timesteps)
+
+    monkeypatch.setattr(training.MetaTrainer, "on_step", on_step)
+    out = tmp_path / "run"
+    code = run_cli.main([*RUN, "--out", str(out)])
+    stderr = capsys.readouterr().err
+    assert code == (130 if signum == signal.SIGINT else 143), stderr[-2000:]
+    assert "training worker 2 of 2 (pid 12345) was killed by SIGKILL, during the stop" in stderr
+    latest = latest_checkpoint(out / "checkpoints")
+    verify_checkpoint(latest)
+    assert (
+        stderr.strip()
+        .splitlines()[-1]
+        .endswith(f"checkpoint {latest.name} saved. Continue with: reml-run --resume {out}")
+    )
+    assert "Traceback" not in stderr and not (out / "results.json").exists()
+    monkeypatch.setattr(training.MetaTrainer, "on_step", real)
+    result = _resume(out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_complete(out, resumes=1)
+
+
+def test_a_worker_lost_without_a_stop_is_still_an_error_naming_it(tmp_path, monkeypatch, capsys):
+    from reml_core import training
+    from reml_core.cli import run as run_cli
+    from reml_core.workers import WorkerLost
+
+    real = training.MetaTrainer.on_step
+
+    def on_step(self, timesteps):
+        if timesteps >= 500 and latest_checkpoint(self.checkpoints) is not None:
+            raise WorkerLost("training worker 2 of 2 (pid 12345) was killed by SIGKILL")
+        return real(self, timesteps)
+
+    monkeypatch.setattr(training.MetaTrainer, "on_step", on_step)
+    out = tmp_path / "run"
+    code = run_cli.main([*RUN, "--out", str(out)])
+    stderr = capsys.readouterr().err
+    assert code == 1, stderr[-2000:]
+    latest = latest_checkpoint(out / "checkpoints")
+    assert f"the last checkpoint ({latest.name}) is intact: continue with reml-run --resume {out}" in stderr
+    assert "during the stop" not in stderr and "Traceback" not in stderr
