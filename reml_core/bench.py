@@ -60,6 +60,7 @@ from reml_core.results import (
     finite_or_none,
     table_of,
 )
+from reml_core.settings import resolve_workers
 from reml_core.storage import atomic_write_json, atomic_write_text, read_json_file
 
 
@@ -294,9 +295,18 @@ def bench_jobs(plan: BenchPlan, out: Path, *, trust_checkpoint: bool = False, re
                     trust_checkpoint=trust_checkpoint,
                     disabled=disabled,
                     threads=plan.configs[(seed, plan.encoders[0])].core.train.threads,
+                    workers=_training_processes(plan.configs[(seed, encoder or plan.encoders[0])], method, source),
                 )
             )
     return jobs
+
+
+def _training_processes(config: RunConfig, method: str, source: Path | None) -> int:
+    """The processes a job trains with: ``train.workers`` as a run resolves it for a REML job that trains (its
+    meta-training runs that many), 1 for a baseline or a method loaded from a folder."""
+    if method != "reml" or source is not None:
+        return 1
+    return resolve_workers(config.core.train.workers, config.core.train.n_envs)
 
 
 class BenchJobsFailed(UserError):

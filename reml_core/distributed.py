@@ -306,3 +306,8 @@ if __name__ == "__main__":
 def cluster_cpus(ray: Any) -> int:
     """The CPUs the Ray instance offers in total."""
     return int(ray.cluster_resources().get("CPU", 0))
+
+
+def largest_node_cpus(ray: Any) -> int:
+    """The most CPUs one live node of the Ray instance has: more than that, a task can never be placed."""
+    return max((int(node.get("Resources", {}).get("CPU", 0)) for node in ray.nodes() if node.get("Alive")), default=0)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from reml_core.config import RunConfig, load_resolved, resolve_config
-from reml_core.distributed import cluster_cpus, ray_session
+from reml_core.distributed import cluster_cpus, largest_node_cpus, ray_session
 from reml_core.errors import CheckpointError, UserError, describe_error
 from reml_core.evaluation import FewShotTable
 from reml_core.experiment import Components, build_components, build_one, loss_name
@@ -86,7 +86,8 @@ class BenchJob:
     resume: bool = False  # a REML folder with checkpoints of an interrupted job: continue it
     trust_checkpoint: bool = False
     disabled: tuple[str, ...] = ()  # REML_DISABLE_PLUGINS of the driver, for workers elsewhere
-    threads: int = 1  # train.threads: the CPUs the job asks Ray for
+    threads: int = 1  # train.threads: each process's torch threads
+    workers: int = 1  # the processes the job trains with (train.workers as the driver resolves it)
 
     @property
     def label(self) -> str:
@@ -360,7 +361,13 @@ def _ray_job(job: BenchJob, started: bytes = b"") -> JobResult:
 
 
 class RayExecutor:
-    """Every job as one Ray task (``num_cpus`` = ``train.threads``), on a local instance or a cluster."""
+    """Every job as one Ray task, on a local instance or a cluster.
+
+    A task asks Ray for the CPUs its job keeps busy: ``train.threads``, or its training processes
+    (``train.workers``) when more, at most the CPUs of the cluster's largest node. Asking for one CPU
+    while a run's workers use every core of the node would let Ray start as many such jobs there as
+    it has cores, each with all its workers (2 jobs x 2 processes on 2 cores).
+    """
 
     name = "ray"
 
@@ -372,8 +379,9 @@ class RayExecutor:
         with ray_session("--executor ray", address=self.address, num_cpus=self.num_cpus) as ray:
             remote = ray.remote(_ray_job)
             pending: dict[Any, BenchJob] = {}
+            offered = max(largest_node_cpus(ray), 1)  # a job needing more could never start
             for job in jobs:
-                cpus = int(job.threads)
+                cpus = max(int(job.threads), min(int(job.workers), offered))
                 started = pack_folder(out / job.folder) if job.resume else b""  # the worker continues its checkpoints
                 pending[remote.options(num_cpus=cpus, max_retries=0).remote(job, started)] = job
             log(

@@ -257,3 +257,74 @@ def test_a_ray_address_where_nothing_listens_is_refused_before_ray_starts(tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and f"--ray-address 127.0.0.1:{port}: nothing answers there" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # refused before the folder is claimed
+
+
+class _Placed(Exception):
+    """Raised by the fake Ray once every job was submitted: the test reads what each asked for."""
+
+
+class _FakeRay:
+    """Just enough of Ray for RayExecutor to submit its jobs: records each task's num_cpus."""
+
+    class exceptions:  # noqa: N801 - the attribute Ray has
+        RayTaskError = RuntimeError
+        RayError = RuntimeError
+
+    def __init__(self, node_cpus: int) -> None:
+        self.node_cpus = node_cpus
+        self.asked: dict[str, int] = {}
+
+    def nodes(self):
+        return [
+            {"Alive": True, "Resources": {"CPU": float(self.node_cpus)}},
+            {"Alive": False, "Resources": {"CPU": 64.0}},
+        ]
+
+    def cluster_resources(self):
+        return {"CPU": float(self.node_cpus)}
+
+    def remote(self, function):
+        fake = self
+
+        class Task:
+            def options(self, num_cpus, max_retries):
+                class Submit:
+                    def remote(self, job, started):
+                        fake.asked[job.folder] = num_cpus
+                        return job.folder
+
+                return Submit()
+
+        return Task()
+
+    def wait(self, refs, num_returns):
+        raise _Placed
+
+    def cancel(self, ref, force):
+        pass
+
+
+@pytest.mark.parametrize(("workers", "node_cpus", "expected"), [(None, 4, 4), (None, 2, 2), (1, 4, 1), (3, 2, 2)])
+def test_a_ray_job_asks_for_the_cpus_its_training_processes_use(monkeypatch, tmp_path, workers, node_cpus, expected):
+    """A REML job that trains with train.workers processes asks Ray for that many CPUs (at most a node's), so Ray
+    never starts more such jobs on a node than its cores can run; a baseline asks for train.threads (1)."""
+    import contextlib
+
+    from reml_core import jobs as jobs_module
+    from reml_core import settings
+    from reml_core.bench import bench_jobs, plan_bench
+    from reml_core.registry import PluginRegistry
+
+    monkeypatch.setattr(settings, "available_cpus", lambda: 4)  # the driver's machine: 4 cores
+    fake = _FakeRay(node_cpus)
+    monkeypatch.setattr(jobs_module, "ray_session", lambda *a, **k: contextlib.nullcontext(fake))
+    user = {"plugin": "sine", "preset": "smoke", "train": {"n_envs": 16, "workers": workers}}
+    plan = plan_bench(PluginRegistry.discover(), user, methods=["reml", "maml"], encoders=None, seeds=2, from_dir=None)
+    with pytest.raises(_Placed):
+        list(jobs_module.RayExecutor().run(bench_jobs(plan, tmp_path), tmp_path))
+    assert fake.asked == {
+        "seed-0/reml-support-set": expected,
+        "seed-0/maml": 1,
+        "seed-1/reml-support-set": expected,
+        "seed-1/maml": 1,
+    }
