@@ -165,7 +165,7 @@ def batched_loss(loss_fn: LossFn) -> BatchedLossFn:
     """
     rows = getattr(loss_fn, "row_losses", None)
     if callable(rows):
-        return rows  # type: ignore[no-any-return]
+        return rows
     return torch.func.vmap(loss_fn)
 
 

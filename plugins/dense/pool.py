@@ -480,7 +480,7 @@ class DenseLayerPool:
         ).reshape(templates_n, count)
         values = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, math.inf)).cpu().numpy()
         if isinstance(rows, np.ndarray):
-            return np.take_along_axis(values, rows, axis=1).tolist()  # type: ignore[no-any-return]
+            return np.take_along_axis(values, rows, axis=1).tolist()
         return [values[e][chosen].tolist() for e, chosen in enumerate(rows)]
 
     @torch.no_grad()
