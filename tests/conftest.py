@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,3 +66,21 @@ def make_components(sine_registry):
         return build_components(resolve_config(sine_registry, user))
 
     return make
+
+
+@pytest.fixture
+def released_locks():
+    """Every folder lock this process holds, released after the test (for tests that claim folders in-process)."""
+    yield
+    from reml_core.folders import release_all
+
+    release_all()
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tmp_path_factory) -> Path:
+    """One finished tiny ``reml-run`` folder (``helpers.runs.tiny_run``), shared by every test that reads it:
+    copy it before changing anything in it."""
+    from helpers.runs import tiny_run
+
+    return tiny_run(tmp_path_factory.mktemp("finished") / "run")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.runs import TINY, cli, snapshot, start, tiny_run
+from helpers.runs import TINY, cli, snapshot, start
 
 from reml_core.cli.bench import main as bench_main
 from reml_core.cli.run import main as run_main
@@ -25,15 +25,7 @@ from reml_core.sweep import SearchSpace, claim_sweep_folder, parse_grid_flag, pl
 EMPTY_RUN = [LEDGER, MARKER, LOCK]
 
 
-@pytest.fixture(autouse=True)
-def _release_locks():
-    yield
-    release_all()
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    return tiny_run(tmp_path_factory.mktemp("force") / "run")
+pytestmark = pytest.mark.usefixtures("released_locks")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +39,7 @@ def finished_bench(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sweep_folder(tmp_path_factory, finished_run) -> Path:
+def sweep_folder(tmp_path_factory, finished_tiny_run) -> Path:
     """A sweep's folder as reml-sweep leaves it (its plan, a trial's reml-run folder, log and record, Tune's state),
     without Ray."""
     from reml_core.registry import PluginRegistry
@@ -58,7 +50,8 @@ def sweep_folder(tmp_path_factory, finished_run) -> Path:
     plan = plan_sweep(PluginRegistry.discover(disabled=()), {"plugin": "sine", "preset": "smoke"}, space, 1, None)
     write_plan(out, plan)
     trial = plan.trials[0]
-    shutil.copytree(finished_run, out / trial.folder)  # a trial is an ordinary reml-run folder, listing its own files
+    # a trial is an ordinary reml-run folder, listing its own files
+    shutil.copytree(finished_tiny_run, out / trial.folder)
     os.close(open_for_append(out / trial.log))
     atomic_write_json(out / trial.record, {"invocations": []})
     (out / "tune" / "trial_x").mkdir(parents=True)
@@ -96,8 +89,8 @@ def _plant(folder: Path, foreign: str) -> None:
         ".results.json.mine",
     ],
 )
-def test_force_on_a_run_refuses_a_file_of_someone_else_at_any_depth(finished_run, tmp_path, capsys, foreign):
-    run = _copy(finished_run, tmp_path)
+def test_force_on_a_run_refuses_a_file_of_someone_else_at_any_depth(finished_tiny_run, tmp_path, capsys, foreign):
+    run = _copy(finished_tiny_run, tmp_path)
     _plant(run, foreign)
     before = snapshot(run)
     shown = foreign if not foreign.startswith("logs/deeper") else "logs/deeper/"
@@ -110,8 +103,8 @@ def test_force_on_a_run_refuses_a_file_of_someone_else_at_any_depth(finished_run
     assert snapshot(run) == before
 
 
-def test_force_on_a_finished_run_removes_every_file_it_wrote_at_every_depth(finished_run, tmp_path):
-    run = _copy(finished_run, tmp_path)
+def test_force_on_a_finished_run_removes_every_file_it_wrote_at_every_depth(finished_tiny_run, tmp_path):
+    run = _copy(finished_tiny_run, tmp_path)
     assert (
         list((run / "logs").glob("events.out.tfevents.*")) and (run / "checkpoints" / "best" / "policy.zip").is_file()
     )
@@ -185,9 +178,10 @@ def test_force_on_a_sweep_removes_its_files_its_trials_and_tune_s_state(sweep_fo
     assert sorted(os.listdir(sweep)) == sorted([LEDGER, MARKER, LOCK])
 
 
-def test_a_copied_run_dropped_into_a_sweep_is_not_the_sweep_s(sweep_folder, finished_run, tmp_path):
+def test_a_copied_run_dropped_into_a_sweep_is_not_the_sweep_s(sweep_folder, finished_tiny_run, tmp_path):
     sweep = _copy(sweep_folder, tmp_path)
-    shutil.copytree(finished_run, sweep / "trials" / "someone-elses-run")  # a REML folder, but not one this sweep made
+    # a REML folder, but not one this sweep made
+    shutil.copytree(finished_tiny_run, sweep / "trials" / "someone-elses-run")
     with pytest.raises(UserError, match="holds 'trials/someone-elses-run/'"):
         claim_sweep_folder(sweep, force=True)
 
@@ -237,8 +231,8 @@ def test_a_run_sigkilled_while_training_is_replaced_by_force(tmp_path):
     assert sorted(os.listdir(out)) == sorted(EMPTY_RUN)
 
 
-def test_a_run_a_user_puts_inside_another_run_is_not_the_outer_run_s(finished_run, tmp_path):
-    run = _copy(finished_run, tmp_path)
+def test_a_run_a_user_puts_inside_another_run_is_not_the_outer_run_s(finished_tiny_run, tmp_path):
+    run = _copy(finished_tiny_run, tmp_path)
     claim_new_folder(run / "logs" / "inner", kind="run", force=False)  # reml-run --out RUN/logs/inner
     release_all()
     before = snapshot(run)

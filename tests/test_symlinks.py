@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers.runs import TINY, cli, snapshot, tiny_run
+from helpers.runs import TINY, cli, snapshot
 
 from reml_core.cli.bench import main as bench_main
 from reml_core.cli.run import main as run_main
@@ -32,15 +32,7 @@ from reml_core.sweep import SCHEMA, claim_sweep_folder, claim_sweep_to_resume
 CHECKPOINT_FILES = ("pool.safetensors", "reward.json", "trainer.json", "config.json")
 
 
-@pytest.fixture(autouse=True)
-def _release_locks():
-    yield
-    release_all()
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    return tiny_run(tmp_path_factory.mktemp("links") / "run")
+pytestmark = pytest.mark.usefixtures("released_locks")
 
 
 def _outside(tmp_path: Path) -> tuple[Path, Path]:
@@ -167,9 +159,9 @@ PLACES = [
 
 @pytest.mark.parametrize("place", PLACES)
 @pytest.mark.parametrize("flag", ["--resume", "--force"])
-def test_a_link_at_any_place_a_run_writes_is_refused_naming_it(finished_run, tmp_path, capsys, place, flag):
+def test_a_link_at_any_place_a_run_writes_is_refused_naming_it(finished_tiny_run, tmp_path, capsys, place, flag):
     run = tmp_path / "run"
-    shutil.copytree(finished_run, run, symlinks=True)
+    shutil.copytree(finished_tiny_run, run, symlinks=True)
     target, elsewhere = _outside(tmp_path)
     victim = run / place
     if victim.is_dir():
@@ -249,9 +241,9 @@ def test_a_checkpoint_is_never_written_or_replaced_through_a_link(tmp_path, plac
         assert [p.name for p in (folder / "checkpoints").iterdir()] == ["best"] and (folder / place).is_symlink()
 
 
-def test_a_finished_run_resumes_and_is_replaced_when_no_link_is_there(finished_run, tmp_path):
+def test_a_finished_run_resumes_and_is_replaced_when_no_link_is_there(finished_tiny_run, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(finished_run, run, symlinks=True)
+    shutil.copytree(finished_tiny_run, run, symlinks=True)
     ledger = (run / ".reml.files").read_text().splitlines()
     assert "logs/progress.csv" in ledger and "glob:logs/events.out.tfevents.*" in ledger and "results.json" in ledger
     result = cli("reml-run", "--resume", str(run), timeout=300)
