@@ -673,7 +673,7 @@ def make_workers(envs: Sequence[Any], count: int, serve: Callable[..., Any] | No
         serve=serve,
     )
     if _RAY:
-        return RayEpisodeWorkers(env.pool, count, share, _RAY["ray"], _RAY["config"])
+        return RayEpisodeWorkers(env.pool, count, share, _RAY["ray"], _RAY["config"], _RAY["build"])
     return EpisodeWorkers(env.pool, count, share)
 
 
@@ -684,11 +684,13 @@ _RAY: dict[str, Any] = {}
 
 
 @contextmanager
-def ray_workers(config: Any, address: str | None = None) -> Iterator[None]:
+def ray_workers(config: Any, address: str | None = None, *, build: Callable[[Any], Any]) -> Iterator[None]:
     """For the length of the block, a run's ``train.workers`` are Ray actors (on a local instance, or the
-    cluster at ``address``) instead of forked processes; ``config`` is the run's RunConfig."""
+    cluster at ``address``) instead of forked processes; ``config`` is the run's RunConfig, and ``build``
+    what each actor rebuilds the run's components with from it (:func:`reml_core.experiment.build_components`,
+    passed in: the experiment builds the vector env, which makes these workers)."""
     with ray_session("--executor ray", address=address) as ray:
-        _RAY.update(ray=ray, config=config.to_dict(), disabled=getattr(config, "disabled", None))
+        _RAY.update(ray=ray, config=config.to_dict(), disabled=getattr(config, "disabled", None), build=build)
         try:
             yield
         finally:
@@ -698,14 +700,15 @@ def ray_workers(config: Any, address: str | None = None) -> Iterator[None]:
 class _RayWorker:
     """A Ray actor holding its own copy of the run's components; each share arrives with the pool's state."""
 
-    def __init__(self, config: dict[str, Any], serve: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self, config: dict[str, Any], build: Callable[[Any], Any], serve: Callable[..., Any] | None = None
+    ) -> None:
         from reml_core.config import resolve_config  # noqa: PLC0415 - lazy: start-up time: reml_core.config imports numpy
-        from reml_core.experiment import build_components  # noqa: PLC0415 - lazy: import cycle (experiment -> vec_env -> workers)
         from reml_core.registry import PluginRegistry  # noqa: PLC0415 - lazy: start-up time: reml_core.registry imports pluggy
 
         torch.set_num_threads(1)
         resolved = resolve_config(PluginRegistry.discover(), config)
-        self.components = build_components(resolved)
+        self.components = build(resolved)
         self.pool = self.components.pool
         self.envs: list[Any] = []
         self.work = partial(
@@ -747,10 +750,19 @@ class RayEpisodeWorkers(EpisodeWorkers):
     and the numbers are the forked workers' exactly.
     """
 
-    def __init__(self, pool: Any, count: int, work: Callable[..., Any], ray: Any, config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        pool: Any,
+        count: int,
+        work: Callable[..., Any],
+        ray: Any,
+        config: dict[str, Any],
+        build: Callable[[Any], Any],
+    ) -> None:
         super().__init__(pool, count, work)
         self.ray = ray
         self.config = config
+        self.build = build
         self._actors: list[Any] = []
         self._adopted: set[int] = set()  # the actors that hold their shard's envs
 
@@ -767,7 +779,7 @@ class RayEpisodeWorkers(EpisodeWorkers):
             return
         actor = self.ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(_RayWorker)
         serve = getattr(self.work, "keywords", {}).get("serve")
-        self._actors = [actor.remote(self.config, serve) for _ in range(self.count - 1)]
+        self._actors = [actor.remote(self.config, self.build, serve) for _ in range(self.count - 1)]
 
     def pool_replaced(self) -> bool:
         return False  # the pool's state travels with every request

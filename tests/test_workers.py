@@ -10,6 +10,7 @@ and --resume finishes the run; Ctrl-C and SIGTERM leave no worker behind.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -90,7 +91,7 @@ def _vector_run(pool_update: str, workers: int, steps: int = 12, n_envs: int = 4
     if ray:
         from reml_core.workers import ray_workers
 
-        with ray_workers(config):
+        with ray_workers(config, build=build_components):
             env = components.make_vec_env(n_envs, workers=workers)
             return (*_steps(env, steps, ray=True), components.pool)
     env = components.make_vec_env(n_envs, workers=workers)
@@ -252,6 +253,26 @@ def test_ray_actors_give_the_forked_workers_numbers():
     assert np.array_equal(forked, rewards)
     state = pool.state_dict()
     assert all(torch.equal(pool_forked[key], state[key]) for key in state)
+
+
+@pytest.mark.slow
+def test_reml_run_with_the_ray_executor_trains_its_shards_on_actors(tmp_path):
+    """The command line's --executor ray hands the actors what they rebuild the run's components with."""
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "reml-run"),
+            *["--plugin", "sine", "--preset", "smoke", "--executor", "ray", "--out", str(out)],
+            *["--set", "train.n_envs=32", "--set", "train.workers=2", "--set", "train.overlap_update=false"],
+            *["--set", "train.progress=false"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the envs stepped in 2 processes, a shard each" in result.stderr
+    assert json.loads((out / "results.json").read_text())["methods"]["reml"]
 
 
 # -- faults and signals: a real reml-run with two workers ----------------------------------------

@@ -124,9 +124,10 @@ def _body(argv: Sequence[str] | None) -> int:
     if args.ray_address and args.executor != "ray":
         raise UserError("--ray-address needs --executor ray")
     if args.executor == "ray":  # train.workers as Ray actors (docs/scaling.md)
+        from reml_core.experiment import build_components  # noqa: PLC0415 - lazy: start-up time: reml_core.experiment imports torch; Ctrl-C at start-up, see cli/common.NativeImportGuard
         from reml_core.workers import ray_workers  # noqa: PLC0415 - lazy: start-up time: reml_core.workers imports torch; Ctrl-C at start-up, see cli/common.NativeImportGuard
 
-        with ray_workers(prepared.config, args.ray_address):
+        with ray_workers(prepared.config, args.ray_address, build=build_components):
             return execute_prepared(
                 PROG,
                 prepared,
