@@ -627,7 +627,7 @@ def _score_slots(envs: Sequence[CompositionEnv]) -> None:
             torch.stack([asked[4] for _, asked in members]),
             members[0][0].task_sampler.loss,
         )
-        if len({len(values) for values in losses}) == 1:  # one slot, as many candidates each: scored as one array
+        if isinstance(losses, np.ndarray) or len({len(values) for values in losses}) == 1:  # scored as one array
             for (env, _), scores in zip(members, candidate_score_rows(np.asarray(losses, dtype=np.float64))):
                 env.record_scores(scores)
         else:

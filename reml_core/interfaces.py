@@ -286,8 +286,9 @@ class ScoresSlotCandidates(Protocol):
     ``slot_losses(templates, slot, candidates, x, y, loss_fn)``: for each template ``e`` (pool indices in
     network order, all of one length; the entry at ``slot`` is ignored) and each pool index ``c`` in
     ``candidates[e]`` (layers of the slot's role), ``loss_fn`` of the network ``templates[e]`` with ``c`` at
-    ``slot``, as composed (no fine-tuning), on ``x[e]``, ``y[e]`` (stacked ``[E, n, ...]``): one list of floats
-    per template, in its candidates' order, ``inf`` where the loss is not finite. The same numbers as
+    ``slot``, as composed (no fine-tuning), on ``x[e]``, ``y[e]`` (stacked ``[E, n, ...]``): one sequence of
+    floats per template (a list of lists, or an ``[E, C]`` array when every template has C candidates), in its
+    candidates' order, ``inf`` where the loss is not finite. The same numbers as
     :func:`reml_core.batched.support_losses` with ``steps=0`` within rounding, computed once per shared part
     (the layers before the slot run once per template, not once per candidate): what the environment's
     candidate scores (``env.candidate_loss = "composed"``) cost. The core never assumes a pool has it.
@@ -301,7 +302,7 @@ class ScoresSlotCandidates(Protocol):
         x: torch.Tensor,
         y: torch.Tensor,
         loss_fn: LossFn,
-    ) -> list[list[float]]: ...
+    ) -> Sequence[Sequence[float]] | np.ndarray: ...
 
 
 @runtime_checkable

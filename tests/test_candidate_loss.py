@@ -283,4 +283,4 @@ def test_the_dense_pool_refuses_a_candidate_of_another_role_and_reports_overflow
             components.task_sampler.loss,
         )
     losses = pool.slot_losses(templates, 1, candidates, x, y * 1e30, components.task_sampler.loss)
-    assert losses[0] and all(value == math.inf for value in losses[0])
+    assert len(losses[0]) == len(candidates[0]) and all(value == math.inf for value in losses[0])

@@ -422,9 +422,10 @@ class DenseLayerPool:
         x: torch.Tensor,
         y: torch.Tensor,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    ) -> list[list[float]]:
+    ) -> np.ndarray | list[list[float]]:
         """The composed support loss of each template with each of its candidates at ``slot``
-        (:class:`reml_core.interfaces.ScoresSlotCandidates`).
+        (:class:`reml_core.interfaces.ScoresSlotCandidates`): an ``[E, C]`` array when every template has C
+        candidates (what the env's scoring takes as it is), else a list per template.
 
         The layers before the slot run once per template; every layer of the slot's role then runs
         on that activation in one matrix product (``[E * n, in] @ [in, layers * out]``), and the
@@ -480,7 +481,7 @@ class DenseLayerPool:
         ).reshape(templates_n, count)
         values = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, math.inf)).cpu().numpy()
         if isinstance(rows, np.ndarray):
-            return np.take_along_axis(values, rows, axis=1).tolist()
+            return np.take_along_axis(values, rows, axis=1)
         return [values[e][chosen].tolist() for e, chosen in enumerate(rows)]
 
     @torch.no_grad()
