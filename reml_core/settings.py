@@ -125,17 +125,24 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def can_fork() -> bool:
+    """Whether this platform starts processes by forking (Linux, macOS; not Windows): ``train.workers``'
+    processes are forked from the run's, so that they inherit its envs and its pool in shared memory."""
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
 def resolve_workers(workers: int | None, n_envs: int) -> int:
     """``train.workers`` as a number: the given count, or by default the available CPUs, at most
-    :data:`DEFAULT_CAP`; never more than ``n_envs`` (one env has nothing to split)."""
-    count = workers if workers is not None else min(available_cpus(), DEFAULT_CAP)
+    :data:`DEFAULT_CAP` (1 where processes cannot fork: :func:`can_fork`); never more than ``n_envs``
+    (one env has nothing to split)."""
+    count = workers if workers is not None else (min(available_cpus(), DEFAULT_CAP) if can_fork() else 1)
     return max(1, min(count, n_envs))
 
 
 def overlaps_update(workers: int, overlap_update: bool) -> bool:
     """Whether one of a run's ``workers`` processes runs the policy's update (``train.overlap_update``): the
     learner is forked, so where processes cannot fork (Windows) each update is waited for instead."""
-    return overlap_update and workers > 1 and "fork" in multiprocessing.get_all_start_methods()
+    return overlap_update and workers > 1 and can_fork()
 
 
 def episode_processes(workers: int, overlap_update: bool) -> int:
@@ -346,7 +353,8 @@ class TrainConfig(StrictModel):
         description="processes that share the vector env's work (train.n_envs > 1; what they share: train.split), "
         "forked at the first step that needs them; the pool reaches them in "
         "shared memory and its updates are merged in env order by the run's process. Default: the CPUs "
-        "this process may use, at most 8 and at most train.n_envs, recorded in config.json as the number used; "
+        "this process may use, at most 8 and at most train.n_envs (1 where processes cannot fork, as on Windows; "
+        "there, more than 1 needs --executor ray), recorded in config.json as the number used; "
         "1 is the single-process path. Results depend on (seed, n_envs, workers) (docs/performance.md)",
     )
     overlap_update: bool = Field(

@@ -44,6 +44,7 @@ import math
 import os
 import pickle
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -56,6 +57,7 @@ import torch
 from reml_core.distributed import ray_session
 from reml_core.errors import UserError
 from reml_core.interfaces import BatchedLayerPool
+from reml_core.settings import can_fork
 
 #: Episode ends per share at least: a step is split only when each share gets this many (and the
 #: workers start at the first such step, 2 x MIN_SHARE ends).
@@ -663,6 +665,12 @@ def make_workers(envs: Sequence[Any], count: int, serve: Callable[..., Any] | No
     """The workers of a vector env of ``envs`` (their pool, loss and settings are the first one's); ``serve``
     answers the requests on a shard of the envs (:data:`SHARD_REQUESTS`; the vector env's
     :func:`reml_core.shards.shard_work`). Forked workers inherit every env, Ray actors rebuild theirs."""
+    if not _RAY and count > 1 and not can_fork():
+        raise UserError(
+            f"train.workers = {count}: this platform ({sys.platform}) cannot fork processes, and the workers are "
+            "forked from the run's process (they inherit its envs and its pool in shared memory); "
+            "set train.workers = 1, or run with --executor ray, whose actors need no fork"
+        )
     env = envs[0]
     share = partial(
         work,

@@ -44,6 +44,39 @@ def test_the_default_is_the_cpus_capped_by_n_envs():
     assert resolve_workers(4, 2) == 2 and resolve_workers(3, 128) == 3
 
 
+@pytest.fixture
+def no_fork(monkeypatch):
+    """A platform whose processes cannot fork (Windows: multiprocessing offers only 'spawn')."""
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+
+
+def test_where_processes_cannot_fork_the_default_is_one_process(no_fork, sine_registry):
+    from reml_core.config import resolve_config
+    from reml_core.settings import overlaps_update
+
+    assert resolve_workers(None, 128) == 1
+    config = resolve_config(sine_registry, {"plugin": "sine", "preset": "smoke"})
+    assert config.core.train.workers == 1 and config.to_dict()["train"]["workers"] == 1
+    assert not overlaps_update(2, True)  # the learner is forked too: each update is waited for
+    assert resolve_workers(3, 128) == 3  # an explicit count is kept, and refused when the envs are built (below)
+
+
+def test_workers_asked_for_where_processes_cannot_fork_are_one_clear_error_before_any_training(
+    no_fork, tmp_path, capsys
+):
+    from reml_core.cli.run import main
+
+    out = tmp_path / "run"
+    argv = ["--plugin", "sine", "--preset", "smoke", "--baselines", "none", "--out", str(out)]
+    assert main([*argv, "--set", "train.workers=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.workers = 2" in err[0] and "cannot fork" in err[0], err
+    assert "set train.workers = 1" in err[0] and "--executor ray" in err[0]
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+
+
 def test_the_resolved_count_is_recorded_so_a_resume_elsewhere_repeats_the_split(tmp_path, sine_registry):
     # Results depend on (seed, n_envs, workers): a run records the count it used, not "the machine's
     # CPUs", so --resume or --from on a machine with other CPUs repeats the same split.
