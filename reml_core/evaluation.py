@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 import numpy as np
@@ -121,6 +122,16 @@ def trivial_references(
     return {name: {k: {0: cell} for k, cell in cells.items()} for name, cells in references.items() if cells}
 
 
+#: With several processes, the networks handed out are fine-tuned in one go (one fork) until their parameters
+#: reach this many elements (128 MiB of float32), so that a family of large networks does not hold them all.
+PENDING_ELEMENTS = 1 << 25
+
+
+def _parameter_count(network: Any) -> int:
+    parameters = getattr(network, "parameters", None)
+    return sum(p.numel() for p in parameters()) if callable(parameters) else 0
+
+
 class FewShotEvaluator:
     """Fine-tune every method the same way on the same held-out tasks and support points."""
 
@@ -158,6 +169,7 @@ class FewShotEvaluator:
         *,
         own: bool = False,
         many: ManyProvider | None = None,
+        processes: int = 1,
     ) -> FewShotTable:
         """Query MSE after each number of SGD steps, for each K, over all tasks.
 
@@ -171,21 +183,38 @@ class FewShotEvaluator:
         fine-tuned and measured the same way. The seconds spent obtaining the networks (the method's test-time
         cost of choosing them, apart from the protocol's fine-tuning) add up in :attr:`choosing_seconds` under
         ``label``.
+
+        ``processes`` > 1 fine-tunes and measures the networks of each chunk in that many processes
+        (:func:`reml_core.workers.fork_map`: consecutive shares of the chunk, the networks handed out here first,
+        as one process does, and inherited by the forked processes), the measurements put back in task order:
+        the fine-tuning of one network reads nothing but it and its task, so every number is the one
+        process's, bit for bit.
         """
-        table: FewShotTable = {}
+        from reml_core.workers import chunks, fork_map  # noqa: PLC0415 - lazy: start-up time: reml_core.workers imports the settings' models
+
         spent = 0.0
         batched = many is not None and not own
-        size = CHOOSE_CHUNK if batched else 1
-        for shots in self.shots:
-            losses: dict[int, list[float]] = {s: [] for s in self.steps}
-            metrics: dict[int, dict[str, list[float]]] = {s: {} for s in self.steps}
-            bar = tqdm(
-                total=len(self.tasks),
-                desc=f"eval {label} K={shots}",
-                disable=None if self.progress else True,
-                leave=False,
-            )
-            with bar:
+        size = CHOOSE_CHUNK if batched or processes > 1 else 1
+        measured: dict[int, list[dict[int, tuple[float, dict[str, float]]]]] = {shots: [] for shots in self.shots}
+        pending: list[tuple[int, Task, Any]] = []  # (K, task, what the method handed out), not yet measured
+        elements = 0  # the parameters of the pending networks
+        bar = tqdm(
+            total=len(self.shots) * len(self.tasks),
+            desc=f"eval {label}".rstrip(),
+            disable=None if self.progress else True,
+            leave=False,
+        )
+
+        def flush() -> None:
+            shares = chunks(len(pending), processes) if processes > 1 else [range(len(pending))]
+            adapted = fork_map(partial(self._measure_share, list(pending), own), shares, what="evaluation")
+            for (shots, _, _), result in zip(pending, (result for share in adapted for result in share)):
+                measured[shots].append(result)
+            bar.update(len(pending))
+            pending.clear()
+
+        with bar:
+            for shots in self.shots:
                 for first in range(0, len(self.tasks), size):
                     chunk = self.tasks[first : first + size]
                     start = time.perf_counter()
@@ -199,20 +228,41 @@ class FewShotEvaluator:
                     else:
                         handed = [provider(task, shots) for task in chunk]
                     spent += time.perf_counter() - start
-                    for task, given in zip(chunk, handed):
-                        if own:
-                            network, adaptation = given
-                            adapted = self.measured_adaptation(network, task, shots, adaptation=adaptation)
-                        else:
-                            adapted = self.measured_adaptation(given, task, shots)
-                        for step, (loss, measured) in adapted.items():
-                            losses[step].append(loss)
-                            for name, value in measured.items():
-                                metrics[step].setdefault(name, []).append(value)
-                    bar.update(len(chunk))
+                    pending.extend((shots, task, given) for task, given in zip(chunk, handed))
+                    if processes > 1:  # measured in one go per fork (a fork costs tens of ms), memory allowing
+                        elements += sum(_parameter_count(given[0] if own else given) for given in handed)
+                    if processes == 1 or elements >= PENDING_ELEMENTS:
+                        flush()
+                        elements = 0
+            if pending:
+                flush()
+        table: FewShotTable = {}
+        for shots, results in measured.items():
+            losses: dict[int, list[float]] = {s: [] for s in self.steps}
+            metrics: dict[int, dict[str, list[float]]] = {s: {} for s in self.steps}
+            for result in results:
+                for step, (loss, values) in result.items():
+                    losses[step].append(loss)
+                    for name, value in values.items():
+                        metrics[step].setdefault(name, []).append(value)
             table[shots] = {step: Cell.from_losses(values, metrics[step]) for step, values in losses.items() if values}
         self.choosing_seconds[label] = self.choosing_seconds.get(label, 0.0) + spent
         return table
+
+    def _measure_share(
+        self, pending: Sequence[tuple[int, Task, Any]], own: bool, positions: range
+    ) -> list[dict[int, tuple[float, dict[str, float]]]]:
+        """:meth:`measured_adaptation` of the pending (K, task, handed-out network) at ``positions`` (``own``: each
+        network with its own rate)."""
+        adapted = []
+        for i in positions:
+            shots, task, given = pending[i]
+            if own:
+                network, adaptation = given
+                adapted.append(self.measured_adaptation(network, task, shots, adaptation=adaptation))
+            else:
+                adapted.append(self.measured_adaptation(given, task, shots))
+        return adapted
 
     def adaptation(self, network: nn.Module, task: Task, shots: int) -> dict[int, float]:
         """Query loss after each requested number of SGD steps on the task's K support points."""
@@ -255,31 +305,54 @@ class FewShotEvaluator:
                 recorded.setdefault(step, (math.nan, {}))
         return {step: recorded[step] for step in self.steps if step in wanted}
 
-    def curve(self, provider: NetworkProvider, label: str = "") -> list[float]:
-        """Mean query MSE after each of 0..curve_steps full-batch Adam steps on each task's training data."""
+    def curve(self, provider: NetworkProvider, label: str = "", *, processes: int = 1) -> list[float]:
+        """Mean query MSE after each of 0..curve_steps full-batch Adam steps on each task's training data.
+
+        ``processes`` > 1: the networks are handed out here, task by task, and their Adam training is shared by
+        that many processes as :meth:`few_shot` shares its fine-tuning (every number the one process's)."""
+        from reml_core.workers import chunks, fork_map  # noqa: PLC0415 - lazy: start-up time: reml_core.workers imports the settings' models
+
         if self.curve_steps == 0:
             return []
         shots = self.shots[-1]
         totals = np.zeros(self.curve_steps + 1)
-        tasks = tqdm(self.curve_tasks, desc=f"curve {label}", disable=None if self.progress else True, leave=False)
-        for task in tasks:
-            network = provider(task, shots)
-            task = task_on(task, module_device(network))
-            losses = np.full(self.curve_steps + 1, math.nan)
+        size = CHOOSE_CHUNK if processes > 1 else 1
+        bar = tqdm(
+            total=len(self.curve_tasks), desc=f"curve {label}", disable=None if self.progress else True, leave=False
+        )
+        with bar:
+            for first in range(0, len(self.curve_tasks), size):
+                chunk = self.curve_tasks[first : first + size]
+                networks = [provider(task, shots) for task in chunk]
 
-            def record(step: int, network: nn.Module = network, losses: np.ndarray = losses, task: Task = task) -> None:
-                losses[step] = evaluate_loss(network, task.x_query, task.y_query, self.loss_fn)
-
-            record(0)
-            train_adam(
-                network,
-                task.x_train,
-                task.y_train,
-                self.loss_fn,
-                steps=self.curve_steps,
-                lr=self.curve_lr,
-                batch_size=len(task.x_train),
-                callback=record,
-            )
-            totals += losses
+                shares = chunks(len(chunk), processes) if processes > 1 else [range(len(chunk))]
+                train = partial(self._curve_share, chunk, networks)
+                for share in fork_map(train, shares, what="evaluation"):
+                    for losses in share:
+                        totals += losses
+                bar.update(len(chunk))
         return [float(v) for v in totals / len(self.curve_tasks)]
+
+    def _curve_share(self, tasks: Sequence[Task], networks: Sequence[nn.Module], positions: range) -> list[np.ndarray]:
+        return [self._curve_losses(networks[i], tasks[i]) for i in positions]
+
+    def _curve_losses(self, network: nn.Module, task: Task) -> np.ndarray:
+        """The query loss of ``network`` after each of 0..curve_steps Adam steps on the task's training data."""
+        task = task_on(task, module_device(network))
+        losses = np.full(self.curve_steps + 1, math.nan)
+
+        def record(step: int) -> None:
+            losses[step] = evaluate_loss(network, task.x_query, task.y_query, self.loss_fn)
+
+        record(0)
+        train_adam(
+            network,
+            task.x_train,
+            task.y_train,
+            self.loss_fn,
+            steps=self.curve_steps,
+            lr=self.curve_lr,
+            batch_size=len(task.x_train),
+            callback=record,
+        )
+        return losses

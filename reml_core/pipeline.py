@@ -38,7 +38,7 @@ from reml_core.storage import (
     read_json_file,
     verify_checkpoint,
 )
-from reml_core.training import MetaTrainer, read_trainer_state, resume_state
+from reml_core.training import MetaTrainer, evaluation_processes, read_trainer_state, resume_state
 
 #: Settings a resumed run may change after its last checkpoint: they affect neither what was
 #: trained nor how checkpoints are scored. ``train.env_steps`` may only grow.
@@ -132,20 +132,21 @@ def evaluate_methods(
         metrics_fn=components.task_sampler.metrics if isinstance(components.task_sampler, MeasuresMetrics) else None,
     )
     tables, curves, seconds = {}, {}, {}
+    processes = evaluation_processes(config)
     for name, method in providers.items():
         provider = provider_of(method)
         log(f"evaluating {name} on {len(tasks)} held-out test tasks")
         start = time.perf_counter()
         many = method.networks_for if isinstance(method, ChoosesForMany) else None
-        tables[name] = evaluator.few_shot(provider, name, many=many)
-        curves[name] = evaluator.curve(provider, name)
+        tables[name] = evaluator.few_shot(provider, name, many=many, processes=processes)
+        curves[name] = evaluator.curve(provider, name, processes=processes)
         seconds[f"evaluation_{name}"] = time.perf_counter() - start
         seconds[f"choosing_{name}"] = evaluator.choosing_seconds[name]
         if isinstance(method, AdaptsItsOwnWay):
             key = own_rate_key(name)
             log(f"evaluating {name} at its own adaptation rate on the same {len(tasks)} tasks")
             start = time.perf_counter()
-            tables[key] = evaluator.few_shot(method.adapted_network_for, key, own=True)
+            tables[key] = evaluator.few_shot(method.adapted_network_for, key, own=True, processes=processes)
             seconds[f"evaluation_{key}"] = time.perf_counter() - start
     return tables, curves, seconds
 

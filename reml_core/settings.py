@@ -351,6 +351,7 @@ class TrainConfig(StrictModel):
         ge=1,
         le=256,
         description="processes that share the vector env's work (train.n_envs > 1; what they share: train.split), "
+        "and the fine-tuning of the validation's and the evaluation's networks (the same numbers as one process), "
         "forked at the first step that needs them; the pool reaches them in "
         "shared memory and its updates are merged in env order by the run's process. Default: the CPUs "
         "this process may use, at most 8 and at most train.n_envs (1 where processes cannot fork, as on Windows; "

@@ -103,6 +103,13 @@ def _progress_bar(total: int, show: bool) -> Any:
     return tqdm(total=total, desc="meta-training", unit="step", disable=None if show else True, leave=False)
 
 
+def evaluation_processes(config: RunConfig) -> int:
+    """The processes that fine-tune the networks of a run's few-shot evaluations, validation included
+    (:meth:`FewShotEvaluator.few_shot <reml_core.evaluation.FewShotEvaluator.few_shot>`): its ``train.workers``,
+    the cores it trains on (every number the same as with one)."""
+    return max(1, config.core.train.workers or 1)
+
+
 class MetaTrainer:
     """Trains one run's policy and pool, checkpointing into ``out/checkpoints``."""
 
@@ -278,7 +285,9 @@ class MetaTrainer:
                 lr=evaluation.sgd_lr,
             )
             method = ReMLMethod(self.policy, self.eval_env)
-            table = evaluator.few_shot(method.network_for, many=method.networks_for)
+            table = evaluator.few_shot(
+                method.network_for, many=method.networks_for, processes=evaluation_processes(self.config)
+            )
             scores = []
             for shots, row in table.items():
                 record[f"validation/mse_k{shots}_step0"] = row[0].mse_mean

@@ -369,6 +369,94 @@ def _serve(conn: Any, parent: int, pool: Any, work: Callable[..., Any], inherite
     os._exit(0)
 
 
+def _fork_child(conn: Any, parent: int, function: Callable[[Any], Any], part: Any, inherited: Sequence[Any]) -> None:
+    """A :func:`fork_map` process: ``function(part)``, its result (or the exception it raised) sent back, then exit."""
+    for other in inherited:  # the parent's ends of the other processes' pipes, copied by fork
+        other.close()
+    become_worker(parent)
+    reply: Any
+    try:
+        reply = ("ok", function(part))
+    except Exception as error:
+        try:
+            pickle.dumps(error)
+            reply = ("raise", error)
+        except Exception:
+            reply = ("error", f"{type(error).__name__}: {' '.join(str(error).split())[:500]}")
+    try:
+        conn.send_bytes(dumps(reply))
+    except Exception:  # the parent stopped listening (it failed or was interrupted): nothing to report to
+        pass
+    os._exit(0)  # never run the finalizers of what was inherited (the parent's workers, files, Ray)
+
+
+def fork_ready() -> bool:
+    """Whether this process may fork helpers for :func:`fork_map`: the platform forks, and this is not a daemonic
+    process (which multiprocessing forbids to have children) or a Ray worker (whose threads a fork would copy)."""
+    import multiprocessing  # noqa: PLC0415 - lazy: only asked where a fork is considered
+
+    ray = sys.modules.get("ray")
+    in_ray = ray is not None and getattr(ray, "is_initialized", lambda: False)()
+    return can_fork() and not multiprocessing.current_process().daemon and not in_ray
+
+
+def fork_map(function: Callable[[Any], Any], parts: Sequence[Any], *, what: str) -> list[Any]:
+    """``[function(part) for part in parts]``, part 0 in this process and each other part in a process forked for it
+    (which sees everything ``function`` reads as it is at the fork; its result travels back pickled); results in
+    ``parts``' order, so a pure ``function`` gives exactly the one-process list. One process where
+    :func:`fork_ready` says no. A forked process that dies (killed, out of memory) raises :class:`WorkerLost`
+    naming ``what``; an exception it raised is raised here; a failure or Ctrl-C here kills the forked ones."""
+    if len(parts) < 2 or not fork_ready():
+        return [function(part) for part in parts]
+    context = get_context("fork")
+    children: list[tuple[Any, Any]] = []
+    try:
+        for part in parts[1:]:
+            reader, writer = context.Pipe(duplex=False)
+            inherited = [reader, *(mine for _, mine in children)]
+            process = context.Process(
+                target=_fork_child,
+                args=(writer, os.getpid(), function, part, inherited),
+                name=f"reml-{what}",
+                daemon=True,
+            )
+            process.start()
+            writer.close()
+            children.append((process, reader))
+        results = [function(parts[0])]
+        for index, (process, reader) in enumerate(children, start=1):
+            results.append(_forked_result(process, reader, f"{what} process {index} of {len(parts) - 1}"))
+        return results
+    finally:
+        for process, reader in children:
+            reader.close()
+            if process.is_alive():
+                process.join(0.5)
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
+
+
+def _forked_result(process: Any, reader: Any, name: str) -> Any:
+    """The reply of a :func:`fork_map` process, waiting for it (or its end)."""
+    while True:
+        ready = connection.wait([reader, process.sentinel])
+        if reader in ready:
+            try:
+                status, value = pickle.loads(reader.recv_bytes())
+            except (EOFError, OSError):
+                break
+            if status == "raise":
+                raise value
+            if status == "error":
+                raise RuntimeError(f"{name}: {value}")
+            return value
+        if process.sentinel in ready and not reader.poll():
+            break
+    process.join(1.0)
+    raise WorkerLost(f"{name} (pid {process.pid}) {how_it_ended(process)}")
+
+
 class EpisodeWorkers:
     """W - 1 worker processes (started lazily) and the calling process, splitting episode ends.
 
