@@ -12,6 +12,7 @@ on a method's own state.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from reml_core.device import module_device, task_on
 from reml_core.inner_loop import evaluate_loss, finetune_sgd, train_adam
-from reml_core.interfaces import LossFn, MetricsFn, OwnAdaptation, Task
+from reml_core.interfaces import ChoosesInProcesses, LossFn, MetricsFn, OwnAdaptation, Task
 
 NetworkProvider = Callable[[Task, int], nn.Module]
 #: A method that hands out many tasks' networks at once (``networks_for``, :class:`ChoosesForMany`).
@@ -170,6 +171,7 @@ class FewShotEvaluator:
         own: bool = False,
         many: ManyProvider | None = None,
         processes: int = 1,
+        forkable: ChoosesInProcesses | None = None,
     ) -> FewShotTable:
         """Query MSE after each number of SGD steps, for each K, over all tasks.
 
@@ -188,7 +190,10 @@ class FewShotEvaluator:
         (:func:`reml_core.workers.fork_map`: consecutive shares of the chunk, the networks handed out here first,
         as one process does, and inherited by the forked processes), the measurements put back in task order:
         the fine-tuning of one network reads nothing but it and its task, so every number is the one
-        process's, bit for bit.
+        process's, bit for bit. ``forkable`` (the method behind ``many``, when it is
+        :class:`~reml_core.interfaces.ChoosesInProcesses`): the processes take whole chunks (K, 128 tasks),
+        choosing their networks too, and what choosing counted in the method is added back here; the
+        choosing seconds are then the processes' sum.
         """
         from reml_core.workers import chunks, fork_map  # noqa: PLC0415 - lazy: start-up time: reml_core.workers imports the settings' models
 
@@ -213,29 +218,63 @@ class FewShotEvaluator:
             bar.update(len(pending))
             pending.clear()
 
+        def hand_out(shots: int, chunk: list[Task]) -> tuple[list[Any], float]:
+            start = time.perf_counter()
+            handed: list[Any]
+            if batched:
+                handed = list(cast("ManyProvider", many)(chunk, shots))
+                if len(handed) != len(chunk):
+                    raise RuntimeError(
+                        f"{label or 'a method'} handed out {len(handed)} networks for {len(chunk)} tasks"
+                    )
+            else:
+                handed = [provider(task, shots) for task in chunk]
+            return handed, time.perf_counter() - start
+
+        parent = os.getpid()
+
+        def choose_and_measure(share: list[tuple[int, int]]) -> tuple[list[Any], dict[str, int]]:
+            """Whole chunks, chosen and measured (in a forked process: and what choosing them counted)."""
+            assert forkable is not None
+            before = forkable.choice_counts() or {}
+            done = []
+            for shots, first in share:
+                chunk = self.tasks[first : first + size]
+                handed, seconds = hand_out(shots, chunk)
+                pieces = [(shots, task, given) for task, given in zip(chunk, handed)]
+                done.append((shots, self._measure_share(pieces, own, range(len(pieces))), seconds))
+                if os.getpid() == parent:
+                    bar.update(len(chunk))
+            after = forkable.choice_counts() or {}
+            return done, {key: value - before.get(key, 0) for key, value in after.items()}
+
+        whole = processes > 1 and batched and forkable is not None and forkable.choice_counts() is not None
         with bar:
-            for shots in self.shots:
-                for first in range(0, len(self.tasks), size):
-                    chunk = self.tasks[first : first + size]
-                    start = time.perf_counter()
-                    handed: list[Any]
-                    if batched:
-                        handed = list(cast("ManyProvider", many)(chunk, shots))
-                        if len(handed) != len(chunk):
-                            raise RuntimeError(
-                                f"{label or 'a method'} handed out {len(handed)} networks for {len(chunk)} tasks"
-                            )
-                    else:
-                        handed = [provider(task, shots) for task in chunk]
-                    spent += time.perf_counter() - start
-                    pending.extend((shots, task, given) for task, given in zip(chunk, handed))
-                    if processes > 1:  # measured in one go per fork (a fork costs tens of ms), memory allowing
-                        elements += sum(_parameter_count(given[0] if own else given) for given in handed)
-                    if processes == 1 or elements >= PENDING_ELEMENTS:
-                        flush()
-                        elements = 0
-            if pending:
-                flush()
+            if whole:  # whole chunks in each process: choosing them too is shared
+                assert forkable is not None
+                chunked = [(shots, first) for shots in self.shots for first in range(0, len(self.tasks), size)]
+                shares = [chunked[r.start : r.stop] for r in chunks(len(chunked), processes)]
+                for index, (done, counts) in enumerate(fork_map(choose_and_measure, shares, what="evaluation")):
+                    if index:
+                        forkable.add_choice_counts(counts)
+                    for shots, results, seconds in done:
+                        measured[shots].extend(results)
+                        spent += seconds
+                bar.update(bar.total - bar.n)
+            else:  # the networks handed out here, their fine-tuning shared
+                for shots in self.shots:
+                    for first in range(0, len(self.tasks), size):
+                        chunk = self.tasks[first : first + size]
+                        handed, seconds = hand_out(shots, chunk)
+                        spent += seconds
+                        pending.extend((shots, task, given) for task, given in zip(chunk, handed))
+                        if processes > 1:  # measured in one go per fork (a fork costs tens of ms), memory allowing
+                            elements += sum(_parameter_count(given[0] if own else given) for given in handed)
+                        if processes == 1 or elements >= PENDING_ELEMENTS:
+                            flush()
+                            elements = 0
+                if pending:
+                    flush()
         table: FewShotTable = {}
         for shots, results in measured.items():
             losses: dict[int, list[float]] = {s: [] for s in self.steps}

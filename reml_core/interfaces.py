@@ -455,6 +455,25 @@ class ChoosesForMany(Protocol):
 
 
 @runtime_checkable
+class ChoosesInProcesses(Protocol):
+    """Optional for a method with ``networks_for`` (:class:`ChoosesForMany`): its networks for a chunk of tasks
+    depend on nothing but the chunk and K (nothing carried from one call to the next, no global random
+    generator), so with ``train.workers`` > 1 the evaluator asks for whole chunks, and measures them, in forked
+    processes (every number the one process's).
+
+    ``choice_counts()`` is what the calls change in the method that outlives them, as counts (a policy's
+    decisions), or None when this method cannot be asked in another process now; the evaluator adds each
+    forked process's counts to this process's with ``add_choice_counts``, so the method ends as if one process
+    had asked for every chunk. It is asked right before the processes are forked: a method brings itself up
+    to date there (a policy's update in flight loaded), so that no forked process waits for the same thing.
+    """
+
+    def choice_counts(self) -> dict[str, int] | None: ...
+
+    def add_choice_counts(self, counts: Mapping[str, int]) -> None: ...
+
+
+@runtime_checkable
 class AdaptsItsOwnWay(Protocol):
     """Optional for a baseline or method: it also hands out, with each network, its own adaptation.
 

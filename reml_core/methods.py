@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -196,6 +196,20 @@ class ReMLMethod:
         if self.env.choice_steps or not isinstance(self.policy, ActsInBatches):
             return [self.network_for(task, shots) for task in tasks]
         return [self.pool.build(indices) for indices in self.indices_for_many(tasks, shots)]
+
+    def choice_counts(self) -> dict[str, int] | None:
+        """:class:`~reml_core.interfaces.ChoosesInProcesses`: the policy's decision counts when its tasks are rolled
+        out side by side (their networks then depend on the chunk and K alone: per-task generators, fresh twin
+        environments) and the policy counts what its batched acting changes (``decision_counts`` and
+        ``add_decision_counts``, as the PPO backends do); None otherwise (hyperparameter choices are recorded per
+        task, and a policy's other state is unknown)."""
+        counts = getattr(self.policy, "decision_counts", None)
+        if self.env.choice_steps or not isinstance(self.policy, ActsInBatches) or not callable(counts):
+            return None
+        return dict(counts())
+
+    def add_choice_counts(self, counts: Mapping[str, int]) -> None:
+        cast("Any", self.policy).add_decision_counts(counts)
 
     def indices_for_many(self, tasks: Sequence[Task], shots: int) -> list[list[int]]:
         """:meth:`indices_for` of every task, the tasks rolled out side by side: one environment per task

@@ -20,6 +20,7 @@ from reml_core.interfaces import (
     AdaptsItsOwnWay,
     Baseline,
     ChoosesForMany,
+    ChoosesInProcesses,
     FingerprintsData,
     MeasuresMetrics,
     ReportsStats,
@@ -138,7 +139,8 @@ def evaluate_methods(
         log(f"evaluating {name} on {len(tasks)} held-out test tasks")
         start = time.perf_counter()
         many = method.networks_for if isinstance(method, ChoosesForMany) else None
-        tables[name] = evaluator.few_shot(provider, name, many=many, processes=processes)
+        forkable = method if isinstance(method, ChoosesInProcesses) else None
+        tables[name] = evaluator.few_shot(provider, name, many=many, processes=processes, forkable=forkable)
         curves[name] = evaluator.curve(provider, name, processes=processes)
         seconds[f"evaluation_{name}"] = time.perf_counter() - start
         seconds[f"choosing_{name}"] = evaluator.choosing_seconds[name]

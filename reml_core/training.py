@@ -286,7 +286,10 @@ class MetaTrainer:
             )
             method = ReMLMethod(self.policy, self.eval_env)
             table = evaluator.few_shot(
-                method.network_for, many=method.networks_for, processes=evaluation_processes(self.config)
+                method.network_for,
+                many=method.networks_for,
+                processes=evaluation_processes(self.config),
+                forkable=method,
             )
             scores = []
             for shots, row in table.items():

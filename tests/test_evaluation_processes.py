@@ -81,19 +81,22 @@ def test_every_number_is_the_one_process_s_for_reml_and_baselines(installed_regi
     for processes in (1, 2, 3):
         torch.manual_seed(11)  # scratch draws its initialisations from the global generator
         evaluator = _evaluator(components, tasks)
-        before = backend.stats()
+        before = backend.decision_counts()
         tables = {}
         for name, method in methods.items():
-            many = getattr(method, "networks_for", None) if name == "reml" else None
-            tables[name] = _cells(evaluator.few_shot(method.network_for, name, many=many, processes=processes))
+            many = method.networks_for if name == "reml" else None
+            forkable = method if name == "reml" else None  # REML's chunks are chosen in the processes too
+            table = evaluator.few_shot(method.network_for, name, many=many, processes=processes, forkable=forkable)
+            tables[name] = _cells(table)
             tables[name + "-curve"] = evaluator.curve(method.network_for, name, processes=processes)
         tables["rng"] = torch.rand(3).tolist()  # the global generator where one process leaves it
-        tables["policy"] = backend.stats()
+        after = backend.decision_counts()  # the policy's decisions, counted in whichever process made them
+        tables["policy"] = {key: after[key] - before[key] for key in after}
         results[processes] = tables
-        assert before is not None
     assert results[2] == results[1] and results[3] == results[1]
     assert forks.count(2) > 8 and forks.count(3) > 8  # each method and curve fine-tuned in forked processes
     assert len(results[1]["reml"][5][10]) == 5 and results[1]["reml"][5][10][3] == 23
+    assert results[1]["policy"]["decisions"] > 2 * 23 * 5  # every task's rollouts, at both K
 
 
 def test_an_own_rate_evaluation_is_the_one_process_s(installed_registry, tmp_path, monkeypatch):
@@ -138,3 +141,30 @@ def test_where_processes_cannot_fork_the_evaluation_runs_in_this_one(monkeypatch
 
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     assert fork_map(lambda r: os.getpid(), [range(1), range(1)], what="evaluation") == [os.getpid()] * 2
+
+
+def test_a_run_validating_beside_the_policy_s_update_gives_the_one_process_numbers(tmp_path, monkeypatch):
+    # train.workers = 2 with the update beside the next rollout: a validation starts while an update is in flight;
+    # the processes it forks must not wait for that update too (they would read the learner's reply from its pipe)
+    import json
+
+    from reml_core import api, pipeline, training
+
+    settings = {
+        "train.env_steps": 2048,
+        "train.checkpoint_every": 512,
+        "train.workers": 2,
+        "policy.n_steps": 2,
+        "train.progress": False,
+        "eval.test_tasks": 40,
+    }
+    runs = {}
+    for processes in (2, 1):
+        monkeypatch.setattr(training, "evaluation_processes", lambda config, p=processes: p)
+        monkeypatch.setattr(pipeline, "evaluation_processes", lambda config, p=processes: p)
+        out = tmp_path / f"evaluated-in-{processes}"
+        api.run({"plugin": "sine", "preset": "smoke", "seed": 5}, out=out, baselines=[], overrides=settings)
+        data = json.loads((out / "results.json").read_text())
+        runs[processes] = (data["training"]["history"], data["methods"], data["training"]["policy_stats"])
+    assert len(runs[2][0]) == 4 and all("validation/score" in record for record in runs[2][0])
+    assert runs[2] == runs[1]

@@ -335,6 +335,19 @@ class SB3PolicyBackend:
             distribution = policy.get_distribution(obs)
         return distribution.distribution.probs.numpy().copy(), state
 
+    def decision_counts(self) -> dict[str, int]:
+        """What acting at evaluation counts (:meth:`stats`' numbers): for an evaluation measured in several
+        processes (:class:`reml_core.interfaces.ChoosesInProcesses`), which adds each one's to this one's.
+
+        Asked right before those processes are forked, so the update in flight is loaded first: a forked
+        process would otherwise wait for it too, and read the learner's reply from the same pipe."""
+        self._settled()
+        return {"decisions": self.decisions, "invalid_argmax": self.invalid_argmax}
+
+    def add_decision_counts(self, counts: Mapping[str, int]) -> None:
+        self.decisions += int(counts.get("decisions", 0))
+        self.invalid_argmax += int(counts.get("invalid_argmax", 0))
+
     def stats(self) -> dict[str, float]:
         """How often, at evaluation, the unmasked most probable action of :meth:`act` would have been invalid."""
         return {"invalid_argmax_rate": self.invalid_argmax / max(self.decisions, 1)}
