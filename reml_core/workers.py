@@ -437,24 +437,33 @@ def fork_map(function: Callable[[Any], Any], parts: Sequence[Any], *, what: str)
                 process.join(1.0)
 
 
+def await_reply(conn: Any, process: Any) -> tuple[str, Any] | None:
+    """A worker process's pickled ``(status, value)`` reply on ``conn``, waiting for it; None when the process
+    ended (or closed its end) without one."""
+    while True:
+        ready = connection.wait([conn, process.sentinel])
+        if conn in ready:
+            try:
+                reply: tuple[str, Any] = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                return None
+            return reply
+        if process.sentinel in ready and not conn.poll():
+            return None
+
+
 def _forked_result(process: Any, reader: Any, name: str) -> Any:
     """The reply of a :func:`fork_map` process, waiting for it (or its end)."""
-    while True:
-        ready = connection.wait([reader, process.sentinel])
-        if reader in ready:
-            try:
-                status, value = pickle.loads(reader.recv_bytes())
-            except (EOFError, OSError):
-                break
-            if status == "raise":
-                raise value
-            if status == "error":
-                raise RuntimeError(f"{name}: {value}")
-            return value
-        if process.sentinel in ready and not reader.poll():
-            break
-    process.join(1.0)
-    raise WorkerLost(f"{name} (pid {process.pid}) {how_it_ended(process)}")
+    reply = await_reply(reader, process)
+    if reply is None:
+        process.join(1.0)
+        raise WorkerLost(f"{name} (pid {process.pid}) {how_it_ended(process)}")
+    status, value = reply
+    if status == "raise":
+        raise value
+    if status == "error":
+        raise RuntimeError(f"{name}: {value}")
+    return value
 
 
 class EpisodeWorkers:
@@ -693,20 +702,13 @@ class EpisodeWorkers:
             raise self._lost(index) from None
 
     def _receive(self, index: int) -> Any:
-        conn = self._connections[index - 1]
-        process = self._processes[index - 1]
-        while True:
-            ready = connection.wait([conn, process.sentinel])
-            if conn in ready:
-                try:
-                    status, value = pickle.loads(conn.recv_bytes())
-                except (EOFError, OSError):
-                    raise self._lost(index) from None
-                if status == "error":
-                    raise RuntimeError(f"training worker {index}: {value}")
-                return value
-            if process.sentinel in ready and not conn.poll():
-                raise self._lost(index)
+        reply = await_reply(self._connections[index - 1], self._processes[index - 1])
+        if reply is None:
+            raise self._lost(index)
+        status, value = reply
+        if status == "error":
+            raise RuntimeError(f"training worker {index}: {value}")
+        return value
 
 
 def merge_gradients(

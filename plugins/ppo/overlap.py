@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import os
 import pickle
-from multiprocessing import connection, get_context
+from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
 import torch
 
-from reml_core.workers import WorkerLost, become_worker, how_it_ended, stop_processes
+from reml_core.workers import WorkerLost, await_reply, become_worker, how_it_ended, stop_processes
 
 
 def buffer_state(buffer: Any) -> dict[str, Any]:
@@ -200,19 +200,15 @@ class OverlappedUpdate:
             self.model.logger.record(key, value, exclude=exclude)
 
     def _receive(self) -> dict[str, Any]:
-        while True:
-            ready = connection.wait([self._conn, self._process.sentinel])
-            if self._conn in ready:
-                try:
-                    status, value = pickle.loads(self._conn.recv_bytes())
-                except (EOFError, OSError):
-                    raise self._lost() from None
-                if status == "error":
-                    self.close()
-                    raise RuntimeError(f"the policy's update process: {value}")
-                return value
-            if self._process.sentinel in ready and not self._conn.poll():
-                raise self._lost()
+        reply = await_reply(self._conn, self._process)
+        if reply is None:
+            raise self._lost()
+        status, value = reply
+        if status == "error":
+            self.close()
+            raise RuntimeError(f"the policy's update process: {value}")
+        result: dict[str, Any] = value
+        return result
 
     def _lost(self) -> WorkerLost:
         process = self._process
