@@ -392,12 +392,15 @@ def _fork_child(conn: Any, parent: int, function: Callable[[Any], Any], part: An
 
 def fork_ready() -> bool:
     """Whether this process may fork helpers for :func:`fork_map`: the platform forks, and this is not a daemonic
-    process (which multiprocessing forbids to have children) or a Ray worker (whose threads a fork would copy)."""
+    process (which multiprocessing forbids to have children), a Ray worker (whose threads a fork would copy) or a
+    process that has used CUDA (which a forked process cannot use again)."""
     import multiprocessing  # noqa: PLC0415 - lazy: only asked where a fork is considered
 
     ray = sys.modules.get("ray")
     in_ray = ray is not None and getattr(ray, "is_initialized", lambda: False)()
-    return can_fork() and not multiprocessing.current_process().daemon and not in_ray
+    return (
+        can_fork() and not multiprocessing.current_process().daemon and not in_ray and not torch.cuda.is_initialized()
+    )
 
 
 def fork_map(function: Callable[[Any], Any], parts: Sequence[Any], *, what: str) -> list[Any]:

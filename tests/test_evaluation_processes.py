@@ -139,8 +139,13 @@ def test_a_forked_process_that_dies_or_raises_is_one_error_naming_it_and_none_is
 def test_where_processes_cannot_fork_the_evaluation_runs_in_this_one(monkeypatch):
     import multiprocessing
 
-    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
-    assert fork_map(lambda r: os.getpid(), [range(1), range(1)], what="evaluation") == [os.getpid()] * 2
+    assert fork_map(lambda r: os.getpid(), [range(1), range(1)], what="evaluation")[1] != os.getpid()
+    with monkeypatch.context() as patch:  # Windows
+        patch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+        assert fork_map(lambda r: os.getpid(), [range(1), range(1)], what="evaluation") == [os.getpid()] * 2
+    with monkeypatch.context() as patch:  # a process that has used CUDA: a forked one could not use it again
+        patch.setattr(torch.cuda, "is_initialized", lambda: True)
+        assert fork_map(lambda r: os.getpid(), [range(1), range(1)], what="evaluation") == [os.getpid()] * 2
 
 
 def test_a_run_validating_beside_the_policy_s_update_gives_the_one_process_numbers(tmp_path, monkeypatch):
