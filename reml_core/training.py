@@ -32,7 +32,7 @@ from reml_core.logs import log  # noqa: F401  (re-exported: reml_core.training.l
 from reml_core.methods import ReMLMethod
 from reml_core.pool_update import STATE_FILE as POOL_UPDATE_FILE
 from reml_core.reports import format_stat, plural, stat_label
-from reml_core.settings import overlaps_update, resolve_workers
+from reml_core.settings import available_cpus, overlaps_update, resolve_workers
 from reml_core.specs import KIND_LABELS
 from reml_core.storage import (
     discard_partial_writes,
@@ -106,8 +106,9 @@ def _progress_bar(total: int, show: bool) -> Any:
 def evaluation_processes(config: RunConfig) -> int:
     """The processes that fine-tune the networks of a run's few-shot evaluations, validation included
     (:meth:`FewShotEvaluator.few_shot <reml_core.evaluation.FewShotEvaluator.few_shot>`): its ``train.workers``,
-    the cores it trains on (every number the same as with one)."""
-    return max(1, config.core.train.workers or 1)
+    the cores it trains on, at most the CPUs this process may use (a run recorded elsewhere and evaluated here
+    with ``--from``); every number is the same with any count."""
+    return max(1, min(config.core.train.workers or 1, available_cpus()))
 
 
 class MetaTrainer:
