@@ -345,6 +345,11 @@ def become_worker(parent: int) -> None:
     torch.set_num_threads(1)
 
 
+def error_reply(error: BaseException) -> tuple[str, str]:
+    """A worker's reply for an exception its work raised: the parent raises it, named, in one line."""
+    return ("error", f"{type(error).__name__}: {' '.join(str(error).split())[:500]}")
+
+
 def _serve(conn: Any, parent: int, pool: Any, work: Callable[..., Any], inherited: Sequence[Any]) -> None:
     """A worker's loop: read a share, compute it, send the result; end when the pipe closes."""
     for other in inherited:  # the owner's ends of the pipes, copied by fork: closed, so the owner's close reaches us
@@ -361,7 +366,7 @@ def _serve(conn: Any, parent: int, pool: Any, work: Callable[..., Any], inherite
         try:
             reply: Any = ("ok", work(pool, *request))
         except Exception as error:  # the parent raises it, named; the worker stays usable
-            reply = ("error", f"{type(error).__name__}: {' '.join(str(error).split())[:500]}")
+            reply = error_reply(error)
         try:
             conn.send_bytes(dumps(reply))
         except (BrokenPipeError, OSError):
@@ -382,7 +387,7 @@ def _fork_child(conn: Any, parent: int, function: Callable[[Any], Any], part: An
             pickle.dumps(error)
             reply = ("raise", error)
         except Exception:
-            reply = ("error", f"{type(error).__name__}: {' '.join(str(error).split())[:500]}")
+            reply = error_reply(error)
     try:
         conn.send_bytes(dumps(reply))
     except Exception:  # the parent stopped listening (it failed or was interrupted): nothing to report to
@@ -836,7 +841,7 @@ class _RayWorker:
             self.pool.load_state_dict(state)
             reply: Any = ("ok", self.work(self.pool, *pickle.loads(share)))
         except Exception as error:
-            reply = ("error", f"{type(error).__name__}: {' '.join(str(error).split())[:500]}")
+            reply = error_reply(error)
         return dumps(reply)
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reml_core.workers import WorkerLost, await_reply, become_worker, how_it_ended, stop_processes
+from reml_core.workers import WorkerLost, await_reply, become_worker, error_reply, how_it_ended, stop_processes
 
 
 def buffer_state(buffer: Any) -> dict[str, Any]:
@@ -130,7 +130,7 @@ def _serve(conn: Any, parent: int, model: Any, update: Any) -> None:
         try:
             reply: Any = ("ok", _learn(model, update, *request))
         except Exception as error:  # the parent raises it, named
-            reply = ("error", f"{type(error).__name__}: {' '.join(str(error).split())[:500]}")
+            reply = error_reply(error)
         try:
             conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
         except (BrokenPipeError, OSError):
