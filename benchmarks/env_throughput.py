@@ -23,6 +23,7 @@ import torch
 
 from reml_core.config import deep_merge, parse_assignment, resolve_config
 from reml_core.experiment import build_components
+from reml_core.memory import keep_freed_memory
 from reml_core.registry import PluginRegistry
 from reml_core.settings import resolve_workers
 
@@ -101,6 +102,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    heap = "freed memory kept" if keep_freed_memory() else "the C library's allocator settings"
     torch.set_num_threads(1)
     user = {"plugin": "sine", "preset": "default", "policy": {"name": "ppo-mlp"}}
     for assignment in args.assignments:
@@ -108,7 +110,7 @@ def main() -> None:
     config = resolve_config(PluginRegistry.discover(), user)
     n_envs = args.n_envs or config.core.train.n_envs
     env_config = config.core.env
-    print(f"torch {torch.__version__}, python {platform.python_version()}, 1 thread")
+    print(f"torch {torch.__version__}, python {platform.python_version()}, 1 thread, {heap}")
     print(
         f"pool {config.pool.name} {build_components(config).pool.size} layers, depth {env_config.depth}, "
         f"inner Adam {env_config.inner_steps} steps, reward {config.reward.name} at {config.reward.config.loss_at}, "

@@ -32,6 +32,7 @@ import torch
 
 from reml_core.config import TrainConfig, deep_merge, parse_assignment, resolve_config
 from reml_core.experiment import build_components
+from reml_core.memory import keep_freed_memory
 from reml_core.registry import PluginRegistry
 from reml_core.settings import overlaps_update, resolve_workers
 
@@ -110,6 +111,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    heap = "freed memory kept" if keep_freed_memory() else "the C library's allocator settings"
     torch.set_num_threads(1)
     default_n = TrainConfig().n_envs
     counts = (
@@ -124,7 +126,7 @@ def main() -> None:
     registry = PluginRegistry.discover()
     config = resolve_config(registry, user)
     env_config = config.core.env
-    print(f"torch {torch.__version__}, python {platform.python_version()}, 1 thread")
+    print(f"torch {torch.__version__}, python {platform.python_version()}, 1 thread, {heap}")
     print(
         f"pool {config.pool.name} {build_components(config).pool.size} layers, depth {env_config.depth}, "
         f"inner Adam {env_config.inner_steps} steps, reward {config.reward.name} at {config.reward.config.loss_at}, "

@@ -26,6 +26,7 @@ from reml_core.interfaces import (
     ReportsStats,
 )
 from reml_core.logs import log
+from reml_core.memory import keep_freed_memory
 from reml_core.methods import SEARCH_KEY, PoolSearchMethod, ReMLMethod
 from reml_core.plots import plot_convergence, plot_few_shot
 from reml_core.registry import PluginRegistry
@@ -62,7 +63,9 @@ DATA_FORMAT = "reml.data/1"
 
 
 def seed_everything(seed: int, threads: int) -> None:
-    """Global torch settings for reproducible numbers (see docs/reliability.md)."""
+    """Global torch settings for reproducible numbers (see docs/reliability.md), and the heap's for speed
+    (:func:`reml_core.memory.keep_freed_memory`, which changes no number)."""
+    keep_freed_memory()
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)

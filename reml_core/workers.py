@@ -57,6 +57,7 @@ import torch
 from reml_core.distributed import ray_session
 from reml_core.errors import UserError
 from reml_core.interfaces import BatchedLayerPool
+from reml_core.memory import keep_freed_memory
 from reml_core.settings import can_fork
 
 #: Episode ends per share at least: a step is split only when each share gets this many (and the
@@ -812,6 +813,7 @@ class _RayWorker:
         from reml_core.config import resolve_config  # noqa: PLC0415 - lazy: start-up time: reml_core.config imports numpy
         from reml_core.registry import PluginRegistry  # noqa: PLC0415 - lazy: start-up time: reml_core.registry imports pluggy
 
+        keep_freed_memory()  # a Ray actor is not forked from the run's process: it sets its own heap
         torch.set_num_threads(1)
         resolved = resolve_config(PluginRegistry.discover(), config)
         self.components = build(resolved)
