@@ -10,7 +10,14 @@ from pydantic import ValidationError
 from reml_core.env import check_pool_fits
 from reml_core.interfaces import BuildContext, LayerPool, Role, TaskContext
 from reml_core.specs import LayerPoolSpec
-from reml_plugins.conv.pool import ConvComposedNetwork, ConvLayerPool, ConvPoolConfig, build_conv_pool, pooling_plan
+from reml_plugins.conv.pool import (
+    ConvComposedNetwork,
+    ConvLayerPool,
+    ConvPoolConfig,
+    build_conv_pool,
+    max_pool_2x2,
+    pooling_plan,
+)
 
 pytestmark = (
     pytest.mark.numerics
@@ -98,6 +105,46 @@ def test_built_networks_give_logits_for_any_depth(shape, depth):
             assert logits.shape == (n, 5) and torch.isfinite(logits).all()
     assert network(x.flatten(1)).shape == (7, 5)  # flat images are reshaped
     assert [p.shape for p in fresh.parameters()] == [p.shape for p in network.parameters()]
+
+
+def _ties(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """ReLU'd activations rounded to a coarse grid: many windows hold equal maxima, zeros and positive ones."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.relu(torch.randn(shape, generator=generator)).round(decimals=1)
+
+
+@pytest.mark.parametrize("shape", [(7, 48, 8, 8), (5, 32, 4, 4), (3, 16, 7, 7), (2, 8, 28, 28), (4, 6, 5, 9)])
+def test_the_pool_s_max_pool_is_max_pool2d_bit_for_bit(shape):
+    """Values, which of equal maxima gets the gradient, and the gradient's gradient (the protocol
+    update's second order) are F.max_pool2d's; without autograd too."""
+    x = _ties(shape, seed=sum(shape))
+    weight = torch.randn(shape[1], 1, 3, 3, generator=torch.Generator().manual_seed(1))
+    results = []
+    for pool in (max_pool_2x2, lambda h: F.max_pool2d(h, 2)):
+        w = weight.clone().requires_grad_(True)
+        pooled = pool(torch.relu(F.conv2d(x, w, padding=1, groups=shape[1]) + x))
+        (grad,) = torch.autograd.grad(pooled.square().sum(), w, create_graph=True)
+        (second,) = torch.autograd.grad(grad.square().sum(), w)
+        with torch.no_grad():
+            plain = pool(x)
+        results.append((pooled.detach(), grad.detach(), second, plain))
+    for ours, theirs in zip(*results):
+        assert torch.equal(ours, theirs)
+    # the input has windows of equal maxima, zero and positive, and each window's gradient went to one of them
+    maxima = results[0][3]
+    window_max = maxima.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    cropped = x[:, :, : window_max.shape[2], : window_max.shape[3]]
+    ties = (cropped == window_max).float().unflatten(3, (-1, 2)).unflatten(2, (-1, 2)).sum((3, 5))
+    assert (ties[maxima == 0] > 1).any() and (ties[maxima > 0] > 1).any()
+    # inside torch.func's transforms (MAML's torch-func backend) it is F.max_pool2d too
+    stacked = torch.stack([x, x.flip(0)])
+    assert torch.equal(torch.func.vmap(max_pool_2x2)(stacked), torch.func.vmap(lambda h: F.max_pool2d(h, 2))(stacked))
+    leaf = x.clone().requires_grad_(True)
+    max_pool_2x2(leaf).backward(torch.ones(maxima.shape))
+    assert torch.equal(leaf.grad.sum(), torch.tensor(float(maxima.numel()))) and set(leaf.grad.unique().tolist()) == {
+        0.0,
+        1.0,
+    }
 
 
 def test_pooling_rule_depends_on_the_slot_only():
