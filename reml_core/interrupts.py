@@ -8,6 +8,7 @@ Standard library only, so a command can import it before anything heavy.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 
@@ -18,15 +19,19 @@ class Terminated(BaseException):
 class Interrupts:
     """What to tell the user if the command is interrupted now: set once its folder exists.
 
-    ``pending``: a Ctrl-C whose KeyboardInterrupt Python could not raise, because it arrived
-    while a weakref or garbage-collection callback ran (e.g. importlib's module-lock callback
-    during an import): Python only reports such an exception as "ignored". The command's
-    unraisable hook (:func:`unraisable_hook`) records it here, and :func:`raise_if_interrupted`
-    raises it at the next phase boundary, so the interrupt is neither lost nor shown as a traceback.
+    ``pending``: the signal (SIGINT or SIGTERM) whose exception (KeyboardInterrupt or
+    :class:`Terminated`) Python could not raise, because it arrived while a callback that Python
+    calls from C ran: a weakref or garbage-collection callback (importlib's module-lock callback
+    during an import), a ``__del__``, an ``os.register_at_fork`` hook (logging's, right after the
+    fork of a worker or an evaluation process). Python only reports such an exception as
+    "ignored". The command's unraisable hook (:func:`unraisable_hook`) records it here;
+    :func:`raise_if_interrupted` raises it at the next phase boundary, and a command that reaches
+    its end with it still pending ends as interrupted: the signal is neither lost nor shown as a
+    traceback.
     """
 
     hint: str | None = None
-    pending: bool = False
+    pending: int | None = None
     #: The signal (SIGINT or SIGTERM) that arrived during the command, if one did: an error that
     #: follows it is its consequence (e.g. a module left half-imported when an import was cut
     #: short and the interrupt swallowed by library code), so the command ends as interrupted.
@@ -34,7 +39,7 @@ class Interrupts:
 
     @classmethod
     def reset(cls) -> None:
-        cls.hint, cls.pending, cls.received = None, False, None
+        cls.hint, cls.pending, cls.received = None, None, None
 
 
 def set_interrupt_hint(hint: str | None) -> None:
@@ -43,18 +48,22 @@ def set_interrupt_hint(hint: str | None) -> None:
 
 
 def raise_if_interrupted() -> None:
-    """Raise the Ctrl-C Python had to swallow (see :class:`Interrupts`), if there was one."""
-    if Interrupts.pending:
-        Interrupts.pending = False
+    """Raise the Ctrl-C or SIGTERM Python had to swallow (see :class:`Interrupts`), if there was one."""
+    pending, Interrupts.pending = Interrupts.pending, None
+    if pending == signal.SIGTERM:
+        raise Terminated
+    if pending is not None:
         raise KeyboardInterrupt
 
 
 def unraisable_hook(previous: Any) -> Any:
-    """A ``sys.unraisablehook`` that records a swallowed KeyboardInterrupt and passes anything else on."""
+    """A ``sys.unraisablehook`` that records a swallowed KeyboardInterrupt or :class:`Terminated` (the
+    exceptions the commands' signal handlers raise) and passes anything else on."""
 
     def hook(unraisable: Any) -> None:
-        if isinstance(unraisable.exc_value, KeyboardInterrupt):
-            Interrupts.pending = True
+        if isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+            if Interrupts.pending != signal.SIGTERM:  # a SIGTERM (the scheduler's) outranks a Ctrl-C
+                Interrupts.pending = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
             return
         previous(unraisable)
 

@@ -25,6 +25,7 @@ from reml_core.interfaces import (
     MeasuresMetrics,
     ReportsStats,
 )
+from reml_core.interrupts import raise_if_interrupted
 from reml_core.logs import log
 from reml_core.memory import keep_freed_memory
 from reml_core.methods import SEARCH_KEY, PoolSearchMethod, ReMLMethod
@@ -138,6 +139,7 @@ def evaluate_methods(
     tables, curves, seconds = {}, {}, {}
     processes = evaluation_processes(config)
     for name, method in providers.items():
+        raise_if_interrupted()  # a signal swallowed (in a fork hook of the evaluation processes) during the last
         provider = provider_of(method)
         log(f"evaluating {name} on {len(tasks)} held-out test tasks")
         start = time.perf_counter()
@@ -153,6 +155,7 @@ def evaluate_methods(
             start = time.perf_counter()
             tables[key] = evaluator.few_shot(method.adapted_network_for, key, own=True, processes=processes)
             seconds[f"evaluation_{key}"] = time.perf_counter() - start
+    raise_if_interrupted()  # swallowed during the last one: the run stops before its results, resumable
     return tables, curves, seconds
 
 

@@ -28,6 +28,7 @@ from reml_core.errors import CheckpointError, ComponentBuildError
 from reml_core.evaluation import FewShotEvaluator
 from reml_core.experiment import Components
 from reml_core.interfaces import MaintainedLayerPool, PolicyBackend, Task
+from reml_core.interrupts import Interrupts, raise_if_interrupted
 from reml_core.logs import log  # noqa: F401  (re-exported: reml_core.training.log is older than reml_core.logs)
 from reml_core.methods import ReMLMethod
 from reml_core.pool_update import STATE_FILE as POOL_UPDATE_FILE
@@ -210,6 +211,7 @@ class MetaTrainer:
             # background job, a web server's worker) training runs without them, and the
             # embedding program keeps its own handling of Ctrl-C.
             main = threading.current_thread() is threading.main_thread()
+            raise_if_interrupted()  # swallowed while the workers were forked: stop before training, resumable
             previous = {signum: signal.signal(signum, self._request_stop) for signum in STOP_SIGNALS} if main else {}
             self._bar = _progress_bar(remaining, self.config.core.train.progress)
             self._bar_steps = self.policy.num_timesteps
@@ -257,6 +259,8 @@ class MetaTrainer:
 
     def on_step(self, timesteps: int) -> bool:
         """Called by the policy backend after every env step; False stops training."""
+        if Interrupts.pending is not None:  # a second Ctrl-C that Python swallowed (see reml_core.interrupts)
+            raise_if_interrupted()
         if self._stop:
             return False
         reached = min(timesteps, getattr(self, "_bar_end", timesteps))

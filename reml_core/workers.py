@@ -57,6 +57,7 @@ import torch
 from reml_core.distributed import ray_session
 from reml_core.errors import UserError
 from reml_core.interfaces import BatchedLayerPool
+from reml_core.interrupts import raise_if_interrupted
 from reml_core.memory import keep_freed_memory
 from reml_core.settings import can_fork
 
@@ -432,6 +433,7 @@ def fork_map(function: Callable[[Any], Any], parts: Sequence[Any], *, what: str)
             process.start()
             writer.close()
             children.append((process, reader))
+        raise_if_interrupted()  # a signal that fired in a fork hook (Python swallows it there): stop now, not later
         results = [function(parts[0])]
         for index, (process, reader) in enumerate(children, start=1):
             results.append(_forked_result(process, reader, f"{what} process {index} of {len(parts) - 1}"))

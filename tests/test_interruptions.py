@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from reml_core.interrupts import Terminated
 from reml_core.storage import latest_checkpoint, verify_checkpoint
 
 BIN = Path(sys.executable).parent
@@ -309,7 +310,12 @@ def test_a_signal_at_any_moment_of_reml_runs_start_up_ends_it_cleanly(tmp_path):
         # the folder holds a run: say how to continue it
         if code == EXIT_FOR[signum] and (out / "config.json").is_file():
             # before training "the run can be continued with: ...", during it "checkpoint ... saved. Continue with: ..."
-            hints = (f"continued with: reml-run --resume {out}", f"Continue with: reml-run --resume {out}")
+            # and once the run has finished (a signal during its summary) where its results are
+            hints = (
+                f"continued with: reml-run --resume {out}",
+                f"Continue with: reml-run --resume {out}",
+                f"its results are in {out}",
+            )
             assert stderr.strip().splitlines()[-1].endswith(hints), stderr[-2000:]
     # and the command still answers Ctrl-C once started: the signals were released, not left blocked
     assert any(code == 130 and delay > 0 for delay, signum, code, _ in results if signum == signal.SIGINT)
@@ -354,40 +360,146 @@ def test_sigkill_then_resume_finishes_a_run_of_one_env_or_a_vector_of_them(tmp_p
     assert (final > episodes) if n_envs == 1 else all(after > before for after, before in zip(final, episodes))
 
 
-def test_a_ctrl_c_that_python_swallows_in_a_callback_still_ends_the_command(tmp_path, monkeypatch, capsys):
-    """SIGINT landing inside a weakref or GC callback (importlib's module-lock callback, during an
-    import) raises a KeyboardInterrupt that Python can only report as "Exception ignored": the
-    command must still stop with 130 and no traceback, not run on to the end."""
+def _swallowed(exception: type[BaseException]) -> None:
+    """Raise ``exception`` where Python can only report it as "Exception ignored": in a weakref callback,
+    as a signal handler's exception is when the signal fires while such a callback runs."""
     import weakref
 
+    class Thing:
+        pass
+
+    thing = Thing()
+
+    def callback(_):
+        raise exception  # what the command's handler does when its signal fires in here
+
+    ref = weakref.ref(thing, callback)
+    del thing  # the callback runs now; its exception goes to sys.unraisablehook
+    assert ref() is None
+
+
+SWALLOWED = [(KeyboardInterrupt, 130, "interrupted"), (Terminated, 143, "terminated (SIGTERM)")]
+
+
+@pytest.mark.parametrize(("exception", "code", "word"), SWALLOWED, ids=["SIGINT", "SIGTERM"])
+def test_a_signal_that_python_swallows_in_a_callback_still_ends_the_command(
+    tmp_path, monkeypatch, capsys, exception, code, word
+):
+    """SIGINT or SIGTERM landing inside a weakref or GC callback (importlib's module-lock callback,
+    during an import) raises an exception that Python can only report as "Exception ignored": the
+    command must still stop with the signal's exit code and no traceback, not run on to the end."""
     from reml_core.cli import run as run_cli
 
     real = run_cli.discover_plugins
 
     def discover():
         registry = real()
-
-        class Thing:
-            pass
-
-        thing = Thing()
-
-        def callback(_):
-            raise KeyboardInterrupt  # what Python's SIGINT handler does when it fires in here
-
-        ref = weakref.ref(thing, callback)
-        del thing  # the callback runs now; its exception goes to sys.unraisablehook
-        assert ref() is None
+        _swallowed(exception)
         return registry
 
     monkeypatch.setattr(run_cli, "discover_plugins", discover)
     out = tmp_path / "run"
-    code = run_cli.main([*RUN, "--out", str(out)])
+    assert run_cli.main([*RUN, "--out", str(out)]) == code
     stderr = capsys.readouterr().err
-    assert code == 130, stderr
-    assert "Traceback" not in stderr and "Exception ignored" not in stderr
-    assert stderr.strip().splitlines()[-1].startswith("reml-run: interrupted")
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith(f"reml-run: {word}")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("exception", "code", "word"), SWALLOWED, ids=["SIGINT", "SIGTERM"])
+def test_a_signal_swallowed_after_the_last_phase_boundary_still_ends_the_command(
+    tmp_path, monkeypatch, capsys, exception, code, word
+):
+    """The same signal swallowed once nothing is left to check it (here while the summary is printed):
+    the run's files are complete, and the command still ends with the signal's code, not 0 as if
+    nothing had been asked."""
+    from helpers.runs import TINY
+
+    from reml_core.cli import common
+    from reml_core.cli import run as run_cli
+
+    real = common.print_summary
+
+    def print_summary(*args, **kwargs):
+        real(*args, **kwargs)
+        _swallowed(exception)
+
+    monkeypatch.setattr(common, "print_summary", print_summary)
+    out = tmp_path / "run"
+    assert run_cli.main([*TINY, "--out", str(out)]) == code
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == f"reml-run: {word}; it had finished: its results are in {out}"
+    assert (out / "results.json").is_file()
+
+
+FORK_HOOK = """
+import os, sys
+from reml_core.cli.common import run_main
+from reml_core.interrupts import Terminated
+
+def body(argv):
+    def hook():
+        raise {exception}  # SIGTERM's handler firing inside logging's after-fork hook, as a fresh-clone run saw
+    os.register_at_fork(after_in_parent=hook)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print("after the fork")
+    return 0
+
+sys.exit(run_main("reml-test", body, []))
+"""
+
+
+@pytest.mark.parametrize(("exception", "code", "word"), SWALLOWED, ids=["SIGINT", "SIGTERM"])
+def test_a_signal_swallowed_in_a_fork_hook_ends_the_command(exception, code, word):
+    """A signal that fires right after the command forks (a worker, an evaluation process) runs its handler
+    inside an ``os.register_at_fork`` hook (logging has one), where Python reports the handler's exception
+    as "Exception ignored" and goes on: the command must end with the signal's code and one line."""
+    script = FORK_HOOK.format(exception=exception.__name__)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"reml-test: {word}", result.stderr
+    assert result.stdout == "after the fork\n"
+
+
+FORK_MAP_HOOK = """
+import os, sys, time
+from reml_core.cli.common import run_main
+from reml_core.interrupts import Terminated
+from reml_core.workers import fork_map
+
+def slow(part):
+    if part:
+        print(os.getpid(), flush=True)  # a forked part: say who it is
+    time.sleep(120)
+    return part
+
+def body(argv):
+    def hook():
+        raise Terminated  # SIGTERM's handler firing inside the after-fork hook
+    os.register_at_fork(after_in_parent=hook)
+    fork_map(slow, [0, 1, 2], what="evaluation")
+    return 0
+
+sys.exit(run_main("reml-test", body, []))
+"""
+
+
+def test_a_signal_swallowed_while_evaluation_processes_are_forked_stops_them_at_once():
+    """The forks of the evaluation processes are where a swallowed signal happens: the command does not wait for
+    the evaluation to finish (two minutes here) before stopping, and leaves none of its forked processes behind."""
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", FORK_MAP_HOOK], capture_output=True, text=True, timeout=110)
+    assert time.monotonic() - started < 60, "the command ran on after the signal"
+    assert result.returncode == 143, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "reml-test: terminated (SIGTERM)", result.stderr
+    for pid in [int(line) for line in result.stdout.split()]:  # the children that got to print
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], pid
 
 
 def test_an_error_that_follows_a_swallowed_ctrl_c_ends_the_command_as_interrupted(capsys):

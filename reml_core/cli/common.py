@@ -271,7 +271,7 @@ def execute_prepared(prog: str, prepared: Any, hint: str, stopped: Callable[[Any
         set_interrupt_hint(None)
         print(f"{prog}: {interruption_word(stop.signum)}; {stopped(stop)}", file=sys.stderr, flush=True)
         return EXIT_FOR_SIGNAL.get(stop.signum, 130)
-    set_interrupt_hint(None)
+    set_interrupt_hint(f"it had finished: its results are in {prepared.out}")  # a signal during the summary
     print_summary(results, prepared.out)
     return 0
 
@@ -302,6 +302,15 @@ def _terminate(signum: int, frame: Any) -> None:
 def _interrupt(signum: int, frame: Any) -> None:
     _Interrupts.received = signal.SIGINT
     raise KeyboardInterrupt
+
+
+def _signal_seen() -> int | None:
+    """The signal that arrived during the command, raised or swallowed (a SIGTERM swallowed outranks)."""
+    return _Interrupts.pending if _Interrupts.pending is not None else _Interrupts.received
+
+
+def _exit_for(signum: int | None) -> int:
+    return EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED
 
 
 def _silence_stdout() -> None:
@@ -451,7 +460,7 @@ def _run_command(prog: str, body: Callable[[Sequence[str] | None], int], argv: S
     except ValueError:
         pass
     _Interrupts.hint = None
-    _Interrupts.pending = False
+    _Interrupts.pending = None
     _Interrupts.received = None
     previous_unraisable = sys.unraisablehook
     sys.unraisablehook = _unraisable(previous_unraisable)
@@ -460,10 +469,12 @@ def _run_command(prog: str, body: Callable[[Sequence[str] | None], int], argv: S
     try:
         warnings.showwarning = _show_warning
         configure_logging()
-        return body(argv)
+        code = body(argv)
+        raise_if_interrupted()  # swallowed after the last phase boundary (a fork hook): it still ends the command
+        return code
     except (ConfigError, UserError) as error:
-        if _Interrupts.received is not None or _Interrupts.pending:  # e.g. a plugin left unloaded by a swallowed Ctrl-C
-            return _interrupted(prog, EXIT_TERMINATED if _Interrupts.received == signal.SIGTERM else EXIT_INTERRUPTED)
+        if _signal_seen() is not None:  # e.g. a plugin left unloaded by a swallowed Ctrl-C
+            return _interrupted(prog, _exit_for(_signal_seen()))
         if isinstance(error, UserError) and not isinstance(error, ConfigError):
             print(f"{prog}: error: {error}", file=sys.stderr)
             return error.exit_code
@@ -485,8 +496,8 @@ def _run_command(prog: str, body: Callable[[Sequence[str] | None], int], argv: S
         print(f"{prog}: error: out of memory; make the pool, networks or budgets smaller", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as error:
-        if _Interrupts.received is not None or _Interrupts.pending:  # the interrupt's consequence, not a bug
-            return _interrupted(prog, EXIT_TERMINATED if _Interrupts.received == signal.SIGTERM else EXIT_INTERRUPTED)
+        if _signal_seen() is not None:  # the interrupt's consequence, not a bug
+            return _interrupted(prog, _exit_for(_signal_seen()))
 
         reason = disk_full_reason(error)  # a full disk met by a library's own writer (a training log): one line too
         if reason:
