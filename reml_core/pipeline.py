@@ -139,7 +139,7 @@ def evaluate_methods(
     tables, curves, seconds = {}, {}, {}
     processes = evaluation_processes(config)
     for name, method in providers.items():
-        raise_if_interrupted()  # a signal swallowed (in a fork hook of the evaluation processes) during the last
+        raise_if_interrupted()  # swallowed during the last method (a fork hook of its evaluation processes)
         provider = provider_of(method)
         log(f"evaluating {name} on {len(tasks)} held-out test tasks")
         start = time.perf_counter()

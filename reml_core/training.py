@@ -211,7 +211,7 @@ class MetaTrainer:
             # background job, a web server's worker) training runs without them, and the
             # embedding program keeps its own handling of Ctrl-C.
             main = threading.current_thread() is threading.main_thread()
-            raise_if_interrupted()  # swallowed while the workers were forked: stop before training, resumable
+            raise_if_interrupted()  # swallowed before training (a fork hook, a callback): stop here, resumable
             previous = {signum: signal.signal(signum, self._request_stop) for signum in STOP_SIGNALS} if main else {}
             self._bar = _progress_bar(remaining, self.config.core.train.progress)
             self._bar_steps = self.policy.num_timesteps
