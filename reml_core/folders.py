@@ -439,23 +439,30 @@ def _refuse_present(out: Path, present: list[str], *, force: bool, flag: str) ->
     """``out`` holds ``present``: refuse unless it is a REML folder and ``force`` replaces it; return its marker."""
     marker = read_marker(out)
     if marker is None:
+        # another REML process claiming it right now (its ledger's or marker's temporary file is there, the
+        # marker not yet): say so, rather than call its files foreign
+        _refuse_if_in_use(out, flag)
         raise UserError(
             f"{flag} {out} already holds files that are not a REML run, benchmark or sweep (no {MARKER} marker, e.g. "
             f"{present[0]!r}); "
             "choose an empty or new directory"
         )
     if not force:
-        holder = _writer_of(out)
-        if holder is not None and holder != os.getpid() and out.resolve() not in _HELD:
-            # "continue it with --resume" would only be refused: say what is going on
-            who = f"PID {holder}" if holder else "another process"
-            raise UserError(
-                f"{flag} {out} is in use by another REML process ({who}); wait for it to finish or stop it first"
-            )
+        _refuse_if_in_use(out, flag)  # "continue it with --resume" would only be refused: say what is going on
         raise UserError(
             f"{flag} {out} already holds a {KIND_NOUNS[marker.kind]}; {_ALREADY_HOLDS[marker.kind].format(out=out)}"
         )
     return marker
+
+
+def _refuse_if_in_use(out: Path, flag: str) -> None:
+    """Refuse ``out`` by naming the other process that holds its writer lock, if one does."""
+    holder = _writer_of(out)
+    if holder is not None and holder != os.getpid() and out.resolve() not in _HELD:
+        who = f"PID {holder}" if holder else "another process"
+        raise UserError(
+            f"{flag} {out} is in use by another REML process ({who}); wait for it to finish or stop it first"
+        )
 
 
 def _writer_of(folder: Path) -> int | None:
@@ -526,6 +533,7 @@ def _claim_to_resume(folder: Path, kind: FolderKind, needed: str, flag: str) -> 
         raise UserError(f"{flag} {folder}: no such directory")
     marker = read_marker(folder)
     if marker is None:
+        _refuse_if_in_use(folder, flag)  # being claimed by another process right now (no marker yet)
         raise UserError(
             f"{flag} {folder}: not a REML {noun} directory (no {MARKER} marker; only folders {tool} created can be "
             "resumed)"

@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from helpers.runs import TINY, cli, start
 
 # Long enough that the holder is still training while four contenders start (each imports torch:
@@ -91,6 +92,41 @@ def test_two_runs_started_on_one_new_folder_let_exactly_one_write(tmp_path):
     loser = next(stderr for p, _, stderr in outcomes if p.returncode == 2)
     assert "is in use by another REML process" in loser or "already holds a run" in loser, loser
     assert json.loads((out / "results.json").read_text())["training"]["resumes"] == 0
+
+
+CLAIMING = """
+import sys, time
+from pathlib import Path
+from reml_core.folders import lock_folder
+out = Path(sys.argv[1])
+out.mkdir()
+lock_folder(out, "--out")
+(out / sys.argv[2]).write_text("")  # the ledger's or the marker's temporary file, before the marker exists
+print("claiming", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("temporary", ["..reml.files.ynb6tpz3.tmp", "..reml.json.k2j4abcd.tmp"])
+@pytest.mark.parametrize("tool", ["reml-run", "reml-bench"])
+def test_a_folder_another_process_is_claiming_is_in_use_not_foreign(tmp_path, tool, temporary):
+    """Two commands started on one new folder: the second can look in while the first is between taking the lock
+    and writing its marker (a temporary file there, no marker yet). It is told the folder is in use by that
+    process, not that the folder holds files that are not REML's (the fresh-clone suite met that race)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", CLAIMING, str(out), temporary], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "claiming\n"
+        result = cli(tool, *TINY, "--out", str(out))
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert f"is in use by another REML process (PID {holder.pid})" in result.stderr, result.stderr[-2000:]
+        assert sorted(path.name for path in out.iterdir()) == sorted([".reml.lock", temporary])  # nothing touched
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_bench_folder_in_use_is_refused_too(tmp_path):

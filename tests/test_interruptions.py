@@ -529,6 +529,31 @@ def test_an_error_that_follows_a_swallowed_ctrl_c_ends_the_command_as_interrupte
         run_main("reml-test", buggy, [])
 
 
+@pytest.mark.parametrize(
+    ("signum", "code", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_a_signal_that_library_code_caught_and_went_on_still_ends_the_command(capsys, signum, code, word):
+    """Library code that catches the signal's exception and carries on as if nothing happened (``except
+    BaseException: pass`` around a wait) must not turn a Ctrl-C or a scheduler's SIGTERM into exit 0."""
+    from reml_core.cli.common import run_main
+
+    def swallowing(argv):
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(1)  # the handler raises here
+        except BaseException:  # library code that swallows it
+            pass
+        print("carried on")
+        return 0
+
+    assert run_main("reml-test", swallowing, []) == code
+    captured = capsys.readouterr()
+    assert captured.out == "carried on\n"
+    assert captured.err.strip().splitlines()[-1] == f"reml-test: {word}"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_worker_lost_during_a_stop_ends_the_run_as_the_stop_at_its_last_checkpoint(
     tmp_path, monkeypatch, capsys, signum

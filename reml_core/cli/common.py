@@ -471,6 +471,8 @@ def _run_command(prog: str, body: Callable[[Sequence[str] | None], int], argv: S
         configure_logging()
         code = body(argv)
         raise_if_interrupted()  # swallowed after the last phase boundary (a fork hook): it still ends the command
+        if code == 0 and _Interrupts.received is not None:  # library code caught the signal's exception and went on
+            return _interrupted(prog, _exit_for(_Interrupts.received))
         return code
     except (ConfigError, UserError) as error:
         if _signal_seen() is not None:  # e.g. a plugin left unloaded by a swallowed Ctrl-C
