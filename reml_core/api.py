@@ -68,7 +68,7 @@ from reml_core.arguments import (
 from reml_core.distributed import check_address, cluster_cpus, ray_session, require_ray
 from reml_core.errors import ConfigError, UserError
 from reml_core.folders import check_path, claim_bench_to_resume, claim_new_folder, claim_run_to_resume, release_all
-from reml_core.interrupts import Terminated, raise_if_interrupted, set_interrupt_hint
+from reml_core.interrupts import Terminated, raise_if_interrupted, set_interrupt_hint, swallowed_interrupts_raised
 from reml_core.logs import log
 from reml_core.results import CellResult, ResultsDocument, Table, read_results
 from reml_core.specs import NAMED_SECTIONS
@@ -372,15 +372,16 @@ def run(
     ]
     refuse_with_resume(resume, given + (["force"] if force else []) + list(settings), "config.json")
     try:
-        prepared = prepare_run(
-            None if resume is not None else user_settings(config, overrides, **settings),
-            out=out,
-            force=force,
-            baselines=baselines,
-            resume=resume,
-            trust_checkpoint=trust_checkpoint,
-        )
-        return prepared.execute()
+        with swallowed_interrupts_raised():  # a Ctrl-C Python swallows is not lost
+            prepared = prepare_run(
+                None if resume is not None else user_settings(config, overrides, **settings),
+                out=out,
+                force=force,
+                baselines=baselines,
+                resume=resume,
+                trust_checkpoint=trust_checkpoint,
+            )
+            return prepared.execute()
     finally:
         release_all()
 
@@ -604,20 +605,21 @@ def bench(
     ]
     refuse_with_resume(resume, given + (["force"] if force else []) + list(settings), PLAN_FILE)
     try:
-        prepared = prepare_bench(
-            None if resume is not None else user_settings(config, overrides, **settings),
-            methods=methods,
-            encoders=encoders,
-            seeds=seeds,
-            from_dir=from_dir,
-            out=out,
-            force=force,
-            resume=resume,
-            executor=executor,
-            ray_address=ray_address,
-            trust_checkpoint=trust_checkpoint,
-        )
-        return prepared.execute()
+        with swallowed_interrupts_raised():  # a Ctrl-C Python swallows is not lost
+            prepared = prepare_bench(
+                None if resume is not None else user_settings(config, overrides, **settings),
+                methods=methods,
+                encoders=encoders,
+                seeds=seeds,
+                from_dir=from_dir,
+                out=out,
+                force=force,
+                resume=resume,
+                executor=executor,
+                ray_address=ray_address,
+                trust_checkpoint=trust_checkpoint,
+            )
+            return prepared.execute()
     finally:
         release_all()
 
@@ -859,20 +861,21 @@ def sweep(
     swept = parse_sweep_table({"grid": dict(grid or {}), "random": dict(random or {})}, SWEEP_ORIGIN)
     source = str(config) if isinstance(config, (str, Path)) else SWEEP_ORIGIN
     try:
-        prepared = prepare_sweep(
-            None if resume is not None else user_settings(config, overrides, **settings),
-            grid=swept.grid,
-            random=swept.random,
-            samples=samples,
-            seeds=seeds,
-            cpus_per_trial=cpus_per_trial,
-            out=out,
-            force=force,
-            resume=resume,
-            ray_address=ray_address,
-            source=source,
-        )
-        return prepared.execute()
+        with swallowed_interrupts_raised():  # a Ctrl-C Python swallows is not lost
+            prepared = prepare_sweep(
+                None if resume is not None else user_settings(config, overrides, **settings),
+                grid=swept.grid,
+                random=swept.random,
+                samples=samples,
+                seeds=seeds,
+                cpus_per_trial=cpus_per_trial,
+                out=out,
+                force=force,
+                resume=resume,
+                ray_address=ray_address,
+                source=source,
+            )
+            return prepared.execute()
     finally:
         release_all()
 

@@ -9,6 +9,9 @@ Standard library only, so a command can import it before anything heavy.
 from __future__ import annotations
 
 import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -67,4 +70,27 @@ def unraisable_hook(previous: Any) -> Any:
             return
         previous(unraisable)
 
+    hook.records_interrupts = True  # type: ignore[attr-defined]
     return hook
+
+
+@contextmanager
+def swallowed_interrupts_raised() -> Iterator[None]:
+    """For the API's calls (``reml_core.api.run``, ``bench``, ``sweep``): a Ctrl-C that Python swallows while
+    the call runs (see :class:`Interrupts`) is raised at its next phase boundary, or when the call ends, as
+    the command-line tools do, instead of being lost. The caller's ``sys.unraisablehook`` is restored after
+    the call and sees everything else; inside a command (whose hook is already in place) this changes nothing."""
+    previous = sys.unraisablehook
+    if getattr(previous, "records_interrupts", False):
+        yield
+        return
+    Interrupts.pending = None
+    hook = unraisable_hook(previous)
+    sys.unraisablehook = hook
+    try:
+        yield
+        raise_if_interrupted()
+    finally:
+        Interrupts.pending = None
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = previous

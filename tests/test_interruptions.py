@@ -433,6 +433,32 @@ def test_a_signal_swallowed_after_the_last_phase_boundary_still_ends_the_command
     assert (out / "results.json").is_file()
 
 
+def test_a_ctrl_c_that_python_swallows_during_an_api_call_is_raised_by_it(tmp_path, monkeypatch):
+    """The API (``reml_core.api.run``, a program's own Python) raises a Ctrl-C that Python swallowed in a callback
+    during the call, before anything is written, and gives the program its own ``sys.unraisablehook`` back."""
+    from reml_core import api
+
+    real = api._registry
+
+    def registry():
+        found = real()
+        _swallowed(KeyboardInterrupt)
+        return found
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)  # the program's own hook
+    monkeypatch.setattr(api, "_registry", registry)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        api.run(plugin="sine", preset="smoke", out=out)
+    assert not out.exists()
+    assert sys.unraisablehook == seen.append and seen == []
+    # anything else Python cannot raise still reaches the program's hook, during a call and after it
+    monkeypatch.setattr(api, "_registry", real)
+    _swallowed(ValueError)
+    assert [type(unraisable.exc_value) for unraisable in seen] == [ValueError]
+
+
 FORK_HOOK = """
 import os, sys
 from reml_core.cli.common import run_main
